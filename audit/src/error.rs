@@ -1,0 +1,118 @@
+//! Errors of the write path: opening the store, the write-ahead log, sealing Parquet segments.
+//!
+//! Every variant that concerns a file names it, and says what is wrong there.
+
+use std::io;
+use std::path::PathBuf;
+
+/// An error of the audit store's write path.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot {action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("data directory `{dir}` is in use by another process (lock file `{lock}`)")]
+    Locked { dir: PathBuf, lock: PathBuf },
+
+    #[error("`{path}` is not a Portcullis write-ahead log: bad magic bytes")]
+    WalMagic { path: PathBuf },
+
+    #[error(
+        "`{path}` has write-ahead log format version {found}; this build reads version {supported}"
+    )]
+    WalVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    #[error("damaged record in `{path}` at offset {offset}: {problem}")]
+    DamagedRecord {
+        path: PathBuf,
+        offset: u64,
+        problem: RecordProblem,
+    },
+
+    #[error("event of {size} bytes is over the write-ahead log's record limit of {limit} bytes")]
+    EventTooLarge { size: usize, limit: usize },
+
+    #[error("cannot write the Parquet segment `{path}`: {source}")]
+    Parquet {
+        path: PathBuf,
+        #[source]
+        source: parquet::errors::ParquetError,
+    },
+
+    #[error("cannot build the event batch: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+
+    #[error("column `{column}` cannot hold the value {value}")]
+    OutOfRange { column: &'static str, value: u64 },
+
+    #[error("the system clock is outside the range of event times")]
+    ClockOutOfRange,
+
+    #[error("the audit log stopped after an earlier write failure; reopen the data directory")]
+    Stopped,
+}
+
+/// What is wrong with a write-ahead log record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordProblem {
+    #[error("checksum mismatch")]
+    Checksum,
+
+    #[error("length {length} is over the record limit")]
+    TooLong { length: u64 },
+
+    #[error("zero length")]
+    Empty,
+
+    #[error("record ends past the end of the file")]
+    PastEnd,
+
+    #[error("cannot decode the event: {0}")]
+    Decode(#[from] DecodeError),
+
+    #[error("sequence number {found} where {expected} was expected")]
+    SeqGap { expected: u64, found: u64 },
+}
+
+/// Why a checksummed record does not decode to an event.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record ends inside a field")]
+    Truncated,
+
+    #[error("{0} trailing bytes after the event")]
+    Trailing(usize),
+
+    #[error("unknown {field} code {code}")]
+    UnknownCode { field: &'static str, code: u8 },
+
+    #[error("text field is not UTF-8")]
+    NotUtf8,
+
+    #[error("time is out of range")]
+    TimeOutOfRange,
+}
+
+impl AuditError {
+    /// An I/O error on `path` while doing `action` (a verb phrase: "open", "sync", …).
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| AuditError::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Helpers shared by the audit store's integration tests.
+
+#![allow(dead_code, reason = "each test crate uses a different part")]
+#![allow(clippy::unwrap_used, reason = "tests unwrap")]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use portcullis_audit::{AccessEvent, AuditLog, AuditOptions, Decision, NewEvent};
+use uuid::Uuid;
+
+/// A decision event for `workload`, with a few other fields filled.
+pub fn decision(workload: &str, decision: Decision) -> NewEvent {
+    NewEvent {
+        decision: Some(decision),
+        reason: Some(format!("rule matched `{workload}`")),
+        reason_code: Some(
+            if decision == Decision::Allow {
+                "permitted"
+            } else {
+                "forbidden"
+            }
+            .into(),
+        ),
+        rule: Some(format!("rule_{workload}")),
+        workload: Some(workload.to_owned()),
+        subject: Some(format!("repo:acme/{workload}:ref:refs/heads/main")),
+        target: Some("orders_db".into()),
+        protocol: Some("postgres".into()),
+        port: Some(5432),
+        ..NewEvent::default()
+    }
+}
+
+/// Opens the store with node `test` and the default seal threshold.
+pub fn open(dir: &Path) -> AuditLog {
+    open_with(dir, 10_000)
+}
+
+pub fn open_with(dir: &Path, seal_after_events: usize) -> AuditLog {
+    let options = AuditOptions {
+        node: "test".into(),
+        seal_after_events,
+    };
+    AuditLog::open(dir, options).unwrap().0
+}
+
+/// Every segment file under `DATA/events`, sorted.
+pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for partition in fs::read_dir(dir.join("events")).unwrap() {
+        for file in fs::read_dir(partition.unwrap().path()).unwrap() {
+            files.push(file.unwrap().path());
+        }
+    }
+    files.sort();
+    files
+}
+
+/// The write-ahead log file of a data directory.
+pub fn wal_file(dir: &Path) -> PathBuf {
+    dir.join("wal").join("events.wal")
+}
+
+/// An event as the store would keep it, at `time`.
+pub fn stored_event(seq: u64, time: DateTime<Utc>, details: NewEvent) -> AccessEvent {
+    AccessEvent {
+        event_id: Uuid::now_v7(),
+        seq,
+        time,
+        node: "test".into(),
+        details,
+    }
+}

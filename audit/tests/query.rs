@@ -1,0 +1,276 @@
+//! SQL over the store: values and columns, refusals, empty stores, output formats.
+
+#![cfg(feature = "query")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests unwrap and panic on a wrong variant"
+)]
+
+mod common;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type, Int64Type, TimeUnit, TimestampMicrosecondType};
+use common::{decision, open};
+use portcullis_audit::{
+    ConditionOutcome, Decision, EventKind, NewEvent, OutputFormat, QueryError, Recorded,
+    format_batches, query,
+};
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(RecordBatch::num_rows).sum()
+}
+
+/// The single count a `SELECT count(*) …` query returns.
+async fn count(dir: &std::path::Path, sql: &str) -> i64 {
+    let batches = query(dir, sql).await.unwrap();
+    batches[0].column(0).as_primitive::<Int64Type>().value(0)
+}
+
+/// Records an allow, a deny with conditions and a policy change, and seals them.
+fn store_with_three_events(dir: &std::path::Path) -> Vec<Recorded> {
+    let log = open(dir);
+    let mut denied = decision("ci_deployer", Decision::Deny);
+    denied.conditions = vec![ConditionOutcome {
+        name: "business_hours".into(),
+        result: false,
+    }];
+    denied.source_ip = Some("192.0.2.7".parse().unwrap());
+    let change = NewEvent {
+        kind: EventKind::PolicyChange,
+        bundle_hash: Some("ab12".into()),
+        ..NewEvent::default()
+    };
+    let recorded = vec![
+        log.record(decision("orders_api", Decision::Allow)).unwrap(),
+        log.record(denied).unwrap(),
+        log.record(change).unwrap(),
+    ];
+    log.close().unwrap();
+    recorded
+}
+
+#[tokio::test]
+async fn query_returns_recorded_events_with_their_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = store_with_three_events(dir.path());
+
+    let sql = "SELECT seq, event_id, time, date, node, kind, decision, workload, port, \
+               conditions, source_ip FROM access_events ORDER BY seq";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert_eq!(batch.num_rows(), 3);
+
+    let seq = batch.column(0).as_primitive::<Int64Type>();
+    assert_eq!(seq.values().to_vec(), vec![1, 2, 3]);
+    let event_id = batch.column(1).as_string::<i32>();
+    let time = batch.column(2).as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(
+        batch.schema().field(2).data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+    );
+    for (row, event) in recorded.iter().enumerate() {
+        assert_eq!(event_id.value(row), event.event_id.to_string());
+        assert_eq!(time.value(row), event.time.timestamp_micros());
+    }
+    let date = arrow::compute::cast(batch.column(3), &DataType::Utf8).unwrap();
+    assert_eq!(
+        date.as_string::<i32>().value(0),
+        recorded[0].time.format("%Y-%m-%d").to_string()
+    );
+    assert_eq!(batch.column(4).as_string::<i32>().value(2), "test");
+
+    let kind = batch.column(5).as_string::<i32>();
+    assert_eq!(
+        (kind.value(0), kind.value(2)),
+        ("decision", "policy_change")
+    );
+    let decision = batch.column(6).as_string::<i32>();
+    assert_eq!((decision.value(0), decision.value(1)), ("allow", "deny"));
+    assert!(decision.is_null(2));
+    let workload = batch.column(7).as_string::<i32>();
+    assert_eq!(
+        (workload.value(0), workload.value(1)),
+        ("orders_api", "ci_deployer")
+    );
+    assert_eq!(batch.column(8).as_primitive::<Int32Type>().value(0), 5432);
+    let conditions = batch.column(9).as_string::<i32>();
+    assert_eq!(
+        conditions.value(1),
+        r#"[{"name":"business_hours","result":false}]"#
+    );
+    assert_eq!(batch.column(10).as_string::<i32>().value(1), "192.0.2.7");
+}
+
+#[tokio::test]
+async fn filters_and_aggregates_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = store_with_three_events(dir.path());
+    let sql = "SELECT decision, count(*) AS n FROM access_events \
+               WHERE kind = 'decision' GROUP BY decision ORDER BY decision";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let text = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(text, "decision,n\nallow,1\ndeny,1\n");
+
+    let date = recorded[0].time.format("%Y-%m-%d");
+    let sql = "SELECT count(*) FROM access_events WHERE date";
+    assert_eq!(count(dir.path(), &format!("{sql} >= '{date}'")).await, 3);
+    assert_eq!(count(dir.path(), &format!("{sql} < '2000-01-01'")).await, 0);
+}
+
+#[tokio::test]
+async fn empty_store_gives_an_empty_result() {
+    let missing = tempfile::tempdir().unwrap();
+    let batches = query(missing.path(), "SELECT * FROM access_events")
+        .await
+        .unwrap();
+    assert_eq!(rows(&batches), 0);
+
+    let opened = tempfile::tempdir().unwrap();
+    open(opened.path()).close().unwrap();
+    let batches = query(opened.path(), "SELECT count(*) FROM access_events")
+        .await
+        .unwrap();
+    assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 0);
+}
+
+#[tokio::test]
+async fn queries_run_while_the_store_is_open_and_see_sealed_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    log.record(decision("orders_api", Decision::Allow)).unwrap();
+    log.seal().unwrap();
+    log.record(decision("orders_api", Decision::Deny)).unwrap();
+
+    let batches = query(dir.path(), "SELECT * FROM access_events")
+        .await
+        .unwrap();
+    // FIXME(#5): events still in the write-ahead log are not visible until sealed.
+    assert_eq!(rows(&batches), 1);
+    log.close().unwrap();
+    let batches = query(dir.path(), "SELECT * FROM access_events")
+        .await
+        .unwrap();
+    assert_eq!(rows(&batches), 2);
+}
+
+#[tokio::test]
+async fn statements_other_than_one_query_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_three_events(dir.path());
+    let cases = [
+        ("DROP TABLE access_events", "got `DROP TABLE`"),
+        (
+            "INSERT INTO access_events (seq) VALUES (1)",
+            "got `INSERT INTO`",
+        ),
+        ("DELETE FROM access_events", "got `DELETE FROM`"),
+        (
+            "CREATE TABLE t AS SELECT * FROM access_events",
+            "got `CREATE TABLE`",
+        ),
+        ("COPY access_events TO '/tmp/out.csv'", "got `COPY`"),
+        ("SET datafusion.execution.batch_size = 1", "got `SET`"),
+        ("SELECT 1; SELECT 2", "got 2 statements"),
+        ("", "got no statement"),
+    ];
+    for (sql, expected) in cases {
+        let err = query(dir.path(), sql).await.unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("only a single SELECT query is allowed"),
+            "{sql}: {message}"
+        );
+        assert!(message.ends_with(expected), "{sql}: {message}");
+    }
+    let batches = query(dir.path(), "SELECT count(*) FROM access_events")
+        .await
+        .unwrap();
+    assert_eq!(batches[0].column(0).as_primitive::<Int64Type>().value(0), 3);
+}
+
+#[tokio::test]
+async fn sql_errors_carry_datafusion_s_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = query(dir.path(), "SELECT no_such_column FROM access_events")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueryError::DataFusion(_)), "{err}");
+    assert!(err.to_string().contains("no_such_column"), "{err}");
+
+    let err = query(dir.path(), "SELEC 1").await.unwrap_err();
+    assert!(matches!(err, QueryError::DataFusion(_)), "{err}");
+}
+
+#[tokio::test]
+async fn json_output_is_one_object_per_row_with_rfc3339_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let recorded = store_with_three_events(dir.path());
+    let sql = "SELECT seq, time, decision FROM access_events ORDER BY seq";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let text = format_batches(&batches, OutputFormat::Json).unwrap();
+
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (line, event) in lines.iter().zip(&recorded) {
+        assert_eq!(line["seq"], event.seq);
+        let time = line["time"].as_str().unwrap();
+        let parsed = chrono::DateTime::parse_from_rfc3339(time).unwrap();
+        assert_eq!(
+            parsed.timestamp_micros(),
+            event.time.timestamp_micros(),
+            "{time}"
+        );
+    }
+    assert_eq!(lines[0]["decision"], "allow");
+    assert!(
+        lines[2]["decision"].is_null(),
+        "nulls are explicit: {}",
+        lines[2]
+    );
+}
+
+#[tokio::test]
+async fn table_output_has_headers_and_values() {
+    let dir = tempfile::tempdir().unwrap();
+    store_with_three_events(dir.path());
+    let sql = "SELECT workload, decision FROM access_events WHERE seq = 1";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let text = format_batches(&batches, OutputFormat::Table).unwrap();
+    let expected = "\
++------------+----------+
+| workload   | decision |
++------------+----------+
+| orders_api | allow    |
++------------+----------+";
+    assert_eq!(text, expected);
+}
+
+#[tokio::test]
+async fn order_by_seq_spans_several_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = common::open_with(dir.path(), 2);
+    for _ in 0..5 {
+        log.record(NewEvent::default()).unwrap();
+    }
+    log.close().unwrap();
+
+    for (order, expected) in [("ASC", vec![1, 2, 3, 4, 5]), ("DESC", vec![5, 4, 3, 2, 1])] {
+        let sql = format!("SELECT seq FROM access_events ORDER BY seq {order}");
+        let batches = query(dir.path(), &sql).await.unwrap();
+        let seqs: Vec<i64> = batches
+            .iter()
+            .flat_map(|batch| {
+                batch
+                    .column(0)
+                    .as_primitive::<Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        assert_eq!(seqs, expected);
+    }
+}

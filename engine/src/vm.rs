@@ -1,0 +1,930 @@
+//! The decision VM: runs a loaded bundle against one request and returns the decision.
+//!
+//! In: a [`Program`] (a bundle whose code the loader has verified) and a [`Request`] (the
+//! caller's kind and typed claims, the target it asks for, the request details). Out: a
+//! [`Decision`] that names the deciding rule and the reason. No I/O, no logging, no clock.
+//!
+//! The order of a decision, which the reference semantics in `docs/gate.md` defines:
+//!
+//! 1. The target is resolved by name or by (protocol, host, port); an unknown target denies.
+//! 2. An `http`/`https` target with a path prefix denies a resource outside the prefix.
+//! 3. The candidate rules are the index's list for the target merged with the `target any`
+//!    list, in declaration order. Forbids are considered first, then permits, each in order;
+//!    a rule applies when its workload matches and its `when` holds. The first applying forbid
+//!    denies; an evaluation error in a rule that is considered denies with the error; the
+//!    first applying permit allows; when nothing applies the request is denied.
+//!
+//! A workload matches when one of its alternatives of the caller's kind returns true, tried
+//! in order like `||`: an error in an earlier alternative is an error of the workload. Each
+//! workload is evaluated at most once per decision. Because blocks only jump forward and no
+//! block runs twice, a decision never runs more instructions than the bundle holds; that count
+//! is the instruction budget, and running past it is [`EvalError::BudgetExceeded`].
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use portcullis_lang::bundle::{BlockId, Bundle, BundleError, RuleEntry};
+use portcullis_lang::bytecode::{ConstSet, Instr, MAX_STACK};
+use portcullis_lang::ir::{Effect, Protocol, RequestField, TargetField, WorkloadId, WorkloadRef};
+use portcullis_lang::schema::{ClaimId, ClaimType, ClaimValue, ProviderKind};
+
+/// Workloads whose results a decision caches without allocating.
+const INLINE_WORKLOADS: usize = 64;
+
+/// The longest piece of a request that a reason text quotes.
+const MAX_QUOTED: usize = 200;
+
+/// A loaded bundle, ready to decide. Immutable; share it across threads.
+#[derive(Debug)]
+pub struct Program {
+    bundle: Bundle,
+    hash_hex: String,
+    targets: Vec<TargetInfo>,
+    by_name: HashMap<String, usize>,
+    /// Lowercase host to the targets on it: (protocol, port, target position).
+    by_host: HashMap<String, Vec<(Protocol, u16, usize)>>,
+    /// The most instructions one decision may run.
+    budget: usize,
+}
+
+/// A declared target, as decisions report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetInfo {
+    pub name: String,
+    pub protocol: Protocol,
+    pub host: String,
+    pub port: u16,
+    pub database: Option<String>,
+    pub path_prefix: Option<String>,
+}
+
+/// How a request names its target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetQuery<'a> {
+    Named(&'a str),
+    Endpoint {
+        protocol: &'a str,
+        host: &'a str,
+        port: u16,
+    },
+}
+
+/// One request to decide: an attested caller, the target it asks for, and what it does there.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub kind: ProviderKind,
+    /// Indexed by ClaimId of `kind`'s schema: `claims.len() == kind.claims().len()`.
+    pub claims: &'a [Option<ClaimValue>],
+    pub target: TargetQuery<'a>,
+    pub action: Option<&'a str>,
+    pub resource: Option<&'a str>,
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'p> {
+    pub allow: bool,
+    /// The deciding rule.
+    pub rule: Option<&'p str>,
+    /// The deciding rule's named workload, else the first declared workload the caller
+    /// matches, else none.
+    pub workload: Option<&'p str>,
+    /// The resolved target; none when the request names no declared target.
+    pub target: Option<&'p TargetInfo>,
+    pub reason: Reason<'p>,
+    /// How the request named a target that does not exist, already quoted for the reason text.
+    unknown_target: Option<String>,
+}
+
+/// Why a decision came out as it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason<'p> {
+    Permitted {
+        rule: &'p str,
+    },
+    Forbidden {
+        rule: &'p str,
+    },
+    /// Nothing permits this workload on this target.
+    NoPermit,
+    /// The request names no declared target.
+    UnknownTarget,
+    /// An `http`/`https` target with a path prefix, and a resource outside it.
+    PathOutsidePrefix,
+    EvaluationError {
+        rule: &'p str,
+        error: EvalError,
+    },
+}
+
+impl Reason<'_> {
+    /// A stable code for access events and API answers.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reason::Permitted { .. } => "permitted",
+            Reason::Forbidden { .. } => "forbidden",
+            Reason::NoPermit => "no_permit",
+            Reason::UnknownTarget => "unknown_target",
+            Reason::PathOutsidePrefix => "path_outside_prefix",
+            Reason::EvaluationError { .. } => "evaluation_error",
+        }
+    }
+}
+
+/// Why a rule could not be evaluated. Every one denies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("claim `{claim}` is absent")]
+    AbsentClaim {
+        kind: ProviderKind,
+        claim: &'static str,
+    },
+    #[error("the rule reads a claim of `{expected}`, but the caller was attested by `{actual}`")]
+    WrongKind {
+        expected: ProviderKind,
+        actual: ProviderKind,
+    },
+    #[error("claim `{claim}` is not a {expected}")]
+    ClaimType {
+        kind: ProviderKind,
+        claim: &'static str,
+        expected: ClaimType,
+    },
+    #[error("`request.{field}` is absent")]
+    AbsentRequestField { field: &'static str },
+    #[error("the rule reads the target, but the request names no declared target")]
+    NoTarget,
+    #[error("the decision ran past its instruction budget")]
+    BudgetExceeded,
+    #[error("the program is inconsistent at instruction {pc}")]
+    InvalidProgram { pc: usize },
+}
+
+impl Program {
+    /// Loads and verifies a bundle file's bytes.
+    pub fn load(bytes: &[u8]) -> Result<Program, BundleError> {
+        Program::from_bundle(Bundle::from_bytes(bytes)?)
+    }
+
+    pub fn from_bundle(bundle: Bundle) -> Result<Program, BundleError> {
+        let targets: Vec<TargetInfo> = bundle
+            .targets()
+            .iter()
+            .map(|target| TargetInfo {
+                name: target.name.clone(),
+                protocol: target.protocol,
+                host: target.host.clone(),
+                port: target.port,
+                database: target.database.clone(),
+                path_prefix: target.path_prefix.clone(),
+            })
+            .collect();
+        let mut by_name = HashMap::new();
+        let mut by_host: HashMap<String, Vec<_>> = HashMap::new();
+        for (position, target) in targets.iter().enumerate() {
+            by_name.entry(target.name.clone()).or_insert(position);
+            let on_host = by_host.entry(target.host.to_ascii_lowercase()).or_default();
+            on_host.push((target.protocol, target.port, position));
+        }
+        Ok(Program {
+            hash_hex: bundle.hash_hex(),
+            budget: bundle.instruction_count(),
+            bundle,
+            targets,
+            by_name,
+            by_host,
+        })
+    }
+
+    /// The bundle's content hash, lowercase hex.
+    pub fn hash_hex(&self) -> &str {
+        &self.hash_hex
+    }
+
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// The declared target called `name`.
+    pub fn target(&self, name: &str) -> Option<&TargetInfo> {
+        self.by_name
+            .get(name)
+            .and_then(|position| self.targets.get(*position))
+    }
+
+    /// The declared target at an endpoint; the host compares without regard to ASCII case.
+    pub fn target_at(&self, protocol: &str, host: &str, port: u16) -> Option<&TargetInfo> {
+        let protocol = [Protocol::Http, Protocol::Https, Protocol::Postgres]
+            .into_iter()
+            .find(|known| known.keyword().eq_ignore_ascii_case(protocol))?;
+        let host: Cow<'_, str> = if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        };
+        let on_host = self.by_host.get(host.as_ref())?;
+        let (_, _, position) = on_host
+            .iter()
+            .find(|(p, found_port, _)| *p == protocol && *found_port == port)?;
+        self.targets.get(*position)
+    }
+
+    /// Decides `request`. Never panics; anything unexpected denies.
+    pub fn decide(&self, request: &Request<'_>) -> Decision<'_> {
+        let position = match request.target {
+            TargetQuery::Named(name) => self.by_name.get(name).copied(),
+            TargetQuery::Endpoint {
+                protocol,
+                host,
+                port,
+            } => self
+                .target_at(protocol, host, port)
+                .and_then(|found| self.by_name.get(&found.name).copied()),
+        };
+        let target = position.and_then(|position| self.targets.get(position));
+        let mut run = Run::new(self, request, target);
+        let (Some(position), Some(target)) = (position, target) else {
+            let workload = run.first_matching_workload();
+            let mut decision = deny(Reason::UnknownTarget, None, workload, None);
+            decision.unknown_target = Some(describe_query(&request.target));
+            return decision;
+        };
+        if !within_prefix(target, request.resource) {
+            let workload = run.first_matching_workload();
+            return deny(Reason::PathOutsidePrefix, None, workload, Some(target));
+        }
+        run.rules(position)
+    }
+
+    /// The name of a rule's named workload.
+    fn workload_name(&self, workload: WorkloadRef) -> Option<&str> {
+        let WorkloadRef::Named(WorkloadId(id)) = workload else {
+            return None;
+        };
+        self.bundle
+            .workloads()
+            .get(id as usize)
+            .map(|entry| entry.name.as_str())
+    }
+}
+
+impl Decision<'_> {
+    /// One lowercase sentence that says why.
+    pub fn reason_text(&self) -> String {
+        let target = self.target.map_or("", |target| target.name.as_str());
+        match self.reason {
+            Reason::Permitted { rule } => format!("permitted by rule `{rule}`"),
+            Reason::Forbidden { rule } => format!("forbidden by rule `{rule}`"),
+            Reason::NoPermit => match self.workload {
+                Some(workload) => {
+                    format!("no permit rule covers workload `{workload}` on target `{target}`")
+                }
+                None => format!("no permit rule covers this caller on target `{target}`"),
+            },
+            Reason::UnknownTarget => match &self.unknown_target {
+                Some(described) => described.clone(),
+                None => "the request names no declared target".to_owned(),
+            },
+            Reason::PathOutsidePrefix => {
+                let prefix = self
+                    .target
+                    .and_then(|t| t.path_prefix.as_deref())
+                    .unwrap_or("");
+                format!("the resource is outside the path prefix `{prefix}` of target `{target}`")
+            }
+            Reason::EvaluationError { rule, error } => {
+                format!("evaluation error in rule `{rule}`: {error}")
+            }
+        }
+    }
+}
+
+fn deny<'p>(
+    reason: Reason<'p>,
+    rule: Option<&'p str>,
+    workload: Option<&'p str>,
+    target: Option<&'p TargetInfo>,
+) -> Decision<'p> {
+    Decision {
+        allow: false,
+        rule,
+        workload,
+        target,
+        reason,
+        unknown_target: None,
+    }
+}
+
+/// The reason text for a target that does not exist, with the request's text made safe to
+/// print: control characters escaped and the length bounded.
+fn describe_query(query: &TargetQuery<'_>) -> String {
+    match *query {
+        TargetQuery::Named(name) => format!("unknown target `{}`", quote(name)),
+        TargetQuery::Endpoint {
+            protocol,
+            host,
+            port,
+        } => {
+            format!(
+                "no target is declared for {}://{}:{port}",
+                quote(protocol),
+                quote(host)
+            )
+        }
+    }
+}
+
+fn quote(text: &str) -> String {
+    let mut out = String::new();
+    for ch in text.chars().take(MAX_QUOTED) {
+        if ch == '`' {
+            out.push_str("\\`");
+        } else if ch.is_control() {
+            let _ = write!(out, "{}", ch.escape_default());
+        } else {
+            out.push(ch);
+        }
+    }
+    if text.chars().nth(MAX_QUOTED).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Whether the resource stays inside an `http`/`https` target's path prefix. The path (the
+/// resource up to `?` or `#`) must start with the prefix and have no `.` or `..` segment and
+/// no percent-encoded dot, slash or backslash, which a server could resolve outside it.
+fn within_prefix(target: &TargetInfo, resource: Option<&str>) -> bool {
+    if !matches!(target.protocol, Protocol::Http | Protocol::Https) {
+        return true;
+    }
+    let Some(prefix) = target.path_prefix.as_deref() else {
+        return true;
+    };
+    let Some(resource) = resource else {
+        return false;
+    };
+    let path = resource.split(['?', '#']).next().unwrap_or_default();
+    if !path.starts_with(prefix) {
+        return false;
+    }
+    let lower = path.to_ascii_lowercase();
+    let encoded = ["%2e", "%2f", "%5c"]
+        .iter()
+        .any(|escape| lower.contains(escape));
+    let dot_segment = path
+        .split(['/', '\\'])
+        .any(|segment| segment == "." || segment == "..");
+    !encoded && !dot_segment
+}
+
+/// The cached result of one workload within one decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memo {
+    Unknown,
+    Matched(bool),
+    Failed(EvalError),
+}
+
+/// Workload results for one decision: in a fixed array for small policy sets.
+struct Memos {
+    inline: [Memo; INLINE_WORKLOADS],
+    // FIXME(#4): a policy set with more workloads allocates per decision; keep a pool.
+    heap: Vec<Memo>,
+}
+
+impl Memos {
+    fn new(n_workloads: usize) -> Memos {
+        let heap = if n_workloads > INLINE_WORKLOADS {
+            vec![Memo::Unknown; n_workloads]
+        } else {
+            Vec::new()
+        };
+        Memos {
+            inline: [Memo::Unknown; INLINE_WORKLOADS],
+            heap,
+        }
+    }
+
+    fn slot(&mut self, id: usize) -> Option<&mut Memo> {
+        if self.heap.is_empty() {
+            self.inline.get_mut(id)
+        } else {
+            self.heap.get_mut(id)
+        }
+    }
+}
+
+/// A value on the stack; strings borrow from the program or the request.
+#[derive(Debug, Clone, Copy)]
+enum Val<'v> {
+    Bool(bool),
+    Int(i64),
+    Str(&'v str),
+    Set(&'v [String]),
+}
+
+/// The value stack of one block: a fixed array, as deep as the verifier allows.
+struct Stack<'v> {
+    values: [Val<'v>; MAX_STACK],
+    len: usize,
+}
+
+impl<'v> Stack<'v> {
+    fn new() -> Stack<'v> {
+        Stack {
+            values: [Val::Bool(false); MAX_STACK],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, value: Val<'v>, pc: usize) -> Result<(), EvalError> {
+        let slot = self
+            .values
+            .get_mut(self.len)
+            .ok_or(EvalError::InvalidProgram { pc })?;
+        *slot = value;
+        self.len += 1;
+        Ok(())
+    }
+
+    fn pop(&mut self, pc: usize) -> Result<Val<'v>, EvalError> {
+        let top = self
+            .len
+            .checked_sub(1)
+            .ok_or(EvalError::InvalidProgram { pc })?;
+        let value = self
+            .values
+            .get(top)
+            .copied()
+            .ok_or(EvalError::InvalidProgram { pc })?;
+        self.len = top;
+        Ok(value)
+    }
+
+    fn pop_bool(&mut self, pc: usize) -> Result<bool, EvalError> {
+        match self.pop(pc)? {
+            Val::Bool(value) => Ok(value),
+            _ => Err(EvalError::InvalidProgram { pc }),
+        }
+    }
+
+    fn peek_bool(&self, pc: usize) -> Result<bool, EvalError> {
+        let top = self.len.checked_sub(1).and_then(|top| self.values.get(top));
+        match top {
+            Some(Val::Bool(value)) => Ok(*value),
+            _ => Err(EvalError::InvalidProgram { pc }),
+        }
+    }
+}
+
+/// The state of one decision.
+struct Run<'p, 'r> {
+    program: &'p Program,
+    request: &'r Request<'r>,
+    target: Option<&'p TargetInfo>,
+    memos: Memos,
+    budget: usize,
+}
+
+impl<'p, 'r> Run<'p, 'r> {
+    fn new(
+        program: &'p Program,
+        request: &'r Request<'r>,
+        target: Option<&'p TargetInfo>,
+    ) -> Run<'p, 'r> {
+        let memos = Memos::new(program.bundle.workloads().len());
+        Run {
+            program,
+            request,
+            target,
+            memos,
+            budget: program.budget,
+        }
+    }
+
+    /// Steps 3 and 4 of a decision, for a resolved target.
+    fn rules(&mut self, target_position: usize) -> Decision<'p> {
+        let program = self.program;
+        let target = self.target;
+        let rules = program.bundle.rules();
+        let any = program.bundle.rules_for_any_target();
+        let target_id = portcullis_lang::ir::TargetId(target_position as u32);
+        let Some(named) = program.bundle.rules_for_target(target_id) else {
+            return deny(Reason::UnknownTarget, None, None, None);
+        };
+        for effect in [Effect::Forbid, Effect::Permit] {
+            let (own, shared) = match effect {
+                Effect::Forbid => (&named.forbids, &any.forbids),
+                Effect::Permit => (&named.permits, &any.permits),
+            };
+            for rule_idx in Merge::new(own, shared) {
+                let Some(rule) = rules.get(rule_idx as usize) else {
+                    continue;
+                };
+                let outcome = self.applies(rule);
+                let name = rule.name.as_str();
+                let workload = || program.workload_name(rule.workload);
+                let reason = match (outcome, effect) {
+                    (Ok(false), _) => continue,
+                    (Ok(true), Effect::Forbid) => Reason::Forbidden { rule: name },
+                    (Ok(true), Effect::Permit) => Reason::Permitted { rule: name },
+                    (Err(error), _) => Reason::EvaluationError { rule: name, error },
+                };
+                let workload = workload().or_else(|| self.first_matching_workload());
+                let allow = matches!(reason, Reason::Permitted { .. });
+                return Decision {
+                    allow,
+                    rule: Some(name),
+                    workload,
+                    target,
+                    reason,
+                    unknown_target: None,
+                };
+            }
+        }
+        let workload = self.first_matching_workload();
+        deny(Reason::NoPermit, None, workload, target)
+    }
+
+    fn applies(&mut self, rule: &RuleEntry) -> Result<bool, EvalError> {
+        let matched = match rule.workload {
+            WorkloadRef::Any => true,
+            WorkloadRef::AnyOfKind(kind) => kind == self.request.kind,
+            WorkloadRef::Named(id) => self.workload(id)?,
+        };
+        match rule.when {
+            Some(block) if matched => self.block(block),
+            _ => Ok(matched),
+        }
+    }
+
+    /// The first declared workload the caller is; a workload that fails to evaluate is not.
+    fn first_matching_workload(&mut self) -> Option<&'p str> {
+        let workloads = self.program.bundle.workloads();
+        (0u32..)
+            .zip(workloads)
+            .find(|(id, _)| self.workload(WorkloadId(*id)) == Ok(true))
+            .map(|(_, entry)| entry.name.as_str())
+    }
+
+    fn workload(&mut self, id: WorkloadId) -> Result<bool, EvalError> {
+        let memo = self
+            .memos
+            .slot(id.0 as usize)
+            .map_or(Memo::Unknown, |memo| *memo);
+        let result = match memo {
+            Memo::Matched(matched) => return Ok(matched),
+            Memo::Failed(error) => return Err(error),
+            Memo::Unknown => self.evaluate_workload(id),
+        };
+        if let Some(slot) = self.memos.slot(id.0 as usize) {
+            *slot = match result {
+                Ok(matched) => Memo::Matched(matched),
+                Err(error) => Memo::Failed(error),
+            };
+        }
+        result
+    }
+
+    fn evaluate_workload(&mut self, id: WorkloadId) -> Result<bool, EvalError> {
+        let program = self.program;
+        let Some(workload) = program.bundle.workloads().get(id.0 as usize) else {
+            return Err(EvalError::InvalidProgram { pc: 0 });
+        };
+        for alternative in &workload.alternatives {
+            if alternative.kind == self.request.kind && self.block(alternative.block)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Runs one verified block to its boolean result.
+    fn block(&mut self, block: BlockId) -> Result<bool, EvalError> {
+        let program = self.program;
+        let code = program
+            .bundle
+            .block(block)
+            .ok_or(EvalError::InvalidProgram { pc: 0 })?;
+        let mut stack = Stack::new();
+        let mut pc = 0;
+        loop {
+            self.budget = self
+                .budget
+                .checked_sub(1)
+                .ok_or(EvalError::BudgetExceeded)?;
+            let instr = *code.get(pc).ok_or(EvalError::InvalidProgram { pc })?;
+            let at = pc;
+            pc += 1;
+            let value = match instr {
+                Instr::Return => return stack.pop_bool(at),
+                Instr::JumpIfFalseOrPop(to) | Instr::JumpIfTrueOrPop(to) => {
+                    let keep_on = matches!(instr, Instr::JumpIfTrueOrPop(_));
+                    if stack.peek_bool(at)? == keep_on {
+                        pc = to as usize;
+                    } else {
+                        stack.pop(at)?;
+                    }
+                    continue;
+                }
+                Instr::Not => Val::Bool(!stack.pop_bool(at)?),
+                Instr::Eq | Instr::Ne => {
+                    let right = stack.pop(at)?;
+                    let left = stack.pop(at)?;
+                    let equal = equal(left, right).ok_or(EvalError::InvalidProgram { pc: at })?;
+                    Val::Bool(equal == matches!(instr, Instr::Eq))
+                }
+                Instr::InSet(set) => {
+                    let set = program.bundle.sets().get(set as usize);
+                    let value = stack.pop(at)?;
+                    let found = set.and_then(|set| contains(set, value));
+                    Val::Bool(found.ok_or(EvalError::InvalidProgram { pc: at })?)
+                }
+                Instr::Like(glob) => {
+                    let glob = program.bundle.globs().get(glob as usize);
+                    let matched = match (glob, stack.pop(at)?) {
+                        (Some(glob), Val::Str(text)) => glob.is_match(text),
+                        _ => return Err(EvalError::InvalidProgram { pc: at }),
+                    };
+                    Val::Bool(matched)
+                }
+                other => self.push_value(other, at)?,
+            };
+            stack.push(value, at)?;
+        }
+    }
+
+    /// The value an instruction that reads something pushes.
+    fn push_value<'v>(&self, instr: Instr, pc: usize) -> Result<Val<'v>, EvalError>
+    where
+        'p: 'v,
+        'r: 'v,
+    {
+        let request = self.request;
+        Ok(match instr {
+            Instr::PushBool(value) => Val::Bool(value),
+            Instr::PushInt(value) => Val::Int(value),
+            Instr::PushStr(idx) => match self.program.bundle.strings().get(idx as usize) {
+                Some(text) => Val::Str(text),
+                None => return Err(EvalError::InvalidProgram { pc }),
+            },
+            Instr::PushClaim(kind, claim) => claim_value(request, kind, claim)?,
+            Instr::HasClaim(kind, claim) => Val::Bool(
+                request.kind == kind
+                    && request
+                        .claims
+                        .get(usize::from(claim.0))
+                        .is_some_and(Option::is_some),
+            ),
+            Instr::PushRequest(field) => match request_field(request, field) {
+                Some(text) => Val::Str(text),
+                None => {
+                    let field = match field {
+                        RequestField::Action => "action",
+                        RequestField::Resource => "resource",
+                    };
+                    return Err(EvalError::AbsentRequestField { field });
+                }
+            },
+            Instr::HasRequest(field) => Val::Bool(request_field(request, field).is_some()),
+            Instr::PushTarget(field) => {
+                let target = self.target.ok_or(EvalError::NoTarget)?;
+                match field {
+                    TargetField::Name => Val::Str(&target.name),
+                    TargetField::Protocol => Val::Str(target.protocol.keyword()),
+                    TargetField::Host => Val::Str(&target.host),
+                    TargetField::Port => Val::Int(i64::from(target.port)),
+                }
+            }
+            _ => return Err(EvalError::InvalidProgram { pc }),
+        })
+    }
+}
+
+fn request_field<'r>(request: &Request<'r>, field: RequestField) -> Option<&'r str> {
+    match field {
+        RequestField::Action => request.action,
+        RequestField::Resource => request.resource,
+    }
+}
+
+/// Reads a claim, checking the caller's kind, presence, and the schema type.
+fn claim_value<'r>(
+    request: &'r Request<'_>,
+    kind: ProviderKind,
+    claim: ClaimId,
+) -> Result<Val<'r>, EvalError> {
+    if request.kind != kind {
+        return Err(EvalError::WrongKind {
+            expected: kind,
+            actual: request.kind,
+        });
+    }
+    let Some(def) = kind.claims().get(usize::from(claim.0)) else {
+        return Err(EvalError::InvalidProgram { pc: 0 });
+    };
+    let value = request
+        .claims
+        .get(usize::from(claim.0))
+        .and_then(Option::as_ref);
+    let Some(value) = value else {
+        return Err(EvalError::AbsentClaim {
+            kind,
+            claim: def.name,
+        });
+    };
+    match (def.ty, value) {
+        (ClaimType::String, ClaimValue::String(text)) => Ok(Val::Str(text)),
+        (ClaimType::Int, ClaimValue::Int(number)) => Ok(Val::Int(*number)),
+        (ClaimType::Bool, ClaimValue::Bool(flag)) => Ok(Val::Bool(*flag)),
+        (ClaimType::StringSet, ClaimValue::StringSet(items)) => Ok(Val::Set(items)),
+        (expected, _) => Err(EvalError::ClaimType {
+            kind,
+            claim: def.name,
+            expected,
+        }),
+    }
+}
+
+/// Equality of two scalars of the same type; none for values the verifier keeps apart.
+fn equal(left: Val<'_>, right: Val<'_>) -> Option<bool> {
+    match (left, right) {
+        (Val::Bool(a), Val::Bool(b)) => Some(a == b),
+        (Val::Int(a), Val::Int(b)) => Some(a == b),
+        (Val::Str(a), Val::Str(b)) => Some(a == b),
+        _ => None,
+    }
+}
+
+/// Membership in a constant set; for a claim's set, whether the two sets meet.
+// FIXME(#4): sets are scanned; large ones should be precompiled into a hashed form.
+fn contains(set: &ConstSet, value: Val<'_>) -> Option<bool> {
+    match (set, value) {
+        (ConstSet::Str(items), Val::Str(text)) => Some(items.iter().any(|item| item == text)),
+        (ConstSet::Str(items), Val::Set(values)) => {
+            Some(values.iter().any(|value| items.contains(value)))
+        }
+        (ConstSet::Int(items), Val::Int(number)) => Some(items.contains(&number)),
+        (ConstSet::Bool(items), Val::Bool(flag)) => Some(items.contains(&flag)),
+        (ConstSet::Str(items), _) if items.is_empty() => Some(false),
+        (ConstSet::Int(items), _) if items.is_empty() => Some(false),
+        (ConstSet::Bool(items), _) if items.is_empty() => Some(false),
+        _ => None,
+    }
+}
+
+/// Merges two ascending lists of rule positions into one ascending sequence.
+struct Merge<'l> {
+    left: &'l [u32],
+    right: &'l [u32],
+}
+
+impl<'l> Merge<'l> {
+    fn new(left: &'l [u32], right: &'l [u32]) -> Merge<'l> {
+        Merge { left, right }
+    }
+}
+
+impl Iterator for Merge<'_> {
+    type Item = u32;
+
+    fn next(&mut self) -> Option<u32> {
+        let take_left = match (self.left.first(), self.right.first()) {
+            (Some(left), Some(right)) => left <= right,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        let side = if take_left {
+            &mut self.left
+        } else {
+            &mut self.right
+        };
+        let (first, rest) = side.split_first()?;
+        *side = rest;
+        Some(*first)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+    use portcullis_lang::ir::{
+        self, Alternative, Expr, PolicySet, Rule, Target, TargetRef, Value, Workload,
+    };
+
+    fn github_claim(name: &str) -> ClaimId {
+        ProviderKind::Github.claim(name).unwrap().0
+    }
+
+    fn program() -> Program {
+        let repository = Expr::Claim {
+            kind: ProviderKind::Github,
+            claim: github_claim("repository"),
+        };
+        let set = PolicySet {
+            workloads: vec![Workload {
+                name: "ci".to_owned(),
+                alternatives: vec![Alternative {
+                    kind: ProviderKind::Github,
+                    condition: Expr::Eq(
+                        Box::new(repository),
+                        Box::new(Expr::Const(Value::String("acme/x".to_owned()))),
+                    ),
+                }],
+            }],
+            targets: vec![Target {
+                name: "api".to_owned(),
+                protocol: Protocol::Https,
+                host: "api.internal".to_owned(),
+                port: 443,
+                database: None,
+                path_prefix: None,
+            }],
+            rules: vec![Rule {
+                name: "ci_calls_api".to_owned(),
+                effect: Effect::Permit,
+                workload: WorkloadRef::Named(WorkloadId(0)),
+                target: TargetRef::Named(ir::TargetId(0)),
+                when: None,
+            }],
+        };
+        Program::from_bundle(Bundle::from_policy_set(&set).unwrap()).unwrap()
+    }
+
+    fn claims() -> Vec<Option<ClaimValue>> {
+        let mut claims = vec![None; ProviderKind::Github.claims().len()];
+        claims[github_claim("repository").0 as usize] =
+            Some(ClaimValue::String("acme/x".to_owned()));
+        claims
+    }
+
+    fn request(claims: &[Option<ClaimValue>]) -> Request<'_> {
+        Request {
+            kind: ProviderKind::Github,
+            claims,
+            target: TargetQuery::Named("api"),
+            action: None,
+            resource: None,
+        }
+    }
+
+    #[test]
+    fn budget_bounds_a_decision() {
+        let claims = claims();
+        let mut program = program();
+        assert_eq!(program.budget, 4);
+        assert!(program.decide(&request(&claims)).allow);
+        program.budget = 2;
+        let decision = program.decide(&request(&claims));
+        assert!(!decision.allow);
+        assert_eq!(
+            decision.reason,
+            Reason::EvaluationError {
+                rule: "ci_calls_api",
+                error: EvalError::BudgetExceeded
+            }
+        );
+    }
+
+    #[test]
+    fn merge_keeps_declaration_order() {
+        let merged: Vec<u32> = Merge::new(&[1, 4, 9], &[0, 2, 10, 11]).collect();
+        assert_eq!(merged, [0, 1, 2, 4, 9, 10, 11]);
+        assert_eq!(Merge::new(&[], &[3]).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn prefix_check_refuses_escapes() {
+        let mut target = program().targets[0].clone();
+        target.path_prefix = Some("/v1/".to_owned());
+        for (resource, inside) in [
+            (Some("/v1/invoices"), true),
+            (Some("/v1/"), true),
+            (Some("/v1/a?next=/admin"), true),
+            (Some("/v2/invoices"), false),
+            (Some("/v1"), false),
+            (Some("/v1/../admin"), false),
+            (Some("/v1/./x"), false),
+            (Some("/v1/%2E%2E/admin"), false),
+            (Some("/v1/a%2fb"), false),
+            (None, false),
+        ] {
+            assert_eq!(within_prefix(&target, resource), inside, "{resource:?}");
+        }
+    }
+
+    #[test]
+    fn quoting_escapes_control_characters() {
+        assert_eq!(quote("a\nb`c"), "a\\nb\\`c");
+        assert_eq!(quote(&"x".repeat(300)).chars().count(), MAX_QUOTED + 1);
+    }
+
+    #[test]
+    fn program_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Program>();
+    }
+}

@@ -1,0 +1,1116 @@
+//! The bundle: a compiled policy set in a versioned binary format, identified by its SHA-256.
+//!
+//! In: an [`ir::PolicySet`] ([`Bundle::from_policy_set`]) or the bytes of a bundle file
+//! ([`Bundle::from_bytes`]). Out: a [`Bundle`] whose every table, index and block of code has
+//! been checked, so that the VM can run it without meeting an index out of range, a jump out of
+//! its block or a value of the wrong type. Building goes through the same loader, so a bundle
+//! in memory is always one that would load from disk. `docs/bundle-format.md` describes the
+//! format field by field.
+
+use std::collections::HashSet;
+
+use sha2::{Digest, Sha256};
+
+use crate::bytecode::{
+    self, ConstSet, DecodeError, EmitError, Emitter, Instr, Tables, VerifyError, kind_code,
+    kind_from_code,
+};
+use crate::glob::{Glob, GlobItem, Segment};
+use crate::ir::{self, Effect, Protocol, TargetId, TargetRef, WorkloadId, WorkloadRef};
+use crate::schema::ProviderKind;
+
+/// The first eight bytes of every bundle.
+pub const MAGIC: [u8; 8] = *b"GATEBNDL";
+
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+
+/// Magic, version, section count, total length.
+const HEADER_LEN: usize = 16;
+/// Kind, offset, length.
+const TABLE_ENTRY_LEN: usize = 10;
+const HASH_LEN: usize = 32;
+/// An absent optional string or code offset.
+const NONE: u32 = u32::MAX;
+
+/// The sections of a version 1 bundle, in the order they appear.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SectionKind {
+    Strings = 1,
+    Constants = 2,
+    Globs = 3,
+    Workloads = 4,
+    Targets = 5,
+    Rules = 6,
+    Index = 7,
+    Code = 8,
+}
+
+impl SectionKind {
+    pub const ALL: [SectionKind; 8] = [
+        SectionKind::Strings,
+        SectionKind::Constants,
+        SectionKind::Globs,
+        SectionKind::Workloads,
+        SectionKind::Targets,
+        SectionKind::Rules,
+        SectionKind::Index,
+        SectionKind::Code,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SectionKind::Strings => "strings",
+            SectionKind::Constants => "constants",
+            SectionKind::Globs => "globs",
+            SectionKind::Workloads => "workloads",
+            SectionKind::Targets => "targets",
+            SectionKind::Rules => "rules",
+            SectionKind::Index => "index",
+            SectionKind::Code => "code",
+        }
+    }
+}
+
+/// Position of a block in [`Bundle::blocks`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockId(pub u32);
+
+/// A workload: its name and its alternatives, each a block that returns whether a caller of
+/// that kind is the workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadEntry {
+    pub name: String,
+    pub alternatives: Vec<AlternativeEntry>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AlternativeEntry {
+    pub kind: ProviderKind,
+    pub block: BlockId,
+}
+
+/// A rule as the VM runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleEntry {
+    pub name: String,
+    pub effect: Effect,
+    pub workload: WorkloadRef,
+    pub target: TargetRef,
+    /// The block of `when`, if the rule has one.
+    pub when: Option<BlockId>,
+}
+
+/// The rules that can apply to one target (or to every target), by position in
+/// [`Bundle::rules`], each list ascending, forbids apart from permits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuleList {
+    pub forbids: Vec<u32>,
+    pub permits: Vec<u32>,
+}
+
+/// A compiled, validated policy set.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bundle {
+    strings: Vec<String>,
+    sets: Vec<ConstSet>,
+    globs: Vec<Glob>,
+    workloads: Vec<WorkloadEntry>,
+    targets: Vec<ir::Target>,
+    rules: Vec<RuleEntry>,
+    /// One list per target, in target order.
+    index: Vec<RuleList>,
+    /// The rules of `target any`.
+    index_any: RuleList,
+    blocks: Vec<Vec<Instr>>,
+    bytes: Vec<u8>,
+    hash: [u8; 32],
+}
+
+/// Why a bundle could not be built or loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    #[error("this is not a policy bundle: it does not start with `GATEBNDL`")]
+    BadMagic,
+    #[error(
+        "bundle format version {version} is not supported; this build reads version {FORMAT_VERSION}"
+    )]
+    UnsupportedVersion { version: u16 },
+    #[error("the bundle is truncated: it should be {expected} bytes long but is {actual}")]
+    Truncated { expected: u64, actual: usize },
+    #[error("the bundle has {extra} bytes after its end")]
+    TrailingBytes { extra: usize },
+    #[error("the bundle is corrupt: its content hash is {actual}, but it records {recorded}")]
+    HashMismatch { recorded: String, actual: String },
+    #[error("the bundle has {count} sections; version {FORMAT_VERSION} has 8")]
+    SectionCount { count: u16 },
+    #[error("entry {position} of the section table has kind {kind}, expected {expected}")]
+    BadSectionTable {
+        position: usize,
+        kind: u16,
+        expected: u16,
+    },
+    #[error("section `{section}` at offset {offset}, length {length} is out of place")]
+    SectionOutOfRange {
+        section: &'static str,
+        offset: u32,
+        length: u32,
+    },
+    #[error("section `{section}` ends in the middle of an entry, at its byte {offset}")]
+    SectionEndsEarly {
+        section: &'static str,
+        offset: usize,
+    },
+    #[error("section `{section}` has unused bytes after its last entry, from its byte {offset}")]
+    SectionTrailingBytes {
+        section: &'static str,
+        offset: usize,
+    },
+    #[error("section `{section}` declares {count} entries, more than its bytes can hold")]
+    CountTooLarge { section: &'static str, count: u32 },
+    #[error("string {index} is not valid UTF-8")]
+    InvalidUtf8 { index: usize },
+    #[error("section `{section}`: {what} index {index} is out of range (there are {len})")]
+    IndexOutOfRange {
+        section: &'static str,
+        what: &'static str,
+        index: u32,
+        len: usize,
+    },
+    #[error("section `{section}`: {what} has the invalid value {value}")]
+    InvalidTag {
+        section: &'static str,
+        what: &'static str,
+        value: u32,
+    },
+    #[error("section `{section}`: code offset {offset} is not the start of a block")]
+    BadCodeOffset { section: &'static str, offset: u32 },
+    #[error("code block at offset {block}, byte {byte}: {error}")]
+    InvalidInstruction {
+        block: u32,
+        byte: usize,
+        error: DecodeError,
+    },
+    #[error("code block at offset {block}, instruction {pc}: {error}")]
+    InvalidCode {
+        block: u32,
+        pc: usize,
+        error: VerifyError,
+    },
+    #[error("the index does not match the rules (list {list})")]
+    IndexMismatch { list: usize },
+    #[error("two targets are named `{name}`")]
+    DuplicateTarget { name: String },
+    #[error("cannot compile the policy set: {0}")]
+    Emit(#[from] EmitError),
+}
+
+impl Bundle {
+    /// Compiles a checked policy set.
+    pub fn from_policy_set(set: &ir::PolicySet) -> Result<Bundle, BundleError> {
+        let bytes = write::policy_set(set)?;
+        Bundle::from_bytes(&bytes)
+    }
+
+    /// The bundle file's bytes; the same policy set always gives the same bytes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+
+    /// Loads and checks a bundle. Never panics, and allocates in proportion to `bytes`.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
+        read::bundle(bytes)
+    }
+
+    /// The SHA-256 of the bundle's header and sections.
+    pub fn hash(&self) -> [u8; 32] {
+        self.hash
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex::encode(self.hash)
+    }
+
+    pub fn strings(&self) -> &[String] {
+        &self.strings
+    }
+
+    pub fn sets(&self) -> &[ConstSet] {
+        &self.sets
+    }
+
+    pub fn globs(&self) -> &[Glob] {
+        &self.globs
+    }
+
+    pub fn workloads(&self) -> &[WorkloadEntry] {
+        &self.workloads
+    }
+
+    pub fn targets(&self) -> &[ir::Target] {
+        &self.targets
+    }
+
+    pub fn rules(&self) -> &[RuleEntry] {
+        &self.rules
+    }
+
+    /// The rules that name `target`.
+    pub fn rules_for_target(&self, target: TargetId) -> Option<&RuleList> {
+        self.index.get(target.0 as usize)
+    }
+
+    /// The rules of `target any`.
+    pub fn rules_for_any_target(&self) -> &RuleList {
+        &self.index_any
+    }
+
+    pub fn blocks(&self) -> &[Vec<Instr>] {
+        &self.blocks
+    }
+
+    pub fn block(&self, id: BlockId) -> Option<&[Instr]> {
+        self.blocks.get(id.0 as usize).map(Vec::as_slice)
+    }
+
+    /// The number of instructions in all blocks: no decision can run more, because a block
+    /// only jumps forward and a decision runs each block at most once.
+    pub fn instruction_count(&self) -> usize {
+        self.blocks.iter().map(Vec::len).sum()
+    }
+}
+
+fn protocol_code(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Http => 0,
+        Protocol::Https => 1,
+        Protocol::Postgres => 2,
+    }
+}
+
+fn protocol_from_code(code: u8) -> Option<Protocol> {
+    [Protocol::Http, Protocol::Https, Protocol::Postgres]
+        .into_iter()
+        .find(|protocol| protocol_code(*protocol) == code)
+}
+
+/// The index a set of rules implies: per target the rules naming it, then `target any`.
+fn build_index(rules: &[RuleEntry], n_targets: usize) -> (Vec<RuleList>, RuleList) {
+    let mut index = vec![RuleList::default(); n_targets];
+    let mut index_any = RuleList::default();
+    for (rule_idx, rule) in (0u32..).zip(rules) {
+        let list = match rule.target {
+            TargetRef::Named(TargetId(target)) => match index.get_mut(target as usize) {
+                Some(list) => list,
+                None => continue,
+            },
+            TargetRef::Any => &mut index_any,
+        };
+        match rule.effect {
+            Effect::Forbid => list.forbids.push(rule_idx),
+            Effect::Permit => list.permits.push(rule_idx),
+        }
+    }
+    (index, index_any)
+}
+
+/// Serialization of a policy set.
+mod write {
+    use super::*;
+
+    /// Appends little-endian integers and length-prefixed lists.
+    #[derive(Default)]
+    struct Out(Vec<u8>);
+
+    impl Out {
+        fn u8(&mut self, value: u8) {
+            self.0.push(value);
+        }
+        fn u16(&mut self, value: u16) {
+            self.0.extend(value.to_le_bytes());
+        }
+        fn u32(&mut self, value: u32) {
+            self.0.extend(value.to_le_bytes());
+        }
+        fn i64(&mut self, value: i64) {
+            self.0.extend(value.to_le_bytes());
+        }
+        fn count(&mut self, len: usize, what: &'static str) -> Result<(), EmitError> {
+            self.u32(bytecode::to_u32(len, what)?);
+            Ok(())
+        }
+    }
+
+    /// The code section being built: blocks and the offset of each.
+    #[derive(Default)]
+    struct Code {
+        out: Out,
+        n_blocks: usize,
+    }
+
+    impl Code {
+        /// Adds a block and returns the offset that refers to it.
+        fn add(&mut self, block: &[Instr]) -> Result<u32, EmitError> {
+            // The block count (4 bytes) precedes the first block.
+            let offset = bytecode::to_u32(self.out.0.len() + 4, "bytes of code")?;
+            let bytes = bytecode::encode_block(block);
+            self.out.count(bytes.len(), "bytes in one block")?;
+            self.out.0.extend(bytes);
+            self.n_blocks += 1;
+            Ok(offset)
+        }
+
+        fn finish(self) -> Result<Vec<u8>, EmitError> {
+            let mut section = Out::default();
+            section.count(self.n_blocks, "code blocks")?;
+            section.0.extend(self.out.0);
+            Ok(section.0)
+        }
+    }
+
+    pub(super) fn policy_set(set: &ir::PolicySet) -> Result<Vec<u8>, BundleError> {
+        let mut emitter = Emitter::new();
+        let mut code = Code::default();
+        let workloads = workloads(set, &mut emitter, &mut code)?;
+        let targets = targets(set, &mut emitter)?;
+        let rules = rules(set, &mut emitter, &mut code)?;
+        let index = index(set)?;
+        let constants = constants(&mut emitter)?;
+        let globs = globs(&mut emitter)?;
+        let strings = strings(&emitter)?;
+        let sections = [
+            strings,
+            constants,
+            globs,
+            workloads,
+            targets,
+            rules,
+            index,
+            code.finish()?,
+        ];
+        Ok(assemble(&sections)?)
+    }
+
+    fn assemble(sections: &[Vec<u8>; 8]) -> Result<Vec<u8>, EmitError> {
+        let table_len = TABLE_ENTRY_LEN * sections.len();
+        let body_len: usize = sections.iter().map(Vec::len).sum();
+        let total = HEADER_LEN + table_len + body_len + HASH_LEN;
+        let mut out = Out::default();
+        out.0.extend(MAGIC);
+        out.u16(FORMAT_VERSION);
+        out.u16(SectionKind::ALL.len() as u16);
+        out.count(total, "bytes in the bundle")?;
+        let mut offset = HEADER_LEN + table_len;
+        for (kind, section) in SectionKind::ALL.iter().zip(sections) {
+            out.u16(*kind as u16);
+            out.count(offset, "bytes in the bundle")?;
+            out.count(section.len(), "bytes in one section")?;
+            offset += section.len();
+        }
+        for section in sections {
+            out.0.extend(section);
+        }
+        let hash = Sha256::digest(&out.0);
+        out.0.extend(hash);
+        Ok(out.0)
+    }
+
+    fn strings(emitter: &Emitter) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(emitter.strings().len(), "strings")?;
+        for text in emitter.strings() {
+            out.count(text.len(), "bytes in one string")?;
+            out.0.extend(text.as_bytes());
+        }
+        Ok(out.0)
+    }
+
+    fn constants(emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let sets = emitter.sets().to_vec();
+        let mut out = Out::default();
+        out.count(sets.len(), "constant sets")?;
+        for set in &sets {
+            match set {
+                ConstSet::Str(items) => {
+                    out.u8(0);
+                    out.count(items.len(), "values in one set")?;
+                    for item in items {
+                        out.u32(emitter.intern(item)?);
+                    }
+                }
+                ConstSet::Int(items) => {
+                    out.u8(1);
+                    out.count(items.len(), "values in one set")?;
+                    items.iter().for_each(|item| out.i64(*item));
+                }
+                ConstSet::Bool(items) => {
+                    out.u8(2);
+                    out.count(items.len(), "values in one set")?;
+                    items.iter().for_each(|item| out.u8(u8::from(*item)));
+                }
+            }
+        }
+        Ok(out.0)
+    }
+
+    fn globs(emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let globs = emitter.globs().to_vec();
+        let mut out = Out::default();
+        out.count(globs.len(), "glob patterns")?;
+        for glob in &globs {
+            out.count(glob.segments().len(), "segments in one glob")?;
+            for segment in glob.segments() {
+                out.count(segment.items.len(), "items in one glob segment")?;
+                for item in &segment.items {
+                    match item {
+                        GlobItem::Literal(text) => {
+                            out.u8(0);
+                            out.u32(emitter.intern(text)?);
+                        }
+                        GlobItem::AnyChar => out.u8(1),
+                    }
+                }
+            }
+        }
+        Ok(out.0)
+    }
+
+    fn workloads(
+        set: &ir::PolicySet,
+        emitter: &mut Emitter,
+        code: &mut Code,
+    ) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(set.workloads.len(), "workloads")?;
+        for workload in &set.workloads {
+            out.u32(emitter.intern(&workload.name)?);
+            out.count(workload.alternatives.len(), "alternatives in one workload")?;
+            for alternative in &workload.alternatives {
+                out.u8(kind_code(alternative.kind));
+                let block = emitter.block(&alternative.condition)?;
+                out.u32(code.add(&block)?);
+            }
+        }
+        Ok(out.0)
+    }
+
+    fn targets(set: &ir::PolicySet, emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(set.targets.len(), "targets")?;
+        for target in &set.targets {
+            out.u32(emitter.intern(&target.name)?);
+            out.u8(protocol_code(target.protocol));
+            out.u32(emitter.intern(&target.host)?);
+            out.u16(target.port);
+            for optional in [&target.database, &target.path_prefix] {
+                match optional {
+                    Some(text) => out.u32(emitter.intern(text)?),
+                    None => out.u32(NONE),
+                }
+            }
+        }
+        Ok(out.0)
+    }
+
+    fn rules(
+        set: &ir::PolicySet,
+        emitter: &mut Emitter,
+        code: &mut Code,
+    ) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(set.rules.len(), "rules")?;
+        for rule in &set.rules {
+            out.u32(emitter.intern(&rule.name)?);
+            out.u8(match rule.effect {
+                Effect::Permit => 0,
+                Effect::Forbid => 1,
+            });
+            let (tag, value) = match rule.workload {
+                WorkloadRef::Named(WorkloadId(idx)) => (0, idx),
+                WorkloadRef::AnyOfKind(kind) => (1, u32::from(kind_code(kind))),
+                WorkloadRef::Any => (2, 0),
+            };
+            out.u8(tag);
+            out.u32(value);
+            let (tag, value) = match rule.target {
+                TargetRef::Named(TargetId(idx)) => (0, idx),
+                TargetRef::Any => (1, 0),
+            };
+            out.u8(tag);
+            out.u32(value);
+            match &rule.when {
+                Some(expr) => {
+                    let block = emitter.block(expr)?;
+                    out.u32(code.add(&block)?);
+                }
+                None => out.u32(NONE),
+            }
+        }
+        Ok(out.0)
+    }
+
+    fn index(set: &ir::PolicySet) -> Result<Vec<u8>, EmitError> {
+        let entries: Vec<RuleEntry> = set
+            .rules
+            .iter()
+            .map(|rule| RuleEntry {
+                name: String::new(),
+                effect: rule.effect,
+                workload: rule.workload,
+                target: rule.target,
+                when: None,
+            })
+            .collect();
+        let (index, index_any) = build_index(&entries, set.targets.len());
+        let mut out = Out::default();
+        out.count(index.len() + 1, "index lists")?;
+        for list in index.iter().chain([&index_any]) {
+            for ids in [&list.forbids, &list.permits] {
+                out.count(ids.len(), "rules in one index list")?;
+                ids.iter().for_each(|id| out.u32(*id));
+            }
+        }
+        Ok(out.0)
+    }
+}
+
+/// Loading and checking.
+mod read {
+    use super::*;
+
+    /// Reads one section; every read is bounds-checked and reports where the section ended.
+    struct Reader<'a> {
+        section: &'static str,
+        bytes: &'a [u8],
+        pos: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn new(kind: SectionKind, bytes: &'a [u8]) -> Reader<'a> {
+            Reader {
+                section: kind.name(),
+                bytes,
+                pos: 0,
+            }
+        }
+
+        fn take(&mut self, len: usize) -> Result<&'a [u8], BundleError> {
+            let end = self.pos.checked_add(len);
+            let slice = end.and_then(|end| self.bytes.get(self.pos..end));
+            let Some(slice) = slice else {
+                return Err(BundleError::SectionEndsEarly {
+                    section: self.section,
+                    offset: self.bytes.len(),
+                });
+            };
+            self.pos += len;
+            Ok(slice)
+        }
+
+        fn array<const N: usize>(&mut self) -> Result<[u8; N], BundleError> {
+            let mut out = [0u8; N];
+            out.copy_from_slice(self.take(N)?);
+            Ok(out)
+        }
+
+        fn u8(&mut self) -> Result<u8, BundleError> {
+            Ok(self.array::<1>()?[0])
+        }
+
+        fn u16(&mut self) -> Result<u16, BundleError> {
+            Ok(u16::from_le_bytes(self.array()?))
+        }
+
+        fn u32(&mut self) -> Result<u32, BundleError> {
+            Ok(u32::from_le_bytes(self.array()?))
+        }
+
+        fn i64(&mut self) -> Result<i64, BundleError> {
+            Ok(i64::from_le_bytes(self.array()?))
+        }
+
+        /// Reads an entry count, refusing one that the remaining bytes cannot hold when each
+        /// entry takes at least `min_entry_len` bytes.
+        fn count(&mut self, min_entry_len: usize) -> Result<u32, BundleError> {
+            let count = self.u32()?;
+            let remaining = self.bytes.len() - self.pos.min(self.bytes.len());
+            if (count as usize).saturating_mul(min_entry_len) > remaining {
+                return Err(BundleError::CountTooLarge {
+                    section: self.section,
+                    count,
+                });
+            }
+            Ok(count)
+        }
+
+        fn finish(&self) -> Result<(), BundleError> {
+            if self.pos == self.bytes.len() {
+                Ok(())
+            } else {
+                Err(BundleError::SectionTrailingBytes {
+                    section: self.section,
+                    offset: self.pos,
+                })
+            }
+        }
+
+        fn index(&mut self, what: &'static str, len: usize) -> Result<u32, BundleError> {
+            let index = self.u32()?;
+            check_index(self.section, what, index, len)?;
+            Ok(index)
+        }
+
+        fn invalid(&self, what: &'static str, value: u32) -> BundleError {
+            BundleError::InvalidTag {
+                section: self.section,
+                what,
+                value,
+            }
+        }
+    }
+
+    fn check_index(
+        section: &'static str,
+        what: &'static str,
+        index: u32,
+        len: usize,
+    ) -> Result<(), BundleError> {
+        if (index as usize) < len {
+            Ok(())
+        } else {
+            Err(BundleError::IndexOutOfRange {
+                section,
+                what,
+                index,
+                len,
+            })
+        }
+    }
+
+    pub(super) fn bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
+        let (body, hash) = header(bytes)?;
+        let sections = section_table(body)?;
+        let [
+            strings,
+            constants,
+            globs,
+            workloads,
+            targets,
+            rules,
+            index,
+            code,
+        ] = sections;
+        let strings = read_strings(strings)?;
+        let sets = read_constants(constants, &strings)?;
+        let globs = read_globs(globs, &strings)?;
+        let tables = Tables {
+            n_strings: strings.len(),
+            sets: &sets,
+            n_globs: globs.len(),
+        };
+        let (blocks, offsets) = read_code(code, &tables)?;
+        let workloads = read_workloads(workloads, &strings, &offsets)?;
+        let targets = read_targets(targets, &strings)?;
+        let rules = read_rules(rules, &strings, &offsets, workloads.len(), targets.len())?;
+        let (index, index_any) = read_index(index, &rules, targets.len())?;
+        Ok(Bundle {
+            strings,
+            sets,
+            globs,
+            workloads,
+            targets,
+            rules,
+            index,
+            index_any,
+            blocks,
+            bytes: bytes.to_vec(),
+            hash,
+        })
+    }
+
+    /// Checks magic, version, length and hash; returns everything the hash covers, and the
+    /// hash.
+    fn header(bytes: &[u8]) -> Result<(&[u8], [u8; 32]), BundleError> {
+        let truncated = |expected: usize| BundleError::Truncated {
+            expected: expected as u64,
+            actual: bytes.len(),
+        };
+        let magic_len = MAGIC.len().min(bytes.len());
+        if bytes.get(..magic_len) != MAGIC.get(..magic_len) {
+            return Err(BundleError::BadMagic);
+        }
+        let Some(&[v0, v1, _, _, l0, l1, l2, l3]) = bytes.get(MAGIC.len()..HEADER_LEN) else {
+            return Err(truncated(HEADER_LEN + HASH_LEN));
+        };
+        let version = u16::from_le_bytes([v0, v1]);
+        if version != FORMAT_VERSION {
+            return Err(BundleError::UnsupportedVersion { version });
+        }
+        let total = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
+        if bytes.len() < total {
+            return Err(truncated(total));
+        }
+        if bytes.len() > total {
+            return Err(BundleError::TrailingBytes {
+                extra: bytes.len() - total,
+            });
+        }
+        let Some(body_len) = total.checked_sub(HASH_LEN).filter(|len| *len >= HEADER_LEN) else {
+            return Err(truncated(HEADER_LEN + HASH_LEN));
+        };
+        let (body, recorded) = bytes.split_at(body_len);
+        let mut actual = [0u8; 32];
+        actual.copy_from_slice(&Sha256::digest(body));
+        if actual.as_slice() != recorded {
+            return Err(BundleError::HashMismatch {
+                recorded: hex::encode(recorded),
+                actual: hex::encode(actual),
+            });
+        }
+        Ok((body, actual))
+    }
+
+    /// Splits the hashed body into its eight sections, which must follow the table in order
+    /// and without gaps up to the hash.
+    fn section_table(body: &[u8]) -> Result<[&[u8]; 8], BundleError> {
+        let count = body
+            .get(10..12)
+            .map(|raw| u16::from_le_bytes([raw[0], raw[1]]));
+        let count = count.unwrap_or_default();
+        if usize::from(count) != SectionKind::ALL.len() {
+            return Err(BundleError::SectionCount { count });
+        }
+        let table_end = HEADER_LEN + TABLE_ENTRY_LEN * SectionKind::ALL.len();
+        let mut sections: [&[u8]; 8] = [&[]; 8];
+        let mut expected_offset = table_end;
+        for (position, kind) in SectionKind::ALL.into_iter().enumerate() {
+            let start = HEADER_LEN + TABLE_ENTRY_LEN * position;
+            let entry = body
+                .get(start..start + TABLE_ENTRY_LEN)
+                .ok_or(BundleError::Truncated {
+                    expected: table_end as u64,
+                    actual: body.len(),
+                })?;
+            let mut entry = Reader {
+                section: "section table",
+                bytes: entry,
+                pos: 0,
+            };
+            let found = entry.u16()?;
+            if found != kind as u16 {
+                return Err(BundleError::BadSectionTable {
+                    position,
+                    kind: found,
+                    expected: kind as u16,
+                });
+            }
+            let (offset, length) = (entry.u32()?, entry.u32()?);
+            let out_of_range = BundleError::SectionOutOfRange {
+                section: kind.name(),
+                offset,
+                length,
+            };
+            if offset as usize != expected_offset {
+                return Err(out_of_range);
+            }
+            let end = expected_offset.saturating_add(length as usize);
+            let Some(slot) = sections.get_mut(position) else {
+                return Err(out_of_range);
+            };
+            *slot = body.get(expected_offset..end).ok_or(out_of_range)?;
+            expected_offset = end;
+        }
+        if expected_offset != body.len() {
+            return Err(BundleError::SectionOutOfRange {
+                section: SectionKind::Code.name(),
+                offset: expected_offset as u32,
+                length: 0,
+            });
+        }
+        Ok(sections)
+    }
+
+    fn read_strings(bytes: &[u8]) -> Result<Vec<String>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Strings, bytes);
+        let count = reader.count(4)?;
+        let mut strings = Vec::new();
+        for index in 0..count as usize {
+            let len = reader.u32()? as usize;
+            let raw = reader.take(len)?;
+            let text = std::str::from_utf8(raw).map_err(|_| BundleError::InvalidUtf8 { index })?;
+            strings.push(text.to_owned());
+        }
+        reader.finish()?;
+        Ok(strings)
+    }
+
+    fn read_constants(bytes: &[u8], strings: &[String]) -> Result<Vec<ConstSet>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Constants, bytes);
+        let count = reader.count(5)?;
+        let mut sets = Vec::new();
+        for _ in 0..count {
+            let tag = reader.u8()?;
+            let set = match tag {
+                0 => {
+                    let n = reader.count(4)?;
+                    let items = (0..n).map(|_| {
+                        let idx = reader.index("string", strings.len())?;
+                        Ok(string_at(strings, idx))
+                    });
+                    ConstSet::Str(items.collect::<Result<_, BundleError>>()?)
+                }
+                1 => {
+                    let n = reader.count(8)?;
+                    ConstSet::Int((0..n).map(|_| reader.i64()).collect::<Result<_, _>>()?)
+                }
+                2 => {
+                    let n = reader.count(1)?;
+                    let items = (0..n).map(|_| match reader.u8()? {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        other => Err(reader.invalid("bool", u32::from(other))),
+                    });
+                    ConstSet::Bool(items.collect::<Result<_, _>>()?)
+                }
+                other => return Err(reader.invalid("set type", u32::from(other))),
+            };
+            sets.push(set);
+        }
+        reader.finish()?;
+        Ok(sets)
+    }
+
+    fn string_at(strings: &[String], idx: u32) -> String {
+        strings.get(idx as usize).cloned().unwrap_or_default()
+    }
+
+    fn read_globs(bytes: &[u8], strings: &[String]) -> Result<Vec<Glob>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Globs, bytes);
+        let count = reader.count(4)?;
+        let mut globs = Vec::new();
+        for _ in 0..count {
+            let n_segments = reader.count(4)?;
+            let mut segments = Vec::new();
+            for _ in 0..n_segments {
+                let n_items = reader.count(1)?;
+                let mut items = Vec::new();
+                for _ in 0..n_items {
+                    items.push(match reader.u8()? {
+                        0 => {
+                            let idx = reader.index("string", strings.len())?;
+                            GlobItem::Literal(string_at(strings, idx))
+                        }
+                        1 => GlobItem::AnyChar,
+                        other => return Err(reader.invalid("glob item", u32::from(other))),
+                    });
+                }
+                segments.push(Segment { items });
+            }
+            globs.push(Glob::from_segments(segments));
+        }
+        reader.finish()?;
+        Ok(globs)
+    }
+
+    /// Decodes and verifies every block; returns the blocks and the sorted offsets that refer
+    /// to them, position for position.
+    fn read_code(
+        bytes: &[u8],
+        tables: &Tables<'_>,
+    ) -> Result<(Vec<Vec<Instr>>, Vec<u32>), BundleError> {
+        let mut reader = Reader::new(SectionKind::Code, bytes);
+        let count = reader.count(4)?;
+        let mut blocks = Vec::new();
+        let mut offsets = Vec::new();
+        for _ in 0..count {
+            let offset = reader.pos as u32;
+            let len = reader.u32()? as usize;
+            let block = bytecode::decode_block(reader.take(len)?).map_err(|(byte, error)| {
+                BundleError::InvalidInstruction {
+                    block: offset,
+                    byte,
+                    error,
+                }
+            })?;
+            bytecode::verify_block(&block, tables).map_err(|(pc, error)| {
+                BundleError::InvalidCode {
+                    block: offset,
+                    pc,
+                    error,
+                }
+            })?;
+            blocks.push(block);
+            offsets.push(offset);
+        }
+        reader.finish()?;
+        Ok((blocks, offsets))
+    }
+
+    fn block_at(
+        reader: &Reader<'_>,
+        offsets: &[u32],
+        offset: u32,
+    ) -> Result<crate::bundle::BlockId, BundleError> {
+        match offsets.binary_search(&offset) {
+            Ok(position) => Ok(BlockId(position as u32)),
+            Err(_) => Err(BundleError::BadCodeOffset {
+                section: reader.section,
+                offset,
+            }),
+        }
+    }
+
+    fn read_workloads(
+        bytes: &[u8],
+        strings: &[String],
+        offsets: &[u32],
+    ) -> Result<Vec<WorkloadEntry>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Workloads, bytes);
+        let count = reader.count(8)?;
+        let mut workloads = Vec::new();
+        for _ in 0..count {
+            let name = string_at(strings, reader.index("name", strings.len())?);
+            let n_alternatives = reader.count(5)?;
+            let mut alternatives = Vec::new();
+            for _ in 0..n_alternatives {
+                let code = reader.u8()?;
+                let kind = kind_from_code(code)
+                    .ok_or_else(|| reader.invalid("provider kind", u32::from(code)))?;
+                let offset = reader.u32()?;
+                let block = block_at(&reader, offsets, offset)?;
+                alternatives.push(AlternativeEntry { kind, block });
+            }
+            workloads.push(WorkloadEntry { name, alternatives });
+        }
+        reader.finish()?;
+        Ok(workloads)
+    }
+
+    fn read_targets(bytes: &[u8], strings: &[String]) -> Result<Vec<ir::Target>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Targets, bytes);
+        let count = reader.count(19)?;
+        let mut targets: Vec<ir::Target> = Vec::new();
+        let mut names = HashSet::new();
+        for _ in 0..count {
+            let name = string_at(strings, reader.index("name", strings.len())?);
+            let code = reader.u8()?;
+            let protocol = protocol_from_code(code)
+                .ok_or_else(|| reader.invalid("protocol", u32::from(code)))?;
+            let host = string_at(strings, reader.index("host", strings.len())?);
+            let port = reader.u16()?;
+            let mut optional = || match reader.u32()? {
+                NONE => Ok::<_, BundleError>(None),
+                idx => {
+                    check_index(reader.section, "string", idx, strings.len())?;
+                    Ok(Some(string_at(strings, idx)))
+                }
+            };
+            let database = optional()?;
+            let path_prefix = optional()?;
+            if !names.insert(name.clone()) {
+                return Err(BundleError::DuplicateTarget { name });
+            }
+            targets.push(ir::Target {
+                name,
+                protocol,
+                host,
+                port,
+                database,
+                path_prefix,
+            });
+        }
+        reader.finish()?;
+        Ok(targets)
+    }
+
+    fn read_rules(
+        bytes: &[u8],
+        strings: &[String],
+        offsets: &[u32],
+        n_workloads: usize,
+        n_targets: usize,
+    ) -> Result<Vec<RuleEntry>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Rules, bytes);
+        let count = reader.count(19)?;
+        let mut rules = Vec::new();
+        for _ in 0..count {
+            let name = string_at(strings, reader.index("name", strings.len())?);
+            let effect = match reader.u8()? {
+                0 => Effect::Permit,
+                1 => Effect::Forbid,
+                other => return Err(reader.invalid("effect", u32::from(other))),
+            };
+            let workload = match (reader.u8()?, reader.u32()?) {
+                (0, idx) => {
+                    check_index(reader.section, "workload", idx, n_workloads)?;
+                    WorkloadRef::Named(WorkloadId(idx))
+                }
+                (1, code) => {
+                    let kind = u8::try_from(code).ok().and_then(kind_from_code);
+                    WorkloadRef::AnyOfKind(kind.ok_or_else(|| reader.invalid("kind", code))?)
+                }
+                (2, 0) => WorkloadRef::Any,
+                (tag, _) => return Err(reader.invalid("workload reference", u32::from(tag))),
+            };
+            let target = match (reader.u8()?, reader.u32()?) {
+                (0, idx) => {
+                    check_index(reader.section, "target", idx, n_targets)?;
+                    TargetRef::Named(TargetId(idx))
+                }
+                (1, 0) => TargetRef::Any,
+                (tag, _) => return Err(reader.invalid("target reference", u32::from(tag))),
+            };
+            let when = match reader.u32()? {
+                NONE => None,
+                offset => Some(block_at(&reader, offsets, offset)?),
+            };
+            rules.push(RuleEntry {
+                name,
+                effect,
+                workload,
+                target,
+                when,
+            });
+        }
+        reader.finish()?;
+        Ok(rules)
+    }
+
+    /// Reads the index and checks that it is exactly the one the rules imply.
+    fn read_index(
+        bytes: &[u8],
+        rules: &[RuleEntry],
+        n_targets: usize,
+    ) -> Result<(Vec<RuleList>, RuleList), BundleError> {
+        let mut reader = Reader::new(SectionKind::Index, bytes);
+        let count = reader.count(8)?;
+        let mut lists = Vec::new();
+        for _ in 0..count {
+            let n_forbids = reader.count(4)?;
+            let forbids = (0..n_forbids)
+                .map(|_| reader.u32())
+                .collect::<Result<_, _>>()?;
+            let n_permits = reader.count(4)?;
+            let permits = (0..n_permits)
+                .map(|_| reader.u32())
+                .collect::<Result<_, _>>()?;
+            lists.push(RuleList { forbids, permits });
+        }
+        reader.finish()?;
+        let (expected, expected_any) = build_index(rules, n_targets);
+        for (list, (found, wanted)) in lists
+            .iter()
+            .zip(expected.iter().chain([&expected_any]))
+            .enumerate()
+        {
+            if found != wanted {
+                return Err(BundleError::IndexMismatch { list });
+            }
+        }
+        let index_any = match lists.pop() {
+            Some(list) if lists.len() == n_targets => list,
+            _ => return Err(BundleError::IndexMismatch { list: n_targets }),
+        };
+        Ok((lists, index_any))
+    }
+}

@@ -1,0 +1,329 @@
+//! Compiler diagnostics: what the lexer, parser and checker report about a policy set.
+//!
+//! A [`Diagnostic`] is a self-contained miette report: it carries the name and text of its file,
+//! a stable [`Code`], a one-line message, labelled spans and, where a fix exists, `help`. A label
+//! that points into another file (the first declaration of a duplicated name) becomes a related
+//! note with its own source. [`render`] turns diagnostics into text for snapshots and the CLI.
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity};
+
+use crate::ast::Span;
+use crate::source::SourceFile;
+
+/// The stable code of each kind of diagnostic; `docs/diagnostics.md` lists them all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Code {
+    /// A token the grammar does not allow here.
+    UnexpectedToken,
+    /// The file ends in the middle of a declaration.
+    UnexpectedEof,
+    UnterminatedString,
+    InvalidCharacter,
+    IntegerOutOfRange,
+    InvalidEscape,
+    /// A single `=` where `==` was meant.
+    AssignInsteadOfEq,
+    /// A declaration with more operators than the compiler accepts.
+    TooComplex,
+    /// A workload or target name that no declaration declares.
+    UnknownName,
+    DuplicateName,
+    /// A workload where a target is expected, or the reverse.
+    WrongDeclarationKind,
+    UnknownClaim,
+    UnknownProviderKind,
+    /// An unknown field of `request`, `target` or `client`.
+    UnknownField,
+    /// A name that cannot be read where it is written.
+    MisplacedName,
+    TypeMismatch,
+    /// A set with elements of several types, or a set where a set is not allowed.
+    InvalidSet,
+    /// An optional claim read without a `has` guard.
+    UnguardedOptionalClaim,
+    /// `has` applied to something that is always present or never a value.
+    InvalidHas,
+    MissingHost,
+    /// A target field that its protocol does not have, or a field given twice.
+    InvalidTargetField,
+    PortOutOfRange,
+    /// An unknown protocol, or not exactly one protocol block in a target.
+    InvalidEndpoint,
+    /// A target field whose value is of the right type but not acceptable.
+    InvalidFieldValue,
+    /// A `permit` without its `workload` or `target` clause.
+    MissingClause,
+    DuplicateClause,
+}
+
+impl Code {
+    /// The code as printed, `gate::E0101`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::UnexpectedToken => "gate::E0001",
+            Code::UnexpectedEof => "gate::E0002",
+            Code::UnterminatedString => "gate::E0003",
+            Code::InvalidCharacter => "gate::E0004",
+            Code::IntegerOutOfRange => "gate::E0005",
+            Code::InvalidEscape => "gate::E0006",
+            Code::AssignInsteadOfEq => "gate::E0007",
+            Code::TooComplex => "gate::E0008",
+            Code::UnknownName => "gate::E0101",
+            Code::DuplicateName => "gate::E0102",
+            Code::WrongDeclarationKind => "gate::E0103",
+            Code::UnknownClaim => "gate::E0201",
+            Code::UnknownProviderKind => "gate::E0202",
+            Code::UnknownField => "gate::E0203",
+            Code::MisplacedName => "gate::E0204",
+            Code::TypeMismatch => "gate::E0301",
+            Code::InvalidSet => "gate::E0302",
+            Code::UnguardedOptionalClaim => "gate::E0303",
+            Code::InvalidHas => "gate::E0304",
+            Code::MissingHost => "gate::E0401",
+            Code::InvalidTargetField => "gate::E0402",
+            Code::PortOutOfRange => "gate::E0403",
+            Code::InvalidEndpoint => "gate::E0404",
+            Code::InvalidFieldValue => "gate::E0405",
+            Code::MissingClause => "gate::E0501",
+            Code::DuplicateClause => "gate::E0502",
+        }
+    }
+}
+
+impl Code {
+    /// Whether the lexer reports it.
+    pub fn is_lexical(self) -> bool {
+        matches!(
+            self,
+            Code::UnterminatedString
+                | Code::InvalidCharacter
+                | Code::IntegerOutOfRange
+                | Code::InvalidEscape
+        )
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One error in a policy set, ready to render on its own.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Diagnostic {
+    code: Code,
+    message: String,
+    src: NamedSource<Arc<str>>,
+    labels: Vec<LabeledSpan>,
+    help: Option<String>,
+    notes: Vec<Note>,
+}
+
+impl Diagnostic {
+    pub fn code(&self) -> Code {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// The name of the file the primary label points into.
+    pub fn file_name(&self) -> &str {
+        self.src.name()
+    }
+
+    pub fn help_text(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+
+    /// The byte offset of the primary label in its file.
+    pub fn offset(&self) -> usize {
+        self.labels.first().map_or(0, |label| label.offset())
+    }
+}
+
+impl miette::Diagnostic for Diagnostic {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.code.as_str()))
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.help
+            .as_ref()
+            .map(|help| Box::new(help) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(self.labels.iter().cloned()))
+    }
+
+    fn related<'a>(&'a self) -> Option<Box<dyn Iterator<Item = &'a dyn miette::Diagnostic> + 'a>> {
+        if self.notes.is_empty() {
+            return None;
+        }
+        Some(Box::new(
+            self.notes
+                .iter()
+                .map(|note| note as &dyn miette::Diagnostic),
+        ))
+    }
+}
+
+/// A label in another file than its diagnostic's, shown as a related advice.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+struct Note {
+    message: String,
+    src: NamedSource<Arc<str>>,
+    label: LabeledSpan,
+}
+
+impl miette::Diagnostic for Note {
+    fn severity(&self) -> Option<Severity> {
+        Some(Severity::Advice)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.src)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        Some(Box::new(std::iter::once(self.label.clone())))
+    }
+}
+
+/// A diagnostic still in terms of [`Span`]s; [`Sources::finish`] attaches the file texts.
+#[derive(Debug, Clone)]
+pub(crate) struct Report {
+    code: Code,
+    message: String,
+    labels: Vec<(Span, String)>,
+    help: Option<String>,
+}
+
+impl Report {
+    /// A report whose primary label is `label` at `span`.
+    pub(crate) fn new(
+        code: Code,
+        message: impl Into<String>,
+        span: Span,
+        label: impl Into<String>,
+    ) -> Report {
+        Report {
+            code,
+            message: message.into(),
+            labels: vec![(span, label.into())],
+            help: None,
+        }
+    }
+
+    pub(crate) fn label(mut self, span: Span, label: impl Into<String>) -> Report {
+        self.labels.push((span, label.into()));
+        self
+    }
+
+    pub(crate) fn help(mut self, help: impl Into<String>) -> Report {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub(crate) fn help_opt(mut self, help: Option<String>) -> Report {
+        self.help = help;
+        self
+    }
+
+    pub(crate) fn code(&self) -> Code {
+        self.code
+    }
+
+    /// Where the primary label points.
+    pub(crate) fn span(&self) -> Span {
+        self.labels
+            .first()
+            .map_or_else(Span::default, |(span, _)| *span)
+    }
+}
+
+/// The files of a policy set, shared by every diagnostic about them.
+pub(crate) struct Sources {
+    files: Vec<NamedSource<Arc<str>>>,
+}
+
+impl Sources {
+    pub(crate) fn new(files: &[SourceFile]) -> Sources {
+        let files = files
+            .iter()
+            .map(|file| NamedSource::new(&file.name, Arc::<str>::from(file.text.as_str())))
+            .collect();
+        Sources { files }
+    }
+
+    fn source(&self, file: usize) -> NamedSource<Arc<str>> {
+        self.files
+            .get(file)
+            .cloned()
+            .unwrap_or_else(|| NamedSource::new("", Arc::from("")))
+    }
+
+    pub(crate) fn finish(&self, report: Report) -> Diagnostic {
+        let file = report.span().file;
+        let mut labels = Vec::new();
+        let mut notes = Vec::new();
+        for (idx, (span, text)) in report.labels.into_iter().enumerate() {
+            let source_span = (span.start, span.len());
+            if span.file == file {
+                let label = if idx == 0 {
+                    LabeledSpan::new_primary_with_span(Some(text), source_span)
+                } else {
+                    LabeledSpan::new_with_span(Some(text), source_span)
+                };
+                labels.push(label);
+            } else {
+                let label = LabeledSpan::new_primary_with_span(Some(text.clone()), source_span);
+                notes.push(Note {
+                    message: text,
+                    src: self.source(span.file),
+                    label,
+                });
+            }
+        }
+        Diagnostic {
+            code: report.code,
+            message: report.message,
+            src: self.source(file),
+            labels,
+            help: report.help,
+            notes,
+        }
+    }
+}
+
+/// Renders diagnostics one after another with miette's graphical handler, 100 columns wide and
+/// without terminal links; without colour when `color` is false, for snapshots and pipes.
+pub fn render(diags: &[Diagnostic], color: bool) -> String {
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_links(false);
+    let mut out = String::new();
+    for diag in diags {
+        if handler.render_report(&mut out, diag).is_err() {
+            out.push_str(&format!("{}: {}\n", diag.code.as_str(), diag.message));
+        }
+    }
+    out
+}

@@ -1,0 +1,21 @@
+//! Gate, the Portcullis policy language, and its compiler.
+//!
+//! Pipeline: source files → tokens ([`lexer`], logos) → AST ([`parser`], lalrpop) → resolved,
+//! typed IR ([`check`] produces [`ir::PolicySet`]) → bytecode bundle ([`bytecode`], [`bundle`]).
+//! Nothing here does I/O except [`source`], which reads a policy directory for the binaries.
+
+pub mod ast;
+pub mod bundle;
+pub mod bytecode;
+pub mod check;
+pub mod diagnostic;
+pub mod glob;
+pub mod ir;
+pub mod lexer;
+pub mod parser;
+pub mod schema;
+pub mod source;
+
+pub use check::compile;
+pub use diagnostic::{Diagnostic, render};
+pub use source::{SourceFile, read_policy_path};

@@ -1,0 +1,171 @@
+//! Reading a policy set from disk: one `*.gate` file, or every `*.gate` file under a
+//! directory, sorted by path. The only I/O in this crate; the compiler itself takes
+//! [`SourceFile`]s. Reads are bounded in file size and file count.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// The largest policy file read, in bytes.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// The most policy files read from one directory tree.
+pub const MAX_FILES: usize = 10_000;
+
+/// One policy file: its name as shown in diagnostics and its text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceFile {
+    pub name: String,
+    pub text: String,
+}
+
+impl SourceFile {
+    pub fn new(name: impl Into<String>, text: impl Into<String>) -> SourceFile {
+        SourceFile {
+            name: name.into(),
+            text: text.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{path}` is larger than {MAX_FILE_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("`{path}` holds more than {MAX_FILES} policy files")]
+    TooManyFiles { path: PathBuf },
+    #[error("`{path}` is not valid UTF-8")]
+    NotUtf8 { path: PathBuf },
+}
+
+/// Reads the policy set at `path`: the file itself, or every `*.gate` file below the directory,
+/// recursively, sorted by path. Names are `path` joined with the path relative to it.
+pub fn read_policy_path(path: &Path) -> Result<Vec<SourceFile>, SourceError> {
+    let metadata = fs::metadata(path).map_err(|source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !metadata.is_dir() {
+        return Ok(vec![read_file(path)?]);
+    }
+    let mut paths = Vec::new();
+    collect_gate_files(path, path, &mut paths)?;
+    paths.sort();
+    paths.iter().map(|file| read_file(file)).collect()
+}
+
+fn collect_gate_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    let io_error = |source| SourceError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut entries = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_error)? {
+        entries.push(entry.map_err(io_error)?.path());
+    }
+    entries.sort();
+    for entry in entries {
+        let file_type = fs::metadata(&entry)
+            .map_err(|source| SourceError::Io {
+                path: entry.clone(),
+                source,
+            })?
+            .file_type();
+        if file_type.is_dir() {
+            collect_gate_files(root, &entry, out)?;
+        } else if entry.extension().is_some_and(|ext| ext == "gate") {
+            if out.len() >= MAX_FILES {
+                return Err(SourceError::TooManyFiles {
+                    path: root.to_owned(),
+                });
+            }
+            out.push(entry);
+        }
+    }
+    Ok(())
+}
+
+fn read_file(path: &Path) -> Result<SourceFile, SourceError> {
+    let io_error = |source| SourceError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let file = fs::File::open(path).map_err(io_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(SourceError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 {
+        path: path.to_owned(),
+    })?;
+    Ok(SourceFile {
+        name: path.display().to_string(),
+        text,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_directory_recursively_in_path_order() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("b.gate"), "b").unwrap();
+        fs::write(dir.path().join("a.gate"), "a").unwrap();
+        fs::write(dir.path().join("sub/c.gate"), "c").unwrap();
+        fs::write(dir.path().join("notes.txt"), "skip").unwrap();
+        let files = read_policy_path(dir.path()).unwrap();
+        let texts: Vec<_> = files.iter().map(|file| file.text.as_str()).collect();
+        assert_eq!(texts, vec!["a", "b", "c"]);
+        let expected = dir.path().join("sub").join("c.gate").display().to_string();
+        assert_eq!(files.last().map(|file| file.name.clone()), Some(expected));
+    }
+
+    #[test]
+    fn reads_a_single_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.gate");
+        fs::write(&path, "text").unwrap();
+        let files = read_policy_path(&path).unwrap();
+        assert_eq!(
+            files,
+            vec![SourceFile::new(path.display().to_string(), "text")]
+        );
+    }
+
+    #[test]
+    fn missing_path_is_an_error_naming_it() {
+        let error = read_policy_path(Path::new("/nonexistent/policies")).unwrap_err();
+        assert!(
+            error.to_string().contains("`/nonexistent/policies`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn oversized_and_non_utf8_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.gate");
+        fs::write(&big, vec![b' '; MAX_FILE_BYTES as usize + 1]).unwrap();
+        assert!(
+            matches!(read_policy_path(&big), Err(SourceError::TooLarge { path }) if path == big)
+        );
+        let bad = dir.path().join("bad.gate");
+        fs::write(&bad, [0xff, 0xfe]).unwrap();
+        assert!(
+            matches!(read_policy_path(&bad), Err(SourceError::NotUtf8 { path }) if path == bad)
+        );
+    }
+}

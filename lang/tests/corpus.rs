@@ -1,0 +1,111 @@
+//! Corpus tests: every `corpus/ok/*.gate` file and the example policy set compile without
+//! diagnostics; every `corpus/err/*.gate` file fails with exactly the diagnostics rendered in
+//! its snapshot.
+
+use std::path::Path;
+
+use portcullis_lang::source::{SourceFile, read_policy_path};
+use portcullis_lang::{compile, render};
+
+/// Compiles `corpus/err/NAME.gate` and compares its rendered diagnostics with the snapshot
+/// `snapshots/corpus__NAME.snap`.
+fn check_err(name: &str) {
+    let path = corpus_dir("err").join(format!("{name}.gate"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let result = compile(&[SourceFile::new(format!("corpus/err/{name}.gate"), text)]);
+    let Err(diags) = result else {
+        panic!("{} compiled without errors", path.display())
+    };
+    let mut settings = insta::Settings::clone_current();
+    settings.set_input_file(&path);
+    settings.set_prepend_module_to_snapshot(true);
+    settings.bind(|| insta::assert_snapshot!(name, render(&diags, false)));
+}
+
+fn corpus_dir(kind: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(kind)
+}
+
+fn check_ok(files: &[SourceFile]) -> portcullis_lang::ir::PolicySet {
+    match compile(files) {
+        Ok(set) => set,
+        Err(diags) => panic!("unexpected diagnostics:\n{}", render(&diags, false)),
+    }
+}
+
+#[test]
+fn err_corpus() {
+    let mut names: Vec<String> = std::fs::read_dir(corpus_dir("err"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "gate"))
+        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 12,
+        "the err corpus has only {} files",
+        names.len()
+    );
+    for name in names {
+        check_err(&name);
+    }
+}
+
+#[test]
+fn ok_corpus() {
+    let mut n_files = 0;
+    for file in read_policy_path(&corpus_dir("ok")).unwrap() {
+        check_ok(std::slice::from_ref(&file));
+        n_files += 1;
+    }
+    assert!(n_files >= 3, "the ok corpus has only {n_files} files");
+}
+
+#[test]
+fn example_policy_set_compiles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let set = check_ok(&read_policy_path(&dir).unwrap());
+    assert_eq!(set.workloads.len(), 6);
+    assert_eq!(set.targets.len(), 3);
+    assert_eq!(set.rules.len(), 8);
+}
+
+#[test]
+fn errors_in_several_files_are_all_reported_in_file_order() {
+    let files = [
+        SourceFile::new("a.gate", "workload a { github { repo == \"x\" } }\n"),
+        SourceFile::new(
+            "b.gate",
+            "target t { http { port = 80 } }\npermit p { workload a }\n",
+        ),
+    ];
+    let diags = compile(&files).unwrap_err();
+    let summary: Vec<_> = diags
+        .iter()
+        .map(|diag| (diag.file_name().to_owned(), diag.code().as_str()))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("a.gate".to_owned(), "gate::E0201"),
+            ("b.gate".to_owned(), "gate::E0401"),
+            ("b.gate".to_owned(), "gate::E0501"),
+        ]
+    );
+}
+
+#[test]
+fn duplicate_across_files_points_at_both() {
+    let files = [
+        SourceFile::new("a.gate", "target t { http { host = \"a\" } }\n"),
+        SourceFile::new("b.gate", "target t { http { host = \"b\" } }\n"),
+    ];
+    let diags = compile(&files).unwrap_err();
+    let rendered = render(&diags, false);
+    assert!(rendered.contains("[b.gate:1:8]"), "{rendered}");
+    assert!(rendered.contains("[a.gate:1:8]"), "{rendered}");
+    assert!(rendered.contains("first declared here"), "{rendered}");
+}

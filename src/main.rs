@@ -1,0 +1,132 @@
+//! The `portcullis` command: wiring only. Each subcommand reads its inputs, calls into the
+//! engine, the audit store or the language crate, and prints the outcome.
+
+mod config;
+mod dev;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Workload access: decide, credential, audit"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the decision API on the policy set named by the configuration.
+    Serve {
+        #[arg(long, default_value = "portcullis.toml")]
+        config: PathBuf,
+        /// Overrides `server.listen`.
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        /// Overrides `audit.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Work with the audit store.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
+    /// Helpers for trying Portcullis out locally; never for production.
+    Dev {
+        #[command(subcommand)]
+        command: dev::DevCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Run one read-only SQL query over the access events (table `access_events`).
+    Query {
+        sql: String,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// The audit data directory (default: the configuration's, else `portcullis-data`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Read the data directory from this configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Table,
+    Csv,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+        } => serve::run(&config, listen, data_dir.as_deref()),
+        Command::Audit {
+            command:
+                AuditCommand::Query {
+                    sql,
+                    format,
+                    data_dir,
+                    config,
+                },
+        } => audit_query(&sql, format, data_dir, config),
+        Command::Dev { command } => dev::run(command),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_query(
+    sql: &str,
+    format: Format,
+    data_dir: Option<PathBuf>,
+    config: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let data_dir = match (data_dir, config) {
+        (Some(dir), _) => dir,
+        (None, Some(config)) => config::Config::load(&config)?.data_dir(None),
+        (None, None) => PathBuf::from(config::DEFAULT_DATA_DIR),
+    };
+    if !data_dir.is_dir() {
+        anyhow::bail!(
+            "no audit store at `{}`; pass --data-dir or --config to name one",
+            data_dir.display()
+        );
+    }
+    let format = match format {
+        Format::Table => portcullis_audit::OutputFormat::Table,
+        Format::Csv => portcullis_audit::OutputFormat::Csv,
+        Format::Json => portcullis_audit::OutputFormat::Json,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let batches = runtime.block_on(portcullis_audit::query(&data_dir, sql))?;
+    let text = portcullis_audit::format_batches(&batches, format)?;
+    print!("{text}");
+    if !text.ends_with('\n') && !text.is_empty() {
+        println!();
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `portcullis serve`: compile the policy set, build the trust providers, open the audit
+//! store, and answer decisions until Ctrl-C or SIGTERM; then stop taking requests, finish the
+//! ones in flight, and seal the audit log into Parquet.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use portcullis_audit::{AuditLog, AuditOptions};
+use portcullis_engine::api::{self, Engine};
+use portcullis_engine::attest::{Attestor, TrustProvider};
+use portcullis_engine::vm::Program;
+use portcullis_lang::bundle::Bundle;
+
+use crate::config::Config;
+
+pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Path>) -> Result<()> {
+    init_logging();
+    let config = Config::load(config_path)?;
+    let program = compile_policy_set(&config.policy_path())?;
+    let attestor = build_attestor(&config)?;
+    let data_dir = config.data_dir(data_dir);
+    let node = config.audit.node.clone().unwrap_or_else(host_name);
+    let options = AuditOptions {
+        node,
+        ..AuditOptions::default()
+    };
+    let (audit, recovery) = AuditLog::open(&data_dir, options)
+        .with_context(|| format!("cannot open the audit store in `{}`", data_dir.display()))?;
+    tracing::info!(data_dir = %data_dir.display(), ?recovery, "audit_store_opened");
+    let listen = listen.unwrap_or(config.server.listen);
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening beyond loopback, as configured");
+    }
+    let engine = Arc::new(Engine {
+        program: Arc::new(program),
+        attestor,
+        audit: Arc::new(audit),
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(
+        Arc::clone(&engine),
+        listen,
+        config.server.max_body_bytes,
+    ))?;
+    drop(runtime);
+    close_audit(engine)
+}
+
+fn compile_policy_set(path: &Path) -> Result<Program> {
+    let files = portcullis_lang::source::read_policy_path(path)
+        .with_context(|| format!("cannot read the policy set `{}`", path.display()))?;
+    let set = match portcullis_lang::compile(&files) {
+        Ok(set) => set,
+        Err(diagnostics) => {
+            let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none();
+            eprint!(
+                "{}",
+                portcullis_lang::diagnostic::render(&diagnostics, color)
+            );
+            bail!(
+                "the policy set `{}` has {} errors",
+                path.display(),
+                diagnostics.len()
+            );
+        }
+    };
+    let bundle = Bundle::from_policy_set(&set).context("cannot build the bundle")?;
+    let program = Program::from_bundle(bundle).context("cannot load the bundle")?;
+    tracing::info!(
+        policy = %path.display(),
+        files = files.len(),
+        rules = set.rules.len(),
+        bundle = %format!("sha256:{}", program.hash_hex()),
+        "policy_set_compiled"
+    );
+    Ok(program)
+}
+
+fn build_attestor(config: &Config) -> Result<Attestor> {
+    let mut providers = Vec::new();
+    for (spec, raw) in config
+        .trust_provider_specs()?
+        .into_iter()
+        .zip(&config.trust_providers)
+    {
+        if raw.example_only {
+            tracing::warn!(
+                provider = %spec.name,
+                "trust provider uses a published example key; anyone can mint its tokens"
+            );
+        }
+        providers.push(TrustProvider::new(spec)?);
+    }
+    if providers.is_empty() {
+        tracing::warn!("no trust providers are configured; every decision will deny");
+    }
+    Ok(Attestor::new(providers)?)
+}
+
+async fn serve(engine: Arc<Engine>, listen: SocketAddr, max_body_bytes: usize) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        listen = %local,
+        bundle = %format!("sha256:{}", engine.program.hash_hex()),
+        "listening"
+    );
+    api::serve(listener, engine, max_body_bytes, shutdown_signal()).await?;
+    tracing::info!("stopped_taking_requests");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {},
+                    _ = term.recv() => {},
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Seals what the write-ahead log holds into Parquet. Events are durable in the log either
+/// way; sealing on the way out makes them queryable at once.
+fn close_audit(engine: Arc<Engine>) -> Result<()> {
+    let engine = Arc::into_inner(engine).context("requests still hold the engine")?;
+    let audit = Arc::into_inner(engine.audit).context("requests still hold the audit log")?;
+    let report = audit.close().context("cannot seal the audit log")?;
+    tracing::info!(?report, "audit_log_sealed");
+    Ok(())
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "portcullis".to_owned())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .init();
+}

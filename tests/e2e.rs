@@ -1,0 +1,524 @@
+//! End to end: the real `portcullis` binary serves the example policy set on a free loopback
+//! port with a temporary data directory; real signed tokens are sent to `POST /v1/decide`; the
+//! server is stopped with SIGINT (as Ctrl-C); then `portcullis audit query` and two independent
+//! Parquet readers (DuckDB and pyarrow) must each see every decision exactly once.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde_json::{Value, json};
+
+const GITHUB_KEY: &str = "examples/dev/example-github-issuer.key.pem";
+const KUBERNETES_KEY: &str = "examples/dev/example-kubernetes-issuer.key.pem";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn portcullis() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
+    command.current_dir(repo());
+    command
+}
+
+/// The running server; killed if a test fails before stopping it.
+struct Server {
+    child: Child,
+    addr: String,
+    log: mpsc::Receiver<String>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(data_dir: &Path) -> Server {
+    let mut child = portcullis()
+        .args([
+            "serve",
+            "--config",
+            "examples/portcullis.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[server] {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("server never listened");
+        if line.contains("listening") {
+            assert!(
+                line.contains("bundle=sha256:"),
+                "no bundle hash in `{line}`"
+            );
+            let addr = line
+                .split("listen=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap();
+            break addr.to_owned();
+        }
+    };
+    Server {
+        child,
+        addr,
+        log: rx,
+    }
+}
+
+fn stop_server(mut server: Server) {
+    let pid = server.child.id().to_string();
+    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+    assert!(status.success());
+    let exit = server.child.wait().unwrap();
+    assert!(exit.success(), "server exited with {exit}");
+    let log: Vec<String> = server.log.try_iter().collect();
+    assert!(
+        log.iter().any(|line| line.contains("audit_log_sealed")),
+        "{log:#?}"
+    );
+}
+
+fn mint(key: &str, claims: &Value, dir: &Path) -> String {
+    let path = dir.join(format!("claims-{}.json", rand_suffix()));
+    std::fs::write(&path, claims.to_string()).unwrap();
+    let out = portcullis()
+        .args(["dev", "mint-token", "--key", key, "--claims"])
+        .arg(&path)
+        .output();
+    let out = out.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn rand_suffix() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn example_claims(name: &str) -> Value {
+    let path = repo().join("examples/dev/claims").join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn post(server: &Server, body: &[u8]) -> (u16, Value) {
+    let url = format!("http://{}/v1/decide", server.addr);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent
+        .post(&url)
+        .header("content-type", "application/json")
+        .send(body)
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn decide(server: &Server, token: &str, target: Value, action: &str) -> Value {
+    let body = json!({
+        "evidence": { "token": token },
+        "target": target,
+        "request": { "action": action, "resource": "/v1/deploy" },
+    });
+    let (status, answer) = post(server, body.to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
+/// One request of the tour and what its answer must say.
+struct Case {
+    name: &'static str,
+    token: String,
+    target: Value,
+    action: &'static str,
+    decision: &'static str,
+    reason_code: &'static str,
+    rule: Option<&'static str>,
+    workload: Option<&'static str>,
+}
+
+fn unsigned_token(claims: &Value) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{payload}.")
+}
+
+fn cases(dir: &Path) -> Vec<Case> {
+    let billing_api = json!({ "name": "billing_api" });
+    let release = example_claims("billing-release.json");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let with = |patch: Value| {
+        let mut claims = release.clone();
+        for (key, value) in patch.as_object().unwrap() {
+            claims[key] = value.clone();
+        }
+        claims
+    };
+    let case = |name, token, target: &Value, decision, reason_code, rule, workload| Case {
+        name,
+        token,
+        target: target.clone(),
+        action: "POST",
+        decision,
+        reason_code,
+        rule,
+        workload,
+    };
+    vec![
+        case(
+            "allowed",
+            mint(GITHUB_KEY, &release, dir),
+            &billing_api,
+            "allow",
+            "permitted",
+            Some("billing_release_deploys"),
+            Some("billing_release"),
+        ),
+        case(
+            "not permitted",
+            mint(GITHUB_KEY, &example_claims("docs-main.json"), dir),
+            &billing_api,
+            "deny",
+            "no_permit",
+            None,
+            Some("docs_publisher"),
+        ),
+        case(
+            "forbidden",
+            mint(
+                GITHUB_KEY,
+                &example_claims("billing-pull-request-target.json"),
+                dir,
+            ),
+            &billing_api,
+            "deny",
+            "forbidden",
+            Some("no_pull_request_target"),
+            Some("billing_release"),
+        ),
+        case(
+            "kubernetes by endpoint, RS256",
+            mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
+            &json!({ "protocol": "postgres", "host": "orders.db.internal.acme.example", "port": 5432 }),
+            "allow",
+            "permitted",
+            Some("orders_api_uses_orders_db"),
+            Some("orders_api"),
+        ),
+        case(
+            "signed by an unknown key",
+            mint("tests/fixtures/untrusted-p256.key.pem", &release, dir),
+            &billing_api,
+            "deny",
+            "unknown_key",
+            None,
+            None,
+        ),
+        case(
+            "expired",
+            mint(
+                GITHUB_KEY,
+                &with(json!({ "iat": now - 7200, "exp": now - 3600 })),
+                dir,
+            ),
+            &billing_api,
+            "deny",
+            "token_expired",
+            None,
+            None,
+        ),
+        case(
+            "wrong audience",
+            mint(GITHUB_KEY, &with(json!({ "aud": "someone-else" })), dir),
+            &billing_api,
+            "deny",
+            "wrong_audience",
+            None,
+            None,
+        ),
+        case(
+            "wrong issuer",
+            mint(
+                GITHUB_KEY,
+                &with(json!({ "iss": "https://issuer.attacker.invalid" })),
+                dir,
+            ),
+            &billing_api,
+            "deny",
+            "untrusted_issuer",
+            None,
+            None,
+        ),
+        case(
+            "unsigned",
+            unsigned_token(&with(json!({ "exp": now + 300 }))),
+            &billing_api,
+            "deny",
+            "algorithm_not_allowed",
+            None,
+            None,
+        ),
+        case(
+            "tampered payload",
+            tamper(
+                &mint(GITHUB_KEY, &example_claims("docs-main.json"), dir),
+                &release,
+            ),
+            &billing_api,
+            "deny",
+            "bad_signature",
+            None,
+            None,
+        ),
+    ]
+}
+
+/// Replaces a genuine token's payload with other claims, keeping header and signature.
+fn tamper(token: &str, claims: &Value) -> String {
+    let mut parts = token.split('.');
+    let header = parts.next().unwrap();
+    let signature = parts.nth(1).unwrap();
+    let payload = URL_SAFE_NO_PAD.encode(claims.to_string());
+    format!("{header}.{payload}.{signature}")
+}
+
+fn check_answer(case: &Case, answer: &Value, bundle: &str) {
+    let name = case.name;
+    assert_eq!(answer["decision"], case.decision, "{name}: {answer}");
+    assert_eq!(answer["reason_code"], case.reason_code, "{name}: {answer}");
+    assert_eq!(answer["rule"].as_str(), case.rule, "{name}: {answer}");
+    assert_eq!(
+        answer["workload"].as_str(),
+        case.workload,
+        "{name}: {answer}"
+    );
+    assert_eq!(answer["bundle"], bundle, "{name}: {answer}");
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(!reason.is_empty(), "{name}: no reason");
+    if let Some(rule) = case.rule {
+        assert!(
+            reason.contains(rule),
+            "{name}: reason `{reason}` does not name the rule"
+        );
+    }
+    assert_eq!(
+        answer["event_id"].as_str().unwrap().len(),
+        36,
+        "{name}: {answer}"
+    );
+}
+
+fn healthz_bundle(server: &Server) -> String {
+    let url = format!("http://{}/healthz", server.addr);
+    let mut response = ureq::get(&url).call().unwrap();
+    let health: Value =
+        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(health["status"], "ok");
+    health["bundle"].as_str().unwrap().to_owned()
+}
+
+fn audit_rows(data_dir: &Path) -> Vec<Value> {
+    let sql = "SELECT event_id, decision, workload, target, rule, reason_code, kind, seq \
+               FROM access_events ORDER BY time, seq";
+    let out = portcullis()
+        .args(["audit", "query", sql, "--format", "json", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn python() -> String {
+    std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "PORTCULLIS_TEST_PYTHON is not set: run the tests with `scripts/test`, which \
+             installs DuckDB and pyarrow for the Parquet interoperability check"
+        )
+    })
+}
+
+fn independent_readers(data_dir: &Path) -> Vec<(String, Vec<Value>)> {
+    let out = Command::new(python())
+        .arg(repo().join("tests/fixtures/read_parquet.py"))
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.lines()
+        .map(|line| {
+            let value: Value = serde_json::from_str(line).unwrap();
+            let rows = value["rows"].as_array().unwrap().clone();
+            (value["reader"].as_str().unwrap().to_owned(), rows)
+        })
+        .collect()
+}
+
+#[test]
+fn decisions_are_answered_recorded_and_queryable() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let cases = cases(tmp.path());
+    let server = start_server(&data_dir);
+    let bundle = healthz_bundle(&server);
+
+    let mut answers = Vec::new();
+    for case in &cases {
+        let answer = decide(&server, &case.token, case.target.clone(), case.action);
+        check_answer(case, &answer, &bundle);
+        answers.push(answer);
+    }
+    stop_server(server);
+
+    let rows = audit_rows(&data_dir);
+    assert_eq!(rows.len(), cases.len(), "{rows:#?}");
+    for ((case, answer), row) in cases.iter().zip(&answers).zip(&rows) {
+        assert_eq!(row["event_id"], answer["event_id"], "{}", case.name);
+        assert_eq!(row["decision"], case.decision, "{}", case.name);
+        assert_eq!(row["reason_code"], case.reason_code, "{}", case.name);
+        assert_eq!(row["rule"].as_str(), case.rule, "{}", case.name);
+        assert_eq!(row["workload"].as_str(), case.workload, "{}", case.name);
+        let kind = if case.workload.is_some() {
+            "decision"
+        } else {
+            "attestation_failed"
+        };
+        assert_eq!(row["kind"], kind, "{}", case.name);
+    }
+    let expected_targets = ["billing_api", "billing_api", "billing_api", "orders_db"];
+    for (row, target) in rows.iter().zip(expected_targets) {
+        assert_eq!(row["target"], target);
+    }
+
+    for (reader, theirs) in independent_readers(&data_dir) {
+        assert_eq!(
+            theirs.len(),
+            rows.len(),
+            "{reader} sees another number of rows"
+        );
+        for (ours, theirs) in rows.iter().zip(&theirs) {
+            for column in [
+                "event_id",
+                "decision",
+                "workload",
+                "target",
+                "rule",
+                "reason_code",
+            ] {
+                assert_eq!(
+                    ours[column].as_str(),
+                    theirs[column].as_str(),
+                    "{reader}: column `{column}` differs in {ours}"
+                );
+            }
+            assert_eq!(ours["seq"].as_u64(), theirs["seq"].as_u64(), "{reader}");
+        }
+    }
+}
+
+#[test]
+fn bad_requests_get_clear_errors_and_no_decision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let server = start_server(&data_dir);
+
+    let (status, answer) = post(&server, b"{ not json");
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("invalid decide request"),
+        "{answer}"
+    );
+
+    let (status, answer) = post(&server, br#"{"evidence": {"token": "x"}, "target": {}}"#);
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("`target` needs"),
+        "{answer}"
+    );
+
+    let (status, answer) = post(&server, br#"{"evidence": {"token": "x"}, "targte": {}}"#);
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"].as_str().unwrap().contains("targte"),
+        "{answer}"
+    );
+
+    let huge = format!(
+        r#"{{"evidence": {{"token": "{}"}}}}"#,
+        "a".repeat(200 * 1024)
+    );
+    let (status, _) = post(&server, huge.as_bytes());
+    assert_eq!(status, 413);
+
+    // A token that is only garbage is a deny with a reason, not an error.
+    let body = json!({ "evidence": { "token": "garbage" }, "target": { "name": "billing_api" } });
+    let (status, answer) = post(&server, body.to_string().as_bytes());
+    assert_eq!(status, 200);
+    assert_eq!(answer["decision"], "deny");
+    assert_eq!(answer["reason_code"], "token_malformed");
+
+    stop_server(server);
+    let rows = audit_rows(&data_dir);
+    assert_eq!(
+        rows.len(),
+        1,
+        "only the garbage token was decided: {rows:#?}"
+    );
+}
