@@ -26,9 +26,9 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         node,
         ..AuditOptions::default()
     };
-    let (audit, recovery) = AuditLog::open(&data_dir, options)
+    // The store logs what its recovery found.
+    let (audit, _recovery) = AuditLog::open(&data_dir, options)
         .with_context(|| format!("cannot open the audit store in `{}`", data_dir.display()))?;
-    tracing::info!(data_dir = %data_dir.display(), ?recovery, "audit_store_opened");
     let listen = listen.unwrap_or(config.server.listen);
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening beyond loopback, as configured");
@@ -146,7 +146,7 @@ fn close_audit(engine: Arc<Engine>) -> Result<()> {
     let engine = Arc::into_inner(engine).context("requests still hold the engine")?;
     let audit = Arc::into_inner(engine.audit).context("requests still hold the audit log")?;
     let report = audit.close().context("cannot seal the audit log")?;
-    tracing::info!(?report, "audit_log_sealed");
+    tracing::info!(events = report.events_sealed, "audit_log_sealed");
     Ok(())
 }
 

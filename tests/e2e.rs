@@ -3,6 +3,13 @@
 //! server is stopped with SIGINT (as Ctrl-C); then `portcullis audit query` and two independent
 //! Parquet readers (DuckDB and pyarrow) must each see every decision exactly once.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

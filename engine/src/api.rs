@@ -21,7 +21,7 @@ use portcullis_audit::{AuditLog, Decision as Verdict, EventKind, NewEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::attest::{AttestError, Attested, Attestor, Unverified};
+use crate::attest::{Attested, Attestor, Rejected};
 use crate::vm::{Decision, Program, Request, TargetQuery};
 
 /// Decide bodies larger than this get 413.
@@ -153,9 +153,9 @@ async fn decide(
             describe_target(&mut event, &decision, &body.target);
             answer_decision(&mut event, &decision)
         }
-        Err((err, unverified)) => {
+        Err(rejected) => {
             describe_target_spec(&mut event, &body.target);
-            answer_attestation_failure(&mut event, &err, unverified)
+            answer_attestation_failure(&mut event, *rejected)
         }
     };
     event.latency_ns = Some(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -229,11 +229,11 @@ fn answer_decision(event: &mut NewEvent, decision: &Decision<'_>) -> DecideAnswe
     }
 }
 
-fn answer_attestation_failure(
-    event: &mut NewEvent,
-    err: &AttestError,
-    unverified: Unverified,
-) -> DecideAnswer {
+fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> DecideAnswer {
+    let Rejected {
+        error: err,
+        unverified,
+    } = rejected;
     let reason = format!("attestation failed: {err}");
     event.kind = EventKind::AttestationFailed;
     event.decision = Some(Verdict::Deny);

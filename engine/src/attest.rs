@@ -225,6 +225,15 @@ pub struct Unverified {
     pub subject: Option<String>,
 }
 
+/// A token that did not verify: why, and what it claimed about itself.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub error: AttestError,
+    pub unverified: Unverified,
+}
+
+type JsonObject = Map<String, Value>;
+
 /// Every configured trust provider, keyed by issuer.
 #[derive(Debug, Default)]
 pub struct Attestor {
@@ -252,10 +261,10 @@ impl Attestor {
 
     /// Verifies `token`. On failure, also returns what could be read without trusting it
     /// (issuer and subject as the token states them, the provider the issuer names).
-    pub fn attest(&self, token: &str) -> Result<Attested<'_>, (AttestError, Unverified)> {
+    pub fn attest(&self, token: &str) -> Result<Attested<'_>, Box<Rejected>> {
         let mut unverified = Unverified::default();
         self.attest_inner(token, &mut unverified)
-            .map_err(|err| (err, unverified))
+            .map_err(|error| Box::new(Rejected { error, unverified }))
     }
 
     fn attest_inner(
@@ -300,7 +309,7 @@ impl Attestor {
 }
 
 /// Decodes header and payload without trusting them, to pick the provider and key.
-fn peek(token: &str) -> Result<(Map<String, Value>, Map<String, Value>), AttestError> {
+fn peek(token: &str) -> Result<(JsonObject, JsonObject), AttestError> {
     let mut parts = token.split('.');
     let (Some(header), Some(payload), Some(_signature), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
