@@ -534,7 +534,11 @@ fn bad_requests_get_clear_errors_and_no_decision() {
 fn a_killed_server_loses_no_answered_decision() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    let token = mint(GITHUB_KEY, &example_claims("billing-release.json"), tmp.path());
+    let token = mint(
+        GITHUB_KEY,
+        &example_claims("billing-release.json"),
+        tmp.path(),
+    );
     let target = json!({ "name": "billing_api" });
 
     let mut server = start_server(&data_dir);
@@ -553,6 +557,9 @@ fn a_killed_server_loses_no_answered_decision() {
     let rows = audit_rows(&data_dir);
     let ids: Vec<&Value> = rows.iter().map(|row| &row["event_id"]).collect();
     assert_eq!(ids, [&first["event_id"], &second["event_id"]], "{rows:#?}");
-    let seqs: Vec<u64> = rows.iter().map(|row| row["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = rows
+        .iter()
+        .map(|row| row["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, [1, 2], "seq continues across the crash without a gap");
 }

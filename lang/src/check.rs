@@ -54,6 +54,9 @@ pub fn compile(files: &[SourceFile]) -> Result<ir::PolicySet, Vec<Diagnostic>> {
         .collect())
 }
 
+/// An unknown claim's help lists the kind's claims when there are at most this many.
+const MAX_LISTED_CLAIMS: usize = 10;
+
 /// What a declared name stands for.
 #[derive(Debug, Clone, Copy)]
 enum Declared {
@@ -958,21 +961,16 @@ impl<'a> Checker<'a> {
         atom: Span,
     ) -> Option<(ir::Expr, Ty)> {
         let resolved = self.resolve(path, span, scope)?;
-        if let Some(claim) = resolved.optional_claim {
-            if !guards.contains(&claim) {
-                let shown = self.text(span);
-                let message = format!("optional claim `{shown}` is read without a `has` guard");
-                let help = format!("guard it: `has {shown} && {}`", self.text(atom));
-                let report = Report::new(
-                    Code::UnguardedOptionalClaim,
-                    message,
-                    span,
-                    "not every token carries this claim",
-                )
-                .help(help);
-                self.report(report);
-                return None;
-            }
+        if let Some(claim) = resolved.optional_claim
+            && !guards.contains(&claim)
+        {
+            let shown = self.text(span);
+            let message = format!("optional claim `{shown}` is read without a `has` guard");
+            let help = format!("guard it: `has {shown} && {}`", self.text(atom));
+            let label = "not every token carries this claim";
+            let report = Report::new(Code::UnguardedOptionalClaim, message, span, label).help(help);
+            self.report(report);
+            return None;
         }
         Some((resolved.expr, resolved.ty))
     }
@@ -1045,8 +1043,13 @@ impl<'a> Checker<'a> {
         let Some((claim, def)) = kind.claim(&name.name) else {
             let message = format!("unknown claim `{}` for `{kind}`", name.name);
             let names = kind.claims().iter().map(|def: &ClaimDef| def.name);
-            let help = did_you_mean(&name.name, names)
-                .unwrap_or_else(|| format!("docs/gate.md lists the claims of `{kind}`"));
+            let help = did_you_mean(&name.name, names.clone()).unwrap_or_else(|| {
+                if kind.claims().len() > MAX_LISTED_CLAIMS {
+                    return format!("docs/gate.md lists the claims of `{kind}`");
+                }
+                let listed: Vec<String> = names.map(|name| format!("`{name}`")).collect();
+                format!("the claims of `{kind}` are {}", listed.join(", "))
+            });
             let label = format!("not a `{kind}` claim");
             let report = Report::new(Code::UnknownClaim, message, name.span, label).help(help);
             self.report(report);
@@ -1174,9 +1177,11 @@ fn literal_type_name(kind: &ExprKind) -> &'static str {
 
 /// `did you mean `NAME`?` for the candidate closest to `name` by edit distance, when it is
 /// close enough to be a likely typo.
+/// A candidate that the name extends or abbreviates (`hostname`, `host`) is close too.
 fn did_you_mean<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<String> {
     let max_distance = (name.chars().count() / 3).max(1);
     let mut best: Option<(usize, &str)> = None;
+    let mut by_prefix: Option<&str> = None;
     for candidate in candidates {
         let distance = edit_distance(name, candidate);
         if distance <= max_distance
@@ -1184,8 +1189,13 @@ fn did_you_mean<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -
         {
             best = Some((distance, candidate));
         }
+        let shorter = name.len().min(candidate.len());
+        if shorter >= 3 && (name.starts_with(candidate) || candidate.starts_with(name)) {
+            by_prefix.get_or_insert(candidate);
+        }
     }
-    best.map(|(_, candidate)| format!("did you mean `{candidate}`?"))
+    let candidate = best.map(|(_, candidate)| candidate).or(by_prefix)?;
+    Some(format!("did you mean `{candidate}`?"))
 }
 
 /// Levenshtein distance over characters, one row at a time.
@@ -1357,6 +1367,14 @@ mod tests {
             Some("did you mean `repository`?".to_owned())
         );
         assert_eq!(did_you_mean("zzz", ["ref", "repository"]), None);
+        assert_eq!(
+            did_you_mean("hostname", ["port", "host"]),
+            Some("did you mean `host`?".to_owned())
+        );
+        assert_eq!(
+            did_you_mean("re", ["ref", "repository"]),
+            Some("did you mean `ref`?".to_owned())
+        );
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("abc", ""), 3);

@@ -2,6 +2,12 @@
 //! diagnostics; every `corpus/err/*.gate` file fails with exactly the diagnostics rendered in
 //! its snapshot.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
 use std::path::Path;
 
 use portcullis_lang::source::{SourceFile, read_policy_path};
@@ -108,4 +114,44 @@ fn duplicate_across_files_points_at_both() {
     assert!(rendered.contains("[b.gate:1:8]"), "{rendered}");
     assert!(rendered.contains("[a.gate:1:8]"), "{rendered}");
     assert!(rendered.contains("first declared here"), "{rendered}");
+}
+
+/// Every file of both corpora and of the examples, as (name, text).
+fn all_corpus_texts() -> Vec<SourceFile> {
+    let mut files = read_policy_path(&corpus_dir("ok")).unwrap();
+    files.extend(read_policy_path(&corpus_dir("err")).unwrap());
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    files.extend(read_policy_path(&examples).unwrap());
+    files
+}
+
+/// Compiles and renders `text`; a panic anywhere fails the test. A successful compile must
+/// produce no diagnostics, a failed one at least one.
+fn compile_and_render(name: &str, text: &str) {
+    match compile(&[SourceFile::new(name, text)]) {
+        Ok(_) => {}
+        Err(diags) => {
+            assert!(!diags.is_empty());
+            let rendered = render(&diags, false);
+            assert!(
+                rendered.contains("gate::E"),
+                "{name}: nothing rendered for {text:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn truncated_and_damaged_inputs_never_panic() {
+    for file in all_corpus_texts() {
+        let boundaries: Vec<usize> = file.text.char_indices().map(|(idx, _)| idx).collect();
+        for &cut in &boundaries {
+            compile_and_render(&file.name, &file.text[..cut]);
+        }
+        for window in boundaries.windows(2).step_by(2) {
+            let (start, end) = (window[0], window[1]);
+            let damaged = format!("{}{}", &file.text[..start], &file.text[end..]);
+            compile_and_render(&file.name, &damaged);
+        }
+    }
 }

@@ -3,6 +3,8 @@
 //!
 //! Exit status: 0 on success, 1 when the policy set has errors, 2 when a file cannot be read or
 //! written.
+//!
+//! FIXME(#3): `policyc test`, `policyc fmt`, lints as warnings, and `check --format sarif`.
 
 use std::fmt;
 use std::fs;
