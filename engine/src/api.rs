@@ -201,7 +201,6 @@ fn describe_target_spec(event: &mut NewEvent, spec: &TargetSpec) {
 }
 
 fn answer_decision(event: &mut NewEvent, decision: &Decision<'_>) -> DecideAnswer {
-    let reason = decision.reason_text();
     let verdict = if decision.allow {
         Verdict::Allow
     } else {
@@ -209,24 +208,11 @@ fn answer_decision(event: &mut NewEvent, decision: &Decision<'_>) -> DecideAnswe
     };
     event.kind = EventKind::Decision;
     event.decision = Some(verdict);
-    event.reason = Some(reason.clone());
+    event.reason = Some(decision.reason_text());
     event.reason_code = Some(decision.reason.code().to_owned());
     event.rule = decision.rule.map(str::to_owned);
     event.workload = decision.workload.map(str::to_owned);
-    DecideAnswer {
-        decision: verdict.as_str(),
-        rule: event.rule.clone(),
-        reason,
-        reason_code: decision.reason.code(),
-        workload: event.workload.clone(),
-        target: event.target.clone(),
-        trust_provider: event.trust_provider.clone(),
-        event_id: String::new(),
-        bundle: format!(
-            "sha256:{}",
-            event.bundle_hash.as_deref().unwrap_or_default()
-        ),
-    }
+    answer(event, decision.reason.code())
 }
 
 fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> DecideAnswer {
@@ -234,20 +220,24 @@ fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> Decid
         error: err,
         unverified,
     } = rejected;
-    let reason = format!("attestation failed: {err}");
     event.kind = EventKind::AttestationFailed;
     event.decision = Some(Verdict::Deny);
-    event.reason = Some(reason.clone());
+    event.reason = Some(format!("attestation failed: {err}"));
     event.reason_code = Some(err.code().to_owned());
     event.trust_provider = unverified.provider;
     event.issuer = unverified.issuer;
     event.subject = unverified.subject;
+    answer(event, err.code())
+}
+
+/// The answer says what the event that records it says.
+fn answer(event: &NewEvent, reason_code: &'static str) -> DecideAnswer {
     DecideAnswer {
-        decision: "deny",
-        rule: None,
-        reason,
-        reason_code: err.code(),
-        workload: None,
+        decision: event.decision.unwrap_or(Verdict::Deny).as_str(),
+        rule: event.rule.clone(),
+        reason: event.reason.clone().unwrap_or_default(),
+        reason_code,
+        workload: event.workload.clone(),
         target: event.target.clone(),
         trust_provider: event.trust_provider.clone(),
         event_id: String::new(),

@@ -49,15 +49,7 @@ pub struct Program {
 }
 
 /// A declared target, as decisions report it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TargetInfo {
-    pub name: String,
-    pub protocol: Protocol,
-    pub host: String,
-    pub port: u16,
-    pub database: Option<String>,
-    pub path_prefix: Option<String>,
-}
+pub use portcullis_lang::ir::Target as TargetInfo;
 
 /// How a request names its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,18 +160,7 @@ impl Program {
     }
 
     pub fn from_bundle(bundle: Bundle) -> Result<Program, BundleError> {
-        let targets: Vec<TargetInfo> = bundle
-            .targets()
-            .iter()
-            .map(|target| TargetInfo {
-                name: target.name.clone(),
-                protocol: target.protocol,
-                host: target.host.clone(),
-                port: target.port,
-                database: target.database.clone(),
-                path_prefix: target.path_prefix.clone(),
-            })
-            .collect();
+        let targets: Vec<TargetInfo> = bundle.targets().to_vec();
         let mut by_name = HashMap::new();
         let mut by_host: HashMap<String, Vec<_>> = HashMap::new();
         for (position, target) in targets.iter().enumerate() {

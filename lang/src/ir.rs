@@ -64,7 +64,7 @@ impl Protocol {
 }
 
 /// `target NAME { PROTOCOL { host = "…" port = N … } }`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
     pub protocol: Protocol,
