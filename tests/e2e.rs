@@ -105,7 +105,11 @@ fn stop_server(mut server: Server) {
     assert!(status.success());
     let exit = server.child.wait().unwrap();
     assert!(exit.success(), "server exited with {exit}");
-    let log: Vec<String> = server.log.try_iter().collect();
+    // The reader thread ends at the end of the server's stderr.
+    let mut log = Vec::new();
+    while let Ok(line) = server.log.recv_timeout(Duration::from_secs(10)) {
+        log.push(line);
+    }
     assert!(
         log.iter().any(|line| line.contains("audit_log_sealed")),
         "{log:#?}"
