@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use portcullis_lang::schema::ProviderKind;
+use portcullis_lang::schema::{ClaimType, CustomClaim, ProviderKind, dotted_path};
 use serde::Deserialize;
 
 /// Configuration files larger than this are refused.
@@ -13,6 +13,9 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 /// JWKS files larger than this are refused.
 const MAX_JWKS_BYTES: u64 = 1024 * 1024;
+
+/// Clock-skew allowance beyond this is a misconfiguration, not a tolerance.
+const MAX_LEEWAY_S: u64 = 3600;
 
 /// Where the audit store lives when neither the command line nor the configuration says.
 pub const DEFAULT_DATA_DIR: &str = "portcullis-data";
@@ -62,8 +65,17 @@ fn default_max_body_bytes() -> usize {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyConfig {
-    /// A directory of `*.gate` files, or one file.
-    pub dir: PathBuf,
+    /// A directory of `*.gate` files, or one file, compiled at start.
+    pub dir: Option<PathBuf>,
+    /// Or a bundle that `policyc build` wrote.
+    pub bundle: Option<PathBuf>,
+}
+
+/// Where the policy set comes from.
+#[derive(Debug, Clone)]
+pub enum PolicySource {
+    Sources(PathBuf),
+    Bundle(PathBuf),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,7 +90,7 @@ pub struct AuditConfig {
 #[serde(deny_unknown_fields)]
 pub struct TrustProviderConfig {
     pub name: String,
-    /// `github`, `kubernetes` or `oidc`.
+    /// `github`, `gitlab`, `kubernetes`, `terraform`, `spiffe` or `oidc`.
     pub kind: String,
     pub issuer: String,
     pub audiences: Vec<String>,
@@ -88,6 +100,43 @@ pub struct TrustProviderConfig {
     /// Set on providers whose signing key is published with the examples; the server warns.
     #[serde(default)]
     pub example_only: bool,
+    /// Claims beyond the built-in `oidc` schema: `{ name, path, type, required }`.
+    #[serde(default)]
+    pub custom_claims: Vec<CustomClaimConfig>,
+    /// For `spiffe`: the trust domain whose SPIFFE IDs this provider vouches for.
+    pub trust_domain: Option<String>,
+}
+
+/// `custom_claims = [{ name = "team", path = "org.team", type = "string" }]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomClaimConfig {
+    pub name: String,
+    /// Dotted (`"org.team"`), or a list of keys when a key holds a dot.
+    pub path: ClaimPathConfig,
+    /// `string`, `integer`, `bool` or `string_set`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    #[serde(default)]
+    pub required: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimPathConfig {
+    Dotted(String),
+    Keys(Vec<String>),
+}
+
+impl CustomClaimConfig {
+    fn to_claim(&self) -> Result<CustomClaim> {
+        let path = match &self.path {
+            ClaimPathConfig::Dotted(text) => dotted_path(text),
+            ClaimPathConfig::Keys(keys) => keys.clone(),
+        };
+        let ty = ClaimType::from_config_name(&self.ty)?;
+        Ok(CustomClaim::new(&self.name, path, ty, self.required)?)
+    }
 }
 
 fn default_leeway_s() -> u64 {
@@ -108,13 +157,39 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
-        for provider in &self.trust_providers {
-            if ProviderKind::from_keyword(&provider.kind).is_none() {
+        if self.policy.dir.is_some() == self.policy.bundle.is_some() {
+            bail!("`[policy]` needs exactly one of `dir` (Gate sources) or `bundle` (built)");
+        }
+        for (idx, provider) in self.trust_providers.iter().enumerate() {
+            if provider.leeway_s > MAX_LEEWAY_S {
                 bail!(
-                    "trust provider `{}`: unknown kind `{}`; expected `github`, `kubernetes` \
-                     or `oidc`",
+                    "trust provider `{}`: `leeway_s = {}` is over the limit of {MAX_LEEWAY_S} \
+                     seconds",
+                    provider.name,
+                    provider.leeway_s
+                );
+            }
+            let later = self.trust_providers.iter().skip(idx + 1);
+            if later.into_iter().any(|other| other.name == provider.name) {
+                bail!(
+                    "two trust providers are named `{}`; names must be unique",
+                    provider.name
+                );
+            }
+            let Some(kind) = ProviderKind::from_keyword(&provider.kind) else {
+                bail!(
+                    "trust provider `{}`: unknown kind `{}`; expected `github`, `gitlab`, \
+                     `kubernetes`, `terraform`, `spiffe` or `oidc`",
                     provider.name,
                     provider.kind
+                );
+            };
+            if !kind.issues_tokens() {
+                // FIXME(#6): the local-process listener and its configuration.
+                bail!(
+                    "trust provider `{}`: kind `{kind}` is not a token issuer; local processes \
+                     are attested by the local-process listener, not by a trust provider",
+                    provider.name
                 );
             }
             if provider.audiences.is_empty() {
@@ -136,8 +211,12 @@ impl Config {
         }
     }
 
-    pub fn policy_path(&self) -> PathBuf {
-        self.resolve(&self.policy.dir)
+    pub fn policy_source(&self) -> PolicySource {
+        match (&self.policy.bundle, &self.policy.dir) {
+            (Some(bundle), _) => PolicySource::Bundle(self.resolve(bundle)),
+            (None, Some(dir)) => PolicySource::Sources(self.resolve(dir)),
+            (None, None) => PolicySource::Sources(self.base_dir.clone()),
+        }
     }
 
     /// The audit data directory: the command line's, else the configuration's, else the
@@ -175,6 +254,12 @@ impl Config {
         })?;
         let kind = ProviderKind::from_keyword(&provider.kind)
             .with_context(|| format!("trust provider `{}`: unknown kind", provider.name))?;
+        let custom_claims = provider
+            .custom_claims
+            .iter()
+            .map(CustomClaimConfig::to_claim)
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("trust provider `{}`", provider.name))?;
         Ok(portcullis_engine::attest::TrustProviderSpec {
             name: provider.name.clone(),
             kind,
@@ -182,6 +267,8 @@ impl Config {
             audiences: provider.audiences.clone(),
             jwks_json,
             leeway_s: provider.leeway_s,
+            custom_claims,
+            trust_domain: provider.trust_domain.clone(),
         })
     }
 }
@@ -193,4 +280,75 @@ pub fn read_bounded(path: &Path, limit: u64) -> Result<String> {
         bail!("the file is {size} bytes; the limit is {limit}");
     }
     Ok(std::fs::read_to_string(path)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_engine::attest::TrustProviderSpec;
+
+    use super::*;
+
+    /// The trust provider specs of a configuration made of `providers`, with the example
+    /// issuer's JWKS.
+    fn specs(providers: &str) -> Result<Vec<TrustProviderSpec>> {
+        let text = format!("[policy]\ndir = \"examples/policies\"\n{providers}");
+        let mut config: Config = toml::from_str(&text)?;
+        config.base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        config.validate()?;
+        config.trust_provider_specs()
+    }
+
+    fn provider(kind: &str, extra: &str) -> String {
+        format!(
+            "[[trust_providers]]\nname = \"p\"\nkind = \"{kind}\"\nissuer = \"https://i\"\n\
+             audiences = [\"portcullis\"]\n\
+             jwks_file = \"examples/dev/example-github-issuer.jwks.json\"\n{extra}\n"
+        )
+    }
+
+    #[test]
+    fn token_kinds_are_accepted() {
+        for kind in ["gitlab", "terraform", "oidc"] {
+            let specs = specs(&provider(kind, "")).unwrap();
+            assert_eq!(specs[0].kind.keyword(), kind);
+        }
+        let spiffe = specs(&provider("spiffe", "trust_domain = \"prod.acme.example\"")).unwrap();
+        assert_eq!(spiffe[0].trust_domain.as_deref(), Some("prod.acme.example"));
+    }
+
+    #[test]
+    fn process_is_not_a_trust_provider() {
+        let err = specs(&provider("process", "")).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("local-process listener"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn custom_claims_are_read_for_oidc() {
+        let claims = "custom_claims = [\n\
+            { name = \"team\", path = \"org.team\", type = \"string\", required = true },\n\
+            { name = \"roles\", path = [\"https://acme.example/roles\"], type = \"string_set\" },\n\
+            ]";
+        let parsed = specs(&provider("oidc", claims)).unwrap();
+        let custom = &parsed[0].custom_claims;
+        assert_eq!(custom.len(), 2);
+        assert_eq!(custom[0].name, "team");
+        assert_eq!(custom[0].path, ["org", "team"]);
+        assert!(custom[0].required);
+        assert_eq!(custom[1].path, ["https://acme.example/roles"]);
+        assert_eq!(custom[1].ty, ClaimType::StringSet);
+        assert!(!custom[1].required);
+
+        let bad_type = "custom_claims = [{ name = \"team\", path = \"team\", type = \"text\" }]";
+        let err = specs(&provider("oidc", bad_type)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown claim type `text`"),
+            "{err:#}"
+        );
+        let builtin = "custom_claims = [{ name = \"email\", path = \"mail\", type = \"string\" }]";
+        let err = specs(&provider("oidc", builtin)).unwrap_err();
+        assert!(format!("{err:#}").contains("built-in claim"), "{err:#}");
+    }
 }

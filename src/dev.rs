@@ -15,6 +15,9 @@ use crate::config::read_bounded;
 
 const MAX_FILE_BYTES: u64 = 64 * 1024;
 
+/// The longest lifetime `mint-token` gives: a year.
+const MAX_TTL_S: u64 = 365 * 24 * 3600;
+
 #[derive(Debug, Subcommand)]
 pub enum DevCommand {
     /// Sign the claims in a JSON file into a token, as an OIDC issuer would.
@@ -27,8 +30,12 @@ pub enum DevCommand {
         /// JSON object of claims.
         #[arg(long)]
         claims: PathBuf,
-        /// Lifetime in seconds.
-        #[arg(long, default_value_t = 300)]
+        /// Lifetime in seconds (at most a year).
+        #[arg(
+            long,
+            default_value_t = 300,
+            value_parser = clap::value_parser!(u64).range(1..=MAX_TTL_S)
+        )]
         ttl: u64,
     },
     /// Print the JWKS that verifies tokens signed with a private key.
@@ -93,7 +100,10 @@ impl Signer {
         let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
         claims.entry("iat").or_insert(now.into());
         claims.entry("nbf").or_insert(now.into());
-        claims.entry("exp").or_insert((now + ttl).into());
+        let Some(exp) = now.checked_add(ttl) else {
+            bail!("--ttl {ttl} is too large: the token would expire after the year 292277026596");
+        };
+        claims.entry("exp").or_insert(exp.into());
         let mut header = Header::new(self.algorithm);
         header.kid = self.jwk.common.key_id.clone();
         Ok(jsonwebtoken::encode(&header, &claims, &self.key)?)

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use portcullis_audit::{AuditLog, AuditOptions};
@@ -13,13 +14,27 @@ use portcullis_engine::attest::{Attestor, TrustProvider};
 use portcullis_engine::vm::Program;
 use portcullis_lang::bundle::Bundle;
 
-use crate::config::Config;
+use crate::config::{Config, PolicySource};
 
 pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Path>) -> Result<()> {
     init_logging();
     let config = Config::load(config_path)?;
-    let program = compile_policy_set(&config.policy_path())?;
+    let program = match config.policy_source() {
+        PolicySource::Sources(path) => compile_policy_set(&path)?,
+        PolicySource::Bundle(path) => load_bundle(&path)?,
+    };
     let attestor = build_attestor(&config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // Bind first: a server that cannot listen leaves no data directory behind.
+    let listen = listen.unwrap_or(config.server.listen);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(listen))
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "listening beyond loopback, as configured");
+    }
     let data_dir = config.data_dir(data_dir);
     let node = config.audit.node.clone().unwrap_or_else(host_name);
     let options = AuditOptions {
@@ -29,26 +44,23 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     // The store logs what its recovery found.
     let (audit, _recovery) = AuditLog::open(&data_dir, options)
         .with_context(|| format!("cannot open the audit store in `{}`", data_dir.display()))?;
-    let listen = listen.unwrap_or(config.server.listen);
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "listening beyond loopback, as configured");
-    }
     let engine = Arc::new(Engine {
         program: Arc::new(program),
         attestor,
         audit: Arc::new(audit),
+        max_body_bytes: config.server.max_body_bytes,
     });
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(
-        Arc::clone(&engine),
-        listen,
-        config.server.max_body_bytes,
-    ))?;
+    runtime.block_on(serve(Arc::clone(&engine), listener))?;
+    // Dropping the runtime ends any connection still open after the grace period.
     drop(runtime);
     close_audit(engine)
 }
+
+/// How long requests in flight may take to finish after a stop signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Bundles larger than this are refused before they are read.
+const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
 
 fn compile_policy_set(path: &Path) -> Result<Program> {
     let files = portcullis_lang::source::read_policy_path(path)
@@ -69,6 +81,9 @@ fn compile_policy_set(path: &Path) -> Result<Program> {
             );
         }
     };
+    if set.rules.is_empty() {
+        tracing::warn!(policy = %path.display(), "the policy set has no rules; every decision will deny");
+    }
     let bundle = Bundle::from_policy_set(&set).context("cannot build the bundle")?;
     let program = Program::from_bundle(bundle).context("cannot load the bundle")?;
     tracing::info!(
@@ -77,6 +92,26 @@ fn compile_policy_set(path: &Path) -> Result<Program> {
         rules = set.rules.len(),
         bundle = %format!("sha256:{}", program.hash_hex()),
         "policy_set_compiled"
+    );
+    Ok(program)
+}
+
+fn load_bundle(path: &Path) -> Result<Program> {
+    let cannot_read = || format!("cannot read the bundle `{}`", path.display());
+    let size = std::fs::metadata(path).with_context(cannot_read)?.len();
+    if size > MAX_BUNDLE_BYTES {
+        bail!(
+            "the bundle `{}` is {size} bytes; the limit is {MAX_BUNDLE_BYTES}",
+            path.display()
+        );
+    }
+    let bytes = std::fs::read(path).with_context(cannot_read)?;
+    let program = Program::load(&bytes)
+        .with_context(|| format!("cannot load the bundle `{}`", path.display()))?;
+    tracing::info!(
+        bundle_file = %path.display(),
+        bundle = %format!("sha256:{}", program.hash_hex()),
+        "bundle_loaded"
     );
     Ok(program)
 }
@@ -102,19 +137,36 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
     Ok(Attestor::new(providers)?)
 }
 
-async fn serve(engine: Arc<Engine>, listen: SocketAddr, max_body_bytes: usize) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+async fn serve(engine: Arc<Engine>, listener: tokio::net::TcpListener) -> Result<()> {
     let local = listener.local_addr()?;
     tracing::info!(
         listen = %local,
         bundle = %format!("sha256:{}", engine.program.hash_hex()),
         "listening"
     );
-    api::serve(listener, engine, max_body_bytes, shutdown_signal()).await?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let stopping = async move {
+        shutdown_signal().await;
+        tracing::info!("stopping");
+        let _ = stop_tx.send(true);
+    };
+    let server = api::serve(listener, engine, stopping);
+    tokio::select! {
+        served = server => served?,
+        () = grace_expired(&mut stop_rx) => {
+            tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "requests_cut_off_at_shutdown");
+        }
+    }
     tracing::info!("stopped_taking_requests");
     Ok(())
+}
+
+/// Completes `SHUTDOWN_GRACE` after the stop signal; never, if there is none.
+async fn grace_expired(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
 async fn shutdown_signal() {

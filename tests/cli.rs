@@ -113,7 +113,9 @@ fn audit_query_is_read_only_and_names_a_missing_store() {
 
     let typo = query(tmp.path(), "SELECT nope FROM access_events");
     assert!(!typo.status.success());
-    assert!(stderr(&typo).contains("nope"), "{}", stderr(&typo));
+    let err = stderr(&typo);
+    assert!(err.contains("nope"), "{err}");
+    assert_eq!(err.matches("No field named").count(), 1, "said once: {err}");
 }
 
 fn write_config(dir: &Path, policy_dir: &str, extra: &str) -> PathBuf {
@@ -195,13 +197,102 @@ fn serve_refuses_bad_configuration_with_the_reason() {
     let kind = write_config(tmp.path(), policies.to_str().unwrap(), "");
     let text = std::fs::read_to_string(&kind)
         .unwrap()
-        .replace("\"github\"", "\"gitlab\"");
-    std::fs::write(&kind, text).unwrap();
+        .replace("\"github\"", "\"bitbucket\"");
+    std::fs::write(&kind, &text).unwrap();
     let out = serve(&kind, &data);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("unknown kind `gitlab`"),
+        stderr(&out).contains("unknown kind `bitbucket`"),
         "{}",
         stderr(&out)
     );
+
+    std::fs::write(&kind, text.replace("\"bitbucket\"", "\"process\"")).unwrap();
+    let out = serve(&kind, &data);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("local-process listener"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_refuses_unsafe_or_ambiguous_trust_providers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let policies = repo().join("examples/policies");
+    let policies = policies.to_str().unwrap();
+
+    let config = write_config(tmp.path(), policies, "leeway_s = 18446744073709551615\n");
+    let out = serve(&config, &data);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("over the limit of 3600"),
+        "{}",
+        stderr(&out)
+    );
+
+    let jwks = repo().join("examples/dev/example-github-issuer.jwks.json");
+    let twin = format!(
+        "\n[[trust_providers]]\nname = \"gh\"\nkind = \"github\"\nissuer = \"https://other.invalid\"\n\
+         audiences = [\"portcullis\"]\njwks_file = \"{}\"\n",
+        jwks.display()
+    );
+    let config = write_config(tmp.path(), policies, &twin);
+    let out = serve(&config, &data);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("two trust providers are named `gh`"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!data.exists());
+}
+
+#[test]
+fn serve_names_what_is_wrong_with_its_paths() {
+    let tmp = tempfile::tempdir().unwrap();
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let config = write_config(tmp.path(), empty.to_str().unwrap(), "");
+    let out = serve(&config, &tmp.path().join("data"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("holds no `*.gate` files"),
+        "{}",
+        stderr(&out)
+    );
+
+    let policies = repo().join("examples/policies");
+    let config = write_config(tmp.path(), policies.to_str().unwrap(), "");
+    let file = tmp.path().join("a-file");
+    std::fs::write(&file, "not a directory").unwrap();
+    let out = serve(&config, &file);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("is not a directory"), "{err}");
+    assert_eq!(
+        err.matches("is not a directory").count(),
+        1,
+        "said once: {err}"
+    );
+}
+
+#[test]
+fn mint_token_refuses_an_absurd_lifetime() {
+    let key = "examples/dev/example-github-issuer.key.pem";
+    let claims = "examples/dev/claims/docs-main.json";
+    let out = portcullis(&[
+        "dev",
+        "mint-token",
+        "--key",
+        key,
+        "--claims",
+        claims,
+        "--ttl",
+        "18446744073709551615",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
 }

@@ -48,14 +48,15 @@ impl Drop for Server {
 }
 
 fn start_server(data_dir: &Path) -> Server {
+    start_server_with(&repo().join("examples/portcullis.toml"), data_dir)
+}
+
+fn start_server_with(config: &Path, data_dir: &Path) -> Server {
     let mut child = portcullis()
-        .args([
-            "serve",
-            "--config",
-            "examples/portcullis.toml",
-            "--listen",
-            "127.0.0.1:0",
-        ])
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(data_dir)
         .env("NO_COLOR", "1")
@@ -370,8 +371,8 @@ fn healthz_bundle(server: &Server) -> String {
 }
 
 fn audit_rows(data_dir: &Path) -> Vec<Value> {
-    let sql = "SELECT event_id, decision, workload, target, rule, reason_code, kind, seq \
-               FROM access_events ORDER BY time, seq";
+    let sql = "SELECT event_id, decision, workload, target, rule, reason_code, kind, seq, \
+               subject, claims FROM access_events ORDER BY time, seq";
     let out = portcullis()
         .args(["audit", "query", sql, "--format", "json", "--data-dir"])
         .arg(data_dir)
@@ -449,6 +450,23 @@ fn decisions_are_answered_recorded_and_queryable() {
             "attestation_failed"
         };
         assert_eq!(row["kind"], kind, "{}", case.name);
+        // A rejected token's own claims never pass for a verified identity.
+        let claims = row["claims"].as_str().unwrap();
+        if kind == "attestation_failed" {
+            assert!(row["subject"].is_null(), "{}: {row}", case.name);
+            assert!(
+                claims.contains(r#""unverified":true"#),
+                "{}: {claims}",
+                case.name
+            );
+        } else {
+            assert!(
+                row["subject"].as_str().is_some_and(|s| !s.is_empty()),
+                "{}",
+                case.name
+            );
+            assert!(!claims.contains("unverified"), "{}: {claims}", case.name);
+        }
     }
     let expected_targets = ["billing_api", "billing_api", "billing_api", "orders_db"];
     for (row, target) in rows.iter().zip(expected_targets) {
@@ -518,6 +536,44 @@ fn bad_requests_get_clear_errors_and_no_decision() {
     let (status, _) = post(&server, huge.as_bytes());
     assert_eq!(status, 413);
 
+    // A token sent in the wrong place is not echoed back.
+    let token = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtc3ViamVjdCJ9.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+    let body = json!({ "evidence": token, "target": { "name": "billing_api" } });
+    let (status, answer) = post(&server, body.to_string().as_bytes());
+    assert_eq!(status, 400);
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        !message.contains(token) && message.contains("`token`"),
+        "{message}"
+    );
+
+    // Only JSON is decided: a cross-origin form post cannot create events.
+    let url = format!("http://{}/v1/decide", server.addr);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let plain = agent
+        .post(&url)
+        .header("content-type", "text/plain")
+        .send("{}")
+        .unwrap();
+    assert_eq!(plain.status().as_u16(), 415);
+    let mut missing = agent
+        .get(&format!("http://{}/v2/decide", server.addr))
+        .call()
+        .unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
+    assert!(
+        missing
+            .body_mut()
+            .read_to_string()
+            .unwrap()
+            .contains("no such endpoint")
+    );
+    let wrong_method = agent.get(&url).call().unwrap();
+    assert_eq!(wrong_method.status().as_u16(), 405);
+
     // A token that is only garbage is a deny with a reason, not an error.
     let body = json!({ "evidence": { "token": "garbage" }, "target": { "name": "billing_api" } });
     let (status, answer) = post(&server, body.to_string().as_bytes());
@@ -566,4 +622,42 @@ fn a_killed_server_loses_no_answered_decision() {
         .map(|row| row["seq"].as_u64().unwrap())
         .collect();
     assert_eq!(seqs, [1, 2], "seq continues across the crash without a gap");
+}
+
+#[test]
+fn serve_runs_a_bundle_built_ahead_of_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files =
+        portcullis_lang::source::read_policy_path(&repo().join("examples/policies")).unwrap();
+    let set = portcullis_lang::compile(&files).unwrap();
+    let bundle = portcullis_lang::bundle::Bundle::from_policy_set(&set).unwrap();
+    let bundle_path = tmp.path().join("policy.bundle");
+    std::fs::write(&bundle_path, bundle.to_bytes()).unwrap();
+
+    let example = std::fs::read_to_string(repo().join("examples/portcullis.toml")).unwrap();
+    let config = example
+        .replace(
+            "dir = \"policies\"",
+            &format!("bundle = {:?}", bundle_path.to_str().unwrap()),
+        )
+        .replace(
+            "jwks_file = \"",
+            &format!("jwks_file = \"{}/examples/", repo().display()),
+        );
+    let config_path = tmp.path().join("portcullis.toml");
+    std::fs::write(&config_path, config).unwrap();
+
+    let server = start_server_with(&config_path, &tmp.path().join("data"));
+    assert_eq!(
+        healthz_bundle(&server),
+        format!("sha256:{}", bundle.hash_hex())
+    );
+    let token = mint(
+        GITHUB_KEY,
+        &example_claims("billing-release.json"),
+        tmp.path(),
+    );
+    let answer = decide(&server, &token, json!({ "name": "billing_api" }), "POST");
+    assert_eq!(answer["rule"], "billing_release_deploys", "{answer}");
+    stop_server(server);
 }

@@ -16,6 +16,9 @@ pub enum AuditError {
         source: io::Error,
     },
 
+    #[error("`{path}` is not a directory")]
+    NotADirectory { path: PathBuf },
+
     #[error("data directory `{dir}` is in use by another process (lock file `{lock}`)")]
     Locked { dir: PathBuf, lock: PathBuf },
 

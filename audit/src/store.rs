@@ -225,6 +225,16 @@ impl AuditLog {
         Ok(report)
     }
 
+    /// Whether the log still takes events: after a failed write it refuses them until the
+    /// store is reopened, and a health check should say so.
+    pub fn health(&self) -> Result<(), AuditError> {
+        let inner = self.lock_inner()?;
+        if inner.wal.is_stopped() {
+            return Err(AuditError::Stopped);
+        }
+        Ok(())
+    }
+
     fn lock_inner(&self) -> Result<MutexGuard<'_, Inner>, AuditError> {
         // A poisoned mutex means a panic mid-write: the log's state is unknown.
         self.inner.lock().map_err(|_| AuditError::Stopped)
@@ -255,6 +265,11 @@ impl Inner {
 fn create_dir(dir: &Path) -> Result<(), AuditError> {
     if dir.is_dir() {
         return Ok(());
+    }
+    if dir.exists() {
+        return Err(AuditError::NotADirectory {
+            path: dir.to_owned(),
+        });
     }
     fs::create_dir_all(dir).map_err(AuditError::io("create", dir))?;
     match dir.parent() {

@@ -99,6 +99,11 @@ impl Wal {
         &self.path
     }
 
+    /// True after a failed write: the log refuses appends until it is reopened.
+    pub fn is_stopped(&self) -> bool {
+        self.stopped
+    }
+
     /// Appends `event` and syncs it to disk.
     ///
     /// After a failed write or sync the log refuses every later append, because what reached

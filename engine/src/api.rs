@@ -8,13 +8,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use portcullis_audit::{AuditLog, Decision as Verdict, EventKind, NewEvent};
@@ -24,8 +23,11 @@ use serde_json::json;
 use crate::attest::{Attested, Attestor, Rejected};
 use crate::vm::{Decision, Program, Request, TargetQuery};
 
-/// Decide bodies larger than this get 413.
+/// Decide bodies larger than this get 413, unless configured otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// A client that has not sent its whole body by then gets 408.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything a decision needs, shared by every request.
 #[derive(Debug)]
@@ -33,34 +35,42 @@ pub struct Engine {
     pub program: Arc<Program>,
     pub attestor: Attestor,
     pub audit: Arc<AuditLog>,
+    /// Decide bodies larger than this get 413.
+    pub max_body_bytes: usize,
 }
 
 /// Builds the API's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`
 /// so that access events carry the caller's address.
-pub fn router(engine: Arc<Engine>, max_body_bytes: usize) -> Router {
+pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
         .route("/healthz", get(healthz))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
 /// flight.
+// FIXME(#7): per-connection header-read and idle timeouts (hyper's need a timer that
+// `axum::serve` does not set); until then a slow client holds its connection, and only the
+// server's shutdown grace period bounds it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
-    max_body_bytes: usize,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(engine, max_body_bytes).into_make_service_with_connect_info::<SocketAddr>();
+    let app = router(engine).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with `evidence`, `target` and `request`"
+)]
 struct DecideBody {
     evidence: Evidence,
     target: TargetSpec,
@@ -69,14 +79,17 @@ struct DecideBody {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "an object with `token`")]
 struct Evidence {
     /// A compact JWS from an OIDC trust provider.
     token: String,
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with `name`, or `protocol`, `host` and `port`"
+)]
 struct TargetSpec {
     name: Option<String>,
     protocol: Option<String>,
@@ -85,7 +98,10 @@ struct TargetSpec {
 }
 
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an object with `action` and `resource`"
+)]
 struct RequestDetails {
     action: Option<String>,
     resource: Option<String>,
@@ -100,33 +116,121 @@ struct DecideAnswer {
     workload: Option<String>,
     target: Option<String>,
     trust_provider: Option<String>,
+    /// The credential to issue, for an allow whose permit names one.
+    credential: Option<CredentialAnswer>,
     event_id: String,
     bundle: String,
 }
 
+#[derive(Debug, Serialize)]
+struct CredentialAnswer {
+    name: String,
+    kind: &'static str,
+    ttl_s: Option<u64>,
+}
+
+/// 200 while decisions can be made and recorded; 503 with the reason when the audit log has
+/// stopped taking events, because then every decision is a deny.
 async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
-    let body = json!({ "status": "ok", "bundle": format!("sha256:{}", engine.program.hash_hex()) });
-    (StatusCode::OK, axum::Json(body)).into_response()
+    let bundle = format!("sha256:{}", engine.program.hash_hex());
+    match engine.audit.health() {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(json!({ "status": "ok", "bundle": bundle })),
+        )
+            .into_response(),
+        Err(err) => {
+            let body =
+                json!({ "status": "unavailable", "bundle": bundle, "audit": err.to_string() });
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn not_found() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see `POST /v1/decide` and `GET /healthz`",
+    )
+}
+
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method not allowed on this endpoint",
+    )
+}
+
+/// Reads the whole body within [`BODY_READ_TIMEOUT`] and `limit` bytes.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
+    let read = axum::body::to_bytes(body, limit);
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than {limit} bytes, or was cut short"),
+        )),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            &format!(
+                "the request body did not arrive within {} s",
+                BODY_READ_TIMEOUT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let media_type = value.split(';').next().unwrap_or_default().trim();
+    media_type.eq_ignore_ascii_case("application/json")
+}
+
+/// A request-parsing message without long quoted input: a token sent in the wrong place must
+/// not come back in an error body.
+fn parse_error_message(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let mut out = String::with_capacity(text.len());
+    let mut parts = text.split('"');
+    if let Some(first) = parts.next() {
+        out.push_str(first);
+    }
+    for (idx, part) in parts.enumerate() {
+        out.push('"');
+        let quoted = idx % 2 == 0;
+        if quoted && part.chars().count() > 32 {
+            out.push('…');
+        } else {
+            out.push_str(part);
+        }
+    }
+    format!("invalid decide request: {out}")
 }
 
 async fn decide(
     State(engine): State<Arc<Engine>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
-    let body = match body {
+    // Only JSON: a browser cannot send it cross-origin without a preflight.
+    if !is_json(&headers) {
+        let message = "the request body must be JSON, sent as `content-type: application/json`";
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
+    }
+    let body = match read_body(body, engine.max_body_bytes).await {
         Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+        Err(response) => return response,
     };
     let body: DecideBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
-        Err(err) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("invalid decide request: {err}"),
-            );
-        }
+        Err(err) => return error(StatusCode::BAD_REQUEST, &parse_error_message(&err)),
     };
     let target = match target_query(&body.target) {
         Ok(target) => target,
@@ -147,6 +251,7 @@ async fn decide(
                 target,
                 action: body.request.action.as_deref(),
                 resource: body.request.resource.as_deref(),
+                source_ip: Some(peer.ip()),
             };
             let decision = engine.program.decide(&request);
             describe_caller(&mut event, &attested);
@@ -212,7 +317,17 @@ fn answer_decision(event: &mut NewEvent, decision: &Decision<'_>) -> DecideAnswe
     event.reason_code = Some(decision.reason.code().to_owned());
     event.rule = decision.rule.map(str::to_owned);
     event.workload = decision.workload.map(str::to_owned);
-    answer(event, decision.reason.code())
+    let mut answer = answer(event, decision.reason.code());
+    if let Some(credential) = decision.credential {
+        event.credential_provider = Some(credential.kind.keyword().to_owned());
+        event.credential_ttl_s = credential.ttl_s;
+        answer.credential = Some(CredentialAnswer {
+            name: credential.name.clone(),
+            kind: credential.kind.keyword(),
+            ttl_s: credential.ttl_s,
+        });
+    }
+    answer
 }
 
 fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> DecideAnswer {
@@ -224,10 +339,21 @@ fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> Decid
     event.decision = Some(Verdict::Deny);
     event.reason = Some(format!("attestation failed: {err}"));
     event.reason_code = Some(err.code().to_owned());
+    // What a rejected token says about itself is not an identity: it stays out of the
+    // `issuer` and `subject` columns, which hold verified facts only.
     event.trust_provider = unverified.provider;
-    event.issuer = unverified.issuer;
-    event.subject = unverified.subject;
+    event.claims = Some(unverified_claims(&unverified.issuer, &unverified.subject));
     answer(event, err.code())
+}
+
+/// The `claims` column of an attestation failure: the token's own, unverified statements,
+/// shortened, and marked as unverified.
+fn unverified_claims(issuer: &Option<String>, subject: &Option<String>) -> String {
+    let short = |text: &Option<String>| {
+        text.as_deref()
+            .map(|text| text.chars().take(256).collect::<String>())
+    };
+    json!({ "unverified": true, "iss": short(issuer), "sub": short(subject) }).to_string()
 }
 
 /// The answer says what the event that records it says.
@@ -240,6 +366,7 @@ fn answer(event: &NewEvent, reason_code: &'static str) -> DecideAnswer {
         workload: event.workload.clone(),
         target: event.target.clone(),
         trust_provider: event.trust_provider.clone(),
+        credential: None,
         event_id: String::new(),
         bundle: format!(
             "sha256:{}",

@@ -17,8 +17,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use portcullis_lang::schema::{ClaimDef, ClaimType, ClaimValue, ProviderKind};
+use portcullis_lang::schema::{
+    CUSTOM_CLAIMS_KIND, ClaimDef, ClaimType, ClaimValue, CustomClaim, CustomClaimError,
+    CustomClaims, Derived, ProviderKind, SpiffeId, SpiffeIdError, check_trust_domain,
+};
 use serde_json::{Map, Value};
+
+/// The largest clock-skew allowance a trust provider may have.
+pub const MAX_LEEWAY_S: u64 = 3600;
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -41,6 +47,10 @@ pub struct TrustProviderSpec {
     pub jwks_json: String,
     /// Clock-skew allowance for `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
+    /// Claims this provider's tokens carry beyond the built-in schema; `oidc` only.
+    pub custom_claims: Vec<CustomClaim>,
+    /// The trust domain whose SPIFFE IDs the provider vouches for; `spiffe` only, and required.
+    pub trust_domain: Option<String>,
 }
 
 /// A trust provider ready to verify tokens.
@@ -78,8 +88,32 @@ pub enum ProviderConfigError {
     },
     #[error("trust provider `{provider}`: the JWKS holds no usable signing key")]
     NoKeys { provider: String },
+    #[error("trust provider `{provider}`: a leeway of {leeway_s} s is over {MAX_LEEWAY_S} s")]
+    Leeway { provider: String, leeway_s: u64 },
     #[error("trust provider `{provider}`: at least one audience is required")]
     NoAudience { provider: String },
+    #[error(
+        "trust provider `{provider}`: kind `{kind}` has no token issuer; local processes are \
+         attested by the local-process listener"
+    )]
+    NotAnIssuer {
+        provider: String,
+        kind: ProviderKind,
+    },
+    #[error("trust provider `{provider}`: only `oidc` trust providers declare custom claims")]
+    CustomClaimsNotAllowed { provider: String },
+    #[error(transparent)]
+    CustomClaims(#[from] CustomClaimError),
+    #[error("trust provider `{provider}`: a `spiffe` trust provider names its `trust_domain`")]
+    MissingTrustDomain { provider: String },
+    #[error("trust provider `{provider}`: only a `spiffe` trust provider has a `trust_domain`")]
+    UnexpectedTrustDomain { provider: String },
+    #[error("trust provider `{provider}`: trust domain `{trust_domain}`: {error}")]
+    BadTrustDomain {
+        provider: String,
+        trust_domain: String,
+        error: SpiffeIdError,
+    },
     #[error("trust providers `{first}` and `{second}` both claim issuer `{issuer}`")]
     DuplicateIssuer {
         first: String,
@@ -95,6 +129,11 @@ impl TrustProvider {
                 provider: spec.name,
             });
         }
+        if spec.leeway_s > MAX_LEEWAY_S {
+            let (provider, leeway_s) = (spec.name, spec.leeway_s);
+            return Err(ProviderConfigError::Leeway { provider, leeway_s });
+        }
+        check_kind_settings(&spec)?;
         let keys = parse_jwks(&spec)?;
         if keys.is_empty() {
             return Err(ProviderConfigError::NoKeys {
@@ -114,6 +153,40 @@ impl TrustProvider {
 
     pub fn issuer(&self) -> &str {
         &self.spec.issuer
+    }
+}
+
+/// Refuses settings that the provider's kind cannot use, and a `process` kind, which has no
+/// issuer whose tokens could be verified.
+fn check_kind_settings(spec: &TrustProviderSpec) -> Result<(), ProviderConfigError> {
+    let provider = || spec.name.clone();
+    if !spec.kind.issues_tokens() {
+        // FIXME(#6): local processes are attested by the local-process listener.
+        return Err(ProviderConfigError::NotAnIssuer {
+            provider: provider(),
+            kind: spec.kind,
+        });
+    }
+    if spec.kind != CUSTOM_CLAIMS_KIND && !spec.custom_claims.is_empty() {
+        return Err(ProviderConfigError::CustomClaimsNotAllowed {
+            provider: provider(),
+        });
+    }
+    match (&spec.trust_domain, spec.kind) {
+        (None, ProviderKind::Spiffe) => Err(ProviderConfigError::MissingTrustDomain {
+            provider: provider(),
+        }),
+        (Some(trust_domain), ProviderKind::Spiffe) => {
+            check_trust_domain(trust_domain).map_err(|error| ProviderConfigError::BadTrustDomain {
+                provider: provider(),
+                trust_domain: trust_domain.clone(),
+                error,
+            })
+        }
+        (Some(_), _) => Err(ProviderConfigError::UnexpectedTrustDomain {
+            provider: provider(),
+        }),
+        (None, _) => Ok(()),
     }
 }
 
@@ -186,6 +259,10 @@ pub enum AttestError {
     MissingClaim(String),
     #[error("claim `{claim}` should be {expected}")]
     ClaimType { claim: String, expected: ClaimType },
+    #[error("the subject is not a valid SPIFFE ID: {0}")]
+    InvalidSpiffeId(SpiffeIdError),
+    #[error("the subject is in trust domain `{actual}`, not `{expected}`")]
+    ForeignTrustDomain { actual: String, expected: String },
 }
 
 impl AttestError {
@@ -202,6 +279,8 @@ impl AttestError {
             AttestError::WrongAudience => "wrong_audience",
             AttestError::MissingClaim(_) => "missing_claim",
             AttestError::ClaimType { .. } => "claim_type",
+            AttestError::InvalidSpiffeId(_) => "invalid_spiffe_id",
+            AttestError::ForeignTrustDomain { .. } => "foreign_trust_domain",
         }
     }
 }
@@ -211,7 +290,7 @@ impl AttestError {
 pub struct Attested<'a> {
     pub provider: &'a TrustProvider,
     pub subject: String,
-    /// Indexed by the claim ids of `provider.kind()`.
+    /// Indexed by the claim ids of `provider.kind()`; for `oidc`, the custom claims follow.
     pub claims: Vec<Option<ClaimValue>>,
     /// The verified payload, for the access event.
     pub payload: Map<String, Value>,
@@ -238,6 +317,8 @@ type JsonObject = Map<String, Value>;
 #[derive(Debug, Default)]
 pub struct Attestor {
     providers: Vec<TrustProvider>,
+    /// The custom claims of every `oidc` provider, merged: one id per name.
+    custom_claims: CustomClaims,
 }
 
 impl Attestor {
@@ -252,11 +333,25 @@ impl Attestor {
                 });
             }
         }
-        Ok(Attestor { providers })
+        let custom_claims = CustomClaims::merge(
+            providers
+                .iter()
+                .filter(|provider| provider.kind() == CUSTOM_CLAIMS_KIND)
+                .map(|provider| provider.spec.custom_claims.as_slice()),
+        )?;
+        Ok(Attestor {
+            providers,
+            custom_claims,
+        })
     }
 
     pub fn providers(&self) -> &[TrustProvider] {
         &self.providers
+    }
+
+    /// The custom claims of kind `oidc`, as the checker must know them to type policies.
+    pub fn custom_claims(&self) -> &CustomClaims {
+        &self.custom_claims
     }
 
     /// Verifies `token`. On failure, also returns what could be read without trusting it
@@ -276,6 +371,7 @@ impl Attestor {
             return Err(AttestError::TooLarge);
         }
         let (header, payload) = peek(token)?;
+        check_time_claims(&payload)?;
         let algorithm = allowed_algorithm(&header)?;
         let issuer = payload.get("iss").and_then(Value::as_str);
         unverified.issuer = issuer.map(str::to_owned);
@@ -283,6 +379,7 @@ impl Attestor {
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_owned);
+        // FIXME(#6): a JWT-SVID need not carry `iss`; pick its provider by the trust domain.
         let Some(issuer) = issuer else {
             return Err(AttestError::MissingClaim("iss".to_owned()));
         };
@@ -293,7 +390,7 @@ impl Attestor {
         let kid = header.get("kid").and_then(Value::as_str);
         let key = find_key(provider, kid, algorithm)?;
         let payload = verify(token, provider, key)?;
-        let claims = typed_claims(provider.kind(), &payload)?;
+        let claims = provider_claims(provider, &self.custom_claims, &payload)?;
         let subject = payload
             .get("sub")
             .and_then(Value::as_str)
@@ -322,6 +419,19 @@ fn peek(token: &str) -> Result<(JsonObject, JsonObject), AttestError> {
         json_object(header, "header")?,
         json_object(payload, "payload")?,
     ))
+}
+
+/// `exp`, `nbf` and `iat` are NumericDates when present; another type is a malformed token,
+/// not a missing claim.
+fn check_time_claims(payload: &JsonObject) -> Result<(), AttestError> {
+    for claim in ["exp", "nbf", "iat"] {
+        if payload.get(claim).is_some_and(|value| !value.is_number()) {
+            return Err(AttestError::Malformed(format!(
+                "claim `{claim}` is not a number"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn json_object(part: &str, what: &str) -> Result<Map<String, Value>, AttestError> {
@@ -416,32 +526,97 @@ pub fn typed_claims(
 ) -> Result<Vec<Option<ClaimValue>>, AttestError> {
     kind.claims()
         .iter()
-        .map(|def| typed_claim(def, payload))
+        .map(|def| match def.derived {
+            Some(how) => derived_claim(how, def, payload).map(Some),
+            None => claim_at(def.path, def.ty, def.required, payload),
+        })
         .collect()
 }
 
-fn typed_claim(
+/// The built-in claims of the provider's kind, then its custom claims at their merged ids,
+/// once the SPIFFE ID is in the provider's trust domain.
+fn provider_claims(
+    provider: &TrustProvider,
+    custom_claims: &CustomClaims,
+    payload: &Map<String, Value>,
+) -> Result<Vec<Option<ClaimValue>>, AttestError> {
+    let mut claims = typed_claims(provider.kind(), payload)?;
+    if let Some(expected) = &provider.spec.trust_domain {
+        let subject = payload
+            .get("sub")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let id = SpiffeId::parse(subject).map_err(AttestError::InvalidSpiffeId)?;
+        if id.trust_domain() != expected {
+            return Err(AttestError::ForeignTrustDomain {
+                actual: id.trust_domain().to_owned(),
+                expected: expected.clone(),
+            });
+        }
+    }
+    if provider.kind() == CUSTOM_CLAIMS_KIND {
+        let declared = &provider.spec.custom_claims;
+        for (_, shared) in custom_claims.iter() {
+            let value = match declared.iter().find(|own| own.name == shared.name) {
+                Some(own) => claim_at(&own.path, own.ty, own.required, payload)?,
+                None => None,
+            };
+            claims.push(value);
+        }
+    }
+    Ok(claims)
+}
+
+/// A claim that attestation computes from the SPIFFE ID in the field at `def.path`.
+fn derived_claim(
+    how: Derived,
     def: &ClaimDef,
+    payload: &Map<String, Value>,
+) -> Result<ClaimValue, AttestError> {
+    let text = match claim_at(def.path, ClaimType::String, true, payload)? {
+        Some(ClaimValue::String(text)) => text,
+        _ => return Err(AttestError::MissingClaim(dotted(def.path))),
+    };
+    let id = SpiffeId::parse(&text).map_err(AttestError::InvalidSpiffeId)?;
+    let value = match how {
+        Derived::SpiffeId => id.as_str(),
+        Derived::SpiffeTrustDomain => id.trust_domain(),
+        Derived::SpiffePath => id.path(),
+    };
+    Ok(ClaimValue::String(value.to_owned()))
+}
+
+fn dotted<S: AsRef<str>>(path: &[S]) -> String {
+    let steps: Vec<&str> = path.iter().map(AsRef::as_ref).collect();
+    steps.join(".")
+}
+
+/// The value at `path` in the payload, converted to `ty`; `None` when an optional claim is
+/// absent.
+fn claim_at<S: AsRef<str>>(
+    path: &[S],
+    ty: ClaimType,
+    required: bool,
     payload: &Map<String, Value>,
 ) -> Result<Option<ClaimValue>, AttestError> {
     let mut value = None;
     let mut object = Some(payload);
-    for step in def.path {
-        value = object.and_then(|map| map.get(*step));
+    for step in path {
+        value = object.and_then(|map| map.get(step.as_ref()));
         object = value.and_then(Value::as_object);
     }
     let value = match value {
-        None | Some(Value::Null) if def.required => {
-            return Err(AttestError::MissingClaim(def.path.join(".")));
+        None | Some(Value::Null) if required => {
+            return Err(AttestError::MissingClaim(dotted(path)));
         }
         None | Some(Value::Null) => return Ok(None),
         Some(value) => value,
     };
     let wrong_type = || AttestError::ClaimType {
-        claim: def.path.join("."),
-        expected: def.ty,
+        claim: dotted(path),
+        expected: ty,
     };
-    let typed = match (def.ty, value) {
+    let typed = match (ty, value) {
         (ClaimType::String, Value::String(s)) => ClaimValue::String(s.clone()),
         (ClaimType::Int, Value::Number(n)) => ClaimValue::Int(n.as_i64().ok_or_else(wrong_type)?),
         (ClaimType::Bool, Value::Bool(b)) => ClaimValue::Bool(*b),

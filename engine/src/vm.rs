@@ -26,7 +26,9 @@ use std::fmt::Write as _;
 
 use portcullis_lang::bundle::{BlockId, Bundle, BundleError, RuleEntry};
 use portcullis_lang::bytecode::{ConstSet, Instr, MAX_STACK};
-use portcullis_lang::ir::{Effect, Protocol, RequestField, TargetField, WorkloadId, WorkloadRef};
+use portcullis_lang::ir::{
+    Annotations, Effect, Protocol, RequestField, TargetField, WorkloadId, WorkloadRef,
+};
 use portcullis_lang::schema::{ClaimId, ClaimType, ClaimValue, ProviderKind};
 
 /// Workloads whose results a decision caches without allocating.
@@ -51,6 +53,9 @@ pub struct Program {
 /// A declared target, as decisions report it.
 pub use portcullis_lang::ir::Target as TargetInfo;
 
+/// A declared credential (name, kind and its settings, TTL), as an allow reports it.
+pub use portcullis_lang::ir::Credential as CredentialInfo;
+
 /// How a request names its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetQuery<'a> {
@@ -71,6 +76,9 @@ pub struct Request<'a> {
     pub target: TargetQuery<'a>,
     pub action: Option<&'a str>,
     pub resource: Option<&'a str>,
+    /// The address the request came from, `request.source_ip`; the API fills it from the
+    /// peer address.
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// The outcome of one request.
@@ -84,6 +92,10 @@ pub struct Decision<'p> {
     pub workload: Option<&'p str>,
     /// The resolved target; none when the request names no declared target.
     pub target: Option<&'p TargetInfo>,
+    /// The credential to issue: the deciding permit's, for an allow; never for a deny.
+    pub credential: Option<&'p CredentialInfo>,
+    /// The deciding rule's annotations (`@description`, `@severity`); none without a rule.
+    pub annotations: Option<&'p Annotations>,
     pub reason: Reason<'p>,
     /// How the request named a target that does not exist, already quoted for the reason text.
     unknown_target: Option<String>,
@@ -292,6 +304,8 @@ fn deny<'p>(
         rule,
         workload,
         target,
+        credential: None,
+        annotations: None,
         reason,
         unknown_target: None,
     }
@@ -404,6 +418,7 @@ enum Val<'v> {
     Int(i64),
     Str(&'v str),
     Set(&'v [String]),
+    Ip(std::net::IpAddr),
 }
 
 /// The value stack of one block: a fixed array, as deep as the verifier allows.
@@ -466,6 +481,8 @@ struct Run<'p, 'r> {
     request: &'r Request<'r>,
     target: Option<&'p TargetInfo>,
     memos: Memos,
+    /// Condition results, like workload results: each condition runs at most once.
+    condition_memos: Memos,
     budget: usize,
 }
 
@@ -476,11 +493,13 @@ impl<'p, 'r> Run<'p, 'r> {
         target: Option<&'p TargetInfo>,
     ) -> Run<'p, 'r> {
         let memos = Memos::new(program.bundle.workloads().len());
+        let condition_memos = Memos::new(program.bundle.conditions().len());
         Run {
             program,
             request,
             target,
             memos,
+            condition_memos,
             budget: program.budget,
         }
     }
@@ -515,11 +534,17 @@ impl<'p, 'r> Run<'p, 'r> {
                 };
                 let workload = workload().or_else(|| self.first_matching_workload());
                 let allow = matches!(reason, Reason::Permitted { .. });
+                let credential = rule
+                    .credential
+                    .filter(|_| allow)
+                    .and_then(|id| program.bundle.credential(id));
                 return Decision {
                     allow,
                     rule: Some(name),
                     workload,
                     target,
+                    credential,
+                    annotations: Some(&rule.annotations),
                     reason,
                     unknown_target: None,
                 };
@@ -563,6 +588,33 @@ impl<'p, 'r> Run<'p, 'r> {
         if let Some(slot) = self.memos.slot(id.0 as usize) {
             *slot = match result {
                 Ok(matched) => Memo::Matched(matched),
+                Err(error) => Memo::Failed(error),
+            };
+        }
+        result
+    }
+
+    /// A condition's value, from the memo or by running its block. The loader has checked that
+    /// conditions read each other without a cycle and at most `MAX_CONDITION_DEPTH` deep,
+    /// which bounds this recursion.
+    fn condition(&mut self, idx: u32, pc: usize) -> Result<bool, EvalError> {
+        let memo = self
+            .condition_memos
+            .slot(idx as usize)
+            .map_or(Memo::Unknown, |memo| *memo);
+        match memo {
+            Memo::Matched(value) => return Ok(value),
+            Memo::Failed(error) => return Err(error),
+            Memo::Unknown => {}
+        }
+        let program = self.program;
+        let Some(condition) = program.bundle.conditions().get(idx as usize) else {
+            return Err(EvalError::InvalidProgram { pc });
+        };
+        let result = self.block(condition.block);
+        if let Some(slot) = self.condition_memos.slot(idx as usize) {
+            *slot = match result {
+                Ok(value) => Memo::Matched(value),
                 Err(error) => Memo::Failed(error),
             };
         }
@@ -631,6 +683,35 @@ impl<'p, 'r> Run<'p, 'r> {
                     };
                     Val::Bool(matched)
                 }
+                Instr::Matches(regex) => {
+                    let regex = program.bundle.regexes().get(regex as usize);
+                    let matched = match (regex, stack.pop(at)?) {
+                        (Some(compiled), Val::Str(text)) => compiled.regex.is_match(text),
+                        _ => return Err(EvalError::InvalidProgram { pc: at }),
+                    };
+                    Val::Bool(matched)
+                }
+                Instr::Order(order) => {
+                    let right = stack.pop(at)?;
+                    let left = stack.pop(at)?;
+                    match (left, right) {
+                        (Val::Int(left), Val::Int(right)) => Val::Bool(order.holds(left, right)),
+                        _ => return Err(EvalError::InvalidProgram { pc: at }),
+                    }
+                }
+                Instr::InNetworks(set) => {
+                    let set = program.bundle.network_sets().get(set as usize);
+                    let found = match (set, stack.pop(at)?) {
+                        (Some(set), Val::Ip(addr)) => set.iter().any(|net| net.contains(addr)),
+                        _ => return Err(EvalError::InvalidProgram { pc: at }),
+                    };
+                    Val::Bool(found)
+                }
+                Instr::InRange(low, high) => match stack.pop(at)? {
+                    Val::Int(value) => Val::Bool((low..=high).contains(&value)),
+                    _ => return Err(EvalError::InvalidProgram { pc: at }),
+                },
+                Instr::Condition(idx) => Val::Bool(self.condition(idx, at)?),
                 other => self.push_value(other, at)?,
             };
             stack.push(value, at)?;
@@ -660,12 +741,9 @@ impl<'p, 'r> Run<'p, 'r> {
                         .is_some_and(Option::is_some),
             ),
             Instr::PushRequest(field) => match request_field(request, field) {
-                Some(text) => Val::Str(text),
+                Some(value) => value,
                 None => {
-                    let field = match field {
-                        RequestField::Action => "action",
-                        RequestField::Resource => "resource",
-                    };
+                    let field = field.keyword();
                     return Err(EvalError::AbsentRequestField { field });
                 }
             },
@@ -684,10 +762,11 @@ impl<'p, 'r> Run<'p, 'r> {
     }
 }
 
-fn request_field<'r>(request: &Request<'r>, field: RequestField) -> Option<&'r str> {
+fn request_field<'r>(request: &Request<'r>, field: RequestField) -> Option<Val<'r>> {
     match field {
-        RequestField::Action => request.action,
-        RequestField::Resource => request.resource,
+        RequestField::Action => request.action.map(Val::Str),
+        RequestField::Resource => request.resource.map(Val::Str),
+        RequestField::SourceIp => request.source_ip.map(Val::Ip),
     }
 }
 
@@ -830,7 +909,11 @@ mod tests {
                 workload: WorkloadRef::Named(WorkloadId(0)),
                 target: TargetRef::Named(ir::TargetId(0)),
                 when: None,
+                credential: None,
+                annotations: ir::Annotations::default(),
             }],
+            credentials: Vec::new(),
+            conditions: Vec::new(),
         };
         Program::from_bundle(Bundle::from_policy_set(&set).unwrap()).unwrap()
     }
@@ -849,6 +932,7 @@ mod tests {
             target: TargetQuery::Named("api"),
             action: None,
             resource: None,
+            source_ip: None,
         }
     }
 

@@ -36,6 +36,8 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: &str) -> TrustProvid
         audiences: vec!["portcullis".to_owned()],
         jwks_json: jwks.to_owned(),
         leeway_s: 60,
+        custom_claims: Vec::new(),
+        trust_domain: None,
     }
 }
 

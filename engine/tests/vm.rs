@@ -10,8 +10,8 @@
 use portcullis_engine::vm::{Decision, EvalError, Program, Reason, Request, TargetQuery};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::ir::{
-    Alternative, Effect, Expr, PolicySet, Protocol, RequestField, Rule, Target, TargetId,
-    TargetRef, Value, Workload, WorkloadId, WorkloadRef,
+    Alternative, Annotations, Effect, Expr, PolicySet, Protocol, RequestField, Rule, Target,
+    TargetId, TargetRef, Value, Workload, WorkloadId, WorkloadRef,
 };
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
 
@@ -80,6 +80,8 @@ fn rule(name: &str, effect: Effect, workload: WorkloadRef, target: TargetRef) ->
         workload,
         target,
         when: None,
+        credential: None,
+        annotations: Annotations::default(),
     }
 }
 
@@ -187,6 +189,8 @@ fn policy_set() -> PolicySet {
     PolicySet {
         workloads,
         targets,
+        credentials: Vec::new(),
+        conditions: Vec::new(),
         rules,
     }
 }
@@ -258,6 +262,7 @@ fn request<'a>(
         target: TargetQuery::Named(target),
         action,
         resource,
+        source_ip: None,
     }
 }
 
@@ -524,6 +529,7 @@ fn target_by_endpoint() {
         },
         action: Some("connect"),
         resource: Some("orders"),
+        source_ip: None,
     };
     let decision = program.decide(&at("postgres", "orders.db.internal", 5432));
     assert!(decision.allow);

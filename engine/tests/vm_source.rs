@@ -73,6 +73,7 @@ fn github_request<'a>(
         target: TargetQuery::Named(target),
         action: Some(action),
         resource: Some(resource),
+        source_ip: None,
     }
 }
 
@@ -153,6 +154,7 @@ fn source_to_decision() {
         },
         action: Some("connect"),
         resource: Some("orders"),
+        source_ip: None,
     };
     let decision = program.decide(&connect);
     assert_eq!(

@@ -60,6 +60,8 @@ pub enum Decl {
     Workload(WorkloadDecl),
     Target(TargetDecl),
     Rule(RuleDecl),
+    Credential(CredentialDecl),
+    Condition(ConditionDecl),
     /// A declaration the parser could not read; its name, when the parser got that far, is
     /// still declared so that references to it raise no follow-up errors.
     Broken(Option<Ident>),
@@ -98,7 +100,34 @@ pub struct Endpoint {
     pub span: Span,
 }
 
-/// `KEY = LITERAL` inside an endpoint.
+/// `credential NAME { KIND { FIELD* } }`; like a target, any number of kind blocks parse so
+/// that the checker can explain a wrong count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CredentialDecl {
+    pub name: Ident,
+    pub blocks: Vec<Endpoint>,
+    pub span: Span,
+}
+
+/// `condition NAME { EXPR }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConditionDecl {
+    pub name: Ident,
+    pub body: Expr,
+    pub span: Span,
+}
+
+/// `@NAME("value")` before a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Annotation {
+    pub name: Ident,
+    pub value: String,
+    /// The string literal, quotes included.
+    pub value_span: Span,
+    pub span: Span,
+}
+
+/// `KEY = LITERAL` or `KEY = [ LITERAL, … ]` inside an endpoint or a credential.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Field {
     pub key: Ident,
@@ -114,6 +143,7 @@ pub enum Effect {
 /// `permit NAME { CLAUSE* }` or `forbid NAME { CLAUSE* }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RuleDecl {
+    pub annotations: Vec<Annotation>,
     pub effect: Effect,
     /// The `permit` or `forbid` keyword.
     pub keyword: Span,
@@ -134,6 +164,8 @@ pub enum ClauseKind {
     Workload(WorkloadSelector),
     Target(TargetSelector),
     When(Expr),
+    /// `credential NAME`.
+    Credential(Ident),
 }
 
 impl ClauseKind {
@@ -142,6 +174,7 @@ impl ClauseKind {
             ClauseKind::Workload(_) => "workload",
             ClauseKind::Target(_) => "target",
             ClauseKind::When(_) => "when",
+            ClauseKind::Credential(_) => "credential",
         }
     }
 }
@@ -172,6 +205,10 @@ pub enum ExprKind {
     Str(String),
     Int(i64),
     Bool(bool),
+    /// A duration literal, in seconds.
+    Duration(u64),
+    /// `LOW..HIGH`, both integers, both included; only on the right of `in`.
+    Range(i64, i64),
     /// `[ LITERAL, … ]`.
     Set(Vec<Expr>),
     /// `name` or `a.b.c`: a claim, a request or target field; resolved by the checker.
@@ -192,7 +229,15 @@ pub enum CompareOp {
     Ne,
     In,
     Like,
-    Assign { op: Span },
+    /// `matches "regex"`.
+    Matches,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Assign {
+        op: Span,
+    },
 }
 
 impl CompareOp {
@@ -202,6 +247,11 @@ impl CompareOp {
             CompareOp::Ne => "!=",
             CompareOp::In => "in",
             CompareOp::Like => "like",
+            CompareOp::Matches => "matches",
+            CompareOp::Lt => "<",
+            CompareOp::Le => "<=",
+            CompareOp::Gt => ">",
+            CompareOp::Ge => ">=",
             CompareOp::Assign { .. } => "=",
         }
     }

@@ -12,11 +12,14 @@ use std::collections::HashSet;
 use sha2::{Digest, Sha256};
 
 use crate::bytecode::{
-    self, ConstSet, DecodeError, EmitError, Emitter, Instr, Tables, VerifyError, kind_code,
-    kind_from_code,
+    self, ConstSet, DecodeError, EmitError, Emitter, Instr, MAX_CONDITION_DEPTH, Tables,
+    VerifyError, kind_code, kind_from_code,
 };
 use crate::glob::{Glob, GlobItem, Segment};
-use crate::ir::{self, Effect, Protocol, TargetId, TargetRef, WorkloadId, WorkloadRef};
+use crate::ir::{
+    self, Annotations, CredentialId, CredentialKind, Effect, Network, Protocol, Severity,
+    StaticSource, TargetId, TargetRef, WorkloadId, WorkloadRef,
+};
 use crate::schema::ProviderKind;
 
 /// The first eight bytes of every bundle.
@@ -33,7 +36,12 @@ const HASH_LEN: usize = 32;
 /// An absent optional string or code offset.
 const NONE: u32 = u32::MAX;
 
-/// The sections of a version 1 bundle, in the order they appear.
+/// The most memory one compiled `matches` pattern may take, in bytes; the checker refuses a
+/// pattern above it and the loader a bundle that holds one.
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// The sections of a version 1 bundle, in the order they appear. The first eight are always
+/// present; the optional ones follow, in this order, only when they have entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SectionKind {
     Strings = 1,
@@ -44,9 +52,23 @@ pub enum SectionKind {
     Rules = 6,
     Index = 7,
     Code = 8,
+    Credentials = 9,
+    Conditions = 10,
+    RuleDetails = 11,
+    Regexes = 12,
+    Networks = 13,
 }
 
 impl SectionKind {
+    /// The optional sections, in the order they appear when present.
+    pub const OPTIONAL: [SectionKind; 5] = [
+        SectionKind::Credentials,
+        SectionKind::Conditions,
+        SectionKind::RuleDetails,
+        SectionKind::Regexes,
+        SectionKind::Networks,
+    ];
+
     pub const ALL: [SectionKind; 8] = [
         SectionKind::Strings,
         SectionKind::Constants,
@@ -68,6 +90,11 @@ impl SectionKind {
             SectionKind::Rules => "rules",
             SectionKind::Index => "index",
             SectionKind::Code => "code",
+            SectionKind::Credentials => "credentials",
+            SectionKind::Conditions => "conditions",
+            SectionKind::RuleDetails => "rule details",
+            SectionKind::Regexes => "regexes",
+            SectionKind::Networks => "networks",
         }
     }
 }
@@ -99,6 +126,29 @@ pub struct RuleEntry {
     pub target: TargetRef,
     /// The block of `when`, if the rule has one.
     pub when: Option<BlockId>,
+    /// The credential a permit issues, if any.
+    pub credential: Option<CredentialId>,
+    pub annotations: Annotations,
+}
+
+/// A named condition: a block that returns its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionEntry {
+    pub name: String,
+    pub block: BlockId,
+}
+
+/// A `matches` pattern, compiled when the bundle loads.
+#[derive(Debug, Clone)]
+pub struct CompiledRegex {
+    pub pattern: String,
+    pub regex: regex::Regex,
+}
+
+impl PartialEq for CompiledRegex {
+    fn eq(&self, other: &CompiledRegex) -> bool {
+        self.pattern == other.pattern
+    }
 }
 
 /// The rules that can apply to one target (or to every target), by position in
@@ -117,6 +167,10 @@ pub struct Bundle {
     globs: Vec<Glob>,
     workloads: Vec<WorkloadEntry>,
     targets: Vec<ir::Target>,
+    credentials: Vec<ir::Credential>,
+    conditions: Vec<ConditionEntry>,
+    regexes: Vec<CompiledRegex>,
+    network_sets: Vec<Vec<Network>>,
     rules: Vec<RuleEntry>,
     /// One list per target, in target order.
     index: Vec<RuleList>,
@@ -142,7 +196,7 @@ pub enum BundleError {
     TrailingBytes { extra: usize },
     #[error("the bundle is corrupt: its content hash is {actual}, but it records {recorded}")]
     HashMismatch { recorded: String, actual: String },
-    #[error("the bundle has {count} sections; version {FORMAT_VERSION} has 8")]
+    #[error("the bundle has {count} sections; version {FORMAT_VERSION} has 8 to 13")]
     SectionCount { count: u16 },
     #[error("entry {position} of the section table has kind {kind}, expected {expected}")]
     BadSectionTable {
@@ -201,6 +255,14 @@ pub enum BundleError {
     IndexMismatch { list: usize },
     #[error("two targets are named `{name}`")]
     DuplicateTarget { name: String },
+    #[error("network {network} of set {set} is not a network without host bits")]
+    InvalidNetwork { set: usize, network: usize },
+    #[error("regex {index} does not compile: {error}")]
+    InvalidRegex { index: usize, error: String },
+    #[error(
+        "the conditions refer to each other in a cycle or more than {MAX_CONDITION_DEPTH} deep"
+    )]
+    ConditionGraph,
     #[error("cannot compile the policy set: {0}")]
     Emit(#[from] EmitError),
 }
@@ -255,6 +317,28 @@ impl Bundle {
         &self.rules
     }
 
+    pub fn credentials(&self) -> &[ir::Credential] {
+        &self.credentials
+    }
+
+    pub fn credential(&self, id: CredentialId) -> Option<&ir::Credential> {
+        self.credentials.get(id.0 as usize)
+    }
+
+    pub fn conditions(&self) -> &[ConditionEntry] {
+        &self.conditions
+    }
+
+    /// The networks that `in` tests IP addresses against.
+    pub fn network_sets(&self) -> &[Vec<Network>] {
+        &self.network_sets
+    }
+
+    /// The compiled patterns of `matches`.
+    pub fn regexes(&self) -> &[CompiledRegex] {
+        &self.regexes
+    }
+
     /// The rules that name `target`.
     pub fn rules_for_target(&self, target: TargetId) -> Option<&RuleList> {
         self.index.get(target.0 as usize)
@@ -278,6 +362,43 @@ impl Bundle {
     pub fn instruction_count(&self) -> usize {
         self.blocks.iter().map(Vec::len).sum()
     }
+}
+
+fn credential_code(kind: &CredentialKind) -> u8 {
+    match kind {
+        CredentialKind::Jwt { .. } => 0,
+        CredentialKind::Static(_) => 1,
+        CredentialKind::OauthClientCredentials { .. } => 2,
+        CredentialKind::PostgresRole { .. } => 3,
+    }
+}
+
+fn severity_code(severity: Option<Severity>) -> u8 {
+    match severity {
+        None => 0,
+        Some(Severity::Low) => 1,
+        Some(Severity::Medium) => 2,
+        Some(Severity::High) => 3,
+        Some(Severity::Critical) => 4,
+    }
+}
+
+fn severity_from_code(code: u8) -> Option<Option<Severity>> {
+    match code {
+        0 => Some(None),
+        1 => Some(Some(Severity::Low)),
+        2 => Some(Some(Severity::Medium)),
+        3 => Some(Some(Severity::High)),
+        4 => Some(Some(Severity::Critical)),
+        _ => None,
+    }
+}
+
+/// Compiles one `matches` pattern as the checker and the loader both do.
+pub fn compile_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(pattern)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
 }
 
 fn protocol_code(protocol: Protocol) -> u8 {
@@ -335,6 +456,27 @@ mod write {
         fn i64(&mut self, value: i64) {
             self.0.extend(value.to_le_bytes());
         }
+        fn u64(&mut self, value: u64) {
+            self.0.extend(value.to_le_bytes());
+        }
+        fn strings(&mut self, emitter: &mut Emitter, items: &[String]) -> Result<(), EmitError> {
+            self.count(items.len(), "strings in one list")?;
+            for item in items {
+                self.u32(emitter.intern(item)?);
+            }
+            Ok(())
+        }
+        fn optional_string(
+            &mut self,
+            emitter: &mut Emitter,
+            text: Option<&str>,
+        ) -> Result<(), EmitError> {
+            match text {
+                Some(text) => self.u32(emitter.intern(text)?),
+                None => self.u32(NONE),
+            }
+            Ok(())
+        }
         fn count(&mut self, len: usize, what: &'static str) -> Result<(), EmitError> {
             self.u32(bytecode::to_u32(len, what)?);
             Ok(())
@@ -373,41 +515,65 @@ mod write {
         let mut code = Code::default();
         let workloads = workloads(set, &mut emitter, &mut code)?;
         let targets = targets(set, &mut emitter)?;
+        let conditions = conditions(set, &mut emitter, &mut code)?;
         let rules = rules(set, &mut emitter, &mut code)?;
         let index = index(set)?;
+        let credentials = credentials(set, &mut emitter)?;
+        let rule_details = rule_details(set, &mut emitter)?;
+        let regexes = regexes(&mut emitter)?;
+        let networks = networks(&emitter)?;
         let constants = constants(&mut emitter)?;
         let globs = globs(&mut emitter)?;
         let strings = strings(&emitter)?;
-        let sections = [
-            strings,
-            constants,
-            globs,
-            workloads,
-            targets,
-            rules,
-            index,
-            code.finish()?,
+        let mut sections = vec![
+            (SectionKind::Strings, strings),
+            (SectionKind::Constants, constants),
+            (SectionKind::Globs, globs),
+            (SectionKind::Workloads, workloads),
+            (SectionKind::Targets, targets),
+            (SectionKind::Rules, rules),
+            (SectionKind::Index, index),
+            (SectionKind::Code, code.finish()?),
         ];
+        let optional = [
+            (SectionKind::Credentials, credentials),
+            (SectionKind::Conditions, conditions),
+            (SectionKind::RuleDetails, rule_details),
+            (SectionKind::Regexes, regexes),
+            (SectionKind::Networks, networks),
+        ];
+        // An optional section without entries is left out, so that a policy set that uses none
+        // of them gives the same bytes as before they existed.
+        sections.extend(
+            optional
+                .into_iter()
+                .filter(|(_, bytes)| !is_empty_section(bytes)),
+        );
         Ok(assemble(&sections)?)
     }
 
-    fn assemble(sections: &[Vec<u8>; 8]) -> Result<Vec<u8>, EmitError> {
+    /// Whether a section holds only its count, and that count is zero.
+    fn is_empty_section(bytes: &[u8]) -> bool {
+        bytes == [0, 0, 0, 0]
+    }
+
+    fn assemble(sections: &[(SectionKind, Vec<u8>)]) -> Result<Vec<u8>, EmitError> {
         let table_len = TABLE_ENTRY_LEN * sections.len();
-        let body_len: usize = sections.iter().map(Vec::len).sum();
+        let body_len: usize = sections.iter().map(|(_, bytes)| bytes.len()).sum();
         let total = HEADER_LEN + table_len + body_len + HASH_LEN;
         let mut out = Out::default();
         out.0.extend(MAGIC);
         out.u16(FORMAT_VERSION);
-        out.u16(SectionKind::ALL.len() as u16);
+        out.u16(sections.len() as u16);
         out.count(total, "bytes in the bundle")?;
         let mut offset = HEADER_LEN + table_len;
-        for (kind, section) in SectionKind::ALL.iter().zip(sections) {
+        for (kind, section) in sections {
             out.u16(*kind as u16);
             out.count(offset, "bytes in the bundle")?;
             out.count(section.len(), "bytes in one section")?;
             offset += section.len();
         }
-        for section in sections {
+        for (_, section) in sections {
             out.0.extend(section);
         }
         let hash = Sha256::digest(&out.0);
@@ -494,6 +660,101 @@ mod write {
         Ok(out.0)
     }
 
+    fn conditions(
+        set: &ir::PolicySet,
+        emitter: &mut Emitter,
+        code: &mut Code,
+    ) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(set.conditions.len(), "conditions")?;
+        for condition in &set.conditions {
+            out.u32(emitter.intern(&condition.name)?);
+            let block = emitter.block(&condition.body)?;
+            out.u32(code.add(&block)?);
+        }
+        Ok(out.0)
+    }
+
+    fn credentials(set: &ir::PolicySet, emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(set.credentials.len(), "credentials")?;
+        for credential in &set.credentials {
+            out.u32(emitter.intern(&credential.name)?);
+            out.u8(credential_code(&credential.kind));
+            out.u64(credential.ttl_s.unwrap_or(0));
+            match &credential.kind {
+                CredentialKind::Jwt { audience } => out.u32(emitter.intern(audience)?),
+                CredentialKind::Static(source) => {
+                    let (tag, text) = match source {
+                        StaticSource::Env(var) => (0, var),
+                        StaticSource::File(path) => (1, path),
+                    };
+                    out.u8(tag);
+                    out.u32(emitter.intern(text)?);
+                }
+                CredentialKind::OauthClientCredentials {
+                    token_url,
+                    client_id,
+                    scopes,
+                } => {
+                    out.u32(emitter.intern(token_url)?);
+                    out.u32(emitter.intern(client_id)?);
+                    out.strings(emitter, scopes)?;
+                }
+                CredentialKind::PostgresRole { grant } => out.strings(emitter, grant)?,
+            }
+        }
+        Ok(out.0)
+    }
+
+    /// One entry for each rule with a credential or an annotation, in rule order.
+    fn rule_details(set: &ir::PolicySet, emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let detailed: Vec<(u32, &ir::Rule)> = (0u32..)
+            .zip(&set.rules)
+            .filter(|(_, rule)| {
+                rule.credential.is_some() || rule.annotations != Annotations::default()
+            })
+            .collect();
+        let mut out = Out::default();
+        out.count(detailed.len(), "rule details")?;
+        for (rule_idx, rule) in detailed {
+            out.u32(rule_idx);
+            out.u32(rule.credential.map_or(NONE, |id| id.0));
+            out.optional_string(emitter, rule.annotations.description.as_deref())?;
+            out.u8(severity_code(rule.annotations.severity));
+        }
+        Ok(out.0)
+    }
+
+    fn regexes(emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let patterns = emitter.regexes().to_vec();
+        let mut out = Out::default();
+        out.strings(emitter, &patterns)?;
+        Ok(out.0)
+    }
+
+    fn networks(emitter: &Emitter) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(emitter.network_sets().len(), "network sets")?;
+        for set in emitter.network_sets() {
+            out.count(set.len(), "networks in one set")?;
+            for network in set {
+                match network.addr {
+                    std::net::IpAddr::V4(v4) => {
+                        out.u8(4);
+                        out.0.extend(v4.octets());
+                    }
+                    std::net::IpAddr::V6(v6) => {
+                        out.u8(6);
+                        out.0.extend(v6.octets());
+                    }
+                }
+                out.u8(network.prefix);
+            }
+        }
+        Ok(out.0)
+    }
+
     fn targets(set: &ir::PolicySet, emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
         let mut out = Out::default();
         out.count(set.targets.len(), "targets")?;
@@ -559,6 +820,8 @@ mod write {
                 workload: rule.workload,
                 target: rule.target,
                 when: None,
+                credential: None,
+                annotations: Annotations::default(),
             })
             .collect();
         let (index, index_any) = build_index(&entries, set.targets.len());
@@ -629,6 +892,10 @@ mod read {
             Ok(i64::from_le_bytes(self.array()?))
         }
 
+        fn u64(&mut self) -> Result<u64, BundleError> {
+            Ok(u64::from_le_bytes(self.array()?))
+        }
+
         /// Reads an entry count, refusing one that the remaining bytes cannot hold when each
         /// entry takes at least `min_entry_len` bytes.
         fn count(&mut self, min_entry_len: usize) -> Result<u32, BundleError> {
@@ -689,7 +956,8 @@ mod read {
 
     pub(super) fn bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
         let (body, hash) = header(bytes)?;
-        let sections = section_table(body)?;
+        let (sections, optional) = section_table(body)?;
+        let [credentials, conditions, rule_details, regexes, networks] = optional;
         let [
             strings,
             constants,
@@ -703,15 +971,24 @@ mod read {
         let strings = read_strings(strings)?;
         let sets = read_constants(constants, &strings)?;
         let globs = read_globs(globs, &strings)?;
+        let regexes = read_regexes(regexes, &strings)?;
+        let raw_conditions = read_conditions(conditions, &strings)?;
+        let network_sets = read_networks(networks)?;
         let tables = Tables {
             n_strings: strings.len(),
             sets: &sets,
             n_globs: globs.len(),
+            n_regexes: regexes.len(),
+            n_conditions: raw_conditions.len(),
+            n_network_sets: network_sets.len(),
         };
         let (blocks, offsets) = read_code(code, &tables)?;
         let workloads = read_workloads(workloads, &strings, &offsets)?;
         let targets = read_targets(targets, &strings)?;
-        let rules = read_rules(rules, &strings, &offsets, workloads.len(), targets.len())?;
+        let conditions = resolve_conditions(raw_conditions, &offsets, &blocks)?;
+        let credentials = read_credentials(credentials, &strings)?;
+        let mut rules = read_rules(rules, &strings, &offsets, workloads.len(), targets.len())?;
+        read_rule_details(rule_details, &strings, credentials.len(), &mut rules)?;
         let (index, index_any) = read_index(index, &rules, targets.len())?;
         Ok(Bundle {
             strings,
@@ -719,6 +996,10 @@ mod read {
             globs,
             workloads,
             targets,
+            credentials,
+            conditions,
+            regexes,
+            network_sets,
             rules,
             index,
             index_any,
@@ -770,20 +1051,52 @@ mod read {
         Ok((body, actual))
     }
 
-    /// Splits the hashed body into its eight sections, which must follow the table in order
-    /// and without gaps up to the hash.
-    fn section_table(body: &[u8]) -> Result<[&[u8]; 8], BundleError> {
+    /// The eight required sections and the optional ones (an absent one is empty).
+    type Sections<'b> = ([&'b [u8]; 8], [&'b [u8]; 5]);
+
+    /// The section at each position of the table: the eight required ones, then the optional
+    /// ones that are present, in order.
+    fn table_kinds(count: u16, body: &[u8]) -> Result<Vec<SectionKind>, BundleError> {
+        let n_optional = usize::from(count).checked_sub(SectionKind::ALL.len());
+        let n_optional = n_optional.filter(|n| *n <= SectionKind::OPTIONAL.len());
+        let Some(n_optional) = n_optional else {
+            return Err(BundleError::SectionCount { count });
+        };
+        let mut kinds = SectionKind::ALL.to_vec();
+        let mut remaining = SectionKind::OPTIONAL.as_slice();
+        for position in SectionKind::ALL.len()..SectionKind::ALL.len() + n_optional {
+            let start = HEADER_LEN + TABLE_ENTRY_LEN * position;
+            let found = body
+                .get(start..start + 2)
+                .map_or(0, |raw| u16::from_le_bytes([raw[0], raw[1]]));
+            let Some(at) = remaining.iter().position(|kind| *kind as u16 == found) else {
+                // 0 when no optional section may follow.
+                let expected = remaining.first().map_or(0, |kind| *kind as u16);
+                return Err(BundleError::BadSectionTable {
+                    position,
+                    kind: found,
+                    expected,
+                });
+            };
+            kinds.extend(remaining.get(at).copied());
+            remaining = remaining.get(at + 1..).unwrap_or_default();
+        }
+        Ok(kinds)
+    }
+
+    /// Splits the hashed body into its sections, which must follow the table in order and
+    /// without gaps up to the hash.
+    fn section_table(body: &[u8]) -> Result<Sections<'_>, BundleError> {
         let count = body
             .get(10..12)
             .map(|raw| u16::from_le_bytes([raw[0], raw[1]]));
         let count = count.unwrap_or_default();
-        if usize::from(count) != SectionKind::ALL.len() {
-            return Err(BundleError::SectionCount { count });
-        }
-        let table_end = HEADER_LEN + TABLE_ENTRY_LEN * SectionKind::ALL.len();
+        let kinds = table_kinds(count, body)?;
+        let table_end = HEADER_LEN + TABLE_ENTRY_LEN * kinds.len();
         let mut sections: [&[u8]; 8] = [&[]; 8];
+        let mut optional: [&[u8]; 5] = [&[0, 0, 0, 0]; 5];
         let mut expected_offset = table_end;
-        for (position, kind) in SectionKind::ALL.into_iter().enumerate() {
+        for (position, kind) in kinds.into_iter().enumerate() {
             let start = HEADER_LEN + TABLE_ENTRY_LEN * position;
             let entry = body
                 .get(start..start + TABLE_ENTRY_LEN)
@@ -814,7 +1127,14 @@ mod read {
                 return Err(out_of_range);
             }
             let end = expected_offset.saturating_add(length as usize);
-            let Some(slot) = sections.get_mut(position) else {
+            let slot = match SectionKind::OPTIONAL
+                .iter()
+                .position(|known| *known == kind)
+            {
+                Some(at) => optional.get_mut(at),
+                None => sections.get_mut(position),
+            };
+            let Some(slot) = slot else {
                 return Err(out_of_range);
             };
             *slot = body.get(expected_offset..end).ok_or(out_of_range)?;
@@ -827,7 +1147,242 @@ mod read {
                 length: 0,
             });
         }
-        Ok(sections)
+        Ok((sections, optional))
+    }
+
+    fn read_networks(bytes: &[u8]) -> Result<Vec<Vec<Network>>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Networks, bytes);
+        let count = reader.count(4)?;
+        let mut sets = Vec::new();
+        for set_idx in 0..count as usize {
+            let n = reader.count(6)?;
+            let mut set = Vec::new();
+            for network_idx in 0..n as usize {
+                let addr = match reader.u8()? {
+                    4 => std::net::IpAddr::from(reader.array::<4>()?),
+                    6 => std::net::IpAddr::from(reader.array::<16>()?),
+                    other => return Err(reader.invalid("address family", u32::from(other))),
+                };
+                let prefix = reader.u8()?;
+                let network = Network { addr, prefix };
+                // Parsing the printed form checks the prefix length and the host bits.
+                if Network::parse(&format!("{addr}/{prefix}")) != Ok(network) {
+                    return Err(BundleError::InvalidNetwork {
+                        set: set_idx,
+                        network: network_idx,
+                    });
+                }
+                set.push(network);
+            }
+            sets.push(set);
+        }
+        reader.finish()?;
+        Ok(sets)
+    }
+
+    fn read_regexes(bytes: &[u8], strings: &[String]) -> Result<Vec<CompiledRegex>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Regexes, bytes);
+        let count = reader.count(4)?;
+        let mut regexes = Vec::new();
+        for index in 0..count as usize {
+            let pattern = string_at(strings, reader.index("pattern", strings.len())?);
+            let regex = compile_regex(&pattern).map_err(|error| BundleError::InvalidRegex {
+                index,
+                error: error.to_string(),
+            })?;
+            regexes.push(CompiledRegex { pattern, regex });
+        }
+        reader.finish()?;
+        Ok(regexes)
+    }
+
+    /// Condition names and code offsets; the offsets are resolved once the code is read.
+    fn read_conditions(
+        bytes: &[u8],
+        strings: &[String],
+    ) -> Result<Vec<(String, u32)>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Conditions, bytes);
+        let count = reader.count(8)?;
+        let mut conditions = Vec::new();
+        for _ in 0..count {
+            let name = string_at(strings, reader.index("name", strings.len())?);
+            conditions.push((name, reader.u32()?));
+        }
+        reader.finish()?;
+        Ok(conditions)
+    }
+
+    /// Resolves each condition's block and checks that conditions read each other without a
+    /// cycle and at most [`MAX_CONDITION_DEPTH`] deep, which bounds the VM's recursion.
+    fn resolve_conditions(
+        raw: Vec<(String, u32)>,
+        offsets: &[u32],
+        blocks: &[Vec<Instr>],
+    ) -> Result<Vec<ConditionEntry>, BundleError> {
+        let reader = Reader::new(SectionKind::Conditions, &[]);
+        let mut conditions = Vec::new();
+        for (name, offset) in raw {
+            let block = block_at(&reader, offsets, offset)?;
+            conditions.push(ConditionEntry { name, block });
+        }
+        let edges: Vec<Vec<usize>> = conditions
+            .iter()
+            .map(|condition| {
+                let code = blocks.get(condition.block.0 as usize);
+                let instrs = code.map(Vec::as_slice).unwrap_or_default();
+                instrs
+                    .iter()
+                    .filter_map(|instr| match instr {
+                        Instr::Condition(idx) => Some(*idx as usize),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        if longest_chain(&edges).is_none_or(|depth| depth > MAX_CONDITION_DEPTH) {
+            return Err(BundleError::ConditionGraph);
+        }
+        Ok(conditions)
+    }
+
+    /// The number of nodes on the longest path of a graph, or `None` when it has a cycle.
+    /// Kahn's algorithm on the reversed edges: a node is done when everything it reads is.
+    fn longest_chain(edges: &[Vec<usize>]) -> Option<usize> {
+        let mut readers: Vec<Vec<usize>> = vec![Vec::new(); edges.len()];
+        let mut pending: Vec<usize> = edges.iter().map(Vec::len).collect();
+        for (node, out) in edges.iter().enumerate() {
+            for to in out {
+                readers.get_mut(*to)?.push(node);
+            }
+        }
+        let mut depth = vec![1usize; edges.len()];
+        let mut ready: Vec<usize> = (0..edges.len())
+            .filter(|node| pending.get(*node) == Some(&0))
+            .collect();
+        let mut n_done = 0;
+        while let Some(node) = ready.pop() {
+            n_done += 1;
+            let node_depth = *depth.get(node)?;
+            for reader in readers.get(node)? {
+                let slot = depth.get_mut(*reader)?;
+                *slot = (*slot).max(node_depth + 1);
+                let left = pending.get_mut(*reader)?;
+                *left -= 1;
+                if *left == 0 {
+                    ready.push(*reader);
+                }
+            }
+        }
+        (n_done == edges.len()).then(|| depth.iter().copied().max().unwrap_or(0))
+    }
+
+    fn read_credentials(
+        bytes: &[u8],
+        strings: &[String],
+    ) -> Result<Vec<ir::Credential>, BundleError> {
+        let mut reader = Reader::new(SectionKind::Credentials, bytes);
+        let count = reader.count(17)?;
+        let mut credentials = Vec::new();
+        let string = |reader: &mut Reader<'_>| {
+            reader
+                .index("string", strings.len())
+                .map(|idx| string_at(strings, idx))
+        };
+        for _ in 0..count {
+            let name = string(&mut reader)?;
+            let code = reader.u8()?;
+            let ttl_s = match reader.u64()? {
+                0 => None,
+                seconds => Some(seconds),
+            };
+            let kind = match code {
+                0 => CredentialKind::Jwt {
+                    audience: string(&mut reader)?,
+                },
+                1 => CredentialKind::Static(match reader.u8()? {
+                    0 => StaticSource::Env(string(&mut reader)?),
+                    1 => StaticSource::File(string(&mut reader)?),
+                    other => return Err(reader.invalid("static source", u32::from(other))),
+                }),
+                2 => CredentialKind::OauthClientCredentials {
+                    token_url: string(&mut reader)?,
+                    client_id: string(&mut reader)?,
+                    scopes: read_string_list(&mut reader, strings)?,
+                },
+                3 => CredentialKind::PostgresRole {
+                    grant: read_string_list(&mut reader, strings)?,
+                },
+                other => return Err(reader.invalid("credential kind", u32::from(other))),
+            };
+            if ttl_s.is_none() && !matches!(kind, CredentialKind::Static(_)) {
+                return Err(reader.invalid("ttl", 0));
+            }
+            credentials.push(ir::Credential { name, kind, ttl_s });
+        }
+        reader.finish()?;
+        Ok(credentials)
+    }
+
+    fn read_string_list(
+        reader: &mut Reader<'_>,
+        strings: &[String],
+    ) -> Result<Vec<String>, BundleError> {
+        let count = reader.count(4)?;
+        (0..count)
+            .map(|_| {
+                reader
+                    .index("string", strings.len())
+                    .map(|idx| string_at(strings, idx))
+            })
+            .collect()
+    }
+
+    /// Fills in the credentials and annotations of the rules that have them.
+    fn read_rule_details(
+        bytes: &[u8],
+        strings: &[String],
+        n_credentials: usize,
+        rules: &mut [RuleEntry],
+    ) -> Result<(), BundleError> {
+        let mut reader = Reader::new(SectionKind::RuleDetails, bytes);
+        let count = reader.count(13)?;
+        let mut previous: Option<u32> = None;
+        for _ in 0..count {
+            let rule_idx = reader.index("rule", rules.len())?;
+            if previous.is_some_and(|previous| previous >= rule_idx) {
+                return Err(reader.invalid("rule order", rule_idx));
+            }
+            previous = Some(rule_idx);
+            let credential = match reader.u32()? {
+                NONE => None,
+                idx => {
+                    check_index(reader.section, "credential", idx, n_credentials)?;
+                    Some(CredentialId(idx))
+                }
+            };
+            let description = match reader.u32()? {
+                NONE => None,
+                idx => {
+                    check_index(reader.section, "string", idx, strings.len())?;
+                    Some(string_at(strings, idx))
+                }
+            };
+            let code = reader.u8()?;
+            let severity = severity_from_code(code)
+                .ok_or_else(|| reader.invalid("severity", u32::from(code)))?;
+            let Some(rule) = rules.get_mut(rule_idx as usize) else {
+                return Err(reader.invalid("rule", rule_idx));
+            };
+            if credential.is_some() && rule.effect == Effect::Forbid {
+                return Err(reader.invalid("credential of a forbid", rule_idx));
+            }
+            rule.credential = credential;
+            rule.annotations = Annotations {
+                description,
+                severity,
+            };
+        }
+        reader.finish()
     }
 
     fn read_strings(bytes: &[u8]) -> Result<Vec<String>, BundleError> {
@@ -1070,6 +1625,8 @@ mod read {
                 workload,
                 target,
                 when,
+                credential: None,
+                annotations: Annotations::default(),
             });
         }
         reader.finish()?;

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::glob::Glob;
-use crate::ir::{Expr, RequestField, TargetField, Value};
+use crate::ir::{Expr, Network, OrderOp, RequestField, TargetField, Value};
 use crate::schema::{ClaimId, ClaimType, ProviderKind};
 
 /// The deepest value stack a block may need; the VM keeps a fixed array of this size.
@@ -26,6 +26,16 @@ pub type StringIdx = u32;
 pub type SetIdx = u32;
 /// Index into the bundle's glob patterns.
 pub type GlobIdx = u32;
+/// Index into the bundle's regular expressions.
+pub type RegexIdx = u32;
+/// Index into the bundle's conditions.
+pub type ConditionIdx = u32;
+/// Index into the bundle's network sets.
+pub type NetworksIdx = u32;
+
+/// The deepest chain of conditions that read conditions; bounds the VM's recursion. The
+/// checker and the bundle loader both enforce it.
+pub const MAX_CONDITION_DEPTH: usize = 32;
 
 /// One instruction. Jump targets are instruction positions within the same block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +59,17 @@ pub enum Instr {
     InSet(SetIdx),
     /// Pops a string and pushes whether it matches the glob.
     Like(GlobIdx),
+    /// Pops a string and pushes whether the regular expression matches somewhere in it.
+    Matches(RegexIdx),
+    /// Pops two integers and pushes whether `left OP right`.
+    Order(OrderOp),
+    /// Pops an integer and pushes whether it lies within `low..=high`.
+    InRange(i64, i64),
+    /// Pops an IP address and pushes whether it lies in any network of the set.
+    InNetworks(NetworksIdx),
+    /// Pushes a named condition's value, evaluated at most once per decision; an evaluation
+    /// error inside it is an error here.
+    Condition(ConditionIdx),
     /// If the top is false, jump and keep it; otherwise pop it. Compiles `&&`.
     JumpIfFalseOrPop(u32),
     /// If the top is true, jump and keep it; otherwise pop it. Compiles `||`.
@@ -75,6 +96,14 @@ mod op {
     pub const JUMP_IF_FALSE_OR_POP: u8 = 0x0e;
     pub const JUMP_IF_TRUE_OR_POP: u8 = 0x0f;
     pub const RETURN: u8 = 0x10;
+    pub const LT: u8 = 0x11;
+    pub const LE: u8 = 0x12;
+    pub const GT: u8 = 0x13;
+    pub const GE: u8 = 0x14;
+    pub const IN_RANGE: u8 = 0x15;
+    pub const MATCHES: u8 = 0x16;
+    pub const CONDITION: u8 = 0x17;
+    pub const IN_NETWORKS: u8 = 0x18;
 }
 
 /// The byte that encodes a trust provider kind in code and tables.
@@ -83,6 +112,10 @@ pub fn kind_code(kind: ProviderKind) -> u8 {
         ProviderKind::Github => 0,
         ProviderKind::Kubernetes => 1,
         ProviderKind::Oidc => 2,
+        ProviderKind::Gitlab => 3,
+        ProviderKind::Terraform => 4,
+        ProviderKind::Spiffe => 5,
+        ProviderKind::Process => 6,
     }
 }
 
@@ -96,6 +129,7 @@ fn request_field_code(field: RequestField) -> u8 {
     match field {
         RequestField::Action => 0,
         RequestField::Resource => 1,
+        RequestField::SourceIp => 2,
     }
 }
 
@@ -103,6 +137,7 @@ fn request_field_from_code(code: u8) -> Option<RequestField> {
     match code {
         0 => Some(RequestField::Action),
         1 => Some(RequestField::Resource),
+        2 => Some(RequestField::SourceIp),
         _ => None,
     }
 }
@@ -149,6 +184,20 @@ impl Instr {
             Instr::JumpIfFalseOrPop(to) => encode_u32(out, op::JUMP_IF_FALSE_OR_POP, to),
             Instr::JumpIfTrueOrPop(to) => encode_u32(out, op::JUMP_IF_TRUE_OR_POP, to),
             Instr::Return => out.push(op::RETURN),
+            Instr::Matches(idx) => encode_u32(out, op::MATCHES, idx),
+            Instr::Order(order) => out.push(match order {
+                OrderOp::Lt => op::LT,
+                OrderOp::Le => op::LE,
+                OrderOp::Gt => op::GT,
+                OrderOp::Ge => op::GE,
+            }),
+            Instr::InRange(low, high) => {
+                out.push(op::IN_RANGE);
+                out.extend(low.to_le_bytes());
+                out.extend(high.to_le_bytes());
+            }
+            Instr::Condition(idx) => encode_u32(out, op::CONDITION, idx),
+            Instr::InNetworks(idx) => encode_u32(out, op::IN_NETWORKS, idx),
         }
     }
 
@@ -164,12 +213,18 @@ impl Instr {
                 1 => (Instr::PushBool(true), 2),
                 other => return Err(invalid(other)),
             },
-            op::PUSH_INT => {
-                let raw = operands.get(..8).ok_or(DecodeError::Truncated)?;
-                let mut le = [0u8; 8];
-                le.copy_from_slice(raw);
-                (Instr::PushInt(i64::from_le_bytes(le)), 9)
+            op::PUSH_INT => (Instr::PushInt(read_i64(operands, 0)?), 9),
+            op::IN_RANGE => {
+                let range = Instr::InRange(read_i64(operands, 0)?, read_i64(operands, 8)?);
+                (range, 17)
             }
+            op::LT => (Instr::Order(OrderOp::Lt), 1),
+            op::LE => (Instr::Order(OrderOp::Le), 1),
+            op::GT => (Instr::Order(OrderOp::Gt), 1),
+            op::GE => (Instr::Order(OrderOp::Ge), 1),
+            op::MATCHES => (Instr::Matches(word()?), 5),
+            op::CONDITION => (Instr::Condition(word()?), 5),
+            op::IN_NETWORKS => (Instr::InNetworks(word()?), 5),
             op::PUSH_STR => (Instr::PushStr(word()?), 5),
             op::PUSH_CLAIM | op::HAS_CLAIM => {
                 let code = byte(0)?;
@@ -219,6 +274,13 @@ fn encode_claim(out: &mut Vec<u8>, opcode: u8, kind: ProviderKind, claim: ClaimI
     out.extend(claim.0.to_le_bytes());
 }
 
+fn read_i64(bytes: &[u8], at: usize) -> Result<i64, DecodeError> {
+    let raw = bytes.get(at..at + 8).ok_or(DecodeError::Truncated)?;
+    let mut le = [0u8; 8];
+    le.copy_from_slice(raw);
+    Ok(i64::from_le_bytes(le))
+}
+
 fn read_u32(bytes: &[u8]) -> Option<u32> {
     let raw = bytes.get(..4)?;
     Some(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
@@ -264,6 +326,8 @@ pub enum StackType {
     Str,
     /// A claim that is a set of strings.
     StrSet,
+    /// An IP address.
+    Ip,
 }
 
 impl StackType {
@@ -304,6 +368,9 @@ pub struct Tables<'a> {
     pub n_strings: usize,
     pub sets: &'a [ConstSet],
     pub n_globs: usize,
+    pub n_regexes: usize,
+    pub n_conditions: usize,
+    pub n_network_sets: usize,
 }
 
 /// Why a block is not safe to run.
@@ -368,12 +435,36 @@ fn step(
             stack.push(StackType::Bool);
         }
         Instr::PushInt(_) => stack.push(StackType::Int),
+        Instr::Condition(idx) => {
+            in_range("condition", idx, tables.n_conditions)?;
+            stack.push(StackType::Bool);
+        }
+        Instr::Matches(idx) => {
+            in_range("regex", idx, tables.n_regexes)?;
+            pop(stack, StackType::Str, "a string")?;
+            stack.push(StackType::Bool);
+        }
+        Instr::InRange(..) => {
+            pop(stack, StackType::Int, "an integer")?;
+            stack.push(StackType::Bool);
+        }
+        Instr::Order(_) => {
+            pop(stack, StackType::Int, "an integer")?;
+            pop(stack, StackType::Int, "an integer")?;
+            stack.push(StackType::Bool);
+        }
         Instr::PushStr(idx) => {
             in_range("string", idx, tables.n_strings)?;
             stack.push(StackType::Str);
         }
         Instr::PushClaim(kind, claim) => stack.push(StackType::of_claim(claim_type(kind, claim)?)),
+        Instr::PushRequest(RequestField::SourceIp) => stack.push(StackType::Ip),
         Instr::PushRequest(_) => stack.push(StackType::Str),
+        Instr::InNetworks(idx) => {
+            in_range("network set", idx, tables.n_network_sets)?;
+            pop(stack, StackType::Ip, "an IP address")?;
+            stack.push(StackType::Bool);
+        }
         Instr::PushTarget(field) => stack.push(match field {
             TargetField::Port => StackType::Int,
             _ => StackType::Str,
@@ -386,7 +477,7 @@ fn step(
             let right = stack.pop().ok_or(VerifyError::TypeMismatch {
                 expected: "a value",
             })?;
-            if right == StackType::StrSet {
+            if matches!(right, StackType::StrSet | StackType::Ip) {
                 return Err(VerifyError::TypeMismatch {
                     expected: "a scalar",
                 });
@@ -495,6 +586,9 @@ pub struct Emitter {
     sets: Vec<ConstSet>,
     globs: Vec<Glob>,
     glob_ids: HashMap<String, GlobIdx>,
+    regexes: Vec<String>,
+    regex_ids: HashMap<String, RegexIdx>,
+    network_sets: Vec<Vec<Network>>,
 }
 
 impl Emitter {
@@ -512,6 +606,16 @@ impl Emitter {
 
     pub fn globs(&self) -> &[Glob] {
         &self.globs
+    }
+
+    /// The network sets of `in` on IP addresses, in order of first use.
+    pub fn network_sets(&self) -> &[Vec<Network>] {
+        &self.network_sets
+    }
+
+    /// The patterns of `matches`, in order of first use.
+    pub fn regexes(&self) -> &[String] {
+        &self.regexes
     }
 
     /// The index of `text` in the string table, adding it when new.
@@ -582,6 +686,32 @@ impl Emitter {
                 let glob = self.glob(pattern)?;
                 code.push(Instr::Like(glob));
             }
+            Expr::Matches(left, pattern) => {
+                self.expr(left, code, depth)?;
+                let regex = self.regex(pattern)?;
+                code.push(Instr::Matches(regex));
+            }
+            Expr::Order(order, left, right) => {
+                self.expr(left, code, depth)?;
+                self.expr(right, code, depth)?;
+                code.push(Instr::Order(*order));
+            }
+            Expr::InRange(left, low, high) => {
+                self.expr(left, code, depth)?;
+                code.push(Instr::InRange(*low, *high));
+            }
+            Expr::Condition(id) => code.push(Instr::Condition(id.0)),
+            Expr::InNetworks(left, networks) => {
+                self.expr(left, code, depth)?;
+                let idx = match self.network_sets.iter().position(|known| known == networks) {
+                    Some(found) => to_u32(found, "network sets")?,
+                    None => {
+                        self.network_sets.push(networks.clone());
+                        to_u32(self.network_sets.len() - 1, "network sets")?
+                    }
+                };
+                code.push(Instr::InNetworks(idx));
+            }
         }
         Ok(())
     }
@@ -621,6 +751,17 @@ impl Emitter {
             }
         }
         self.sets.push(set);
+        Ok(idx)
+    }
+
+    fn regex(&mut self, pattern: &str) -> Result<RegexIdx, EmitError> {
+        if let Some(&idx) = self.regex_ids.get(pattern) {
+            return Ok(idx);
+        }
+        let idx = to_u32(self.regexes.len(), "regular expressions")?;
+        self.intern(pattern)?;
+        self.regexes.push(pattern.to_owned());
+        self.regex_ids.insert(pattern.to_owned(), idx);
         Ok(idx)
     }
 
@@ -678,6 +819,9 @@ mod tests {
             n_strings: emitter.strings().len(),
             sets: emitter.sets(),
             n_globs: emitter.globs().len(),
+            n_regexes: emitter.regexes().len(),
+            n_conditions: 0,
+            n_network_sets: emitter.network_sets().len(),
         }
     }
 
@@ -725,6 +869,15 @@ mod tests {
             Instr::Like(2),
             Instr::JumpIfFalseOrPop(5),
             Instr::JumpIfTrueOrPop(9),
+            Instr::Matches(4),
+            Instr::Order(OrderOp::Lt),
+            Instr::Order(OrderOp::Le),
+            Instr::Order(OrderOp::Gt),
+            Instr::Order(OrderOp::Ge),
+            Instr::InRange(-3, i64::MAX),
+            Instr::Condition(6),
+            Instr::InNetworks(8),
+            Instr::PushRequest(RequestField::SourceIp),
             Instr::Return,
         ];
         assert_eq!(decode_block(&encode_block(&block)).unwrap(), block);
@@ -769,6 +922,9 @@ mod tests {
             n_strings: 1,
             sets: &sets,
             n_globs: 0,
+            n_regexes: 0,
+            n_conditions: 1,
+            n_network_sets: 1,
         };
         let check = |block: &[Instr], expected: (usize, VerifyError)| {
             assert_eq!(verify_block(block, &tables), Err(expected), "{block:?}");
@@ -837,6 +993,72 @@ mod tests {
             ),
         );
         check(&[Instr::Return, Instr::Return], (0, VerifyError::NoReturn));
+        check(
+            &[Instr::Condition(1), Instr::Return],
+            (
+                0,
+                VerifyError::IndexOutOfRange {
+                    what: "condition",
+                    index: 1,
+                },
+            ),
+        );
+        check(
+            &[Instr::PushStr(0), Instr::Matches(0), Instr::Return],
+            (
+                1,
+                VerifyError::IndexOutOfRange {
+                    what: "regex",
+                    index: 0,
+                },
+            ),
+        );
+        check(
+            &[
+                Instr::PushInt(1),
+                Instr::PushStr(0),
+                Instr::Order(OrderOp::Lt),
+                Instr::Return,
+            ],
+            (
+                2,
+                VerifyError::TypeMismatch {
+                    expected: "an integer",
+                },
+            ),
+        );
+        check(
+            &[Instr::PushStr(0), Instr::InNetworks(0), Instr::Return],
+            (
+                1,
+                VerifyError::TypeMismatch {
+                    expected: "an IP address",
+                },
+            ),
+        );
+        check(
+            &[
+                Instr::PushRequest(RequestField::SourceIp),
+                Instr::PushRequest(RequestField::SourceIp),
+                Instr::Eq,
+                Instr::Return,
+            ],
+            (
+                2,
+                VerifyError::TypeMismatch {
+                    expected: "a scalar",
+                },
+            ),
+        );
+        check(
+            &[Instr::PushStr(0), Instr::InRange(1, 2), Instr::Return],
+            (
+                1,
+                VerifyError::TypeMismatch {
+                    expected: "an integer",
+                },
+            ),
+        );
         // A jump whose target sees a stack of another shape than the fall-through path.
         check(
             &[

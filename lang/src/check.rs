@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 
 use crate::ast::{self, CompareOp, ExprKind, Ident, Span};
+use crate::bytecode::MAX_CONDITION_DEPTH;
 use crate::diagnostic::{Code, Diagnostic, Report, Sources};
 use crate::ir::{self, Protocol, RequestField, TargetField, Value};
 use crate::parser;
@@ -47,11 +48,41 @@ pub fn compile(files: &[SourceFile]) -> Result<ir::PolicySet, Vec<Diagnostic>> {
         let span = report.span();
         (span.file, span.start)
     });
+    let reports = cap_per_file(reports);
     let sources = Sources::new(files);
     Err(reports
         .into_iter()
         .map(|report| sources.finish(report))
         .collect())
+}
+
+/// Errors shown per file; the rest are counted in one last report. Rendering a report reads
+/// its file, so an unbounded number of them would make a garbage file quadratic to report.
+const MAX_REPORTS_PER_FILE: usize = 50;
+
+/// Keeps the first [`MAX_REPORTS_PER_FILE`] reports of each file (`reports` sorted by file)
+/// and says how many more there were where the first one left out begins.
+fn cap_per_file(reports: Vec<Report>) -> Vec<Report> {
+    let mut kept = Vec::with_capacity(reports.len().min(MAX_REPORTS_PER_FILE * 4));
+    let mut reports = reports.into_iter().peekable();
+    while let Some(first) = reports.next() {
+        let file = first.span().file;
+        let mut in_file = vec![first];
+        while let Some(next) = reports.next_if(|report| report.span().file == file) {
+            in_file.push(next);
+        }
+        let hidden = in_file.len().saturating_sub(MAX_REPORTS_PER_FILE);
+        let first_hidden = in_file.get(MAX_REPORTS_PER_FILE).map(Report::span);
+        in_file.truncate(MAX_REPORTS_PER_FILE);
+        kept.append(&mut in_file);
+        if let Some(span) = first_hidden {
+            let message = format!("{hidden} more errors in this file are not shown");
+            let report = Report::new(Code::TooManyErrors, message, span, "the next one is here")
+                .help("fix the errors above and check again");
+            kept.push(report);
+        }
+    }
+    kept
 }
 
 /// An unknown claim's help lists the kind's claims when there are at most this many.
@@ -62,6 +93,8 @@ const MAX_LISTED_CLAIMS: usize = 10;
 enum Declared {
     Workload(ir::WorkloadId),
     Target(ir::TargetId),
+    Credential(ir::CredentialId),
+    Condition(ir::ConditionId),
     Rule,
     /// A declaration that failed to parse: references to it are not reported.
     Broken,
@@ -72,6 +105,8 @@ impl Declared {
         match self {
             Declared::Workload(_) => "a workload",
             Declared::Target(_) => "a target",
+            Declared::Credential(_) => "a credential",
+            Declared::Condition(_) => "a condition",
             Declared::Rule => "a rule",
             Declared::Broken => "a declaration",
         }
@@ -91,7 +126,11 @@ enum Ty {
     Bool,
     String,
     Int,
+    /// Seconds, an integer at run time; kept apart from integers by the checker.
+    Duration,
     StringSet,
+    /// An IP address, `request.source_ip`.
+    Ip,
 }
 
 impl Ty {
@@ -109,16 +148,9 @@ impl Ty {
             Ty::Bool => "a bool",
             Ty::String => "a string",
             Ty::Int => "an integer",
+            Ty::Duration => "a duration",
             Ty::StringSet => "a set of strings",
-        }
-    }
-
-    fn of_value(value: &Value) -> Ty {
-        match value {
-            Value::String(_) => Ty::String,
-            Value::Int(_) => Ty::Int,
-            Value::Bool(_) => Ty::Bool,
-            Value::Set(_) => Ty::StringSet,
+            Ty::Ip => "an IP address",
         }
     }
 }
@@ -134,6 +166,10 @@ struct Resolved {
 struct Checker<'a> {
     files: &'a [SourceFile],
     names: HashMap<String, (Declared, Span)>,
+    /// The name of each condition, by [`ir::ConditionId`].
+    condition_names: Vec<Ident>,
+    /// The claims each checked condition proves present when it is true.
+    condition_guards: HashMap<u32, Vec<(ProviderKind, ClaimId)>>,
     reports: Vec<Report>,
 }
 
@@ -142,6 +178,8 @@ impl<'a> Checker<'a> {
         Checker {
             files,
             names: HashMap::new(),
+            condition_names: Vec::new(),
+            condition_guards: HashMap::new(),
             reports: Vec::new(),
         }
     }
@@ -163,9 +201,22 @@ impl<'a> Checker<'a> {
         let mut set = ir::PolicySet {
             workloads: Vec::new(),
             targets: Vec::new(),
+            credentials: Vec::new(),
+            conditions: Vec::new(),
             rules: Vec::new(),
         };
         self.declare_all(&decls);
+        for decl in &decls {
+            if let ast::Decl::Condition(condition) = decl {
+                let checked = self.check_condition_decl(condition);
+                let mut guards = Vec::new();
+                collect_guards(&checked.body, &self.condition_guards, &mut guards);
+                let id = set.conditions.len() as u32;
+                self.condition_guards.insert(id, guards);
+                set.conditions.push(checked);
+            }
+        }
+        self.check_condition_graph(&set.conditions);
         for decl in decls {
             match decl {
                 ast::Decl::Workload(workload) => set.workloads.push(self.check_workload(workload)),
@@ -179,7 +230,12 @@ impl<'a> Checker<'a> {
                         set.rules.push(rule);
                     }
                 }
-                ast::Decl::Broken(_) => {}
+                ast::Decl::Credential(credential) => {
+                    if let Some(credential) = self.check_credential(credential) {
+                        set.credentials.push(credential);
+                    }
+                }
+                ast::Decl::Condition(_) | ast::Decl::Broken(_) => {}
             }
         }
         set
@@ -188,7 +244,7 @@ impl<'a> Checker<'a> {
     // Declarations.
 
     fn declare_all(&mut self, decls: &[&ast::Decl]) {
-        let (mut n_workloads, mut n_targets) = (0u32, 0u32);
+        let (mut n_workloads, mut n_targets, mut n_credentials) = (0u32, 0u32, 0u32);
         for decl in decls {
             let (name, declared) = match decl {
                 ast::Decl::Workload(workload) => {
@@ -201,6 +257,16 @@ impl<'a> Checker<'a> {
                 ast::Decl::Target(target) => {
                     n_targets += 1;
                     (&target.name, Declared::Target(ir::TargetId(n_targets - 1)))
+                }
+                ast::Decl::Credential(credential) => {
+                    n_credentials += 1;
+                    let id = ir::CredentialId(n_credentials - 1);
+                    (&credential.name, Declared::Credential(id))
+                }
+                ast::Decl::Condition(condition) => {
+                    let id = ir::ConditionId(self.condition_names.len() as u32);
+                    self.condition_names.push(condition.name.clone());
+                    (&condition.name, Declared::Condition(id))
                 }
                 ast::Decl::Rule(rule) => (&rule.name, Declared::Rule),
                 ast::Decl::Broken(Some(name)) => (name, Declared::Broken),
@@ -271,36 +337,30 @@ impl<'a> Checker<'a> {
         if let Some(kind) = ProviderKind::from_keyword(&kind.name) {
             return Some(kind);
         }
-        let supported = "the supported kinds are `github`, `kubernetes` and `oidc`";
-        let planned = [
-            "gitlab",
-            "terraform",
-            "terraform_cloud",
-            "spiffe",
-            "process",
-            "local",
-        ];
-        let report = if planned.contains(&kind.name.as_str()) {
-            let message = format!("trust provider kind `{}` is not supported yet", kind.name);
-            Report::new(
-                Code::UnknownProviderKind,
-                message,
-                kind.span,
-                "not supported yet",
-            )
-            .help(supported)
-        } else {
-            let message = format!("unknown trust provider kind `{}`", kind.name);
-            let keywords = ProviderKind::ALL.map(ProviderKind::keyword);
-            let help = did_you_mean(&kind.name, keywords).unwrap_or_else(|| supported.to_owned());
-            Report::new(
-                Code::UnknownProviderKind,
-                message,
-                kind.span,
-                "unknown kind",
-            )
-            .help(help)
+        let keywords = ProviderKind::ALL.map(ProviderKind::keyword);
+        let listed: Vec<String> = keywords.iter().map(|word| format!("`{word}`")).collect();
+        let supported = format!("the trust provider kinds are {}", listed.join(", "));
+        // Names people reach for, from the platforms' own vocabulary.
+        let alias = match kind.name.as_str() {
+            "github_actions" => Some(ProviderKind::Github),
+            "gitlab_ci" => Some(ProviderKind::Gitlab),
+            "k8s" => Some(ProviderKind::Kubernetes),
+            "terraform_cloud" | "hcp_terraform" | "tfc" => Some(ProviderKind::Terraform),
+            "local" | "unix" => Some(ProviderKind::Process),
+            _ => None,
         };
+        let help = match alias {
+            Some(alias) => format!("this kind is called `{alias}`"),
+            None => did_you_mean(&kind.name, keywords).unwrap_or(supported),
+        };
+        let message = format!("unknown trust provider kind `{}`", kind.name);
+        let report = Report::new(
+            Code::UnknownProviderKind,
+            message,
+            kind.span,
+            "unknown kind",
+        )
+        .help(help);
         self.report(report);
         None
     }
@@ -509,7 +569,9 @@ impl<'a> Checker<'a> {
         let mut workload = None;
         let mut target = None;
         let mut when = None;
-        let mut ok = true;
+        let mut credential = None;
+        let annotations = self.check_annotations(&rule.annotations);
+        let mut ok = annotations.is_some();
         for clause in &rule.clauses {
             let keyword = clause.kind.keyword();
             if let Some(first) = seen.insert(keyword, clause.span) {
@@ -523,11 +585,15 @@ impl<'a> Checker<'a> {
                 ast::ClauseKind::When(condition) => {
                     when = self.check_condition(condition, Scope::When)
                 }
+                ast::ClauseKind::Credential(name) => {
+                    credential = self.credential_ref(rule, name, clause.span)
+                }
             }
             ok &= match &clause.kind {
                 ast::ClauseKind::Workload(_) => workload.is_some(),
                 ast::ClauseKind::Target(_) => target.is_some(),
                 ast::ClauseKind::When(_) => when.is_some(),
+                ast::ClauseKind::Credential(_) => credential.is_some(),
             };
         }
         if rule.effect == ast::Effect::Permit {
@@ -548,7 +614,36 @@ impl<'a> Checker<'a> {
             workload: workload.unwrap_or(ir::WorkloadRef::Any),
             target: target.unwrap_or(ir::TargetRef::Any),
             when,
+            credential,
+            annotations: annotations.unwrap_or_default(),
         })
+    }
+
+    /// The credential of a `credential NAME` clause; a `forbid` has none.
+    fn credential_ref(
+        &mut self,
+        rule: &ast::RuleDecl,
+        name: &Ident,
+        clause: Span,
+    ) -> Option<ir::CredentialId> {
+        let found = match self.lookup(name, "credential")? {
+            Declared::Credential(id) => id,
+            _ => return None,
+        };
+        if rule.effect == ast::Effect::Forbid {
+            let message = format!("forbid `{}` has a `credential` clause", rule.name.name);
+            let report = Report::new(
+                Code::CredentialOnForbid,
+                message,
+                clause,
+                "a forbid issues nothing",
+            )
+            .label(rule.keyword, "this rule denies")
+            .help("remove the clause, or give the credential in the permit this forbid overrides");
+            self.report(report);
+            return None;
+        }
+        Some(found)
     }
 
     fn duplicate_clause(&mut self, keyword: &str, span: Span, first: Span) {
@@ -607,7 +702,9 @@ impl<'a> Checker<'a> {
                 .filter(|(_, (declared, _))| {
                     matches!(
                         (declared, wanted),
-                        (Declared::Workload(_), "workload") | (Declared::Target(_), "target")
+                        (Declared::Workload(_), "workload")
+                            | (Declared::Target(_), "target")
+                            | (Declared::Credential(_), "credential")
                     )
                 })
                 .map(|(candidate, _)| candidate.as_str())
@@ -621,7 +718,8 @@ impl<'a> Checker<'a> {
         let matches_kind = match declared {
             Declared::Workload(_) => wanted == "workload",
             Declared::Target(_) => wanted == "target",
-            Declared::Rule => false,
+            Declared::Credential(_) => wanted == "credential",
+            Declared::Condition(_) | Declared::Rule => false,
             Declared::Broken => return None,
         };
         if !matches_kind {
@@ -670,6 +768,22 @@ impl<'a> Checker<'a> {
             }
             ExprKind::Int(value) => Some((ir::Expr::Const(Value::Int(*value)), Ty::Int)),
             ExprKind::Bool(value) => Some((ir::Expr::Const(Value::Bool(*value)), Ty::Bool)),
+            ExprKind::Duration(seconds) => {
+                let seconds = i64::try_from(*seconds).unwrap_or(i64::MAX);
+                Some((ir::Expr::Const(Value::Int(seconds)), Ty::Duration))
+            }
+            ExprKind::Range(..) => {
+                let message = "a range can only follow `in`";
+                let report = Report::new(
+                    Code::InvalidRange,
+                    message,
+                    expr.span,
+                    "range used as a value",
+                )
+                .help("test it with `VALUE in LOW..HIGH`");
+                self.report(report);
+                None
+            }
             ExprKind::Set(_) => {
                 let message = "a set can only follow `in`";
                 let report =
@@ -714,7 +828,7 @@ impl<'a> Checker<'a> {
         let lhs_checked = self.check_bool_operand(lhs, scope, guards, "`&&`");
         let mut rhs_guards = guards.to_vec();
         if let Some(lhs_checked) = &lhs_checked {
-            collect_guards(lhs_checked, &mut rhs_guards);
+            collect_guards(lhs_checked, &self.condition_guards, &mut rhs_guards);
         }
         let rhs_checked = self.check_bool_operand(rhs, scope, &rhs_guards, "`&&`");
         Some((
@@ -766,8 +880,44 @@ impl<'a> Checker<'a> {
         match op {
             CompareOp::In => {
                 let (lhs_expr, lhs_ty) = lhs_checked?;
+                if let ExprKind::Range(low, high) = rhs.kind {
+                    return self.check_in_range(lhs_expr, lhs_ty, lhs.span, (low, high), rhs.span);
+                }
+                if lhs_ty == Ty::Ip {
+                    let networks = self.check_networks(rhs)?;
+                    return Some((ir::Expr::InNetworks(Box::new(lhs_expr), networks), Ty::Bool));
+                }
                 let values = self.check_in(lhs_ty, lhs.span, rhs)?;
                 Some((ir::Expr::In(Box::new(lhs_expr), values), Ty::Bool))
+            }
+            CompareOp::Matches => {
+                let pattern = self.check_regex(rhs);
+                let (lhs_expr, lhs_ty) = lhs_checked?;
+                if lhs_ty != Ty::String {
+                    let message = format!("`matches` applies to strings, not {}", lhs_ty.name());
+                    let label = format!("this is {}", lhs_ty.name());
+                    self.report(Report::new(Code::TypeMismatch, message, lhs.span, label));
+                    return None;
+                }
+                Some((ir::Expr::Matches(Box::new(lhs_expr), pattern?), Ty::Bool))
+            }
+            CompareOp::Lt | CompareOp::Le | CompareOp::Gt | CompareOp::Ge => {
+                let rhs_checked = self.check_operand(rhs, scope, guards, span);
+                let (lhs_expr, lhs_ty) = lhs_checked?;
+                let (rhs_expr, rhs_ty) = rhs_checked?;
+                let ordered = matches!(lhs_ty, Ty::Int | Ty::Duration);
+                if !ordered || lhs_ty != rhs_ty {
+                    self.unordered(op, (lhs, lhs_ty), (rhs, rhs_ty));
+                    return None;
+                }
+                let order = match op {
+                    CompareOp::Lt => ir::OrderOp::Lt,
+                    CompareOp::Le => ir::OrderOp::Le,
+                    CompareOp::Gt => ir::OrderOp::Gt,
+                    _ => ir::OrderOp::Ge,
+                };
+                let expr = ir::Expr::Order(order, Box::new(lhs_expr), Box::new(rhs_expr));
+                Some((expr, Ty::Bool))
             }
             CompareOp::Like => {
                 let pattern = self.check_like_pattern(rhs);
@@ -781,6 +931,19 @@ impl<'a> Checker<'a> {
                 Some((ir::Expr::Like(Box::new(lhs_expr), pattern?), Ty::Bool))
             }
             CompareOp::Eq | CompareOp::Ne | CompareOp::Assign { .. } => {
+                if let Some((lhs_expr, Ty::Ip)) = &lhs_checked
+                    && let ExprKind::Str(_) = rhs.kind
+                {
+                    // An address compared with a string literal: the string is an address.
+                    let network = self.check_network(rhs)?;
+                    let lhs_expr = Box::new(lhs_expr.clone());
+                    let expr = ir::Expr::InNetworks(lhs_expr, vec![network]);
+                    let expr = match op {
+                        CompareOp::Ne => ir::Expr::Not(Box::new(expr)),
+                        _ => expr,
+                    };
+                    return Some((expr, Ty::Bool));
+                }
                 let rhs_checked = self.check_operand(rhs, scope, guards, span);
                 let (lhs_expr, lhs_ty) = lhs_checked?;
                 let (rhs_expr, rhs_ty) = rhs_checked?;
@@ -810,6 +973,192 @@ impl<'a> Checker<'a> {
         }
     }
 
+    fn unordered(&mut self, op: CompareOp, lhs: (&ast::Expr, Ty), rhs: (&ast::Expr, Ty)) {
+        let ((lhs, lhs_ty), (rhs, rhs_ty)) = (lhs, rhs);
+        let symbol = op.symbol();
+        let (message, span, ty) = if !matches!(lhs_ty, Ty::Int | Ty::Duration) {
+            let message = format!(
+                "`{symbol}` orders integers and durations, not {}",
+                plural(lhs_ty)
+            );
+            (message, lhs.span, lhs_ty)
+        } else if !matches!(rhs_ty, Ty::Int | Ty::Duration) {
+            let message = format!(
+                "`{symbol}` orders integers and durations, not {}",
+                plural(rhs_ty)
+            );
+            (message, rhs.span, rhs_ty)
+        } else {
+            let message = format!("cannot compare {} with {}", lhs_ty.name(), rhs_ty.name());
+            (message, rhs.span, rhs_ty)
+        };
+        let report = Report::new(
+            Code::TypeMismatch,
+            message,
+            span,
+            format!("this is {}", ty.name()),
+        );
+        let report = if span == rhs.span && lhs_ty != rhs_ty {
+            report.label(lhs.span, format!("this is {}", lhs_ty.name()))
+        } else {
+            report
+        };
+        self.report(report);
+    }
+
+    /// The networks of `ADDRESS in [ "10.0.0.0/8", "192.0.2.7", … ]`, each string checked.
+    fn check_networks(&mut self, rhs: &ast::Expr) -> Option<Vec<ir::Network>> {
+        let ExprKind::Set(items) = &rhs.kind else {
+            let report = Report::new(Code::InvalidSet, "`in` needs a set", rhs.span, "not a set")
+                .help("write the networks as a set of strings: `[\"10.0.0.0/8\", \"192.0.2.7\"]`");
+            self.report(report);
+            return None;
+        };
+        let mut networks = Vec::new();
+        let mut ok = true;
+        for item in items {
+            match self.check_network(item) {
+                Some(network) if !networks.contains(&network) => networks.push(network),
+                Some(_) => {}
+                None => ok = false,
+            }
+        }
+        ok.then_some(networks)
+    }
+
+    /// A string literal that holds an IP address or a CIDR range.
+    fn check_network(&mut self, item: &ast::Expr) -> Option<ir::Network> {
+        let ExprKind::Str(text) = &item.kind else {
+            let found = literal_type_name(&item.kind);
+            let message = format!("an IP address is compared with strings, not {found}");
+            let report = Report::new(Code::TypeMismatch, message, item.span, "not a string")
+                .help("write the address or range as a string: `\"10.0.0.0/8\"`");
+            self.report(report);
+            return None;
+        };
+        let error = match ir::Network::parse(text) {
+            Ok(network) => return Some(network),
+            Err(error) => error,
+        };
+        let message = format!("`{text}` is not an IP address or CIDR range");
+        let (label, help) = match error {
+            ir::NetworkError::NotAnAddress => (
+                "not an address".to_owned(),
+                "write an IPv4 or IPv6 address, optionally with a prefix length: \
+                 `\"192.0.2.7\"`, `\"10.0.0.0/8\"`, `\"2001:db8::/32\"`"
+                    .to_owned(),
+            ),
+            ir::NetworkError::BadPrefix { max } => (
+                "bad prefix length".to_owned(),
+                format!("the prefix length is a number from 0 to {max}"),
+            ),
+            ir::NetworkError::HostBits { canonical } => (
+                "bits set beyond the prefix".to_owned(),
+                format!("the network is written `\"{canonical}\"`"),
+            ),
+        };
+        let report = Report::new(Code::InvalidAddress, message, item.span, label).help(help);
+        self.report(report);
+        None
+    }
+
+    fn check_in_range(
+        &mut self,
+        lhs_expr: ir::Expr,
+        lhs_ty: Ty,
+        lhs_at: Span,
+        (low, high): (i64, i64),
+        range_at: Span,
+    ) -> Option<(ir::Expr, Ty)> {
+        if lhs_ty != Ty::Int {
+            let message = format!("a range holds integers, not {}", plural(lhs_ty));
+            let report = Report::new(
+                Code::TypeMismatch,
+                message,
+                lhs_at,
+                format!("this is {}", lhs_ty.name()),
+            )
+            .label(range_at, "a range of integers");
+            self.report(report);
+            return None;
+        }
+        if low > high {
+            let message = format!("range `{low}..{high}` is empty");
+            let report = Report::new(
+                Code::InvalidRange,
+                message,
+                range_at,
+                "starts after its end",
+            )
+            .help(format!("write the smaller bound first: `{high}..{low}`"));
+            self.report(report);
+            return None;
+        }
+        Some((ir::Expr::InRange(Box::new(lhs_expr), low, high), Ty::Bool))
+    }
+
+    /// The pattern of `matches`, which must be a string literal holding a valid regular
+    /// expression; an error points into the string where the regex parser stopped.
+    fn check_regex(&mut self, rhs: &ast::Expr) -> Option<String> {
+        let ExprKind::Str(pattern) = &rhs.kind else {
+            let found = literal_type_name(&rhs.kind);
+            let message = format!("`matches` needs a string pattern, found {found}");
+            let report = Report::new(
+                Code::TypeMismatch,
+                message,
+                rhs.span,
+                "not a string literal",
+            )
+            .help("write the regular expression as a string, for example `\"^v[0-9]+$\"`");
+            self.report(report);
+            return None;
+        };
+        let error = match crate::bundle::compile_regex(pattern) {
+            Ok(_) => return Some(pattern.clone()),
+            Err(error) => error,
+        };
+        let (span, label) = self.regex_error_span(rhs, pattern, &error);
+        let message = "invalid regular expression";
+        let help = match &error {
+            regex::Error::CompiledTooBig(_) => {
+                "the pattern compiles too large; simplify it or split it".to_owned()
+            }
+            _ => "Gate uses the syntax of the Rust `regex` crate, without look-around or \
+                  backreferences"
+                .to_owned(),
+        };
+        self.report(Report::new(Code::InvalidRegex, message, span, label).help(help));
+        None
+    }
+
+    /// Where in the source a regex error sits: the span the regex parser names, mapped back
+    /// through the string literal when it holds no escapes, else the whole literal.
+    fn regex_error_span(
+        &self,
+        rhs: &ast::Expr,
+        pattern: &str,
+        error: &regex::Error,
+    ) -> (Span, String) {
+        let detail = error.to_string();
+        let kind_line = detail
+            .lines()
+            .rev()
+            .find(|line| line.starts_with("error: "))
+            .map(|line| line.trim_start_matches("error: ").to_owned())
+            .unwrap_or_else(|| "invalid here".to_owned());
+        let literal = self.text(rhs.span);
+        let verbatim = literal.len() == pattern.len() + 2 && !pattern.contains('\n');
+        match caret_range(&detail, pattern) {
+            Some((start, end)) if verbatim => {
+                let start = rhs.span.start + 1 + start;
+                let end = (rhs.span.start + 1 + end).max(start + 1);
+                let span = Span::new(rhs.span.file, start, end.min(rhs.span.end - 1));
+                (span, kind_line)
+            }
+            _ => (rhs.span, kind_line),
+        }
+    }
+
     fn check_equality_types(
         &mut self,
         lhs: &ast::Expr,
@@ -835,6 +1184,30 @@ impl<'a> Checker<'a> {
             );
             let report =
                 Report::new(Code::TypeMismatch, message, set_span, "a set of strings").help(help);
+            self.report(report);
+            return None;
+        }
+        if lhs_ty == Ty::Ip || rhs_ty == Ty::Ip {
+            let (ip_side, other) = if lhs_ty == Ty::Ip {
+                (lhs, rhs)
+            } else {
+                (rhs, lhs)
+            };
+            let message = format!("`{symbol}` compares an IP address only with a string literal");
+            let help = format!(
+                "write `{} {symbol} \"192.0.2.7\"`, or test `in [\"10.0.0.0/8\"]`",
+                self.text(ip_side.span)
+            );
+            let label = format!(
+                "this is {}",
+                if other.span == lhs.span {
+                    lhs_ty
+                } else {
+                    rhs_ty
+                }
+                .name()
+            );
+            let report = Report::new(Code::TypeMismatch, message, other.span, label).help(help);
             self.report(report);
             return None;
         }
@@ -869,10 +1242,9 @@ impl<'a> Checker<'a> {
             self.report(report);
             return None;
         };
-        let values = self.set_values(items)?;
-        let element_ty = match values.first() {
-            Some(first) => Ty::of_value(first),
-            None => return Some(values),
+        let (values, element_ty) = self.set_values(items)?;
+        let Some(element_ty) = element_ty else {
+            return Some(values);
         };
         let wanted = if lhs_ty == Ty::StringSet {
             Ty::String
@@ -898,18 +1270,29 @@ impl<'a> Checker<'a> {
         Some(values)
     }
 
-    /// The literals of a set, deduplicated in source order; all must have one type.
-    fn set_values(&mut self, items: &[ast::Expr]) -> Option<Vec<Value>> {
+    /// The literals of a set, deduplicated in source order, and their one type (none for an
+    /// empty set).
+    fn set_values(&mut self, items: &[ast::Expr]) -> Option<(Vec<Value>, Option<Ty>)> {
         let mut values: Vec<Value> = Vec::new();
         let mut first: Option<(Ty, Span)> = None;
         for item in items {
-            let value = match &item.kind {
-                ExprKind::Str(text) => Value::String(text.clone()),
-                ExprKind::Int(number) => Value::Int(*number),
-                ExprKind::Bool(flag) => Value::Bool(*flag),
-                _ => return None,
+            let (value, ty) = match &item.kind {
+                ExprKind::Str(text) => (Value::String(text.clone()), Ty::String),
+                ExprKind::Int(number) => (Value::Int(*number), Ty::Int),
+                ExprKind::Bool(flag) => (Value::Bool(*flag), Ty::Bool),
+                ExprKind::Duration(seconds) => {
+                    let seconds = i64::try_from(*seconds).unwrap_or(i64::MAX);
+                    (Value::Int(seconds), Ty::Duration)
+                }
+                // The grammar allows only literals in a set; anything else is a bug, and is
+                // reported rather than dropped.
+                _ => {
+                    let message = "a set holds literals only";
+                    let report = Report::new(Code::InvalidSet, message, item.span, "not a literal");
+                    self.report(report);
+                    return None;
+                }
             };
-            let ty = Ty::of_value(&value);
             match first {
                 None => first = Some((ty, item.span)),
                 Some((first_ty, first_span)) if first_ty != ty => {
@@ -931,7 +1314,7 @@ impl<'a> Checker<'a> {
                 values.push(value);
             }
         }
-        Some(values)
+        Some((values, first.map(|(ty, _)| ty)))
     }
 
     fn check_like_pattern(&mut self, rhs: &ast::Expr) -> Option<String> {
@@ -984,7 +1367,7 @@ impl<'a> Checker<'a> {
                 let shown = self.text(span);
                 let message = format!("`has` does not apply to `{shown}`");
                 let report = Report::new(Code::InvalidHas, message, span, "always present")
-                    .help("`has` tests claims and `request.action` or `request.resource`");
+                    .help("`has` tests claims and the fields of `request`");
                 self.report(report);
                 return None;
             }
@@ -1010,11 +1393,38 @@ impl<'a> Checker<'a> {
             ("target", _) if !rest.is_empty() => self.resolve_target(rest, span),
             ("client", _) if !rest.is_empty() => self.resolve_client(rest, span),
             (_, Scope::Alternative(kind)) if rest.is_empty() => self.resolve_claim(kind, head),
+            (_, Scope::When) if rest.is_empty() => self.resolve_condition(head, span),
             _ => {
                 self.unknown_name(head, span, rest.is_empty());
                 None
             }
         }
+    }
+
+    /// A bare name in `when` or a condition: a condition, read as a bool.
+    fn resolve_condition(&mut self, name: &Ident, span: Span) -> Option<Resolved> {
+        let id = match self.names.get(&name.name) {
+            Some((Declared::Condition(id), _)) => *id,
+            Some((Declared::Broken, _)) => return None,
+            Some(&(declared, declared_at)) => {
+                let what = declared.describe();
+                let message = format!("`{}` is {what}, not a condition", name.name);
+                let report =
+                    Report::new(Code::WrongDeclarationKind, message, span, "not a condition")
+                        .label(declared_at, format!("declared as {what} here"));
+                self.report(report);
+                return None;
+            }
+            None => {
+                self.unknown_name(name, span, true);
+                return None;
+            }
+        };
+        Some(Resolved {
+            expr: ir::Expr::Condition(id),
+            ty: Ty::Bool,
+            optional_claim: None,
+        })
     }
 
     fn unknown_name(&mut self, head: &Ident, span: Span, bare: bool) {
@@ -1027,12 +1437,18 @@ impl<'a> Checker<'a> {
                 format!("claim `{shown}` needs its trust provider kind here"),
                 format!("in `when`, write `client.{kind}.{shown}`"),
             ),
-            _ => (
-                format!("unknown name `{shown}`"),
-                "expressions read `request.*`, `target.*`, `client.KIND.claim` and, inside a \
-                 workload, bare claims"
-                    .to_owned(),
-            ),
+            _ => {
+                let conditions = self.condition_names.iter().map(|name| name.name.as_str());
+                let help = did_you_mean(&head.name, conditions).filter(|_| bare);
+                (
+                    format!("unknown name `{shown}`"),
+                    help.unwrap_or_else(|| {
+                        "expressions read `request.*`, `target.*`, `client.KIND.claim`, \
+                         conditions by name and, inside a workload, bare claims"
+                            .to_owned()
+                    }),
+                )
+            }
         };
         let report =
             Report::new(Code::MisplacedName, message, span, "cannot be read here").help(help);
@@ -1082,11 +1498,18 @@ impl<'a> Checker<'a> {
         let fields = [
             ("action", RequestField::Action),
             ("resource", RequestField::Resource),
+            ("source_ip", RequestField::SourceIp),
         ];
+        // FIXME(#3): `request.time`, timestamps, and times of day within weekday windows in a
+        // named time zone (`request.time within weekdays 08:00..18:00 in "Europe/Berlin"`).
         let field = self.field_of("request", &fields, rest, span)?;
+        let ty = match field {
+            RequestField::SourceIp => Ty::Ip,
+            _ => Ty::String,
+        };
         Some(Resolved {
             expr: ir::Expr::Request(field),
-            ty: Ty::String,
+            ty,
             optional_claim: None,
         })
     }
@@ -1144,13 +1567,657 @@ impl<'a> Checker<'a> {
     }
 }
 
+/// The type of a credential field's value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldTy {
+    String,
+    StringSet,
+    Duration,
+}
+
+impl FieldTy {
+    fn name(self) -> &'static str {
+        match self {
+            FieldTy::String => "a string",
+            FieldTy::StringSet => "a set of strings",
+            FieldTy::Duration => "a duration",
+        }
+    }
+}
+
+/// The fields of each credential kind: name, type, required.
+fn credential_fields(kind: &str) -> &'static [(&'static str, FieldTy, bool)] {
+    match kind {
+        "jwt" => &[
+            ("audience", FieldTy::String, true),
+            ("ttl", FieldTy::Duration, true),
+        ],
+        "static" => &[
+            ("env", FieldTy::String, false),
+            ("file", FieldTy::String, false),
+            ("ttl", FieldTy::Duration, false),
+        ],
+        "oauth_client_credentials" => &[
+            ("token_url", FieldTy::String, true),
+            ("client_id", FieldTy::String, true),
+            ("scopes", FieldTy::StringSet, false),
+            ("ttl", FieldTy::Duration, true),
+        ],
+        "postgres_role" => &[
+            ("grant", FieldTy::StringSet, true),
+            ("ttl", FieldTy::Duration, true),
+        ],
+        _ => &[],
+    }
+}
+
+/// A credential field's checked value.
+#[derive(Debug, Clone)]
+enum FieldValue {
+    String(String),
+    StringSet(Vec<String>),
+    Duration(u64),
+}
+
+/// The fields of one credential block, checked one by one.
+#[derive(Debug, Default)]
+struct CredentialFields {
+    values: HashMap<&'static str, (FieldValue, Span)>,
+}
+
+impl CredentialFields {
+    fn string(&self, key: &str) -> Option<String> {
+        match self.values.get(key) {
+            Some((FieldValue::String(text), _)) => Some(text.clone()),
+            _ => None,
+        }
+    }
+
+    fn strings(&self, key: &str) -> Option<Vec<String>> {
+        match self.values.get(key) {
+            Some((FieldValue::StringSet(items), _)) => Some(items.clone()),
+            _ => None,
+        }
+    }
+
+    fn duration(&self, key: &str) -> Option<u64> {
+        match self.values.get(key) {
+            Some((FieldValue::Duration(seconds), _)) => Some(*seconds),
+            _ => None,
+        }
+    }
+}
+
+impl Checker<'_> {
+    // Conditions.
+
+    fn check_condition_decl(&mut self, condition: &ast::ConditionDecl) -> ir::Condition {
+        let body = self
+            .check_condition(&condition.body, Scope::When)
+            .unwrap_or(ir::Expr::Const(Value::Bool(false)));
+        ir::Condition {
+            name: condition.name.name.clone(),
+            body,
+        }
+    }
+
+    /// Reports every cycle among the conditions, once each, and every chain of references
+    /// deeper than [`MAX_CONDITION_DEPTH`].
+    fn check_condition_graph(&mut self, conditions: &[ir::Condition]) {
+        let edges: Vec<Vec<usize>> = conditions
+            .iter()
+            .map(|condition| {
+                let mut refs = Vec::new();
+                condition_refs(&condition.body, &mut refs);
+                refs
+            })
+            .collect();
+        let mut in_reported_cycle = vec![false; conditions.len()];
+        for start in 0..conditions.len() {
+            if in_reported_cycle.get(start).copied().unwrap_or(true) {
+                continue;
+            }
+            if let Some(cycle) = find_cycle(&edges, start) {
+                for node in &cycle {
+                    if let Some(slot) = in_reported_cycle.get_mut(*node) {
+                        *slot = true;
+                    }
+                }
+                self.report_cycle(&cycle);
+            }
+        }
+        if in_reported_cycle.contains(&true) {
+            return;
+        }
+        let mut depths = vec![0usize; conditions.len()];
+        for node in 0..conditions.len() {
+            condition_depth(&edges, node, &mut depths);
+        }
+        let deepest = depths.iter().enumerate().max_by_key(|(_, depth)| **depth);
+        if let Some((node, depth)) = deepest
+            && *depth > MAX_CONDITION_DEPTH
+            && let Some(name) = self.condition_names.get(node).cloned()
+        {
+            let message = format!(
+                "condition `{}` refers to conditions {depth} levels deep",
+                name.name
+            );
+            let report =
+                Report::new(Code::ConditionTooDeep, message, name.span, "too deep").help(format!(
+                    "conditions may nest at most {MAX_CONDITION_DEPTH} levels; combine some \
+                     of them into one"
+                ));
+            self.report(report);
+        }
+    }
+
+    fn report_cycle(&mut self, cycle: &[usize]) {
+        let names: Vec<Ident> = cycle
+            .iter()
+            .filter_map(|node| self.condition_names.get(*node).cloned())
+            .collect();
+        let Some(first) = names.first() else {
+            return;
+        };
+        let path: Vec<String> = names
+            .iter()
+            .chain([first])
+            .map(|name| format!("`{}`", name.name))
+            .collect();
+        let message = format!(
+            "conditions refer to each other in a cycle: {}",
+            path.join(" → ")
+        );
+        let mut report = Report::new(
+            Code::ConditionCycle,
+            message,
+            first.span,
+            "this condition depends on itself",
+        );
+        for other in names.iter().skip(1) {
+            report = report.label(other.span, "part of the cycle");
+        }
+        let help = "a condition cannot depend on itself; write the shared part as its own \
+                    condition and refer to it from both";
+        self.report(report.help(help));
+    }
+
+    // Credentials.
+
+    fn check_credential(&mut self, credential: &ast::CredentialDecl) -> Option<ir::Credential> {
+        let name = &credential.name;
+        let (first, rest) = match credential.blocks.split_first() {
+            Some(split) => split,
+            None => {
+                let message = format!("credential `{}` has no kind block", name.name);
+                let report =
+                    Report::new(Code::InvalidCredential, message, name.span, "no kind block")
+                        .help("add one, for example `jwt { audience = \"billing\" ttl = 15m }`");
+                self.report(report);
+                return None;
+            }
+        };
+        if let Some(second) = rest.first() {
+            let message = format!("credential `{}` has several kind blocks", name.name);
+            let report = Report::new(
+                Code::InvalidCredential,
+                message,
+                second.span,
+                "second block",
+            )
+            .label(first.span, "first block")
+            .help("a credential has one kind; declare another credential for the other");
+            self.report(report);
+        }
+        let kind = first.protocol.name.as_str();
+        if !ir::CredentialKind::KEYWORDS.contains(&kind) {
+            let message = format!("unknown credential kind `{kind}`");
+            let listed: Vec<String> = ir::CredentialKind::KEYWORDS
+                .iter()
+                .map(|keyword| format!("`{keyword}`"))
+                .collect();
+            let help = did_you_mean(kind, ir::CredentialKind::KEYWORDS)
+                .unwrap_or_else(|| format!("the credential kinds are {}", listed.join(", ")));
+            let span = first.protocol.span;
+            let report =
+                Report::new(Code::InvalidCredential, message, span, "unknown kind").help(help);
+            self.report(report);
+            return None;
+        }
+        let fields = self.credential_fields(kind, first)?;
+        self.credential_kind(&name.name, first, &fields)
+    }
+
+    /// Checks each `key = value` of a credential block against its kind's fields.
+    fn credential_fields(&mut self, kind: &str, block: &ast::Endpoint) -> Option<CredentialFields> {
+        let allowed = credential_fields(kind);
+        let mut fields = CredentialFields::default();
+        let mut ok = true;
+        for field in &block.fields {
+            let key = field.key.name.as_str();
+            let Some(&(known, ty, _)) = allowed.iter().find(|(name, _, _)| *name == key) else {
+                let names = allowed.iter().map(|(name, _, _)| *name);
+                let listed: Vec<String> = names.clone().map(|name| format!("`{name}`")).collect();
+                let help = did_you_mean(key, names).unwrap_or_else(|| {
+                    format!(
+                        "the fields of `{kind}` credentials are {}",
+                        listed.join(", ")
+                    )
+                });
+                let message = format!("`{key}` is not a field of `{kind}` credentials");
+                let report = Report::new(
+                    Code::InvalidCredentialField,
+                    message,
+                    field.key.span,
+                    "unknown",
+                )
+                .help(help);
+                self.report(report);
+                ok = false;
+                continue;
+            };
+            if let Some((_, first)) = fields.values.get(known) {
+                let message = format!("field `{key}` is given twice");
+                let report = Report::new(
+                    Code::InvalidCredentialField,
+                    message,
+                    field.key.span,
+                    "again",
+                )
+                .label(*first, "first given here");
+                self.report(report);
+                ok = false;
+                continue;
+            }
+            match self.credential_value(known, ty, &field.value) {
+                Some(value) => {
+                    fields.values.insert(known, (value, field.key.span));
+                }
+                None => ok = false,
+            }
+        }
+        ok.then_some(fields)
+    }
+
+    fn credential_value(
+        &mut self,
+        key: &str,
+        ty: FieldTy,
+        value: &ast::Expr,
+    ) -> Option<FieldValue> {
+        let span = value.span;
+        let checked = match (ty, &value.kind) {
+            (FieldTy::String, ExprKind::Str(text)) => Some(FieldValue::String(text.clone())),
+            (FieldTy::Duration, ExprKind::Duration(seconds)) => {
+                Some(FieldValue::Duration(*seconds))
+            }
+            (FieldTy::StringSet, ExprKind::Set(items)) => {
+                let strings: Option<Vec<String>> = items
+                    .iter()
+                    .map(|item| match &item.kind {
+                        ExprKind::Str(text) => Some(text.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                strings.map(|mut strings| {
+                    let mut seen = std::collections::HashSet::new();
+                    strings.retain(|item| seen.insert(item.clone()));
+                    FieldValue::StringSet(strings)
+                })
+            }
+            _ => None,
+        };
+        if checked.is_some() {
+            return self.credential_value_ok(key, checked?, span);
+        }
+        let found = literal_type_name(&value.kind);
+        let message = format!("`{key}` must be {}, found {found}", ty.name());
+        let help = match (ty, &value.kind) {
+            (FieldTy::Duration, ExprKind::Int(seconds)) => {
+                Some(format!("give the unit: `{key} = {seconds}s`"))
+            }
+            (FieldTy::StringSet, ExprKind::Str(text)) => {
+                Some(format!("write a set: `{key} = [\"{text}\"]`"))
+            }
+            (FieldTy::StringSet, _) => Some("every element is a string".to_owned()),
+            _ => None,
+        };
+        let report = Report::new(
+            Code::TypeMismatch,
+            message,
+            span,
+            format!("this is {found}"),
+        )
+        .help_opt(help);
+        self.report(report);
+        None
+    }
+
+    /// Refuses values of the right type that cannot work.
+    fn credential_value_ok(
+        &mut self,
+        key: &str,
+        value: FieldValue,
+        span: Span,
+    ) -> Option<FieldValue> {
+        let problem = match (key, &value) {
+            ("audience" | "client_id", FieldValue::String(text)) if text.is_empty() => {
+                Some((format!("`{key}` is empty"), "write a value".to_owned()))
+            }
+            ("token_url", FieldValue::String(url)) if !url.starts_with("https://") => Some((
+                "`token_url` must be an `https://` URL".to_owned(),
+                "client secrets travel to this URL; write `https://…`".to_owned(),
+            )),
+            ("env", FieldValue::String(var)) if !is_env_name(var) => Some((
+                format!("`{var}` is not an environment variable name"),
+                "write letters, digits and `_`, not starting with a digit: `BILLING_TOKEN`"
+                    .to_owned(),
+            )),
+            ("file", FieldValue::String(path)) if !path.starts_with('/') => Some((
+                "`file` must be an absolute path".to_owned(),
+                format!("write `file = \"/{path}\"`"),
+            )),
+            ("grant", FieldValue::StringSet(roles)) if roles.is_empty() => Some((
+                "`grant` is empty".to_owned(),
+                "name the roles to grant: `grant = [\"orders_rw\"]`".to_owned(),
+            )),
+            ("grant" | "scopes", FieldValue::StringSet(items))
+                if items.iter().any(String::is_empty) =>
+            {
+                Some((
+                    format!("`{key}` holds an empty string"),
+                    "remove it".to_owned(),
+                ))
+            }
+            _ => None,
+        };
+        let Some((message, help)) = problem else {
+            return Some(value);
+        };
+        let report = Report::new(
+            Code::InvalidCredentialField,
+            message,
+            span,
+            "not acceptable",
+        )
+        .help(help);
+        self.report(report);
+        None
+    }
+
+    /// Builds the credential once its fields are checked; reports missing required fields.
+    fn credential_kind(
+        &mut self,
+        name: &str,
+        block: &ast::Endpoint,
+        fields: &CredentialFields,
+    ) -> Option<ir::Credential> {
+        let kind = block.protocol.name.as_str();
+        let mut ok = true;
+        for (field, ty, required) in credential_fields(kind) {
+            if *required && !fields.values.contains_key(field) {
+                let example = match ty {
+                    FieldTy::String => format!("{field} = \"…\""),
+                    FieldTy::StringSet => format!("{field} = [\"…\"]"),
+                    FieldTy::Duration => format!("{field} = 15m"),
+                };
+                let message = format!("credential `{name}` has no `{field}`");
+                let report = Report::new(
+                    Code::MissingCredentialField,
+                    message,
+                    block.protocol.span,
+                    format!("`{kind}` needs `{field}`"),
+                )
+                .help(format!("add `{example}` inside `{kind} {{ … }}`"));
+                self.report(report);
+                ok = false;
+            }
+        }
+        let kind = match kind {
+            "jwt" => ir::CredentialKind::Jwt {
+                audience: fields.string("audience").unwrap_or_default(),
+            },
+            "static" => ir::CredentialKind::Static(self.static_source(name, block, fields)?),
+            "oauth_client_credentials" => ir::CredentialKind::OauthClientCredentials {
+                token_url: fields.string("token_url").unwrap_or_default(),
+                client_id: fields.string("client_id").unwrap_or_default(),
+                scopes: fields.strings("scopes").unwrap_or_default(),
+            },
+            _ => ir::CredentialKind::PostgresRole {
+                grant: fields.strings("grant").unwrap_or_default(),
+            },
+        };
+        ok.then(|| ir::Credential {
+            name: name.to_owned(),
+            kind,
+            ttl_s: fields.duration("ttl"),
+        })
+    }
+
+    fn static_source(
+        &mut self,
+        name: &str,
+        block: &ast::Endpoint,
+        fields: &CredentialFields,
+    ) -> Option<ir::StaticSource> {
+        let env = fields.values.get("env");
+        let file = fields.values.get("file");
+        match (env, file) {
+            (Some((FieldValue::String(var), _)), None) => Some(ir::StaticSource::Env(var.clone())),
+            (None, Some((FieldValue::String(path), _))) => {
+                Some(ir::StaticSource::File(path.clone()))
+            }
+            (Some((_, env_span)), Some((_, file_span))) => {
+                let message = format!("credential `{name}` has both `env` and `file`");
+                let report = Report::new(
+                    Code::InvalidCredentialField,
+                    message,
+                    *file_span,
+                    "second source",
+                )
+                .label(*env_span, "first source")
+                .help("a static secret comes from one place; keep `env` or `file`");
+                self.report(report);
+                None
+            }
+            _ => {
+                let message = format!("credential `{name}` has neither `env` nor `file`");
+                let report = Report::new(
+                    Code::MissingCredentialField,
+                    message,
+                    block.protocol.span,
+                    "no source for the secret",
+                )
+                .help("add `env = \"VARIABLE\"` or `file = \"/path/to/secret\"`");
+                self.report(report);
+                None
+            }
+        }
+    }
+
+    // Annotations.
+
+    fn check_annotations(&mut self, annotations: &[ast::Annotation]) -> Option<ir::Annotations> {
+        let mut out = ir::Annotations::default();
+        let mut seen: HashMap<&str, Span> = HashMap::new();
+        let mut ok = true;
+        for annotation in annotations {
+            let name = annotation.name.name.as_str();
+            if let Some(first) = seen.insert(name, annotation.name.span) {
+                let message = format!("annotation `@{name}` is given twice");
+                let report = Report::new(
+                    Code::InvalidAnnotation,
+                    message,
+                    annotation.span,
+                    "given again",
+                )
+                .label(first, "first given here");
+                self.report(report);
+                ok = false;
+                continue;
+            }
+            match name {
+                "description" => out.description = Some(annotation.value.clone()),
+                "severity" => match ir::Severity::ALL
+                    .into_iter()
+                    .find(|severity| severity.keyword() == annotation.value)
+                {
+                    Some(severity) => out.severity = Some(severity),
+                    None => {
+                        let message = format!("unknown severity `{}`", annotation.value);
+                        let keywords = ir::Severity::ALL.map(ir::Severity::keyword);
+                        let help = did_you_mean(&annotation.value, keywords).unwrap_or_else(|| {
+                            "the severities are `low`, `medium`, `high` and `critical`".to_owned()
+                        });
+                        let span = annotation.value_span;
+                        let report = Report::new(Code::InvalidAnnotation, message, span, "unknown")
+                            .help(help);
+                        self.report(report);
+                        ok = false;
+                    }
+                },
+                _ => {
+                    let message = format!("unknown annotation `@{name}`");
+                    let help =
+                        did_you_mean(name, ["description", "severity"]).unwrap_or_else(|| {
+                            "the annotations are `@description(\"…\")` and `@severity(\"…\")`"
+                                .to_owned()
+                        });
+                    let span = annotation.name.span;
+                    let report =
+                        Report::new(Code::InvalidAnnotation, message, span, "unknown annotation")
+                            .help(help);
+                    self.report(report);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+}
+
+/// The byte range of `pattern` that a regex syntax error underlines with `^` in its message,
+/// which quotes the pattern indented by four spaces.
+fn caret_range(detail: &str, pattern: &str) -> Option<(usize, usize)> {
+    let carets = detail
+        .lines()
+        .find(|line| line.contains('^') && line.chars().all(|ch| ch == ' ' || ch == '^'))?;
+    let first = carets.find('^')?.checked_sub(4)?;
+    let count = carets.matches('^').count();
+    let byte_at = |char_idx: usize| {
+        pattern
+            .char_indices()
+            .nth(char_idx)
+            .map_or(pattern.len(), |(byte, _)| byte)
+    };
+    Some((byte_at(first), byte_at(first + count)))
+}
+
+fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_alphabetic() || first == '_')
+        && chars.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+}
+
+/// The conditions `expr` reads, by position.
+fn condition_refs(expr: &ir::Expr, out: &mut Vec<usize>) {
+    match expr {
+        ir::Expr::Condition(id) => out.push(id.0 as usize),
+        ir::Expr::Not(inner) => condition_refs(inner, out),
+        ir::Expr::And(lhs, rhs)
+        | ir::Expr::Or(lhs, rhs)
+        | ir::Expr::Eq(lhs, rhs)
+        | ir::Expr::Ne(lhs, rhs) => {
+            condition_refs(lhs, out);
+            condition_refs(rhs, out);
+        }
+        ir::Expr::Order(_, lhs, rhs) => {
+            condition_refs(lhs, out);
+            condition_refs(rhs, out);
+        }
+        ir::Expr::In(inner, _)
+        | ir::Expr::InNetworks(inner, _)
+        | ir::Expr::Like(inner, _)
+        | ir::Expr::Matches(inner, _)
+        | ir::Expr::InRange(inner, ..) => condition_refs(inner, out),
+        _ => {}
+    }
+}
+
+/// A cycle through `start`, in order from `start`, if there is one. Iterative depth-first
+/// search, so that a long chain of conditions cannot exhaust the stack.
+fn find_cycle(edges: &[Vec<usize>], start: usize) -> Option<Vec<usize>> {
+    let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+    let mut visited = vec![false; edges.len()];
+    while let Some(&mut (node, ref mut next_edge)) = path.last_mut() {
+        let Some(&to) = edges.get(node).and_then(|out| out.get(*next_edge)) else {
+            path.pop();
+            continue;
+        };
+        *next_edge += 1;
+        if to == start {
+            return Some(path.iter().map(|(node, _)| *node).collect());
+        }
+        if let Some(seen) = visited.get_mut(to)
+            && !*seen
+        {
+            *seen = true;
+            path.push((to, 0));
+        }
+    }
+    None
+}
+
+/// The number of conditions on the longest chain of references from `node`, itself included;
+/// memoized in `depths` (0 = not computed). The graph is acyclic. Iterative.
+fn condition_depth(edges: &[Vec<usize>], node: usize, depths: &mut [usize]) {
+    let mut stack = vec![node];
+    while let Some(&top) = stack.last() {
+        if depths.get(top).is_some_and(|depth| *depth > 0) {
+            stack.pop();
+            continue;
+        }
+        let out = edges.get(top).map(Vec::as_slice).unwrap_or_default();
+        let pending: Vec<usize> = out
+            .iter()
+            .copied()
+            .filter(|to| depths.get(*to).is_some_and(|depth| *depth == 0))
+            .collect();
+        if pending.is_empty() {
+            let deepest = out
+                .iter()
+                .filter_map(|to| depths.get(*to))
+                .max()
+                .copied()
+                .unwrap_or(0);
+            if let Some(slot) = depths.get_mut(top) {
+                *slot = deepest + 1;
+            }
+            stack.pop();
+        } else {
+            stack.extend(pending);
+        }
+    }
+}
+
 /// The claims that `expr` proves present when it is true: the `has` tests of its `&&` chain.
-fn collect_guards(expr: &ir::Expr, guards: &mut Vec<(ProviderKind, ClaimId)>) {
+/// A condition read in the chain contributes the guards of its own body, as far as they are
+/// known (conditions are checked in declaration order).
+fn collect_guards(
+    expr: &ir::Expr,
+    condition_guards: &HashMap<u32, Vec<(ProviderKind, ClaimId)>>,
+    guards: &mut Vec<(ProviderKind, ClaimId)>,
+) {
     match expr {
         ir::Expr::HasClaim { kind, claim } => guards.push((*kind, *claim)),
+        ir::Expr::Condition(id) => {
+            guards.extend(condition_guards.get(&id.0).into_iter().flatten().copied());
+        }
         ir::Expr::And(lhs, rhs) => {
-            collect_guards(lhs, guards);
-            collect_guards(rhs, guards);
+            collect_guards(lhs, condition_guards, guards);
+            collect_guards(rhs, condition_guards, guards);
         }
         _ => {}
     }
@@ -1161,7 +2228,9 @@ fn plural(ty: Ty) -> &'static str {
         Ty::Bool => "bools",
         Ty::String => "strings",
         Ty::Int => "integers",
+        Ty::Duration => "durations",
         Ty::StringSet => "sets",
+        Ty::Ip => "IP addresses",
     }
 }
 
@@ -1170,6 +2239,8 @@ fn literal_type_name(kind: &ExprKind) -> &'static str {
         ExprKind::Str(_) => "a string",
         ExprKind::Int(_) => "an integer",
         ExprKind::Bool(_) => "a bool",
+        ExprKind::Duration(_) => "a duration",
+        ExprKind::Range(..) => "a range",
         ExprKind::Set(_) => "a set",
         _ => "an expression",
     }
@@ -1358,6 +2429,109 @@ mod tests {
             ")".repeat(100_000)
         );
         assert_eq!(codes(&text), vec!["gate::E0008"]);
+    }
+
+    #[test]
+    fn credentials_and_annotations_lower_to_the_rule() {
+        let text = r#"
+            workload w { oidc { } }
+            target t { postgres { host = "db" } }
+            credential c { postgres_role { grant = ["a", "b", "a"] ttl = 1h30m } }
+            @description("d")
+            @severity("medium")
+            permit p { workload w target t credential c }
+        "#;
+        let set = compile_one(text).unwrap();
+        let credential = &set.credentials[0];
+        assert_eq!(credential.ttl_s, Some(5400));
+        let grant = vec!["a".to_owned(), "b".to_owned()];
+        assert_eq!(credential.kind, ir::CredentialKind::PostgresRole { grant });
+        let rule = &set.rules[0];
+        assert_eq!(rule.credential, Some(ir::CredentialId(0)));
+        assert_eq!(rule.annotations.description.as_deref(), Some("d"));
+        assert_eq!(rule.annotations.severity, Some(ir::Severity::Medium));
+    }
+
+    #[test]
+    fn conditions_are_read_by_id_in_any_order() {
+        let text = r#"
+            forbid f { when b }
+            condition b { a && target.port > 1024 }
+            condition a { request.action == "GET" }
+        "#;
+        let set = compile_one(text).unwrap();
+        assert_eq!(
+            set.rules[0].when,
+            Some(ir::Expr::Condition(ir::ConditionId(0)))
+        );
+        let ir::Expr::And(lhs, _) = &set.conditions[0].body else {
+            panic!("not an and")
+        };
+        assert_eq!(**lhs, ir::Expr::Condition(ir::ConditionId(1)));
+        assert_eq!(codes("condition a { a }"), vec!["gate::E0105"]);
+        assert_eq!(
+            codes("workload w { github { a } } condition a { true }"),
+            vec!["gate::E0201"]
+        );
+        assert_eq!(
+            codes("target t { http { host = \"h\" } } forbid f { when t }"),
+            vec!["gate::E0103"]
+        );
+    }
+
+    #[test]
+    fn addresses_compare_with_strings_by_context() {
+        let text = r#"forbid f { when has request.source_ip && request.source_ip != "192.0.2.7" }"#;
+        let set = compile_one(text).unwrap();
+        let Some(ir::Expr::And(_, rhs)) = &set.rules[0].when else {
+            panic!("not an and")
+        };
+        let network = ir::Network::parse("192.0.2.7").unwrap();
+        let source_ip = Box::new(ir::Expr::Request(RequestField::SourceIp));
+        let expected = ir::Expr::Not(Box::new(ir::Expr::InNetworks(source_ip, vec![network])));
+        assert_eq!(**rhs, expected);
+    }
+
+    #[test]
+    fn a_condition_of_has_tests_guards_the_claims() {
+        let text = r#"
+            condition in_environment { has client.github.environment }
+            condition production {
+              in_environment && client.github.environment == "production"
+            }
+            forbid f { when in_environment && client.github.environment == "staging" }
+            forbid g { when production }
+        "#;
+        assert!(compile_one(text).is_ok());
+        let text = "condition maybe { has client.github.environment || true } \
+                    forbid f { when maybe && client.github.environment == \"x\" }";
+        assert_eq!(codes(text), vec!["gate::E0303"]);
+    }
+
+    #[test]
+    fn durations_in_sets_keep_their_type() {
+        assert_eq!(
+            codes("forbid f { when target.port in [15m] }"),
+            vec!["gate::E0301"]
+        );
+        assert_eq!(
+            codes("forbid f { when target.port in [1, 15m] }"),
+            vec!["gate::E0302"]
+        );
+    }
+
+    #[test]
+    fn orderings_take_integers_or_durations() {
+        assert!(compile_one("forbid f { when target.port >= 1024 && 1m < 1h }").is_ok());
+        assert_eq!(codes("forbid f { when 1m < 60 }"), vec!["gate::E0301"]);
+        assert_eq!(
+            codes("forbid f { when target.port in 2..1 }"),
+            vec!["gate::E0307"]
+        );
+        assert_eq!(
+            codes(r#"forbid f { when target.name matches "(" }"#),
+            vec!["gate::E0305"]
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource, Severity};
+use miette::{GraphicalReportHandler, GraphicalTheme, LabeledSpan, NamedSource};
 
 use crate::ast::Span;
 use crate::source::SourceFile;
@@ -16,6 +16,24 @@ use crate::source::SourceFile;
 /// The stable code of each kind of diagnostic; `docs/diagnostics.md` lists them all.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Code {
+    // Warnings, from the lints of `crate::lint`; `Code::severity` lists them.
+    /// A `permit` without `when` on a workload that any caller of a kind can be.
+    BroadPermit,
+    /// A workload or target that no rule references.
+    UnusedDeclaration,
+    /// A literal compared with a claim that no real token can carry.
+    ImpossibleClaimValue,
+    /// A `permit` that a `forbid` without `when` denies for every request.
+    ShadowedPermit,
+    /// A rule whose `when` can never hold.
+    UnsatisfiableRule,
+    /// A `static` credential: a stored secret.
+    StaticSecret,
+    /// A credential whose `ttl` is longer than the configured maximum.
+    LongCredentialTtl,
+    /// Two permits without `when` for the same workload and target with different credentials.
+    OverlappingCredentials,
+    // Errors.
     /// A token the grammar does not allow here.
     UnexpectedToken,
     /// The file ends in the middle of a declaration.
@@ -28,6 +46,8 @@ pub enum Code {
     AssignInsteadOfEq,
     /// A declaration with more operators than the compiler accepts.
     TooComplex,
+    /// More errors in one file than are worth showing; the rest are counted.
+    TooManyErrors,
     /// A workload or target name that no declaration declares.
     UnknownName,
     DuplicateName,
@@ -57,12 +77,42 @@ pub enum Code {
     /// A `permit` without its `workload` or `target` clause.
     MissingClause,
     DuplicateClause,
+    /// A duration literal that is malformed, zero, or longer than a year.
+    InvalidDuration,
+    /// Conditions that refer to each other in a cycle.
+    ConditionCycle,
+    /// Conditions that refer to each other more than 32 levels deep.
+    ConditionTooDeep,
+    /// An unknown credential kind, or not exactly one kind block in a credential.
+    InvalidCredential,
+    /// A credential field its kind does not have, given twice, or with an unacceptable value.
+    InvalidCredentialField,
+    /// A credential without a field its kind requires.
+    MissingCredentialField,
+    /// A `credential` clause in a `forbid`.
+    CredentialOnForbid,
+    /// An unknown annotation, or an annotation with an unacceptable value.
+    InvalidAnnotation,
+    /// A `matches` pattern that is not a valid regular expression.
+    InvalidRegex,
+    /// A string that should be an IP address or a CIDR range and is not.
+    InvalidAddress,
+    /// An integer range whose start is after its end.
+    InvalidRange,
 }
 
 impl Code {
     /// The code as printed, `gate::E0101`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Code::BroadPermit => "gate::W0101",
+            Code::UnusedDeclaration => "gate::W0102",
+            Code::ImpossibleClaimValue => "gate::W0201",
+            Code::ShadowedPermit => "gate::W0301",
+            Code::UnsatisfiableRule => "gate::W0302",
+            Code::StaticSecret => "gate::W0401",
+            Code::LongCredentialTtl => "gate::W0402",
+            Code::OverlappingCredentials => "gate::W0403",
             Code::UnexpectedToken => "gate::E0001",
             Code::UnexpectedEof => "gate::E0002",
             Code::UnterminatedString => "gate::E0003",
@@ -71,6 +121,7 @@ impl Code {
             Code::InvalidEscape => "gate::E0006",
             Code::AssignInsteadOfEq => "gate::E0007",
             Code::TooComplex => "gate::E0008",
+            Code::TooManyErrors => "gate::E0010",
             Code::UnknownName => "gate::E0101",
             Code::DuplicateName => "gate::E0102",
             Code::WrongDeclarationKind => "gate::E0103",
@@ -89,11 +140,37 @@ impl Code {
             Code::InvalidFieldValue => "gate::E0405",
             Code::MissingClause => "gate::E0501",
             Code::DuplicateClause => "gate::E0502",
+            Code::InvalidDuration => "gate::E0009",
+            Code::ConditionCycle => "gate::E0105",
+            Code::ConditionTooDeep => "gate::E0106",
+            Code::InvalidCredential => "gate::E0406",
+            Code::InvalidCredentialField => "gate::E0407",
+            Code::MissingCredentialField => "gate::E0408",
+            Code::CredentialOnForbid => "gate::E0503",
+            Code::InvalidAnnotation => "gate::E0504",
+            Code::InvalidRegex => "gate::E0305",
+            Code::InvalidAddress => "gate::E0306",
+            Code::InvalidRange => "gate::E0307",
         }
     }
 }
 
 impl Code {
+    /// Whether the code is an error, which fails the policy set, or a warning from a lint.
+    pub fn severity(self) -> Severity {
+        match self {
+            Code::BroadPermit
+            | Code::UnusedDeclaration
+            | Code::ImpossibleClaimValue
+            | Code::ShadowedPermit
+            | Code::UnsatisfiableRule
+            | Code::StaticSecret
+            | Code::LongCredentialTtl
+            | Code::OverlappingCredentials => Severity::Warning,
+            _ => Severity::Error,
+        }
+    }
+
     /// Whether the lexer reports it.
     pub fn is_lexical(self) -> bool {
         matches!(
@@ -102,7 +179,26 @@ impl Code {
                 | Code::InvalidCharacter
                 | Code::IntegerOutOfRange
                 | Code::InvalidEscape
+                | Code::InvalidDuration
         )
+    }
+}
+
+/// How serious a diagnostic is: an error fails the policy set; a warning fails it only under
+/// `policyc check --deny-warnings`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl Severity {
+    /// `error` or `warning`, as in JSON reports and summaries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        }
     }
 }
 
@@ -146,11 +242,54 @@ impl Diagnostic {
     pub fn offset(&self) -> usize {
         self.labels.first().map_or(0, |label| label.offset())
     }
+
+    pub fn severity(&self) -> Severity {
+        self.code.severity()
+    }
+
+    /// Every label, the primary one first, then those of the notes in other files.
+    pub fn spans(&self) -> Vec<Label<'_>> {
+        let here = self.labels.iter().map(|label| Label {
+            file_name: self.src.name(),
+            file_text: self.src.inner(),
+            start: label.offset(),
+            end: label.offset() + label.len(),
+            message: label.label(),
+        });
+        let notes = self.notes.iter().map(|note| Label {
+            file_name: note.src.name(),
+            file_text: note.src.inner(),
+            start: note.label.offset(),
+            end: note.label.offset() + note.label.len(),
+            message: note.label.label(),
+        });
+        here.chain(notes).collect()
+    }
+}
+
+/// A labelled byte range of a diagnostic, with the file it lies in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Label<'a> {
+    pub file_name: &'a str,
+    pub file_text: &'a str,
+    pub start: usize,
+    pub end: usize,
+    pub message: Option<&'a str>,
 }
 
 impl miette::Diagnostic for Diagnostic {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
-        Some(Box::new(self.code.as_str()))
+        match self.code.severity() {
+            Severity::Error => Some(Box::new(self.code.as_str())),
+            Severity::Warning => Some(Box::new(format!("warning[{}]", self.code.as_str()))),
+        }
+    }
+
+    fn severity(&self) -> Option<miette::Severity> {
+        match self.code.severity() {
+            Severity::Error => Some(miette::Severity::Error),
+            Severity::Warning => Some(miette::Severity::Warning),
+        }
     }
 
     fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
@@ -189,8 +328,8 @@ struct Note {
 }
 
 impl miette::Diagnostic for Note {
-    fn severity(&self) -> Option<Severity> {
-        Some(Severity::Advice)
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(miette::Severity::Advice)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {

@@ -12,6 +12,8 @@ use crate::schema::{ClaimId, ProviderKind};
 pub struct PolicySet {
     pub workloads: Vec<Workload>,
     pub targets: Vec<Target>,
+    pub credentials: Vec<Credential>,
+    pub conditions: Vec<Condition>,
     pub rules: Vec<Rule>,
 }
 
@@ -22,6 +24,110 @@ pub struct WorkloadId(pub u32);
 /// Index into [`PolicySet::targets`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TargetId(pub u32);
+
+/// Index into [`PolicySet::credentials`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CredentialId(pub u32);
+
+/// Index into [`PolicySet::conditions`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConditionId(pub u32);
+
+/// `credential NAME { KIND { … } }`: how a permitted caller gets a credential for the target,
+/// and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    pub name: String,
+    pub kind: CredentialKind,
+    /// The lifetime of an issued credential in seconds; `None` only for a `static` credential
+    /// without `ttl`, which does not expire.
+    pub ttl_s: Option<u64>,
+}
+
+/// A credential provider and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A JWT minted by Portcullis for `audience`.
+    Jwt { audience: String },
+    /// A stored secret, read from an environment variable or a file where Portcullis runs.
+    Static(StaticSource),
+    /// An OAuth 2.0 client-credentials grant at `token_url`.
+    OauthClientCredentials {
+        token_url: String,
+        client_id: String,
+        scopes: Vec<String>,
+    },
+    /// A temporary PostgreSQL role that is a member of each role in `grant`.
+    PostgresRole { grant: Vec<String> },
+}
+
+impl CredentialKind {
+    pub const KEYWORDS: [&'static str; 4] =
+        ["jwt", "static", "oauth_client_credentials", "postgres_role"];
+
+    /// The keyword that names the kind in Gate, and the `credential_provider` of an event.
+    pub fn keyword(&self) -> &'static str {
+        match self {
+            CredentialKind::Jwt { .. } => "jwt",
+            CredentialKind::Static(_) => "static",
+            CredentialKind::OauthClientCredentials { .. } => "oauth_client_credentials",
+            CredentialKind::PostgresRole { .. } => "postgres_role",
+        }
+    }
+}
+
+/// Where a `static` credential's secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticSource {
+    /// `env = "VAR"`.
+    Env(String),
+    /// `file = "/path"`.
+    File(String),
+}
+
+/// `condition NAME { EXPR }`: a named bool, read by name in `when` and in other conditions.
+/// Conditions never refer to each other in a cycle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    pub name: String,
+    pub body: Expr,
+}
+
+/// How serious a rule is, from `@severity("…")`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
+    pub fn keyword(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+}
+
+/// The annotations written before a rule.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Annotations {
+    /// `@description("…")`.
+    pub description: Option<String>,
+    /// `@severity("…")`.
+    pub severity: Option<Severity>,
+}
 
 /// `workload NAME { ALTERNATIVE+ }`: a caller matches when any alternative matches.
 #[derive(Debug, Clone, PartialEq)]
@@ -110,9 +216,13 @@ pub struct Rule {
     pub target: TargetRef,
     /// `when EXPR`; `None` when the rule has no condition.
     pub when: Option<Expr>,
+    /// `credential NAME`, permits only: the credential issued when this rule decides.
+    pub credential: Option<CredentialId>,
+    pub annotations: Annotations,
 }
 
-/// A constant. Sets hold scalars of one type, deduplicated, in source order.
+/// A constant. Sets hold scalars of one type, deduplicated, in source order. A duration is an
+/// `Int` of seconds: the checker keeps durations and integers apart, nothing after it needs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     String(String),
@@ -128,6 +238,104 @@ pub enum RequestField {
     Action,
     /// `request.resource`, a string, optional: the HTTP path, the database, …
     Resource,
+    /// `request.source_ip`, an IP address, optional: the address the request came from.
+    SourceIp,
+}
+
+impl RequestField {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            RequestField::Action => "action",
+            RequestField::Resource => "resource",
+            RequestField::SourceIp => "source_ip",
+        }
+    }
+}
+
+/// An IP network: an address and a prefix length, without host bits. A single address is a
+/// network of all its bits (`/32`, `/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Network {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Network {
+    /// Parses `"10.0.0.0/8"`, `"2001:db8::/32"` or a single address; refuses host bits.
+    pub fn parse(text: &str) -> Result<Network, NetworkError> {
+        let (addr_text, prefix_text) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = addr_text.parse().map_err(|_| NetworkError::NotAnAddress)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix_text {
+            None => max,
+            Some(digits) => match digits.parse::<u8>() {
+                Ok(prefix) if prefix <= max && !digits.starts_with('+') => prefix,
+                _ => return Err(NetworkError::BadPrefix { max }),
+            },
+        };
+        let network = Network { addr, prefix };
+        if network.masked(addr) != addr {
+            let canonical = Network {
+                addr: network.masked(addr),
+                prefix,
+            };
+            return Err(NetworkError::HostBits { canonical });
+        }
+        Ok(network)
+    }
+
+    /// `addr` with the bits beyond this network's prefix cleared.
+    fn masked(self, addr: std::net::IpAddr) -> std::net::IpAddr {
+        match addr {
+            std::net::IpAddr::V4(v4) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                std::net::IpAddr::V4((u32::from(v4) & mask).into())
+            }
+            std::net::IpAddr::V6(v6) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                std::net::IpAddr::V6((u128::from(v6) & mask).into())
+            }
+        }
+    }
+
+    /// Whether `addr` is in this network. An IPv4-mapped IPv6 address (`::ffff:192.0.2.7`) is
+    /// taken as the IPv4 address it maps, as a dual-stack socket reports IPv4 peers.
+    pub fn contains(self, addr: std::net::IpAddr) -> bool {
+        let addr = match addr {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        addr.is_ipv4() == self.addr.is_ipv4() && self.masked(addr) == self.addr
+    }
+}
+
+impl std::fmt::Display for Network {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let max = if self.addr.is_ipv4() { 32 } else { 128 };
+        if self.prefix == max {
+            write!(f, "{}", self.addr)
+        } else {
+            write!(f, "{}/{}", self.addr, self.prefix)
+        }
+    }
+}
+
+/// Why a string is not an IP network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkError {
+    #[error("not an IP address")]
+    NotAnAddress,
+    #[error("the prefix length must be a number from 0 to {max}")]
+    BadPrefix { max: u8 },
+    #[error("the address has bits set beyond the prefix")]
+    HostBits { canonical: Network },
 }
 
 /// Facts of the resolved target, readable in `when`.
@@ -160,6 +368,8 @@ pub enum Expr {
         claim: ClaimId,
     },
     Request(RequestField),
+    /// A named condition's value.
+    Condition(ConditionId),
     /// `has request.action` / `has request.resource`.
     HasRequest(RequestField),
     Target(TargetField),
@@ -176,4 +386,83 @@ pub enum Expr {
     In(Box<Expr>, Vec<Value>),
     /// String matches a glob: `*` any run of characters, `?` one character, `\` escapes.
     Like(Box<Expr>, String),
+    /// String matches a regular expression somewhere (unanchored, like `regex::Regex`); the
+    /// pattern is valid by construction.
+    Matches(Box<Expr>, String),
+    /// An ordering of two integers (durations are integers of seconds here).
+    Order(OrderOp, Box<Expr>, Box<Expr>),
+    /// An integer within `low..=high`.
+    InRange(Box<Expr>, i64, i64),
+    /// An IP address within any of the networks, in source order, deduplicated.
+    InNetworks(Box<Expr>, Vec<Network>),
+}
+
+/// `<`, `<=`, `>`, `>=`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OrderOp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl OrderOp {
+    /// Whether `left OP right` holds.
+    pub fn holds(self, left: i64, right: i64) -> bool {
+        match self {
+            OrderOp::Lt => left < right,
+            OrderOp::Le => left <= right,
+            OrderOp::Gt => left > right,
+            OrderOp::Ge => left >= right,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_and_contain() {
+        let net = Network::parse("10.0.0.0/8").unwrap();
+        assert!(net.contains("10.255.0.1".parse().unwrap()));
+        assert!(net.contains("::ffff:10.1.1.1".parse().unwrap()));
+        assert!(!net.contains("11.0.0.0".parse().unwrap()));
+        assert!(!net.contains("::a00:1".parse().unwrap()));
+        let host = Network::parse("192.0.2.7").unwrap();
+        assert_eq!(host.prefix, 32);
+        assert_eq!(host.to_string(), "192.0.2.7");
+        let everything = Network::parse("0.0.0.0/0").unwrap();
+        assert!(everything.contains("203.0.113.9".parse().unwrap()));
+        let v6 = Network::parse("2001:db8::/32").unwrap();
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()));
+        assert_eq!(v6.to_string(), "2001:db8::/32");
+        assert!(
+            Network::parse("::/0")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn malformed_networks_are_refused() {
+        assert_eq!(Network::parse("10.0.0/8"), Err(NetworkError::NotAnAddress));
+        assert_eq!(
+            Network::parse("10.0.0.0/33"),
+            Err(NetworkError::BadPrefix { max: 32 })
+        );
+        assert_eq!(
+            Network::parse("10.0.0.0/+8"),
+            Err(NetworkError::BadPrefix { max: 32 })
+        );
+        assert_eq!(
+            Network::parse("::/129"),
+            Err(NetworkError::BadPrefix { max: 128 })
+        );
+        let Err(NetworkError::HostBits { canonical }) = Network::parse("10.1.2.3/8") else {
+            panic!("host bits accepted")
+        };
+        assert_eq!(canonical.to_string(), "10.0.0.0/8");
+    }
 }

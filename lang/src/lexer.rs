@@ -26,7 +26,23 @@ pub enum LexError {
     InvalidEscape { escape: char, offset: usize },
     #[error("integer literal out of range")]
     IntegerOverflow,
+    #[error("invalid duration")]
+    InvalidDuration(DurationError),
 }
+
+/// Why a duration literal (`15m`, `1h30m`) was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DurationError {
+    /// A unit other than `d`, `h`, `m`, `s`, units out of order, or a unit given twice.
+    Malformed,
+    /// `0s`: a duration is positive.
+    Zero,
+    /// Longer than [`MAX_DURATION_S`].
+    TooLong,
+}
+
+/// The longest duration a literal may state: 365 days, in seconds.
+pub const MAX_DURATION_S: u64 = 365 * 24 * 60 * 60;
 
 /// A Gate token. `DeclWorkload` and `DeclTarget` are never produced by logos itself: [`lex`]
 /// turns `workload` and `target` into them when they open a declaration.
@@ -55,6 +71,15 @@ pub enum Token<'input> {
     Like,
     #[token("has")]
     Has,
+    #[token("credential")]
+    Credential,
+    DeclCredential,
+    #[token("condition")]
+    Condition,
+    #[token("matches")]
+    Matches,
+    #[token("@")]
+    At,
     #[token("true")]
     True,
     #[token("false")]
@@ -88,6 +113,16 @@ pub enum Token<'input> {
     AndAnd,
     #[token("||")]
     OrOr,
+    #[token("<")]
+    Lt,
+    #[token("<=")]
+    Le,
+    #[token(">")]
+    Gt,
+    #[token(">=")]
+    Ge,
+    #[token("..")]
+    DotDot,
 
     #[regex("[A-Za-z_][A-Za-z0-9_]*")]
     Ident(&'input str),
@@ -95,6 +130,11 @@ pub enum Token<'input> {
     Str(String),
     #[regex("-?[0-9]+", |lex| lex.slice().parse::<i64>().map_err(|_| LexError::IntegerOverflow))]
     Int(i64),
+    /// A duration literal in seconds: digits and a unit, `d`, `h`, `m` or `s`, repeated from
+    /// the largest unit to the smallest (`1h30m`). Digits followed by any other letters lex as
+    /// an invalid duration, so that `15min` is reported as such.
+    #[regex("[0-9]+[A-Za-z][A-Za-z0-9]*", |lex| parse_duration(lex.slice()))]
+    Duration(u64),
 }
 
 impl fmt::Display for Token<'_> {
@@ -109,6 +149,15 @@ impl fmt::Display for Token<'_> {
             Token::In => "`in`",
             Token::Like => "`like`",
             Token::Has => "`has`",
+            Token::Credential | Token::DeclCredential => "`credential`",
+            Token::Condition => "`condition`",
+            Token::Matches => "`matches`",
+            Token::At => "`@`",
+            Token::Lt => "`<`",
+            Token::Le => "`<=`",
+            Token::Gt => "`>`",
+            Token::Ge => "`>=`",
+            Token::DotDot => "`..`",
             Token::True => "`true`",
             Token::False => "`false`",
             Token::LBrace => "`{`",
@@ -128,8 +177,49 @@ impl fmt::Display for Token<'_> {
             Token::Ident(name) => return write!(f, "name `{name}`"),
             Token::Str(_) => "string",
             Token::Int(value) => return write!(f, "integer `{value}`"),
+            Token::Duration(_) => "duration",
         };
         f.write_str(text)
+    }
+}
+
+/// The seconds of a duration literal such as `1h30m`; each unit at most once, largest first.
+fn parse_duration(text: &str) -> Result<u64, LexError> {
+    let malformed = LexError::InvalidDuration(DurationError::Malformed);
+    let mut total: u64 = 0;
+    let mut digits_start = 0;
+    let mut last_unit = u64::MAX;
+    for (idx, ch) in text.char_indices() {
+        if ch.is_ascii_digit() {
+            continue;
+        }
+        let unit = match ch {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(malformed),
+        };
+        let digits = text.get(digits_start..idx).unwrap_or_default();
+        if digits.is_empty() || unit >= last_unit {
+            return Err(malformed);
+        }
+        let too_long = LexError::InvalidDuration(DurationError::TooLong);
+        let amount: u64 = digits.parse().map_err(|_| too_long.clone())?;
+        let part = amount.checked_mul(unit).ok_or(too_long.clone())?;
+        total = total.checked_add(part).ok_or(too_long)?;
+        last_unit = unit;
+        digits_start = idx + 1;
+    }
+    if digits_start != text.len() {
+        return Err(malformed);
+    }
+    match total {
+        0 => Err(LexError::InvalidDuration(DurationError::Zero)),
+        seconds if seconds > MAX_DURATION_S => {
+            Err(LexError::InvalidDuration(DurationError::TooLong))
+        }
+        seconds => Ok(seconds),
     }
 }
 
@@ -208,6 +298,7 @@ pub fn lex(text: &str) -> Lexed<'_> {
                         Some(Token::Str(String::new()))
                     }
                     LexError::IntegerOverflow => Some(Token::Int(0)),
+                    LexError::InvalidDuration(_) => Some(Token::Duration(1)),
                     LexError::InvalidChar => None,
                 };
                 if let Some(token) = substitute {
@@ -221,9 +312,9 @@ pub fn lex(text: &str) -> Lexed<'_> {
     lexed
 }
 
-/// Turns `workload` and `target` into their declaration forms where they open a declaration:
-/// outside any braces, or wherever they are followed by a name and `{` (so that a declaration
-/// after a missing `}` is still recognised).
+/// Turns `workload`, `target` and `credential` into their declaration forms where they open a
+/// declaration: outside any braces, or wherever they are followed by a name and `{` (so that a
+/// declaration after a missing `}` is still recognised).
 fn mark_declaration_keywords(tokens: &mut [Spanned<'_>]) {
     let mut depth = 0usize;
     for idx in 0..tokens.len() {
@@ -237,12 +328,13 @@ fn mark_declaration_keywords(tokens: &mut [Spanned<'_>]) {
         match token {
             Token::LBrace => depth += 1,
             Token::RBrace => depth = depth.saturating_sub(1),
-            Token::Permit | Token::Forbid => depth = 0,
-            Token::Workload | Token::Target if depth == 0 || opens_block => {
+            Token::Permit | Token::Forbid | Token::Condition | Token::At => depth = 0,
+            Token::Workload | Token::Target | Token::Credential if depth == 0 || opens_block => {
                 depth = 0;
                 *token = match token {
                     Token::Workload => Token::DeclWorkload,
-                    _ => Token::DeclTarget,
+                    Token::Target => Token::DeclTarget,
+                    _ => Token::DeclCredential,
                 };
             }
             _ => {}
@@ -359,6 +451,65 @@ mod tests {
         assert_eq!(kinds("-9223372036854775808"), vec![Token::Int(i64::MIN)]);
         let lexed = lex("9223372036854775808");
         assert_eq!(lexed.errors, vec![(LexError::IntegerOverflow, 0..19)]);
+    }
+
+    #[test]
+    fn durations_are_seconds() {
+        assert_eq!(
+            kinds("30s 15m 1h 1h30m 7d 1d2h3m4s"),
+            vec![
+                Token::Duration(30),
+                Token::Duration(900),
+                Token::Duration(3600),
+                Token::Duration(5400),
+                Token::Duration(604_800),
+                Token::Duration(93_784),
+            ]
+        );
+        assert_eq!(kinds("365d"), vec![Token::Duration(MAX_DURATION_S)]);
+        let malformed = LexError::InvalidDuration(DurationError::Malformed);
+        for text in [
+            "15min",
+            "1m1h",
+            "1h1h",
+            "1x",
+            "1h30",
+            "99999999999999999999999s",
+        ] {
+            let lexed = lex(text);
+            let expected = if text.starts_with("999") {
+                LexError::InvalidDuration(DurationError::TooLong)
+            } else {
+                malformed.clone()
+            };
+            assert_eq!(lexed.errors, vec![(expected, 0..text.len())], "{text}");
+        }
+        let zero = LexError::InvalidDuration(DurationError::Zero);
+        assert_eq!(lex("0s").errors, vec![(zero, 0..2)]);
+        let too_long = LexError::InvalidDuration(DurationError::TooLong);
+        assert_eq!(lex("366d").errors, vec![(too_long, 0..4)]);
+    }
+
+    #[test]
+    fn new_operators_and_keywords() {
+        assert_eq!(
+            kinds("< <= > >= 1..10 matches @ condition"),
+            vec![
+                Token::Lt,
+                Token::Le,
+                Token::Gt,
+                Token::Ge,
+                Token::Int(1),
+                Token::DotDot,
+                Token::Int(10),
+                Token::Matches,
+                Token::At,
+                Token::Condition,
+            ]
+        );
+        let tokens = kinds("credential c { jwt { } } permit p { credential c }");
+        assert_eq!(tokens.first(), Some(&Token::DeclCredential));
+        assert!(tokens.contains(&Token::Credential));
     }
 
     #[test]

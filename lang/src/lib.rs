@@ -9,13 +9,17 @@ pub mod bundle;
 pub mod bytecode;
 pub mod check;
 pub mod diagnostic;
+pub mod fmt;
 pub mod glob;
 pub mod ir;
 pub mod lexer;
+pub mod lint;
 pub mod parser;
+pub mod report;
 pub mod schema;
 pub mod source;
 
 pub use check::compile;
 pub use diagnostic::{Diagnostic, render};
+pub use lint::{CheckOutcome, LintOptions, analyze};
 pub use source::{SourceFile, read_policy_path};

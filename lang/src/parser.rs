@@ -10,7 +10,7 @@ use lalrpop_util::{ErrorRecovery, ParseError};
 
 use crate::ast::{self, Span};
 use crate::diagnostic::{Code, Report};
-use crate::lexer::{self, LexError, Spanned, Token};
+use crate::lexer::{self, DurationError, LexError, Spanned, Token};
 
 lalrpop_util::lalrpop_mod!(
     #[allow(
@@ -26,8 +26,9 @@ lalrpop_util::lalrpop_mod!(
 );
 
 /// The most operators (`&&`, `||`, `!`, `(`) in one declaration; bounds the depth of every
-/// tree the compiler builds, so that no input exhausts the stack.
-pub const MAX_OPERATORS: usize = 1000;
+/// tree the compiler builds, so that no input exhausts the stack, even the 2 MiB stack of a
+/// spawned thread in a debug build, and stays within the bytecode's nesting limit.
+pub const MAX_OPERATORS: usize = 250;
 
 /// The most tokens listed after "expected" in a parse error.
 const MAX_EXPECTED: usize = 5;
@@ -158,7 +159,13 @@ fn is_operator(token: &Token<'_>) -> bool {
 fn is_declaration_start(token: &Token<'_>) -> bool {
     matches!(
         token,
-        Token::DeclWorkload | Token::DeclTarget | Token::Permit | Token::Forbid
+        Token::DeclWorkload
+            | Token::DeclTarget
+            | Token::DeclCredential
+            | Token::Condition
+            | Token::Permit
+            | Token::Forbid
+            | Token::At
     )
 }
 
@@ -193,7 +200,20 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>) -> 
             "does not fit in 64 bits",
         )
         .help("integers range from -9223372036854775808 to 9223372036854775807"),
+        LexError::InvalidDuration(reason) => duration_report(span, *reason),
     }
+}
+
+fn duration_report(span: Span, reason: DurationError) -> Report {
+    let (label, help) = match reason {
+        DurationError::Malformed => (
+            "not a duration",
+            "write digits and a unit, `d`, `h`, `m` or `s`, largest first: `15m`, `1h30m`",
+        ),
+        DurationError::Zero => ("zero", "a duration is positive: `1s` at least"),
+        DurationError::TooLong => ("longer than a year", "a duration is at most `365d`"),
+    };
+    Report::new(Code::InvalidDuration, "invalid duration", span, label).help(help)
 }
 
 fn parse_report(file: usize, end: usize, error: ParseError<usize, Token<'_>, LexError>) -> Report {
@@ -250,6 +270,13 @@ const EXPECTED_GROUPS: &[&[(&str, &str)]] = &[
         ("\"!=\"", "`!=`"),
         ("\"in\"", "`in`"),
         ("\"like\"", "`like`"),
+        ("\"matches\"", "`matches`"),
+    ],
+    &[
+        ("\"<\"", "`<`"),
+        ("\"<=\"", "`<=`"),
+        ("\">\"", "`>`"),
+        ("\">=\"", "`>=`"),
     ],
     &[("\"&&\"", "`&&`"), ("\"||\"", "`||`")],
     &[("\"=\"", "`=`")],
@@ -260,6 +287,7 @@ const EXPECTED_GROUPS: &[&[(&str, &str)]] = &[
         ("Ident", "a name"),
         ("Str", "a string"),
         ("Int", "an integer"),
+        ("Duration", "a duration"),
     ],
     &[
         ("\"true\"", "`true`"),
@@ -271,10 +299,13 @@ const EXPECTED_GROUPS: &[&[(&str, &str)]] = &[
         ("\"workload\"", "`workload`"),
         ("\"target\"", "`target`"),
         ("\"when\"", "`when`"),
+        ("\"credential\"", "`credential`"),
     ],
     &[
         ("DeclWorkload", "`workload`"),
         ("DeclTarget", "`target`"),
+        ("DeclCredential", "`credential`"),
+        ("\"condition\"", "`condition`"),
         ("\"permit\"", "`permit`"),
         ("\"forbid\"", "`forbid`"),
     ],
@@ -299,6 +330,7 @@ const EXPRESSION_STARTS: &[&str] = &[
     "\"!\"",
     "\"has\"",
     "\"target\"",
+    "Duration",
 ];
 
 /// "expected one of `==`, `!=`, `in`, `like`" from the grammar's expected terminals.
@@ -366,6 +398,50 @@ mod tests {
                 .map(|alt| alt.condition.is_none()),
             Some(true)
         );
+    }
+
+    #[test]
+    fn parses_credentials_conditions_and_annotations() {
+        let text = r#"
+            credential c { postgres_role { grant = ["a", "b"] ttl = 1h30m } }
+            condition k { target.port in 1..10 && request.resource matches "^/v1/" }
+            @description("d") @severity("low")
+            permit p { workload w target t credential c when k && 15m <= 1h }
+        "#;
+        let (file, reports) = parse_file(0, text);
+        assert!(reports.is_empty(), "{reports:?}");
+        let Some(Decl::Credential(credential)) = file.decls.first() else {
+            panic!("not a credential")
+        };
+        let Some(field) = credential
+            .blocks
+            .first()
+            .and_then(|block| block.fields.first())
+        else {
+            panic!("no field")
+        };
+        assert!(matches!(&field.value.kind, ExprKind::Set(items) if items.len() == 2));
+        assert!(matches!(file.decls.get(1), Some(Decl::Condition(_))));
+        let Some(Decl::Rule(rule)) = file.decls.get(2) else {
+            panic!("not a rule")
+        };
+        let names: Vec<_> = rule
+            .annotations
+            .iter()
+            .map(|a| a.name.name.as_str())
+            .collect();
+        assert_eq!(names, ["description", "severity"]);
+        assert!(rule.clauses.iter().any(
+            |clause| matches!(&clause.kind, ast::ClauseKind::Credential(name) if name.name == "c")
+        ));
+    }
+
+    #[test]
+    fn a_broken_annotation_recovers_at_the_next_declaration() {
+        let text = "@severity(high) permit p { }\nforbid f { }";
+        let (file, reports) = parse_file(0, text);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(matches!(file.decls.last(), Some(Decl::Rule(rule)) if rule.name.name == "f"));
     }
 
     #[test]

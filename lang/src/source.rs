@@ -39,8 +39,10 @@ pub enum SourceError {
     TooLarge { path: PathBuf },
     #[error("`{path}` holds more than {MAX_FILES} policy files")]
     TooManyFiles { path: PathBuf },
-    #[error("`{path}` is not valid UTF-8")]
+    #[error("`{path}` is not valid UTF-8; Gate sources are UTF-8 text")]
     NotUtf8 { path: PathBuf },
+    #[error("`{path}` holds no `*.gate` files")]
+    NoPolicyFiles { path: PathBuf },
 }
 
 /// Reads the policy set at `path`: the file itself, or every `*.gate` file below the directory,
@@ -55,6 +57,12 @@ pub fn read_policy_path(path: &Path) -> Result<Vec<SourceFile>, SourceError> {
     }
     let mut paths = Vec::new();
     collect_gate_files(path, path, &mut paths)?;
+    if paths.is_empty() {
+        // An empty set would deny everything; far more often the path is wrong.
+        return Err(SourceError::NoPolicyFiles {
+            path: path.to_owned(),
+        });
+    }
     paths.sort();
     paths.iter().map(|file| read_file(file)).collect()
 }

@@ -13,8 +13,10 @@ use std::ops::Range;
 use portcullis_lang::bundle::{Bundle, BundleError, FORMAT_VERSION, SectionKind};
 use portcullis_lang::bytecode::{DecodeError, VerifyError};
 use portcullis_lang::ir::{
-    Alternative, Effect, Expr, PolicySet, Protocol, RequestField, Rule, Target, TargetId,
-    TargetRef, Value, Workload, WorkloadId, WorkloadRef,
+    Alternative, Annotations, Condition, ConditionId, Credential, CredentialId, CredentialKind,
+    Effect, Expr, Network, OrderOp, PolicySet, Protocol, RequestField, Rule, Severity,
+    StaticSource, Target, TargetField, TargetId, TargetRef, Value, Workload, WorkloadId,
+    WorkloadRef,
 };
 use portcullis_lang::schema::ProviderKind;
 use sha2::{Digest, Sha256};
@@ -64,6 +66,8 @@ fn policy_set() -> PolicySet {
                 workload: WorkloadRef::Named(WorkloadId(0)),
                 target: TargetRef::Named(TargetId(0)),
                 when: Some(when),
+                credential: None,
+                annotations: Annotations::default(),
             },
             Rule {
                 name: "no_oidc".to_owned(),
@@ -71,9 +75,94 @@ fn policy_set() -> PolicySet {
                 workload: WorkloadRef::AnyOfKind(ProviderKind::Oidc),
                 target: TargetRef::Any,
                 when: None,
+                credential: None,
+                annotations: Annotations::default(),
             },
         ],
+        credentials: Vec::new(),
+        conditions: Vec::new(),
     }
+}
+
+/// The policy set above plus everything that lives in the optional sections: credentials of
+/// every kind, conditions that read each other, annotations, a regex, orderings and a range.
+fn full_policy_set() -> PolicySet {
+    let mut set = policy_set();
+    set.credentials = vec![
+        Credential {
+            name: "api_token".to_owned(),
+            kind: CredentialKind::Jwt {
+                audience: "api".to_owned(),
+            },
+            ttl_s: Some(900),
+        },
+        Credential {
+            name: "legacy".to_owned(),
+            kind: CredentialKind::Static(StaticSource::Env("LEGACY_TOKEN".to_owned())),
+            ttl_s: None,
+        },
+        Credential {
+            name: "oauth".to_owned(),
+            kind: CredentialKind::OauthClientCredentials {
+                token_url: "https://idp.internal/token".to_owned(),
+                client_id: "portcullis".to_owned(),
+                scopes: vec!["read".to_owned(), "write".to_owned()],
+            },
+            ttl_s: Some(3600),
+        },
+        Credential {
+            name: "orders_rw".to_owned(),
+            kind: CredentialKind::PostgresRole {
+                grant: vec!["orders_rw".to_owned()],
+            },
+            ttl_s: Some(5400),
+        },
+    ];
+    set.conditions = vec![
+        Condition {
+            name: "standard_port".to_owned(),
+            body: Expr::InRange(Box::new(Expr::Target(TargetField::Port)), 1, 1024),
+        },
+        Condition {
+            name: "office".to_owned(),
+            body: Expr::InNetworks(
+                Box::new(Expr::Request(RequestField::SourceIp)),
+                vec![
+                    Network::parse("10.0.0.0/8").unwrap(),
+                    Network::parse("2001:db8::/32").unwrap(),
+                ],
+            ),
+        },
+        Condition {
+            name: "versioned".to_owned(),
+            body: Expr::And(
+                Box::new(Expr::Condition(ConditionId(0))),
+                Box::new(Expr::Matches(
+                    Box::new(Expr::Request(RequestField::Resource)),
+                    "^/v[0-9]+/".to_owned(),
+                )),
+            ),
+        },
+    ];
+    let permit = &mut set.rules[0];
+    permit.credential = Some(CredentialId(3));
+    permit.annotations = Annotations {
+        description: Some("CI reads the API".to_owned()),
+        severity: Some(Severity::High),
+    };
+    permit.when = Some(Expr::And(
+        Box::new(Expr::And(
+            Box::new(Expr::Condition(ConditionId(2))),
+            Box::new(Expr::Condition(ConditionId(1))),
+        )),
+        Box::new(Expr::Order(
+            OrderOp::Le,
+            Box::new(Expr::Const(Value::Int(900))),
+            Box::new(Expr::Const(Value::Int(3600))),
+        )),
+    ));
+    set.rules[1].annotations.severity = Some(Severity::Critical);
+    set
 }
 
 fn bytes() -> Vec<u8> {
@@ -86,13 +175,26 @@ fn u32_at(bytes: &[u8], at: usize) -> u32 {
 
 /// Where a section sits, read from the section table as `docs/bundle-format.md` describes it.
 fn section(bytes: &[u8], kind: SectionKind) -> Range<usize> {
-    let entry = 16 + 10 * (kind as usize - 1);
-    assert_eq!(
-        u16::from_le_bytes([bytes[entry], bytes[entry + 1]]),
-        kind as u16
-    );
+    let count = usize::from(u16::from_le_bytes([bytes[10], bytes[11]]));
+    let entry = (0..count)
+        .map(|position| 16 + 10 * position)
+        .find(|entry| u16::from_le_bytes([bytes[*entry], bytes[entry + 1]]) == kind as u16)
+        .unwrap();
     let offset = u32_at(bytes, entry + 2) as usize;
     offset..offset + u32_at(bytes, entry + 6) as usize
+}
+
+fn full_bytes() -> Vec<u8> {
+    Bundle::from_policy_set(&full_policy_set())
+        .unwrap()
+        .to_bytes()
+}
+
+fn forged_full(edit: impl FnOnce(&mut Vec<u8>)) -> Result<Bundle, BundleError> {
+    let mut bytes = full_bytes();
+    edit(&mut bytes);
+    rehash(&mut bytes);
+    Bundle::from_bytes(&bytes)
 }
 
 /// Rewrites the trailing hash so that a forged bundle passes the hash check.
@@ -401,4 +503,237 @@ fn forged_bytes_never_panic() {
         refused > 2000,
         "only {refused} of 4000 forgeries were refused"
     );
+}
+
+#[test]
+fn optional_sections_round_trip() {
+    let set = full_policy_set();
+    let bundle = Bundle::from_policy_set(&set).unwrap();
+    let bytes = bundle.to_bytes();
+    assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 13);
+    let mut end = 16 + 13 * 10;
+    for kind in SectionKind::ALL.into_iter().chain(SectionKind::OPTIONAL) {
+        let range = section(&bytes, kind);
+        assert_eq!(range.start, end, "{kind:?}");
+        end = range.end;
+    }
+    assert_eq!(end, bytes.len() - 32);
+    let loaded = Bundle::from_bytes(&bytes).unwrap();
+    assert_eq!(loaded, bundle);
+    assert_eq!(loaded.credentials(), set.credentials.as_slice());
+    let names: Vec<&str> = loaded
+        .conditions()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(names, ["standard_port", "office", "versioned"]);
+    assert_eq!(loaded.network_sets()[0].len(), 2);
+    assert!(loaded.network_sets()[0][1].contains("2001:db8::7".parse().unwrap()));
+    assert_eq!(loaded.regexes()[0].pattern, "^/v[0-9]+/");
+    assert!(loaded.regexes()[0].regex.is_match("/v12/x"));
+    let permit = &loaded.rules()[0];
+    assert_eq!(permit.credential, Some(CredentialId(3)));
+    assert_eq!(permit.annotations, set.rules[0].annotations);
+    assert_eq!(loaded.rules()[1].credential, None);
+    assert_eq!(
+        loaded.rules()[1].annotations.severity,
+        Some(Severity::Critical)
+    );
+}
+
+#[test]
+fn a_policy_set_without_extras_keeps_the_eight_sections() {
+    // Leaving out empty optional sections keeps such bundles byte for byte as they were.
+    let bytes = bytes();
+    assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 8);
+    let mut with_annotation = policy_set();
+    with_annotation.rules[0].annotations.description = Some("reads".to_owned());
+    let bytes = Bundle::from_policy_set(&with_annotation)
+        .unwrap()
+        .to_bytes();
+    assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 9);
+    section(&bytes, SectionKind::RuleDetails);
+}
+
+#[test]
+fn forged_optional_sections_are_refused() {
+    // The first credential's kind byte follows its name.
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::Credentials).start + 8;
+        bytes[at] = 7;
+    });
+    assert_eq!(
+        error,
+        Err(BundleError::InvalidTag {
+            section: "credentials",
+            what: "credential kind",
+            value: 7
+        })
+    );
+
+    // A jwt credential without a ttl.
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::Credentials).start + 9;
+        bytes[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+    });
+    assert!(
+        matches!(error, Err(BundleError::InvalidTag { what: "ttl", .. })),
+        "{error:?}"
+    );
+
+    // Rule details: rule, credential, description, severity. Moving the permit's credential
+    // to the forbid is refused.
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::RuleDetails).start + 4 + 13;
+        assert_eq!(u32_at(bytes, at), 1);
+        let credential_at = at + 4;
+        bytes[credential_at..credential_at + 4].copy_from_slice(&0u32.to_le_bytes());
+    });
+    assert!(
+        matches!(
+            error,
+            Err(BundleError::InvalidTag {
+                what: "credential of a forbid",
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::RuleDetails).start + 4 + 4;
+        bytes[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+    });
+    assert!(
+        matches!(
+            error,
+            Err(BundleError::IndexOutOfRange {
+                what: "credential",
+                index: 4,
+                ..
+            })
+        ),
+        "{error:?}"
+    );
+
+    // A severity outside 0..=4.
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::RuleDetails).start + 4 + 12;
+        bytes[at] = 5;
+    });
+    assert!(matches!(
+        error,
+        Err(BundleError::InvalidTag {
+            what: "severity",
+            ..
+        })
+    ));
+
+    // Optional sections out of order: `regexes` first, then `conditions` after it.
+    let error = forged_full(|bytes| {
+        let entry = 16 + 10 * 8;
+        bytes[entry..entry + 2].copy_from_slice(&12u16.to_le_bytes());
+    });
+    assert_eq!(
+        error,
+        Err(BundleError::BadSectionTable {
+            position: 9,
+            kind: 10,
+            expected: 13
+        })
+    );
+}
+
+#[test]
+fn forged_condition_cycles_are_refused() {
+    // Condition 0 is `target.port in 1..1024`: push_target (2 bytes), in_range (17), return.
+    // Making its block read condition 2 instead, which reads condition 0, is a cycle.
+    let bytes = full_bytes();
+    let conditions = section(&bytes, SectionKind::Conditions);
+    let code = section(&bytes, SectionKind::Code);
+    let offset = u32_at(&bytes, conditions.start + 8) as usize;
+    let block = code.start + offset + 4;
+    assert_eq!(bytes[block + 2], 0x15);
+    let error = forged_full(|bytes| {
+        bytes[block] = 0x17;
+        bytes[block + 1..block + 5].copy_from_slice(&2u32.to_le_bytes());
+        // pad the rest of the block with `not` around a bool: `condition 1, not, not, …`.
+        bytes[block + 5..block + 19].fill(0x09);
+    });
+    assert_eq!(error, Err(BundleError::ConditionGraph));
+}
+
+#[test]
+fn forged_networks_are_refused() {
+    // Set count, network count, then family 4, four address bytes, prefix 8.
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::Networks).start + 8;
+        assert_eq!(bytes[at], 4);
+        // 10.0.0.0/4 has bits set beyond its prefix.
+        bytes[at + 5] = 4;
+    });
+    assert_eq!(
+        error,
+        Err(BundleError::InvalidNetwork { set: 0, network: 0 })
+    );
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::Networks).start + 8;
+        bytes[at + 5] = 33;
+    });
+    assert_eq!(
+        error,
+        Err(BundleError::InvalidNetwork { set: 0, network: 0 })
+    );
+    let error = forged_full(|bytes| {
+        let at = section(bytes, SectionKind::Networks).start + 8;
+        bytes[at] = 5;
+    });
+    assert!(matches!(
+        error,
+        Err(BundleError::InvalidTag {
+            what: "address family",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn forged_regexes_are_refused() {
+    let error = forged_full(|bytes| {
+        let strings = section(bytes, SectionKind::Strings);
+        let pattern = b"^/v[0-9]+/";
+        let at = strings.start
+            + bytes[strings.clone()]
+                .windows(pattern.len())
+                .position(|window| window == pattern)
+                .unwrap();
+        bytes[at + 3] = b'(';
+    });
+    assert!(
+        matches!(error, Err(BundleError::InvalidRegex { index: 0, .. })),
+        "{error:?}"
+    );
+}
+
+#[test]
+fn forged_full_bytes_never_panic() {
+    let original = full_bytes();
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..4000 {
+        let mut bytes = original.clone();
+        for _ in 0..1 + next() % 3 {
+            let at = 16 + (next() as usize) % (bytes.len() - 48);
+            bytes[at] = next() as u8;
+        }
+        rehash(&mut bytes);
+        if let Ok(bundle) = Bundle::from_bytes(&bytes) {
+            assert_eq!(bundle.to_bytes(), bytes);
+        }
+    }
 }

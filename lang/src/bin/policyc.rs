@@ -1,10 +1,13 @@
-//! `policyc`, the Gate compiler on the command line: `check` a policy set and report every
-//! error, or `build` it into a bundle file.
+//! `policyc`, the Gate compiler on the command line: `check` policy sets and report every error
+//! and warning (for a person, as JSON, or as SARIF for code scanning), or `build` one into a
+//! bundle file.
 //!
-//! Exit status: 0 on success, 1 when the policy set has errors, 2 when a file cannot be read or
-//! written.
+//! Exit status: 0 on success, warnings alone included; 1 when a policy set has errors (or
+//! warnings, under `--deny-warnings`); 2 on a usage error or when a file cannot be read or
+//! written. Only the report goes to stdout; diagnostics and summaries go to stderr, in colour
+//! only on a terminal and never when `NO_COLOR` is set.
 //!
-//! FIXME(#3): `policyc test`, `policyc fmt`, lints as warnings, and `check --format sarif`.
+//! FIXME(#3): `policyc test`.
 
 use std::fmt;
 use std::fs;
@@ -12,17 +15,58 @@ use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_lang::bundle::{Bundle, BundleError};
-use portcullis_lang::diagnostic::{Diagnostic, render};
+use portcullis_lang::diagnostic::{Diagnostic, Severity, render};
 use portcullis_lang::ir::PolicySet;
+use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze};
+use portcullis_lang::report::{CheckRun, CheckedSet, Unreadable, to_json, to_sarif};
 use portcullis_lang::source::{SourceError, SourceFile, read_policy_path};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0  no errors; warnings alone do not fail
+  1  errors, or warnings under `check --deny-warnings`; files `fmt --check` would change;
+     a bundle that cannot be built
+  2  a usage error, or a path that cannot be read or written
+
+Examples:
+  policyc check examples/policies
+  policyc check --format sarif policies/ > policyc.sarif
+  policyc fmt --check policies/
+  policyc build examples/policies -o policies.bundle";
+
+const CHECK_HELP: &str = "\
+Each PATH is one policy set: a `.gate` file, or a directory whose `.gate` files, found
+recursively, are compiled together. Lints run on a policy set without errors.
+
+Output: with `--format human`, diagnostics and a summary go to stderr and one `ok:` line per
+clean policy set to stdout. With `json` or `sarif`, stdout carries only the document and
+stderr a one-line summary. Colour only on a terminal, never when NO_COLOR is set.
+
+Exit status: 0 no errors (warnings alone do not fail), 1 errors or, under --deny-warnings,
+warnings, 2 a usage error or a path that cannot be read.
+
+Examples:
+  policyc check examples/policies
+  policyc check team-a/policies team-b/policies --deny-warnings
+  policyc check --format json policies/ | jq '.summary'
+  policyc check --format sarif --max-ttl 30m policies/ > policyc.sarif";
+
+const BUILD_HELP: &str = "\
+Exit status: 0 written, 1 errors in the policy set or a bundle that cannot be built, 2 a path
+that cannot be read or written.
+
+Examples:
+  policyc build examples/policies -o policies.bundle
+  policyc build policies/billing.gate --output /etc/portcullis/billing.bundle";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "policyc",
     version,
-    about = "Check and compile Gate policy sets"
+    about = "Check and compile Gate policy sets",
+    after_help = EXIT_STATUS_HELP
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,12 +75,11 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Check a policy set (a `.gate` file or a directory) and report every error
-    Check {
-        /// A `.gate` file, or a directory whose `.gate` files form the policy set
-        path: PathBuf,
-    },
+    /// Check policy sets and report every error and warning
+    #[command(after_help = CHECK_HELP)]
+    Check(CheckArgs),
     /// Compile a policy set into a bundle file
+    #[command(after_help = BUILD_HELP)]
     Build {
         /// A `.gate` file, or a directory whose `.gate` files form the policy set
         path: PathBuf,
@@ -44,6 +87,32 @@ enum Command {
         #[arg(short, long)]
         output: PathBuf,
     },
+    /// Format `.gate` files in place, or check that they are formatted
+    #[command(after_help = FMT_HELP)]
+    Fmt(FmtArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// Policy sets to check, each a `.gate` file or a directory [default: .]
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// How to report: for a person on stderr, or a JSON or SARIF 2.1.0 document on stdout
+    #[arg(long, value_enum, default_value_t = Format::Human)]
+    format: Format,
+    /// Fail (exit status 1) on warnings too
+    #[arg(long)]
+    deny_warnings: bool,
+    /// The longest credential `ttl` that passes without a warning, a Gate duration
+    #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
+    max_ttl: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+    Sarif,
 }
 
 /// Why a command failed; each kind has its exit status.
@@ -90,8 +159,9 @@ impl fmt::Display for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Check { path } => check(path),
+        Command::Check(args) => return check(args),
         Command::Build { path, output } => build(path, output),
+        Command::Fmt(args) => return format_paths(args),
     };
     match result {
         Ok(summary) => {
@@ -108,10 +178,15 @@ fn main() -> ExitCode {
 fn report(failure: &Failure) {
     let mut stderr = std::io::stderr().lock();
     if let Failure::Invalid(diags) = failure {
-        let color = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-        let _ = write!(stderr, "{}", render(diags, color));
+        let _ = write!(stderr, "{}", render(diags, stderr_color()));
     }
     let _ = writeln!(stderr, "error: {failure}");
+}
+
+/// Colour on stderr: only on a terminal, and never when `NO_COLOR` is set to anything.
+fn stderr_color() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|value| !value.is_empty());
+    std::io::stderr().is_terminal() && !no_color
 }
 
 fn compile(path: &Path) -> Result<(Vec<SourceFile>, PolicySet), Failure> {
@@ -120,15 +195,173 @@ fn compile(path: &Path) -> Result<(Vec<SourceFile>, PolicySet), Failure> {
     Ok((files, set))
 }
 
-fn check(path: &Path) -> Result<String, Failure> {
-    let (files, set) = compile(path)?;
-    Ok(format!(
-        "ok: {}, {}, {}, {}",
-        count(files.len(), "file"),
+/// A policy set that was read and checked.
+struct Checked {
+    path: String,
+    n_files: usize,
+    outcome: CheckOutcome,
+}
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let options = LintOptions {
+        max_credential_ttl_s: args.max_ttl,
+    };
+    let mut checked = Vec::new();
+    let mut unreadable = Vec::new();
+    for path in &paths {
+        let display = path.display().to_string();
+        match read_policy_path(path) {
+            Ok(files) => checked.push(Checked {
+                path: display,
+                n_files: files.len(),
+                outcome: analyze(&files, &options),
+            }),
+            Err(error) => unreadable.push((display, error)),
+        }
+    }
+    let run = CheckRun {
+        tool_version: env!("CARGO_PKG_VERSION"),
+        sets: checked
+            .iter()
+            .map(|set| CheckedSet {
+                path: &set.path,
+                n_files: set.n_files,
+                diagnostics: &set.outcome.diagnostics,
+            })
+            .collect(),
+        unreadable: unreadable
+            .iter()
+            .map(|(path, error)| Unreadable {
+                path,
+                message: error.to_string(),
+            })
+            .collect(),
+    };
+    let status = check_status(&run, args.deny_warnings);
+    match args.format {
+        Format::Human => report_human(&checked, &unreadable, args.deny_warnings),
+        Format::Json => report_document(&to_json(&run), &run, status),
+        Format::Sarif => {
+            let working_dir = std::env::current_dir().ok();
+            report_document(&to_sarif(&run, working_dir.as_deref()), &run, status);
+        }
+    }
+    ExitCode::from(status)
+}
+
+/// 2 when a path could not be read, else 1 when something fails the check, else 0.
+fn check_status(run: &CheckRun<'_>, deny_warnings: bool) -> u8 {
+    if !run.unreadable.is_empty() {
+        2
+    } else if run.count(Severity::Error) > 0 || (deny_warnings && run.count(Severity::Warning) > 0)
+    {
+        1
+    } else {
+        0
+    }
+}
+
+fn report_human(checked: &[Checked], unreadable: &[(String, SourceError)], deny_warnings: bool) {
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let prefix_paths = checked.len() + unreadable.len() > 1;
+    for set in checked {
+        let prefix = if prefix_paths {
+            format!("{}: ", set.path)
+        } else {
+            String::new()
+        };
+        let diags = &set.outcome.diagnostics;
+        let _ = write!(stderr, "{}", render(diags, stderr_color()));
+        let n_errors = set.outcome.count(Severity::Error);
+        let n_warnings = set.outcome.count(Severity::Warning);
+        match &set.outcome.set {
+            Some(policy_set) if n_errors == 0 && !(deny_warnings && n_warnings > 0) => {
+                let warnings = if n_warnings > 0 {
+                    format!(" ({})", count(n_warnings, "warning"))
+                } else {
+                    String::new()
+                };
+                let summary = ok_summary(set.n_files, policy_set);
+                let _ = writeln!(stdout, "ok: {prefix}{summary}{warnings}");
+            }
+            _ => {
+                let problems = match (n_errors, n_warnings) {
+                    (0, n) => format!("{}, denied by --deny-warnings", count(n, "warning")),
+                    (n, 0) => count(n, "error"),
+                    (errors, warnings) => {
+                        format!("{}, {}", count(errors, "error"), count(warnings, "warning"))
+                    }
+                };
+                let _ = writeln!(stderr, "error: {prefix}policy set has {problems}");
+            }
+        }
+    }
+    for (_, error) in unreadable {
+        let _ = writeln!(stderr, "error: {error}");
+    }
+}
+
+/// Prints a JSON or SARIF document, and nothing else, on stdout, and a summary on stderr.
+fn report_document(document: &str, run: &CheckRun<'_>, status: u8) {
+    let _ = std::io::stdout().lock().write_all(document.as_bytes());
+    let verdict = if status == 0 { "ok" } else { "error" };
+    let mut summary = format!(
+        "{verdict}: {}, {}, {}",
+        count(run.sets.len(), "policy set"),
+        count(run.count(Severity::Error), "error"),
+        count(run.count(Severity::Warning), "warning"),
+    );
+    if !run.unreadable.is_empty() {
+        summary.push_str(&format!(", {} unreadable", run.unreadable.len()));
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{summary}");
+}
+
+fn ok_summary(n_files: usize, set: &PolicySet) -> String {
+    format!(
+        "{}, {}, {}, {}",
+        count(n_files, "file"),
         count(set.workloads.len(), "workload"),
         count(set.targets.len(), "target"),
         count(set.rules.len(), "rule"),
-    ))
+    )
+}
+
+/// A Gate duration such as `1h`, `90m` or `1h30m`, in seconds: digits and a unit (`d`, `h`,
+/// `m`, `s`), repeated.
+fn parse_duration(text: &str) -> Result<u64, String> {
+    let invalid = || format!("`{text}` is not a duration such as `1h` or `30m`");
+    let mut total: u64 = 0;
+    let mut digits = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            digits.push(ch);
+            continue;
+        }
+        let unit: u64 = match ch {
+            'd' => 86_400,
+            'h' => 3_600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(invalid()),
+        };
+        let amount: u64 = digits.parse().map_err(|_| invalid())?;
+        total = amount
+            .checked_mul(unit)
+            .and_then(|seconds| total.checked_add(seconds))
+            .ok_or_else(invalid)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(invalid());
+    }
+    Ok(total)
 }
 
 fn build(path: &Path, output: &Path) -> Result<String, Failure> {
@@ -179,4 +412,92 @@ fn count(n: usize, noun: &str) -> String {
     } else {
         format!("{n} {noun}s")
     }
+}
+
+const FMT_HELP: &str = "\
+Each PATH is a `.gate` file, or a directory whose `.gate` files, found recursively, are
+formatted one by one. Without --check, each file that changes is replaced atomically and its
+path printed on stdout; nothing else goes to stdout. A file that does not parse is reported on
+stderr and left as it is. The layout is described in docs/gate.md, \"Formatting\".
+
+Exit status: 0 every file formatted (with --check: already formatted), 1 a file that does not
+parse or, with --check, a file that would change, 2 a usage error or a path that cannot be read
+or written.
+
+Examples:
+  policyc fmt examples/policies
+  policyc fmt --check policies/";
+
+#[derive(Debug, clap::Args)]
+struct FmtArgs {
+    /// Files or directories to format [default: .]
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    /// Change nothing: print the files that would change, and exit 1 if there are any
+    #[arg(long)]
+    check: bool,
+}
+
+/// `policyc fmt`: formats every file under `args.paths`, or with `--check` only names those that
+/// are not formatted. Returns the exit status.
+fn format_paths(args: &FmtArgs) -> ExitCode {
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut stderr = std::io::stderr().lock();
+    let mut status = 0u8;
+    let mut n_unformatted = 0usize;
+    for path in &paths {
+        let files = match read_policy_path(path) {
+            Ok(files) => files,
+            Err(error) => {
+                let _ = writeln!(stderr, "error: {error}");
+                status = 2;
+                continue;
+            }
+        };
+        for file in files {
+            let formatted = match portcullis_lang::fmt::format_source(&file.name, &file.text) {
+                Ok(formatted) if formatted == file.text => continue,
+                Ok(formatted) => formatted,
+                Err(error) => {
+                    if let portcullis_lang::fmt::FormatError::Syntax { diagnostics, .. } = &error {
+                        let _ = write!(stderr, "{}", render(diagnostics, stderr_color()));
+                    }
+                    let _ = writeln!(stderr, "error: {error}; it is left as it is");
+                    status = status.max(1);
+                    continue;
+                }
+            };
+            if args.check {
+                n_unformatted += 1;
+                status = status.max(1);
+            } else if let Err(error) = replace_file(Path::new(&file.name), &formatted) {
+                let _ = writeln!(stderr, "error: cannot write `{}`: {error}", file.name);
+                status = 2;
+                continue;
+            }
+            let _ = writeln!(stdout, "{}", file.name);
+        }
+    }
+    if n_unformatted > 0 {
+        let files = count(n_unformatted, "file");
+        let _ = writeln!(
+            stderr,
+            "error: {files} not formatted; `policyc fmt` rewrites them"
+        );
+    }
+    ExitCode::from(status)
+}
+
+/// Replaces a policy file with its formatted text, atomically, keeping its permissions; a
+/// symbolic link is followed, so the file it points to is the one replaced.
+fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
+    let target = fs::canonicalize(path)?;
+    let permissions = fs::metadata(&target)?.permissions();
+    write_atomically(&target, text.as_bytes())?;
+    fs::set_permissions(&target, permissions)
 }

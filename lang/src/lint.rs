@@ -1,0 +1,1097 @@
+//! Lints: warnings about a policy set that compiles but probably does not say what its author
+//! meant.
+//!
+//! In: the source files of a policy set. [`analyze`] runs the compiler ([`crate::check`]) and,
+//! only when it reports no error, parses the files again and runs every lint over the syntax
+//! trees, where spans are still available. Out: a [`CheckOutcome`] with the policy set (when it
+//! compiled) and every diagnostic, errors and warnings, in file order. Lints look at names and
+//! literals as written, so they need no type information: the checker has already accepted every
+//! name, claim and type they meet.
+//!
+//! Each lint has a stable warning code (`gate::W0101` …), listed in `docs/diagnostics.md`.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::ast::{
+    self, ClauseKind, CompareOp, Effect, ExprKind, Ident, Span, TargetSelector, WorkloadSelector,
+};
+use crate::check;
+use crate::diagnostic::{Code, Diagnostic, Report, Severity, Sources};
+use crate::ir;
+use crate::parser;
+use crate::schema::{SpiffeId, check_trust_domain};
+use crate::source::SourceFile;
+
+/// The longest credential lifetime that passes without a warning, unless configured: one hour.
+pub const DEFAULT_MAX_CREDENTIAL_TTL_S: u64 = 60 * 60;
+
+/// Settings of the lints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LintOptions {
+    /// A credential whose `ttl` is longer than this, in seconds, is reported.
+    pub max_credential_ttl_s: u64,
+}
+
+impl Default for LintOptions {
+    fn default() -> LintOptions {
+        LintOptions {
+            max_credential_ttl_s: DEFAULT_MAX_CREDENTIAL_TTL_S,
+        }
+    }
+}
+
+/// What checking a policy set found: the compiled set unless there are errors, and every
+/// diagnostic, errors and warnings together, in file order.
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    pub set: Option<ir::PolicySet>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl CheckOutcome {
+    pub fn count(&self, severity: Severity) -> usize {
+        self.diagnostics
+            .iter()
+            .filter(|diag| diag.severity() == severity)
+            .count()
+    }
+}
+
+/// Compiles a policy set and, when it has no error, lints it. Never panics.
+pub fn analyze(files: &[SourceFile], options: &LintOptions) -> CheckOutcome {
+    let set = match check::compile(files) {
+        Ok(set) => set,
+        Err(diagnostics) => {
+            return CheckOutcome {
+                set: None,
+                diagnostics,
+            };
+        }
+    };
+    // FIXME(#3): the checker parses these files too; hand its trees over instead of parsing
+    // them a second time.
+    let trees: Vec<ast::File> = files
+        .iter()
+        .enumerate()
+        .map(|(file_idx, file)| parser::parse_file(file_idx, &file.text).0)
+        .collect();
+    let mut reports = lint(&trees, options);
+    reports.sort_by_key(|report| {
+        let span = report.span();
+        (span.file, span.start)
+    });
+    let sources = Sources::new(files);
+    CheckOutcome {
+        set: Some(set),
+        diagnostics: reports
+            .into_iter()
+            .map(|report| sources.finish(report))
+            .collect(),
+    }
+}
+
+/// Runs every lint over the syntax trees of a policy set that compiled without errors.
+pub(crate) fn lint(trees: &[ast::File], options: &LintOptions) -> Vec<Report> {
+    let decls = Decls::new(trees);
+    let mut reports = Vec::new();
+    broad_permits(&decls, &mut reports);
+    unused_declarations(&decls, &mut reports);
+    impossible_claim_values(&decls, &mut reports);
+    shadowed_permits(&decls, &mut reports);
+    unsatisfiable(&decls, &mut reports);
+    credentials(&decls, options, &mut reports);
+    overlapping_permits(&decls, &mut reports);
+    reports
+}
+
+/// The declarations of a policy set by kind, in source order.
+struct Decls<'a> {
+    workloads: Vec<&'a ast::WorkloadDecl>,
+    workloads_by_name: HashMap<&'a str, &'a ast::WorkloadDecl>,
+    targets: Vec<&'a ast::TargetDecl>,
+    credentials: Vec<&'a ast::CredentialDecl>,
+    conditions: Vec<&'a ast::ConditionDecl>,
+    rules: Vec<Rule<'a>>,
+}
+
+impl<'a> Decls<'a> {
+    fn new(trees: &'a [ast::File]) -> Decls<'a> {
+        let mut decls = Decls {
+            workloads: Vec::new(),
+            workloads_by_name: HashMap::new(),
+            targets: Vec::new(),
+            credentials: Vec::new(),
+            conditions: Vec::new(),
+            rules: Vec::new(),
+        };
+        for decl in trees.iter().flat_map(|tree| &tree.decls) {
+            match decl {
+                ast::Decl::Workload(workload) => decls.workloads.push(workload),
+                ast::Decl::Target(target) => decls.targets.push(target),
+                ast::Decl::Credential(credential) => decls.credentials.push(credential),
+                ast::Decl::Condition(condition) => decls.conditions.push(condition),
+                ast::Decl::Rule(rule) => decls.rules.push(Rule::new(rule)),
+                _ => {}
+            }
+        }
+        decls.workloads_by_name = decls
+            .workloads
+            .iter()
+            .map(|workload| (workload.name.name.as_str(), *workload))
+            .collect();
+        decls
+    }
+
+    fn workload(&self, name: &str) -> Option<&'a ast::WorkloadDecl> {
+        self.workloads_by_name.get(name).copied()
+    }
+
+    fn permits(&self) -> impl Iterator<Item = &Rule<'a>> {
+        self.rules
+            .iter()
+            .filter(|rule| rule.decl.effect == Effect::Permit)
+    }
+}
+
+/// A rule with its clauses picked out.
+struct Rule<'a> {
+    decl: &'a ast::RuleDecl,
+    workload: Option<(&'a WorkloadSelector, Span)>,
+    target: Option<&'a TargetSelector>,
+    when: Option<&'a ast::Expr>,
+    credential: Option<&'a Ident>,
+}
+
+impl<'a> Rule<'a> {
+    fn new(decl: &'a ast::RuleDecl) -> Rule<'a> {
+        let mut rule = Rule {
+            decl,
+            workload: None,
+            target: None,
+            when: None,
+            credential: None,
+        };
+        for clause in &decl.clauses {
+            match &clause.kind {
+                ClauseKind::Workload(selector) => rule.workload = Some((selector, clause.span)),
+                ClauseKind::Target(selector) => rule.target = Some(selector),
+                ClauseKind::When(expr) => rule.when = Some(expr),
+                ClauseKind::Credential(name) => rule.credential = Some(name),
+            }
+        }
+        rule
+    }
+
+    fn name(&self) -> &'a str {
+        &self.decl.name.name
+    }
+
+    /// The workload clause; a rule without one covers every caller.
+    fn workload_selector(&self) -> &'a WorkloadSelector {
+        self.workload
+            .map_or(&WorkloadSelector::Any, |(selector, _)| selector)
+    }
+
+    /// The target clause; a rule without one covers every target.
+    fn target_selector(&self) -> &'a TargetSelector {
+        self.target.unwrap_or(&TargetSelector::Any)
+    }
+}
+
+// W0101: a permit on a broad workload without `when`.
+
+fn broad_permits(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    for rule in decls.permits() {
+        if rule.when.is_some() {
+            continue;
+        }
+        let Some((selector, clause_span)) = rule.workload else {
+            continue;
+        };
+        let (callers, alternative) = match selector {
+            WorkloadSelector::Any => ("every caller".to_owned(), None),
+            WorkloadSelector::AnyOfKind(kind) => (format!("every `{}` caller", kind.name), None),
+            WorkloadSelector::Named(name) => {
+                let open = decls.workload(&name.name).and_then(|workload| {
+                    workload
+                        .alternatives
+                        .iter()
+                        .find(|alternative| alternative.condition.is_none())
+                });
+                let Some(open) = open else {
+                    continue;
+                };
+                (format!("every `{}` caller", open.kind.name), Some(open))
+            }
+        };
+        let message = format!(
+            "permit `{}` lets {callers} in without a condition",
+            rule.name()
+        );
+        let mut report = Report::new(
+            Code::BroadPermit,
+            message,
+            clause_span,
+            format!("{callers} is this workload"),
+        );
+        if let Some(alternative) = alternative {
+            report = report.label(
+                alternative.span,
+                "this alternative accepts any token of its kind",
+            );
+        }
+        reports.push(report.help(
+            "narrow the workload to the callers meant, or add a `when` condition to the permit",
+        ));
+    }
+}
+
+// W0102: a declaration nothing uses.
+
+fn unused_declarations(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    let mut used: HashSet<&str> = HashSet::new();
+    for rule in &decls.rules {
+        if let Some((WorkloadSelector::Named(name), _)) = rule.workload {
+            used.insert(&name.name);
+        }
+        if let Some(TargetSelector::Named(name)) = rule.target {
+            used.insert(&name.name);
+        }
+        if let Some(name) = rule.credential {
+            used.insert(&name.name);
+        }
+        if let Some(when) = rule.when {
+            bare_names(when, &mut used);
+        }
+    }
+    for condition in &decls.conditions {
+        bare_names(&condition.body, &mut used);
+    }
+    let declared = decls
+        .workloads
+        .iter()
+        .map(|decl| ("workload", &decl.name))
+        .chain(decls.targets.iter().map(|decl| ("target", &decl.name)))
+        .chain(
+            decls
+                .credentials
+                .iter()
+                .map(|decl| ("credential", &decl.name)),
+        )
+        .chain(
+            decls
+                .conditions
+                .iter()
+                .map(|decl| ("condition", &decl.name)),
+        );
+    for (kind, name) in declared {
+        if used.contains(name.name.as_str()) {
+            continue;
+        }
+        let (label, help) = if kind == "condition" {
+            (
+                "no rule or condition reads it",
+                "read it in a `when`, or remove it",
+            )
+        } else {
+            (
+                "no rule refers to it",
+                "refer to it from a rule, or remove it",
+            )
+        };
+        let message = format!("{kind} `{}` is never used", name.name);
+        reports.push(Report::new(Code::UnusedDeclaration, message, name.span, label).help(help));
+    }
+}
+
+/// Collects every one-word name read in `expr`: the conditions it refers to.
+fn bare_names<'a>(expr: &'a ast::Expr, out: &mut HashSet<&'a str>) {
+    match &expr.kind {
+        ExprKind::Path(path) => {
+            if let [name] = path.as_slice() {
+                out.insert(&name.name);
+            }
+        }
+        ExprKind::Not(inner) => bare_names(inner, out),
+        ExprKind::And(left, right) | ExprKind::Or(left, right) => {
+            bare_names(left, out);
+            bare_names(right, out);
+        }
+        ExprKind::Compare(left, _, right) => {
+            bare_names(left, out);
+            bare_names(right, out);
+        }
+        _ => {}
+    }
+}
+
+// W0201: a literal that no real claim can hold.
+
+fn impossible_claim_values(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    for workload in &decls.workloads {
+        for alternative in &workload.alternatives {
+            if let Some(condition) = &alternative.condition {
+                let scope = ClaimScope::Bare(&alternative.kind.name);
+                claim_values_in(condition, scope, reports);
+            }
+        }
+    }
+    for rule in &decls.rules {
+        if let Some(when) = rule.when {
+            claim_values_in(when, ClaimScope::Client, reports);
+        }
+    }
+    for condition in &decls.conditions {
+        claim_values_in(&condition.body, ClaimScope::Client, reports);
+    }
+}
+
+/// How claims are named where an expression stands.
+#[derive(Debug, Clone, Copy)]
+enum ClaimScope<'a> {
+    /// Inside a workload alternative of this kind: bare claim names.
+    Bare(&'a str),
+    /// In `when` and conditions: `client.KIND.claim`.
+    Client,
+}
+
+impl<'a> ClaimScope<'a> {
+    /// The kind and claim that `expr` reads, if it reads one.
+    fn claim(self, expr: &'a ast::Expr) -> Option<(&'a str, &'a str)> {
+        let ExprKind::Path(path) = &expr.kind else {
+            return None;
+        };
+        match (self, path.as_slice()) {
+            (ClaimScope::Bare(kind), [claim]) => Some((kind, &claim.name)),
+            (ClaimScope::Client, [client, kind, claim]) if client.name == "client" => {
+                Some((&kind.name, &claim.name))
+            }
+            _ => None,
+        }
+    }
+}
+
+fn claim_values_in(expr: &ast::Expr, scope: ClaimScope<'_>, reports: &mut Vec<Report>) {
+    match &expr.kind {
+        ExprKind::Not(inner) => claim_values_in(inner, scope, reports),
+        ExprKind::And(left, right) | ExprKind::Or(left, right) => {
+            claim_values_in(left, scope, reports);
+            claim_values_in(right, scope, reports);
+        }
+        ExprKind::Compare(left, op, right) => {
+            let (claim, literal) = match (scope.claim(left), scope.claim(right)) {
+                (Some(claim), _) => (claim, right.as_ref()),
+                (None, Some(claim)) if matches!(op, CompareOp::Eq | CompareOp::Ne) => {
+                    (claim, left.as_ref())
+                }
+                _ => return,
+            };
+            compare_claim(claim, *op, literal, reports);
+        }
+        _ => {}
+    }
+}
+
+// FIXME(#3): `matches` patterns and ordering comparisons against claims are not checked; a
+// `like` pattern is checked by its fixed start only, except for DNS-name claims.
+fn compare_claim(
+    (kind, claim): (&str, &str),
+    op: CompareOp,
+    literal: &ast::Expr,
+    reports: &mut Vec<Report>,
+) {
+    let Some(rule) = claim_rule(kind, claim) else {
+        return;
+    };
+    let mut candidates: Vec<(&str, Span, bool)> = Vec::new();
+    match (&literal.kind, op) {
+        (ExprKind::Str(value), CompareOp::Eq | CompareOp::Ne | CompareOp::In) => {
+            candidates.push((value, literal.span, false));
+        }
+        (ExprKind::Str(pattern), CompareOp::Like) => candidates.push((pattern, literal.span, true)),
+        (ExprKind::Set(items), CompareOp::In) => {
+            for item in items {
+                if let ExprKind::Str(value) = &item.kind {
+                    candidates.push((value, item.span, false));
+                }
+            }
+        }
+        _ => {}
+    }
+    for (value, span, is_glob) in candidates {
+        let problem = if is_glob {
+            rule.check_glob(value)
+        } else {
+            rule.check(value)
+        };
+        let Some(problem) = problem else {
+            continue;
+        };
+        let what = if is_glob {
+            "matches no"
+        } else {
+            "is never the"
+        };
+        let message = format!("`{}` {what} `{claim}` of a `{kind}` token", quoted(value));
+        let report = Report::new(Code::ImpossibleClaimValue, message, span, problem)
+            .help_opt(rule.help(value));
+        reports.push(report);
+    }
+}
+
+/// What the real values of a claim look like.
+#[derive(Debug, Clone, Copy)]
+enum ClaimRule {
+    /// Starts with this prefix, and the help suggests the prefix plus this completion.
+    Prefix {
+        prefix: &'static str,
+        label: &'static str,
+        suggest: Option<&'static str>,
+    },
+    /// One of these values.
+    OneOf(&'static [&'static str]),
+    /// `owner/name`: two non-empty parts without spaces.
+    OwnerSlashName,
+    /// A single name without `/`.
+    NoSlash,
+    /// A Kubernetes DNS-1123 label: at most 63 of `a-z`, `0-9`, `-`, alphanumeric at both ends.
+    DnsLabel,
+    /// A Kubernetes DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+    DnsSubdomain,
+    /// A SPIFFE ID: `spiffe://trust-domain/path`.
+    SpiffeId,
+    /// The trust domain of a SPIFFE ID.
+    TrustDomain,
+}
+
+fn claim_rule(kind: &str, claim: &str) -> Option<ClaimRule> {
+    let rule = match (kind, claim) {
+        ("github", "ref") => ClaimRule::Prefix {
+            prefix: "refs/",
+            label: "a GitHub `ref` starts with `refs/`",
+            suggest: Some("refs/heads/"),
+        },
+        ("github", "sub") => ClaimRule::Prefix {
+            prefix: "repo:",
+            label: "a GitHub `sub` starts with `repo:`",
+            suggest: None,
+        },
+        ("github", "repository") => ClaimRule::OwnerSlashName,
+        ("github", "repository_owner") => ClaimRule::NoSlash,
+        ("github" | "gitlab", "ref_type") => ClaimRule::OneOf(&["branch", "tag"]),
+        ("github" | "gitlab", "ref_protected") => ClaimRule::OneOf(&["true", "false"]),
+        ("github", "repository_visibility") => ClaimRule::OneOf(&["public", "private", "internal"]),
+        ("github", "runner_environment") => ClaimRule::OneOf(&["github-hosted", "self-hosted"]),
+        ("gitlab", "sub") => ClaimRule::Prefix {
+            prefix: "project_path:",
+            label: "a GitLab `sub` starts with `project_path:`",
+            suggest: None,
+        },
+        ("terraform", "sub") => ClaimRule::Prefix {
+            prefix: "organization:",
+            label: "a Terraform Cloud `sub` starts with `organization:`",
+            suggest: None,
+        },
+        ("terraform", "run_phase") => ClaimRule::OneOf(&["plan", "apply"]),
+        ("kubernetes", "sub") => ClaimRule::Prefix {
+            prefix: "system:serviceaccount:",
+            label: "a service-account `sub` starts with `system:serviceaccount:`",
+            suggest: None,
+        },
+        ("kubernetes", "namespace") => ClaimRule::DnsLabel,
+        ("kubernetes", "service_account") => ClaimRule::DnsSubdomain,
+        ("spiffe", "sub" | "spiffe_id") => ClaimRule::SpiffeId,
+        ("spiffe", "trust_domain") => ClaimRule::TrustDomain,
+        _ => return None,
+    };
+    Some(rule)
+}
+
+impl ClaimRule {
+    /// Why `value` cannot be the claim, as a label; `None` when it can.
+    fn check(self, value: &str) -> Option<String> {
+        match self {
+            ClaimRule::Prefix { prefix, label, .. } => {
+                (!value.starts_with(prefix)).then(|| label.to_owned())
+            }
+            ClaimRule::OneOf(values) => (!values.contains(&value)).then(|| {
+                let listed: Vec<String> = values.iter().map(|v| format!("`\"{v}\"`")).collect();
+                format!("the claim is one of {}", listed.join(", "))
+            }),
+            ClaimRule::OwnerSlashName => {
+                let parts: Vec<&str> = value.split('/').collect();
+                let well_formed = parts.len() == 2
+                    && parts.iter().all(|part| !part.is_empty())
+                    && !value.chars().any(char::is_whitespace);
+                (!well_formed).then(|| "a repository is written `owner/name`".to_owned())
+            }
+            ClaimRule::NoSlash => value
+                .contains('/')
+                .then(|| "an owner is a single name, without `/`".to_owned()),
+            ClaimRule::DnsLabel => (!is_dns_label(value))
+                .then(|| "a namespace is a DNS label: lowercase `a-z`, `0-9` and `-`".to_owned()),
+            ClaimRule::DnsSubdomain => (!is_dns_subdomain(value)).then(|| {
+                "a service account name is lowercase `a-z`, `0-9`, `-` and `.`".to_owned()
+            }),
+            ClaimRule::SpiffeId => SpiffeId::parse(value).err().map(|error| error.to_string()),
+            ClaimRule::TrustDomain => check_trust_domain(value)
+                .err()
+                .map(|error| error.to_string()),
+        }
+    }
+
+    /// Why no value of the claim can match the glob `pattern`; `None` when some can.
+    fn check_glob(self, pattern: &str) -> Option<String> {
+        let (literal_prefix, has_wildcard) = glob_prefix(pattern);
+        if !has_wildcard {
+            return self.check(&literal_prefix);
+        }
+        match self {
+            ClaimRule::Prefix { prefix, label, .. } => {
+                let compatible =
+                    literal_prefix.starts_with(prefix) || prefix.starts_with(&literal_prefix);
+                (!compatible).then(|| label.to_owned())
+            }
+            ClaimRule::DnsLabel | ClaimRule::DnsSubdomain => {
+                let allowed = |ch: char| {
+                    ch.is_ascii_lowercase()
+                        || ch.is_ascii_digit()
+                        || ch == '-'
+                        || (ch == '.' && matches!(self, ClaimRule::DnsSubdomain))
+                };
+                let literal_chars = glob_literal_chars(pattern);
+                (!literal_chars.chars().all(allowed))
+                    .then(|| "the claim holds only `a-z`, `0-9`, `-` and `.`".to_owned())
+            }
+            _ => None,
+        }
+    }
+
+    fn help(self, value: &str) -> Option<String> {
+        match self {
+            ClaimRule::Prefix {
+                suggest: Some(suggest),
+                ..
+            } => {
+                let looks_like_tag = value.strip_prefix('v').is_some_and(|rest| {
+                    rest.starts_with(|ch: char| ch.is_ascii_digit() || ch == '*')
+                });
+                let suggest = if looks_like_tag {
+                    "refs/tags/"
+                } else {
+                    suggest
+                };
+                Some(format!(
+                    "did you mean `{}`? branches are `refs/heads/…`, tags `refs/tags/…`",
+                    quoted(&format!("{suggest}{value}"))
+                ))
+            }
+            ClaimRule::Prefix { prefix, .. } => {
+                Some(format!("write the whole value, starting with `{prefix}`"))
+            }
+            ClaimRule::OneOf(values) => {
+                let lower = value.to_ascii_lowercase();
+                let boolean = match lower.as_str() {
+                    "yes" | "y" | "on" | "1" => "true",
+                    "no" | "n" | "off" | "0" => "false",
+                    _ => lower.as_str(),
+                };
+                values
+                    .iter()
+                    .find(|candidate| **candidate == boolean)
+                    .map(|candidate| format!("did you mean `\"{candidate}\"`?"))
+            }
+            ClaimRule::DnsLabel | ClaimRule::DnsSubdomain => {
+                let fixed = value.to_ascii_lowercase().replace('_', "-");
+                self.check(&fixed)
+                    .is_none()
+                    .then(|| format!("did you mean `{}`?", quoted(&fixed)))
+            }
+            ClaimRule::OwnerSlashName => Some("for example `\"acme/billing\"`".to_owned()),
+            ClaimRule::SpiffeId => {
+                Some("for example `\"spiffe://example.org/ns/billing/sa/api\"`".to_owned())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// `value` as a Gate string literal, quotes and escapes included.
+fn quoted(value: &str) -> String {
+    let mut out = String::from('"');
+    for ch in value.chars() {
+        match ch {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            _ => out.push(ch),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The literal text of a glob before its first wildcard, and whether it has one.
+fn glob_prefix(pattern: &str) -> (String, bool) {
+    let mut prefix = String::new();
+    let mut chars = pattern.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '*' | '?' => return (prefix, true),
+            '\\' => prefix.extend(chars.next()),
+            _ => prefix.push(ch),
+        }
+    }
+    (prefix, false)
+}
+
+/// Every literal character of a glob, wildcards left out and escapes resolved.
+fn glob_literal_chars(pattern: &str) -> String {
+    let mut out = String::new();
+    let mut chars = pattern.chars();
+    while let Some(ch) = chars.next() {
+        match ch {
+            '*' | '?' => {}
+            '\\' => out.extend(chars.next()),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+fn is_dns_label(value: &str) -> bool {
+    let alphanumeric = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+    !value.is_empty()
+        && value.len() <= 63
+        && value.chars().all(|ch| alphanumeric(ch) || ch == '-')
+        && value.starts_with(alphanumeric)
+        && value.ends_with(alphanumeric)
+}
+
+fn is_dns_subdomain(value: &str) -> bool {
+    value.len() <= 253 && value.split('.').all(is_dns_label)
+}
+
+// W0301: a permit that a forbid shadows for every request.
+
+fn shadowed_permits(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    let forbids: Vec<&Rule<'_>> = decls
+        .rules
+        .iter()
+        .filter(|rule| rule.decl.effect == Effect::Forbid && rule.when.is_none())
+        .collect();
+    for permit in decls.permits() {
+        let shadow = forbids.iter().find(|forbid| {
+            target_covers(forbid.target_selector(), permit.target_selector())
+                && workload_covers(
+                    decls,
+                    forbid.workload_selector(),
+                    permit.workload_selector(),
+                )
+        });
+        let Some(forbid) = shadow else {
+            continue;
+        };
+        let message = format!(
+            "permit `{}` is shadowed by forbid `{}`",
+            permit.name(),
+            forbid.name()
+        );
+        let report = Report::new(
+            Code::ShadowedPermit,
+            message,
+            permit.decl.name.span,
+            "this permit never allows a request",
+        )
+        .label(
+            forbid.decl.name.span,
+            format!("denies every request `{}` covers", permit.name()),
+        )
+        .help("give the forbid a `when` condition, or remove the permit");
+        reports.push(report);
+    }
+}
+
+fn target_covers(outer: &TargetSelector, inner: &TargetSelector) -> bool {
+    match (outer, inner) {
+        (TargetSelector::Any, _) => true,
+        (TargetSelector::Named(outer), TargetSelector::Named(inner)) => outer.name == inner.name,
+        (TargetSelector::Named(_), TargetSelector::Any) => false,
+    }
+}
+
+fn workload_covers(decls: &Decls<'_>, outer: &WorkloadSelector, inner: &WorkloadSelector) -> bool {
+    match (outer, inner) {
+        (WorkloadSelector::Any, _) => true,
+        (WorkloadSelector::Named(outer), WorkloadSelector::Named(inner)) => {
+            outer.name == inner.name
+        }
+        (WorkloadSelector::AnyOfKind(outer), WorkloadSelector::AnyOfKind(inner)) => {
+            outer.name == inner.name
+        }
+        (WorkloadSelector::AnyOfKind(kind), WorkloadSelector::Named(name)) => {
+            decls.workload(&name.name).is_some_and(|workload| {
+                workload
+                    .alternatives
+                    .iter()
+                    .all(|alternative| alternative.kind.name == kind.name)
+            })
+        }
+        _ => false,
+    }
+}
+
+// W0302: a rule, alternative or condition that can never hold.
+
+fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    let conditions = Folder {
+        conditions: decls
+            .conditions
+            .iter()
+            .map(|condition| (condition.name.name.as_str(), &condition.body))
+            .collect(),
+    };
+    let claims_only = Folder {
+        conditions: HashMap::new(),
+    };
+    for rule in &decls.rules {
+        if let Some(when) = rule.when {
+            let what = format!("{} `{}`", effect_word(rule.decl.effect), rule.name());
+            never_holds(when, &conditions, &what, "match", reports);
+        }
+    }
+    for workload in &decls.workloads {
+        for alternative in &workload.alternatives {
+            if let Some(condition) = &alternative.condition {
+                let what = format!(
+                    "the `{}` alternative of workload `{}`",
+                    alternative.kind.name, workload.name.name
+                );
+                never_holds(condition, &claims_only, &what, "match", reports);
+            }
+        }
+    }
+    for condition in &decls.conditions {
+        let what = format!("condition `{}`", condition.name.name);
+        never_holds(&condition.body, &conditions, &what, "hold", reports);
+    }
+}
+
+fn effect_word(effect: Effect) -> &'static str {
+    match effect {
+        Effect::Permit => "permit",
+        Effect::Forbid => "forbid",
+    }
+}
+
+fn never_holds(
+    expr: &ast::Expr,
+    folder: &Folder<'_>,
+    what: &str,
+    verb: &str,
+    reports: &mut Vec<Report>,
+) {
+    let message = format!("{what} can never {verb}");
+    if let Some((first, second, path)) = contradiction(expr) {
+        let report = Report::new(
+            Code::UnsatisfiableRule,
+            message,
+            second,
+            format!("`{path}` cannot also be this"),
+        )
+        .label(first, "given here")
+        .help("a value equals one thing at a time; did you mean `||` or `in [ … ]`?");
+        reports.push(report);
+    } else if folder.fold(expr, 0) == Some(false) {
+        let report = Report::new(
+            Code::UnsatisfiableRule,
+            message,
+            expr.span,
+            "this is always false",
+        )
+        .help("fix the condition, or remove it");
+        reports.push(report);
+    }
+}
+
+/// Conditions refer to each other at most this deep (the checker's limit is lower); deeper
+/// references are taken as unknown.
+const MAX_FOLD_DEPTH: u32 = 64;
+
+/// Folds expressions to constants, reading the named conditions a `when` refers to.
+struct Folder<'a> {
+    /// Empty inside a workload alternative, where a bare name is a claim.
+    conditions: HashMap<&'a str, &'a ast::Expr>,
+}
+
+impl Folder<'_> {
+    /// The value of `expr` when it is constant after folding literals, connectives and named
+    /// conditions.
+    fn fold(&self, expr: &ast::Expr, depth: u32) -> Option<bool> {
+        if depth > MAX_FOLD_DEPTH {
+            return None;
+        }
+        let fold = |expr: &ast::Expr| self.fold(expr, depth + 1);
+        match &expr.kind {
+            ExprKind::Bool(value) => Some(*value),
+            ExprKind::Path(path) => match path.as_slice() {
+                [name] => fold(self.conditions.get(name.name.as_str())?),
+                _ => None,
+            },
+            ExprKind::Not(inner) => fold(inner).map(|value| !value),
+            ExprKind::And(left, right) => match (fold(left), fold(right)) {
+                (Some(false), _) | (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+            ExprKind::Or(left, right) => match (fold(left), fold(right)) {
+                (Some(true), _) | (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+            ExprKind::Compare(left, op, right) => fold_comparison(left, *op, right),
+            _ => None,
+        }
+    }
+}
+
+/// The value of a comparison of two literals.
+fn fold_comparison(left: &ast::Expr, op: CompareOp, right: &ast::Expr) -> Option<bool> {
+    let left = scalar(left)?;
+    match (op, &right.kind) {
+        (CompareOp::Eq, _) => Some(left == scalar(right)?),
+        (CompareOp::Ne, _) => Some(left != scalar(right)?),
+        (CompareOp::In, ExprKind::Set(items)) if !items.iter().any(is_cidr) => {
+            let items: Option<Vec<Scalar>> = items.iter().map(scalar).collect();
+            Some(items?.contains(&left))
+        }
+        _ => None,
+    }
+}
+
+/// A literal scalar, comparable for folding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Scalar {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+}
+
+fn scalar(expr: &ast::Expr) -> Option<Scalar> {
+    match &expr.kind {
+        ExprKind::Str(value) => Some(Scalar::Str(value.clone())),
+        ExprKind::Int(value) => Some(Scalar::Int(*value)),
+        ExprKind::Bool(value) => Some(Scalar::Bool(*value)),
+        _ => None,
+    }
+}
+
+/// What a conjunct says about a path: it equals one value, is one of a set, or differs.
+#[derive(Debug)]
+enum Fact {
+    Is(Scalar),
+    OneOf(Vec<Scalar>),
+    IsNot(Scalar),
+}
+
+// FIXME(#3): only `==`, `!=` and `in` over sets take part; integer ranges, `<`/`>` bounds, CIDR
+// ranges and `has` of a claim read as absent do not, nor chains below `||` or `!`.
+/// Two comparisons in the top-level `&&` chain of `expr` that no value satisfies together:
+/// the span of the first, of the second, and the path they constrain.
+fn contradiction(expr: &ast::Expr) -> Option<(Span, Span, String)> {
+    let mut conjuncts = Vec::new();
+    flatten_and(expr, &mut conjuncts);
+    let mut facts: HashMap<String, Vec<(Fact, Span)>> = HashMap::new();
+    for conjunct in conjuncts {
+        let Some((path, fact)) = fact_of(conjunct) else {
+            continue;
+        };
+        let known = facts.entry(path.clone()).or_default();
+        if let Some((_, first)) = known.iter().find(|(earlier, _)| conflicts(earlier, &fact)) {
+            return Some((*first, conjunct.span, path));
+        }
+        known.push((fact, conjunct.span));
+    }
+    None
+}
+
+fn flatten_and<'a>(expr: &'a ast::Expr, out: &mut Vec<&'a ast::Expr>) {
+    if let ExprKind::And(left, right) = &expr.kind {
+        flatten_and(left, out);
+        flatten_and(right, out);
+    } else {
+        out.push(expr);
+    }
+}
+
+fn fact_of(expr: &ast::Expr) -> Option<(String, Fact)> {
+    let ExprKind::Compare(left, op, right) = &expr.kind else {
+        return None;
+    };
+    let (path, other) = match (&left.kind, &right.kind) {
+        (ExprKind::Path(path), _) => (path, right),
+        (_, ExprKind::Path(path)) if matches!(op, CompareOp::Eq | CompareOp::Ne) => (path, left),
+        _ => return None,
+    };
+    let path: Vec<&str> = path.iter().map(|ident| ident.name.as_str()).collect();
+    let fact = match (op, &other.kind) {
+        (CompareOp::Eq, _) => Fact::Is(scalar(other)?),
+        (CompareOp::Ne, _) => Fact::IsNot(scalar(other)?),
+        // A set of CIDR ranges tests addresses, not equality.
+        (CompareOp::In, ExprKind::Set(items)) if !items.iter().any(is_cidr) => {
+            Fact::OneOf(items.iter().map(scalar).collect::<Option<Vec<_>>>()?)
+        }
+        _ => return None,
+    };
+    Some((path.join("."), fact))
+}
+
+fn is_cidr(expr: &ast::Expr) -> bool {
+    let ExprKind::Str(text) = &expr.kind else {
+        return false;
+    };
+    text.split_once('/')
+        .is_some_and(|(address, _)| address.parse::<std::net::IpAddr>().is_ok())
+}
+
+fn conflicts(a: &Fact, b: &Fact) -> bool {
+    match (a, b) {
+        (Fact::Is(x), Fact::Is(y)) => x != y,
+        (Fact::Is(x), Fact::IsNot(y)) | (Fact::IsNot(y), Fact::Is(x)) => x == y,
+        (Fact::Is(x), Fact::OneOf(set)) | (Fact::OneOf(set), Fact::Is(x)) => !set.contains(x),
+        (Fact::OneOf(a), Fact::OneOf(b)) => !a.iter().any(|x| b.contains(x)),
+        _ => false,
+    }
+}
+
+// W0401, W0402: static secrets and long-lived credentials.
+
+fn credentials(decls: &Decls<'_>, options: &LintOptions, reports: &mut Vec<Report>) {
+    for credential in &decls.credentials {
+        let Some(block) = credential.blocks.first() else {
+            continue;
+        };
+        if block.protocol.name == "static" {
+            let message = format!("credential `{}` is a static secret", credential.name.name);
+            let report = Report::new(
+                Code::StaticSecret,
+                message,
+                block.protocol.span,
+                "a stored secret, the same for every caller",
+            )
+            .help("prefer a credential minted per request: `jwt`, `oauth_client_credentials` or `postgres_role`");
+            reports.push(report);
+        }
+        let ttl = block
+            .fields
+            .iter()
+            .find_map(|field| match field.value.kind {
+                ExprKind::Duration(seconds) if field.key.name == "ttl" => {
+                    Some((seconds, field.value.span))
+                }
+                _ => None,
+            });
+        let Some((ttl_s, span)) = ttl else {
+            continue;
+        };
+        if ttl_s <= options.max_credential_ttl_s {
+            continue;
+        }
+        let max = format_duration(options.max_credential_ttl_s);
+        let message = format!(
+            "credential `{}` lives for {}, longer than {max}",
+            credential.name.name,
+            format_duration(ttl_s)
+        );
+        let report = Report::new(
+            Code::LongCredentialTtl,
+            message,
+            span,
+            format!("the maximum is {max}"),
+        )
+        .help(format!(
+            "lower `ttl` to {max} or less, or raise the maximum with `policyc check --max-ttl`"
+        ));
+        reports.push(report);
+    }
+}
+
+/// A number of seconds as a Gate duration literal: `1h30m`, `45s`.
+pub fn format_duration(seconds: u64) -> String {
+    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
+    let mut rest = seconds;
+    let mut out = String::new();
+    for (unit, size) in units {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
+}
+
+// W0403: two permits that overlap with different credentials.
+
+fn overlapping_permits(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    // Only the first permit that covers the same requests decides them.
+    let mut first: HashMap<(String, String), &Rule<'_>> = HashMap::new();
+    for later in decls.permits().filter(|rule| rule.when.is_none()) {
+        let key = (
+            workload_key(later.workload_selector()),
+            target_key(later.target_selector()),
+        );
+        let Some(earlier) = first.get(&key).copied() else {
+            first.insert(key, later);
+            continue;
+        };
+        if credential_name(earlier) == credential_name(later) {
+            continue;
+        }
+        let message = format!(
+            "permit `{}` overlaps `{}` with another credential",
+            later.name(),
+            earlier.name()
+        );
+        let issued = match credential_name(later) {
+            Some(name) => format!("credential `{name}` is never issued"),
+            None => "this permit never decides".to_owned(),
+        };
+        let report = Report::new(
+            Code::OverlappingCredentials,
+            message,
+            later.decl.name.span,
+            issued,
+        )
+        .label(
+            earlier.decl.name.span,
+            "decides first, in declaration order",
+        )
+        .help("give one of them a `when` that tells them apart, or merge them");
+        reports.push(report);
+    }
+}
+
+fn credential_name<'a>(rule: &Rule<'a>) -> Option<&'a str> {
+    rule.credential.map(|name| name.name.as_str())
+}
+
+/// A key equal for two workload clauses exactly when they select the same callers as written.
+fn workload_key(selector: &WorkloadSelector) -> String {
+    match selector {
+        WorkloadSelector::Any => "any".to_owned(),
+        WorkloadSelector::AnyOfKind(kind) => format!("any {}", kind.name),
+        WorkloadSelector::Named(name) => name.name.clone(),
+    }
+}
+
+/// A key equal for two target clauses exactly when they select the same targets as written.
+fn target_key(selector: &TargetSelector) -> String {
+    match selector {
+        TargetSelector::Any => "any".to_owned(),
+        TargetSelector::Named(name) => name.name.clone(),
+    }
+}

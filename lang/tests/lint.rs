@@ -1,0 +1,235 @@
+//! Lint tests: every `corpus/lint/*.gate` file compiles and yields exactly the warnings rendered
+//! in its snapshot; focused cases check what each lint does and does not report.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+use std::path::{Path, PathBuf};
+
+use portcullis_lang::diagnostic::Severity;
+use portcullis_lang::source::{SourceFile, read_policy_path};
+use portcullis_lang::{CheckOutcome, LintOptions, analyze, compile, render};
+
+fn corpus_dir(kind: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/corpus")
+        .join(kind)
+}
+
+fn analyze_text(text: &str) -> CheckOutcome {
+    analyze(
+        &[SourceFile::new("test.gate", text)],
+        &LintOptions::default(),
+    )
+}
+
+/// The codes of the diagnostics of `text`, in order.
+fn codes(text: &str) -> Vec<&'static str> {
+    analyze_text(text)
+        .diagnostics
+        .iter()
+        .map(|diag| diag.code().as_str())
+        .collect()
+}
+
+/// Lints `corpus/lint/NAME.gate` and compares its rendered warnings with the snapshot
+/// `snapshots/lint__NAME.snap`.
+fn check_lint(name: &str) {
+    let path = corpus_dir("lint").join(format!("{name}.gate"));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let files = [SourceFile::new(format!("corpus/lint/{name}.gate"), text)];
+    let outcome = analyze(&files, &LintOptions::default());
+    assert!(outcome.set.is_some(), "{name} does not compile");
+    assert!(!outcome.diagnostics.is_empty(), "{name} has no warning");
+    for diag in &outcome.diagnostics {
+        assert_eq!(
+            diag.severity(),
+            Severity::Warning,
+            "{name}: {}",
+            diag.message()
+        );
+    }
+    // A warning never makes `compile` fail.
+    assert!(compile(&files).is_ok());
+    let mut settings = insta::Settings::clone_current();
+    settings.set_input_file(&path);
+    settings.set_prepend_module_to_snapshot(true);
+    settings.bind(|| insta::assert_snapshot!(name, render(&outcome.diagnostics, false)));
+}
+
+#[test]
+fn lint_corpus() {
+    let mut names: Vec<String> = std::fs::read_dir(corpus_dir("lint"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "gate"))
+        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(
+        names.len() >= 7,
+        "the lint corpus has only {} files",
+        names.len()
+    );
+    for name in names {
+        check_lint(&name);
+    }
+}
+
+#[test]
+fn the_example_policy_set_has_no_warnings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
+    let outcome = analyze(&read_policy_path(&dir).unwrap(), &LintOptions::default());
+    assert!(outcome.set.is_some());
+    assert!(
+        outcome.diagnostics.is_empty(),
+        "{}",
+        render(&outcome.diagnostics, false)
+    );
+}
+
+#[test]
+fn errors_come_without_lints() {
+    let outcome = analyze_text(
+        "workload unused { github { repositry == \"x\" } }\n\
+         permit p { workload any target any }\n",
+    );
+    assert!(outcome.set.is_none());
+    assert_eq!(outcome.count(Severity::Error), 1);
+    assert_eq!(outcome.count(Severity::Warning), 0);
+}
+
+#[test]
+fn warnings_render_with_their_severity() {
+    let outcome = analyze_text("target t { http { host = \"a\" } }\n");
+    let rendered = render(&outcome.diagnostics, false);
+    assert!(rendered.starts_with("warning[gate::W0102]"), "{rendered}");
+    assert!(
+        rendered.contains("⚠ target `t` is never used"),
+        "{rendered}"
+    );
+}
+
+const TARGET: &str = "target api { https { host = \"api.internal\" } }\n";
+
+#[test]
+fn broad_permit_needs_a_broad_workload_and_no_when() {
+    let broad = format!("{TARGET}permit p {{ workload any target api }}\n");
+    assert_eq!(codes(&broad), ["gate::W0101"]);
+    let narrow = format!(
+        "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} }}\n\
+         permit p {{ workload w target api }}\n"
+    );
+    assert_eq!(codes(&narrow), Vec::<&str>::new());
+    let with_when = format!(
+        "{TARGET}permit p {{ workload any kubernetes target api when request.action == \"GET\" }}\n"
+    );
+    assert_eq!(codes(&with_when), Vec::<&str>::new());
+}
+
+#[test]
+fn claim_values_that_real_tokens_carry_pass() {
+    let text = format!(
+        "{TARGET}workload w {{\n\
+           github {{ ref in [\"refs/heads/main\", \"refs/tags/v1\"] && ref like \"refs/*\" \
+             && sub like \"repo:acme/*\" && repository == \"acme/app\" && ref like \"*\" }}\n\
+           kubernetes {{ namespace == \"billing-prod\" && service_account == \"api.v2\" \
+             && namespace like \"billing-*\" }}\n\
+         }}\n\
+         permit p {{ workload w target api }}\n"
+    );
+    assert_eq!(codes(&text), Vec::<&str>::new());
+}
+
+#[test]
+fn claim_values_on_either_side_and_in_sets_are_checked() {
+    let text = format!(
+        "{TARGET}workload w {{ github {{ \"main\" == ref || ref in [\"refs/heads/a\", \"b\"] }} }}\n\
+         permit p {{ workload w target api when client.github.ref != \"dev\" }}\n"
+    );
+    assert_eq!(codes(&text), ["gate::W0201", "gate::W0201", "gate::W0201"]);
+}
+
+#[test]
+fn a_forbid_with_a_narrower_target_shadows_nothing() {
+    let text = "target a { https { host = \"a\" } }\n\
+                target b { https { host = \"b\" } }\n\
+                workload w { github { repository == \"acme/app\" } }\n\
+                permit p { workload w target a }\n\
+                forbid f { workload w target b }\n";
+    assert_eq!(codes(text), Vec::<&str>::new());
+    let shadowing = text.replace("target b }", "target any }");
+    // `b` is now unused, too.
+    assert_eq!(codes(&shadowing), ["gate::W0102", "gate::W0301"]);
+}
+
+#[test]
+fn any_of_kind_shadows_a_workload_only_when_every_alternative_is_of_that_kind() {
+    let text = format!(
+        "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} \
+           kubernetes {{ namespace == \"app\" }} }}\n\
+         permit p {{ workload w target api }}\n\
+         forbid f {{ workload any github }}\n"
+    );
+    assert_eq!(codes(&text), Vec::<&str>::new());
+}
+
+#[test]
+fn contradictions_are_found_in_and_chains_only() {
+    let rule = |when: &str| {
+        format!(
+            "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} }}\n\
+             permit p {{ workload w target api when {when} }}\n"
+        )
+    };
+    let never = [
+        "request.action == \"GET\" && request.action == \"POST\"",
+        "request.action == \"GET\" && request.action != \"GET\"",
+        "request.action in [\"GET\"] && request.action in [\"POST\"]",
+        "target.port == 1 && target.port == 2",
+        "!true",
+        "false || 1 == 2",
+    ];
+    for when in never {
+        assert_eq!(codes(&rule(when)), ["gate::W0302"], "{when}");
+    }
+    let possible = [
+        "request.action == \"GET\" || request.action == \"POST\"",
+        "request.action in [\"GET\", \"POST\"] && request.action == \"POST\"",
+        "request.action == \"GET\" && request.resource == \"GET\"",
+        // Address ranges are not equality: `10.1.2.3` is in `10.0.0.0/8`.
+        "request.resource == \"10.1.2.3\" && request.resource in [\"10.0.0.0/8\"]",
+        "true",
+    ];
+    for when in possible {
+        assert_eq!(codes(&rule(when)), Vec::<&str>::new(), "{when}");
+    }
+}
+
+#[test]
+fn the_credential_ttl_maximum_is_configurable() {
+    let text = format!(
+        "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} }}\n\
+         credential c {{ jwt {{ audience = \"api\" ttl = 2h }} }}\n\
+         permit p {{ workload w target api credential c }}\n"
+    );
+    assert_eq!(codes(&text), ["gate::W0402"]);
+    let files = [SourceFile::new("test.gate", text)];
+    let relaxed = LintOptions {
+        max_credential_ttl_s: 2 * 60 * 60,
+    };
+    assert!(analyze(&files, &relaxed).diagnostics.is_empty());
+}
+
+#[test]
+fn durations_print_as_gate_literals() {
+    use portcullis_lang::lint::format_duration;
+    assert_eq!(format_duration(3600), "1h");
+    assert_eq!(format_duration(5400), "1h30m");
+    assert_eq!(format_duration(90_061), "1d1h1m1s");
+    assert_eq!(format_duration(0), "0s");
+}
