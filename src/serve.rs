@@ -13,17 +13,19 @@ use portcullis_engine::api::{self, Engine};
 use portcullis_engine::attest::{Attestor, TrustProvider};
 use portcullis_engine::vm::Program;
 use portcullis_lang::bundle::Bundle;
+use portcullis_lang::schema::CustomClaims;
 
 use crate::config::{Config, PolicySource};
 
 pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Path>) -> Result<()> {
     init_logging();
     let config = Config::load(config_path)?;
-    let program = match config.policy_source() {
-        PolicySource::Sources(path) => compile_policy_set(&path)?,
-        PolicySource::Bundle(path) => load_bundle(&path)?,
-    };
+    // The trust providers first: their custom claims are part of the policy language.
     let attestor = build_attestor(&config)?;
+    let program = match config.policy_source() {
+        PolicySource::Sources(path) => compile_policy_set(&path, attestor.custom_claims())?,
+        PolicySource::Bundle(path) => load_bundle(&path, attestor.custom_claims())?,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -62,10 +64,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Bundles larger than this are refused before they are read.
 const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
 
-fn compile_policy_set(path: &Path) -> Result<Program> {
+fn compile_policy_set(path: &Path, custom_claims: &CustomClaims) -> Result<Program> {
     let files = portcullis_lang::source::read_policy_path(path)
         .with_context(|| format!("cannot read the policy set `{}`", path.display()))?;
-    let set = match portcullis_lang::compile(&files) {
+    let set = match portcullis_lang::compile_with_claims(&files, custom_claims) {
         Ok(set) => set,
         Err(diagnostics) => {
             let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -96,7 +98,9 @@ fn compile_policy_set(path: &Path) -> Result<Program> {
     Ok(program)
 }
 
-fn load_bundle(path: &Path) -> Result<Program> {
+/// Loads a prebuilt bundle, which must have been compiled with the custom claims that the
+/// configuration declares: the claim ids in its code are theirs.
+fn load_bundle(path: &Path, custom_claims: &CustomClaims) -> Result<Program> {
     let cannot_read = || format!("cannot read the bundle `{}`", path.display());
     let size = std::fs::metadata(path).with_context(cannot_read)?.len();
     if size > MAX_BUNDLE_BYTES {
@@ -108,6 +112,13 @@ fn load_bundle(path: &Path) -> Result<Program> {
     let bytes = std::fs::read(path).with_context(cannot_read)?;
     let program = Program::load(&bytes)
         .with_context(|| format!("cannot load the bundle `{}`", path.display()))?;
+    if let Some(mismatch) = program.custom_claims().mismatch(custom_claims) {
+        bail!(
+            "the bundle `{}` does not fit this configuration: {mismatch}; build it again with \
+             `policyc build --claims` and the configuration's custom claims",
+            path.display()
+        );
+    }
     tracing::info!(
         bundle_file = %path.display(),
         bundle = %format!("sha256:{}", program.hash_hex()),

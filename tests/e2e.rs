@@ -372,7 +372,8 @@ fn healthz_bundle(server: &Server) -> String {
 
 fn audit_rows(data_dir: &Path) -> Vec<Value> {
     let sql = "SELECT event_id, decision, workload, target, rule, reason_code, kind, seq, \
-               subject, claims FROM access_events ORDER BY time, seq";
+               subject, claims, rule_description, rule_severity FROM access_events \
+               ORDER BY time, seq";
     let out = portcullis()
         .args(["audit", "query", sql, "--format", "json", "--data-dir"])
         .arg(data_dir)
@@ -468,6 +469,16 @@ fn decisions_are_answered_recorded_and_queryable() {
             assert!(!claims.contains("unverified"), "{}: {claims}", case.name);
         }
     }
+    // The tour's allow carries the annotations of its rule, `billing_release_deploys`.
+    let release = cases
+        .iter()
+        .position(|case| case.rule == Some("billing_release_deploys"))
+        .unwrap();
+    assert_eq!(rows[release]["rule_severity"], "high", "{rows:#?}");
+    assert_eq!(
+        rows[release]["rule_description"],
+        "release tags of acme/billing deploy through the billing API"
+    );
     let expected_targets = ["billing_api", "billing_api", "billing_api", "orders_db"];
     for (row, target) in rows.iter().zip(expected_targets) {
         assert_eq!(row["target"], target);
@@ -659,5 +670,89 @@ fn serve_runs_a_bundle_built_ahead_of_time() {
     );
     let answer = decide(&server, &token, json!({ "name": "billing_api" }), "POST");
     assert_eq!(answer["rule"], "billing_release_deploys", "{answer}");
+    stop_server(server);
+}
+
+/// A policy set that reads custom `oidc` claims, served from a bundle built with them: the
+/// server decides on the attested custom claims, and refuses to start under a configuration
+/// whose custom claims differ from the bundle's.
+#[test]
+fn custom_claims_reach_policies_and_bundles_must_match_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = r#"
+workload payments_jobs {
+  oidc { team == "payments" && has tier && tier >= 2 }
+}
+target ledger { https { host = "ledger.internal" } }
+permit payments_deploy { workload payments_jobs target ledger }
+"#;
+    let files = [portcullis_lang::SourceFile::new("custom.gate", policy)];
+    let claims_json = r#"[
+        { "name": "team", "path": "org.team", "type": "string", "required": true },
+        { "name": "tier", "type": "integer" }
+    ]"#;
+    let custom = portcullis_lang::claims_file::parse_claims_file(claims_json).unwrap();
+    assert!(portcullis_lang::compile(&files).is_err(), "unknown without");
+    let set = portcullis_lang::compile_with_claims(&files, &custom).unwrap();
+    let bundle = portcullis_lang::bundle::Bundle::from_policy_set(&set).unwrap();
+    let bundle_path = tmp.path().join("custom.bundle");
+    std::fs::write(&bundle_path, bundle.to_bytes()).unwrap();
+
+    let write_config = |name: &str, tier_type: &str| {
+        let config = format!(
+            "[policy]\nbundle = {bundle:?}\n\n[[trust_providers]]\nname = \"corp-idp\"\n\
+             kind = \"oidc\"\nissuer = \"https://idp.example-issuer.invalid\"\n\
+             audiences = [\"portcullis\"]\njwks_file = {jwks:?}\nexample_only = true\n\
+             custom_claims = [\n  {{ name = \"team\", path = \"org.team\", type = \"string\", \
+             required = true }},\n  {{ name = \"tier\", path = \"tier\", type = \"{tier_type}\" }},\n]\n",
+            bundle = bundle_path.to_str().unwrap(),
+            jwks = repo()
+                .join("examples/dev/example-github-issuer.jwks.json")
+                .to_str()
+                .unwrap(),
+        );
+        let path = tmp.path().join(name);
+        std::fs::write(&path, config).unwrap();
+        path
+    };
+
+    let mismatched = write_config("mismatched.toml", "string");
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&mismatched)
+        .arg("--data-dir")
+        .arg(tmp.path().join("refused"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "custom claim `tier` is integer in the bundle but string in the configuration"
+        ),
+        "{err}"
+    );
+
+    let config = write_config("portcullis.toml", "integer");
+    let server = start_server_with(&config, &tmp.path().join("data"));
+    let claims = |team: &str, tier: i64| {
+        json!({
+            "iss": "https://idp.example-issuer.invalid", "aud": "portcullis",
+            "sub": "svc-payments", "org": { "team": team }, "tier": tier,
+        })
+    };
+    let target = json!({ "name": "ledger" });
+    let token = mint(GITHUB_KEY, &claims("payments", 3), tmp.path());
+    let answer = decide(&server, &token, target.clone(), "POST");
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    assert_eq!(answer["rule"], "payments_deploy", "{answer}");
+    let token = mint(GITHUB_KEY, &claims("payments", 1), tmp.path());
+    let answer = decide(&server, &token, target.clone(), "POST");
+    assert_eq!(answer["decision"], "deny", "{answer}");
+    assert_eq!(answer["reason_code"], "no_permit", "{answer}");
+    let token = mint(GITHUB_KEY, &claims("search", 3), tmp.path());
+    let answer = decide(&server, &token, target, "POST");
+    assert_eq!(answer["decision"], "deny", "{answer}");
     stop_server(server);
 }

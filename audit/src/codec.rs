@@ -2,7 +2,8 @@
 //!
 //! Little-endian integers; text as a `u32` length and UTF-8 bytes; an optional field as a
 //! presence byte (0 or 1) and the value. The field order is fixed by [`encode`]; changing it
-//! means a new write-ahead log format version.
+//! means a new write-ahead log format version, and [`decode_version`] keeps reading the older
+//! ones. Version 2 added `rule_description` and `rule_severity` after `latency_ns`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -56,10 +57,19 @@ pub(crate) fn encode(event: &AccessEvent, out: &mut Vec<u8>) {
         out.push(u8::from(condition.result));
     }
     put_opt(out, d.latency_ns, put_u64);
+    put_opt_str(out, d.rule_description.as_deref());
+    put_opt_str(out, d.rule_severity.as_deref());
 }
 
-/// Decodes one event; the whole of `bytes` must be the event.
+/// Decodes one event of the current format; the whole of `bytes` must be the event.
+#[cfg(test)]
 pub(crate) fn decode(bytes: &[u8]) -> Result<AccessEvent, DecodeError> {
+    decode_version(bytes, crate::wal::WAL_VERSION)
+}
+
+/// Decodes one event written by write-ahead log format `version` (1 or 2); the fields an older
+/// version lacks are empty.
+pub(crate) fn decode_version(bytes: &[u8], version: u32) -> Result<AccessEvent, DecodeError> {
     let mut r = Reader { bytes };
     let event_id = Uuid::from_bytes(r.array()?);
     let seq = r.u64()?;
@@ -102,6 +112,17 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<AccessEvent, DecodeError> {
         source_ip: r.ip()?,
         conditions: r.conditions()?,
         latency_ns: r.opt(Reader::u64)?,
+        rule_description: None,
+        rule_severity: None,
+    };
+    let details = if version >= 2 {
+        NewEvent {
+            rule_description: r.opt_string()?,
+            rule_severity: r.opt_string()?,
+            ..details
+        }
+    } else {
+        details
     };
     if !r.bytes.is_empty() {
         return Err(DecodeError::Trailing(r.bytes.len()));
@@ -322,6 +343,8 @@ mod tests {
                     },
                 ],
                 latency_ns: Some(u64::MAX),
+                rule_description: Some("release tags deploy".into()),
+                rule_severity: Some("high".into()),
             },
         }
     }
@@ -356,6 +379,26 @@ mod tests {
                 "prefix of {len} bytes decoded"
             );
         }
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        // Version 1 ended with `latency_ns`: the same bytes without the two rule fields.
+        let event = full_event();
+        let mut bytes = Vec::new();
+        encode(&event, &mut bytes);
+        let v2_tail = 2 * (1 + 4) + "release tags deploy".len() + "high".len();
+        let v1 = &bytes[..bytes.len() - v2_tail];
+        let decoded = decode_version(v1, 1).unwrap();
+        let mut expected = event;
+        expected.details.rule_description = None;
+        expected.details.rule_severity = None;
+        assert_eq!(decoded, expected);
+        assert_eq!(decode(v1), Err(DecodeError::Truncated));
+        assert_eq!(
+            decode_version(&bytes, 1),
+            Err(DecodeError::Trailing(v2_tail))
+        );
     }
 
     #[test]

@@ -26,13 +26,19 @@ pub enum AuditError {
     WalMagic { path: PathBuf },
 
     #[error(
-        "`{path}` has write-ahead log format version {found}; this build reads version {supported}"
+        "`{path}` has write-ahead log format version {found}; this build reads versions {oldest} to {newest}"
     )]
     WalVersion {
         path: PathBuf,
         found: u32,
-        supported: u32,
+        oldest: u32,
+        newest: u32,
     },
+
+    #[error(
+        "`{path}` still holds events of write-ahead log format version {version}; they must be sealed before new events are appended"
+    )]
+    WalNotSealed { path: PathBuf, version: u32 },
 
     #[error("damaged record in `{path}` at offset {offset}: {problem}")]
     DamagedRecord {

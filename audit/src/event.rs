@@ -119,6 +119,10 @@ pub struct NewEvent {
     pub conditions: Vec<ConditionOutcome>,
     /// Time from request to decision.
     pub latency_ns: Option<u64>,
+    /// The deciding rule's `@description` annotation.
+    pub rule_description: Option<String>,
+    /// The deciding rule's `@severity` annotation: `low`, `medium`, `high` or `critical`.
+    pub rule_severity: Option<String>,
 }
 
 /// An event as the store keeps it.

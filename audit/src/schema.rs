@@ -56,6 +56,8 @@ fn build_schema() -> SchemaRef {
         text("source_ip", true),
         text("conditions", true),
         int64("latency_ns"),
+        text("rule_description", true),
+        text("rule_severity", true),
     ];
     Arc::new(Schema::new(fields))
 }
@@ -127,6 +129,8 @@ pub fn events_to_batch(events: &[AccessEvent]) -> Result<RecordBatch, AuditError
         Arc::new(source_ips),
         Arc::new(conditions),
         int64("latency_ns", |d| d.latency_ns)?,
+        text(|d| d.rule_description.as_deref()),
+        text(|d| d.rule_severity.as_deref()),
     ];
     Ok(RecordBatch::try_new(access_events_schema(), columns)?)
 }
@@ -186,6 +190,7 @@ mod tests {
         let details = NewEvent {
             decision: Some(Decision::Allow),
             workload: Some("orders_api".into()),
+            rule_severity: Some("critical".into()),
             port: Some(5432),
             credential_ttl_s: Some(900),
             conditions: vec![ConditionOutcome {
@@ -214,6 +219,14 @@ mod tests {
         assert!(conditions.is_null(1));
         let kind = batch.column_by_name("kind").unwrap().as_string::<i32>();
         assert_eq!(kind.value(1), "decision");
+        let severity = batch
+            .column_by_name("rule_severity")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(severity.value(0), "critical");
+        assert!(severity.is_null(1));
+        let description = batch.column_by_name("rule_description").unwrap();
+        assert_eq!(description.null_count(), 2);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! stays until it is sealed into a Parquet segment.
 //!
 //! Layout: a 12-byte header (the magic bytes [`WAL_MAGIC`] and a little-endian `u32` format
-//! version), then records. A record is a little-endian `u32` payload length, the CRC32 of the
+//! version), then records. A log of an older version ([`OLDEST_WAL_VERSION`] or later) is read
+//! with that version's encoding; once its events are sealed it starts again at
+//! [`WAL_VERSION`], and nothing is appended to it before. A record is a little-endian `u32` payload length, the CRC32 of the
 //! payload, and the payload: one event in the encoding of `codec`.
 //!
 //! On open the whole log is checked. A torn tail is what a crash in the middle of an append
@@ -20,8 +22,10 @@ use crate::event::AccessEvent;
 
 /// The first bytes of every write-ahead log file.
 pub const WAL_MAGIC: [u8; 8] = *b"PCLSWAL\0";
-/// The format version this build writes and reads.
-pub const WAL_VERSION: u32 = 1;
+/// The format version this build writes.
+pub const WAL_VERSION: u32 = 2;
+/// The oldest format version this build still reads.
+pub const OLDEST_WAL_VERSION: u32 = 1;
 /// The size of the file header.
 pub const HEADER_LEN: u64 = 12;
 /// The largest payload of one record; an event over it is refused.
@@ -38,6 +42,8 @@ pub struct Wal {
     len: u64,
     /// Set after a failed append: the file's state is unknown, so nothing more is written.
     stopped: bool,
+    /// The format version of the file's header and records.
+    version: u32,
     scratch: Vec<u8>,
 }
 
@@ -71,19 +77,23 @@ impl Wal {
             file,
             len: 0,
             stopped: false,
+            version: WAL_VERSION,
             scratch: Vec::new(),
         };
         if bytes.len() < HEADER_LEN as usize {
             return wal.start_fresh(&bytes);
         }
-        check_header(path, &bytes)?;
+        wal.version = check_header(path, &bytes)?;
 
-        let scan = scan_records(path, &bytes)?;
+        let scan = scan_records(path, &bytes, wal.version)?;
         wal.len = scan.valid_len;
         let torn_bytes = bytes.len() as u64 - scan.valid_len;
         if torn_bytes > 0 {
             wal.truncate(scan.valid_len)?;
             tracing::warn!(path = %path.display(), torn_bytes, "wal_torn_tail_truncated");
+        }
+        if wal.version != WAL_VERSION && scan.events.is_empty() {
+            wal.restart_at_current_version()?;
         }
         Ok((
             wal,
@@ -112,6 +122,12 @@ impl Wal {
     pub fn append(&mut self, event: &AccessEvent) -> Result<(), AuditError> {
         if self.stopped {
             return Err(AuditError::Stopped);
+        }
+        if self.version != WAL_VERSION {
+            return Err(AuditError::WalNotSealed {
+                path: self.path.clone(),
+                version: self.version,
+            });
         }
         let record = encode_record(event, &mut self.scratch)?;
         let written = self
@@ -142,7 +158,24 @@ impl Wal {
         if self.stopped {
             return Err(AuditError::Stopped);
         }
+        if self.version != WAL_VERSION {
+            return self.restart_at_current_version();
+        }
         self.truncate(HEADER_LEN)
+    }
+
+    /// Empties a log of an older format version and gives it the current version's header.
+    fn restart_at_current_version(&mut self) -> Result<(), AuditError> {
+        self.truncate(0)?;
+        self.file
+            .write_all(&header_bytes())
+            .map_err(AuditError::io("write", &self.path))?;
+        self.file
+            .sync_all()
+            .map_err(AuditError::io("sync", &self.path))?;
+        self.len = HEADER_LEN;
+        self.version = WAL_VERSION;
+        Ok(())
     }
 
     fn truncate(&mut self, len: u64) -> Result<(), AuditError> {
@@ -198,7 +231,8 @@ fn header_bytes() -> [u8; HEADER_LEN as usize] {
     header
 }
 
-fn check_header(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
+/// Checks the magic bytes and gives the format version, one this build reads.
+fn check_header(path: &Path, bytes: &[u8]) -> Result<u32, AuditError> {
     let Some((magic, rest)) = bytes.split_first_chunk::<8>() else {
         return Err(AuditError::WalMagic {
             path: path.to_owned(),
@@ -211,11 +245,12 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<(), AuditError> {
     }
     let version = rest.first_chunk::<4>().map(|v| u32::from_le_bytes(*v));
     match version {
-        Some(WAL_VERSION) => Ok(()),
+        Some(found @ OLDEST_WAL_VERSION..=WAL_VERSION) => Ok(found),
         Some(found) => Err(AuditError::WalVersion {
             path: path.to_owned(),
             found,
-            supported: WAL_VERSION,
+            oldest: OLDEST_WAL_VERSION,
+            newest: WAL_VERSION,
         }),
         None => Err(AuditError::WalMagic {
             path: path.to_owned(),
@@ -253,7 +288,7 @@ struct Scan {
     valid_len: u64,
 }
 
-fn scan_records(path: &Path, bytes: &[u8]) -> Result<Scan, AuditError> {
+fn scan_records(path: &Path, bytes: &[u8], version: u32) -> Result<Scan, AuditError> {
     let mut offset = HEADER_LEN as usize;
     let mut events: Vec<AccessEvent> = Vec::new();
     while offset < bytes.len() {
@@ -262,7 +297,7 @@ fn scan_records(path: &Path, bytes: &[u8]) -> Result<Scan, AuditError> {
             offset: offset as u64,
             problem,
         };
-        match read_record(&bytes[offset..]).map_err(damaged)? {
+        match read_record(&bytes[offset..], version).map_err(damaged)? {
             None => break,
             Some((event, record_len)) => {
                 if let Some(previous) = events.last() {
@@ -287,7 +322,7 @@ fn scan_records(path: &Path, bytes: &[u8]) -> Result<Scan, AuditError> {
 
 /// Reads the record at the start of `rest`, the bytes from its offset to the end of the file:
 /// its event and length, or `None` for a torn tail.
-fn read_record(rest: &[u8]) -> Result<Option<(AccessEvent, usize)>, RecordProblem> {
+fn read_record(rest: &[u8], version: u32) -> Result<Option<(AccessEvent, usize)>, RecordProblem> {
     // Records are appended and synced one at a time, so a crash can tear at most the last one.
     let could_be_torn = rest.len() <= RECORD_HEADER_LEN + MAX_RECORD_BYTES;
     let torn_or = |problem| {
@@ -322,7 +357,7 @@ fn read_record(rest: &[u8]) -> Result<Option<(AccessEvent, usize)>, RecordProble
         // What a torn append leaves is a prefix of one event's encoding. Bytes that hold a
         // whole event, or are no event at all, mean the length is damaged and good records
         // may follow.
-        return match codec::decode(body) {
+        return match codec::decode_version(body, version) {
             Err(DecodeError::Truncated) => torn_or(problem),
             _ => Err(problem),
         };
@@ -340,6 +375,6 @@ fn read_record(rest: &[u8]) -> Result<Option<(AccessEvent, usize)>, RecordProble
             Err(RecordProblem::Checksum)
         };
     }
-    let event = codec::decode(payload)?;
+    let event = codec::decode_version(payload, version)?;
     Ok(Some((event, RECORD_HEADER_LEN + size)))
 }

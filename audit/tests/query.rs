@@ -274,3 +274,53 @@ async fn order_by_seq_spans_several_segments() {
         assert_eq!(seqs, expected);
     }
 }
+
+#[tokio::test]
+async fn rule_annotations_are_columns_and_older_segments_read_as_null() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let mut annotated = decision("billing_release", Decision::Allow);
+    annotated.rule_description = Some("release tags deploy".into());
+    annotated.rule_severity = Some("high".into());
+    log.record(annotated).unwrap();
+    log.record(decision("docs", Decision::Deny)).unwrap();
+    log.close().unwrap();
+
+    // A segment written before the two columns existed: the same schema without them.
+    let time = chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+    let old = common::stored_event(100, time, decision("legacy", Decision::Allow));
+    let batch = portcullis_audit::schema::events_to_batch(&[old]).unwrap();
+    let n_old_columns = batch.num_columns() - 2;
+    let batch = batch
+        .project(&(0..n_old_columns).collect::<Vec<_>>())
+        .unwrap();
+    let partition = dir.path().join("events/date=2023-11-14");
+    std::fs::create_dir_all(&partition).unwrap();
+    let file = std::fs::File::create(
+        partition.join("seg-00000000000000000100-00000000000000000100.parquet"),
+    )
+    .unwrap();
+    let mut writer = parquet::arrow::ArrowWriter::try_new(file, batch.schema(), None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+
+    let sql = "SELECT workload, rule_description, rule_severity FROM access_events ORDER BY seq";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    assert_eq!(batch.num_rows(), 3);
+    let workload = batch.column(0).as_string::<i32>();
+    let description = batch.column(1).as_string::<i32>();
+    let severity = batch.column(2).as_string::<i32>();
+    assert_eq!(workload.value(0), "billing_release");
+    assert_eq!(description.value(0), "release tags deploy");
+    assert_eq!(severity.value(0), "high");
+    assert!(
+        description.is_null(1) && severity.is_null(1),
+        "no rule annotations"
+    );
+    assert_eq!(workload.value(2), "legacy");
+    assert!(
+        description.is_null(2) && severity.is_null(2),
+        "an older segment"
+    );
+}

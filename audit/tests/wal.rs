@@ -14,7 +14,7 @@ use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use common::{decision, stored_event};
-use portcullis_audit::wal::{HEADER_LEN, MAX_RECORD_BYTES, Wal};
+use portcullis_audit::wal::{HEADER_LEN, MAX_RECORD_BYTES, WAL_VERSION, Wal};
 use portcullis_audit::{AccessEvent, AuditError, Decision, NewEvent, RecordProblem};
 
 fn events(n: u64) -> Vec<AccessEvent> {
@@ -302,4 +302,84 @@ fn reset_keeps_the_header_only() {
     let (_wal, contents) = Wal::open(&path).unwrap();
     assert!(contents.events.is_empty());
     assert_eq!(fs::metadata(&path).unwrap().len(), HEADER_LEN);
+}
+
+/// Rewrites a version 2 log whose events have no rule annotations as the version 1 log of the
+/// same events: version 1 records end before the two empty rule fields (one presence byte
+/// each).
+fn downgrade_to_version_1(path: &Path) {
+    let bytes = fs::read(path).unwrap();
+    let mut out = bytes[..HEADER_LEN as usize].to_vec();
+    out[8..12].copy_from_slice(&1u32.to_le_bytes());
+    let mut offset = HEADER_LEN as usize;
+    while offset < bytes.len() {
+        let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        let payload = &bytes[offset + 8..offset + 8 + length];
+        assert_eq!(&payload[length - 2..], [0, 0], "no rule annotations");
+        let payload = &payload[..length - 2];
+        out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        out.extend_from_slice(payload);
+        offset += 8 + length;
+    }
+    fs::write(path, out).unwrap();
+}
+
+#[test]
+fn a_version_1_log_is_read_and_restarted_at_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.wal");
+    let written = events(3);
+    write_log(&path, &written);
+    downgrade_to_version_1(&path);
+
+    let (mut wal, contents) = Wal::open(&path).unwrap();
+    assert_eq!(contents.events, written, "every field version 1 had");
+    assert_eq!(contents.torn_bytes, 0);
+    // Its events must be sealed first: nothing of version 2 goes into a version 1 file.
+    let appended = wal.append(&written[0]);
+    assert!(
+        matches!(appended, Err(AuditError::WalNotSealed { version: 1, .. })),
+        "{appended:?}"
+    );
+    wal.reset().unwrap();
+    let mut annotated = events(1);
+    annotated[0].details.rule_description = Some("release tags deploy".into());
+    annotated[0].details.rule_severity = Some("high".into());
+    wal.append(&annotated[0]).unwrap();
+    drop(wal);
+
+    let bytes = fs::read(&path).unwrap();
+    assert_eq!(&bytes[8..12], &WAL_VERSION.to_le_bytes());
+    let (_wal, contents) = Wal::open(&path).unwrap();
+    assert_eq!(contents.events, annotated);
+}
+
+#[test]
+fn an_empty_version_1_log_starts_again_at_the_current_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.wal");
+    write_log(&path, &[]);
+    downgrade_to_version_1(&path);
+    let (mut wal, contents) = Wal::open(&path).unwrap();
+    assert!(contents.events.is_empty());
+    wal.append(&events(1)[0]).unwrap();
+    assert_eq!(&fs::read(&path).unwrap()[8..12], &WAL_VERSION.to_le_bytes());
+}
+
+#[test]
+fn an_unknown_version_is_refused_with_the_versions_this_build_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.wal");
+    write_log(&path, &events(1));
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&9u32.to_le_bytes());
+    fs::write(&path, bytes).unwrap();
+    let error = Wal::open(&path).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .ends_with("has write-ahead log format version 9; this build reads versions 1 to 2"),
+        "{error}"
+    );
 }

@@ -243,6 +243,9 @@ async fn decide(
         bundle_hash: Some(engine.program.hash_hex().to_owned()),
         ..NewEvent::default()
     };
+    // `request.time`: the clock is read once, before attestation, so that one decision sees
+    // one time.
+    let decided_at = chrono::Utc::now().timestamp();
     let answer = match engine.attestor.attest(&body.evidence.token) {
         Ok(attested) => {
             let request = Request {
@@ -252,6 +255,7 @@ async fn decide(
                 action: body.request.action.as_deref(),
                 resource: body.request.resource.as_deref(),
                 source_ip: Some(peer.ip()),
+                time: decided_at,
             };
             let decision = engine.program.decide(&request);
             describe_caller(&mut event, &attested);
@@ -317,6 +321,12 @@ fn answer_decision(event: &mut NewEvent, decision: &Decision<'_>) -> DecideAnswe
     event.reason_code = Some(decision.reason.code().to_owned());
     event.rule = decision.rule.map(str::to_owned);
     event.workload = decision.workload.map(str::to_owned);
+    if let Some(annotations) = decision.annotations {
+        event.rule_description = annotations.description.clone();
+        event.rule_severity = annotations
+            .severity
+            .map(|severity| severity.keyword().to_owned());
+    }
     let mut answer = answer(event, decision.reason.code());
     if let Some(credential) = decision.credential {
         event.credential_provider = Some(credential.kind.keyword().to_owned());

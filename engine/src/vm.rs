@@ -29,7 +29,7 @@ use portcullis_lang::bytecode::{ConstSet, Instr, MAX_STACK};
 use portcullis_lang::ir::{
     Annotations, Effect, Protocol, RequestField, TargetField, WorkloadId, WorkloadRef,
 };
-use portcullis_lang::schema::{ClaimId, ClaimType, ClaimValue, ProviderKind};
+use portcullis_lang::schema::{ClaimId, ClaimType, ClaimValue, CustomClaims, ProviderKind};
 
 /// Workloads whose results a decision caches without allocating.
 const INLINE_WORKLOADS: usize = 64;
@@ -71,7 +71,8 @@ pub enum TargetQuery<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
     pub kind: ProviderKind,
-    /// Indexed by ClaimId of `kind`'s schema: `claims.len() == kind.claims().len()`.
+    /// Indexed by ClaimId of `kind`'s schema: the built-in claims, then, for `oidc`, the
+    /// custom claims in the bundle's order ([`Program::custom_claims`]).
     pub claims: &'a [Option<ClaimValue>],
     pub target: TargetQuery<'a>,
     pub action: Option<&'a str>,
@@ -79,6 +80,9 @@ pub struct Request<'a> {
     /// The address the request came from, `request.source_ip`; the API fills it from the
     /// peer address.
     pub source_ip: Option<std::net::IpAddr>,
+    /// When the decision began, in Unix seconds (UTC): `request.time`. The API fills it from
+    /// the system clock; the VM reads no clock.
+    pub time: i64,
 }
 
 /// The outcome of one request.
@@ -99,6 +103,10 @@ pub struct Decision<'p> {
     pub reason: Reason<'p>,
     /// How the request named a target that does not exist, already quoted for the reason text.
     unknown_target: Option<String>,
+    /// The program's custom claims, to name one in the reason for an evaluation error.
+    custom_claims: Option<&'p CustomClaims>,
+    /// The request named no resource; said in the reason for a target with a path prefix.
+    no_resource: bool,
 }
 
 /// Why a decision came out as it did.
@@ -155,8 +163,17 @@ pub enum EvalError {
         claim: &'static str,
         expected: ClaimType,
     },
+    /// A custom `oidc` claim is absent; [`Decision::reason_text`] names it.
+    #[error("custom claim {} is absent", .claim.0)]
+    AbsentCustomClaim { claim: ClaimId },
+    /// A custom `oidc` claim has another type; [`Decision::reason_text`] names it.
+    #[error("custom claim {} is not a {expected}", .claim.0)]
+    CustomClaimType { claim: ClaimId, expected: ClaimType },
     #[error("`request.{field}` is absent")]
     AbsentRequestField { field: &'static str },
+    /// `request.time` is beyond the years a time zone can read (-9999 to 9999).
+    #[error("`request.time` ({unix_seconds} Unix seconds) is out of range")]
+    TimeOutOfRange { unix_seconds: i64 },
     #[error("the rule reads the target, but the request names no declared target")]
     NoTarget,
     #[error("the decision ran past its instruction budget")]
@@ -197,6 +214,12 @@ impl Program {
 
     pub fn bundle(&self) -> &Bundle {
         &self.bundle
+    }
+
+    /// The custom `oidc` claims the bundle was compiled with, which attestation must produce
+    /// at the same ids.
+    pub fn custom_claims(&self) -> &CustomClaims {
+        self.bundle.custom_claims()
     }
 
     /// The declared target called `name`.
@@ -245,7 +268,9 @@ impl Program {
         };
         if !within_prefix(target, request.resource) {
             let workload = run.first_matching_workload();
-            return deny(Reason::PathOutsidePrefix, None, workload, Some(target));
+            let mut decision = deny(Reason::PathOutsidePrefix, None, workload, Some(target));
+            decision.no_resource = request.resource.is_none();
+            return decision;
         }
         run.rules(position)
     }
@@ -284,10 +309,33 @@ impl Decision<'_> {
                     .target
                     .and_then(|t| t.path_prefix.as_deref())
                     .unwrap_or("");
-                format!("the resource is outside the path prefix `{prefix}` of target `{target}`")
+                if self.no_resource {
+                    format!(
+                        "the request names no resource, and target `{target}` only allows paths \
+                         under `{prefix}`"
+                    )
+                } else {
+                    format!(
+                        "the resource is outside the path prefix `{prefix}` of target `{target}`"
+                    )
+                }
             }
             Reason::EvaluationError { rule, error } => {
-                format!("evaluation error in rule `{rule}`: {error}")
+                let custom_name = |claim| {
+                    self.custom_claims
+                        .and_then(|claims| claims.claim_name(ProviderKind::Oidc, claim))
+                };
+                let named = match error {
+                    EvalError::AbsentCustomClaim { claim } => {
+                        custom_name(claim).map(|name| format!("claim `{name}` is absent"))
+                    }
+                    EvalError::CustomClaimType { claim, expected } => {
+                        custom_name(claim).map(|name| format!("claim `{name}` is not a {expected}"))
+                    }
+                    _ => None,
+                };
+                let detail = named.unwrap_or_else(|| error.to_string());
+                format!("evaluation error in rule `{rule}`: {detail}")
             }
         }
     }
@@ -308,6 +356,8 @@ fn deny<'p>(
         annotations: None,
         reason,
         unknown_target: None,
+        custom_claims: None,
+        no_resource: false,
     }
 }
 
@@ -547,6 +597,8 @@ impl<'p, 'r> Run<'p, 'r> {
                     annotations: Some(&rule.annotations),
                     reason,
                     unknown_target: None,
+                    custom_claims: Some(program.custom_claims()),
+                    no_resource: false,
                 };
             }
         }
@@ -711,6 +763,17 @@ impl<'p, 'r> Run<'p, 'r> {
                     Val::Int(value) => Val::Bool((low..=high).contains(&value)),
                     _ => return Err(EvalError::InvalidProgram { pc: at }),
                 },
+                Instr::Within(idx) => {
+                    let bundle = &program.bundle;
+                    let entry = bundle.windows().get(idx as usize);
+                    let zone = entry.and_then(|entry| bundle.zones().get(entry.zone as usize));
+                    let (Some(entry), Some(zone), Val::Int(time)) = (entry, zone, stack.pop(at)?)
+                    else {
+                        return Err(EvalError::InvalidProgram { pc: at });
+                    };
+                    let inside = entry.window.contains(&zone.zone, time);
+                    Val::Bool(inside.map_err(|_| EvalError::TimeOutOfRange { unix_seconds: time })?)
+                }
                 Instr::Condition(idx) => Val::Bool(self.condition(idx, at)?),
                 other => self.push_value(other, at)?,
             };
@@ -732,7 +795,9 @@ impl<'p, 'r> Run<'p, 'r> {
                 Some(text) => Val::Str(text),
                 None => return Err(EvalError::InvalidProgram { pc }),
             },
-            Instr::PushClaim(kind, claim) => claim_value(request, kind, claim)?,
+            Instr::PushClaim(kind, claim) => {
+                claim_value(request, self.program.custom_claims(), kind, claim)?
+            }
             Instr::HasClaim(kind, claim) => Val::Bool(
                 request.kind == kind
                     && request
@@ -767,12 +832,15 @@ fn request_field<'r>(request: &Request<'r>, field: RequestField) -> Option<Val<'
         RequestField::Action => request.action.map(Val::Str),
         RequestField::Resource => request.resource.map(Val::Str),
         RequestField::SourceIp => request.source_ip.map(Val::Ip),
+        RequestField::Time => Some(Val::Int(request.time)),
     }
 }
 
-/// Reads a claim, checking the caller's kind, presence, and the schema type.
+/// Reads a claim, checking the caller's kind, presence, and the schema type; a claim id
+/// beyond the built-in ones of `oidc` is one of the bundle's `custom_claims`.
 fn claim_value<'r>(
     request: &'r Request<'_>,
+    custom_claims: &CustomClaims,
     kind: ProviderKind,
     claim: ClaimId,
 ) -> Result<Val<'r>, EvalError> {
@@ -782,7 +850,8 @@ fn claim_value<'r>(
             actual: request.kind,
         });
     }
-    let Some(def) = kind.claims().get(usize::from(claim.0)) else {
+    let builtin = kind.claims().get(usize::from(claim.0));
+    let Some(ty) = custom_claims.claim_type(kind, claim) else {
         return Err(EvalError::InvalidProgram { pc: 0 });
     };
     let value = request
@@ -790,20 +859,26 @@ fn claim_value<'r>(
         .get(usize::from(claim.0))
         .and_then(Option::as_ref);
     let Some(value) = value else {
-        return Err(EvalError::AbsentClaim {
-            kind,
-            claim: def.name,
+        return Err(match builtin {
+            Some(def) => EvalError::AbsentClaim {
+                kind,
+                claim: def.name,
+            },
+            None => EvalError::AbsentCustomClaim { claim },
         });
     };
-    match (def.ty, value) {
+    match (ty, value) {
         (ClaimType::String, ClaimValue::String(text)) => Ok(Val::Str(text)),
         (ClaimType::Int, ClaimValue::Int(number)) => Ok(Val::Int(*number)),
         (ClaimType::Bool, ClaimValue::Bool(flag)) => Ok(Val::Bool(*flag)),
         (ClaimType::StringSet, ClaimValue::StringSet(items)) => Ok(Val::Set(items)),
-        (expected, _) => Err(EvalError::ClaimType {
-            kind,
-            claim: def.name,
-            expected,
+        (expected, _) => Err(match builtin {
+            Some(def) => EvalError::ClaimType {
+                kind,
+                claim: def.name,
+                expected,
+            },
+            None => EvalError::CustomClaimType { claim, expected },
         }),
     }
 }
@@ -914,6 +989,7 @@ mod tests {
             }],
             credentials: Vec::new(),
             conditions: Vec::new(),
+            custom_claims: Default::default(),
         };
         Program::from_bundle(Bundle::from_policy_set(&set).unwrap()).unwrap()
     }
@@ -933,6 +1009,7 @@ mod tests {
             action: None,
             resource: None,
             source_ip: None,
+            time: 0,
         }
     }
 

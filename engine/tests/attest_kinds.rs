@@ -21,7 +21,7 @@ use portcullis_lang::bundle::Bundle;
 use portcullis_lang::schema::{
     ClaimType, ClaimValue, CustomClaim, CustomClaimError, ProviderKind, SpiffeIdError,
 };
-use portcullis_lang::{SourceFile, compile};
+use portcullis_lang::{SourceFile, compile, compile_with_claims};
 use serde_json::{Value, json};
 
 const GITLAB_ISSUER: &str = "https://gitlab.example.invalid";
@@ -552,6 +552,7 @@ fn decide<'p>(program: &'p Program, attestor: &Attestor, claims: &Value) -> Reas
         action: Some("POST"),
         resource: Some("/v1/deploy"),
         source_ip: None,
+        time: 0,
     };
     program.decide(&request).reason
 }
@@ -597,4 +598,101 @@ fn attested_claims_of_each_kind_decide_through_a_compiled_policy() {
     assert_eq!(decide(&program, &attestor, &api), permitted("api_calls"));
     let other = svid_claims("spiffe://prod.acme.example/ns/search/sa/api");
     assert_eq!(decide(&program, &attestor, &other), Reason::NoPermit);
+}
+
+const CUSTOM_POLICY: &str = r#"
+workload payments_jobs {
+  oidc { team == "payments" && has tier && tier >= 2 }
+}
+target ledger { https { host = "ledger.internal" } }
+
+permit payments_posts {
+  workload payments_jobs
+  target ledger
+  when has client.oidc.roles && client.oidc.roles in ["auditor"]
+}
+"#;
+
+#[test]
+fn attested_custom_claims_decide_through_a_policy_compiled_with_them() {
+    let attestor = attestor();
+    let files = [SourceFile::new("custom.gate", CUSTOM_POLICY)];
+    assert!(
+        compile(&files).is_err(),
+        "unknown without the custom claims"
+    );
+    let set = compile_with_claims(&files, attestor.custom_claims())
+        .unwrap_or_else(|diagnostics| panic!("{diagnostics:?}"));
+    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
+    let program = Program::load(&bytes).unwrap();
+    assert_eq!(program.custom_claims(), attestor.custom_claims());
+    let decide = |claims: &Value| {
+        let attested = attestor.attest(&sign(claims)).unwrap();
+        let request = Request {
+            kind: attested.provider.kind(),
+            claims: &attested.claims,
+            target: TargetQuery::Named("ledger"),
+            action: Some("POST"),
+            resource: None,
+            source_ip: None,
+            time: 0,
+        };
+        let decision = program.decide(&request);
+        (decision.reason, decision.reason_text())
+    };
+
+    let (reason, _) = decide(&oidc_claims());
+    assert_eq!(
+        reason,
+        Reason::Permitted {
+            rule: "payments_posts"
+        }
+    );
+    let (reason, _) = decide(&patched(oidc_claims(), json!({ "tier": 1 })));
+    assert_eq!(reason, Reason::NoPermit);
+    let (reason, _) = decide(&patched(
+        oidc_claims(),
+        json!({ "org": { "team": "search" } }),
+    ));
+    assert_eq!(reason, Reason::NoPermit);
+
+    let no_roles = patched(oidc_claims(), json!({ "https://acme.example/roles": null }));
+    assert_eq!(decide(&no_roles).0, Reason::NoPermit);
+
+    // Attestation never lets a required claim be absent; were it absent, the decision would
+    // deny with an evaluation error that names the custom claim.
+    let attested = attestor.attest(&sign(&oidc_claims())).unwrap();
+    let mut claims = attested.claims.clone();
+    let (team, _) = attestor.custom_claims().claim("team").unwrap();
+    claims[usize::from(team.0)] = None;
+    let ask = |claims: &[Option<ClaimValue>]| {
+        let request = Request {
+            kind: ProviderKind::Oidc,
+            claims,
+            target: TargetQuery::Named("ledger"),
+            action: Some("POST"),
+            resource: None,
+            source_ip: None,
+            time: 0,
+        };
+        let decision = program.decide(&request);
+        let is_error = matches!(
+            decision.reason,
+            Reason::EvaluationError {
+                rule: "payments_posts",
+                ..
+            }
+        );
+        assert!(is_error, "{:?}", decision.reason);
+        decision.reason_text()
+    };
+    assert_eq!(
+        ask(&claims),
+        "evaluation error in rule `payments_posts`: claim `team` is absent"
+    );
+    claims[usize::from(team.0)] = Some(ClaimValue::Int(7));
+    assert_eq!(
+        ask(&claims),
+        "evaluation error in rule `payments_posts`: claim `team` is not a string"
+    );
 }

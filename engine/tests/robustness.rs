@@ -68,6 +68,7 @@ impl Owned {
             action: self.action.as_deref(),
             resource: self.resource.as_deref(),
             source_ip: self.source_ip,
+            time: 0,
         }
     }
 }

@@ -192,6 +192,7 @@ fn policy_set() -> PolicySet {
         credentials: Vec::new(),
         conditions: Vec::new(),
         rules,
+        custom_claims: Default::default(),
     }
 }
 
@@ -263,6 +264,7 @@ fn request<'a>(
         action,
         resource,
         source_ip: None,
+        time: 0,
     }
 }
 
@@ -530,6 +532,7 @@ fn target_by_endpoint() {
         action: Some("connect"),
         resource: Some("orders"),
         source_ip: None,
+        time: 0,
     };
     let decision = program.decide(&at("postgres", "orders.db.internal", 5432));
     assert!(decision.allow);
@@ -589,6 +592,10 @@ fn resource_outside_path_prefix_denies() {
     assert_eq!(
         program.decide(&deploy(Some("/admin"))).reason_text(),
         "the resource is outside the path prefix `/v1/` of target `billing_api`"
+    );
+    assert_eq!(
+        program.decide(&deploy(None)).reason_text(),
+        "the request names no resource, and target `billing_api` only allows paths under `/v1/`"
     );
 }
 

@@ -65,6 +65,7 @@ fn request<'a>(
         action,
         resource,
         source_ip: None,
+        time: 0,
     }
 }
 

@@ -74,6 +74,7 @@ fn github_request<'a>(
         action: Some(action),
         resource: Some(resource),
         source_ip: None,
+        time: 0,
     }
 }
 
@@ -155,6 +156,7 @@ fn source_to_decision() {
         action: Some("connect"),
         resource: Some("orders"),
         source_ip: None,
+        time: 0,
     };
     let decision = program.decide(&connect);
     assert_eq!(

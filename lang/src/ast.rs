@@ -62,6 +62,7 @@ pub enum Decl {
     Rule(RuleDecl),
     Credential(CredentialDecl),
     Condition(ConditionDecl),
+    Test(TestDecl),
     /// A declaration the parser could not read; its name, when the parser got that far, is
     /// still declared so that references to it raise no follow-up errors.
     Broken(Option<Ident>),
@@ -114,6 +115,47 @@ pub struct CredentialDecl {
 pub struct ConditionDecl {
     pub name: Ident,
     pub body: Expr,
+    pub span: Span,
+}
+
+/// `test NAME { request { … } expect … }`. Both parts are optional in the grammar so that the
+/// checker can say which one is missing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestDecl {
+    pub name: Ident,
+    pub request: Option<TestRequest>,
+    pub expect: Option<TestExpect>,
+    pub span: Span,
+}
+
+/// `request { ITEM* }` in a test; `keyword` is the word written before `{`, which the checker
+/// requires to be `request`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestRequest {
+    pub keyword: Ident,
+    pub items: Vec<TestRequestItem>,
+    pub span: Span,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TestRequestItem {
+    /// `KIND { CLAIM = LITERAL … }`: the caller's trust provider kind and claims.
+    Claims(Endpoint),
+    /// `target NAME`; `span` covers the keyword and the name.
+    Target { name: Ident, span: Span },
+    /// `action = "POST"`, `resource = "/v1/x"`, `source_ip = "10.1.2.3"`,
+    /// `time = 2026-12-04T10:00:00Z`.
+    Field(Field),
+}
+
+/// `expect DECISION (WORD NAME)*`: `expect allow by RULE with CREDENTIAL`. The words are plain
+/// names in the grammar; the checker reads them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestExpect {
+    pub keyword: Ident,
+    pub decision: Ident,
+    /// `by RULE`, `with CREDENTIAL`, in source order.
+    pub parts: Vec<(Ident, Ident)>,
     pub span: Span,
 }
 
@@ -219,6 +261,38 @@ pub enum ExprKind {
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
     Compare(Box<Expr>, CompareOp, Box<Expr>),
+    /// A timestamp literal as written (`2026-12-31T23:59:59Z`); the checker reads it.
+    Timestamp(String),
+    /// `EXPR within WINDOW`.
+    Within(Box<Expr>, Window),
+}
+
+/// `[DAYS] [HH:MM..HH:MM] in "ZONE"` after `within`; at least one of days and times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Window {
+    /// `weekdays`, `mon..fri`, `[mon, wed..thu]`; empty when the window names no days.
+    pub days: Vec<DayItem>,
+    /// `08:00..18:00`, as written.
+    pub times: Option<(TimeOfDay, TimeOfDay)>,
+    pub zone: String,
+    /// The zone's string literal, quotes included.
+    pub zone_span: Span,
+    pub span: Span,
+}
+
+/// A day name, a group (`weekdays`, `weekends`), or a range of day names `first..last`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DayItem {
+    pub first: Ident,
+    pub last: Option<Ident>,
+    pub span: Span,
+}
+
+/// A time-of-day literal as written (`08:00`); the checker reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimeOfDay {
+    pub text: String,
+    pub span: Span,
 }
 
 /// A comparison operator. `Assign` is a single `=` written where `==` was meant: the parser

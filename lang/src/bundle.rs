@@ -20,7 +20,12 @@ use crate::ir::{
     self, Annotations, CredentialId, CredentialKind, Effect, Network, Protocol, Severity,
     StaticSource, TargetId, TargetRef, WorkloadId, WorkloadRef,
 };
-use crate::schema::ProviderKind;
+use crate::schema::{
+    CUSTOM_CLAIMS_KIND, ClaimType, CustomClaimError, CustomClaims, DeclaredClaim, ProviderKind,
+};
+
+mod zones;
+pub use zones::{MAX_TZIF_LEN, WindowEntry, ZoneEntry};
 
 /// The first eight bytes of every bundle.
 pub const MAGIC: [u8; 8] = *b"GATEBNDL";
@@ -57,16 +62,22 @@ pub enum SectionKind {
     RuleDetails = 11,
     Regexes = 12,
     Networks = 13,
+    CustomClaims = 14,
+    TimeZones = 15,
+    TimeWindows = 16,
 }
 
 impl SectionKind {
     /// The optional sections, in the order they appear when present.
-    pub const OPTIONAL: [SectionKind; 5] = [
+    pub const OPTIONAL: [SectionKind; 8] = [
         SectionKind::Credentials,
         SectionKind::Conditions,
         SectionKind::RuleDetails,
         SectionKind::Regexes,
         SectionKind::Networks,
+        SectionKind::CustomClaims,
+        SectionKind::TimeZones,
+        SectionKind::TimeWindows,
     ];
 
     pub const ALL: [SectionKind; 8] = [
@@ -95,6 +106,9 @@ impl SectionKind {
             SectionKind::RuleDetails => "rule details",
             SectionKind::Regexes => "regexes",
             SectionKind::Networks => "networks",
+            SectionKind::CustomClaims => "custom claims",
+            SectionKind::TimeZones => "time zones",
+            SectionKind::TimeWindows => "time windows",
         }
     }
 }
@@ -171,6 +185,9 @@ pub struct Bundle {
     conditions: Vec<ConditionEntry>,
     regexes: Vec<CompiledRegex>,
     network_sets: Vec<Vec<Network>>,
+    custom_claims: CustomClaims,
+    zones: Vec<ZoneEntry>,
+    windows: Vec<WindowEntry>,
     rules: Vec<RuleEntry>,
     /// One list per target, in target order.
     index: Vec<RuleList>,
@@ -196,7 +213,7 @@ pub enum BundleError {
     TrailingBytes { extra: usize },
     #[error("the bundle is corrupt: its content hash is {actual}, but it records {recorded}")]
     HashMismatch { recorded: String, actual: String },
-    #[error("the bundle has {count} sections; version {FORMAT_VERSION} has 8 to 13")]
+    #[error("the bundle has {count} sections; version {FORMAT_VERSION} has 8 to 16")]
     SectionCount { count: u16 },
     #[error("entry {position} of the section table has kind {kind}, expected {expected}")]
     BadSectionTable {
@@ -263,6 +280,12 @@ pub enum BundleError {
         "the conditions refer to each other in a cycle or more than {MAX_CONDITION_DEPTH} deep"
     )]
     ConditionGraph,
+    #[error("section `custom claims`: {0}")]
+    CustomClaim(CustomClaimError),
+    #[error("time zone {index} cannot be loaded: {error}")]
+    InvalidZone { index: usize, error: String },
+    #[error("the compiler does not know the time zone `{name}`")]
+    UnknownZone { name: String },
     #[error("cannot compile the policy set: {0}")]
     Emit(#[from] EmitError),
 }
@@ -335,6 +358,21 @@ impl Bundle {
     }
 
     /// The compiled patterns of `matches`.
+    /// The custom `oidc` claims the policy set was checked against, with their ids and types.
+    pub fn custom_claims(&self) -> &CustomClaims {
+        &self.custom_claims
+    }
+
+    /// The time zones of `within` windows, each built from the TZif data the bundle carries.
+    pub fn zones(&self) -> &[ZoneEntry] {
+        &self.zones
+    }
+
+    /// The windows of `within`, by [`Instr::Within`] index.
+    pub fn windows(&self) -> &[WindowEntry] {
+        &self.windows
+    }
+
     pub fn regexes(&self) -> &[CompiledRegex] {
         &self.regexes
     }
@@ -399,6 +437,26 @@ pub fn compile_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
     regex::RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
+}
+
+fn claim_type_code(ty: ClaimType) -> u8 {
+    match ty {
+        ClaimType::String => 0,
+        ClaimType::Int => 1,
+        ClaimType::Bool => 2,
+        ClaimType::StringSet => 3,
+    }
+}
+
+fn claim_type_from_code(code: u8) -> Option<ClaimType> {
+    [
+        ClaimType::String,
+        ClaimType::Int,
+        ClaimType::Bool,
+        ClaimType::StringSet,
+    ]
+    .into_iter()
+    .find(|ty| claim_type_code(*ty) == code)
 }
 
 fn protocol_code(protocol: Protocol) -> u8 {
@@ -522,6 +580,8 @@ mod write {
         let rule_details = rule_details(set, &mut emitter)?;
         let regexes = regexes(&mut emitter)?;
         let networks = networks(&emitter)?;
+        let custom_claims = custom_claims(&set.custom_claims, &mut emitter)?;
+        let (time_zones, time_windows) = zones::write(&mut emitter)?;
         let constants = constants(&mut emitter)?;
         let globs = globs(&mut emitter)?;
         let strings = strings(&emitter)?;
@@ -541,6 +601,9 @@ mod write {
             (SectionKind::RuleDetails, rule_details),
             (SectionKind::Regexes, regexes),
             (SectionKind::Networks, networks),
+            (SectionKind::CustomClaims, custom_claims),
+            (SectionKind::TimeZones, time_zones),
+            (SectionKind::TimeWindows, time_windows),
         ];
         // An optional section without entries is left out, so that a policy set that uses none
         // of them gives the same bytes as before they existed.
@@ -730,6 +793,18 @@ mod write {
         let patterns = emitter.regexes().to_vec();
         let mut out = Out::default();
         out.strings(emitter, &patterns)?;
+        Ok(out.0)
+    }
+
+    fn custom_claims(claims: &CustomClaims, emitter: &mut Emitter) -> Result<Vec<u8>, EmitError> {
+        let mut out = Out::default();
+        out.count(claims.len(), "custom claims")?;
+        for (id, claim) in claims.iter() {
+            out.u32(emitter.intern(&claim.name)?);
+            out.u16(id.0);
+            out.u8(claim_type_code(claim.ty));
+            out.u8(u8::from(claim.required));
+        }
         Ok(out.0)
     }
 
@@ -957,7 +1032,16 @@ mod read {
     pub(super) fn bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
         let (body, hash) = header(bytes)?;
         let (sections, optional) = section_table(body)?;
-        let [credentials, conditions, rule_details, regexes, networks] = optional;
+        let [
+            credentials,
+            conditions,
+            rule_details,
+            regexes,
+            networks,
+            custom_claims,
+            time_zones,
+            time_windows,
+        ] = optional;
         let [
             strings,
             constants,
@@ -974,6 +1058,9 @@ mod read {
         let regexes = read_regexes(regexes, &strings)?;
         let raw_conditions = read_conditions(conditions, &strings)?;
         let network_sets = read_networks(networks)?;
+        let custom_claims = read_custom_claims(custom_claims, &strings)?;
+        let zones = zones::read_zones(time_zones, &strings)?;
+        let windows = zones::read_windows(time_windows, zones.len())?;
         let tables = Tables {
             n_strings: strings.len(),
             sets: &sets,
@@ -981,6 +1068,8 @@ mod read {
             n_regexes: regexes.len(),
             n_conditions: raw_conditions.len(),
             n_network_sets: network_sets.len(),
+            n_windows: windows.len(),
+            custom_claims: &custom_claims,
         };
         let (blocks, offsets) = read_code(code, &tables)?;
         let workloads = read_workloads(workloads, &strings, &offsets)?;
@@ -1000,6 +1089,9 @@ mod read {
             conditions,
             regexes,
             network_sets,
+            custom_claims,
+            zones,
+            windows,
             rules,
             index,
             index_any,
@@ -1052,7 +1144,7 @@ mod read {
     }
 
     /// The eight required sections and the optional ones (an absent one is empty).
-    type Sections<'b> = ([&'b [u8]; 8], [&'b [u8]; 5]);
+    type Sections<'b> = ([&'b [u8]; 8], [&'b [u8]; 8]);
 
     /// The section at each position of the table: the eight required ones, then the optional
     /// ones that are present, in order.
@@ -1094,7 +1186,7 @@ mod read {
         let kinds = table_kinds(count, body)?;
         let table_end = HEADER_LEN + TABLE_ENTRY_LEN * kinds.len();
         let mut sections: [&[u8]; 8] = [&[]; 8];
-        let mut optional: [&[u8]; 5] = [&[0, 0, 0, 0]; 5];
+        let mut optional: [&[u8]; 8] = [&[0, 0, 0, 0]; 8];
         let mut expected_offset = table_end;
         for (position, kind) in kinds.into_iter().enumerate() {
             let start = HEADER_LEN + TABLE_ENTRY_LEN * position;
@@ -1178,6 +1270,34 @@ mod read {
         }
         reader.finish()?;
         Ok(sets)
+    }
+
+    /// The custom claims: each id must follow the built-in `oidc` claims in order, and each
+    /// name be one a configuration could declare.
+    fn read_custom_claims(bytes: &[u8], strings: &[String]) -> Result<CustomClaims, BundleError> {
+        let mut reader = Reader::new(SectionKind::CustomClaims, bytes);
+        let count = reader.count(8)?;
+        let first_id = CUSTOM_CLAIMS_KIND.claims().len();
+        let mut declared = Vec::new();
+        for position in 0..count as usize {
+            let name = string_at(strings, reader.index("name", strings.len())?);
+            let id = reader.u16()?;
+            if usize::from(id) != first_id + position {
+                return Err(reader.invalid("claim id", u32::from(id)));
+            }
+            let code = reader.u8()?;
+            let Some(ty) = claim_type_from_code(code) else {
+                return Err(reader.invalid("claim type", u32::from(code)));
+            };
+            let required = match reader.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(reader.invalid("required flag", u32::from(other))),
+            };
+            declared.push(DeclaredClaim { name, ty, required });
+        }
+        reader.finish()?;
+        CustomClaims::from_declared(declared).map_err(BundleError::CustomClaim)
     }
 
     fn read_regexes(bytes: &[u8], strings: &[String]) -> Result<Vec<CompiledRegex>, BundleError> {

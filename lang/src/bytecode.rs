@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::glob::Glob;
 use crate::ir::{Expr, Network, OrderOp, RequestField, TargetField, Value};
-use crate::schema::{ClaimId, ClaimType, ProviderKind};
+use crate::schema::{ClaimId, ClaimType, CustomClaims, ProviderKind};
+use crate::time::Window;
 
 /// The deepest value stack a block may need; the VM keeps a fixed array of this size.
 pub const MAX_STACK: usize = 32;
@@ -32,6 +33,8 @@ pub type RegexIdx = u32;
 pub type ConditionIdx = u32;
 /// Index into the bundle's network sets.
 pub type NetworksIdx = u32;
+/// Index into the bundle's time windows.
+pub type WindowIdx = u32;
 
 /// The deepest chain of conditions that read conditions; bounds the VM's recursion. The
 /// checker and the bundle loader both enforce it.
@@ -67,6 +70,9 @@ pub enum Instr {
     InRange(i64, i64),
     /// Pops an IP address and pushes whether it lies in any network of the set.
     InNetworks(NetworksIdx),
+    /// Pops a timestamp (Unix seconds) and pushes whether it lies in the time window, read in
+    /// the window's zone; an evaluation error when the time is beyond what a zone can read.
+    Within(WindowIdx),
     /// Pushes a named condition's value, evaluated at most once per decision; an evaluation
     /// error inside it is an error here.
     Condition(ConditionIdx),
@@ -104,6 +110,7 @@ mod op {
     pub const MATCHES: u8 = 0x16;
     pub const CONDITION: u8 = 0x17;
     pub const IN_NETWORKS: u8 = 0x18;
+    pub const WITHIN: u8 = 0x19;
 }
 
 /// The byte that encodes a trust provider kind in code and tables.
@@ -130,6 +137,7 @@ fn request_field_code(field: RequestField) -> u8 {
         RequestField::Action => 0,
         RequestField::Resource => 1,
         RequestField::SourceIp => 2,
+        RequestField::Time => 3,
     }
 }
 
@@ -138,6 +146,7 @@ fn request_field_from_code(code: u8) -> Option<RequestField> {
         0 => Some(RequestField::Action),
         1 => Some(RequestField::Resource),
         2 => Some(RequestField::SourceIp),
+        3 => Some(RequestField::Time),
         _ => None,
     }
 }
@@ -198,6 +207,7 @@ impl Instr {
             }
             Instr::Condition(idx) => encode_u32(out, op::CONDITION, idx),
             Instr::InNetworks(idx) => encode_u32(out, op::IN_NETWORKS, idx),
+            Instr::Within(idx) => encode_u32(out, op::WITHIN, idx),
         }
     }
 
@@ -225,6 +235,7 @@ impl Instr {
             op::MATCHES => (Instr::Matches(word()?), 5),
             op::CONDITION => (Instr::Condition(word()?), 5),
             op::IN_NETWORKS => (Instr::InNetworks(word()?), 5),
+            op::WITHIN => (Instr::Within(word()?), 5),
             op::PUSH_STR => (Instr::PushStr(word()?), 5),
             op::PUSH_CLAIM | op::HAS_CLAIM => {
                 let code = byte(0)?;
@@ -342,7 +353,7 @@ impl StackType {
 }
 
 /// A constant set, as `in` tests against it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum ConstSet {
     Str(Vec<String>),
     Int(Vec<i64>),
@@ -371,6 +382,10 @@ pub struct Tables<'a> {
     pub n_regexes: usize,
     pub n_conditions: usize,
     pub n_network_sets: usize,
+    pub n_windows: usize,
+    /// The custom `oidc` claims the bundle records, which give the types of claim ids beyond
+    /// the built-in ones.
+    pub custom_claims: &'a CustomClaims,
 }
 
 /// Why a block is not safe to run.
@@ -430,7 +445,7 @@ fn step(
     match *instr {
         Instr::PushBool(_) | Instr::HasClaim(..) | Instr::HasRequest(_) => {
             if let Instr::HasClaim(kind, claim) = *instr {
-                claim_type(kind, claim)?;
+                claim_type(tables, kind, claim)?;
             }
             stack.push(StackType::Bool);
         }
@@ -457,8 +472,16 @@ fn step(
             in_range("string", idx, tables.n_strings)?;
             stack.push(StackType::Str);
         }
-        Instr::PushClaim(kind, claim) => stack.push(StackType::of_claim(claim_type(kind, claim)?)),
+        Instr::PushClaim(kind, claim) => {
+            stack.push(StackType::of_claim(claim_type(tables, kind, claim)?));
+        }
         Instr::PushRequest(RequestField::SourceIp) => stack.push(StackType::Ip),
+        Instr::PushRequest(RequestField::Time) => stack.push(StackType::Int),
+        Instr::Within(idx) => {
+            in_range("time window", idx, tables.n_windows)?;
+            pop(stack, StackType::Int, "a timestamp")?;
+            stack.push(StackType::Bool);
+        }
         Instr::PushRequest(_) => stack.push(StackType::Str),
         Instr::InNetworks(idx) => {
             in_range("network set", idx, tables.n_network_sets)?;
@@ -532,9 +555,13 @@ fn step(
     Ok(())
 }
 
-fn claim_type(kind: ProviderKind, claim: ClaimId) -> Result<ClaimType, VerifyError> {
-    match kind.claims().get(usize::from(claim.0)) {
-        Some(def) => Ok(def.ty),
+fn claim_type(
+    tables: &Tables<'_>,
+    kind: ProviderKind,
+    claim: ClaimId,
+) -> Result<ClaimType, VerifyError> {
+    match tables.custom_claims.claim_type(kind, claim) {
+        Some(ty) => Ok(ty),
         None => Err(VerifyError::IndexOutOfRange {
             what: "claim",
             index: u32::from(claim.0),
@@ -584,11 +611,14 @@ pub struct Emitter {
     strings: Vec<String>,
     string_ids: HashMap<String, StringIdx>,
     sets: Vec<ConstSet>,
+    set_ids: HashMap<ConstSet, SetIdx>,
     globs: Vec<Glob>,
     glob_ids: HashMap<String, GlobIdx>,
     regexes: Vec<String>,
     regex_ids: HashMap<String, RegexIdx>,
     network_sets: Vec<Vec<Network>>,
+    network_set_ids: HashMap<Vec<Network>, NetworksIdx>,
+    windows: Vec<(Window, String)>,
 }
 
 impl Emitter {
@@ -611,6 +641,11 @@ impl Emitter {
     /// The network sets of `in` on IP addresses, in order of first use.
     pub fn network_sets(&self) -> &[Vec<Network>] {
         &self.network_sets
+    }
+
+    /// The windows of `within` and the names of their zones, in order of first use.
+    pub fn windows(&self) -> &[(Window, String)] {
+        &self.windows
     }
 
     /// The patterns of `matches`, in order of first use.
@@ -703,14 +738,29 @@ impl Emitter {
             Expr::Condition(id) => code.push(Instr::Condition(id.0)),
             Expr::InNetworks(left, networks) => {
                 self.expr(left, code, depth)?;
-                let idx = match self.network_sets.iter().position(|known| known == networks) {
-                    Some(found) => to_u32(found, "network sets")?,
+                let idx = match self.network_set_ids.get(networks) {
+                    Some(&found) => found,
                     None => {
+                        let idx = to_u32(self.network_sets.len(), "network sets")?;
                         self.network_sets.push(networks.clone());
-                        to_u32(self.network_sets.len() - 1, "network sets")?
+                        self.network_set_ids.insert(networks.clone(), idx);
+                        idx
                     }
                 };
                 code.push(Instr::InNetworks(idx));
+            }
+            Expr::Within(left, window, zone) => {
+                self.expr(left, code, depth)?;
+                let entry = (*window, zone.clone());
+                let idx = match self.windows.iter().position(|known| *known == entry) {
+                    Some(found) => to_u32(found, "time windows")?,
+                    None => {
+                        self.intern(zone)?;
+                        self.windows.push(entry);
+                        to_u32(self.windows.len() - 1, "time windows")?
+                    }
+                };
+                code.push(Instr::Within(idx));
             }
         }
         Ok(())
@@ -741,8 +791,8 @@ impl Emitter {
             })?),
             Some(Value::Set(_)) => return Err(EmitError::NestedSet),
         };
-        if let Some(found) = self.sets.iter().position(|known| *known == set) {
-            return to_u32(found, "constant sets");
+        if let Some(&found) = self.set_ids.get(&set) {
+            return Ok(found);
         }
         let idx = to_u32(self.sets.len(), "constant sets")?;
         if let ConstSet::Str(items) = &set {
@@ -750,6 +800,7 @@ impl Emitter {
                 self.intern(item)?;
             }
         }
+        self.set_ids.insert(set.clone(), idx);
         self.sets.push(set);
         Ok(idx)
     }
@@ -814,6 +865,8 @@ mod tests {
         Expr::Const(Value::String(text.to_owned()))
     }
 
+    static NO_CUSTOM_CLAIMS: CustomClaims = CustomClaims::new();
+
     fn tables(emitter: &Emitter) -> Tables<'_> {
         Tables {
             n_strings: emitter.strings().len(),
@@ -822,6 +875,8 @@ mod tests {
             n_regexes: emitter.regexes().len(),
             n_conditions: 0,
             n_network_sets: emitter.network_sets().len(),
+            n_windows: emitter.windows().len(),
+            custom_claims: &NO_CUSTOM_CLAIMS,
         }
     }
 
@@ -925,6 +980,8 @@ mod tests {
             n_regexes: 0,
             n_conditions: 1,
             n_network_sets: 1,
+            n_windows: 0,
+            custom_claims: &NO_CUSTOM_CLAIMS,
         };
         let check = |block: &[Instr], expected: (usize, VerifyError)| {
             assert_eq!(verify_block(block, &tables), Err(expected), "{block:?}");
@@ -1097,5 +1154,36 @@ mod tests {
         assert_eq!(emitter.sets().len(), 1);
         assert_eq!(emitter.strings(), ["a", "b"]);
         assert_eq!(verify_block(&block, &tables(&emitter)), Ok(()));
+    }
+
+    #[test]
+    fn sets_and_network_sets_are_numbered_in_order_of_first_use() {
+        let mut emitter = Emitter::new();
+        let source_ip = || Box::new(Expr::Request(RequestField::SourceIp));
+        let networks = |text: &str| vec![Network::parse(text).unwrap()];
+        let ints = |n: i64| vec![Value::Int(n)];
+        let exprs = [
+            Expr::InNetworks(source_ip(), networks("10.0.0.0/8")),
+            Expr::InNetworks(source_ip(), networks("192.0.2.0/24")),
+            Expr::InNetworks(source_ip(), networks("10.0.0.0/8")),
+            Expr::In(Box::new(Expr::Target(TargetField::Port)), ints(443)),
+            Expr::In(Box::new(Expr::Target(TargetField::Port)), ints(80)),
+            Expr::In(Box::new(Expr::Target(TargetField::Port)), ints(443)),
+        ];
+        let blocks: Vec<Vec<Instr>> = exprs
+            .iter()
+            .map(|expr| emitter.block(expr).unwrap())
+            .collect();
+        let operand = |block: &[Instr]| match block.get(1) {
+            Some(Instr::InNetworks(idx) | Instr::InSet(idx)) => *idx,
+            other => panic!("{other:?}"),
+        };
+        let indices: Vec<u32> = blocks.iter().map(|block| operand(block)).collect();
+        assert_eq!(indices, [0, 1, 0, 0, 1, 0]);
+        assert_eq!(emitter.network_sets().len(), 2);
+        assert_eq!(
+            emitter.sets(),
+            [ConstSet::Int(vec![443]), ConstSet::Int(vec![80])]
+        );
     }
 }

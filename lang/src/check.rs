@@ -14,11 +14,35 @@ use crate::bytecode::MAX_CONDITION_DEPTH;
 use crate::diagnostic::{Code, Diagnostic, Report, Sources};
 use crate::ir::{self, Protocol, RequestField, TargetField, Value};
 use crate::parser;
-use crate::schema::{ClaimDef, ClaimId, ClaimType, ProviderKind};
+use crate::policy_test::TestCase;
+use crate::schema::{CUSTOM_CLAIMS_KIND, ClaimId, ClaimType, CustomClaims, ProviderKind};
 use crate::source::SourceFile;
 
-/// Compiles a policy set. Never panics; on failure returns every diagnostic, in file order.
+/// Compiles a policy set without custom claims. Never panics; on failure returns every
+/// diagnostic, in file order.
 pub fn compile(files: &[SourceFile]) -> Result<ir::PolicySet, Vec<Diagnostic>> {
+    compile_with_claims(files, &CustomClaims::default())
+}
+
+/// Compiles a policy set whose `oidc` claims include `custom_claims`, the claims that the
+/// configuration's `oidc` trust providers declare. Never panics; on failure returns every
+/// diagnostic, in file order.
+pub fn compile_with_claims(
+    files: &[SourceFile],
+    custom_claims: &CustomClaims,
+) -> Result<ir::PolicySet, Vec<Diagnostic>> {
+    compile_with_tests(files, custom_claims).map(|(set, _)| set)
+}
+
+mod test_decl;
+mod window;
+
+/// What [`compile_with_claims`] does, and the checked `test` declarations too, in declaration
+/// order; tests never reach the bundle.
+pub fn compile_with_tests(
+    files: &[SourceFile],
+    custom_claims: &CustomClaims,
+) -> Result<(ir::PolicySet, Vec<TestCase>), Vec<Diagnostic>> {
     let mut reports = Vec::new();
     let mut trees = Vec::new();
     for (file_idx, file) in files.iter().enumerate() {
@@ -31,8 +55,9 @@ pub fn compile(files: &[SourceFile]) -> Result<ir::PolicySet, Vec<Diagnostic>> {
         .filter(|report| report.code().is_lexical())
         .map(Report::span)
         .collect();
-    let mut checker = Checker::new(files);
+    let mut checker = Checker::new(files, custom_claims);
     let set = checker.check(&trees);
+    let tests = checker.check_tests(&trees);
     // A literal the lexer rejected was replaced by a placeholder; whatever the checker says
     // about the placeholder is a consequence, not news.
     let independent = checker.reports.into_iter().filter(|report| {
@@ -42,7 +67,7 @@ pub fn compile(files: &[SourceFile]) -> Result<ir::PolicySet, Vec<Diagnostic>> {
     });
     reports.extend(independent);
     if reports.is_empty() {
-        return Ok(set);
+        return Ok((set, tests));
     }
     reports.sort_by_key(|report| {
         let span = report.span();
@@ -96,6 +121,7 @@ enum Declared {
     Credential(ir::CredentialId),
     Condition(ir::ConditionId),
     Rule,
+    Test,
     /// A declaration that failed to parse: references to it are not reported.
     Broken,
 }
@@ -108,6 +134,7 @@ impl Declared {
             Declared::Credential(_) => "a credential",
             Declared::Condition(_) => "a condition",
             Declared::Rule => "a rule",
+            Declared::Test => "a test",
             Declared::Broken => "a declaration",
         }
     }
@@ -131,6 +158,8 @@ enum Ty {
     StringSet,
     /// An IP address, `request.source_ip`.
     Ip,
+    /// Unix seconds, an integer at run time; `request.time` and timestamp literals.
+    Timestamp,
 }
 
 impl Ty {
@@ -151,6 +180,7 @@ impl Ty {
             Ty::Duration => "a duration",
             Ty::StringSet => "a set of strings",
             Ty::Ip => "an IP address",
+            Ty::Timestamp => "a timestamp",
         }
     }
 }
@@ -165,6 +195,7 @@ struct Resolved {
 
 struct Checker<'a> {
     files: &'a [SourceFile],
+    custom_claims: &'a CustomClaims,
     names: HashMap<String, (Declared, Span)>,
     /// The name of each condition, by [`ir::ConditionId`].
     condition_names: Vec<Ident>,
@@ -174,9 +205,10 @@ struct Checker<'a> {
 }
 
 impl<'a> Checker<'a> {
-    fn new(files: &'a [SourceFile]) -> Checker<'a> {
+    fn new(files: &'a [SourceFile], custom_claims: &'a CustomClaims) -> Checker<'a> {
         Checker {
             files,
+            custom_claims,
             names: HashMap::new(),
             condition_names: Vec::new(),
             condition_guards: HashMap::new(),
@@ -204,6 +236,7 @@ impl<'a> Checker<'a> {
             credentials: Vec::new(),
             conditions: Vec::new(),
             rules: Vec::new(),
+            custom_claims: self.custom_claims.clone(),
         };
         self.declare_all(&decls);
         for decl in &decls {
@@ -235,7 +268,7 @@ impl<'a> Checker<'a> {
                         set.credentials.push(credential);
                     }
                 }
-                ast::Decl::Condition(_) | ast::Decl::Broken(_) => {}
+                ast::Decl::Condition(_) | ast::Decl::Test(_) | ast::Decl::Broken(_) => {}
             }
         }
         set
@@ -269,6 +302,7 @@ impl<'a> Checker<'a> {
                     (&condition.name, Declared::Condition(id))
                 }
                 ast::Decl::Rule(rule) => (&rule.name, Declared::Rule),
+                ast::Decl::Test(test) => (&test.name, Declared::Test),
                 ast::Decl::Broken(Some(name)) => (name, Declared::Broken),
                 ast::Decl::Broken(None) => continue,
             };
@@ -705,6 +739,7 @@ impl<'a> Checker<'a> {
                         (Declared::Workload(_), "workload")
                             | (Declared::Target(_), "target")
                             | (Declared::Credential(_), "credential")
+                            | (Declared::Rule, "rule")
                     )
                 })
                 .map(|(candidate, _)| candidate.as_str())
@@ -719,7 +754,8 @@ impl<'a> Checker<'a> {
             Declared::Workload(_) => wanted == "workload",
             Declared::Target(_) => wanted == "target",
             Declared::Credential(_) => wanted == "credential",
-            Declared::Condition(_) | Declared::Rule => false,
+            Declared::Rule => wanted == "rule",
+            Declared::Condition(_) | Declared::Test => false,
             Declared::Broken => return None,
         };
         if !matches_kind {
@@ -815,6 +851,8 @@ impl<'a> Checker<'a> {
             ExprKind::Compare(lhs, op, rhs) => {
                 self.check_compare(lhs, *op, rhs, expr.span, scope, guards)
             }
+            ExprKind::Timestamp(text) => self.check_timestamp(text, expr.span),
+            ExprKind::Within(subject, window) => self.check_within(subject, window, scope, guards),
         }
     }
 
@@ -905,7 +943,7 @@ impl<'a> Checker<'a> {
                 let rhs_checked = self.check_operand(rhs, scope, guards, span);
                 let (lhs_expr, lhs_ty) = lhs_checked?;
                 let (rhs_expr, rhs_ty) = rhs_checked?;
-                let ordered = matches!(lhs_ty, Ty::Int | Ty::Duration);
+                let ordered = matches!(lhs_ty, Ty::Int | Ty::Duration | Ty::Timestamp);
                 if !ordered || lhs_ty != rhs_ty {
                     self.unordered(op, (lhs, lhs_ty), (rhs, rhs_ty));
                     return None;
@@ -976,15 +1014,16 @@ impl<'a> Checker<'a> {
     fn unordered(&mut self, op: CompareOp, lhs: (&ast::Expr, Ty), rhs: (&ast::Expr, Ty)) {
         let ((lhs, lhs_ty), (rhs, rhs_ty)) = (lhs, rhs);
         let symbol = op.symbol();
-        let (message, span, ty) = if !matches!(lhs_ty, Ty::Int | Ty::Duration) {
+        let orderable = |ty: Ty| matches!(ty, Ty::Int | Ty::Duration | Ty::Timestamp);
+        let (message, span, ty) = if !orderable(lhs_ty) {
             let message = format!(
-                "`{symbol}` orders integers and durations, not {}",
+                "`{symbol}` orders integers, durations and timestamps, not {}",
                 plural(lhs_ty)
             );
             (message, lhs.span, lhs_ty)
-        } else if !matches!(rhs_ty, Ty::Int | Ty::Duration) {
+        } else if !orderable(rhs_ty) {
             let message = format!(
-                "`{symbol}` orders integers and durations, not {}",
+                "`{symbol}` orders integers, durations and timestamps, not {}",
                 plural(rhs_ty)
             );
             (message, rhs.span, rhs_ty)
@@ -1216,6 +1255,10 @@ impl<'a> Checker<'a> {
         }
         let message = format!("cannot compare {} with {}", lhs_ty.name(), rhs_ty.name());
         let help = match (&rhs.kind, lhs_ty) {
+            (ExprKind::Int(value), Ty::String) if is_request_or_target_field(lhs) => Some(format!(
+                "`{}` is a string: write `\"{value}\"`",
+                self.text(lhs.span)
+            )),
             (ExprKind::Int(value), Ty::String) => Some(format!(
                 "claims of this kind are strings: write `\"{value}\"`"
             )),
@@ -1362,7 +1405,7 @@ impl<'a> Checker<'a> {
         let resolved = self.resolve(path, span, scope)?;
         let expr = match resolved.expr {
             ir::Expr::Claim { kind, claim } => ir::Expr::HasClaim { kind, claim },
-            ir::Expr::Request(field) => ir::Expr::HasRequest(field),
+            ir::Expr::Request(field) if field != RequestField::Time => ir::Expr::HasRequest(field),
             _ => {
                 let shown = self.text(span);
                 let message = format!("`has` does not apply to `{shown}`");
@@ -1431,7 +1474,7 @@ impl<'a> Checker<'a> {
         let shown = self.text(span);
         let owner = ProviderKind::ALL
             .into_iter()
-            .find(|kind| kind.claim(&head.name).is_some());
+            .find(|kind| self.custom_claims.resolve(*kind, &head.name).is_some());
         let (message, help) = match owner {
             Some(kind) if bare => (
                 format!("claim `{shown}` needs its trust provider kind here"),
@@ -1456,15 +1499,24 @@ impl<'a> Checker<'a> {
     }
 
     fn resolve_claim(&mut self, kind: ProviderKind, name: &Ident) -> Option<Resolved> {
-        let Some((claim, def)) = kind.claim(&name.name) else {
+        let Some((claim, ty, required)) = self.custom_claims.resolve(kind, &name.name) else {
             let message = format!("unknown claim `{}` for `{kind}`", name.name);
-            let names = kind.claims().iter().map(|def: &ClaimDef| def.name);
-            let help = did_you_mean(&name.name, names.clone()).unwrap_or_else(|| {
-                if kind.claims().len() > MAX_LISTED_CLAIMS {
-                    return format!("docs/gate.md lists the claims of `{kind}`");
+            let names = self.custom_claims.names(kind);
+            let help = did_you_mean(&name.name, names.iter().copied()).unwrap_or_else(|| {
+                let listed = if names.len() > MAX_LISTED_CLAIMS {
+                    format!("docs/gate.md lists the claims of `{kind}`")
+                } else {
+                    let listed: Vec<String> =
+                        names.iter().map(|name| format!("`{name}`")).collect();
+                    format!("the claims of `{kind}` are {}", listed.join(", "))
+                };
+                if kind == CUSTOM_CLAIMS_KIND {
+                    return format!(
+                        "{listed}; declare any other claim in the `custom_claims` of an `oidc` \
+                         trust provider (`policyc --claims`)"
+                    );
                 }
-                let listed: Vec<String> = names.map(|name| format!("`{name}`")).collect();
-                format!("the claims of `{kind}` are {}", listed.join(", "))
+                listed
             });
             let label = format!("not a `{kind}` claim");
             let report = Report::new(Code::UnknownClaim, message, name.span, label).help(help);
@@ -1473,8 +1525,8 @@ impl<'a> Checker<'a> {
         };
         Some(Resolved {
             expr: ir::Expr::Claim { kind, claim },
-            ty: Ty::of_claim(def.ty),
-            optional_claim: (!def.required).then_some((kind, claim)),
+            ty: Ty::of_claim(ty),
+            optional_claim: (!required).then_some((kind, claim)),
         })
     }
 
@@ -1499,12 +1551,12 @@ impl<'a> Checker<'a> {
             ("action", RequestField::Action),
             ("resource", RequestField::Resource),
             ("source_ip", RequestField::SourceIp),
+            ("time", RequestField::Time),
         ];
-        // FIXME(#3): `request.time`, timestamps, and times of day within weekday windows in a
-        // named time zone (`request.time within weekdays 08:00..18:00 in "Europe/Berlin"`).
         let field = self.field_of("request", &fields, rest, span)?;
         let ty = match field {
             RequestField::SourceIp => Ty::Ip,
+            RequestField::Time => Ty::Timestamp,
             _ => Ty::String,
         };
         Some(Resolved {
@@ -2141,7 +2193,8 @@ fn condition_refs(expr: &ir::Expr, out: &mut Vec<usize>) {
         | ir::Expr::InNetworks(inner, _)
         | ir::Expr::Like(inner, _)
         | ir::Expr::Matches(inner, _)
-        | ir::Expr::InRange(inner, ..) => condition_refs(inner, out),
+        | ir::Expr::InRange(inner, ..)
+        | ir::Expr::Within(inner, ..) => condition_refs(inner, out),
         _ => {}
     }
 }
@@ -2231,6 +2284,7 @@ fn plural(ty: Ty) -> &'static str {
         Ty::Duration => "durations",
         Ty::StringSet => "sets",
         Ty::Ip => "IP addresses",
+        Ty::Timestamp => "timestamps",
     }
 }
 
@@ -2241,6 +2295,7 @@ fn literal_type_name(kind: &ExprKind) -> &'static str {
         ExprKind::Bool(_) => "a bool",
         ExprKind::Duration(_) => "a duration",
         ExprKind::Range(..) => "a range",
+        ExprKind::Timestamp(_) => "a timestamp",
         ExprKind::Set(_) => "a set",
         _ => "an expression",
     }
@@ -2249,6 +2304,18 @@ fn literal_type_name(kind: &ExprKind) -> &'static str {
 /// `did you mean `NAME`?` for the candidate closest to `name` by edit distance, when it is
 /// close enough to be a likely typo.
 /// A candidate that the name extends or abbreviates (`hostname`, `host`) is close too.
+/// Whether `expr` reads a field of the request or the target (`request.action`,
+/// `target.host`), not a claim.
+fn is_request_or_target_field(expr: &ast::Expr) -> bool {
+    let ExprKind::Path(path) = &expr.kind else {
+        return false;
+    };
+    path.len() > 1
+        && path
+            .first()
+            .is_some_and(|head| matches!(head.name.as_str(), "request" | "target"))
+}
+
 fn did_you_mean<'c>(name: &str, candidates: impl IntoIterator<Item = &'c str>) -> Option<String> {
     let max_distance = (name.chars().count() / 3).max(1);
     let mut best: Option<(usize, &str)> = None;

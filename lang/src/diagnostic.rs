@@ -99,6 +99,21 @@ pub enum Code {
     InvalidAddress,
     /// An integer range whose start is after its end.
     InvalidRange,
+    /// A timestamp literal that is malformed or names no instant.
+    InvalidTimestamp,
+    /// A time-of-day literal that is not `HH:MM` within `00:00`..`23:59`.
+    InvalidTimeOfDay,
+    /// A time zone name that the IANA database does not have.
+    UnknownTimeZone,
+    /// A `within` window with an unknown day name or that starts where it ends.
+    InvalidWindow,
+    /// A test whose request is malformed: no `request`, an unknown or repeated item, a claim
+    /// given twice, no caller kind or target.
+    InvalidTestRequest,
+    /// A test request without claims that every token of its kind carries.
+    MissingTestClaims,
+    /// A test whose `expect` is missing or malformed.
+    InvalidExpectation,
 }
 
 impl Code {
@@ -151,6 +166,13 @@ impl Code {
             Code::InvalidRegex => "gate::E0305",
             Code::InvalidAddress => "gate::E0306",
             Code::InvalidRange => "gate::E0307",
+            Code::InvalidTimestamp => "gate::E0701",
+            Code::InvalidTimeOfDay => "gate::E0702",
+            Code::UnknownTimeZone => "gate::E0703",
+            Code::InvalidWindow => "gate::E0704",
+            Code::InvalidTestRequest => "gate::E0601",
+            Code::MissingTestClaims => "gate::E0602",
+            Code::InvalidExpectation => "gate::E0603",
         }
     }
 }

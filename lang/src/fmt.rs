@@ -24,9 +24,9 @@ pub const MAX_WIDTH: usize = 100;
 /// Spaces per brace level.
 const INDENT_WIDTH: usize = 2;
 
-/// Words that open a clause inside a declaration, so they start a line there.
-/// FIXME(#3): the clauses of `test` declarations, once their syntax exists.
-const CLAUSE_KEYWORDS: &[&str] = &["workload", "target", "credential", "when"];
+/// Words that open a clause inside a declaration, so they start a line there. The other items
+/// of a `test` start a line as fields (`action = …`) and blocks (`request {`, `github {`) do.
+const CLAUSE_KEYWORDS: &[&str] = &["workload", "target", "credential", "when", "expect"];
 
 /// Words that expect an operand after them: a word after one of these continues its line.
 const PREFIX_KEYWORDS: &[&str] = &[

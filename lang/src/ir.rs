@@ -5,7 +5,7 @@
 //! typed by construction; no name is looked up again. Spans are gone: nothing after this stage
 //! reports source diagnostics.
 
-use crate::schema::{ClaimId, ProviderKind};
+use crate::schema::{ClaimId, CustomClaims, ProviderKind};
 
 /// A whole policy set, declarations in source order (files sorted by path, then by position).
 #[derive(Debug, Clone, PartialEq)]
@@ -15,6 +15,9 @@ pub struct PolicySet {
     pub credentials: Vec<Credential>,
     pub conditions: Vec<Condition>,
     pub rules: Vec<Rule>,
+    /// The custom `oidc` claims the set was checked against; [`Expr::Claim`] ids beyond the
+    /// built-in `oidc` claims refer to them.
+    pub custom_claims: CustomClaims,
 }
 
 /// Index into [`PolicySet::workloads`].
@@ -222,7 +225,8 @@ pub struct Rule {
 }
 
 /// A constant. Sets hold scalars of one type, deduplicated, in source order. A duration is an
-/// `Int` of seconds: the checker keeps durations and integers apart, nothing after it needs to.
+/// `Int` of seconds and a timestamp an `Int` of Unix seconds: the checker keeps durations,
+/// timestamps and integers apart, nothing after it needs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Value {
     String(String),
@@ -240,6 +244,8 @@ pub enum RequestField {
     Resource,
     /// `request.source_ip`, an IP address, optional: the address the request came from.
     SourceIp,
+    /// `request.time`, a timestamp (Unix seconds), always present: when the decision began.
+    Time,
 }
 
 impl RequestField {
@@ -248,6 +254,7 @@ impl RequestField {
             RequestField::Action => "action",
             RequestField::Resource => "resource",
             RequestField::SourceIp => "source_ip",
+            RequestField::Time => "time",
         }
     }
 }
@@ -395,6 +402,9 @@ pub enum Expr {
     InRange(Box<Expr>, i64, i64),
     /// An IP address within any of the networks, in source order, deduplicated.
     InNetworks(Box<Expr>, Vec<Network>),
+    /// A timestamp within a weekly window of local time in the IANA zone named (a name the
+    /// compiler's zone database has, checked).
+    Within(Box<Expr>, crate::time::Window, String),
 }
 
 /// `<`, `<=`, `>`, `>=`.

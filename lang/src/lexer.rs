@@ -76,8 +76,14 @@ pub enum Token<'input> {
     DeclCredential,
     #[token("condition")]
     Condition,
+    /// `test`, which opens a test declaration (docs/gate.md, "Tests").
+    #[token("test")]
+    Test,
     #[token("matches")]
     Matches,
+    /// `within`, the weekday-window operator (`request.time within weekdays 08:00..18:00 …`).
+    #[token("within")]
+    Within,
     #[token("@")]
     At,
     #[token("true")]
@@ -135,6 +141,15 @@ pub enum Token<'input> {
     /// an invalid duration, so that `15min` is reported as such.
     #[regex("[0-9]+[A-Za-z][A-Za-z0-9]*", |lex| parse_duration(lex.slice()))]
     Duration(u64),
+    /// A timestamp as written, `2026-12-31T23:59:59Z`; the checker reads it
+    /// ([`crate::time::parse_timestamp`]), so that a malformed one is reported with its reason.
+    /// A date followed by other letters and digits lexes as one bad timestamp.
+    #[regex("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][A-Za-z0-9:+-]*")]
+    Timestamp(&'input str),
+    /// A time of day as written, `08:00`; the checker reads it
+    /// ([`crate::time::parse_time_of_day`]).
+    #[regex("[0-9]+:[0-9]+(:[0-9]+)?")]
+    TimeOfDay(&'input str),
 }
 
 impl fmt::Display for Token<'_> {
@@ -151,7 +166,9 @@ impl fmt::Display for Token<'_> {
             Token::Has => "`has`",
             Token::Credential | Token::DeclCredential => "`credential`",
             Token::Condition => "`condition`",
+            Token::Test => "`test`",
             Token::Matches => "`matches`",
+            Token::Within => "`within`",
             Token::At => "`@`",
             Token::Lt => "`<`",
             Token::Le => "`<=`",
@@ -178,6 +195,8 @@ impl fmt::Display for Token<'_> {
             Token::Str(_) => "string",
             Token::Int(value) => return write!(f, "integer `{value}`"),
             Token::Duration(_) => "duration",
+            Token::Timestamp(text) => return write!(f, "timestamp `{text}`"),
+            Token::TimeOfDay(text) => return write!(f, "time of day `{text}`"),
         };
         f.write_str(text)
     }
@@ -328,7 +347,7 @@ fn mark_declaration_keywords(tokens: &mut [Spanned<'_>]) {
         match token {
             Token::LBrace => depth += 1,
             Token::RBrace => depth = depth.saturating_sub(1),
-            Token::Permit | Token::Forbid | Token::Condition | Token::At => depth = 0,
+            Token::Permit | Token::Forbid | Token::Condition | Token::Test | Token::At => depth = 0,
             Token::Workload | Token::Target | Token::Credential if depth == 0 || opens_block => {
                 depth = 0;
                 *token = match token {

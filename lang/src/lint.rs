@@ -19,7 +19,7 @@ use crate::check;
 use crate::diagnostic::{Code, Diagnostic, Report, Severity, Sources};
 use crate::ir;
 use crate::parser;
-use crate::schema::{SpiffeId, check_trust_domain};
+use crate::schema::{CustomClaims, SpiffeId, check_trust_domain};
 use crate::source::SourceFile;
 
 /// The longest credential lifetime that passes without a warning, unless configured: one hour.
@@ -57,9 +57,20 @@ impl CheckOutcome {
     }
 }
 
-/// Compiles a policy set and, when it has no error, lints it. Never panics.
+/// Compiles a policy set without custom claims and, when it has no error, lints it. Never
+/// panics.
 pub fn analyze(files: &[SourceFile], options: &LintOptions) -> CheckOutcome {
-    let set = match check::compile(files) {
+    analyze_with_claims(files, options, &CustomClaims::default())
+}
+
+/// Compiles a policy set whose `oidc` claims include `custom_claims` and, when it has no
+/// error, lints it. Never panics.
+pub fn analyze_with_claims(
+    files: &[SourceFile],
+    options: &LintOptions,
+    custom_claims: &CustomClaims,
+) -> CheckOutcome {
+    let set = match check::compile_with_claims(files, custom_claims) {
         Ok(set) => set,
         Err(diagnostics) => {
             return CheckOutcome {

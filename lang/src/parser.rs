@@ -163,6 +163,7 @@ fn is_declaration_start(token: &Token<'_>) -> bool {
             | Token::DeclTarget
             | Token::DeclCredential
             | Token::Condition
+            | Token::Test
             | Token::Permit
             | Token::Forbid
             | Token::At
@@ -315,6 +316,8 @@ const EXPECTED_GROUPS: &[&[(&str, &str)]] = &[
         ("\"has\"", "`has`"),
         ("\".\"", "`.`"),
     ],
+    &[("TimeOfDay", "a time of day")],
+    &[("\"..\"", "`..`")],
 ];
 
 /// Terminals that start an expression; when a name, a string and an integer are all expected,

@@ -603,6 +603,11 @@ pub struct CustomClaims {
 }
 
 impl CustomClaims {
+    /// No custom claims.
+    pub const fn new() -> CustomClaims {
+        CustomClaims { claims: Vec::new() }
+    }
+
     /// Merges the declarations of each `oidc` trust provider (one slice per provider, empty
     /// for a provider that declares none). One name must have one type everywhere.
     pub fn merge<'a>(
@@ -679,10 +684,43 @@ impl CustomClaims {
             .and_then(|idx| self.claims.get(idx))
     }
 
+    /// Rebuilds the custom claims a bundle records, in id order: each name a Gate identifier
+    /// that no built-in `oidc` claim uses, no name twice, at most [`MAX_CUSTOM_CLAIMS`].
+    pub fn from_declared(
+        declared: impl IntoIterator<Item = DeclaredClaim>,
+    ) -> Result<CustomClaims, CustomClaimError> {
+        let mut claims = CustomClaims::default();
+        for claim in declared {
+            if !is_identifier(&claim.name) {
+                return Err(CustomClaimError::BadName(claim.name));
+            }
+            if CUSTOM_CLAIMS_KIND.claim(&claim.name).is_some() {
+                return Err(CustomClaimError::Builtin(claim.name));
+            }
+            if claims.claim(&claim.name).is_some() {
+                return Err(CustomClaimError::Duplicate(claim.name));
+            }
+            if claims.claims.len() >= MAX_CUSTOM_CLAIMS {
+                return Err(CustomClaimError::TooMany);
+            }
+            claims.claims.push(claim);
+        }
+        Ok(claims)
+    }
+
+    /// The names of the claims of `kind` that policies can read: built-in, then custom.
+    pub fn names(&self, kind: ProviderKind) -> Vec<&str> {
+        let builtin = kind.claims().iter().map(|def| def.name);
+        let custom = self.claims.iter().map(|claim| claim.name.as_str());
+        if kind == CUSTOM_CLAIMS_KIND {
+            builtin.chain(custom).collect()
+        } else {
+            builtin.collect()
+        }
+    }
+
     /// Looks `name` up among the claims of `kind`: the built-in ones, then, for `oidc`, the
     /// custom ones. Gives the id, the type and whether the claim is required.
-    // FIXME(#3): the checker resolves claims with `ProviderKind::claim` only; calling this
-    // instead, with the configuration's custom claims, lets policies read them.
     pub fn resolve(&self, kind: ProviderKind, name: &str) -> Option<(ClaimId, ClaimType, bool)> {
         if let Some((id, def)) = kind.claim(name) {
             return Some((id, def.ty, def.required));
@@ -695,8 +733,6 @@ impl CustomClaims {
     }
 
     /// The type of claim `id` of `kind`, built-in or custom.
-    // FIXME(#3): the bytecode verifier and the VM read claim types from `ProviderKind::claims`
-    // only; a bundle must carry its custom claims (name, type) so that both can call this.
     pub fn claim_type(&self, kind: ProviderKind, id: ClaimId) -> Option<ClaimType> {
         if let Some(def) = kind.claims().get(usize::from(id.0)) {
             return Some(def.ty);
@@ -705,6 +741,82 @@ impl CustomClaims {
             return None;
         }
         self.get(id).map(|claim| claim.ty)
+    }
+
+    /// The name of claim `id` of `kind`, built-in or custom.
+    pub fn claim_name(&self, kind: ProviderKind, id: ClaimId) -> Option<&str> {
+        if let Some(def) = kind.claims().get(usize::from(id.0)) {
+            return Some(def.name);
+        }
+        if kind != CUSTOM_CLAIMS_KIND {
+            return None;
+        }
+        self.get(id).map(|claim| claim.name.as_str())
+    }
+}
+
+/// How the custom claims a bundle was compiled with differ from those of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CustomClaimsMismatch {
+    #[error("the configuration does not declare custom claim `{0}`, which the bundle reads")]
+    Missing(String),
+    #[error("custom claim `{0}` is not in the bundle, which was compiled without it")]
+    Extra(String),
+    #[error("custom claim `{name}` is {bundle} in the bundle but {config} in the configuration")]
+    Type {
+        name: String,
+        bundle: ClaimType,
+        config: ClaimType,
+    },
+    #[error(
+        "custom claim `{name}` is {} in the bundle but {} in the configuration",
+        required_word(*.bundle), required_word(*.config)
+    )]
+    Required {
+        name: String,
+        bundle: bool,
+        config: bool,
+    },
+    #[error(
+        "custom claim `{0}` is declared in another order in the bundle than in the configuration"
+    )]
+    Order(String),
+}
+
+fn required_word(required: bool) -> &'static str {
+    if required { "required" } else { "optional" }
+}
+
+impl CustomClaims {
+    /// The first way in which `self`, the claims a bundle was compiled with, differs from
+    /// `config`, the claims a configuration declares; none when they are the same.
+    pub fn mismatch(&self, config: &CustomClaims) -> Option<CustomClaimsMismatch> {
+        for (id, claim) in self.iter() {
+            let Some((config_id, declared)) = config.claim(&claim.name) else {
+                return Some(CustomClaimsMismatch::Missing(claim.name.clone()));
+            };
+            if declared.ty != claim.ty {
+                return Some(CustomClaimsMismatch::Type {
+                    name: claim.name.clone(),
+                    bundle: claim.ty,
+                    config: declared.ty,
+                });
+            }
+            if declared.required != claim.required {
+                return Some(CustomClaimsMismatch::Required {
+                    name: claim.name.clone(),
+                    bundle: claim.required,
+                    config: declared.required,
+                });
+            }
+            if config_id != id {
+                return Some(CustomClaimsMismatch::Order(claim.name.clone()));
+            }
+        }
+        config
+            .iter()
+            .find(|(_, declared)| self.claim(&declared.name).is_none())
+            .map(|(_, declared)| CustomClaimsMismatch::Extra(declared.name.clone()))
     }
 }
 

@@ -18,7 +18,8 @@ use portcullis_lang::ir::{
     StaticSource, Target, TargetField, TargetId, TargetRef, Value, Workload, WorkloadId,
     WorkloadRef,
 };
-use portcullis_lang::schema::ProviderKind;
+use portcullis_lang::schema::{ClaimType, CustomClaims, DeclaredClaim, ProviderKind};
+use portcullis_lang::time::{Days, Window};
 use sha2::{Digest, Sha256};
 
 fn text(value: &str) -> Expr {
@@ -81,6 +82,7 @@ fn policy_set() -> PolicySet {
         ],
         credentials: Vec::new(),
         conditions: Vec::new(),
+        custom_claims: Default::default(),
     }
 }
 
@@ -155,13 +157,26 @@ fn full_policy_set() -> PolicySet {
             Box::new(Expr::Condition(ConditionId(2))),
             Box::new(Expr::Condition(ConditionId(1))),
         )),
-        Box::new(Expr::Order(
-            OrderOp::Le,
-            Box::new(Expr::Const(Value::Int(900))),
-            Box::new(Expr::Const(Value::Int(3600))),
+        Box::new(Expr::And(
+            Box::new(Expr::Order(
+                OrderOp::Le,
+                Box::new(Expr::Const(Value::Int(900))),
+                Box::new(Expr::Const(Value::Int(3600))),
+            )),
+            Box::new(Expr::Within(
+                Box::new(Expr::Request(RequestField::Time)),
+                Window::whole_days(Days::WEEKDAYS),
+                "Europe/Berlin".to_owned(),
+            )),
         )),
     ));
     set.rules[1].annotations.severity = Some(Severity::Critical);
+    set.custom_claims = CustomClaims::from_declared([DeclaredClaim {
+        name: "team".to_owned(),
+        ty: ClaimType::String,
+        required: true,
+    }])
+    .unwrap();
     set
 }
 
@@ -510,8 +525,12 @@ fn optional_sections_round_trip() {
     let set = full_policy_set();
     let bundle = Bundle::from_policy_set(&set).unwrap();
     let bytes = bundle.to_bytes();
-    assert_eq!(u16::from_le_bytes([bytes[10], bytes[11]]), 13);
-    let mut end = 16 + 13 * 10;
+    let n_sections = SectionKind::ALL.len() + SectionKind::OPTIONAL.len();
+    assert_eq!(
+        usize::from(u16::from_le_bytes([bytes[10], bytes[11]])),
+        n_sections
+    );
+    let mut end = 16 + n_sections * 10;
     for kind in SectionKind::ALL.into_iter().chain(SectionKind::OPTIONAL) {
         let range = section(&bytes, kind);
         assert_eq!(range.start, end, "{kind:?}");
@@ -530,6 +549,7 @@ fn optional_sections_round_trip() {
     assert_eq!(loaded.network_sets()[0].len(), 2);
     assert!(loaded.network_sets()[0][1].contains("2001:db8::7".parse().unwrap()));
     assert_eq!(loaded.regexes()[0].pattern, "^/v[0-9]+/");
+    assert_eq!(loaded.custom_claims(), &set.custom_claims);
     assert!(loaded.regexes()[0].regex.is_match("/v12/x"));
     let permit = &loaded.rules()[0];
     assert_eq!(permit.credential, Some(CredentialId(3)));

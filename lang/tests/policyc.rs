@@ -55,7 +55,7 @@ fn check_accepts_the_example_policy_set() {
     );
     assert_eq!(
         String::from_utf8(output.stdout).unwrap(),
-        "ok: 3 files, 6 workloads, 3 targets, 8 rules\n"
+        "ok: 4 files, 6 workloads, 3 targets, 8 rules\n"
     );
 }
 
@@ -177,7 +177,7 @@ fn each_path_is_its_own_policy_set() {
     assert_eq!(
         stdout(&output),
         format!(
-            "ok: {EXAMPLES}: 3 files, 6 workloads, 3 targets, 8 rules\n\
+            "ok: {EXAMPLES}: 4 files, 6 workloads, 3 targets, 8 rules\n\
              ok: {LINT_FILE}: 1 file, 1 workload, 1 target, 3 rules (2 warnings)\n"
         )
     );

@@ -7,7 +7,8 @@
 //! written. Only the report goes to stdout; diagnostics and summaries go to stderr, in colour
 //! only on a terminal and never when `NO_COLOR` is set.
 //!
-//! FIXME(#3): `policyc test`.
+//! `policyc test` compiles policy sets and runs their `test` declarations: one line per test on
+//! stdout, the differences of the failures, a summary line and the rules no test exercises.
 
 use std::fmt;
 use std::fs;
@@ -17,23 +18,26 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_lang::bundle::{Bundle, BundleError};
+use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
 use portcullis_lang::diagnostic::{Diagnostic, Severity, render};
 use portcullis_lang::ir::PolicySet;
-use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze};
+use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
 use portcullis_lang::report::{CheckRun, CheckedSet, Unreadable, to_json, to_sarif};
+use portcullis_lang::schema::CustomClaims;
 use portcullis_lang::source::{SourceError, SourceFile, read_policy_path};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
   0  no errors; warnings alone do not fail
   1  errors, or warnings under `check --deny-warnings`; files `fmt --check` would change;
-     a bundle that cannot be built
+     a bundle that cannot be built; a `test` that fails
   2  a usage error, or a path that cannot be read or written
 
 Examples:
   policyc check examples/policies
   policyc check --format sarif policies/ > policyc.sarif
   policyc fmt --check policies/
+  policyc test examples/policies
   policyc build examples/policies -o policies.bundle";
 
 const CHECK_HELP: &str = "\
@@ -51,7 +55,8 @@ Examples:
   policyc check examples/policies
   policyc check team-a/policies team-b/policies --deny-warnings
   policyc check --format json policies/ | jq '.summary'
-  policyc check --format sarif --max-ttl 30m policies/ > policyc.sarif";
+  policyc check --format sarif --max-ttl 30m policies/ > policyc.sarif
+  policyc check --claims custom-claims.json policies/";
 
 const BUILD_HELP: &str = "\
 Exit status: 0 written, 1 errors in the policy set or a bundle that cannot be built, 2 a path
@@ -59,7 +64,8 @@ that cannot be read or written.
 
 Examples:
   policyc build examples/policies -o policies.bundle
-  policyc build policies/billing.gate --output /etc/portcullis/billing.bundle";
+  policyc build policies/billing.gate --output /etc/portcullis/billing.bundle
+  policyc build policies/ --claims custom-claims.json -o policies.bundle";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,10 +92,15 @@ enum Command {
         /// Where to write the bundle; replaced atomically
         #[arg(short, long)]
         output: PathBuf,
+        #[command(flatten)]
+        claims: ClaimsArg,
     },
     /// Format `.gate` files in place, or check that they are formatted
     #[command(after_help = FMT_HELP)]
     Fmt(FmtArgs),
+    /// Run the `test` declarations of policy sets
+    #[command(after_help = TEST_HELP)]
+    Test(TestArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -106,6 +117,37 @@ struct CheckArgs {
     /// The longest credential `ttl` that passes without a warning, a Gate duration
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     max_ttl: u64,
+    #[command(flatten)]
+    claims: ClaimsArg,
+}
+
+/// `--claims FILE`, for every subcommand that compiles a policy set.
+#[derive(Debug, clap::Args)]
+struct ClaimsArg {
+    /// A JSON file of the custom `oidc` claims the deployment's trust providers declare, in
+    /// the shape of the configuration's `custom_claims` (docs/gate.md, "Custom claims")
+    #[arg(long = "claims", value_name = "FILE")]
+    file: Option<PathBuf>,
+}
+
+impl ClaimsArg {
+    /// The custom claims the file declares; none without `--claims`.
+    fn load(&self) -> Result<CustomClaims, Failure> {
+        let Some(path) = &self.file else {
+            return Ok(CustomClaims::default());
+        };
+        let failure = |message: String| Failure::Claims {
+            path: path.clone(),
+            message,
+        };
+        let size = fs::metadata(path).map_err(|error| failure(error.to_string()))?;
+        if size.len() > MAX_CLAIMS_FILE_BYTES {
+            let limit = MAX_CLAIMS_FILE_BYTES;
+            return Err(failure(format!("the file is larger than {limit} bytes")));
+        }
+        let text = fs::read_to_string(path).map_err(|error| failure(error.to_string()))?;
+        parse_claims_file(&text).map_err(|error| failure(error.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -121,6 +163,11 @@ enum Failure {
     Read(SourceError),
     Invalid(Vec<Diagnostic>),
     Bundle(BundleError),
+    /// A `--claims` file that cannot be read or used.
+    Claims {
+        path: PathBuf,
+        message: String,
+    },
     Write {
         path: PathBuf,
         error: std::io::Error,
@@ -131,7 +178,7 @@ impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
             Failure::Invalid(_) | Failure::Bundle(_) => 1,
-            Failure::Read(_) | Failure::Write { .. } => 2,
+            Failure::Read(_) | Failure::Claims { .. } | Failure::Write { .. } => 2,
         }
     }
 }
@@ -149,6 +196,13 @@ impl fmt::Display for Failure {
                 )
             }
             Failure::Bundle(error) => write!(f, "cannot build the bundle: {error}"),
+            Failure::Claims { path, message } => {
+                write!(
+                    f,
+                    "cannot use the claims file `{}`: {message}",
+                    path.display()
+                )
+            }
             Failure::Write { path, error } => {
                 write!(f, "cannot write `{}`: {error}", path.display())
             }
@@ -160,8 +214,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Check(args) => return check(args),
-        Command::Build { path, output } => build(path, output),
+        Command::Build {
+            path,
+            output,
+            claims,
+        } => claims
+            .load()
+            .and_then(|claims| build(path, output, &claims)),
         Command::Fmt(args) => return format_paths(args),
+        Command::Test(args) => return run_tests(args),
     };
     match result {
         Ok(summary) => {
@@ -189,9 +250,13 @@ fn stderr_color() -> bool {
     std::io::stderr().is_terminal() && !no_color
 }
 
-fn compile(path: &Path) -> Result<(Vec<SourceFile>, PolicySet), Failure> {
+fn compile(
+    path: &Path,
+    custom_claims: &CustomClaims,
+) -> Result<(Vec<SourceFile>, PolicySet), Failure> {
     let files = read_policy_path(path).map_err(Failure::Read)?;
-    let set = portcullis_lang::compile(&files).map_err(Failure::Invalid)?;
+    let set =
+        portcullis_lang::compile_with_claims(&files, custom_claims).map_err(Failure::Invalid)?;
     Ok((files, set))
 }
 
@@ -211,6 +276,13 @@ fn check(args: &CheckArgs) -> ExitCode {
     let options = LintOptions {
         max_credential_ttl_s: args.max_ttl,
     };
+    let custom_claims = match args.claims.load() {
+        Ok(custom_claims) => custom_claims,
+        Err(failure) => {
+            report(&failure);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
     let mut checked = Vec::new();
     let mut unreadable = Vec::new();
     for path in &paths {
@@ -219,7 +291,7 @@ fn check(args: &CheckArgs) -> ExitCode {
             Ok(files) => checked.push(Checked {
                 path: display,
                 n_files: files.len(),
-                outcome: analyze(&files, &options),
+                outcome: analyze_with_claims(&files, &options, &custom_claims),
             }),
             Err(error) => unreadable.push((display, error)),
         }
@@ -364,8 +436,8 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-fn build(path: &Path, output: &Path) -> Result<String, Failure> {
-    let (_, set) = compile(path)?;
+fn build(path: &Path, output: &Path, custom_claims: &CustomClaims) -> Result<String, Failure> {
+    let (_, set) = compile(path, custom_claims)?;
     let bundle = Bundle::from_policy_set(&set).map_err(Failure::Bundle)?;
     let bytes = bundle.to_bytes();
     write_atomically(output, &bytes).map_err(|error| Failure::Write {
@@ -500,4 +572,75 @@ fn replace_file(path: &Path, text: &str) -> std::io::Result<()> {
     let permissions = fs::metadata(&target)?.permissions();
     write_atomically(&target, text.as_bytes())?;
     fs::set_permissions(&target, permissions)
+}
+
+const TEST_HELP: &str = "\
+Each PATH is one policy set: a `.gate` file, or a directory whose `.gate` files, found
+recursively, are compiled together. Every `test` declaration runs against its policy set with
+the reference evaluator; `test` declarations never reach a bundle.
+
+Output: on stdout, one line per test, then for each failure what was expected and what was
+decided, a summary line `N passed; M failed`, and the rules that decide no test. Compile
+errors go to stderr.
+
+Exit status: 0 every test passes, 1 a test fails or a policy set has errors, 2 a usage error or
+a path that cannot be read.
+
+Examples:
+  policyc test examples/policies
+  policyc test --claims custom-claims.json policies/";
+
+#[derive(Debug, clap::Args)]
+struct TestArgs {
+    /// Policy sets to test, each a `.gate` file or a directory [default: .]
+    #[arg(value_name = "PATH")]
+    paths: Vec<PathBuf>,
+    #[command(flatten)]
+    claims: ClaimsArg,
+}
+
+/// `policyc test`: compiles each policy set and runs its tests; the worst status wins.
+fn run_tests(args: &TestArgs) -> ExitCode {
+    let custom_claims = match args.claims.load() {
+        Ok(claims) => claims,
+        Err(failure) => {
+            report(&failure);
+            return ExitCode::from(failure.exit_code());
+        }
+    };
+    let paths = if args.paths.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        args.paths.clone()
+    };
+    let mut status = 0;
+    for path in &paths {
+        let outcome = test_policy_set(path, &custom_claims);
+        let code = match &outcome {
+            Ok(true) => 0,
+            Ok(false) => 1,
+            Err(failure) => {
+                report(failure);
+                failure.exit_code()
+            }
+        };
+        status = status.max(code);
+    }
+    ExitCode::from(status)
+}
+
+/// Runs one policy set's tests and prints the run; whether every test passed.
+fn test_policy_set(path: &Path, custom_claims: &CustomClaims) -> Result<bool, Failure> {
+    let files = read_policy_path(path).map_err(Failure::Read)?;
+    let (set, tests) = portcullis_lang::check::compile_with_tests(&files, custom_claims)
+        .map_err(Failure::Invalid)?;
+    let run = portcullis_lang::policy_test::run(&set, &tests);
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{}:", path.display());
+    let _ = write!(
+        stdout,
+        "{}",
+        portcullis_lang::policy_test::render(&run, &files)
+    );
+    Ok(run.n_failed() == 0)
 }

@@ -1,0 +1,249 @@
+//! The VM agrees with the reference evaluator: on generated policy sets and random requests,
+//! both reach the same decision, with the same deciding rule, credential and reason code.
+//!
+//! The reference evaluator (`portcullis_lang::reference`) walks the typed IR and is the
+//! executable definition of Gate's semantics; the VM runs the compiled bundle. The policy sets
+//! come from the front end's generator (`lang/tests/robustness/policy_gen.rs`). 256 cases by
+//! default; for a long run:
+//! `PROPTEST_CASES=100000 cargo test -p portcullis-engine --release --test reference_agrees`.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+#[path = "../../lang/tests/robustness/policy_gen.rs"]
+mod policy_gen;
+
+use std::net::IpAddr;
+
+use policy_gen::{PolicyGen, PolicyShape, Rng, STRING_VALUES};
+use portcullis_engine::vm::{self, Program};
+use portcullis_lang::bundle::Bundle;
+use portcullis_lang::ir::PolicySet;
+use portcullis_lang::reference;
+use portcullis_lang::schema::{ClaimType, ClaimValue, ProviderKind};
+use portcullis_lang::{SourceFile, compile, render};
+use proptest::prelude::*;
+
+/// Requests decided per generated policy set.
+const REQUESTS_PER_SET: usize = 32;
+
+/// The instant every request is made at, Unix seconds (a Friday, 10:00 UTC).
+const NOW: i64 = 1_796_378_400;
+
+fn compiled(files: &[SourceFile]) -> (PolicySet, Program) {
+    let set = compile(files).unwrap_or_else(|diags| panic!("{}", render(&diags, false)));
+    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
+    (set, Program::load(&bytes).unwrap())
+}
+
+/// A request's owned parts, from which both evaluators borrow their own request type.
+struct Owned {
+    kind: ProviderKind,
+    claims: Vec<Option<ClaimValue>>,
+    target: Query,
+    action: Option<&'static str>,
+    resource: Option<&'static str>,
+    source_ip: Option<IpAddr>,
+}
+
+enum Query {
+    Named(String),
+    Endpoint(String, String, u16),
+}
+
+impl Owned {
+    fn for_vm(&self) -> vm::Request<'_> {
+        let target = match &self.target {
+            Query::Named(name) => vm::TargetQuery::Named(name),
+            Query::Endpoint(protocol, host, port) => vm::TargetQuery::Endpoint {
+                protocol,
+                host,
+                port: *port,
+            },
+        };
+        vm::Request {
+            kind: self.kind,
+            claims: &self.claims,
+            target,
+            action: self.action,
+            resource: self.resource,
+            source_ip: self.source_ip,
+            time: NOW,
+        }
+    }
+
+    fn for_reference(&self) -> reference::Request<'_> {
+        let target = match &self.target {
+            Query::Named(name) => reference::TargetQuery::Named(name),
+            Query::Endpoint(protocol, host, port) => reference::TargetQuery::Endpoint {
+                protocol,
+                host,
+                port: *port,
+            },
+        };
+        reference::Request {
+            kind: self.kind,
+            claims: &self.claims,
+            target,
+            action: self.action,
+            resource: self.resource,
+            source_ip: self.source_ip,
+            time: Some(NOW),
+        }
+    }
+}
+
+/// A random request: mostly what attestation would produce, sometimes claims of the wrong
+/// type, a short claim list, or a target that does not exist.
+fn random_request(rng: &mut Rng, set: &PolicySet) -> Owned {
+    let kind = *rng.pick(&ProviderKind::ALL);
+    let mut claims: Vec<Option<ClaimValue>> = kind
+        .claims()
+        .iter()
+        .map(|def| (def.required || rng.chance(50)).then(|| random_claim(rng, def.ty)))
+        .collect();
+    if rng.chance(5) {
+        let idx = rng.below(claims.len());
+        claims[idx] = Some(ClaimValue::Bool(true));
+    }
+    if rng.chance(3) {
+        claims.truncate(rng.below(claims.len()));
+    }
+    let target = rng.pick(&set.targets);
+    let target = match rng.below(10) {
+        0..=6 => Query::Named(target.name.clone()),
+        7 => Query::Named("no_such_target".to_owned()),
+        8 => Query::Endpoint(
+            target.protocol.keyword().to_ascii_uppercase(),
+            target.host.to_ascii_uppercase(),
+            target.port,
+        ),
+        _ => Query::Endpoint("https".to_owned(), target.host.clone(), 1),
+    };
+    Owned {
+        kind,
+        claims,
+        target,
+        action: rng
+            .chance(85)
+            .then(|| rng.pick_str(&["GET", "POST", "DELETE", "connect", ""])),
+        resource: rng
+            .chance(85)
+            .then(|| rng.pick_str(&["/v1/deploy", "/v1/", "/v2/x", "/v1/../x", ""])),
+        source_ip: rng.chance(80).then(|| {
+            let ip = rng.pick_str(&["192.0.2.7", "10.1.2.3", "2001:db8::1", "::ffff:10.0.0.1"]);
+            ip.parse().unwrap()
+        }),
+    }
+}
+
+fn random_claim(rng: &mut Rng, ty: ClaimType) -> ClaimValue {
+    match ty {
+        ClaimType::String => ClaimValue::String(rng.pick_str(STRING_VALUES).to_owned()),
+        ClaimType::Int => ClaimValue::Int(i64::try_from(rng.below(1000)).unwrap()),
+        ClaimType::Bool => ClaimValue::Bool(rng.chance(50)),
+        ClaimType::StringSet => ClaimValue::StringSet(
+            (0..rng.below(4))
+                .map(|_| rng.pick_str(STRING_VALUES).to_owned())
+                .collect(),
+        ),
+    }
+}
+
+/// Decides `owned` both ways and requires the same outcome; gives the reason code.
+fn agree(set: &PolicySet, program: &Program, owned: &Owned) -> &'static str {
+    let by_vm = program.decide(&owned.for_vm());
+    let by_reference = reference::decide(set, &owned.for_reference());
+    let explained = format!(
+        "vm: {}; reference: {}",
+        by_vm.reason_text(),
+        by_reference.reason_text(set)
+    );
+    assert_eq!(by_vm.allow, by_reference.allow, "{explained}");
+    let reference_rule = by_reference.rule.map(|idx| set.rules[idx].name.as_str());
+    assert_eq!(by_vm.rule, reference_rule, "{explained}");
+    let reference_credential = by_reference
+        .credential
+        .map(|id| set.credentials[id.0 as usize].name.as_str());
+    let vm_credential = by_vm.credential.map(|credential| credential.name.as_str());
+    assert_eq!(vm_credential, reference_credential, "{explained}");
+    assert_eq!(
+        by_vm.reason.code(),
+        by_reference.reason.code(),
+        "{explained}"
+    );
+    by_vm.reason.code()
+}
+
+fn shape() -> impl Strategy<Value = PolicyShape> {
+    (
+        1usize..6,
+        1usize..5,
+        0usize..16,
+        1usize..3,
+        0usize..4,
+        0usize..4,
+        0usize..8,
+    )
+        .prop_map(
+            |(workloads, targets, rules, files, max_depth, credentials, conditions)| PolicyShape {
+                workloads,
+                targets,
+                rules,
+                files,
+                max_depth,
+                credentials,
+                conditions,
+            },
+        )
+}
+
+proptest! {
+    #[test]
+    fn vm_and_reference_decide_alike(seed in any::<u64>(), shape in shape()) {
+        let mut rng = Rng::new(seed);
+        let files = PolicyGen::new(&mut rng, shape).files();
+        let (set, program) = compiled(&files);
+        for _ in 0..REQUESTS_PER_SET {
+            let owned = random_request(&mut rng, &set);
+            agree(&set, &program, &owned);
+        }
+    }
+}
+
+/// The comparison above reaches every kind of outcome, so agreement is not vacuous.
+#[test]
+fn agreement_covers_every_outcome() {
+    let mut seen = std::collections::BTreeSet::new();
+    for seed in 0..150 {
+        let mut rng = Rng::new(seed);
+        let shape = PolicyShape {
+            workloads: 3,
+            targets: 3,
+            rules: 10,
+            files: 2,
+            max_depth: 1,
+            credentials: 2,
+            conditions: 3,
+        };
+        let files = PolicyGen::new(&mut rng, shape).files();
+        let (set, program) = compiled(&files);
+        for _ in 0..REQUESTS_PER_SET {
+            let owned = random_request(&mut rng, &set);
+            seen.insert(agree(&set, &program, &owned));
+        }
+    }
+    let expected = [
+        "evaluation_error",
+        "forbidden",
+        "no_permit",
+        "path_outside_prefix",
+        "permitted",
+        "unknown_target",
+    ];
+    assert_eq!(seen, expected.into_iter().collect());
+}

@@ -1,0 +1,211 @@
+//! Policy tests: the `test` declarations of a policy set, and running them.
+//!
+//! In: [`TestCase`]s, which the checker builds from `test` declarations
+//! ([`crate::check::compile_with_tests`]), and the policy set they belong to. Out: a
+//! [`TestRun`] with each test's [`Outcome`] and the rules no test exercises. Tests run with the
+//! [`reference`] evaluator, the executable definition of Gate's semantics; they never reach
+//! the bundle. `policyc test` prints the run.
+
+use std::fmt::{self, Write as _};
+use std::net::IpAddr;
+
+use crate::ir::PolicySet;
+use crate::reference::{self, Decision, TargetQuery};
+use crate::schema::{ClaimValue, ProviderKind};
+use crate::source::SourceFile;
+
+/// One checked `test` declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestCase {
+    pub name: String,
+    /// Index of the file in the compiled file list.
+    pub file: usize,
+    /// The 1-based line of the `test` keyword.
+    pub line: usize,
+    pub request: TestRequest,
+    pub expected: Expected,
+}
+
+/// The request of a test, every claim typed against its kind's schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestRequest {
+    pub kind: ProviderKind,
+    /// Indexed by claim id; every required claim is present.
+    pub claims: Vec<Option<ClaimValue>>,
+    /// The name of a declared target.
+    pub target: String,
+    pub action: Option<String>,
+    pub resource: Option<String>,
+    pub source_ip: Option<IpAddr>,
+    /// `request.time`, Unix seconds; a test that leaves it out has none, and a rule that
+    /// reads it then fails to evaluate.
+    pub time: Option<i64>,
+}
+
+impl TestRequest {
+    /// The request as the reference evaluator takes it.
+    pub fn as_request(&self) -> reference::Request<'_> {
+        reference::Request {
+            kind: self.kind,
+            claims: &self.claims,
+            target: TargetQuery::Named(&self.target),
+            action: self.action.as_deref(),
+            resource: self.resource.as_deref(),
+            source_ip: self.source_ip,
+            time: self.time,
+        }
+    }
+}
+
+/// `expect allow|deny [by RULE] [with CREDENTIAL]`: what is left out is not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expected {
+    pub allow: bool,
+    /// The deciding rule.
+    pub rule: Option<String>,
+    /// The credential the deciding permit issues; only with `allow`.
+    pub credential: Option<String>,
+}
+
+impl fmt::Display for Expected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.allow { "allow" } else { "deny" })?;
+        if let Some(rule) = &self.rule {
+            write!(f, " by {rule}")?;
+        }
+        if let Some(credential) = &self.credential {
+            write!(f, " with {credential}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What one test did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome<'t> {
+    pub test: &'t TestCase,
+    pub decision: Decision,
+    pub passed: bool,
+    /// The decision in the words of an expectation, then why: `deny by x: forbidden by rule
+    /// `x``.
+    pub got: String,
+}
+
+/// Every test of a policy set, run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestRun<'t> {
+    pub outcomes: Vec<Outcome<'t>>,
+    /// The rules, in declaration order, that decided no test.
+    pub unexercised: Vec<String>,
+}
+
+impl TestRun<'_> {
+    pub fn n_passed(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|outcome| outcome.passed)
+            .count()
+    }
+
+    pub fn n_failed(&self) -> usize {
+        self.outcomes.len() - self.n_passed()
+    }
+}
+
+/// Runs every test against `set`. A rule is exercised when it is the deciding rule of at
+/// least one test, whether that test passes or not.
+pub fn run<'t>(set: &PolicySet, tests: &'t [TestCase]) -> TestRun<'t> {
+    let outcomes: Vec<Outcome<'t>> = tests.iter().map(|test| run_one(set, test)).collect();
+    let unexercised = set
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(idx, _)| {
+            !outcomes
+                .iter()
+                .any(|outcome| outcome.decision.rule == Some(*idx))
+        })
+        .map(|(_, rule)| rule.name.clone())
+        .collect();
+    TestRun {
+        outcomes,
+        unexercised,
+    }
+}
+
+fn run_one<'t>(set: &PolicySet, test: &'t TestCase) -> Outcome<'t> {
+    let decision = reference::decide(set, &test.request.as_request());
+    let rule = decision
+        .rule
+        .and_then(|idx| set.rules.get(idx))
+        .map(|rule| rule.name.clone());
+    let credential = decision
+        .credential
+        .and_then(|id| set.credentials.get(id.0 as usize))
+        .map(|credential| credential.name.clone());
+    let expected = &test.expected;
+    let passed = expected.allow == decision.allow
+        && expected
+            .rule
+            .as_ref()
+            .is_none_or(|want| rule.as_ref() == Some(want))
+        && expected
+            .credential
+            .as_ref()
+            .is_none_or(|want| credential.as_ref() == Some(want));
+    let actual = Expected {
+        allow: decision.allow,
+        rule,
+        credential,
+    };
+    let got = format!("{actual}: {}", decision.reason_text(set));
+    Outcome {
+        test,
+        decision,
+        passed,
+        got,
+    }
+}
+
+/// The run as a test runner prints it: one line per test, the differences of the failures,
+/// a summary line, and the rules no test exercises. `files` are the compiled files, for the
+/// location of each failing test.
+pub fn render(run: &TestRun<'_>, files: &[SourceFile]) -> String {
+    let mut out = String::new();
+    let n_tests = run.outcomes.len();
+    let noun = if n_tests == 1 { "test" } else { "tests" };
+    let _ = writeln!(out, "running {n_tests} {noun}");
+    for outcome in &run.outcomes {
+        let verdict = if outcome.passed { "ok" } else { "FAILED" };
+        let _ = writeln!(out, "test {} ... {verdict}", outcome.test.name);
+    }
+    let failures: Vec<&Outcome<'_>> = run.outcomes.iter().filter(|o| !o.passed).collect();
+    if !failures.is_empty() {
+        out.push_str("\nfailures:\n");
+        for outcome in failures {
+            let test = outcome.test;
+            let file = files.get(test.file).map_or("?", |file| file.name.as_str());
+            let _ = writeln!(out, "\n---- {} ({file}:{}) ----", test.name, test.line);
+            let _ = writeln!(out, "expected: {}", test.expected);
+            let _ = writeln!(out, "     got: {}", outcome.got);
+        }
+    }
+    let verdict = if run.n_failed() == 0 { "ok" } else { "FAILED" };
+    let _ = writeln!(
+        out,
+        "\ntest result: {verdict}. {} passed; {} failed",
+        run.n_passed(),
+        run.n_failed()
+    );
+    if run.unexercised.is_empty() {
+        out.push_str("every rule decides at least one test\n");
+    } else {
+        let names: Vec<String> = run
+            .unexercised
+            .iter()
+            .map(|name| format!("`{name}`"))
+            .collect();
+        let _ = writeln!(out, "rules no test exercises: {}", names.join(", "));
+    }
+    out
+}
