@@ -146,8 +146,11 @@ impl Checker<'_> {
             Ok(minute) => Some(minute),
             Err(error) => {
                 let message = format!("invalid time of day `{}`", time.text);
-                let report = Report::new(Code::InvalidTimeOfDay, message, time.span, error.to_string())
-                    .help("write hours and minutes on a 24-hour clock, `00:00` to `23:59`; `..00:00` ends at midnight");
+                let label = error.to_string();
+                let help = "write hours and minutes on a 24-hour clock, `00:00` to `23:59`; \
+                            `..00:00` ends at midnight";
+                let report =
+                    Report::new(Code::InvalidTimeOfDay, message, time.span, label).help(help);
                 self.report(report);
                 None
             }
