@@ -14,6 +14,11 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 /// JWKS files larger than this are refused.
 const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 
+/// Bounds of `server.max_body_bytes`: a decide request with a token needs about a kilobyte,
+/// and nothing legitimate needs megabytes.
+const MIN_BODY_BYTES: usize = 1024;
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
 /// Clock-skew allowance beyond this is a misconfiguration, not a tolerance.
 const MAX_LEEWAY_S: u64 = 3600;
 
@@ -157,6 +162,12 @@ impl Config {
     }
 
     fn validate(&self) -> Result<()> {
+        let body_limit = self.server.max_body_bytes;
+        if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&body_limit) {
+            bail!(
+                "`server.max_body_bytes = {body_limit}` is outside {MIN_BODY_BYTES}..={MAX_BODY_BYTES}"
+            );
+        }
         if self.policy.dir.is_some() == self.policy.bundle.is_some() {
             bail!("`[policy]` needs exactly one of `dir` (Gate sources) or `bundle` (built)");
         }

@@ -141,6 +141,13 @@ fn audit_query(
         .build()?;
     let batches = runtime.block_on(portcullis_audit::query(&data_dir, sql))?;
     let text = portcullis_audit::format_batches(&batches, format)?;
+    if portcullis_audit::AuditLog::has_unsealed_events(&data_dir) {
+        eprintln!(
+            "note: the write-ahead log in `{}` holds events not yet sealed into Parquet; this \
+             result leaves them out until the server seals them (when it stops)",
+            data_dir.display()
+        );
+    }
     print!("{text}");
     if !text.ends_with('\n') && !text.is_empty() {
         println!();

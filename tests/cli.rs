@@ -111,6 +111,12 @@ fn audit_query_is_read_only_and_names_a_missing_store() {
         );
     }
 
+    let syntax = query(tmp.path(), "SELEC 1");
+    assert!(!syntax.status.success());
+    let err = stderr(&syntax);
+    assert!(err.contains("does not parse"), "{err}");
+    assert_eq!(err.matches("SELEC").count(), 1, "said once: {err}");
+
     let typo = query(tmp.path(), "SELECT nope FROM access_events");
     assert!(!typo.status.success());
     let err = stderr(&typo);
@@ -295,4 +301,22 @@ fn mint_token_refuses_an_absurd_lifetime() {
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("--ttl"), "{}", stderr(&out));
+}
+
+#[test]
+fn serve_refuses_a_body_limit_out_of_bounds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = repo().join("examples/policies");
+    let config = write_config(tmp.path(), policies.to_str().unwrap(), "");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for limit in ["0", "18446744073709551615"] {
+        std::fs::write(
+            &config,
+            format!("[server]\nmax_body_bytes = {limit}\n{text}"),
+        )
+        .unwrap();
+        let out = serve(&config, &tmp.path().join("data"));
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("max_body_bytes"), "{}", stderr(&out));
+    }
 }

@@ -558,6 +558,25 @@ fn bad_requests_get_clear_errors_and_no_decision() {
         "{message}"
     );
 
+    // A token used as a field name is not echoed either, and overlong fields are refused.
+    let body = format!(r#"{{"evidence": {{"{token}": 1}}, "target": {{"name": "x"}}}}"#);
+    let (status, answer) = post(&server, body.as_bytes());
+    assert_eq!(status, 400);
+    assert!(
+        !answer["error"].as_str().unwrap().contains(token),
+        "{answer}"
+    );
+    let long_name = "t".repeat(300);
+    let body = json!({ "evidence": { "token": "x" }, "target": { "name": long_name } });
+    let (status, answer) = post(&server, body.to_string().as_bytes());
+    assert_eq!(status, 400);
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("`target.name` is longer than 256")
+    );
+
     // Only JSON is decided: a cross-origin form post cannot create events.
     let url = format!("http://{}/v1/decide", server.addr);
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -618,6 +637,21 @@ fn a_killed_server_loses_no_answered_decision() {
     server.child.kill().unwrap(); // SIGKILL: no shutdown, no sealing
     server.child.wait().unwrap();
     drop(server);
+
+    // Before the next start, queries do not see the event yet, and say so.
+    let out = portcullis()
+        .args([
+            "audit",
+            "query",
+            "SELECT count(*) AS n FROM access_events",
+            "--data-dir",
+        ])
+        .arg(&data_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let note = String::from_utf8_lossy(&out.stderr);
+    assert!(note.contains("not yet sealed"), "{note}");
 
     // The next start seals what the log holds before it answers anything new.
     let server = start_server(&data_dir);

@@ -66,7 +66,7 @@ pub enum AuditError {
     #[error("the system clock is outside the range of event times")]
     ClockOutOfRange,
 
-    #[error("the audit log stopped after an earlier write failure; reopen the data directory")]
+    #[error("the audit log stopped after a write failure; restart the server to recover it")]
     Stopped,
 }
 

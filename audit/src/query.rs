@@ -40,10 +40,23 @@ pub enum QueryError {
     NoStatement,
 
     #[error("{0}")]
-    DataFusion(#[from] DataFusionError),
+    DataFusion(DataFusionError),
+
+    /// The statement does not parse; the parser's own message, said once.
+    #[error("the query does not parse: {0}")]
+    Syntax(String),
 
     #[error("cannot format the result: {0}")]
     Format(#[from] arrow::error::ArrowError),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> QueryError {
+        match error {
+            DataFusionError::SQL(parse, _) => QueryError::Syntax(parse.to_string()),
+            other => QueryError::DataFusion(other),
+        }
+    }
 }
 
 /// How [`format_batches`] renders a result.

@@ -225,6 +225,15 @@ impl AuditLog {
         Ok(report)
     }
 
+    /// Whether the write-ahead log in `data_dir` holds events not yet sealed into Parquet
+    /// (which queries do not see yet). Reads only the file's length, so it never disturbs a
+    /// server that holds the directory.
+    // FIXME(#5): queries that also read the events still in the log.
+    pub fn has_unsealed_events(data_dir: &Path) -> bool {
+        let wal = data_dir.join(WAL_DIR).join(WAL_FILE);
+        fs::metadata(wal).is_ok_and(|metadata| metadata.len() > crate::wal::HEADER_LEN)
+    }
+
     /// Whether the log still takes events: after a failed write it refuses them until the
     /// store is reopened, and a health check should say so.
     pub fn health(&self) -> Result<(), AuditError> {

@@ -194,22 +194,60 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// A request-parsing message without long quoted input: a token sent in the wrong place must
 /// not come back in an error body.
 fn parse_error_message(err: &serde_json::Error) -> String {
-    let text = err.to_string();
+    let text = shorten_quoted(&shorten_quoted(&err.to_string(), '"'), '`');
+    format!("invalid decide request: {text}")
+}
+
+/// `text` with every segment between a pair of `quote`s longer than 32 characters cut to `…`.
+fn shorten_quoted(text: &str, quote: char) -> String {
     let mut out = String::with_capacity(text.len());
-    let mut parts = text.split('"');
-    if let Some(first) = parts.next() {
-        out.push_str(first);
-    }
-    for (idx, part) in parts.enumerate() {
-        out.push('"');
-        let quoted = idx % 2 == 0;
+    for (idx, part) in text.split(quote).enumerate() {
+        if idx > 0 {
+            out.push(quote);
+        }
+        let quoted = idx % 2 == 1;
         if quoted && part.chars().count() > 32 {
             out.push('…');
         } else {
             out.push_str(part);
         }
     }
-    format!("invalid decide request: {out}")
+    out
+}
+
+/// The longest target name, protocol, host, action and resource a decide request may carry;
+/// each is recorded in the access event.
+const MAX_NAME_BYTES: usize = 256;
+const MAX_RESOURCE_BYTES: usize = 4096;
+
+fn check_lengths(body: &DecideBody) -> Result<(), String> {
+    let fields = [
+        ("target.name", body.target.name.as_deref(), MAX_NAME_BYTES),
+        (
+            "target.protocol",
+            body.target.protocol.as_deref(),
+            MAX_NAME_BYTES,
+        ),
+        ("target.host", body.target.host.as_deref(), MAX_NAME_BYTES),
+        (
+            "request.action",
+            body.request.action.as_deref(),
+            MAX_NAME_BYTES,
+        ),
+        (
+            "request.resource",
+            body.request.resource.as_deref(),
+            MAX_RESOURCE_BYTES,
+        ),
+    ];
+    for (field, value, limit) in fields {
+        if value.is_some_and(|value| value.len() > limit) {
+            return Err(format!(
+                "invalid decide request: `{field}` is longer than {limit} bytes"
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn decide(
@@ -232,6 +270,9 @@ async fn decide(
         Ok(body) => body,
         Err(err) => return error(StatusCode::BAD_REQUEST, &parse_error_message(&err)),
     };
+    if let Err(message) = check_lengths(&body) {
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
     let target = match target_query(&body.target) {
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -407,18 +448,21 @@ async fn record_and_answer(
             );
             (StatusCode::OK, axum::Json(answer)).into_response()
         }
-        Ok(Err(err)) => unrecorded(&err.to_string()),
-        Err(join) => unrecorded(&join.to_string()),
+        Ok(Err(err)) => unrecorded(&err.to_string(), &answer.bundle),
+        Err(join) => unrecorded(&join.to_string(), &answer.bundle),
     }
 }
 
 /// Fail closed: a decision that cannot be recorded is a deny.
-fn unrecorded(detail: &str) -> Response {
+fn unrecorded(detail: &str, bundle: &str) -> Response {
     tracing::error!(error = detail, "audit_record_failed");
     let body = json!({
         "decision": "deny",
+        "rule": null,
         "reason": "the decision could not be recorded, so access is denied",
         "reason_code": "audit_unavailable",
+        "event_id": null,
+        "bundle": bundle,
     });
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }

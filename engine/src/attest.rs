@@ -421,14 +421,17 @@ fn peek(token: &str) -> Result<(JsonObject, JsonObject), AttestError> {
     ))
 }
 
-/// `exp`, `nbf` and `iat` are NumericDates when present; another type is a malformed token,
-/// not a missing claim.
+/// `exp`, `nbf` and `iat` are NumericDates when present: whole seconds since 1970 here.
+/// Anything else (a string, a negative or fractional number) is a malformed token, not a
+/// missing claim.
 fn check_time_claims(payload: &JsonObject) -> Result<(), AttestError> {
     for claim in ["exp", "nbf", "iat"] {
-        if payload.get(claim).is_some_and(|value| !value.is_number()) {
-            return Err(AttestError::Malformed(format!(
-                "claim `{claim}` is not a number"
-            )));
+        if payload
+            .get(claim)
+            .is_some_and(|value| value.as_u64().is_none())
+        {
+            let message = format!("claim `{claim}` is not a whole number of seconds since 1970");
+            return Err(AttestError::Malformed(message));
         }
     }
     Ok(())

@@ -241,6 +241,10 @@ fn expiry_not_before_and_audience_are_checked_with_leeway() {
     assert_eq!(reject(&wrong_aud), AttestError::WrongAudience);
     let no_aud = github_token(&patched(json!({ "aud": null })));
     assert_eq!(reject(&no_aud), AttestError::MissingClaim("aud".to_owned()));
+    for bad_exp in [json!(-1), json!(1e30), json!("tomorrow")] {
+        let token = github_token(&patched(json!({ "exp": bad_exp })));
+        assert_eq!(reject(&token).code(), "token_malformed", "exp = {bad_exp}");
+    }
     let no_exp = github_token(&patched(json!({ "exp": null })));
     assert_eq!(reject(&no_exp), AttestError::MissingClaim("exp".to_owned()));
 }

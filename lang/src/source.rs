@@ -113,9 +113,13 @@ fn read_file(path: &Path) -> Result<SourceFile, SourceError> {
             path: path.to_owned(),
         });
     }
-    let text = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 {
+    let mut text = String::from_utf8(bytes).map_err(|_| SourceError::NotUtf8 {
         path: path.to_owned(),
     })?;
+    // A byte-order mark some editors write says nothing in UTF-8.
+    if text.starts_with('\u{feff}') {
+        text.drain(..'\u{feff}'.len_utf8());
+    }
     Ok(SourceFile {
         name: path.display().to_string(),
         text,

@@ -430,26 +430,60 @@ fn parse_duration(text: &str) -> Result<u64, String> {
             .ok_or_else(invalid)?;
         digits.clear();
     }
-    if !digits.is_empty() || total == 0 {
+    if !digits.is_empty() || text.is_empty() {
         return Err(invalid());
+    }
+    if total == 0 {
+        return Err(format!(
+            "`{text}` is zero; the maximum TTL must be positive"
+        ));
     }
     Ok(total)
 }
 
 fn build(path: &Path, output: &Path, custom_claims: &CustomClaims) -> Result<String, Failure> {
-    let (_, set) = compile(path, custom_claims)?;
+    let (files, set) = compile(path, custom_claims)?;
     let bundle = Bundle::from_policy_set(&set).map_err(Failure::Bundle)?;
     let bytes = bundle.to_bytes();
-    write_atomically(output, &bytes).map_err(|error| Failure::Write {
+    let write_error = |error| Failure::Write {
         path: output.to_owned(),
         error,
-    })?;
+    };
+    let target = bundle_target(output, &files).map_err(write_error)?;
+    write_atomically(&target, &bytes).map_err(write_error)?;
     Ok(format!(
         "wrote {} ({} bytes, bundle sha256:{})",
         output.display(),
         bytes.len(),
         bundle.hash_hex()
     ))
+}
+
+/// Where a bundle for `output` may be written: `output` itself, or the file a symlink there
+/// points to. Anything else that already stands at that path (a directory, a device, a pipe)
+/// or one of the policy set's own source files is refused, never replaced.
+fn bundle_target(output: &Path, sources: &[SourceFile]) -> std::io::Result<PathBuf> {
+    let refuse = |why: &str| std::io::Error::other(format!("refusing to replace it: {why}"));
+    let Ok(metadata) = fs::symlink_metadata(output) else {
+        return Ok(output.to_owned());
+    };
+    let target = if metadata.file_type().is_symlink() {
+        fs::canonicalize(output)?
+    } else {
+        output.to_owned()
+    };
+    if !fs::metadata(&target)?.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
+    let canonical = fs::canonicalize(&target)?;
+    let is_source = sources
+        .iter()
+        .filter_map(|file| fs::canonicalize(&file.name).ok())
+        .any(|source| source == canonical);
+    if is_source {
+        return Err(refuse("it is a source file of the policy set"));
+    }
+    Ok(target)
 }
 
 /// Writes `bytes` to a temporary file beside `path`, then renames it over `path`, so that a
