@@ -198,8 +198,14 @@ async fn sql_errors_carry_datafusion_s_message() {
     assert!(matches!(err, QueryError::DataFusion(_)), "{err}");
     assert!(err.to_string().contains("no_such_column"), "{err}");
 
+    // A statement that does not parse says so once, in the parser's words.
     let err = query(dir.path(), "SELEC 1").await.unwrap_err();
-    assert!(matches!(err, QueryError::DataFusion(_)), "{err}");
+    assert!(matches!(err, QueryError::Syntax(_)), "{err}");
+    assert!(
+        err.to_string().starts_with("the query does not parse"),
+        "{err}"
+    );
+    assert_eq!(err.to_string().matches("SELEC").count(), 1, "{err}");
 }
 
 #[tokio::test]

@@ -31,8 +31,16 @@ use proptest::prelude::*;
 /// Requests decided per generated policy set.
 const REQUESTS_PER_SET: usize = 32;
 
-/// The instant every request is made at, Unix seconds (a Friday, 10:00 UTC).
-const NOW: i64 = 1_796_378_400;
+/// The instants requests are made at, Unix seconds: a Friday at 10:00 UTC, the Saturday
+/// after it at 23:30 UTC, the hour Europe/Berlin skips in March 2026 and the one New York
+/// repeats in November 2026, and the epoch.
+const TIMES: [i64; 5] = [
+    1_796_378_400,
+    1_796_513_400,
+    1_774_747_800,
+    1_793_514_600,
+    0,
+];
 
 fn compiled(files: &[SourceFile]) -> (PolicySet, Program) {
     let set = compile(files).unwrap_or_else(|diags| panic!("{}", render(&diags, false)));
@@ -48,6 +56,7 @@ struct Owned {
     action: Option<&'static str>,
     resource: Option<&'static str>,
     source_ip: Option<IpAddr>,
+    time: i64,
 }
 
 enum Query {
@@ -72,7 +81,7 @@ impl Owned {
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
-            time: NOW,
+            time: self.time,
         }
     }
 
@@ -92,7 +101,7 @@ impl Owned {
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
-            time: Some(NOW),
+            time: Some(self.time),
         }
     }
 }
@@ -138,6 +147,7 @@ fn random_request(rng: &mut Rng, set: &PolicySet) -> Owned {
             let ip = rng.pick_str(&["192.0.2.7", "10.1.2.3", "2001:db8::1", "::ffff:10.0.0.1"]);
             ip.parse().unwrap()
         }),
+        time: *rng.pick(&TIMES),
     }
 }
 

@@ -48,6 +48,10 @@ pub enum Code {
     TooComplex,
     /// More errors in one file than are worth showing; the rest are counted.
     TooManyErrors,
+    /// A string literal longer than [`crate::lexer::MAX_STRING_BYTES`].
+    StringTooLong,
+    /// A policy set with more declarations than [`crate::check::MAX_DECLARATIONS`].
+    TooManyDeclarations,
     /// A workload or target name that no declaration declares.
     UnknownName,
     DuplicateName,
@@ -137,6 +141,8 @@ impl Code {
             Code::AssignInsteadOfEq => "gate::E0007",
             Code::TooComplex => "gate::E0008",
             Code::TooManyErrors => "gate::E0010",
+            Code::StringTooLong => "gate::E0011",
+            Code::TooManyDeclarations => "gate::E0012",
             Code::UnknownName => "gate::E0101",
             Code::DuplicateName => "gate::E0102",
             Code::WrongDeclarationKind => "gate::E0103",
@@ -202,6 +208,7 @@ impl Code {
                 | Code::IntegerOutOfRange
                 | Code::InvalidEscape
                 | Code::InvalidDuration
+                | Code::StringTooLong
         )
     }
 }

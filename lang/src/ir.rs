@@ -163,6 +163,14 @@ impl Protocol {
         }
     }
 
+    /// The indefinite article before the keyword, by its first sound: "an `http` field".
+    pub fn article(self) -> &'static str {
+        match self {
+            Protocol::Http | Protocol::Https => "an",
+            Protocol::Postgres => "a",
+        }
+    }
+
     pub fn default_port(self) -> u16 {
         match self {
             Protocol::Http => 80,

@@ -28,6 +28,9 @@ pub enum LexError {
     IntegerOverflow,
     #[error("invalid duration")]
     InvalidDuration(DurationError),
+    /// A string literal whose value is longer than [`MAX_STRING_BYTES`].
+    #[error("string literal longer than {MAX_STRING_BYTES} bytes")]
+    StringTooLong,
 }
 
 /// Why a duration literal (`15m`, `1h30m`) was refused.
@@ -40,6 +43,10 @@ pub enum DurationError {
     /// Longer than [`MAX_DURATION_S`].
     TooLong,
 }
+
+/// The longest value a string literal may hold, in bytes: 64 KiB, far above any claim, field
+/// or pattern, and a bound on what one literal costs every later stage.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
 
 /// The longest duration a literal may state: 365 days, in seconds.
 pub const MAX_DURATION_S: u64 = 365 * 24 * 60 * 60;
@@ -245,7 +252,8 @@ fn parse_duration(text: &str) -> Result<u64, LexError> {
 /// Scans a string literal after its opening quote, unescaping as it goes. The span of an
 /// unterminated string covers the rest of its line.
 /// An invalid escape does not end the string: the scan goes on to the closing quote, so that
-/// the rest of the line is not read as code.
+/// the rest of the line is not read as code. A value longer than [`MAX_STRING_BYTES`] is an
+/// error too, once the string is read to its end.
 fn lex_string<'input>(lex: &mut logos::Lexer<'input, Token<'input>>) -> Result<String, LexError> {
     let mut value = String::new();
     let mut invalid_escape = None;
@@ -256,6 +264,7 @@ fn lex_string<'input>(lex: &mut logos::Lexer<'input, Token<'input>>) -> Result<S
                 lex.bump(offset + 1);
                 return match invalid_escape {
                     Some(error) => Err(error),
+                    None if value.len() > MAX_STRING_BYTES => Err(LexError::StringTooLong),
                     None => Ok(value),
                 };
             }
@@ -313,15 +322,20 @@ pub fn lex(text: &str) -> Lexed<'_> {
             Ok(token) => lexed.tokens.push((span.start, token, span.end)),
             Err(error) => {
                 let substitute = match error {
-                    LexError::UnterminatedString | LexError::InvalidEscape { .. } => {
-                        Some(Token::Str(String::new()))
-                    }
+                    LexError::UnterminatedString
+                    | LexError::InvalidEscape { .. }
+                    | LexError::StringTooLong => Some(Token::Str(String::new())),
                     LexError::IntegerOverflow => Some(Token::Int(0)),
                     LexError::InvalidDuration(_) => Some(Token::Duration(1)),
                     LexError::InvalidChar => None,
                 };
                 if let Some(token) = substitute {
                     lexed.tokens.push((span.start, token, span.end));
+                }
+                if error == LexError::StringTooLong {
+                    // The opening quote locates the string; underlining all of it would draw
+                    // tens of thousands of columns.
+                    span = span.start..span.start + 1;
                 }
                 lexed.errors.push((error, span));
             }
@@ -444,6 +458,19 @@ mod tests {
     fn unterminated_string_stops_at_end_of_line() {
         let lexed = lex("x == \"abc\ny");
         assert_eq!(lexed.errors, vec![(LexError::UnterminatedString, 5..9)]);
+        assert_eq!(
+            lexed.tokens.last().map(|(_, token, _)| token.clone()),
+            Some(Token::Ident("y"))
+        );
+    }
+
+    #[test]
+    fn string_longer_than_the_bound_is_reported_at_its_quote() {
+        let longest = format!("x \"{}\" y", "a".repeat(MAX_STRING_BYTES));
+        assert_eq!(lex(&longest).errors, vec![]);
+        let too_long = format!("x \"{}\" y", "é".repeat(MAX_STRING_BYTES / 2 + 1));
+        let lexed = lex(&too_long);
+        assert_eq!(lexed.errors, vec![(LexError::StringTooLong, 2..3)]);
         assert_eq!(
             lexed.tokens.last().map(|(_, token, _)| token.clone()),
             Some(Token::Ident("y"))

@@ -19,7 +19,7 @@ use crate::check;
 use crate::diagnostic::{Code, Diagnostic, Report, Severity, Sources};
 use crate::ir;
 use crate::parser;
-use crate::schema::{CustomClaims, SpiffeId, check_trust_domain};
+use crate::schema::{CustomClaims, ProviderKind, SpiffeId, check_trust_domain};
 use crate::source::SourceFile;
 
 /// The longest credential lifetime that passes without a warning, unless configured: one hour.
@@ -443,7 +443,11 @@ fn compare_claim(
         } else {
             "is never the"
         };
-        let message = format!("`{}` {what} `{claim}` of a `{kind}` token", quoted(value));
+        let article = ProviderKind::from_keyword(kind).map_or("a", ProviderKind::article);
+        let message = format!(
+            "`{}` {what} `{claim}` of {article} `{kind}` token",
+            quoted(value)
+        );
         let report = Report::new(Code::ImpossibleClaimValue, message, span, problem)
             .help_opt(rule.help(value));
         reports.push(report);

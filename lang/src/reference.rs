@@ -174,17 +174,21 @@ impl Decision {
             .rule
             .and_then(|idx| set.rules.get(idx))
             .map_or("", |rule| rule.name.as_str());
-        let target = self
-            .target
-            .and_then(|idx| set.targets.get(idx))
-            .map_or("", |target| target.name.as_str());
+        let declared = self.target.and_then(|idx| set.targets.get(idx));
+        let target = declared.map_or("", |target| target.name.as_str());
+        let prefix = declared
+            .and_then(|target| target.path_prefix.as_deref())
+            .unwrap_or("");
         match &self.reason {
             Reason::Permitted => format!("permitted by rule `{rule}`"),
             Reason::Forbidden => format!("forbidden by rule `{rule}`"),
             Reason::NoPermit => format!("no rule applies to this caller on target `{target}`"),
             Reason::UnknownTarget => "the request names no declared target".to_owned(),
             Reason::PathOutsidePrefix => {
-                format!("the resource is outside the path prefix of target `{target}`")
+                format!(
+                    "the request names no resource under the path prefix `{prefix}` of target \
+                     `{target}`"
+                )
             }
             Reason::EvaluationError(error) => format!("evaluation error in rule `{rule}`: {error}"),
         }

@@ -49,6 +49,19 @@ impl ProviderKind {
         }
     }
 
+    /// The indefinite article before the keyword, by its first sound: "an `oidc` claim".
+    pub fn article(self) -> &'static str {
+        match self {
+            ProviderKind::Oidc => "an",
+            ProviderKind::Github
+            | ProviderKind::Kubernetes
+            | ProviderKind::Gitlab
+            | ProviderKind::Terraform
+            | ProviderKind::Spiffe
+            | ProviderKind::Process => "a",
+        }
+    }
+
     /// Whether this kind's evidence is a signed token (a JWT) from an issuer. The only other
     /// kind of evidence is a local process's peer credentials, which no issuer signs.
     pub fn issues_tokens(self) -> bool {

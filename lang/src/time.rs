@@ -195,6 +195,9 @@ pub enum TimestampError {
     NoSuchTime,
     #[error("the offset must be less than 24 hours")]
     BadOffset,
+    /// A real date and time past the last instant the time library represents.
+    #[error("after 9999-12-30T22:00:00Z, the last instant Gate can read")]
+    TooLate,
 }
 
 /// Reads an RFC 3339 timestamp with a `Z` or `±HH:MM` offset and no fraction of a second, to
@@ -235,9 +238,10 @@ pub fn parse_timestamp(text: &str) -> Result<i64, TimestampError> {
     )
     .map_err(|_| TimestampError::NoSuchTime)?;
     let offset = parse_offset(offset)?;
+    // The date and time exist (checked above); only the instant can be out of range.
     let instant = offset
         .to_timestamp(datetime)
-        .map_err(|_| TimestampError::NoSuchTime)?;
+        .map_err(|_| TimestampError::TooLate)?;
     Ok(instant.as_second())
 }
 
@@ -326,6 +330,20 @@ mod tests {
         assert_eq!(
             parse_timestamp("2026-12-31T23:59:59+25:00"),
             Err(TimestampError::BadOffset)
+        );
+    }
+
+    #[test]
+    fn timestamps_past_the_last_readable_instant_say_so() {
+        assert!(parse_timestamp("9999-12-30T22:00:00Z").is_ok());
+        assert!(parse_timestamp("0000-01-01T00:00:00+23:59").is_ok());
+        assert_eq!(
+            parse_timestamp("9999-12-31T23:59:59Z"),
+            Err(TimestampError::TooLate)
+        );
+        assert_eq!(
+            parse_timestamp("9999-12-31T23:59:59+01:00"),
+            Err(TimestampError::TooLate)
         );
     }
 

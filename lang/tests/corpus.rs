@@ -103,6 +103,37 @@ fn errors_in_several_files_are_all_reported_in_file_order() {
     );
 }
 
+/// E0012 needs more than a million declarations, too many for a corpus file: the input is
+/// built here, spread over files of 50,000 declarations each, under the file size bound.
+#[test]
+fn too_many_declarations_is_an_error() {
+    let per_file = 50_000;
+    let n_files = portcullis_lang::check::MAX_DECLARATIONS / per_file + 1;
+    let files: Vec<SourceFile> = (0..n_files)
+        .map(|file_idx| {
+            let text = (0..per_file).map(|idx| format!("permit p{idx} {{}}\n"));
+            SourceFile::new(
+                format!("generated/{file_idx}.gate"),
+                text.collect::<String>(),
+            )
+        })
+        .collect();
+    let diags = compile(&files).unwrap_err();
+    insta::assert_snapshot!("too_many_declarations", render(&diags, false));
+}
+
+/// E0011 needs a string of more than 64 KiB on one line, too long for a corpus file that the
+/// truncation test below cuts at every character: the input is built here, and the string is
+/// shortened in the snapshot.
+#[test]
+fn string_longer_than_the_bound_is_an_error() {
+    let long = "a".repeat(portcullis_lang::lexer::MAX_STRING_BYTES + 1);
+    let text = format!("workload w {{\n  github {{ repository == \"{long}\" }}\n}}\n");
+    let diags = compile(&[SourceFile::new("generated.gate", text)]).unwrap_err();
+    let rendered = render(&diags, false).replace(&long, "aaa…");
+    insta::assert_snapshot!("string_too_long", rendered);
+}
+
 #[test]
 fn duplicate_across_files_points_at_both() {
     let files = [

@@ -438,6 +438,11 @@ fn parse_duration(text: &str) -> Result<u64, String> {
             "`{text}` is zero; the maximum TTL must be positive"
         ));
     }
+    if total > portcullis_lang::lexer::MAX_DURATION_S {
+        return Err(format!(
+            "`{text}` is longer than a year, the longest Gate duration"
+        ));
+    }
     Ok(total)
 }
 

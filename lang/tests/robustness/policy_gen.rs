@@ -6,9 +6,6 @@
 //! tables below ([`KEYWORDS`], [`PUNCTUATION`], [`PROTOCOLS`], …) and, for a new construct
 //! that must compile, one arm in [`PolicyGen::condition_atom`] or a new declaration beside
 //! [`PolicyGen::credential`] and [`PolicyGen::named_condition`].
-//!
-//! FIXME(#3): `test` declarations, timestamps and time windows are not generated yet; add them
-//! here as the checker accepts them.
 
 #![allow(
     dead_code,
@@ -69,6 +66,8 @@ pub const KEYWORDS: &[&str] = &[
     "like",
     "matches",
     "has",
+    "within",
+    "test",
     "true",
     "false",
 ];
@@ -188,6 +187,24 @@ pub const BAD_DURATIONS: &[&str] = &["15min", "0s", "366d", "1m1h", "99999999999
 /// Request fields a `when` may read as strings: optional, no guard needed.
 pub const REQUEST_FIELDS: &[&str] = &["action", "resource"];
 
+/// Timestamp literals, `Z` and offsets, from the far past to the far future.
+pub const TIMESTAMPS: &[&str] = &[
+    "2026-12-04T10:00:00Z",
+    "2027-01-01T00:59:59+01:00",
+    "1970-01-01T00:00:00Z",
+    "2026-03-29T02:30:00-05:00",
+    "9999-12-30T22:00:00Z",
+];
+
+/// The days of a `within` window: none, one, a named set, a list with a range.
+pub const WINDOW_DAYS: &[&str] = &["", "", "fri", "weekdays", "weekends", "[tue, thu..fri]"];
+
+/// The times of a `within` window, some across midnight; empty for whole days.
+pub const WINDOW_TIMES: &[&str] = &["", "08:00..18:00", "22:00..06:00", "00:00..23:59"];
+
+/// IANA zones for `within`, with and without daylight saving time.
+pub const ZONES: &[&str] = &["UTC", "Europe/Berlin", "America/New_York", "Asia/Tokyo"];
+
 /// Values of `@severity`.
 pub const SEVERITIES: &[&str] = &["low", "medium", "high", "critical"];
 
@@ -226,7 +243,11 @@ pub fn random_token(rng: &mut Rng) -> String {
             let kind = *rng.pick(&ProviderKind::ALL);
             rng.pick(kind.claims()).name.to_owned()
         }
-        6 => quote(rng.pick_str(STRING_VALUES)),
+        6 => match rng.below(4) {
+            0 => rng.pick_str(TIMESTAMPS).to_owned(),
+            1 => rng.pick_str(&["08:00", "23:59", "24:00", "7:5"]).to_owned(),
+            _ => quote(rng.pick_str(STRING_VALUES)),
+        },
         7 => match rng.below(4) {
             0 => "9223372036854775807".to_owned(),
             1 => "-9223372036854775808".to_owned(),
@@ -273,6 +294,16 @@ pub struct PolicyShape {
     /// Named conditions; condition `i` reads only conditions declared before it, at most
     /// eight in a chain.
     pub conditions: usize,
+}
+
+impl PolicyShape {
+    /// `test` declarations: one per ten rules, rounded up, when there is a target to name.
+    pub fn tests(&self) -> usize {
+        if self.targets == 0 {
+            return 0;
+        }
+        self.rules.div_ceil(10)
+    }
 }
 
 impl PolicyShape {
@@ -326,6 +357,10 @@ impl<'r> PolicyGen<'r> {
         for idx in 0..self.shape.rules {
             let text = self.rule(idx);
             texts[(idx + 2) % n_files].push_str(&text);
+        }
+        for idx in 0..self.shape.tests() {
+            let text = self.test(idx);
+            texts[(idx + 5) % n_files].push_str(&text);
         }
         texts
             .into_iter()
@@ -439,6 +474,60 @@ impl<'r> PolicyGen<'r> {
         format!("{annotations}{keyword} rule_{idx} {{\n  {body}\n}}\n")
     }
 
+    /// A `test` declaration: a caller of a random kind with every required claim and some
+    /// optional ones, a declared target, sometimes the request's details and time, and an
+    /// expectation that the checker accepts, right or not (no test here is run).
+    fn test(&mut self, idx: usize) -> String {
+        let kind = *self.rng.pick(&ProviderKind::ALL);
+        let mut claims = String::new();
+        for def in kind.claims() {
+            if def.required || self.rng.chance(30) {
+                let value = self.claim_literal(def.ty);
+                claims.push_str(&format!("      {} = {value}\n", def.name));
+            }
+        }
+        let mut request = format!("    {kind} {{\n{claims}    }}\n");
+        let target = self.rng.below(self.shape.targets);
+        request.push_str(&format!("    target tg_{target}\n"));
+        if self.rng.chance(60) {
+            let action = self.rng.pick_str(&["GET", "POST", "DELETE"]);
+            request.push_str(&format!("    action = {}\n", quote(action)));
+        }
+        if self.rng.chance(60) {
+            let resource = self.rng.pick_str(&["/v1/deploy", "/v2/x", "/"]);
+            request.push_str(&format!("    resource = {}\n", quote(resource)));
+        }
+        if self.rng.chance(40) {
+            let ip = self.rng.pick_str(&["192.0.2.7", "10.1.2.3", "2001:db8::1"]);
+            request.push_str(&format!("    source_ip = {}\n", quote(ip)));
+        }
+        if self.rng.chance(60) {
+            let time = self.rng.pick_str(TIMESTAMPS);
+            request.push_str(&format!("    time = {time}\n"));
+        }
+        let decision = self.rng.pick_str(&["allow", "deny"]);
+        let mut expect = format!("expect {decision}");
+        if self.shape.rules > 0 && self.rng.chance(50) {
+            expect.push_str(&format!(" by rule_{}", self.rng.below(self.shape.rules)));
+        }
+        if decision == "allow" && self.shape.credentials > 0 && self.rng.chance(30) {
+            let credential = self.rng.below(self.shape.credentials);
+            expect.push_str(&format!(" with cr_{credential}"));
+        }
+        format!("test ts_{idx} {{\n  request {{\n{request}  }}\n  {expect}\n}}\n")
+    }
+
+    /// A literal of a claim's type, as a test request gives it.
+    fn claim_literal(&mut self, ty: ClaimType) -> String {
+        match ty {
+            ClaimType::String => quote(self.rng.pick_str(STRING_VALUES)),
+            ClaimType::Bool => self.rng.pick_str(&["true", "false"]).to_owned(),
+            ClaimType::Int => (1 + self.rng.below(1000)).to_string(),
+            ClaimType::StringSet if self.rng.chance(20) => quote(self.rng.pick_str(STRING_VALUES)),
+            ClaimType::StringSet => self.string_set(),
+        }
+    }
+
     /// A boolean expression, well typed in `scope`, nesting at most `depth` connectives.
     pub fn condition(&mut self, scope: Scope, depth: usize) -> String {
         if depth == 0 || self.rng.chance(40) {
@@ -459,7 +548,7 @@ impl<'r> PolicyGen<'r> {
     fn condition_atom(&mut self, scope: Scope) -> String {
         match scope {
             Scope::Bare(kind) => self.claim_test(kind, ""),
-            Scope::Rule | Scope::Condition(_) => match self.rng.below(7) {
+            Scope::Rule | Scope::Condition(_) => match self.rng.below(8) {
                 0 => {
                     let kind = *self.rng.pick(&ProviderKind::ALL);
                     self.claim_test(kind, &format!("client.{kind}."))
@@ -476,9 +565,32 @@ impl<'r> PolicyGen<'r> {
                     let lhs = self.rng.pick_str(DURATIONS);
                     format!("{lhs} {op} {}", self.rng.pick_str(DURATIONS))
                 }
+                6 => self.time_test(),
                 _ => self.rng.pick_str(&["true", "false"]).to_owned(),
             },
         }
+    }
+
+    /// A test of `request.time`: ordered against a timestamp, or in a weekly window of local
+    /// time with days, times or both.
+    fn time_test(&mut self) -> String {
+        let field = "request.time";
+        if self.rng.chance(40) {
+            let op = self.rng.pick_str(&["<", "<=", ">", ">="]);
+            return format!("{field} {op} {}", self.rng.pick_str(TIMESTAMPS));
+        }
+        let days = self.rng.pick_str(WINDOW_DAYS);
+        let mut times = self.rng.pick_str(WINDOW_TIMES);
+        if days.is_empty() && times.is_empty() {
+            times = "08:00..18:00";
+        }
+        let window = [days, times]
+            .into_iter()
+            .filter(|part| !part.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let zone = quote(self.rng.pick_str(ZONES));
+        format!("{field} within {window} in {zone}")
     }
 
     /// A named condition that `scope` may read without making a cycle or a chain deeper
