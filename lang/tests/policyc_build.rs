@@ -92,3 +92,42 @@ fn build_refuses_to_replace_what_is_not_a_bundle_file() {
     refused(&build(&policies, &source), "source file of the policy set");
     assert_eq!(std::fs::read_to_string(&source).unwrap(), text);
 }
+
+#[test]
+fn build_mentions_warnings_without_failing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = tmp.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("broad.gate"),
+        "workload anyone { oidc { } }\ntarget api { https { host = \"api.example\" } }\n\
+         permit everyone { workload anyone target api }\n",
+    )
+    .unwrap();
+    let out = build(&policies, &tmp.path().join("out.bundle"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 warning;") && stderr.contains("policyc check"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn test_without_any_test_declaration_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("only.gate"),
+        "target api { https { host = \"api.example\" } }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_policyc"))
+        .env("NO_COLOR", "1")
+        .arg("test")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("declares no `test`"), "{stderr}");
+}

@@ -250,16 +250,6 @@ fn stderr_color() -> bool {
     std::io::stderr().is_terminal() && !no_color
 }
 
-fn compile(
-    path: &Path,
-    custom_claims: &CustomClaims,
-) -> Result<(Vec<SourceFile>, PolicySet), Failure> {
-    let files = read_policy_path(path).map_err(Failure::Read)?;
-    let set =
-        portcullis_lang::compile_with_claims(&files, custom_claims).map_err(Failure::Invalid)?;
-    Ok((files, set))
-}
-
 /// A policy set that was read and checked.
 struct Checked {
     path: String,
@@ -447,7 +437,20 @@ fn parse_duration(text: &str) -> Result<u64, String> {
 }
 
 fn build(path: &Path, output: &Path, custom_claims: &CustomClaims) -> Result<String, Failure> {
-    let (files, set) = compile(path, custom_claims)?;
+    let files = read_policy_path(path).map_err(Failure::Read)?;
+    let outcome = analyze_with_claims(&files, &LintOptions::default(), custom_claims);
+    let n_warnings = outcome.count(Severity::Warning);
+    let Some(set) = outcome.set else {
+        return Err(Failure::Invalid(outcome.diagnostics));
+    };
+    // Warnings never stop a build, but they are not kept from the person building either.
+    if n_warnings > 0 {
+        eprintln!(
+            "note: the policy set has {}; `policyc check {}` shows them",
+            count(n_warnings, "warning"),
+            path.display()
+        );
+    }
     let bundle = Bundle::from_policy_set(&set).map_err(Failure::Bundle)?;
     let bytes = bundle.to_bytes();
     let write_error = |error| Failure::Write {
@@ -681,5 +684,13 @@ fn test_policy_set(path: &Path, custom_claims: &CustomClaims) -> Result<bool, Fa
         "{}",
         portcullis_lang::policy_test::render(&run, &files)
     );
+    if tests.is_empty() {
+        // A CI job that runs no test must not look like one whose tests passed.
+        eprintln!(
+            "error: `{}` declares no `test`; nothing was tested",
+            path.display()
+        );
+        return Ok(false);
+    }
     Ok(run.n_failed() == 0)
 }
