@@ -31,6 +31,9 @@ pub enum LexError {
     /// A string literal whose value is longer than [`MAX_STRING_BYTES`].
     #[error("string literal longer than {MAX_STRING_BYTES} bytes")]
     StringTooLong,
+    /// `/* … */`, which Gate does not have; the whole comment is one error.
+    #[error("block comments are not supported")]
+    BlockComment,
 }
 
 /// Why a duration literal (`15m`, `1h30m`) was refused.
@@ -320,6 +323,16 @@ pub fn lex(text: &str) -> Lexed<'_> {
         }
         match result {
             Ok(token) => lexed.tokens.push((span.start, token, span.end)),
+            Err(LexError::InvalidChar) if text.get(span.start..).is_some_and(is_block_open) => {
+                // Skip to the end of the would-be comment, so its words are not read as Gate.
+                let body = span.start + 2;
+                let end = text
+                    .get(body..)
+                    .and_then(|rest| rest.find("*/"))
+                    .map_or(text.len(), |at| body + at + 2);
+                lexer.bump(end.saturating_sub(span.end));
+                lexed.errors.push((LexError::BlockComment, span.start..end));
+            }
             Err(error) => {
                 let substitute = match error {
                     LexError::UnterminatedString
@@ -327,7 +340,7 @@ pub fn lex(text: &str) -> Lexed<'_> {
                     | LexError::StringTooLong => Some(Token::Str(String::new())),
                     LexError::IntegerOverflow => Some(Token::Int(0)),
                     LexError::InvalidDuration(_) => Some(Token::Duration(1)),
-                    LexError::InvalidChar => None,
+                    LexError::InvalidChar | LexError::BlockComment => None,
                 };
                 if let Some(token) = substitute {
                     lexed.tokens.push((span.start, token, span.end));
@@ -343,6 +356,10 @@ pub fn lex(text: &str) -> Lexed<'_> {
     }
     mark_declaration_keywords(&mut lexed.tokens);
     lexed
+}
+
+fn is_block_open(rest: &str) -> bool {
+    rest.starts_with("/*")
 }
 
 /// Turns `workload`, `target` and `credential` into their declaration forms where they open a

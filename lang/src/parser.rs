@@ -181,6 +181,13 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>) -> 
             "not valid in Gate",
         )
         .help("strings go between double quotes; comments start with `//`"),
+        LexError::BlockComment => Report::new(
+            Code::InvalidCharacter,
+            "block comments are not supported",
+            span,
+            "this comment",
+        )
+        .help("start each comment line with `//`"),
         LexError::UnterminatedString => Report::new(
             Code::UnterminatedString,
             "unterminated string",
