@@ -261,6 +261,17 @@ fn bare_words_in_compared_sets(tokens: &[Spanned<'_>]) -> Vec<usize> {
 }
 
 /// `bare_words_in_sets` holds where a name may be text that lacks its quotes.
+/// The operator a word from another language means, for the help of a parse error.
+fn connective_for(word: &str) -> Option<&'static str> {
+    match word.to_ascii_lowercase().as_str() {
+        "and" => Some("&&"),
+        "or" => Some("||"),
+        "not" => Some("!"),
+        "is" | "eq" | "equals" => Some("=="),
+        _ => None,
+    }
+}
+
 fn parse_report(
     file: usize,
     end: usize,
@@ -285,6 +296,10 @@ fn parse_report(
                 Token::Ident(name) if text_fits => {
                     report.help(format!("to compare with the text, quote it: `\"{name}\"`"))
                 }
+                Token::Ident(word) => match connective_for(word) {
+                    Some(operator) => report.help(format!("Gate writes `{word}` as `{operator}`")),
+                    None => report,
+                },
                 _ => report,
             }
         }
