@@ -1994,6 +1994,10 @@ impl Checker<'_> {
             (FieldTy::Duration, ExprKind::Int(seconds)) => {
                 Some(format!("give the unit: `{key} = {seconds}s`"))
             }
+            (FieldTy::Duration, ExprKind::Str(text)) if is_duration_literal(text) => Some(format!(
+                "a duration is written without quotes: `{key} = {text}`"
+            )),
+
             (FieldTy::StringSet, ExprKind::Str(text)) => {
                 Some(format!("write a set: `{key} = [\"{text}\"]`"))
             }
@@ -2439,6 +2443,16 @@ fn edit_distance(a: &str, b: &str) -> usize {
         }
     }
     row.last().copied().unwrap_or(0)
+}
+
+/// Whether `text` is exactly one valid duration literal, such as `15m`.
+fn is_duration_literal(text: &str) -> bool {
+    let lexed = crate::lexer::lex(text);
+    lexed.errors.is_empty()
+        && matches!(
+            lexed.tokens.as_slice(),
+            [(_, crate::lexer::Token::Duration(_), _)]
+        )
 }
 
 #[cfg(test)]
