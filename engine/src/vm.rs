@@ -56,16 +56,8 @@ pub use portcullis_lang::ir::Target as TargetInfo;
 /// A declared credential (name, kind and its settings, TTL), as an allow reports it.
 pub use portcullis_lang::ir::Credential as CredentialInfo;
 
-/// How a request names its target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TargetQuery<'a> {
-    Named(&'a str),
-    Endpoint {
-        protocol: &'a str,
-        host: &'a str,
-        port: u16,
-    },
-}
+/// How a request names its target: the same type the reference evaluator takes.
+pub use portcullis_lang::reference::TargetQuery;
 
 /// One request to decide: an attested caller, the target it asks for, and what it does there.
 #[derive(Debug, Clone, Copy)]

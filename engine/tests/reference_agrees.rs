@@ -65,19 +65,23 @@ enum Query {
 }
 
 impl Owned {
-    fn for_vm(&self) -> vm::Request<'_> {
-        let target = match &self.target {
+    /// The VM and the reference evaluator take the same target query.
+    fn target(&self) -> vm::TargetQuery<'_> {
+        match &self.target {
             Query::Named(name) => vm::TargetQuery::Named(name),
             Query::Endpoint(protocol, host, port) => vm::TargetQuery::Endpoint {
                 protocol,
                 host,
                 port: *port,
             },
-        };
+        }
+    }
+
+    fn for_vm(&self) -> vm::Request<'_> {
         vm::Request {
             kind: self.kind,
             claims: &self.claims,
-            target,
+            target: self.target(),
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
@@ -86,18 +90,10 @@ impl Owned {
     }
 
     fn for_reference(&self) -> reference::Request<'_> {
-        let target = match &self.target {
-            Query::Named(name) => reference::TargetQuery::Named(name),
-            Query::Endpoint(protocol, host, port) => reference::TargetQuery::Endpoint {
-                protocol,
-                host,
-                port: *port,
-            },
-        };
         reference::Request {
             kind: self.kind,
             claims: &self.claims,
-            target,
+            target: self.target(),
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
