@@ -43,6 +43,17 @@ pub fn compile_with_tests(
     files: &[SourceFile],
     custom_claims: &CustomClaims,
 ) -> Result<(ir::PolicySet, Vec<TestCase>), Vec<Diagnostic>> {
+    compile_keeping_trees(files, custom_claims).map(|(set, tests, _)| (set, tests))
+}
+
+/// A compiled policy set, its checked tests, and the syntax trees it was compiled from.
+pub(crate) type Compiled = (ir::PolicySet, Vec<TestCase>, Vec<ast::File>);
+
+/// What [`compile_with_tests`] does, keeping the syntax trees for the lints.
+pub(crate) fn compile_keeping_trees(
+    files: &[SourceFile],
+    custom_claims: &CustomClaims,
+) -> Result<Compiled, Vec<Diagnostic>> {
     let mut reports = Vec::new();
     let mut trees = Vec::new();
     for (file_idx, file) in files.iter().enumerate() {
@@ -76,7 +87,7 @@ pub fn compile_with_tests(
     });
     reports.extend(independent);
     if reports.is_empty() {
-        return Ok((set, tests));
+        return Ok((set, tests, trees));
     }
     let reports = cap_per_file(sort_by_position(reports));
     let sources = Sources::new(files);
@@ -253,6 +264,9 @@ struct Checker<'a> {
     /// Set while checking a bare name compared with a string: if the name is unknown, it is
     /// most likely text without its quotes.
     text_fits: bool,
+    /// Unguarded optional claims read inside the comparison being checked; reported only if
+    /// the comparison is otherwise well typed, so that the help never quotes a type error.
+    unguarded: Vec<Report>,
     reports: Vec<Report>,
 }
 
@@ -265,6 +279,7 @@ impl<'a> Checker<'a> {
             condition_names: Vec::new(),
             condition_guards: HashMap::new(),
             text_fits: false,
+            unguarded: Vec::new(),
             reports: Vec::new(),
         }
     }
@@ -881,7 +896,7 @@ impl<'a> Checker<'a> {
                 self.report(report);
                 None
             }
-            ExprKind::Path(path) => self.check_read(path, expr.span, scope, guards, expr.span),
+            ExprKind::Path(path) => self.check_read(path, expr.span, scope, guards),
             ExprKind::Has(path) => {
                 let path_span = match (path.first(), path.last()) {
                     (Some(first), Some(last)) => first.span.to(last.span),
@@ -957,6 +972,28 @@ impl<'a> Checker<'a> {
         scope: Scope,
         guards: &[(ProviderKind, ClaimId)],
     ) -> Option<(ir::Expr, Ty)> {
+        let reported = self.reports.len();
+        let outer = std::mem::take(&mut self.unguarded);
+        let checked = self.check_comparison(lhs, op, rhs, span, scope, guards);
+        let unguarded = std::mem::replace(&mut self.unguarded, outer);
+        if self.reports.len() > reported || unguarded.is_empty() {
+            // A type error in the comparison comes first; once it is fixed, the missing guard
+            // is reported with help that quotes the corrected comparison.
+            return checked;
+        }
+        self.reports.extend(unguarded);
+        None
+    }
+
+    fn check_comparison(
+        &mut self,
+        lhs: &ast::Expr,
+        op: CompareOp,
+        rhs: &ast::Expr,
+        span: Span,
+        scope: Scope,
+        guards: &[(ProviderKind, ClaimId)],
+    ) -> Option<(ir::Expr, Ty)> {
         if let CompareOp::Assign { op: op_span } = op {
             let report = Report::new(
                 Code::AssignInsteadOfEq,
@@ -967,7 +1004,20 @@ impl<'a> Checker<'a> {
             .help("use `==` to compare");
             self.report(report);
         }
+        let equality = matches!(op, CompareOp::Eq | CompareOp::Ne | CompareOp::Assign { .. });
+        if equality && bare_name(lhs).is_some() && matches!(rhs.kind, ExprKind::Path(_)) {
+            // `acme == repository`: the right side's type, looked up without reporting, says
+            // whether the name on the left is text without its quotes.
+            let (reported, unguarded) = (self.reports.len(), self.unguarded.len());
+            let rhs_ty = self
+                .check_operand(rhs, scope, guards, span)
+                .map(|(_, ty)| ty);
+            self.reports.truncate(reported);
+            self.unguarded.truncate(unguarded);
+            self.text_fits = rhs_ty == Some(Ty::String);
+        }
         let lhs_checked = self.check_operand(lhs, scope, guards, span);
+        self.text_fits = false;
         match op {
             CompareOp::In => {
                 let (lhs_expr, lhs_ty) = lhs_checked?;
@@ -1035,8 +1085,6 @@ impl<'a> Checker<'a> {
                     };
                     return Some((expr, Ty::Bool));
                 }
-                // FIXME(#3): only a name on the right is offered quoted; `acme == repository`
-                // reports `acme` before the right side's type is known.
                 self.text_fits =
                     matches!(lhs_checked, Some((_, Ty::String))) && bare_name(rhs).is_some();
                 let rhs_checked = self.check_operand(rhs, scope, guards, span);
@@ -1064,7 +1112,16 @@ impl<'a> Checker<'a> {
         atom: Span,
     ) -> Option<(ir::Expr, Ty)> {
         match &operand.kind {
-            ExprKind::Path(path) => self.check_read(path, operand.span, scope, guards, atom),
+            ExprKind::Path(path) => {
+                let resolved = self.resolve(path, operand.span, scope)?;
+                if let Some(claim) = resolved.optional_claim
+                    && !guards.contains(&claim)
+                {
+                    let report = self.unguarded_report(operand.span, atom);
+                    self.unguarded.push(report);
+                }
+                Some((resolved.expr, resolved.ty))
+            }
             _ => self.check_expr(operand, scope, guards),
         }
     }
@@ -1111,6 +1168,9 @@ impl<'a> Checker<'a> {
             self.report(report);
             return None;
         };
+        if self.names_in_set(items, Some(Ty::Ip)) {
+            return None;
+        }
         let mut networks = Vec::new();
         let mut ok = true;
         for item in items {
@@ -1320,6 +1380,21 @@ impl<'a> Checker<'a> {
             (ExprKind::Int(value), Ty::String) => Some(format!(
                 "claims of this kind are strings: write `\"{value}\"`"
             )),
+            (ExprKind::Bool(value), Ty::String) => Some(format!(
+                "`{}` holds the text `\"{value}\"`: write it with quotes",
+                self.text(lhs.span)
+            )),
+            (ExprKind::Str(text), Ty::Int) if text.trim().parse::<i64>().is_ok() => Some(format!(
+                "`{}` is an integer: write `{}` without quotes",
+                self.text(lhs.span),
+                text.trim()
+            )),
+            (ExprKind::Str(text), Ty::Bool) if matches!(text.as_str(), "true" | "false") => {
+                Some(format!(
+                    "`{}` is a boolean: write `{text}` without quotes",
+                    self.text(lhs.span)
+                ))
+            }
             _ => None,
         };
         let report = Report::new(
@@ -1345,14 +1420,17 @@ impl<'a> Checker<'a> {
             self.report(report);
             return None;
         };
-        let (values, element_ty) = self.set_values(items)?;
-        let Some(element_ty) = element_ty else {
-            return Some(values);
-        };
         let wanted = if lhs_ty == Ty::StringSet {
             Ty::String
         } else {
             lhs_ty
+        };
+        if self.names_in_set(items, Some(wanted)) {
+            return None;
+        }
+        let (values, element_ty) = self.set_values(items)?;
+        let Some(element_ty) = element_ty else {
+            return Some(values);
         };
         if wanted != element_ty {
             let message = format!(
@@ -1371,6 +1449,33 @@ impl<'a> Checker<'a> {
             return None;
         }
         Some(values)
+    }
+
+    /// Reports every name written as an element of a set, where only literals are values, with
+    /// help for the type the set should hold; whether there was any.
+    pub(crate) fn names_in_set(&mut self, items: &[ast::Expr], wanted: Option<Ty>) -> bool {
+        let mut found = false;
+        for item in items {
+            let Some(name) = bare_name(item) else {
+                continue;
+            };
+            found = true;
+            let help = match wanted {
+                Some(Ty::String | Ty::StringSet) => {
+                    format!("to write the text, quote it: `\"{name}\"`")
+                }
+                Some(Ty::Int) => "a set of integers holds numbers, such as `[80, 443]`".to_owned(),
+                Some(Ty::Ip) => format!("write the address or range as a string: `\"{name}\"`"),
+                _ => "a set holds literals: strings in quotes, integers, durations, `true` or \
+                      `false`"
+                    .to_owned(),
+            };
+            let message = format!("`{name}` in a set is a name, not a value");
+            let report =
+                Report::new(Code::InvalidSet, message, item.span, "not a literal").help(help);
+            self.report(report);
+        }
+        found
     }
 
     /// The literals of a set, deduplicated in source order, and their one type (none for an
@@ -1437,28 +1542,32 @@ impl<'a> Checker<'a> {
         None
     }
 
-    /// A path read as a value; `atom` is the comparison it sits in.
+    /// A path read as a value of its own, outside any comparison.
     fn check_read(
         &mut self,
         path: &[Ident],
         span: Span,
         scope: Scope,
         guards: &[(ProviderKind, ClaimId)],
-        atom: Span,
     ) -> Option<(ir::Expr, Ty)> {
         let resolved = self.resolve(path, span, scope)?;
         if let Some(claim) = resolved.optional_claim
             && !guards.contains(&claim)
         {
-            let shown = self.text(span);
-            let message = format!("optional claim `{shown}` is read without a `has` guard");
-            let help = format!("guard it: `has {shown} && {}`", self.text(atom));
-            let label = "not every token carries this claim";
-            let report = Report::new(Code::UnguardedOptionalClaim, message, span, label).help(help);
+            let report = self.unguarded_report(span, span);
             self.report(report);
             return None;
         }
         Some((resolved.expr, resolved.ty))
+    }
+
+    /// The optional claim at `span` read without a guard, in the expression `atom`.
+    fn unguarded_report(&self, span: Span, atom: Span) -> Report {
+        let shown = self.text(span);
+        let message = format!("optional claim `{shown}` is read without a `has` guard");
+        let help = format!("guard it: `has {shown} && {}`", self.text(atom));
+        let label = "not every token carries this claim";
+        Report::new(Code::UnguardedOptionalClaim, message, span, label).help(help)
     }
 
     fn check_has(&mut self, path: &[Ident], span: Span, scope: Scope) -> Option<(ir::Expr, Ty)> {
@@ -1970,6 +2079,9 @@ impl Checker<'_> {
                 Some(FieldValue::Duration(*seconds))
             }
             (FieldTy::StringSet, ExprKind::Set(items)) => {
+                if self.names_in_set(items, Some(Ty::String)) {
+                    return None;
+                }
                 let strings: Option<Vec<String>> = items
                     .iter()
                     .map(|item| match &item.kind {
@@ -2645,6 +2757,41 @@ mod tests {
             ")".repeat(100_000)
         );
         assert_eq!(codes(&text), vec!["gate::E0008"]);
+    }
+
+    #[test]
+    fn a_type_error_is_reported_before_a_missing_guard() {
+        let text = r#"workload w { github { ref_protected == true } }"#;
+        let diags = compile_one(text).unwrap_err();
+        let found: Vec<_> = diags.iter().map(|d| d.code().as_str()).collect();
+        assert_eq!(found, vec!["gate::E0301"]);
+        assert_eq!(
+            diags[0].help_text(),
+            Some("`ref_protected` holds the text `\"true\"`: write it with quotes")
+        );
+        let text = r#"workload w { github { ref_protected == "true" } }"#;
+        let diags = compile_one(text).unwrap_err();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(diags[0].code().as_str(), "gate::E0303");
+        assert_eq!(
+            diags[0].help_text(),
+            Some("guard it: `has ref_protected && ref_protected == \"true\"`")
+        );
+    }
+
+    #[test]
+    fn a_quoted_number_compared_with_an_integer_gets_help() {
+        let text = r#"
+            workload w { oidc { } }
+            target t { https { host = "h" } }
+            permit p { workload w target t when target.port == "443" }
+        "#;
+        let diags = compile_one(text).unwrap_err();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(
+            diags[0].help_text(),
+            Some("`target.port` is an integer: write `443` without quotes")
+        );
     }
 
     #[test]

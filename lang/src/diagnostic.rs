@@ -23,6 +23,8 @@ pub enum Code {
     UnusedDeclaration,
     /// A literal compared with a claim that no real token can carry.
     ImpossibleClaimValue,
+    /// A time zone known by a legacy alias of the IANA database (`US/Pacific`, `EST`).
+    LegacyTimeZone,
     /// A `permit` that a `forbid` without `when` denies for every request.
     ShadowedPermit,
     /// A rule whose `when` can never hold.
@@ -127,6 +129,7 @@ impl Code {
             Code::BroadPermit => "gate::W0101",
             Code::UnusedDeclaration => "gate::W0102",
             Code::ImpossibleClaimValue => "gate::W0201",
+            Code::LegacyTimeZone => "gate::W0202",
             Code::ShadowedPermit => "gate::W0301",
             Code::UnsatisfiableRule => "gate::W0302",
             Code::StaticSecret => "gate::W0401",
@@ -190,6 +193,7 @@ impl Code {
             Code::BroadPermit
             | Code::UnusedDeclaration
             | Code::ImpossibleClaimValue
+            | Code::LegacyTimeZone
             | Code::ShadowedPermit
             | Code::UnsatisfiableRule
             | Code::StaticSecret
@@ -309,7 +313,7 @@ pub struct Label<'a> {
 impl miette::Diagnostic for Diagnostic {
     fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
         match self.code.severity() {
-            Severity::Error => Some(Box::new(self.code.as_str())),
+            Severity::Error => Some(Box::new(format!("error[{}]", self.code.as_str()))),
             Severity::Warning => Some(Box::new(format!("warning[{}]", self.code.as_str()))),
         }
     }
@@ -489,8 +493,18 @@ pub fn render(diags: &[Diagnostic], color: bool) -> String {
         .with_links(false);
     let mut out = String::new();
     for diag in diags {
-        if handler.render_report(&mut out, diag).is_err() {
+        // Labels in other files are rendered after their diagnostic, each as an advice of its
+        // own, rather than as miette's related reports, whose header would read "Advice: ".
+        let mut main = diag.clone();
+        let notes = std::mem::take(&mut main.notes);
+        if handler.render_report(&mut out, &main).is_err() {
             out.push_str(&format!("{}: {}\n", diag.code.as_str(), diag.message));
+        }
+        for note in &notes {
+            out.push('\n');
+            if handler.render_report(&mut out, note).is_err() {
+                out.push_str(&format!(" {}\n", note.message));
+            }
         }
     }
     out

@@ -364,9 +364,11 @@ fn is_block_open(rest: &str) -> bool {
 
 /// Turns `workload`, `target` and `credential` into their declaration forms where they open a
 /// declaration: outside any braces, or wherever they are followed by a name and `{` (so that a
-/// declaration after a missing `}` is still recognised).
+/// declaration after a missing `}` is still recognised). Between a rule's name and its first `{`
+/// they stay clause keywords, so that a rule that lacks its `{` is one error, not three.
 fn mark_declaration_keywords(tokens: &mut [Spanned<'_>]) {
     let mut depth = 0usize;
+    let mut in_rule_header = false;
     for idx in 0..tokens.len() {
         let opens_block = matches!(
             (tokens.get(idx + 1), tokens.get(idx + 2)),
@@ -376,11 +378,24 @@ fn mark_declaration_keywords(tokens: &mut [Spanned<'_>]) {
             break;
         };
         match token {
-            Token::LBrace => depth += 1,
+            Token::LBrace => {
+                depth += 1;
+                in_rule_header = false;
+            }
             Token::RBrace => depth = depth.saturating_sub(1),
-            Token::Permit | Token::Forbid | Token::Condition | Token::Test | Token::At => depth = 0,
-            Token::Workload | Token::Target | Token::Credential if depth == 0 || opens_block => {
+            Token::Permit | Token::Forbid => {
                 depth = 0;
+                in_rule_header = true;
+            }
+            Token::Condition | Token::Test | Token::At => {
+                depth = 0;
+                in_rule_header = false;
+            }
+            Token::Workload | Token::Target | Token::Credential
+                if opens_block || (depth == 0 && !in_rule_header) =>
+            {
+                depth = 0;
+                in_rule_header = false;
                 *token = match token {
                     Token::Workload => Token::DeclWorkload,
                     Token::Target => Token::DeclTarget,
@@ -592,6 +607,17 @@ mod tests {
             tokens.iter().filter(|t| **t == Token::DeclTarget).count(),
             1
         );
+    }
+
+    #[test]
+    fn clause_keywords_of_a_rule_without_its_brace_stay_clauses() {
+        let tokens = kinds("permit q workload w target api }\nworkload x { }");
+        assert_eq!(
+            tokens.iter().filter(|t| **t == Token::DeclWorkload).count(),
+            1
+        );
+        assert!(tokens.contains(&Token::Workload));
+        assert!(tokens.contains(&Token::Target));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //! meant.
 //!
 //! In: the source files of a policy set. [`analyze`] runs the compiler ([`crate::check`]) and,
-//! only when it reports no error, parses the files again and runs every lint over the syntax
-//! trees, where spans are still available. Out: a [`CheckOutcome`] with the policy set (when it
+//! only when it reports no error, runs every lint over the syntax trees the compiler read, where
+//! spans are still available. Out: a [`CheckOutcome`] with the policy set (when it
 //! compiled) and every diagnostic, errors and warnings, in file order. Lints look at names and
 //! literals as written, so they need no type information: the checker has already accepted every
 //! name, claim and type they meet.
@@ -18,9 +18,9 @@ use crate::ast::{
 use crate::check;
 use crate::diagnostic::{Code, Diagnostic, Report, Severity, Sources};
 use crate::ir;
-use crate::parser;
-use crate::schema::{CustomClaims, ProviderKind, SpiffeId, check_trust_domain};
+use crate::schema::{CustomClaims, ProviderKind, SpiffeId, check_spiffe_path, check_trust_domain};
 use crate::source::SourceFile;
+use crate::time;
 
 /// The longest credential lifetime that passes without a warning, unless configured: one hour.
 pub const DEFAULT_MAX_CREDENTIAL_TTL_S: u64 = 60 * 60;
@@ -70,8 +70,8 @@ pub fn analyze_with_claims(
     options: &LintOptions,
     custom_claims: &CustomClaims,
 ) -> CheckOutcome {
-    let set = match check::compile_with_claims(files, custom_claims) {
-        Ok(set) => set,
+    let (set, trees) = match check::compile_keeping_trees(files, custom_claims) {
+        Ok((set, _, trees)) => (set, trees),
         Err(diagnostics) => {
             return CheckOutcome {
                 set: None,
@@ -79,13 +79,6 @@ pub fn analyze_with_claims(
             };
         }
     };
-    // FIXME(#3): the checker parses these files too; hand its trees over instead of parsing
-    // them a second time.
-    let trees: Vec<ast::File> = files
-        .iter()
-        .enumerate()
-        .map(|(file_idx, file)| parser::parse_file(file_idx, &file.text).0)
-        .collect();
     let mut reports = lint(&trees, options);
     reports.sort_by_key(|report| {
         let span = report.span();
@@ -108,6 +101,7 @@ pub(crate) fn lint(trees: &[ast::File], options: &LintOptions) -> Vec<Report> {
     broad_permits(&decls, &mut reports);
     unused_declarations(&decls, &mut reports);
     impossible_claim_values(&decls, &mut reports);
+    legacy_time_zones(&decls, &mut reports);
     shadowed_permits(&decls, &mut reports);
     unsatisfiable(&decls, &mut reports);
     credentials(&decls, options, &mut reports);
@@ -403,8 +397,68 @@ fn claim_values_in(expr: &ast::Expr, scope: ClaimScope<'_>, reports: &mut Vec<Re
     }
 }
 
-// FIXME(#3): `matches` patterns and ordering comparisons against claims are not checked; a
-// `like` pattern is checked by its fixed start only, except for DNS-name claims.
+// W0202: a time zone named by a legacy alias.
+
+fn legacy_time_zones(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    let mut windows = Vec::new();
+    for rule in &decls.rules {
+        if let Some(when) = rule.when {
+            windows_in(when, &mut windows);
+        }
+    }
+    for condition in &decls.conditions {
+        windows_in(&condition.body, &mut windows);
+    }
+    for window in windows {
+        let name = window.zone.as_str();
+        let Some(preferred) = time::preferred_zone_name(name) else {
+            continue;
+        };
+        let message = format!("time zone `{name}` is a legacy alias");
+        let (label, help) = if let Some(local) = time::local_time_for_standard_time(name) {
+            (
+                "the same offset all year, never daylight saving time".to_owned(),
+                format!(
+                    "for local time with daylight saving time, write `\"{local}\"`; \
+                     for the fixed offset, `\"{preferred}\"`"
+                ),
+            )
+        } else {
+            (
+                format!("an old name of `{preferred}`"),
+                format!("write `\"{preferred}\"`"),
+            )
+        };
+        let report = Report::new(Code::LegacyTimeZone, message, window.zone_span, label).help(help);
+        reports.push(report);
+    }
+}
+
+/// Every `within` window in `expr`.
+fn windows_in<'a>(expr: &'a ast::Expr, out: &mut Vec<&'a ast::Window>) {
+    match &expr.kind {
+        ExprKind::Within(_, window) => out.push(window),
+        ExprKind::Not(inner) => windows_in(inner, out),
+        ExprKind::And(left, right) | ExprKind::Or(left, right) => {
+            windows_in(left, out);
+            windows_in(right, out);
+        }
+        _ => {}
+    }
+}
+
+/// How a literal is compared with a claim: as a value, as a glob, or as a regular expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pattern {
+    Value,
+    Glob,
+    Regex,
+}
+
+/// Checks the literals compared with a claim of known shape. A glob or a regular expression is
+/// checked by what it fixes: its literal start (a regex only when anchored with `^`) and, for
+/// DNS-name claims, every literal character of a glob. Ordering comparisons are left alone:
+/// no claim with a known shape is an integer.
 fn compare_claim(
     (kind, claim): (&str, &str),
     op: CompareOp,
@@ -414,42 +468,49 @@ fn compare_claim(
     let Some(rule) = claim_rule(kind, claim) else {
         return;
     };
-    let mut candidates: Vec<(&str, Span, bool)> = Vec::new();
+    let mut candidates: Vec<(&str, Span, Pattern)> = Vec::new();
     match (&literal.kind, op) {
         (ExprKind::Str(value), CompareOp::Eq | CompareOp::Ne | CompareOp::In) => {
-            candidates.push((value, literal.span, false));
+            candidates.push((value, literal.span, Pattern::Value));
         }
-        (ExprKind::Str(pattern), CompareOp::Like) => candidates.push((pattern, literal.span, true)),
+        (ExprKind::Str(pattern), CompareOp::Like) => {
+            candidates.push((pattern, literal.span, Pattern::Glob));
+        }
+        (ExprKind::Str(pattern), CompareOp::Matches) => {
+            candidates.push((pattern, literal.span, Pattern::Regex));
+        }
         (ExprKind::Set(items), CompareOp::In) => {
             for item in items {
                 if let ExprKind::Str(value) = &item.kind {
-                    candidates.push((value, item.span, false));
+                    candidates.push((value, item.span, Pattern::Value));
                 }
             }
         }
         _ => {}
     }
-    for (value, span, is_glob) in candidates {
-        let problem = if is_glob {
-            rule.check_glob(value)
-        } else {
-            rule.check(value)
+    for (value, span, pattern) in candidates {
+        let problem = match pattern {
+            Pattern::Value => rule.check(value),
+            Pattern::Glob => rule.check_glob(value),
+            Pattern::Regex => rule.check_regex(value),
         };
         let Some(problem) = problem else {
             continue;
         };
-        let what = if is_glob {
-            "matches no"
-        } else {
-            "is never the"
+        let what = match pattern {
+            Pattern::Value => "is never the",
+            Pattern::Glob | Pattern::Regex => "matches no",
         };
         let article = ProviderKind::from_keyword(kind).map_or("a", ProviderKind::article);
         let message = format!(
             "`{}` {what} `{claim}` of {article} `{kind}` token",
             quoted(value)
         );
-        let report = Report::new(Code::ImpossibleClaimValue, message, span, problem)
-            .help_opt(rule.help(value));
+        let help = match pattern {
+            Pattern::Regex => None,
+            Pattern::Value | Pattern::Glob => rule.help(value),
+        };
+        let report = Report::new(Code::ImpossibleClaimValue, message, span, problem).help_opt(help);
         reports.push(report);
     }
 }
@@ -475,6 +536,10 @@ enum ClaimRule {
     DnsSubdomain,
     /// A SPIFFE ID: `spiffe://trust-domain/path`.
     SpiffeId,
+    /// The path of a SPIFFE ID: empty, or starting with `/`.
+    SpiffePath,
+    /// A GitLab `ref`: the bare branch or tag name, never `refs/…`.
+    BareRef,
     /// The trust domain of a SPIFFE ID.
     TrustDomain,
 }
@@ -517,6 +582,8 @@ fn claim_rule(kind: &str, claim: &str) -> Option<ClaimRule> {
         ("kubernetes", "service_account") => ClaimRule::DnsSubdomain,
         ("spiffe", "sub" | "spiffe_id") => ClaimRule::SpiffeId,
         ("spiffe", "trust_domain") => ClaimRule::TrustDomain,
+        ("spiffe", "path") => ClaimRule::SpiffePath,
+        ("gitlab", "ref") => ClaimRule::BareRef,
         _ => return None,
     };
     Some(rule)
@@ -552,6 +619,43 @@ impl ClaimRule {
             ClaimRule::TrustDomain => check_trust_domain(value)
                 .err()
                 .map(|error| error.to_string()),
+            ClaimRule::SpiffePath if !value.is_empty() && !value.starts_with('/') => {
+                Some("a SPIFFE ID's path starts with `/`".to_owned())
+            }
+            ClaimRule::SpiffePath => check_spiffe_path(value)
+                .err()
+                .map(|error| error.to_string()),
+            ClaimRule::BareRef => value
+                .starts_with("refs/")
+                .then(|| "a GitLab `ref` is the bare branch or tag name".to_owned()),
+        }
+    }
+
+    /// Why no value of the claim can match the regular expression `pattern`; `None` when some
+    /// can, or when the pattern fixes too little to tell.
+    fn check_regex(self, pattern: &str) -> Option<String> {
+        let (literal_prefix, exact) = regex_prefix(pattern)?;
+        if exact {
+            return self.check(&literal_prefix);
+        }
+        self.check_prefix(&literal_prefix)
+    }
+
+    /// Why no value of the claim can start with `literal_prefix`.
+    fn check_prefix(self, literal_prefix: &str) -> Option<String> {
+        match self {
+            ClaimRule::Prefix { prefix, label, .. } => {
+                let compatible =
+                    literal_prefix.starts_with(prefix) || prefix.starts_with(literal_prefix);
+                (!compatible).then(|| label.to_owned())
+            }
+            ClaimRule::SpiffePath => (!literal_prefix.is_empty()
+                && !literal_prefix.starts_with('/'))
+            .then(|| "a SPIFFE ID's path starts with `/`".to_owned()),
+            ClaimRule::BareRef => literal_prefix
+                .starts_with("refs/")
+                .then(|| "a GitLab `ref` is the bare branch or tag name".to_owned()),
+            _ => None,
         }
     }
 
@@ -562,11 +666,6 @@ impl ClaimRule {
             return self.check(&literal_prefix);
         }
         match self {
-            ClaimRule::Prefix { prefix, label, .. } => {
-                let compatible =
-                    literal_prefix.starts_with(prefix) || prefix.starts_with(&literal_prefix);
-                (!compatible).then(|| label.to_owned())
-            }
             ClaimRule::DnsLabel | ClaimRule::DnsSubdomain => {
                 let allowed = |ch: char| {
                     ch.is_ascii_lowercase()
@@ -578,7 +677,7 @@ impl ClaimRule {
                 (!literal_chars.chars().all(allowed))
                     .then(|| "the claim holds only `a-z`, `0-9`, `-` and `.`".to_owned())
             }
-            _ => None,
+            _ => self.check_prefix(&literal_prefix),
         }
     }
 
@@ -626,6 +725,19 @@ impl ClaimRule {
             ClaimRule::SpiffeId => {
                 Some("for example `\"spiffe://example.org/ns/billing/sa/api\"`".to_owned())
             }
+            ClaimRule::SpiffePath if !value.starts_with('/') => {
+                Some(format!("did you mean `{}`?", quoted(&format!("/{value}"))))
+            }
+            ClaimRule::BareRef => {
+                let bare = value
+                    .strip_prefix("refs/heads/")
+                    .or_else(|| value.strip_prefix("refs/tags/"))?;
+                Some(format!(
+                    "did you mean `{}`? GitLab names the branch or tag alone; \
+                     `ref_type` says which",
+                    quoted(bare)
+                ))
+            }
             _ => None,
         }
     }
@@ -659,6 +771,35 @@ fn glob_prefix(pattern: &str) -> (String, bool) {
         }
     }
     (prefix, false)
+}
+
+/// The literal text a regular expression anchored with `^` fixes at the start of every match,
+/// and whether it fixes the whole match (`^text$`). `None` for an unanchored pattern, or one
+/// with an alternation, whose other branches may start anywhere.
+fn regex_prefix(pattern: &str) -> Option<(String, bool)> {
+    if pattern.contains('|') {
+        return None;
+    }
+    let rest = pattern.strip_prefix('^')?;
+    let mut prefix = String::new();
+    let mut chars = rest.chars().peekable();
+    while let Some(ch) = chars.next() {
+        let literal = match ch {
+            '$' if chars.peek().is_none() => return Some((prefix, true)),
+            '\\' => match chars.next() {
+                Some(escaped) if escaped.is_ascii_punctuation() => escaped,
+                _ => break,
+            },
+            '.' | '[' | ']' | '(' | ')' | '*' | '+' | '?' | '{' | '}' | '$' | '^' => break,
+            _ => ch,
+        };
+        // A quantifier after a character makes it optional.
+        if matches!(chars.peek(), Some('?' | '*' | '{')) {
+            break;
+        }
+        prefix.push(literal);
+    }
+    Some((prefix, false))
 }
 
 /// Every literal character of a glob, wildcards left out and escapes resolved.
@@ -760,36 +901,62 @@ fn workload_covers(decls: &Decls<'_>, outer: &WorkloadSelector, inner: &Workload
 // W0302: a rule, alternative or condition that can never hold.
 
 fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
-    let conditions = Folder {
+    let mut folder = Folder {
         conditions: decls
             .conditions
             .iter()
             .map(|condition| (condition.name.name.as_str(), &condition.body))
             .collect(),
+        never: HashSet::new(),
     };
-    let claims_only = Folder {
-        conditions: HashMap::new(),
-    };
-    for rule in &decls.rules {
-        if let Some(when) = rule.when {
-            let what = format!("{} `{}`", effect_word(rule.decl.effect), rule.name());
-            never_holds(when, &conditions, &what, "match", reports);
+    // Conditions that never hold, found before the rules that name them: repeated until no
+    // more are found, since conditions name each other in any order.
+    let mut found: Vec<(&ast::ConditionDecl, Why)> = Vec::new();
+    loop {
+        let before = found.len();
+        for condition in &decls.conditions {
+            let name = condition.name.name.as_str();
+            if folder.never.contains(name) {
+                continue;
+            }
+            if let Some(why) = never(&condition.body, &folder, 0) {
+                folder.never.insert(name);
+                found.push((condition, why));
+            }
+        }
+        if found.len() == before {
+            break;
         }
     }
+    found.sort_by_key(|(condition, _)| (condition.span.file, condition.span.start));
+    for (condition, why) in found {
+        let what = format!("condition `{}`", condition.name.name);
+        reports.push(why.report(&what, "hold"));
+    }
+    for rule in &decls.rules {
+        if let Some(when) = rule.when
+            && let Some(why) = never(when, &folder, 0)
+        {
+            let what = format!("{} `{}`", effect_word(rule.decl.effect), rule.name());
+            reports.push(why.report(&what, "match"));
+        }
+    }
+    let claims_only = Folder {
+        conditions: HashMap::new(),
+        never: HashSet::new(),
+    };
     for workload in &decls.workloads {
         for alternative in &workload.alternatives {
-            if let Some(condition) = &alternative.condition {
+            if let Some(condition) = &alternative.condition
+                && let Some(why) = never(condition, &claims_only, 0)
+            {
                 let what = format!(
                     "the `{}` alternative of workload `{}`",
                     alternative.kind.name, workload.name.name
                 );
-                never_holds(condition, &claims_only, &what, "match", reports);
+                reports.push(why.report(&what, "match"));
             }
         }
-    }
-    for condition in &decls.conditions {
-        let what = format!("condition `{}`", condition.name.name);
-        never_holds(&condition.body, &conditions, &what, "hold", reports);
     }
 }
 
@@ -800,33 +967,80 @@ fn effect_word(effect: Effect) -> &'static str {
     }
 }
 
-fn never_holds(
-    expr: &ast::Expr,
-    folder: &Folder<'_>,
-    what: &str,
-    verb: &str,
-    reports: &mut Vec<Report>,
-) {
-    let message = format!("{what} can never {verb}");
-    if let Some((first, second, path)) = contradiction(expr) {
-        let report = Report::new(
-            Code::UnsatisfiableRule,
-            message,
-            second,
-            format!("`{path}` cannot also be this"),
-        )
-        .label(first, "given here")
-        .help("a value equals one thing at a time; did you mean `||` or `in [ … ]`?");
-        reports.push(report);
-    } else if folder.fold(expr, 0) == Some(false) {
-        let report = Report::new(
-            Code::UnsatisfiableRule,
-            message,
-            expr.span,
-            "this is always false",
-        )
-        .help("fix the condition, or remove it");
-        reports.push(report);
+/// Why an expression never holds.
+#[derive(Debug, Clone)]
+enum Why {
+    /// Two comparisons of one `&&` chain that no value satisfies together: the first, the
+    /// second, and the path they constrain.
+    Contradiction(Span, Span, String),
+    /// The expression folds to `false`.
+    AlwaysFalse(Span),
+    /// The expression is a condition that never holds.
+    NeverCondition(Span, String),
+}
+
+impl Why {
+    fn report(self, what: &str, verb: &str) -> Report {
+        let message = format!("{what} can never {verb}");
+        match self {
+            Why::Contradiction(first, second, path) => Report::new(
+                Code::UnsatisfiableRule,
+                message,
+                second,
+                format!("`{path}` cannot also be this"),
+            )
+            .label(first, "given here")
+            .help("no value satisfies both; did you mean `||`, `in [ … ]` or a wider bound?"),
+            Why::AlwaysFalse(span) => Report::new(
+                Code::UnsatisfiableRule,
+                message,
+                span,
+                "this is always false",
+            )
+            .help("fix the condition, or remove it"),
+            Why::NeverCondition(span, name) => Report::new(
+                Code::UnsatisfiableRule,
+                message,
+                span,
+                format!("condition `{name}` never holds"),
+            )
+            .help(format!("fix condition `{name}`, or stop naming it here")),
+        }
+    }
+}
+
+/// Why `expr` never holds, if the lint can tell: it folds to `false`, names a condition that
+/// never holds, or holds a contradiction in an `&&` chain, at any depth below `&&` and `||`.
+fn never(expr: &ast::Expr, folder: &Folder<'_>, depth: u32) -> Option<Why> {
+    if depth > MAX_FOLD_DEPTH {
+        return None;
+    }
+    if let ExprKind::Path(path) = &expr.kind
+        && let [name] = path.as_slice()
+        && folder.never.contains(name.name.as_str())
+    {
+        return Some(Why::NeverCondition(expr.span, name.name.clone()));
+    }
+    if folder.fold(expr, 0) == Some(false) {
+        return Some(Why::AlwaysFalse(expr.span));
+    }
+    match &expr.kind {
+        ExprKind::And(_, _) => {
+            if let Some((first, second, path)) = contradiction(expr) {
+                return Some(Why::Contradiction(first, second, path));
+            }
+            let mut conjuncts = Vec::new();
+            flatten_and(expr, &mut conjuncts);
+            conjuncts
+                .into_iter()
+                .find_map(|conjunct| never(conjunct, folder, depth + 1))
+        }
+        ExprKind::Or(left, right) => {
+            never(left, folder, depth + 1)?;
+            never(right, folder, depth + 1)?;
+            Some(Why::AlwaysFalse(expr.span))
+        }
+        _ => None,
     }
 }
 
@@ -838,6 +1052,8 @@ const MAX_FOLD_DEPTH: u32 = 64;
 struct Folder<'a> {
     /// Empty inside a workload alternative, where a bare name is a claim.
     conditions: HashMap<&'a str, &'a ast::Expr>,
+    /// The conditions known never to hold.
+    never: HashSet<&'a str>,
 }
 
 impl Folder<'_> {
@@ -851,6 +1067,7 @@ impl Folder<'_> {
         match &expr.kind {
             ExprKind::Bool(value) => Some(*value),
             ExprKind::Path(path) => match path.as_slice() {
+                [name] if self.never.contains(name.name.as_str()) => Some(false),
                 [name] => fold(self.conditions.get(name.name.as_str())?),
                 _ => None,
             },
@@ -881,6 +1098,21 @@ fn fold_comparison(left: &ast::Expr, op: CompareOp, right: &ast::Expr) -> Option
             let items: Option<Vec<Scalar>> = items.iter().map(scalar).collect();
             Some(items?.contains(&left))
         }
+        (CompareOp::In, ExprKind::Range(low, high)) => match left {
+            Scalar::Int(value) => Some((*low..=*high).contains(&value)),
+            _ => None,
+        },
+        (CompareOp::Lt | CompareOp::Le | CompareOp::Gt | CompareOp::Ge, _) => {
+            match (left, scalar(right)?) {
+                (Scalar::Int(a), Scalar::Int(b)) => Some(match op {
+                    CompareOp::Lt => a < b,
+                    CompareOp::Le => a <= b,
+                    CompareOp::Gt => a > b,
+                    _ => a >= b,
+                }),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -902,18 +1134,19 @@ fn scalar(expr: &ast::Expr) -> Option<Scalar> {
     }
 }
 
-/// What a conjunct says about a path: it equals one value, is one of a set, or differs.
+/// What a conjunct says about a path: it equals one value, is one of a set, differs from a
+/// value, or is an integer within bounds (both inclusive).
 #[derive(Debug)]
 enum Fact {
     Is(Scalar),
     OneOf(Vec<Scalar>),
     IsNot(Scalar),
+    Within(i64, i64),
 }
 
-// FIXME(#3): only `==`, `!=` and `in` over sets take part; integer ranges, `<`/`>` bounds, CIDR
-// ranges and `has` of a claim read as absent do not, nor chains below `||` or `!`.
 /// Two comparisons in the top-level `&&` chain of `expr` that no value satisfies together:
-/// the span of the first, of the second, and the path they constrain.
+/// the span of the first, of the second, and the path they constrain. Equality, sets, integer
+/// ranges and `<`/`>` bounds take part; CIDR ranges, patterns and anything under `!` do not.
 fn contradiction(expr: &ast::Expr) -> Option<(Span, Span, String)> {
     let mut conjuncts = Vec::new();
     flatten_and(expr, &mut conjuncts);
@@ -944,9 +1177,20 @@ fn fact_of(expr: &ast::Expr) -> Option<(String, Fact)> {
     let ExprKind::Compare(left, op, right) = &expr.kind else {
         return None;
     };
-    let (path, other) = match (&left.kind, &right.kind) {
-        (ExprKind::Path(path), _) => (path, right),
-        (_, ExprKind::Path(path)) if matches!(op, CompareOp::Eq | CompareOp::Ne) => (path, left),
+    // With the path on the left: `5 < port` says what `port > 5` says.
+    let (path, op, other) = match (&left.kind, &right.kind) {
+        (ExprKind::Path(path), _) => (path, *op, right),
+        (_, ExprKind::Path(path)) => {
+            let flipped = match op {
+                CompareOp::Eq | CompareOp::Ne => *op,
+                CompareOp::Lt => CompareOp::Gt,
+                CompareOp::Le => CompareOp::Ge,
+                CompareOp::Gt => CompareOp::Lt,
+                CompareOp::Ge => CompareOp::Le,
+                _ => return None,
+            };
+            (path, flipped, left)
+        }
         _ => return None,
     };
     let path: Vec<&str> = path.iter().map(|ident| ident.name.as_str()).collect();
@@ -957,6 +1201,11 @@ fn fact_of(expr: &ast::Expr) -> Option<(String, Fact)> {
         (CompareOp::In, ExprKind::Set(items)) if !items.iter().any(is_cidr) => {
             Fact::OneOf(items.iter().map(scalar).collect::<Option<Vec<_>>>()?)
         }
+        (CompareOp::In, ExprKind::Range(low, high)) => Fact::Within(*low, *high),
+        (CompareOp::Lt, ExprKind::Int(bound)) => Fact::Within(i64::MIN, bound.checked_sub(1)?),
+        (CompareOp::Le, ExprKind::Int(bound)) => Fact::Within(i64::MIN, *bound),
+        (CompareOp::Gt, ExprKind::Int(bound)) => Fact::Within(bound.checked_add(1)?, i64::MAX),
+        (CompareOp::Ge, ExprKind::Int(bound)) => Fact::Within(*bound, i64::MAX),
         _ => return None,
     };
     Some((path.join("."), fact))
@@ -971,11 +1220,25 @@ fn is_cidr(expr: &ast::Expr) -> bool {
 }
 
 fn conflicts(a: &Fact, b: &Fact) -> bool {
+    let within = |value: &Scalar, low: i64, high: i64| match value {
+        Scalar::Int(value) => (low..=high).contains(value),
+        _ => true,
+    };
     match (a, b) {
         (Fact::Is(x), Fact::Is(y)) => x != y,
         (Fact::Is(x), Fact::IsNot(y)) | (Fact::IsNot(y), Fact::Is(x)) => x == y,
         (Fact::Is(x), Fact::OneOf(set)) | (Fact::OneOf(set), Fact::Is(x)) => !set.contains(x),
         (Fact::OneOf(a), Fact::OneOf(b)) => !a.iter().any(|x| b.contains(x)),
+        (Fact::Within(a_low, a_high), Fact::Within(b_low, b_high)) => {
+            a_low.max(b_low) > a_high.min(b_high)
+        }
+        (Fact::Is(x), Fact::Within(low, high)) | (Fact::Within(low, high), Fact::Is(x)) => {
+            !within(x, *low, *high)
+        }
+        (Fact::OneOf(set), Fact::Within(low, high))
+        | (Fact::Within(low, high), Fact::OneOf(set)) => {
+            !set.iter().any(|x| within(x, *low, *high))
+        }
         _ => false,
     }
 }

@@ -48,7 +48,18 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
         .filter(|(_, token, _)| is_declaration_start(token))
         .map(|(start, _, _)| *start)
         .collect();
-    let bare_words_in_sets = bare_words_in_compared_sets(&lexed.tokens);
+    let hints = Hints {
+        durations: split_durations(text, &lexed.tokens),
+    };
+    let braces: Vec<(usize, bool)> = lexed
+        .tokens
+        .iter()
+        .filter_map(|(start, token, _)| match token {
+            Token::LBrace => Some((*start, true)),
+            Token::RBrace => Some((*start, false)),
+            _ => None,
+        })
+        .collect();
     let mut lex_error_offsets: Vec<usize> =
         lexed.errors.iter().map(|(_, range)| range.start).collect();
     for (start, report) in limit_complexity(file, &mut lexed.tokens) {
@@ -70,13 +81,21 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
         .map(|ErrorRecovery { error, .. }| error)
         .chain(fatal);
     for error in errors {
-        let report = parse_report(file, end, error, &bare_words_in_sets);
+        let wants_close = wants_closing_brace(&error);
+        let mut report = parse_report(file, end, error, &hints);
         let start = report.span().start;
         let decl_start = decl_starts
             .iter()
             .rev()
-            .find(|&&offset| offset <= start)
+            .find(|&&offset| offset < start)
             .copied();
+        if let Some(help) = wants_close
+            && let Some(open) = unclosed_brace(&braces, decl_start.unwrap_or(0), start)
+        {
+            report = report
+                .label(Span::new(file, open, open + 1), "this `{` is never closed")
+                .help(help);
+        }
         let follows_lex_error = lex_error_offsets
             .iter()
             .any(|&offset| offset <= start && decl_start.is_none_or(|decl| offset >= decl));
@@ -85,6 +104,43 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
         }
     }
     (tree, reports)
+}
+
+/// Whether a parse error stopped where a `}` could have gone, at the next declaration or at the
+/// end of the file, the sign of a block left open; if so, the help that says where the `}` goes.
+fn wants_closing_brace(error: &ParseError<usize, Token<'_>, LexError>) -> Option<&'static str> {
+    let closes = |expected: &[String]| expected.iter().any(|terminal| terminal == "\"}\"");
+    match error {
+        ParseError::UnrecognizedToken {
+            token: (_, token, _),
+            expected,
+        } if is_declaration_start(token) && closes(expected) => {
+            Some("add the missing `}` before the next declaration")
+        }
+        ParseError::UnrecognizedEof { expected, .. } if closes(expected) => {
+            Some("add the missing `}` at the end of the declaration")
+        }
+        _ => None,
+    }
+}
+
+/// The innermost `{` between `from` and `to` that no `}` closes.
+fn unclosed_brace(braces: &[(usize, bool)], from: usize, to: usize) -> Option<usize> {
+    let mut open = Vec::new();
+    for &(offset, opens) in braces {
+        if offset < from {
+            continue;
+        }
+        if offset >= to {
+            break;
+        }
+        if opens {
+            open.push(offset);
+        } else {
+            open.pop();
+        }
+    }
+    open.last().copied()
 }
 
 /// Parses a single expression, for unit tests of the grammar.
@@ -102,7 +158,7 @@ fn parse_expr(file: usize, text: &str) -> Result<ast::Expr, Vec<Report>> {
     let tokens = lexed.tokens.into_iter().map(Ok::<_, LexError>);
     grammar::ExprParser::new()
         .parse(file, &mut recovered, tokens)
-        .map_err(|error| vec![parse_report(file, text.len(), error, &[])])
+        .map_err(|error| vec![parse_report(file, text.len(), error, &Hints::default())])
 }
 
 /// Cuts every declaration with more than [`MAX_OPERATORS`] operators down to its keyword and
@@ -232,35 +288,64 @@ fn duration_report(span: Span, reason: DurationError) -> Report {
     Report::new(Code::InvalidDuration, "invalid duration", span, label).help(help)
 }
 
-/// The start of every name inside a set that follows a comparison (`in [acme]`), where a name
-/// is most likely text without its quotes.
-// FIXME(#3): the parser does not know the type the set is compared with, so `port in [eighty]`
-// is offered `"eighty"` too; names in sets in the grammar would let the checker decide.
-fn bare_words_in_compared_sets(tokens: &[Spanned<'_>]) -> Vec<usize> {
-    let mut starts = Vec::new();
-    let mut in_set = false;
-    let mut previous: Option<&Token<'_>> = None;
-    for (start, token, _) in tokens {
-        match token {
-            Token::LBracket => {
-                in_set = matches!(previous, Some(Token::In | Token::EqEq | Token::NotEq));
-            }
-            Token::Ident(_) if in_set => starts.push(*start),
-            Token::Comma
-            | Token::Ident(_)
-            | Token::Str(_)
-            | Token::Int(_)
-            | Token::Duration(_)
-            | Token::True
-            | Token::False => {}
-            _ => in_set = false,
-        }
-        previous = Some(token);
-    }
-    starts
+/// What the tokens around a parse error say about the writer's intent, gathered before parsing.
+#[derive(Default)]
+struct Hints {
+    /// Where a duration written in two words (`1h 30m`) or with a fraction (`1.5h`) goes wrong,
+    /// with the one-word duration it means.
+    durations: Vec<(usize, String)>,
 }
 
-/// `bare_words_in_sets` holds where a name may be text that lacks its quotes.
+/// `1h 30m` and `1.5h`: the offset of the token the parser stumbles on, and the duration meant.
+fn split_durations(text: &str, tokens: &[Spanned<'_>]) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for window in tokens.windows(3) {
+        let [(_, first, first_end), (second_start, second, _), third] = window else {
+            continue;
+        };
+        match (first, second) {
+            (Token::Duration(a), Token::Duration(b)) if first_end < second_start => {
+                found.push((
+                    *second_start,
+                    crate::lint::format_duration(a.saturating_add(*b)),
+                ));
+            }
+            (Token::Int(whole), Token::Dot) if first_end == second_start => {
+                let (third_start, Token::Duration(_), third_end) = third else {
+                    continue;
+                };
+                let Some(written) = text.get(*third_start..*third_end) else {
+                    continue;
+                };
+                if let Some(seconds) = fractional_duration(*whole, written) {
+                    found.push((*second_start, crate::lint::format_duration(seconds)));
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// The seconds of `WHOLE.FRACTION UNIT`, given `whole` and the text `FRACTION UNIT` (`5h`).
+fn fractional_duration(whole: i64, fraction_and_unit: &str) -> Option<u64> {
+    let digits = fraction_and_unit.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = match fraction_and_unit.get(digits.len()..)? {
+        "d" => 86_400,
+        "h" => 3_600,
+        "m" => 60,
+        "s" => 1,
+        _ => return None,
+    };
+    let whole = u64::try_from(whole).ok()?;
+    let scale = 10u64.checked_pow(u32::try_from(digits.len()).ok()?)?;
+    let fraction: u64 = digits.parse().ok()?;
+    let seconds = whole
+        .checked_mul(unit)?
+        .checked_add(fraction.checked_mul(unit)? / scale)?;
+    (seconds > 0).then_some(seconds)
+}
+
 /// The operator a word from another language means, for the help of a parse error.
 fn connective_for(word: &str) -> Option<&'static str> {
     match word.to_ascii_lowercase().as_str() {
@@ -272,11 +357,24 @@ fn connective_for(word: &str) -> Option<&'static str> {
     }
 }
 
+/// The rule keyword a word from another policy language means.
+fn rule_keyword_for(word: &str) -> Option<&'static str> {
+    match word.to_ascii_lowercase().as_str() {
+        "allow" | "grant" => Some("permit"),
+        "deny" => Some("forbid"),
+        _ => None,
+    }
+}
+
+const DECLARATION_HELP: &str = "a declaration starts with `workload`, `target`, `credential`, \
+     `condition`, `permit`, `forbid` or `test`; annotations such as `@severity(\"high\")` go \
+     before a rule";
+
 fn parse_report(
     file: usize,
     end: usize,
     error: ParseError<usize, Token<'_>, LexError>,
-    bare_words_in_sets: &[usize],
+    hints: &Hints,
 ) -> Report {
     match error {
         ParseError::UnrecognizedToken {
@@ -290,15 +388,25 @@ fn parse_report(
                 span,
                 expecting(&expected),
             );
-            let text_fits = expected.iter().any(|terminal| terminal == "Str")
-                && bare_words_in_sets.binary_search(&start).is_ok();
+            if expected.iter().all(|terminal| terminal == "\"{\"") {
+                return report.help("a declaration's body goes between `{` and `}`");
+            }
+            if let Some((_, meant)) = hints.durations.iter().find(|(at, _)| *at == start) {
+                return report.help(format!(
+                    "a duration is one word of whole units, largest first: `{meant}`"
+                ));
+            }
             match token {
-                Token::Ident(name) if text_fits => {
-                    report.help(format!("to compare with the text, quote it: `\"{name}\"`"))
+                Token::Ident(word) if connective_for(word).is_some() => {
+                    let operator = connective_for(word).unwrap_or_default();
+                    report.help(format!("Gate writes `{word}` as `{operator}`"))
                 }
-                Token::Ident(word) => match connective_for(word) {
-                    Some(operator) => report.help(format!("Gate writes `{word}` as `{operator}`")),
-                    None => report,
+                _ if expected.iter().any(|terminal| terminal == "\"test\"") => match token {
+                    Token::Ident(word) if rule_keyword_for(word).is_some() => {
+                        let keyword = rule_keyword_for(word).unwrap_or_default();
+                        report.help(format!("Gate writes `{word}` as `{keyword}`"))
+                    }
+                    _ => report.help(DECLARATION_HELP),
                 },
                 _ => report,
             }
@@ -410,9 +518,18 @@ const EXPRESSION_STARTS: &[&str] = &[
 
 /// "expected one of `==`, `!=`, `in`, `like`" from the grammar's expected terminals.
 fn expecting(expected: &[String]) -> String {
-    let has = |name: &str| expected.iter().any(|terminal| terminal == name);
+    // Where `||` may follow an operand, so may `&&`: the parser has only reduced past it.
+    let has = |name: &str| {
+        expected.iter().any(|terminal| terminal == name)
+            || (name == "\"&&\"" && expected.iter().any(|terminal| terminal == "\"||\""))
+    };
     let is_expression = has("Ident") && has("Str") && has("Int");
+    let is_declaration = has("DeclWorkload") && has("\"permit\"") && has("\"test\"");
     let mut listed: Vec<&str> = Vec::new();
+    if is_declaration {
+        let closing = if has("\"}\"") { "`}` or " } else { "" };
+        return format!("expected {closing}a declaration");
+    }
     if is_expression {
         listed.push("an expression");
     }
@@ -587,6 +704,72 @@ mod tests {
         let found = messages("workload a { github { ref == } }");
         assert!(
             found.iter().any(|m| m.contains("expected an expression")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_rule_without_its_brace_is_one_error() {
+        let text = "target api { https { host = \"h\" } }\npermit q workload w target api }\n\
+                    workload w { oidc { } }";
+        let (file, reports) = parse_file(0, text);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let found = format!("{reports:?}");
+        assert!(
+            found.contains("a declaration's body goes between"),
+            "{found}"
+        );
+        assert!(matches!(file.decls.last(), Some(Decl::Workload(w)) if w.name.name == "w"));
+    }
+
+    #[test]
+    fn an_unclosed_brace_is_labelled_where_it_opens() {
+        let text = "workload w {\n  github { ref == \"x\" }\n\npermit p { }";
+        let (_, reports) = parse_file(0, text);
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        let report = reports.first().unwrap();
+        let found = format!("{report:?}");
+        assert!(found.contains("this `{` is never closed"), "{found}");
+        assert!(
+            found.contains("start: 11"),
+            "the label points at the first brace: {found}"
+        );
+        let (_, at_eof) = parse_file(0, "workload w { github { ref == \"x\" }");
+        let found = format!("{at_eof:?}");
+        assert!(
+            found.contains("never closed") && found.contains("start: 11"),
+            "{found}"
+        );
+    }
+
+    #[test]
+    fn durations_in_two_words_or_with_a_fraction_get_the_one_word_form() {
+        let found = messages("credential c { jwt { ttl = 1h 30m } }");
+        assert!(found.iter().any(|m| m.contains("`1h30m`")), "{found:?}");
+        let found = messages("credential c { jwt { ttl = 1.5h } }");
+        assert!(found.iter().any(|m| m.contains("`1h30m`")), "{found:?}");
+        let found = messages("credential c { jwt { ttl = 0.25d } }");
+        assert!(found.iter().any(|m| m.contains("`6h`")), "{found:?}");
+    }
+
+    #[test]
+    fn both_connectives_are_expected_after_an_operand_in_parentheses() {
+        let found = messages("condition k { (target.port == 1 target.port == 2) }");
+        assert!(
+            found
+                .iter()
+                .any(|m| m.contains("expected one of `&&`, `||`, `)`")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn a_stray_word_at_top_level_lists_every_declaration() {
+        let found = messages("foo");
+        assert!(
+            found.iter().any(|m| m.contains("expected a declaration")
+                && m.contains("`test`")
+                && m.contains("@severity")),
             "{found:?}"
         );
     }

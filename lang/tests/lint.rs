@@ -193,11 +193,21 @@ fn contradictions_are_found_in_and_chains_only() {
         "target.port == 1 && target.port == 2",
         "!true",
         "false || 1 == 2",
+        "target.port > 1024 && target.port < 1000",
+        "target.port in 1..100 && target.port == 443",
+        "target.port in 1..100 && target.port in [443, 8443]",
+        "target.port >= 443 && 442 >= target.port",
+        "(target.port == 1 && target.port == 2) || (false && request.action == \"GET\")",
+        "request.action == \"GET\" && (target.port == 1 && target.port == 2)",
+        "2 < 1 || 3 > 4",
     ];
     for when in never {
         assert_eq!(codes(&rule(when)), ["gate::W0302"], "{when}");
     }
     let possible = [
+        "target.port > 1000 && target.port < 2000 && target.port in 1500..1600",
+        "target.port >= 443 && 443 >= target.port",
+        "!(target.port == 1 && target.port == 2)",
         "request.action == \"GET\" || request.action == \"POST\"",
         "request.action in [\"GET\", \"POST\"] && request.action == \"POST\"",
         "request.action == \"GET\" && request.resource == \"GET\"",
@@ -207,6 +217,76 @@ fn contradictions_are_found_in_and_chains_only() {
     ];
     for when in possible {
         assert_eq!(codes(&rule(when)), Vec::<&str>::new(), "{when}");
+    }
+}
+
+#[test]
+fn a_rule_naming_a_condition_that_never_holds_never_matches() {
+    let text = format!(
+        "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} }}\n\
+         condition inner {{ target.port == 1 && target.port == 2 }}\n\
+         condition outer {{ inner || false }}\n\
+         permit p {{ workload w target api when request.action == \"GET\" && outer }}\n\
+         forbid f {{ workload w target api when !outer }}\n"
+    );
+    let outcome = analyze_text(&text);
+    let messages: Vec<&str> = outcome.diagnostics.iter().map(|d| d.message()).collect();
+    assert_eq!(
+        messages,
+        [
+            "condition `inner` can never hold",
+            "condition `outer` can never hold",
+            "permit `p` can never match",
+        ]
+    );
+}
+
+#[test]
+fn legacy_time_zone_aliases_are_named_with_the_preferred_zone() {
+    let rule = |zone: &str| {
+        format!(
+            "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} }}\n\
+             permit p {{ workload w target api when request.time within 09:00..17:00 in \"{zone}\" }}\n"
+        )
+    };
+    for zone in ["Europe/Berlin", "UTC", "America/Los_Angeles"] {
+        assert_eq!(codes(&rule(zone)), Vec::<&str>::new(), "{zone}");
+    }
+    let outcome = analyze_text(&rule("Asia/Calcutta"));
+    let [diag] = outcome.diagnostics.as_slice() else {
+        panic!("{:?}", outcome.diagnostics)
+    };
+    assert_eq!(diag.code().as_str(), "gate::W0202");
+    assert_eq!(diag.help_text(), Some("write `\"Asia/Kolkata\"`"));
+}
+
+#[test]
+fn anchored_regexes_and_globs_are_checked_by_their_fixed_start() {
+    let rule = |condition: &str| {
+        format!(
+            "{TARGET}workload w {{ {condition} }}\n\
+             permit p {{ workload w target api }}\n"
+        )
+    };
+    let fine = [
+        "github { ref matches \"^refs/heads/release-[0-9]+$\" }",
+        "github { ref matches \"main\" }",
+        "github { ref matches \"^(refs/heads/main|v1)$\" }",
+        "github { ref matches \"^r?efs/\" }",
+        "gitlab { ref == \"main\" && ref_path == \"refs/heads/main\" }",
+        "spiffe { path == \"/ns/billing\" && path like \"/ns/*\" }",
+    ];
+    for condition in fine {
+        assert_eq!(codes(&rule(condition)), Vec::<&str>::new(), "{condition}");
+    }
+    let impossible = [
+        "github { ref matches \"^heads/main\" }",
+        "gitlab { ref like \"refs/heads/*\" }",
+        "spiffe { path matches \"^ns/\" }",
+        "spiffe { path == \"/ns//billing\" }",
+    ];
+    for condition in impossible {
+        assert_eq!(codes(&rule(condition)), ["gate::W0201"], "{condition}");
     }
 }
 

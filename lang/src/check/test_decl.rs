@@ -12,6 +12,7 @@ use super::{Checker, Declared, Ty, did_you_mean, literal_type_name};
 use crate::ast::{self, ExprKind, Ident, Span};
 use crate::diagnostic::{Code, Report};
 use crate::policy_test::{Expected, TestCase, TestRequest};
+use crate::report::{Position, position};
 use crate::schema::{ClaimId, ClaimValue, ProviderKind};
 
 /// The fields a test request may give besides the caller and the target.
@@ -70,23 +71,24 @@ impl Checker<'_> {
                 None
             }
         };
+        let start = self.position_of(test.span);
         Some(TestCase {
             name: name.clone(),
             file: test.span.file,
-            line: self.line_of(test.span),
+            line: start.line,
+            column: start.column,
             request: request?,
             expected: expected?,
         })
     }
 
-    /// The 1-based line `span` starts on.
-    fn line_of(&self, span: Span) -> usize {
+    /// Where `span` starts: its 1-based line and column.
+    fn position_of(&self, span: Span) -> Position {
         let text = self
             .files
             .get(span.file)
             .map_or("", |file| file.text.as_str());
-        let before = text.get(..span.start).unwrap_or(text);
-        before.bytes().filter(|byte| *byte == b'\n').count() + 1
+        position(text, span.start)
     }
 
     fn check_test_request(
@@ -360,6 +362,9 @@ impl Checker<'_> {
     }
 
     fn strings(&mut self, items: &[ast::Expr]) -> Option<Vec<String>> {
+        if self.names_in_set(items, Some(Ty::String)) {
+            return None;
+        }
         let mut strings = Vec::with_capacity(items.len());
         for item in items {
             let ExprKind::Str(text) = &item.kind else {
