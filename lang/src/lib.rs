@@ -21,6 +21,7 @@ pub mod reference;
 pub mod report;
 pub mod schema;
 pub mod source;
+pub mod test_report;
 pub mod time;
 
 pub use check::{compile, compile_with_claims};

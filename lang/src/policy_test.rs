@@ -4,14 +4,19 @@
 //! ([`crate::check::compile_with_tests`]), and the policy set they belong to. Out: a
 //! [`TestRun`] with each test's [`Outcome`] and the rules no test exercises. Tests run with the
 //! [`reference`] evaluator, the executable definition of Gate's semantics; they never reach
-//! the bundle. `policyc test` prints the run.
+//! the bundle. `policyc test` prints the run, for a person here or as a document with
+//! [`crate::test_report`].
 
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 use std::net::IpAddr;
 
+use crate::ast;
+use crate::diagnostic::Diagnostic;
 use crate::ir::PolicySet;
 use crate::reference::{self, Decision, TargetQuery};
-use crate::schema::{ClaimValue, ProviderKind};
+use crate::report::position;
+use crate::schema::{ClaimValue, CustomClaims, ProviderKind};
 use crate::source::SourceFile;
 
 /// One checked `test` declaration.
@@ -22,6 +27,8 @@ pub struct TestCase {
     pub file: usize,
     /// The 1-based line of the `test` keyword.
     pub line: usize,
+    /// The 1-based column of the `test` keyword, in characters.
+    pub column: usize,
     pub request: TestRequest,
     pub expected: Expected,
 }
@@ -86,9 +93,18 @@ pub struct Outcome<'t> {
     pub test: &'t TestCase,
     pub decision: Decision,
     pub passed: bool,
-    /// The decision in the words of an expectation, then why: `deny by x: forbidden by rule
-    /// `x``.
-    pub got: String,
+    /// The decision in the words of an expectation, with every part named: the deciding rule
+    /// and the credential issued, where there are.
+    pub actual: Expected,
+    /// Why the decision came out as it did: `forbidden by rule `x``.
+    pub reason: String,
+}
+
+impl Outcome<'_> {
+    /// The decision and why, as a failure shows it: `deny by x: forbidden by rule `x``.
+    pub fn got(&self) -> String {
+        format!("{}: {}", self.actual, self.reason)
+    }
 }
 
 /// Every test of a policy set, run.
@@ -110,6 +126,58 @@ impl TestRun<'_> {
     pub fn n_failed(&self) -> usize {
         self.outcomes.len() - self.n_passed()
     }
+}
+
+/// Where a declaration is: 1-based line and column (in characters) of its keyword.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Index of the file in the compiled file list.
+    pub file: usize,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// A policy set compiled for testing: the set, its tests, and where each rule is declared, so
+/// that a report can point at a rule no test exercises.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TestSuite {
+    pub set: PolicySet,
+    pub tests: Vec<TestCase>,
+    /// The `permit` or `forbid` keyword of each rule, by rule name.
+    pub rule_locations: HashMap<String, Location>,
+}
+
+/// What [`crate::check::compile_with_tests`] does, keeping where each rule is declared.
+pub fn compile(
+    files: &[SourceFile],
+    custom_claims: &CustomClaims,
+) -> Result<TestSuite, Vec<Diagnostic>> {
+    let (set, tests, trees) = crate::check::compile_keeping_trees(files, custom_claims)?;
+    let rule_locations = trees
+        .iter()
+        .flat_map(|tree| &tree.decls)
+        .filter_map(|decl| match decl {
+            ast::Decl::Rule(rule) => Some((rule.name.name.clone(), rule.keyword)),
+            _ => None,
+        })
+        .map(|(name, keyword)| {
+            let text = files
+                .get(keyword.file)
+                .map_or("", |file| file.text.as_str());
+            let start = position(text, keyword.start);
+            let location = Location {
+                file: keyword.file,
+                line: start.line,
+                column: start.column,
+            };
+            (name, location)
+        })
+        .collect();
+    Ok(TestSuite {
+        set,
+        tests,
+        rule_locations,
+    })
 }
 
 /// Runs every test against `set`. A rule is exercised when it is the deciding rule of at
@@ -158,12 +226,13 @@ fn run_one<'t>(set: &PolicySet, test: &'t TestCase) -> Outcome<'t> {
         rule,
         credential,
     };
-    let got = format!("{actual}: {}", decision.reason_text(set));
+    let reason = decision.reason_text(set);
     Outcome {
         test,
         decision,
         passed,
-        got,
+        actual,
+        reason,
     }
 }
 
@@ -187,7 +256,7 @@ pub fn render(run: &TestRun<'_>, files: &[SourceFile]) -> String {
             let file = files.get(test.file).map_or("?", |file| file.name.as_str());
             let _ = writeln!(out, "\n---- {} ({file}:{}) ----", test.name, test.line);
             let _ = writeln!(out, "expected: {}", test.expected);
-            let _ = writeln!(out, "     got: {}", outcome.got);
+            let _ = writeln!(out, "     got: {}", outcome.got());
         }
     }
     let verdict = if run.n_failed() == 0 { "ok" } else { "FAILED" };

@@ -142,7 +142,8 @@ pub fn to_json(run: &CheckRun<'_>) -> String {
     pretty(&document)
 }
 
-fn json_diagnostic(set_path: &str, diag: &Diagnostic) -> Value {
+/// One diagnostic as the JSON document lists it; `policyc test`'s document lists them alike.
+pub(crate) fn json_diagnostic(set_path: &str, diag: &Diagnostic) -> Value {
     let spans = diag.spans();
     let primary = spans.first().map(json_span);
     let labels: Vec<Value> = spans
@@ -383,7 +384,7 @@ fn encode_uri_path(path: &str) -> String {
     out
 }
 
-fn pretty(document: &Value) -> String {
+pub(crate) fn pretty(document: &Value) -> String {
     let mut text = serde_json::to_string_pretty(document).unwrap_or_else(|_| "{}".to_owned());
     text.push('\n');
     text

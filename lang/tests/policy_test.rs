@@ -77,11 +77,11 @@ fn the_example_tests_pass_and_exercise_every_rule() {
     let (set, tests) = compile(&files);
     let run = policy_test::run(&set, &tests);
     assert!(run.outcomes.len() >= 10);
-    let failed: Vec<&str> = run
+    let failed: Vec<String> = run
         .outcomes
         .iter()
         .filter(|outcome| !outcome.passed)
-        .map(|outcome| outcome.got.as_str())
+        .map(|outcome| outcome.got())
         .collect();
     assert!(failed.is_empty(), "{failed:?}");
     assert!(run.unexercised.is_empty(), "{:?}", run.unexercised);
@@ -121,7 +121,7 @@ fn expectations_check_only_what_they_name() {
     let passed: Vec<bool> = run.outcomes.iter().map(|outcome| outcome.passed).collect();
     assert_eq!(passed, [true, true, true, false]);
     assert_eq!(
-        run.outcomes[3].got,
+        run.outcomes[3].got(),
         "allow by p_api with c: permitted by rule `p_api`"
     );
 }
@@ -275,4 +275,308 @@ fn policyc_test_fails_on_a_failing_test_and_on_errors() {
     assert_eq!(output.status.code(), Some(2));
     let output = policyc_test(&["--no-such-flag"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// `policyc test --format FORMAT ARGS…`: the exit status, the document on stdout, and stderr.
+fn policyc_test_document(format: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut all = vec!["--format", format];
+    all.extend_from_slice(args);
+    let output = policyc_test(&all);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    (output.status.code(), stdout, stderr)
+}
+
+/// The 1-based line of the first line of `corpus/test/NAME.gate` that starts with `prefix`.
+fn corpus_line(name: &str, prefix: &str) -> usize {
+    let path = lang_dir().join(format!("tests/corpus/test/{name}.gate"));
+    let text = std::fs::read_to_string(path).unwrap();
+    text.lines()
+        .position(|line| line.starts_with(prefix))
+        .unwrap()
+        + 1
+}
+
+#[test]
+fn policyc_test_json_has_each_test_its_expectation_and_its_decision() {
+    let failing = "tests/corpus/test/failing.gate";
+    let (status, stdout, stderr) = policyc_test_document("json", &[failing]);
+    assert_eq!(status, Some(1), "{stderr}");
+    // Nothing but the document on stdout.
+    let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(document["version"], 1);
+    assert_eq!(document["tool"]["name"], "policyc");
+    let summary = &document["summary"];
+    assert_eq!(summary["policy_sets"], 1);
+    assert_eq!(summary["tests"], 3);
+    assert_eq!(summary["passed"], 1);
+    assert_eq!(summary["failed"], 2);
+    assert_eq!(summary["unexercised_rules"], 1);
+    assert_eq!(summary["errors"], 0);
+    assert!(
+        stderr.ends_with("error: 1 policy set, 1 passed, 2 failed\n"),
+        "{stderr}"
+    );
+
+    let set = &document["policy_sets"][0];
+    assert_eq!(set["path"], failing);
+    assert_eq!(set["outcome"], "failed");
+    assert_eq!(set["summary"]["tests"], 3);
+    let tests = set["tests"].as_array().unwrap();
+    let names: Vec<&str> = tests
+        .iter()
+        .map(|test| test["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "root_ops_is_allowed",
+            "others_are_denied_by_the_forbid",
+            "ops_is_allowed"
+        ]
+    );
+    let outcomes: Vec<&str> = tests
+        .iter()
+        .map(|test| test["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(outcomes, ["failed", "failed", "passed"]);
+
+    let root = &tests[0];
+    assert_eq!(root["file"], failing);
+    assert_eq!(
+        root["line"],
+        corpus_line("failing", "test root_ops_is_allowed")
+    );
+    assert_eq!(root["column"], 1);
+    assert_eq!(
+        root["expected"],
+        serde_json::json!({
+            "decision": "allow", "rule": "ops_reach_api", "credential": "ops_token",
+        })
+    );
+    assert_eq!(
+        root["actual"],
+        serde_json::json!({
+            "decision": "deny", "rule": "no_root", "credential": null,
+            "reason": "forbidden by rule `no_root`", "reason_code": "forbidden",
+        })
+    );
+    // What the expectation leaves out is null; the decision still names every part.
+    assert_eq!(tests[2]["expected"]["rule"], serde_json::Value::Null);
+    assert_eq!(tests[2]["actual"]["credential"], "ops_token");
+
+    let unexercised = set["unexercised_rules"].as_array().unwrap();
+    assert_eq!(unexercised.len(), 1);
+    assert_eq!(unexercised[0]["name"], "unused");
+    assert_eq!(unexercised[0]["file"], failing);
+    assert_eq!(
+        unexercised[0]["line"],
+        corpus_line("failing", "permit unused")
+    );
+    assert_eq!(unexercised[0]["column"], 1);
+}
+
+#[test]
+fn policyc_test_json_passes_on_the_examples() {
+    let (status, stdout, stderr) = policyc_test_document("json", &["../examples/policies"]);
+    assert_eq!(status, Some(0), "{stderr}");
+    let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(document["summary"]["tests"], 11);
+    assert_eq!(document["summary"]["passed"], 11);
+    assert_eq!(document["summary"]["failed"], 0);
+    let set = &document["policy_sets"][0];
+    assert_eq!(set["outcome"], "passed");
+    assert_eq!(set["unexercised_rules"], serde_json::json!([]));
+    assert!(
+        set["tests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|test| test["outcome"] == "passed" && test["line"].as_u64().unwrap() > 0)
+    );
+}
+
+#[test]
+fn policyc_test_json_carries_compile_errors_and_unreadable_paths() {
+    let broken = "tests/corpus/err/test_missing_claims.gate";
+    let (status, stdout, stderr) = policyc_test_document("json", &[broken]);
+    assert_eq!(status, Some(1));
+    // The errors are on stderr for a person too.
+    assert!(stderr.contains("gate::E0602"), "{stderr}");
+    let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let set = &document["policy_sets"][0];
+    assert_eq!(set["outcome"], "invalid");
+    assert_eq!(set["tests"], serde_json::json!([]));
+    assert_eq!(set["diagnostics"][0]["code"], "gate::E0602");
+    assert_eq!(set["diagnostics"][0]["file"], broken);
+    assert_eq!(document["summary"]["errors"], 1);
+
+    let (status, stdout, _) = policyc_test_document("json", &["no/such/dir"]);
+    assert_eq!(status, Some(2));
+    let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(document["unreadable"][0]["path"], "no/such/dir");
+    assert_eq!(document["summary"]["unreadable"], 1);
+
+    let output = policyc_test(&["--format", "sarif", "../examples/policies"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+}
+
+/// The attribute `name` of `node`, which must be there.
+fn attribute<'a>(node: roxmltree::Node<'a, '_>, name: &str) -> &'a str {
+    node.attribute(name)
+        .unwrap_or_else(|| panic!("<{}> has no `{name}`", node.tag_name().name()))
+}
+
+fn children<'a, 'input>(
+    node: roxmltree::Node<'a, 'input>,
+    name: &str,
+) -> Vec<roxmltree::Node<'a, 'input>> {
+    node.children()
+        .filter(|child| child.has_tag_name(name))
+        .collect()
+}
+
+#[test]
+fn policyc_test_junit_has_a_suite_per_policy_set_and_a_case_per_test() {
+    let failing = "tests/corpus/test/failing.gate";
+    let args = [failing, "../examples/policies"];
+    let (status, stdout, stderr) = policyc_test_document("junit", &args);
+    assert_eq!(status, Some(1), "{stderr}");
+    let xml = roxmltree::Document::parse(&stdout).unwrap();
+    let root = xml.root_element();
+    assert_eq!(root.tag_name().name(), "testsuites");
+    assert_eq!(attribute(root, "tests"), "14");
+    assert_eq!(attribute(root, "failures"), "2");
+    assert_eq!(attribute(root, "errors"), "0");
+
+    let suites = children(root, "testsuite");
+    assert_eq!(suites.len(), 2);
+    let suite = suites[0];
+    assert_eq!(attribute(suite, "name"), failing);
+    assert_eq!(attribute(suite, "tests"), "3");
+    assert_eq!(attribute(suite, "failures"), "2");
+    assert_eq!(attribute(suite, "errors"), "0");
+    let cases = children(suite, "testcase");
+    assert_eq!(cases.len(), 3);
+    let case = cases[0];
+    assert_eq!(attribute(case, "name"), "root_ops_is_allowed");
+    assert_eq!(attribute(case, "classname"), "tests.corpus.test.failing");
+    assert_eq!(attribute(case, "file"), failing);
+    let line = corpus_line("failing", "test root_ops_is_allowed").to_string();
+    assert_eq!(attribute(case, "line"), line);
+    let failure = children(case, "failure");
+    assert_eq!(failure.len(), 1);
+    assert_eq!(
+        attribute(failure[0], "message"),
+        "expected allow by ops_reach_api with ops_token, got deny by no_root: \
+         forbidden by rule `no_root`"
+    );
+    assert_eq!(
+        failure[0].text(),
+        Some(
+            "expected: allow by ops_reach_api with ops_token\n     \
+             got: deny by no_root: forbidden by rule `no_root`\n"
+        )
+    );
+    assert!(children(cases[2], "failure").is_empty());
+    let system_out = children(suite, "system-out");
+    let unused = format!(
+        "  unused ({failing}:{})\n",
+        corpus_line("failing", "permit unused")
+    );
+    assert_eq!(
+        system_out[0].text(),
+        Some(format!("rules no test exercises:\n{unused}").as_str())
+    );
+
+    let examples = suites[1];
+    assert_eq!(attribute(examples, "name"), "../examples/policies");
+    assert_eq!(attribute(examples, "tests"), "11");
+    assert_eq!(attribute(examples, "failures"), "0");
+    let cases = children(examples, "testcase");
+    assert_eq!(cases.len(), 11);
+    assert!(
+        cases
+            .iter()
+            .all(|case| case.children().all(|child| !child.is_element()))
+    );
+    assert_eq!(attribute(cases[0], "classname"), "examples.policies.tests");
+}
+
+#[test]
+fn policyc_test_junit_escapes_what_a_failure_quotes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("escape.gate");
+    let text = r#"target api { https { host = "api.internal" path_prefix = "/v1/a&b<c\"d>" } }
+workload p { process { } }
+permit p_api { workload p target api }
+test outside_the_prefix {
+  request {
+    process { pid = 1 uid = 0 gid = 0 groups = [] exe = "/x" exe_sha256 = "00" }
+    target api
+    resource = "/v2/x"
+  }
+  expect allow
+}
+"#;
+    std::fs::write(&path, text).unwrap();
+    let (status, stdout, stderr) = policyc_test_document("junit", &[&path_arg(&path)]);
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(stdout.contains("a&amp;b&lt;c&quot;d&gt;"), "{stdout}");
+    let xml = roxmltree::Document::parse(&stdout).unwrap();
+    let failure = xml
+        .descendants()
+        .find(|node| node.has_tag_name("failure"))
+        .unwrap();
+    let got = "got deny: the request names no resource under the path prefix \
+               `/v1/a&b<c\"d>` of target `api`";
+    assert_eq!(
+        attribute(failure, "message"),
+        format!("expected allow, {got}")
+    );
+    assert!(failure.text().unwrap().contains("`/v1/a&b<c\"d>`"));
+}
+
+#[test]
+fn policyc_test_junit_reports_a_policy_set_that_runs_no_test_as_an_error() {
+    let broken = "tests/corpus/err/test_missing_claims.gate";
+    let (status, stdout, stderr) = policyc_test_document("junit", &[broken, "no/such/dir"]);
+    assert_eq!(status, Some(2), "{stderr}");
+    let xml = roxmltree::Document::parse(&stdout).unwrap();
+    let root = xml.root_element();
+    assert_eq!(attribute(root, "tests"), "2");
+    assert_eq!(attribute(root, "errors"), "2");
+    let suites = children(root, "testsuite");
+    let names: Vec<&str> = suites
+        .iter()
+        .map(|suite| attribute(*suite, "name"))
+        .collect();
+    assert_eq!(names, [broken, "no/such/dir"]);
+    for suite in &suites {
+        assert_eq!(attribute(*suite, "errors"), "1");
+        let cases = children(*suite, "testcase");
+        assert_eq!(attribute(cases[0], "name"), "(policy set)");
+        assert_eq!(children(cases[0], "error").len(), 1);
+    }
+    let compile_error = children(children(suites[0], "testcase")[0], "error")[0];
+    assert_eq!(
+        attribute(compile_error, "message"),
+        "policy set has 1 error"
+    );
+    assert!(compile_error.text().unwrap().contains("gate::E0602"));
+    let read_error = children(children(suites[1], "testcase")[0], "error")[0];
+    assert!(attribute(read_error, "message").starts_with("cannot read `no/such/dir`"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("untested.gate");
+    std::fs::write(&path, "target api { https { host = \"a\" } }\n").unwrap();
+    let (status, stdout, _) = policyc_test_document("junit", &[&path_arg(&path)]);
+    assert_eq!(status, Some(1));
+    let xml = roxmltree::Document::parse(&stdout).unwrap();
+    let error = xml
+        .descendants()
+        .find(|node| node.has_tag_name("error"))
+        .unwrap();
+    assert!(attribute(error, "message").ends_with("declares no `test`; nothing was tested"));
 }

@@ -8,7 +8,8 @@
 //! only on a terminal and never when `NO_COLOR` is set.
 //!
 //! `policyc test` compiles policy sets and runs their `test` declarations: one line per test on
-//! stdout, the differences of the failures, a summary line and the rules no test exercises.
+//! stdout, the differences of the failures, a summary line and the rules no test exercises; or
+//! one JSON or JUnit XML document for CI.
 
 use std::fmt;
 use std::fs;
@@ -22,9 +23,11 @@ use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
 use portcullis_lang::diagnostic::{Diagnostic, Severity, render};
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
+use portcullis_lang::policy_test::{self, TestRun, TestSuite};
 use portcullis_lang::report::{CheckRun, CheckedSet, Unreadable, to_json, to_sarif};
 use portcullis_lang::schema::CustomClaims;
 use portcullis_lang::source::{SourceError, SourceFile, read_policy_path};
+use portcullis_lang::test_report::{self, SetResult, TestReport, TestedSet};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -38,6 +41,7 @@ Examples:
   policyc check --format sarif policies/ > policyc.sarif
   policyc fmt --check policies/
   policyc test examples/policies
+  policyc test --format junit policies/ > policy-tests.xml
   policyc build examples/policies -o policies.bundle";
 
 const CHECK_HELP: &str = "\
@@ -621,15 +625,19 @@ Each PATH is one policy set: a `.gate` file, or a directory whose `.gate` files,
 recursively, are compiled together. Every `test` declaration runs against its policy set with
 the reference evaluator; `test` declarations never reach a bundle.
 
-Output: on stdout, one line per test, then for each failure what was expected and what was
-decided, a summary line `N passed; M failed`, and the rules that decide no test. Compile
-errors go to stderr.
+Output: with `--format human`, on stdout one line per test, then for each failure what was
+expected and what was decided, a summary line `N passed; M failed`, and the rules that decide
+no test; compile errors go to stderr. With `json` or `junit`, stdout carries only the document
+(docs/gate.md, \"Tests\"), which holds compile errors too; stderr has the compile errors as a
+person reads them and a one-line summary.
 
-Exit status: 0 every test passes, 1 a test fails or a policy set has errors, 2 a usage error or
-a path that cannot be read.
+Exit status: 0 every test passes, 1 a test fails, a policy set has errors or declares no test,
+2 a usage error or a path that cannot be read.
 
 Examples:
   policyc test examples/policies
+  policyc test --format json policies/ | jq '.summary'
+  policyc test --format junit policies/ > policy-tests.xml
   policyc test --claims custom-claims.json policies/";
 
 #[derive(Debug, clap::Args)]
@@ -637,8 +645,25 @@ struct TestArgs {
     /// Policy sets to test, each a `.gate` file or a directory [default: .]
     #[arg(value_name = "PATH")]
     paths: Vec<PathBuf>,
+    /// How to report: for a person, or a JSON or JUnit XML document, on stdout
+    #[arg(long, value_enum, default_value_t = TestFormat::Human)]
+    format: TestFormat,
     #[command(flatten)]
     claims: ClaimsArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum TestFormat {
+    Human,
+    Json,
+    Junit,
+}
+
+/// One PATH of `policyc test`: its files, and its compiled tests or why there are none.
+struct TestedPath {
+    path: String,
+    files: Vec<SourceFile>,
+    compiled: Result<TestSuite, Failure>,
 }
 
 /// `policyc test`: compiles each policy set and runs its tests; the worst status wins.
@@ -655,42 +680,116 @@ fn run_tests(args: &TestArgs) -> ExitCode {
     } else {
         args.paths.clone()
     };
+    let tested: Vec<TestedPath> = paths
+        .iter()
+        .map(|path| compile_tests(path, &custom_claims))
+        .collect();
+    // A run borrows its suite's tests, so the runs are made once every suite is compiled.
+    let runs: Vec<Option<TestRun<'_>>> = tested
+        .iter()
+        .map(|tested| {
+            let suite = tested.compiled.as_ref().ok()?;
+            Some(policy_test::run(&suite.set, &suite.tests))
+        })
+        .collect();
     let mut status = 0;
-    for path in &paths {
-        let outcome = test_policy_set(path, &custom_claims);
-        let code = match &outcome {
-            Ok(true) => 0,
-            Ok(false) => 1,
-            Err(failure) => {
-                report(failure);
-                failure.exit_code()
-            }
-        };
+    for (tested, run) in tested.iter().zip(&runs) {
+        let code = report_tested_path(tested, run.as_ref(), args.format);
         status = status.max(code);
+    }
+    if args.format != TestFormat::Human {
+        report_test_document(&tested, &runs, args.format, status);
     }
     ExitCode::from(status)
 }
 
-/// Runs one policy set's tests and prints the run; whether every test passed.
-fn test_policy_set(path: &Path, custom_claims: &CustomClaims) -> Result<bool, Failure> {
-    let files = read_policy_path(path).map_err(Failure::Read)?;
-    let (set, tests) = portcullis_lang::check::compile_with_tests(&files, custom_claims)
-        .map_err(Failure::Invalid)?;
-    let run = portcullis_lang::policy_test::run(&set, &tests);
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{}:", path.display());
-    let _ = write!(
-        stdout,
-        "{}",
-        portcullis_lang::policy_test::render(&run, &files)
-    );
-    if tests.is_empty() {
-        // A CI job that runs no test must not look like one whose tests passed.
-        eprintln!(
-            "error: `{}` declares no `test`; nothing was tested",
-            path.display()
-        );
-        return Ok(false);
+fn compile_tests(path: &Path, custom_claims: &CustomClaims) -> TestedPath {
+    let (files, compiled) = match read_policy_path(path) {
+        Ok(files) => {
+            let compiled = policy_test::compile(&files, custom_claims).map_err(Failure::Invalid);
+            (files, compiled)
+        }
+        Err(error) => (Vec::new(), Err(Failure::Read(error))),
+    };
+    TestedPath {
+        path: path.display().to_string(),
+        files,
+        compiled,
     }
-    Ok(run.n_failed() == 0)
+}
+
+/// Prints what a person reads of one policy set's run: with `--format human` the run itself on
+/// stdout; in every format its errors on stderr. Returns its exit status.
+fn report_tested_path(tested: &TestedPath, run: Option<&TestRun<'_>>, format: TestFormat) -> u8 {
+    let run = match (&tested.compiled, run) {
+        (Ok(_), Some(run)) => run,
+        (Err(failure), _) => {
+            report(failure);
+            return failure.exit_code();
+        }
+        (Ok(_), None) => return 1,
+    };
+    if format == TestFormat::Human {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}:", tested.path);
+        let _ = write!(stdout, "{}", policy_test::render(run, &tested.files));
+    }
+    if run.outcomes.is_empty() {
+        eprintln!("error: {}", test_report::no_tests_message(&tested.path));
+        return 1;
+    }
+    u8::from(run.n_failed() > 0)
+}
+
+/// Prints the JSON or JUnit document, and nothing else, on stdout, and a summary on stderr.
+fn report_test_document(
+    tested: &[TestedPath],
+    runs: &[Option<TestRun<'_>>],
+    format: TestFormat,
+    status: u8,
+) {
+    let mut report = TestReport {
+        tool_version: env!("CARGO_PKG_VERSION"),
+        sets: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    for (tested, run) in tested.iter().zip(runs) {
+        let result = match (&tested.compiled, run) {
+            (Ok(suite), Some(run)) => SetResult::Ran { suite, run },
+            (Err(Failure::Invalid(diagnostics)), _) => SetResult::Invalid(diagnostics),
+            (Err(failure), _) => {
+                let message = failure.to_string();
+                report.unreadable.push(Unreadable {
+                    path: &tested.path,
+                    message,
+                });
+                continue;
+            }
+            (Ok(_), None) => continue,
+        };
+        report.sets.push(TestedSet {
+            path: &tested.path,
+            files: &tested.files,
+            result,
+        });
+    }
+    let document = match format {
+        TestFormat::Junit => test_report::to_junit(&report),
+        TestFormat::Json | TestFormat::Human => test_report::to_json(&report),
+    };
+    let _ = std::io::stdout().lock().write_all(document.as_bytes());
+    let verdict = if status == 0 { "ok" } else { "error" };
+    let mut summary = format!(
+        "{verdict}: {}, {} passed, {} failed",
+        count(report.sets.len(), "policy set"),
+        report.n_passed(),
+        report.n_failed(),
+    );
+    if report.n_errors() > 0 {
+        summary.push_str(&format!(", {}", count(report.n_errors(), "error")));
+    }
+    if !report.unreadable.is_empty() {
+        summary.push_str(&format!(", {} unreadable", report.unreadable.len()));
+    }
+    let _ = writeln!(std::io::stderr().lock(), "{summary}");
 }
