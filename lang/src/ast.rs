@@ -143,6 +143,13 @@ pub enum TestRequestItem {
     Claims(Endpoint),
     /// `target NAME`; `span` covers the keyword and the name.
     Target { name: Ident, span: Span },
+    /// `endpoint PROTOCOL { host = "…" port = … }`: the target as a proxy asks for it, by the
+    /// endpoint it connects to; `word` is `endpoint` when well written.
+    Endpoint {
+        word: Ident,
+        endpoint: Endpoint,
+        span: Span,
+    },
     /// `action = "POST"`, `resource = "/v1/x"`, `source_ip = "10.1.2.3"`,
     /// `time = 2026-12-04T10:00:00Z`.
     Field(Field),

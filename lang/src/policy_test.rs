@@ -39,8 +39,7 @@ pub struct TestRequest {
     pub kind: ProviderKind,
     /// Indexed by claim id; every required claim is present.
     pub claims: Vec<Option<ClaimValue>>,
-    /// The name of a declared target.
-    pub target: String,
+    pub target: TestTarget,
     pub action: Option<String>,
     pub resource: Option<String>,
     pub source_ip: Option<IpAddr>,
@@ -49,13 +48,36 @@ pub struct TestRequest {
     pub time: Option<i64>,
 }
 
+/// The target a test request asks for: a declared target by name (`target NAME`), or an
+/// endpoint (`endpoint https { host = "…" port = 443 }`), which may match no target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestTarget {
+    Named(String),
+    Endpoint {
+        protocol: String,
+        host: String,
+        port: u16,
+    },
+}
+
 impl TestRequest {
     /// The request as the reference evaluator takes it.
     pub fn as_request(&self) -> reference::Request<'_> {
         reference::Request {
             kind: self.kind,
             claims: &self.claims,
-            target: TargetQuery::Named(&self.target),
+            target: match &self.target {
+                TestTarget::Named(name) => TargetQuery::Named(name),
+                TestTarget::Endpoint {
+                    protocol,
+                    host,
+                    port,
+                } => TargetQuery::Endpoint {
+                    protocol,
+                    host,
+                    port: *port,
+                },
+            },
             action: self.action.as_deref(),
             resource: self.resource.as_deref(),
             source_ip: self.source_ip,
@@ -71,7 +93,23 @@ pub struct Expected {
     /// The deciding rule.
     pub rule: Option<String>,
     /// The credential the deciding permit issues; only with `allow`.
-    pub credential: Option<String>,
+    pub credential: Option<IssuedCredential>,
+}
+
+/// The credential an allow issues: a declared one, or none (`with none`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IssuedCredential {
+    Named(String),
+    Nothing,
+}
+
+impl fmt::Display for IssuedCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IssuedCredential::Named(name) => f.write_str(name),
+            IssuedCredential::Nothing => f.write_str("none"),
+        }
+    }
 }
 
 impl fmt::Display for Expected {
@@ -207,10 +245,14 @@ fn run_one<'t>(set: &PolicySet, test: &'t TestCase) -> Outcome<'t> {
         .rule
         .and_then(|idx| set.rules.get(idx))
         .map(|rule| rule.name.clone());
-    let credential = decision
-        .credential
-        .and_then(|id| set.credentials.get(id.0 as usize))
-        .map(|credential| credential.name.clone());
+    let credential = match decision.credential {
+        _ if !decision.allow => None,
+        Some(id) => set
+            .credentials
+            .get(id.0 as usize)
+            .map(|credential| IssuedCredential::Named(credential.name.clone())),
+        None => Some(IssuedCredential::Nothing),
+    };
     let expected = &test.expected;
     let passed = expected.allow == decision.allow
         && expected

@@ -22,7 +22,7 @@ use std::path::{Component, Path};
 use serde_json::{Value, json};
 
 use crate::diagnostic::{Diagnostic, Severity, render};
-use crate::policy_test::{Expected, Location, Outcome, TestRun, TestSuite};
+use crate::policy_test::{Expected, IssuedCredential, Location, Outcome, TestRun, TestSuite};
 use crate::report::{Unreadable, json_diagnostic, pretty};
 use crate::source::SourceFile;
 
@@ -207,12 +207,18 @@ fn json_test(outcome: &Outcome<'_>, files: &[SourceFile]) -> Value {
     })
 }
 
-/// `{decision, rule, credential}`; what an expectation leaves out is null.
+/// `{decision, rule, credential}`; what an expectation leaves out is null, and an allow that
+/// issues no credential (`with none`) has `false` for its credential.
 fn json_expectation(expected: &Expected) -> Value {
+    let credential = match &expected.credential {
+        None => Value::Null,
+        Some(IssuedCredential::Named(name)) => Value::from(name.as_str()),
+        Some(IssuedCredential::Nothing) => Value::Bool(false),
+    };
     json!({
         "decision": if expected.allow { "allow" } else { "deny" },
         "rule": expected.rule,
-        "credential": expected.credential,
+        "credential": credential,
     })
 }
 

@@ -258,7 +258,12 @@ fn policyc_test_fails_on_a_failing_test_and_on_errors() {
         stdout.contains("test root_ops_is_allowed ... FAILED\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("1 passed; 2 failed\n"), "{stdout}");
+    assert!(stdout.contains("1 passed; 3 failed\n"), "{stdout}");
+    assert!(
+        stdout
+            .contains("expected: allow with none\n     got: allow by ops_reach_api with ops_token"),
+        "{stdout}"
+    );
     assert!(
         stdout.contains("rules no test exercises: `unused`\n"),
         "{stdout}"
@@ -308,20 +313,20 @@ fn policyc_test_json_has_each_test_its_expectation_and_its_decision() {
     assert_eq!(document["tool"]["name"], "policyc");
     let summary = &document["summary"];
     assert_eq!(summary["policy_sets"], 1);
-    assert_eq!(summary["tests"], 3);
+    assert_eq!(summary["tests"], 4);
     assert_eq!(summary["passed"], 1);
-    assert_eq!(summary["failed"], 2);
+    assert_eq!(summary["failed"], 3);
     assert_eq!(summary["unexercised_rules"], 1);
     assert_eq!(summary["errors"], 0);
     assert!(
-        stderr.ends_with("error: 1 policy set, 1 passed, 2 failed\n"),
+        stderr.ends_with("error: 1 policy set, 1 passed, 3 failed\n"),
         "{stderr}"
     );
 
     let set = &document["policy_sets"][0];
     assert_eq!(set["path"], failing);
     assert_eq!(set["outcome"], "failed");
-    assert_eq!(set["summary"]["tests"], 3);
+    assert_eq!(set["summary"]["tests"], 4);
     let tests = set["tests"].as_array().unwrap();
     let names: Vec<&str> = tests
         .iter()
@@ -332,14 +337,19 @@ fn policyc_test_json_has_each_test_its_expectation_and_its_decision() {
         [
             "root_ops_is_allowed",
             "others_are_denied_by_the_forbid",
-            "ops_is_allowed"
+            "ops_is_allowed",
+            "ops_needs_no_credential",
         ]
     );
     let outcomes: Vec<&str> = tests
         .iter()
         .map(|test| test["outcome"].as_str().unwrap())
         .collect();
-    assert_eq!(outcomes, ["failed", "failed", "passed"]);
+    assert_eq!(outcomes, ["failed", "failed", "passed", "failed"]);
+    // `with none` is `false`: an allow without a credential; null is what is not checked.
+    assert_eq!(tests[3]["expected"]["credential"], false);
+    assert_eq!(tests[3]["expected"]["rule"], serde_json::Value::Null);
+    assert_eq!(tests[3]["actual"]["credential"], "ops_token");
 
     let root = &tests[0];
     assert_eq!(root["file"], failing);
@@ -446,19 +456,19 @@ fn policyc_test_junit_has_a_suite_per_policy_set_and_a_case_per_test() {
     let xml = roxmltree::Document::parse(&stdout).unwrap();
     let root = xml.root_element();
     assert_eq!(root.tag_name().name(), "testsuites");
-    assert_eq!(attribute(root, "tests"), "14");
-    assert_eq!(attribute(root, "failures"), "2");
+    assert_eq!(attribute(root, "tests"), "15");
+    assert_eq!(attribute(root, "failures"), "3");
     assert_eq!(attribute(root, "errors"), "0");
 
     let suites = children(root, "testsuite");
     assert_eq!(suites.len(), 2);
     let suite = suites[0];
     assert_eq!(attribute(suite, "name"), failing);
-    assert_eq!(attribute(suite, "tests"), "3");
-    assert_eq!(attribute(suite, "failures"), "2");
+    assert_eq!(attribute(suite, "tests"), "4");
+    assert_eq!(attribute(suite, "failures"), "3");
     assert_eq!(attribute(suite, "errors"), "0");
     let cases = children(suite, "testcase");
-    assert_eq!(cases.len(), 3);
+    assert_eq!(cases.len(), 4);
     let case = cases[0];
     assert_eq!(attribute(case, "name"), "root_ops_is_allowed");
     assert_eq!(attribute(case, "classname"), "tests.corpus.test.failing");

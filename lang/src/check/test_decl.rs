@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::{Checker, Declared, Ty, did_you_mean, literal_type_name};
 use crate::ast::{self, ExprKind, Ident, Span};
 use crate::diagnostic::{Code, Report};
-use crate::policy_test::{Expected, TestCase, TestRequest};
+use crate::policy_test::{Expected, IssuedCredential, TestCase, TestRequest, TestTarget};
 use crate::report::{Position, position};
 use crate::schema::{ClaimId, ClaimValue, ProviderKind};
 
@@ -22,7 +22,7 @@ const REQUEST_FIELDS: [&str; 4] = ["action", "resource", "source_ip", "time"];
 #[derive(Default)]
 struct Parts {
     caller: Option<(ProviderKind, Vec<Option<ClaimValue>>)>,
-    target: Option<String>,
+    target: Option<TestTarget>,
     action: Option<String>,
     resource: Option<String>,
     source_ip: Option<std::net::IpAddr>,
@@ -116,7 +116,8 @@ impl Checker<'_> {
         for item in &request.items {
             let (key, span) = match item {
                 ast::TestRequestItem::Claims(block) => ("the caller".to_owned(), block.span),
-                ast::TestRequestItem::Target { span, .. } => ("`target`".to_owned(), *span),
+                ast::TestRequestItem::Target { span, .. }
+                | ast::TestRequestItem::Endpoint { span, .. } => ("`target`".to_owned(), *span),
                 ast::TestRequestItem::Field(field) => {
                     (format!("`{}`", field.key.name), field.key.span)
                 }
@@ -195,15 +196,92 @@ impl Checker<'_> {
             }
             ast::TestRequestItem::Target { name, .. } => {
                 parts.target = match self.lookup(name, "target") {
-                    Some(Declared::Target(_)) => Some(name.name.clone()),
+                    Some(Declared::Target(_)) => Some(TestTarget::Named(name.name.clone())),
                     _ => None,
                 };
+                parts.ok &= parts.target.is_some();
+            }
+            ast::TestRequestItem::Endpoint { word, endpoint, .. } => {
+                parts.target = self.test_endpoint(word, endpoint);
                 parts.ok &= parts.target.is_some();
             }
             ast::TestRequestItem::Field(field) => {
                 parts.ok &= self.check_request_field(field, parts).is_some();
             }
         }
+    }
+
+    /// `endpoint PROTOCOL { host = "…" port = … }`, the port defaulting to the protocol's.
+    fn test_endpoint(&mut self, word: &Ident, endpoint: &ast::Endpoint) -> Option<TestTarget> {
+        if word.name != "endpoint" {
+            let message = format!(
+                "unknown request item `{} {}`",
+                word.name, endpoint.protocol.name
+            );
+            let report = Report::new(Code::InvalidTestRequest, message, word.span, "not an item")
+                .help(
+                    "name the target with `target NAME`, or its endpoint with \
+                     `endpoint https { host = \"…\" port = 443 }`",
+                );
+            self.report(report);
+            return None;
+        }
+        let protocol = self.protocol(&endpoint.protocol)?;
+        let default_port = protocol.default_port();
+        let mut host = None;
+        let mut port = default_port;
+        let mut ok = true;
+        for field in &endpoint.fields {
+            match (field.key.name.as_str(), &field.value.kind) {
+                ("host", ExprKind::Str(text)) if !text.is_empty() => host = Some(text.clone()),
+                ("port", ExprKind::Int(number)) if u16::try_from(*number).is_ok_and(|p| p > 0) => {
+                    port = u16::try_from(*number).unwrap_or(default_port);
+                }
+                (key @ ("host" | "port"), _) => {
+                    let wanted = if key == "host" {
+                        "a host name in quotes"
+                    } else {
+                        "a port from 1 to 65535"
+                    };
+                    let message = format!("`{key}` of an endpoint must be {wanted}");
+                    let report = Report::new(
+                        Code::InvalidTestRequest,
+                        message,
+                        field.value.span,
+                        "not valid here",
+                    );
+                    self.report(report);
+                    ok = false;
+                }
+                (key, _) => {
+                    let message = format!("unknown endpoint field `{key}`");
+                    let report = Report::new(
+                        Code::InvalidTestRequest,
+                        message,
+                        field.key.span,
+                        "not a field",
+                    )
+                    .help("an endpoint has a `host` and, unless the protocol's default, a `port`");
+                    self.report(report);
+                    ok = false;
+                }
+            }
+        }
+        let Some(host) = host else {
+            if ok {
+                let message = "an endpoint needs a `host`";
+                let report =
+                    Report::new(Code::InvalidTestRequest, message, endpoint.span, "no host")
+                        .help("add `host = \"api.internal\"`");
+                self.report(report);
+            }
+            return None;
+        };
+        ok.then(|| TestTarget::Endpoint {
+            protocol: protocol.keyword().to_owned(),
+            host,
+            port,
+        })
     }
 
     fn check_request_field(&mut self, field: &ast::Field, parts: &mut Parts) -> Option<()> {
@@ -494,9 +572,23 @@ impl Checker<'_> {
             self.report(report);
             return None;
         }
+        if wanted == "credential" && name.name == "none" {
+            if let Some((Declared::Credential(_), declared)) = self.names.get("none") {
+                let message = "`with none` is ambiguous: a credential is named `none`";
+                let report = Report::new(Code::InvalidExpectation, message, name.span, "which?")
+                    .label(*declared, "declared here")
+                    .help("rename the credential; `with none` expects an allow without one");
+                self.report(report);
+                return None;
+            }
+            expected.credential = Some(IssuedCredential::Nothing);
+            return Some(());
+        }
         match self.lookup(name, wanted)? {
             Declared::Rule => expected.rule = Some(name.name.clone()),
-            Declared::Credential(_) => expected.credential = Some(name.name.clone()),
+            Declared::Credential(_) => {
+                expected.credential = Some(IssuedCredential::Named(name.name.clone()));
+            }
             _ => return None,
         }
         Some(())
