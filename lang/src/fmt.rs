@@ -7,10 +7,17 @@
 //! space before it as in the source, so that the formatter keeps working as declarations and
 //! operators are added.
 //!
+//! Within an item, a run of tokens becomes a tree of bracketed groups; a run that does not fit
+//! on its line is broken at its `&&` / `||` chain first, then inside the groups of a part that
+//! still does not fit, the outermost first.
+//!
 //! A file that does not parse is refused with its diagnostics. Before returning, the formatter
-//! checks that its output lexes to the same tokens and the same comments as its input.
+//! checks that its output lexes to the same tokens and the same comments as its input, but for
+//! the comma after the last element of a set, which it writes when the set spans several lines
+//! and drops when the set fits on one.
 
 use std::mem;
+use std::ops::Range;
 
 use crate::diagnostic::{Diagnostic, Severity, Sources};
 use crate::lexer;
@@ -18,7 +25,7 @@ use crate::parser;
 use crate::source::SourceFile;
 
 /// The widest line, in characters, that the formatter makes by joining; a longer line is broken
-/// at the `&&` / `||` chain of its condition where there is one.
+/// at the `&&` / `||` chain of its condition and inside its brackets where it has them.
 pub const MAX_WIDTH: usize = 100;
 
 /// Spaces per brace level.
@@ -26,10 +33,18 @@ const INDENT_WIDTH: usize = 2;
 
 /// Words that open a clause inside a declaration, so they start a line there. The other items
 /// of a `test` start a line as fields (`action = …`) and blocks (`request {`, `github {`) do.
-const CLAUSE_KEYWORDS: &[&str] = &["workload", "target", "credential", "when", "expect"];
+const CLAUSE_KEYWORDS: &[&str] = &[
+    "workload",
+    "target",
+    "credential",
+    "when",
+    "expect",
+    "endpoint",
+];
 
 /// Words that expect an operand after them: a word after one of these continues its line.
 const PREFIX_KEYWORDS: &[&str] = &[
+    "endpoint",
     "workload",
     "target",
     "credential",
@@ -107,13 +122,34 @@ fn syntax_errors(name: &str, text: &str) -> Vec<Diagnostic> {
 }
 
 fn same_tokens_and_comments(before: &str, after: &str) -> bool {
-    let tokens_before = lexer::lex(before).tokens;
-    let tokens_after = lexer::lex(after).tokens;
-    let same_tokens = tokens_before
-        .iter()
+    significant_tokens(before) == significant_tokens(after)
+        && comments(before).is_some()
+        && comments(before) == comments(after)
+}
+
+/// The tokens of a file but for the comma after the last element of a set, which the formatter
+/// writes when the set spans several lines and drops when it fits on one.
+fn significant_tokens(text: &str) -> Vec<lexer::Token<'_>> {
+    let tokens: Vec<lexer::Token<'_>> = lexer::lex(text)
+        .tokens
+        .into_iter()
         .map(|(_, token, _)| token)
-        .eq(tokens_after.iter().map(|(_, token, _)| token));
-    same_tokens && comments(before).is_some() && comments(before) == comments(after)
+        .collect();
+    let is_trailing_comma = |pos: usize| {
+        let before = pos.checked_sub(1).and_then(|prev| tokens.get(prev));
+        matches!(tokens.get(pos), Some(lexer::Token::Comma))
+            && matches!(tokens.get(pos + 1), Some(lexer::Token::RBracket))
+            && !matches!(
+                before,
+                None | Some(lexer::Token::LBracket | lexer::Token::Comma)
+            )
+    };
+    tokens
+        .iter()
+        .enumerate()
+        .filter(|&(pos, _)| !is_trailing_comma(pos))
+        .map(|(_, token)| token.clone())
+        .collect()
 }
 
 /// A comment on a line of its own.
@@ -268,6 +304,8 @@ impl<'a> Source<'a> {
             source: self,
             out: String::new(),
             line: Line::default(),
+            comments_written: None,
+            block_after: None,
         };
         let end = self.gap(self.tokens.len());
         printer.items(&items, 0, true, &[], &end.own_line);
@@ -369,16 +407,133 @@ impl<'a> Source<'a> {
         space_between(left, right, in_source)
     }
 
-    /// The width of tokens `run` written on one line.
-    fn flat_width(&self, run: &[usize]) -> usize {
-        run.iter()
-            .enumerate()
-            .map(|(pos, &idx)| {
-                let space = pos > 0 && self.space_before(idx);
-                self.token(idx).chars().count() + usize::from(space)
-            })
-            .sum()
+    /// The width of `tokens` written on one line, without the trailing comma of a set.
+    fn flat_width(&self, tokens: impl IntoIterator<Item = usize>) -> usize {
+        let mut width = 0;
+        let mut first = true;
+        for idx in tokens {
+            if self.is_trailing_comma(idx) {
+                continue;
+            }
+            let space = !first && self.space_before(idx);
+            width += self.token(idx).chars().count() + usize::from(space);
+            first = false;
+        }
+        width
     }
+
+    /// Whether token `idx` is the comma after the last element of a set (or a list of days),
+    /// which the formatter writes only when the set spans several lines.
+    fn is_trailing_comma(&self, idx: usize) -> bool {
+        let before = self.token(idx.wrapping_sub(1));
+        self.token(idx) == "," && self.token(idx + 1) == "]" && !matches!(before, "[" | ",")
+    }
+
+    /// Whether a comment lies anywhere between the brackets of `group`.
+    fn has_comments(&self, group: &Group) -> bool {
+        (group.open + 1..=group.close).any(|idx| {
+            let gap = self.gap(idx);
+            gap.trailing.is_some() || !gap.own_line.is_empty()
+        })
+    }
+
+    /// The tokens of `run` with each pair of matching brackets made into a group. A bracket
+    /// without its match (which a file that parses does not have) stays a plain token.
+    fn nodes(&self, run: &[usize]) -> Vec<Node> {
+        let mut open_groups: Vec<(usize, Vec<Node>)> = Vec::new();
+        let mut current = Vec::new();
+        for &idx in run {
+            let text = self.token(idx);
+            if matches!(text, "(" | "[") {
+                open_groups.push((idx, mem::take(&mut current)));
+                continue;
+            }
+            let matching = |open: usize| match self.token(open) {
+                "(" => text == ")",
+                "[" => text == "]",
+                _ => false,
+            };
+            match open_groups.pop() {
+                Some((open, outer)) if matching(open) => {
+                    let inner = mem::replace(&mut current, outer);
+                    current.push(Node::Group(Group {
+                        open,
+                        inner,
+                        close: idx,
+                    }));
+                }
+                unmatched => {
+                    open_groups.extend(unmatched);
+                    current.push(Node::Token(idx));
+                }
+            }
+        }
+        while let Some((open, outer)) = open_groups.pop() {
+            let inner = mem::replace(&mut current, outer);
+            current.push(Node::Token(open));
+            current.extend(inner);
+        }
+        current
+    }
+}
+
+/// A token of a run, or a bracketed group of tokens.
+#[derive(Debug)]
+enum Node {
+    Token(usize),
+    Group(Group),
+}
+
+/// A `( … )` or a `[ … ]`: the indices of its brackets and what lies between them.
+#[derive(Debug)]
+struct Group {
+    open: usize,
+    inner: Vec<Node>,
+    close: usize,
+}
+
+impl Node {
+    fn first_token(&self) -> usize {
+        match self {
+            Node::Token(idx) => *idx,
+            Node::Group(group) => group.open,
+        }
+    }
+
+    fn last_token(&self) -> usize {
+        match self {
+            Node::Token(idx) => *idx,
+            Node::Group(group) => group.close,
+        }
+    }
+
+    fn is_token(&self, source: &Source<'_>, text: &str) -> bool {
+        matches!(self, Node::Token(idx) if source.token(*idx) == text)
+    }
+}
+
+/// The indices of the tokens of `nodes`, which follow each other in the file.
+fn token_range(nodes: &[Node]) -> Range<usize> {
+    match (nodes.first(), nodes.last()) {
+        (Some(first), Some(last)) => first.first_token()..last.last_token() + 1,
+        _ => 0..0,
+    }
+}
+
+/// The elements of a `[ … ]`, each with the comma that follows it in the source, if any.
+fn list_elements(source: &Source<'_>, inner: &[Node]) -> Vec<(Range<usize>, Option<usize>)> {
+    let mut elements = Vec::new();
+    let mut start = 0;
+    for (pos, node) in inner.iter().enumerate() {
+        if node.is_token(source, ",") {
+            elements.push((start..pos, Some(node.first_token())));
+            start = pos + 1;
+        }
+    }
+    if start < inner.len() {
+        elements.push((start..inner.len(), None));
+    }
+    elements
 }
 
 /// A word: a name, a keyword or a literal.
@@ -440,6 +595,12 @@ struct Printer<'s, 'a> {
     source: &'s Source<'a>,
     out: String,
     line: Line<'a>,
+    /// The first token of the run being written when its comments are already written, above
+    /// its item.
+    comments_written: Option<usize>,
+    /// The last token of the run being written when a block follows it, so that the comment
+    /// after the token moves into the block.
+    block_after: Option<usize>,
 }
 
 impl<'a> Printer<'_, 'a> {
@@ -573,28 +734,253 @@ impl<'a> Printer<'_, 'a> {
         self.finish_line();
     }
 
-    /// Writes consecutive tokens of an item, breaking lines at comments and, when the tokens do
-    /// not fit, at their `&&` / `||` chain.
+    /// Writes consecutive tokens of an item at `level` as a [`Printer::chain`] whose operators
+    /// lead lines one level deeper.
     fn run(&mut self, run: &[usize], level: usize, first_in_item: bool, block_follows: bool) {
-        let breaks = self.chain_breaks(run, level, block_follows);
-        for (pos, &idx) in run.iter().enumerate() {
-            let gap = self.source.gap(idx);
-            let has_comments = gap.trailing.is_some() || !gap.own_line.is_empty();
-            let forced = has_comments && !(pos == 0 && first_in_item);
-            let chain_level = breaks.get(pos).copied().flatten();
-            if chain_level.is_some() || forced {
-                let next_level = chain_level.unwrap_or(self.line.level.max(level + 1));
-                self.finish_line();
-                for comment in &gap.own_line {
-                    self.comment_line(next_level, comment.text);
-                }
-                self.line.level = next_level;
+        self.comments_written = run.first().copied().filter(|_| first_in_item);
+        self.block_after = run.last().copied().filter(|_| block_follows);
+        let nodes = self.source.nodes(run);
+        let place = Place {
+            first_break: None,
+            tail: if block_follows { " {".len() } else { 0 },
+        };
+        self.chain(&nodes, level, level + 1, place);
+    }
+
+    /// Writes `nodes`, a condition or any other run of tokens, as an item at `level`. When they
+    /// do not fit, they are broken before each `||` outside brackets, or else before each `&&`,
+    /// the operator leading a line at `op_level`; an `||` operand that still does not fit is
+    /// broken before its own `&&`s, one level deeper. Brackets in a part that still does not fit
+    /// are broken by [`Printer::seq`].
+    fn chain(&mut self, nodes: &[Node], level: usize, op_level: usize, place: Place) {
+        let ors = self.operators(nodes, "||");
+        let at_ors = !ors.is_empty();
+        let cuts = if at_ors {
+            ors
+        } else {
+            self.operators(nodes, "&&")
+        };
+        let cont = level + 1;
+        if cuts.is_empty() || self.fits(nodes, place) {
+            self.seq(nodes, cont, place);
+            return;
+        }
+        for piece in place.split(nodes, &cuts, op_level) {
+            if !at_ors || self.fits(piece.nodes, piece.place) {
+                self.seq(piece.nodes, cont, piece.place);
+                continue;
             }
-            self.push_token(idx);
-            let is_last = pos + 1 == run.len();
-            if !(is_last && block_follows) {
-                self.line.comment = self.source.gap(idx + 1).trailing;
+            let ands = self.operators(piece.nodes, "&&");
+            for operand in piece.place.split(piece.nodes, &ands, op_level + 1) {
+                self.seq(operand.nodes, cont, operand.place);
             }
+        }
+    }
+
+    /// The positions in `nodes` of the operator `text` outside brackets, but for the first.
+    fn operators(&self, nodes: &[Node], text: &str) -> Vec<usize> {
+        let is_operator = |node: &Node| node.is_token(self.source, text);
+        (1..nodes.len())
+            .filter(|&pos| nodes.get(pos).is_some_and(is_operator))
+            .collect()
+    }
+
+    /// Whether `nodes` fit on one line where `place` puts them.
+    fn fits(&self, nodes: &[Node], place: Place) -> bool {
+        let range = token_range(nodes);
+        let start = match place.first_break {
+            Some(level) => level * INDENT_WIDTH,
+            None => self.line_width() + self.lead_space(range.start),
+        };
+        start + self.source.flat_width(range) + place.tail <= MAX_WIDTH
+    }
+
+    /// The space the formatter writes before token `idx` if it continues the current line.
+    fn lead_space(&self, idx: usize) -> usize {
+        usize::from(!self.line.text.is_empty() && self.source.space_before(idx))
+    }
+
+    /// Writes `nodes` where `place` puts them, without breaking their chain, each group as
+    /// [`Printer::group`] decides. A comment breaks the line, which goes on at the same level,
+    /// and at least at `cont`.
+    fn seq(&mut self, nodes: &[Node], cont: usize, place: Place) {
+        let mut first_break = place.first_break;
+        for (pos, node) in nodes.iter().enumerate() {
+            self.break_before(node.first_token(), first_break.take(), cont);
+            let Node::Group(group) = node else {
+                self.emit(node.first_token());
+                continue;
+            };
+            let rest = nodes.get(pos + 1..).unwrap_or_default();
+            let rest_width = self.rest_width(rest) + place.tail;
+            self.group(group, cont, rest_width);
+        }
+    }
+
+    /// Writes `group` from the current line, followed on its last line by `rest_width` columns.
+    /// It stays on the line when it holds no comment and fits there, or when it holds a single
+    /// token, which breaking would not shorten; parentheses around nothing but parentheses stay
+    /// next to them, `((` … `))`; any other group is broken.
+    fn group(&mut self, group: &Group, cont: usize, rest_width: usize) {
+        if self.stays_flat(group, rest_width) {
+            self.flat_group(group);
+        } else if self.hugs_its_group(group) {
+            self.emit(group.open);
+            let inner = Place {
+                first_break: None,
+                tail: ")".len() + rest_width,
+            };
+            self.seq(&group.inner, cont, inner);
+            self.emit(group.close);
+        } else if self.source.token(group.open) == "[" {
+            self.broken_list(group);
+        } else {
+            self.broken_parens(group);
+        }
+    }
+
+    /// The width of `rest` where it follows other tokens on a line.
+    fn rest_width(&self, rest: &[Node]) -> usize {
+        let rest = token_range(rest);
+        if rest.is_empty() {
+            return 0;
+        }
+        usize::from(self.source.space_before(rest.start)) + self.source.flat_width(rest)
+    }
+
+    /// Whether `group` is a `( … )` around nothing but another `( … )`, with no comment between
+    /// the two, so that breaking it would only move the inner one down a line: its brackets stay
+    /// next to those of the inner group, `((` and `))`.
+    fn hugs_its_group(&self, group: &Group) -> bool {
+        let source = self.source;
+        let [Node::Group(inner)] = group.inner.as_slice() else {
+            return false;
+        };
+        let no_comments = |idx: usize| {
+            let gap = source.gap(idx);
+            gap.trailing.is_none() && gap.own_line.is_empty()
+        };
+        source.token(group.open) == "("
+            && source.token(inner.open) == "("
+            && no_comments(inner.open)
+            && no_comments(group.close)
+    }
+
+    /// Whether `group` stays on the current line, followed there by `rest_width` columns.
+    fn stays_flat(&self, group: &Group, rest_width: usize) -> bool {
+        let source = self.source;
+        if source.has_comments(group) {
+            return false;
+        }
+        let inside = group.open + 1..group.close;
+        if inside.filter(|&idx| !source.is_trailing_comma(idx)).count() <= 1 {
+            return true;
+        }
+        let width = source.flat_width(group.open..group.close + 1);
+        self.line_width() + self.lead_space(group.open) + width + rest_width <= MAX_WIDTH
+    }
+
+    /// Writes `group`, which holds no comment, on the current line.
+    fn flat_group(&mut self, group: &Group) {
+        for idx in group.open..=group.close {
+            if !self.source.is_trailing_comma(idx) {
+                self.emit(idx);
+            }
+        }
+    }
+
+    /// Writes a `[ … ]` with one element per line, one level deeper than the line of its `[`,
+    /// each element followed by a comma, and the `]` on a line of its own.
+    fn broken_list(&mut self, group: &Group) {
+        let level = self.line.level;
+        self.emit(group.open);
+        for (range, comma) in list_elements(self.source, &group.inner) {
+            let element = group.inner.get(range).unwrap_or_default();
+            let place = Place {
+                first_break: Some(level + 1),
+                tail: ",".len(),
+            };
+            self.seq(element, level + 2, place);
+            match comma {
+                Some(comma) => self.list_comma(comma, level + 1),
+                None => self.line.text.push(','),
+            }
+        }
+        self.close(group.close, level);
+    }
+
+    /// Writes the comma `comma` of a broken `[ … ]` right after its element, at `level`. The
+    /// comments around it follow it: the first at the end of the line if it was there or the
+    /// line has none, the others on lines of their own.
+    fn list_comma(&mut self, comma: usize, level: usize) {
+        let source = self.source;
+        self.line.text.push(',');
+        let own_line = &source.gap(comma).own_line;
+        let after = source.gap(comma + 1).trailing;
+        if own_line.is_empty() && self.line.comment.is_none() {
+            self.line.comment = after;
+            return;
+        }
+        for comment in own_line {
+            self.comment_line(level, comment.text);
+        }
+        if let Some(text) = after {
+            self.comment_line(level, text);
+        }
+    }
+
+    /// Writes a `( … )` with the condition inside on lines of its own, one level deeper than the
+    /// line of its `(`, the operators of its chain leading lines at that level too, and the `)`
+    /// on a line of its own.
+    fn broken_parens(&mut self, group: &Group) {
+        let level = self.line.level;
+        self.emit(group.open);
+        let place = Place {
+            first_break: Some(level + 1),
+            tail: 0,
+        };
+        self.chain(&group.inner, level + 1, level + 1, place);
+        self.close(group.close, level);
+    }
+
+    /// Writes the closing bracket of a broken group on a line at `level`. The comments on lines
+    /// of their own before it stay with the group's contents, one level deeper.
+    fn close(&mut self, close: usize, level: usize) {
+        let source = self.source;
+        self.finish_line();
+        for comment in &source.gap(close).own_line {
+            self.comment_line(level + 1, comment.text);
+        }
+        self.line.level = level;
+        self.emit(close);
+    }
+
+    /// Starts a new line before token `idx` at `planned`, or, when a comment comes before the
+    /// token, at the current line's level and at least `cont`. The comments on lines of their
+    /// own before the token go between the lines.
+    fn break_before(&mut self, idx: usize, planned: Option<usize>, cont: usize) {
+        let source = self.source;
+        let gap = source.gap(idx);
+        let written = self.comments_written == Some(idx);
+        let has_comments = !written && (gap.trailing.is_some() || !gap.own_line.is_empty());
+        if planned.is_none() && !has_comments {
+            return;
+        }
+        let level = planned.unwrap_or(self.line.level.max(cont));
+        self.finish_line();
+        if !written {
+            for comment in &gap.own_line {
+                self.comment_line(level, comment.text);
+            }
+        }
+        self.line.level = level;
+    }
+
+    /// Writes token `idx` on the current line; the comment after it in the source ends the line.
+    fn emit(&mut self, idx: usize) {
+        self.push_token(idx);
+        if self.block_after != Some(idx) {
+            self.line.comment = self.source.gap(idx + 1).trailing;
         }
     }
 
@@ -603,71 +989,6 @@ impl<'a> Printer<'_, 'a> {
             self.line.text.push(' ');
         }
         self.line.text.push_str(self.source.token(idx));
-    }
-
-    /// Where to break `run` when it does not fit on the current line: before each `||` outside
-    /// brackets if there is one, else before each `&&`, one level deeper than `level`; an
-    /// `||` operand that still does not fit breaks before its own `&&`s, two levels deeper.
-    /// FIXME(#3): nothing breaks inside brackets, so a long set or parenthesised condition stays
-    /// on one line past [`MAX_WIDTH`].
-    fn chain_breaks(&self, run: &[usize], level: usize, block_follows: bool) -> Vec<Option<usize>> {
-        let mut breaks = vec![None; run.len()];
-        let start_width = self.line_width() + usize::from(!self.line.text.is_empty());
-        let tail = if block_follows { 2 } else { 0 };
-        if start_width + self.source.flat_width(run) + tail <= MAX_WIDTH {
-            return breaks;
-        }
-        let mut depth = 0usize;
-        let mut outer = Vec::new();
-        for (pos, &idx) in run.iter().enumerate() {
-            let text = self.source.token(idx);
-            match text {
-                "(" | "[" => depth += 1,
-                ")" | "]" => depth = depth.saturating_sub(1),
-                "&&" | "||" if depth == 0 && pos > 0 => outer.push((pos, text)),
-                _ => {}
-            }
-        }
-        let ors: Vec<usize> = outer
-            .iter()
-            .filter(|(_, text)| *text == "||")
-            .map(|(pos, _)| *pos)
-            .collect();
-        if ors.is_empty() {
-            for (pos, _) in &outer {
-                set_break(&mut breaks, *pos, level + 1);
-            }
-            return breaks;
-        }
-        let mut bounds = vec![0];
-        bounds.extend(&ors);
-        bounds.push(run.len());
-        for (segment_idx, window) in bounds.windows(2).enumerate() {
-            let (start, end) = match window {
-                [start, end] => (*start, *end),
-                _ => continue,
-            };
-            if segment_idx > 0 {
-                set_break(&mut breaks, start, level + 1);
-            }
-            let first_width = if segment_idx == 0 {
-                start_width
-            } else {
-                (level + 1) * INDENT_WIDTH
-            };
-            let segment = run.get(start..end).unwrap_or_default();
-            let segment_tail = if end == run.len() { tail } else { 0 };
-            if first_width + self.source.flat_width(segment) + segment_tail <= MAX_WIDTH {
-                continue;
-            }
-            let ands = outer
-                .iter()
-                .filter(|(pos, text)| *text == "&&" && *pos > start && *pos < end);
-            for (pos, _) in ands {
-                set_break(&mut breaks, *pos, level + 2);
-            }
-        }
-        breaks
     }
 
     /// Writes a `{ … }` that follows the current line's tokens. The comments around its opening
@@ -695,7 +1016,9 @@ impl<'a> Printer<'_, 'a> {
         if let Some(inline) = self.inline_item(block, level, around_open.is_empty()) {
             self.push_token(block.open);
             for idx in inline {
-                self.push_token(idx);
+                if !self.source.is_trailing_comma(idx) {
+                    self.push_token(idx);
+                }
             }
             self.push_token(block.close);
             self.line.comment = self.source.gap(block.close + 1).trailing;
@@ -740,13 +1063,77 @@ impl Printer<'_, '_> {
             let gap = self.source.gap(idx);
             gap.trailing.is_some() || !gap.own_line.is_empty()
         });
-        let width = self.line_width() + " { ".len() + self.source.flat_width(&tokens) + " }".len();
+        let width = self.line_width()
+            + " { ".len()
+            + self.source.flat_width(tokens.iter().copied())
+            + " }".len();
         (!commented && width <= MAX_WIDTH).then_some(tokens)
     }
 }
 
-fn set_break(breaks: &mut [Option<usize>], pos: usize, level: usize) {
-    if let Some(slot) = breaks.get_mut(pos) {
-        *slot = Some(level);
+/// Where the formatter puts a run of nodes: on the current line or from a new line, and how
+/// much room it leaves after it.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    /// The level of the new line that the first token starts; `None` continues the current line.
+    first_break: Option<usize>,
+    /// The columns that follow the last token on its line (` {`, `,`).
+    tail: usize,
+}
+
+/// A part of a chain broken by [`Place::split`], and where it goes.
+struct Piece<'n> {
+    nodes: &'n [Node],
+    place: Place,
+}
+
+impl Place {
+    /// `nodes` cut before each position in `cuts`, which are increasing: the first piece goes
+    /// where `self` puts the whole, each of the others starts a line at `level`, and the last
+    /// leaves the tail after it.
+    fn split<'n>(self, nodes: &'n [Node], cuts: &[usize], level: usize) -> Vec<Piece<'n>> {
+        let mut bounds = vec![0];
+        bounds.extend(cuts);
+        bounds.push(nodes.len());
+        let n_pieces = cuts.len() + 1;
+        bounds
+            .windows(2)
+            .enumerate()
+            .filter_map(|(piece_idx, window)| {
+                let [start, end] = *window else {
+                    return None;
+                };
+                let first_break = if piece_idx == 0 {
+                    self.first_break
+                } else {
+                    Some(level)
+                };
+                let tail = if piece_idx + 1 == n_pieces {
+                    self.tail
+                } else {
+                    0
+                };
+                Some(Piece {
+                    nodes: nodes.get(start..end).unwrap_or_default(),
+                    place: Place { first_break, tail },
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_trailing_comma_of_a_set_may_come_and_go() {
+        let same = |before: &str, after: &str| same_tokens_and_comments(before, after);
+        assert!(same("x in [1, 2,]", "x in [1, 2]"));
+        assert!(same("x in [\n  1,\n  2,\n]", "x in [1, 2]"));
+        assert!(!same("x in [1, 2]", "x in [1 2]"));
+        assert!(!same("x in [,]", "x in []"));
+        assert!(!same("x in [1,,]", "x in [1,]"));
+        assert!(!same("x in [1] // a", "x in [1]"));
     }
 }

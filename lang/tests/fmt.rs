@@ -87,6 +87,10 @@ fn golden_files() {
             formatted, file.text,
             "{name} is already formatted; it tests nothing"
         );
+        // A token longer than a line cannot be broken; a case with one is a `check` instead.
+        for line in formatted.lines() {
+            assert!(line.chars().count() <= MAX_WIDTH, "{name}: {line}");
+        }
         let mut settings = insta::Settings::clone_current();
         settings.set_input_file(path);
         settings.bind(|| insta::assert_snapshot!(name, formatted));
@@ -154,6 +158,27 @@ fn declarations_are_multi_line_and_small_inner_blocks_stay_on_one_line() {
 }
 
 #[test]
+fn test_corpus_is_formatted() {
+    for file in read_policy_path(&lang_dir().join("tests/corpus/test")).unwrap() {
+        assert_eq!(
+            format(&file.text),
+            file.text,
+            "run `policyc fmt` on {}",
+            file.name
+        );
+    }
+}
+
+#[test]
+fn a_test_endpoint_keeps_its_protocol_on_its_line() {
+    check(
+        "test t { request { oidc { } endpoint https { host = \"a\" } } expect deny }",
+        "test t {\n  request {\n    oidc { }\n    endpoint https { host = \"a\" }\n  }\n  \
+         expect deny\n}\n",
+    );
+}
+
+#[test]
 fn clause_keywords_start_lines_but_not_inside_paths() {
     check(
         "permit p { workload any target any when target.port == 1 && target.host != \"x\" }",
@@ -204,6 +229,103 @@ fn lines_fit_in_the_width_where_there_is_a_chain_to_break() {
         assert!(line.chars().count() <= MAX_WIDTH, "{line}");
     }
     assert_eq!(formatted.lines().count(), 4 + 8);
+}
+
+#[test]
+fn a_set_that_does_not_fit_has_one_element_per_line_and_a_trailing_comma() {
+    let methods = [
+        "GET", "HEAD", "OPTIONS", "PROPFIND", "REPORT", "SEARCH", "MKCOL", "LOCK", "UNLOCK",
+        "COPY", "MOVE",
+    ];
+    let long_set = methods.map(|method| format!("\"{method}\"")).join(", ");
+    let elements = methods
+        .map(|method| format!("    \"{method}\",\n"))
+        .concat();
+    check(
+        &format!("permit p {{ workload w target t when request.action in [{long_set}] }}"),
+        &format!(
+            "permit p {{\n  workload w\n  target t\n  when request.action in [\n{elements}  ]\n}}\n"
+        ),
+    );
+    check(
+        "credential c { postgres_role { grant = [\n\"a\",\n\"b\",\n] ttl = 15m } }",
+        "credential c {\n  postgres_role {\n    grant = [\"a\", \"b\"]\n    ttl = 15m\n  }\n}\n",
+    );
+    check(
+        "condition c { request.time within [mon, tue,] in \"UTC\" }",
+        "condition c {\n  request.time within [mon, tue] in \"UTC\"\n}\n",
+    );
+}
+
+#[test]
+fn parentheses_that_do_not_fit_hold_their_condition_on_lines_of_their_own() {
+    let operand = "client.github.repository == \"acme/a-fairly-long-repository-name\"";
+    let input =
+        format!("forbid f {{ when !({operand} || ({operand} && {operand})) && {operand} }}");
+    let expected = format!(
+        "forbid f {{\n  when !(\n    {operand}\n    || (\n      {operand}\n      && \
+         {operand}\n    )\n  )\n    && {operand}\n}}\n"
+    );
+    check(&input, &expected);
+}
+
+#[test]
+fn parentheses_around_parentheses_stay_together() {
+    let operand = "client.github.repository == \"acme/a-fairly-long-repository-name\"";
+    check(
+        &format!("forbid f {{ when ((({operand} || {operand}))) }}"),
+        &format!("forbid f {{\n  when (((\n    {operand}\n    || {operand}\n  )))\n}}\n"),
+    );
+}
+
+#[test]
+fn a_comment_inside_brackets_breaks_them() {
+    check(
+        "condition c { x in [1, // one\n 2] && !(y // why\n == 3) }",
+        "condition c {\n  x in [\n    1, // one\n    2,\n  ] && !(\n    y // why\n      == 3\n  \
+         )\n}\n",
+    );
+    check(
+        "condition c { x in [1 // before the comma\n , 2 // last\n // at the end\n ] }",
+        "condition c {\n  x in [\n    1, // before the comma\n    2, // last\n    // at the end\n  \
+         ]\n}\n",
+    );
+}
+
+#[test]
+fn lines_fit_in_the_width_where_there_are_brackets_to_break() {
+    for n_elements in 1..40 {
+        let set: Vec<String> = (0..n_elements)
+            .map(|n| format!("\"10.{n}.0.0/16\""))
+            .collect();
+        let set = set.join(", ");
+        for input in [
+            format!("forbid f {{ when has request.source_ip && request.source_ip in [{set}] }}"),
+            format!("credential c {{ postgres_role {{ grant = [{set}] ttl = 15m }} }}"),
+            format!(
+                "forbid f {{ when !(request.source_ip in [{set}] || request.action == \"GET\") }}"
+            ),
+        ] {
+            let formatted = format(&input);
+            assert_eq!(format(&formatted), formatted, "formatting twice");
+            for line in formatted.lines() {
+                assert!(line.chars().count() <= MAX_WIDTH, "{line}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_string_longer_than_a_line_stays_whole() {
+    let long = format!("\"/{}\"", "a".repeat(MAX_WIDTH));
+    check(
+        &format!("condition c {{ request.resource in [{long}] }}"),
+        &format!("condition c {{\n  request.resource in [{long}]\n}}\n"),
+    );
+    check(
+        &format!("condition c {{ request.resource in [{long}, \"/b\"] }}"),
+        &format!("condition c {{\n  request.resource in [\n    {long},\n    \"/b\",\n  ]\n}}\n"),
+    );
 }
 
 #[test]
