@@ -74,13 +74,19 @@ pub struct PolicyConfig {
     pub dir: Option<PathBuf>,
     /// Or a bundle that `policyc build` wrote.
     pub bundle: Option<PathBuf>,
+    /// With `bundle`: an ed25519 public key (SPKI PEM); the bundle must carry its signature.
+    pub public_key: Option<PathBuf>,
 }
 
 /// Where the policy set comes from.
 #[derive(Debug, Clone)]
 pub enum PolicySource {
     Sources(PathBuf),
-    Bundle(PathBuf),
+    /// A bundle file, and the public key that must have signed it, if one is configured.
+    Bundle {
+        path: PathBuf,
+        public_key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,6 +177,13 @@ impl Config {
         if self.policy.dir.is_some() == self.policy.bundle.is_some() {
             bail!("`[policy]` needs exactly one of `dir` (Gate sources) or `bundle` (built)");
         }
+        if self.policy.public_key.is_some() && self.policy.dir.is_some() {
+            bail!(
+                "`[policy] public_key` checks the signature of a `bundle`, but `dir` compiles \
+                 sources, which carry none; serve a bundle that `policyc build --sign` wrote, \
+                 or remove `public_key`"
+            );
+        }
         for (idx, provider) in self.trust_providers.iter().enumerate() {
             if provider.leeway_s > MAX_LEEWAY_S {
                 bail!(
@@ -224,7 +237,14 @@ impl Config {
 
     pub fn policy_source(&self) -> PolicySource {
         match (&self.policy.bundle, &self.policy.dir) {
-            (Some(bundle), _) => PolicySource::Bundle(self.resolve(bundle)),
+            (Some(bundle), _) => PolicySource::Bundle {
+                path: self.resolve(bundle),
+                public_key: self
+                    .policy
+                    .public_key
+                    .as_deref()
+                    .map(|key| self.resolve(key)),
+            },
             (None, Some(dir)) => PolicySource::Sources(self.resolve(dir)),
             (None, None) => PolicySource::Sources(self.base_dir.clone()),
         }

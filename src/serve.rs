@@ -12,7 +12,7 @@ use portcullis_audit::{AuditLog, AuditOptions};
 use portcullis_engine::api::{self, Engine};
 use portcullis_engine::attest::{Attestor, TrustProvider};
 use portcullis_engine::vm::Program;
-use portcullis_lang::bundle::Bundle;
+use portcullis_lang::bundle::{Bundle, BundleError, VerifyingKey, signing};
 use portcullis_lang::schema::CustomClaims;
 
 use crate::config::{Config, PolicySource};
@@ -24,7 +24,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let attestor = build_attestor(&config)?;
     let program = match config.policy_source() {
         PolicySource::Sources(path) => compile_policy_set(&path, attestor.custom_claims())?,
-        PolicySource::Bundle(path) => load_bundle(&path, attestor.custom_claims())?,
+        PolicySource::Bundle { path, public_key } => {
+            let public_key = public_key.map(|path| read_public_key(&path)).transpose()?;
+            load_bundle(&path, public_key.as_ref(), attestor.custom_claims())?
+        }
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,9 +101,34 @@ fn compile_policy_set(path: &Path, custom_claims: &CustomClaims) -> Result<Progr
     Ok(program)
 }
 
+/// Public key files larger than this are refused unread; a PEM ed25519 key takes 113 bytes.
+const MAX_PUBLIC_KEY_BYTES: u64 = 64 * 1024;
+
+/// The configured `[policy] public_key` and the file it came from.
+struct PublicKey {
+    path: std::path::PathBuf,
+    key: VerifyingKey,
+}
+
+fn read_public_key(path: &Path) -> Result<PublicKey> {
+    let text = crate::config::read_bounded(path, MAX_PUBLIC_KEY_BYTES)
+        .with_context(|| format!("cannot read the public key `{}`", path.display()))?;
+    let key = signing::verifying_key_from_pem(&text)
+        .with_context(|| format!("cannot use the public key `{}`", path.display()))?;
+    Ok(PublicKey {
+        path: path.to_owned(),
+        key,
+    })
+}
+
 /// Loads a prebuilt bundle, which must have been compiled with the custom claims that the
-/// configuration declares: the claim ids in its code are theirs.
-fn load_bundle(path: &Path, custom_claims: &CustomClaims) -> Result<Program> {
+/// configuration declares: the claim ids in its code are theirs. With a public key, it must
+/// also carry that key's signature over its bytes, checked before its sections are read.
+fn load_bundle(
+    path: &Path,
+    public_key: Option<&PublicKey>,
+    custom_claims: &CustomClaims,
+) -> Result<Program> {
     let cannot_read = || format!("cannot read the bundle `{}`", path.display());
     let size = std::fs::metadata(path).with_context(cannot_read)?.len();
     if size > MAX_BUNDLE_BYTES {
@@ -110,7 +138,8 @@ fn load_bundle(path: &Path, custom_claims: &CustomClaims) -> Result<Program> {
         );
     }
     let bytes = std::fs::read(path).with_context(cannot_read)?;
-    let program = Program::load(&bytes)
+    let bundle = read_bundle(path, &bytes, public_key)?;
+    let program = Program::from_bundle(bundle)
         .with_context(|| format!("cannot load the bundle `{}`", path.display()))?;
     if let Some(mismatch) = program.custom_claims().mismatch(custom_claims) {
         bail!(
@@ -125,6 +154,39 @@ fn load_bundle(path: &Path, custom_claims: &CustomClaims) -> Result<Program> {
         "bundle_loaded"
     );
     Ok(program)
+}
+
+/// Reads a bundle file's bytes; with a public key, only if that key signed them.
+fn read_bundle(path: &Path, bytes: &[u8], public_key: Option<&PublicKey>) -> Result<Bundle> {
+    let cannot_load = || format!("cannot load the bundle `{}`", path.display());
+    let Some(public_key) = public_key else {
+        let bundle = Bundle::from_bytes(bytes).with_context(cannot_load)?;
+        if let Some(signature) = bundle.signature() {
+            tracing::warn!(
+                bundle_file = %path.display(),
+                key = %signature.key_id(),
+                "the bundle is signed, but no `public_key` is configured to check the signature"
+            );
+        }
+        return Ok(bundle);
+    };
+    let bundle = match Bundle::from_bytes_verified(bytes, &public_key.key) {
+        Ok(bundle) => bundle,
+        Err(BundleError::Signature(error)) => bail!(
+            "refusing the bundle `{}`: {error}; the public key `{}` (key {}) admits only \
+             bundles signed with its private key (`policyc build --sign`)",
+            path.display(),
+            public_key.path.display(),
+            signing::key_id(&public_key.key)
+        ),
+        Err(error) => return Err(error).with_context(cannot_load),
+    };
+    tracing::info!(
+        bundle_file = %path.display(),
+        key = %signing::key_id(&public_key.key),
+        "bundle_signature_verified"
+    );
+    Ok(bundle)
 }
 
 fn build_attestor(config: &Config) -> Result<Attestor> {

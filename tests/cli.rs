@@ -320,3 +320,52 @@ fn serve_refuses_a_body_limit_out_of_bounds() {
         assert!(stderr(&out).contains("max_body_bytes"), "{}", stderr(&out));
     }
 }
+
+/// A configuration like `write_config`'s, with `policy` as the body of `[policy]`.
+fn write_policy_config(dir: &Path, policy: &str) -> PathBuf {
+    let config = write_config(dir, "policies", "");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("dir = \"policies\"\n", policy);
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+#[test]
+fn serve_refuses_a_public_key_it_cannot_use() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let policies = repo().join("examples/policies");
+
+    // Sources carry no signature, so a key beside `dir` would check nothing.
+    let key = tmp.path().join("key.pub");
+    let policy = format!("dir = {policies:?}\npublic_key = {key:?}\n");
+    let out = serve(&write_policy_config(tmp.path(), &policy), &data);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("`[policy] public_key` checks the signature of a `bundle`"),
+        "{err}"
+    );
+
+    // A private key where the public key belongs, and a file that is no key at all.
+    let bundle = tmp.path().join("policy.bundle");
+    std::fs::write(&bundle, b"never read").unwrap();
+    let private = repo().join("tests/fixtures/untrusted-p256.key.pem");
+    let not_a_key = repo().join("examples/portcullis.toml");
+    for (key, why) in [
+        (&private, "this is a private key"),
+        (&not_a_key, "not an ed25519 public key"),
+    ] {
+        let policy = format!("bundle = {bundle:?}\npublic_key = {key:?}\n");
+        let out = serve(&write_policy_config(tmp.path(), &policy), &data);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("cannot use the public key `{}`", key.display())),
+            "{err}"
+        );
+        assert!(err.contains(why), "{err}");
+    }
+    assert!(!data.exists());
+}

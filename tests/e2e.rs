@@ -18,6 +18,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use portcullis_lang::bundle::{Bundle, SigningKey, signing};
 use serde_json::{Value, json};
 
 const GITHUB_KEY: &str = "examples/dev/example-github-issuer.key.pem";
@@ -669,28 +670,38 @@ fn a_killed_server_loses_no_answered_decision() {
     assert_eq!(seqs, [1, 2], "seq continues across the crash without a gap");
 }
 
-#[test]
-fn serve_runs_a_bundle_built_ahead_of_time() {
-    let tmp = tempfile::tempdir().unwrap();
+/// The example policy set, compiled.
+fn example_bundle() -> Bundle {
     let files =
         portcullis_lang::source::read_policy_path(&repo().join("examples/policies")).unwrap();
     let set = portcullis_lang::compile(&files).unwrap();
-    let bundle = portcullis_lang::bundle::Bundle::from_policy_set(&set).unwrap();
+    Bundle::from_policy_set(&set).unwrap()
+}
+
+/// The example configuration in `dir`, serving `bundle` in place of the policy sources, and
+/// checking its signature with `public_key` when given.
+fn bundle_config(dir: &Path, name: &str, bundle: &Path, public_key: Option<&Path>) -> PathBuf {
+    let mut policy = format!("bundle = {:?}", bundle.to_str().unwrap());
+    if let Some(key) = public_key {
+        policy.push_str(&format!("\npublic_key = {:?}", key.to_str().unwrap()));
+    }
+    let example = std::fs::read_to_string(repo().join("examples/portcullis.toml")).unwrap();
+    let config = example.replace("dir = \"policies\"", &policy).replace(
+        "jwks_file = \"",
+        &format!("jwks_file = \"{}/examples/", repo().display()),
+    );
+    let path = dir.join(name);
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+#[test]
+fn serve_runs_a_bundle_built_ahead_of_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = example_bundle();
     let bundle_path = tmp.path().join("policy.bundle");
     std::fs::write(&bundle_path, bundle.to_bytes()).unwrap();
-
-    let example = std::fs::read_to_string(repo().join("examples/portcullis.toml")).unwrap();
-    let config = example
-        .replace(
-            "dir = \"policies\"",
-            &format!("bundle = {:?}", bundle_path.to_str().unwrap()),
-        )
-        .replace(
-            "jwks_file = \"",
-            &format!("jwks_file = \"{}/examples/", repo().display()),
-        );
-    let config_path = tmp.path().join("portcullis.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = bundle_config(tmp.path(), "portcullis.toml", &bundle_path, None);
 
     let server = start_server_with(&config_path, &tmp.path().join("data"));
     assert_eq!(
@@ -728,7 +739,7 @@ permit payments_deploy { workload payments_jobs target ledger }
     let custom = portcullis_lang::claims_file::parse_claims_file(claims_json).unwrap();
     assert!(portcullis_lang::compile(&files).is_err(), "unknown without");
     let set = portcullis_lang::compile_with_claims(&files, &custom).unwrap();
-    let bundle = portcullis_lang::bundle::Bundle::from_policy_set(&set).unwrap();
+    let bundle = Bundle::from_policy_set(&set).unwrap();
     let bundle_path = tmp.path().join("custom.bundle");
     std::fs::write(&bundle_path, bundle.to_bytes()).unwrap();
 
@@ -788,5 +799,81 @@ permit payments_deploy { workload payments_jobs target ledger }
     let token = mint(GITHUB_KEY, &claims("search", 3), tmp.path());
     let answer = decide(&server, &token, target, "POST");
     assert_eq!(answer["decision"], "deny", "{answer}");
+    stop_server(server);
+}
+
+/// With `[policy] public_key`, the server starts only on a bundle that key signed: an unsigned
+/// one, one signed by another key, one whose signature was altered and another policy set
+/// carrying the real bundle's signature each stop it before it listens or writes anything,
+/// with the file and the reason.
+#[test]
+fn serve_refuses_a_bundle_its_public_key_did_not_sign() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let public_key = tmp.path().join("bundle-signing.key.pub");
+    let public_pem = signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
+    std::fs::write(&public_key, public_pem).unwrap();
+    let unsigned = example_bundle();
+    let signed = unsigned.sign(&key);
+    let other_key = unsigned.sign(&SigningKey::from_bytes(&[8; 32]));
+    let mut altered = signed.to_bytes();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    // Someone else's policy set, carrying the real bundle's signature.
+    let permissive = "workload anyone { oidc { } }\n\
+                      target api { https { host = \"api.example\" } }\n\
+                      permit everyone { workload anyone target api }\n";
+    let files = [portcullis_lang::SourceFile::new("forged.gate", permissive)];
+    let mut forged = Bundle::from_policy_set(&portcullis_lang::compile(&files).unwrap())
+        .unwrap()
+        .to_bytes();
+    forged.extend(&signed.to_bytes()[unsigned.to_bytes().len()..]);
+
+    let mismatch = "the bundle's signature does not match its bytes";
+    let refusals = [
+        ("unsigned", unsigned.to_bytes(), "the bundle is not signed"),
+        (
+            "other-key",
+            other_key.to_bytes(),
+            "the bundle is signed by key ",
+        ),
+        ("altered", altered, mismatch),
+        ("forged", forged, mismatch),
+    ];
+    let data_dir = tmp.path().join("refused-data");
+    for (name, bytes, reason) in refusals {
+        let bundle_path = tmp.path().join(format!("{name}.bundle"));
+        std::fs::write(&bundle_path, bytes).unwrap();
+        let config_name = format!("{name}.toml");
+        let config = bundle_config(tmp.path(), &config_name, &bundle_path, Some(&public_key));
+        let out = portcullis()
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name}: {err}");
+        let refusal = format!("refusing the bundle `{}`: {reason}", bundle_path.display());
+        assert!(err.contains(&refusal), "{name}: {err}");
+        assert!(err.contains("bundle-signing.key.pub"), "{name}: {err}");
+        assert!(!err.contains("listening"), "{name}: {err}");
+        assert!(
+            !data_dir.exists(),
+            "{name}: nothing is written before the bundle loads"
+        );
+    }
+
+    let bundle_path = tmp.path().join("signed.bundle");
+    std::fs::write(&bundle_path, signed.to_bytes()).unwrap();
+    let config = bundle_config(tmp.path(), "signed.toml", &bundle_path, Some(&public_key));
+    let server = start_server_with(&config, &tmp.path().join("data"));
+    assert_eq!(
+        healthz_bundle(&server),
+        format!("sha256:{}", unsigned.hash_hex()),
+        "signing leaves the bundle hash as it was"
+    );
     stop_server(server);
 }

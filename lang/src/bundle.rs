@@ -4,7 +4,9 @@
 //! ([`Bundle::from_bytes`]). Out: a [`Bundle`] whose every table, index and block of code has
 //! been checked, so that the VM can run it without meeting an index out of range, a jump out of
 //! its block or a value of the wrong type. Building goes through the same loader, so a bundle
-//! in memory is always one that would load from disk. `docs/bundle-format.md` describes the
+//! in memory is always one that would load from disk. A bundle may carry an ed25519 signature
+//! after its content hash ([`signing`]); [`Bundle::from_bytes_verified`] refuses one that a
+//! given key did not sign before reading its sections. `docs/bundle-format.md` describes the
 //! format field by field.
 
 use std::collections::HashSet;
@@ -24,7 +26,9 @@ use crate::schema::{
     CUSTOM_CLAIMS_KIND, ClaimType, CustomClaimError, CustomClaims, DeclaredClaim, ProviderKind,
 };
 
+pub mod signing;
 mod zones;
+pub use signing::{BundleSignature, SignatureError, SigningKey, VerifyingKey};
 pub use zones::{MAX_TZIF_LEN, WindowEntry, ZoneEntry};
 
 /// The first eight bytes of every bundle.
@@ -194,8 +198,10 @@ pub struct Bundle {
     /// The rules of `target any`.
     index_any: RuleList,
     blocks: Vec<Vec<Instr>>,
+    /// Header through content hash: what the hash identifies, without a signature trailer.
     bytes: Vec<u8>,
     hash: [u8; 32],
+    signature: Option<BundleSignature>,
 }
 
 /// Why a bundle could not be built or loaded.
@@ -211,6 +217,16 @@ pub enum BundleError {
     Truncated { expected: u64, actual: usize },
     #[error("the bundle has {extra} bytes after its end")]
     TrailingBytes { extra: usize },
+    #[error("the bundle's signature trailer is {actual} bytes long; it should be {expected}")]
+    SignatureLength { actual: usize, expected: usize },
+    #[error(
+        "the bundle is signed with algorithm {algorithm}, which this build does not know; it \
+         knows 1 (ed25519)"
+    )]
+    SignatureAlgorithm { algorithm: u16 },
+    /// Only from [`Bundle::from_bytes_verified`].
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     #[error("the bundle is corrupt: its content hash is {actual}, but it records {recorded}")]
     HashMismatch { recorded: String, actual: String },
     #[error("the bundle has {count} sections; version {FORMAT_VERSION} has 8 to 16")]
@@ -297,17 +313,52 @@ impl Bundle {
         Bundle::from_bytes(&bytes)
     }
 
-    /// The bundle file's bytes; the same policy set always gives the same bytes.
+    /// The bundle file's bytes, with the signature trailer when it is signed; the same policy
+    /// set always gives the same unsigned bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        self.bytes.clone()
+        let mut bytes = self.bytes.clone();
+        if let Some(signature) = &self.signature {
+            bytes.extend(signature.trailer());
+        }
+        bytes
     }
 
-    /// Loads and checks a bundle. Never panics, and allocates in proportion to `bytes`.
+    /// Loads and checks a bundle, signed or not, without checking a signature it carries.
+    /// Never panics, and allocates in proportion to `bytes`.
     pub fn from_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
-        read::bundle(bytes)
+        read::bundle(bytes, None)
     }
 
-    /// The SHA-256 of the bundle's header and sections.
+    /// Loads a bundle only if `key` signed it: an unsigned bundle, one signed by another key
+    /// and one altered after signing are each refused with their [`SignatureError`], after
+    /// the header, content hash and trailer are checked and before any section is read.
+    pub fn from_bytes_verified(bytes: &[u8], key: &VerifyingKey) -> Result<Bundle, BundleError> {
+        read::bundle(bytes, Some(key))
+    }
+
+    /// The same bundle signed with `key`: the same unsigned bytes and content hash, followed
+    /// by a signature trailer, which replaces any the bundle carried.
+    pub fn sign(&self, key: &SigningKey) -> Bundle {
+        Bundle {
+            signature: Some(signing::sign(&self.bytes, key)),
+            ..self.clone()
+        }
+    }
+
+    /// The signature the bundle carries, as recorded: not yet checked against any key.
+    pub fn signature(&self) -> Option<&BundleSignature> {
+        self.signature.as_ref()
+    }
+
+    /// Checks that `key` signed exactly these bytes.
+    pub fn verify_signature(&self, key: &VerifyingKey) -> Result<(), SignatureError> {
+        let Some(signature) = &self.signature else {
+            return Err(SignatureError::Unsigned);
+        };
+        signing::verify(&self.bytes, signature, key)
+    }
+
+    /// The SHA-256 of the bundle's header and sections; signing does not change it.
     pub fn hash(&self) -> [u8; 32] {
         self.hash
     }
@@ -1029,8 +1080,17 @@ mod read {
         }
     }
 
-    pub(super) fn bundle(bytes: &[u8]) -> Result<Bundle, BundleError> {
-        let (body, hash) = header(bytes)?;
+    pub(super) fn bundle(bytes: &[u8], key: Option<&VerifyingKey>) -> Result<Bundle, BundleError> {
+        let Header {
+            unsigned,
+            body,
+            hash,
+            signature,
+        } = header(bytes)?;
+        if let Some(key) = key {
+            let signature = signature.as_ref().ok_or(SignatureError::Unsigned)?;
+            signing::verify(unsigned, signature, key)?;
+        }
         let (sections, optional) = section_table(body)?;
         let [
             credentials,
@@ -1096,14 +1156,25 @@ mod read {
             index,
             index_any,
             blocks,
-            bytes: bytes.to_vec(),
+            bytes: unsigned.to_vec(),
             hash,
+            signature,
         })
     }
 
-    /// Checks magic, version, length and hash; returns everything the hash covers, and the
-    /// hash.
-    fn header(bytes: &[u8]) -> Result<(&[u8], [u8; 32]), BundleError> {
+    /// A bundle file taken apart by [`header`].
+    struct Header<'b> {
+        /// Header through content hash.
+        unsigned: &'b [u8],
+        /// Everything the hash covers.
+        body: &'b [u8],
+        hash: [u8; 32],
+        /// The trailer after the hash, if any; not yet verified.
+        signature: Option<BundleSignature>,
+    }
+
+    /// Checks magic, version, length, the signature trailer's form and the content hash.
+    fn header(bytes: &[u8]) -> Result<Header<'_>, BundleError> {
         let truncated = |expected: usize| BundleError::Truncated {
             expected: expected as u64,
             actual: bytes.len(),
@@ -1120,18 +1191,14 @@ mod read {
             return Err(BundleError::UnsupportedVersion { version });
         }
         let total = u32::from_le_bytes([l0, l1, l2, l3]) as usize;
-        if bytes.len() < total {
+        let Some((unsigned, extra)) = bytes.split_at_checked(total) else {
             return Err(truncated(total));
-        }
-        if bytes.len() > total {
-            return Err(BundleError::TrailingBytes {
-                extra: bytes.len() - total,
-            });
-        }
+        };
+        let signature = signing::read_trailer(extra)?;
         let Some(body_len) = total.checked_sub(HASH_LEN).filter(|len| *len >= HEADER_LEN) else {
             return Err(truncated(HEADER_LEN + HASH_LEN));
         };
-        let (body, recorded) = bytes.split_at(body_len);
+        let (body, recorded) = unsigned.split_at(body_len);
         let mut actual = [0u8; 32];
         actual.copy_from_slice(&Sha256::digest(body));
         if actual.as_slice() != recorded {
@@ -1140,7 +1207,12 @@ mod read {
                 actual: hex::encode(actual),
             });
         }
-        Ok((body, actual))
+        Ok(Header {
+            unsigned,
+            body,
+            hash: actual,
+            signature,
+        })
     }
 
     /// The eight required sections and the optional ones (an absent one is empty).

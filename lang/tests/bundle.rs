@@ -1,6 +1,7 @@
 //! The bundle format from the outside: determinism, round trips, and what the loader says
 //! about damaged or forged bytes. Forged bundles carry a recomputed hash, so that they reach
-//! the section checks behind it.
+//! the section checks behind it. Signed bundles: what the signature covers, and each way a
+//! signature is refused.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,7 +11,14 @@
 
 use std::ops::Range;
 
-use portcullis_lang::bundle::{Bundle, BundleError, FORMAT_VERSION, SectionKind};
+use ed25519_dalek::Signature;
+use portcullis_lang::bundle::signing::{
+    self, KeyError, TRAILER_LEN, signing_key_from_pem, signing_key_to_pem, verifying_key_from_pem,
+    verifying_key_to_pem,
+};
+use portcullis_lang::bundle::{
+    Bundle, BundleError, FORMAT_VERSION, SectionKind, SignatureError, SigningKey, VerifyingKey,
+};
 use portcullis_lang::bytecode::{DecodeError, VerifyError};
 use portcullis_lang::ir::{
     Alternative, Annotations, Condition, ConditionId, Credential, CredentialId, CredentialKind,
@@ -756,4 +764,302 @@ fn forged_full_bytes_never_panic() {
             assert_eq!(bundle.to_bytes(), bytes);
         }
     }
+}
+
+/// A key pair from a fixed seed, so that signed bundles are the same on every run.
+fn key(seed: u8) -> (SigningKey, VerifyingKey) {
+    let signing = SigningKey::from_bytes(&[seed; 32]);
+    let verifying = signing.verifying_key();
+    (signing, verifying)
+}
+
+fn signed() -> Bundle {
+    Bundle::from_policy_set(&policy_set())
+        .unwrap()
+        .sign(&key(1).0)
+}
+
+fn refused_for(bytes: &[u8], key: &VerifyingKey) -> SignatureError {
+    match Bundle::from_bytes_verified(bytes, key) {
+        Err(BundleError::Signature(error)) => error,
+        other => panic!("expected a signature error, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_signed_bundle_verifies_and_keeps_its_hash() {
+    let unsigned = Bundle::from_policy_set(&policy_set()).unwrap();
+    let (signing_key, verifying_key) = key(1);
+    let signed = unsigned.sign(&signing_key);
+    assert_eq!(
+        signed.hash(),
+        unsigned.hash(),
+        "one identity, signed or not"
+    );
+    let bytes = signed.to_bytes();
+    assert_eq!(bytes.len(), unsigned.to_bytes().len() + TRAILER_LEN);
+    assert!(bytes.starts_with(&unsigned.to_bytes()));
+    assert_eq!(signed.verify_signature(&verifying_key), Ok(()));
+    let loaded = Bundle::from_bytes_verified(&bytes, &verifying_key).unwrap();
+    assert_eq!(loaded, signed);
+    assert_eq!(loaded.to_bytes(), bytes);
+    assert_eq!(loaded.verify_signature(&verifying_key), Ok(()));
+    assert_eq!(
+        signed.sign(&signing_key),
+        signed,
+        "signing again changes nothing"
+    );
+    assert_eq!(
+        unsigned.sign(&signing_key).to_bytes(),
+        bytes,
+        "deterministic"
+    );
+}
+
+#[test]
+fn a_signed_bundle_reads_without_a_key() {
+    let signed = signed();
+    let loaded = Bundle::from_bytes(&signed.to_bytes()).unwrap();
+    let signature = loaded.signature().unwrap();
+    let (_, verifying_key) = key(1);
+    assert_eq!(signature.public_key(), verifying_key.as_bytes());
+    assert_eq!(signature.key_id(), signing::key_id(&verifying_key));
+    assert_eq!(signature.key_id().len(), 16);
+    assert_eq!(loaded.rules()[0].name, "acme_ci_reads_api");
+    assert!(
+        Bundle::from_policy_set(&policy_set())
+            .unwrap()
+            .signature()
+            .is_none()
+    );
+}
+
+#[test]
+fn the_signature_covers_every_byte_before_it() {
+    // What docs/bundle-format.md tells a verifier in another language to do.
+    let bytes = signed().to_bytes();
+    let (_, verifying_key) = key(1);
+    let unsigned_len = u32_at(&bytes, 12) as usize;
+    let trailer = &bytes[unsigned_len..];
+    assert_eq!(trailer.len(), 106);
+    assert_eq!(&trailer[..8], b"GATESIGN");
+    assert_eq!(u16::from_le_bytes([trailer[8], trailer[9]]), 1);
+    assert_eq!(&trailer[10..42], verifying_key.as_bytes());
+    let (message, signature) = bytes.split_at(bytes.len() - 64);
+    let signature = Signature::from_slice(signature).unwrap();
+    verifying_key.verify_strict(message, &signature).unwrap();
+}
+
+#[test]
+fn an_unsigned_bundle_is_refused_under_a_key() {
+    let (_, verifying_key) = key(1);
+    let unsigned = Bundle::from_policy_set(&policy_set()).unwrap();
+    assert_eq!(
+        unsigned.verify_signature(&verifying_key),
+        Err(SignatureError::Unsigned)
+    );
+    let error = refused_for(&unsigned.to_bytes(), &verifying_key);
+    assert_eq!(error, SignatureError::Unsigned);
+    assert_eq!(error.to_string(), "the bundle is not signed");
+    let mut stripped = signed().to_bytes();
+    stripped.truncate(stripped.len() - TRAILER_LEN);
+    assert_eq!(
+        refused_for(&stripped, &verifying_key),
+        SignatureError::Unsigned
+    );
+}
+
+#[test]
+fn another_key_is_refused() {
+    let signed = signed();
+    let (_, signer) = key(1);
+    let (_, other) = key(2);
+    let expected = SignatureError::OtherKey {
+        found: signing::key_id(&signer),
+        expected: signing::key_id(&other),
+    };
+    assert_eq!(signed.verify_signature(&other), Err(expected.clone()));
+    assert_eq!(refused_for(&signed.to_bytes(), &other), expected);
+    assert!(
+        expected
+            .to_string()
+            .starts_with("the bundle is signed by key ")
+    );
+    // Naming the other key in the trailer does not make the signature its.
+    let mut renamed = signed.to_bytes();
+    let key_at = renamed.len() - 96;
+    renamed[key_at..key_at + 32].copy_from_slice(other.as_bytes());
+    assert_eq!(refused_for(&renamed, &other), SignatureError::Mismatch);
+}
+
+#[test]
+fn every_flipped_byte_of_a_signed_bundle_is_refused() {
+    let bytes = signed().to_bytes();
+    let (_, verifying_key) = key(1);
+    for at in 0..bytes.len() {
+        for mask in [0x01, 0x80, 0xff] {
+            let mut corrupt = bytes.clone();
+            corrupt[at] ^= mask;
+            assert!(
+                Bundle::from_bytes_verified(&corrupt, &verifying_key).is_err(),
+                "byte {at} ^ {mask:#x}"
+            );
+        }
+    }
+    // Behind a recomputed content hash, an edit of the sections passes the loader's header
+    // checks and is refused for its signature, before any section is read.
+    let unsigned_len = bytes.len() - TRAILER_LEN;
+    for at in 16..unsigned_len - 32 {
+        let mut forged = bytes.clone();
+        forged[at] ^= 0x01;
+        rehash(&mut forged[..unsigned_len]);
+        assert_eq!(
+            refused_for(&forged, &verifying_key),
+            SignatureError::Mismatch,
+            "byte {at}"
+        );
+    }
+    for at in bytes.len() - 64..bytes.len() {
+        let mut forged = bytes.clone();
+        forged[at] ^= 0x01;
+        let loaded = Bundle::from_bytes(&forged).unwrap();
+        assert_eq!(
+            loaded.verify_signature(&verifying_key),
+            Err(SignatureError::Mismatch),
+            "signature byte {at}"
+        );
+    }
+}
+
+#[test]
+fn a_signature_cannot_move_to_another_bundle() {
+    let (signing_key, verifying_key) = key(1);
+    let first = signed().to_bytes();
+    let second = Bundle::from_bytes(&full_bytes())
+        .unwrap()
+        .sign(&signing_key)
+        .to_bytes();
+    let first_len = first.len() - TRAILER_LEN;
+    let second_len = second.len() - TRAILER_LEN;
+    let mut swapped = first[..first_len].to_vec();
+    swapped.extend(&second[second_len..]);
+    // It reads as signed, by the right key, and is refused all the same.
+    let loaded = Bundle::from_bytes(&swapped).unwrap();
+    assert_eq!(
+        loaded.signature().unwrap().public_key(),
+        verifying_key.as_bytes()
+    );
+    assert_eq!(
+        loaded.verify_signature(&verifying_key),
+        Err(SignatureError::Mismatch)
+    );
+    assert_eq!(
+        refused_for(&swapped, &verifying_key),
+        SignatureError::Mismatch
+    );
+    assert!(
+        SignatureError::Mismatch
+            .to_string()
+            .contains("altered after signing")
+    );
+}
+
+#[test]
+fn malformed_signature_trailers_are_refused() {
+    let bytes = signed().to_bytes();
+    let unsigned_len = bytes.len() - TRAILER_LEN;
+    for len in unsigned_len + 1..bytes.len() {
+        assert_eq!(
+            Bundle::from_bytes(&bytes[..len]).unwrap_err(),
+            BundleError::SignatureLength {
+                actual: len - unsigned_len,
+                expected: TRAILER_LEN
+            },
+            "{len}"
+        );
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(
+        Bundle::from_bytes(&longer).unwrap_err(),
+        BundleError::SignatureLength {
+            actual: TRAILER_LEN + 1,
+            expected: TRAILER_LEN
+        }
+    );
+    let mut other_algorithm = bytes.clone();
+    other_algorithm[unsigned_len + 8] = 2;
+    let error = Bundle::from_bytes(&other_algorithm).unwrap_err();
+    assert_eq!(error, BundleError::SignatureAlgorithm { algorithm: 2 });
+    assert_eq!(
+        error.to_string(),
+        "the bundle is signed with algorithm 2, which this build does not know; it knows 1 \
+         (ed25519)"
+    );
+    let mut garbage = bytes[..unsigned_len].to_vec();
+    garbage.extend(b"not a signature");
+    assert_eq!(
+        Bundle::from_bytes(&garbage).unwrap_err(),
+        BundleError::TrailingBytes { extra: 15 }
+    );
+}
+
+/// Made by `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout`; test use only.
+const OPENSSL_PRIVATE_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIMrwzrKb7DvCBkl90QOLqgdbIbfcXj0HnnG3+NWRxLbG
+-----END PRIVATE KEY-----
+";
+const OPENSSL_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEA9ydw9JpMMrb4fkxWnn/SaWj2a7JeniPBoFlYM26jqfw=
+-----END PUBLIC KEY-----
+";
+
+#[test]
+fn keys_are_read_and_written_as_pem() {
+    let (signing_key, verifying_key) = key(3);
+    let private_pem = signing_key_to_pem(&signing_key).unwrap();
+    assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    let read = signing_key_from_pem(&private_pem).unwrap();
+    assert_eq!(read.to_bytes(), signing_key.to_bytes());
+    let public_pem = verifying_key_to_pem(&verifying_key).unwrap();
+    assert!(public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    assert_eq!(verifying_key_from_pem(&public_pem).unwrap(), verifying_key);
+
+    let openssl_key = signing_key_from_pem(OPENSSL_PRIVATE_KEY).unwrap();
+    let openssl_public = verifying_key_from_pem(OPENSSL_PUBLIC_KEY).unwrap();
+    assert_eq!(openssl_key.verifying_key(), openssl_public);
+    // Written as OpenSSL writes them, so that OpenSSL 3.0 reads them back.
+    assert_eq!(
+        signing_key_to_pem(&openssl_key).unwrap().as_str(),
+        OPENSSL_PRIVATE_KEY
+    );
+    assert_eq!(
+        verifying_key_to_pem(&openssl_public).unwrap(),
+        OPENSSL_PUBLIC_KEY
+    );
+    let bundle = signed().sign(&openssl_key);
+    assert_eq!(bundle.verify_signature(&openssl_public), Ok(()));
+
+    assert_eq!(
+        verifying_key_from_pem(&private_pem),
+        Err(KeyError::PrivateWherePublic)
+    );
+    assert_eq!(
+        signing_key_from_pem(&public_pem),
+        Err(KeyError::PublicWherePrivate)
+    );
+    assert!(matches!(
+        verifying_key_from_pem("not a key"),
+        Err(KeyError::NotPublicKey { .. })
+    ));
+    // An RSA or P-256 key in the right PEM form is not an ed25519 key.
+    let p256 = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/fixtures/untrusted-p256.key.pem"
+    ))
+    .unwrap();
+    assert!(matches!(
+        signing_key_from_pem(&p256),
+        Err(KeyError::NotPrivateKey { .. })
+    ));
 }

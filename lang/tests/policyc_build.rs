@@ -1,5 +1,7 @@
 //! `policyc build -o` writes a bundle to a regular file or through a symlink to one, and
 //! refuses to replace anything else: a directory, a pipe, or a source of the policy set.
+//! `policyc keygen` writes a key pair without ever replacing a file, and `build --sign` signs
+//! with its private key.
 
 #![allow(
     clippy::unwrap_used,
@@ -10,6 +12,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use portcullis_lang::bundle::{Bundle, signing};
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")
@@ -24,6 +28,38 @@ fn build(policies: &Path, output: &Path) -> Output {
         .arg(output)
         .output()
         .unwrap()
+}
+
+fn policyc(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_policyc"))
+        .env("NO_COLOR", "1")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn keygen(out: &Path) -> Output {
+    policyc(&["keygen".as_ref(), "--out".as_ref(), out.as_os_str()])
+}
+
+fn build_signed(policies: &Path, output: &Path, key: &Path) -> Output {
+    policyc(&[
+        "build".as_ref(),
+        policies.as_os_str(),
+        "-o".as_ref(),
+        output.as_os_str(),
+        "--sign".as_ref(),
+        key.as_os_str(),
+    ])
+}
+
+fn succeeded(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
 }
 
 fn refused(out: &Output, why: &str) {
@@ -130,4 +166,73 @@ fn test_without_any_test_declaration_fails() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("declares no `test`"), "{stderr}");
+}
+
+#[test]
+fn keygen_writes_an_owner_only_private_key_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let private = tmp.path().join("signing.key");
+    let public = tmp.path().join("signing.key.pub");
+    let stdout = succeeded(&keygen(&private));
+    let private_pem = std::fs::read_to_string(&private).unwrap();
+    let public_pem = std::fs::read_to_string(&public).unwrap();
+    assert!(private_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    assert!(public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    let key = signing::verifying_key_from_pem(&public_pem).unwrap();
+    let pair = signing::signing_key_from_pem(&private_pem).unwrap();
+    assert_eq!(pair.verifying_key(), key);
+    assert!(stdout.contains(&signing::key_id(&key)), "{stdout}");
+
+    refused(&keygen(&private), "already exists");
+    assert_eq!(std::fs::read_to_string(&private).unwrap(), private_pem);
+    assert_eq!(std::fs::read_to_string(&public).unwrap(), public_pem);
+
+    // A public key in the way stops the private one from being written at all.
+    let lone = tmp.path().join("lone.key");
+    std::fs::write(tmp.path().join("lone.key.pub"), "keep me").unwrap();
+    refused(&keygen(&lone), "already exists");
+    assert!(!lone.exists());
+    let link = tmp.path().join("link.key");
+    std::os::unix::fs::symlink(tmp.path().join("nowhere"), &link).unwrap();
+    refused(&keygen(&link), "already exists");
+    assert!(!tmp.path().join("nowhere").exists());
+}
+
+#[test]
+fn build_signs_with_the_key_keygen_wrote() {
+    let tmp = tempfile::tempdir().unwrap();
+    let private = tmp.path().join("signing.key");
+    succeeded(&keygen(&private));
+    let public_pem = std::fs::read_to_string(tmp.path().join("signing.key.pub")).unwrap();
+    let public = signing::verifying_key_from_pem(&public_pem).unwrap();
+
+    let unsigned_path = tmp.path().join("unsigned.bundle");
+    succeeded(&build(&examples(), &unsigned_path));
+    let signed_path = tmp.path().join("signed.bundle");
+    let stdout = succeeded(&build_signed(&examples(), &signed_path, &private));
+    assert!(
+        stdout.contains(&format!("signed by key {}", signing::key_id(&public))),
+        "{stdout}"
+    );
+    let bytes = std::fs::read(&signed_path).unwrap();
+    let signed = Bundle::from_bytes_verified(&bytes, &public).unwrap();
+    let unsigned = Bundle::from_bytes(&std::fs::read(&unsigned_path).unwrap()).unwrap();
+    assert_eq!(signed.hash(), unsigned.hash());
+    assert!(stdout.contains(&signed.hash_hex()), "{stdout}");
+
+    let not_written = tmp.path().join("not-written.bundle");
+    let public_path = tmp.path().join("signing.key.pub");
+    refused(
+        &build_signed(&examples(), &not_written, &public_path),
+        "this is a public key, where the private key belongs",
+    );
+    refused(
+        &build_signed(&examples(), &not_written, &tmp.path().join("absent.key")),
+        "cannot use the key",
+    );
+    assert!(!not_written.exists());
 }

@@ -1,6 +1,6 @@
 //! `policyc`, the Gate compiler on the command line: `check` policy sets and report every error
 //! and warning (for a person, as JSON, or as SARIF for code scanning), or `build` one into a
-//! bundle file.
+//! bundle file, signed with `--sign` by a key that `keygen` made.
 //!
 //! Exit status: 0 on success, warnings alone included; 1 when a policy set has errors (or
 //! warnings, under `--deny-warnings`); 2 on a usage error or when a file cannot be read or
@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis_lang::bundle::signing::{
+    self, KeyError, SigningKey, Zeroizing, signing_key_from_pem, signing_key_to_pem,
+    verifying_key_to_pem,
+};
 use portcullis_lang::bundle::{Bundle, BundleError};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
 use portcullis_lang::diagnostic::{Diagnostic, Severity, render};
@@ -42,7 +46,9 @@ Examples:
   policyc fmt --check policies/
   policyc test examples/policies
   policyc test --format junit policies/ > policy-tests.xml
-  policyc build examples/policies -o policies.bundle";
+  policyc build examples/policies -o policies.bundle
+  policyc keygen --out bundle-signing.key
+  policyc build examples/policies -o policies.bundle --sign bundle-signing.key";
 
 const CHECK_HELP: &str = "\
 Each PATH is one policy set: a `.gate` file, or a directory whose `.gate` files, found
@@ -63,13 +69,34 @@ Examples:
   policyc check --claims custom-claims.json policies/";
 
 const BUILD_HELP: &str = "\
+With --sign KEYFILE, the bundle ends with an ed25519 signature by that private key (PKCS#8
+PEM, as `policyc keygen` or `openssl genpkey -algorithm ed25519` writes it) over every byte
+before the signature. The bundle's content hash is the same signed or not. A server with
+`public_key` under `[policy]` serves only bundles that the matching private key signed
+(docs/bundle-format.md, \"Signature\").
+
 Exit status: 0 written, 1 errors in the policy set or a bundle that cannot be built, 2 a path
-that cannot be read or written.
+or signing key that cannot be read or written.
 
 Examples:
   policyc build examples/policies -o policies.bundle
   policyc build policies/billing.gate --output /etc/portcullis/billing.bundle
-  policyc build policies/ --claims custom-claims.json -o policies.bundle";
+  policyc build policies/ --claims custom-claims.json -o policies.bundle
+  policyc build policies/ -o policies.bundle --sign bundle-signing.key";
+
+const KEYGEN_HELP: &str = "\
+Writes a new ed25519 private key to PATH as PKCS#8 PEM, readable and writable by its owner
+only (mode 0600), and its public key to PATH.pub as SPKI PEM. A file, link or directory that
+already stands at either path is never replaced. `policyc build --sign PATH` signs bundles
+with the private key; a server with `public_key = \"PATH.pub\"` under `[policy]` serves
+only the bundles it signed. Keep the private key where bundles are built (a CI secret), and
+only the public key beside the server.
+
+Exit status: 0 written, 2 a path that exists or cannot be written.
+
+Examples:
+  policyc keygen --out bundle-signing.key
+  policyc build policies/ -o policies.bundle --sign bundle-signing.key";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -98,6 +125,17 @@ enum Command {
         output: PathBuf,
         #[command(flatten)]
         claims: ClaimsArg,
+        /// Sign the bundle with this ed25519 private key (PKCS#8 PEM)
+        #[arg(long, value_name = "KEYFILE")]
+        sign: Option<PathBuf>,
+    },
+    /// Generate an ed25519 key pair for signing bundles
+    #[command(after_help = KEYGEN_HELP)]
+    Keygen {
+        /// Where to write the private key; the public key goes to this path with `.pub`
+        /// appended
+        #[arg(short, long, value_name = "PATH")]
+        out: PathBuf,
     },
     /// Format `.gate` files in place, or check that they are formatted
     #[command(after_help = FMT_HELP)]
@@ -172,6 +210,13 @@ enum Failure {
         path: PathBuf,
         message: String,
     },
+    /// A `--sign` key that cannot be read or used, or a new key that cannot be encoded.
+    Key {
+        path: PathBuf,
+        message: String,
+    },
+    /// The operating system gave no randomness for a new key.
+    Random(getrandom::Error),
     Write {
         path: PathBuf,
         error: std::io::Error,
@@ -182,7 +227,11 @@ impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
             Failure::Invalid(_) | Failure::Bundle(_) => 1,
-            Failure::Read(_) | Failure::Claims { .. } | Failure::Write { .. } => 2,
+            Failure::Read(_)
+            | Failure::Claims { .. }
+            | Failure::Key { .. }
+            | Failure::Random(_)
+            | Failure::Write { .. } => 2,
         }
     }
 }
@@ -207,6 +256,13 @@ impl fmt::Display for Failure {
                     path.display()
                 )
             }
+            Failure::Key { path, message } => {
+                write!(f, "cannot use the key `{}`: {message}", path.display())
+            }
+            Failure::Random(error) => write!(
+                f,
+                "cannot generate a key: the operating system gave no randomness: {error}"
+            ),
             Failure::Write { path, error } => {
                 write!(f, "cannot write `{}`: {error}", path.display())
             }
@@ -222,9 +278,12 @@ fn main() -> ExitCode {
             path,
             output,
             claims,
-        } => claims
-            .load()
-            .and_then(|claims| build(path, output, &claims)),
+            sign,
+        } => claims.load().and_then(|claims| {
+            let key = sign.as_deref().map(read_signing_key).transpose()?;
+            build(path, output, &claims, key.as_ref())
+        }),
+        Command::Keygen { out } => keygen(out),
         Command::Fmt(args) => return format_paths(args),
         Command::Test(args) => return run_tests(args),
     };
@@ -440,7 +499,12 @@ fn parse_duration(text: &str) -> Result<u64, String> {
     Ok(total)
 }
 
-fn build(path: &Path, output: &Path, custom_claims: &CustomClaims) -> Result<String, Failure> {
+fn build(
+    path: &Path,
+    output: &Path,
+    custom_claims: &CustomClaims,
+    signing_key: Option<&SigningKey>,
+) -> Result<String, Failure> {
     let files = read_policy_path(path).map_err(Failure::Read)?;
     let outcome = analyze_with_claims(&files, &LintOptions::default(), custom_claims);
     let n_warnings = outcome.count(Severity::Warning);
@@ -455,7 +519,10 @@ fn build(path: &Path, output: &Path, custom_claims: &CustomClaims) -> Result<Str
             path.display()
         );
     }
-    let bundle = Bundle::from_policy_set(&set).map_err(Failure::Bundle)?;
+    let mut bundle = Bundle::from_policy_set(&set).map_err(Failure::Bundle)?;
+    if let Some(key) = signing_key {
+        bundle = bundle.sign(key);
+    }
     let bytes = bundle.to_bytes();
     let write_error = |error| Failure::Write {
         path: output.to_owned(),
@@ -463,12 +530,97 @@ fn build(path: &Path, output: &Path, custom_claims: &CustomClaims) -> Result<Str
     };
     let target = bundle_target(output, &files).map_err(write_error)?;
     write_atomically(&target, &bytes).map_err(write_error)?;
+    let signed = match bundle.signature() {
+        Some(signature) => format!(", signed by key {}", signature.key_id()),
+        None => String::new(),
+    };
     Ok(format!(
-        "wrote {} ({} bytes, bundle sha256:{})",
+        "wrote {} ({} bytes, bundle sha256:{}{signed})",
         output.display(),
         bytes.len(),
         bundle.hash_hex()
     ))
+}
+
+/// Key files larger than this are refused unread; a PEM ed25519 key takes about 120 bytes.
+const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads the private key of `--sign`.
+fn read_signing_key(path: &Path) -> Result<SigningKey, Failure> {
+    let failure = |message: String| Failure::Key {
+        path: path.to_owned(),
+        message,
+    };
+    let size = fs::metadata(path).map_err(|error| failure(error.to_string()))?;
+    if size.len() > MAX_KEY_FILE_BYTES {
+        return Err(failure(format!(
+            "the file is larger than {MAX_KEY_FILE_BYTES} bytes"
+        )));
+    }
+    let text = fs::read_to_string(path).map_err(|error| failure(error.to_string()))?;
+    let text = Zeroizing::new(text);
+    signing_key_from_pem(&text).map_err(|error| failure(error.to_string()))
+}
+
+/// `policyc keygen`: a new key pair, the private key at `out` (owner only) and the public key
+/// beside it. Neither file may exist; if the second cannot be written, the first is removed.
+fn keygen(out: &Path) -> Result<String, Failure> {
+    let public_path = public_key_path(out);
+    for path in [out, public_path.as_path()] {
+        if fs::symlink_metadata(path).is_ok() {
+            return Err(Failure::Write {
+                path: path.to_owned(),
+                error: std::io::Error::other("refusing to replace it: it already exists"),
+            });
+        }
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice()).map_err(Failure::Random)?;
+    let key = SigningKey::from_bytes(&seed);
+    let encode_failure = |error: KeyError| Failure::Key {
+        path: out.to_owned(),
+        message: error.to_string(),
+    };
+    let private_pem = signing_key_to_pem(&key).map_err(encode_failure)?;
+    let public_pem = verifying_key_to_pem(&key.verifying_key()).map_err(encode_failure)?;
+    let write_failure = |path: &Path, error| Failure::Write {
+        path: path.to_owned(),
+        error,
+    };
+    write_new_file(out, private_pem.as_bytes(), true).map_err(|error| write_failure(out, error))?;
+    if let Err(error) = write_new_file(&public_path, public_pem.as_bytes(), false) {
+        let _ = fs::remove_file(out);
+        return Err(write_failure(&public_path, error));
+    }
+    Ok(format!(
+        "wrote {} (private key, mode 0600) and {} (public key, key {})",
+        out.display(),
+        public_path.display(),
+        signing::key_id(&key.verifying_key())
+    ))
+}
+
+/// `PATH.pub`: the path with `.pub` appended to its file name.
+fn public_key_path(private: &Path) -> PathBuf {
+    let mut name = private.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+/// Creates a file that must not exist yet (a link standing there counts), readable and
+/// writable by its owner only when `owner_only`, and flushes it to disk.
+fn write_new_file(path: &Path, bytes: &[u8], owner_only: bool) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if owner_only {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = owner_only;
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 /// Where a bundle for `output` may be written: `output` itself, or the file a symlink there
