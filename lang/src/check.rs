@@ -2780,6 +2780,20 @@ mod tests {
     }
 
     #[test]
+    fn a_time_zone_abbreviation_is_offered_its_zone() {
+        let text = r#"condition c { request.time within 09:00..17:00 in "PST" }"#;
+        let diags = compile_one(text).unwrap_err();
+        assert_eq!(diags.len(), 1);
+        assert_eq!(
+            diags[0].help_text(),
+            Some(
+                "`PST` is an abbreviation, not a zone; for that local time write \
+                 `\"America/Los_Angeles\"`"
+            )
+        );
+    }
+
+    #[test]
     fn a_quoted_number_compared_with_an_integer_gets_help() {
         let text = r#"
             workload w { oidc { } }

@@ -426,6 +426,23 @@ impl Report {
     }
 }
 
+/// `text` safe to print on a terminal: each control character but tab and line breaks becomes a
+/// space and each bidirectional control `U+FFFD`, so that a policy file cannot send escape
+/// sequences to whoever reads its diagnostics. Every replacement has the byte length of what it
+/// replaces, so spans and columns stay valid.
+fn displayable(text: &str) -> String {
+    text.chars()
+        .map(|ch| match ch {
+            '\t' | '\n' | '\r' => ch,
+            _ if ch.is_ascii_control() => ' ',
+            _ if crate::lexer::is_hidden_control(ch) && ch.len_utf8() == 3 => '\u{FFFD}',
+            // C1 controls are two bytes in UTF-8, as is `¿`.
+            _ if crate::lexer::is_hidden_control(ch) => '\u{BF}',
+            _ => ch,
+        })
+        .collect()
+}
+
 /// The files of a policy set, shared by every diagnostic about them.
 pub(crate) struct Sources {
     files: Vec<NamedSource<Arc<str>>>,
@@ -435,7 +452,7 @@ impl Sources {
     pub(crate) fn new(files: &[SourceFile]) -> Sources {
         let files = files
             .iter()
-            .map(|file| NamedSource::new(&file.name, Arc::<str>::from(file.text.as_str())))
+            .map(|file| NamedSource::new(&file.name, Arc::<str>::from(displayable(&file.text))))
             .collect();
         Sources { files }
     }

@@ -24,6 +24,10 @@ pub enum LexError {
     /// `offset` is where the backslash sits, in bytes from the opening quote.
     #[error("invalid escape `\\{escape}` in string")]
     InvalidEscape { escape: char, offset: usize },
+    /// A control or bidirectional-override character inside a string, `offset` bytes from the
+    /// opening quote: invisible in an editor, and able to change what a terminal shows.
+    #[error("control character U+{:04X} in string", u32::from(*ch))]
+    ControlInString { ch: char, offset: usize },
     #[error("integer literal out of range")]
     IntegerOverflow,
     #[error("invalid duration")]
@@ -293,11 +297,22 @@ fn lex_string<'input>(lex: &mut logos::Lexer<'input, Token<'input>>) -> Result<S
                     }
                 }
             }
+            other if is_hidden_control(other) => {
+                let error = LexError::ControlInString { ch: other, offset };
+                invalid_escape.get_or_insert(error);
+            }
             other => value.push(other),
         }
     }
     lex.bump(lex.remainder().len());
     Err(LexError::UnterminatedString)
+}
+
+/// Whether `ch` is a control character other than tab, or a Unicode bidirectional control:
+/// characters a reader does not see as written, which Gate refuses in strings.
+pub fn is_hidden_control(ch: char) -> bool {
+    (ch.is_control() && ch != '\t')
+        || matches!(ch, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 /// A token and its byte range in the file.
@@ -321,6 +336,10 @@ pub fn lex(text: &str) -> Lexed<'_> {
             let start = span.start + offset;
             span = start..start + 1 + escape.len_utf8();
         }
+        if let Err(LexError::ControlInString { ch, offset }) = &result {
+            let start = span.start + 1 + offset;
+            span = start..start + ch.len_utf8();
+        }
         match result {
             Ok(token) => lexed.tokens.push((span.start, token, span.end)),
             Err(LexError::InvalidChar) if text.get(span.start..).is_some_and(is_block_open) => {
@@ -337,6 +356,7 @@ pub fn lex(text: &str) -> Lexed<'_> {
                 let substitute = match error {
                     LexError::UnterminatedString
                     | LexError::InvalidEscape { .. }
+                    | LexError::ControlInString { .. }
                     | LexError::StringTooLong => Some(Token::Str(String::new())),
                     LexError::IntegerOverflow => Some(Token::Int(0)),
                     LexError::InvalidDuration(_) => Some(Token::Duration(1)),
@@ -494,6 +514,25 @@ mod tests {
             lexed.tokens.last().map(|(_, token, _)| token.clone()),
             Some(Token::Ident("y"))
         );
+    }
+
+    #[test]
+    fn control_characters_in_strings_are_errors_at_the_character() {
+        let lexed = lex("a \"x\u{1b}[31m\" b");
+        assert_eq!(
+            lexed.errors,
+            vec![(
+                LexError::ControlInString {
+                    ch: '\u{1b}',
+                    offset: 1
+                },
+                4..5
+            )]
+        );
+        assert_eq!(lexed.tokens.len(), 3, "the string still ends at its quote");
+        let lexed = lex("\"\u{202E}\"");
+        assert_eq!(lexed.errors.len(), 1);
+        assert!(lex("\"a\tb\"").errors.is_empty(), "a raw tab is allowed");
     }
 
     #[test]

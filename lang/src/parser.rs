@@ -40,7 +40,7 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
     let mut reports: Vec<Report> = lexed
         .errors
         .iter()
-        .map(|(error, range)| lex_report(file, error, range))
+        .map(|(error, range)| lex_report(file, error, range, text))
         .collect();
     let decl_starts: Vec<usize> = lexed
         .tokens
@@ -151,7 +151,7 @@ fn parse_expr(file: usize, text: &str) -> Result<ast::Expr, Vec<Report>> {
         let reports = lexed
             .errors
             .iter()
-            .map(|(error, range)| lex_report(file, error, range));
+            .map(|(error, range)| lex_report(file, error, range, text));
         return Err(reports.collect());
     }
     let mut recovered = Vec::new();
@@ -227,16 +227,29 @@ fn is_declaration_start(token: &Token<'_>) -> bool {
     )
 }
 
-fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>) -> Report {
+fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, text: &str) -> Report {
     let span = Span::new(file, range.start, range.end);
     match error {
-        LexError::InvalidChar => Report::new(
-            Code::InvalidCharacter,
-            "invalid character",
-            span,
-            "not valid in Gate",
-        )
-        .help("strings go between double quotes; comments start with `//`"),
+        LexError::InvalidChar => {
+            let found = text.get(range.clone()).unwrap_or_default();
+            let help = match found {
+                "&" => "Gate writes \"and\" as `&&`".to_owned(),
+                "|" => "Gate writes \"or\" as `||`".to_owned(),
+                _ if found.chars().any(|ch| ch.is_alphabetic()) => {
+                    "names are ASCII letters, digits and `_`; other text goes between double \
+                     quotes"
+                        .to_owned()
+                }
+                _ => "strings go between double quotes; comments start with `//`".to_owned(),
+            };
+            Report::new(
+                Code::InvalidCharacter,
+                "invalid character",
+                span,
+                "not valid in Gate",
+            )
+            .help(help)
+        }
         LexError::BlockComment => Report::new(
             Code::InvalidCharacter,
             "block comments are not supported",
@@ -258,6 +271,13 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>) -> 
             "unknown escape",
         )
         .help("the escapes are `\\\"`, `\\\\`, `\\n` and `\\t`"),
+        LexError::ControlInString { ch, .. } => Report::new(
+            Code::InvalidCharacter,
+            format!("control character U+{:04X} in a string", u32::from(*ch)),
+            span,
+            "not shown as written",
+        )
+        .help("write a line break as `\\n` and a tab as `\\t`; other control characters cannot appear"),
         LexError::IntegerOverflow => Report::new(
             Code::IntegerOutOfRange,
             "integer literal out of range",
@@ -772,6 +792,14 @@ mod tests {
                 && m.contains("@severity")),
             "{found:?}"
         );
+    }
+
+    #[test]
+    fn single_ampersand_and_bar_are_offered_the_connectives() {
+        let found = messages("condition k { has request.action & true }");
+        assert!(found.iter().any(|m| m.contains("`&&`")), "{found:?}");
+        let found = messages("condition k { has request.action | true }");
+        assert!(found.iter().any(|m| m.contains("`||`")), "{found:?}");
     }
 
     #[test]

@@ -194,6 +194,28 @@ pub fn local_time_for_standard_time(name: &str) -> Option<&'static str> {
     }
 }
 
+/// The zone most often meant by a time-zone abbreviation that is not itself a zone name
+/// (`PST`, `CEST`, `IST`), for the help of an unknown zone.
+pub fn zone_for_abbreviation(abbreviation: &str) -> Option<&'static str> {
+    let zone = match abbreviation.to_ascii_uppercase().as_str() {
+        "PST" | "PDT" | "PT" => "America/Los_Angeles",
+        "MDT" | "MT" => "America/Denver",
+        "CST" | "CDT" | "CT" => "America/Chicago",
+        "EDT" | "ET" => "America/New_York",
+        "AKST" | "AKDT" => "America/Anchorage",
+        "BST" => "Europe/London",
+        "CEST" => "Europe/Berlin",
+        "EEST" => "Europe/Athens",
+        "IST" => "Asia/Kolkata",
+        "JST" => "Asia/Tokyo",
+        "KST" => "Asia/Seoul",
+        "AEST" | "AEDT" => "Australia/Sydney",
+        "NZST" | "NZDT" => "Pacific/Auckland",
+        _ => return None,
+    };
+    Some(zone)
+}
+
 /// Legacy aliases in the database and the zone each stands for (the IANA `backward` file).
 const ZONE_ALIASES: &[(&str, &str)] = &[
     ("CET", "Europe/Brussels"),

@@ -166,6 +166,12 @@ fn test_without_any_test_declaration_fails() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("declares no `test`"), "{stderr}");
+    // No summary of zero tests that would read as a pass.
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[test]

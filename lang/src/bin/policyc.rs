@@ -881,14 +881,15 @@ fn report_tested_path(tested: &TestedPath, run: Option<&TestRun<'_>>, format: Te
         }
         (Ok(_), None) => return 1,
     };
+    if run.outcomes.is_empty() {
+        // No run to show: a summary of zero tests would read as a pass.
+        eprintln!("error: {}", test_report::no_tests_message(&tested.path));
+        return 1;
+    }
     if format == TestFormat::Human {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "{}:", tested.path);
         let _ = write!(stdout, "{}", policy_test::render(run, &tested.files));
-    }
-    if run.outcomes.is_empty() {
-        eprintln!("error: {}", test_report::no_tests_message(&tested.path));
-        return 1;
     }
     u8::from(run.n_failed() > 0)
 }

