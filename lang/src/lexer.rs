@@ -51,6 +51,28 @@ pub enum DurationError {
     TooLong,
 }
 
+impl DurationError {
+    /// What is wrong, in a few words: the label of a diagnostic.
+    pub fn label(self) -> &'static str {
+        match self {
+            DurationError::Malformed => "not a duration",
+            DurationError::Zero => "zero",
+            DurationError::TooLong => "longer than a year",
+        }
+    }
+
+    /// How to write the duration instead.
+    pub fn help(self) -> &'static str {
+        match self {
+            DurationError::Malformed => {
+                "write digits and a unit, `d`, `h`, `m` or `s`, largest first: `15m`, `1h30m`"
+            }
+            DurationError::Zero => "a duration is positive: `1s` at least",
+            DurationError::TooLong => "a duration is at most `365d`",
+        }
+    }
+}
+
 /// The longest value a string literal may hold, in bytes: 64 KiB, far above any claim, field
 /// or pattern, and a bound on what one literal costs every later stage.
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
@@ -153,7 +175,7 @@ pub enum Token<'input> {
     /// A duration literal in seconds: digits and a unit, `d`, `h`, `m` or `s`, repeated from
     /// the largest unit to the smallest (`1h30m`). Digits followed by any other letters lex as
     /// an invalid duration, so that `15min` is reported as such.
-    #[regex("[0-9]+[A-Za-z][A-Za-z0-9]*", |lex| parse_duration(lex.slice()))]
+    #[regex("[0-9]+[A-Za-z][A-Za-z0-9]*", |lex| parse_duration(lex.slice()).map_err(LexError::InvalidDuration))]
     Duration(u64),
     /// A timestamp as written, `2026-12-31T23:59:59Z`; the checker reads it
     /// ([`crate::time::parse_timestamp`]), so that a malformed one is reported with its reason.
@@ -216,9 +238,20 @@ impl fmt::Display for Token<'_> {
     }
 }
 
-/// The seconds of a duration literal such as `1h30m`; each unit at most once, largest first.
-fn parse_duration(text: &str) -> Result<u64, LexError> {
-    let malformed = LexError::InvalidDuration(DurationError::Malformed);
+/// The units of a duration literal, largest first, and their seconds.
+const DURATION_UNITS: [(char, u64); 4] = [('d', 86_400), ('h', 3_600), ('m', 60), ('s', 1)];
+
+/// The seconds of one duration unit: `d`, `h`, `m` or `s`.
+pub fn unit_seconds(unit: char) -> Option<u64> {
+    DURATION_UNITS
+        .iter()
+        .find(|(name, _)| *name == unit)
+        .map(|(_, seconds)| *seconds)
+}
+
+/// The seconds of a duration literal such as `1h30m`: digits and a unit, each unit at most
+/// once, largest first; positive and at most [`MAX_DURATION_S`].
+pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
     let mut total: u64 = 0;
     let mut digits_start = 0;
     let mut last_unit = u64::MAX;
@@ -226,34 +259,41 @@ fn parse_duration(text: &str) -> Result<u64, LexError> {
         if ch.is_ascii_digit() {
             continue;
         }
-        let unit = match ch {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(malformed),
-        };
+        let unit = unit_seconds(ch).ok_or(DurationError::Malformed)?;
         let digits = text.get(digits_start..idx).unwrap_or_default();
         if digits.is_empty() || unit >= last_unit {
-            return Err(malformed);
+            return Err(DurationError::Malformed);
         }
-        let too_long = LexError::InvalidDuration(DurationError::TooLong);
-        let amount: u64 = digits.parse().map_err(|_| too_long.clone())?;
-        let part = amount.checked_mul(unit).ok_or(too_long.clone())?;
-        total = total.checked_add(part).ok_or(too_long)?;
+        let amount: u64 = digits.parse().map_err(|_| DurationError::TooLong)?;
+        let part = amount.checked_mul(unit).ok_or(DurationError::TooLong)?;
+        total = total.checked_add(part).ok_or(DurationError::TooLong)?;
         last_unit = unit;
         digits_start = idx + 1;
     }
     if digits_start != text.len() {
-        return Err(malformed);
+        return Err(DurationError::Malformed);
     }
     match total {
-        0 => Err(LexError::InvalidDuration(DurationError::Zero)),
-        seconds if seconds > MAX_DURATION_S => {
-            Err(LexError::InvalidDuration(DurationError::TooLong))
-        }
+        0 => Err(DurationError::Zero),
+        seconds if seconds > MAX_DURATION_S => Err(DurationError::TooLong),
         seconds => Ok(seconds),
     }
+}
+
+/// A number of seconds as a Gate duration literal: `1h30m`, `45s`; `0s` for zero.
+pub fn format_duration(seconds: u64) -> String {
+    let mut rest = seconds;
+    let mut out = String::new();
+    for (unit, size) in DURATION_UNITS {
+        if rest >= size {
+            out.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    if out.is_empty() {
+        out.push_str("0s");
+    }
+    out
 }
 
 /// Scans a string literal after its opening quote, unescaping as it goes. The span of an

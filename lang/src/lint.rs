@@ -18,6 +18,7 @@ use crate::ast::{
 use crate::check;
 use crate::diagnostic::{Code, Diagnostic, Report, Severity, Sources};
 use crate::ir;
+use crate::lexer::format_duration;
 use crate::schema::{CustomClaims, ProviderKind, SpiffeId, check_spiffe_path, check_trust_domain};
 use crate::source::SourceFile;
 use crate::time;
@@ -1293,23 +1294,6 @@ fn credentials(decls: &Decls<'_>, options: &LintOptions, reports: &mut Vec<Repor
         ));
         reports.push(report);
     }
-}
-
-/// A number of seconds as a Gate duration literal: `1h30m`, `45s`.
-pub fn format_duration(seconds: u64) -> String {
-    let units = [("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1)];
-    let mut rest = seconds;
-    let mut out = String::new();
-    for (unit, size) in units {
-        if rest >= size {
-            out.push_str(&format!("{}{unit}", rest / size));
-            rest %= size;
-        }
-    }
-    if out.is_empty() {
-        out.push_str("0s");
-    }
-    out
 }
 
 // W0403: two permits that overlap with different credentials.

@@ -297,15 +297,13 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
 }
 
 fn duration_report(span: Span, reason: DurationError) -> Report {
-    let (label, help) = match reason {
-        DurationError::Malformed => (
-            "not a duration",
-            "write digits and a unit, `d`, `h`, `m` or `s`, largest first: `15m`, `1h30m`",
-        ),
-        DurationError::Zero => ("zero", "a duration is positive: `1s` at least"),
-        DurationError::TooLong => ("longer than a year", "a duration is at most `365d`"),
-    };
-    Report::new(Code::InvalidDuration, "invalid duration", span, label).help(help)
+    Report::new(
+        Code::InvalidDuration,
+        "invalid duration",
+        span,
+        reason.label(),
+    )
+    .help(reason.help())
 }
 
 /// What the tokens around a parse error say about the writer's intent, gathered before parsing.
@@ -325,10 +323,7 @@ fn split_durations(text: &str, tokens: &[Spanned<'_>]) -> Vec<(usize, String)> {
         };
         match (first, second) {
             (Token::Duration(a), Token::Duration(b)) if first_end < second_start => {
-                found.push((
-                    *second_start,
-                    crate::lint::format_duration(a.saturating_add(*b)),
-                ));
+                found.push((*second_start, lexer::format_duration(a.saturating_add(*b))));
             }
             (Token::Int(whole), Token::Dot) if first_end == second_start => {
                 let (third_start, Token::Duration(_), third_end) = third else {
@@ -338,7 +333,7 @@ fn split_durations(text: &str, tokens: &[Spanned<'_>]) -> Vec<(usize, String)> {
                     continue;
                 };
                 if let Some(seconds) = fractional_duration(*whole, written) {
-                    found.push((*second_start, crate::lint::format_duration(seconds)));
+                    found.push((*second_start, lexer::format_duration(seconds)));
                 }
             }
             _ => {}
@@ -350,11 +345,9 @@ fn split_durations(text: &str, tokens: &[Spanned<'_>]) -> Vec<(usize, String)> {
 /// The seconds of `WHOLE.FRACTION UNIT`, given `whole` and the text `FRACTION UNIT` (`5h`).
 fn fractional_duration(whole: i64, fraction_and_unit: &str) -> Option<u64> {
     let digits = fraction_and_unit.trim_end_matches(|c: char| c.is_ascii_alphabetic());
-    let unit = match fraction_and_unit.get(digits.len()..)? {
-        "d" => 86_400,
-        "h" => 3_600,
-        "m" => 60,
-        "s" => 1,
+    let mut unit = fraction_and_unit.get(digits.len()..)?.chars();
+    let unit = match (unit.next(), unit.next()) {
+        (Some(unit), None) => lexer::unit_seconds(unit)?,
         _ => return None,
     };
     let whole = u64::try_from(whole).ok()?;
@@ -416,19 +409,17 @@ fn parse_report(
                     "a duration is one word of whole units, largest first: `{meant}`"
                 ));
             }
-            match token {
-                Token::Ident(word) if connective_for(word).is_some() => {
-                    let operator = connective_for(word).unwrap_or_default();
-                    report.help(format!("Gate writes `{word}` as `{operator}`"))
-                }
-                _ if expected.iter().any(|terminal| terminal == "\"test\"") => match token {
-                    Token::Ident(word) if rule_keyword_for(word).is_some() => {
-                        let keyword = rule_keyword_for(word).unwrap_or_default();
-                        report.help(format!("Gate writes `{word}` as `{keyword}`"))
-                    }
-                    _ => report.help(DECLARATION_HELP),
-                },
-                _ => report,
+            let at_declaration = expected.iter().any(|terminal| terminal == "\"test\"");
+            let meant = match token {
+                Token::Ident(word) => connective_for(word)
+                    .or_else(|| rule_keyword_for(word).filter(|_| at_declaration))
+                    .map(|meant| format!("Gate writes `{word}` as `{meant}`")),
+                _ => None,
+            };
+            match meant {
+                Some(help) => report.help(help),
+                None if at_declaration => report.help(DECLARATION_HELP),
+                None => report,
             }
         }
         ParseError::ExtraToken {

@@ -307,7 +307,7 @@ fn the_credential_ttl_maximum_is_configurable() {
 
 #[test]
 fn durations_print_as_gate_literals() {
-    use portcullis_lang::lint::format_duration;
+    use portcullis_lang::lexer::format_duration;
     assert_eq!(format_duration(3600), "1h");
     assert_eq!(format_duration(5400), "1h30m");
     assert_eq!(format_duration(90_061), "1d1h1m1s");

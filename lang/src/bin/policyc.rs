@@ -26,6 +26,7 @@ use portcullis_lang::bundle::{Bundle, BundleError};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
 use portcullis_lang::diagnostic::{Diagnostic, Severity, render};
 use portcullis_lang::ir::PolicySet;
+use portcullis_lang::lexer::{self, DurationError};
 use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
 use portcullis_lang::policy_test::{self, TestRun, TestSuite};
 use portcullis_lang::report::{CheckRun, CheckedSet, Unreadable, to_json, to_sarif};
@@ -458,45 +459,16 @@ fn ok_summary(n_files: usize, set: &PolicySet) -> String {
     )
 }
 
-/// A Gate duration such as `1h`, `90m` or `1h30m`, in seconds: digits and a unit (`d`, `h`,
-/// `m`, `s`), repeated.
+/// A Gate duration such as `1h`, `90m` or `1h30m`, in seconds, read as a policy reads it.
 fn parse_duration(text: &str) -> Result<u64, String> {
-    let invalid = || format!("`{text}` is not a duration such as `1h` or `30m`");
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    for ch in text.chars() {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        let unit: u64 = match ch {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(invalid()),
+    lexer::parse_duration(text).map_err(|error| {
+        let what = match error {
+            DurationError::Malformed => "is not a duration",
+            DurationError::Zero => "is zero",
+            DurationError::TooLong => "is longer than a year",
         };
-        let amount: u64 = digits.parse().map_err(|_| invalid())?;
-        total = amount
-            .checked_mul(unit)
-            .and_then(|seconds| total.checked_add(seconds))
-            .ok_or_else(invalid)?;
-        digits.clear();
-    }
-    if !digits.is_empty() || text.is_empty() {
-        return Err(invalid());
-    }
-    if total == 0 {
-        return Err(format!(
-            "`{text}` is zero; the maximum TTL must be positive"
-        ));
-    }
-    if total > portcullis_lang::lexer::MAX_DURATION_S {
-        return Err(format!(
-            "`{text}` is longer than a year, the longest Gate duration"
-        ));
-    }
-    Ok(total)
+        format!("`{text}` {what}; {}", error.help())
+    })
 }
 
 fn build(
