@@ -26,6 +26,7 @@ use crate::schema::{
     CUSTOM_CLAIMS_KIND, ClaimType, CustomClaimError, CustomClaims, DeclaredClaim, ProviderKind,
 };
 
+mod reader;
 pub mod signing;
 mod zones;
 pub use signing::{BundleSignature, SignatureError, SigningKey, VerifyingKey};
@@ -965,120 +966,8 @@ mod write {
 
 /// Loading and checking.
 mod read {
+    use super::reader::{Reader, check_index};
     use super::*;
-
-    /// Reads one section; every read is bounds-checked and reports where the section ended.
-    struct Reader<'a> {
-        section: &'static str,
-        bytes: &'a [u8],
-        pos: usize,
-    }
-
-    impl<'a> Reader<'a> {
-        fn new(kind: SectionKind, bytes: &'a [u8]) -> Reader<'a> {
-            Reader {
-                section: kind.name(),
-                bytes,
-                pos: 0,
-            }
-        }
-
-        fn take(&mut self, len: usize) -> Result<&'a [u8], BundleError> {
-            let end = self.pos.checked_add(len);
-            let slice = end.and_then(|end| self.bytes.get(self.pos..end));
-            let Some(slice) = slice else {
-                return Err(BundleError::SectionEndsEarly {
-                    section: self.section,
-                    offset: self.bytes.len(),
-                });
-            };
-            self.pos += len;
-            Ok(slice)
-        }
-
-        fn array<const N: usize>(&mut self) -> Result<[u8; N], BundleError> {
-            let mut out = [0u8; N];
-            out.copy_from_slice(self.take(N)?);
-            Ok(out)
-        }
-
-        fn u8(&mut self) -> Result<u8, BundleError> {
-            Ok(self.array::<1>()?[0])
-        }
-
-        fn u16(&mut self) -> Result<u16, BundleError> {
-            Ok(u16::from_le_bytes(self.array()?))
-        }
-
-        fn u32(&mut self) -> Result<u32, BundleError> {
-            Ok(u32::from_le_bytes(self.array()?))
-        }
-
-        fn i64(&mut self) -> Result<i64, BundleError> {
-            Ok(i64::from_le_bytes(self.array()?))
-        }
-
-        fn u64(&mut self) -> Result<u64, BundleError> {
-            Ok(u64::from_le_bytes(self.array()?))
-        }
-
-        /// Reads an entry count, refusing one that the remaining bytes cannot hold when each
-        /// entry takes at least `min_entry_len` bytes.
-        fn count(&mut self, min_entry_len: usize) -> Result<u32, BundleError> {
-            let count = self.u32()?;
-            let remaining = self.bytes.len() - self.pos.min(self.bytes.len());
-            if (count as usize).saturating_mul(min_entry_len) > remaining {
-                return Err(BundleError::CountTooLarge {
-                    section: self.section,
-                    count,
-                });
-            }
-            Ok(count)
-        }
-
-        fn finish(&self) -> Result<(), BundleError> {
-            if self.pos == self.bytes.len() {
-                Ok(())
-            } else {
-                Err(BundleError::SectionTrailingBytes {
-                    section: self.section,
-                    offset: self.pos,
-                })
-            }
-        }
-
-        fn index(&mut self, what: &'static str, len: usize) -> Result<u32, BundleError> {
-            let index = self.u32()?;
-            check_index(self.section, what, index, len)?;
-            Ok(index)
-        }
-
-        fn invalid(&self, what: &'static str, value: u32) -> BundleError {
-            BundleError::InvalidTag {
-                section: self.section,
-                what,
-                value,
-            }
-        }
-    }
-
-    fn check_index(
-        section: &'static str,
-        what: &'static str,
-        index: u32,
-        len: usize,
-    ) -> Result<(), BundleError> {
-        if (index as usize) < len {
-            Ok(())
-        } else {
-            Err(BundleError::IndexOutOfRange {
-                section,
-                what,
-                index,
-                len,
-            })
-        }
-    }
 
     pub(super) fn bundle(bytes: &[u8], key: Option<&VerifyingKey>) -> Result<Bundle, BundleError> {
         let Header {
@@ -1268,11 +1157,7 @@ mod read {
                     expected: table_end as u64,
                     actual: body.len(),
                 })?;
-            let mut entry = Reader {
-                section: "section table",
-                bytes: entry,
-                pos: 0,
-            };
+            let mut entry = Reader::named("section table", entry);
             let found = entry.u16()?;
             if found != kind as u16 {
                 return Err(BundleError::BadSectionTable {

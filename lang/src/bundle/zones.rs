@@ -9,6 +9,7 @@
 
 use jiff::tz::TimeZone;
 
+use super::reader::Reader;
 use super::{BundleError, SectionKind};
 use crate::bytecode::{self, Emitter};
 use crate::time::{self, Days, Window};
@@ -78,20 +79,17 @@ fn count(len: usize, what: &'static str) -> Result<Vec<u8>, BundleError> {
 
 /// Reads the zones and builds each from its TZif data.
 pub(super) fn read_zones(bytes: &[u8], strings: &[String]) -> Result<Vec<ZoneEntry>, BundleError> {
-    let mut reader = Cursor::new(SectionKind::TimeZones, bytes);
+    let mut reader = Reader::new(SectionKind::TimeZones, bytes);
     let n_zones = reader.count(8)?;
     let mut zones = Vec::new();
     for index in 0..n_zones as usize {
-        let name_idx = reader.u32()?;
-        let name = strings
-            .get(name_idx as usize)
-            .ok_or_else(|| reader.out_of_range("string", name_idx, strings.len()))?
-            .clone();
-        let len = reader.u32()? as usize;
-        if len > MAX_TZIF_LEN {
+        let name_idx = reader.index("string", strings.len())?;
+        let name = strings.get(name_idx as usize).cloned().unwrap_or_default();
+        let len = reader.u32()?;
+        if len as usize > MAX_TZIF_LEN {
             return Err(reader.invalid("zone data length", len));
         }
-        let tzif = reader.take(len)?.to_vec();
+        let tzif = reader.take(len as usize)?.to_vec();
         let zone = time::load_zone(&name, &tzif).map_err(|error| BundleError::InvalidZone {
             index,
             error: error.to_string(),
@@ -104,14 +102,11 @@ pub(super) fn read_zones(bytes: &[u8], strings: &[String]) -> Result<Vec<ZoneEnt
 
 /// Reads the windows; each names a zone of `n_zones` and holds a valid window.
 pub(super) fn read_windows(bytes: &[u8], n_zones: usize) -> Result<Vec<WindowEntry>, BundleError> {
-    let mut reader = Cursor::new(SectionKind::TimeWindows, bytes);
+    let mut reader = Reader::new(SectionKind::TimeWindows, bytes);
     let n_windows = reader.count(9)?;
     let mut windows = Vec::new();
     for _ in 0..n_windows {
-        let zone = reader.u32()?;
-        if zone as usize >= n_zones {
-            return Err(reader.out_of_range("time zone", zone, n_zones));
-        }
+        let zone = reader.index("time zone", n_zones)?;
         let bits = reader.u8()?;
         let days = Days::from_bits(bits).ok_or_else(|| reader.invalid("days", bits.into()))?;
         let start = reader.u16()?;
@@ -120,96 +115,9 @@ pub(super) fn read_windows(bytes: &[u8], n_zones: usize) -> Result<Vec<WindowEnt
         let window = Window::new(days, start, end)
             .ok()
             .filter(|window| end != 0 && window.end() == end)
-            .ok_or_else(|| reader.invalid("window minutes", usize::from(start)))?;
+            .ok_or_else(|| reader.invalid("window minutes", u32::from(start)))?;
         windows.push(WindowEntry { window, zone });
     }
     reader.finish()?;
     Ok(windows)
-}
-
-/// A bounds-checked reader over one section.
-struct Cursor<'a> {
-    section: &'static str,
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(kind: SectionKind, bytes: &'a [u8]) -> Cursor<'a> {
-        Cursor {
-            section: kind.name(),
-            bytes,
-            pos: 0,
-        }
-    }
-
-    fn take(&mut self, len: usize) -> Result<&'a [u8], BundleError> {
-        let end = self.pos.saturating_add(len);
-        let Some(taken) = self.bytes.get(self.pos..end) else {
-            return Err(BundleError::SectionEndsEarly {
-                section: self.section,
-                offset: self.pos,
-            });
-        };
-        self.pos = end;
-        Ok(taken)
-    }
-
-    fn u8(&mut self) -> Result<u8, BundleError> {
-        Ok(self.take(1)?.first().copied().unwrap_or_default())
-    }
-
-    fn u16(&mut self) -> Result<u16, BundleError> {
-        let raw = self.take(2)?;
-        Ok(u16::from_le_bytes([
-            raw.first().copied().unwrap_or_default(),
-            raw.get(1).copied().unwrap_or_default(),
-        ]))
-    }
-
-    fn u32(&mut self) -> Result<u32, BundleError> {
-        let mut le = [0u8; 4];
-        le.copy_from_slice(self.take(4)?);
-        Ok(u32::from_le_bytes(le))
-    }
-
-    /// A count of entries of at least `min_entry_len` bytes each, which the rest can hold.
-    fn count(&mut self, min_entry_len: usize) -> Result<u32, BundleError> {
-        let count = self.u32()?;
-        let rest = self.bytes.len().saturating_sub(self.pos);
-        if (count as usize).saturating_mul(min_entry_len) > rest {
-            return Err(BundleError::CountTooLarge {
-                section: self.section,
-                count,
-            });
-        }
-        Ok(count)
-    }
-
-    fn finish(&self) -> Result<(), BundleError> {
-        if self.pos == self.bytes.len() {
-            return Ok(());
-        }
-        Err(BundleError::SectionTrailingBytes {
-            section: self.section,
-            offset: self.pos,
-        })
-    }
-
-    fn out_of_range(&self, what: &'static str, index: u32, len: usize) -> BundleError {
-        BundleError::IndexOutOfRange {
-            section: self.section,
-            what,
-            index,
-            len,
-        }
-    }
-
-    fn invalid(&self, what: &'static str, value: usize) -> BundleError {
-        BundleError::InvalidTag {
-            section: self.section,
-            what,
-            value: u32::try_from(value).unwrap_or(u32::MAX),
-        }
-    }
 }
