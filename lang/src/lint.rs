@@ -10,6 +10,7 @@
 //!
 //! Each lint has a stable warning code (`gate::W0101` …), listed in `docs/diagnostics.md`.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use crate::ast::{
@@ -902,37 +903,18 @@ fn workload_covers(decls: &Decls<'_>, outer: &WorkloadSelector, inner: &Workload
 // W0302: a rule, alternative or condition that can never hold.
 
 fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
-    let mut folder = Folder {
-        conditions: decls
+    let folder = Folder::new(
+        decls
             .conditions
             .iter()
             .map(|condition| (condition.name.name.as_str(), &condition.body))
             .collect(),
-        never: HashSet::new(),
-    };
-    // Conditions that never hold, found before the rules that name them: repeated until no
-    // more are found, since conditions name each other in any order.
-    let mut found: Vec<(&ast::ConditionDecl, Why)> = Vec::new();
-    loop {
-        let before = found.len();
-        for condition in &decls.conditions {
-            let name = condition.name.name.as_str();
-            if folder.never.contains(name) {
-                continue;
-            }
-            if let Some(why) = never(&condition.body, &folder, 0) {
-                folder.never.insert(name);
-                found.push((condition, why));
-            }
+    );
+    for condition in &decls.conditions {
+        if let Some(why) = folder.verdict(&condition.name.name).never {
+            let what = format!("condition `{}`", condition.name.name);
+            reports.push(why.report(&what, "hold"));
         }
-        if found.len() == before {
-            break;
-        }
-    }
-    found.sort_by_key(|(condition, _)| (condition.span.file, condition.span.start));
-    for (condition, why) in found {
-        let what = format!("condition `{}`", condition.name.name);
-        reports.push(why.report(&what, "hold"));
     }
     for rule in &decls.rules {
         if let Some(when) = rule.when
@@ -942,10 +924,7 @@ fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
             reports.push(why.report(&what, "match"));
         }
     }
-    let claims_only = Folder {
-        conditions: HashMap::new(),
-        never: HashSet::new(),
-    };
+    let claims_only = Folder::new(HashMap::new());
     for workload in &decls.workloads {
         for alternative in &workload.alternatives {
             if let Some(condition) = &alternative.condition
@@ -1018,7 +997,8 @@ fn never(expr: &ast::Expr, folder: &Folder<'_>, depth: u32) -> Option<Why> {
     }
     if let ExprKind::Path(path) = &expr.kind
         && let [name] = path.as_slice()
-        && folder.never.contains(name.name.as_str())
+        && folder.conditions.contains_key(name.name.as_str())
+        && folder.verdict(&name.name).never.is_some()
     {
         return Some(Why::NeverCondition(expr.span, name.name.clone()));
     }
@@ -1045,19 +1025,52 @@ fn never(expr: &ast::Expr, folder: &Folder<'_>, depth: u32) -> Option<Why> {
     }
 }
 
-/// Conditions refer to each other at most this deep (the checker's limit is lower); deeper
-/// references are taken as unknown.
+/// Expressions are folded at most this deep; deeper parts are taken as unknown. A named
+/// condition's body starts again at depth 0: the checker has refused cycles and chains deeper
+/// than [`crate::bytecode::MAX_CONDITION_DEPTH`], so that recursion ends.
 const MAX_FOLD_DEPTH: u32 = 64;
 
 /// Folds expressions to constants, reading the named conditions a `when` refers to.
 struct Folder<'a> {
     /// Empty inside a workload alternative, where a bare name is a claim.
     conditions: HashMap<&'a str, &'a ast::Expr>,
-    /// The conditions known never to hold.
-    never: HashSet<&'a str>,
+    /// What is known of each named condition, worked out once, when it is first read.
+    verdicts: RefCell<HashMap<&'a str, Verdict>>,
 }
 
-impl Folder<'_> {
+/// What the lint knows of a named condition.
+#[derive(Debug, Clone, Default)]
+struct Verdict {
+    /// Its value, when it is constant.
+    value: Option<bool>,
+    /// Why it never holds, when it never does.
+    never: Option<Why>,
+}
+
+impl<'a> Folder<'a> {
+    fn new(conditions: HashMap<&'a str, &'a ast::Expr>) -> Folder<'a> {
+        Folder {
+            conditions,
+            verdicts: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// The verdict on the condition `name`; unknown for a name that is not a condition.
+    fn verdict(&self, name: &str) -> Verdict {
+        let Some((&name, &body)) = self.conditions.get_key_value(name) else {
+            return Verdict::default();
+        };
+        if let Some(known) = self.verdicts.borrow().get(name) {
+            return known.clone();
+        }
+        let verdict = Verdict {
+            value: self.fold(body, 0),
+            never: never(body, self, 0),
+        };
+        self.verdicts.borrow_mut().insert(name, verdict.clone());
+        verdict
+    }
+
     /// The value of `expr` when it is constant after folding literals, connectives and named
     /// conditions.
     fn fold(&self, expr: &ast::Expr, depth: u32) -> Option<bool> {
@@ -1068,8 +1081,10 @@ impl Folder<'_> {
         match &expr.kind {
             ExprKind::Bool(value) => Some(*value),
             ExprKind::Path(path) => match path.as_slice() {
-                [name] if self.never.contains(name.name.as_str()) => Some(false),
-                [name] => fold(self.conditions.get(name.name.as_str())?),
+                [name] => {
+                    let verdict = self.verdict(&name.name);
+                    verdict.value.or(verdict.never.map(|_| false))
+                }
                 _ => None,
             },
             ExprKind::Not(inner) => fold(inner).map(|value| !value),
