@@ -42,24 +42,6 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
         .iter()
         .map(|(error, range)| lex_report(file, error, range, text))
         .collect();
-    let decl_starts: Vec<usize> = lexed
-        .tokens
-        .iter()
-        .filter(|(_, token, _)| is_declaration_start(token))
-        .map(|(start, _, _)| *start)
-        .collect();
-    let hints = Hints {
-        durations: split_durations(text, &lexed.tokens),
-    };
-    let braces: Vec<(usize, bool)> = lexed
-        .tokens
-        .iter()
-        .filter_map(|(start, token, _)| match token {
-            Token::LBrace => Some((*start, true)),
-            Token::RBrace => Some((*start, false)),
-            _ => None,
-        })
-        .collect();
     let mut lex_error_offsets: Vec<usize> =
         lexed.errors.iter().map(|(_, range)| range.start).collect();
     for (start, report) in limit_complexity(file, &mut lexed.tokens) {
@@ -76,21 +58,29 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
     };
 
     let end = text.len();
-    let errors = recovered
+    let errors: Vec<_> = recovered
         .into_iter()
         .map(|ErrorRecovery { error, .. }| error)
-        .chain(fatal);
+        .chain(fatal)
+        .collect();
+    if errors.is_empty() {
+        return (tree, reports);
+    }
+    // Only a file with syntax errors needs what the tokens around them say; the parser has
+    // consumed them, so the file is lexed again.
+    let hints = Hints::new(text, &lexer::lex(text).tokens);
     for error in errors {
         let wants_close = wants_closing_brace(&error);
         let mut report = parse_report(file, end, error, &hints);
         let start = report.span().start;
-        let decl_start = decl_starts
+        let decl_start = hints
+            .decl_starts
             .iter()
             .rev()
             .find(|&&offset| offset < start)
             .copied();
         if let Some(help) = wants_close
-            && let Some(open) = unclosed_brace(&braces, decl_start.unwrap_or(0), start)
+            && let Some(open) = unclosed_brace(&hints.braces, decl_start.unwrap_or(0), start)
         {
             report = report
                 .label(Span::new(file, open, open + 1), "this `{` is never closed")
@@ -306,12 +296,40 @@ fn duration_report(span: Span, reason: DurationError) -> Report {
     .help(reason.help())
 }
 
-/// What the tokens around a parse error say about the writer's intent, gathered before parsing.
+/// What the tokens of a file with syntax errors say about where each error belongs and what
+/// the writer meant.
 #[derive(Default)]
 struct Hints {
+    /// Where each declaration starts.
+    decl_starts: Vec<usize>,
+    /// Every `{` (true) and `}` (false), in order.
+    braces: Vec<(usize, bool)>,
     /// Where a duration written in two words (`1h 30m`) or with a fraction (`1.5h`) goes wrong,
     /// with the one-word duration it means.
     durations: Vec<(usize, String)>,
+}
+
+impl Hints {
+    fn new(text: &str, tokens: &[Spanned<'_>]) -> Hints {
+        let decl_starts = tokens
+            .iter()
+            .filter(|(_, token, _)| is_declaration_start(token))
+            .map(|(start, _, _)| *start)
+            .collect();
+        let braces = tokens
+            .iter()
+            .filter_map(|(start, token, _)| match token {
+                Token::LBrace => Some((*start, true)),
+                Token::RBrace => Some((*start, false)),
+                _ => None,
+            })
+            .collect();
+        Hints {
+            decl_starts,
+            braces,
+            durations: split_durations(text, tokens),
+        }
+    }
 }
 
 /// `1h 30m` and `1.5h`: the offset of the token the parser stumbles on, and the duration meant.
