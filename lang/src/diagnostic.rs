@@ -29,6 +29,8 @@ pub enum Code {
     ShadowedPermit,
     /// A rule whose `when` can never hold.
     UnsatisfiableRule,
+    /// A rule that reads one kind's claims unguarded where callers of other kinds reach it.
+    OtherKindClaim,
     /// A `static` credential: a stored secret.
     StaticSecret,
     /// A credential whose `ttl` is longer than the configured maximum.
@@ -132,6 +134,7 @@ impl Code {
             Code::LegacyTimeZone => "gate::W0202",
             Code::ShadowedPermit => "gate::W0301",
             Code::UnsatisfiableRule => "gate::W0302",
+            Code::OtherKindClaim => "gate::W0303",
             Code::StaticSecret => "gate::W0401",
             Code::LongCredentialTtl => "gate::W0402",
             Code::OverlappingCredentials => "gate::W0403",
@@ -196,6 +199,7 @@ impl Code {
             | Code::LegacyTimeZone
             | Code::ShadowedPermit
             | Code::UnsatisfiableRule
+            | Code::OtherKindClaim
             | Code::StaticSecret
             | Code::LongCredentialTtl
             | Code::OverlappingCredentials => Severity::Warning,

@@ -106,6 +106,7 @@ pub(crate) fn lint(trees: &[ast::File], options: &LintOptions) -> Vec<Report> {
     legacy_time_zones(&decls, &mut reports);
     shadowed_permits(&decls, &mut reports);
     unsatisfiable(&decls, &mut reports);
+    other_kind_claims(&decls, &mut reports);
     credentials(&decls, options, &mut reports);
     overlapping_permits(&decls, &mut reports);
     reports
@@ -937,6 +938,157 @@ fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
                 reports.push(why.report(&what, "match"));
             }
         }
+    }
+}
+
+// W0303: a rule that reads one kind's claims where callers of other kinds reach it.
+
+fn other_kind_claims(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    let conditions: HashMap<&str, &ast::Expr> = decls
+        .conditions
+        .iter()
+        .map(|condition| (condition.name.name.as_str(), &condition.body))
+        .collect();
+    for rule in &decls.rules {
+        let Some(when) = rule.when else {
+            continue;
+        };
+        let admitted: Option<Vec<&str>> =
+            match rule.workload_selector() {
+                WorkloadSelector::Named(name) => decls
+                    .workloads_by_name
+                    .get(name.name.as_str())
+                    .map(|workload| {
+                        workload
+                            .alternatives
+                            .iter()
+                            .map(|alternative| alternative.kind.name.as_str())
+                            .collect()
+                    }),
+                WorkloadSelector::AnyOfKind(kind) => Some(vec![kind.name.as_str()]),
+                WorkloadSelector::Any => None,
+            };
+        let mut reads = Vec::new();
+        kind_reads(when, &conditions, &[], &mut reads, 0);
+        let exposed = reads.into_iter().find(|(kind, _, _)| {
+            admitted
+                .as_ref()
+                .is_none_or(|kinds| kinds.iter().any(|admitted| admitted != kind))
+        });
+        let Some((kind, claim, span)) = exposed else {
+            continue;
+        };
+        let what = format!("{} `{}`", effect_word(rule.decl.effect), rule.name());
+        let guard = format!("guard the read with `has client.{kind}.{claim} && …`");
+        let (message, help) = match &admitted {
+            None => (
+                format!("{what} reads a `{kind}` claim, but callers of every kind reach it"),
+                format!("add `workload any {kind}`, or {guard}"),
+            ),
+            Some(kinds) if kinds.contains(&kind) => {
+                let others: Vec<String> = kinds
+                    .iter()
+                    .filter(|other| **other != kind)
+                    .map(|other| format!("`{other}`"))
+                    .collect();
+                (
+                    format!(
+                        "{what} reads a `{kind}` claim, but {} callers reach it too",
+                        and_list(&others)
+                    ),
+                    format!("{guard}, or give the rule a workload of `{kind}` callers only"),
+                )
+            }
+            Some(kinds) => {
+                let listed: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
+                (
+                    format!(
+                        "{what} reads a `{kind}` claim, but only {} callers reach it",
+                        and_list(&listed)
+                    ),
+                    "read a claim of the callers' own kind, or change the rule's workload"
+                        .to_owned(),
+                )
+            }
+        };
+        let label = "an evaluation error, and so a deny, for callers of other kinds";
+        reports.push(Report::new(Code::OtherKindClaim, message, span, label).help(help));
+    }
+}
+
+/// `a`, `a and b`, `a, b and c`.
+fn and_list(items: &[String]) -> String {
+    match items {
+        [] => String::new(),
+        [only] => only.clone(),
+        [rest @ .., last] => format!("{} and {last}", rest.join(", ")),
+    }
+}
+
+/// Every `client.KIND.claim` read in `expr` (following named conditions) whose kind no `has
+/// client.KIND.…` earlier in its `&&` chain proves: the kind, the claim and where it is read.
+fn kind_reads<'a>(
+    expr: &'a ast::Expr,
+    conditions: &HashMap<&str, &'a ast::Expr>,
+    proven: &[&'a str],
+    reads: &mut Vec<(&'a str, &'a str, Span)>,
+    depth: u32,
+) {
+    if depth > MAX_FOLD_DEPTH {
+        return;
+    }
+    let mut operand = |operand: &'a ast::Expr| {
+        if let Some((kind, claim)) = client_claim(operand)
+            && !proven.contains(&kind)
+        {
+            reads.push((kind, claim, operand.span));
+        }
+    };
+    match &expr.kind {
+        ExprKind::And(_, _) => {
+            let mut conjuncts = Vec::new();
+            flatten_and(expr, &mut conjuncts);
+            let mut proven = proven.to_vec();
+            for conjunct in conjuncts {
+                kind_reads(conjunct, conditions, &proven, reads, depth + 1);
+                if let ExprKind::Has(path) = &conjunct.kind
+                    && let [client, kind, _] = path.as_slice()
+                    && client.name == "client"
+                {
+                    proven.push(&kind.name);
+                }
+            }
+        }
+        ExprKind::Or(left, right) => {
+            kind_reads(left, conditions, proven, reads, depth + 1);
+            kind_reads(right, conditions, proven, reads, depth + 1);
+        }
+        ExprKind::Not(inner) => kind_reads(inner, conditions, proven, reads, depth + 1),
+        ExprKind::Compare(left, _, right) => {
+            operand(left);
+            operand(right);
+        }
+        ExprKind::Within(time, _) => operand(time),
+        ExprKind::Path(path) => match path.as_slice() {
+            [name] => {
+                if let Some(body) = conditions.get(name.name.as_str()) {
+                    kind_reads(body, conditions, proven, reads, depth + 1);
+                }
+            }
+            _ => operand(expr),
+        },
+        _ => {}
+    }
+}
+
+/// The kind and claim of a `client.KIND.claim` path.
+fn client_claim(expr: &ast::Expr) -> Option<(&str, &str)> {
+    let ExprKind::Path(path) = &expr.kind else {
+        return None;
+    };
+    match path.as_slice() {
+        [client, kind, claim] if client.name == "client" => Some((&kind.name, &claim.name)),
+        _ => None,
     }
 }
 
