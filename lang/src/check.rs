@@ -607,7 +607,16 @@ impl<'a> Checker<'a> {
                 self.report(report);
                 return false;
             }
-            ("host", ExprKind::Str(host)) => out.host = host.clone(),
+            ("host", ExprKind::Str(host)) => {
+                if let Some((label, help)) = host_problem(host) {
+                    let message = format!("`{host}` is not a host name or address");
+                    let report =
+                        Report::new(Code::InvalidFieldValue, message, span, label).help(help);
+                    self.report(report);
+                    return false;
+                }
+                out.host = host.clone();
+            }
             ("database", ExprKind::Str(database)) => out.database = Some(database.clone()),
             ("path_prefix", ExprKind::Str(prefix)) if !prefix.starts_with('/') => {
                 let message = "`path_prefix` must start with `/`";
@@ -2468,6 +2477,46 @@ fn plural(ty: Ty) -> &'static str {
         Ty::Ip => "IP addresses",
         Ty::Timestamp => "timestamps",
     }
+}
+
+/// Why `host` is not a host name or an IP address, as a label and a help: a URL, a port or a
+/// path written into it, or characters no host name has. `None` for a good host.
+pub(crate) fn host_problem(host: &str) -> Option<(&'static str, String)> {
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    if let Some((scheme, rest)) = host.split_once("://") {
+        let bare = rest.split(['/', ':']).next().unwrap_or_default();
+        return Some((
+            "a URL, not a host",
+            format!(
+                "write the host alone, `\"{bare}\"`; the protocol block (`{scheme} {{ … }}`) \
+                 says the scheme"
+            ),
+        ));
+    }
+    if let Some((bare, rest)) = host.split_once('/') {
+        return Some((
+            "a path after the host",
+            format!("write `host = \"{bare}\"` and the path as `path_prefix = \"/{rest}\"`"),
+        ));
+    }
+    if let Some((bare, port)) = host.rsplit_once(':') {
+        return Some((
+            "a port after the host",
+            format!("write `host = \"{bare}\"` and `port = {port}`"),
+        ));
+    }
+    let allowed = |ch: char| ch.is_ascii_alphanumeric() || matches!(ch, '.' | '-' | '_');
+    if !host.chars().all(allowed) {
+        return Some((
+            "not a host name",
+            "a host name holds letters, digits, `.`, `-` and `_`; an IPv6 address is written \
+             without brackets"
+                .to_owned(),
+        ));
+    }
+    None
 }
 
 fn literal_type_name(kind: &ExprKind) -> &'static str {

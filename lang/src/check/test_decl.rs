@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{Checker, Declared, Ty, did_you_mean, literal_type_name};
+use super::{Checker, Declared, Ty, did_you_mean, host_problem, literal_type_name};
 use crate::ast::{self, ExprKind, Ident, Span};
 use crate::diagnostic::{Code, Report};
 use crate::policy_test::{Expected, IssuedCredential, TestCase, TestRequest, TestTarget};
@@ -233,7 +233,17 @@ impl Checker<'_> {
         let mut ok = true;
         for field in &endpoint.fields {
             match (field.key.name.as_str(), &field.value.kind) {
-                ("host", ExprKind::Str(text)) if !text.is_empty() => host = Some(text.clone()),
+                ("host", ExprKind::Str(text)) if !text.is_empty() => {
+                    if let Some((label, help)) = host_problem(text) {
+                        let message = format!("`{text}` is not a host name or address");
+                        let report =
+                            Report::new(Code::InvalidTestRequest, message, field.value.span, label)
+                                .help(help);
+                        self.report(report);
+                        ok = false;
+                    }
+                    host = Some(text.clone());
+                }
                 ("port", ExprKind::Int(number)) if u16::try_from(*number).is_ok_and(|p| p > 0) => {
                     port = u16::try_from(*number).unwrap_or(default_port);
                 }
