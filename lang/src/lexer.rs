@@ -180,7 +180,7 @@ pub enum Token<'input> {
     /// A timestamp as written, `2026-12-31T23:59:59Z`; the checker reads it
     /// ([`crate::time::parse_timestamp`]), so that a malformed one is reported with its reason.
     /// A date followed by other letters and digits lexes as one bad timestamp.
-    #[regex("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][A-Za-z0-9:+-]*")]
+    #[regex("[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9][A-Za-z0-9:+-]*(\\.[0-9]+[A-Za-z0-9:+-]*)?")]
     Timestamp(&'input str),
     /// A time of day as written, `08:00`; the checker reads it
     /// ([`crate::time::parse_time_of_day`]).

@@ -69,8 +69,12 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
     // Only a file with syntax errors needs what the tokens around them say; the parser has
     // consumed them, so the file is lexed again.
     let hints = Hints::new(text, &lexer::lex(text).tokens);
+    // A keyword written as a declaration's name (`permit test {`) also starts a declaration of
+    // its own, which then lacks its name: that second error is the first one's echo.
+    let mut keyword_named_at = None;
     for error in errors {
         let wants_close = wants_closing_brace(&error);
+        let keyword_as_name = keyword_as_name(&error);
         let mut report = parse_report(file, end, error, &hints);
         let start = report.span().start;
         let decl_start = hints
@@ -79,6 +83,17 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
             .rev()
             .find(|&&offset| offset < start)
             .copied();
+        if keyword_named_at.is_some() && keyword_named_at == decl_start {
+            continue;
+        }
+        if keyword_as_name {
+            let keyword = text.get(start..report.span().end).unwrap_or_default();
+            report = report.help(format!(
+                "`{keyword}` is a Gate keyword and cannot be a name; choose another, such as \
+                 `{keyword}_1`"
+            ));
+            keyword_named_at = Some(start);
+        }
         if let Some(help) = wants_close
             && let Some(open) = unclosed_brace(&hints.braces, decl_start.unwrap_or(0), start)
         {
@@ -112,6 +127,18 @@ fn wants_closing_brace(error: &ParseError<usize, Token<'_>, LexError>) -> Option
         }
         _ => None,
     }
+}
+
+/// Whether the parser met a keyword where only a declaration's name could go, a keyword that
+/// starts a declaration of its own (`permit test {`, `workload target {`).
+fn keyword_as_name(error: &ParseError<usize, Token<'_>, LexError>) -> bool {
+    matches!(
+        error,
+        ParseError::UnrecognizedToken { token: (_, token, _), expected }
+            if is_declaration_start(token)
+                && !matches!(token, Token::At)
+                && expected.iter().all(|terminal| terminal == "Ident")
+    )
 }
 
 /// The innermost `{` between `from` and `to` that no `}` closes.
@@ -809,6 +836,19 @@ mod tests {
         assert!(found.iter().any(|m| m.contains("`&&`")), "{found:?}");
         let found = messages("condition k { has request.action | true }");
         assert!(found.iter().any(|m| m.contains("`||`")), "{found:?}");
+    }
+
+    #[test]
+    fn a_keyword_as_a_name_is_one_error_that_says_so() {
+        for text in [
+            "permit test { }",
+            "workload target { oidc { } }",
+            "condition permit { true }",
+        ] {
+            let found = messages(text);
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+            assert!(found[0].contains("is a Gate keyword"), "{found:?}");
+        }
     }
 
     #[test]

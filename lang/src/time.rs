@@ -352,6 +352,8 @@ pub enum TimestampError {
     Malformed,
     #[error("no such date or time of day")]
     NoSuchTime,
+    #[error("fractional seconds are not allowed")]
+    FractionalSeconds,
     #[error("the offset must be less than 24 hours")]
     BadOffset,
     /// A real date and time past the last instant the time library represents.
@@ -362,6 +364,9 @@ pub enum TimestampError {
 /// Reads an RFC 3339 timestamp with a `Z` or `±HH:MM` offset and no fraction of a second, to
 /// Unix seconds: `2026-12-31T23:59:59Z`, `2027-01-01T00:59:59+01:00`.
 pub fn parse_timestamp(text: &str) -> Result<i64, TimestampError> {
+    if text.contains('.') {
+        return Err(TimestampError::FractionalSeconds);
+    }
     let bytes = text.as_bytes();
     let (civil, offset) = match bytes.len() {
         20 => (text.get(..19), text.get(19..)),
@@ -587,6 +592,15 @@ mod tests {
             Some("America/Los_Angeles")
         );
         assert_eq!(preferred_zone_name("Europe/Berlin"), None);
+    }
+
+    #[test]
+    fn fractional_seconds_are_refused_by_name() {
+        assert_eq!(
+            parse_timestamp("2026-12-24T00:00:00.5Z"),
+            Err(TimestampError::FractionalSeconds)
+        );
+        assert!(parse_timestamp("2026-12-24T00:00:00Z").is_ok());
     }
 
     #[test]

@@ -18,8 +18,17 @@ impl Checker<'_> {
             Ok(seconds) => Some((ir::Expr::Const(Value::Int(seconds)), Ty::Timestamp)),
             Err(error) => {
                 let message = format!("invalid timestamp `{text}`");
+                let help = match (error, text.split_once('.')) {
+                    (time::TimestampError::FractionalSeconds, Some((whole, rest))) => {
+                        let offset = rest.trim_start_matches(|ch: char| ch.is_ascii_digit());
+                        format!("write whole seconds: `{whole}{offset}`")
+                    }
+                    _ => {
+                        "write an RFC 3339 time with its offset: `2026-12-31T23:59:59Z`".to_owned()
+                    }
+                };
                 let report = Report::new(Code::InvalidTimestamp, message, span, error.to_string())
-                    .help("write an RFC 3339 time with its offset: `2026-12-31T23:59:59Z`");
+                    .help(help);
                 self.report(report);
                 None
             }
