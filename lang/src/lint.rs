@@ -726,7 +726,16 @@ impl ClaimRule {
             }
             ClaimRule::OwnerSlashName => Some("for example `\"acme/billing\"`".to_owned()),
             ClaimRule::SpiffeId => {
+                let trimmed = value.trim_end_matches('/');
+                if trimmed != value && SpiffeId::parse(trimmed).is_ok() {
+                    return Some(format!("did you mean `{}`?", quoted(trimmed)));
+                }
                 Some("for example `\"spiffe://example.org/ns/billing/sa/api\"`".to_owned())
+            }
+            ClaimRule::TrustDomain => {
+                let bare = value.split_once("://")?.1;
+                let bare = bare.split('/').next().unwrap_or_default();
+                Some(format!("did you mean `{}`?", quoted(bare)))
             }
             ClaimRule::SpiffePath if !value.starts_with('/') => {
                 Some(format!("did you mean `{}`?", quoted(&format!("/{value}"))))

@@ -334,6 +334,9 @@ struct Hints {
     /// Where a duration written in two words (`1h 30m`) or with a fraction (`1.5h`) goes wrong,
     /// with the one-word duration it means.
     durations: Vec<(usize, String)>,
+    /// The start of each token that follows a word from another language (`not has x`), and
+    /// that word, which the parser took for a name.
+    after_words: Vec<(usize, String)>,
 }
 
 impl Hints {
@@ -351,10 +354,20 @@ impl Hints {
                 _ => None,
             })
             .collect();
+        let after_words = tokens
+            .windows(2)
+            .filter_map(|pair| match pair {
+                [(_, Token::Ident(word), _), (next, _, _)] if connective_for(word).is_some() => {
+                    Some((*next, (*word).to_owned()))
+                }
+                _ => None,
+            })
+            .collect();
         Hints {
             decl_starts,
             braces,
             durations: split_durations(text, tokens),
+            after_words,
         }
     }
 }
@@ -455,12 +468,19 @@ fn parse_report(
                 ));
             }
             let at_declaration = expected.iter().any(|terminal| terminal == "\"test\"");
-            let meant = match token {
-                Token::Ident(word) => connective_for(word)
+            let word_before = hints
+                .after_words
+                .iter()
+                .find(|(at, _)| *at == start)
+                .map(|(_, word)| word.as_str());
+            let meant = match (token, word_before) {
+                (Token::Ident(word), _) => connective_for(word)
                     .or_else(|| rule_keyword_for(word).filter(|_| at_declaration))
-                    .map(|meant| format!("Gate writes `{word}` as `{meant}`")),
+                    .map(|meant| (word, meant)),
+                (_, Some(word)) => connective_for(word).map(|meant| (word, meant)),
                 _ => None,
-            };
+            }
+            .map(|(word, meant)| format!("Gate writes `{word}` as `{meant}`"));
             match meant {
                 Some(help) => report.help(help),
                 None if at_declaration => report.help(DECLARATION_HELP),
@@ -836,6 +856,20 @@ mod tests {
         assert!(found.iter().any(|m| m.contains("`&&`")), "{found:?}");
         let found = messages("condition k { has request.action | true }");
         assert!(found.iter().any(|m| m.contains("`||`")), "{found:?}");
+    }
+
+    #[test]
+    fn a_word_for_an_operator_gets_help_where_the_parser_stumbles_after_it() {
+        for text in [
+            "condition c { not has request.action }",
+            "condition c { not (request.action == \"GET\") }",
+        ] {
+            let found = messages(text);
+            assert!(
+                found.iter().any(|m| m.contains("Gate writes `not` as `!`")),
+                "{text}: {found:?}"
+            );
+        }
     }
 
     #[test]

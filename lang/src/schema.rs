@@ -383,6 +383,8 @@ pub enum SpiffeIdError {
     EmptyTrustDomain,
     #[error("the trust domain has a port")]
     Port,
+    #[error("a trust domain is the name alone, without `spiffe://`")]
+    TrustDomainScheme,
     #[error("the trust domain has user information")]
     Userinfo,
     #[error(
@@ -456,6 +458,9 @@ impl fmt::Display for SpiffeId<'_> {
 pub fn check_trust_domain(name: &str) -> Result<(), SpiffeIdError> {
     if name.is_empty() {
         return Err(SpiffeIdError::EmptyTrustDomain);
+    }
+    if name.contains("://") {
+        return Err(SpiffeIdError::TrustDomainScheme);
     }
     if name.contains('@') {
         return Err(SpiffeIdError::Userinfo);
