@@ -14,18 +14,18 @@
     reason = "a test fails by panicking"
 )]
 
+mod common;
 #[path = "../../lang/tests/robustness/policy_gen.rs"]
 mod policy_gen;
 
 use std::net::IpAddr;
 
-use policy_gen::{PolicyGen, PolicyShape, Rng, STRING_VALUES};
+use common::compiled;
+use policy_gen::{OwnedQuery, PolicyGen, PolicyShape, Rng, random_claims, shapes_below};
 use portcullis_engine::vm::{self, Program};
-use portcullis_lang::bundle::Bundle;
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::reference;
-use portcullis_lang::schema::{ClaimType, ClaimValue, ProviderKind};
-use portcullis_lang::{SourceFile, compile, render};
+use portcullis_lang::schema::{ClaimValue, ProviderKind};
 use proptest::prelude::*;
 
 /// Requests decided per generated policy set.
@@ -42,46 +42,23 @@ const TIMES: [i64; 5] = [
     0,
 ];
 
-fn compiled(files: &[SourceFile]) -> (PolicySet, Program) {
-    let set = compile(files).unwrap_or_else(|diags| panic!("{}", render(&diags, false)));
-    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
-    (set, Program::load(&bytes).unwrap())
-}
-
 /// A request's owned parts, from which both evaluators borrow their own request type.
 struct Owned {
     kind: ProviderKind,
     claims: Vec<Option<ClaimValue>>,
-    target: Query,
+    target: OwnedQuery,
     action: Option<&'static str>,
     resource: Option<&'static str>,
     source_ip: Option<IpAddr>,
     time: i64,
 }
 
-enum Query {
-    Named(String),
-    Endpoint(String, String, u16),
-}
-
 impl Owned {
-    /// The VM and the reference evaluator take the same target query.
-    fn target(&self) -> vm::TargetQuery<'_> {
-        match &self.target {
-            Query::Named(name) => vm::TargetQuery::Named(name),
-            Query::Endpoint(protocol, host, port) => vm::TargetQuery::Endpoint {
-                protocol,
-                host,
-                port: *port,
-            },
-        }
-    }
-
     fn for_vm(&self) -> vm::Request<'_> {
         vm::Request {
             kind: self.kind,
             claims: &self.claims,
-            target: self.target(),
+            target: self.target.query(),
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
@@ -93,7 +70,7 @@ impl Owned {
         reference::Request {
             kind: self.kind,
             claims: &self.claims,
-            target: self.target(),
+            target: self.target.query(),
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
@@ -106,28 +83,17 @@ impl Owned {
 /// type, a short claim list, or a target that does not exist.
 fn random_request(rng: &mut Rng, set: &PolicySet) -> Owned {
     let kind = *rng.pick(&ProviderKind::ALL);
-    let mut claims: Vec<Option<ClaimValue>> = kind
-        .claims()
-        .iter()
-        .map(|def| (def.required || rng.chance(50)).then(|| random_claim(rng, def.ty)))
-        .collect();
-    if rng.chance(5) {
-        let idx = rng.below(claims.len());
-        claims[idx] = Some(ClaimValue::Bool(true));
-    }
-    if rng.chance(3) {
-        claims.truncate(rng.below(claims.len()));
-    }
+    let claims = random_claims(rng, kind, ClaimValue::Bool(true));
     let target = rng.pick(&set.targets);
     let target = match rng.below(10) {
-        0..=6 => Query::Named(target.name.clone()),
-        7 => Query::Named("no_such_target".to_owned()),
-        8 => Query::Endpoint(
+        0..=6 => OwnedQuery::Named(target.name.clone()),
+        7 => OwnedQuery::Named("no_such_target".to_owned()),
+        8 => OwnedQuery::Endpoint(
             target.protocol.keyword().to_ascii_uppercase(),
             target.host.to_ascii_uppercase(),
             target.port,
         ),
-        _ => Query::Endpoint("https".to_owned(), target.host.clone(), 1),
+        _ => OwnedQuery::Endpoint("https".to_owned(), target.host.clone(), 1),
     };
     Owned {
         kind,
@@ -144,19 +110,6 @@ fn random_request(rng: &mut Rng, set: &PolicySet) -> Owned {
             ip.parse().unwrap()
         }),
         time: *rng.pick(&TIMES),
-    }
-}
-
-fn random_claim(rng: &mut Rng, ty: ClaimType) -> ClaimValue {
-    match ty {
-        ClaimType::String => ClaimValue::String(rng.pick_str(STRING_VALUES).to_owned()),
-        ClaimType::Int => ClaimValue::Int(i64::try_from(rng.below(1000)).unwrap()),
-        ClaimType::Bool => ClaimValue::Bool(rng.chance(50)),
-        ClaimType::StringSet => ClaimValue::StringSet(
-            (0..rng.below(4))
-                .map(|_| rng.pick_str(STRING_VALUES).to_owned())
-                .collect(),
-        ),
     }
 }
 
@@ -185,39 +138,33 @@ fn agree(set: &PolicySet, program: &Program, owned: &Owned) -> &'static str {
     by_vm.reason.code()
 }
 
+/// Decides [`REQUESTS_PER_SET`] random requests both ways on the policy set generated from
+/// `seed`; gives their reason codes.
+fn agree_on_generated(seed: u64, shape: PolicyShape) -> Vec<&'static str> {
+    let mut rng = Rng::new(seed);
+    let files = PolicyGen::new(&mut rng, shape).files();
+    let (set, program) = compiled(&files);
+    (0..REQUESTS_PER_SET)
+        .map(|_| agree(&set, &program, &random_request(&mut rng, &set)))
+        .collect()
+}
+
 fn shape() -> impl Strategy<Value = PolicyShape> {
-    (
-        1usize..6,
-        1usize..5,
-        0usize..16,
-        1usize..3,
-        0usize..4,
-        0usize..4,
-        0usize..8,
-    )
-        .prop_map(
-            |(workloads, targets, rules, files, max_depth, credentials, conditions)| PolicyShape {
-                workloads,
-                targets,
-                rules,
-                files,
-                max_depth,
-                credentials,
-                conditions,
-            },
-        )
+    shapes_below(PolicyShape {
+        workloads: 6,
+        targets: 5,
+        rules: 16,
+        files: 3,
+        max_depth: 4,
+        credentials: 4,
+        conditions: 8,
+    })
 }
 
 proptest! {
     #[test]
     fn vm_and_reference_decide_alike(seed in any::<u64>(), shape in shape()) {
-        let mut rng = Rng::new(seed);
-        let files = PolicyGen::new(&mut rng, shape).files();
-        let (set, program) = compiled(&files);
-        for _ in 0..REQUESTS_PER_SET {
-            let owned = random_request(&mut rng, &set);
-            agree(&set, &program, &owned);
-        }
+        agree_on_generated(seed, shape);
     }
 }
 
@@ -226,22 +173,7 @@ proptest! {
 fn agreement_covers_every_outcome() {
     let mut seen = std::collections::BTreeSet::new();
     for seed in 0..150 {
-        let mut rng = Rng::new(seed);
-        let shape = PolicyShape {
-            workloads: 3,
-            targets: 3,
-            rules: 10,
-            files: 2,
-            max_depth: 1,
-            credentials: 2,
-            conditions: 3,
-        };
-        let files = PolicyGen::new(&mut rng, shape).files();
-        let (set, program) = compiled(&files);
-        for _ in 0..REQUESTS_PER_SET {
-            let owned = random_request(&mut rng, &set);
-            seen.insert(agree(&set, &program, &owned));
-        }
+        seen.extend(agree_on_generated(seed, PolicyShape::every_outcome()));
     }
     let expected = [
         "evaluation_error",

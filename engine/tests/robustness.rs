@@ -14,92 +14,73 @@
     reason = "a test fails by panicking"
 )]
 
+mod common;
 #[path = "../../lang/tests/robustness/policy_gen.rs"]
 mod policy_gen;
 
 use std::net::IpAddr;
 
-use policy_gen::{PolicyGen, PolicyShape, Rng, STRING_VALUES};
-use portcullis_engine::vm::{Decision, Program, Reason, Request, TargetQuery};
-use portcullis_lang::bundle::Bundle;
+use common::program;
+use policy_gen::{OwnedQuery, PolicyGen, PolicyShape, Rng, random_claims, shapes_below};
+use portcullis_engine::vm::{Decision, Program, Reason, Request};
+use portcullis_lang::SourceFile;
 use portcullis_lang::ir::Target;
-use portcullis_lang::schema::{ClaimType, ClaimValue, ProviderKind};
-use portcullis_lang::{SourceFile, compile, render};
+use portcullis_lang::schema::{ClaimValue, ProviderKind};
 use proptest::prelude::*;
 
 /// Requests decided per generated policy set.
 const REQUESTS_PER_SET: usize = 24;
 
-fn program(files: &[SourceFile]) -> Program {
-    let set = compile(files).unwrap_or_else(|diags| panic!("{}", render(&diags, false)));
-    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
-    Program::load(&bytes).unwrap()
-}
-
 /// A request's owned parts; [`Owned::request`] borrows them.
 struct Owned {
     kind: ProviderKind,
     claims: Vec<Option<ClaimValue>>,
-    target: OwnedTarget,
-    action: Option<String>,
-    resource: Option<String>,
+    target: OwnedQuery,
+    action: Option<&'static str>,
+    resource: Option<&'static str>,
     source_ip: Option<IpAddr>,
-}
-
-enum OwnedTarget {
-    Named(String),
-    Endpoint(String, String, u16),
 }
 
 impl Owned {
     fn request(&self) -> Request<'_> {
-        let target = match &self.target {
-            OwnedTarget::Named(name) => TargetQuery::Named(name),
-            OwnedTarget::Endpoint(protocol, host, port) => TargetQuery::Endpoint {
-                protocol,
-                host,
-                port: *port,
-            },
-        };
         Request {
             kind: self.kind,
             claims: &self.claims,
-            target,
-            action: self.action.as_deref(),
-            resource: self.resource.as_deref(),
+            target: self.target.query(),
+            action: self.action,
+            resource: self.resource,
             source_ip: self.source_ip,
             time: 0,
         }
     }
 }
 
+/// The files of a policy set generated from `seed`, its program, and [`REQUESTS_PER_SET`]
+/// random requests against its targets.
+fn generated(seed: u64, shape: PolicyShape) -> (Vec<SourceFile>, Program, Vec<Owned>) {
+    let mut rng = Rng::new(seed);
+    let files = PolicyGen::new(&mut rng, shape).files();
+    let program = program(&files);
+    let requests = (0..REQUESTS_PER_SET)
+        .map(|_| random_request(&mut rng, program.bundle().targets()))
+        .collect();
+    (files, program, requests)
+}
+
 /// A random request against `targets`: mostly well-formed, sometimes not.
 fn random_request(rng: &mut Rng, targets: &[Target]) -> Owned {
     let kind = *rng.pick(&ProviderKind::ALL);
-    let mut claims: Vec<Option<ClaimValue>> = kind
-        .claims()
-        .iter()
-        .map(|def| (def.required || rng.chance(50)).then(|| claim_value(rng, def.ty)))
-        .collect();
-    if rng.chance(5) {
-        // A claim of the wrong type: attestation prevents it, the VM must still not panic.
-        let idx = rng.below(claims.len());
-        claims[idx] = Some(ClaimValue::Int(7));
-    }
-    if rng.chance(3) {
-        // Fewer claims than the schema has: a caller's bug, still no panic.
-        claims.truncate(rng.below(claims.len()));
-    }
     Owned {
         kind,
-        claims,
+        // An integer is the wrong type for most claims: the VM must still not panic.
+        claims: random_claims(rng, kind, ClaimValue::Int(7)),
         target: random_target(rng, targets),
         action: rng
             .chance(85)
-            .then(|| (*rng.pick(&["GET", "POST", "PUT", "DELETE", ""])).to_owned()),
+            .then(|| rng.pick_str(&["GET", "POST", "PUT", "DELETE", ""])),
         resource: rng
             .chance(85)
-            .then(|| (*rng.pick(&["/v1/deploy", "/v1/", "/v2/x", "", "/"])).to_owned()),
+            .then(|| rng.pick_str(&["/v1/deploy", "/v1/", "/v2/x", "", "/"])),
         source_ip: rng.chance(80).then(|| {
             let ip = rng.pick_str(&["192.0.2.7", "10.1.2.3", "2001:db8::1", "::1", "203.0.113.9"]);
             ip.parse().unwrap()
@@ -107,31 +88,19 @@ fn random_request(rng: &mut Rng, targets: &[Target]) -> Owned {
     }
 }
 
-fn claim_value(rng: &mut Rng, ty: ClaimType) -> ClaimValue {
-    match ty {
-        ClaimType::String => ClaimValue::String((*rng.pick(STRING_VALUES)).to_owned()),
-        ClaimType::Int => ClaimValue::Int(i64::try_from(rng.below(1000)).unwrap()),
-        ClaimType::Bool => ClaimValue::Bool(rng.chance(50)),
-        ClaimType::StringSet => ClaimValue::StringSet(
-            (0..rng.below(4))
-                .map(|_| (*rng.pick(STRING_VALUES)).to_owned())
-                .collect(),
-        ),
-    }
-}
-
-fn random_target(rng: &mut Rng, targets: &[Target]) -> OwnedTarget {
+fn random_target(rng: &mut Rng, targets: &[Target]) -> OwnedQuery {
     let declared = rng.pick(targets);
     match rng.below(20) {
-        0..=12 => OwnedTarget::Named(declared.name.clone()),
-        13 | 14 => OwnedTarget::Named("no_such_target".to_owned()),
-        15..=17 => OwnedTarget::Endpoint(
+        0..=12 => OwnedQuery::Named(declared.name.clone()),
+        13 | 14 => OwnedQuery::Named("no_such_target".to_owned()),
+        15..=17 => OwnedQuery::Endpoint(
             declared.protocol.keyword().to_ascii_uppercase(),
             declared.host.to_ascii_uppercase(),
             declared.port,
         ),
-        _ => OwnedTarget::Endpoint(
-            (*rng.pick(&["http", "https", "postgres", "redis", ""])).to_owned(),
+        _ => OwnedQuery::Endpoint(
+            rng.pick_str(&["http", "https", "postgres", "redis", ""])
+                .to_owned(),
             "svc0.internal.example".to_owned(),
             u16::try_from(rng.below(65_536)).unwrap(),
         ),
@@ -172,26 +141,15 @@ fn check_consistent(decision: &Decision<'_>) {
 }
 
 fn small_shape() -> impl Strategy<Value = PolicyShape> {
-    (
-        1usize..6,
-        1usize..6,
-        0usize..16,
-        1usize..3,
-        0usize..4,
-        0usize..4,
-        0usize..10,
-    )
-        .prop_map(
-            |(workloads, targets, rules, files, max_depth, credentials, conditions)| PolicyShape {
-                workloads,
-                targets,
-                rules,
-                files,
-                max_depth,
-                credentials,
-                conditions,
-            },
-        )
+    shapes_below(PolicyShape {
+        workloads: 6,
+        targets: 6,
+        rules: 16,
+        files: 3,
+        max_depth: 4,
+        credentials: 4,
+        conditions: 10,
+    })
 }
 
 proptest! {
@@ -199,12 +157,8 @@ proptest! {
     /// the same decision when asked twice.
     #[test]
     fn decisions_are_consistent(seed in any::<u64>(), shape in small_shape()) {
-        let mut rng = Rng::new(seed);
-        let files = PolicyGen::new(&mut rng, shape).files();
-        let program = program(&files);
-        let targets = program.bundle().targets().to_vec();
-        for _ in 0..REQUESTS_PER_SET {
-            let owned = random_request(&mut rng, &targets);
+        let (_, program, requests) = generated(seed, shape);
+        for owned in &requests {
             let decision = program.decide(&owned.request());
             check_consistent(&decision);
             prop_assert_eq!(&program.decide(&owned.request()), &decision);
@@ -215,14 +169,10 @@ proptest! {
     /// deny, and every decision on a known target into a forbid or an evaluation error.
     #[test]
     fn forbid_everything_denies_everything(seed in any::<u64>(), shape in small_shape()) {
-        let mut rng = Rng::new(seed);
-        let mut files = PolicyGen::new(&mut rng, shape).files();
-        let open = program(&files);
+        let (mut files, open, requests) = generated(seed, shape);
         files.push(SourceFile::new("zz_forbid.gate", "forbid everything { }\n"));
         let closed = program(&files);
-        let targets = open.bundle().targets().to_vec();
-        for _ in 0..REQUESTS_PER_SET {
-            let owned = random_request(&mut rng, &targets);
+        for owned in &requests {
             let before = open.decide(&owned.request());
             let after = closed.decide(&owned.request());
             check_consistent(&after);
@@ -250,21 +200,8 @@ fn generated_requests_reach_every_outcome() {
     let mut seen = std::collections::BTreeSet::new();
     let mut n_credentials = 0;
     for seed in 0..200 {
-        let mut rng = Rng::new(seed);
-        let shape = PolicyShape {
-            workloads: 3,
-            targets: 3,
-            rules: 10,
-            files: 2,
-            max_depth: 1,
-            credentials: 2,
-            conditions: 3,
-        };
-        let files = PolicyGen::new(&mut rng, shape).files();
-        let program = program(&files);
-        let targets = program.bundle().targets().to_vec();
-        for _ in 0..REQUESTS_PER_SET {
-            let owned = random_request(&mut rng, &targets);
+        let (_, program, requests) = generated(seed, PolicyShape::every_outcome());
+        for owned in &requests {
             let decision = program.decide(&owned.request());
             seen.insert(decision.reason.code());
             n_credentials += usize::from(decision.credential.is_some());

@@ -7,6 +7,9 @@
     reason = "a test fails by panicking"
 )]
 
+mod common;
+
+use common::{claims, request};
 use portcullis_engine::vm::{Decision, EvalError, Program, Reason, Request, TargetQuery};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::ir::{
@@ -200,21 +203,6 @@ fn load(set: &PolicySet) -> Program {
     Program::from_bundle(Bundle::from_policy_set(set).unwrap()).unwrap()
 }
 
-/// Claims of `kind`, indexed by claim id; `aud` and `groups` take a comma-separated set.
-fn claims(kind: ProviderKind, pairs: &[(&str, &str)]) -> Vec<Option<ClaimValue>> {
-    let mut claims = vec![None; kind.claims().len()];
-    for (name, value) in pairs {
-        let (id, _) = kind.claim(name).unwrap();
-        claims[usize::from(id.0)] = Some(match *name {
-            "aud" | "groups" => {
-                ClaimValue::StringSet(value.split(',').map(str::to_owned).collect())
-            }
-            _ => ClaimValue::String((*value).to_owned()),
-        });
-    }
-    claims
-}
-
 /// A GitHub Actions caller of acme/billing, with `extra` claims added or replaced.
 fn github(extra: &[(&str, &str)]) -> Vec<Option<ClaimValue>> {
     let mut pairs = vec![
@@ -250,24 +238,6 @@ fn orders_api() -> Vec<Option<ClaimValue>> {
     )
 }
 
-fn request<'a>(
-    kind: ProviderKind,
-    claims: &'a [Option<ClaimValue>],
-    target: &'a str,
-    action: Option<&'a str>,
-    resource: Option<&'a str>,
-) -> Request<'a> {
-    Request {
-        kind,
-        claims,
-        target: TargetQuery::Named(target),
-        action,
-        resource,
-        source_ip: None,
-        time: 0,
-    }
-}
-
 /// The outcome in one line: allow or deny, rule, workload, reason code and text.
 fn summary(decision: &Decision<'_>) -> String {
     format!(
@@ -281,6 +251,17 @@ fn summary(decision: &Decision<'_>) -> String {
     )
 }
 
+/// A GitHub caller's `POST /v1/invoices` on `billing_api`.
+fn post_invoices(claims: &[Option<ClaimValue>]) -> Request<'_> {
+    request(
+        Github,
+        claims,
+        "billing_api",
+        Some("POST"),
+        Some("/v1/invoices"),
+    )
+}
+
 fn check(program: &Program, request: &Request<'_>, expected: &str) {
     assert_eq!(summary(&program.decide(request)), expected);
 }
@@ -289,13 +270,7 @@ fn check(program: &Program, request: &Request<'_>, expected: &str) {
 fn permit_allows() {
     let program = load(&policy_set());
     let claims = github(&[("environment", "production")]);
-    let request = request(
-        Github,
-        &claims,
-        "billing_api",
-        Some("POST"),
-        Some("/v1/invoices"),
-    );
+    let request = post_invoices(&claims);
     let decision = program.decide(&request);
     assert!(decision.allow);
     assert_eq!(
@@ -319,13 +294,7 @@ fn no_permit_denies() {
     let claims = github(&[]);
     check(
         &program,
-        &request(
-            Github,
-            &claims,
-            "billing_api",
-            Some("POST"),
-            Some("/v1/invoices"),
-        ),
+        &post_invoices(&claims),
         "deny rule=- workload=billing_ci target=billing_api no_permit: \
          no permit rule covers workload `billing_ci` on target `billing_api`",
     );
@@ -347,13 +316,7 @@ fn forbid_wins_over_permit() {
     ]);
     check(
         &program,
-        &request(
-            Github,
-            &claims,
-            "billing_api",
-            Some("POST"),
-            Some("/v1/invoices"),
-        ),
+        &post_invoices(&claims),
         "deny rule=no_pull_request_target workload=billing_release target=billing_api \
          forbidden: forbidden by rule `no_pull_request_target`",
     );
@@ -363,13 +326,7 @@ fn forbid_wins_over_permit() {
     ]);
     check(
         &program,
-        &request(
-            Github,
-            &fork,
-            "billing_api",
-            Some("POST"),
-            Some("/v1/invoices"),
-        ),
+        &post_invoices(&fork),
         "deny rule=only_acme workload=billing_release target=billing_api \
          forbidden: forbidden by rule `only_acme`",
     );

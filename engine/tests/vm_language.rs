@@ -8,31 +8,16 @@
     reason = "a test fails by panicking"
 )]
 
-use portcullis_engine::vm::{Decision, EvalError, Program, Reason, Request, TargetQuery};
-use portcullis_lang::bundle::Bundle;
+mod common;
+
+use common::{claims, program_from_source};
+use portcullis_engine::vm::{Decision, EvalError, Program, Reason, Request};
 use portcullis_lang::ir::{CredentialKind, Severity};
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
-use portcullis_lang::{SourceFile, compile};
-
-fn program(text: &str) -> Program {
-    let files = [SourceFile::new("policy.gate", text)];
-    let set = compile(&files).unwrap_or_else(|diagnostics| panic!("{diagnostics:?}"));
-    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
-    Program::load(&bytes).unwrap()
-}
 
 /// A GitHub caller of `acme/billing` on `ref`, optionally in an environment.
 fn github(git_ref: &str, environment: Option<&str>) -> Vec<Option<ClaimValue>> {
-    let kind = ProviderKind::Github;
-    let mut claims = vec![None; kind.claims().len()];
-    let mut set = |name: &str, value: &str| {
-        let (id, _) = kind.claim(name).unwrap();
-        claims[usize::from(id.0)] = Some(match name {
-            "aud" => ClaimValue::StringSet(vec![value.to_owned()]),
-            _ => ClaimValue::String(value.to_owned()),
-        });
-    };
-    for (name, value) in [
+    let mut pairs = vec![
         ("iss", "https://token.actions.githubusercontent.com"),
         ("sub", "repo:acme/billing:ref:refs/heads/main"),
         ("aud", "portcullis"),
@@ -43,30 +28,30 @@ fn github(git_ref: &str, environment: Option<&str>) -> Vec<Option<ClaimValue>> {
         ("sha", "0123"),
         ("event_name", "push"),
         ("ref", git_ref),
-    ] {
-        set(name, value);
-    }
-    if let Some(environment) = environment {
-        set("environment", environment);
-    }
-    claims
+    ];
+    pairs.extend(environment.map(|environment| ("environment", environment)));
+    claims(ProviderKind::Github, &pairs)
 }
 
+/// A request of a GitHub caller for the target named `target`.
 fn request<'a>(
     claims: &'a [Option<ClaimValue>],
     target: &'a str,
     action: Option<&'a str>,
     resource: Option<&'a str>,
 ) -> Request<'a> {
-    Request {
-        kind: ProviderKind::Github,
-        claims,
-        target: TargetQuery::Named(target),
-        action,
-        resource,
-        source_ip: None,
-        time: 0,
-    }
+    common::request(ProviderKind::Github, claims, target, action, resource)
+}
+
+/// The decision of `program` on the GitHub caller on `main` asking for `target`.
+fn decide_for_main<'p>(
+    program: &'p Program,
+    target: &str,
+    action: Option<&str>,
+    resource: Option<&str>,
+) -> Decision<'p> {
+    let claims = github("refs/heads/main", None);
+    program.decide(&request(&claims, target, action, resource))
 }
 
 /// The outcome in one line: allow or deny, rule, credential, reason.
@@ -111,7 +96,7 @@ forbid no_deletes { target api when request.action == "DELETE" }
 
 #[test]
 fn the_first_applying_permit_issues_its_credential() {
-    let program = program(CREDENTIALS);
+    let program = program_from_source(CREDENTIALS);
     let main = github("refs/heads/main", None);
     let branch = github("refs/heads/feature", None);
     let decide =
@@ -143,9 +128,8 @@ fn the_first_applying_permit_issues_its_credential() {
 
 #[test]
 fn a_credential_carries_its_settings() {
-    let program = program(CREDENTIALS);
-    let claims = github("refs/heads/main", None);
-    let decision = program.decide(&request(&claims, "orders_db", None, None));
+    let program = program_from_source(CREDENTIALS);
+    let decision = decide_for_main(&program, "orders_db", None, None);
     let credential = decision.credential.unwrap();
     assert_eq!(
         credential.kind,
@@ -170,7 +154,7 @@ condition writes_blocked { request.action == "DELETE" }
 
 #[test]
 fn conditions_are_read_by_name() {
-    let program = program(CONDITIONS);
+    let program = program_from_source(CONDITIONS);
     let plain = github("refs/heads/main", None);
     let production = github("refs/heads/main", Some("production"));
     let decide = |claims, action| summary(&program.decide(&request(claims, "api", action, None)));
@@ -194,9 +178,8 @@ fn conditions_are_read_by_name() {
 
 #[test]
 fn an_error_inside_a_condition_denies() {
-    let program = program(CONDITIONS);
-    let claims = github("refs/heads/main", None);
-    let decision = program.decide(&request(&claims, "api", None, None));
+    let program = program_from_source(CONDITIONS);
+    let decision = decide_for_main(&program, "api", None, None);
     assert!(!decision.allow);
     assert_eq!(
         decision.reason,
@@ -212,7 +195,7 @@ fn a_condition_read_twice_runs_once() {
     // The budget of a decision is the number of instructions in the bundle. The permit reads
     // `twice` five times and `twice` reads `reads` twice: run every time, that would be more
     // than three times the bundle's instructions, so only memoized conditions fit.
-    let program = program(
+    let program = program_from_source(
         r#"
         workload billing_ci { github { repository == "acme/billing" } }
         target api { https { host = "api.internal" } }
@@ -225,14 +208,13 @@ fn a_condition_read_twice_runs_once() {
         }
         "#,
     );
-    let claims = github("refs/heads/main", None);
-    let decision = program.decide(&request(&claims, "api", Some("GET"), None));
+    let decision = decide_for_main(&program, "api", Some("GET"), None);
     assert!(decision.allow, "{}", summary(&decision));
 }
 
 #[test]
 fn annotations_reach_the_decision() {
-    let program = program(
+    let program = program_from_source(
         r#"
         workload billing_ci { github { repository == "acme/billing" } }
         target api { https { host = "api.internal" } }
@@ -243,27 +225,26 @@ fn annotations_reach_the_decision() {
         forbid no_deletes { when request.action == "DELETE" }
         "#,
     );
-    let claims = github("refs/heads/main", None);
-    let decision = program.decide(&request(&claims, "api", Some("GET"), None));
+    let decision = decide_for_main(&program, "api", Some("GET"), None);
     let annotations = decision.annotations.unwrap();
     assert_eq!(
         annotations.description.as_deref(),
         Some("CI may read the API")
     );
     assert_eq!(annotations.severity, Some(Severity::Low));
-    let decision = program.decide(&request(&claims, "api", Some("DELETE"), None));
+    let decision = decide_for_main(&program, "api", Some("DELETE"), None);
     let annotations = decision.annotations.unwrap();
     assert_eq!(
         (annotations.description.as_deref(), annotations.severity),
         (None, Some(Severity::Critical))
     );
-    let decision = program.decide(&request(&claims, "api", Some("PUT"), None));
+    let decision = decide_for_main(&program, "api", Some("PUT"), None);
     assert_eq!(decision.annotations, None);
 }
 
 #[test]
 fn orderings_ranges_and_regexes() {
-    let program = program(
+    let program = program_from_source(
         r#"
         workload billing_ci { github { repository == "acme/billing" } }
         target api { https { host = "api.internal" port = 8443 } }
@@ -278,7 +259,6 @@ fn orderings_ranges_and_regexes() {
         }
         "#,
     );
-    let claims = github("refs/heads/main", None);
     for (target, resource, allow) in [
         ("api", "/v1/invoices", true),
         ("api", "/v12/orders/7", true),
@@ -286,7 +266,7 @@ fn orderings_ranges_and_regexes() {
         ("api", "/admin", false),
         ("admin", "/v1/invoices", false),
     ] {
-        let decision = program.decide(&request(&claims, target, None, Some(resource)));
+        let decision = decide_for_main(&program, target, None, Some(resource));
         assert_eq!(
             decision.allow,
             allow,
@@ -298,7 +278,7 @@ fn orderings_ranges_and_regexes() {
 
 #[test]
 fn source_addresses_and_networks() {
-    let program = program(
+    let program = program_from_source(
         r#"
         workload billing_ci { github { repository == "acme/billing" } }
         target api { https { host = "api.internal" } }
@@ -323,7 +303,7 @@ fn source_addresses_and_networks() {
         let decision = summary(&program.decide(&request));
         assert!(decision.starts_with(expected), "{source_ip}: {decision}");
     }
-    let decision = program.decide(&request(&claims, "api", None, None));
+    let decision = decide_for_main(&program, "api", None, None);
     assert_eq!(
         decision.reason,
         Reason::EvaluationError {

@@ -6,32 +6,14 @@
     reason = "a test fails by panicking"
 )]
 
+mod common;
+
 use std::path::Path;
 
-use portcullis_engine::vm::{Program, Reason, Request, TargetQuery};
-use portcullis_lang::bundle::Bundle;
+use common::{claims, program, program_from_source};
+use portcullis_engine::vm::{Reason, Request, TargetQuery};
+use portcullis_lang::read_policy_path;
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
-use portcullis_lang::{SourceFile, compile, read_policy_path};
-
-fn program(files: &[SourceFile]) -> Program {
-    let set = compile(files).unwrap_or_else(|diagnostics| panic!("{diagnostics:?}"));
-    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
-    Program::load(&bytes).unwrap()
-}
-
-fn claims(kind: ProviderKind, pairs: &[(&str, &str)]) -> Vec<Option<ClaimValue>> {
-    let mut claims = vec![None; kind.claims().len()];
-    for (name, value) in pairs {
-        let (id, def) = kind.claim(name).unwrap();
-        claims[usize::from(id.0)] = Some(match def.ty {
-            portcullis_lang::schema::ClaimType::StringSet => {
-                ClaimValue::StringSet(value.split(',').map(str::to_owned).collect())
-            }
-            _ => ClaimValue::String((*value).to_owned()),
-        });
-    }
-    claims
-}
 
 fn github(extra: &[(&str, &str)]) -> Vec<Option<ClaimValue>> {
     let mut pairs = vec![
@@ -67,15 +49,13 @@ fn github_request<'a>(
     action: &'a str,
     resource: &'a str,
 ) -> Request<'a> {
-    Request {
-        kind: ProviderKind::Github,
+    common::request(
+        ProviderKind::Github,
         claims,
-        target: TargetQuery::Named(target),
-        action: Some(action),
-        resource: Some(resource),
-        source_ip: None,
-        time: 0,
-    }
+        target,
+        Some(action),
+        Some(resource),
+    )
 }
 
 const POLICY: &str = r#"
@@ -108,7 +88,7 @@ forbid no_pull_request_target {
 
 #[test]
 fn source_to_decision() {
-    let program = program(&[SourceFile::new("policy.gate", POLICY)]);
+    let program = program_from_source(POLICY);
     let production = github(&[("environment", "production")]);
     let decision = program.decide(&deploy(&production));
     assert!(decision.allow, "{}", decision.reason_text());

@@ -9,11 +9,12 @@
     reason = "a test fails by panicking"
 )]
 
-use portcullis_engine::vm::{EvalError, Program, Reason, Request, TargetQuery};
-use portcullis_lang::bundle::Bundle;
+mod common;
+
+use common::program_from_source;
+use portcullis_engine::vm::{EvalError, Program, Reason, Request};
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
 use portcullis_lang::time::parse_timestamp;
-use portcullis_lang::{SourceFile, compile};
 
 /// A program whose one permit holds when `condition` does.
 fn program(condition: &str) -> Program {
@@ -21,22 +22,14 @@ fn program(condition: &str) -> Program {
         "target api {{ https {{ host = \"api.internal\" }} }}\n\
          permit timed {{ workload any target api when {condition} }}\n"
     );
-    let files = [SourceFile::new("policy.gate", text)];
-    let set = compile(&files).unwrap_or_else(|diagnostics| panic!("{diagnostics:?}"));
-    let bytes = Bundle::from_policy_set(&set).unwrap().to_bytes();
-    Program::load(&bytes).unwrap()
+    program_from_source(&text)
 }
 
 fn decide_at(program: &Program, unix_seconds: i64) -> Reason<'_> {
     let claims: Vec<Option<ClaimValue>> = vec![None; ProviderKind::Oidc.claims().len()];
     let request = Request {
-        kind: ProviderKind::Oidc,
-        claims: &claims,
-        target: TargetQuery::Named("api"),
-        action: None,
-        resource: None,
-        source_ip: None,
         time: unix_seconds,
+        ..common::request(ProviderKind::Oidc, &claims, "api", None, None)
     };
     program.decide(&request).reason
 }

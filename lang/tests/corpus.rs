@@ -8,30 +8,20 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::Path;
+mod common;
 
+use common::{corpus_dir, corpus_file, corpus_names, examples_dir, snapshot_settings};
 use portcullis_lang::source::{SourceFile, read_policy_path};
 use portcullis_lang::{compile, render};
 
 /// Compiles `corpus/err/NAME.gate` and compares its rendered diagnostics with the snapshot
 /// `snapshots/corpus__NAME.snap`.
 fn check_err(name: &str) {
-    let path = corpus_dir("err").join(format!("{name}.gate"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let result = compile(&[SourceFile::new(format!("corpus/err/{name}.gate"), text)]);
-    let Err(diags) = result else {
+    let (path, file) = corpus_file("err", name);
+    let Err(diags) = compile(&[file]) else {
         panic!("{} compiled without errors", path.display())
     };
-    let mut settings = insta::Settings::clone_current();
-    settings.set_input_file(&path);
-    settings.set_prepend_module_to_snapshot(true);
-    settings.bind(|| insta::assert_snapshot!(name, render(&diags, false)));
-}
-
-fn corpus_dir(kind: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
-        .join(kind)
+    snapshot_settings(&path).bind(|| insta::assert_snapshot!(name, render(&diags, false)));
 }
 
 fn check_ok(files: &[SourceFile]) -> portcullis_lang::ir::PolicySet {
@@ -43,13 +33,7 @@ fn check_ok(files: &[SourceFile]) -> portcullis_lang::ir::PolicySet {
 
 #[test]
 fn err_corpus() {
-    let mut names: Vec<String> = std::fs::read_dir(corpus_dir("err"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "gate"))
-        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = corpus_names("err");
     assert!(
         names.len() >= 12,
         "the err corpus has only {} files",
@@ -72,8 +56,7 @@ fn ok_corpus() {
 
 #[test]
 fn example_policy_set_compiles() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    let set = check_ok(&read_policy_path(&dir).unwrap());
+    let set = check_ok(&read_policy_path(&examples_dir()).unwrap());
     assert_eq!(set.workloads.len(), 6);
     assert_eq!(set.targets.len(), 3);
     assert_eq!(set.rules.len(), 8);
@@ -151,8 +134,7 @@ fn duplicate_across_files_points_at_both() {
 fn all_corpus_texts() -> Vec<SourceFile> {
     let mut files = read_policy_path(&corpus_dir("ok")).unwrap();
     files.extend(read_policy_path(&corpus_dir("err")).unwrap());
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    files.extend(read_policy_path(&examples).unwrap());
+    files.extend(read_policy_path(&examples_dir()).unwrap());
     files
 }
 

@@ -11,18 +11,17 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use std::path::Path;
+
+use common::{corpus_dir, examples_dir, lang_dir, snapshot_settings};
 use portcullis_lang::fmt::{FormatError, MAX_WIDTH, comments, format_source};
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::lexer;
 use portcullis_lang::source::{SourceFile, read_policy_path};
 use portcullis_lang::{compile, render};
 use proptest::prelude::*;
-
-fn lang_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn format(text: &str) -> String {
     match format_source("input.gate", text) {
@@ -51,15 +50,14 @@ fn compile_ok(files: &[SourceFile]) -> PolicySet {
 fn policy_sets() -> Vec<Vec<SourceFile>> {
     let mut sets = Vec::new();
     for corpus in ["ok", "fmt"] {
-        let dir = lang_dir().join("tests/corpus").join(corpus);
         sets.extend(
-            read_policy_path(&dir)
+            read_policy_path(&corpus_dir(corpus))
                 .unwrap()
                 .into_iter()
                 .map(|file| vec![file]),
         );
     }
-    sets.push(read_policy_path(&lang_dir().join("../examples/policies")).unwrap());
+    sets.push(read_policy_path(&examples_dir()).unwrap());
     sets
 }
 
@@ -72,8 +70,7 @@ fn with_text(set: &[SourceFile], file_idx: usize, text: &str) -> Vec<SourceFile>
 
 #[test]
 fn golden_files() {
-    let dir = lang_dir().join("tests/corpus/fmt");
-    let files = read_policy_path(&dir).unwrap();
+    let files = read_policy_path(&corpus_dir("fmt")).unwrap();
     assert!(
         files.len() >= 4,
         "the fmt corpus has only {} files",
@@ -91,9 +88,7 @@ fn golden_files() {
         for line in formatted.lines() {
             assert!(line.chars().count() <= MAX_WIDTH, "{name}: {line}");
         }
-        let mut settings = insta::Settings::clone_current();
-        settings.set_input_file(path);
-        settings.bind(|| insta::assert_snapshot!(name, formatted));
+        snapshot_settings(path).bind(|| insta::assert_snapshot!(name, formatted));
     }
 }
 
@@ -127,9 +122,9 @@ fn formatting_is_idempotent_and_keeps_comments_and_meaning() {
     }
 }
 
-#[test]
-fn example_policies_are_formatted() {
-    for file in read_policy_path(&lang_dir().join("../examples/policies")).unwrap() {
+/// Checks that every policy file under `dir` is as `policyc fmt` writes it.
+fn assert_formatted(dir: &Path) {
+    for file in read_policy_path(dir).unwrap() {
         assert_eq!(
             format(&file.text),
             file.text,
@@ -137,6 +132,11 @@ fn example_policies_are_formatted() {
             file.name
         );
     }
+}
+
+#[test]
+fn example_policies_are_formatted() {
+    assert_formatted(&examples_dir());
 }
 
 #[test]
@@ -159,14 +159,7 @@ fn declarations_are_multi_line_and_small_inner_blocks_stay_on_one_line() {
 
 #[test]
 fn test_corpus_is_formatted() {
-    for file in read_policy_path(&lang_dir().join("tests/corpus/test")).unwrap() {
-        assert_eq!(
-            format(&file.text),
-            file.text,
-            "run `policyc fmt` on {}",
-            file.name
-        );
-    }
+    assert_formatted(&corpus_dir("test"));
 }
 
 #[test]

@@ -8,34 +8,15 @@
     reason = "a test fails by panicking"
 )]
 
+mod common;
+
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Output};
 
+use common::{path_arg, policyc, stderr, stdout};
 use portcullis_lang::fmt::format_source;
-
-fn policyc(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .args(args)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
 
 const MESSY: &str = "workload w{github{repository==\"acme/a\"}} // the workload\n\n\n\
                      target t{http{host=\"h\" port=80}}\n";
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 #[test]
 fn check_names_a_messy_file_fmt_fixes_it_and_check_then_passes() {

@@ -8,17 +8,12 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
 
+use common::{corpus_file, corpus_names, examples_dir, snapshot_settings};
 use portcullis_lang::diagnostic::Severity;
 use portcullis_lang::source::{SourceFile, read_policy_path};
 use portcullis_lang::{CheckOutcome, LintOptions, analyze, compile, render};
-
-fn corpus_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/corpus")
-        .join(kind)
-}
 
 fn analyze_text(text: &str) -> CheckOutcome {
     analyze(
@@ -39,9 +34,8 @@ fn codes(text: &str) -> Vec<&'static str> {
 /// Lints `corpus/lint/NAME.gate` and compares its rendered warnings with the snapshot
 /// `snapshots/lint__NAME.snap`.
 fn check_lint(name: &str) {
-    let path = corpus_dir("lint").join(format!("{name}.gate"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let files = [SourceFile::new(format!("corpus/lint/{name}.gate"), text)];
+    let (path, file) = corpus_file("lint", name);
+    let files = [file];
     let outcome = analyze(&files, &LintOptions::default());
     assert!(outcome.set.is_some(), "{name} does not compile");
     assert!(!outcome.diagnostics.is_empty(), "{name} has no warning");
@@ -55,21 +49,13 @@ fn check_lint(name: &str) {
     }
     // A warning never makes `compile` fail.
     assert!(compile(&files).is_ok());
-    let mut settings = insta::Settings::clone_current();
-    settings.set_input_file(&path);
-    settings.set_prepend_module_to_snapshot(true);
-    settings.bind(|| insta::assert_snapshot!(name, render(&outcome.diagnostics, false)));
+    snapshot_settings(&path)
+        .bind(|| insta::assert_snapshot!(name, render(&outcome.diagnostics, false)));
 }
 
 #[test]
 fn lint_corpus() {
-    let mut names: Vec<String> = std::fs::read_dir(corpus_dir("lint"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "gate"))
-        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = corpus_names("lint");
     assert!(
         names.len() >= 7,
         "the lint corpus has only {} files",
@@ -82,8 +68,8 @@ fn lint_corpus() {
 
 #[test]
 fn the_example_policy_set_has_no_warnings() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies");
-    let outcome = analyze(&read_policy_path(&dir).unwrap(), &LintOptions::default());
+    let files = read_policy_path(&examples_dir()).unwrap();
+    let outcome = analyze(&files, &LintOptions::default());
     assert!(outcome.set.is_some());
     assert!(
         outcome.diagnostics.is_empty(),

@@ -9,19 +9,17 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Output;
+
+use common::{corpus_dir, corpus_file, corpus_names, examples_dir, path_arg, snapshot_settings};
 use portcullis_lang::check::compile_with_tests;
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::policy_test::{self, TestCase};
 use portcullis_lang::reference::{self, EvalError, Reason, Request, TargetQuery};
 use portcullis_lang::schema::{ClaimValue, CustomClaims, ProviderKind};
 use portcullis_lang::{SourceFile, read_policy_path, render};
-
-fn lang_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn compile(files: &[SourceFile]) -> (PolicySet, Vec<TestCase>) {
     compile_with_tests(files, &CustomClaims::default())
@@ -34,27 +32,18 @@ fn compile_text(text: &str) -> (PolicySet, Vec<TestCase>) {
 
 /// Runs `corpus/test/NAME.gate` and compares the rendered run with its snapshot.
 fn check_corpus(name: &str) -> (usize, usize) {
-    let path = lang_dir().join(format!("tests/corpus/test/{name}.gate"));
-    let text = std::fs::read_to_string(&path).unwrap();
-    let files = [SourceFile::new(format!("corpus/test/{name}.gate"), text)];
+    let (path, file) = corpus_file("test", name);
+    let files = [file];
     let (set, tests) = compile(&files);
     let run = policy_test::run(&set, &tests);
-    let mut settings = insta::Settings::clone_current();
-    settings.set_input_file(&path);
-    settings.set_prepend_module_to_snapshot(true);
-    settings.bind(|| insta::assert_snapshot!(name, policy_test::render(&run, &files)));
+    snapshot_settings(&path)
+        .bind(|| insta::assert_snapshot!(name, policy_test::render(&run, &files)));
     (run.n_passed(), run.n_failed())
 }
 
 #[test]
 fn test_corpus_runs_as_its_snapshots_say() {
-    let mut names: Vec<String> = std::fs::read_dir(lang_dir().join("tests/corpus/test"))
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "gate"))
-        .map(|path| path.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
+    let names = corpus_names("test");
     assert!(
         names.len() >= 2,
         "the test corpus has {} files",
@@ -73,7 +62,7 @@ fn test_corpus_runs_as_its_snapshots_say() {
 
 #[test]
 fn the_example_tests_pass_and_exercise_every_rule() {
-    let files = read_policy_path(&lang_dir().join("../examples/policies")).unwrap();
+    let files = read_policy_path(&examples_dir()).unwrap();
     let (set, tests) = compile(&files);
     let run = policy_test::run(&set, &tests);
     assert!(run.outcomes.len() >= 10);
@@ -218,18 +207,11 @@ fn a_matching_regex_and_range_allow() {
     assert_eq!(decision.reason, Reason::NoPermit);
 }
 
+/// `policyc test ARGS…`, run in the crate directory.
 fn policyc_test(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .arg("test")
-        .args(args)
-        .current_dir(lang_dir())
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn path_arg(path: &Path) -> String {
-    path.to_str().unwrap().to_owned()
+    let mut all = vec!["test"];
+    all.extend_from_slice(args);
+    common::policyc(&all)
 }
 
 #[test]
@@ -250,8 +232,8 @@ fn policyc_test_passes_on_the_examples() {
 
 #[test]
 fn policyc_test_fails_on_a_failing_test_and_on_errors() {
-    let failing = lang_dir().join("tests/corpus/test/failing.gate");
-    let output = policyc_test(&[&path_arg(&failing)]);
+    let failing = corpus_dir("test").join("failing.gate");
+    let output = policyc_test(&[path_arg(&failing)]);
     let stdout = String::from_utf8(output.stdout).unwrap();
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
@@ -269,8 +251,8 @@ fn policyc_test_fails_on_a_failing_test_and_on_errors() {
         "{stdout}"
     );
 
-    let broken = lang_dir().join("tests/corpus/err/test_missing_claims.gate");
-    let output = policyc_test(&[&path_arg(&broken)]);
+    let broken = corpus_dir("err").join("test_missing_claims.gate");
+    let output = policyc_test(&[path_arg(&broken)]);
     assert_eq!(output.status.code(), Some(1));
     assert!(output.stdout.is_empty());
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -294,7 +276,7 @@ fn policyc_test_document(format: &str, args: &[&str]) -> (Option<i32>, String, S
 
 /// The 1-based line of the first line of `corpus/test/NAME.gate` that starts with `prefix`.
 fn corpus_line(name: &str, prefix: &str) -> usize {
-    let path = lang_dir().join(format!("tests/corpus/test/{name}.gate"));
+    let path = corpus_dir("test").join(format!("{name}.gate"));
     let text = std::fs::read_to_string(path).unwrap();
     text.lines()
         .position(|line| line.starts_with(prefix))
@@ -531,7 +513,7 @@ test outside_the_prefix {
 }
 "#;
     std::fs::write(&path, text).unwrap();
-    let (status, stdout, stderr) = policyc_test_document("junit", &[&path_arg(&path)]);
+    let (status, stdout, stderr) = policyc_test_document("junit", &[path_arg(&path)]);
     assert_eq!(status, Some(1), "{stderr}");
     assert!(stdout.contains("a&amp;b&lt;c&quot;d&gt;"), "{stdout}");
     let xml = roxmltree::Document::parse(&stdout).unwrap();
@@ -581,7 +563,7 @@ fn policyc_test_junit_reports_a_policy_set_that_runs_no_test_as_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("untested.gate");
     std::fs::write(&path, "target api { https { host = \"a\" } }\n").unwrap();
-    let (status, stdout, _) = policyc_test_document("junit", &[&path_arg(&path)]);
+    let (status, stdout, _) = policyc_test_document("junit", &[path_arg(&path)]);
     assert_eq!(status, Some(1));
     let xml = roxmltree::Document::parse(&stdout).unwrap();
     let error = xml

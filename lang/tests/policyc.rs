@@ -8,45 +8,16 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::process::{Command, Output};
 
+use common::{corpus_dir, examples_dir, lang_dir, path_arg, policyc, policyc_in, stderr, stdout};
 use serde_json::Value;
-
-fn policyc(args: &[&str]) -> Output {
-    policyc_in(&lang_dir(), args)
-}
-
-/// Runs `policyc` with `dir` as its working directory.
-fn policyc_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
-
-fn lang_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn path_arg(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
 
 #[test]
 fn check_accepts_the_example_policy_set() {
-    let examples = lang_dir().join("../examples/policies");
-    let output = policyc(&["check", path_arg(&examples)]);
+    let output = policyc(&["check", path_arg(&examples_dir())]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -61,7 +32,7 @@ fn check_accepts_the_example_policy_set() {
 
 #[test]
 fn check_reports_diagnostics_and_exits_1() {
-    let file = lang_dir().join("tests/corpus/err/unknown_claim.gate");
+    let file = corpus_dir("err").join("unknown_claim.gate");
     let output = policyc(&["check", path_arg(&file)]);
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8(output.stderr).unwrap();
@@ -98,8 +69,7 @@ fn check_of_a_missing_path_exits_2_with_one_line() {
 fn build_writes_a_bundle_atomically() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("policies.bundle");
-    let examples = lang_dir().join("../examples/policies");
-    let output = policyc(&["build", path_arg(&examples), "-o", path_arg(&out)]);
+    let output = policyc(&["build", path_arg(&examples_dir()), "-o", path_arg(&out)]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -128,7 +98,7 @@ fn build_writes_a_bundle_atomically() {
 fn build_of_an_invalid_policy_set_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("policies.bundle");
-    let file = lang_dir().join("tests/corpus/err/missing_clause.gate");
+    let file = corpus_dir("err").join("missing_clause.gate");
     let output = policyc(&["build", path_arg(&file), "-o", path_arg(&out)]);
     assert_eq!(output.status.code(), Some(1));
     assert!(!out.exists());
@@ -406,7 +376,8 @@ fn sarif_columns_count_utf16_code_units() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("é.gate"),
-        "// 😀\ntarget t { http { host = \"😀\" } } target u { http { host = \"a\" } }\n",
+        "// 😀\ntarget t { http { host = \"h\" path_prefix = \"/😀\" } } target u { http { host = \
+         \"a\" } }\n",
     )
     .unwrap();
     let output = policyc_in(dir.path(), &["check", "--format", "sarif", "é.gate"]);
@@ -414,10 +385,10 @@ fn sarif_columns_count_utf16_code_units() {
     let location = &doc["runs"][0]["results"][1]["locations"][0]["physicalLocation"];
     assert_eq!(location["artifactLocation"]["uri"], "%C3%A9.gate");
     // `u` follows `😀`, two UTF-16 code units but one character.
-    assert_eq!(location["region"]["startColumn"], 42);
+    assert_eq!(location["region"]["startColumn"], 61);
     let output = policyc_in(dir.path(), &["check", "--format", "json", "é.gate"]);
     let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(doc["diagnostics"][1]["column"], 41);
+    assert_eq!(doc["diagnostics"][1]["column"], 60);
 }
 
 #[test]

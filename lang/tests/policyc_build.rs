@@ -10,45 +10,35 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::{Command, Output};
 
+use common::{examples_dir, policyc};
 use portcullis_lang::bundle::{Bundle, signing};
 
-fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/policies")
-}
-
 fn build(policies: &Path, output: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .env("NO_COLOR", "1")
-        .arg("build")
-        .arg(policies)
-        .arg("-o")
-        .arg(output)
-        .output()
-        .unwrap()
-}
-
-fn policyc(args: &[&std::ffi::OsStr]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .unwrap()
+    policyc(&[
+        OsStr::new("build"),
+        policies.as_os_str(),
+        OsStr::new("-o"),
+        output.as_os_str(),
+    ])
 }
 
 fn keygen(out: &Path) -> Output {
-    policyc(&["keygen".as_ref(), "--out".as_ref(), out.as_os_str()])
+    policyc(&[OsStr::new("keygen"), OsStr::new("--out"), out.as_os_str()])
 }
 
 fn build_signed(policies: &Path, output: &Path, key: &Path) -> Output {
     policyc(&[
-        "build".as_ref(),
+        OsStr::new("build"),
         policies.as_os_str(),
-        "-o".as_ref(),
+        OsStr::new("-o"),
         output.as_os_str(),
-        "--sign".as_ref(),
+        OsStr::new("--sign"),
         key.as_os_str(),
     ])
 }
@@ -72,7 +62,7 @@ fn refused(out: &Output, why: &str) {
 fn build_writes_regular_files_and_through_symlinks() {
     let tmp = tempfile::tempdir().unwrap();
     let plain = tmp.path().join("policy.bundle");
-    let out = build(&examples(), &plain);
+    let out = build(&examples_dir(), &plain);
     assert!(
         out.status.success(),
         "{}",
@@ -85,7 +75,7 @@ fn build_writes_regular_files_and_through_symlinks() {
     std::fs::write(&real, b"old").unwrap();
     let link = tmp.path().join("link.bundle");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let out = build(&examples(), &link);
+    let out = build(&examples_dir(), &link);
     assert!(
         out.status.success(),
         "{}",
@@ -105,7 +95,7 @@ fn build_refuses_to_replace_what_is_not_a_bundle_file() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("a-directory");
     std::fs::create_dir(&dir).unwrap();
-    refused(&build(&examples(), &dir), "not a regular file");
+    refused(&build(&examples_dir(), &dir), "not a regular file");
 
     let fifo = tmp.path().join("a-pipe");
     assert!(
@@ -115,15 +105,15 @@ fn build_refuses_to_replace_what_is_not_a_bundle_file() {
             .unwrap()
             .success()
     );
-    refused(&build(&examples(), &fifo), "not a regular file");
+    refused(&build(&examples_dir(), &fifo), "not a regular file");
     assert!(!std::fs::metadata(&fifo).unwrap().is_file());
 
     let policies = tmp.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
     let source = policies.join("rules.gate");
-    let text = std::fs::read_to_string(examples().join("rules.gate")).unwrap();
+    let text = std::fs::read_to_string(examples_dir().join("rules.gate")).unwrap();
     for name in ["workloads.gate", "targets.gate", "rules.gate", "tests.gate"] {
-        std::fs::copy(examples().join(name), policies.join(name)).unwrap();
+        std::fs::copy(examples_dir().join(name), policies.join(name)).unwrap();
     }
     refused(&build(&policies, &source), "source file of the policy set");
     assert_eq!(std::fs::read_to_string(&source).unwrap(), text);
@@ -157,12 +147,7 @@ fn test_without_any_test_declaration_fails() {
         "target api { https { host = \"api.example\" } }\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .env("NO_COLOR", "1")
-        .arg("test")
-        .arg(tmp.path())
-        .output()
-        .unwrap();
+    let out = policyc(&[OsStr::new("test"), tmp.path().as_os_str()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("declares no `test`"), "{stderr}");
@@ -217,9 +202,9 @@ fn build_signs_with_the_key_keygen_wrote() {
     let public = signing::verifying_key_from_pem(&public_pem).unwrap();
 
     let unsigned_path = tmp.path().join("unsigned.bundle");
-    succeeded(&build(&examples(), &unsigned_path));
+    succeeded(&build(&examples_dir(), &unsigned_path));
     let signed_path = tmp.path().join("signed.bundle");
-    let stdout = succeeded(&build_signed(&examples(), &signed_path, &private));
+    let stdout = succeeded(&build_signed(&examples_dir(), &signed_path, &private));
     assert!(
         stdout.contains(&format!("signed by key {}", signing::key_id(&public))),
         "{stdout}"
@@ -233,11 +218,15 @@ fn build_signs_with_the_key_keygen_wrote() {
     let not_written = tmp.path().join("not-written.bundle");
     let public_path = tmp.path().join("signing.key.pub");
     refused(
-        &build_signed(&examples(), &not_written, &public_path),
+        &build_signed(&examples_dir(), &not_written, &public_path),
         "this is a public key, where the private key belongs",
     );
     refused(
-        &build_signed(&examples(), &not_written, &tmp.path().join("absent.key")),
+        &build_signed(
+            &examples_dir(),
+            &not_written,
+            &tmp.path().join("absent.key"),
+        ),
         "cannot use the key",
     );
     assert!(!not_written.exists());

@@ -7,9 +7,11 @@
     reason = "a test fails by panicking"
 )]
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::process::Output;
+
+use common::policyc_in;
 use portcullis_lang::bundle::Bundle;
 
 const POLICY: &str = r#"workload payments_jobs {
@@ -32,15 +34,6 @@ const CLAIMS: &str = r#"{ "custom_claims": [
   { "name": "team", "path": "org.team", "type": "string", "required": true }
 ] }"#;
 
-fn policyc(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_policyc"))
-        .args(args)
-        .current_dir(dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
-}
-
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
@@ -55,14 +48,14 @@ fn setup() -> tempfile::TempDir {
 #[test]
 fn check_knows_custom_claims_only_from_the_claims_file() {
     let tmp = setup();
-    let without = policyc(tmp.path(), &["check", "payments.gate"]);
+    let without = policyc_in(tmp.path(), &["check", "payments.gate"]);
     assert_eq!(without.status.code(), Some(1), "{}", stderr(&without));
     assert!(
         stderr(&without).contains("unknown claim `team` for `oidc`"),
         "{}",
         stderr(&without)
     );
-    let with = policyc(
+    let with = policyc_in(
         tmp.path(),
         &["check", "--claims", "claims.json", "payments.gate"],
     );
@@ -84,7 +77,7 @@ fn build_records_the_custom_claims_in_the_bundle() {
         "-o",
         "payments.bundle",
     ];
-    let built = policyc(tmp.path(), &args);
+    let built = policyc_in(tmp.path(), &args);
     assert_eq!(built.status.code(), Some(0), "{}", stderr(&built));
     let bytes = std::fs::read(tmp.path().join("payments.bundle")).unwrap();
     let bundle = Bundle::from_bytes(&bytes).unwrap();
@@ -109,7 +102,7 @@ fn an_unusable_claims_file_is_a_usage_error() {
             if command == "build" {
                 args.extend(["-o", "out.bundle"]);
             }
-            let output = policyc(tmp.path(), &args);
+            let output = policyc_in(tmp.path(), &args);
             assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
             assert!(stderr(&output).contains(expected), "{}", stderr(&output));
         }

@@ -17,7 +17,7 @@
 #[path = "robustness/policy_gen.rs"]
 mod policy_gen;
 
-use policy_gen::{PolicyGen, PolicyShape, Rng, Scope, random_token_text};
+use policy_gen::{PolicyGen, PolicyShape, Rng, Scope, random_token_text, shapes_below};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::diagnostic::Severity;
 use portcullis_lang::ir::PolicySet;
@@ -127,26 +127,15 @@ fn generated(seed: u64, shape: PolicyShape) -> Vec<SourceFile> {
 }
 
 fn small_shape() -> impl Strategy<Value = PolicyShape> {
-    (
-        1usize..6,
-        1usize..6,
-        0usize..12,
-        1usize..4,
-        0usize..5,
-        0usize..4,
-        0usize..10,
-    )
-        .prop_map(
-            |(workloads, targets, rules, files, max_depth, credentials, conditions)| PolicyShape {
-                workloads,
-                targets,
-                rules,
-                files,
-                max_depth,
-                credentials,
-                conditions,
-            },
-        )
+    shapes_below(PolicyShape {
+        workloads: 6,
+        targets: 6,
+        rules: 12,
+        files: 4,
+        max_depth: 5,
+        credentials: 4,
+        conditions: 10,
+    })
 }
 
 proptest! {

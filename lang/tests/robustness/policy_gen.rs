@@ -6,14 +6,19 @@
 //! tables below ([`KEYWORDS`], [`PUNCTUATION`], [`PROTOCOLS`], …) and, for a new construct
 //! that must compile, one arm in [`PolicyGen::condition_atom`] or a new declaration beside
 //! [`PolicyGen::credential`] and [`PolicyGen::named_condition`].
+//!
+//! The engine's property tests also draw the claims and the target of each request from here
+//! ([`random_claims`], [`OwnedQuery`]), and every property test its shapes ([`shapes_below`]).
 
 #![allow(
     dead_code,
     reason = "each including target uses a different part of the generator"
 )]
 
-use portcullis_lang::schema::{ClaimType, ProviderKind};
+use portcullis_lang::reference::TargetQuery;
+use portcullis_lang::schema::{ClaimType, ClaimValue, ProviderKind};
 use portcullis_lang::source::SourceFile;
+use proptest::strategy::Strategy;
 
 /// SplitMix64: tiny, seedable, good enough to pick from tables.
 #[derive(Debug, Clone)]
@@ -320,6 +325,45 @@ impl PolicyShape {
             conditions: rules / 20,
         }
     }
+
+    /// The engine's coverage tests: small enough to decide quickly, varied enough that random
+    /// requests on a couple of hundred seeds reach every kind of decision.
+    pub fn every_outcome() -> PolicyShape {
+        PolicyShape {
+            workloads: 3,
+            targets: 3,
+            rules: 10,
+            files: 2,
+            max_depth: 1,
+            credentials: 2,
+            conditions: 3,
+        }
+    }
+}
+
+/// Shapes for a property test: at least one workload, target and file, and each count below
+/// the same count in `bound`.
+pub fn shapes_below(bound: PolicyShape) -> impl Strategy<Value = PolicyShape> {
+    (
+        1..bound.workloads,
+        1..bound.targets,
+        0..bound.rules,
+        1..bound.files,
+        0..bound.max_depth,
+        0..bound.credentials,
+        0..bound.conditions,
+    )
+        .prop_map(
+            |(workloads, targets, rules, files, max_depth, credentials, conditions)| PolicyShape {
+                workloads,
+                targets,
+                rules,
+                files,
+                max_depth,
+                credentials,
+                conditions,
+            },
+        )
 }
 
 /// Generates well-formed, well-typed policy sets.
@@ -703,4 +747,63 @@ pub enum Scope {
     Rule,
     /// In the body of condition `cd_N`: as in a rule, reading only earlier conditions.
     Condition(usize),
+}
+
+/// The claims of a caller of `kind`, indexed by claim id: every required claim and about half
+/// of the optional ones. In 5% of callers one claim is `misfit` instead, a value of the wrong
+/// type for most claims, and in 3% the list is cut short: attestation never gives either, and
+/// a decision must still come back.
+pub fn random_claims(
+    rng: &mut Rng,
+    kind: ProviderKind,
+    misfit: ClaimValue,
+) -> Vec<Option<ClaimValue>> {
+    let mut claims: Vec<Option<ClaimValue>> = kind
+        .claims()
+        .iter()
+        .map(|def| (def.required || rng.chance(50)).then(|| random_claim(rng, def.ty)))
+        .collect();
+    if rng.chance(5) {
+        let idx = rng.below(claims.len());
+        claims[idx] = Some(misfit);
+    }
+    if rng.chance(3) {
+        claims.truncate(rng.below(claims.len()));
+    }
+    claims
+}
+
+/// A value of type `ty`, strings from [`STRING_VALUES`].
+pub fn random_claim(rng: &mut Rng, ty: ClaimType) -> ClaimValue {
+    match ty {
+        ClaimType::String => ClaimValue::String(rng.pick_str(STRING_VALUES).to_owned()),
+        ClaimType::Int => ClaimValue::Int(i64::try_from(rng.below(1000)).unwrap_or(0)),
+        ClaimType::Bool => ClaimValue::Bool(rng.chance(50)),
+        ClaimType::StringSet => ClaimValue::StringSet(
+            (0..rng.below(4))
+                .map(|_| rng.pick_str(STRING_VALUES).to_owned())
+                .collect(),
+        ),
+    }
+}
+
+/// The target of a generated request, owning its text; [`OwnedQuery::query`] lends it in the
+/// form the VM and the reference evaluator both take.
+pub enum OwnedQuery {
+    Named(String),
+    /// Protocol, host and port.
+    Endpoint(String, String, u16),
+}
+
+impl OwnedQuery {
+    pub fn query(&self) -> TargetQuery<'_> {
+        match self {
+            OwnedQuery::Named(name) => TargetQuery::Named(name),
+            OwnedQuery::Endpoint(protocol, host, port) => TargetQuery::Endpoint {
+                protocol,
+                host,
+                port: *port,
+            },
+        }
+    }
 }
