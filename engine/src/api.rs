@@ -296,7 +296,7 @@ async fn decide(
                 action: body.request.action.as_deref(),
                 resource: body.request.resource.as_deref(),
                 source_ip: Some(peer.ip()),
-                time: decided_at,
+                time: Some(decided_at),
             };
             let decision = engine.program.decide(&request);
             describe_caller(&mut event, &attested);

@@ -59,23 +59,11 @@ pub use portcullis_lang::ir::Credential as CredentialInfo;
 /// How a request names its target: the same type the reference evaluator takes.
 pub use portcullis_lang::reference::TargetQuery;
 
-/// One request to decide: an attested caller, the target it asks for, and what it does there.
-#[derive(Debug, Clone, Copy)]
-pub struct Request<'a> {
-    pub kind: ProviderKind,
-    /// Indexed by ClaimId of `kind`'s schema: the built-in claims, then, for `oidc`, the
-    /// custom claims in the bundle's order ([`Program::custom_claims`]).
-    pub claims: &'a [Option<ClaimValue>],
-    pub target: TargetQuery<'a>,
-    pub action: Option<&'a str>,
-    pub resource: Option<&'a str>,
-    /// The address the request came from, `request.source_ip`; the API fills it from the
-    /// peer address.
-    pub source_ip: Option<std::net::IpAddr>,
-    /// When the decision began, in Unix seconds (UTC): `request.time`. The API fills it from
-    /// the system clock; the VM reads no clock.
-    pub time: i64,
-}
+/// One request to decide: the same type the reference evaluator takes. `claims` are indexed by
+/// the claim ids of `kind`'s schema: the built-in claims, then, for `oidc`, the custom claims
+/// in the bundle's order ([`Program::custom_claims`]). The API always sets `time` from the
+/// system clock (the VM reads no clock); a request without one cannot read `request.time`.
+pub use portcullis_lang::reference::Request;
 
 /// The outcome of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -824,7 +812,7 @@ fn request_field<'r>(request: &Request<'r>, field: RequestField) -> Option<Val<'
         RequestField::Action => request.action.map(Val::Str),
         RequestField::Resource => request.resource.map(Val::Str),
         RequestField::SourceIp => request.source_ip.map(Val::Ip),
-        RequestField::Time => Some(Val::Int(request.time)),
+        RequestField::Time => request.time.map(Val::Int),
     }
 }
 
@@ -1001,7 +989,7 @@ mod tests {
             action: None,
             resource: None,
             source_ip: None,
-            time: 0,
+            time: Some(0),
         }
     }
 

@@ -552,7 +552,7 @@ fn decide<'p>(program: &'p Program, attestor: &Attestor, claims: &Value) -> Reas
         action: Some("POST"),
         resource: Some("/v1/deploy"),
         source_ip: None,
-        time: 0,
+        time: Some(0),
     };
     program.decide(&request).reason
 }
@@ -635,7 +635,7 @@ fn attested_custom_claims_decide_through_a_policy_compiled_with_them() {
             action: Some("POST"),
             resource: None,
             source_ip: None,
-            time: 0,
+            time: Some(0),
         };
         let decision = program.decide(&request);
         (decision.reason, decision.reason_text())
@@ -673,7 +673,7 @@ fn attested_custom_claims_decide_through_a_policy_compiled_with_them() {
             action: Some("POST"),
             resource: None,
             source_ip: None,
-            time: 0,
+            time: Some(0),
         };
         let decision = program.decide(&request);
         let is_error = matches!(

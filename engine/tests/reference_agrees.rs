@@ -22,7 +22,7 @@ use std::net::IpAddr;
 
 use common::compiled;
 use policy_gen::{OwnedQuery, PolicyGen, PolicyShape, Rng, random_claims, shapes_below};
-use portcullis_engine::vm::{self, Program};
+use portcullis_engine::vm::Program;
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::reference;
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
@@ -42,7 +42,7 @@ const TIMES: [i64; 5] = [
     0,
 ];
 
-/// A request's owned parts, from which both evaluators borrow their own request type.
+/// A request's owned parts, from which both evaluators borrow the request they share.
 struct Owned {
     kind: ProviderKind,
     claims: Vec<Option<ClaimValue>>,
@@ -54,19 +54,7 @@ struct Owned {
 }
 
 impl Owned {
-    fn for_vm(&self) -> vm::Request<'_> {
-        vm::Request {
-            kind: self.kind,
-            claims: &self.claims,
-            target: self.target.query(),
-            action: self.action,
-            resource: self.resource,
-            source_ip: self.source_ip,
-            time: self.time,
-        }
-    }
-
-    fn for_reference(&self) -> reference::Request<'_> {
+    fn request(&self) -> reference::Request<'_> {
         reference::Request {
             kind: self.kind,
             claims: &self.claims,
@@ -115,8 +103,9 @@ fn random_request(rng: &mut Rng, set: &PolicySet) -> Owned {
 
 /// Decides `owned` both ways and requires the same outcome; gives the reason code.
 fn agree(set: &PolicySet, program: &Program, owned: &Owned) -> &'static str {
-    let by_vm = program.decide(&owned.for_vm());
-    let by_reference = reference::decide(set, &owned.for_reference());
+    let request = owned.request();
+    let by_vm = program.decide(&request);
+    let by_reference = reference::decide(set, &request);
     let explained = format!(
         "vm: {}; reference: {}",
         by_vm.reason_text(),

@@ -50,7 +50,7 @@ impl Owned {
             action: self.action,
             resource: self.resource,
             source_ip: self.source_ip,
-            time: 0,
+            time: Some(0),
         }
     }
 }

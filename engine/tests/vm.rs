@@ -489,7 +489,7 @@ fn target_by_endpoint() {
         action: Some("connect"),
         resource: Some("orders"),
         source_ip: None,
-        time: 0,
+        time: Some(0),
     };
     let decision = program.decide(&at("postgres", "orders.db.internal", 5432));
     assert!(decision.allow);

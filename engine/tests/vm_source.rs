@@ -136,7 +136,7 @@ fn source_to_decision() {
         action: Some("connect"),
         resource: Some("orders"),
         source_ip: None,
-        time: 0,
+        time: Some(0),
     };
     let decision = program.decide(&connect);
     assert_eq!(

@@ -28,7 +28,7 @@ fn program(condition: &str) -> Program {
 fn decide_at(program: &Program, unix_seconds: i64) -> Reason<'_> {
     let claims: Vec<Option<ClaimValue>> = vec![None; ProviderKind::Oidc.claims().len()];
     let request = Request {
-        time: unix_seconds,
+        time: Some(unix_seconds),
         ..common::request(ProviderKind::Oidc, &claims, "api", None, None)
     };
     program.decide(&request).reason
@@ -248,4 +248,23 @@ fn a_time_no_zone_can_read_denies_with_an_error() {
         decide_at(&compared, i64::MAX),
         Reason::Permitted { .. }
     ));
+}
+
+#[test]
+fn a_request_without_a_time_cannot_read_it_and_is_denied() {
+    let program = program("request.time < 2027-01-01T00:00:00Z");
+    let claims: Vec<Option<ClaimValue>> = vec![None; ProviderKind::Oidc.claims().len()];
+    let request = Request {
+        time: None,
+        ..common::request(ProviderKind::Oidc, &claims, "api", None, None)
+    };
+    let decision = program.decide(&request);
+    assert!(!decision.allow);
+    assert_eq!(
+        decision.reason,
+        Reason::EvaluationError {
+            rule: "timed",
+            error: EvalError::AbsentRequestField { field: "time" }
+        }
+    );
 }

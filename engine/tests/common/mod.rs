@@ -59,6 +59,6 @@ pub fn request<'a>(
         action,
         resource,
         source_ip: None,
-        time: 0,
+        time: Some(0),
     }
 }
