@@ -251,7 +251,7 @@ impl fmt::Display for Code {
 pub struct Diagnostic {
     code: Code,
     message: String,
-    src: NamedSource<Arc<str>>,
+    src: NamedSource<Shown>,
     labels: Vec<LabeledSpan>,
     help: Option<String>,
     notes: Vec<Note>,
@@ -288,14 +288,14 @@ impl Diagnostic {
     pub fn spans(&self) -> Vec<Label<'_>> {
         let here = self.labels.iter().map(|label| Label {
             file_name: self.src.name(),
-            file_text: self.src.inner(),
+            file_text: self.src.inner().text(),
             start: label.offset(),
             end: label.offset() + label.len(),
             message: label.label(),
         });
         let notes = self.notes.iter().map(|note| Label {
             file_name: note.src.name(),
-            file_text: note.src.inner(),
+            file_text: note.src.inner().text(),
             start: note.label.offset(),
             end: note.label.offset() + note.label.len(),
             message: note.label.label(),
@@ -360,7 +360,7 @@ impl miette::Diagnostic for Diagnostic {
 #[error("{message}")]
 struct Note {
     message: String,
-    src: NamedSource<Arc<str>>,
+    src: NamedSource<Shown>,
     label: LabeledSpan,
 }
 
@@ -447,25 +447,82 @@ fn displayable(text: &str) -> String {
         .collect()
 }
 
+/// The most bytes of source shown on either side of a label, so that a diagnostic on a very
+/// long line (a minified or generated file) shows the part that matters, not the whole line.
+const SHOWN_AROUND_LABEL: usize = 160;
+
+/// A file's text as diagnostics show it: lines around a label are cut to
+/// [`SHOWN_AROUND_LABEL`] bytes on either side of it; line numbers, columns and offsets stay
+/// those of the whole file.
+#[derive(Debug, Clone)]
+pub(crate) struct Shown(Arc<str>);
+
+impl Shown {
+    fn text(&self) -> &str {
+        &self.0
+    }
+}
+
+impl miette::SourceCode for Shown {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let whole = self
+            .0
+            .as_bytes()
+            .read_span(span, context_lines_before, context_lines_after)?;
+        let text = self.text();
+        let data_start = whole.span().offset();
+        let data_end = data_start + whole.span().len();
+        let floor = |at: usize| {
+            (0..=at)
+                .rev()
+                .find(|&at| text.is_char_boundary(at))
+                .unwrap_or(0)
+        };
+        let ceil = |at: usize| (at..=text.len()).find(|&at| text.is_char_boundary(at));
+        let start = floor(span.offset().saturating_sub(SHOWN_AROUND_LABEL)).max(data_start);
+        let end = ceil(span.offset() + span.len() + SHOWN_AROUND_LABEL)
+            .unwrap_or(text.len())
+            .min(data_end);
+        if start == data_start && end == data_end {
+            return Ok(whole);
+        }
+        let skipped = text.get(data_start..start).unwrap_or_default();
+        let line = whole.line() + skipped.matches('\n').count();
+        let data = text.get(start..end).unwrap_or_default().as_bytes();
+        Ok(Box::new(miette::MietteSpanContents::new(
+            data,
+            (start, end - start).into(),
+            line,
+            whole.column(),
+            whole.line_count(),
+        )))
+    }
+}
+
 /// The files of a policy set, shared by every diagnostic about them.
 pub(crate) struct Sources {
-    files: Vec<NamedSource<Arc<str>>>,
+    files: Vec<NamedSource<Shown>>,
 }
 
 impl Sources {
     pub(crate) fn new(files: &[SourceFile]) -> Sources {
         let files = files
             .iter()
-            .map(|file| NamedSource::new(&file.name, Arc::<str>::from(displayable(&file.text))))
+            .map(|file| NamedSource::new(&file.name, Shown(Arc::from(displayable(&file.text)))))
             .collect();
         Sources { files }
     }
 
-    fn source(&self, file: usize) -> NamedSource<Arc<str>> {
+    fn source(&self, file: usize) -> NamedSource<Shown> {
         self.files
             .get(file)
             .cloned()
-            .unwrap_or_else(|| NamedSource::new("", Arc::from("")))
+            .unwrap_or_else(|| NamedSource::new("", Shown(Arc::from(""))))
     }
 
     pub(crate) fn finish(&self, report: Report) -> Diagnostic {
@@ -529,4 +586,28 @@ pub fn render(diags: &[Diagnostic], color: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::check::compile;
+
+    #[test]
+    fn a_label_on_a_very_long_line_shows_the_part_around_it_at_its_true_position() {
+        let filler = "request.resource like \"/v1/orders/*\" || ".repeat(200);
+        let text = format!("// first line\ncondition c {{ {filler}request.actoin == \"x\" }}\n");
+        let diags = compile(&[SourceFile::new("long.gate", &text)]).unwrap_err();
+        let rendered = render(&diags, false);
+        assert!(rendered.len() < 2_000, "{} bytes", rendered.len());
+        let column = text.lines().nth(1).unwrap().find("actoin").unwrap() + 1;
+        assert!(
+            rendered.contains(&format!("[long.gate:2:{column}]")),
+            "{rendered}"
+        );
+        assert!(rendered.contains("request.actoin"), "{rendered}");
+        // JSON and SARIF positions come from the whole text, not from what is shown.
+        let labels = diags[0].spans();
+        assert_eq!(labels[0].file_text, text);
+    }
 }
