@@ -163,7 +163,8 @@ fn cap_per_file(reports: Vec<Report>) -> Vec<Report> {
         if let Some(span) = first_hidden {
             let message = format!("{hidden} more errors in this file are not shown");
             let report = Report::new(Code::TooManyErrors, message, span, "the next one is here")
-                .help("fix the errors above and check again");
+                .help("fix the errors above and check again")
+                .standing_for(hidden);
             kept.push(report);
         }
     }
@@ -2825,6 +2826,19 @@ mod tests {
         assert_eq!(
             diags[0].help_text(),
             Some("guard it: `has ref_protected && ref_protected == \"true\"`")
+        );
+    }
+
+    #[test]
+    fn the_notice_of_errors_not_shown_counts_for_them() {
+        let text: String = (0..466)
+            .map(|idx| format!("workload w{idx} {{ github {{ repositry == \"a/b\" }} }}\n"))
+            .collect();
+        let diags = compile_one(&text).unwrap_err();
+        assert_eq!(diags.len(), MAX_REPORTS_PER_FILE + 1);
+        assert_eq!(
+            crate::diagnostic::count(&diags, crate::diagnostic::Severity::Error),
+            466
         );
     }
 

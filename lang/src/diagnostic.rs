@@ -255,9 +255,27 @@ pub struct Diagnostic {
     labels: Vec<LabeledSpan>,
     help: Option<String>,
     notes: Vec<Note>,
+    /// How many diagnostics this one counts for; see [`Diagnostic::stands_for`].
+    stands_for: usize,
+}
+
+/// How many of `diags` have `severity`, each counting for what it stands for: a notice of errors
+/// not shown counts for them.
+pub fn count<'a>(diags: impl IntoIterator<Item = &'a Diagnostic>, severity: Severity) -> usize {
+    diags
+        .into_iter()
+        .filter(|diag| diag.severity() == severity)
+        .map(Diagnostic::stands_for)
+        .sum()
 }
 
 impl Diagnostic {
+    /// How many diagnostics this one counts for: one, or for the notice that closes a file's
+    /// list when there are too many (E0010), the number of errors it stands for.
+    pub fn stands_for(&self) -> usize {
+        self.stands_for
+    }
+
     pub fn code(&self) -> Code {
         self.code
     }
@@ -385,6 +403,7 @@ pub(crate) struct Report {
     message: String,
     labels: Vec<(Span, String)>,
     help: Option<String>,
+    stands_for: usize,
 }
 
 impl Report {
@@ -400,7 +419,14 @@ impl Report {
             message: message.into(),
             labels: vec![(span, label.into())],
             help: None,
+            stands_for: 1,
         }
+    }
+
+    /// A report that counts for `n` diagnostics: the notice of errors that are not shown.
+    pub(crate) fn standing_for(mut self, n: usize) -> Report {
+        self.stands_for = n;
+        self
     }
 
     pub(crate) fn label(mut self, span: Span, label: impl Into<String>) -> Report {
@@ -554,6 +580,7 @@ impl Sources {
             labels,
             help: report.help,
             notes,
+            stands_for: report.stands_for,
         }
     }
 }

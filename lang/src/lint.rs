@@ -17,7 +17,7 @@ use crate::ast::{
     self, ClauseKind, CompareOp, Effect, ExprKind, Ident, Span, TargetSelector, WorkloadSelector,
 };
 use crate::check;
-use crate::diagnostic::{Code, Diagnostic, Report, Severity, Sources};
+use crate::diagnostic::{self, Code, Diagnostic, Report, Severity, Sources};
 use crate::ir;
 use crate::lexer::format_duration;
 use crate::schema::{CustomClaims, ProviderKind, SpiffeId, check_spiffe_path, check_trust_domain};
@@ -52,10 +52,7 @@ pub struct CheckOutcome {
 
 impl CheckOutcome {
     pub fn count(&self, severity: Severity) -> usize {
-        self.diagnostics
-            .iter()
-            .filter(|diag| diag.severity() == severity)
-            .count()
+        diagnostic::count(&self.diagnostics, severity)
     }
 }
 

@@ -16,7 +16,7 @@ use std::path::{Component, Path};
 
 use serde_json::{Value, json};
 
-use crate::diagnostic::{Code, Diagnostic, Label, Severity};
+use crate::diagnostic::{self, Code, Diagnostic, Label, Severity};
 
 /// The version of the JSON document's layout; it changes only when a field changes meaning or
 /// goes away.
@@ -65,9 +65,7 @@ impl CheckRun<'_> {
 
     /// How many diagnostics of `severity` the run found, over every policy set.
     pub fn count(&self, severity: Severity) -> usize {
-        self.diagnostics()
-            .filter(|(_, diag)| diag.severity() == severity)
-            .count()
+        diagnostic::count(self.diagnostics().map(|(_, diag)| diag), severity)
     }
 }
 
@@ -106,12 +104,7 @@ pub fn to_json(run: &CheckRun<'_>) -> String {
         .sets
         .iter()
         .map(|set| {
-            let count = |severity| {
-                set.diagnostics
-                    .iter()
-                    .filter(|diag| diag.severity() == severity)
-                    .count()
-            };
+            let count = |severity| diagnostic::count(set.diagnostics, severity);
             json!({
                 "path": set.path,
                 "files": set.n_files,

@@ -21,7 +21,7 @@ use std::path::{Component, Path};
 
 use serde_json::{Value, json};
 
-use crate::diagnostic::{Diagnostic, Severity, render};
+use crate::diagnostic::{self, Diagnostic, Severity, render};
 use crate::policy_test::{Expected, IssuedCredential, Location, Outcome, TestRun, TestSuite};
 use crate::report::{Unreadable, json_diagnostic, pretty};
 use crate::source::SourceFile;
@@ -107,9 +107,7 @@ impl TestReport<'_> {
             SetResult::Invalid(diagnostics) => diagnostics,
             SetResult::Ran { .. } => &[],
         });
-        diagnostics
-            .filter(|diag| diag.severity() == Severity::Error)
-            .count()
+        diagnostic::count(diagnostics, Severity::Error)
     }
 }
 
@@ -305,7 +303,7 @@ fn junit_counts(set: &TestedSet<'_>) -> Counts {
 fn junit_set(out: &mut String, set: &TestedSet<'_>) {
     let (suite, run) = match set.result {
         SetResult::Invalid(diagnostics) => {
-            let n = diagnostics.len();
+            let n = diagnostic::count(diagnostics, Severity::Error);
             let message = format!(
                 "policy set has {n} {}",
                 if n == 1 { "error" } else { "errors" }

@@ -24,7 +24,7 @@ use portcullis_lang::bundle::signing::{
 };
 use portcullis_lang::bundle::{Bundle, BundleError};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
-use portcullis_lang::diagnostic::{Diagnostic, Severity, render};
+use portcullis_lang::diagnostic::{self, Diagnostic, Severity, render};
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::lexer::{self, DurationError};
 use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
@@ -242,12 +242,8 @@ impl fmt::Display for Failure {
         match self {
             Failure::Read(error) => write!(f, "{error}"),
             Failure::Invalid(diags) => {
-                let n = diags.len();
-                write!(
-                    f,
-                    "policy set has {n} {}",
-                    if n == 1 { "error" } else { "errors" }
-                )
+                let n = diagnostic::count(diags, Severity::Error);
+                write!(f, "policy set has {}", count(n, "error"))
             }
             Failure::Bundle(error) => write!(f, "cannot build the bundle: {error}"),
             Failure::Claims { path, message } => {
