@@ -632,7 +632,19 @@ impl<'a> Checker<'a> {
                 let found = literal_type_name(value);
                 let message = format!("`{key}` must be {}, found {found}", expected.name());
                 let label = format!("this is {found}");
-                self.report(Report::new(Code::TypeMismatch, message, span, label));
+                let help = match value {
+                    ExprKind::Str(text) if key == "port" && text.trim().parse::<u16>().is_ok() => {
+                        Some(format!(
+                            "write the number without quotes: `port = {}`",
+                            text.trim()
+                        ))
+                    }
+                    ExprKind::Int(number) if key != "port" => {
+                        Some(format!("write it in quotes: `{key} = \"{number}\"`"))
+                    }
+                    _ => None,
+                };
+                self.report(Report::new(Code::TypeMismatch, message, span, label).help_opt(help));
                 return false;
             }
         }
@@ -1698,7 +1710,7 @@ impl<'a> Checker<'a> {
                 if kind == CUSTOM_CLAIMS_KIND {
                     return format!(
                         "{listed}; declare any other claim in the `custom_claims` of an `oidc` \
-                         trust provider (`policyc --claims`)"
+                         trust provider (`policyc check --claims FILE`)"
                     );
                 }
                 listed
@@ -2826,6 +2838,15 @@ mod tests {
         assert_eq!(
             diags[0].help_text(),
             Some("guard it: `has ref_protected && ref_protected == \"true\"`")
+        );
+    }
+
+    #[test]
+    fn a_quoted_port_in_a_target_is_offered_the_number() {
+        let diags = compile_one(r#"target t { https { host = "h" port = "443" } }"#).unwrap_err();
+        assert_eq!(
+            diags[0].help_text(),
+            Some("write the number without quotes: `port = 443`")
         );
     }
 

@@ -742,8 +742,8 @@ impl ClaimRule {
                     .strip_prefix("refs/heads/")
                     .or_else(|| value.strip_prefix("refs/tags/"))?;
                 Some(format!(
-                    "did you mean `{}`? GitLab names the branch or tag alone; \
-                     `ref_type` says which",
+                    "did you mean `{}`? GitLab names the branch or tag alone, and `ref_type` says \
+                     which; `ref_path` holds the `refs/…` form",
                     quoted(bare)
                 ))
             }

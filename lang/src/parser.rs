@@ -57,7 +57,6 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
         Err(error) => (ast::File::default(), Some(error)),
     };
 
-    let end = text.len();
     let errors: Vec<_> = recovered
         .into_iter()
         .map(|ErrorRecovery { error, .. }| error)
@@ -75,7 +74,7 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
     for error in errors {
         let wants_close = wants_closing_brace(&error);
         let keyword_as_name = keyword_as_name(&error);
-        let mut report = parse_report(file, end, error, &hints);
+        let mut report = parse_report(file, text, error, &hints);
         let start = report.span().start;
         let decl_start = hints
             .decl_starts
@@ -175,7 +174,7 @@ fn parse_expr(file: usize, text: &str) -> Result<ast::Expr, Vec<Report>> {
     let tokens = lexed.tokens.into_iter().map(Ok::<_, LexError>);
     grammar::ExprParser::new()
         .parse(file, &mut recovered, tokens)
-        .map_err(|error| vec![parse_report(file, text.len(), error, &Hints::default())])
+        .map_err(|error| vec![parse_report(file, text, error, &Hints::default())])
 }
 
 /// Cuts every declaration with more than [`MAX_OPERATORS`] operators down to its keyword and
@@ -337,6 +336,9 @@ struct Hints {
     /// The start of each token that follows a word from another language (`not has x`), and
     /// that word, which the parser took for a name.
     after_words: Vec<(usize, String)>,
+    /// Where a `{` follows the word `request`: a test's request, misplaced when the parser
+    /// stumbles on it.
+    request_blocks: Vec<usize>,
 }
 
 impl Hints {
@@ -363,11 +365,19 @@ impl Hints {
                 _ => None,
             })
             .collect();
+        let request_blocks = tokens
+            .windows(2)
+            .filter_map(|pair| match pair {
+                [(_, Token::Ident("request"), _), (brace, Token::LBrace, _)] => Some(*brace),
+                _ => None,
+            })
+            .collect();
         Hints {
             decl_starts,
             braces,
             durations: split_durations(text, tokens),
             after_words,
+            request_blocks,
         }
     }
 }
@@ -443,10 +453,11 @@ const DECLARATION_HELP: &str = "a declaration starts with `workload`, `target`, 
 
 fn parse_report(
     file: usize,
-    end: usize,
+    text: &str,
     error: ParseError<usize, Token<'_>, LexError>,
     hints: &Hints,
 ) -> Report {
+    let end = text.len();
     match error {
         ParseError::UnrecognizedToken {
             token: (start, token, stop),
@@ -462,6 +473,14 @@ fn parse_report(
             if expected.iter().all(|terminal| terminal == "\"{\"") {
                 return report.help("a declaration's body goes between `{` and `}`");
             }
+            if expected.iter().all(|terminal| terminal == "\"in\"") {
+                return report
+                    .help("a `within` window names its time zone: `in \"Europe/Berlin\"`");
+            }
+            if matches!(token, Token::LBrace) && hints.request_blocks.contains(&start) {
+                return report
+                    .help("a test is `request { … }` followed by `expect …`: move `expect` last");
+            }
             if let Some((_, meant)) = hints.durations.iter().find(|(at, _)| *at == start) {
                 return report.help(format!(
                     "a duration is one word of whole units, largest first: `{meant}`"
@@ -473,6 +492,7 @@ fn parse_report(
                 .iter()
                 .find(|(at, _)| *at == start)
                 .map(|(_, word)| word.as_str());
+            let is_word = matches!(token, Token::Ident(_));
             let meant = match (token, word_before) {
                 (Token::Ident(word), _) => connective_for(word)
                     .or_else(|| rule_keyword_for(word).filter(|_| at_declaration))
@@ -481,9 +501,19 @@ fn parse_report(
                 _ => None,
             }
             .map(|(word, meant)| format!("Gate writes `{word}` as `{meant}`"));
+            let wants_text = expected.iter().any(|terminal| terminal == "Str")
+                && !expected.iter().any(|terminal| terminal == "Ident");
             match meant {
                 Some(help) => report.help(help),
                 None if at_declaration => report.help(DECLARATION_HELP),
+                None if wants_text && is_word => {
+                    let rest = text.get(start..).unwrap_or_default();
+                    let word_len = rest
+                        .find(|ch: char| !(ch.is_ascii_alphanumeric() || "._-/:".contains(ch)))
+                        .unwrap_or(rest.len());
+                    let word = rest.get(..word_len).unwrap_or_default();
+                    report.help(format!("to write the text, quote it: `\"{word}\"`"))
+                }
                 None => report,
             }
         }
@@ -869,6 +899,30 @@ mod tests {
                 found.iter().any(|m| m.contains("Gate writes `not` as `!`")),
                 "{text}: {found:?}"
             );
+        }
+    }
+
+    #[test]
+    fn misplaced_and_missing_pieces_get_help_that_names_them() {
+        let cases = [
+            (
+                "target a { https { host = api.internal } }",
+                "quote it: `\\\"api.internal",
+            ),
+            ("@severity(high) permit p { }", "quote it: `\\\"high"),
+            (
+                "condition c { request.time within 09:00..17:00 }",
+                "names its time zone",
+            ),
+            (
+                "test t { expect deny request { oidc { } target a } }",
+                "move `expect` last",
+            ),
+        ];
+        for (text, help) in cases {
+            let found = messages(text);
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+            assert!(found[0].contains(help), "{text}: {found:?}");
         }
     }
 

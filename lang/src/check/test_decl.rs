@@ -271,7 +271,10 @@ impl Checker<'_> {
                         field.key.span,
                         "not a field",
                     )
-                    .help("an endpoint has a `host` and, unless the protocol's default, a `port`");
+                    .help(did_you_mean(key, ["host", "port"]).unwrap_or_else(|| {
+                        "an endpoint has a `host` and, unless the protocol's default, a `port`"
+                            .to_owned()
+                    }));
                     self.report(report);
                     ok = false;
                 }
