@@ -86,14 +86,44 @@ impl TestRequest {
     }
 }
 
-/// `expect allow|deny [by RULE] [with CREDENTIAL]`: what is left out is not checked.
+/// `expect allow|deny|error [by RULE] [with CREDENTIAL]`: what is left out is not checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Expected {
-    pub allow: bool,
+    pub verdict: Verdict,
     /// The deciding rule.
     pub rule: Option<String>,
     /// The credential the deciding permit issues; only with `allow`.
     pub credential: Option<IssuedCredential>,
+}
+
+/// How a request is decided, as a test names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    /// Denied by a `forbid`, for want of a `permit`, or for another reason that is not an error.
+    /// `expect deny` without `by` also passes on an evaluation error.
+    Deny,
+    /// Denied because the deciding rule could not be evaluated.
+    Error,
+}
+
+impl Verdict {
+    /// The word of an expectation: `allow`, `deny` or `error`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Error => "error",
+        }
+    }
+
+    fn of(decision: &Decision) -> Verdict {
+        match decision.reason {
+            _ if decision.allow => Verdict::Allow,
+            reference::Reason::EvaluationError(_) => Verdict::Error,
+            _ => Verdict::Deny,
+        }
+    }
 }
 
 /// The credential an allow issues: a declared one, or none (`with none`).
@@ -114,7 +144,7 @@ impl fmt::Display for IssuedCredential {
 
 impl fmt::Display for Expected {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.allow { "allow" } else { "deny" })?;
+        f.write_str(self.verdict.word())?;
         if let Some(rule) = &self.rule {
             write!(f, " by {rule}")?;
         }
@@ -254,7 +284,14 @@ fn run_one<'t>(set: &PolicySet, test: &'t TestCase) -> Outcome<'t> {
         None => Some(IssuedCredential::Nothing),
     };
     let expected = &test.expected;
-    let passed = expected.allow == decision.allow
+    let verdict = Verdict::of(&decision);
+    // `expect deny` alone passes on any deny; `expect deny by RULE` wants RULE to have decided,
+    // not to have failed.
+    let verdict_holds = expected.verdict == verdict
+        || (expected.verdict == Verdict::Deny
+            && verdict == Verdict::Error
+            && expected.rule.is_none());
+    let passed = verdict_holds
         && expected
             .rule
             .as_ref()
@@ -264,7 +301,7 @@ fn run_one<'t>(set: &PolicySet, test: &'t TestCase) -> Outcome<'t> {
             .as_ref()
             .is_none_or(|want| credential.as_ref() == Some(want));
     let actual = Expected {
-        allow: decision.allow,
+        verdict,
         rule,
         credential,
     };

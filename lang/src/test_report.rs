@@ -214,7 +214,7 @@ fn json_expectation(expected: &Expected) -> Value {
         Some(IssuedCredential::Nothing) => Value::Bool(false),
     };
     json!({
-        "decision": if expected.allow { "allow" } else { "deny" },
+        "decision": expected.verdict.word(),
         "rule": expected.rule,
         "credential": credential,
     })

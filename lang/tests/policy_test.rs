@@ -115,6 +115,28 @@ fn expectations_check_only_what_they_name() {
     );
 }
 
+#[test]
+fn a_deny_by_a_rule_is_not_an_error_in_it() {
+    let request = "request { process { pid = 1 uid = 0 gid = 0 groups = [] exe = \"/x\" \
+        exe_sha256 = \"00\" } target api }";
+    let text = format!(
+        "target api {{ https {{ host = \"a\" }} }}\n\
+         forbid freeze {{ when request.time < 2027-01-01T00:00:00Z }}\n\
+         test no_time_any_deny {{ {request} expect deny }}\n\
+         test no_time_is_an_error {{ {request} expect error by freeze }}\n\
+         test no_time_is_not_a_forbid {{ {request} expect deny by freeze }}\n"
+    );
+    let (set, tests) = compile_text(&text);
+    let run = policy_test::run(&set, &tests);
+    let passed: Vec<bool> = run.outcomes.iter().map(|outcome| outcome.passed).collect();
+    assert_eq!(passed, [true, true, false]);
+    assert!(
+        run.outcomes[2].got().starts_with("error by freeze: "),
+        "{}",
+        run.outcomes[2].got()
+    );
+}
+
 /// A policy set for the evaluator tests that `test` declarations cannot express.
 fn evaluator_set() -> PolicySet {
     let text = "target api { https { host = \"API.internal\" port = 8443 } }\n\

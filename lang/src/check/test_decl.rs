@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use super::{Checker, Declared, Ty, did_you_mean, host_problem, literal_type_name};
 use crate::ast::{self, ExprKind, Ident, Span};
 use crate::diagnostic::{Code, Report};
-use crate::policy_test::{Expected, IssuedCredential, TestCase, TestRequest, TestTarget};
+use crate::policy_test::{Expected, IssuedCredential, TestCase, TestRequest, TestTarget, Verdict};
 use crate::report::{Position, position};
 use crate::schema::{ClaimId, ClaimValue, ProviderKind};
 
@@ -508,13 +508,17 @@ impl Checker<'_> {
             self.report(report);
             return None;
         }
-        let allow = match expect.decision.name.as_str() {
-            "allow" => Some(true),
-            "deny" => Some(false),
+        let verdict = match expect.decision.name.as_str() {
+            "allow" => Some(Verdict::Allow),
+            "deny" => Some(Verdict::Deny),
+            "error" => Some(Verdict::Error),
             other => {
                 let message = format!("unknown decision `{other}`");
-                let help = did_you_mean(other, ["allow", "deny"])
-                    .unwrap_or_else(|| "a decision is `allow` or `deny`".to_owned());
+                let help = did_you_mean(other, ["allow", "deny", "error"]).unwrap_or_else(|| {
+                    "a decision is `allow`, `deny`, or `error` (denied because the deciding rule \
+                     could not be evaluated)"
+                        .to_owned()
+                });
                 let report = Report::new(
                     Code::InvalidExpectation,
                     message,
@@ -527,15 +531,15 @@ impl Checker<'_> {
             }
         };
         let mut expected = Expected {
-            allow: allow.unwrap_or(false),
+            verdict: verdict.unwrap_or(Verdict::Deny),
             rule: None,
             credential: None,
         };
-        let mut ok = allow.is_some();
+        let mut ok = verdict.is_some();
         let mut seen: HashMap<&str, Span> = HashMap::new();
         for (word, name) in &expect.parts {
             ok &= self
-                .check_expect_part(allow, word, name, &mut seen, &mut expected)
+                .check_expect_part(verdict, word, name, &mut seen, &mut expected)
                 .is_some();
         }
         ok.then_some(expected)
@@ -543,7 +547,7 @@ impl Checker<'_> {
 
     fn check_expect_part<'w>(
         &mut self,
-        allow: Option<bool>,
+        verdict: Option<Verdict>,
         word: &'w Ident,
         name: &Ident,
         seen: &mut HashMap<&'w str, Span>,
@@ -578,7 +582,7 @@ impl Checker<'_> {
             self.report(report);
             return None;
         }
-        if wanted == "credential" && allow == Some(false) {
+        if wanted == "credential" && verdict.is_some_and(|verdict| verdict != Verdict::Allow) {
             let message = "a deny issues no credential".to_owned();
             let report = Report::new(Code::InvalidExpectation, message, word.span, "on a deny")
                 .help("remove `with …`, or expect `allow`");
