@@ -1097,8 +1097,25 @@ impl<'a> Checker<'a> {
                 if let Some((lhs_expr, Ty::Ip)) = &lhs_checked
                     && let ExprKind::Str(_) = rhs.kind
                 {
-                    // An address compared with a string literal: the string is an address.
+                    // An address compared with a string literal: the string is one address.
                     let network = self.check_network(rhs)?;
+                    let host_prefix = if network.addr.is_ipv4() { 32 } else { 128 };
+                    if network.prefix < host_prefix {
+                        let text = self.text(rhs.span);
+                        let symbol = if op == CompareOp::Ne { "!=" } else { "==" };
+                        let message = format!("`{symbol}` compares one address, not a range");
+                        let membership = format!("{} in [{text}]", self.text(lhs.span));
+                        let help = if op == CompareOp::Ne {
+                            format!("test membership: `!({membership})`")
+                        } else {
+                            format!("test membership: `{membership}`")
+                        };
+                        let report =
+                            Report::new(Code::TypeMismatch, message, rhs.span, "a CIDR range")
+                                .help(help);
+                        self.report(report);
+                        return None;
+                    }
                     let lhs_expr = Box::new(lhs_expr.clone());
                     let expr = ir::Expr::InNetworks(lhs_expr, vec![network]);
                     let expr = match op {
@@ -2839,6 +2856,24 @@ mod tests {
             diags[0].help_text(),
             Some("guard it: `has ref_protected && ref_protected == \"true\"`")
         );
+    }
+
+    #[test]
+    fn an_address_equals_one_address_and_a_range_wants_in() {
+        let diags =
+            compile_one(r#"condition c { request.source_ip == "10.0.0.0/8" }"#).unwrap_err();
+        assert_eq!(
+            diags[0].help_text(),
+            Some(r#"test membership: `request.source_ip in ["10.0.0.0/8"]`"#)
+        );
+        let diags =
+            compile_one(r#"condition c { request.source_ip != "10.0.0.0/8" }"#).unwrap_err();
+        assert_eq!(
+            diags[0].help_text(),
+            Some(r#"test membership: `!(request.source_ip in ["10.0.0.0/8"])`"#)
+        );
+        assert!(compile_one(r#"condition c { request.source_ip == "10.1.2.3/32" }"#).is_ok());
+        assert!(compile_one(r#"condition c { request.source_ip != "2001:db8::1" }"#).is_ok());
     }
 
     #[test]
