@@ -1163,6 +1163,13 @@ fn never(expr: &ast::Expr, folder: &Folder<'_>, depth: u32) -> Option<Why> {
     if folder.fold(expr, 0) == Some(false) {
         return Some(Why::AlwaysFalse(expr.span));
     }
+    // A port is from 1 to 65535, whatever the target.
+    if let Some((path, fact)) = fact_of(expr)
+        && path == "target.port"
+        && conflicts(&fact, &Fact::Within(1, i64::from(u16::MAX)))
+    {
+        return Some(Why::AlwaysFalse(expr.span));
+    }
     match &expr.kind {
         ExprKind::And(_, _) => {
             if let Some((first, second, path)) = contradiction(expr) {

@@ -186,6 +186,8 @@ fn contradictions_are_found_in_and_chains_only() {
         "(target.port == 1 && target.port == 2) || (false && request.action == \"GET\")",
         "request.action == \"GET\" && (target.port == 1 && target.port == 2)",
         "2 < 1 || 3 > 4",
+        "target.port > 70000",
+        "target.port in [0, 70000]",
     ];
     for when in never {
         assert_eq!(codes(&rule(when)), ["gate::W0302"], "{when}");
