@@ -2,6 +2,7 @@
 //! directory, sorted by path. The only I/O in this crate; the compiler itself takes
 //! [`SourceFile`]s. Reads are bounded in file size and file count.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -56,7 +57,8 @@ pub fn read_policy_path(path: &Path) -> Result<Vec<SourceFile>, SourceError> {
         return Ok(vec![read_file(path)?]);
     }
     let mut paths = Vec::new();
-    collect_gate_files(path, path, &mut paths)?;
+    let mut visited = HashSet::new();
+    collect_gate_files(path, path, &mut visited, &mut paths)?;
     if paths.is_empty() {
         // An empty set would deny everything; far more often the path is wrong.
         return Err(SourceError::NoPolicyFiles {
@@ -67,17 +69,31 @@ pub fn read_policy_path(path: &Path) -> Result<Vec<SourceFile>, SourceError> {
     paths.iter().map(|file| read_file(file)).collect()
 }
 
-fn collect_gate_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+/// Collects the `.gate` files below `dir`, skipping hidden files and directories (`.git`) and
+/// reading a directory reached again through a link only once, so that a link loop ends.
+fn collect_gate_files(
+    root: &Path,
+    dir: &Path,
+    visited: &mut HashSet<PathBuf>,
+    out: &mut Vec<PathBuf>,
+) -> Result<(), SourceError> {
     let io_error = |source| SourceError::Io {
         path: dir.to_owned(),
         source,
     };
+    if !visited.insert(fs::canonicalize(dir).map_err(io_error)?) {
+        return Ok(());
+    }
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_error)? {
         entries.push(entry.map_err(io_error)?.path());
     }
     entries.sort();
-    for entry in entries {
+    let hidden = |path: &Path| {
+        path.file_name()
+            .is_some_and(|name| name.to_string_lossy().starts_with('.'))
+    };
+    for entry in entries.into_iter().filter(|entry| !hidden(entry)) {
         let file_type = fs::metadata(&entry)
             .map_err(|source| SourceError::Io {
                 path: entry.clone(),
@@ -85,7 +101,7 @@ fn collect_gate_files(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result
             })?
             .file_type();
         if file_type.is_dir() {
-            collect_gate_files(root, &entry, out)?;
+            collect_gate_files(root, &entry, visited, out)?;
         } else if entry.extension().is_some_and(|ext| ext == "gate") {
             if out.len() >= MAX_FILES {
                 return Err(SourceError::TooManyFiles {
@@ -143,6 +159,21 @@ mod tests {
         assert_eq!(texts, vec!["a", "b", "c"]);
         let expected = dir.path().join("sub").join("c.gate").display().to_string();
         assert_eq!(files.last().map(|file| file.name.clone()), Some(expected));
+    }
+
+    #[test]
+    fn skips_hidden_entries_and_reads_a_linked_directory_once() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(".git/refs")).unwrap();
+        fs::write(dir.path().join(".git/refs/old.gate"), "hidden").unwrap();
+        fs::write(dir.path().join(".draft.gate"), "hidden").unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/a.gate"), "a").unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).unwrap();
+        let files = read_policy_path(dir.path()).unwrap();
+        let texts: Vec<_> = files.iter().map(|file| file.text.as_str()).collect();
+        assert_eq!(texts, vec!["a"]);
     }
 
     #[test]
