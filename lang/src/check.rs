@@ -2515,13 +2515,33 @@ pub(crate) fn host_problem(host: &str) -> Option<(&'static str, String)> {
     if host.parse::<std::net::IpAddr>().is_ok() {
         return None;
     }
+    // `[2001:db8::1]` or `[2001:db8::1]:443`, as a URL writes an IPv6 address.
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((address, after)) = rest.split_once(']')
+        && address.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        let help = match after.strip_prefix(':') {
+            Some(port) => format!("write `host = \"{address}\"` and `port = {port}`"),
+            None => format!("write the address without brackets: `host = \"{address}\"`"),
+        };
+        return Some(("an IPv6 address in brackets", help));
+    }
+    if let Some(bare) = host.strip_suffix('.')
+        && !bare.is_empty()
+        && host_problem(bare).is_none()
+    {
+        return Some((
+            "a trailing dot",
+            format!("write the name without it: `host = \"{bare}\"`"),
+        ));
+    }
     if let Some((scheme, rest)) = host.split_once("://") {
         let bare = rest.split(['/', ':']).next().unwrap_or_default();
         return Some((
             "a URL, not a host",
             format!(
-                "write the host alone, `\"{bare}\"`; the protocol block (`{scheme} {{ … }}`) \
-                 says the scheme"
+                "write the host alone, `host = \"{bare}\"`; the protocol block \
+                 (`{scheme} {{ … }}`) says the scheme"
             ),
         ));
     }
@@ -2856,6 +2876,28 @@ mod tests {
             diags[0].help_text(),
             Some("guard it: `has ref_protected && ref_protected == \"true\"`")
         );
+    }
+
+    #[test]
+    fn host_problems_are_named_and_their_help_is_a_valid_host() {
+        let cases = [
+            ("https://api.internal/v1", "api.internal"),
+            ("api.internal:8443", "api.internal"),
+            ("api.internal/v1", "api.internal"),
+            ("[2001:db8::1]:443", "2001:db8::1"),
+            ("[2001:db8::1]", "2001:db8::1"),
+            ("API.Example.com.", "API.Example.com"),
+        ];
+        for (host, fixed) in cases {
+            let (_, help) = host_problem(host).unwrap();
+            assert!(
+                help.contains(&format!("`host = \"{fixed}\"`")),
+                "{host}: {help}"
+            );
+            assert_eq!(host_problem(fixed), None, "{fixed}");
+        }
+        assert!(host_problem("api internal").is_some());
+        assert_eq!(host_problem("2001:db8::1"), None);
     }
 
     #[test]

@@ -458,19 +458,40 @@ impl Report {
 
 /// `text` safe to print on a terminal: each control character but tab and line breaks becomes a
 /// space and each bidirectional control `U+FFFD`, so that a policy file cannot send escape
-/// sequences to whoever reads its diagnostics. Every replacement has the byte length of what it
-/// replaces, so spans and columns stay valid.
+/// sequences to whoever reads its diagnostics. A carriage return counts only before a line
+/// feed; alone, it would move the cursor back over the line shown. Every replacement has the
+/// byte length of what it replaces, so spans and columns stay valid.
 fn displayable(text: &str) -> String {
-    text.chars()
-        .map(|ch| match ch {
-            '\t' | '\n' | '\r' => ch,
+    let mut chars = text.chars().peekable();
+    let mut out = String::with_capacity(text.len());
+    while let Some(ch) = chars.next() {
+        out.push(match ch {
+            '\r' if chars.peek() == Some(&'\n') => ch,
+            '\t' | '\n' => ch,
             _ if ch.is_ascii_control() => ' ',
             _ if crate::lexer::is_hidden_control(ch) && ch.len_utf8() == 3 => '\u{FFFD}',
             // C1 controls are two bytes in UTF-8, as is `¿`.
             _ if crate::lexer::is_hidden_control(ch) => '\u{BF}',
             _ => ch,
-        })
-        .collect()
+        });
+    }
+    out
+}
+
+/// A name from outside, such as a file path, safe to print on a terminal: control and
+/// bidirectional characters become `U+FFFD`.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(crate::lexer::is_hidden_control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let replace = |ch| {
+        if crate::lexer::is_hidden_control(ch) {
+            '\u{FFFD}'
+        } else {
+            ch
+        }
+    };
+    std::borrow::Cow::Owned(text.chars().map(replace).collect())
 }
 
 /// The most bytes of source shown on either side of a label, so that a diagnostic on a very
@@ -539,7 +560,10 @@ impl Sources {
     pub(crate) fn new(files: &[SourceFile]) -> Sources {
         let files = files
             .iter()
-            .map(|file| NamedSource::new(&file.name, Shown(Arc::from(displayable(&file.text)))))
+            .map(|file| {
+                let text = Shown(Arc::from(displayable(&file.text)));
+                NamedSource::new(printable(&file.name), text)
+            })
             .collect();
         Sources { files }
     }
@@ -619,6 +643,17 @@ pub fn render(diags: &[Diagnostic], color: bool) -> String {
 mod tests {
     use super::*;
     use crate::check::compile;
+
+    #[test]
+    fn file_names_and_lone_carriage_returns_never_reach_a_terminal_raw() {
+        let text = "workload w { github { repositry == \"a\" } }\n// a\rb\r\n";
+        let diags = compile(&[SourceFile::new("x\u{1b}[31m.gate", text)]).unwrap_err();
+        let rendered = render(&diags, false);
+        assert!(!rendered.contains('\u{1b}'), "{rendered:?}");
+        assert!(!rendered.contains("a\rb"), "{rendered:?}");
+        assert!(rendered.contains("x\u{FFFD}[31m.gate"), "{rendered:?}");
+        assert_eq!(printable("plain/path.gate"), "plain/path.gate");
+    }
 
     #[test]
     fn a_label_on_a_very_long_line_shows_the_part_around_it_at_its_true_position() {

@@ -741,6 +741,14 @@ impl ClaimRule {
                 let bare = value
                     .strip_prefix("refs/heads/")
                     .or_else(|| value.strip_prefix("refs/tags/"))?;
+                if bare.contains(['*', '?']) {
+                    // Only the full form says branch or tag: compare the claim that holds it.
+                    return Some(format!(
+                        "GitLab names the branch or tag alone in `ref`; compare `ref_path`, which \
+                         holds the `refs/…` form: `ref_path like {}`",
+                        quoted(value)
+                    ));
+                }
                 Some(format!(
                     "did you mean `{}`? GitLab names the branch or tag alone, and `ref_type` says \
                      which; `ref_path` holds the `refs/…` form",
@@ -1017,7 +1025,12 @@ fn other_kind_claims(decls: &Decls<'_>, reports: &mut Vec<Report>) {
                 )
             }
         };
-        let label = "an evaluation error, and so a deny, for callers of other kinds";
+        let label = match &admitted {
+            Some(kinds) if !kinds.contains(&kind) => {
+                "an evaluation error, and so a deny, for every caller the rule admits"
+            }
+            _ => "an evaluation error, and so a deny, for callers of other kinds",
+        };
         reports.push(Report::new(Code::OtherKindClaim, message, span, label).help(help));
     }
 }

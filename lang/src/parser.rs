@@ -493,25 +493,35 @@ fn parse_report(
                 .find(|(at, _)| *at == start)
                 .map(|(_, word)| word.as_str());
             let is_word = matches!(token, Token::Ident(_));
-            let meant = match (token, word_before) {
-                (Token::Ident(word), _) => connective_for(word)
+            let this_word = match token {
+                Token::Ident(word) => connective_for(word)
                     .or_else(|| rule_keyword_for(word).filter(|_| at_declaration))
                     .map(|meant| (word, meant)),
-                (_, Some(word)) => connective_for(word).map(|meant| (word, meant)),
                 _ => None,
-            }
-            .map(|(word, meant)| format!("Gate writes `{word}` as `{meant}`"));
+            };
+            let meant = this_word
+                .or_else(|| word_before.and_then(|word| Some((word, connective_for(word)?))))
+                .map(|(word, meant)| format!("Gate writes `{word}` as `{meant}`"));
             let wants_text = expected.iter().any(|terminal| terminal == "Str")
                 && !expected.iter().any(|terminal| terminal == "Ident");
             match meant {
                 Some(help) => report.help(help),
                 None if at_declaration => report.help(DECLARATION_HELP),
                 None if wants_text && is_word => {
+                    // An annotation's value (only a string may come) runs to its `)`; any
+                    // other value, to the end of the word.
+                    let only_text = expected.iter().all(|terminal| terminal == "Str");
                     let rest = text.get(start..).unwrap_or_default();
                     let word_len = rest
-                        .find(|ch: char| !(ch.is_ascii_alphanumeric() || "._-/:".contains(ch)))
+                        .find(|ch: char| {
+                            if only_text {
+                                matches!(ch, ')' | '}' | '\n')
+                            } else {
+                                !(ch.is_ascii_alphanumeric() || "._-/:".contains(ch))
+                            }
+                        })
                         .unwrap_or(rest.len());
-                    let word = rest.get(..word_len).unwrap_or_default();
+                    let word = rest.get(..word_len).unwrap_or_default().trim_end();
                     report.help(format!("to write the text, quote it: `\"{word}\"`"))
                 }
                 None => report,
@@ -893,6 +903,7 @@ mod tests {
         for text in [
             "condition c { not has request.action }",
             "condition c { not (request.action == \"GET\") }",
+            "condition c { not request.action == \"POST\" }",
         ] {
             let found = messages(text);
             assert!(
@@ -910,6 +921,10 @@ mod tests {
                 "quote it: `\\\"api.internal",
             ),
             ("@severity(high) permit p { }", "quote it: `\\\"high"),
+            (
+                "@description(deploys to prod) permit p { }",
+                "quote it: `\\\"deploys to prod\\\"`",
+            ),
             (
                 "condition c { request.time within 09:00..17:00 }",
                 "names its time zone",

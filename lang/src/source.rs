@@ -29,20 +29,25 @@ impl SourceFile {
     }
 }
 
+/// A path as a message shows it, without characters that would act on a terminal.
+fn shown(path: &Path) -> String {
+    crate::diagnostic::printable(&path.display().to_string()).into_owned()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot read `{path}`: {source}")]
+    #[error("cannot read `{}`: {source}", shown(.path))]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("`{path}` is larger than {MAX_FILE_BYTES} bytes")]
+    #[error("`{}` is larger than {MAX_FILE_BYTES} bytes", shown(.path))]
     TooLarge { path: PathBuf },
-    #[error("`{path}` holds more than {MAX_FILES} policy files")]
+    #[error("`{}` holds more than {MAX_FILES} policy files", shown(.path))]
     TooManyFiles { path: PathBuf },
-    #[error("`{path}` is not valid UTF-8; Gate sources are UTF-8 text")]
+    #[error("`{}` is not valid UTF-8; Gate sources are UTF-8 text", shown(.path))]
     NotUtf8 { path: PathBuf },
-    #[error("`{path}` holds no `*.gate` files")]
+    #[error("`{}` holds no `*.gate` files", shown(.path))]
     NoPolicyFiles { path: PathBuf },
 }
 

@@ -114,7 +114,10 @@ impl TestReport<'_> {
 /// Why a policy set that compiled without a `test` fails: a CI job that runs no test must not
 /// look like one whose tests passed.
 pub fn no_tests_message(path: &str) -> String {
-    format!("`{path}` declares no `test`; nothing was tested")
+    format!(
+        "`{}` declares no `test`; nothing was tested",
+        crate::diagnostic::printable(path)
+    )
 }
 
 /// The JSON document: every test with its location, outcome, expectation and decision; the

@@ -216,6 +216,29 @@ pub fn zone_for_abbreviation(abbreviation: &str) -> Option<&'static str> {
     Some(zone)
 }
 
+/// For a fixed offset written `UTC+1` or `GMT-05:00`, which the database does not name: the
+/// zone that has it (`Etc/GMT-1`, whose sign the database inverts), and a city zone's hint.
+pub fn fixed_offset_help(name: &str) -> Option<String> {
+    let rest = name
+        .strip_prefix("UTC")
+        .or_else(|| name.strip_prefix("GMT"))?;
+    let (sign, digits) = match rest.split_at_checked(1)? {
+        ("+", digits) => ('+', digits),
+        ("-", digits) => ('-', digits),
+        _ => return None,
+    };
+    let hours: u8 = digits.strip_suffix(":00").unwrap_or(digits).parse().ok()?;
+    if hours == 0 || hours > 14 {
+        return None;
+    }
+    let inverted = if sign == '+' { '-' } else { '+' };
+    Some(format!(
+        "for UTC{sign}{hours} all year write `\"Etc/GMT{inverted}{hours}\"` (the database inverts \
+         the sign); for local time with daylight saving time, name a city's zone, such as \
+         `\"Europe/Berlin\"`"
+    ))
+}
+
 /// Legacy aliases in the database and the zone each stands for (the IANA `backward` file).
 const ZONE_ALIASES: &[(&str, &str)] = &[
     ("CET", "Europe/Brussels"),
@@ -592,6 +615,17 @@ mod tests {
             Some("America/Los_Angeles")
         );
         assert_eq!(preferred_zone_name("Europe/Berlin"), None);
+    }
+
+    #[test]
+    fn fixed_offsets_are_offered_the_zone_that_has_them() {
+        let help = fixed_offset_help("GMT+1").unwrap();
+        assert!(help.contains("`\"Etc/GMT-1\"`"), "{help}");
+        assert!(lookup_zone("Etc/GMT-1").is_some());
+        let help = fixed_offset_help("UTC-05:00").unwrap();
+        assert!(help.contains("`\"Etc/GMT+5\"`"), "{help}");
+        assert_eq!(fixed_offset_help("GMT"), None);
+        assert_eq!(fixed_offset_help("Europe/Berlin"), None);
     }
 
     #[test]

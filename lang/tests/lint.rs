@@ -279,6 +279,22 @@ fn anchored_regexes_and_globs_are_checked_by_their_fixed_start() {
 }
 
 #[test]
+fn a_gitlab_ref_glob_is_offered_ref_path_not_a_wider_glob() {
+    let text = format!(
+        "{TARGET}workload w {{ gitlab {{ ref like \"refs/tags/*\" }} }}\n\
+         permit p {{ workload w target api }}\n"
+    );
+    let outcome = analyze_text(&text);
+    let [diag] = outcome.diagnostics.as_slice() else {
+        panic!("{:?}", outcome.diagnostics)
+    };
+    let help = diag.help_text().unwrap();
+    assert!(help.ends_with("`ref_path like \"refs/tags/*\"`"), "{help}");
+    let fixed = text.replace("ref like", "ref_path like");
+    assert_eq!(codes(&fixed), Vec::<&str>::new());
+}
+
+#[test]
 fn the_credential_ttl_maximum_is_configurable() {
     let text = format!(
         "{TARGET}workload w {{ github {{ repository == \"acme/app\" }} }}\n\

