@@ -38,6 +38,9 @@ pub enum LexError {
     /// `/* … */`, which Gate does not have; the whole comment is one error.
     #[error("block comments are not supported")]
     BlockComment,
+    /// `08:00-18:00`, `mon-fri`: a range written with `-` instead of `..`.
+    #[error("a range written with `-`")]
+    DashRange,
 }
 
 /// Why a duration literal (`15m`, `1h30m`) was refused.
@@ -186,6 +189,14 @@ pub enum Token<'input> {
     /// ([`crate::time::parse_time_of_day`]).
     #[regex("[0-9]+:[0-9]+(:[0-9]+)?")]
     TimeOfDay(&'input str),
+    /// Never produced: `08:00-18:00` or `mon-fri`, a range written with a dash, lexes as one
+    /// error, and [`lex`] puts the `..` range in its place.
+    #[regex("[0-9]+:[0-9]+-[0-9]+:[0-9]+", dash_range)]
+    #[regex(
+        "(?i)(mon|tue|wed|thu|fri|sat|sun)-(mon|tue|wed|thu|fri|sat|sun)",
+        dash_range
+    )]
+    DashRange,
 }
 
 impl fmt::Display for Token<'_> {
@@ -233,6 +244,7 @@ impl fmt::Display for Token<'_> {
             Token::Duration(_) => "duration",
             Token::Timestamp(text) => return write!(f, "timestamp `{text}`"),
             Token::TimeOfDay(text) => return write!(f, "time of day `{text}`"),
+            Token::DashRange => "range",
         };
         f.write_str(text)
     }
@@ -400,10 +412,13 @@ pub fn lex(text: &str) -> Lexed<'_> {
                     | LexError::StringTooLong => Some(Token::Str(String::new())),
                     LexError::IntegerOverflow => Some(Token::Int(0)),
                     LexError::InvalidDuration(_) => Some(Token::Duration(1)),
-                    LexError::InvalidChar | LexError::BlockComment => None,
+                    LexError::InvalidChar | LexError::BlockComment | LexError::DashRange => None,
                 };
                 if let Some(token) = substitute {
                     lexed.tokens.push((span.start, token, span.end));
+                }
+                if error == LexError::DashRange {
+                    lexed.tokens.extend(dotted_range(text, span.clone()));
                 }
                 if error == LexError::StringTooLong {
                     // The opening quote locates the string; underlining all of it would draw
@@ -416,6 +431,33 @@ pub fn lex(text: &str) -> Lexed<'_> {
     }
     mark_declaration_keywords(&mut lexed.tokens);
     lexed
+}
+
+fn dash_range<'input>(_: &mut logos::Lexer<'input, Token<'input>>) -> Result<(), LexError> {
+    Err(LexError::DashRange)
+}
+
+/// The tokens of `FIRST..LAST` for a range written `FIRST-LAST`, so that parsing goes on as if
+/// it had been written right.
+fn dotted_range(text: &str, span: Range<usize>) -> Vec<Spanned<'_>> {
+    fn part(part: &str) -> Token<'_> {
+        if part.contains(':') {
+            Token::TimeOfDay(part)
+        } else {
+            Token::Ident(part)
+        }
+    }
+    let written = text.get(span.clone()).unwrap_or_default();
+    let Some(dash) = written.find('-') else {
+        return Vec::new();
+    };
+    let (first, last) = (&written[..dash], &written[dash + 1..]);
+    let dash_at = span.start + dash;
+    vec![
+        (span.start, part(first), dash_at),
+        (dash_at, Token::DotDot, dash_at + 1),
+        (dash_at + 1, part(last), span.end),
+    ]
 }
 
 fn is_block_open(rest: &str) -> bool {

@@ -266,6 +266,19 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
             )
             .help(help)
         }
+        LexError::DashRange => {
+            let written = text.get(range.clone()).unwrap_or_default();
+            Report::new(
+                Code::InvalidCharacter,
+                "a range is written with `..`, not `-`",
+                span,
+                "written with `-`",
+            )
+            .help(format!(
+                "write `{}`",
+                written.replacen('-', "..", 1).to_ascii_lowercase()
+            ))
+        }
         LexError::BlockComment => Report::new(
             Code::InvalidCharacter,
             "block comments are not supported",
@@ -938,6 +951,25 @@ mod tests {
             let found = messages(text);
             assert_eq!(found.len(), 1, "{text}: {found:?}");
             assert!(found[0].contains(help), "{text}: {found:?}");
+        }
+    }
+
+    #[test]
+    fn a_range_written_with_a_dash_is_one_error_with_the_dotted_form() {
+        let cases = [
+            (
+                "condition a { request.time within 08:00-18:00 in \"UTC\" }",
+                "`08:00..18:00`",
+            ),
+            (
+                "condition b { request.time within Mon-Fri in \"UTC\" }",
+                "`mon..fri`",
+            ),
+        ];
+        for (text, help) in cases {
+            let found = messages(text);
+            assert_eq!(found.len(), 1, "{text}: {found:?}");
+            assert!(found[0].contains(help), "{found:?}");
         }
     }
 
