@@ -190,21 +190,35 @@ impl Code {
 }
 
 impl Code {
+    /// Every warning, the codes of [`crate::lint`]; every other code is an error.
+    pub const WARNINGS: [Code; 10] = [
+        Code::BroadPermit,
+        Code::UnusedDeclaration,
+        Code::ImpossibleClaimValue,
+        Code::LegacyTimeZone,
+        Code::ShadowedPermit,
+        Code::UnsatisfiableRule,
+        Code::OtherKindClaim,
+        Code::StaticSecret,
+        Code::LongCredentialTtl,
+        Code::OverlappingCredentials,
+    ];
+
     /// Whether the code is an error, which fails the policy set, or a warning from a lint.
     pub fn severity(self) -> Severity {
-        match self {
-            Code::BroadPermit
-            | Code::UnusedDeclaration
-            | Code::ImpossibleClaimValue
-            | Code::LegacyTimeZone
-            | Code::ShadowedPermit
-            | Code::UnsatisfiableRule
-            | Code::OtherKindClaim
-            | Code::StaticSecret
-            | Code::LongCredentialTtl
-            | Code::OverlappingCredentials => Severity::Warning,
-            _ => Severity::Error,
+        if Code::WARNINGS.contains(&self) {
+            Severity::Warning
+        } else {
+            Severity::Error
         }
+    }
+
+    /// The warning `W0401` or `gate::W0401` names.
+    pub fn warning(name: &str) -> Option<Code> {
+        let name = name.strip_prefix("gate::").unwrap_or(name);
+        Code::WARNINGS
+            .into_iter()
+            .find(|code| code.as_str().strip_prefix("gate::") == Some(name))
     }
 
     /// Whether the lexer reports it.

@@ -141,6 +141,35 @@ fn deny_warnings_turns_warnings_into_failure() {
 }
 
 #[test]
+fn allowed_warnings_are_not_reported_and_errors_cannot_be_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("static.gate");
+    std::fs::write(
+        &file,
+        "credential k { static { env = \"K\" } }\ntarget t { https { host = \"h\" } }\n\
+         workload w { github { repository == \"a/b\" } }\n\
+         permit p { workload w target t credential k }\n",
+    )
+    .unwrap();
+    let file = path_arg(&file);
+    let output = policyc(&["check", "--deny-warnings", file]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("gate::W0401"));
+    for code in ["W0401", "gate::W0401"] {
+        let output = policyc(&["check", "--deny-warnings", "--allow", code, file]);
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+        assert!(!stderr(&output).contains("W0401"), "{}", stderr(&output));
+    }
+    let output = policyc(&["check", "--allow", "E0101", file]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not a warning code"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn each_path_is_its_own_policy_set() {
     let output = policyc(&["check", EXAMPLES, ERR_FILE, LINT_FILE]);
     assert_eq!(output.status.code(), Some(1));

@@ -24,7 +24,7 @@ use portcullis_lang::bundle::signing::{
 };
 use portcullis_lang::bundle::{Bundle, BundleError};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
-use portcullis_lang::diagnostic::{self, Diagnostic, Severity, printable, render};
+use portcullis_lang::diagnostic::{self, Code, Diagnostic, Severity, printable, render};
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::lexer::{self, DurationError};
 use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
@@ -67,7 +67,8 @@ Examples:
   policyc check team-a/policies team-b/policies --deny-warnings
   policyc check --format json policies/ | jq '.summary'
   policyc check --format sarif --max-ttl 30m policies/ > policyc.sarif
-  policyc check --claims custom-claims.json policies/";
+  policyc check --claims custom-claims.json policies/
+  policyc check --deny-warnings --allow W0401 policies/";
 
 const BUILD_HELP: &str = "\
 With --sign KEYFILE, the bundle ends with an ed25519 signature by that private key (PKCS#8
@@ -157,6 +158,10 @@ struct CheckArgs {
     /// Fail (exit status 1) on warnings too
     #[arg(long)]
     deny_warnings: bool,
+    /// Do not report this warning, such as `W0401` for a static secret the team has accepted;
+    /// repeat for several
+    #[arg(long = "allow", value_name = "CODE", value_parser = parse_warning)]
+    allow: Vec<Code>,
     /// The longest credential `ttl` that passes without a warning, a Gate duration
     #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     max_ttl: u64,
@@ -338,11 +343,17 @@ fn check(args: &CheckArgs) -> ExitCode {
     for path in &paths {
         let display = path.display().to_string();
         match read_policy_path(path) {
-            Ok(files) => checked.push(Checked {
-                path: display,
-                n_files: files.len(),
-                outcome: analyze_with_claims(&files, &options, &custom_claims),
-            }),
+            Ok(files) => {
+                let mut outcome = analyze_with_claims(&files, &options, &custom_claims);
+                outcome
+                    .diagnostics
+                    .retain(|diag| !args.allow.contains(&diag.code()));
+                checked.push(Checked {
+                    path: display,
+                    n_files: files.len(),
+                    outcome,
+                });
+            }
             Err(error) => unreadable.push((display, error)),
         }
     }
@@ -453,6 +464,20 @@ fn ok_summary(n_files: usize, set: &PolicySet) -> String {
         count(set.targets.len(), "target"),
         count(set.rules.len(), "rule"),
     )
+}
+
+/// A warning code given to `--allow`: `W0401` or `gate::W0401`.
+fn parse_warning(text: &str) -> Result<Code, String> {
+    Code::warning(text).ok_or_else(|| {
+        let codes: Vec<&str> = Code::WARNINGS
+            .iter()
+            .filter_map(|code| code.as_str().strip_prefix("gate::"))
+            .collect();
+        format!(
+            "`{text}` is not a warning code; the warnings are {} (errors cannot be allowed)",
+            codes.join(", ")
+        )
+    })
 }
 
 /// A Gate duration such as `1h`, `90m` or `1h30m`, in seconds, read as a policy reads it.
