@@ -982,6 +982,25 @@ fn other_kind_claims(decls: &Decls<'_>, reports: &mut Vec<Report>) {
                 WorkloadSelector::AnyOfKind(kind) => Some(vec![kind.name.as_str()]),
                 WorkloadSelector::Any => None,
             };
+        if let Some(kinds) = &admitted
+            && let Some((kind, span)) = kind_guards(when).find(|(kind, _)| !kinds.contains(kind))
+        {
+            // `has client.github.x` under a workload of other kinds: false for every caller.
+            let listed: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
+            let message = format!(
+                "{} `{}` can never match",
+                effect_word(rule.decl.effect),
+                rule.name()
+            );
+            let label = format!("true only for a `{kind}` caller");
+            let help = format!(
+                "its workload admits only {} callers; give it a workload of `{kind}` callers, or \
+                 remove the guard",
+                and_list(&listed)
+            );
+            reports.push(Report::new(Code::UnsatisfiableRule, message, span, label).help(help));
+            continue;
+        }
         let mut reads = Vec::new();
         kind_reads(when, &conditions, &[], &mut reads, 0);
         let exposed = reads.into_iter().find(|(kind, _, _)| {
@@ -1098,6 +1117,24 @@ fn kind_reads<'a>(
         },
         _ => {}
     }
+}
+
+/// The kinds that `has client.KIND.claim` conjuncts of the top-level `&&` chain of `expr`
+/// require of the caller, and where.
+fn kind_guards(expr: &ast::Expr) -> impl Iterator<Item = (&str, Span)> {
+    let mut conjuncts = Vec::new();
+    flatten_and(expr, &mut conjuncts);
+    conjuncts
+        .into_iter()
+        .filter_map(|conjunct| match &conjunct.kind {
+            ExprKind::Has(path) => match path.as_slice() {
+                [client, kind, _] if client.name == "client" => {
+                    Some((kind.name.as_str(), conjunct.span))
+                }
+                _ => None,
+            },
+            _ => None,
+        })
 }
 
 /// The kind and claim of a `client.KIND.claim` path.

@@ -279,6 +279,18 @@ fn anchored_regexes_and_globs_are_checked_by_their_fixed_start() {
 }
 
 #[test]
+fn a_guard_for_a_kind_the_workload_does_not_admit_never_holds() {
+    let text = format!(
+        "{TARGET}workload kube {{ kubernetes {{ namespace == \"app\" }} }}\n\
+         permit p {{ workload kube target api when has client.github.environment \
+         && client.github.environment == \"prod\" }}\n"
+    );
+    let outcome = analyze_text(&text);
+    let messages: Vec<&str> = outcome.diagnostics.iter().map(|d| d.message()).collect();
+    assert_eq!(messages, ["permit `p` can never match"]);
+}
+
+#[test]
 fn a_gitlab_ref_glob_is_offered_ref_path_not_a_wider_glob() {
     let text = format!(
         "{TARGET}workload w {{ gitlab {{ ref like \"refs/tags/*\" }} }}\n\
