@@ -1694,7 +1694,16 @@ impl<'a> Checker<'a> {
                 let conditions = self.condition_names.iter().map(|name| name.name.as_str());
                 let help = did_you_mean(&head.name, conditions)
                     .or_else(|| self.text_fits.then(|| quote_it(&head.name)))
-                    .filter(|_| bare);
+                    .filter(|_| bare)
+                    .or_else(|| {
+                        // `requst.action`: a misspelt `request`, `target` or `client`.
+                        let rest = shown.strip_prefix(head.name.as_str())?;
+                        let roots = ["request", "target", "client"];
+                        let root = roots.into_iter().find(|root| {
+                            did_you_mean(&head.name, [*root]).is_some() && *root != head.name
+                        })?;
+                        Some(format!("did you mean `{root}{rest}`?"))
+                    });
                 (
                     format!("unknown name `{shown}`"),
                     help.unwrap_or_else(|| {
@@ -2916,6 +2925,18 @@ mod tests {
         );
         assert!(compile_one(r#"condition c { request.source_ip == "10.1.2.3/32" }"#).is_ok());
         assert!(compile_one(r#"condition c { request.source_ip != "2001:db8::1" }"#).is_ok());
+    }
+
+    #[test]
+    fn a_misspelt_root_and_a_one_digit_hour_get_the_written_fix() {
+        let diags = compile_one(r#"condition c { requst.action == "GET" }"#).unwrap_err();
+        assert_eq!(diags[0].help_text(), Some("did you mean `request.action`?"));
+        let text = r#"condition c { request.time within 9:00..17:00 in "UTC" }"#;
+        let diags = compile_one(text).unwrap_err();
+        assert_eq!(
+            diags[0].help_text(),
+            Some("write two digits for the hour: `09:00`")
+        );
     }
 
     #[test]

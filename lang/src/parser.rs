@@ -314,7 +314,13 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
             "does not fit in 64 bits",
         )
         .help("integers range from -9223372036854775808 to 9223372036854775807"),
-        LexError::InvalidDuration(reason) => duration_report(span, *reason),
+        LexError::InvalidDuration(reason) => {
+            let report = duration_report(span, *reason);
+            match duration_with_unit_word(text.get(range.clone()).unwrap_or_default()) {
+                Some(meant) => report.help(format!("write the unit as one letter: `{meant}`")),
+                None => report,
+            }
+        }
         LexError::StringTooLong => Report::new(
             Code::StringTooLong,
             format!("string literal longer than {MAX_STRING_BYTES} bytes"),
@@ -323,6 +329,20 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
         )
         .help("no claim, field or pattern needs 64 KiB; check that a quote is not missing"),
     }
+}
+
+/// `90min`, `2hours`, `30sec`: the duration meant, with its unit as Gate writes it.
+fn duration_with_unit_word(written: &str) -> Option<String> {
+    let digits = written.trim_end_matches(|ch: char| ch.is_ascii_alphabetic());
+    let unit = match written.get(digits.len()..)?.to_ascii_lowercase().as_str() {
+        "min" | "mins" | "minute" | "minutes" => "m",
+        "hr" | "hrs" | "hour" | "hours" => "h",
+        "sec" | "secs" | "second" | "seconds" => "s",
+        "day" | "days" => "d",
+        _ => return None,
+    };
+    let meant = format!("{digits}{unit}");
+    lexer::parse_duration(&meant).ok().map(|_| meant)
 }
 
 fn duration_report(span: Span, reason: DurationError) -> Report {
@@ -971,6 +991,14 @@ mod tests {
             assert_eq!(found.len(), 1, "{text}: {found:?}");
             assert!(found[0].contains(help), "{found:?}");
         }
+    }
+
+    #[test]
+    fn a_unit_written_as_a_word_is_offered_its_letter() {
+        let found = messages("credential k { jwt { ttl = 90min } }");
+        assert!(found.iter().any(|m| m.contains("`90m`")), "{found:?}");
+        let found = messages("credential k { jwt { ttl = 2hours } }");
+        assert!(found.iter().any(|m| m.contains("`2h`")), "{found:?}");
     }
 
     #[test]

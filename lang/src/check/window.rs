@@ -156,8 +156,19 @@ impl Checker<'_> {
             Err(error) => {
                 let message = format!("invalid time of day `{}`", time.text);
                 let label = error.to_string();
-                let help = "write hours and minutes on a 24-hour clock, `00:00` to `23:59`; \
-                            `..00:00` ends at midnight";
+                let padded = match time.text.split_once(':') {
+                    Some((hours, minutes)) if hours.len() == 1 => {
+                        let padded = format!("0{hours}:{minutes}");
+                        time::parse_time_of_day(&padded).ok().map(|_| padded)
+                    }
+                    _ => None,
+                };
+                let help = match padded {
+                    Some(padded) => format!("write two digits for the hour: `{padded}`"),
+                    None => "write hours and minutes on a 24-hour clock, `00:00` to `23:59`; \
+                             `..00:00` ends at midnight"
+                        .to_owned(),
+                };
                 let report =
                     Report::new(Code::InvalidTimeOfDay, message, time.span, label).help(help);
                 self.report(report);
