@@ -212,6 +212,9 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
 
 async fn serve(engine: Arc<Engine>, listener: tokio::net::TcpListener) -> Result<()> {
     let local = listener.local_addr()?;
+    // Registered before the server says it listens: a stop signal sent as soon as it does
+    // must stop it gracefully, not kill it with the log unsealed.
+    let signals = StopSignals::register()?;
     tracing::info!(
         listen = %local,
         bundle = %format!("sha256:{}", engine.program.hash_hex()),
@@ -219,7 +222,7 @@ async fn serve(engine: Arc<Engine>, listener: tokio::net::TcpListener) -> Result
     );
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let stopping = async move {
-        shutdown_signal().await;
+        signals.recv().await;
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
     };
@@ -242,26 +245,40 @@ async fn grace_expired(stop: &mut tokio::sync::watch::Receiver<bool>) {
     tokio::time::sleep(SHUTDOWN_GRACE).await;
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM (Ctrl-C elsewhere), handled from the moment they are registered.
+struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {},
-                    _ = term.recv() => {},
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn register() -> Result<StopSignals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(StopSignals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(StopSignals {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+
+    /// Completes at the first stop signal.
+    async fn recv(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = &mut self;
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
