@@ -81,9 +81,11 @@ pub(crate) fn compile_keeping_trees(
     // A literal the lexer rejected was replaced by a placeholder; whatever the checker says
     // about the placeholder is a consequence, not news.
     let independent = checker.reports.into_iter().filter(|report| {
-        !lexical
-            .iter()
-            .any(|lexical| lexical.overlaps(report.span()))
+        let span = report.span();
+        // Touching counts too: `$acme` is one mistake, not also an unknown `acme`.
+        !lexical.iter().any(|lexical| {
+            lexical.overlaps(span) || (lexical.file == span.file && lexical.end == span.start)
+        })
     });
     reports.extend(independent);
     if reports.is_empty() {

@@ -299,8 +299,9 @@ impl Diagnostic {
     }
 
     /// The name of the file the primary label points into.
+    /// The file's name as given; a terminal shows it with [`printable`].
     pub fn file_name(&self) -> &str {
-        self.src.name()
+        self.src.inner().name()
     }
 
     pub fn help_text(&self) -> Option<&str> {
@@ -319,14 +320,14 @@ impl Diagnostic {
     /// Every label, the primary one first, then those of the notes in other files.
     pub fn spans(&self) -> Vec<Label<'_>> {
         let here = self.labels.iter().map(|label| Label {
-            file_name: self.src.name(),
+            file_name: self.src.inner().name(),
             file_text: self.src.inner().text(),
             start: label.offset(),
             end: label.offset() + label.len(),
             message: label.label(),
         });
         let notes = self.notes.iter().map(|note| Label {
-            file_name: note.src.name(),
+            file_name: note.src.inner().name(),
             file_text: note.src.inner().text(),
             start: note.label.offset(),
             end: note.label.offset() + note.label.len(),
@@ -516,11 +517,19 @@ const SHOWN_AROUND_LABEL: usize = 160;
 /// [`SHOWN_AROUND_LABEL`] bytes on either side of it; line numbers, columns and offsets stay
 /// those of the whole file.
 #[derive(Debug, Clone)]
-pub(crate) struct Shown(Arc<str>);
+pub(crate) struct Shown {
+    text: Arc<str>,
+    /// The file's name as given, for the JSON and SARIF reports; a terminal gets it printable.
+    name: Arc<str>,
+}
 
 impl Shown {
     fn text(&self) -> &str {
-        &self.0
+        &self.text
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -531,10 +540,10 @@ impl miette::SourceCode for Shown {
         context_lines_before: usize,
         context_lines_after: usize,
     ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
-        let whole = self
-            .0
-            .as_bytes()
-            .read_span(span, context_lines_before, context_lines_after)?;
+        let whole =
+            self.text
+                .as_bytes()
+                .read_span(span, context_lines_before, context_lines_after)?;
         let text = self.text();
         let data_start = whole.span().offset();
         let data_end = data_start + whole.span().len();
@@ -575,18 +584,24 @@ impl Sources {
         let files = files
             .iter()
             .map(|file| {
-                let text = Shown(Arc::from(displayable(&file.text)));
-                NamedSource::new(printable(&file.name), text)
+                let shown = Shown {
+                    text: Arc::from(displayable(&file.text)),
+                    name: Arc::from(file.name.as_str()),
+                };
+                NamedSource::new(printable(&file.name), shown)
             })
             .collect();
         Sources { files }
     }
 
     fn source(&self, file: usize) -> NamedSource<Shown> {
-        self.files
-            .get(file)
-            .cloned()
-            .unwrap_or_else(|| NamedSource::new("", Shown(Arc::from(""))))
+        self.files.get(file).cloned().unwrap_or_else(|| {
+            let shown = Shown {
+                text: Arc::from(""),
+                name: Arc::from(""),
+            };
+            NamedSource::new("", shown)
+        })
     }
 
     pub(crate) fn finish(&self, report: Report) -> Diagnostic {

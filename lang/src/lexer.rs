@@ -41,6 +41,9 @@ pub enum LexError {
     /// `08:00-18:00`, `mon-fri`: a range written with `-` instead of `..`.
     #[error("a range written with `-`")]
     DashRange,
+    /// `'text'`: a string between single quotes.
+    #[error("a string between single quotes")]
+    SingleQuoted,
 }
 
 /// Why a duration literal (`15m`, `1h30m`) was refused.
@@ -197,6 +200,10 @@ pub enum Token<'input> {
         dash_range
     )]
     DashRange,
+    /// Never produced: `'text'`, a string between single quotes, lexes as one error and a
+    /// string in its place.
+    #[regex("'[^'\n]*'", single_quoted)]
+    SingleQuoted,
 }
 
 impl fmt::Display for Token<'_> {
@@ -245,6 +252,7 @@ impl fmt::Display for Token<'_> {
             Token::Timestamp(text) => return write!(f, "timestamp `{text}`"),
             Token::TimeOfDay(text) => return write!(f, "time of day `{text}`"),
             Token::DashRange => "range",
+            Token::SingleQuoted => "string",
         };
         f.write_str(text)
     }
@@ -409,6 +417,7 @@ pub fn lex(text: &str) -> Lexed<'_> {
                     LexError::UnterminatedString
                     | LexError::InvalidEscape { .. }
                     | LexError::ControlInString { .. }
+                    | LexError::SingleQuoted
                     | LexError::StringTooLong => Some(Token::Str(String::new())),
                     LexError::IntegerOverflow => Some(Token::Int(0)),
                     LexError::InvalidDuration(_) => Some(Token::Duration(1)),
@@ -431,6 +440,10 @@ pub fn lex(text: &str) -> Lexed<'_> {
     }
     mark_declaration_keywords(&mut lexed.tokens);
     lexed
+}
+
+fn single_quoted<'input>(_: &mut logos::Lexer<'input, Token<'input>>) -> Result<(), LexError> {
+    Err(LexError::SingleQuoted)
 }
 
 fn dash_range<'input>(_: &mut logos::Lexer<'input, Token<'input>>) -> Result<(), LexError> {

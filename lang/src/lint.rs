@@ -120,6 +120,14 @@ struct Decls<'a> {
 }
 
 impl<'a> Decls<'a> {
+    /// Each condition's body by its name.
+    fn condition_bodies(&self) -> HashMap<&'a str, &'a ast::Expr> {
+        self.conditions
+            .iter()
+            .map(|condition| (condition.name.name.as_str(), &condition.body))
+            .collect()
+    }
+
     fn new(trees: &'a [ast::File]) -> Decls<'a> {
         let mut decls = Decls {
             workloads: Vec::new(),
@@ -206,8 +214,13 @@ impl<'a> Rule<'a> {
 // W0101: a permit on a broad workload without `when`.
 
 fn broad_permits(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    let conditions = Folder::new(decls.condition_bodies());
     for rule in decls.permits() {
-        if rule.when.is_some() {
+        // A `when` that always holds is no condition.
+        if rule
+            .when
+            .is_some_and(|when| conditions.fold(when, 0) != Some(true))
+        {
             continue;
         }
         let Some((selector, clause_span)) = rule.workload else {
@@ -918,13 +931,7 @@ fn workload_covers(decls: &Decls<'_>, outer: &WorkloadSelector, inner: &Workload
 // W0302: a rule, alternative or condition that can never hold.
 
 fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
-    let folder = Folder::new(
-        decls
-            .conditions
-            .iter()
-            .map(|condition| (condition.name.name.as_str(), &condition.body))
-            .collect(),
-    );
+    let folder = Folder::new(decls.condition_bodies());
     for condition in &decls.conditions {
         if let Some(why) = folder.verdict(&condition.name.name).never {
             let what = format!("condition `{}`", condition.name.name);
@@ -958,11 +965,7 @@ fn unsatisfiable(decls: &Decls<'_>, reports: &mut Vec<Report>) {
 // W0303: a rule that reads one kind's claims where callers of other kinds reach it.
 
 fn other_kind_claims(decls: &Decls<'_>, reports: &mut Vec<Report>) {
-    let conditions: HashMap<&str, &ast::Expr> = decls
-        .conditions
-        .iter()
-        .map(|condition| (condition.name.name.as_str(), &condition.body))
-        .collect();
+    let conditions = decls.condition_bodies();
     for rule in &decls.rules {
         let Some(when) = rule.when else {
             continue;
@@ -1016,7 +1019,11 @@ fn other_kind_claims(decls: &Decls<'_>, reports: &mut Vec<Report>) {
         let (message, help) = match &admitted {
             None => (
                 format!("{what} reads a `{kind}` claim, but callers of every kind reach it"),
-                format!("add `workload any {kind}`, or {guard}"),
+                if rule.workload.is_some() {
+                    format!("write `workload any {kind}` in place of `workload any`, or {guard}")
+                } else {
+                    format!("add `workload any {kind}`, or {guard}")
+                },
             ),
             Some(kinds) if kinds.contains(&kind) => {
                 let others: Vec<String> = kinds

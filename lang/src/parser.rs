@@ -91,7 +91,9 @@ pub(crate) fn parse_file(file: usize, text: &str) -> (ast::File, Vec<Report>) {
                 "`{keyword}` is a Gate keyword and cannot be a name; choose another, such as \
                  `{keyword}_1`"
             ));
-            keyword_named_at = Some(start);
+            if hints.decl_starts.contains(&start) {
+                keyword_named_at = Some(start);
+            }
         }
         if let Some(help) = wants_close
             && let Some(open) = unclosed_brace(&hints.braces, decl_start.unwrap_or(0), start)
@@ -134,9 +136,33 @@ fn keyword_as_name(error: &ParseError<usize, Token<'_>, LexError>) -> bool {
     matches!(
         error,
         ParseError::UnrecognizedToken { token: (_, token, _), expected }
-            if is_declaration_start(token)
-                && !matches!(token, Token::At)
-                && expected.iter().all(|terminal| terminal == "Ident")
+            if is_keyword(token) && expected.iter().all(|terminal| terminal == "Ident")
+    )
+}
+
+/// Whether `token` is one of Gate's words, which a name cannot be.
+fn is_keyword(token: &Token<'_>) -> bool {
+    matches!(
+        token,
+        Token::DeclWorkload
+            | Token::DeclTarget
+            | Token::DeclCredential
+            | Token::Workload
+            | Token::Target
+            | Token::Credential
+            | Token::Condition
+            | Token::Test
+            | Token::Permit
+            | Token::Forbid
+            | Token::When
+            | Token::Any
+            | Token::In
+            | Token::Like
+            | Token::Matches
+            | Token::Has
+            | Token::Within
+            | Token::True
+            | Token::False
     )
 }
 
@@ -251,6 +277,8 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
             let help = match found {
                 "&" => "Gate writes \"and\" as `&&`".to_owned(),
                 "|" => "Gate writes \"or\" as `||`".to_owned(),
+                ";" => "Gate needs no `;` between clauses or fields: remove it".to_owned(),
+                "'" => "strings go between double quotes: `\"…\"`".to_owned(),
                 _ if found.chars().any(|ch| ch.is_alphabetic()) => {
                     "names are ASCII letters, digits and `_`; other text goes between double \
                      quotes"
@@ -265,6 +293,17 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
                 "not valid in Gate",
             )
             .help(help)
+        }
+        LexError::SingleQuoted => {
+            let written = text.get(range.clone()).unwrap_or_default();
+            let inner = written.trim_matches('\'');
+            Report::new(
+                Code::InvalidCharacter,
+                "strings go between double quotes",
+                span,
+                "single quotes",
+            )
+            .help(format!("write `\"{}\"`", inner.replace('"', "\\\"")))
         }
         LexError::DashRange => {
             let written = text.get(range.clone()).unwrap_or_default();
@@ -299,7 +338,10 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
             span,
             "unknown escape",
         )
-        .help("the escapes are `\\\"`, `\\\\`, `\\n` and `\\t`"),
+        .help(format!(
+            "the escapes are `\\\"`, `\\\\`, `\\n` and `\\t`; for a backslash the text keeps, \
+             as a pattern's `\\{escape}` does, write `\\\\{escape}`"
+        )),
         LexError::ControlInString { ch, .. } => Report::new(
             Code::InvalidCharacter,
             format!("control character U+{:04X} in a string", u32::from(*ch)),
@@ -1002,11 +1044,26 @@ mod tests {
     }
 
     #[test]
+    fn single_quotes_and_semicolons_are_one_error_each_with_the_fix() {
+        let found = messages("workload w { github { repository == 'acme/ci' } }");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].contains("acme/ci"), "{found:?}");
+        let found = messages("permit p { workload w; target t; }");
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found.iter().all(|m| m.contains("needs no `;`")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn a_keyword_as_a_name_is_one_error_that_says_so() {
         for text in [
             "permit test { }",
             "workload target { oidc { } }",
             "condition permit { true }",
+            "permit target { }",
+            "condition in { true }",
         ] {
             let found = messages(text);
             assert_eq!(found.len(), 1, "{text}: {found:?}");

@@ -75,7 +75,8 @@ pub fn read_policy_path(path: &Path) -> Result<Vec<SourceFile>, SourceError> {
 }
 
 /// Collects the `.gate` files below `dir`, skipping hidden files and directories (`.git`) and
-/// reading a directory reached again through a link only once, so that a link loop ends.
+/// reading a directory or file reached again through a link only once, so that a link loop
+/// ends and no file is read twice.
 fn collect_gate_files(
     root: &Path,
     dir: &Path,
@@ -108,6 +109,14 @@ fn collect_gate_files(
         if file_type.is_dir() {
             collect_gate_files(root, &entry, visited, out)?;
         } else if entry.extension().is_some_and(|ext| ext == "gate") {
+            // A link to a file already in the set would declare everything in it twice.
+            let canonical = fs::canonicalize(&entry).map_err(|source| SourceError::Io {
+                path: entry.clone(),
+                source,
+            })?;
+            if !visited.insert(canonical) {
+                continue;
+            }
             if out.len() >= MAX_FILES {
                 return Err(SourceError::TooManyFiles {
                     path: root.to_owned(),
@@ -176,6 +185,9 @@ mod tests {
         fs::write(dir.path().join("sub/a.gate"), "a").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path(), dir.path().join("sub/loop")).unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(dir.path().join("sub/a.gate"), dir.path().join("b.gate"))
+            .unwrap();
         let files = read_policy_path(dir.path()).unwrap();
         let texts: Vec<_> = files.iter().map(|file| file.text.as_str()).collect();
         assert_eq!(texts, vec!["a"]);

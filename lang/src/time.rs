@@ -216,6 +216,17 @@ pub fn zone_for_abbreviation(abbreviation: &str) -> Option<&'static str> {
     Some(zone)
 }
 
+/// A date or a time without its offset (`2026-12-04`, `2026-12-04T10:00:00`) completed to a
+/// timestamp in UTC, when that reads.
+pub fn completed_timestamp(text: &str) -> Option<String> {
+    let completed = match text.len() {
+        10 => format!("{text}T00:00:00Z"),
+        19 => format!("{text}Z"),
+        _ => return None,
+    };
+    parse_timestamp(&completed).ok().map(|_| completed)
+}
+
 /// For a fixed offset written `UTC+1` or `GMT-05:00`, which the database does not name: the
 /// zone that has it (`Etc/GMT-1`, whose sign the database inverts), and a city zone's hint.
 pub fn fixed_offset_help(name: &str) -> Option<String> {

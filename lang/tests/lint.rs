@@ -115,6 +115,18 @@ fn broad_permit_needs_a_broad_workload_and_no_when() {
         "{TARGET}permit p {{ workload any kubernetes target api when request.action == \"GET\" }}\n"
     );
     assert_eq!(codes(&with_when), Vec::<&str>::new());
+    // A `when` that always holds is no condition.
+    for when in [
+        "open",
+        "open && true",
+        "open && (1 == 1 || request.action == \"GET\")",
+    ] {
+        let always = format!(
+            "{TARGET}condition open {{ true }}\n\
+             permit p {{ workload any github target api when {when} }}\n"
+        );
+        assert_eq!(codes(&always), ["gate::W0101"], "{when}");
+    }
 }
 
 #[test]

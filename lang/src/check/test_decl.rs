@@ -359,7 +359,12 @@ impl Checker<'_> {
                 value.span,
                 format!("this is {found}"),
             )
-            .help("write a timestamp without quotes: `time = 2026-12-04T10:00:00Z`");
+            .help(match &value.kind {
+                ExprKind::Str(text) if crate::time::parse_timestamp(text).is_ok() => {
+                    format!("write the timestamp without quotes: `time = {text}`")
+                }
+                _ => "write a timestamp without quotes: `time = 2026-12-04T10:00:00Z`".to_owned(),
+            });
             self.report(report);
             return None;
         };

@@ -23,9 +23,13 @@ impl Checker<'_> {
                         let offset = rest.trim_start_matches(|ch: char| ch.is_ascii_digit());
                         format!("write whole seconds: `{whole}{offset}`")
                     }
-                    _ => {
-                        "write an RFC 3339 time with its offset: `2026-12-31T23:59:59Z`".to_owned()
-                    }
+                    _ => match time::completed_timestamp(text) {
+                        Some(meant) => format!(
+                            "write the time and its offset too, in UTC for example: `{meant}`"
+                        ),
+                        None => "write an RFC 3339 time with its offset: `2026-12-31T23:59:59Z`"
+                            .to_owned(),
+                    },
                 };
                 let report = Report::new(Code::InvalidTimestamp, message, span, error.to_string())
                     .help(help);
