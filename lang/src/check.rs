@@ -324,8 +324,9 @@ impl<'a> Checker<'a> {
         for decl in decls {
             match decl {
                 ast::Decl::Workload(workload) => set.workloads.push(self.check_workload(workload)),
-                ast::Decl::Target(target) => {
-                    if let Some(target) = self.check_target(target) {
+                ast::Decl::Target(decl) => {
+                    if let Some(target) = self.check_target(decl) {
+                        self.check_endpoint_is_free(&set.targets, &target, decl.name.span);
                         set.targets.push(target);
                     }
                 }
@@ -497,6 +498,37 @@ impl<'a> Checker<'a> {
             self.report(report);
         }
         self.check_endpoint(&name.name, first)
+    }
+
+    /// Reports `target` when an earlier target has its endpoint (protocol, host and port): a
+    /// request that names the endpoint, as the proxy's do, could only ever reach the first.
+    fn check_endpoint_is_free(&mut self, earlier: &[ir::Target], target: &ir::Target, at: Span) {
+        let Some(first) = earlier.iter().find(|other| {
+            other.protocol == target.protocol
+                && other.port == target.port
+                && other.host.eq_ignore_ascii_case(&target.host)
+        }) else {
+            return;
+        };
+        let endpoint = format!(
+            "{}://{}:{}",
+            target.protocol.keyword(),
+            target.host.to_ascii_lowercase(),
+            target.port
+        );
+        let message = format!(
+            "targets `{}` and `{}` are the same endpoint, {endpoint}",
+            first.name, target.name
+        );
+        let mut report = Report::new(Code::InvalidEndpoint, message, at, "declared again here")
+            .help(
+                "a request by endpoint reaches one target: declare it once, and tell requests \
+                 apart in `when`, as with `request.resource like \"/v2/*\"`",
+            );
+        if let Some((_, first_at)) = self.names.get(&first.name) {
+            report = report.label(*first_at, "first declared here");
+        }
+        self.report(report);
     }
 
     fn check_endpoint(&mut self, target: &str, endpoint: &ast::Endpoint) -> Option<ir::Target> {
