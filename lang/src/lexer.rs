@@ -181,7 +181,7 @@ pub enum Token<'input> {
     /// A duration literal in seconds: digits and a unit, `d`, `h`, `m` or `s`, repeated from
     /// the largest unit to the smallest (`1h30m`). Digits followed by any other letters lex as
     /// an invalid duration, so that `15min` is reported as such.
-    #[regex("[0-9]+[A-Za-z][A-Za-z0-9]*", |lex| parse_duration(lex.slice()).map_err(LexError::InvalidDuration))]
+    #[regex("[0-9]+[A-Za-z][A-Za-z0-9]*", lex_duration)]
     Duration(u64),
     /// A timestamp as written, `2026-12-31T23:59:59Z`; the checker reads it
     /// ([`crate::time::parse_timestamp`]), so that a malformed one is reported with its reason.
@@ -440,6 +440,10 @@ pub fn lex(text: &str) -> Lexed<'_> {
     }
     mark_declaration_keywords(&mut lexed.tokens);
     lexed
+}
+
+fn lex_duration<'input>(lex: &mut logos::Lexer<'input, Token<'input>>) -> Result<u64, LexError> {
+    parse_duration(lex.slice()).map_err(LexError::InvalidDuration)
 }
 
 fn single_quoted<'input>(_: &mut logos::Lexer<'input, Token<'input>>) -> Result<(), LexError> {

@@ -348,7 +348,10 @@ fn lex_report(file: usize, error: &LexError, range: &std::ops::Range<usize>, tex
             span,
             "not shown as written",
         )
-        .help("write a line break as `\\n` and a tab as `\\t`; other control characters cannot appear"),
+        .help(
+            "write a line break as `\\n` and a tab as `\\t`; other control characters cannot \
+             appear",
+        ),
         LexError::IntegerOverflow => Report::new(
             Code::IntegerOutOfRange,
             "integer literal out of range",
