@@ -23,6 +23,7 @@ pub mod schema;
 pub mod source;
 pub mod test_report;
 pub mod time;
+pub mod vm;
 
 pub use check::{compile, compile_with_claims};
 pub use diagnostic::{Diagnostic, render};

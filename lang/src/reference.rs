@@ -1,9 +1,9 @@
 //! The reference evaluator: decides a request by walking the typed IR directly.
 //!
 //! In: an [`ir::PolicySet`] and a [`Request`]. Out: a [`Decision`]. This is the executable
-//! form of the semantics in `docs/gate.md`, written for clarity rather than speed: the VM in
-//! `portcullis-engine` must reach the same decision, deciding rule and credential for every
-//! request (`engine/tests/reference_agrees.rs` compares them on generated policy sets), and
+//! form of the semantics in `docs/gate.md`, written for clarity rather than speed: the VM
+//! ([`crate::vm`]) must reach the same decision, deciding rule and credential for every
+//! request (`lang/tests/reference_agrees.rs` compares them on generated policy sets), and
 //! `policyc test` runs a policy set's `test` declarations with it.
 //!
 //! A decision, step by step:
@@ -122,6 +122,21 @@ pub enum EvalError {
     Inconsistent { what: &'static str },
 }
 
+/// The first declared workload the caller is, which a decision reports when its deciding rule
+/// names none; a workload whose evaluation fails is not one the caller is.
+pub fn first_matching_workload(set: &PolicySet, request: &Request<'_>) -> Option<WorkloadId> {
+    let mut eval = Eval {
+        set,
+        request,
+        target: None,
+        conditions: vec![None; set.conditions.len()],
+    };
+    (0u32..)
+        .take(set.workloads.len())
+        .map(WorkloadId)
+        .find(|id| eval.workload(*id) == Ok(true))
+}
+
 /// Decides `request` against `set`.
 pub fn decide(set: &PolicySet, request: &Request<'_>) -> Decision {
     let Some(target_idx) = resolve_target(set, &request.target) else {
@@ -136,7 +151,7 @@ pub fn decide(set: &PolicySet, request: &Request<'_>) -> Decision {
     let mut eval = Eval {
         set,
         request,
-        target,
+        target: Some(target),
         conditions: vec![None; set.conditions.len()],
     };
     for effect in [Effect::Forbid, Effect::Permit] {
@@ -260,7 +275,8 @@ enum Val<'v> {
 struct Eval<'s, 'r> {
     set: &'s PolicySet,
     request: &'r Request<'r>,
-    target: &'s ir::Target,
+    /// None only while finding the caller's workload, which cannot read the target.
+    target: Option<&'s ir::Target>,
     conditions: Vec<Option<Result<bool, EvalError>>>,
 }
 
@@ -334,7 +350,7 @@ impl<'s: 'r, 'r> Eval<'s, 'r> {
                     })?
             }
             Expr::HasRequest(field) => Val::Bool(self.request_field(*field).is_some()),
-            Expr::Target(field) => self.target_field(*field),
+            Expr::Target(field) => self.target_field(*field)?,
             Expr::Condition(id) => Val::Bool(self.condition(id.0 as usize)?),
             Expr::Not(operand) => Val::Bool(!self.truth(operand)?),
             Expr::And(left, right) => Val::Bool(self.truth(left)? && self.truth(right)?),
@@ -424,14 +440,16 @@ impl<'s: 'r, 'r> Eval<'s, 'r> {
         }
     }
 
-    fn target_field(&self, field: TargetField) -> Val<'s> {
-        let target = self.target;
-        match field {
+    fn target_field(&self, field: TargetField) -> Result<Val<'s>, EvalError> {
+        let target = self.target.ok_or(EvalError::Inconsistent {
+            what: "a workload reads the target",
+        })?;
+        Ok(match field {
             TargetField::Name => Val::Str(&target.name),
             TargetField::Protocol => Val::Str(target.protocol.keyword()),
             TargetField::Host => Val::Str(&target.host),
             TargetField::Port => Val::Int(i64::from(target.port)),
-        }
+        })
     }
 }
 

@@ -84,10 +84,20 @@ fn build_writes_a_bundle_atomically() {
         bytes.len()
     );
     assert!(stdout.starts_with(&prefix), "{stdout}");
-    let hash = stdout
-        .trim_end()
+    let mut lines = stdout.lines();
+    let hash = lines
+        .next()
+        .unwrap()
         .trim_start_matches(&prefix)
         .trim_end_matches(')');
+    // The second line states the instruction bound the engine runs the bundle under.
+    let bound = portcullis_lang::vm::Program::load(&bytes)
+        .unwrap()
+        .instruction_bound();
+    assert_eq!(
+        lines.next(),
+        Some(format!("a decision runs at most {bound} instructions").as_str())
+    );
     assert_eq!(hash.len(), 64, "{stdout}");
     assert!(hash.chars().all(|ch| ch.is_ascii_hexdigit()), "{stdout}");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();

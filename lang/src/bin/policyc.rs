@@ -33,6 +33,7 @@ use portcullis_lang::report::{CheckRun, CheckedSet, Unreadable, to_json, to_sari
 use portcullis_lang::schema::CustomClaims;
 use portcullis_lang::source::{SourceError, SourceFile, read_policy_path};
 use portcullis_lang::test_report::{self, SetResult, TestReport, TestedSet};
+use portcullis_lang::vm::Program;
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -527,11 +528,16 @@ fn build(
         Some(signature) => format!(", signed by key {}", signature.key_id()),
         None => String::new(),
     };
+    let hash = bundle.hash_hex();
+    // The bound the engine computes when it loads this bundle, and runs each decision under.
+    let bound = Program::from_bundle(bundle)
+        .map_err(Failure::Bundle)?
+        .instruction_bound();
     Ok(format!(
-        "wrote {} ({} bytes, bundle sha256:{}{signed})",
+        "wrote {} ({} bytes, bundle sha256:{hash}{signed})\n\
+         a decision runs at most {bound} instructions",
         output.display(),
         bytes.len(),
-        bundle.hash_hex()
     ))
 }
 

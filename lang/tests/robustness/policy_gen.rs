@@ -417,11 +417,22 @@ impl<'r> PolicyGen<'r> {
         let mut text = format!("workload wl_{idx} {{\n");
         for _ in 0..=self.rng.below(3) {
             let kind = *self.rng.pick(&ProviderKind::ALL);
-            let body = if self.rng.chance(10) {
+            let mut body = if self.rng.chance(10) {
                 String::new()
             } else {
                 self.condition(Scope::Bare(kind), self.shape.max_depth)
             };
+            // Most real workloads start by naming their repository, namespace or subject: the
+            // shape the VM's index keys on. Half of the alternatives get such a key, mostly on
+            // the kind's first string claim so that whole workloads are keyed.
+            if self.rng.chance(50) {
+                let key = self.key_test(kind);
+                body = if body.is_empty() {
+                    key
+                } else {
+                    format!("{key} && {body}")
+                };
+            }
             text.push_str(&format!("  {kind} {{ {body} }}\n"));
         }
         text.push_str("}\n");
@@ -686,6 +697,35 @@ impl<'r> PolicyGen<'r> {
 
     /// A test of one claim of `kind`, spelled `{prefix}{claim}`; an optional claim is read
     /// only behind `has`.
+    /// An equality test of a string claim with constants, as a workload's first test.
+    fn key_test(&mut self, kind: ProviderKind) -> String {
+        let strings: Vec<_> = kind
+            .claims()
+            .iter()
+            .filter(|def| def.ty == ClaimType::String && def.required)
+            .collect();
+        let Some(first) = strings.first() else {
+            return "true".to_owned();
+        };
+        let def = if self.rng.chance(70) {
+            first
+        } else {
+            self.rng.pick(&strings)
+        };
+        if self.rng.chance(70) {
+            format!(
+                "{} == {}",
+                def.name,
+                quote(self.rng.pick_str(STRING_VALUES))
+            )
+        } else {
+            let values: Vec<String> = (0..1 + self.rng.below(3))
+                .map(|_| quote(self.rng.pick_str(STRING_VALUES)))
+                .collect();
+            format!("{} in [{}]", def.name, values.join(", "))
+        }
+    }
+
     fn claim_test(&mut self, kind: ProviderKind, prefix: &str) -> String {
         let def = self.rng.pick(kind.claims());
         let claim = format!("{prefix}{}", def.name);

@@ -7,16 +7,16 @@
     reason = "a test fails by panicking"
 )]
 
-mod common;
+mod vm_common;
 
-use common::{claims, request};
-use portcullis_engine::vm::{Decision, EvalError, Program, Reason, Request, TargetQuery};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::ir::{
     Alternative, Annotations, Effect, Expr, PolicySet, Protocol, RequestField, Rule, Target,
     TargetId, TargetRef, Value, Workload, WorkloadId, WorkloadRef,
 };
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
+use portcullis_lang::vm::{Decision, EvalError, Program, Reason, Request, TargetQuery};
+use vm_common::{claims, request};
 
 use ProviderKind::{Github, Kubernetes, Oidc};
 

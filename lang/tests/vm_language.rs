@@ -8,12 +8,12 @@
     reason = "a test fails by panicking"
 )]
 
-mod common;
+mod vm_common;
 
-use common::{claims, program_from_source};
-use portcullis_engine::vm::{Decision, EvalError, Program, Reason, Request};
 use portcullis_lang::ir::{CredentialKind, Severity};
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
+use portcullis_lang::vm::{Decision, EvalError, Program, Reason, Request};
+use vm_common::{claims, program_from_source};
 
 /// A GitHub caller of `acme/billing` on `ref`, optionally in an environment.
 fn github(git_ref: &str, environment: Option<&str>) -> Vec<Option<ClaimValue>> {
@@ -40,7 +40,7 @@ fn request<'a>(
     action: Option<&'a str>,
     resource: Option<&'a str>,
 ) -> Request<'a> {
-    common::request(ProviderKind::Github, claims, target, action, resource)
+    vm_common::request(ProviderKind::Github, claims, target, action, resource)
 }
 
 /// The decision of `program` on the GitHub caller on `main` asking for `target`.

@@ -6,14 +6,14 @@
     reason = "a test fails by panicking"
 )]
 
-mod common;
+mod vm_common;
 
 use std::path::Path;
 
-use common::{claims, program, program_from_source};
-use portcullis_engine::vm::{Reason, Request, TargetQuery};
 use portcullis_lang::read_policy_path;
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
+use portcullis_lang::vm::{Reason, Request, TargetQuery};
+use vm_common::{claims, program, program_from_source};
 
 fn github(extra: &[(&str, &str)]) -> Vec<Option<ClaimValue>> {
     let mut pairs = vec![
@@ -49,7 +49,7 @@ fn github_request<'a>(
     action: &'a str,
     resource: &'a str,
 ) -> Request<'a> {
-    common::request(
+    vm_common::request(
         ProviderKind::Github,
         claims,
         target,

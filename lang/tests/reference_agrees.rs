@@ -5,7 +5,7 @@
 //! executable definition of Gate's semantics; the VM runs the compiled bundle. The policy sets
 //! come from the front end's generator (`lang/tests/robustness/policy_gen.rs`). 256 cases by
 //! default; for a long run:
-//! `PROPTEST_CASES=100000 cargo test -p portcullis-engine --release --test reference_agrees`.
+//! `PROPTEST_CASES=100000 cargo test -p portcullis-lang --release --test reference_agrees`.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,19 +14,19 @@
     reason = "a test fails by panicking"
 )]
 
-mod common;
-#[path = "../../lang/tests/robustness/policy_gen.rs"]
+#[path = "robustness/policy_gen.rs"]
 mod policy_gen;
+mod vm_common;
 
 use std::net::IpAddr;
 
-use common::compiled;
 use policy_gen::{OwnedQuery, PolicyGen, PolicyShape, Rng, random_claims, shapes_below};
-use portcullis_engine::vm::Program;
-use portcullis_lang::ir::PolicySet;
+use portcullis_lang::ir::{PolicySet, WorkloadRef};
 use portcullis_lang::reference;
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
+use portcullis_lang::vm::Program;
 use proptest::prelude::*;
+use vm_common::compiled;
 
 /// Requests decided per generated policy set.
 const REQUESTS_PER_SET: usize = 32;
@@ -124,6 +124,17 @@ fn agree(set: &PolicySet, program: &Program, owned: &Owned) -> &'static str {
         by_reference.reason.code(),
         "{explained}"
     );
+    // The workload a decision reports: the deciding rule's, else the first the caller is,
+    // which the VM only looks for among the candidates its index found.
+    let rule_workload = by_reference
+        .rule
+        .and_then(|idx| match set.rules[idx].workload {
+            WorkloadRef::Named(id) => Some(id),
+            _ => None,
+        });
+    let expected = rule_workload.or_else(|| reference::first_matching_workload(set, &request));
+    let expected = expected.map(|id| set.workloads[id.0 as usize].name.as_str());
+    assert_eq!(by_vm.workload, expected, "{explained}");
     by_vm.reason.code()
 }
 
@@ -136,6 +147,14 @@ fn agree_on_generated(seed: u64, shape: PolicyShape) -> Vec<&'static str> {
     (0..REQUESTS_PER_SET)
         .map(|_| agree(&set, &program, &random_request(&mut rng, &set)))
         .collect()
+}
+
+/// `PROPTEST_CASES` when set, else `default`.
+fn cases(default: u32) -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(default)
 }
 
 fn shape() -> impl Strategy<Value = PolicyShape> {
@@ -151,6 +170,10 @@ fn shape() -> impl Strategy<Value = PolicyShape> {
 }
 
 proptest! {
+    // Thousands of policy sets, each with many requests, in every test run; the module
+    // documentation gives the switch for millions.
+    #![proptest_config(ProptestConfig::with_cases(cases(2000)))]
+
     #[test]
     fn vm_and_reference_decide_alike(seed in any::<u64>(), shape in shape()) {
         agree_on_generated(seed, shape);

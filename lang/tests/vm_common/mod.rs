@@ -6,10 +6,10 @@
     reason = "each test crate that includes this module uses a different part of it"
 )]
 
-use portcullis_engine::vm::{Program, Request, TargetQuery};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::ir::PolicySet;
 use portcullis_lang::schema::{ClaimType, ClaimValue, ProviderKind};
+use portcullis_lang::vm::{Program, Request, TargetQuery};
 use portcullis_lang::{SourceFile, compile, render};
 
 /// Compiles `files`, and loads the program from the bytes of their bundle.

@@ -9,12 +9,12 @@
     reason = "a test fails by panicking"
 )]
 
-mod common;
+mod vm_common;
 
-use common::program_from_source;
-use portcullis_engine::vm::{EvalError, Program, Reason, Request};
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
 use portcullis_lang::time::parse_timestamp;
+use portcullis_lang::vm::{EvalError, Program, Reason, Request};
+use vm_common::program_from_source;
 
 /// A program whose one permit holds when `condition` does.
 fn program(condition: &str) -> Program {
@@ -29,7 +29,7 @@ fn decide_at(program: &Program, unix_seconds: i64) -> Reason<'_> {
     let claims: Vec<Option<ClaimValue>> = vec![None; ProviderKind::Oidc.claims().len()];
     let request = Request {
         time: Some(unix_seconds),
-        ..common::request(ProviderKind::Oidc, &claims, "api", None, None)
+        ..vm_common::request(ProviderKind::Oidc, &claims, "api", None, None)
     };
     program.decide(&request).reason
 }
@@ -256,7 +256,7 @@ fn a_request_without_a_time_cannot_read_it_and_is_denied() {
     let claims: Vec<Option<ClaimValue>> = vec![None; ProviderKind::Oidc.claims().len()];
     let request = Request {
         time: None,
-        ..common::request(ProviderKind::Oidc, &claims, "api", None, None)
+        ..vm_common::request(ProviderKind::Oidc, &claims, "api", None, None)
     };
     let decision = program.decide(&request);
     assert!(!decision.allow);

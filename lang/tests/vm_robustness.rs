@@ -5,7 +5,7 @@
 //!
 //! The policy sets come from the same generator as the front end's robustness tests
 //! (`lang/tests/robustness/policy_gen.rs`). 256 cases per property by default; for a long run:
-//! `PROPTEST_CASES=100000 cargo test -p portcullis-engine --release --test robustness`.
+//! `PROPTEST_CASES=100000 cargo test -p portcullis-lang --release --test vm_robustness`.
 
 #![allow(
     clippy::unwrap_used,
@@ -14,19 +14,19 @@
     reason = "a test fails by panicking"
 )]
 
-mod common;
-#[path = "../../lang/tests/robustness/policy_gen.rs"]
+#[path = "robustness/policy_gen.rs"]
 mod policy_gen;
+mod vm_common;
 
 use std::net::IpAddr;
 
-use common::program;
 use policy_gen::{OwnedQuery, PolicyGen, PolicyShape, Rng, random_claims, shapes_below};
-use portcullis_engine::vm::{Decision, Program, Reason, Request};
 use portcullis_lang::SourceFile;
 use portcullis_lang::ir::Target;
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
+use portcullis_lang::vm::{Decision, Program, Reason, Request};
 use proptest::prelude::*;
+use vm_common::program;
 
 /// Requests decided per generated policy set.
 const REQUESTS_PER_SET: usize = 24;
