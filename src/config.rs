@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use portcullis_lang::schema::{ClaimType, CustomClaim, ProviderKind, dotted_path};
@@ -21,6 +22,17 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Clock-skew allowance beyond this is a misconfiguration, not a tolerance.
 const MAX_LEEWAY_S: u64 = 3600;
+
+/// Bounds of a nonzero `policy.watch_interval_ms`: faster polling only burns the disk's
+/// metadata cache; slower is no longer watching.
+const MIN_WATCH_INTERVAL_MS: u64 = 100;
+const MAX_WATCH_INTERVAL_MS: u64 = 3_600_000;
+
+/// Admin token files larger than this are refused unread.
+const MAX_ADMIN_TOKEN_BYTES: u64 = 4096;
+
+/// A shorter admin token could be guessed; `openssl rand -hex 32` gives 64 characters.
+const MIN_ADMIN_TOKEN_CHARS: usize = 16;
 
 /// Where the audit store lives when neither the command line nor the configuration says.
 pub const DEFAULT_DATA_DIR: &str = "portcullis-data";
@@ -48,6 +60,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// A file holding the bearer token of the admin API (`POST /v1/admin/reload`), read at
+    /// start; without it the admin API is disabled.
+    pub admin_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -55,6 +70,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
+            admin_token_file: None,
         }
     }
 }
@@ -76,6 +92,14 @@ pub struct PolicyConfig {
     pub bundle: Option<PathBuf>,
     /// With `bundle`: an ed25519 public key (SPKI PEM); the bundle must carry its signature.
     pub public_key: Option<PathBuf>,
+    /// How often the server looks for changed policy files (or a changed bundle file) and
+    /// reloads; 0 turns watching off.
+    #[serde(default = "default_watch_interval_ms")]
+    pub watch_interval_ms: u64,
+}
+
+fn default_watch_interval_ms() -> u64 {
+    1000
 }
 
 /// Where the policy set comes from.
@@ -87,6 +111,24 @@ pub enum PolicySource {
         path: PathBuf,
         public_key: Option<PathBuf>,
     },
+}
+
+/// The admin token, as read from `server.admin_token_file`.
+pub struct AdminTokenFile {
+    pub path: PathBuf,
+    pub token: String,
+    /// Whether users other than the owner may read the file.
+    pub readable_by_others: bool,
+}
+
+/// Everything but the token.
+impl std::fmt::Debug for AdminTokenFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminTokenFile")
+            .field("path", &self.path)
+            .field("readable_by_others", &self.readable_by_others)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -171,11 +213,19 @@ impl Config {
         let body_limit = self.server.max_body_bytes;
         if !(MIN_BODY_BYTES..=MAX_BODY_BYTES).contains(&body_limit) {
             bail!(
-                "`server.max_body_bytes = {body_limit}` is outside {MIN_BODY_BYTES}..={MAX_BODY_BYTES}"
+                "`server.max_body_bytes = {body_limit}` is outside \
+                 {MIN_BODY_BYTES}..={MAX_BODY_BYTES}"
             );
         }
         if self.policy.dir.is_some() == self.policy.bundle.is_some() {
             bail!("`[policy]` needs exactly one of `dir` (Gate sources) or `bundle` (built)");
+        }
+        let watch_ms = self.policy.watch_interval_ms;
+        if watch_ms != 0 && !(MIN_WATCH_INTERVAL_MS..=MAX_WATCH_INTERVAL_MS).contains(&watch_ms) {
+            bail!(
+                "`policy.watch_interval_ms = {watch_ms}` is outside \
+                 {MIN_WATCH_INTERVAL_MS}..={MAX_WATCH_INTERVAL_MS}; 0 turns watching off"
+            );
         }
         if self.policy.public_key.is_some() && self.policy.dir.is_some() {
             bail!(
@@ -250,6 +300,44 @@ impl Config {
         }
     }
 
+    /// How often to look for changes to the policy files; `None` when watching is off.
+    pub fn watch_interval(&self) -> Option<Duration> {
+        let millis = self.policy.watch_interval_ms;
+        (millis > 0).then(|| Duration::from_millis(millis))
+    }
+
+    /// The admin token from `server.admin_token_file`, when one is configured: the file's
+    /// text without surrounding whitespace. Errors never quote the token.
+    pub fn admin_token(&self) -> Result<Option<AdminTokenFile>> {
+        let Some(file) = &self.server.admin_token_file else {
+            return Ok(None);
+        };
+        let path = self.resolve(file);
+        let text = read_bounded(&path, MAX_ADMIN_TOKEN_BYTES)
+            .with_context(|| format!("cannot read the admin token file `{}`", path.display()))?;
+        let token = text.trim();
+        let length = token.chars().count();
+        if length < MIN_ADMIN_TOKEN_CHARS {
+            bail!(
+                "the admin token in `{}` is {length} characters long; at least \
+                 {MIN_ADMIN_TOKEN_CHARS} are required (`openssl rand -hex 32` makes one)",
+                path.display()
+            );
+        }
+        if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
+            bail!(
+                "the admin token in `{}` holds a space or a character beyond printable ASCII, \
+                 which an `authorization` header cannot carry",
+                path.display()
+            );
+        }
+        Ok(Some(AdminTokenFile {
+            readable_by_others: readable_by_others(&path),
+            token: token.to_owned(),
+            path,
+        }))
+    }
+
     /// The audit data directory: the command line's, else the configuration's, else the
     /// default beside the current directory.
     pub fn data_dir(&self, from_cli: Option<&Path>) -> PathBuf {
@@ -304,6 +392,17 @@ impl Config {
     }
 }
 
+#[cfg(unix)]
+fn readable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o044 != 0)
+}
+
+#[cfg(not(unix))]
+fn readable_by_others(_path: &Path) -> bool {
+    false
+}
+
 /// Reads a UTF-8 file, refusing one larger than `limit` bytes.
 pub fn read_bounded(path: &Path, limit: u64) -> Result<String> {
     let size = std::fs::metadata(path)?.len();
@@ -335,6 +434,69 @@ mod tests {
              audiences = [\"portcullis\"]\n\
              jwks_file = \"examples/dev/example-github-issuer.jwks.json\"\n{extra}\n"
         )
+    }
+
+    /// The configuration `text`, read as if from a file in `dir`.
+    fn config_in(dir: &Path, text: &str) -> Result<Config> {
+        let mut config: Config = toml::from_str(text)?;
+        config.base_dir = dir.to_owned();
+        config.validate()?;
+        Ok(config)
+    }
+
+    #[test]
+    fn watching_is_on_by_default_off_at_zero_and_bounded() {
+        let dir = Path::new(".");
+        let config = config_in(dir, "[policy]\ndir = \"p\"\n").unwrap();
+        assert_eq!(config.watch_interval(), Some(Duration::from_secs(1)));
+        let off = config_in(dir, "[policy]\ndir = \"p\"\nwatch_interval_ms = 0\n").unwrap();
+        assert_eq!(off.watch_interval(), None);
+        for millis in [1, 99, 3_600_001] {
+            let text = format!("[policy]\ndir = \"p\"\nwatch_interval_ms = {millis}\n");
+            let err = config_in(dir, &text).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("0 turns watching off"),
+                "{err:#}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_admin_token_is_read_trimmed_and_checked_without_being_shown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let text = "[server]\nadmin_token_file = \"admin.token\"\n[policy]\ndir = \"p\"\n";
+        let config = config_in(tmp.path(), text).unwrap();
+        let err = config.admin_token().unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot read the admin token file"),
+            "{err:#}"
+        );
+
+        let token_path = tmp.path().join("admin.token");
+        std::fs::write(&token_path, "  0123456789abcdef0123\n").unwrap();
+        let file = config.admin_token().unwrap().unwrap();
+        assert_eq!(file.token, "0123456789abcdef0123");
+        assert_eq!(file.path, token_path);
+
+        for (token, problem) in [
+            ("0123456789", "is 10 characters long; at least 16"),
+            (
+                "0123456789 abcdef0123",
+                "a space or a character beyond printable ASCII",
+            ),
+            (
+                "0123456789abcdéf0123",
+                "a space or a character beyond printable ASCII",
+            ),
+        ] {
+            std::fs::write(&token_path, token).unwrap();
+            let err = format!("{:#}", config.admin_token().unwrap_err());
+            assert!(err.contains(problem), "{err}");
+            assert!(!err.contains(token), "the token is never shown: {err}");
+        }
+
+        let none = config_in(tmp.path(), "[policy]\ndir = \"p\"\n").unwrap();
+        assert!(none.admin_token().unwrap().is_none());
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 mod config;
 mod dev;
+mod policy;
+mod reload;
 mod serve;
 
 use std::path::PathBuf;

@@ -1,34 +1,34 @@
 //! `portcullis serve`: compile the policy set, build the trust providers, open the audit
 //! store, and answer decisions until Ctrl-C or SIGTERM; then stop taking requests, finish the
-//! ones in flight, and seal the audit log into Parquet.
+//! ones in flight, and seal the audit log into Parquet. Meanwhile the policy is reloaded when
+//! its files change, on SIGHUP, and on `POST /v1/admin/reload` ([`crate::reload`]).
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use portcullis_audit::{AuditLog, AuditOptions};
-use portcullis_engine::api::{self, Engine};
+use portcullis_engine::api::admin::{Admin, AdminToken};
+use portcullis_engine::api::{self, Engine, ProgramSlot};
 use portcullis_engine::attest::{Attestor, TrustProvider};
-use portcullis_engine::vm::Program;
-use portcullis_lang::bundle::{Bundle, BundleError, VerifyingKey, signing};
-use portcullis_lang::schema::CustomClaims;
 
-use crate::config::{Config, PolicySource};
+use crate::config::Config;
+use crate::policy::PolicyLoader;
+use crate::reload::{HangUps, Reloader};
 
 pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Path>) -> Result<()> {
     init_logging();
     let config = Config::load(config_path)?;
     // The trust providers first: their custom claims are part of the policy language.
     let attestor = build_attestor(&config)?;
-    let program = match config.policy_source() {
-        PolicySource::Sources(path) => compile_policy_set(&path, attestor.custom_claims())?,
-        PolicySource::Bundle { path, public_key } => {
-            let public_key = public_key.map(|path| read_public_key(&path)).transpose()?;
-            load_bundle(&path, public_key.as_ref(), attestor.custom_claims())?
-        }
-    };
+    let admin_token = read_admin_token(&config)?;
+    let loader = PolicyLoader::new(config.policy_source())?;
+    let fingerprint = loader.fingerprint();
+    let program = loader
+        .load(attestor.custom_claims())
+        .map_err(|error| error.into_startup_error())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -39,6 +39,12 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         .with_context(|| format!("cannot listen on {listen}"))?;
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening beyond loopback, as configured");
+        if admin_token.is_some() {
+            tracing::warn!(
+                %listen,
+                "the admin token travels in clear text beyond loopback; put TLS in front"
+            );
+        }
     }
     let data_dir = config.data_dir(data_dir);
     let node = config.audit.node.clone().unwrap_or_else(host_name);
@@ -49,14 +55,26 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     // The store logs what its recovery found.
     let (audit, _recovery) = AuditLog::open(&data_dir, options)
         .with_context(|| format!("cannot open the audit store in `{}`", data_dir.display()))?;
+    let reloader = Arc::new(Reloader::new(loader, fingerprint));
+    let admin = admin_token.map(|token| Admin {
+        token,
+        reload: Arc::clone(&reloader) as _,
+    });
     let engine = Arc::new(Engine {
-        program: Arc::new(program),
+        program: ProgramSlot::new(program),
         attestor,
         audit: Arc::new(audit),
         max_body_bytes: config.server.max_body_bytes,
+        admin,
     });
-    runtime.block_on(serve(Arc::clone(&engine), listener))?;
-    // Dropping the runtime ends any connection still open after the grace period.
+    reloader.record_startup(&engine)?;
+    let reloads = Reloads {
+        reloader,
+        watch_interval: config.watch_interval(),
+    };
+    runtime.block_on(serve(Arc::clone(&engine), listener, reloads))?;
+    // Dropping the runtime ends any connection still open after the grace period, and waits
+    // for a reload in progress.
     drop(runtime);
     close_audit(engine)
 }
@@ -64,129 +82,25 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
 /// How long requests in flight may take to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Bundles larger than this are refused before they are read.
-const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
-
-fn compile_policy_set(path: &Path, custom_claims: &CustomClaims) -> Result<Program> {
-    let files = portcullis_lang::source::read_policy_path(path)
-        .with_context(|| format!("cannot read the policy set `{}`", path.display()))?;
-    let set = match portcullis_lang::compile_with_claims(&files, custom_claims) {
-        Ok(set) => set,
-        Err(diagnostics) => {
-            let color = std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none();
-            eprint!(
-                "{}",
-                portcullis_lang::diagnostic::render(&diagnostics, color)
-            );
-            bail!(
-                "the policy set `{}` has {} errors",
-                path.display(),
-                diagnostics.len()
-            );
-        }
+/// The admin API's token, when `server.admin_token_file` names one.
+fn read_admin_token(config: &Config) -> Result<Option<AdminToken>> {
+    let Some(file) = config.admin_token()? else {
+        return Ok(None);
     };
-    if set.rules.is_empty() {
-        tracing::warn!(policy = %path.display(), "the policy set has no rules; every decision will deny");
-    }
-    let bundle = Bundle::from_policy_set(&set).context("cannot build the bundle")?;
-    let program = Program::from_bundle(bundle).context("cannot load the bundle")?;
-    tracing::info!(
-        policy = %path.display(),
-        files = files.len(),
-        rules = set.rules.len(),
-        bundle = %format!("sha256:{}", program.hash_hex()),
-        "policy_set_compiled"
-    );
-    Ok(program)
-}
-
-/// Public key files larger than this are refused unread; a PEM ed25519 key takes 113 bytes.
-const MAX_PUBLIC_KEY_BYTES: u64 = 64 * 1024;
-
-/// The configured `[policy] public_key` and the file it came from.
-struct PublicKey {
-    path: std::path::PathBuf,
-    key: VerifyingKey,
-}
-
-fn read_public_key(path: &Path) -> Result<PublicKey> {
-    let text = crate::config::read_bounded(path, MAX_PUBLIC_KEY_BYTES)
-        .with_context(|| format!("cannot read the public key `{}`", path.display()))?;
-    let key = signing::verifying_key_from_pem(&text)
-        .with_context(|| format!("cannot use the public key `{}`", path.display()))?;
-    Ok(PublicKey {
-        path: path.to_owned(),
-        key,
-    })
-}
-
-/// Loads a prebuilt bundle, which must have been compiled with the custom claims that the
-/// configuration declares: the claim ids in its code are theirs. With a public key, it must
-/// also carry that key's signature over its bytes, checked before its sections are read.
-fn load_bundle(
-    path: &Path,
-    public_key: Option<&PublicKey>,
-    custom_claims: &CustomClaims,
-) -> Result<Program> {
-    let cannot_read = || format!("cannot read the bundle `{}`", path.display());
-    let size = std::fs::metadata(path).with_context(cannot_read)?.len();
-    if size > MAX_BUNDLE_BYTES {
-        bail!(
-            "the bundle `{}` is {size} bytes; the limit is {MAX_BUNDLE_BYTES}",
-            path.display()
+    if file.readable_by_others {
+        tracing::warn!(
+            file = %file.path.display(),
+            "the admin token file is readable by other users; `chmod 600` it"
         );
     }
-    let bytes = std::fs::read(path).with_context(cannot_read)?;
-    let bundle = read_bundle(path, &bytes, public_key)?;
-    let program = Program::from_bundle(bundle)
-        .with_context(|| format!("cannot load the bundle `{}`", path.display()))?;
-    if let Some(mismatch) = program.custom_claims().mismatch(custom_claims) {
-        bail!(
-            "the bundle `{}` does not fit this configuration: {mismatch}; build it again with \
-             `policyc build --claims` and the configuration's custom claims",
-            path.display()
-        );
-    }
-    tracing::info!(
-        bundle_file = %path.display(),
-        bundle = %format!("sha256:{}", program.hash_hex()),
-        "bundle_loaded"
-    );
-    Ok(program)
+    Ok(Some(AdminToken::new(&file.token)))
 }
 
-/// Reads a bundle file's bytes; with a public key, only if that key signed them.
-fn read_bundle(path: &Path, bytes: &[u8], public_key: Option<&PublicKey>) -> Result<Bundle> {
-    let cannot_load = || format!("cannot load the bundle `{}`", path.display());
-    let Some(public_key) = public_key else {
-        let bundle = Bundle::from_bytes(bytes).with_context(cannot_load)?;
-        if let Some(signature) = bundle.signature() {
-            tracing::warn!(
-                bundle_file = %path.display(),
-                key = %signature.key_id(),
-                "the bundle is signed, but no `public_key` is configured to check the signature"
-            );
-        }
-        return Ok(bundle);
-    };
-    let bundle = match Bundle::from_bytes_verified(bytes, &public_key.key) {
-        Ok(bundle) => bundle,
-        Err(BundleError::Signature(error)) => bail!(
-            "refusing the bundle `{}`: {error}; the public key `{}` (key {}) admits only \
-             bundles signed with its private key (`policyc build --sign`)",
-            path.display(),
-            public_key.path.display(),
-            signing::key_id(&public_key.key)
-        ),
-        Err(error) => return Err(error).with_context(cannot_load),
-    };
-    tracing::info!(
-        bundle_file = %path.display(),
-        key = %signing::key_id(&public_key.key),
-        "bundle_signature_verified"
-    );
-    Ok(bundle)
+/// What reloads the policy while the server runs, besides the admin API.
+struct Reloads {
+    reloader: Arc<Reloader>,
+    /// `None` when watching is off.
+    watch_interval: Option<Duration>,
 }
 
 fn build_attestor(config: &Config) -> Result<Attestor> {
@@ -210,14 +124,32 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
     Ok(Attestor::new(providers)?)
 }
 
-async fn serve(engine: Arc<Engine>, listener: tokio::net::TcpListener) -> Result<()> {
+async fn serve(
+    engine: Arc<Engine>,
+    listener: tokio::net::TcpListener,
+    reloads: Reloads,
+) -> Result<()> {
     let local = listener.local_addr()?;
     // Registered before the server says it listens: a stop signal sent as soon as it does
-    // must stop it gracefully, not kill it with the log unsealed.
+    // must stop it gracefully, not kill it with the log unsealed; a SIGHUP must reload, not
+    // end the process.
     let signals = StopSignals::register()?;
+    let hang_ups = HangUps::register()?;
+    let mut reloading = tokio::task::JoinSet::new();
+    let reloader = &reloads.reloader;
+    reloading.spawn(hang_ups.reload_on_each(Arc::clone(&engine), Arc::clone(reloader)));
+    if let Some(interval) = reloads.watch_interval {
+        let watch = crate::reload::watch(Arc::clone(&engine), Arc::clone(reloader), interval);
+        reloading.spawn(watch);
+    }
+    let watch_interval_ms = reloads
+        .watch_interval
+        .map_or(0, |interval| interval.as_millis());
     tracing::info!(
         listen = %local,
-        bundle = %format!("sha256:{}", engine.program.hash_hex()),
+        bundle = %format!("sha256:{}", engine.program.current().hash_hex()),
+        watch_interval_ms,
+        admin_api = engine.admin.is_some(),
         "listening"
     );
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -233,6 +165,8 @@ async fn serve(engine: Arc<Engine>, listener: tokio::net::TcpListener) -> Result
             tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "requests_cut_off_at_shutdown");
         }
     }
+    // No reload starts after this; one in progress finishes on the blocking pool.
+    reloading.shutdown().await;
     tracing::info!("stopped_taking_requests");
     Ok(())
 }

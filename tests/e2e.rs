@@ -10,171 +10,18 @@
     reason = "a test fails by panicking"
 )]
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use portcullis_lang::bundle::{Bundle, SigningKey, signing};
 use serde_json::{Value, json};
 
-const GITHUB_KEY: &str = "examples/dev/example-github-issuer.key.pem";
-const KUBERNETES_KEY: &str = "examples/dev/example-kubernetes-issuer.key.pem";
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn portcullis() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_portcullis"));
-    command.current_dir(repo());
-    command
-}
-
-/// The running server; killed if a test fails before stopping it.
-struct Server {
-    child: Child,
-    addr: String,
-    log: mpsc::Receiver<String>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_server(data_dir: &Path) -> Server {
-    start_server_with(&repo().join("examples/portcullis.toml"), data_dir)
-}
-
-fn start_server_with(config: &Path, data_dir: &Path) -> Server {
-    let mut child = portcullis()
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[server] {line}");
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(120))
-            .expect("server never listened");
-        if line.contains("listening") {
-            assert!(
-                line.contains("bundle=sha256:"),
-                "no bundle hash in `{line}`"
-            );
-            let addr = line
-                .split("listen=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap();
-            break addr.to_owned();
-        }
-    };
-    Server {
-        child,
-        addr,
-        log: rx,
-    }
-}
-
-fn stop_server(mut server: Server) {
-    let pid = server.child.id().to_string();
-    let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
-    assert!(status.success());
-    let exit = server.child.wait().unwrap();
-    assert!(exit.success(), "server exited with {exit}");
-    // The reader thread ends at the end of the server's stderr.
-    let mut log = Vec::new();
-    while let Ok(line) = server.log.recv_timeout(Duration::from_secs(10)) {
-        log.push(line);
-    }
-    assert!(
-        log.iter().any(|line| line.contains("audit_log_sealed")),
-        "{log:#?}"
-    );
-}
-
-fn mint(key: &str, claims: &Value, dir: &Path) -> String {
-    let path = dir.join(format!("claims-{}.json", rand_suffix()));
-    std::fs::write(&path, claims.to_string()).unwrap();
-    let out = portcullis()
-        .args(["dev", "mint-token", "--key", key, "--claims"])
-        .arg(&path)
-        .output();
-    let out = out.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-fn rand_suffix() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
-}
-
-fn example_claims(name: &str) -> Value {
-    let path = repo().join("examples/dev/claims").join(name);
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn post(server: &Server, body: &[u8]) -> (u16, Value) {
-    let url = format!("http://{}/v1/decide", server.addr);
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut response = agent
-        .post(&url)
-        .header("content-type", "application/json")
-        .send(body)
-        .unwrap();
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
-fn decide(server: &Server, token: &str, target: Value, action: &str) -> Value {
-    let body = json!({
-        "evidence": { "token": token },
-        "target": target,
-        "request": { "action": action, "resource": "/v1/deploy" },
-    });
-    let (status, answer) = post(server, body.to_string().as_bytes());
-    assert_eq!(status, 200, "{answer}");
-    answer
-}
+use common::*;
 
 /// One request of the tour and what its answer must say.
 struct Case {
@@ -362,34 +209,11 @@ fn check_answer(case: &Case, answer: &Value, bundle: &str) {
     );
 }
 
-fn healthz_bundle(server: &Server) -> String {
-    let url = format!("http://{}/healthz", server.addr);
-    let mut response = ureq::get(&url).call().unwrap();
-    let health: Value =
-        serde_json::from_str(&response.body_mut().read_to_string().unwrap()).unwrap();
-    assert_eq!(health["status"], "ok");
-    health["bundle"].as_str().unwrap().to_owned()
-}
-
 fn audit_rows(data_dir: &Path) -> Vec<Value> {
     let sql = "SELECT event_id, decision, workload, target, rule, reason_code, kind, seq, \
-               subject, claims, rule_description, rule_severity FROM access_events \
-               ORDER BY time, seq";
-    let out = portcullis()
-        .args(["audit", "query", sql, "--format", "json", "--data-dir"])
-        .arg(data_dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+               subject, claims, rule_description, rule_severity, bundle_hash, action \
+               FROM access_events ORDER BY time, seq";
+    audit_query(data_dir, sql)
 }
 
 fn python() -> String {
@@ -438,9 +262,18 @@ fn decisions_are_answered_recorded_and_queryable() {
     }
     stop_server(server);
 
-    let rows = audit_rows(&data_dir);
+    let all_rows = audit_rows(&data_dir);
+    // The bundle the server started with comes first, as a policy change.
+    let (startup, rows) = all_rows.split_first().unwrap();
+    assert_eq!(startup["kind"], "policy_change", "{startup}");
+    assert_eq!(startup["reason_code"], "policy_loaded", "{startup}");
+    assert_eq!(startup["action"], "startup", "{startup}");
+    assert_eq!(
+        format!("sha256:{}", startup["bundle_hash"].as_str().unwrap()),
+        bundle
+    );
     assert_eq!(rows.len(), cases.len(), "{rows:#?}");
-    for ((case, answer), row) in cases.iter().zip(&answers).zip(&rows) {
+    for ((case, answer), row) in cases.iter().zip(&answers).zip(rows) {
         assert_eq!(row["event_id"], answer["event_id"], "{}", case.name);
         assert_eq!(row["decision"], case.decision, "{}", case.name);
         assert_eq!(row["reason_code"], case.reason_code, "{}", case.name);
@@ -452,6 +285,12 @@ fn decisions_are_answered_recorded_and_queryable() {
             "attestation_failed"
         };
         assert_eq!(row["kind"], kind, "{}", case.name);
+        assert_eq!(
+            format!("sha256:{}", row["bundle_hash"].as_str().unwrap()),
+            bundle,
+            "{}",
+            case.name
+        );
         // A rejected token's own claims never pass for a verified identity.
         let claims = row["claims"].as_str().unwrap();
         if kind == "attestation_failed" {
@@ -488,10 +327,10 @@ fn decisions_are_answered_recorded_and_queryable() {
     for (reader, theirs) in independent_readers(&data_dir) {
         assert_eq!(
             theirs.len(),
-            rows.len(),
+            all_rows.len(),
             "{reader} sees another number of rows"
         );
-        for (ours, theirs) in rows.iter().zip(&theirs) {
+        for (ours, theirs) in all_rows.iter().zip(&theirs) {
             for column in [
                 "event_id",
                 "decision",
@@ -614,8 +453,9 @@ fn bad_requests_get_clear_errors_and_no_decision() {
 
     stop_server(server);
     let rows = audit_rows(&data_dir);
+    let decided = rows.iter().filter(|row| row["kind"] != "policy_change");
     assert_eq!(
-        rows.len(),
+        decided.count(),
         1,
         "only the garbage token was decided: {rows:#?}"
     );
@@ -660,14 +500,29 @@ fn a_killed_server_loses_no_answered_decision() {
     assert_eq!(second["rule"], "billing_ci_reads_api", "{second}");
     stop_server(server);
 
+    // Each start records its bundle as a policy change before it decides.
     let rows = audit_rows(&data_dir);
     let ids: Vec<&Value> = rows.iter().map(|row| &row["event_id"]).collect();
-    assert_eq!(ids, [&first["event_id"], &second["event_id"]], "{rows:#?}");
+    let kinds: Vec<&Value> = rows.iter().map(|row| &row["kind"]).collect();
+    assert_eq!(
+        kinds,
+        ["policy_change", "decision", "policy_change", "decision"],
+        "{rows:#?}"
+    );
+    assert_eq!(
+        [ids[1], ids[3]],
+        [&first["event_id"], &second["event_id"]],
+        "{rows:#?}"
+    );
     let seqs: Vec<u64> = rows
         .iter()
         .map(|row| row["seq"].as_u64().unwrap())
         .collect();
-    assert_eq!(seqs, [1, 2], "seq continues across the crash without a gap");
+    assert_eq!(
+        seqs,
+        [1, 2, 3, 4],
+        "seq continues across the crash without a gap"
+    );
 }
 
 /// The example policy set, compiled.
@@ -685,14 +540,7 @@ fn bundle_config(dir: &Path, name: &str, bundle: &Path, public_key: Option<&Path
     if let Some(key) = public_key {
         policy.push_str(&format!("\npublic_key = {:?}", key.to_str().unwrap()));
     }
-    let example = std::fs::read_to_string(repo().join("examples/portcullis.toml")).unwrap();
-    let config = example.replace("dir = \"policies\"", &policy).replace(
-        "jwks_file = \"",
-        &format!("jwks_file = \"{}/examples/", repo().display()),
-    );
-    let path = dir.join(name);
-    std::fs::write(&path, config).unwrap();
-    path
+    example_config(dir, name, &policy, "")
 }
 
 #[test]

@@ -1,13 +1,19 @@
-//! The decision API: `POST /v1/decide` and `GET /healthz`, over axum.
+//! The decision API: `POST /v1/decide` and `GET /healthz`, over axum; and, behind a token, the
+//! admin API ([`admin`]).
 //!
 //! A decide call carries the caller's evidence, the target and the request details. The engine
 //! attests the caller, runs the VM, records the access event durably, and only then answers.
 //! Every answer the API gives about access is a decision: malformed evidence, an untrusted
 //! issuer or a policy error all come back as `deny` with a reason code. If the event cannot be
 //! recorded, the answer is `deny` with status 503: nothing is decided without a record.
+//!
+//! The running program can be replaced while the API serves ([`ProgramSlot`]); each decision
+//! takes the program once, at its start, and decides and records on that one to the end.
+
+pub mod admin;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -22,6 +28,7 @@ use serde_json::json;
 
 use crate::attest::{Attested, Attestor, Rejected};
 use crate::vm::{Decision, Program, Request, TargetQuery};
+use admin::Admin;
 
 /// Decide bodies larger than this get 413, unless configured otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -32,11 +39,39 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Everything a decision needs, shared by every request.
 #[derive(Debug)]
 pub struct Engine {
-    pub program: Arc<Program>,
+    /// The program in effect; a reload replaces it.
+    pub program: ProgramSlot,
     pub attestor: Attestor,
     pub audit: Arc<AuditLog>,
     /// Decide bodies larger than this get 413.
     pub max_body_bytes: usize,
+    /// The admin API; without it, its endpoints answer 404.
+    pub admin: Option<Admin>,
+}
+
+/// The program in effect, replaced whole by a reload. Whoever took it goes on with it: a
+/// decision that started on the old program finishes, and is recorded, on the old program.
+#[derive(Debug)]
+pub struct ProgramSlot(RwLock<Arc<Program>>);
+
+impl ProgramSlot {
+    pub fn new(program: Program) -> ProgramSlot {
+        ProgramSlot(RwLock::new(Arc::new(program)))
+    }
+
+    /// The program in effect now.
+    pub fn current(&self) -> Arc<Program> {
+        // The lock guards one `Arc`, replaced in one assignment: a panic elsewhere while the
+        // lock was held cannot have left it half-written, so a poisoned lock is still sound.
+        let program = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(&program)
+    }
+
+    /// Puts `program` in effect and returns the one it replaced.
+    pub fn replace(&self, program: Arc<Program>) -> Arc<Program> {
+        let mut slot = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *slot, program)
+    }
 }
 
 /// Builds the API's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`
@@ -45,6 +80,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
         .route("/healthz", get(healthz))
+        .route("/v1/admin/reload", post(admin::reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
@@ -76,6 +112,10 @@ struct DecideBody {
     target: TargetSpec,
     #[serde(default)]
     request: RequestDetails,
+    /// Answer with the decision's trace under `explanation`; needs the admin token, since it
+    /// shows rules and conditions beyond the deciding one.
+    #[serde(default)]
+    explain: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +160,9 @@ struct DecideAnswer {
     credential: Option<CredentialAnswer>,
     event_id: String,
     bundle: String,
+    /// With `"explain": true`: what `policyc explain --format json` prints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    explanation: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Serialize)]
@@ -132,7 +175,7 @@ struct CredentialAnswer {
 /// 200 while decisions can be made and recorded; 503 with the reason when the audit log has
 /// stopped taking events, because then every decision is a deny.
 async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
-    let bundle = format!("sha256:{}", engine.program.hash_hex());
+    let bundle = format!("sha256:{}", engine.program.current().hash_hex());
     match engine.audit.health() {
         Ok(()) => (
             StatusCode::OK,
@@ -277,11 +320,24 @@ async fn decide(
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
+    if body.explain {
+        let Some(admin) = &engine.admin else {
+            let message = "`explain` needs the admin token, and this server has none \
+                           (`admin_token_file` under `[server]`)";
+            return error(StatusCode::FORBIDDEN, message);
+        };
+        if let Err(why) = admin::authorize(&admin.token, &headers) {
+            tracing::warn!(source_ip = %peer.ip(), why, "explain_unauthorized");
+            return admin::unauthorized();
+        }
+    }
+    // The one program this decision runs and records, whatever a reload does meanwhile.
+    let program = engine.program.current();
     let mut event = NewEvent {
         source_ip: Some(peer.ip()),
         action: body.request.action.clone(),
         resource: body.request.resource.clone(),
-        bundle_hash: Some(engine.program.hash_hex().to_owned()),
+        bundle_hash: Some(program.hash_hex().to_owned()),
         ..NewEvent::default()
     };
     // `request.time`: the clock is read once, before attestation, so that one decision sees
@@ -298,10 +354,20 @@ async fn decide(
                 source_ip: Some(peer.ip()),
                 time: Some(decided_at),
             };
-            let decision = engine.program.decide(&request);
             describe_caller(&mut event, &attested);
-            describe_target(&mut event, &decision, &body.target);
-            answer_decision(&mut event, &decision)
+            if body.explain {
+                let explained = program.explain(&request);
+                describe_target(&mut event, &explained.decision, &body.target);
+                let answer = answer_decision(&mut event, &explained.decision);
+                DecideAnswer {
+                    explanation: Some(explained.to_json()),
+                    ..answer
+                }
+            } else {
+                let decision = program.decide(&request);
+                describe_target(&mut event, &decision, &body.target);
+                answer_decision(&mut event, &decision)
+            }
         }
         Err(rejected) => {
             describe_target_spec(&mut event, &body.target);
@@ -419,6 +485,7 @@ fn answer(event: &NewEvent, reason_code: &'static str) -> DecideAnswer {
         trust_provider: event.trust_provider.clone(),
         credential: None,
         event_id: String::new(),
+        explanation: None,
         bundle: format!(
             "sha256:{}",
             event.bundle_hash.as_deref().unwrap_or_default()
@@ -469,4 +536,65 @@ fn unrecorded(detail: &str, bundle: &str) -> Response {
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Barrier;
+
+    use portcullis_lang::SourceFile;
+    use portcullis_lang::bundle::Bundle;
+    use portcullis_lang::schema::ProviderKind;
+
+    use super::*;
+
+    fn program(rule: &str) -> Program {
+        let source = format!(
+            "workload anyone {{ oidc {{ }} }}\n\
+             target api {{ https {{ host = \"api.example\" }} }}\n{rule}\n"
+        );
+        let set = portcullis_lang::compile(&[SourceFile::new("slot.gate", source)]).unwrap();
+        Program::from_bundle(Bundle::from_policy_set(&set).unwrap()).unwrap()
+    }
+
+    /// A decision that took the program before a reload replaced it decides, and reports the
+    /// bundle hash, of the program it took; the next decision runs the new one.
+    #[test]
+    fn a_decision_in_flight_finishes_on_the_program_it_started_with() {
+        let slot = ProgramSlot::new(program("permit everyone { workload anyone target api }"));
+        let replacement = Arc::new(program("forbid no_one { workload anyone target api }"));
+        let request = Request {
+            kind: ProviderKind::Oidc,
+            claims: &[],
+            target: TargetQuery::Named("api"),
+            action: None,
+            resource: None,
+            source_ip: None,
+            time: Some(0),
+        };
+        let (taken, swapped) = (Barrier::new(2), Barrier::new(2));
+        let (old_hash, in_flight) = std::thread::scope(|scope| {
+            let decision = scope.spawn(|| {
+                let program = slot.current();
+                taken.wait();
+                swapped.wait(); // the reload happens while this decision holds its program
+                let decision = program.decide(&request);
+                (program.hash_hex().to_owned(), decision.allow)
+            });
+            let reload = scope.spawn(|| {
+                taken.wait();
+                let old = slot.replace(Arc::clone(&replacement));
+                swapped.wait();
+                old
+            });
+            let old = reload.join().unwrap();
+            (old.hash_hex().to_owned(), decision.join().unwrap())
+        });
+
+        assert_eq!(in_flight, (old_hash.clone(), true));
+        let now = slot.current();
+        assert_ne!(now.hash_hex(), old_hash);
+        assert_eq!(now.hash_hex(), replacement.hash_hex());
+        assert!(!now.decide(&request).allow);
+    }
 }

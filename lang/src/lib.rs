@@ -19,6 +19,7 @@ pub mod parser;
 pub mod policy_test;
 pub mod reference;
 pub mod report;
+pub mod request_file;
 pub mod schema;
 pub mod source;
 pub mod test_report;

@@ -28,7 +28,10 @@
 //! A decision allocates nothing once its thread's [`Scratch`] has grown to the program's
 //! size; only the reason for a target that does not exist is built as a new string.
 
+mod explain;
 mod index;
+
+pub use explain::{Explanation, RuleStep};
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -378,24 +381,27 @@ impl Decision<'_> {
                 }
             }
             Reason::EvaluationError { rule, error } => {
-                let custom_name = |claim| {
-                    self.custom_claims
-                        .and_then(|claims| claims.claim_name(ProviderKind::Oidc, claim))
-                };
-                let named = match error {
-                    EvalError::AbsentCustomClaim { claim } => {
-                        custom_name(claim).map(|name| format!("claim `{name}` is absent"))
-                    }
-                    EvalError::CustomClaimType { claim, expected } => {
-                        custom_name(claim).map(|name| format!("claim `{name}` is not a {expected}"))
-                    }
-                    _ => None,
-                };
-                let detail = named.unwrap_or_else(|| error.to_string());
+                let detail = error_text(self.custom_claims, error);
                 format!("evaluation error in rule `{rule}`: {detail}")
             }
         }
     }
+}
+
+/// An evaluation error in words, with a custom claim called by its name.
+fn error_text(custom_claims: Option<&CustomClaims>, error: EvalError) -> String {
+    let custom_name =
+        |claim| custom_claims.and_then(|claims| claims.claim_name(ProviderKind::Oidc, claim));
+    let named = match error {
+        EvalError::AbsentCustomClaim { claim } => {
+            custom_name(claim).map(|name| format!("claim `{name}` is absent"))
+        }
+        EvalError::CustomClaimType { claim, expected } => {
+            custom_name(claim).map(|name| format!("claim `{name}` is not a {expected}"))
+        }
+        _ => None,
+    };
+    named.unwrap_or_else(|| error.to_string())
 }
 
 fn deny<'p>(

@@ -135,6 +135,14 @@ fn agree(set: &PolicySet, program: &Program, owned: &Owned) -> &'static str {
     let expected = rule_workload.or_else(|| reference::first_matching_workload(set, &request));
     let expected = expected.map(|id| set.workloads[id.0 as usize].name.as_str());
     assert_eq!(by_vm.workload, expected, "{explained}");
+    // `explain` traces the same run: the same decision, and the last rule it considered is
+    // the deciding one.
+    let traced = program.explain(&request);
+    assert_eq!(traced.decision, by_vm, "{explained}");
+    if let Some(rule) = by_vm.rule {
+        let last = traced.rules.last().expect("a deciding rule was considered");
+        assert_eq!(program.bundle().rules()[last.rule as usize].name, rule);
+    }
     by_vm.reason.code()
 }
 

@@ -30,6 +30,7 @@ use portcullis_lang::lexer::{self, DurationError};
 use portcullis_lang::lint::{CheckOutcome, LintOptions, analyze_with_claims};
 use portcullis_lang::policy_test::{self, TestRun, TestSuite};
 use portcullis_lang::report::{CheckRun, CheckedSet, Unreadable, to_json, to_sarif};
+use portcullis_lang::request_file::{MAX_REQUEST_FILE_BYTES, RequestFile};
 use portcullis_lang::schema::CustomClaims;
 use portcullis_lang::source::{SourceError, SourceFile, read_policy_path};
 use portcullis_lang::test_report::{self, SetResult, TestReport, TestedSet};
@@ -70,6 +71,22 @@ Examples:
   policyc check --format sarif --max-ttl 30m policies/ > policyc.sarif
   policyc check --claims custom-claims.json policies/
   policyc check --deny-warnings --allow W0401 policies/";
+
+const EXPLAIN_HELP: &str = "\
+Compiles the policy set, decides the request the way the engine does, and prints the decision,
+the rules the engine's index left to consider, each rule it considered in order with whether
+its workload matched and its `when` held, and every workload and condition it evaluated.
+
+The request file names claims as Gate does (lang/src/request_file.rs has the full shape):
+  {\"kind\": \"github\", \"claims\": {\"repository\": \"acme/billing\", \"ref\": \"refs/heads/main\"},
+   \"target\": \"billing_api\", \"action\": \"POST\", \"time\": \"2026-12-04T10:00:00Z\"}
+
+Exit status: 0 allowed, 3 denied, 1 errors in the policy set, 2 a file that cannot be read or
+used.
+
+Examples:
+  policyc explain examples/policies --request request.json
+  policyc explain policies/ --request request.json --format json";
 
 const BUILD_HELP: &str = "\
 With --sign KEYFILE, the bundle ends with an ed25519 signature by that private key (PKCS#8
@@ -146,6 +163,27 @@ enum Command {
     /// Run the `test` declarations of policy sets
     #[command(after_help = TEST_HELP)]
     Test(TestArgs),
+    /// Decide one request and show which rules were considered and why
+    #[command(after_help = EXPLAIN_HELP)]
+    Explain {
+        /// A `.gate` file, or a directory whose `.gate` files form the policy set
+        path: PathBuf,
+        /// A JSON file with the request: kind, claims by name, target, action, resource,
+        /// source_ip, time
+        #[arg(long, value_name = "FILE")]
+        request: PathBuf,
+        /// How to show it: for a person, or as JSON (what the decision API answers)
+        #[arg(long, value_enum, default_value_t = ExplainFormat::Text)]
+        format: ExplainFormat,
+        #[command(flatten)]
+        claims: ClaimsArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExplainFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,6 +262,11 @@ enum Failure {
     },
     /// The operating system gave no randomness for a new key.
     Random(getrandom::Error),
+    /// A `--request` file that cannot be read or used.
+    Request {
+        path: PathBuf,
+        message: String,
+    },
     Write {
         path: PathBuf,
         error: std::io::Error,
@@ -238,6 +281,7 @@ impl Failure {
             | Failure::Claims { .. }
             | Failure::Key { .. }
             | Failure::Random(_)
+            | Failure::Request { .. }
             | Failure::Write { .. } => 2,
         }
     }
@@ -266,6 +310,13 @@ impl fmt::Display for Failure {
                 f,
                 "cannot generate a key: the operating system gave no randomness: {error}"
             ),
+            Failure::Request { path, message } => {
+                write!(
+                    f,
+                    "cannot use the request file `{}`: {message}",
+                    path.display()
+                )
+            }
             Failure::Write { path, error } => {
                 write!(f, "cannot write `{}`: {error}", path.display())
             }
@@ -289,6 +340,12 @@ fn main() -> ExitCode {
         Command::Keygen { out } => keygen(out),
         Command::Fmt(args) => return format_paths(args),
         Command::Test(args) => return run_tests(args),
+        Command::Explain {
+            path,
+            request,
+            format,
+            claims,
+        } => return explain(path, request, *format, claims),
     };
     match result {
         Ok(summary) => {
@@ -539,6 +596,51 @@ fn build(
         output.display(),
         bytes.len(),
     ))
+}
+
+/// `policyc explain`: the decision and its trace on stdout; exit 0 for an allow, 3 for a deny.
+fn explain(path: &Path, request: &Path, format: ExplainFormat, claims: &ClaimsArg) -> ExitCode {
+    let decided = claims.load().and_then(|custom_claims| {
+        let failure = |message: String| Failure::Request {
+            path: request.to_owned(),
+            message,
+        };
+        let size = fs::metadata(request).map_err(|error| failure(error.to_string()))?;
+        if size.len() > MAX_REQUEST_FILE_BYTES {
+            let limit = MAX_REQUEST_FILE_BYTES;
+            return Err(failure(format!("the file is larger than {limit} bytes")));
+        }
+        let text = fs::read_to_string(request).map_err(|error| failure(error.to_string()))?;
+        let parsed = RequestFile::parse(&text, &custom_claims)
+            .map_err(|error| failure(error.to_string()))?;
+        let files = read_policy_path(path).map_err(Failure::Read)?;
+        let outcome = analyze_with_claims(&files, &LintOptions::default(), &custom_claims);
+        let Some(set) = outcome.set else {
+            return Err(Failure::Invalid(outcome.diagnostics));
+        };
+        let bundle = Bundle::from_policy_set(&set).map_err(Failure::Bundle)?;
+        let program = Program::from_bundle(bundle).map_err(Failure::Bundle)?;
+        let explanation = program.explain(&parsed.request());
+        let shown = match format {
+            ExplainFormat::Text => explanation.to_text(),
+            ExplainFormat::Json => format!("{:#}\n", explanation.to_json()),
+        };
+        Ok((explanation.decision.allow, shown))
+    });
+    match decided {
+        Ok((allow, shown)) => {
+            print!("{shown}");
+            if allow {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(3)
+            }
+        }
+        Err(failure) => {
+            report(&failure);
+            ExitCode::from(failure.exit_code())
+        }
+    }
 }
 
 /// Key files larger than this are refused unread; a PEM ed25519 key takes about 120 bytes.

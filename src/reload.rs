@@ -1,0 +1,360 @@
+//! Hot reload of the running policy. Three things ask for one: a change to the policy files
+//! (found by polling their sizes and modification times), SIGHUP, and `POST
+//! /v1/admin/reload`. Each reload loads the policy set exactly as the start did; a bundle
+//! that differs from the running one is recorded as a `policy_change` event and only then
+//! put in effect, while decisions in flight finish on the bundle they started with. A policy
+//! set that does not load leaves the running bundle in place; the failure is logged with the
+//! compiler's report and recorded too.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use portcullis_audit::{EventKind, NewEvent};
+use portcullis_engine::api::Engine;
+use portcullis_engine::api::admin::{Reload, ReloadOutcome, ReloadTrigger};
+use portcullis_engine::vm::Program;
+
+use crate::policy::{Fingerprint, LoadError, PolicyLoader};
+
+/// The longest `reason` a `policy_change` event carries; a compiler's first error fits.
+const MAX_REASON_CHARS: usize = 1024;
+
+/// Reloads the policy set into the engine, one reload at a time.
+#[derive(Debug)]
+pub struct Reloader {
+    loader: PolicyLoader,
+    /// Held for the whole of a reload.
+    one_at_a_time: Mutex<()>,
+    /// The policy files as the last load, failed or not, found them.
+    loaded: Mutex<Fingerprint>,
+}
+
+impl Reloader {
+    /// `loaded` is the fingerprint taken before the load that produced the running program,
+    /// so that a change made during that load is still seen.
+    pub fn new(loader: PolicyLoader, loaded: Fingerprint) -> Reloader {
+        Reloader {
+            loader,
+            one_at_a_time: Mutex::new(()),
+            loaded: Mutex::new(loaded),
+        }
+    }
+
+    /// Records the bundle the server starts with as a `policy_change` event: a restart on
+    /// another policy set is a change too.
+    pub fn record_startup(&self, engine: &Engine) -> Result<()> {
+        let program = engine.program.current();
+        let hash = program.hash_hex();
+        let reason = format!("bundle sha256:{hash} took effect at startup");
+        let event = self.event("startup", None, "policy_loaded", reason, hash);
+        engine
+            .audit
+            .record(event)
+            .context("cannot record the policy_change event of the starting bundle")?;
+        Ok(())
+    }
+
+    fn loaded(&self) -> Fingerprint {
+        self.loaded
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn replace(
+        &self,
+        engine: &Engine,
+        trigger: ReloadTrigger,
+        running: &Program,
+        program: Program,
+    ) -> ReloadOutcome {
+        let old_hash = running.hash_hex().to_owned();
+        let new_hash = program.hash_hex().to_owned();
+        let reason = format!("bundle sha256:{new_hash} replaced sha256:{old_hash}");
+        let event = self.event(
+            trigger.as_str(),
+            trigger.source_ip(),
+            "policy_replaced",
+            reason,
+            &new_hash,
+        );
+        // Recorded before it takes effect: no decision runs on a bundle the log has not seen.
+        let recorded = match engine.audit.record(event) {
+            Ok(recorded) => recorded,
+            Err(error) => {
+                tracing::error!(
+                    trigger = trigger.as_str(),
+                    bundle = %format!("sha256:{old_hash}"),
+                    refused_bundle = %format!("sha256:{new_hash}"),
+                    %error,
+                    "policy_change_unrecorded"
+                );
+                let error = format!(
+                    "bundle sha256:{new_hash} was not put in effect: its policy_change event \
+                     could not be recorded: {error}"
+                );
+                return ReloadOutcome::Unrecorded {
+                    running_hash: old_hash,
+                    error,
+                };
+            }
+        };
+        engine.program.replace(Arc::new(program));
+        tracing::info!(
+            trigger = trigger.as_str(),
+            old_bundle = %format!("sha256:{old_hash}"),
+            new_bundle = %format!("sha256:{new_hash}"),
+            event_id = %recorded.event_id,
+            "policy_replaced"
+        );
+        ReloadOutcome::Replaced {
+            old_hash,
+            new_hash,
+            event_id: recorded.event_id.to_string(),
+        }
+    }
+
+    fn refuse(
+        &self,
+        engine: &Engine,
+        trigger: ReloadTrigger,
+        running: &Program,
+        error: &LoadError,
+    ) -> ReloadOutcome {
+        let running_hash = running.hash_hex().to_owned();
+        let summary = error.summary();
+        let diagnostics = error.rendered_diagnostics(false);
+        let running_bundle = format!("sha256:{running_hash}");
+        match &diagnostics {
+            Some(report) => tracing::error!(
+                trigger = trigger.as_str(),
+                bundle = %running_bundle,
+                error = %summary,
+                diagnostics = %format_args!("\n{report}"),
+                "policy_reload_failed"
+            ),
+            None => tracing::error!(
+                trigger = trigger.as_str(),
+                bundle = %running_bundle,
+                error = %summary,
+                "policy_reload_failed"
+            ),
+        }
+        let reason = format!(
+            "the policy set did not load, so bundle sha256:{running_hash} stays in effect: \
+             {summary}"
+        );
+        let event = self.event(
+            trigger.as_str(),
+            trigger.source_ip(),
+            "policy_reload_failed",
+            reason,
+            &running_hash,
+        );
+        let event_id = match engine.audit.record(event) {
+            Ok(recorded) => Some(recorded.event_id.to_string()),
+            Err(error) => {
+                tracing::error!(%error, "policy_change_unrecorded");
+                None
+            }
+        };
+        ReloadOutcome::Failed {
+            running_hash,
+            error: summary,
+            diagnostics,
+            event_id,
+        }
+    }
+
+    /// A `policy_change` event: the bundle in effect after it in `bundle_hash`, what asked
+    /// for it in `action`, the policy directory or bundle file in `resource`.
+    fn event(
+        &self,
+        action: &str,
+        source_ip: Option<IpAddr>,
+        reason_code: &str,
+        reason: String,
+        bundle_hash: &str,
+    ) -> NewEvent {
+        NewEvent {
+            kind: EventKind::PolicyChange,
+            reason: Some(bounded(reason)),
+            reason_code: Some(reason_code.to_owned()),
+            bundle_hash: Some(bundle_hash.to_owned()),
+            action: Some(action.to_owned()),
+            resource: Some(self.loader.path().display().to_string()),
+            source_ip,
+            ..NewEvent::default()
+        }
+    }
+}
+
+impl Reload for Reloader {
+    fn reload(&self, engine: &Engine, trigger: ReloadTrigger) -> ReloadOutcome {
+        let _reloading = self
+            .one_at_a_time
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        tracing::info!(
+            trigger = trigger.as_str(),
+            policy = %self.loader.path().display(),
+            "policy_reload_started"
+        );
+        // Taken before the load reads the files: a change made during the load is seen by
+        // the next poll.
+        let fingerprint = self.loader.fingerprint();
+        *self.loaded.lock().unwrap_or_else(PoisonError::into_inner) = fingerprint;
+        // Only reloads replace the program, and they run one at a time: this stays the
+        // running program until this reload replaces it.
+        let running = engine.program.current();
+        match self.loader.load(engine.attestor.custom_claims()) {
+            Ok(program) if program.hash_hex() == running.hash_hex() => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    bundle = %format!("sha256:{}", running.hash_hex()),
+                    "policy_unchanged"
+                );
+                ReloadOutcome::Unchanged {
+                    hash: running.hash_hex().to_owned(),
+                }
+            }
+            Ok(program) => self.replace(engine, trigger, &running, program),
+            Err(error) => self.refuse(engine, trigger, &running, &error),
+        }
+    }
+}
+
+/// `text`, cut to [`MAX_REASON_CHARS`] with `…` at the cut.
+fn bounded(text: String) -> String {
+    match text.char_indices().nth(MAX_REASON_CHARS) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text,
+    }
+}
+
+/// Polls the policy files every `interval`, and reloads once a change has settled.
+pub async fn watch(engine: Arc<Engine>, reloader: Arc<Reloader>, interval: Duration) {
+    let mut settling = Settling::default();
+    loop {
+        tokio::time::sleep(interval).await;
+        let polling = Arc::clone(&reloader);
+        let poll = move || (polling.loader.fingerprint(), polling.loaded());
+        let Ok((now, loaded)) = tokio::task::spawn_blocking(poll).await else {
+            return; // the runtime is shutting down
+        };
+        if settling.should_reload(now, &loaded) {
+            reload(&engine, &reloader, ReloadTrigger::Watch).await;
+        }
+    }
+}
+
+/// What the watcher remembers between polls.
+#[derive(Debug, Default)]
+struct Settling {
+    /// Files that differ from the last load's, as the previous poll found them.
+    changed: Option<Fingerprint>,
+}
+
+impl Settling {
+    /// Whether to reload, given the files as this poll finds them and as the last load found
+    /// them. A change must look the same to two polls in a row: an editor that is still
+    /// writing a file, or a deploy still copying several, gets one more interval instead of a
+    /// reload of a half-written policy set.
+    fn should_reload(&mut self, now: Fingerprint, loaded: &Fingerprint) -> bool {
+        if now == *loaded {
+            self.changed = None;
+            return false;
+        }
+        if self.changed.as_ref() == Some(&now) {
+            self.changed = None;
+            return true;
+        }
+        self.changed = Some(now);
+        false
+    }
+}
+
+/// Runs one reload on the blocking pool; the reload logs its outcome.
+async fn reload(engine: &Arc<Engine>, reloader: &Arc<Reloader>, trigger: ReloadTrigger) {
+    let (engine, reloader) = (Arc::clone(engine), Arc::clone(reloader));
+    let reloading = tokio::task::spawn_blocking(move || reloader.reload(&engine, trigger));
+    if let Err(error) = reloading.await {
+        tracing::error!(trigger = trigger.as_str(), %error, "policy_reload_aborted");
+    }
+}
+
+/// SIGHUP, handled from the moment it is registered: by default it would end the process.
+pub struct HangUps {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl HangUps {
+    pub fn register() -> Result<HangUps> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let signal = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+            Ok(HangUps { signal })
+        }
+        #[cfg(not(unix))]
+        Ok(HangUps {})
+    }
+
+    /// Reloads at each SIGHUP; several that arrive during one reload ask for one more.
+    pub async fn reload_on_each(mut self, engine: Arc<Engine>, reloader: Arc<Reloader>) {
+        #[cfg(unix)]
+        while self.signal.recv().await.is_some() {
+            reload(&engine, &reloader, ReloadTrigger::Signal).await;
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (&mut self, engine, reloader);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicySource;
+
+    #[test]
+    fn a_change_reloads_once_two_polls_agree_on_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("policy.gate");
+        let loader = PolicyLoader::new(PolicySource::Sources(path.clone())).unwrap();
+        let fingerprint_of = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            loader.fingerprint()
+        };
+        let loaded = fingerprint_of("a");
+        let half_written = fingerprint_of("bb");
+        let written = fingerprint_of("ccc");
+        let mut settling = Settling::default();
+
+        assert!(!settling.should_reload(loaded.clone(), &loaded));
+        assert!(!settling.should_reload(half_written.clone(), &loaded));
+        assert!(
+            !settling.should_reload(written.clone(), &loaded),
+            "still changing"
+        );
+        assert!(settling.should_reload(written.clone(), &loaded), "settled");
+        // The reload took its own fingerprint: nothing more to do.
+        assert!(!settling.should_reload(written.clone(), &written));
+        // A change that is undone before it settles is no change.
+        assert!(!settling.should_reload(half_written, &written));
+        assert!(!settling.should_reload(written.clone(), &written));
+    }
+
+    #[test]
+    fn long_reasons_are_cut_at_a_character() {
+        assert_eq!(bounded("short".to_owned()), "short");
+        let long = "é".repeat(MAX_REASON_CHARS + 10);
+        let cut = bounded(long);
+        assert_eq!(cut.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(cut.ends_with('…'));
+    }
+}

@@ -1,0 +1,456 @@
+//! Hot reload of the policy, end to end: the real `portcullis` binary serves a policy set from
+//! a temporary directory on a free loopback port; the policy files change, a SIGHUP or an
+//! admin call asks for a reload; decisions flip when, and only when, a good policy set was put
+//! in effect, and every change and every refused change is a `policy_change` event.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use portcullis_lang::SourceFile;
+use portcullis_lang::bundle::{Bundle, SigningKey, signing};
+use serde_json::{Value, json};
+
+use common::*;
+
+/// Denies the example release workload everything on `billing_api`.
+const FREEZE: &str =
+    "forbid releases_frozen {\n  workload billing_release\n  target billing_api\n}\n";
+
+/// A declaration cut short: the policy set no longer compiles.
+const BROKEN: &str = "permit half_written {\n";
+
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef";
+
+/// A copy of the example policy set in `dir/policies`.
+fn copy_example_policies(dir: &Path) -> PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    for entry in std::fs::read_dir(repo().join("examples/policies")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, policies.join(path.file_name().unwrap())).unwrap();
+    }
+    policies
+}
+
+/// The release workload asking to deploy through the billing API: allowed by the example
+/// policy set, denied once `FREEZE` is in it.
+struct Release {
+    token: String,
+}
+
+impl Release {
+    fn new(dir: &Path) -> Release {
+        let claims = example_claims("billing-release.json");
+        Release {
+            token: mint(GITHUB_KEY, &claims, dir),
+        }
+    }
+
+    fn decide(&self, server: &Server) -> Value {
+        decide(
+            server,
+            &self.token,
+            json!({ "name": "billing_api" }),
+            "POST",
+        )
+    }
+
+    /// Decides until the answer is `decision`, and returns that answer.
+    fn decide_until(&self, server: &Server, decision: &str) -> Value {
+        eventually(&format!("the release is answered `{decision}`"), || {
+            let answer = self.decide(server);
+            (answer["decision"] == decision).then_some(answer)
+        })
+    }
+}
+
+/// The `policy_change` events, in order, with the old bundle hash taken from `reason` by the
+/// query that docs/audit-schema.md gives.
+fn policy_changes(data_dir: &Path) -> Vec<Value> {
+    let sql = "SELECT reason_code, action, bundle_hash, resource, source_ip, reason, decision, \
+               CASE WHEN reason_code = 'policy_replaced' THEN right(reason, 64) END \
+               AS old_bundle_hash \
+               FROM access_events WHERE kind = 'policy_change' ORDER BY seq";
+    audit_query(data_dir, sql)
+}
+
+fn hash(bundle: &Value) -> &str {
+    bundle.as_str().unwrap().strip_prefix("sha256:").unwrap()
+}
+
+/// Checks one `policy_change` event: what it is, what asked for it, the bundle in effect
+/// after it, and for a replacement the bundle it replaced.
+fn check_change(event: &Value, reason_code: &str, action: &str, bundle: &str, old: Option<&str>) {
+    assert_eq!(event["reason_code"], reason_code, "{event}");
+    assert_eq!(event["action"], action, "{event}");
+    assert_eq!(event["bundle_hash"], bundle, "{event}");
+    assert_eq!(event["old_bundle_hash"].as_str(), old, "{event}");
+    assert!(
+        event["decision"].is_null(),
+        "a change decides nothing: {event}"
+    );
+}
+
+#[test]
+fn the_watcher_reloads_a_changed_policy_directory_and_keeps_a_good_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = copy_example_policies(tmp.path());
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 100";
+    let config = example_config(tmp.path(), "portcullis.toml", policy, "");
+    let data_dir = tmp.path().join("data");
+    let release = Release::new(tmp.path());
+    let server = start_server_with(&config, &data_dir);
+
+    let allowed = release.decide(&server);
+    assert_eq!(allowed["decision"], "allow", "{allowed}");
+    let first = allowed["bundle"].clone();
+
+    // A file added: the decision flips once the watcher has put the new bundle in effect.
+    std::fs::write(policies.join("freeze.gate"), FREEZE).unwrap();
+    let denied = release.decide_until(&server, "deny");
+    assert_eq!(denied["rule"], "releases_frozen", "{denied}");
+    let frozen = denied["bundle"].clone();
+    assert_ne!(frozen, first);
+    assert_eq!(healthz_bundle(&server), frozen);
+
+    // A file that does not compile: the running bundle stays, and the failure is logged with
+    // the file and the compiler's first error.
+    std::fs::write(policies.join("broken.gate"), BROKEN).unwrap();
+    let failure = server.wait_for_log("policy_reload_failed");
+    assert!(failure.contains("broken.gate"), "{failure}");
+    assert!(failure.contains("E0002"), "{failure}");
+    let still_denied = release.decide(&server);
+    assert_eq!(still_denied["decision"], "deny", "{still_denied}");
+    assert_eq!(still_denied["bundle"], frozen);
+
+    // A later change is picked up again: both files removed, the first bundle is back.
+    std::fs::remove_file(policies.join("broken.gate")).unwrap();
+    std::fs::remove_file(policies.join("freeze.gate")).unwrap();
+    let allowed_again = release.decide_until(&server, "allow");
+    assert_eq!(allowed_again["bundle"], first);
+    stop_server(server);
+
+    let changes = policy_changes(&data_dir);
+    assert_eq!(changes.len(), 4, "{changes:#?}");
+    let (first, frozen) = (hash(&first), hash(&frozen));
+    check_change(&changes[0], "policy_loaded", "startup", first, None);
+    check_change(&changes[1], "policy_replaced", "watch", frozen, Some(first));
+    check_change(&changes[2], "policy_reload_failed", "watch", frozen, None);
+    check_change(&changes[3], "policy_replaced", "watch", first, Some(frozen));
+    let reason = changes[2]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!("sha256:{frozen} stays")),
+        "{reason}"
+    );
+    assert!(reason.contains("broken.gate"), "{reason}");
+    assert!(reason.contains("E0002"), "{reason}");
+    for change in &changes {
+        assert_eq!(change["resource"], policies.to_str().unwrap(), "{change}");
+        assert!(change["source_ip"].is_null(), "{change}");
+    }
+
+    // Every decision records the bundle that made it.
+    let sql = "SELECT decision, bundle_hash FROM access_events WHERE kind = 'decision'";
+    for row in audit_query(&data_dir, sql) {
+        let expected = if row["decision"] == "allow" {
+            first
+        } else {
+            frozen
+        };
+        assert_eq!(row["bundle_hash"], expected, "{row}");
+    }
+}
+
+#[test]
+fn sighup_reloads_when_watching_is_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = copy_example_policies(tmp.path());
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let config = example_config(tmp.path(), "portcullis.toml", policy, "");
+    let data_dir = tmp.path().join("data");
+    let release = Release::new(tmp.path());
+    let server = start_server_with(&config, &data_dir);
+    let first = release.decide(&server)["bundle"].clone();
+
+    std::fs::write(policies.join("freeze.gate"), FREEZE).unwrap();
+    assert_eq!(release.decide(&server)["decision"], "allow", "not watched");
+    signal(&server, "HUP");
+    let replaced = server.wait_for_log("policy_replaced");
+    assert!(replaced.contains("sighup"), "{replaced}");
+    let denied = release.decide(&server);
+    assert_eq!(denied["decision"], "deny", "{denied}");
+
+    // Nothing changed since: the next SIGHUP leaves the bundle, and records nothing.
+    signal(&server, "HUP");
+    let unchanged = server.wait_for_log("policy_unchanged");
+    assert!(unchanged.contains(hash(&denied["bundle"])), "{unchanged}");
+    stop_server(server);
+
+    let changes = policy_changes(&data_dir);
+    assert_eq!(changes.len(), 2, "{changes:#?}");
+    let (first, frozen) = (hash(&first), hash(&denied["bundle"]));
+    check_change(&changes[0], "policy_loaded", "startup", first, None);
+    check_change(
+        &changes[1],
+        "policy_replaced",
+        "sighup",
+        frozen,
+        Some(first),
+    );
+}
+
+#[test]
+fn admin_reload_takes_the_configured_token_and_answers_with_the_outcome() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = copy_example_policies(tmp.path());
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    restrict_to_owner(&token_file);
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let server_table = "admin_token_file = \"admin.token\"";
+    let config = example_config(tmp.path(), "portcullis.toml", policy, server_table);
+    let data_dir = tmp.path().join("data");
+    let release = Release::new(tmp.path());
+    let server = start_server_with(&config, &data_dir);
+    let first = healthz_bundle(&server);
+
+    let bearer = |token: &str| format!("Bearer {token}");
+    for authorization in [
+        None,
+        Some(bearer("wrong-token-0123456789")),
+        Some(ADMIN_TOKEN.into()),
+    ] {
+        let (status, answer) = admin_reload(&server, authorization.as_deref());
+        assert_eq!(status, 401, "{authorization:?}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.contains("admin token"), "{error}");
+    }
+    assert_eq!(healthz_bundle(&server), first);
+
+    let right = bearer(ADMIN_TOKEN);
+    let (status, answer) = admin_reload(&server, Some(&right));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "unchanged", "{answer}");
+    assert_eq!(answer["old_bundle"], first.as_str());
+    assert_eq!(answer["new_bundle"], first.as_str());
+
+    std::fs::write(policies.join("freeze.gate"), FREEZE).unwrap();
+    let (status, answer) = admin_reload(&server, Some(&right));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "replaced", "{answer}");
+    assert_eq!(answer["old_bundle"], first.as_str());
+    let frozen = answer["new_bundle"].as_str().unwrap().to_owned();
+    assert_ne!(frozen, first);
+    assert_eq!(healthz_bundle(&server), frozen);
+    let denied = release.decide(&server);
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    assert_eq!(denied["bundle"], frozen.as_str());
+
+    std::fs::write(policies.join("broken.gate"), BROKEN).unwrap();
+    let (status, answer) = admin_reload(&server, Some(&right));
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["outcome"], "failed", "{answer}");
+    assert_eq!(answer["old_bundle"], frozen.as_str());
+    assert!(answer["new_bundle"].is_null(), "{answer}");
+    let diagnostics = answer["diagnostics"].as_str().unwrap();
+    assert!(diagnostics.contains("broken.gate"), "{diagnostics}");
+    assert!(diagnostics.contains("E0002"), "{diagnostics}");
+    assert!(!diagnostics.contains('\u{1b}'), "no colour: {diagnostics}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("1 error"),
+        "{answer}"
+    );
+    assert_eq!(healthz_bundle(&server), frozen, "the running bundle stays");
+
+    let get = ureq::get(&server.url("/v1/admin/reload"))
+        .config()
+        .http_status_as_error(false);
+    assert_eq!(get.build().call().unwrap().status().as_u16(), 405);
+
+    let log = stop_server(server);
+    assert!(
+        !log.iter().any(|line| line.contains(ADMIN_TOKEN)),
+        "the token never reaches the log"
+    );
+
+    let changes = policy_changes(&data_dir);
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+    let (first, frozen) = (&first["sha256:".len()..], &frozen["sha256:".len()..]);
+    check_change(&changes[0], "policy_loaded", "startup", first, None);
+    check_change(&changes[1], "policy_replaced", "admin", frozen, Some(first));
+    check_change(&changes[2], "policy_reload_failed", "admin", frozen, None);
+    assert_eq!(changes[1]["source_ip"], "127.0.0.1");
+    assert_eq!(changes[2]["source_ip"], "127.0.0.1");
+}
+
+#[cfg(unix)]
+fn restrict_to_owner(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+#[cfg(not(unix))]
+fn restrict_to_owner(_path: &Path) {}
+
+#[test]
+fn the_admin_api_is_off_without_a_token_and_refuses_a_weak_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_server(&tmp.path().join("data"));
+    let (status, answer) = admin_reload(&server, Some(&format!("Bearer {ADMIN_TOKEN}")));
+    assert_eq!(status, 404, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("admin endpoints are disabled"), "{error}");
+    assert!(error.contains("admin_token_file"), "{error}");
+    stop_server(server);
+
+    let short = "short-token";
+    std::fs::write(tmp.path().join("admin.token"), short).unwrap();
+    let server_table = "admin_token_file = \"admin.token\"";
+    let config = example_config(tmp.path(), "weak.toml", "dir = \"policies\"", server_table);
+    copy_example_policies(tmp.path());
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(tmp.path().join("refused"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is 11 characters long; at least 16"), "{err}");
+    assert!(!err.contains(short), "the token is never shown: {err}");
+}
+
+/// The example policy set, with `extra` beside it, compiled.
+fn example_bundle_with(extra: &str) -> Bundle {
+    let mut files =
+        portcullis_lang::source::read_policy_path(&repo().join("examples/policies")).unwrap();
+    files.push(SourceFile::new("extra.gate", extra));
+    let set = portcullis_lang::compile(&files).unwrap();
+    Bundle::from_policy_set(&set).unwrap()
+}
+
+#[test]
+fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let public_key = tmp.path().join("bundle-signing.key.pub");
+    let public_pem = signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
+    std::fs::write(&public_key, public_pem).unwrap();
+    let first = example_bundle_with("");
+    let frozen = example_bundle_with(FREEZE);
+    let bundle_path = tmp.path().join("policy.bundle");
+    std::fs::write(&bundle_path, first.sign(&key).to_bytes()).unwrap();
+    let policy = format!(
+        "bundle = {:?}\npublic_key = {:?}\nwatch_interval_ms = 100",
+        bundle_path.to_str().unwrap(),
+        public_key.to_str().unwrap()
+    );
+    let config = example_config(tmp.path(), "portcullis.toml", &policy, "");
+    let data_dir = tmp.path().join("data");
+    let release = Release::new(tmp.path());
+    let server = start_server_with(&config, &data_dir);
+    let first_bundle = format!("sha256:{}", first.hash_hex());
+    assert_eq!(healthz_bundle(&server), first_bundle);
+
+    // An unsigned bundle is refused as at start, and the signed one keeps deciding.
+    std::fs::write(&bundle_path, frozen.to_bytes()).unwrap();
+    let failure = server.wait_for_log("policy_reload_failed");
+    assert!(failure.contains("the bundle is not signed"), "{failure}");
+    assert_eq!(healthz_bundle(&server), first_bundle);
+    assert_eq!(release.decide(&server)["decision"], "allow");
+
+    std::fs::write(&bundle_path, frozen.sign(&key).to_bytes()).unwrap();
+    let denied = release.decide_until(&server, "deny");
+    assert_eq!(denied["bundle"], format!("sha256:{}", frozen.hash_hex()));
+    stop_server(server);
+
+    let changes = policy_changes(&data_dir);
+    assert_eq!(changes.len(), 3, "{changes:#?}");
+    let (first, frozen) = (first.hash_hex(), frozen.hash_hex());
+    check_change(&changes[0], "policy_loaded", "startup", &first, None);
+    check_change(&changes[1], "policy_reload_failed", "watch", &first, None);
+    check_change(
+        &changes[2],
+        "policy_replaced",
+        "watch",
+        &frozen,
+        Some(&first),
+    );
+    let reason = changes[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("the bundle is not signed"), "{reason}");
+    assert_eq!(changes[2]["resource"], bundle_path.to_str().unwrap());
+}
+
+/// `"explain": true` on a decide call answers with the decision's trace, as `policyc explain
+/// --format json` prints it; since the trace shows rules beyond the deciding one, it takes the
+/// admin token, and a server without one refuses it.
+#[test]
+fn explain_through_the_decision_api_takes_the_admin_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_example_policies(tmp.path());
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    restrict_to_owner(&token_file);
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let config = example_config(
+        tmp.path(),
+        "portcullis.toml",
+        policy,
+        "admin_token_file = \"admin.token\"",
+    );
+    let release = Release::new(tmp.path());
+    let body = json!({
+        "evidence": { "token": release.token },
+        "target": { "name": "billing_api" },
+        "request": { "action": "POST", "resource": "/v1/deploy" },
+        "explain": true,
+    })
+    .to_string();
+    let server = start_server_with(&config, &tmp.path().join("data"));
+
+    let (status, answer) = post_with(&server, body.as_bytes(), None);
+    assert_eq!(status, 401, "{answer}");
+    let wrong = format!("Bearer not-{ADMIN_TOKEN}");
+    let (status, answer) = post_with(&server, body.as_bytes(), Some(&wrong));
+    assert_eq!(status, 401, "{answer}");
+
+    let right = format!("Bearer {ADMIN_TOKEN}");
+    let (status, answer) = post_with(&server, body.as_bytes(), Some(&right));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "allow");
+    let explanation = &answer["explanation"];
+    assert_eq!(explanation["rule"], answer["rule"]);
+    assert_eq!(explanation["decision"], "allow");
+    let rules = explanation["rules"].as_array().unwrap();
+    assert_eq!(rules[0]["effect"], "forbid", "{explanation}");
+    assert_eq!(rules.last().unwrap()["rule"], answer["rule"]);
+    assert_eq!(rules.last().unwrap()["outcome"], "applies");
+    // Without the flag, no trace.
+    assert!(release.decide(&server).get("explanation").is_none());
+    let log = stop_server(server).join("\n");
+    assert!(!log.contains(ADMIN_TOKEN), "the token reached the log");
+
+    // A server without an admin token refuses to explain.
+    let plain = example_config(tmp.path(), "plain.toml", policy, "");
+    let server = start_server_with(&plain, &tmp.path().join("data-plain"));
+    let (status, answer) = post_with(&server, body.as_bytes(), Some(&right));
+    assert_eq!(status, 403, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("admin_token_file"),
+        "{answer}"
+    );
+    stop_server(server);
+}
