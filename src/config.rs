@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use portcullis_audit::AuditOptions;
+use portcullis_audit::query::QueryLimits;
 use portcullis_lang::schema::{ClaimType, CustomClaim, ProviderKind, dotted_path};
 use serde::Deserialize;
 
@@ -27,6 +29,24 @@ const MAX_LEEWAY_S: u64 = 3600;
 /// metadata cache; slower is no longer watching.
 const MIN_WATCH_INTERVAL_MS: u64 = 100;
 const MAX_WATCH_INTERVAL_MS: u64 = 3_600_000;
+
+/// Bounds of the `[audit]` settings. A flush interval over a second would let a power cut take
+/// more than a moment of answered decisions. A write-ahead log file's events stay in memory
+/// until it is sealed, which caps its size; its age is capped so that queries see an event
+/// within the hour.
+const MAX_FLUSH_INTERVAL_MS: u64 = 1000;
+const SEAL_AFTER_EVENTS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+const SEAL_AFTER_BYTES: std::ops::RangeInclusive<u64> = (1 << 20)..=(1 << 30);
+const SEAL_INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=3600;
+/// Retention keeps at least today's and yesterday's partitions, and at most a century.
+const RETENTION_DAYS: std::ops::RangeInclusive<u32> = 1..=36_500;
+
+/// Bounds of `audit.query_timeout_s`: a query that needs more than an hour belongs in a batch
+/// job over the Parquet files, not in the server.
+const QUERY_TIMEOUT_S: std::ops::RangeInclusive<u64> = 1..=3600;
+
+/// Bounds of `audit.query_memory_mb`.
+const QUERY_MEMORY_MB: std::ops::RangeInclusive<u64> = 16..=65_536;
 
 /// Admin token files larger than this are refused unread.
 const MAX_ADMIN_TOKEN_BYTES: u64 = 4096;
@@ -131,12 +151,158 @@ impl std::fmt::Debug for AdminTokenFile {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     pub data_dir: Option<PathBuf>,
     /// This engine's name in access events; the host name when unset.
     pub node: Option<String>,
+    /// How long a recorded event may stay written but not synced to the disk: 0 syncs before
+    /// each decision is answered; more syncs in the background at this interval, so that a
+    /// power cut loses at most this much (a killed process loses nothing either way).
+    #[serde(default)]
+    pub flush_interval_ms: u64,
+    /// The write-ahead log file is closed and sealed into Parquet when it holds this many
+    /// events, …
+    #[serde(default = "default_seal_after_events")]
+    pub seal_after_events: usize,
+    /// … or this many bytes, …
+    #[serde(default = "default_seal_after_bytes")]
+    pub seal_after_bytes: u64,
+    /// … or when its first event is this many seconds old.
+    #[serde(default = "default_seal_interval_s")]
+    pub seal_interval_s: u64,
+    /// Remove the segments of dates more than this many days before today (UTC), recording
+    /// the removal in the integrity manifest first; unset keeps every segment.
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// How long one SQL query may run, in seconds (`portcullis audit query` and
+    /// `POST /v1/audit/query`).
+    #[serde(default = "default_query_timeout_s")]
+    pub query_timeout_s: u64,
+    /// How much memory one SQL query's sorts, joins and aggregations may hold, in MiB.
+    #[serde(default = "default_query_memory_mb")]
+    pub query_memory_mb: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            data_dir: None,
+            node: None,
+            flush_interval_ms: 0,
+            seal_after_events: default_seal_after_events(),
+            seal_after_bytes: default_seal_after_bytes(),
+            seal_interval_s: default_seal_interval_s(),
+            retention_days: None,
+            query_timeout_s: default_query_timeout_s(),
+            query_memory_mb: default_query_memory_mb(),
+        }
+    }
+}
+
+fn default_query_timeout_s() -> u64 {
+    QueryLimits::default().timeout.as_secs()
+}
+
+fn default_query_memory_mb() -> u64 {
+    (QueryLimits::default().memory_bytes / (1024 * 1024)) as u64
+}
+
+fn default_seal_after_events() -> usize {
+    AuditOptions::default().seal_after_events
+}
+
+fn default_seal_after_bytes() -> u64 {
+    AuditOptions::default().seal_after_bytes
+}
+
+fn default_seal_interval_s() -> u64 {
+    AuditOptions::default().seal_interval.as_secs()
+}
+
+impl AuditConfig {
+    fn validate(&self) -> Result<()> {
+        let flush_ms = self.flush_interval_ms;
+        if flush_ms > MAX_FLUSH_INTERVAL_MS {
+            bail!(
+                "`audit.flush_interval_ms = {flush_ms}` is over {MAX_FLUSH_INTERVAL_MS}: a power \
+                 cut would lose more than a second of decisions; 0 syncs before each answer"
+            );
+        }
+        let events = self.seal_after_events;
+        if !SEAL_AFTER_EVENTS.contains(&events) {
+            bail!(
+                "`audit.seal_after_events = {events}` is outside {}..={}",
+                SEAL_AFTER_EVENTS.start(),
+                SEAL_AFTER_EVENTS.end()
+            );
+        }
+        let bytes = self.seal_after_bytes;
+        if !SEAL_AFTER_BYTES.contains(&bytes) {
+            bail!(
+                "`audit.seal_after_bytes = {bytes}` is outside {}..={} (1 MiB to 1 GiB)",
+                SEAL_AFTER_BYTES.start(),
+                SEAL_AFTER_BYTES.end()
+            );
+        }
+        let seconds = self.seal_interval_s;
+        if !SEAL_INTERVAL_S.contains(&seconds) {
+            bail!(
+                "`audit.seal_interval_s = {seconds}` is outside {}..={}",
+                SEAL_INTERVAL_S.start(),
+                SEAL_INTERVAL_S.end()
+            );
+        }
+        let timeout = self.query_timeout_s;
+        if !QUERY_TIMEOUT_S.contains(&timeout) {
+            bail!(
+                "`audit.query_timeout_s = {timeout}` is outside {}..={}",
+                QUERY_TIMEOUT_S.start(),
+                QUERY_TIMEOUT_S.end()
+            );
+        }
+        let memory = self.query_memory_mb;
+        if !QUERY_MEMORY_MB.contains(&memory) {
+            bail!(
+                "`audit.query_memory_mb = {memory}` is outside {}..={}",
+                QUERY_MEMORY_MB.start(),
+                QUERY_MEMORY_MB.end()
+            );
+        }
+        if let Some(days) = self.retention_days
+            && !RETENTION_DAYS.contains(&days)
+        {
+            bail!(
+                "`audit.retention_days = {days}` is outside {}..={}; leave it out to keep every \
+                 segment",
+                RETENTION_DAYS.start(),
+                RETENTION_DAYS.end()
+            );
+        }
+        Ok(())
+    }
+
+    /// The audit store's options, for the node named `node`.
+    pub fn options(&self, node: String) -> AuditOptions {
+        AuditOptions {
+            node,
+            flush_interval: Duration::from_millis(self.flush_interval_ms),
+            seal_after_events: self.seal_after_events,
+            seal_after_bytes: self.seal_after_bytes,
+            seal_interval: Duration::from_secs(self.seal_interval_s),
+            retention_days: self.retention_days,
+        }
+    }
+
+    /// The limits every SQL query over the store runs under.
+    pub fn query_limits(&self) -> QueryLimits {
+        QueryLimits {
+            timeout: Duration::from_secs(self.query_timeout_s),
+            memory_bytes: usize::try_from(self.query_memory_mb.saturating_mul(1024 * 1024))
+                .unwrap_or(usize::MAX),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +393,7 @@ impl Config {
                  {MIN_WATCH_INTERVAL_MS}..={MAX_WATCH_INTERVAL_MS}; 0 turns watching off"
             );
         }
+        self.audit.validate()?;
         if self.policy.public_key.is_some() && self.policy.dir.is_some() {
             bail!(
                 "`[policy] public_key` checks the signature of a `bundle`, but `dir` compiles \
@@ -459,6 +626,57 @@ mod tests {
                 "{err:#}"
             );
         }
+    }
+
+    #[test]
+    fn audit_settings_default_to_strict_sync_and_are_bounded() {
+        let dir = Path::new(".");
+        let config = config_in(dir, "[policy]\ndir = \"p\"\n").unwrap();
+        let options = config.audit.options("n".into());
+        assert_eq!(options, AuditOptions::new("n"));
+        assert_eq!(options.flush_interval, Duration::ZERO);
+
+        let text = "[policy]\ndir = \"p\"\n[audit]\nflush_interval_ms = 20\n\
+                    seal_after_events = 500\nseal_after_bytes = 2097152\nseal_interval_s = 5\n";
+        let options = config_in(dir, text).unwrap().audit.options("n".into());
+        assert_eq!(options.flush_interval, Duration::from_millis(20));
+        assert_eq!(options.seal_after_events, 500);
+        assert_eq!(options.seal_after_bytes, 2 << 20);
+        assert_eq!(options.seal_interval, Duration::from_secs(5));
+
+        assert_eq!(config.audit.query_limits(), QueryLimits::default());
+        let text = "[policy]\ndir = \"p\"\n[audit]\nquery_timeout_s = 5\nquery_memory_mb = 64\n";
+        let limits = config_in(dir, text).unwrap().audit.query_limits();
+        assert_eq!(limits.timeout, Duration::from_secs(5));
+        assert_eq!(limits.memory_bytes, 64 << 20);
+
+        for (setting, complaint) in [
+            ("flush_interval_ms = 1001", "is over 1000"),
+            ("seal_after_events = 0", "is outside 1..=1000000"),
+            ("seal_after_bytes = 1000", "is outside 1048576..=1073741824"),
+            ("query_timeout_s = 0", "is outside 1..=3600"),
+            ("query_memory_mb = 8", "is outside 16..=65536"),
+            ("seal_interval_s = 0", "is outside 1..=3600"),
+        ] {
+            let text = format!("[policy]\ndir = \"p\"\n[audit]\n{setting}\n");
+            let err = format!("{:#}", config_in(dir, &text).unwrap_err());
+            assert!(err.contains(complaint), "{setting}: {err}");
+        }
+    }
+
+    #[test]
+    fn retention_is_off_unless_set_and_is_bounded() {
+        let dir = Path::new(".");
+        let config = config_in(dir, "[policy]\ndir = \"p\"\n").unwrap();
+        assert_eq!(config.audit.retention_days, None);
+        let text = "[policy]\ndir = \"p\"\n[audit]\nretention_days = 30\n";
+        assert_eq!(config_in(dir, text).unwrap().audit.retention_days, Some(30));
+        let text = "[policy]\ndir = \"p\"\n[audit]\nretention_days = 0\n";
+        let err = format!("{:#}", config_in(dir, text).unwrap_err());
+        assert!(
+            err.contains("`audit.retention_days = 0` is outside 1..=36500"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The `portcullis` command: wiring only. Each subcommand reads its inputs, calls into the
 //! engine, the audit store or the language crate, and prints the outcome.
 
+mod audit_api;
+mod audit_integrity;
 mod config;
 mod dev;
 mod policy;
@@ -62,6 +64,22 @@ enum AuditCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Check the store's integrity: every segment against its manifest entry (SHA-256, events,
+    /// seq and time range), the hash chain, and the signed checkpoints. Fails naming the first
+    /// mismatch.
+    Verify {
+        #[command(flatten)]
+        store: audit_integrity::StoreArgs,
+        /// Check the checkpoints against this public key (SPKI PEM, as `portcullis audit key`
+        /// prints it) instead of the one in the data directory.
+        #[arg(long)]
+        public_key: Option<PathBuf>,
+    },
+    /// Print the public key that signs the store's checkpoints (SPKI PEM), to pin it.
+    Key {
+        #[command(flatten)]
+        store: audit_integrity::StoreArgs,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -88,6 +106,12 @@ fn main() -> ExitCode {
                     config,
                 },
         } => audit_query(&sql, format, data_dir, config),
+        Command::Audit {
+            command: AuditCommand::Verify { store, public_key },
+        } => audit_integrity::verify(&store, public_key.as_deref()),
+        Command::Audit {
+            command: AuditCommand::Key { store },
+        } => audit_integrity::key(&store),
         Command::Dev { command } => dev::run(command),
     };
     match outcome {
@@ -122,9 +146,15 @@ fn audit_query(
     data_dir: Option<PathBuf>,
     config: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    let data_dir = match (data_dir, config) {
+    // The configuration, when named, gives the store and the query limits.
+    let config = config.map(|path| config::Config::load(&path)).transpose()?;
+    let limits = config
+        .as_ref()
+        .map(|config| config.audit.query_limits())
+        .unwrap_or_default();
+    let data_dir = match (data_dir, &config) {
         (Some(dir), _) => dir,
-        (None, Some(config)) => config::Config::load(&config)?.data_dir(None),
+        (None, Some(config)) => config.data_dir(None),
         (None, None) => PathBuf::from(config::DEFAULT_DATA_DIR),
     };
     if !data_dir.is_dir() {
@@ -141,12 +171,15 @@ fn audit_query(
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let batches = runtime.block_on(portcullis_audit::query(&data_dir, sql))?;
+    let batches = runtime.block_on(portcullis_audit::query::query_with_limits(
+        &data_dir, sql, limits,
+    ))?;
     let text = portcullis_audit::format_batches(&batches, format)?;
     if portcullis_audit::AuditLog::has_unsealed_events(&data_dir) {
         eprintln!(
             "note: the write-ahead log in `{}` holds events not yet sealed into Parquet; this \
-             result leaves them out until the server seals them (when it stops)",
+             result leaves them out until the server seals them (at the latest \
+             `audit.seal_interval_s` after they were recorded, and when it stops)",
             data_dir.display()
         );
     }

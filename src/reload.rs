@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use portcullis_audit::bundles::{archive_bundle, set_current_bundle};
 use portcullis_audit::{EventKind, NewEvent};
 use portcullis_engine::api::Engine;
 use portcullis_engine::api::admin::{Reload, ReloadOutcome, ReloadTrigger};
@@ -47,12 +48,17 @@ impl Reloader {
     pub fn record_startup(&self, engine: &Engine) -> Result<()> {
         let program = engine.program.current();
         let hash = program.hash_hex();
+        let data_dir = engine.audit.data_dir();
+        archive_bundle(data_dir, hash, &program.bundle().to_bytes())
+            .context("cannot keep the starting bundle in the audit store")?;
         let reason = format!("bundle sha256:{hash} took effect at startup");
         let event = self.event("startup", None, "policy_loaded", reason, hash);
         engine
             .audit
             .record(event)
             .context("cannot record the policy_change event of the starting bundle")?;
+        set_current_bundle(data_dir, hash)
+            .context("cannot record the starting bundle as the one in effect")?;
         Ok(())
     }
 
@@ -72,6 +78,20 @@ impl Reloader {
     ) -> ReloadOutcome {
         let old_hash = running.hash_hex().to_owned();
         let new_hash = program.hash_hex().to_owned();
+        // Kept before its event names it, so that SQL can always read the bundle an event
+        // names (the `rules`, `targets`, … tables).
+        let data_dir = engine.audit.data_dir();
+        if let Err(error) = archive_bundle(data_dir, &new_hash, &program.bundle().to_bytes()) {
+            let refused = format!("sha256:{new_hash}");
+            tracing::error!(%error, refused_bundle = %refused, "policy_change_unrecorded");
+            return ReloadOutcome::Unrecorded {
+                running_hash: old_hash,
+                error: format!(
+                    "bundle sha256:{new_hash} was not put in effect: it could not be kept in \
+                     the audit store: {error}"
+                ),
+            };
+        }
         let reason = format!("bundle sha256:{new_hash} replaced sha256:{old_hash}");
         let event = self.event(
             trigger.as_str(),
@@ -102,6 +122,11 @@ impl Reloader {
             }
         };
         engine.program.replace(Arc::new(program));
+        if let Err(error) = set_current_bundle(data_dir, &new_hash) {
+            // The event already says which bundle is in effect; only the `bundles.current`
+            // column of the policy-state tables lags until the next change.
+            tracing::warn!(%error, "current_bundle_unrecorded");
+        }
         tracing::info!(
             trigger = trigger.as_str(),
             old_bundle = %format!("sha256:{old_hash}"),

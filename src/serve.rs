@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use portcullis_audit::{AuditLog, AuditOptions};
+use portcullis_audit::AuditLog;
 use portcullis_engine::api::admin::{Admin, AdminToken};
 use portcullis_engine::api::{self, Engine, ProgramSlot};
 use portcullis_engine::attest::{Attestor, TrustProvider};
 
+use crate::audit_api::SqlOverStore;
 use crate::config::Config;
 use crate::policy::PolicyLoader;
 use crate::reload::{HangUps, Reloader};
@@ -48,17 +49,19 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     }
     let data_dir = config.data_dir(data_dir);
     let node = config.audit.node.clone().unwrap_or_else(host_name);
-    let options = AuditOptions {
-        node,
-        ..AuditOptions::default()
-    };
+    let options = config.audit.options(node);
     // The store logs what its recovery found.
     let (audit, _recovery) = AuditLog::open(&data_dir, options)
         .with_context(|| format!("cannot open the audit store in `{}`", data_dir.display()))?;
     let reloader = Arc::new(Reloader::new(loader, fingerprint));
+    let query = SqlOverStore {
+        data_dir: data_dir.clone(),
+        limits: config.audit.query_limits(),
+    };
     let admin = admin_token.map(|token| Admin {
         token,
         reload: Arc::clone(&reloader) as _,
+        query: Some(Arc::new(query)),
     });
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),

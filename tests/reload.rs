@@ -454,3 +454,86 @@ fn explain_through_the_decision_api_takes_the_admin_token() {
     );
     stop_server(server);
 }
+
+/// `POST /v1/audit/query` answers read-only SQL over the events and the policy state, behind
+/// the admin token; the policy-state tables follow a reload.
+#[test]
+fn sql_over_http_sees_the_policy_state_and_follows_a_reload() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policies = copy_example_policies(tmp.path());
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    restrict_to_owner(&token_file);
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let config = example_config(
+        tmp.path(),
+        "portcullis.toml",
+        policy,
+        "admin_token_file = \"admin.token\"",
+    );
+    let data_dir = tmp.path().join("data");
+    let server = start_server_with(&config, &data_dir);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let current_rules = json!({
+        "sql": "SELECT count(*) AS n FROM rules r JOIN bundles b USING (bundle_hash) \
+                WHERE b.current",
+    });
+
+    let (status, answer) = audit_query_http(&server, &current_rules, None);
+    assert_eq!(status, 401, "{answer}");
+    let (status, answer) = audit_query_http(&server, &current_rules, Some(&bearer));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"][0]["n"], 8, "{answer}");
+    assert_eq!(answer["truncated"], false);
+
+    // One rule fewer (and the tests that name it), reloaded: the current bundle has 7, and
+    // both bundles are kept.
+    std::fs::remove_file(policies.join("tests.gate")).unwrap();
+    let rules = policies.join("rules.gate");
+    let text = std::fs::read_to_string(&rules).unwrap();
+    let start = text.find("permit docs_publishing {").unwrap();
+    let end = start + text[start..].find("}\n").unwrap() + 2;
+    std::fs::write(&rules, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let (status, answer) = admin_reload(&server, Some(&bearer));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outcome"], "replaced", "{answer}");
+    let (_, answer) = audit_query_http(&server, &current_rules, Some(&bearer));
+    assert_eq!(answer["rows"][0]["n"], 7, "{answer}");
+    let bundles = json!({ "sql": "SELECT count(*) AS n FROM bundles", "format": "csv" });
+    let (status, answer) = audit_query_http(&server, &bundles, Some(&bearer));
+    assert_eq!((status, answer), (200, Value::String("n\n2\n".to_owned())));
+
+    // Anything but one query is refused, and says why.
+    let drop = json!({ "sql": "DROP TABLE access_events" });
+    let (status, answer) = audit_query_http(&server, &drop, Some(&bearer));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("only a single SELECT"),
+        "{answer}"
+    );
+    let unknown = json!({ "sql": "SELECT nope FROM rules" });
+    let (status, answer) = audit_query_http(&server, &unknown, Some(&bearer));
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("nope"),
+        "{answer}"
+    );
+    stop_server(server);
+
+    // The same tables from the command line, after the server stopped.
+    let rows = audit_query(
+        &data_dir,
+        "SELECT b.current, count(r.rule) AS n FROM bundles b JOIN rules r USING (bundle_hash) \
+         GROUP BY b.current ORDER BY n",
+    );
+    assert_eq!(
+        rows,
+        [
+            json!({"current": true, "n": 7}),
+            json!({"current": false, "n": 8})
+        ]
+    );
+}

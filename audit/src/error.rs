@@ -68,6 +68,13 @@ pub enum AuditError {
 
     #[error("the audit log stopped after a write failure; restart the server to recover it")]
     Stopped,
+
+    /// The write-ahead log could not be written or synced; `cause` says where and why.
+    #[error("the audit log stopped after a failed write: {cause}; fix it and restart the server")]
+    StoppedAfterFailure { cause: String },
+
+    #[error("`{hash}` is not a bundle content hash (64 lowercase hex digits)")]
+    BadBundleHash { hash: String },
 }
 
 /// What is wrong with a write-ahead log record.
@@ -84,6 +91,9 @@ pub enum RecordProblem {
 
     #[error("record ends past the end of the file")]
     PastEnd,
+
+    #[error("the file ends inside its header")]
+    HeaderCut,
 
     #[error("cannot decode the event: {0}")]
     Decode(#[from] DecodeError),

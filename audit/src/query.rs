@@ -1,12 +1,15 @@
 //! SQL over the sealed events: DataFusion with the table `access_events`, a listing table over
-//! `DATA/events/` and its `date=YYYY-MM-DD` partitions.
+//! `DATA/events/` and its `date=YYYY-MM-DD` partitions, beside the policy-state tables
+//! (`bundles`, `workloads`, `targets`, `credentials`, `rules`; [`crate::policy_state`]).
 //!
 //! Queries take no lock and read only sealed segments, so they work while a server has the
 //! store open; events still in the write-ahead log are not visible until sealed. Only a
-//! single read-only query runs: anything else is refused before planning.
+//! single read-only query runs: anything else is refused before planning. A query runs under
+//! [`QueryLimits`]: a time limit and a memory limit, past which it stops with an error.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
@@ -14,11 +17,13 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::error::DataFusionError;
-use datafusion::prelude::{SQLOptions, SessionContext, col};
+pub use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::policy_state::{self, PolicyStateError};
 use crate::schema::access_events_schema;
 use crate::store::EVENTS_DIR;
 
@@ -48,6 +53,33 @@ pub enum QueryError {
 
     #[error("cannot format the result: {0}")]
     Format(#[from] arrow::error::ArrowError),
+
+    #[error("cannot read the policy state: {0}")]
+    PolicyState(#[from] PolicyStateError),
+
+    #[error("the query ran longer than its limit of {} s", .limit.as_secs_f64())]
+    TimedOut { limit: Duration },
+
+    /// A limit that cannot be set (zero, or beyond what the machine can address).
+    #[error("invalid query limit: {0}")]
+    Limit(&'static str),
+}
+
+/// How long a query may run and how much memory its operators may hold. Past either, it
+/// stops with an error rather than slowing the server that runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueryLimits {
+    pub timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> QueryLimits {
+        QueryLimits {
+            timeout: Duration::from_secs(60),
+            memory_bytes: 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl From<DataFusionError> for QueryError {
@@ -71,17 +103,46 @@ pub enum OutputFormat {
     Json,
 }
 
-/// Runs one read-only SQL query over the events in `data_dir`.
+/// Runs one read-only SQL query over the events and the policy state in `data_dir`, under
+/// the default [`QueryLimits`].
 pub async fn query(data_dir: &Path, sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
+    query_with_limits(data_dir, sql, QueryLimits::default()).await
+}
+
+/// Runs one read-only SQL query over the events and the policy state in `data_dir`.
+pub async fn query_with_limits(
+    data_dir: &Path,
+    sql: &str,
+    limits: QueryLimits,
+) -> Result<Vec<RecordBatch>, QueryError> {
     check_single_query(sql)?;
-    let ctx = SessionContext::new();
+    if limits.timeout.is_zero() || limits.memory_bytes == 0 {
+        return Err(QueryError::Limit(
+            "the time and memory limits must be above zero",
+        ));
+    }
+    // Operators that can spill or must fail when the pool is exhausted (sorts, joins,
+    // aggregations) take their memory from this pool.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .build_arc()?;
+    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
     ctx.register_table(TABLE_NAME, events_table(&data_dir.join(EVENTS_DIR))?)?;
+    policy_state::register(&ctx, data_dir)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
         .with_allow_statements(false);
-    let frame = ctx.sql_with_options(sql, options).await?;
-    Ok(frame.collect().await?)
+    let run = async {
+        let frame = ctx.sql_with_options(sql, options).await?;
+        Ok::<_, QueryError>(frame.collect().await?)
+    };
+    match tokio::time::timeout(limits.timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(QueryError::TimedOut {
+            limit: limits.timeout,
+        }),
+    }
 }
 
 /// Refuses everything but one plain query, naming what was found instead.

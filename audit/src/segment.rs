@@ -2,36 +2,50 @@
 //!
 //! Events from the write-ahead log go to `events/date=YYYY-MM-DD/`, one file per UTC date per
 //! seal, named `seg-FIRST-LAST.parquet` with the zero-padded first and last `seq` it holds, so
-//! that names sort by `seq`. A file is written under a `.tmp` name (which no query reads),
-//! synced, renamed and its directory synced; only then may the write-ahead log forget its
-//! events.
+//! that names sort by `seq`. A file is written under a `.tmp` name (which no query reads) while
+//! its SHA-256 is computed, synced, renamed and its directory synced; then its entry is appended
+//! to the integrity manifest ([`crate::manifest`]) and synced. Only then is the segment sealed
+//! and may the write-ahead log forget its events.
 //!
-//! The names are also the record of what is sealed: an event is sealed exactly when a file in
-//! its date's directory has a range holding its `seq`. A seal takes every event in the log, so
-//! every event of that date whose `seq` falls in the range is in that file.
+//! The manifest is also the record of what is sealed: an event is sealed exactly when a segment
+//! entry of its date has a range holding its `seq`. A seal takes every event in the log, so
+//! every event of that date whose `seq` falls in the range is in that file. A segment file the
+//! manifest does not hold is what a seal leaves when it dies between the rename and the
+//! manifest entry: the next seal chains it if it holds exactly the events the write-ahead log
+//! still has for its range, and sets it aside (`….parquet.rejected`) otherwise.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use chrono::NaiveDate;
-use parquet::arrow::ArrowWriter;
+use arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use chrono::{DateTime, NaiveDate, Utc};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
+use sha2::{Digest, Sha256};
 
 use crate::error::AuditError;
 use crate::event::AccessEvent;
+use crate::manifest::{EntryBody, Hash, Manifest, ManifestError, SegmentRecord, Via};
+use crate::retention::Retention;
 use crate::schema::{access_events_schema, events_to_batch};
+use crate::store::EVENTS_DIR;
 use crate::wal::sync_dir;
 
-/// The columns with bloom filters: the identities an auditor looks up one at a time.
+/// The columns with bloom filters: the identities an auditor looks up one at a time. The other
+/// identity columns, `trust_provider` and `issuer`, hold a handful of distinct values per
+/// store; their dictionary pages and statistics already prune as well as a filter would.
 pub const BLOOM_FILTER_COLUMNS: [&str; 3] = ["workload", "subject", "target"];
 
 const PREFIX: &str = "seg-";
 const SUFFIX: &str = ".parquet";
 const TEMP_SUFFIX: &str = ".tmp";
+const REJECTED_SUFFIX: &str = ".rejected";
 const DATE_PREFIX: &str = "date=";
 
 /// The file name of a segment holding `seq` values `first..=last`.
@@ -52,53 +66,140 @@ pub fn parse_segment_file_name(name: &str) -> Option<(u64, u64)> {
 
 /// The directory of one date's segments.
 pub fn date_dir(events_dir: &Path, date: NaiveDate) -> PathBuf {
-    events_dir.join(format!("{DATE_PREFIX}{}", date.format("%Y-%m-%d")))
+    events_dir.join(date_dir_name(date))
 }
 
-/// Which `seq` ranges are sealed, per date, as read from the segment file names.
-#[derive(Debug, Default)]
+fn date_dir_name(date: NaiveDate) -> String {
+    format!("{DATE_PREFIX}{}", date.format("%Y-%m-%d"))
+}
+
+/// A segment's path relative to the data directory, as the manifest records it.
+pub fn relative_segment_path(date: NaiveDate, first: u64, last: u64) -> String {
+    format!(
+        "{EVENTS_DIR}/{}/{}",
+        date_dir_name(date),
+        segment_file_name(first, last)
+    )
+}
+
+/// A segment file as a seal wrote it: what its manifest entry records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSegment {
+    /// Where the file is.
+    pub path: PathBuf,
+    /// The path relative to the data directory, with `/`.
+    pub relative_path: String,
+    pub sha256: Hash,
+    pub bytes: u64,
+    pub events: u64,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub min_time: DateTime<Utc>,
+    pub max_time: DateTime<Utc>,
+}
+
+impl SealedSegment {
+    /// The manifest's record of this segment.
+    pub fn record(&self, via: Via) -> SegmentRecord {
+        SegmentRecord {
+            path: self.relative_path.clone(),
+            sha256: self.sha256,
+            bytes: self.bytes,
+            events: self.events,
+            first_seq: self.first_seq,
+            last_seq: self.last_seq,
+            min_time: self.min_time,
+            max_time: self.max_time,
+            via,
+        }
+    }
+}
+
+/// Which `seq` ranges are sealed, per date, as the manifest records them; the manifest itself,
+/// open for appending; and the retention state.
+#[derive(Debug)]
 pub struct SealedIndex {
+    data_dir: PathBuf,
     ranges: BTreeMap<NaiveDate, Vec<(u64, u64)>>,
     max_seq: u64,
+    manifest: Manifest,
+    /// Segment files on disk that the manifest does not hold.
+    unchained: Vec<FoundSegment>,
+    retention: Retention,
+}
+
+/// A segment file found by listing the partitions.
+#[derive(Debug, Clone)]
+struct FoundSegment {
+    date: NaiveDate,
+    first: u64,
+    last: u64,
+    path: PathBuf,
+    relative_path: String,
 }
 
 impl SealedIndex {
-    /// Lists the segments under `events_dir` and removes leftover temporary files, which only a
-    /// seal that died before its rename leaves behind.
-    // FIXME(#5): read the manifest instead of listing every partition.
-    pub fn scan(events_dir: &Path) -> Result<SealedIndex, AuditError> {
-        let mut index = SealedIndex::default();
-        for entry in read_dir(events_dir)? {
-            let name = entry.file_name();
-            let date = name.to_str().and_then(|n| n.strip_prefix(DATE_PREFIX));
-            let Some(date) = date.and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
-            else {
-                continue;
-            };
-            index.scan_date(&entry.path(), date)?;
+    /// Opens the manifest of the store in `data_dir` (starting it, and the signing key, when
+    /// there is none), removes leftover temporary files (which only a seal that died before its
+    /// rename leaves behind), finishes a retention removal a crash interrupted, and applies
+    /// `retention_days`.
+    ///
+    /// Segment files the manifest does not hold are chained now when the store had no manifest
+    /// yet (a store written before manifests existed); otherwise they are reported, and chained
+    /// by the next seal if the write-ahead log still holds their events.
+    pub fn open(data_dir: &Path, retention_days: Option<u32>) -> Result<SealedIndex, AuditError> {
+        let opened = Manifest::open(data_dir)?;
+        let mut index = SealedIndex {
+            data_dir: data_dir.to_owned(),
+            ranges: BTreeMap::new(),
+            max_seq: 0,
+            manifest: opened.manifest,
+            unchained: Vec::new(),
+            retention: Retention::new(retention_days, &opened.entries),
+        };
+        let mut chained_paths = HashSet::new();
+        for chained in &opened.entries {
+            if let EntryBody::Segment(segment) = &chained.entry.body {
+                let date = segment.min_time.date_naive();
+                index.insert(date, segment.first_seq, segment.last_seq);
+                chained_paths.insert(segment.path.clone());
+            }
         }
+        crate::retention::finish_interrupted(data_dir, &opened.entries);
+
+        let found = list_segments(&data_dir.join(EVENTS_DIR))?;
+        let unchained = found
+            .into_iter()
+            .filter(|segment| !chained_paths.contains(&segment.relative_path));
+        if opened.created {
+            index.chain_existing(unchained.collect())?;
+        } else {
+            for segment in unchained {
+                tracing::warn!(path = %segment.path.display(), "segment_not_in_manifest");
+                index.insert(segment.date, segment.first, segment.last);
+                index.unchained.push(segment);
+            }
+        }
+        index.manifest.checkpoint()?;
+        index.apply_retention();
         Ok(index)
     }
 
-    fn scan_date(&mut self, dir: &Path, date: NaiveDate) -> Result<(), AuditError> {
-        for entry in read_dir(dir)? {
-            let path = entry.path();
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            if name.starts_with(PREFIX) && name.ends_with(TEMP_SUFFIX) {
-                fs::remove_file(&path).map_err(AuditError::io("remove", &path))?;
-                tracing::info!(path = %path.display(), "segment_temp_file_removed");
-            } else if let Some((first, last)) = parse_segment_file_name(&name) {
-                self.insert(date, first, last);
-            }
-        }
-        Ok(())
+    /// The index of the store whose segments are in `events_dir` (`DATA/events`), without
+    /// retention.
+    pub fn scan(events_dir: &Path) -> Result<SealedIndex, AuditError> {
+        SealedIndex::open(events_dir.parent().unwrap_or(Path::new("")), None)
     }
 
     fn insert(&mut self, date: NaiveDate, first: u64, last: u64) {
         self.ranges.entry(date).or_default().push((first, last));
         self.max_seq = self.max_seq.max(last);
+    }
+
+    fn remove(&mut self, date: NaiveDate, first: u64, last: u64) {
+        if let Some(ranges) = self.ranges.get_mut(&date) {
+            ranges.retain(|range| *range != (first, last));
+        }
     }
 
     /// Whether `event` is already in a segment.
@@ -115,15 +216,115 @@ impl SealedIndex {
     pub fn max_seq(&self) -> u64 {
         self.max_seq
     }
+
+    /// Chains the segments of a store that had no manifest, in `seq` order. A file that is not
+    /// a complete segment stays out of the chain, and `verify` names it.
+    fn chain_existing(&mut self, mut found: Vec<FoundSegment>) -> Result<(), AuditError> {
+        found.sort_by_key(|segment| segment.first);
+        for segment in found {
+            self.insert(segment.date, segment.first, segment.last);
+            match inspect_segment(&segment, None) {
+                Ok(sealed) => {
+                    let body = EntryBody::Segment(sealed.record(Via::Upgrade));
+                    let chained = self.manifest.append(body)?;
+                    self.retention.push(&chained);
+                    tracing::info!(path = %segment.path.display(), "segment_chained_at_upgrade");
+                }
+                Err(problem) => {
+                    tracing::warn!(
+                        path = %segment.path.display(),
+                        %problem,
+                        "segment_not_chained"
+                    );
+                    self.unchained.push(segment);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Chains the unchained segments whose events are in `events` (the write-ahead log): a
+    /// seal died after renaming them and before chaining them. One that does not hold exactly
+    /// those events is renamed aside, and the events are sealed again.
+    fn chain_recovered(&mut self, events: &[AccessEvent]) -> Result<(), AuditError> {
+        for segment in std::mem::take(&mut self.unchained) {
+            let range = segment.first..=segment.last;
+            let logged: Vec<&AccessEvent> = events
+                .iter()
+                .filter(|event| range.contains(&event.seq))
+                .collect();
+            if logged.is_empty() {
+                self.unchained.push(segment);
+                continue;
+            }
+            match inspect_segment(&segment, Some(&logged)) {
+                Ok(sealed) => {
+                    let chained = self
+                        .manifest
+                        .append(EntryBody::Segment(sealed.record(Via::Recovery)))?;
+                    self.retention.push(&chained);
+                    tracing::info!(path = %segment.path.display(), "segment_chained_after_crash");
+                }
+                Err(problem) => self.set_aside(&segment, &problem)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn set_aside(
+        &mut self,
+        segment: &FoundSegment,
+        problem: &ManifestError,
+    ) -> Result<(), AuditError> {
+        let mut aside = segment.path.clone().into_os_string();
+        aside.push(REJECTED_SUFFIX);
+        fs::rename(&segment.path, &aside).map_err(AuditError::io("rename", &segment.path))?;
+        self.remove(segment.date, segment.first, segment.last);
+        tracing::warn!(
+            path = %segment.path.display(),
+            %problem,
+            "segment_set_aside"
+        );
+        Ok(())
+    }
+
+    /// Appends a segment the seal wrote to the manifest.
+    fn chain(&mut self, segment: &SealedSegment) -> Result<(), AuditError> {
+        let chained = self
+            .manifest
+            .append(EntryBody::Segment(segment.record(Via::Seal)))?;
+        self.insert(
+            segment.min_time.date_naive(),
+            segment.first_seq,
+            segment.last_seq,
+        );
+        self.retention.push(&chained);
+        Ok(())
+    }
+
+    /// Removes what `retention_days` no longer keeps. A failure is logged, not returned: the
+    /// seal it follows succeeded, and the next seal or open tries again.
+    fn apply_retention(&mut self) {
+        let today = Utc::now().date_naive();
+        if let Err(error) = self
+            .retention
+            .apply_if_due(&self.data_dir, &mut self.manifest, today)
+        {
+            let error = AuditError::from(error);
+            tracing::warn!(%error, "audit_retention_failed");
+        }
+    }
 }
 
-/// Seals the events that are not yet sealed, one segment per date; `events` is in `seq`
-/// order. Returns the new segment files.
+/// Seals the events that are not yet sealed, one segment per date, each chained in the
+/// manifest as soon as it is written, and signs a checkpoint of the chain; `events` is in
+/// `seq` order. Returns the new segment files.
 pub fn write_segments(
     events_dir: &Path,
     events: &[AccessEvent],
     index: &mut SealedIndex,
 ) -> Result<Vec<PathBuf>, AuditError> {
+    index.chain_recovered(events)?;
     let mut by_date: BTreeMap<NaiveDate, Vec<AccessEvent>> = BTreeMap::new();
     for event in events.iter().filter(|event| !index.contains(event)) {
         by_date
@@ -133,23 +334,27 @@ pub fn write_segments(
     }
     let mut written = Vec::with_capacity(by_date.len());
     for (date, events) in by_date {
-        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        let Some(segment) = write_segment(events_dir, date, &events)? else {
             continue;
         };
-        let (first, last) = (first.seq, last.seq);
-        written.push(write_segment(events_dir, date, first, last, &events)?);
-        index.insert(date, first, last);
+        index.chain(&segment)?;
+        written.push(segment.path);
     }
+    index.manifest.checkpoint()?;
+    index.apply_retention();
     Ok(written)
 }
 
+/// Writes one date's events (in `seq` order) as a segment; `None` when there are none.
 fn write_segment(
     events_dir: &Path,
     date: NaiveDate,
-    first: u64,
-    last: u64,
     events: &[AccessEvent],
-) -> Result<PathBuf, AuditError> {
+) -> Result<Option<SealedSegment>, AuditError> {
+    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+        return Ok(None);
+    };
+    let (first, last) = (first.seq, last.seq);
     let dir = date_dir(events_dir, date);
     if !dir.is_dir() {
         fs::create_dir_all(&dir).map_err(AuditError::io("create", &dir))?;
@@ -165,17 +370,353 @@ fn write_segment(
         path: temp_path.clone(),
         source,
     };
-    let mut writer = ArrowWriter::try_new(&file, access_events_schema(), Some(writer_properties()))
-        .map_err(parquet_error)?;
+    let mut writer = ArrowWriter::try_new(
+        HashingWriter::new(file),
+        access_events_schema(),
+        Some(writer_properties()),
+    )
+    .map_err(parquet_error)?;
     writer.write(&batch).map_err(parquet_error)?;
-    writer.close().map_err(parquet_error)?;
+    let (file, sha256, bytes) = writer.into_inner().map_err(parquet_error)?.finish();
     file.sync_all()
         .map_err(AuditError::io("sync", &temp_path))?;
 
     fs::rename(&temp_path, &path).map_err(AuditError::io("rename", &temp_path))?;
     sync_dir(&dir)?;
     tracing::debug!(path = %path.display(), events = events.len(), "segment_sealed");
-    Ok(path)
+    let (min_time, max_time) = time_range(events.iter().map(|event| event.time));
+    Ok(Some(SealedSegment {
+        path,
+        relative_path: relative_segment_path(date, first, last),
+        sha256,
+        bytes,
+        events: events.len() as u64,
+        first_seq: first,
+        last_seq: last,
+        min_time,
+        max_time,
+    }))
+}
+
+/// The earliest and latest of `times`; the epoch for none.
+fn time_range(times: impl Iterator<Item = DateTime<Utc>>) -> (DateTime<Utc>, DateTime<Utc>) {
+    let mut range: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+    for time in times {
+        range = Some(match range {
+            None => (time, time),
+            Some((min, max)) => (min.min(time), max.max(time)),
+        });
+    }
+    range.unwrap_or_default()
+}
+
+/// Passes bytes through to a file, computing their SHA-256 and counting them.
+struct HashingWriter {
+    file: File,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl HashingWriter {
+    fn new(file: File) -> HashingWriter {
+        HashingWriter {
+            file,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+
+    fn finish(self) -> (File, Hash, u64) {
+        (self.file, self.hasher.finalize().into(), self.bytes)
+    }
+}
+
+impl Write for HashingWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.file.write(buf)?;
+        let chunk = buf.get(..written).unwrap_or(buf);
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The SHA-256 and length of a file, read in chunks; `on_chunk` hears each chunk's length.
+pub fn file_sha256(path: &Path, on_chunk: &mut dyn FnMut(u64)) -> io::Result<(Hash, u64)> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0; 1 << 20];
+    let mut total = 0;
+    loop {
+        let read = file.read(&mut buffer)?;
+        let Some(chunk) = buffer.get(..read).filter(|chunk| !chunk.is_empty()) else {
+            break;
+        };
+        hasher.update(chunk);
+        total += read as u64;
+        on_chunk(read as u64);
+    }
+    Ok((hasher.finalize().into(), total))
+}
+
+/// What a segment file holds, read back from its rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentContents {
+    pub rows: u64,
+    /// The `seq` of the first and of the last row.
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Whether every row's `seq` is one more than the row's before.
+    pub consecutive: bool,
+    pub min_time: DateTime<Utc>,
+    pub max_time: DateTime<Utc>,
+    /// SHA-256 over the rows' `event_id`s, each followed by a newline, when asked for.
+    pub ids_digest: Option<Hash>,
+}
+
+/// Why a segment file cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum SegmentReadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("it is not a readable Parquet file: {0}")]
+    Parquet(#[from] parquet::errors::ParquetError),
+    #[error("its rows do not decode: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    #[error("column `{column}` is missing or is not {expected}")]
+    Column {
+        column: &'static str,
+        expected: &'static str,
+    },
+    #[error("column `{column}` holds a null or out-of-range value")]
+    Value { column: &'static str },
+    #[error("it holds no events")]
+    Empty,
+}
+
+/// Reads the `seq` and `time` columns (and `event_id`, with `with_ids`) of a segment file.
+pub fn read_segment(path: &Path, with_ids: bool) -> Result<SegmentContents, SegmentReadError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path)?)?;
+    let mut columns = vec!["seq", "time"];
+    if with_ids {
+        columns.push("event_id");
+    }
+    let mask = ProjectionMask::columns(builder.parquet_schema(), columns);
+    let reader = builder.with_projection(mask).build()?;
+    let mut reading = Reading::new(with_ids);
+    for batch in reader {
+        let batch = batch?;
+        let seqs = column::<Int64Array>(&batch, "seq", "64-bit integers")?;
+        let times = column::<TimestampMicrosecondArray>(&batch, "time", "microsecond times")?;
+        let ids = match with_ids {
+            true => Some(column::<StringArray>(&batch, "event_id", "text")?),
+            false => None,
+        };
+        for row in 0..batch.num_rows() {
+            reading.row(seqs, times, ids, row)?;
+        }
+    }
+    reading.finish()
+}
+
+fn column<'a, T: Array + 'static>(
+    batch: &'a arrow::array::RecordBatch,
+    column: &'static str,
+    expected: &'static str,
+) -> Result<&'a T, SegmentReadError> {
+    batch
+        .column_by_name(column)
+        .and_then(|array| array.as_any().downcast_ref::<T>())
+        .ok_or(SegmentReadError::Column { column, expected })
+}
+
+/// The running state of [`read_segment`].
+struct Reading {
+    rows: u64,
+    seqs: Option<(u64, u64)>,
+    consecutive: bool,
+    times: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    ids: Option<Sha256>,
+}
+
+impl Reading {
+    fn new(with_ids: bool) -> Reading {
+        Reading {
+            rows: 0,
+            seqs: None,
+            consecutive: true,
+            times: None,
+            ids: with_ids.then(Sha256::new),
+        }
+    }
+
+    fn row(
+        &mut self,
+        seqs: &Int64Array,
+        times: &TimestampMicrosecondArray,
+        ids: Option<&StringArray>,
+        row: usize,
+    ) -> Result<(), SegmentReadError> {
+        let value = |column| SegmentReadError::Value { column };
+        let seq = (!seqs.is_null(row))
+            .then(|| seqs.value(row))
+            .and_then(|seq| u64::try_from(seq).ok())
+            .ok_or(value("seq"))?;
+        let time = (!times.is_null(row))
+            .then(|| times.value(row))
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or(value("time"))?;
+        if let (Some(hasher), Some(ids)) = (self.ids.as_mut(), ids) {
+            if ids.is_null(row) {
+                return Err(value("event_id"));
+            }
+            hasher.update(ids.value(row).as_bytes());
+            hasher.update(b"\n");
+        }
+        self.rows += 1;
+        self.seqs = Some(match self.seqs {
+            None => (seq, seq),
+            Some((first, last)) => {
+                self.consecutive &= last.checked_add(1) == Some(seq);
+                (first, seq)
+            }
+        });
+        self.times = Some(match self.times {
+            None => (time, time),
+            Some((min, max)) => (min.min(time), max.max(time)),
+        });
+        Ok(())
+    }
+
+    fn finish(self) -> Result<SegmentContents, SegmentReadError> {
+        let (Some((first_seq, last_seq)), Some((min_time, max_time))) = (self.seqs, self.times)
+        else {
+            return Err(SegmentReadError::Empty);
+        };
+        Ok(SegmentContents {
+            rows: self.rows,
+            first_seq,
+            last_seq,
+            consecutive: self.consecutive,
+            min_time,
+            max_time,
+            ids_digest: self.ids.map(|hasher| hasher.finalize().into()),
+        })
+    }
+}
+
+/// The digest [`read_segment`] computes over `event_id`s, for events in memory.
+fn ids_digest<'a>(events: impl Iterator<Item = &'a AccessEvent>) -> Hash {
+    let mut hasher = Sha256::new();
+    for event in events {
+        hasher.update(event.event_id.hyphenated().to_string().as_bytes());
+        hasher.update(b"\n");
+    }
+    hasher.finalize().into()
+}
+
+/// Reads a segment file that is not in the manifest and describes it for its entry, after
+/// checking that it is complete: its rows are exactly the `seq` range of its name, of its
+/// partition's date, and, when `logged` is given, exactly those events of the write-ahead log.
+fn inspect_segment(
+    segment: &FoundSegment,
+    logged: Option<&[&AccessEvent]>,
+) -> Result<SealedSegment, ManifestError> {
+    let problem = |problem: String| ManifestError::Segment {
+        path: segment.path.clone(),
+        problem,
+    };
+    let contents = read_segment(&segment.path, logged.is_some())
+        .map_err(|error| problem(error.to_string()))?;
+    let expected_rows = segment.last.checked_sub(segment.first).map(|span| span + 1);
+    let complete = contents.first_seq == segment.first
+        && contents.last_seq == segment.last
+        && contents.consecutive
+        && Some(contents.rows) == expected_rows;
+    if !complete {
+        return Err(problem(format!(
+            "its rows are not exactly `seq` {}..={} of its name",
+            segment.first, segment.last
+        )));
+    }
+    let dates = [contents.min_time, contents.max_time].map(|time| time.date_naive());
+    if dates != [segment.date; 2] {
+        return Err(problem(
+            "its events are not all of its partition's date".to_owned(),
+        ));
+    }
+    if let Some(logged) = logged {
+        let same = logged.len() as u64 == contents.rows
+            && contents.ids_digest == Some(ids_digest(logged.iter().copied()));
+        if !same {
+            return Err(problem(
+                "it does not hold the write-ahead log's events of its range".to_owned(),
+            ));
+        }
+    }
+    let (sha256, bytes) = file_sha256(&segment.path, &mut |_| {})
+        .map_err(ManifestError::io("read", &segment.path))?;
+    Ok(SealedSegment {
+        path: segment.path.clone(),
+        relative_path: segment.relative_path.clone(),
+        sha256,
+        bytes,
+        events: contents.rows,
+        first_seq: contents.first_seq,
+        last_seq: contents.last_seq,
+        min_time: contents.min_time,
+        max_time: contents.max_time,
+    })
+}
+
+/// Lists the segment files under `events_dir` (none when it does not exist), removing leftover
+/// temporary files.
+fn list_segments(events_dir: &Path) -> Result<Vec<FoundSegment>, AuditError> {
+    let mut found = Vec::new();
+    if !events_dir.is_dir() {
+        return Ok(found);
+    }
+    for entry in read_dir(events_dir)? {
+        let name = entry.file_name();
+        let date = name.to_str().and_then(|n| n.strip_prefix(DATE_PREFIX));
+        let Some(date) = date.and_then(|d| NaiveDate::parse_from_str(d, "%Y-%m-%d").ok()) else {
+            continue;
+        };
+        let dir_name = name.to_string_lossy();
+        list_date(&entry.path(), &dir_name, date, &mut found)?;
+    }
+    Ok(found)
+}
+
+fn list_date(
+    dir: &Path,
+    dir_name: &str,
+    date: NaiveDate,
+    found: &mut Vec<FoundSegment>,
+) -> Result<(), AuditError> {
+    for entry in read_dir(dir)? {
+        let path = entry.path();
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with(PREFIX) && name.ends_with(TEMP_SUFFIX) {
+            fs::remove_file(&path).map_err(AuditError::io("remove", &path))?;
+            tracing::info!(path = %path.display(), "segment_temp_file_removed");
+        } else if let Some((first, last)) = parse_segment_file_name(&name) {
+            found.push(FoundSegment {
+                date,
+                first,
+                last,
+                relative_path: format!("{EVENTS_DIR}/{dir_name}/{name}"),
+                path,
+            });
+        }
+    }
+    Ok(())
 }
 
 fn writer_properties() -> WriterProperties {

@@ -1,23 +1,48 @@
 //! The audit log as the engine and the `portcullis` binary use it: open (with recovery),
 //! record, seal, close.
 //!
-//! The data directory holds `LOCK` (held while a process has the store open), `wal/events.wal`
-//! (the write-ahead log) and `events/` (the Parquet segments). Recording appends to the
-//! write-ahead log and syncs before it returns; sealing moves the log's events into segments.
+//! The data directory holds `LOCK` (held while a process has the store open), `wal/` (the
+//! write-ahead log, one file per run of `seq`s, see [`crate::wal`]) and `events/` (the Parquet
+//! segments).
+//!
+//! Durability. `record` returns once the event's record is written to the active log file:
+//! from then on it survives the process being killed (`kill -9`), because the operating
+//! system holds it. With `flush_interval` zero (the default) the file is also synced before
+//! `record` returns, so the event survives a power cut too; callers that wait together share
+//! one sync (group commit, `commit.rs`). With a nonzero `flush_interval` a timer thread syncs
+//! at that interval, and a power cut loses at most the events of the last interval (and of
+//! the sync under way).
+//!
+//! Sealing. The active log file is closed when it holds `seal_after_events` events or
+//! `seal_after_bytes` bytes, or when its first event is `seal_interval` old. A background
+//! thread seals each closed file into Parquet and then deletes it, so `record` never waits for
+//! Parquet; `seal_into_segments` is the one place where segments are written.
+//! [`AuditLog::seal`] and [`AuditLog::close`] seal everything at once.
+//!
+//! Recovery. Opening checks every log file an earlier run left (streaming their records), and
+//! only then seals them, one file at a time and oldest first, and deletes them, before anything
+//! new is written.
+//! Events that a segment already holds are not written twice. `seq` continues after the
+//! highest seen.
 
+use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::error::AuditError;
+use crate::commit::{ClosedLog, Committer, Durability, RollLimits, Then};
+use crate::error::{AuditError, RecordProblem};
 use crate::event::{AccessEvent, NewEvent};
 use crate::schema::check_ranges;
 use crate::segment::{SealedIndex, write_segments};
-use crate::wal::{Wal, sync_dir};
+use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, sync_dir};
 
 /// The lock file's name in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -25,19 +50,38 @@ pub const LOCK_FILE: &str = "LOCK";
 pub const EVENTS_DIR: &str = "events";
 /// The directory of the write-ahead log in the data directory.
 pub const WAL_DIR: &str = "wal";
-const WAL_FILE: &str = "events.wal";
+
+/// How often the timer thread looks at the active log's age when it has no syncs to make.
+const AGE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+/// How many closed log files may wait for the sealer with their events in memory; beyond them
+/// the sealer reads the events back from the file, so a slow seal does not grow memory.
+const MAX_FILES_HELD_IN_MEMORY: usize = 2;
+/// The wait before a failed seal is tried again, doubling up to the maximum.
+const FIRST_SEAL_RETRY: Duration = Duration::from_secs(1);
+const MAX_SEAL_RETRY: Duration = Duration::from_secs(60);
 
 /// How an [`AuditLog`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditOptions {
     /// The name of this node, stored in every event.
     pub node: String,
-    /// Seal automatically when the write-ahead log holds this many events.
+    /// How long a recorded event may stay written but not synced to the disk. Zero: synced
+    /// before `record` returns. More: synced by a background thread at this interval, so a
+    /// power cut loses at most this much; a killed process loses nothing either way.
+    pub flush_interval: Duration,
+    /// Close the active log file for sealing when it holds this many events, …
     pub seal_after_events: usize,
+    /// … or this many bytes, …
+    pub seal_after_bytes: u64,
+    /// … or when its first event is this old.
+    pub seal_interval: Duration,
+    /// Remove the segments of dates more than this many days before today (UTC), recording
+    /// the removal in the integrity manifest first; none keeps every segment.
+    pub retention_days: Option<u32>,
 }
 
 impl AuditOptions {
-    /// The default seal threshold for the node named `node`.
+    /// The default durability and seal thresholds for the node named `node`.
     pub fn new(node: impl Into<String>) -> AuditOptions {
         AuditOptions {
             node: node.into(),
@@ -50,7 +94,11 @@ impl Default for AuditOptions {
     fn default() -> AuditOptions {
         AuditOptions {
             node: "local".to_owned(),
-            seal_after_events: 10_000,
+            flush_interval: Duration::ZERO,
+            seal_after_events: 100_000,
+            seal_after_bytes: 64 << 20,
+            seal_interval: Duration::from_secs(60),
+            retention_days: None,
         }
     }
 }
@@ -66,14 +114,16 @@ pub struct Recorded {
 /// What opening the store found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recovery {
-    /// Events found in the write-ahead log from an earlier run.
+    /// Write-ahead log files left by an earlier run.
+    pub wal_files: usize,
+    /// Events found in them.
     pub events_in_wal: usize,
     /// Of those, the events sealed into segments now.
     pub events_sealed: usize,
     /// Of those, the events a segment already held (the earlier run died after sealing them
-    /// but before emptying the log); they are not written again.
+    /// but before deleting their log file); they are not written again.
     pub events_already_sealed: usize,
-    /// Bytes of a torn tail cut from the write-ahead log.
+    /// Bytes of a torn tail cut from the newest log file.
     pub torn_bytes_dropped: u64,
     /// The `seq` the next recorded event gets.
     pub next_seq: u64,
@@ -84,36 +134,34 @@ pub struct Recovery {
 pub struct SealReport {
     /// Events written to segments.
     pub events_sealed: usize,
-    /// The segment files written, one per date.
+    /// The segment files written, one per date and log file (or part of one).
     pub segments: Vec<PathBuf>,
 }
 
+impl SealReport {
+    fn add(&mut self, other: SealReport) {
+        self.events_sealed += other.events_sealed;
+        self.segments.extend(other.segments);
+    }
+}
+
 /// The audit store of one data directory, open for writing. `Send + Sync`; share it by
-/// reference or in an `Arc`.
+/// reference or in an `Arc`. Dropping it stops its threads without sealing; the next open
+/// seals what it left.
 #[derive(Debug)]
 pub struct AuditLog {
     data_dir: PathBuf,
-    events_dir: PathBuf,
-    node: String,
-    seal_after_events: usize,
-    inner: Mutex<Inner>,
+    committer: Arc<Committer>,
+    sealer: SealerHandle,
+    /// Dropping it ends the timer thread.
+    timer_stop: Option<mpsc::Sender<()>>,
+    threads: Vec<JoinHandle<()>>,
     /// Holds the advisory lock on `LOCK`; the kernel releases it when the process ends.
     _lock: File,
 }
 
-#[derive(Debug)]
-struct Inner {
-    wal: Wal,
-    /// The events in the write-ahead log, in `seq` order.
-    pending: Vec<AccessEvent>,
-    sealed: SealedIndex,
-    next_seq: u64,
-    /// Times never go backwards within a run, so `seq` order is time order.
-    last_time_micros: i64,
-}
-
 impl AuditLog {
-    /// Creates `data_dir` if missing and locks it; recovers: seals events left in the
+    /// Creates `data_dir` if missing and locks it; recovers: seals the events left in the
     /// write-ahead log by an earlier run into Parquet before anything new is written, and
     /// continues `seq` after the highest seen.
     pub fn open(
@@ -127,49 +175,53 @@ impl AuditLog {
         create_dir(&events_dir)?;
         create_dir(&wal_dir)?;
 
-        let sealed = SealedIndex::scan(&events_dir)?;
-        let (wal, contents) = Wal::open(&wal_dir.join(WAL_FILE))?;
-        let highest_in_wal = contents.events.last().map_or(0, |event| event.seq);
-        let next_seq = sealed.max_seq().max(highest_in_wal) + 1;
-        let events_in_wal = contents.events.len();
-        let events_already_sealed = contents
-            .events
-            .iter()
-            .filter(|event| sealed.contains(event))
-            .count();
+        let mut sealed = SealedIndex::open(data_dir, options.retention_days)?;
+        let recovery = recover(&wal_dir, &events_dir, &mut sealed)?;
 
-        let inner = Inner {
-            wal,
-            pending: contents.events,
-            sealed,
-            next_seq,
-            last_time_micros: i64::MIN,
+        let thread_error = |source| AuditError::Io {
+            action: "start a thread for",
+            path: data_dir.to_owned(),
+            source,
         };
-        let log = AuditLog {
-            data_dir: data_dir.to_owned(),
-            events_dir,
-            node: options.node,
-            seal_after_events: options.seal_after_events.max(1),
-            inner: Mutex::new(inner),
-            _lock: lock,
+        let sealer = Sealer::new(events_dir, sealed);
+        let (sealer, sealer_thread) = sealer.spawn().map_err(thread_error)?;
+        let durability = Durability::from_flush_interval(options.flush_interval);
+        let limits = RollLimits {
+            events: options.seal_after_events.max(1),
+            bytes: options.seal_after_bytes.max(1),
+            age: options.seal_interval,
         };
-        let report = log.seal()?;
-        let recovery = Recovery {
-            events_in_wal,
-            events_sealed: report.events_sealed,
-            events_already_sealed,
-            torn_bytes_dropped: contents.torn_bytes,
-            next_seq,
-        };
+        let committer = Committer::start(
+            &wal_dir,
+            options.node,
+            recovery.next_seq,
+            durability,
+            limits,
+            sealer.clone(),
+        )?;
+        let committer = Arc::new(committer);
+        let (timer_stop, timer_thread) =
+            spawn_timer(Arc::clone(&committer), durability, limits).map_err(thread_error)?;
+
         tracing::info!(
             data_dir = %data_dir.display(),
-            events_in_wal,
+            wal_files = recovery.wal_files,
+            events_in_wal = recovery.events_in_wal,
             events_sealed = recovery.events_sealed,
-            events_already_sealed,
+            events_already_sealed = recovery.events_already_sealed,
             torn_bytes_dropped = recovery.torn_bytes_dropped,
-            next_seq,
+            next_seq = recovery.next_seq,
+            flush_interval_ms = options.flush_interval.as_millis(),
             "audit_log_opened"
         );
+        let log = AuditLog {
+            data_dir: data_dir.to_owned(),
+            committer,
+            sealer,
+            timer_stop: Some(timer_stop),
+            threads: vec![sealer_thread, timer_thread],
+            _lock: lock,
+        };
         Ok((log, recovery))
     }
 
@@ -178,97 +230,433 @@ impl AuditLog {
         &self.data_dir
     }
 
-    /// Records `event`; it is durable when this returns.
-    ///
-    /// A failed automatic seal does not fail the call: the event is already durable in the
-    /// write-ahead log, and the next call tries the seal again.
-    // FIXME(#5): seal in the background instead of inside the caller's `record`.
+    /// Records `event`; when this returns, it survives the process being killed, and a power
+    /// cut as [`AuditOptions::flush_interval`] says. Never waits for a Parquet seal.
     pub fn record(&self, event: NewEvent) -> Result<Recorded, AuditError> {
         check_ranges(&event)?;
-        let mut inner = self.lock_inner()?;
-        let micros = Utc::now().timestamp_micros().max(inner.last_time_micros);
-        let time = DateTime::from_timestamp_micros(micros).ok_or(AuditError::ClockOutOfRange)?;
-        let event = AccessEvent {
-            event_id: Uuid::now_v7(),
-            seq: inner.next_seq,
-            time,
-            node: self.node.clone(),
-            details: event,
-        };
-        inner.wal.append(&event)?;
+        let recorded = self.committer.record(vec![event])?;
+        recorded.into_iter().next().ok_or(AuditError::Stopped)
+    }
 
-        let recorded = Recorded {
-            event_id: event.event_id,
-            seq: event.seq,
-            time,
-        };
-        inner.next_seq += 1;
-        inner.last_time_micros = micros;
-        inner.pending.push(event);
-        if inner.pending.len() >= self.seal_after_events
-            && let Err(error) = inner.seal(&self.events_dir)
-        {
-            tracing::warn!(%error, pending = inner.pending.len(), "audit_auto_seal_failed");
+    /// Records `events` with consecutive `seq`s, all or none, with one wait for the disk; what
+    /// a caller that has many events at once (a batch API, a benchmark) uses.
+    pub fn record_batch(&self, events: Vec<NewEvent>) -> Result<Vec<Recorded>, AuditError> {
+        for event in &events {
+            check_ranges(event)?;
         }
-        Ok(recorded)
+        self.committer.record(events)
     }
 
-    /// Seals everything in the write-ahead log into Parquet now.
+    /// Seals every event recorded so far into Parquet now, and reports what this call wrote
+    /// (the background sealer may have sealed earlier events already).
     pub fn seal(&self) -> Result<SealReport, AuditError> {
-        self.lock_inner()?.seal(&self.events_dir)
+        let closing = self.committer.roll_now(Then::Continue)?;
+        self.sealer.seal_all(closing)
     }
 
-    /// Seals and closes; what the server calls on shutdown.
+    /// Seals everything and closes; what the server calls on shutdown. The write-ahead log
+    /// directory is left empty.
     pub fn close(self) -> Result<SealReport, AuditError> {
-        let report = self.seal()?;
+        let closing = self.committer.roll_now(Then::Retire)?;
+        let report = self.sealer.seal_all(closing)?;
         tracing::info!(data_dir = %self.data_dir.display(), "audit_log_closed");
         Ok(report)
     }
 
     /// Whether the write-ahead log in `data_dir` holds events not yet sealed into Parquet
-    /// (which queries do not see yet). Reads only the file's length, so it never disturbs a
-    /// server that holds the directory.
+    /// (which queries do not see yet). Reads only file names and lengths, so it never disturbs
+    /// a server that holds the directory.
     // FIXME(#5): queries that also read the events still in the log.
     pub fn has_unsealed_events(data_dir: &Path) -> bool {
-        let wal = data_dir.join(WAL_DIR).join(WAL_FILE);
-        fs::metadata(wal).is_ok_and(|metadata| metadata.len() > crate::wal::HEADER_LEN)
+        let Ok(logs) = list_logs(&data_dir.join(WAL_DIR)) else {
+            return false;
+        };
+        logs.iter()
+            .any(|path| fs::metadata(path).is_ok_and(|metadata| metadata.len() > HEADER_LEN))
     }
 
-    /// Whether the log still takes events: after a failed write it refuses them until the
-    /// store is reopened, and a health check should say so.
+    /// Whether the log still takes events: after a failed write or sync it refuses them until
+    /// the store is reopened, and this says why, for the health check.
     pub fn health(&self) -> Result<(), AuditError> {
-        let inner = self.lock_inner()?;
-        if inner.wal.is_stopped() {
-            return Err(AuditError::Stopped);
-        }
-        Ok(())
-    }
-
-    fn lock_inner(&self) -> Result<MutexGuard<'_, Inner>, AuditError> {
-        // A poisoned mutex means a panic mid-write: the log's state is unknown.
-        self.inner.lock().map_err(|_| AuditError::Stopped)
+        self.committer.health()
     }
 }
 
-impl Inner {
-    fn seal(&mut self, events_dir: &Path) -> Result<SealReport, AuditError> {
-        if self.pending.is_empty() {
-            return Ok(SealReport::default());
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        drop(self.timer_stop.take());
+        self.sealer.stop();
+        for thread in self.threads.drain(..) {
+            if thread.join().is_err() {
+                tracing::error!(data_dir = %self.data_dir.display(), "audit_thread_panicked");
+            }
         }
-        let to_seal = self
-            .pending
-            .iter()
-            .filter(|event| !self.sealed.contains(event))
-            .count();
-        let segments = write_segments(events_dir, &self.pending, &mut self.sealed)?;
-        self.wal.reset()?;
-        self.pending.clear();
-        tracing::info!(events = to_seal, segments = segments.len(), "audit_sealed");
-        Ok(SealReport {
-            events_sealed: to_seal,
-            segments,
-        })
+        // Nothing records any more (`record` borrows the log): a last sync, so that a clean
+        // drop loses nothing to a power cut.
+        if let Err(error) = self.committer.flush() {
+            tracing::warn!(%error, "audit_final_sync_failed");
+        }
     }
+}
+
+/// Checks every log file an earlier run left, then seals and deletes them, oldest first.
+/// Nothing is written before all are checked, so damage stops the open with the store as it
+/// was.
+fn recover(
+    wal_dir: &Path,
+    events_dir: &Path,
+    sealed: &mut SealedIndex,
+) -> Result<Recovery, AuditError> {
+    let logs = list_logs(wal_dir)?;
+    let mut recovery = check_logs(&logs, sealed)?;
+    for (idx, path) in logs.iter().enumerate() {
+        let mut reader = WalReader::open(path, torn_tail_rule(idx, logs.len()))?;
+        let report = seal_log_file(events_dir, sealed, &mut reader)?;
+        recovery.events_sealed += report.events_sealed;
+        let torn_bytes = reader.torn_bytes();
+        if torn_bytes > 0 {
+            reader.cut_torn_tail()?;
+            tracing::warn!(path = %path.display(), torn_bytes, "wal_torn_tail_truncated");
+        }
+        remove_log(path)?;
+    }
+    Ok(recovery)
+}
+
+/// The first pass of recovery: reads every log file, checks its records, that `seq` runs on
+/// from one file to the next, and counts.
+fn check_logs(logs: &[PathBuf], sealed: &SealedIndex) -> Result<Recovery, AuditError> {
+    let mut recovery = Recovery {
+        wal_files: logs.len(),
+        ..Recovery::default()
+    };
+    let mut last_seq: Option<u64> = None;
+    for (idx, path) in logs.iter().enumerate() {
+        let mut reader = WalReader::open(path, torn_tail_rule(idx, logs.len()))?;
+        let mut first_in_file = true;
+        loop {
+            let offset = reader.offset();
+            let Some(event) = reader.next_event()? else {
+                break;
+            };
+            if first_in_file
+                && let Some(previous) = last_seq
+                && event.seq != previous + 1
+            {
+                return Err(AuditError::DamagedRecord {
+                    path: path.clone(),
+                    offset,
+                    problem: RecordProblem::SeqGap {
+                        expected: previous + 1,
+                        found: event.seq,
+                    },
+                });
+            }
+            first_in_file = false;
+            last_seq = Some(event.seq);
+            recovery.events_in_wal += 1;
+            if sealed.contains(&event) {
+                recovery.events_already_sealed += 1;
+            }
+        }
+        recovery.torn_bytes_dropped += reader.torn_bytes();
+    }
+    recovery.next_seq = sealed.max_seq().max(last_seq.unwrap_or(0)) + 1;
+    Ok(recovery)
+}
+
+/// Only the newest file may end in a torn tail: every older one was synced whole before the
+/// next was created.
+fn torn_tail_rule(idx: usize, n_logs: usize) -> TornTail {
+    if idx + 1 == n_logs {
+        TornTail::Allowed
+    } else {
+        TornTail::Refused
+    }
+}
+
+/// The seal step: writes the events not yet sealed into Parquet segments, one per date. Every
+/// segment the store writes is written here, so what must happen for each new segment goes
+/// here too.
+fn seal_into_segments(
+    events_dir: &Path,
+    index: &mut SealedIndex,
+    events: &[AccessEvent],
+) -> Result<SealReport, AuditError> {
+    if events.is_empty() {
+        return Ok(SealReport::default());
+    }
+    let to_seal = events.iter().filter(|event| !index.contains(event)).count();
+    let segments = write_segments(events_dir, events, index)?;
+    tracing::info!(events = to_seal, segments = segments.len(), "audit_sealed");
+    Ok(SealReport {
+        events_sealed: to_seal,
+        segments,
+    })
+}
+
+/// Seals the events of one log file, read record by record, with one call of the seal step:
+/// a segment then never straddles two log files, nor part of one, so a seal that died after
+/// writing a segment finds the same events for it next time. One file's events are in memory
+/// at a time, at most what the roll limits let a file hold.
+fn seal_log_file(
+    events_dir: &Path,
+    index: &mut SealedIndex,
+    reader: &mut WalReader,
+) -> Result<SealReport, AuditError> {
+    let events = reader.by_ref().collect::<Result<Vec<_>, _>>()?;
+    seal_into_segments(events_dir, index, &events)
+}
+
+/// Seals one closed log file, from memory or read back from the file, then deletes the file.
+fn seal_closed_log(
+    events_dir: &Path,
+    index: &mut SealedIndex,
+    job: &SealJob,
+) -> Result<SealReport, AuditError> {
+    let report = match &job.events {
+        Some(held) => seal_into_segments(events_dir, index, &held.events)?,
+        None => {
+            let mut reader = WalReader::open(&job.path, TornTail::Refused)?;
+            seal_log_file(events_dir, index, &mut reader)?
+        }
+    };
+    remove_log(&job.path)?;
+    Ok(report)
+}
+
+/// Deletes a sealed log file. Not synced: should the deletion be lost, the next open finds the
+/// events in segments already and writes nothing twice.
+fn remove_log(path: &Path) -> Result<(), AuditError> {
+    match fs::remove_file(path) {
+        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(AuditError::Io {
+            action: "remove",
+            path: path.to_owned(),
+            source: error,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A closed log file on its way to the sealer.
+#[derive(Debug)]
+struct SealJob {
+    path: PathBuf,
+    /// Its events, when still in memory.
+    events: Option<HeldEvents>,
+}
+
+/// Events kept in memory for the sealer, counted so that only a few files' worth are.
+#[derive(Debug)]
+struct HeldEvents {
+    events: Vec<AccessEvent>,
+    held: Arc<AtomicUsize>,
+}
+
+impl Drop for HeldEvents {
+    fn drop(&mut self) {
+        self.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+enum SealerMessage {
+    Closed(SealJob),
+    /// Seal everything waiting, and `closing` after it, now, and answer with what was written.
+    SealAll {
+        closing: Option<SealJob>,
+        answer: mpsc::Sender<Result<SealReport, AuditError>>,
+    },
+    Stop,
+}
+
+/// How the committer and the store talk to the sealer thread.
+#[derive(Debug, Clone)]
+pub(crate) struct SealerHandle {
+    messages: mpsc::Sender<SealerMessage>,
+    /// How many sealer jobs hold their events in memory.
+    held: Arc<AtomicUsize>,
+}
+
+impl SealerHandle {
+    /// Queues a closed log file for the background seal.
+    pub(crate) fn hand_over(&self, closed: ClosedLog) {
+        let path = closed.path.clone();
+        if self
+            .messages
+            .send(SealerMessage::Closed(self.job(closed)))
+            .is_err()
+        {
+            // Only after a panic of the sealer; the file stays, and the next open seals it.
+            tracing::error!(path = %path.display(), "audit_sealer_gone");
+        }
+    }
+
+    fn seal_all(&self, closing: Option<ClosedLog>) -> Result<SealReport, AuditError> {
+        let (answer, answered) = mpsc::channel();
+        let closing = closing.map(|closed| self.job(closed));
+        self.messages
+            .send(SealerMessage::SealAll { closing, answer })
+            .map_err(|_| AuditError::Stopped)?;
+        answered.recv().map_err(|_| AuditError::Stopped)?
+    }
+
+    fn stop(&self) {
+        // An error means the thread is gone already.
+        let _ = self.messages.send(SealerMessage::Stop);
+    }
+
+    fn job(&self, closed: ClosedLog) -> SealJob {
+        let held_before = self.held.fetch_add(1, Ordering::Relaxed);
+        let events = if held_before < MAX_FILES_HELD_IN_MEMORY {
+            Some(HeldEvents {
+                events: closed.events,
+                held: Arc::clone(&self.held),
+            })
+        } else {
+            self.held.fetch_sub(1, Ordering::Relaxed);
+            None
+        };
+        SealJob {
+            path: closed.path,
+            events,
+        }
+    }
+}
+
+/// The sealer thread's state: what is sealed, and the closed files waiting.
+#[derive(Debug)]
+struct Sealer {
+    events_dir: PathBuf,
+    index: SealedIndex,
+    backlog: VecDeque<SealJob>,
+    /// After a failed seal: when to try again.
+    retry_at: Option<Instant>,
+    retry_after: Duration,
+}
+
+impl Sealer {
+    fn new(events_dir: PathBuf, index: SealedIndex) -> Sealer {
+        Sealer {
+            events_dir,
+            index,
+            backlog: VecDeque::new(),
+            retry_at: None,
+            retry_after: FIRST_SEAL_RETRY,
+        }
+    }
+
+    fn spawn(self) -> io::Result<(SealerHandle, JoinHandle<()>)> {
+        let (messages, inbox) = mpsc::channel();
+        let thread = thread::Builder::new()
+            .name("audit-seal".to_owned())
+            .spawn(move || self.run(&inbox))?;
+        let handle = SealerHandle {
+            messages,
+            held: Arc::new(AtomicUsize::new(0)),
+        };
+        Ok((handle, thread))
+    }
+
+    fn run(mut self, inbox: &mpsc::Receiver<SealerMessage>) {
+        loop {
+            match self.next_message(inbox) {
+                None | Some(SealerMessage::Stop) => return,
+                Some(SealerMessage::Closed(job)) => {
+                    self.backlog.push_back(job);
+                    if self.retry_at.is_none() {
+                        self.seal_in_background();
+                    }
+                }
+                Some(SealerMessage::SealAll { closing, answer }) => {
+                    self.backlog.extend(closing);
+                    let sealed = self.seal_backlog();
+                    self.note_outcome(sealed.as_ref().err());
+                    // The caller may have given up waiting; nothing to do then.
+                    let _ = answer.send(sealed);
+                }
+            }
+        }
+    }
+
+    /// Waits for the next message, and after a failed seal retries it when it is time;
+    /// `None` once every handle is gone.
+    fn next_message(&mut self, inbox: &mpsc::Receiver<SealerMessage>) -> Option<SealerMessage> {
+        loop {
+            let Some(retry_at) = self.retry_at else {
+                return inbox.recv().ok();
+            };
+            match inbox.recv_timeout(retry_at.saturating_duration_since(Instant::now())) {
+                Ok(message) => return Some(message),
+                Err(mpsc::RecvTimeoutError::Timeout) => self.seal_in_background(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn seal_in_background(&mut self) {
+        let sealed = self.seal_backlog();
+        self.note_outcome(sealed.as_ref().err());
+    }
+
+    /// Seals the waiting files in order; on an error the failing one stays first in line.
+    fn seal_backlog(&mut self) -> Result<SealReport, AuditError> {
+        let mut report = SealReport::default();
+        while let Some(job) = self.backlog.front_mut() {
+            match seal_closed_log(&self.events_dir, &mut self.index, job) {
+                Ok(sealed) => {
+                    report.add(sealed);
+                    self.backlog.pop_front();
+                }
+                Err(error) => {
+                    // Retried from the file, which frees the memory meanwhile.
+                    job.events = None;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    fn note_outcome(&mut self, error: Option<&AuditError>) {
+        let Some(error) = error else {
+            self.retry_at = None;
+            self.retry_after = FIRST_SEAL_RETRY;
+            return;
+        };
+        // The events are safe in the write-ahead log meanwhile; only queries miss them.
+        tracing::warn!(
+            %error,
+            files_waiting = self.backlog.len(),
+            retry_in_s = self.retry_after.as_secs(),
+            "audit_seal_failed"
+        );
+        self.retry_at = Some(Instant::now() + self.retry_after);
+        self.retry_after = (self.retry_after * 2).min(MAX_SEAL_RETRY);
+    }
+}
+
+/// Starts the thread that syncs the log in interval mode and rolls it over by age; it ends
+/// when the returned sender is dropped.
+fn spawn_timer(
+    committer: Arc<Committer>,
+    durability: Durability,
+    limits: RollLimits,
+) -> io::Result<(mpsc::Sender<()>, JoinHandle<()>)> {
+    let tick = match durability {
+        Durability::Strict => AGE_CHECK_INTERVAL,
+        Durability::Interval(interval) => interval.min(AGE_CHECK_INTERVAL),
+    };
+    let tick = tick.min(limits.age).max(Duration::from_millis(1));
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = thread::Builder::new()
+        .name("audit-timer".to_owned())
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+                committer.tick();
+            }
+        })?;
+    Ok((stop, thread))
 }
 
 fn create_dir(dir: &Path) -> Result<(), AuditError> {

@@ -1,20 +1,29 @@
-//! The write-ahead log: every event is appended and synced here before `record` returns, and
-//! stays until it is sealed into a Parquet segment.
+//! The write-ahead log: every event is written here before `record` returns, and stays until
+//! it is sealed into a Parquet segment.
 //!
-//! Layout: a 12-byte header (the magic bytes [`WAL_MAGIC`] and a little-endian `u32` format
-//! version), then records. A log of an older version ([`OLDEST_WAL_VERSION`] or later) is read
-//! with that version's encoding; once its events are sealed it starts again at
-//! [`WAL_VERSION`], and nothing is appended to it before. A record is a little-endian `u32` payload length, the CRC32 of the
-//! payload, and the payload: one event in the encoding of `codec`.
+//! The log is a series of files in `DATA/wal/`, each named after the `seq` of the first event
+//! it holds ([`log_file_name`]), so that names sort in `seq` order. Only the newest file is
+//! written; the others are closed, complete and synced, waiting for the sealer. A data
+//! directory of an earlier build may hold `wal/events.wal` ([`LEGACY_WAL_FILE`]); it is read
+//! as the oldest file and never written again.
 //!
-//! On open the whole log is checked. A torn tail is what a crash in the middle of an append
-//! leaves behind: within the size of one record, the last record cut short (its bytes a prefix
-//! of an event), or failing its checksum, or zeros. It is reported and truncated. Anything
-//! else is damage, and opening stops with the file and the offset.
+//! Layout of a file: a 12-byte header (the magic bytes [`WAL_MAGIC`] and a little-endian `u32`
+//! format version), then records. A record is a little-endian `u32` payload length, the CRC32
+//! of the payload, and the payload: one event in the encoding of `codec`. Many records may be
+//! written with one `write(2)` ([`Wal::write_records`]). A file of an older version
+//! ([`OLDEST_WAL_VERSION`] or later) is read with that version's encoding.
+//!
+//! Reading ([`WalReader`]) streams the records and checks each one. A torn tail is what a
+//! crash in the middle of a write leaves behind: the last record cut short (its bytes a prefix
+//! of an event), or failing its checksum, or zeros to the end of the file. It is allowed only
+//! at the end of the newest file ([`TornTail::Allowed`]), because a file is synced whole before
+//! the next one is created. Anything else is damage, and reading stops with the file and the
+//! offset.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::codec;
 use crate::error::{AuditError, DecodeError, RecordProblem};
@@ -30,78 +39,87 @@ pub const OLDEST_WAL_VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 12;
 /// The largest payload of one record; an event over it is refused.
 pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// The single log file of builds before the log was split into files; read, never written.
+pub const LEGACY_WAL_FILE: &str = "events.wal";
 
 const RECORD_HEADER_LEN: usize = 8;
+const LOG_SUFFIX: &str = ".wal";
+/// The bytes after which the reader holds the rest of the file in memory: a torn record lies
+/// within them.
+const TAIL_WINDOW: u64 = (RECORD_HEADER_LEN + MAX_RECORD_BYTES) as u64;
+const READ_BUFFER_BYTES: usize = 256 * 1024;
 
-/// An open write-ahead log file.
+/// The file name of the log file whose first event has `seq` `first_seq`.
+pub fn log_file_name(first_seq: u64) -> String {
+    format!("{first_seq:020}{LOG_SUFFIX}")
+}
+
+/// The first `seq` of a log file name, or `None` for any other name.
+pub fn parse_log_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(LOG_SUFFIX)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The log files in `wal_dir`, oldest first: the legacy file, then by first `seq`. Other
+/// files are left alone.
+pub fn list_logs(wal_dir: &Path) -> Result<Vec<PathBuf>, AuditError> {
+    let entries = fs::read_dir(wal_dir).map_err(AuditError::io("list", wal_dir))?;
+    let mut legacy = None;
+    let mut numbered = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(AuditError::io("list", wal_dir))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name == LEGACY_WAL_FILE {
+            legacy = Some(entry.path());
+        } else if let Some(first_seq) = parse_log_file_name(&name) {
+            numbered.push((first_seq, entry.path()));
+        }
+    }
+    numbered.sort();
+    Ok(legacy
+        .into_iter()
+        .chain(numbered.into_iter().map(|(_, path)| path))
+        .collect())
+}
+
+/// A log file open for appending.
 #[derive(Debug)]
 pub struct Wal {
     path: PathBuf,
-    file: File,
-    /// The length of the file's valid content; an append that fails is cut back to it.
+    /// Shared with the flusher, which syncs it while the next records are written.
+    file: Arc<File>,
+    /// The length of the file's valid content; a write that fails is cut back to it.
     len: u64,
-    /// Set after a failed append: the file's state is unknown, so nothing more is written.
+    /// Set after a failed write: the file's state is unknown, so nothing more is written.
     stopped: bool,
-    /// The format version of the file's header and records.
-    version: u32,
-    scratch: Vec<u8>,
-}
-
-/// What [`Wal::open`] found in the log.
-#[derive(Debug, Default)]
-pub struct WalContents {
-    /// The events in the log, in the order they were appended.
-    pub events: Vec<AccessEvent>,
-    /// How many bytes of a torn tail were truncated.
-    pub torn_bytes: u64,
 }
 
 impl Wal {
-    /// Opens the log at `path`, creating it if missing, checks every record and truncates a
-    /// torn tail.
-    // FIXME(#5): stream the records instead of reading the file whole; while seals succeed it
-    // holds at most `seal_after_events` events.
-    pub fn open(path: &Path) -> Result<(Wal, WalContents), AuditError> {
+    /// Creates the log file at `path`, which must not exist, with its header, and syncs the
+    /// file and its directory, so that the file survives a power cut before any record is in it.
+    pub fn create(path: &Path) -> Result<Wal, AuditError> {
         let mut file = OpenOptions::new()
-            .read(true)
             .append(true)
-            .create(true)
+            .create_new(true)
             .open(path)
-            .map_err(AuditError::io("open", path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes)
-            .map_err(AuditError::io("read", path))?;
-
-        let mut wal = Wal {
+            .map_err(AuditError::io("create", path))?;
+        file.write_all(&header_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(AuditError::io("write the header of", path))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(Wal {
             path: path.to_owned(),
-            file,
-            len: 0,
+            file: Arc::new(file),
+            len: HEADER_LEN,
             stopped: false,
-            version: WAL_VERSION,
-            scratch: Vec::new(),
-        };
-        if bytes.len() < HEADER_LEN as usize {
-            return wal.start_fresh(&bytes);
-        }
-        wal.version = check_header(path, &bytes)?;
-
-        let scan = scan_records(path, &bytes, wal.version)?;
-        wal.len = scan.valid_len;
-        let torn_bytes = bytes.len() as u64 - scan.valid_len;
-        if torn_bytes > 0 {
-            wal.truncate(scan.valid_len)?;
-            tracing::warn!(path = %path.display(), torn_bytes, "wal_torn_tail_truncated");
-        }
-        if wal.version != WAL_VERSION && scan.events.is_empty() {
-            wal.restart_at_current_version()?;
-        }
-        Ok((
-            wal,
-            WalContents {
-                events: scan.events,
-                torn_bytes,
-            },
-        ))
+        })
     }
 
     /// The file this log writes.
@@ -109,34 +127,30 @@ impl Wal {
         &self.path
     }
 
-    /// True after a failed write: the log refuses appends until it is reopened.
+    /// The bytes in the file: the header and every record written.
+    pub fn len_bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// True after a failed write: the log refuses to write until the store is reopened.
     pub fn is_stopped(&self) -> bool {
         self.stopped
     }
 
-    /// Appends `event` and syncs it to disk.
+    /// Writes whole records (as [`encode_record`] makes them) with one `write(2)`; once this
+    /// returns they survive the process being killed, and [`Wal::sync`] makes them survive a
+    /// power cut.
     ///
-    /// After a failed write or sync the log refuses every later append, because what reached
-    /// the disk is unknown; reopening the store checks and repairs the file.
-    // FIXME(#5): group commit: one sync for the events of all waiting callers.
-    pub fn append(&mut self, event: &AccessEvent) -> Result<(), AuditError> {
+    /// After a failed write the file is cut back to its last whole record and the log refuses
+    /// every later write, because what reached the disk is unknown; reopening the store checks
+    /// and repairs the file.
+    pub fn write_records(&mut self, records: &[u8]) -> Result<(), AuditError> {
         if self.stopped {
             return Err(AuditError::Stopped);
         }
-        if self.version != WAL_VERSION {
-            return Err(AuditError::WalNotSealed {
-                path: self.path.clone(),
-                version: self.version,
-            });
-        }
-        let record = encode_record(event, &mut self.scratch)?;
-        let written = self
-            .file
-            .write_all(record)
-            .and_then(|()| self.file.sync_data());
-        match written {
+        match (&*self.file).write_all(records) {
             Ok(()) => {
-                self.len += record.len() as u64;
+                self.len += records.len() as u64;
                 Ok(())
             }
             Err(source) => {
@@ -153,68 +167,48 @@ impl Wal {
         }
     }
 
-    /// Empties the log, keeping its header; called once its events are sealed.
-    pub fn reset(&mut self) -> Result<(), AuditError> {
-        if self.stopped {
-            return Err(AuditError::Stopped);
-        }
-        if self.version != WAL_VERSION {
-            return self.restart_at_current_version();
-        }
-        self.truncate(HEADER_LEN)
+    /// Encodes `event` and writes its record; for tests and tools that write one at a time.
+    pub fn append(&mut self, event: &AccessEvent) -> Result<(), AuditError> {
+        let mut record = Vec::new();
+        encode_record(event, &mut record)?;
+        self.write_records(&record)
     }
 
-    /// Empties a log of an older format version and gives it the current version's header.
-    fn restart_at_current_version(&mut self) -> Result<(), AuditError> {
-        self.truncate(0)?;
+    /// Syncs what was written to the disk (`fdatasync`).
+    pub fn sync(&self) -> Result<(), AuditError> {
         self.file
-            .write_all(&header_bytes())
-            .map_err(AuditError::io("write", &self.path))?;
-        self.file
-            .sync_all()
-            .map_err(AuditError::io("sync", &self.path))?;
-        self.len = HEADER_LEN;
-        self.version = WAL_VERSION;
-        Ok(())
+            .sync_data()
+            .map_err(AuditError::io("sync", &self.path))
     }
 
-    fn truncate(&mut self, len: u64) -> Result<(), AuditError> {
-        self.file
-            .set_len(len)
-            .map_err(AuditError::io("truncate", &self.path))?;
-        self.file
-            .sync_all()
-            .map_err(AuditError::io("sync", &self.path))?;
-        self.len = len;
-        Ok(())
+    /// A handle that syncs this file from another thread while records are written.
+    pub(crate) fn sync_handle(&self) -> Arc<File> {
+        Arc::clone(&self.file)
     }
+}
 
-    /// A file shorter than the header: new, or cut short while it was being created.
-    fn start_fresh(mut self, bytes: &[u8]) -> Result<(Wal, WalContents), AuditError> {
-        let header = header_bytes();
-        if !header.starts_with(bytes) {
-            return Err(AuditError::WalMagic { path: self.path });
-        }
-        self.truncate(0)?;
-        self.file
-            .write_all(&header)
-            .map_err(AuditError::io("write", &self.path))?;
-        self.file
-            .sync_all()
-            .map_err(AuditError::io("sync", &self.path))?;
-        if let Some(dir) = self.path.parent() {
-            sync_dir(dir)?;
-        }
-        self.len = HEADER_LEN;
-        let torn_bytes = bytes.len() as u64;
-        Ok((
-            self,
-            WalContents {
-                events: Vec::new(),
-                torn_bytes,
-            },
-        ))
-    }
+/// Appends the whole record of `event` (length, checksum, payload) to `out`; on an error `out`
+/// is left as it was.
+pub fn encode_record(event: &AccessEvent, out: &mut Vec<u8>) -> Result<(), AuditError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+    codec::encode(event, out);
+    let payload_start = start + RECORD_HEADER_LEN;
+    let size = out.len() - payload_start;
+    let length = u32::try_from(size)
+        .ok()
+        .filter(|_| size <= MAX_RECORD_BYTES);
+    let Some(length) = length else {
+        out.truncate(start);
+        return Err(AuditError::EventTooLarge {
+            size,
+            limit: MAX_RECORD_BYTES,
+        });
+    };
+    let checksum = crc32fast::hash(&out[payload_start..]);
+    out[start..start + 4].copy_from_slice(&length.to_le_bytes());
+    out[start + 4..payload_start].copy_from_slice(&checksum.to_le_bytes());
+    Ok(())
 }
 
 /// Syncs a directory, so that the files created or renamed in it survive a power cut.
@@ -223,6 +217,264 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {
         .and_then(|handle| handle.sync_all())
         .map_err(AuditError::io("sync the directory", dir))
 }
+
+/// Whether a log file may end in a torn tail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TornTail {
+    /// The newest file: a crash may have cut its last write short.
+    Allowed,
+    /// A closed file, synced whole before the next was created: a torn tail is damage.
+    Refused,
+}
+
+/// Reads the events of one log file in order, checking each record, without holding the file
+/// in memory (but for its last record's worth of bytes).
+#[derive(Debug)]
+pub struct WalReader {
+    path: PathBuf,
+    file: BufReader<File>,
+    file_len: u64,
+    /// Where the next record starts.
+    offset: u64,
+    version: u32,
+    torn_tail: TornTail,
+    /// The bytes from `tail_start` to the end of the file, read whole once the rest of the file
+    /// fits within one record.
+    tail: Option<(u64, Vec<u8>)>,
+    last_seq: Option<u64>,
+    torn_bytes: u64,
+    done: bool,
+    payload: Vec<u8>,
+}
+
+impl WalReader {
+    /// Opens the log file at `path` and checks its header.
+    pub fn open(path: &Path, torn_tail: TornTail) -> Result<WalReader, AuditError> {
+        let file = File::open(path).map_err(AuditError::io("open", path))?;
+        let file_len = file
+            .metadata()
+            .map_err(AuditError::io("read the length of", path))?
+            .len();
+        let mut reader = WalReader {
+            path: path.to_owned(),
+            file: BufReader::with_capacity(READ_BUFFER_BYTES, file),
+            file_len,
+            offset: HEADER_LEN,
+            version: WAL_VERSION,
+            torn_tail,
+            tail: None,
+            last_seq: None,
+            torn_bytes: 0,
+            done: false,
+            payload: Vec::new(),
+        };
+        if file_len < HEADER_LEN {
+            reader.short_header()?;
+        } else {
+            let mut header = [0; HEADER_LEN as usize];
+            reader.read_exact(&mut header)?;
+            reader.version = check_header(path, &header)?;
+        }
+        Ok(reader)
+    }
+
+    /// A file shorter than the header: a crash while the newest file was being created.
+    fn short_header(&mut self) -> Result<(), AuditError> {
+        let mut bytes = Vec::new();
+        self.file
+            .read_to_end(&mut bytes)
+            .map_err(AuditError::io("read", &self.path))?;
+        if !header_bytes().starts_with(&bytes) {
+            return Err(AuditError::WalMagic {
+                path: self.path.clone(),
+            });
+        }
+        if self.torn_tail == TornTail::Refused {
+            return Err(AuditError::DamagedRecord {
+                path: self.path.clone(),
+                offset: 0,
+                problem: RecordProblem::HeaderCut,
+            });
+        }
+        self.offset = 0;
+        self.torn_bytes = bytes.len() as u64;
+        self.done = true;
+        Ok(())
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The format version of the file.
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    /// Where the next record starts; after the last event, where the valid records end.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// After the last event: how many bytes of a torn tail follow the valid records.
+    pub fn torn_bytes(&self) -> u64 {
+        self.torn_bytes
+    }
+
+    /// Cuts the torn tail off the file and syncs it.
+    pub fn cut_torn_tail(&self) -> Result<(), AuditError> {
+        if self.torn_bytes == 0 {
+            return Ok(());
+        }
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map_err(AuditError::io("open", &self.path))?;
+        file.set_len(self.offset)
+            .map_err(AuditError::io("truncate", &self.path))?;
+        file.sync_all().map_err(AuditError::io("sync", &self.path))
+    }
+
+    /// The next event, `None` at the end of the valid records (see [`WalReader::torn_bytes`]).
+    pub fn next_event(&mut self) -> Result<Option<AccessEvent>, AuditError> {
+        if self.done {
+            return Ok(None);
+        }
+        let rest = self.file_len - self.offset;
+        if rest == 0 {
+            self.done = true;
+            return Ok(None);
+        }
+        let read = if self.tail.is_none() && rest > TAIL_WINDOW {
+            self.read_streamed()
+        } else {
+            self.read_from_tail()
+        };
+        let read = read.and_then(|found| match found {
+            Ok(found) => Ok(found),
+            Err(problem) => Err(self.damaged(problem)),
+        });
+        match read {
+            Ok(Some((event, record_len))) => {
+                self.check_seq(event.seq)?;
+                self.offset += record_len as u64;
+                Ok(Some(event))
+            }
+            Ok(None) => {
+                self.done = true;
+                self.torn_bytes = self.file_len - self.offset;
+                Ok(None)
+            }
+            Err(error) => {
+                self.done = true;
+                Err(error)
+            }
+        }
+    }
+
+    fn check_seq(&mut self, seq: u64) -> Result<(), AuditError> {
+        if let Some(previous) = self.last_seq {
+            let expected = previous + 1;
+            if seq != expected {
+                self.done = true;
+                return Err(self.damaged(RecordProblem::SeqGap {
+                    expected,
+                    found: seq,
+                }));
+            }
+        }
+        self.last_seq = Some(seq);
+        Ok(())
+    }
+
+    fn damaged(&self, problem: RecordProblem) -> AuditError {
+        AuditError::DamagedRecord {
+            path: self.path.clone(),
+            offset: self.offset,
+            problem,
+        }
+    }
+
+    /// A record more than one record's size before the end of the file: it cannot be torn,
+    /// unless everything from it to the end is zeros (an append that was never written).
+    fn read_streamed(&mut self) -> Result<Result<Found, RecordProblem>, AuditError> {
+        let mut header = [0; RECORD_HEADER_LEN];
+        self.read_exact(&mut header)?;
+        let (length, checksum) = split_record_header(header);
+        if length == 0 {
+            let zeros_to_end = header.iter().all(|byte| *byte == 0) && self.rest_is_zero()?;
+            return Ok(if zeros_to_end && self.torn_tail == TornTail::Allowed {
+                Ok(None)
+            } else {
+                Err(RecordProblem::Empty)
+            });
+        }
+        let size = length as usize;
+        if size > MAX_RECORD_BYTES {
+            return Ok(Err(RecordProblem::TooLong {
+                length: u64::from(length),
+            }));
+        }
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.resize(size, 0);
+        let read = self.read_exact(&mut payload);
+        let found = read.map(|()| decode_payload(&payload, checksum, self.version));
+        self.payload = payload;
+        Ok(found?.map(|event| Some((event, RECORD_HEADER_LEN + size))))
+    }
+
+    /// A record within one record's size of the end of the file, read from memory.
+    fn read_from_tail(&mut self) -> Result<Result<Found, RecordProblem>, AuditError> {
+        if self.tail.is_none() {
+            let mut bytes = Vec::new();
+            self.file
+                .read_to_end(&mut bytes)
+                .map_err(AuditError::io("read", &self.path))?;
+            self.tail = Some((self.offset, bytes));
+        }
+        let Some((tail_start, bytes)) = &self.tail else {
+            return Ok(Ok(None));
+        };
+        let start = usize::try_from(self.offset - tail_start).unwrap_or(usize::MAX);
+        let rest = bytes.get(start..).unwrap_or_default();
+        let torn_allowed = self.torn_tail == TornTail::Allowed;
+        Ok(read_record(rest, self.version, torn_allowed))
+    }
+
+    fn rest_is_zero(&mut self) -> Result<bool, AuditError> {
+        let mut chunk = vec![0; READ_BUFFER_BYTES];
+        loop {
+            let n = self
+                .file
+                .read(&mut chunk)
+                .map_err(AuditError::io("read", &self.path))?;
+            if n == 0 {
+                return Ok(true);
+            }
+            if chunk[..n].iter().any(|byte| *byte != 0) {
+                return Ok(false);
+            }
+        }
+    }
+
+    fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), AuditError> {
+        self.file
+            .read_exact(buf)
+            .map_err(AuditError::io("read", &self.path))
+    }
+}
+
+impl Iterator for WalReader {
+    type Item = Result<AccessEvent, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_event().transpose()
+    }
+}
+
+/// A record's event and length, or `None` for a torn tail.
+type Found = Option<(AccessEvent, usize)>;
 
 fn header_bytes() -> [u8; HEADER_LEN as usize] {
     let mut header = [0; HEADER_LEN as usize];
@@ -258,73 +510,32 @@ fn check_header(path: &Path, bytes: &[u8]) -> Result<u32, AuditError> {
     }
 }
 
-/// Encodes `event` as a whole record (length, checksum, payload) into `scratch`.
-fn encode_record<'a>(
-    event: &AccessEvent,
-    scratch: &'a mut Vec<u8>,
-) -> Result<&'a [u8], AuditError> {
-    scratch.clear();
-    scratch.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-    codec::encode(event, scratch);
-    let size = scratch.len() - RECORD_HEADER_LEN;
-    let length = u32::try_from(size)
-        .ok()
-        .filter(|_| size <= MAX_RECORD_BYTES);
-    let Some(length) = length else {
-        return Err(AuditError::EventTooLarge {
-            size,
-            limit: MAX_RECORD_BYTES,
-        });
-    };
-    let checksum = crc32fast::hash(&scratch[RECORD_HEADER_LEN..]);
-    scratch[..4].copy_from_slice(&length.to_le_bytes());
-    scratch[4..RECORD_HEADER_LEN].copy_from_slice(&checksum.to_le_bytes());
-    Ok(scratch)
+fn split_record_header(header: [u8; RECORD_HEADER_LEN]) -> (u32, u32) {
+    let [l0, l1, l2, l3, c0, c1, c2, c3] = header;
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]),
+        u32::from_le_bytes([c0, c1, c2, c3]),
+    )
 }
 
-struct Scan {
-    events: Vec<AccessEvent>,
-    /// Where the valid records end; anything after is a torn tail.
-    valid_len: u64,
-}
-
-fn scan_records(path: &Path, bytes: &[u8], version: u32) -> Result<Scan, AuditError> {
-    let mut offset = HEADER_LEN as usize;
-    let mut events: Vec<AccessEvent> = Vec::new();
-    while offset < bytes.len() {
-        let damaged = |problem| AuditError::DamagedRecord {
-            path: path.to_owned(),
-            offset: offset as u64,
-            problem,
-        };
-        match read_record(&bytes[offset..], version).map_err(damaged)? {
-            None => break,
-            Some((event, record_len)) => {
-                if let Some(previous) = events.last() {
-                    let expected = previous.seq + 1;
-                    if event.seq != expected {
-                        return Err(damaged(RecordProblem::SeqGap {
-                            expected,
-                            found: event.seq,
-                        }));
-                    }
-                }
-                events.push(event);
-                offset += record_len;
-            }
-        }
+fn decode_payload(
+    payload: &[u8],
+    checksum: u32,
+    version: u32,
+) -> Result<AccessEvent, RecordProblem> {
+    if crc32fast::hash(payload) != checksum {
+        return Err(RecordProblem::Checksum);
     }
-    Ok(Scan {
-        events,
-        valid_len: offset as u64,
-    })
+    Ok(codec::decode_version(payload, version)?)
 }
 
 /// Reads the record at the start of `rest`, the bytes from its offset to the end of the file:
-/// its event and length, or `None` for a torn tail.
-fn read_record(rest: &[u8], version: u32) -> Result<Option<(AccessEvent, usize)>, RecordProblem> {
-    // Records are appended and synced one at a time, so a crash can tear at most the last one.
-    let could_be_torn = rest.len() <= RECORD_HEADER_LEN + MAX_RECORD_BYTES;
+/// its event and length, or `None` for a torn tail (only when `torn_allowed`).
+fn read_record(rest: &[u8], version: u32, torn_allowed: bool) -> Result<Found, RecordProblem> {
+    // A crash can cut short only the last write; whatever it left past the last whole record is
+    // within one record's size of the end, or zeros.
+    let all_zero = rest.iter().all(|byte| *byte == 0);
+    let could_be_torn = torn_allowed && (all_zero || rest.len() as u64 <= TAIL_WINDOW);
     let torn_or = |problem| {
         if could_be_torn {
             Ok(None)
@@ -333,15 +544,13 @@ fn read_record(rest: &[u8], version: u32) -> Result<Option<(AccessEvent, usize)>
         }
     };
 
-    if rest.iter().all(|byte| *byte == 0) {
+    if all_zero {
         return torn_or(RecordProblem::Empty);
     }
     let Some((header, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() else {
         return torn_or(RecordProblem::PastEnd);
     };
-    let [l0, l1, l2, l3, c0, c1, c2, c3] = *header;
-    let length = u32::from_le_bytes([l0, l1, l2, l3]);
-    let checksum = u32::from_le_bytes([c0, c1, c2, c3]);
+    let (length, checksum) = split_record_header(*header);
     let size = length as usize;
     if size == 0 {
         return Err(RecordProblem::Empty);
@@ -354,7 +563,7 @@ fn read_record(rest: &[u8], version: u32) -> Result<Option<(AccessEvent, usize)>
         } else {
             RecordProblem::PastEnd
         };
-        // What a torn append leaves is a prefix of one event's encoding. Bytes that hold a
+        // What a torn write leaves is a prefix of one event's encoding. Bytes that hold a
         // whole event, or are no event at all, mean the length is damaged and good records
         // may follow.
         return match codec::decode_version(body, version) {
@@ -368,13 +577,33 @@ fn read_record(rest: &[u8], version: u32) -> Result<Option<(AccessEvent, usize)>
         });
     }
     let is_last = body.len() == size;
-    if crc32fast::hash(payload) != checksum {
-        return if is_last {
-            torn_or(RecordProblem::Checksum)
-        } else {
-            Err(RecordProblem::Checksum)
-        };
+    match decode_payload(payload, checksum, version) {
+        Err(RecordProblem::Checksum) if is_last => torn_or(RecordProblem::Checksum),
+        Err(problem) => Err(problem),
+        Ok(event) => Ok(Some((event, RECORD_HEADER_LEN + size))),
     }
-    let event = codec::decode_version(payload, version)?;
-    Ok(Some((event, RECORD_HEADER_LEN + size)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_names_round_trip_and_sort_by_seq() {
+        let early = log_file_name(9);
+        let late = log_file_name(10);
+        assert_eq!(early, "00000000000000000009.wal");
+        assert_eq!(parse_log_file_name(&early), Some(9));
+        assert_eq!(parse_log_file_name(&late), Some(10));
+        assert!(early < late);
+        for name in [
+            "events.wal",
+            ".wal",
+            "1.wal.tmp",
+            "x1.wal",
+            "00000000000000000001",
+        ] {
+            assert_eq!(parse_log_file_name(name), None, "{name}");
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! takes the program once, at its start, and decides and records on that one to the end.
 
 pub mod admin;
+pub mod audit_query;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -19,7 +20,9 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
-use axum::http::{HeaderMap, StatusCode, header};
+/// HTTP status codes, for the server's side of the API's extension points.
+pub use axum::http::StatusCode;
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use portcullis_audit::{AuditLog, Decision as Verdict, EventKind, NewEvent};
@@ -81,6 +84,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/decide", post(decide))
         .route("/healthz", get(healthz))
         .route("/v1/admin/reload", post(admin::reload))
+        .route("/v1/audit/query", post(audit_query::query))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)

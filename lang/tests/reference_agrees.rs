@@ -3,9 +3,9 @@
 //!
 //! The reference evaluator (`portcullis_lang::reference`) walks the typed IR and is the
 //! executable definition of Gate's semantics; the VM runs the compiled bundle. The policy sets
-//! come from the front end's generator (`lang/tests/robustness/policy_gen.rs`). 256 cases by
-//! default; for a long run:
-//! `PROPTEST_CASES=100000 cargo test -p portcullis-lang --release --test reference_agrees`.
+//! come from the front end's generator (`lang/tests/robustness/policy_gen.rs`). 2,000 policy
+//! sets of 32 requests by default; for millions of decisions (50,000 sets, 1.6 million requests):
+//! `PROPTEST_CASES=50000 cargo test -p portcullis-lang --release --test reference_agrees`.
 
 #![allow(
     clippy::unwrap_used,

@@ -41,7 +41,9 @@ fn policy(n: usize) -> String {
            workload any github\n\
            when client.github.event_name == \"pull_request_target\"\n\
          }\n\
-         permit anyone_reads_shared { workload any target shared when request.action == \"GET\" }\n",
+         permit anyone_reads_shared {\n\
+           workload any target shared when request.action == \"GET\"\n\
+         }\n",
     );
     for i in 0..n {
         text.push_str(&format!(
@@ -197,4 +199,101 @@ fn a_keyless_caller_costs_one_instruction_per_claim() {
     assert_eq!(decision.rule, Some("p_0"));
     assert_eq!(decision.reason.code(), "evaluation_error");
     assert_eq!((counted.rules, counted.workloads), (1, 1));
+}
+
+#[test]
+fn a_shared_first_test_does_not_make_every_workload_a_candidate() {
+    // Every workload tests the organization first; the index keys on the workspace, which
+    // tells them apart, and guards on the organization.
+    let policy = |n: usize| -> String {
+        let mut text = String::from("target tfc { https { host = \"tfc.example\" } }\n");
+        for i in 0..n {
+            text.push_str(&format!(
+                "workload ws_{i} {{ terraform {{ terraform_organization_name == \"acme\" && \
+                 terraform_workspace_id == \"ws-{i}\" }} }}\n\
+                 permit ws_{i}_applies {{ workload ws_{i} target tfc }}\n"
+            ));
+        }
+        text
+    };
+    let small = program_from_source(&policy(10));
+    let large = program_from_source(&policy(2_000));
+    let run = claims(
+        ProviderKind::Terraform,
+        &[
+            ("terraform_organization_name", "acme"),
+            ("terraform_workspace_id", "ws-7"),
+        ],
+    );
+    let on_tfc = request(ProviderKind::Terraform, &run, "tfc", None, None);
+    for program in [&small, &large] {
+        let (allow, work) = counted(program, &on_tfc);
+        assert!(allow);
+        assert_eq!((work.rules, work.workloads), (1, 1));
+    }
+    // The bound is a worst case: a caller without a workspace id runs every workload's
+    // organization test, so it grows with the workloads even though a decision does not.
+    assert!(
+        small.instruction_bound() < 100,
+        "{}",
+        small.instruction_bound()
+    );
+    assert!(
+        large.instruction_bound() > 2_000,
+        "{}",
+        large.instruction_bound()
+    );
+
+    // Another organization's run with the same workspace id: the guard is false, no error.
+    let foreign = claims(
+        ProviderKind::Terraform,
+        &[
+            ("terraform_organization_name", "other"),
+            ("terraform_workspace_id", "ws-7"),
+        ],
+    );
+    let decision = large.decide(&request(
+        ProviderKind::Terraform,
+        &foreign,
+        "tfc",
+        None,
+        None,
+    ));
+    assert_eq!(decision.reason.code(), "no_permit");
+    // Without the workspace id, the organization test still runs first in each workload:
+    // another organization's run is refused without an error, this one's fails.
+    let keyless = claims(
+        ProviderKind::Terraform,
+        &[("terraform_organization_name", "other")],
+    );
+    let decision = large.decide(&request(
+        ProviderKind::Terraform,
+        &keyless,
+        "tfc",
+        None,
+        None,
+    ));
+    assert_eq!(
+        decision.reason.code(),
+        "no_permit",
+        "{}",
+        decision.reason_text()
+    );
+    let keyless = claims(
+        ProviderKind::Terraform,
+        &[("terraform_organization_name", "acme")],
+    );
+    let decision = large.decide(&request(
+        ProviderKind::Terraform,
+        &keyless,
+        "tfc",
+        None,
+        None,
+    ));
+    assert_eq!(
+        decision.reason.code(),
+        "evaluation_error",
+        "{}",
+        decision.reason_text()
+    );
 }

@@ -198,6 +198,21 @@ pub fn post_with(server: &Server, body: &[u8], authorization: Option<&str>) -> (
     status_and_body(request.send(body).unwrap())
 }
 
+/// `POST /v1/audit/query` with `body`, and `authorization` when given.
+pub fn audit_query_http(
+    server: &Server,
+    body: &Value,
+    authorization: Option<&str>,
+) -> (u16, Value) {
+    let mut request = agent()
+        .post(&server.url("/v1/audit/query"))
+        .header("content-type", "application/json");
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    status_and_body(request.send(body.to_string().as_bytes()).unwrap())
+}
+
 /// `POST /v1/admin/reload`, with `authorization` when given.
 pub fn admin_reload(server: &Server, authorization: Option<&str>) -> (u16, Value) {
     let mut request = agent().post(&server.url("/v1/admin/reload"));

@@ -40,8 +40,8 @@ pub fn open(dir: &Path) -> AuditLog {
 
 pub fn open_with(dir: &Path, seal_after_events: usize) -> AuditLog {
     let options = AuditOptions {
-        node: "test".into(),
         seal_after_events,
+        ..AuditOptions::new("test")
     };
     AuditLog::open(dir, options).unwrap().0
 }
@@ -58,9 +58,14 @@ pub fn segment_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// The write-ahead log file of a data directory.
+/// The write-ahead log files of a data directory, oldest first.
+pub fn wal_files(dir: &Path) -> Vec<PathBuf> {
+    portcullis_audit::wal::list_logs(&dir.join("wal")).unwrap()
+}
+
+/// The newest write-ahead log file of a data directory: the one being written.
 pub fn wal_file(dir: &Path) -> PathBuf {
-    dir.join("wal").join("events.wal")
+    wal_files(dir).pop().unwrap()
 }
 
 /// An event as the store would keep it, at `time`.

@@ -22,6 +22,8 @@ use super::{Engine, error};
 pub struct Admin {
     pub token: AdminToken,
     pub reload: Arc<dyn Reload>,
+    /// SQL over the audit store (`POST /v1/audit/query`); none where the server offers none.
+    pub query: Option<Arc<dyn super::audit_query::AuditQuery>>,
 }
 
 /// The admin token, kept only as its SHA-256 digest: comparing fixed-length digests takes the
@@ -128,16 +130,10 @@ pub(super) async fn reload(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(admin) = &engine.admin else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "the admin endpoints are disabled; set `server.admin_token_file` to enable them",
-        );
+    let admin = match require_admin(&engine, peer, &headers) {
+        Ok(admin) => admin,
+        Err(response) => return *response,
     };
-    if let Err(problem) = authorize(&admin.token, &headers) {
-        tracing::warn!(peer = %peer.ip(), problem, "admin_unauthorized");
-        return unauthorized();
-    }
     let reloader = Arc::clone(&admin.reload);
     let trigger = ReloadTrigger::Admin {
         source_ip: peer.ip(),
@@ -151,6 +147,26 @@ pub(super) async fn reload(
             error(StatusCode::INTERNAL_SERVER_ERROR, message)
         }
     }
+}
+
+/// The admin API of `engine`, if the caller presented its token: else the answer to give,
+/// 404 while the admin API is off, 401 for a missing or wrong token (logged without it).
+pub(super) fn require_admin<'e>(
+    engine: &'e Engine,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<&'e Admin, Box<Response>> {
+    let Some(admin) = &engine.admin else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "the admin endpoints are disabled; set `server.admin_token_file` to enable them",
+        )));
+    };
+    if let Err(problem) = authorize(&admin.token, headers) {
+        tracing::warn!(peer = %peer.ip(), problem, "admin_unauthorized");
+        return Err(Box::new(unauthorized()));
+    }
+    Ok(admin)
 }
 
 /// Checks `authorization: Bearer TOKEN`; the error says what was wrong, for the log.

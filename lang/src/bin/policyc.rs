@@ -78,7 +78,8 @@ the rules the engine's index left to consider, each rule it considered in order 
 its workload matched and its `when` held, and every workload and condition it evaluated.
 
 The request file names claims as Gate does (lang/src/request_file.rs has the full shape):
-  {\"kind\": \"github\", \"claims\": {\"repository\": \"acme/billing\", \"ref\": \"refs/heads/main\"},
+  {\"kind\": \"github\",
+   \"claims\": {\"repository\": \"acme/billing\", \"ref\": \"refs/heads/main\"},
    \"target\": \"billing_api\", \"action\": \"POST\", \"time\": \"2026-12-04T10:00:00Z\"}
 
 Exit status: 0 allowed, 3 denied, 1 errors in the policy set, 2 a file that cannot be read or

@@ -90,16 +90,29 @@ impl Hasher for FastHasher {
 
 type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
-/// While building: a claim, its values to the workloads keyed on each, and all of those.
-type KeyedWorkloads = (ClaimId, FastMap<String, Vec<u32>>, Vec<u32>);
+/// While building: a claim, its values to the workloads keyed on each, all of those, and the
+/// claims they test before it.
+type KeyedWorkloads = (ClaimId, FastMap<String, Vec<u32>>, Vec<u32>, Vec<ClaimId>);
 
 /// While bounding: a claim, its values to the cost of their workloads on no target and what
-/// each target adds, and the number of workloads keyed on it.
+/// each target adds, and what a caller without a key or guard costs.
 type KeyedCosts<'b> = (
     ClaimId,
     FastMap<&'b str, (usize, FastMap<usize, usize>)>,
-    usize,
+    KeylessCost,
 );
+
+/// What the workloads keyed on one claim cost a caller without a string for the key or a
+/// guard.
+#[derive(Debug, Default, Clone, Copy)]
+struct KeylessCost {
+    workloads: usize,
+    guarded: bool,
+    /// The instructions of all their alternatives of the kind: with guards, each runs, and
+    /// none can be true (a guard or the key fails, or an earlier test is false), so no
+    /// rule's `when` runs.
+    alternatives: usize,
+}
 
 /// A run of positions in one of the index's flat lists.
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,8 +129,13 @@ struct ClaimKey {
     by_value: FastMap<Box<str>, Span>,
     /// Per target slot, the first rule to consider among those naming a workload keyed on the
     /// claim, as its [`order_key`]. For a caller without a string value for the claim, each of
-    /// these rules is an evaluation error, so the first is the only one that can decide.
+    /// these rules is an evaluation error, so the first is the only one that can decide;
+    /// unless the key has guards, which may be false first.
     first_rule: FastMap<u32, u64>,
+    /// The claims tested before the key by any workload keyed on it. A caller without a string
+    /// for one of them, or (with guards) for the key itself, meets every workload in `all`.
+    guards: Vec<ClaimId>,
+    all: Vec<u32>,
 }
 
 /// The workloads of one trust provider kind.
@@ -144,6 +162,9 @@ enum WorkloadKey {
     Keyed {
         claim: ClaimId,
         values: Vec<String>,
+        /// The claims the chain tests before the key; sound to skip only when the caller has
+        /// each as a string.
+        guards: Vec<ClaimId>,
     },
 }
 
@@ -208,16 +229,26 @@ impl Index {
                 match key {
                     WorkloadKey::Absent => {}
                     WorkloadKey::Unkeyed => kind_index.unkeyed.push(workload),
-                    WorkloadKey::Keyed { claim, values } => {
+                    WorkloadKey::Keyed {
+                        claim,
+                        values,
+                        guards,
+                    } => {
                         let position = match by_claim.iter().position(|(c, ..)| c == claim) {
                             Some(found) => found,
                             None => {
-                                by_claim.push((*claim, FastMap::default(), Vec::new()));
+                                let empty = (*claim, FastMap::default(), Vec::new(), Vec::new());
+                                by_claim.push(empty);
                                 by_claim.len() - 1
                             }
                         };
-                        let (_, by_value, all) = &mut by_claim[position];
+                        let (_, by_value, all, key_guards) = &mut by_claim[position];
                         all.push(workload);
+                        for guard in guards {
+                            if !key_guards.contains(guard) {
+                                key_guards.push(*guard);
+                            }
+                        }
                         for value in values {
                             let list = by_value.entry(value.clone()).or_default();
                             if list.last() != Some(&workload) {
@@ -227,9 +258,9 @@ impl Index {
                     }
                 }
             }
-            for (claim, by_value, all) in by_claim {
+            for (claim, by_value, all, guards) in by_claim {
                 let position = kind_index.keys.len();
-                for workload in all {
+                for &workload in &all {
                     if let Some(keys) = keyed_in.get_mut(workload as usize) {
                         keys.push((usize::from(kind_code(kind)), position));
                     }
@@ -238,6 +269,8 @@ impl Index {
                     claim,
                     by_value: FastMap::default(),
                     first_rule: FastMap::default(),
+                    guards,
+                    all,
                 };
                 for (value, list) in by_value {
                     let span = push_span(&mut index.workload_lists, &list);
@@ -303,18 +336,25 @@ impl Index {
         };
         out.workloads.extend_from_slice(&kind_index.unkeyed);
         let mut sources = usize::from(!kind_index.unkeyed.is_empty());
+        let string = |claim: ClaimId| match claims.get(usize::from(claim.0)) {
+            Some(Some(ClaimValue::String(text))) => Some(text.as_str()),
+            _ => None,
+        };
         for (position, key) in kind_index.keys.iter().enumerate() {
-            let value = claims
-                .get(usize::from(key.claim.0))
-                .and_then(Option::as_ref);
-            let found: &[u32] = match value {
-                Some(ClaimValue::String(text)) => match key.by_value.get(text.as_str()) {
+            let guarded = !key.guards.is_empty();
+            let found: &[u32] = match string(key.claim) {
+                // A guard the caller lacks fails or is false in each workload: none can be
+                // skipped.
+                _ if key.guards.iter().any(|guard| string(*guard).is_none()) => &key.all,
+                Some(text) => match key.by_value.get(text) {
                     Some(span) => self.workload_span(*span),
                     None => &[],
                 },
+                // Without the key, a guard may still be false first, so each must run.
+                None if guarded => &key.all,
                 // Every workload keyed on the claim fails for this caller, so none is one the
                 // caller is; `rules` adds the first rule that names one.
-                _ => {
+                None => {
                     out.keyless.push(position);
                     &[]
                 }
@@ -402,30 +442,82 @@ fn push_span(lists: &mut Vec<u32>, list: &[u32]) -> Span {
     }
 }
 
+/// One test of a block's leading chain: `claim == "v"` or `claim in [...]`.
+struct ChainTest {
+    claim: ClaimId,
+    values: Vec<String>,
+}
+
 /// Each workload's key for each kind, per kind in [`ProviderKind::ALL`] order.
+///
+/// An alternative may be keyed on any test of its leading chain; the tests before it become
+/// its guards. Of the chain's claims, the one with the most distinct values among the kind's
+/// alternatives is taken (the earliest on a tie): `organization == "acme" && workspace ==
+/// "ws-1"` is looked up by workspace, which tells workloads apart, not by organization.
 fn workload_keys(bundle: &Bundle) -> Vec<Vec<WorkloadKey>> {
     ProviderKind::ALL
         .into_iter()
         .map(|kind| {
-            bundle
+            // The chains of every alternative of this kind, per workload.
+            let chains: Vec<Vec<Vec<ChainTest>>> = bundle
                 .workloads()
                 .iter()
                 .map(|workload| {
+                    workload
+                        .alternatives
+                        .iter()
+                        .filter(|alt| alt.kind == kind)
+                        .map(|alt| {
+                            bundle
+                                .block(alt.block)
+                                .map(|code| block_chain(bundle, kind, code))
+                                .unwrap_or_default()
+                        })
+                        .collect()
+                })
+                .collect();
+            let mut distinct: FastMap<ClaimId, std::collections::HashSet<&str>> =
+                FastMap::default();
+            for test in chains.iter().flatten().flatten() {
+                let values = distinct.entry(test.claim).or_default();
+                values.extend(test.values.iter().map(String::as_str));
+            }
+            let selectivity = |claim: ClaimId| distinct.get(&claim).map_or(0, |v| v.len());
+            chains
+                .iter()
+                .map(|alternatives| {
                     let mut key = WorkloadKey::Absent;
-                    let alternatives = workload.alternatives.iter().filter(|alt| alt.kind == kind);
-                    for alternative in alternatives {
-                        let found = bundle
-                            .block(alternative.block)
-                            .and_then(|code| block_key(bundle, kind, code));
+                    for chain in alternatives {
+                        let chosen = (0..chain.len())
+                            .max_by_key(|&k| (selectivity(chain[k].claim), std::cmp::Reverse(k)));
+                        let found = chosen.map(|k| {
+                            let guards: Vec<ClaimId> =
+                                chain[..k].iter().map(|test| test.claim).collect();
+                            (chain[k].claim, chain[k].values.clone(), guards)
+                        });
                         key = match (key, found) {
-                            (WorkloadKey::Absent, Some((claim, values))) => {
-                                WorkloadKey::Keyed { claim, values }
+                            (WorkloadKey::Absent, Some((claim, values, guards))) => {
+                                WorkloadKey::Keyed {
+                                    claim,
+                                    values,
+                                    guards,
+                                }
                             }
-                            (WorkloadKey::Keyed { claim, mut values }, Some((other, more)))
-                                if claim == other =>
-                            {
+                            (
+                                WorkloadKey::Keyed {
+                                    claim,
+                                    mut values,
+                                    mut guards,
+                                },
+                                Some((other, more, more_guards)),
+                            ) if claim == other => {
                                 values.extend(more);
-                                WorkloadKey::Keyed { claim, values }
+                                guards.extend(more_guards);
+                                WorkloadKey::Keyed {
+                                    claim,
+                                    values,
+                                    guards,
+                                }
                             }
                             _ => WorkloadKey::Unkeyed,
                         };
@@ -437,14 +529,34 @@ fn workload_keys(bundle: &Bundle) -> Vec<Vec<WorkloadKey>> {
         .collect()
 }
 
-/// The claim and values a block of kind `kind` is keyed on, if it is: it starts by comparing a
-/// string claim of `kind` with constant strings, and a false comparison returns false.
-fn block_key(
+/// The leading chain of a block of kind `kind`: the tests `c == "v"` / `c in [...]` of string
+/// claims of `kind` that it starts with, joined by `&&`, each of which returns false from
+/// the block when it is false.
+fn block_chain(bundle: &Bundle, kind: ProviderKind, code: &[Instr]) -> Vec<ChainTest> {
+    let mut chain = Vec::new();
+    let mut pc = 0;
+    while let Some((test, end)) = chain_test(bundle, kind, code, pc) {
+        if !false_returns(code, end) {
+            break;
+        }
+        chain.push(test);
+        // A true test is popped by the `&&` jump after it, and the next test follows.
+        match code.get(end) {
+            Some(Instr::JumpIfFalseOrPop(_)) => pc = end + 1,
+            _ => break,
+        }
+    }
+    chain
+}
+
+/// The test at `pc`, and the position just after it.
+fn chain_test(
     bundle: &Bundle,
     kind: ProviderKind,
     code: &[Instr],
-) -> Option<(ClaimId, Vec<String>)> {
-    let Some(Instr::PushClaim(claim_kind, claim)) = code.first() else {
+    pc: usize,
+) -> Option<(ChainTest, usize)> {
+    let Some(Instr::PushClaim(claim_kind, claim)) = code.get(pc) else {
         return None;
     };
     if *claim_kind != kind
@@ -452,19 +564,25 @@ fn block_key(
     {
         return None;
     }
-    let (values, next) = match code.get(1..3) {
+    let (values, end) = match code.get(pc + 1..pc + 3) {
         Some([Instr::PushStr(idx), Instr::Eq]) => {
-            (vec![bundle.strings().get(*idx as usize)?.clone()], 3)
+            (vec![bundle.strings().get(*idx as usize)?.clone()], pc + 3)
         }
-        _ => match code.get(1) {
+        _ => match code.get(pc + 1) {
             Some(Instr::InSet(set)) => match bundle.sets().get(*set as usize)? {
-                ConstSet::Str(items) => (items.clone(), 2),
+                ConstSet::Str(items) => (items.clone(), pc + 2),
                 _ => return None,
             },
             _ => return None,
         },
     };
-    false_returns(code, next).then_some((*claim, values))
+    Some((
+        ChainTest {
+            claim: *claim,
+            values,
+        },
+        end,
+    ))
 }
 
 /// Whether a false value on top of the stack at `pc` is returned: `pc` is `return`, or a
@@ -555,16 +673,22 @@ fn bound(bundle: &Bundle, keys: &[Vec<WorkloadKey>], n_targets: usize) -> usize 
                         *unkeyed_per_target.entry(*target).or_default() += len;
                     }
                 }
-                WorkloadKey::Keyed { claim, values } => {
+                WorkloadKey::Keyed {
+                    claim,
+                    values,
+                    guards,
+                } => {
                     let position = match claims.iter().position(|(c, ..)| c == claim) {
                         Some(found) => found,
                         None => {
-                            claims.push((*claim, FastMap::default(), 0));
+                            claims.push((*claim, FastMap::default(), KeylessCost::default()));
                             claims.len() - 1
                         }
                     };
-                    let (_, by_value, count) = &mut claims[position];
-                    *count += 1;
+                    let (_, by_value, keyless) = &mut claims[position];
+                    keyless.workloads += 1;
+                    keyless.guarded |= !guards.is_empty();
+                    keyless.alternatives += alternatives_len(w);
                     let mut seen: Vec<&str> = Vec::new();
                     for value in values {
                         if seen.contains(&value.as_str()) {
@@ -584,9 +708,14 @@ fn bound(bundle: &Bundle, keys: &[Vec<WorkloadKey>], n_targets: usize) -> usize 
         // Per keyed claim: the heaviest value on no particular target, and per target.
         let claim_worst: Vec<(usize, FastMap<usize, usize>)> = claims
             .iter()
-            .map(|(_, by_value, count)| {
-                // A caller without the claim runs the one instruction that fails.
-                let mut plain = usize::from(*count > 0);
+            .map(|(_, by_value, keyless)| {
+                // A caller without the claim runs the one instruction that fails; with guards,
+                // every workload keyed on it runs.
+                let mut plain = if keyless.guarded {
+                    keyless.alternatives
+                } else {
+                    usize::from(keyless.workloads > 0)
+                };
                 let mut per_target: FastMap<usize, usize> = FastMap::default();
                 for (cost, targets) in by_value.values() {
                     plain = plain.max(*cost);

@@ -712,7 +712,7 @@ impl<'r> PolicyGen<'r> {
         } else {
             self.rng.pick(&strings)
         };
-        if self.rng.chance(70) {
+        let key = if self.rng.chance(70) {
             format!(
                 "{} == {}",
                 def.name,
@@ -723,6 +723,16 @@ impl<'r> PolicyGen<'r> {
                 .map(|_| quote(self.rng.pick_str(STRING_VALUES)))
                 .collect();
             format!("{} in [{}]", def.name, values.join(", "))
+        };
+        // Often an organisation-like test comes first, shared by many workloads: the index
+        // then keys on the later, more selective test and guards on this one.
+        let other = strings.iter().find(|other| other.name != def.name);
+        match other {
+            Some(guard) if self.rng.chance(40) => {
+                let shared = quote(self.rng.pick_str(&STRING_VALUES[..2]));
+                format!("{} == {shared} && {key}", guard.name)
+            }
+            _ => key,
         }
     }
 

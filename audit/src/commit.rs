@@ -1,0 +1,502 @@
+//! Group commit: the events of many callers written to the active write-ahead log file with
+//! one `write(2)` and made durable with one `fsync`; the file rolled over when it is full or
+//! old.
+//!
+//! In: events from any number of threads ([`Committer::record`]). Out: every event's record
+//! written to the active log file before `record` returns, and synced before it returns
+//! ([`Durability::Strict`]) or within the flush interval ([`Durability::Interval`], by
+//! [`Committer::tick`] on the store's timer thread); closed files handed to the sealer.
+//!
+//! How callers share the work: a caller takes a `seq` for each of its events and encodes them
+//! into the intake, under the intake lock. If no one is writing, it becomes the leader: it
+//! takes everything in the intake, writes it with one `write(2)` (in strict mode followed by
+//! one `fsync`) with the intake unlocked, and wakes the others. Callers that arrived meanwhile
+//! wait; their records go into the next write, which one of them leads. The longer a write
+//! takes, the more records the next one carries, so under load a sync costs little per event.
+//!
+//! Lock order: `active`, then `intake`. Nothing takes `active` while it holds `intake`.
+
+use std::mem;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::error::AuditError;
+use crate::event::{AccessEvent, NewEvent};
+use crate::store::{Recorded, SealerHandle};
+use crate::wal::{Wal, encode_record, log_file_name};
+
+/// When a recorded event is on the disk itself, not only in the operating system's cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Synced before `record` returns.
+    Strict,
+    /// Written before `record` returns, synced at most this long after.
+    Interval(Duration),
+}
+
+impl Durability {
+    pub(crate) fn from_flush_interval(flush_interval: Duration) -> Durability {
+        if flush_interval.is_zero() {
+            Durability::Strict
+        } else {
+            Durability::Interval(flush_interval)
+        }
+    }
+}
+
+/// When the active log file is closed and handed to the sealer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RollLimits {
+    pub events: usize,
+    pub bytes: u64,
+    /// Counted from the file's first event.
+    pub age: Duration,
+}
+
+/// What follows a closed log file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Then {
+    /// The next file, named after the next `seq`; nothing is closed while the file is empty.
+    Continue,
+    /// None: the log takes no more events (the store is closing, or the log stopped).
+    Retire,
+}
+
+/// A log file that takes no more records, for the sealer.
+#[derive(Debug)]
+pub(crate) struct ClosedLog {
+    pub path: PathBuf,
+    /// The file's events, in `seq` order.
+    pub events: Vec<AccessEvent>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Committer {
+    node: String,
+    wal_dir: PathBuf,
+    durability: Durability,
+    limits: RollLimits,
+    intake: Mutex<Intake>,
+    /// Signalled when a write ends (the written and synced marks moved) or the log stops.
+    landed: Condvar,
+    /// `None` once retired.
+    active: Mutex<Option<ActiveLog>>,
+    sealer: SealerHandle,
+}
+
+/// What the callers share: the next `seq`, the records not yet written, how far the log got.
+#[derive(Debug)]
+struct Intake {
+    next_seq: u64,
+    /// Times never go backwards within a run, so `seq` order is time order.
+    last_time_micros: i64,
+    /// Encoded records waiting for the next write, in `seq` order.
+    records: Vec<u8>,
+    /// The same events, for the sealer.
+    events: Vec<AccessEvent>,
+    /// A leader is writing; the others wait for it.
+    writing: bool,
+    /// The highest `seq` written to the log file: it survives the process being killed.
+    written_seq: u64,
+    /// The highest `seq` synced to the disk: it survives a power cut.
+    synced_seq: u64,
+    /// Why the log stopped taking events, once it did.
+    failure: Option<String>,
+}
+
+/// The log file being written.
+#[derive(Debug)]
+struct ActiveLog {
+    wal: Wal,
+    /// The file's events, kept for the sealer so that it need not read them back.
+    events: Vec<AccessEvent>,
+    /// The highest `seq` in the file; one less than its first while it is empty.
+    last_seq: u64,
+    /// When the file's first event was written; its age counts from then.
+    first_write: Option<Instant>,
+}
+
+impl Committer {
+    /// Creates the first log file, named after `next_seq`, the `seq` of the first event.
+    pub(crate) fn start(
+        wal_dir: &Path,
+        node: String,
+        next_seq: u64,
+        durability: Durability,
+        limits: RollLimits,
+        sealer: SealerHandle,
+    ) -> Result<Committer, AuditError> {
+        let wal = Wal::create(&wal_dir.join(log_file_name(next_seq)))?;
+        let last_seq = next_seq.saturating_sub(1);
+        Ok(Committer {
+            node,
+            wal_dir: wal_dir.to_owned(),
+            durability,
+            limits,
+            intake: Mutex::new(Intake {
+                next_seq,
+                last_time_micros: i64::MIN,
+                records: Vec::new(),
+                events: Vec::new(),
+                writing: false,
+                written_seq: last_seq,
+                synced_seq: last_seq,
+                failure: None,
+            }),
+            landed: Condvar::new(),
+            active: Mutex::new(Some(ActiveLog {
+                wal,
+                events: Vec::new(),
+                last_seq,
+                first_write: None,
+            })),
+            sealer,
+        })
+    }
+
+    /// Records `events` with consecutive `seq`s, and returns once they are durable as the
+    /// [`Durability`] says. All or none: an event that cannot be encoded refuses the batch
+    /// before anything is written, and a failed write fails the whole batch (and stops the log).
+    pub(crate) fn record(&self, events: Vec<NewEvent>) -> Result<Vec<Recorded>, AuditError> {
+        let mut intake = self.lock_intake()?;
+        if let Some(cause) = &intake.failure {
+            return Err(stopped(cause));
+        }
+        let recorded = intake.take_in(events, &self.node)?;
+        let Some(last) = recorded.last() else {
+            return Ok(recorded);
+        };
+        self.wait_until_durable(intake, last.seq)?;
+        Ok(recorded)
+    }
+
+    /// Ok while the log takes events; else why it stopped.
+    pub(crate) fn health(&self) -> Result<(), AuditError> {
+        match &self.lock_intake()?.failure {
+            Some(cause) => Err(stopped(cause)),
+            None => Ok(()),
+        }
+    }
+
+    /// Closes the active file now, for [`crate::AuditLog::seal`] and `close`; `None` when
+    /// there was nothing to close.
+    pub(crate) fn roll_now(&self, then: Then) -> Result<Option<ClosedLog>, AuditError> {
+        let mut active = self.lock_active()?;
+        let then = if self.health().is_err() {
+            Then::Retire
+        } else {
+            then
+        };
+        self.roll(&mut active, then)
+    }
+
+    /// The timer thread's work: sync what was written since the last sync (in interval mode),
+    /// and roll the active file over once its first event is older than the age limit.
+    /// Failures stop the log, which says why; there is no one to return them to.
+    pub(crate) fn tick(&self) {
+        if let Durability::Interval(_) = self.durability {
+            let _ = self.flush();
+        }
+        if self.health().is_err() {
+            return;
+        }
+        let Ok(mut active) = self.lock_active() else {
+            return;
+        };
+        let too_old = active
+            .as_ref()
+            .and_then(|log| log.first_write)
+            .is_some_and(|first| first.elapsed() >= self.limits.age);
+        if too_old && let Ok(Some(closed)) = self.roll(&mut active, Then::Continue) {
+            self.sealer.hand_over(closed);
+        }
+    }
+
+    /// Syncs the active file when records were written since the last sync.
+    pub(crate) fn flush(&self) -> Result<(), AuditError> {
+        {
+            let intake = self.lock_intake()?;
+            if intake.synced_seq >= intake.written_seq {
+                return Ok(());
+            }
+        }
+        let (file, path, last_seq) = {
+            let active = self.lock_active()?;
+            let Some(log) = active.as_ref() else {
+                return Ok(());
+            };
+            (
+                log.wal.sync_handle(),
+                log.wal.path().to_owned(),
+                log.last_seq,
+            )
+        };
+        // Unlocked: the next records are written while the disk syncs these.
+        if let Err(source) = file.sync_data() {
+            let error = AuditError::Io {
+                action: "sync",
+                path,
+                source,
+            };
+            self.stop(&error);
+            return Err(error);
+        }
+        self.note_synced(last_seq);
+        Ok(())
+    }
+
+    fn wait_until_durable<'a>(
+        &'a self,
+        mut intake: MutexGuard<'a, Intake>,
+        seq: u64,
+    ) -> Result<(), AuditError> {
+        loop {
+            let durable = match self.durability {
+                Durability::Strict => intake.synced_seq,
+                Durability::Interval(_) => intake.written_seq,
+            };
+            if durable >= seq {
+                return Ok(());
+            }
+            if let Some(cause) = &intake.failure {
+                return Err(stopped(cause));
+            }
+            intake = if intake.writing {
+                self.landed.wait(intake).map_err(|_| AuditError::Stopped)?
+            } else {
+                self.lead(intake)?
+            };
+        }
+    }
+
+    /// Writes everything in the intake as one batch, with the intake unlocked meanwhile, then
+    /// wakes the waiting callers.
+    fn lead<'a>(
+        &'a self,
+        mut intake: MutexGuard<'a, Intake>,
+    ) -> Result<MutexGuard<'a, Intake>, AuditError> {
+        intake.writing = true;
+        let records = mem::take(&mut intake.records);
+        let events = mem::take(&mut intake.events);
+        let last_seq = intake.next_seq.saturating_sub(1);
+        drop(intake);
+
+        let written = {
+            let _leader = LeaderGuard(self);
+            self.write_batch(&records, events, last_seq)
+        };
+
+        let mut intake = self.lock_intake()?;
+        intake.writing = false;
+        // A failed write stopped the log already; the batch's callers see that.
+        if let Ok(synced) = written {
+            intake.written_seq = last_seq;
+            if synced {
+                intake.synced_seq = intake.synced_seq.max(last_seq);
+            }
+        }
+        if intake.records.is_empty() {
+            let mut records = records;
+            records.clear();
+            intake.records = records;
+        }
+        self.landed.notify_all();
+        Ok(intake)
+    }
+
+    /// Writes one batch to the active file (and syncs it, in strict mode), and rolls the file
+    /// over when it is full. Returns whether the batch is synced. Any failure stops the log.
+    fn write_batch(
+        &self,
+        records: &[u8],
+        events: Vec<AccessEvent>,
+        last_seq: u64,
+    ) -> Result<bool, AuditError> {
+        let mut active = self.lock_active()?;
+        let written = self.write_to(&mut active, records, events, last_seq);
+        if let Err(error) = &written {
+            self.stop(error);
+        }
+        written
+    }
+
+    fn write_to(
+        &self,
+        active: &mut Option<ActiveLog>,
+        records: &[u8],
+        mut events: Vec<AccessEvent>,
+        last_seq: u64,
+    ) -> Result<bool, AuditError> {
+        // A failure the flusher or a roll found stops the writes that follow it.
+        self.health()?;
+        let Some(log) = active.as_mut() else {
+            return Err(AuditError::Stopped);
+        };
+        log.wal.write_records(records)?;
+        let strict = self.durability == Durability::Strict;
+        if strict {
+            log.wal.sync()?;
+        }
+        log.last_seq = last_seq;
+        log.events.append(&mut events);
+        log.first_write.get_or_insert_with(Instant::now);
+        let full =
+            log.events.len() >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes;
+        // The batch is written either way; a failed roll stops the log for the next ones.
+        if full && let Ok(Some(closed)) = self.roll(active, Then::Continue) {
+            self.sealer.hand_over(closed);
+        }
+        Ok(strict)
+    }
+
+    /// Closes the active file: syncs it whole, so that after a power cut only the newest file
+    /// can end in a torn tail, and then creates the next file unless the log retires. Returns
+    /// the closed file for the sealer. A failure stops the log; a failed sync also keeps the
+    /// file where it is, because what reached the disk is unknown (the next open checks it).
+    fn roll(
+        &self,
+        active: &mut Option<ActiveLog>,
+        then: Then,
+    ) -> Result<Option<ClosedLog>, AuditError> {
+        let Some(log) = active.take() else {
+            return Ok(None);
+        };
+        if then == Then::Continue && log.events.is_empty() {
+            *active = Some(log);
+            return Ok(None);
+        }
+        if let Err(error) = log.wal.sync() {
+            self.stop(&error);
+            *active = Some(log);
+            return Err(error);
+        }
+        self.note_synced(log.last_seq);
+        if then == Then::Continue {
+            let path = self.wal_dir.join(log_file_name(log.last_seq + 1));
+            match Wal::create(&path) {
+                Ok(wal) => {
+                    *active = Some(ActiveLog {
+                        wal,
+                        events: Vec::new(),
+                        last_seq: log.last_seq,
+                        first_write: None,
+                    });
+                }
+                // The closed file is whole and synced: it is still sealed.
+                Err(error) => self.stop(&error),
+            }
+        }
+        tracing::debug!(
+            path = %log.wal.path().display(),
+            events = log.events.len(),
+            bytes = log.wal.len_bytes(),
+            "wal_file_closed"
+        );
+        Ok(Some(ClosedLog {
+            path: log.wal.path().to_owned(),
+            events: log.events,
+        }))
+    }
+
+    fn note_synced(&self, seq: u64) {
+        let mut intake = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
+        intake.synced_seq = intake.synced_seq.max(seq);
+    }
+
+    /// Stops the log: from now on `record` fails, saying why, and so does the health check.
+    fn stop(&self, error: &AuditError) {
+        let mut intake = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
+        if intake.failure.is_none() {
+            let cause = error.to_string();
+            tracing::error!(error = %cause, "audit_log_stopped");
+            intake.failure = Some(cause);
+        }
+        self.landed.notify_all();
+    }
+
+    fn lock_intake(&self) -> Result<MutexGuard<'_, Intake>, AuditError> {
+        // A poisoned lock means a panic mid-write: the log's state is unknown.
+        self.intake.lock().map_err(|_| AuditError::Stopped)
+    }
+
+    fn lock_active(&self) -> Result<MutexGuard<'_, Option<ActiveLog>>, AuditError> {
+        self.active.lock().map_err(|_| AuditError::Stopped)
+    }
+}
+
+impl Intake {
+    /// Gives each event its `seq`, time and id and encodes it for the next write. On an error
+    /// nothing of the batch stays, and its `seq`s go to the next events.
+    fn take_in(&mut self, events: Vec<NewEvent>, node: &str) -> Result<Vec<Recorded>, AuditError> {
+        let mark = (
+            self.records.len(),
+            self.events.len(),
+            self.next_seq,
+            self.last_time_micros,
+        );
+        let mut recorded = Vec::with_capacity(events.len());
+        for details in events {
+            match self.encode_next(details, node) {
+                Ok(one) => recorded.push(one),
+                Err(error) => {
+                    let (records, events, next_seq, last_time_micros) = mark;
+                    self.records.truncate(records);
+                    self.events.truncate(events);
+                    self.next_seq = next_seq;
+                    self.last_time_micros = last_time_micros;
+                    return Err(error);
+                }
+            }
+        }
+        Ok(recorded)
+    }
+
+    fn encode_next(&mut self, details: NewEvent, node: &str) -> Result<Recorded, AuditError> {
+        let micros = Utc::now().timestamp_micros().max(self.last_time_micros);
+        let time = DateTime::from_timestamp_micros(micros).ok_or(AuditError::ClockOutOfRange)?;
+        let event = AccessEvent {
+            event_id: Uuid::now_v7(),
+            seq: self.next_seq,
+            time,
+            node: node.to_owned(),
+            details,
+        };
+        encode_record(&event, &mut self.records)?;
+        let recorded = Recorded {
+            event_id: event.event_id,
+            seq: event.seq,
+            time,
+        };
+        self.next_seq += 1;
+        self.last_time_micros = micros;
+        self.events.push(event);
+        Ok(recorded)
+    }
+}
+
+/// Stops the log if a leader's write panics, so that the callers waiting for it get an error
+/// instead of waiting forever.
+struct LeaderGuard<'a>(&'a Committer);
+
+impl Drop for LeaderGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut intake = self.0.intake.lock().unwrap_or_else(PoisonError::into_inner);
+            intake.writing = false;
+            intake
+                .failure
+                .get_or_insert_with(|| "a write to the log panicked".to_owned());
+            self.0.landed.notify_all();
+        }
+    }
+}
+
+fn stopped(cause: &str) -> AuditError {
+    AuditError::StoppedAfterFailure {
+        cause: cause.to_owned(),
+    }
+}

@@ -1,0 +1,190 @@
+//! The policy-state tables: the bundles the server ran, queried beside the events; and the
+//! limits every query runs under.
+
+#![cfg(feature = "query")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "tests unwrap and panic on a wrong variant"
+)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::UInt64Type;
+use portcullis_audit::bundles::{archive_bundle, current_bundle, set_current_bundle};
+use portcullis_audit::query::{QueryLimits, query_with_limits};
+use portcullis_audit::{OutputFormat, QueryError, format_batches, query};
+use portcullis_lang::bundle::Bundle;
+use portcullis_lang::{SourceFile, compile};
+
+/// Compiles `source` and keeps its bundle in the store at `dir`; gives its hash.
+fn archive(dir: &Path, source: &str) -> String {
+    let set = compile(&[SourceFile::new("policy.gate", source)]).unwrap();
+    let bundle = Bundle::from_policy_set(&set).unwrap();
+    let hash = bundle.hash_hex();
+    archive_bundle(dir, &hash, &bundle.to_bytes()).unwrap();
+    hash
+}
+
+const FIRST: &str = "\
+workload ci { github { repository == \"acme/api\" } }
+target api { https { host = \"api.example\" } }
+target db { postgres { host = \"db.example\" database = \"orders\" } }
+credential api_token { jwt { audience = \"api\" ttl = 10m } }
+credential legacy { static { env = \"LEGACY_DB_PASSWORD\" } }
+@severity(\"high\")
+permit ci_calls_api { workload ci target api credential api_token }
+permit ci_reads_db { workload ci target db credential legacy when request.action == \"SELECT\" }
+forbid no_forks { workload any github when client.github.repository_owner != \"acme\" }
+";
+
+const SECOND: &str = "\
+workload ci { github { repository == \"acme/api\" } }
+target api { https { host = \"api.example\" path_prefix = \"/v2/\" } }
+permit ci_calls_api { workload ci target api }
+";
+
+fn text_column(batches: &[RecordBatch], column: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|batch| {
+            let array = batch.column(column).as_string::<i32>();
+            (0..array.len())
+                .map(|row| array.value(row).to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_tables_describe_every_archived_bundle_and_mark_the_current_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = archive(dir.path(), FIRST);
+    let second = archive(dir.path(), SECOND);
+    // Archiving the same bundle again changes nothing.
+    assert_eq!(archive(dir.path(), FIRST), first);
+    set_current_bundle(dir.path(), &second).unwrap();
+    assert_eq!(current_bundle(dir.path()).as_deref(), Some(second.as_str()));
+
+    let current_rules = "SELECT r.rule FROM rules r JOIN bundles b USING (bundle_hash) \
+                         WHERE b.current ORDER BY r.rule";
+    let batches = query(dir.path(), current_rules).await.unwrap();
+    assert_eq!(text_column(&batches, 0), ["ci_calls_api"]);
+
+    let first_rules = format!(
+        "SELECT rule, effect, workload, target, credential, has_when, severity FROM rules \
+         WHERE bundle_hash = '{first}' ORDER BY rule"
+    );
+    let batches = query(dir.path(), &first_rules).await.unwrap();
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(
+        csv,
+        "rule,effect,workload,target,credential,has_when,severity\n\
+         ci_calls_api,permit,ci,api,api_token,false,high\n\
+         ci_reads_db,permit,ci,db,legacy,true,\n\
+         no_forks,forbid,any github,any,,true,\n"
+    );
+
+    // A static secret is flagged, and only where it comes from is shown.
+    let credentials = format!(
+        "SELECT credential, kind, ttl_s, static_secret, source FROM credentials \
+         WHERE bundle_hash = '{first}' ORDER BY credential"
+    );
+    let batches = query(dir.path(), &credentials).await.unwrap();
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(
+        csv,
+        "credential,kind,ttl_s,static_secret,source\n\
+         api_token,jwt,600,false,audience api\n\
+         legacy,static,,true,env LEGACY_DB_PASSWORD\n"
+    );
+
+    let targets = "SELECT t.target, t.protocol, t.port, t.path_prefix FROM targets t \
+                   JOIN bundles b USING (bundle_hash) WHERE b.current";
+    let batches = query(dir.path(), targets).await.unwrap();
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(
+        csv,
+        "target,protocol,port,path_prefix\napi,https,443,/v2/\n"
+    );
+
+    let counts = "SELECT rules FROM bundles ORDER BY rules";
+    let batches = query(dir.path(), counts).await.unwrap();
+    let counts = batches[0].column(0).as_primitive::<UInt64Type>();
+    assert_eq!(counts.values().to_vec(), [1, 3]);
+}
+
+#[tokio::test]
+async fn a_store_without_bundles_has_empty_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    for table in ["bundles", "workloads", "targets", "credentials", "rules"] {
+        let batches = query(dir.path(), &format!("SELECT * FROM {table}"))
+            .await
+            .unwrap();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        assert_eq!(rows, 0, "{table}");
+    }
+}
+
+#[tokio::test]
+async fn a_damaged_archived_bundle_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let hash = archive(dir.path(), SECOND);
+    let path = dir.path().join("bundles").join(format!("{hash}.bundle"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&path, bytes).unwrap();
+    let error = query(dir.path(), "SELECT * FROM rules").await.unwrap_err();
+    assert!(matches!(error, QueryError::PolicyState(_)), "{error}");
+    assert!(
+        error.to_string().contains(&format!("{hash}.bundle")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_query_past_its_memory_limit_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueryLimits {
+        memory_bytes: 64 * 1024,
+        ..QueryLimits::default()
+    };
+    let sql = "SELECT value FROM generate_series(1, 2000000) ORDER BY value DESC LIMIT 3";
+    // Sorting two million rows needs far more than 64 KiB; the pool refuses it.
+    let without_limit = query(dir.path(), sql).await.unwrap();
+    assert_eq!(without_limit[0].num_rows(), 3);
+    let error = query_with_limits(dir.path(), sql, limits).await;
+    let sql = "SELECT array_agg(value) FROM generate_series(1, 2000000)";
+    let error = match error {
+        Err(error) => error,
+        Ok(_) => query_with_limits(dir.path(), sql, limits)
+            .await
+            .unwrap_err(),
+    };
+    assert!(
+        error
+            .to_string()
+            .to_lowercase()
+            .contains("resources exhausted"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn a_query_past_its_time_limit_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueryLimits {
+        timeout: Duration::from_millis(50),
+        ..QueryLimits::default()
+    };
+    let sql = "SELECT count(*) FROM generate_series(1, 20000) a, generate_series(1, 20000) b \
+               WHERE a.value * b.value % 7 = 3";
+    let error = query_with_limits(dir.path(), sql, limits)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, QueryError::TimedOut { .. }), "{error}");
+    assert!(error.to_string().contains("0.05 s"), "{error}");
+}

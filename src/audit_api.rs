@@ -1,0 +1,105 @@
+//! The server's side of `POST /v1/audit/query`: runs the SQL with DataFusion under the
+//! configured limits, and caps the rows an answer carries.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use portcullis_audit::query::{QueryLimits, query_with_limits};
+use portcullis_audit::{OutputFormat, QueryError, format_batches};
+use portcullis_engine::api::audit_query::{AuditQuery, QueryAnswer, QueryFormat, QueryRefusal};
+use serde_json::{Value, json};
+
+/// Rows an HTTP answer carries at most; a larger result is cut and says so.
+pub const MAX_ROWS: usize = 10_000;
+
+#[derive(Debug)]
+pub struct SqlOverStore {
+    pub data_dir: PathBuf,
+    pub limits: QueryLimits,
+}
+
+impl AuditQuery for SqlOverStore {
+    fn run(
+        &self,
+        sql: String,
+        format: QueryFormat,
+    ) -> Pin<Box<dyn Future<Output = Result<QueryAnswer, QueryRefusal>> + Send + 'static>> {
+        let data_dir = self.data_dir.clone();
+        let limits = self.limits;
+        Box::pin(async move {
+            let batches = query_with_limits(&data_dir, &sql, limits)
+                .await
+                .map_err(refusal)?;
+            let row_count: usize = batches.iter().map(|batch| batch.num_rows()).sum();
+            let mut kept = Vec::new();
+            let mut room = MAX_ROWS;
+            for batch in &batches {
+                if room == 0 {
+                    break;
+                }
+                let take = batch.num_rows().min(room);
+                kept.push(batch.slice(0, take));
+                room -= take;
+            }
+            let truncated = row_count > MAX_ROWS;
+            match format {
+                QueryFormat::Csv => {
+                    let body = format_batches(&kept, OutputFormat::Csv).map_err(refusal)?;
+                    Ok(QueryAnswer {
+                        content_type: "text/csv; charset=utf-8",
+                        body,
+                    })
+                }
+                QueryFormat::Json => {
+                    let lines = format_batches(&kept, OutputFormat::Json).map_err(refusal)?;
+                    let rows: Vec<Value> = lines
+                        .lines()
+                        .filter(|line| !line.trim().is_empty())
+                        .map(serde_json::from_str)
+                        .collect::<Result<_, _>>()
+                        .map_err(|error| QueryRefusal {
+                            status: axum_status(500),
+                            message: format!("cannot write the result as JSON: {error}"),
+                        })?;
+                    let body = json!({
+                        "rows": rows,
+                        "row_count": row_count,
+                        "truncated": truncated,
+                        "max_rows": MAX_ROWS,
+                    });
+                    Ok(QueryAnswer {
+                        content_type: "application/json",
+                        body: body.to_string(),
+                    })
+                }
+            }
+        })
+    }
+}
+
+/// A query error as an answer: the caller's mistake is 400; a limit reached is 503.
+fn refusal(error: QueryError) -> QueryRefusal {
+    let status = match &error {
+        QueryError::TimedOut { .. } => 503,
+        QueryError::DataFusion(inner) if is_resources_exhausted(inner) => 503,
+        QueryError::PolicyState(_) | QueryError::Format(_) => 500,
+        _ => 400,
+    };
+    QueryRefusal {
+        status: axum_status(status),
+        message: error.to_string(),
+    }
+}
+
+fn is_resources_exhausted(error: &portcullis_audit::query::DataFusionError) -> bool {
+    matches!(
+        error.find_root(),
+        portcullis_audit::query::DataFusionError::ResourcesExhausted(_)
+    )
+}
+
+fn axum_status(code: u16) -> portcullis_engine::api::StatusCode {
+    portcullis_engine::api::StatusCode::from_u16(code)
+        .unwrap_or(portcullis_engine::api::StatusCode::INTERNAL_SERVER_ERROR)
+}

@@ -1,0 +1,211 @@
+//! `portcullis audit verify` and `portcullis audit key`: the integrity manifest from the
+//! command line. Verification is the audit crate's; this prints its report, its first failure,
+//! and its progress (on stderr, only when stderr is a terminal).
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use portcullis_audit::manifest::format_time;
+use portcullis_audit::signing;
+use portcullis_audit::verify::{self, KeySource, Progress, Report};
+
+use crate::config;
+
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Which store: `--data-dir`, else the configuration's, else the default.
+#[derive(Debug, Args)]
+pub struct StoreArgs {
+    /// The audit data directory (default: the configuration's, else `portcullis-data`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Read the data directory from this configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn data_dir(&self) -> Result<PathBuf> {
+        let data_dir = match (&self.data_dir, &self.config) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(config)) => config::Config::load(config)?.data_dir(None),
+            (None, None) => PathBuf::from(config::DEFAULT_DATA_DIR),
+        };
+        if !data_dir.is_dir() {
+            anyhow::bail!(
+                "no audit store at `{}`; pass --data-dir or --config to name one",
+                data_dir.display()
+            );
+        }
+        Ok(data_dir)
+    }
+}
+
+/// `portcullis audit verify`: prints what was confirmed, or fails naming the first mismatch.
+pub fn verify(store: &StoreArgs, public_key: Option<&Path>) -> Result<()> {
+    let data_dir = store.data_dir()?;
+    let mut progress = ProgressLine::new(std::io::stderr().is_terminal());
+    let outcome = verify::verify(&data_dir, public_key, &mut |done| progress.show(done));
+    progress.clear();
+    let report = outcome.context("verification failed")?;
+    print!("{}", summary(&data_dir, &report));
+    if portcullis_audit::AuditLog::has_unsealed_events(&data_dir) {
+        eprintln!(
+            "note: the write-ahead log in `{}` holds events not yet sealed; they are chained \
+             and signed when they are sealed, and this verification does not cover them",
+            data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `portcullis audit key`: the public key that signs the checkpoints, as SPKI PEM on stdout.
+pub fn key(store: &StoreArgs) -> Result<()> {
+    let data_dir = store.data_dir()?;
+    let key = signing::store_public_key(&data_dir)?;
+    let pem = signing::public_key_to_pem(&key)?;
+    print!("{pem}");
+    eprintln!("key {} of `{}`", signing::key_id(&key), data_dir.display());
+    Ok(())
+}
+
+/// The report as lines for people.
+fn summary(data_dir: &Path, report: &Report) -> String {
+    let mut lines = vec![
+        format!(
+            "verified `{}`: every segment matches its manifest entry, and the chain and its \
+             signed checkpoints hold",
+            data_dir.display()
+        ),
+        format!(
+            "manifest: {}, {}",
+            count(report.entries, "entry", "entries"),
+            count(report.checkpoints, "checkpoint", "checkpoints")
+        ),
+    ];
+    let seq = report.seq_range.map_or("none".to_owned(), |(first, last)| {
+        format!("{first}..={last}")
+    });
+    lines.push(format!(
+        "segments: {}, events: {}, seq {seq}",
+        report.segments, report.events
+    ));
+    if let Some((min, max)) = report.time_range {
+        lines.push(format!(
+            "time: {} to {}",
+            format_time(&min),
+            format_time(&max)
+        ));
+    }
+    if let Some(removed) = &report.removed {
+        lines.push(format!(
+            "removed under retention: {} with {}, seq {}..={}, in {}; the last at {}, \
+             retention_days = {}, dates before {}",
+            count(removed.segments, "segment", "segments"),
+            count(removed.events, "event", "events"),
+            removed.seq_range.0,
+            removed.seq_range.1,
+            count(removed.removals, "removal", "removals"),
+            format_time(&removed.last_time),
+            removed.last_retention_days,
+            removed.last_before
+        ));
+    }
+    if report.recovered_segments + report.upgraded_segments > 0 {
+        lines.push(format!(
+            "chained after the fact: {} after a crash (matched to the write-ahead log), {} \
+             present when the store first got a manifest",
+            count(report.recovered_segments, "segment", "segments"),
+            count(report.upgraded_segments, "segment", "segments")
+        ));
+    }
+    if !report.leftover_files.is_empty() {
+        lines.push(format!(
+            "note: {} of removed segments still present (a removal was cut short; the next \
+             open deletes them); they match their entries",
+            count(report.leftover_files.len() as u64, "file", "files")
+        ));
+    }
+    let checkpoint = &report.last_checkpoint;
+    lines.push(format!(
+        "last checkpoint: entry {} (sha256 {}), signed at {} by key {}",
+        checkpoint.entry,
+        hex_prefix(&checkpoint.entry_hash),
+        format_time(&checkpoint.time),
+        report.key_id
+    ));
+    lines.push(match &report.key_source {
+        KeySource::Pinned(path) => format!("key: pinned, `{}`", path.display()),
+        KeySource::DataDir(path) => format!(
+            "key: the store's own `{}`; this shows the store agrees with the key kept beside \
+             it; pass --public-key with a copy kept elsewhere (`portcullis audit key`) to show \
+             it was not rewritten with another key",
+            path.display()
+        ),
+    });
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+fn hex_prefix(hash: &[u8; 32]) -> String {
+    hash.iter()
+        .take(8)
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+/// A progress line on stderr, redrawn in place at most every [`PROGRESS_EVERY`].
+struct ProgressLine {
+    enabled: bool,
+    last_drawn: Option<Instant>,
+    width: usize,
+}
+
+impl ProgressLine {
+    fn new(enabled: bool) -> ProgressLine {
+        ProgressLine {
+            enabled,
+            last_drawn: None,
+            width: 0,
+        }
+    }
+
+    fn show(&mut self, progress: &Progress) {
+        if !self.enabled
+            || self
+                .last_drawn
+                .is_some_and(|at| at.elapsed() < PROGRESS_EVERY)
+        {
+            return;
+        }
+        let mib = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+        let line = format!(
+            "verifying: {}/{} segments, {:.1} of {:.1} MiB",
+            progress.segments_done,
+            progress.segments_total,
+            mib(progress.bytes_done),
+            mib(progress.bytes_total)
+        );
+        self.width = self.width.max(line.len());
+        let mut stderr = std::io::stderr().lock();
+        // A progress line that cannot be drawn is not worth failing the verification for.
+        let _ = write!(stderr, "\r{line:<width$}", width = self.width);
+        let _ = stderr.flush();
+        self.last_drawn = Some(Instant::now());
+    }
+
+    fn clear(&mut self) {
+        if self.enabled && self.width > 0 {
+            eprint!("\r{:width$}\r", "", width = self.width);
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! `portcullis audit verify` and `portcullis audit key` from the command line: a clean store is
+//! confirmed with a summary, the exported key pins the checkpoints, a tampered store fails
+//! naming what does not match, and verification runs beside a server that holds the store.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::{portcullis, start_server, stop_server};
+use portcullis_audit::signing::{self, SigningKey};
+use portcullis_audit::{AuditLog, AuditOptions, Decision, NewEvent};
+
+fn run(args: &[&str], data_dir: &Path) -> Output {
+    portcullis()
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A store with three events in one segment.
+fn store_with_events(data_dir: &Path) {
+    let (log, _) = AuditLog::open(data_dir, AuditOptions::new("cli-test")).unwrap();
+    for workload in ["build", "deploy", "docs"] {
+        let event = NewEvent {
+            decision: Some(Decision::Allow),
+            workload: Some(workload.to_owned()),
+            ..NewEvent::default()
+        };
+        log.record(event).unwrap();
+    }
+    log.close().unwrap();
+}
+
+fn the_segment(data_dir: &Path) -> String {
+    let mut found = Vec::new();
+    for partition in std::fs::read_dir(data_dir.join("events")).unwrap() {
+        let partition = partition.unwrap();
+        for file in std::fs::read_dir(partition.path()).unwrap() {
+            let name = file.unwrap().file_name().into_string().unwrap();
+            let dir = partition.file_name().into_string().unwrap();
+            found.push(format!("events/{dir}/{name}"));
+        }
+    }
+    assert_eq!(found.len(), 1, "{found:?}");
+    found.pop().unwrap()
+}
+
+#[test]
+fn verify_confirms_a_clean_store_and_the_exported_key_pins_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    store_with_events(&data_dir);
+
+    let out = run(&["audit", "verify"], &data_dir);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(stdout.contains("verified `"), "{stdout}");
+    assert!(
+        stdout.contains("segments: 1, events: 3, seq 1..=3"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("last checkpoint: entry 1 "), "{stdout}");
+    assert!(stdout.contains("key: the store's own"), "{stdout}");
+    assert!(
+        out.stderr.is_empty(),
+        "no progress off a terminal: {}",
+        text(&out.stderr)
+    );
+
+    let out = run(&["audit", "key"], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pem = text(&out.stdout);
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    assert!(!pem.contains("PRIVATE"), "{pem}");
+    let key = signing::public_key_from_pem(&pem).unwrap();
+    assert!(text(&out.stderr).contains(&signing::key_id(&key)));
+
+    let pinned = tmp.path().join("audit.pub");
+    std::fs::write(&pinned, &pem).unwrap();
+    let out = run(
+        &["audit", "verify", "--public-key", pinned.to_str().unwrap()],
+        &data_dir,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("key: pinned, `"), "{stdout}");
+    assert!(stdout.contains(&signing::key_id(&key)), "{stdout}");
+}
+
+#[test]
+fn verify_names_a_tampered_segment_and_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    store_with_events(&data_dir);
+    let segment = the_segment(&data_dir);
+    let path = data_dir.join(&segment);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&path, bytes).unwrap();
+
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!(
+            "error: verification failed: segment `{segment}` (manifest entry 1) fails: its \
+             SHA-256 is "
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn verify_against_another_pinned_key_fails() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    store_with_events(&data_dir);
+    let other = SigningKey::from_bytes(&[9; 32]).verifying_key();
+    let foreign = tmp.path().join("foreign.pub");
+    std::fs::write(&foreign, signing::public_key_to_pem(&other).unwrap()).unwrap();
+
+    let out = run(
+        &["audit", "verify", "--public-key", foreign.to_str().unwrap()],
+        &data_dir,
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("manifest entry 0"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "not with the trusted key {}",
+            signing::key_id(&other)
+        )),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn key_and_verify_explain_a_directory_without_a_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(&["audit", "key"], tmp.path());
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("there is no signing key"), "{stderr}");
+
+    let out = run(&["audit", "verify"], tmp.path());
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("has no integrity manifest"), "{stderr}");
+
+    let out = run(&["audit", "verify"], &tmp.path().join("nothing"));
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("no audit store at"));
+}
+
+#[test]
+fn verify_runs_beside_a_server_that_holds_the_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let server = start_server(&data_dir);
+
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    stop_server(server);
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("segments: 1, events: 1, seq 1..=1"),
+        "{stdout}"
+    );
+}
