@@ -211,8 +211,8 @@ fn check_answer(case: &Case, answer: &Value, bundle: &str) {
 
 fn audit_rows(data_dir: &Path) -> Vec<Value> {
     let sql = "SELECT event_id, decision, workload, target, rule, reason_code, kind, seq, \
-               subject, claims, rule_description, rule_severity, bundle_hash, action \
-               FROM access_events ORDER BY time, seq";
+               subject, claims, rule_description, rule_severity, bundle_hash, action, \
+               conditions, evidence_sha256 FROM access_events ORDER BY time, seq";
     audit_query(data_dir, sql)
 }
 
@@ -319,6 +319,20 @@ fn decisions_are_answered_recorded_and_queryable() {
         rows[release]["rule_description"],
         "release tags of acme/billing deploy through the billing API"
     );
+    // Its `when writes` is recorded with its value; the token only as its hash.
+    let conditions: Value =
+        serde_json::from_str(rows[release]["conditions"].as_str().unwrap()).unwrap();
+    assert_eq!(conditions, json!([{ "name": "writes", "result": true }]));
+    let token = &cases[release].token;
+    let digest = rows[release]["evidence_sha256"].as_str().unwrap();
+    assert_eq!(digest.len(), 64);
+    assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+    for row in &all_rows {
+        assert!(
+            !row.to_string().contains(token.as_str()),
+            "a token was stored: {row}"
+        );
+    }
     let expected_targets = ["billing_api", "billing_api", "billing_api", "orders_db"];
     for (row, target) in rows.iter().zip(expected_targets) {
         assert_eq!(row["target"], target);

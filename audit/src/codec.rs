@@ -3,7 +3,8 @@
 //! Little-endian integers; text as a `u32` length and UTF-8 bytes; an optional field as a
 //! presence byte (0 or 1) and the value. The field order is fixed by [`encode`]; changing it
 //! means a new write-ahead log format version, and [`decode_version`] keeps reading the older
-//! ones. Version 2 added `rule_description` and `rule_severity` after `latency_ns`.
+//! ones. Version 2 added `rule_description` and `rule_severity` after `latency_ns`; version 3
+//! added `evidence_sha256` after them.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -59,6 +60,7 @@ pub(crate) fn encode(event: &AccessEvent, out: &mut Vec<u8>) {
     put_opt(out, d.latency_ns, put_u64);
     put_opt_str(out, d.rule_description.as_deref());
     put_opt_str(out, d.rule_severity.as_deref());
+    put_opt_str(out, d.evidence_sha256.as_deref());
 }
 
 /// Decodes one event of the current format; the whole of `bytes` must be the event.
@@ -114,11 +116,20 @@ pub(crate) fn decode_version(bytes: &[u8], version: u32) -> Result<AccessEvent, 
         latency_ns: r.opt(Reader::u64)?,
         rule_description: None,
         rule_severity: None,
+        evidence_sha256: None,
     };
     let details = if version >= 2 {
         NewEvent {
             rule_description: r.opt_string()?,
             rule_severity: r.opt_string()?,
+            ..details
+        }
+    } else {
+        details
+    };
+    let details = if version >= 3 {
+        NewEvent {
+            evidence_sha256: r.opt_string()?,
             ..details
         }
     } else {
@@ -345,6 +356,7 @@ mod tests {
                 latency_ns: Some(u64::MAX),
                 rule_description: Some("release tags deploy".into()),
                 rule_severity: Some("high".into()),
+                evidence_sha256: Some("9f".repeat(32)),
             },
         }
     }
@@ -382,12 +394,29 @@ mod tests {
     }
 
     #[test]
-    fn version_1_records_still_decode() {
-        // Version 1 ended with `latency_ns`: the same bytes without the two rule fields.
+    fn version_2_records_still_decode() {
+        // Version 2 ended with the rule fields: the same bytes without `evidence_sha256`.
         let event = full_event();
         let mut bytes = Vec::new();
         encode(&event, &mut bytes);
-        let v2_tail = 2 * (1 + 4) + "release tags deploy".len() + "high".len();
+        let v3_tail = 1 + 4 + 64;
+        let v2 = &bytes[..bytes.len() - v3_tail];
+        let decoded = decode_version(v2, 2).unwrap();
+        let mut expected = event;
+        expected.details.evidence_sha256 = None;
+        assert_eq!(decoded, expected);
+        assert_eq!(decode(v2), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        // Version 1 ended with `latency_ns`: the same bytes without the rule fields and the
+        // evidence hash (absent here).
+        let mut event = full_event();
+        event.details.evidence_sha256 = None;
+        let mut bytes = Vec::new();
+        encode(&event, &mut bytes);
+        let v2_tail = 2 * (1 + 4) + "release tags deploy".len() + "high".len() + 1;
         let v1 = &bytes[..bytes.len() - v2_tail];
         let decoded = decode_version(v1, 1).unwrap();
         let mut expected = event;

@@ -75,6 +75,9 @@ pub enum AuditError {
 
     #[error("`{hash}` is not a bundle content hash (64 lowercase hex digits)")]
     BadBundleHash { hash: String },
+
+    #[error("the key file `{path}` cannot be used: {reason}")]
+    BadKey { path: PathBuf, reason: &'static str },
 }
 
 /// What is wrong with a write-ahead log record.

@@ -123,6 +123,9 @@ pub struct NewEvent {
     pub rule_description: Option<String>,
     /// The deciding rule's `@severity` annotation: `low`, `medium`, `high` or `critical`.
     pub rule_severity: Option<String>,
+    /// The SHA-256 of the evidence the caller presented (the token as sent), in hex: it
+    /// tells one token's uses apart without keeping the token.
+    pub evidence_sha256: Option<String>,
 }
 
 /// An event as the store keeps it.

@@ -13,6 +13,7 @@
 pub mod bundles;
 mod codec;
 mod commit;
+pub mod credential_ref;
 pub mod error;
 pub mod event;
 pub mod manifest;

@@ -58,6 +58,7 @@ fn build_schema() -> SchemaRef {
         int64("latency_ns"),
         text("rule_description", true),
         text("rule_severity", true),
+        text("evidence_sha256", true),
     ];
     Arc::new(Schema::new(fields))
 }
@@ -131,6 +132,7 @@ pub fn events_to_batch(events: &[AccessEvent]) -> Result<RecordBatch, AuditError
         int64("latency_ns", |d| d.latency_ns)?,
         text(|d| d.rule_description.as_deref()),
         text(|d| d.rule_severity.as_deref()),
+        text(|d| d.evidence_sha256.as_deref()),
     ];
     Ok(RecordBatch::try_new(access_events_schema(), columns)?)
 }

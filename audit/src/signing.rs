@@ -151,7 +151,7 @@ fn read_signing_key(path: &Path) -> Result<SigningKey, ManifestError> {
 }
 
 /// The text of a key file, in memory that is wiped when dropped.
-fn read_key_file(path: &Path) -> Result<Zeroizing<String>, ManifestError> {
+pub(crate) fn read_key_file(path: &Path) -> Result<Zeroizing<String>, ManifestError> {
     let mut file = File::open(path).map_err(ManifestError::io("open", path))?;
     let size = file
         .metadata()
@@ -234,7 +234,7 @@ fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<(), ManifestError
     sync_parent(path)
 }
 
-fn create_dir_owner_only(dir: &Path) -> Result<(), ManifestError> {
+pub(crate) fn create_dir_owner_only(dir: &Path) -> Result<(), ManifestError> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -247,7 +247,7 @@ fn create_dir_owner_only(dir: &Path) -> Result<(), ManifestError> {
     sync_parent(dir)
 }
 
-fn sync_parent(path: &Path) -> Result<(), ManifestError> {
+pub(crate) fn sync_parent(path: &Path) -> Result<(), ManifestError> {
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
         return Ok(());
     };
@@ -257,7 +257,7 @@ fn sync_parent(path: &Path) -> Result<(), ManifestError> {
 }
 
 #[cfg(unix)]
-fn warn_if_readable_by_others(path: &Path) {
+pub(crate) fn warn_if_readable_by_others(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(path).map_or(0, |metadata| metadata.permissions().mode());
     if mode & 0o077 != 0 {
@@ -270,7 +270,7 @@ fn warn_if_readable_by_others(path: &Path) {
 }
 
 #[cfg(not(unix))]
-fn warn_if_readable_by_others(_path: &Path) {}
+pub(crate) fn warn_if_readable_by_others(_path: &Path) {}
 
 #[cfg(test)]
 mod tests {

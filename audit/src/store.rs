@@ -38,6 +38,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::commit::{ClosedLog, Committer, Durability, RollLimits, Then};
+use crate::credential_ref::CredentialRefKey;
 use crate::error::{AuditError, RecordProblem};
 use crate::event::{AccessEvent, NewEvent};
 use crate::schema::check_ranges;
@@ -156,6 +157,8 @@ pub struct AuditLog {
     /// Dropping it ends the timer thread.
     timer_stop: Option<mpsc::Sender<()>>,
     threads: Vec<JoinHandle<()>>,
+    /// The key of `credential_ref`, so events never hold a credential's identifier.
+    credential_refs: CredentialRefKey,
     /// Holds the advisory lock on `LOCK`; the kernel releases it when the process ends.
     _lock: File,
 }
@@ -174,6 +177,7 @@ impl AuditLog {
         let wal_dir = data_dir.join(WAL_DIR);
         create_dir(&events_dir)?;
         create_dir(&wal_dir)?;
+        let credential_refs = CredentialRefKey::load_or_create(data_dir)?;
 
         let mut sealed = SealedIndex::open(data_dir, options.retention_days)?;
         let recovery = recover(&wal_dir, &events_dir, &mut sealed)?;
@@ -220,6 +224,7 @@ impl AuditLog {
             sealer,
             timer_stop: Some(timer_stop),
             threads: vec![sealer_thread, timer_thread],
+            credential_refs,
             _lock: lock,
         };
         Ok((log, recovery))
@@ -228,6 +233,12 @@ impl AuditLog {
     /// The data directory this log writes.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
+    }
+
+    /// What an event's `credential_ref` holds for the credential with `identifier`: an HMAC
+    /// under this store's key ([`crate::credential_ref`]), never the identifier.
+    pub fn credential_ref(&self, identifier: &str) -> String {
+        self.credential_refs.reference(identifier)
     }
 
     /// Records `event`; when this returns, it survives the process being killed, and a power

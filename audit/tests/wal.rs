@@ -479,9 +479,9 @@ fn log_files_list_oldest_first_with_the_legacy_file_before_all() {
     );
 }
 
-/// Rewrites a version 2 log whose events have no rule annotations as the version 1 log of the
-/// same events: version 1 records end before the two empty rule fields (one presence byte
-/// each).
+/// Rewrites a log of the current version whose events have no rule annotations and no
+/// evidence hash as the version 1 log of the same events: version 1 records end before those
+/// three empty fields (one presence byte each).
 fn downgrade_to_version_1(path: &Path) {
     let bytes = fs::read(path).unwrap();
     let mut out = bytes[..HEADER_LEN as usize].to_vec();
@@ -490,8 +490,12 @@ fn downgrade_to_version_1(path: &Path) {
     while offset < bytes.len() {
         let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
         let payload = &bytes[offset + 8..offset + 8 + length];
-        assert_eq!(&payload[length - 2..], [0, 0], "no rule annotations");
-        let payload = &payload[..length - 2];
+        assert_eq!(
+            &payload[length - 3..],
+            [0, 0, 0],
+            "no rule annotations or evidence"
+        );
+        let payload = &payload[..length - 3];
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         out.extend_from_slice(payload);
@@ -525,7 +529,7 @@ fn an_unknown_version_is_refused_with_the_versions_this_build_reads() {
     assert!(
         error
             .to_string()
-            .ends_with("has write-ahead log format version 9; this build reads versions 1 to 2"),
+            .ends_with("has write-ahead log format version 9; this build reads versions 1 to 3"),
         "{error}"
     );
 }

@@ -25,12 +25,13 @@ pub use axum::http::StatusCode;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use portcullis_audit::{AuditLog, Decision as Verdict, EventKind, NewEvent};
+use portcullis_audit::{AuditLog, ConditionOutcome, Decision as Verdict, EventKind, NewEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 use crate::attest::{Attested, Attestor, Rejected};
-use crate::vm::{Decision, Program, Request, TargetQuery};
+use crate::vm::{Decision, EvalError, Program, Request, TargetQuery, Trace};
 use admin::Admin;
 
 /// Decide bodies larger than this get 413, unless configured otherwise.
@@ -342,6 +343,8 @@ async fn decide(
         action: body.request.action.clone(),
         resource: body.request.resource.clone(),
         bundle_hash: Some(program.hash_hex().to_owned()),
+        // The token is never kept; its hash tells its uses apart.
+        evidence_sha256: Some(hex::encode(Sha256::digest(body.evidence.token.as_bytes()))),
         ..NewEvent::default()
     };
     // `request.time`: the clock is read once, before attestation, so that one decision sees
@@ -361,6 +364,11 @@ async fn decide(
             describe_caller(&mut event, &attested);
             if body.explain {
                 let explained = program.explain(&request);
+                event.conditions = explained
+                    .conditions
+                    .iter()
+                    .filter_map(|(id, result)| condition_outcome(&program, *id, *result))
+                    .collect();
                 describe_target(&mut event, &explained.decision, &body.target);
                 let answer = answer_decision(&mut event, &explained.decision);
                 DecideAnswer {
@@ -368,7 +376,9 @@ async fn decide(
                     ..answer
                 }
             } else {
-                let decision = program.decide(&request);
+                let mut conditions = ConditionsSeen::default();
+                let decision = program.decide_with(&request, &mut conditions);
+                event.conditions = conditions.named(&program);
                 describe_target(&mut event, &decision, &body.target);
                 answer_decision(&mut event, &decision)
             }
@@ -380,6 +390,39 @@ async fn decide(
     };
     event.latency_ns = Some(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
     record_and_answer(&engine, event, answer).await
+}
+
+/// The named conditions a decision evaluated, in order, for the event's `conditions`.
+#[derive(Default)]
+struct ConditionsSeen(Vec<(u32, Result<bool, EvalError>)>);
+
+impl Trace for ConditionsSeen {
+    fn condition(&mut self, condition: u32, result: Result<bool, EvalError>) {
+        self.0.push((condition, result));
+    }
+}
+
+impl ConditionsSeen {
+    fn named(&self, program: &Program) -> Vec<ConditionOutcome> {
+        self.0
+            .iter()
+            .filter_map(|(id, result)| condition_outcome(program, *id, *result))
+            .collect()
+    }
+}
+
+/// A condition's name and value; none for one that failed to evaluate, which the decision's
+/// reason names.
+fn condition_outcome(
+    program: &Program,
+    id: u32,
+    result: Result<bool, EvalError>,
+) -> Option<ConditionOutcome> {
+    let condition = program.bundle().conditions().get(id as usize)?;
+    Some(ConditionOutcome {
+        name: condition.name.clone(),
+        result: result.ok()?,
+    })
 }
 
 fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {

@@ -267,6 +267,14 @@ impl Program {
         })
     }
 
+    /// Decides `request` with this thread's scratch space, telling `trace` what it evaluates.
+    pub fn decide_with<T: Trace>(&self, request: &Request<'_>, trace: &mut T) -> Decision<'_> {
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => self.decide_traced(request, &mut scratch, trace),
+            Err(_) => self.decide_traced(request, &mut Scratch::new(), trace),
+        })
+    }
+
     /// Decides `request` with the caller's scratch space.
     pub fn decide_in(&self, request: &Request<'_>, scratch: &mut Scratch) -> Decision<'_> {
         self.decide_traced(request, scratch, &mut NoTrace)
