@@ -135,7 +135,13 @@ pub async fn query_with_limits(
         .with_allow_statements(false);
     let run = async {
         let frame = ctx.sql_with_options(sql, options).await?;
-        Ok::<_, QueryError>(frame.collect().await?)
+        let schema = Arc::clone(frame.schema().inner());
+        let batches = frame.collect().await?;
+        // No rows still has columns: an empty batch keeps them for the table and CSV header.
+        if batches.is_empty() {
+            return Ok(vec![RecordBatch::new_empty(schema)]);
+        }
+        Ok::<_, QueryError>(batches)
     };
     match tokio::time::timeout(limits.timeout, run).await {
         Ok(result) => result,

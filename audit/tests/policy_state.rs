@@ -126,6 +126,10 @@ async fn a_store_without_bundles_has_empty_tables() {
         let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
         assert_eq!(rows, 0, "{table}");
     }
+    // No rows still names the columns.
+    let batches = query(dir.path(), "SELECT rule, effect FROM rules").await.unwrap();
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(csv, "rule,effect\n");
 }
 
 #[tokio::test]
