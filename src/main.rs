@@ -175,14 +175,6 @@ fn audit_query(
         &data_dir, sql, limits,
     ))?;
     let text = portcullis_audit::format_batches(&batches, format)?;
-    if portcullis_audit::AuditLog::has_unsealed_events(&data_dir) {
-        eprintln!(
-            "note: the write-ahead log in `{}` holds events not yet sealed into Parquet; this \
-             result leaves them out until the server seals them (at the latest \
-             `audit.seal_interval_s` after they were recorded, and when it stops)",
-            data_dir.display()
-        );
-    }
     print!("{text}");
     if !text.ends_with('\n') && !text.is_empty() {
         println!();

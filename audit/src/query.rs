@@ -7,25 +7,34 @@
 //! single read-only query runs: anything else is refused before planning. A query runs under
 //! [`QueryLimits`]: a time limit and a memory limit, past which it stops with an error.
 
+use std::fs;
+use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::DataType;
+use arrow::array::{Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::datasource::MemTable;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 pub use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
 
+use crate::error::AuditError;
+use crate::event::AccessEvent;
 use crate::policy_state::{self, PolicyStateError};
 use crate::schema::access_events_schema;
+use crate::schema::events_to_batch;
+use crate::segment::parse_segment_file_name;
 use crate::store::EVENTS_DIR;
+use crate::store::WAL_DIR;
+use crate::wal::{TornTail, WalReader, list_logs};
 
 /// The table name queries use.
 pub const TABLE_NAME: &str = "access_events";
@@ -63,6 +72,10 @@ pub enum QueryError {
     /// A limit that cannot be set (zero, or beyond what the machine can address).
     #[error("invalid query limit: {0}")]
     Limit(&'static str),
+
+    /// The write-ahead log, whose events queries include, cannot be read.
+    #[error("cannot read the events not yet sealed: {0}")]
+    Log(AuditError),
 }
 
 /// How long a query may run and how much memory its operators may hold. Past either, it
@@ -127,7 +140,7 @@ pub async fn query_with_limits(
         .with_memory_limit(limits.memory_bytes, 1.0)
         .build_arc()?;
     let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
-    ctx.register_table(TABLE_NAME, events_table(&data_dir.join(EVENTS_DIR))?)?;
+    register_events(&ctx, data_dir)?;
     policy_state::register(&ctx, data_dir)?;
     let options = SQLOptions::new()
         .with_allow_ddl(false)
@@ -187,6 +200,136 @@ fn statement_keywords(text: &str) -> String {
     } else {
         keywords.join(" ")
     }
+}
+
+/// Registers `access_events`: the sealed segments, and the events still in the write-ahead
+/// log, each event once.
+///
+/// The log is read first, then the highest `seq` sealed is taken from the segments' names.
+/// The segments answer for every event up to that `seq` (a segment sealed later is left out by
+/// the filter), the log for every event after it. A seal that completes meanwhile therefore
+/// neither doubles an event nor loses one, and an event recorded after the query began is not
+/// in it.
+fn register_events(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
+    let events_dir = data_dir.join(EVENTS_DIR);
+    let logged = read_logged_events(&data_dir.join(WAL_DIR))?;
+    let sealed_up_to = highest_sealed_seq(&events_dir)?;
+    let sealed = events_table(&events_dir)?;
+    let fresh: Vec<AccessEvent> = logged
+        .into_iter()
+        .filter(|event| event.seq > sealed_up_to)
+        .collect();
+    if fresh.is_empty() {
+        ctx.register_table(TABLE_NAME, sealed)?;
+        return Ok(());
+    }
+    let batch = with_date_column(&events_to_batch(&fresh).map_err(QueryError::Log)?)?;
+    let unsealed = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    let seq_limit = i64::try_from(sealed_up_to).unwrap_or(i64::MAX);
+    let events = ctx
+        .read_table(sealed)?
+        .filter(col("seq").lt_eq(lit(seq_limit)))?
+        .union(ctx.read_table(Arc::new(unsealed))?)?;
+    ctx.register_table(TABLE_NAME, events.into_view())?;
+    Ok(())
+}
+
+/// The events in the write-ahead log files, oldest first. A file the sealer deletes while it
+/// is read is skipped: its events are in segments by then. The newest file may end in a
+/// record being written, which is left out.
+fn read_logged_events(wal_dir: &Path) -> Result<Vec<AccessEvent>, QueryError> {
+    if !wal_dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let files = list_logs(wal_dir).map_err(QueryError::Log)?;
+    let mut events = Vec::new();
+    // Only files: something else in the way of the next log file is the writer's failure to
+    // report (it stops the log), not a query's.
+    for path in files.iter().filter(|path| path.is_file()) {
+        let mut reader = match WalReader::open(path, TornTail::Allowed) {
+            Ok(reader) => reader,
+            Err(AuditError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => continue,
+            Err(error) => return Err(QueryError::Log(error)),
+        };
+        loop {
+            match reader.next_event() {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => break,
+                Err(AuditError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                    break;
+                }
+                Err(error) => return Err(QueryError::Log(error)),
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// The highest `seq` of any segment, from the segment file names; 0 without one.
+fn highest_sealed_seq(events_dir: &Path) -> Result<u64, QueryError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| {
+            QueryError::Log(AuditError::Io {
+                action: "list",
+                path,
+                source,
+            })
+        }
+    };
+    let dates = match fs::read_dir(events_dir) {
+        Ok(dates) => dates,
+        Err(error) if error.kind() == ErrorKind::NotFound => return Ok(0),
+        Err(error) => return Err(io(events_dir)(error)),
+    };
+    let mut highest = 0;
+    for date in dates {
+        let date = date.map_err(io(events_dir))?;
+        if !date.file_type().map_err(io(&date.path()))?.is_dir() {
+            continue;
+        }
+        for segment in fs::read_dir(date.path()).map_err(io(&date.path()))? {
+            let segment = segment.map_err(io(&date.path()))?;
+            let name = segment.file_name();
+            if let Some((_, last)) = name.to_str().and_then(parse_segment_file_name) {
+                highest = highest.max(last);
+            }
+        }
+    }
+    Ok(highest)
+}
+
+/// `batch` with the partition column `date` that the listing table adds to segments.
+fn with_date_column(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    let times = batch
+        .column_by_name("time")
+        .and_then(|column| column.as_any().downcast_ref::<TimestampMicrosecondArray>())
+        .ok_or_else(|| {
+            QueryError::Format(arrow::error::ArrowError::SchemaError(
+                "the events have no `time` column".to_owned(),
+            ))
+        })?;
+    let dates: StringArray = times
+        .iter()
+        .map(|micros| {
+            micros
+                .and_then(chrono::DateTime::from_timestamp_micros)
+                .map(|time| time.format("%Y-%m-%d").to_string())
+        })
+        .collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|field| field.as_ref().clone())
+        .collect();
+    fields.push(Field::new(DATE_COLUMN, DataType::Utf8, true));
+    let mut columns = batch.columns().to_vec();
+    columns.push(Arc::new(dates));
+    Ok(RecordBatch::try_new(
+        Arc::new(Schema::new(fields)),
+        columns,
+    )?)
 }
 
 /// The listing table over the segments; with no segment yet it is simply empty.

@@ -275,9 +275,8 @@ impl AuditLog {
     }
 
     /// Whether the write-ahead log in `data_dir` holds events not yet sealed into Parquet
-    /// (which queries do not see yet). Reads only file names and lengths, so it never disturbs
-    /// a server that holds the directory.
-    // FIXME(#5): queries that also read the events still in the log.
+    /// (which `verify` does not cover yet). Reads only file names and lengths, so it never
+    /// disturbs a server that holds the directory.
     pub fn has_unsealed_events(data_dir: &Path) -> bool {
         let Ok(logs) = list_logs(&data_dir.join(WAL_DIR)) else {
             return false;

@@ -127,7 +127,9 @@ async fn a_store_without_bundles_has_empty_tables() {
         assert_eq!(rows, 0, "{table}");
     }
     // No rows still names the columns.
-    let batches = query(dir.path(), "SELECT rule, effect FROM rules").await.unwrap();
+    let batches = query(dir.path(), "SELECT rule, effect FROM rules")
+        .await
+        .unwrap();
     let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
     assert_eq!(csv, "rule,effect\n");
 }

@@ -330,3 +330,38 @@ async fn rule_annotations_are_columns_and_older_segments_read_as_null() {
         "an older segment"
     );
 }
+
+#[tokio::test]
+async fn queries_include_the_events_still_in_the_log_once_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for workload in ["a", "b", "c"] {
+        log.record(decision(workload, Decision::Allow)).unwrap();
+    }
+    // Nothing sealed yet: every event comes from the write-ahead log.
+    let sql = "SELECT count(*), count(DISTINCT seq), min(seq), max(seq) FROM access_events";
+    let counts = |batches: Vec<RecordBatch>| -> Vec<i64> {
+        (0..4)
+            .map(|c| match batches[0].column(c).data_type() {
+                DataType::Int64 => batches[0].column(c).as_primitive::<Int64Type>().value(0),
+                _ => panic!("unexpected type"),
+            })
+            .collect()
+    };
+    assert_eq!(counts(query(dir.path(), sql).await.unwrap()), [3, 3, 1, 3]);
+    let by_date = "SELECT date, workload FROM access_events WHERE workload = 'b'";
+    let batches = query(dir.path(), by_date).await.unwrap();
+    assert_eq!(rows(&batches), 1);
+    assert_eq!(batches[0].column(0).as_string::<i32>().value(0).len(), 10);
+
+    // Sealed, and more recorded: the segments answer for the first three, the log for the rest.
+    log.seal().unwrap();
+    for workload in ["d", "e"] {
+        log.record(decision(workload, Decision::Deny)).unwrap();
+    }
+    assert_eq!(counts(query(dir.path(), sql).await.unwrap()), [5, 5, 1, 5]);
+    let denied = "SELECT count(*) FROM access_events WHERE decision = 'deny'";
+    assert_eq!(count(dir.path(), denied).await, 2);
+    log.close().unwrap();
+    assert_eq!(counts(query(dir.path(), sql).await.unwrap()), [5, 5, 1, 5]);
+}
