@@ -13,6 +13,10 @@ use serde_json::{Value, json};
 /// Rows an HTTP answer carries at most; a larger result is cut and says so.
 pub const MAX_ROWS: usize = 10_000;
 
+/// The largest result an HTTP answer is built from, in bytes of Arrow memory; past it the
+/// query stops with an error rather than the server growing.
+pub const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug)]
 pub struct SqlOverStore {
     pub data_dir: PathBuf,
@@ -26,7 +30,11 @@ impl AuditQuery for SqlOverStore {
         format: QueryFormat,
     ) -> Pin<Box<dyn Future<Output = Result<QueryAnswer, QueryRefusal>> + Send + 'static>> {
         let data_dir = self.data_dir.clone();
-        let limits = self.limits;
+        let limits = QueryLimits {
+            max_rows: Some(MAX_ROWS),
+            max_result_bytes: Some(MAX_RESULT_BYTES),
+            ..self.limits
+        };
         Box::pin(async move {
             let batches = query_with_limits(&data_dir, &sql, limits)
                 .await
@@ -43,7 +51,18 @@ impl AuditQuery for SqlOverStore {
                 room -= take;
             }
             let truncated = row_count > MAX_ROWS;
+            let row_count = row_count.min(MAX_ROWS);
             match format {
+                // CSV has nowhere to say it was cut: a result too large for one answer is
+                // refused instead.
+                QueryFormat::Csv if truncated => Err(QueryRefusal {
+                    status: axum_status(413),
+                    message: format!(
+                        "the result has more than {MAX_ROWS} rows, more than one CSV answer \
+                         carries; narrow the query, add LIMIT and OFFSET, or use \
+                         `portcullis audit query` on the data directory"
+                    ),
+                }),
                 QueryFormat::Csv => {
                     let body = format_batches(&kept, OutputFormat::Csv).map_err(refusal)?;
                     Ok(QueryAnswer {
@@ -82,6 +101,7 @@ impl AuditQuery for SqlOverStore {
 fn refusal(error: QueryError) -> QueryRefusal {
     let status = match &error {
         QueryError::TimedOut { .. } => 503,
+        QueryError::ResultTooLarge { .. } => 413,
         QueryError::DataFusion(inner) if is_resources_exhausted(inner) => 503,
         QueryError::PolicyState(_) | QueryError::Format(_) => 500,
         _ => 400,

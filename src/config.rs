@@ -301,6 +301,7 @@ impl AuditConfig {
             timeout: Duration::from_secs(self.query_timeout_s),
             memory_bytes: usize::try_from(self.query_memory_mb.saturating_mul(1024 * 1024))
                 .unwrap_or(usize::MAX),
+            ..QueryLimits::default()
         }
     }
 }

@@ -9,6 +9,7 @@ mod policy;
 mod reload;
 mod serve;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -175,9 +176,15 @@ fn audit_query(
         &data_dir, sql, limits,
     ))?;
     let text = portcullis_audit::format_batches(&batches, format)?;
-    print!("{text}");
-    if !text.ends_with('\n') && !text.is_empty() {
-        println!();
+    let mut out = std::io::stdout().lock();
+    let newline = if text.ends_with('\n') || text.is_empty() {
+        ""
+    } else {
+        "\n"
+    };
+    match write!(out, "{text}{newline}").and_then(|()| out.flush()) {
+        // A reader that stopped early (`| head`) wanted no more.
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }

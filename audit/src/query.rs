@@ -25,6 +25,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::Statement;
+use futures::StreamExt;
 
 use crate::error::AuditError;
 use crate::event::AccessEvent;
@@ -73,6 +74,12 @@ pub enum QueryError {
     #[error("invalid query limit: {0}")]
     Limit(&'static str),
 
+    #[error("the result is larger than {limit} bytes; select fewer columns or rows")]
+    ResultTooLarge { limit: usize },
+
+    #[error("cannot run the query: {0}")]
+    Runtime(String),
+
     /// The write-ahead log, whose events queries include, cannot be read.
     #[error("cannot read the events not yet sealed: {0}")]
     Log(AuditError),
@@ -84,6 +91,10 @@ pub enum QueryError {
 pub struct QueryLimits {
     pub timeout: Duration,
     pub memory_bytes: usize,
+    /// Rows kept at most: the query is cut after one more, so a caller can tell.
+    pub max_rows: Option<usize>,
+    /// The result held at most, in bytes of Arrow memory; past it the query stops.
+    pub max_result_bytes: Option<usize>,
 }
 
 impl Default for QueryLimits {
@@ -91,6 +102,8 @@ impl Default for QueryLimits {
         QueryLimits {
             timeout: Duration::from_secs(60),
             memory_bytes: 1024 * 1024 * 1024,
+            max_rows: None,
+            max_result_bytes: None,
         }
     }
 }
@@ -134,6 +147,44 @@ pub async fn query_with_limits(
             "the time and memory limits must be above zero",
         ));
     }
+    // Planning and running a deeply nested expression (a `WHERE` of a thousand `OR`s) recurse
+    // deeply: on a runtime's ordinary worker stack that overflows and aborts the process, the
+    // server with it. The query runs on threads of its own with a stack that holds the deepest
+    // expression the SQL size limit allows.
+    let (answer, answered) = tokio::sync::oneshot::channel();
+    let data_dir = data_dir.to_owned();
+    let sql = sql.to_owned();
+    std::thread::Builder::new()
+        .name("audit-query".to_owned())
+        .stack_size(QUERY_STACK_BYTES)
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(QUERY_THREADS)
+                .thread_stack_size(QUERY_STACK_BYTES)
+                .enable_all()
+                .build()
+                .map_err(|error| QueryError::Runtime(error.to_string()))
+                .and_then(|runtime| runtime.block_on(run_query(&data_dir, &sql, limits)));
+            let _ = answer.send(result);
+        })
+        .map_err(|error| QueryError::Runtime(error.to_string()))?;
+    answered
+        .await
+        .map_err(|_| QueryError::Runtime("the query's thread ended without an answer".into()))?
+}
+
+/// The stack of a query's threads: the SQL text is at most 64 KiB, and the deepest expression
+/// it can hold needs tens of MiB to plan. Only the pages used are ever touched.
+const QUERY_STACK_BYTES: usize = 512 * 1024 * 1024;
+
+/// Worker threads of a query.
+const QUERY_THREADS: usize = 2;
+
+async fn run_query(
+    data_dir: &Path,
+    sql: &str,
+    limits: QueryLimits,
+) -> Result<Vec<RecordBatch>, QueryError> {
     // Operators that can spill or must fail when the pool is exhausted (sorts, joins,
     // aggregations) take their memory from this pool.
     let runtime = RuntimeEnvBuilder::new()
@@ -147,9 +198,26 @@ pub async fn query_with_limits(
         .with_allow_dml(false)
         .with_allow_statements(false);
     let run = async {
-        let frame = ctx.sql_with_options(sql, options).await?;
+        let mut frame = ctx.sql_with_options(sql, options).await?;
         let schema = Arc::clone(frame.schema().inner());
-        let batches = frame.collect().await?;
+        if let Some(rows) = limits.max_rows {
+            // One more than kept, so that the caller can tell a cut result.
+            frame = frame.limit(0, Some(rows.saturating_add(1)))?;
+        }
+        // The result is held whole; past `max_result_bytes` the query stops.
+        let mut stream = frame.execute_stream().await?;
+        let mut batches = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(batch) = stream.next().await {
+            let batch = batch?;
+            bytes = bytes.saturating_add(batch.get_array_memory_size());
+            if limits.max_result_bytes.is_some_and(|limit| bytes > limit) {
+                return Err(QueryError::ResultTooLarge {
+                    limit: limits.max_result_bytes.unwrap_or_default(),
+                });
+            }
+            batches.push(batch);
+        }
         // No rows still has columns: an empty batch keeps them for the table and CSV header.
         if batches.is_empty() {
             return Ok(vec![RecordBatch::new_empty(schema)]);

@@ -194,3 +194,42 @@ async fn a_query_past_its_time_limit_stops() {
     assert!(matches!(error, QueryError::TimedOut { .. }), "{error}");
     assert!(error.to_string().contains("0.05 s"), "{error}");
 }
+
+#[tokio::test]
+async fn a_deeply_nested_expression_is_answered_not_a_crash() {
+    // A thousand `OR`s recurse deeper in planning than a worker thread's stack holds.
+    let dir = tempfile::tempdir().unwrap();
+    let terms: Vec<String> = (0..2000).map(|i| format!("value = {i}")).collect();
+    let sql = format!(
+        "SELECT count(*) FROM generate_series(1, 10) WHERE {}",
+        terms.join(" OR ")
+    );
+    let batches = query(dir.path(), &sql).await.unwrap();
+    assert_eq!(batches[0].num_rows(), 1);
+}
+
+#[tokio::test]
+async fn results_are_cut_after_the_row_cap_and_refused_past_the_byte_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueryLimits {
+        max_rows: Some(100),
+        ..QueryLimits::default()
+    };
+    let sql = "SELECT value FROM generate_series(1, 1000000)";
+    let batches = query_with_limits(dir.path(), sql, limits).await.unwrap();
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, 101, "one more than the cap, so the caller can tell");
+
+    let limits = QueryLimits {
+        max_result_bytes: Some(1024 * 1024),
+        ..QueryLimits::default()
+    };
+    let sql = "SELECT repeat('x', 10000) AS s FROM generate_series(1, 2000)";
+    let error = query_with_limits(dir.path(), sql, limits)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, QueryError::ResultTooLarge { .. }),
+        "{error}"
+    );
+}

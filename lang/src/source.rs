@@ -49,6 +49,8 @@ pub enum SourceError {
     NotUtf8 { path: PathBuf },
     #[error("`{}` holds no `*.gate` files", shown(.path))]
     NoPolicyFiles { path: PathBuf },
+    #[error("`{}` is not a regular file (a pipe or a device is never read)", shown(.path))]
+    NotAFile { path: PathBuf },
 }
 
 /// Reads the policy set at `path`: the file itself, or every `*.gate` file below the directory,
@@ -133,6 +135,13 @@ fn read_file(path: &Path) -> Result<SourceFile, SourceError> {
         path: path.to_owned(),
         source,
     };
+    // Opening a pipe blocks until a writer comes, and reading a device may never end: a reload
+    // would hang on it, and every later one behind it.
+    if !fs::metadata(path).map_err(io_error)?.is_file() {
+        return Err(SourceError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
     let file = fs::File::open(path).map_err(io_error)?;
     let mut bytes = Vec::new();
     file.take(MAX_FILE_BYTES + 1)
@@ -159,6 +168,24 @@ fn read_file(path: &Path) -> Result<SourceFile, SourceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn a_pipe_named_like_a_policy_file_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a.gate"), "a").unwrap();
+        let fifo = dir.path().join("zz.gate");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let error = read_policy_path(dir.path()).unwrap_err();
+        assert!(matches!(error, SourceError::NotAFile { .. }), "{error}");
+        assert!(error.to_string().contains("zz.gate"), "{error}");
+        let error = read_policy_path(&fifo).unwrap_err();
+        assert!(matches!(error, SourceError::NotAFile { .. }), "{error}");
+    }
 
     #[test]
     fn reads_a_directory_recursively_in_path_order() {

@@ -117,3 +117,14 @@ fn a_bad_request_file_is_named_with_its_member() {
         stderr(&output)
     );
 }
+
+#[test]
+fn a_request_path_that_is_not_a_file_is_refused_unread() {
+    let output = policyc(&["explain", &path(&examples_dir()), "--request", "/dev/zero"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("not a regular file"),
+        "{}",
+        stderr(&output)
+    );
+}

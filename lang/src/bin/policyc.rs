@@ -229,6 +229,9 @@ impl ClaimsArg {
             message,
         };
         let size = fs::metadata(path).map_err(|error| failure(error.to_string()))?;
+        if !size.is_file() {
+            return Err(failure("it is not a regular file".to_owned()));
+        }
         if size.len() > MAX_CLAIMS_FILE_BYTES {
             let limit = MAX_CLAIMS_FILE_BYTES;
             return Err(failure(format!("the file is larger than {limit} bytes")));
@@ -607,6 +610,9 @@ fn explain(path: &Path, request: &Path, format: ExplainFormat, claims: &ClaimsAr
             message,
         };
         let size = fs::metadata(request).map_err(|error| failure(error.to_string()))?;
+        if !size.is_file() {
+            return Err(failure("it is not a regular file".to_owned()));
+        }
         if size.len() > MAX_REQUEST_FILE_BYTES {
             let limit = MAX_REQUEST_FILE_BYTES;
             return Err(failure(format!("the file is larger than {limit} bytes")));
