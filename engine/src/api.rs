@@ -198,7 +198,8 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see `POST /v1/decide` and `GET /healthz`",
+        "no such endpoint; see `POST /v1/decide`, `GET /healthz`, and behind the admin \
+         token `POST /v1/admin/reload` and `POST /v1/audit/query`",
     )
 }
 
