@@ -17,7 +17,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
 
 use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt16Array, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema};
@@ -61,25 +62,82 @@ struct Archived {
 
 /// Registers the policy-state tables of `data_dir` in `ctx`; empty tables before the first
 /// bundle is archived.
+///
+/// Decoding the archive is the fixed cost of every query (tens of milliseconds for bundles of
+/// ten thousand rules), so the tables last built are kept for the next query of the same data
+/// directory, as long as the archive lists the same files with the same sizes and
+/// modification times and the same bundle is current. Archived bundles are never rewritten in
+/// place (a bundle's file name is its content hash), so that check is enough to notice any
+/// change the server makes; a file changed behind its back is noticed too unless its size and
+/// time are restored with it.
 pub fn register(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError> {
-    let archived = read_archive(data_dir)?;
+    let files = list_archive(data_dir)?;
     let current = current_bundle(data_dir);
-    let batches = [
-        bundles_batch(&archived, current.as_deref()),
-        workloads_batch(&archived),
-        targets_batch(&archived),
-        credentials_batch(&archived),
-        rules_batch(&archived),
-    ];
-    for (name, batch) in TABLES.into_iter().zip(batches) {
-        let batch = batch?;
-        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+    let key = ArchiveKey {
+        data_dir: data_dir.to_owned(),
+        files,
+        current,
+    };
+    let tables = match cached_tables(&key) {
+        Some(tables) => tables,
+        None => {
+            let archived = read_archive(&key.files)?;
+            let current = key.current.as_deref();
+            let tables = Arc::new([
+                bundles_batch(&archived, current)?,
+                workloads_batch(&archived)?,
+                targets_batch(&archived)?,
+                credentials_batch(&archived)?,
+                rules_batch(&archived)?,
+            ]);
+            remember_tables(key, Arc::clone(&tables));
+            tables
+        }
+    };
+    for (name, batch) in TABLES.into_iter().zip(tables.iter()) {
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])?;
         ctx.register_table(name, Arc::new(table))?;
     }
     Ok(())
 }
 
-fn read_archive(data_dir: &Path) -> Result<Vec<Archived>, PolicyStateError> {
+/// One file of the archive as listed: what [`ArchiveKey`] compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ArchiveFile {
+    hash: String,
+    path: PathBuf,
+    size: u64,
+    modified: Option<SystemTime>,
+}
+
+/// What the cached tables were built from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ArchiveKey {
+    data_dir: PathBuf,
+    files: Vec<ArchiveFile>,
+    current: Option<String>,
+}
+
+type Tables = Arc<[RecordBatch; 5]>;
+
+/// The tables last built, for one data directory (a process serves one).
+static LAST_BUILT: Mutex<Option<(ArchiveKey, Tables)>> = Mutex::new(None);
+
+fn cached_tables(key: &ArchiveKey) -> Option<Tables> {
+    let last = LAST_BUILT.lock().unwrap_or_else(PoisonError::into_inner);
+    match &*last {
+        Some((built_from, tables)) if built_from == key => Some(Arc::clone(tables)),
+        _ => None,
+    }
+}
+
+fn remember_tables(key: ArchiveKey, tables: Tables) {
+    *LAST_BUILT.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, tables));
+}
+
+/// The archived bundles' files, by hash; files of other names are not bundles and are left
+/// alone.
+fn list_archive(data_dir: &Path) -> Result<Vec<ArchiveFile>, PolicyStateError> {
     let dir = data_dir.join(BUNDLES_DIR);
     let io = |path: &Path| {
         let path = path.to_owned();
@@ -90,7 +148,7 @@ fn read_archive(data_dir: &Path) -> Result<Vec<Archived>, PolicyStateError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(error) => return Err(io(&dir)(error)),
     };
-    let mut archived = Vec::new();
+    let mut files = Vec::new();
     for entry in entries {
         let entry = entry.map_err(io(&dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -101,31 +159,48 @@ fn read_archive(data_dir: &Path) -> Result<Vec<Archived>, PolicyStateError> {
             continue;
         }
         let path = entry.path();
-        let size = entry.metadata().map_err(io(&path))?.len();
-        if size > MAX_BUNDLE_BYTES {
+        let metadata = entry.metadata().map_err(io(&path))?;
+        files.push(ArchiveFile {
+            hash: hash.to_owned(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            path,
+        });
+    }
+    files.sort_by(|a, b| a.hash.cmp(&b.hash));
+    Ok(files)
+}
+
+fn read_archive(files: &[ArchiveFile]) -> Result<Vec<Archived>, PolicyStateError> {
+    let mut archived = Vec::with_capacity(files.len());
+    for file in files {
+        let path = &file.path;
+        if file.size > MAX_BUNDLE_BYTES {
             return Err(PolicyStateError::Bundle {
-                path,
+                path: path.clone(),
                 error: format!("it is larger than {MAX_BUNDLE_BYTES} bytes"),
             });
         }
-        let bytes = fs::read(&path).map_err(io(&path))?;
+        let bytes = fs::read(path).map_err(|source| PolicyStateError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let bundle = Bundle::from_bytes(&bytes).map_err(|error| PolicyStateError::Bundle {
             path: path.clone(),
             error: error.to_string(),
         })?;
-        if bundle.hash_hex() != hash {
+        if bundle.hash_hex() != file.hash {
             return Err(PolicyStateError::HashMismatch {
-                path,
+                path: path.clone(),
                 actual: bundle.hash_hex(),
             });
         }
         archived.push(Archived {
-            hash: hash.to_owned(),
-            size,
+            hash: file.hash.clone(),
+            size: file.size,
             bundle,
         });
     }
-    archived.sort_by(|a, b| a.hash.cmp(&b.hash));
     Ok(archived)
 }
 

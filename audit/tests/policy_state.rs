@@ -117,6 +117,47 @@ async fn the_tables_describe_every_archived_bundle_and_mark_the_current_one() {
 }
 
 #[tokio::test]
+async fn the_tables_follow_the_archive_from_one_query_to_the_next() {
+    // Each query's tables are built from the archive as it is when the query starts, though
+    // a process keeps the last tables it built for the next query.
+    let dir = tempfile::tempdir().unwrap();
+    let bundles = "SELECT bundle_hash, current FROM bundles ORDER BY bundle_hash";
+    let first = archive(dir.path(), FIRST);
+    set_current_bundle(dir.path(), &first).unwrap();
+    let batches = query(dir.path(), bundles).await.unwrap();
+    assert_eq!(text_column(&batches, 0), [first.as_str()]);
+
+    let second = archive(dir.path(), SECOND);
+    let batches = query(dir.path(), bundles).await.unwrap();
+    let mut both = vec![first.clone(), second.clone()];
+    both.sort();
+    assert_eq!(text_column(&batches, 0), both);
+    let current = "SELECT bundle_hash FROM bundles WHERE current";
+    let batches = query(dir.path(), current).await.unwrap();
+    assert_eq!(text_column(&batches, 0), [first.as_str()]);
+
+    set_current_bundle(dir.path(), &second).unwrap();
+    let batches = query(dir.path(), current).await.unwrap();
+    assert_eq!(text_column(&batches, 0), [second.as_str()]);
+
+    // Another store in the same process has its own tables.
+    let other = tempfile::tempdir().unwrap();
+    let batches = query(other.path(), bundles).await.unwrap();
+    assert!(text_column(&batches, 0).is_empty());
+
+    // A bundle damaged after it was read is noticed by the next query.
+    let path = dir.path().join("bundles").join(format!("{second}.bundle"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.push(0);
+    std::fs::write(&path, bytes).unwrap();
+    let error = query(dir.path(), bundles).await.unwrap_err();
+    assert!(
+        error.to_string().contains(&format!("{second}.bundle")),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn a_store_without_bundles_has_empty_tables() {
     let dir = tempfile::tempdir().unwrap();
     for table in ["bundles", "workloads", "targets", "credentials", "rules"] {
