@@ -97,15 +97,26 @@ impl AuditQuery for SqlOverStore {
     }
 }
 
-/// A query error as an answer: the caller's mistake is 400; a limit reached is 503.
+/// A query error as an answer: the caller's mistake is 400; a limit reached is 503; a store
+/// that cannot be read is 500. The operator sees in the log each query stopped by a limit
+/// and each store problem (the SQL is not logged: it may name subjects).
 fn refusal(error: QueryError) -> QueryRefusal {
     let status = match &error {
-        QueryError::TimedOut { .. } => 503,
+        QueryError::TimedOut { .. } | QueryError::MemoryLimit { .. } => 503,
         QueryError::ResultTooLarge { .. } => 413,
         QueryError::DataFusion(inner) if is_resources_exhausted(inner) => 503,
-        QueryError::PolicyState(_) | QueryError::Format(_) => 500,
+        QueryError::PolicyState(_)
+        | QueryError::Format(_)
+        | QueryError::Segment { .. }
+        | QueryError::Log(_)
+        | QueryError::Runtime(_) => 500,
         _ => 400,
     };
+    match status {
+        503 | 413 => tracing::warn!(%error, status, "audit_query_stopped"),
+        500 => tracing::error!(%error, status, "audit_query_failed"),
+        _ => {}
+    }
     QueryRefusal {
         status: axum_status(status),
         message: error.to_string(),

@@ -48,6 +48,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         }
     }
     let data_dir = config.data_dir(data_dir);
+    private_data_dir(&data_dir)?;
     let node = config.audit.node.clone().unwrap_or_else(host_name);
     let options = config.audit.options(node);
     // The store logs what its recovery found.
@@ -246,4 +247,32 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .with_ansi(ansi)
         .init();
+}
+
+/// The data directory holds every access event with its claims, the audit signing key and
+/// the credential-reference key: it is created readable by its owner alone, whatever the
+/// umask, and one that others can read is reported at every start.
+fn private_data_dir(data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+
+    match std::fs::metadata(data_dir) {
+        Ok(metadata) => {
+            let mode = metadata.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    data_dir = %data_dir.display(),
+                    mode = format!("{mode:o}"),
+                    "the data directory is open to other users; `chmod 700` it"
+                );
+            }
+            Ok(())
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .with_context(|| format!("cannot create the data directory `{}`", data_dir.display())),
+        Err(error) => Err(error)
+            .with_context(|| format!("cannot read the data directory `{}`", data_dir.display())),
+    }
 }

@@ -307,6 +307,17 @@ fn a_log_that_cannot_be_written_denies_every_decision_and_says_why() {
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["decision"], "deny", "{answer}");
     assert_eq!(answer["reason_code"], "audit_unavailable", "{answer}");
+    // The same fields as any answer: who asked for what, no rule, no credential, no event.
+    assert!(answer["workload"].is_string(), "{answer}");
+    assert!(answer["target"].is_string(), "{answer}");
+    assert!(answer["trust_provider"].is_string(), "{answer}");
+    assert!(
+        answer["bundle"].as_str().unwrap().starts_with("sha256:"),
+        "{answer}"
+    );
+    for absent in ["rule", "credential", "event_id"] {
+        assert!(answer[absent].is_null(), "{absent}: {answer}");
+    }
 
     let mut response = agent.get(&server.url("/healthz")).call().unwrap();
     assert_eq!(response.status().as_u16(), 503);

@@ -572,6 +572,30 @@ fn serve_runs_a_bundle_built_ahead_of_time() {
     stop_server(server);
 }
 
+/// The data directory holds every event's claims and the store's keys: a new one is made
+/// readable by its owner alone whatever the umask, and one open to others is reported.
+#[test]
+fn the_data_directory_is_private_to_its_owner() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("new").join("data");
+    let server = start_server(&data_dir);
+    let mode = std::fs::metadata(&data_dir).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "{mode:o}");
+    stop_server(server);
+
+    std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = start_server(&data_dir);
+    let warned = server
+        .startup
+        .iter()
+        .find(|line| line.contains("the data directory is open to other users"))
+        .unwrap_or_else(|| panic!("no warning in {:?}", server.startup));
+    assert!(warned.contains("755"), "{warned}");
+    stop_server(server);
+}
+
 /// A policy set that reads custom `oidc` claims, served from a bundle built with them: the
 /// server decides on the attested custom claims, and refuses to start under a configuration
 /// whose custom claims differ from the bundle's.

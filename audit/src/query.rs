@@ -84,6 +84,22 @@ pub enum QueryError {
     #[error("the result is larger than {limit} bytes; select fewer columns or rows")]
     ResultTooLarge { limit: usize },
 
+    /// The query's sorts, joins or aggregations needed more than its memory limit.
+    #[error(
+        "the query needs more memory than its limit of {} MiB; narrow it (a condition on \
+         `date` or `time`, fewer groups, a LIMIT) or raise `audit.query_memory_mb` in the \
+         configuration ({detail})",
+        .limit_bytes / (1024 * 1024)
+    )]
+    MemoryLimit { limit_bytes: usize, detail: String },
+
+    /// A segment could not be read: damaged, truncated or not Parquet.
+    #[error(
+        "an event segment cannot be read ({detail}); `portcullis audit verify` names the \
+         damaged segment"
+    )]
+    Segment { detail: String },
+
     #[error("cannot run the query: {0}")]
     Runtime(String),
 
@@ -235,10 +251,42 @@ async fn run_query(
         Ok::<_, QueryError>(batches)
     };
     match tokio::time::timeout(limits.timeout, run).await {
-        Ok(result) => result,
+        Ok(result) => result.map_err(|error| in_our_terms(error, limits)),
         Err(_) => Err(QueryError::TimedOut {
             limit: limits.timeout,
         }),
+    }
+}
+
+/// DataFusion's errors that a user of Portcullis should read in its own terms: the memory
+/// limit with the setting that raises it, rather than DataFusion's own option names; a
+/// segment that cannot be decoded with the command that finds it.
+fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
+    let QueryError::DataFusion(inner) = &error else {
+        return error;
+    };
+    match inner.find_root() {
+        DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+            // DataFusion's advice names its own settings, which a user cannot set here.
+            detail: detail
+                .split(". Consider")
+                .next()
+                .unwrap_or(detail)
+                .trim()
+                .to_owned(),
+        },
+        DataFusionError::ParquetError(parquet) => QueryError::Segment {
+            detail: parquet.to_string(),
+        },
+        DataFusionError::ArrowError(arrow, _)
+            if matches!(**arrow, arrow::error::ArrowError::ParquetError(_)) =>
+        {
+            QueryError::Segment {
+                detail: arrow.to_string(),
+            }
+        }
+        _ => error,
     }
 }
 

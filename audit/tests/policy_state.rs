@@ -211,13 +211,72 @@ async fn a_query_past_its_memory_limit_fails() {
             .await
             .unwrap_err(),
     };
+    // Said in Portcullis' terms: the limit, and the setting that raises it, not DataFusion's.
     assert!(
-        error
-            .to_string()
-            .to_lowercase()
-            .contains("resources exhausted"),
+        matches!(
+            error,
+            QueryError::MemoryLimit {
+                limit_bytes: 65_536,
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("audit.query_memory_mb"), "{message}");
+    assert!(!message.contains("datafusion."), "{message}");
+}
+
+#[tokio::test]
+async fn a_damaged_segment_is_an_error_that_says_how_to_find_it() {
+    use portcullis_audit::{AuditLog, AuditOptions, EventKind, NewEvent};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) = AuditLog::open(dir.path(), AuditOptions::new("node-1")).unwrap();
+    for n in 0..500 {
+        let event = NewEvent {
+            kind: EventKind::Decision,
+            subject: Some(format!("subject-{n}")),
+            claims: Some(format!("{{\"run\":\"{n:0>400}\"}}")),
+            ..NewEvent::default()
+        };
+        log.record(event).unwrap();
+    }
+    log.close().unwrap();
+    let segment = walk_files(&dir.path().join("events"))
+        .into_iter()
+        .find(|path| path.extension().is_some_and(|ext| ext == "parquet"))
+        .unwrap();
+    // Zero the middle of the file: the pages there no longer decode.
+    let mut bytes = std::fs::read(&segment).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle - 2000..middle + 2000].fill(0);
+    std::fs::write(&segment, bytes).unwrap();
+
+    let error = query(
+        dir.path(),
+        "SELECT max(claims), max(subject), count(*) FROM access_events",
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, QueryError::Segment { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains("portcullis audit verify"),
         "{error}"
     );
+}
+
+fn walk_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 #[tokio::test]

@@ -563,22 +563,32 @@ async fn record_and_answer(
             );
             (StatusCode::OK, axum::Json(answer)).into_response()
         }
-        Ok(Err(err)) => unrecorded(&err.to_string(), &answer.bundle),
-        Err(join) => unrecorded(&join.to_string(), &answer.bundle),
+        Ok(Err(err)) => unrecorded(&err.to_string(), &answer),
+        Err(join) => unrecorded(&join.to_string(), &answer),
     }
 }
 
-/// Fail closed: a decision that cannot be recorded is a deny.
-fn unrecorded(detail: &str, bundle: &str) -> Response {
+/// Fail closed: a decision that cannot be recorded is a deny. The answer has every field an
+/// ordinary answer has, so a client reads it the same way: who asked for what is kept, the
+/// rule and any credential are not, and there is no event to name.
+fn unrecorded(detail: &str, decided: &DecideAnswer) -> Response {
     tracing::error!(error = detail, "audit_record_failed");
-    let body = json!({
-        "decision": "deny",
-        "rule": null,
-        "reason": "the decision could not be recorded, so access is denied",
-        "reason_code": "audit_unavailable",
-        "event_id": null,
-        "bundle": bundle,
-    });
+    let body = DecideAnswer {
+        decision: "deny",
+        rule: None,
+        reason: "the decision could not be recorded, so access is denied".to_owned(),
+        reason_code: "audit_unavailable",
+        workload: decided.workload.clone(),
+        target: decided.target.clone(),
+        trust_provider: decided.trust_provider.clone(),
+        credential: None,
+        event_id: String::new(),
+        bundle: decided.bundle.clone(),
+        explanation: None,
+    };
+    let mut body = serde_json::to_value(body)
+        .unwrap_or_else(|_| json!({ "decision": "deny", "reason_code": "audit_unavailable" }));
+    body["event_id"] = serde_json::Value::Null;
     (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
 }
 

@@ -16,7 +16,7 @@
 //! `target` is a target's name, or an endpoint `{ "protocol": "https", "host": "…", "port":
 //! 443 }`. `time` is an RFC 3339 timestamp with an offset, or Unix seconds. Claim values are
 //! strings, integers, booleans, or arrays of strings, as the claim's type says. Every other
-//! member is refused, so a misspelt one is not silently ignored.
+//! member is refused, so a misspelt one is not silently ignored, and so is a member given twice.
 
 use std::net::IpAddr;
 
@@ -93,6 +93,9 @@ impl RequestFile {
         text: &str,
         custom_claims: &CustomClaims,
     ) -> Result<RequestFile, RequestFileError> {
+        // A member given twice would otherwise quietly take its last value.
+        serde_json::from_str::<NoDuplicateMembers>(text)
+            .map_err(|error| RequestFileError::Json(error.to_string()))?;
         let value: Value = serde_json::from_str(text)
             .map_err(|error| RequestFileError::Json(error.to_string()))?;
         let Value::Object(object) = value else {
@@ -185,6 +188,65 @@ impl RequestFile {
             source_ip: self.source_ip,
             time: self.time,
         }
+    }
+}
+
+/// Any JSON text whose objects each name a member once; deserializing it checks just that.
+struct NoDuplicateMembers;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateMembers {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(NoDuplicateMembers)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoDuplicateMembers {
+    type Value = NoDuplicateMembers;
+
+    fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("JSON")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(member) = map.next_key::<String>()? {
+            if !seen.insert(member.clone()) {
+                return Err(serde::de::Error::custom(format_args!(
+                    "member `{member}` is given twice"
+                )));
+            }
+            map.next_value::<NoDuplicateMembers>()?;
+        }
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoDuplicateMembers>()?.is_some() {}
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(NoDuplicateMembers)
+    }
+
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(NoDuplicateMembers)
     }
 }
 
@@ -357,6 +419,14 @@ mod tests {
             (
                 r#"{"kind": "github", "target": {"host": "h", "port": 70000}}"#,
                 "`target.port` must be",
+            ),
+            (
+                r#"{"kind": "github", "target": "a", "target": "b"}"#,
+                "member `target` is given twice at line 1",
+            ),
+            (
+                "{\"kind\": \"github\", \"target\": \"t\",\n \"claims\": {\"ref\": \"a\", \"ref\": \"b\"}}",
+                "member `ref` is given twice at line 2",
             ),
         ];
         for (text, expected) in cases {

@@ -30,6 +30,8 @@ pub struct Server {
     pub child: Child,
     pub addr: String,
     pub log: mpsc::Receiver<String>,
+    /// What the server logged up to and including `listening`.
+    pub startup: Vec<String>,
 }
 
 impl Drop for Server {
@@ -85,10 +87,12 @@ pub fn start_server_with(config: &Path, data_dir: &Path) -> Server {
             }
         }
     });
+    let mut startup = Vec::new();
     let addr = loop {
         let line = rx
             .recv_timeout(Duration::from_secs(120))
             .expect("server never listened");
+        startup.push(line.clone());
         if line.contains("listening") {
             assert!(
                 line.contains("bundle=sha256:"),
@@ -108,6 +112,7 @@ pub fn start_server_with(config: &Path, data_dir: &Path) -> Server {
         child,
         addr,
         log: rx,
+        startup,
     }
 }
 

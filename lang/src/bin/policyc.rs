@@ -77,7 +77,7 @@ Compiles the policy set, decides the request the way the engine does, and prints
 the rules the engine's index left to consider, each rule it considered in order with whether
 its workload matched and its `when` held, and every workload and condition it evaluated.
 
-The request file names claims as Gate does (lang/src/request_file.rs has the full shape):
+The request file names claims as Gate does (docs/gate.md, section Explaining a decision):
   {\"kind\": \"github\",
    \"claims\": {\"repository\": \"acme/billing\", \"ref\": \"refs/heads/main\"},
    \"target\": \"billing_api\", \"action\": \"POST\", \"time\": \"2026-12-04T10:00:00Z\"}
