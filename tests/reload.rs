@@ -437,6 +437,24 @@ fn explain_through_the_decision_api_takes_the_admin_token() {
     assert_eq!(rules.last().unwrap()["outcome"], "applies");
     // Without the flag, no trace.
     assert!(release.decide(&server).get("explanation").is_none());
+    // Evidence that does not attest: no rule was considered, and the explanation says why.
+    let forged = json!({
+        "evidence": { "token": "eyJhbGciOiJub25lIn0.e30." },
+        "target": { "name": "billing_api" },
+        "explain": true,
+    })
+    .to_string();
+    let (status, answer) = post_with(&server, forged.as_bytes(), Some(&right));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "deny", "{answer}");
+    let explanation = &answer["explanation"];
+    assert_eq!(
+        explanation["attestation"]["outcome"], "rejected",
+        "{answer}"
+    );
+    assert_eq!(explanation["reason"], answer["reason_code"], "{answer}");
+    assert_eq!(explanation["rules"].as_array().map(Vec::len), Some(0));
+    assert_eq!(explanation["candidates"]["rules"], 0, "{answer}");
     let log = stop_server(server).join("\n");
     assert!(!log.contains(ADMIN_TOKEN), "the token reached the log");
 

@@ -386,7 +386,15 @@ async fn decide(
         }
         Err(rejected) => {
             describe_target_spec(&mut event, &body.target);
-            answer_attestation_failure(&mut event, *rejected)
+            let answer = answer_attestation_failure(&mut event, *rejected);
+            if body.explain {
+                DecideAnswer {
+                    explanation: Some(attestation_explanation(&event, &program)),
+                    ..answer
+                }
+            } else {
+                answer
+            }
         }
     };
     event.latency_ns = Some(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
@@ -509,6 +517,36 @@ fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> Decid
     event.trust_provider = unverified.provider;
     event.claims = Some(unverified_claims(&unverified.issuer, &unverified.subject));
     answer(event, err.code())
+}
+
+/// The explanation of a decision that never reached the policy: the evidence did not attest
+/// a workload, so no rule was considered. Same members as a policy decision's explanation
+/// (`policyc explain --format json`), with `attestation` saying what failed.
+fn attestation_explanation(event: &NewEvent, program: &Program) -> serde_json::Value {
+    json!({
+        "decision": "deny",
+        "reason": event.reason_code,
+        "reason_text": event.reason,
+        "rule": null,
+        "workload": null,
+        "target": event.target,
+        "credential": null,
+        "attestation": {
+            "outcome": "rejected",
+            "trust_provider": event.trust_provider,
+            "reason": event.reason_code,
+        },
+        "candidates": {
+            "rules": 0,
+            "of_rules": program.bundle().rules().len(),
+            "workloads": 0,
+            "of_workloads": program.bundle().workloads().len(),
+        },
+        "instruction_bound": program.instruction_bound(),
+        "rules": [],
+        "workloads": [],
+        "conditions": [],
+    })
 }
 
 /// The `claims` column of an attestation failure: the token's own, unverified statements,
