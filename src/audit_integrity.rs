@@ -101,6 +101,11 @@ fn summary(data_dir: &Path, report: &Report) -> String {
             format_time(&max)
         ));
     }
+    lines.push(format!(
+        "bundles: {} kept, each with the content its name says; the {} that policy_change \
+         events put in effect all among them",
+        report.bundles.kept, report.bundles.named
+    ));
     if let Some(removed) = &report.removed {
         lines.push(format!(
             "removed under retention: {} with {}, seq {}..={}, in {}; the last at {}, \

@@ -22,6 +22,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, NaiveDate, Utc};
 
+use arrow::array::{Array as _, AsArray as _};
+use arrow::datatypes::Int64Type;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use sha2::{Digest as _, Sha256};
+
+use crate::bundles::{BUNDLE_SUFFIX, BUNDLES_DIR, is_bundle_hash};
+use crate::event::EventKind;
 use crate::manifest::{
     CHAIN_FILE, CHECKPOINTS_FILE, Chained, Checkpoint, Entry, EntryBody, FORMAT_VERSION, Hash,
     LineProblem, MANIFEST_DIR, RetentionRecord, SegmentRecord, Via, ZERO_HASH, line_hash,
@@ -85,6 +93,18 @@ pub struct Report {
     /// Files of removed segments still present (a removal a crash interrupted; the next open
     /// deletes them). They are not checked.
     pub leftover_files: Vec<String>,
+    /// The kept bundles checked ([`check_bundles`]): each file's content has the hash its name
+    /// says, and every bundle a `policy_change` event put in effect is kept.
+    pub bundles: BundlesChecked,
+}
+
+/// What the check of the kept bundles found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BundlesChecked {
+    /// Bundle files in `DATA/bundles/`, each with the content its name says.
+    pub kept: u64,
+    /// Distinct bundles named by the `policy_change` events of the segments present.
+    pub named: u64,
 }
 
 /// What retention removed, per the manifest.
@@ -175,6 +195,32 @@ pub enum VerifyError {
         unchained_hint(.after_head)
     )]
     Unchained { path: String, after_head: bool },
+
+    #[error("kept bundle `{path}` fails: {problem}")]
+    Bundle {
+        path: PathBuf,
+        problem: BundleFailure,
+    },
+}
+
+/// Why a kept bundle fails. Bundles are named by their content hash, which the events record,
+/// and the events are in the chain: so the chain vouches for the bundles it names.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleFailure {
+    #[error(
+        "it is missing, but the `policy_change` event with `seq` {seq} put it in effect: it \
+         was deleted"
+    )]
+    Missing { seq: u64 },
+    #[error("cannot read it: {0}")]
+    Io(io::Error),
+    #[error("it is not a bundle: {0}")]
+    NotABundle(&'static str),
+    #[error(
+        "its content hashes to {found}, not to the hash its name says: it was altered or \
+         replaced"
+    )]
+    Hash { found: String },
 }
 
 /// Why an entry of `chain.log` fails.
@@ -423,6 +469,7 @@ impl Run<'_> {
         let on_disk = list_segment_files(&self.data_dir.join(EVENTS_DIR))?;
         let totals = self.check_segments(&chain, &removed, &on_disk, progress)?;
         check_no_other_files(&chain, &on_disk)?;
+        let bundles = self.check_bundles(&chain, &removed)?;
 
         let head = chain.last().map_or(ZERO_HASH, |head| head.hash);
         Ok(Report {
@@ -440,6 +487,83 @@ impl Run<'_> {
             recovered_segments: count_via(&chain, Via::Recovery),
             upgraded_segments: count_via(&chain, Via::Upgrade),
             leftover_files: totals.leftover_files,
+            bundles,
+        })
+    }
+
+    /// Checks the kept bundles: every file in `DATA/bundles/` named `HASH.bundle` must have
+    /// that content hash, and every bundle named by a `policy_change` event of a segment
+    /// present must be kept. A bundle no remaining event names (its events removed under
+    /// retention) may stay; a bundle file is never required by a decision event alone, whose
+    /// bundle was put in effect by a `policy_change` event that names it.
+    fn check_bundles(
+        &self,
+        chain: &[Chained],
+        removed: &BTreeSet<u64>,
+    ) -> Result<BundlesChecked, VerifyError> {
+        let dir = self.data_dir.join(BUNDLES_DIR);
+        let mut kept = HashSet::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => Some(entries),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(VerifyError::Io {
+                    action: "list",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        for entry in entries.into_iter().flatten() {
+            let entry = entry.map_err(|source| VerifyError::Io {
+                action: "list",
+                path: dir.clone(),
+                source,
+            })?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hash) = name.strip_suffix(BUNDLE_SUFFIX) else {
+                continue;
+            };
+            if !is_bundle_hash(hash) {
+                continue;
+            }
+            let path = entry.path();
+            let failed = |problem| VerifyError::Bundle {
+                path: path.clone(),
+                problem,
+            };
+            let bytes = fs::read(&path).map_err(|error| failed(BundleFailure::Io(error)))?;
+            let found = bundle_content_hash(&bytes)
+                .map_err(|why| failed(BundleFailure::NotABundle(why)))?;
+            if found != hash {
+                return Err(failed(BundleFailure::Hash { found }));
+            }
+            kept.insert(hash.to_owned());
+        }
+        let mut named = BTreeSet::new();
+        for (index, segment) in segments(chain) {
+            if removed.contains(&index) {
+                continue;
+            }
+            let path = self.data_dir.join(&segment.path);
+            let changes = policy_changes(&path).map_err(|problem| VerifyError::Segment {
+                path: segment.path.clone(),
+                entry: index,
+                problem: Box::new(SegmentFailure::Unreadable(problem)),
+            })?;
+            for (seq, hash) in changes {
+                if !kept.contains(&hash) {
+                    return Err(VerifyError::Bundle {
+                        path: dir.join(format!("{hash}{BUNDLE_SUFFIX}")),
+                        problem: BundleFailure::Missing { seq },
+                    });
+                }
+                named.insert(hash);
+            }
+        }
+        Ok(BundlesChecked {
+            kept: kept.len() as u64,
+            named: named.len() as u64,
         })
     }
 
@@ -576,6 +700,71 @@ impl Totals {
             Some((min, max)) => (min.min(segment.min_time), max.max(segment.max_time)),
         });
     }
+}
+
+/// The content hash of a bundle's bytes, as lowercase hex, checked against the hash the
+/// bundle carries (docs/bundle-format.md: the `u32` total length at offset 12, and the
+/// SHA-256 of every byte before the last 32 of that length). Only the header is read, so a
+/// bundle of any format version can be checked.
+fn bundle_content_hash(bytes: &[u8]) -> Result<String, &'static str> {
+    const MAGIC: &[u8] = b"GATEBNDL";
+    if !bytes.starts_with(MAGIC) {
+        return Err("it does not start with the bundle magic `GATEBNDL`");
+    }
+    let length = bytes
+        .get(12..16)
+        .and_then(|field| <[u8; 4]>::try_from(field).ok())
+        .map(|field| u32::from_le_bytes(field) as usize)
+        .ok_or("it ends inside its header")?;
+    if length < 16 + 32 || length > bytes.len() {
+        return Err("its header gives a length the file does not have");
+    }
+    let (content, carried) = bytes[..length].split_at(length - 32);
+    let computed = Sha256::digest(content);
+    if computed.as_slice() != carried {
+        return Err("its content does not hash to the hash it carries");
+    }
+    Ok(hex::encode(computed))
+}
+
+/// The `seq` and bundle hash of each `policy_change` event of the segment at `path` that
+/// names a bundle.
+fn policy_changes(path: &Path) -> Result<Vec<(u64, String)>, SegmentReadError> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(fs::File::open(path)?)?;
+    let mask = ProjectionMask::columns(builder.parquet_schema(), ["seq", "kind", "bundle_hash"]);
+    let mut changes = Vec::new();
+    for batch in builder.with_projection(mask).build()? {
+        let batch = batch?;
+        let seqs = batch
+            .column_by_name("seq")
+            .and_then(|column| column.as_primitive_opt::<Int64Type>())
+            .ok_or(SegmentReadError::Column {
+                column: "seq",
+                expected: "64-bit integers",
+            })?;
+        let text = |column: &'static str| {
+            batch
+                .column_by_name(column)
+                .and_then(|array| array.as_string_opt::<i32>())
+                .ok_or(SegmentReadError::Column {
+                    column,
+                    expected: "text",
+                })
+        };
+        let (kinds, hashes) = (text("kind")?, text("bundle_hash")?);
+        for row in 0..batch.num_rows() {
+            if kinds.is_valid(row)
+                && kinds.value(row) == EventKind::PolicyChange.as_str()
+                && hashes.is_valid(row)
+                && is_bundle_hash(hashes.value(row))
+            {
+                let seq = u64::try_from(seqs.value(row))
+                    .map_err(|_| SegmentReadError::Value { column: "seq" })?;
+                changes.push((seq, hashes.value(row).to_owned()));
+            }
+        }
+    }
+    Ok(changes)
 }
 
 fn time_span(min: DateTime<Utc>, max: DateTime<Utc>) -> String {
