@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use portcullis_audit::manifest::format_time;
 use portcullis_audit::signing;
-use portcullis_audit::verify::{self, KeySource, Progress, Report};
+use portcullis_audit::verify::{self, Anchor, KeySource, Progress, Report};
 
 use crate::config;
 
@@ -46,10 +46,12 @@ impl StoreArgs {
 }
 
 /// `portcullis audit verify`: prints what was confirmed, or fails naming the first mismatch.
-pub fn verify(store: &StoreArgs, public_key: Option<&Path>) -> Result<()> {
+pub fn verify(store: &StoreArgs, public_key: Option<&Path>, extends: Option<Anchor>) -> Result<()> {
     let data_dir = store.data_dir()?;
     let mut progress = ProgressLine::new(std::io::stderr().is_terminal());
-    let outcome = verify::verify(&data_dir, public_key, &mut |done| progress.show(done));
+    let outcome = verify::verify_extending(&data_dir, public_key, extends, &mut |done| {
+        progress.show(done)
+    });
     progress.clear();
     let report = outcome.context("verification failed")?;
     print!("{}", summary(&data_dir, &report));
@@ -142,6 +144,20 @@ fn summary(data_dir: &Path, report: &Report) -> String {
         hex_prefix(&checkpoint.entry_hash),
         format_time(&checkpoint.time),
         report.key_id
+    ));
+    if let Some(anchor) = &report.extends {
+        lines.push(format!(
+            "extends the recorded entry {}: nothing before it was cut or rewritten",
+            anchor.entry
+        ));
+    }
+    let anchor = Anchor {
+        entry: checkpoint.entry,
+        hash: checkpoint.entry_hash,
+    };
+    lines.push(format!(
+        "anchor: {anchor} (keep it outside the store; `--extends {anchor}` later shows no \
+         entry was cut from the end since)"
     ));
     lines.push(match &report.key_source {
         KeySource::Pinned(path) => format!("key: pinned, `{}`", path.display()),

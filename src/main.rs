@@ -75,6 +75,11 @@ enum AuditCommand {
         /// prints it) instead of the one in the data directory.
         #[arg(long)]
         public_key: Option<PathBuf>,
+        /// Also show that the store still extends this entry of an earlier verification
+        /// (`ENTRY:HASH`, as the `anchor:` line of its output gives it): that no entry was cut
+        /// from the manifest's end since.
+        #[arg(long, value_name = "ENTRY:HASH")]
+        extends: Option<portcullis_audit::verify::Anchor>,
     },
     /// Print the public key that signs the store's checkpoints (SPKI PEM), to pin it.
     Key {
@@ -108,8 +113,13 @@ fn main() -> ExitCode {
                 },
         } => audit_query(&sql, format, data_dir, config),
         Command::Audit {
-            command: AuditCommand::Verify { store, public_key },
-        } => audit_integrity::verify(&store, public_key.as_deref()),
+            command:
+                AuditCommand::Verify {
+                    store,
+                    public_key,
+                    extends,
+                },
+        } => audit_integrity::verify(&store, public_key.as_deref(), extends),
         Command::Audit {
             command: AuditCommand::Key { store },
         } => audit_integrity::key(&store),

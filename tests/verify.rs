@@ -188,3 +188,62 @@ fn verify_runs_beside_a_server_that_holds_the_store() {
         "{stdout}"
     );
 }
+
+/// The `anchor:` line of one verification, given back with `--extends`, shows later that the
+/// store still extends it; a store that lost its newest segment with its entry and checkpoint
+/// does not.
+#[test]
+fn verify_extends_a_recorded_anchor_and_notices_a_cut_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    store_with_events(&data_dir);
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let anchor = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("anchor: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no anchor line in {stdout}"))
+        .to_owned();
+    assert!(anchor.starts_with("1:"), "{anchor}");
+
+    let out = run(&["audit", "verify", "--extends", &anchor], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("extends the recorded entry 1"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // The store as it was before its only segment: the genesis entry and no segment.
+    std::fs::remove_file(data_dir.join(the_segment(&data_dir))).unwrap();
+    let manifest = data_dir.join("manifest");
+    let chain = std::fs::read_to_string(manifest.join("chain.log")).unwrap();
+    let genesis = chain.lines().next().unwrap();
+    std::fs::write(manifest.join("chain.log"), format!("{genesis}\n")).unwrap();
+    let checkpoints = std::fs::read_to_string(manifest.join("checkpoints.log")).unwrap();
+    let first = checkpoints.lines().next().unwrap();
+    std::fs::write(manifest.join("checkpoints.log"), format!("{first}\n")).unwrap();
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(
+        out.status.success(),
+        "alone, the cut store verifies: {}",
+        text(&out.stderr)
+    );
+    let out = run(&["audit", "verify", "--extends", &anchor], &data_dir);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("does not extend the recorded entry 1") && stderr.contains("cut"),
+        "{stderr}"
+    );
+
+    let out = run(&["audit", "verify", "--extends", "1:beef"], &data_dir);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("ENTRY:HASH"),
+        "{}",
+        text(&out.stderr)
+    );
+}

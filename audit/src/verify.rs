@@ -96,6 +96,39 @@ pub struct Report {
     /// The kept bundles checked ([`check_bundles`]): each file's content has the hash its name
     /// says, and every bundle a `policy_change` event put in effect is kept.
     pub bundles: BundlesChecked,
+    /// The recorded entry the store was shown to extend ([`verify_extending`]).
+    pub extends: Option<Anchor>,
+}
+
+/// An entry of the chain and its hash, as `verify` reports the newest one: kept by an auditor
+/// outside the store, it shows later that the store still extends the history it saw then.
+/// Written `ENTRY:HASH` (the hash as 64 hex digits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anchor {
+    pub entry: u64,
+    pub hash: Hash,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Anchor, String> {
+        let wrong = || format!("`{text}` is not ENTRY:HASH (an entry number, `:`, 64 hex digits)");
+        let (entry, hash) = text.trim().split_once(':').ok_or_else(wrong)?;
+        let entry = entry.parse::<u64>().map_err(|_| wrong())?;
+        let mut bytes = [0_u8; 32];
+        if hash.len() != 64 {
+            return Err(wrong());
+        }
+        hex::decode_to_slice(hash, &mut bytes).map_err(|_| wrong())?;
+        Ok(Anchor { entry, hash: bytes })
+    }
+}
+
+impl std::fmt::Display for Anchor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.entry, hex::encode(self.hash))
+    }
 }
 
 /// What the check of the kept bundles found.
@@ -201,6 +234,21 @@ pub enum VerifyError {
         path: PathBuf,
         problem: BundleFailure,
     },
+
+    #[error(
+        "the store does not extend the recorded entry {}: the manifest ends at entry {last}, \
+         so entries were cut from its end (with their segments and checkpoints)",
+        .anchor.entry
+    )]
+    CutBefore { anchor: Anchor, last: u64 },
+
+    #[error(
+        "the store does not extend the recorded entry {}: that entry now hashes to {found}, \
+         not {}: the history up to it was rewritten",
+        .anchor.entry,
+        hex::encode(.anchor.hash)
+    )]
+    Rewritten { anchor: Anchor, found: String },
 }
 
 /// Why a kept bundle fails. Bundles are named by their content hash, which the events record,
@@ -372,6 +420,19 @@ pub fn verify(
     public_key: Option<&Path>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<Report, VerifyError> {
+    verify_extending(data_dir, public_key, None, progress)
+}
+
+/// [`verify`], and also that the chain still holds `anchor`, an entry and hash recorded from
+/// an earlier verification: what shows that no entry was cut from the manifest's end since,
+/// which the chain alone cannot (its newest entries, segments and checkpoints can be removed
+/// together, leaving a shorter chain that verifies).
+pub fn verify_extending(
+    data_dir: &Path,
+    public_key: Option<&Path>,
+    anchor: Option<Anchor>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<Report, VerifyError> {
     if !data_dir.is_dir() {
         return Err(VerifyError::NoStore {
             path: data_dir.to_owned(),
@@ -389,6 +450,7 @@ pub fn verify(
             data_dir,
             key: &key,
             key_source: &key_source,
+            anchor,
             checked: &mut checked,
             read_lengths: (0, 0),
         };
@@ -443,6 +505,8 @@ struct Run<'a> {
     data_dir: &'a Path,
     key: &'a VerifyingKey,
     key_source: &'a KeySource,
+    /// The recorded entry the chain must still hold.
+    anchor: Option<Anchor>,
     /// Segments an earlier pass found intact, by path, with their recorded hash.
     checked: &'a mut HashMap<String, Hash>,
     /// The lengths of `chain.log` and `checkpoints.log` this pass read.
@@ -463,6 +527,9 @@ impl Run<'_> {
 
         let key_id = signing::key_id(self.key);
         let chain = check_chain(&chain_path, &chain_bytes, &key_id)?;
+        if let Some(anchor) = self.anchor {
+            check_anchor(&chain, anchor)?;
+        }
         let (last_checkpoint, checkpoints) =
             check_checkpoints(&checkpoints_path, &checkpoint_bytes, &chain, self.key)?;
         let removed = removed_indices(&chain);
@@ -488,6 +555,7 @@ impl Run<'_> {
             upgraded_segments: count_via(&chain, Via::Upgrade),
             leftover_files: totals.leftover_files,
             bundles,
+            extends: self.anchor,
         })
     }
 
@@ -699,6 +767,24 @@ impl Totals {
             None => (segment.min_time, segment.max_time),
             Some((min, max)) => (min.min(segment.min_time), max.max(segment.max_time)),
         });
+    }
+}
+
+/// Whether `chain` holds `anchor`'s entry with `anchor`'s hash.
+fn check_anchor(chain: &[Chained], anchor: Anchor) -> Result<(), VerifyError> {
+    let entry = usize::try_from(anchor.entry)
+        .ok()
+        .and_then(|index| chain.get(index));
+    match entry {
+        None => Err(VerifyError::CutBefore {
+            anchor,
+            last: (chain.len() as u64).saturating_sub(1),
+        }),
+        Some(chained) if chained.hash != anchor.hash => Err(VerifyError::Rewritten {
+            anchor,
+            found: hex::encode(chained.hash),
+        }),
+        Some(_) => Ok(()),
     }
 }
 
