@@ -80,9 +80,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
-    /// A file holding the bearer token of the admin API (`POST /v1/admin/reload`), read at
-    /// start; without it the admin API is disabled.
+    /// A file holding the bearer token of the admin API (`POST /v1/admin/reload`, explained
+    /// decisions, and SQL over the audit store), read at start; without it the admin API is
+    /// disabled.
     pub admin_token_file: Option<PathBuf>,
+    /// A file holding a bearer token that reads the audit store (`POST /v1/audit/query`) and
+    /// nothing else: for auditors and dashboards, who need no power over the policy.
+    pub audit_token_file: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -91,6 +95,7 @@ impl Default for ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
             admin_token_file: None,
+            audit_token_file: None,
         }
     }
 }
@@ -477,33 +482,57 @@ impl Config {
     /// The admin token from `server.admin_token_file`, when one is configured: the file's
     /// text without surrounding whitespace. Errors never quote the token.
     pub fn admin_token(&self) -> Result<Option<AdminTokenFile>> {
-        let Some(file) = &self.server.admin_token_file else {
+        match &self.server.admin_token_file {
+            Some(file) => self.token_file("admin", file).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The audit reader's token from `server.audit_token_file`, when one is configured; it
+    /// must differ from the admin token, or it would grant the admin API.
+    pub fn audit_token(&self) -> Result<Option<AdminTokenFile>> {
+        let Some(file) = &self.server.audit_token_file else {
             return Ok(None);
         };
+        let audit = self.token_file("audit", file)?;
+        if let Some(admin) = self.admin_token()?
+            && admin.token == audit.token
+        {
+            bail!(
+                "the audit token in `{}` is the admin token of `{}`; give auditors a token of \
+                 their own, which reads the audit store and nothing else",
+                audit.path.display(),
+                admin.path.display()
+            );
+        }
+        Ok(Some(audit))
+    }
+
+    fn token_file(&self, which: &str, file: &Path) -> Result<AdminTokenFile> {
         let path = self.resolve(file);
         let text = read_bounded(&path, MAX_ADMIN_TOKEN_BYTES)
-            .with_context(|| format!("cannot read the admin token file `{}`", path.display()))?;
+            .with_context(|| format!("cannot read the {which} token file `{}`", path.display()))?;
         let token = text.trim();
         let length = token.chars().count();
         if length < MIN_ADMIN_TOKEN_CHARS {
             bail!(
-                "the admin token in `{}` is {length} characters long; at least \
+                "the {which} token in `{}` is {length} characters long; at least \
                  {MIN_ADMIN_TOKEN_CHARS} are required (`openssl rand -hex 32` makes one)",
                 path.display()
             );
         }
         if !token.bytes().all(|byte| byte.is_ascii_graphic()) {
             bail!(
-                "the admin token in `{}` holds a space or a character beyond printable ASCII, \
+                "the {which} token in `{}` holds a space or a character beyond printable ASCII, \
                  which an `authorization` header cannot carry",
                 path.display()
             );
         }
-        Ok(Some(AdminTokenFile {
+        Ok(AdminTokenFile {
             readable_by_others: readable_by_others(&path),
             token: token.to_owned(),
             path,
-        }))
+        })
     }
 
     /// The audit data directory: the command line's, else the configuration's, else the

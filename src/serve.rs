@@ -11,11 +11,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use portcullis_audit::AuditLog;
 use portcullis_engine::api::admin::{Admin, AdminToken};
+use portcullis_engine::api::audit_query::AuditQueryApi;
 use portcullis_engine::api::{self, Engine, ProgramSlot};
 use portcullis_engine::attest::{Attestor, TrustProvider};
 
 use crate::audit_api::SqlOverStore;
-use crate::config::Config;
+use crate::config::{AdminTokenFile, Config};
 use crate::policy::PolicyLoader;
 use crate::reload::{HangUps, Reloader};
 
@@ -24,7 +25,8 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let config = Config::load(config_path)?;
     // The trust providers first: their custom claims are part of the policy language.
     let attestor = build_attestor(&config)?;
-    let admin_token = read_admin_token(&config)?;
+    let admin_token = warn_if_shared(config.admin_token()?);
+    let audit_token = warn_if_shared(config.audit_token()?);
     let loader = PolicyLoader::new(config.policy_source())?;
     let fingerprint = loader.fingerprint();
     let program = loader
@@ -40,10 +42,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         .with_context(|| format!("cannot listen on {listen}"))?;
     if !listen.ip().is_loopback() {
         tracing::warn!(%listen, "listening beyond loopback, as configured");
-        if admin_token.is_some() {
+        if admin_token.is_some() || audit_token.is_some() {
             tracing::warn!(
                 %listen,
-                "the admin token travels in clear text beyond loopback; put TLS in front"
+                "bearer tokens travel in clear text beyond loopback; put TLS in front"
             );
         }
     }
@@ -59,10 +61,18 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         data_dir: data_dir.clone(),
         limits: config.audit.query_limits(),
     };
-    let admin = admin_token.map(|token| Admin {
-        token,
+    let readers: Vec<AdminToken> = [admin_token.as_ref(), audit_token.as_ref()]
+        .into_iter()
+        .flatten()
+        .map(|file| AdminToken::new(&file.token))
+        .collect();
+    let audit_query = (!readers.is_empty()).then(|| AuditQueryApi {
+        readers,
+        query: Arc::new(query),
+    });
+    let admin = admin_token.map(|file| Admin {
+        token: AdminToken::new(&file.token),
         reload: Arc::clone(&reloader) as _,
-        query: Some(Arc::new(query)),
     });
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),
@@ -70,6 +80,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         audit: Arc::new(audit),
         max_body_bytes: config.server.max_body_bytes,
         admin,
+        audit_query,
     });
     reloader.record_startup(&engine)?;
     let reloads = Reloads {
@@ -86,18 +97,17 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
 /// How long requests in flight may take to finish after a stop signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// The admin API's token, when `server.admin_token_file` names one.
-fn read_admin_token(config: &Config) -> Result<Option<AdminToken>> {
-    let Some(file) = config.admin_token()? else {
-        return Ok(None);
-    };
-    if file.readable_by_others {
+/// A bearer token's file, when the configuration names one; warns when others can read it.
+fn warn_if_shared(file: Option<AdminTokenFile>) -> Option<AdminTokenFile> {
+    if let Some(file) = &file
+        && file.readable_by_others
+    {
         tracing::warn!(
             file = %file.path.display(),
-            "the admin token file is readable by other users; `chmod 600` it"
+            "a token file is readable by other users; `chmod 600` it"
         );
     }
-    Ok(Some(AdminToken::new(&file.token)))
+    file
 }
 
 /// What reloads the policy while the server runs, besides the admin API.

@@ -555,3 +555,83 @@ fn sql_over_http_sees_the_policy_state_and_follows_a_reload() {
         ]
     );
 }
+
+/// The audit token reads the audit store and does nothing else: no reload, no explained
+/// decisions; and a configuration that gives auditors the admin token is refused.
+#[test]
+fn the_audit_token_reads_the_store_and_nothing_else() {
+    const AUDIT_TOKEN: &str = "test-audit-token-fedcba9876543210";
+    let tmp = tempfile::tempdir().unwrap();
+    copy_example_policies(tmp.path());
+    for (name, token) in [("admin.token", ADMIN_TOKEN), ("audit.token", AUDIT_TOKEN)] {
+        let path = tmp.path().join(name);
+        std::fs::write(&path, format!("{token}\n")).unwrap();
+        restrict_to_owner(&path);
+    }
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let both = "admin_token_file = \"admin.token\"\naudit_token_file = \"audit.token\"";
+    let config = example_config(tmp.path(), "both.toml", policy, both);
+    let server = start_server_with(&config, &tmp.path().join("data"));
+    let count = json!({ "sql": "SELECT count(*) AS n FROM bundles" });
+    let auditor = format!("Bearer {AUDIT_TOKEN}");
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    for bearer in [&auditor, &admin] {
+        let (status, answer) = audit_query_http(&server, &count, Some(bearer));
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["rows"][0]["n"], 1, "{answer}");
+    }
+    let (status, answer) = audit_query_http(&server, &count, Some("Bearer wrong-token-0000000000"));
+    assert_eq!(status, 401, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("audit or admin token")
+    );
+    let (status, answer) = admin_reload(&server, Some(&auditor));
+    assert_eq!(status, 401, "the audit token reloads nothing: {answer}");
+    let release = Release::new(tmp.path());
+    let explain = json!({
+        "evidence": { "token": release.token },
+        "target": { "name": "billing_api" },
+        "explain": true,
+    })
+    .to_string();
+    let (status, answer) = post_with(&server, explain.as_bytes(), Some(&auditor));
+    assert_eq!(status, 401, "the audit token explains nothing: {answer}");
+    let log = stop_server(server).join("\n");
+    assert!(!log.contains(AUDIT_TOKEN), "the token reached the log");
+
+    // An audit token alone turns on the query endpoint, not the admin API.
+    let alone = example_config(
+        tmp.path(),
+        "alone.toml",
+        policy,
+        "audit_token_file = \"audit.token\"",
+    );
+    let server = start_server_with(&alone, &tmp.path().join("data-alone"));
+    let (status, answer) = audit_query_http(&server, &count, Some(&auditor));
+    assert_eq!(status, 200, "{answer}");
+    let (status, _) = admin_reload(&server, Some(&auditor));
+    assert_eq!(status, 404);
+    stop_server(server);
+
+    // Auditors must not hold the admin token.
+    let same = "admin_token_file = \"admin.token\"\naudit_token_file = \"admin.token\"";
+    let config = example_config(tmp.path(), "same.toml", policy, same);
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(tmp.path().join("refused"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("is the admin token"), "{err}");
+    assert!(
+        !err.contains(ADMIN_TOKEN),
+        "the token is never shown: {err}"
+    );
+}

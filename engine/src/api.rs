@@ -51,6 +51,8 @@ pub struct Engine {
     pub max_body_bytes: usize,
     /// The admin API; without it, its endpoints answer 404.
     pub admin: Option<Admin>,
+    /// SQL over the audit store (`POST /v1/audit/query`); without it, 404.
+    pub audit_query: Option<audit_query::AuditQueryApi>,
 }
 
 /// The program in effect, replaced whole by a reload. Whoever took it goes on with it: a

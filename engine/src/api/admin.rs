@@ -22,8 +22,6 @@ use super::{Engine, error};
 pub struct Admin {
     pub token: AdminToken,
     pub reload: Arc<dyn Reload>,
-    /// SQL over the audit store (`POST /v1/audit/query`); none where the server offers none.
-    pub query: Option<Arc<dyn super::audit_query::AuditQuery>>,
 }
 
 /// The admin token, kept only as its SHA-256 digest: comparing fixed-length digests takes the
