@@ -600,13 +600,26 @@ fn readable_by_others(_path: &Path) -> bool {
     false
 }
 
-/// Reads a UTF-8 file, refusing one larger than `limit` bytes.
+/// Reads a UTF-8 file, refusing one larger than `limit` bytes and anything but a regular
+/// file (a pipe or a device would have no size to check). The limit holds for what is read,
+/// not only for the size the file had when it was opened.
 pub fn read_bounded(path: &Path, limit: u64) -> Result<String> {
-    let size = std::fs::metadata(path)?.len();
-    if size > limit {
-        bail!("the file is {size} bytes; the limit is {limit}");
+    use std::io::Read as _;
+
+    let file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        bail!("it is not a regular file");
     }
-    Ok(std::fs::read_to_string(path)?)
+    if metadata.len() > limit {
+        bail!("the file is {} bytes; the limit is {limit}", metadata.len());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1)).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        bail!("the file grew past the limit of {limit} bytes while it was read");
+    }
+    String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("it is not UTF-8 text"))
 }
 
 #[cfg(test)]
@@ -614,6 +627,18 @@ mod tests {
     use portcullis_engine::attest::TrustProviderSpec;
 
     use super::*;
+
+    #[test]
+    fn bounded_reads_refuse_devices_and_files_over_the_limit() {
+        let error = read_bounded(Path::new("/dev/zero"), 1024).unwrap_err();
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.toml");
+        std::fs::write(&path, "x".repeat(2048)).unwrap();
+        let error = read_bounded(&path, 1024).unwrap_err();
+        assert!(error.to_string().contains("the limit is 1024"), "{error}");
+        assert_eq!(read_bounded(&path, 4096).unwrap().len(), 2048);
+    }
 
     /// The trust provider specs of a configuration made of `providers`, with the example
     /// issuer's JWKS.

@@ -231,3 +231,15 @@ fn build_signs_with_the_key_keygen_wrote() {
     );
     assert!(!not_written.exists());
 }
+
+/// A `--sign` key that is a device or a pipe is refused unread, rather than read without end.
+#[test]
+fn build_refuses_a_signing_key_that_is_not_a_regular_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("policy.bundle");
+    refused(
+        &build_signed(&examples_dir(), &out, Path::new("/dev/zero")),
+        "not a regular file",
+    );
+    assert!(!out.exists());
+}

@@ -228,15 +228,7 @@ impl ClaimsArg {
             path: path.clone(),
             message,
         };
-        let size = fs::metadata(path).map_err(|error| failure(error.to_string()))?;
-        if !size.is_file() {
-            return Err(failure("it is not a regular file".to_owned()));
-        }
-        if size.len() > MAX_CLAIMS_FILE_BYTES {
-            let limit = MAX_CLAIMS_FILE_BYTES;
-            return Err(failure(format!("the file is larger than {limit} bytes")));
-        }
-        let text = fs::read_to_string(path).map_err(|error| failure(error.to_string()))?;
+        let text = read_small_file(path, MAX_CLAIMS_FILE_BYTES).map_err(failure)?;
         parse_claims_file(&text).map_err(|error| failure(error.to_string()))
     }
 }
@@ -609,15 +601,7 @@ fn explain(path: &Path, request: &Path, format: ExplainFormat, claims: &ClaimsAr
             path: request.to_owned(),
             message,
         };
-        let size = fs::metadata(request).map_err(|error| failure(error.to_string()))?;
-        if !size.is_file() {
-            return Err(failure("it is not a regular file".to_owned()));
-        }
-        if size.len() > MAX_REQUEST_FILE_BYTES {
-            let limit = MAX_REQUEST_FILE_BYTES;
-            return Err(failure(format!("the file is larger than {limit} bytes")));
-        }
-        let text = fs::read_to_string(request).map_err(|error| failure(error.to_string()))?;
+        let text = read_small_file(request, MAX_REQUEST_FILE_BYTES).map_err(failure)?;
         let parsed = RequestFile::parse(&text, &custom_claims)
             .map_err(|error| failure(error.to_string()))?;
         let files = read_policy_path(path).map_err(Failure::Read)?;
@@ -653,20 +637,35 @@ fn explain(path: &Path, request: &Path, format: ExplainFormat, claims: &ClaimsAr
 /// Key files larger than this are refused unread; a PEM ed25519 key takes about 120 bytes.
 const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 
+/// Reads a small UTF-8 file (a key, a request, a claims file): a regular file of at most
+/// `limit` bytes, counted as it is read, so neither a pipe, a device nor a file that grows
+/// meanwhile can make it read without end. The error is the problem alone, for the caller
+/// to name the file.
+fn read_small_file(path: &Path, limit: u64) -> Result<String, String> {
+    use std::io::Read as _;
+
+    let file = fs::File::open(path).map_err(|error| error.to_string())?;
+    let metadata = file.metadata().map_err(|error| error.to_string())?;
+    if !metadata.is_file() {
+        return Err("it is not a regular file".to_owned());
+    }
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|error| error.to_string())?;
+    if bytes.len() as u64 > limit {
+        return Err(format!("the file is larger than {limit} bytes"));
+    }
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())
+}
+
 /// Reads the private key of `--sign`.
 fn read_signing_key(path: &Path) -> Result<SigningKey, Failure> {
     let failure = |message: String| Failure::Key {
         path: path.to_owned(),
         message,
     };
-    let size = fs::metadata(path).map_err(|error| failure(error.to_string()))?;
-    if size.len() > MAX_KEY_FILE_BYTES {
-        return Err(failure(format!(
-            "the file is larger than {MAX_KEY_FILE_BYTES} bytes"
-        )));
-    }
-    let text = fs::read_to_string(path).map_err(|error| failure(error.to_string()))?;
-    let text = Zeroizing::new(text);
+    let text = Zeroizing::new(read_small_file(path, MAX_KEY_FILE_BYTES).map_err(failure)?);
     signing_key_from_pem(&text).map_err(|error| failure(error.to_string()))
 }
 
