@@ -106,6 +106,7 @@ struct Intake {
     synced_seq: u64,
     /// Why the log stopped taking events, once it did.
     failure: Option<String>,
+    ids: EventIds,
 }
 
 /// The log file being written.
@@ -146,6 +147,7 @@ impl Committer {
                 written_seq: last_seq,
                 synced_seq: last_seq,
                 failure: None,
+                ids: EventIds::new(wal_dir)?,
             }),
             landed: Condvar::new(),
             active: Mutex::new(Some(ActiveLog {
@@ -459,7 +461,7 @@ impl Intake {
         let micros = Utc::now().timestamp_micros().max(self.last_time_micros);
         let time = DateTime::from_timestamp_micros(micros).ok_or(AuditError::ClockOutOfRange)?;
         let event = AccessEvent {
-            event_id: Uuid::now_v7(),
+            event_id: self.ids.next(micros),
             seq: self.next_seq,
             time,
             node: node.to_owned(),
@@ -475,6 +477,68 @@ impl Intake {
         self.last_time_micros = micros;
         self.events.push(event);
         Ok(recorded)
+    }
+}
+
+/// The ids of a store's events: UUIDv7s (RFC 9562) as `Uuid::now_v7` makes them — the
+/// millisecond of the event's time, then a 42-bit counter that starts at a random value each
+/// millisecond and counts up within it, so that the ids of one node sort in `seq` order, then
+/// 32 random bits — but with the random bits drawn from a generator seeded once from the
+/// operating system. `now_v7` asks the operating system for every id, a system call per event.
+/// Ids need to be unique, not secret: the counter and the seed keep them apart.
+#[derive(Debug)]
+struct EventIds {
+    /// SplitMix64 state.
+    state: u64,
+    millis: u64,
+    counter: u64,
+}
+
+/// The counter's bits; the top one starts clear, so that a millisecond has room for 2^41 ids.
+const ID_COUNTER_BITS: u32 = 42;
+
+impl EventIds {
+    fn new(wal_dir: &Path) -> Result<EventIds, AuditError> {
+        let mut seed = [0; 8];
+        getrandom::fill(&mut seed).map_err(|error| AuditError::Io {
+            action: "seed the event ids of",
+            path: wal_dir.to_owned(),
+            source: std::io::Error::other(error.to_string()),
+        })?;
+        Ok(EventIds {
+            state: u64::from_le_bytes(seed),
+            millis: 0,
+            counter: 0,
+        })
+    }
+
+    /// The id of an event recorded at `micros` (never earlier than the one before).
+    fn next(&mut self, micros: i64) -> Uuid {
+        let millis = u64::try_from(micros.div_euclid(1000)).unwrap_or(0);
+        if millis > self.millis {
+            self.millis = millis;
+            self.counter = self.random() >> (64 - ID_COUNTER_BITS + 1);
+        } else {
+            self.counter += 1;
+        }
+        // The 80 bits after the timestamp: 4 of version, 12 of counter, 2 of variant, 30 of
+        // counter, 32 random; the builder sets the version and variant bits.
+        let counter = u128::from(self.counter);
+        let random = u128::from(self.random() >> 32);
+        let bits = ((counter >> 30) << 64) | ((counter & ((1 << 30) - 1)) << 32) | random;
+        let bytes = bits.to_be_bytes();
+        let mut tail = [0; 10];
+        tail.copy_from_slice(&bytes[6..]);
+        uuid::Builder::from_unix_timestamp_millis(millis, &tail).into_uuid()
+    }
+
+    /// SplitMix64 (Steele, Lea and Flood, 2014).
+    fn random(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
     }
 }
 
@@ -498,5 +562,28 @@ impl Drop for LeaderGuard<'_> {
 fn stopped(cause: &str) -> AuditError {
     AuditError::StoppedAfterFailure {
         cause: cause.to_owned(),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests unwrap")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_v7_and_sort_in_recording_order() {
+        let mut ids = EventIds::new(Path::new("wal")).unwrap();
+        let start = 1_764_892_800_000_000_i64;
+        // Many ids within one millisecond, then the next milliseconds.
+        let times = (0..5_000).map(|n| start + n / 3);
+        let made: Vec<(i64, Uuid)> = times.map(|micros| (micros, ids.next(micros))).collect();
+        for (micros, id) in &made {
+            assert_eq!(id.get_version(), Some(uuid::Version::SortRand));
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            let millis = i64::try_from(secs).unwrap() * 1000 + i64::from(nanos / 1_000_000);
+            assert_eq!(millis, micros.div_euclid(1000));
+        }
+        assert!(made.windows(2).all(|pair| pair[0].1 < pair[1].1));
     }
 }

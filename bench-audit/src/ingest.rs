@@ -39,7 +39,9 @@ pub struct IngestLine {
     /// less the benchmark's own monitor thread.
     pub cpu_seconds: Option<f64>,
     /// Of those, the recording thread's (which calls `record` and, in strict mode, waits for
-    /// the syncs it leads) and the sealer thread's (`audit-seal`, which writes the segments).
+    /// the syncs it leads) and the rest, the store's own threads: the sealer (`audit-seal`)
+    /// with the helpers that encode a segment's columns beside it (`audit-encode`), and the
+    /// timer.
     pub recording_cpu: Option<f64>,
     pub sealing_cpu: Option<f64>,
     pub segments: Segments,
@@ -268,20 +270,22 @@ fn timed_run(
     let recording_cpu = since(clock.this_thread_seconds(), thread_before);
     let seen = monitor.stop();
     let cpu_seconds = process_cpu.map(|cpu| cpu - seen.own_cpu.unwrap_or(0.0));
+    // The encoding helpers live for one segment each, too briefly to sample; the process's
+    // total less the recording thread counts them exactly.
+    let sealing_cpu = since(cpu_seconds, recording_cpu);
     recorded?;
     closed.map_err(|e| anyhow!("close: {e}"))?;
     Ok(Timed {
         seconds,
         cpu_seconds,
         recording_cpu,
-        sealing_cpu: seen.sealer_cpu,
+        sealing_cpu,
         wal_peak: seen.wal_peak,
     })
 }
 
-/// Samples, every few milliseconds, the size of the write-ahead log directory (keeping the
-/// peak) and the CPU time of the store's sealer thread. Both are sampled: a peak shorter than
-/// the interval can be missed, and the sealer's last few milliseconds before it ends.
+/// Samples, every few milliseconds, the size of the write-ahead log directory, keeping the
+/// peak; a peak shorter than the interval can be missed.
 struct Monitor {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Seen>>,
@@ -291,16 +295,12 @@ struct Monitor {
 #[derive(Debug, Clone, Copy, Default)]
 struct Seen {
     wal_peak: u64,
-    /// `None` when `/proc` showed no sealer thread.
-    sealer_cpu: Option<f64>,
     /// The monitor's own CPU time, which is not the store's.
     own_cpu: Option<f64>,
 }
 
 /// How often [`Monitor`] looks.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(5);
-/// The name `AuditLog` gives its sealer thread.
-const SEALER_THREAD: &str = "audit-seal";
 
 impl Monitor {
     fn start(wal_dir: PathBuf, clock: CpuClock) -> Monitor {
@@ -310,20 +310,9 @@ impl Monitor {
             .name("bench-monitor".to_owned())
             .spawn(move || {
                 let mut seen = Seen::default();
-                // By thread id: the latest CPU time of each sealer thread seen.
-                let mut sealers: Vec<(u64, f64)> = Vec::new();
                 while !stopping.load(Ordering::Relaxed) {
                     seen.wal_peak = seen.wal_peak.max(system::dir_bytes(&wal_dir));
-                    for (tid, cpu) in clock.threads_named(SEALER_THREAD) {
-                        match sealers.iter_mut().find(|(known, _)| *known == tid) {
-                            Some(entry) => entry.1 = cpu,
-                            None => sealers.push((tid, cpu)),
-                        }
-                    }
                     thread::sleep(SAMPLE_INTERVAL);
-                }
-                if !sealers.is_empty() {
-                    seen.sealer_cpu = Some(sealers.iter().map(|(_, cpu)| cpu).sum());
                 }
                 seen.own_cpu = clock.this_thread_seconds();
                 seen
