@@ -6,11 +6,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use portcullis_bench::report::{self, SizeReport};
 use portcullis_bench::run::{self, Options};
-use portcullis_bench::{measure, memory};
+use portcullis_bench::{Engine, measure, memory};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -35,6 +35,14 @@ struct Args {
     /// Seed of the generated policies and requests.
     #[arg(long, default_value_t = 2026)]
     seed: u64,
+    /// Engines to build and time: `vm`, `reference`, `cedar`, `regorus`, `regorus-rvm`. The
+    /// VM and the reference evaluator always check their agreement.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "vm,reference,cedar,regorus,regorus-rvm"
+    )]
+    engines: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -56,7 +64,17 @@ fn bench(args: &Args) -> Result<()> {
             bail!("{flag} must be a positive number of seconds");
         }
     }
+    let engines = args
+        .engines
+        .iter()
+        .map(|key| {
+            Engine::from_key(key).with_context(|| {
+                format!("unknown engine `{key}`: vm, reference, cedar, regorus or regorus-rvm")
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let options = Options {
+        engines,
         budget: Duration::from_secs_f64(args.seconds),
         agree: args.agree,
         agree_budget: Duration::from_secs_f64(args.agree_seconds),
@@ -77,7 +95,8 @@ fn bench(args: &Args) -> Result<()> {
     for &n_rules in &args.sizes {
         let result = run::run_size(n_rules, &options)?;
         eprintln!("[{n_rules} rules] measuring the heap in a child process");
-        let memory = memory::measure_in_child(n_rules, args.seed).map_err(|e| format!("{e:#}"));
+        let memory = memory::measure_in_child(n_rules, args.seed, &options.engines)
+            .map_err(|e| format!("{e:#}"));
         let size_report = SizeReport { result, memory };
         report::size(&size_report);
         reports.push(size_report);

@@ -17,8 +17,12 @@ use crate::Engine;
 /// The memory child's binary, a sibling of the benchmark's.
 pub const BINARY: &str = "portcullis-bench-memory";
 
-/// Runs the child for `n_rules` and reads its answer.
-pub fn measure_in_child(n_rules: usize, seed: u64) -> Result<Vec<(Engine, i64)>> {
+/// Runs the child for `n_rules` and the engines asked for, and reads its answer.
+pub fn measure_in_child(
+    n_rules: usize,
+    seed: u64,
+    engines: &[Engine],
+) -> Result<Vec<(Engine, i64)>> {
     let exe = std::env::current_exe().context("finding the benchmark binary")?;
     let child = exe.with_file_name(format!("{BINARY}{}", std::env::consts::EXE_SUFFIX));
     if !child.exists() {
@@ -26,6 +30,14 @@ pub fn measure_in_child(n_rules: usize, seed: u64) -> Result<Vec<(Engine, i64)>>
     }
     let output = Command::new(&child)
         .args(["--rules", &n_rules.to_string(), "--seed", &seed.to_string()])
+        .arg("--engines")
+        .arg(
+            engines
+                .iter()
+                .map(|engine| engine.key())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {}", child.display()))?;

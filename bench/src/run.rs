@@ -24,8 +24,11 @@ pub const SAMPLE_SIZE: usize = 4_096;
 /// Requests every engine is checked on, whatever its speed.
 pub const MIN_AGREE: usize = 10;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Options {
+    /// The engines to build and time. The VM is always built and checked against the
+    /// reference evaluator; the others only when listed.
+    pub engines: Vec<Engine>,
     /// Time budget of one engine at one size.
     pub budget: Duration,
     /// Requests on which every engine must agree.
@@ -93,6 +96,8 @@ pub struct SizeResult {
     pub timings: Vec<(Engine, Timing)>,
     /// Engines that could not take the policy set, and why.
     pub left_out: Vec<(Engine, String)>,
+    /// The engines this run was asked for.
+    pub engines: Vec<Engine>,
 }
 
 impl SizeResult {
@@ -122,9 +127,10 @@ pub fn run_size(n_rules: usize, options: &Options) -> Result<SizeResult> {
     let files = gate::files(&policy);
     let mut result = SizeResult {
         shape: Shape::of(&policy, &files),
+        engines: options.engines.clone(),
         ..SizeResult::default()
     };
-    let mut engines = Engines::build(&policy, files, &sample, &mut result)?;
+    let mut engines = Engines::build(&policy, files, &sample, &options.engines, &mut result)?;
     let owned = sample
         .iter()
         .map(OwnedRequest::new)
@@ -137,14 +143,16 @@ pub fn run_size(n_rules: usize, options: &Options) -> Result<SizeResult> {
     Ok(result)
 }
 
-/// Every engine, ready to decide the sample.
+/// Every engine asked for, ready to decide the sample; the VM and the reference evaluator
+/// always.
 struct Engines {
     set: PolicySet,
     program: Program,
-    cedar: CedarEngine,
-    regorus: rego::Interpreter,
-    /// `None` when the RVM cannot take the policy set.
+    cedar: Option<CedarEngine>,
+    regorus: Option<rego::Interpreter>,
+    /// `None` when not asked for or when the RVM cannot take the policy set.
     rvm: Option<rego::Rvm>,
+    timed: Vec<Engine>,
 }
 
 impl Engines {
@@ -153,6 +161,7 @@ impl Engines {
         policy: &Policy,
         files: Vec<SourceFile>,
         sample: &[Req],
+        engines: &[Engine],
         result: &mut SizeResult,
     ) -> Result<Engines> {
         let n_rules = policy.rules.len();
@@ -166,39 +175,64 @@ impl Engines {
             (gate_check, gate_bundle, vm_load);
         builds.bundle_bytes = bytes.len();
 
-        progress(n_rules, "parsing Cedar");
-        let cedar_text = cedar::policies(policy);
-        let (cedar_policies, cedar_parse) = timed(|| cedar::parse(&cedar_text))?;
-        builds.cedar_parse = cedar_parse;
-        drop(cedar_text);
-        let cedar = CedarEngine::new(cedar_policies, policy, sample)?;
-
-        progress(n_rules, "compiling Rego");
-        let modules = rego::modules(policy);
-        let (compiled, regorus_compile) = timed(|| rego::compile(&modules, rego::data(policy)?))?;
-        builds.regorus_compile = regorus_compile;
-        drop(modules);
-        // The RVM holds at most 65,535 instructions, so it cannot take the larger policy sets;
-        // the report then says why it was left out.
-        let rvm = match timed(|| rego::rvm(&compiled, rego::data(policy)?)) {
-            Ok((vm, rvm_compile)) => {
-                builds.rvm_compile = Some(rvm_compile);
-                Some(rego::Rvm::new(vm, sample)?)
-            }
-            Err(error) => {
-                let why = format!("{error:#}");
-                result.left_out.push((Engine::RegorusRvm, why));
-                None
-            }
+        let cedar = if engines.contains(&Engine::Cedar) {
+            Some(Engines::cedar(policy, sample, builds)?)
+        } else {
+            None
         };
-        let regorus = rego::Interpreter::new(compiled, sample)?;
+        let wants_rvm = engines.contains(&Engine::RegorusRvm);
+        let (regorus, rvm) = if engines.contains(&Engine::Regorus) || wants_rvm {
+            Engines::rego(policy, sample, wants_rvm, result)?
+        } else {
+            (None, None)
+        };
+        let regorus = regorus.filter(|_| engines.contains(&Engine::Regorus));
         Ok(Engines {
             set,
             program,
             cedar,
             regorus,
             rvm,
+            timed: engines.to_vec(),
         })
+    }
+
+    fn cedar(policy: &Policy, sample: &[Req], builds: &mut Builds) -> Result<CedarEngine> {
+        progress(policy.rules.len(), "parsing Cedar");
+        let cedar_text = cedar::policies(policy);
+        let (cedar_policies, cedar_parse) = timed(|| cedar::parse(&cedar_text))?;
+        builds.cedar_parse = cedar_parse;
+        drop(cedar_text);
+        CedarEngine::new(cedar_policies, policy, sample)
+    }
+
+    /// regorus's interpreter and, when asked for and able to take the policy set, its RVM.
+    fn rego(
+        policy: &Policy,
+        sample: &[Req],
+        wants_rvm: bool,
+        result: &mut SizeResult,
+    ) -> Result<(Option<rego::Interpreter>, Option<rego::Rvm>)> {
+        progress(policy.rules.len(), "compiling Rego");
+        let modules = rego::modules(policy);
+        let (compiled, regorus_compile) = timed(|| rego::compile(&modules, rego::data(policy)?))?;
+        result.builds.regorus_compile = regorus_compile;
+        drop(modules);
+        // The RVM holds at most 65,535 instructions, so it cannot take the larger policy sets;
+        // the report then says why it was left out.
+        let rvm = match wants_rvm.then(|| timed(|| rego::rvm(&compiled, rego::data(policy)?))) {
+            None => None,
+            Some(Ok((vm, rvm_compile))) => {
+                result.builds.rvm_compile = Some(rvm_compile);
+                Some(rego::Rvm::new(vm, sample)?)
+            }
+            Some(Err(error)) => {
+                let why = format!("{error:#}");
+                result.left_out.push((Engine::RegorusRvm, why));
+                None
+            }
+        };
+        Ok((Some(rego::Interpreter::new(compiled, sample)?), rvm))
     }
 
     /// Requires the VM and the reference evaluator to reach the same outcome (decision,
@@ -228,8 +262,12 @@ impl Engines {
             result.agreed.push((engine, checked));
             anyhow::Ok(())
         };
-        agree(Engine::Cedar, &mut |idx| self.cedar.decide(idx))?;
-        agree(Engine::Regorus, &mut |idx| self.regorus.decide(idx))?;
+        if let Some(cedar) = self.cedar.as_mut() {
+            agree(Engine::Cedar, &mut |idx| cedar.decide(idx))?;
+        }
+        if let Some(regorus) = self.regorus.as_mut() {
+            agree(Engine::Regorus, &mut |idx| regorus.decide(idx))?;
+        }
         if let Some(rvm) = self.rvm.as_mut() {
             agree(Engine::RegorusRvm, &mut |idx| rvm.decide(idx))?;
         }
@@ -244,20 +282,25 @@ impl Engines {
     ) -> Vec<(Engine, Timing)> {
         let request = |idx: usize| requests.get(idx % requests.len());
         let (set, program) = (&self.set, &self.program);
-        let mut timings = vec![
-            time(n_rules, options, Engine::Vm, |idx| {
-                request(idx).is_some_and(|request| program.decide(request).allow)
-            }),
-            time(n_rules, options, Engine::Reference, |idx| {
+        let timed = &self.timed;
+        let mut timings = vec![time(n_rules, options, Engine::Vm, |idx| {
+            request(idx).is_some_and(|request| program.decide(request).allow)
+        })];
+        if timed.contains(&Engine::Reference) {
+            timings.push(time(n_rules, options, Engine::Reference, |idx| {
                 request(idx).is_some_and(|request| reference::decide(set, request).allow)
-            }),
-            time(n_rules, options, Engine::Cedar, |idx| {
-                self.cedar.decide(idx).unwrap_or(false)
-            }),
-            time(n_rules, options, Engine::Regorus, |idx| {
-                self.regorus.decide(idx).unwrap_or(false)
-            }),
-        ];
+            }));
+        }
+        if let Some(cedar) = self.cedar.as_mut() {
+            timings.push(time(n_rules, options, Engine::Cedar, |idx| {
+                cedar.decide(idx).unwrap_or(false)
+            }));
+        }
+        if let Some(regorus) = self.regorus.as_mut() {
+            timings.push(time(n_rules, options, Engine::Regorus, |idx| {
+                regorus.decide(idx).unwrap_or(false)
+            }));
+        }
         if let Some(rvm) = self.rvm.as_mut() {
             timings.push(time(n_rules, options, Engine::RegorusRvm, |idx| {
                 rvm.decide(idx).unwrap_or(false)
@@ -335,6 +378,7 @@ mod tests {
     #[test]
     fn engines_agree_on_a_small_set() -> Result<()> {
         let options = Options {
+            engines: Engine::ALL.to_vec(),
             budget: Duration::from_millis(20),
             agree: 400,
             agree_budget: Duration::from_secs(60),

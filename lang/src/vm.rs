@@ -27,9 +27,15 @@
 //!
 //! A decision allocates nothing once its thread's [`Scratch`] has grown to the program's
 //! size; only the reason for a target that does not exist is built as a new string.
+//!
+//! The bundle stays as loaded, for what the program reports; decisions run on a copy laid out
+//! for the cache (`vm/code.rs`, and the index's records and tables), because at 100,000 rules
+//! the time of a decision is the cache lines it reads that no recent decision read.
 
+mod code;
 mod explain;
 mod index;
+mod targets;
 
 pub use explain::{Explanation, RuleStep};
 
@@ -38,13 +44,13 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
-use crate::bundle::{BlockId, Bundle, BundleError, RuleEntry};
-use crate::bytecode::{ConstSet, Instr, MAX_STACK};
-use crate::ir::{
-    Annotations, Effect, Protocol, RequestField, TargetField, WorkloadId, WorkloadRef,
-};
+use crate::bundle::{BlockId, Bundle, BundleError};
+use crate::bytecode::{ConstSet, MAX_STACK, kind_code};
+use crate::ir::{Annotations, Effect, Protocol, RequestField, TargetField};
 use crate::schema::{ClaimId, ClaimType, ClaimValue, CustomClaims, ProviderKind};
-use index::{Candidates, Index};
+use code::{Code, OP_WORDS, Op};
+use index::{Candidates, Index, NO_WHEN, RuleRef, RuleWorkload};
+use targets::{TargetSlot, TargetTable};
 
 /// String sets up to this size are scanned; larger ones are looked up in a hash set.
 const SCANNED_SET: usize = 16;
@@ -58,11 +64,14 @@ pub struct Program {
     bundle: Bundle,
     hash_hex: String,
     targets: Vec<TargetInfo>,
-    by_name: HashMap<String, usize>,
+    /// Target names to their positions.
+    by_name: TargetTable,
     /// Lowercase host to the targets on it: (protocol, port, target position).
     by_host: HashMap<String, Vec<(Protocol, u16, usize)>>,
     /// The candidate workloads and rules of a request.
     index: Index,
+    /// Every block, laid out for decisions.
+    code: Code,
     /// String sets of more than [`SCANNED_SET`] items, hashed; by set position.
     hashed_sets: Vec<Option<HashSet<Box<str>>>>,
     /// The most instructions one decision may run: the index's static bound.
@@ -189,14 +198,15 @@ impl Program {
 
     pub fn from_bundle(bundle: Bundle) -> Result<Program, BundleError> {
         let targets: Vec<TargetInfo> = bundle.targets().to_vec();
-        let mut by_name = HashMap::new();
         let mut by_host: HashMap<String, Vec<_>> = HashMap::new();
         for (position, target) in targets.iter().enumerate() {
-            by_name.entry(target.name.clone()).or_insert(position);
             let on_host = by_host.entry(target.host.to_ascii_lowercase()).or_default();
             on_host.push((target.protocol, target.port, position));
         }
-        let index = Index::build(&bundle);
+        let mut code = Code::build(&bundle);
+        let index = Index::build(&bundle, &mut code);
+        code.finish();
+        let by_name = TargetTable::build(&targets, has_prefix);
         let hashed_sets = bundle
             .sets()
             .iter()
@@ -211,6 +221,7 @@ impl Program {
             hash_hex: bundle.hash_hex(),
             budget: index.bound(),
             index,
+            code,
             hashed_sets,
             bundle,
             targets,
@@ -236,13 +247,18 @@ impl Program {
 
     /// The declared target called `name`.
     pub fn target(&self, name: &str) -> Option<&TargetInfo> {
-        self.by_name
-            .get(name)
-            .and_then(|position| self.targets.get(*position))
+        let slot = self.by_name.get(name, &self.targets)?;
+        self.targets.get(slot.position as usize)
     }
 
     /// The declared target at an endpoint; the host compares without regard to ASCII case.
     pub fn target_at(&self, protocol: &str, host: &str, port: u16) -> Option<&TargetInfo> {
+        let position = self.endpoint_position(protocol, host, port)?;
+        self.targets.get(position)
+    }
+
+    /// The position of the declared target at an endpoint.
+    fn endpoint_position(&self, protocol: &str, host: &str, port: u16) -> Option<usize> {
         let protocol = [Protocol::Http, Protocol::Https, Protocol::Postgres]
             .into_iter()
             .find(|known| known.keyword().eq_ignore_ascii_case(protocol))?;
@@ -255,7 +271,7 @@ impl Program {
         let (_, _, position) = on_host
             .iter()
             .find(|(p, found_port, _)| *p == protocol && *found_port == port)?;
-        self.targets.get(*position)
+        Some(*position)
     }
 
     /// Decides `request`. Never panics; anything unexpected denies. Uses this thread's
@@ -287,16 +303,23 @@ impl Program {
         scratch: &mut Scratch,
         trace: &mut T,
     ) -> Decision<'_> {
-        let position = match request.target {
-            TargetQuery::Named(name) => self.by_name.get(name).copied(),
+        let slot = match request.target {
+            TargetQuery::Named(name) => self.by_name.get(name, &self.targets),
             TargetQuery::Endpoint {
                 protocol,
                 host,
                 port,
             } => self
-                .target_at(protocol, host, port)
-                .and_then(|found| self.by_name.get(&found.name).copied()),
+                .endpoint_position(protocol, host, port)
+                .and_then(|position| {
+                    let target = self.targets.get(position)?;
+                    Some(TargetSlot {
+                        position: u32::try_from(position).ok()?,
+                        has_prefix: has_prefix(target),
+                    })
+                }),
         };
+        let position = slot.map(|slot| slot.position as usize);
         let target = position.and_then(|position| self.targets.get(position));
         let Scratch { memos, candidates } = scratch;
         memos.start(
@@ -304,12 +327,20 @@ impl Program {
             self.bundle.conditions().len(),
         );
         self.index
-            .workloads(request.kind, request.claims, candidates);
-        let inside = target.is_some_and(|target| within_prefix(target, request.resource));
+            .workloads(&self.code, request.kind, request.claims, candidates);
+        // Only a target with a path prefix is read here: most decisions need no more of it
+        // than its position.
+        let inside = match (slot, target) {
+            (Some(slot), Some(target)) if slot.has_prefix => {
+                within_prefix(target, request.resource)
+            }
+            (Some(_), Some(_)) => true,
+            _ => false,
+        };
         match position {
             Some(position) if inside => {
                 self.index
-                    .rules(&self.bundle, position, request.kind, candidates);
+                    .rules(&self.code, position, request.kind, candidates);
             }
             _ => candidates.rules.clear(),
         }
@@ -341,17 +372,6 @@ impl Program {
     /// budget each decision runs under.
     pub fn instruction_bound(&self) -> usize {
         self.budget
-    }
-
-    /// The name of a rule's named workload.
-    fn workload_name(&self, workload: WorkloadRef) -> Option<&str> {
-        let WorkloadRef::Named(WorkloadId(id)) = workload else {
-            return None;
-        };
-        self.bundle
-            .workloads()
-            .get(id as usize)
-            .map(|entry| entry.name.as_str())
     }
 }
 
@@ -468,6 +488,11 @@ fn quote(text: &str) -> String {
     out
 }
 
+/// Whether [`within_prefix`] can refuse a resource for this target.
+fn has_prefix(target: &TargetInfo) -> bool {
+    matches!(target.protocol, Protocol::Http | Protocol::Https) && target.path_prefix.is_some()
+}
+
 /// Whether the resource stays inside an `http`/`https` target's path prefix. The path (the
 /// resource up to `?` or `#`) must start with the prefix and have no `.` or `..` segment and
 /// no percent-encoded dot, slash or backslash, which a server could resolve outside it.
@@ -517,12 +542,34 @@ impl Memo {
 
 /// Workload and condition results of the current decision. Each slot carries the number of
 /// the decision that wrote it, so that a new decision starts empty without clearing anything.
+/// A slot is eight bytes, so that the table of a large program stays in the cache: its result
+/// is false, true, or an error kept in `errors`, which each decision starts empty.
+///
+/// The first [`RECENT`] workloads a decision evaluates are also kept in a short list, read
+/// before the table: most decisions evaluate a handful, and the list is in the cache where a
+/// random slot of a large program's table is not. Only a decision that evaluates more reads and
+/// writes the table.
 #[derive(Debug, Default)]
 struct MemoStore {
     decision: u32,
-    workloads: Vec<(u32, Memo)>,
-    conditions: Vec<(u32, Memo)>,
+    workloads: Vec<MemoSlot>,
+    conditions: Vec<MemoSlot>,
+    errors: Vec<EvalError>,
+    /// The workloads of this decision so far, as (workload id, result), up to [`RECENT`].
+    recent: [(u32, u32); RECENT],
+    n_recent: usize,
 }
+
+/// The workloads a decision remembers without the table.
+const RECENT: usize = 16;
+
+/// The decision that wrote the slot, and its result: 0 false, 1 true, `2 + n` the error at
+/// `n` in [`MemoStore::errors`].
+type MemoSlot = (u32, u32);
+
+const MEMO_FALSE: u32 = 0;
+const MEMO_TRUE: u32 = 1;
+const MEMO_ERRORS: u32 = 2;
 
 impl MemoStore {
     /// Starts a decision of a program with these many workloads and conditions; allocates
@@ -530,41 +577,88 @@ impl MemoStore {
     fn start(&mut self, n_workloads: usize, n_conditions: usize) {
         self.decision = self.decision.wrapping_add(1);
         if self.decision == 0 {
-            self.workloads.fill((0, Memo::Unknown));
-            self.conditions.fill((0, Memo::Unknown));
+            self.workloads.fill((0, MEMO_FALSE));
+            self.conditions.fill((0, MEMO_FALSE));
             self.decision = 1;
         }
         if self.workloads.len() < n_workloads {
-            self.workloads.resize(n_workloads, (0, Memo::Unknown));
+            self.workloads.resize(n_workloads, (0, MEMO_FALSE));
         }
         if self.conditions.len() < n_conditions {
-            self.conditions.resize(n_conditions, (0, Memo::Unknown));
+            self.conditions.resize(n_conditions, (0, MEMO_FALSE));
+        }
+        self.n_recent = 0;
+        // Each workload and condition fails at most once per decision.
+        self.errors.clear();
+        self.errors.reserve(n_workloads + n_conditions);
+    }
+
+    fn read(&self, slot: Option<&MemoSlot>) -> Memo {
+        match slot {
+            Some((decision, state)) if *decision == self.decision => match *state {
+                MEMO_FALSE => Memo::Matched(false),
+                MEMO_TRUE => Memo::Matched(true),
+                error => self
+                    .errors
+                    .get((error - MEMO_ERRORS) as usize)
+                    .map_or(Memo::Unknown, |error| Memo::Failed(*error)),
+            },
+            _ => Memo::Unknown,
+        }
+    }
+
+    fn state(&mut self, memo: Memo) -> u32 {
+        match memo {
+            Memo::Matched(false) | Memo::Unknown => MEMO_FALSE,
+            Memo::Matched(true) => MEMO_TRUE,
+            Memo::Failed(error) => {
+                self.errors.push(error);
+                MEMO_ERRORS + self.errors.len() as u32 - 1
+            }
         }
     }
 
     fn workload(&self, id: usize) -> Memo {
-        match self.workloads.get(id) {
-            Some((decision, memo)) if *decision == self.decision => *memo,
-            _ => Memo::Unknown,
+        let recent = self.recent.get(..self.n_recent).unwrap_or_default();
+        if let Some((_, state)) = recent
+            .iter()
+            .find(|(recent_id, _)| *recent_id as usize == id)
+        {
+            return self.read(Some(&(self.decision, *state)));
         }
+        if self.n_recent < RECENT {
+            // Every workload of this decision so far is in the list.
+            return Memo::Unknown;
+        }
+        self.read(self.workloads.get(id))
     }
 
     fn condition(&self, id: usize) -> Memo {
-        match self.conditions.get(id) {
-            Some((decision, memo)) if *decision == self.decision => *memo,
-            _ => Memo::Unknown,
-        }
+        self.read(self.conditions.get(id))
     }
 
     fn set_workload(&mut self, id: usize, memo: Memo) {
-        if let Some(slot) = self.workloads.get_mut(id) {
-            *slot = (self.decision, memo);
+        let Ok(recent_id) = u32::try_from(id) else {
+            return;
+        };
+        if id >= self.workloads.len() {
+            return;
+        }
+        let state = self.state(memo);
+        if let Some(free) = self.recent.get_mut(self.n_recent) {
+            *free = (recent_id, state);
+            self.n_recent += 1;
+        } else if let Some(slot) = self.workloads.get_mut(id) {
+            *slot = (self.decision, state);
         }
     }
 
     fn set_condition(&mut self, id: usize, memo: Memo) {
-        if let Some(slot) = self.conditions.get_mut(id) {
-            *slot = (self.decision, memo);
+        if id < self.conditions.len() {
+            let slot = (self.decision, self.state(memo));
+            if let Some(old) = self.conditions.get_mut(id) {
+                *old = slot;
+            }
         }
     }
 }
@@ -694,24 +788,37 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
         let target = self.target;
         let rules = program.bundle.rules();
         let candidates = self.candidates;
-        for rule_idx in candidates.rules() {
-            let Some(rule) = rules.get(rule_idx as usize) else {
+        for candidate in &candidates.rules {
+            let outcome = self.applies(candidate);
+            if outcome == Ok(false) {
+                continue;
+            }
+            // Only the deciding rule's details are read: from its workload's record, which
+            // the decision has just read, unless it names no workload.
+            let report = index::report(&program.code, candidate);
+            let Some(rule) = rules.get(candidate.position() as usize) else {
                 continue;
             };
-            let outcome = self.applies(rule_idx, rule);
-            let name = rule.name.as_str();
-            let reason = match (outcome, rule.effect) {
+            let name = match report {
+                Some(report) => report.name,
+                None => rule.name.as_str(),
+            };
+            let reason = match (outcome, candidate.effect()) {
                 (Ok(false), _) => continue,
                 (Ok(true), Effect::Forbid) => Reason::Forbidden { rule: name },
                 (Ok(true), Effect::Permit) => Reason::Permitted { rule: name },
                 (Err(error), _) => Reason::EvaluationError { rule: name, error },
             };
-            let workload = program
-                .workload_name(rule.workload)
-                .or_else(|| self.first_matching_workload());
+            let workload = match report {
+                Some(report) => Some(report.workload),
+                None => self.first_matching_workload(),
+            };
             let allow = matches!(reason, Reason::Permitted { .. });
-            let credential = rule
-                .credential
+            let credential = match report {
+                Some(report) => report.credential,
+                None => rule.credential,
+            };
+            let credential = credential
                 .filter(|_| allow)
                 .and_then(|id| program.bundle.credential(id));
             return Decision {
@@ -731,17 +838,17 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
         deny(Reason::NoPermit, None, workload, target)
     }
 
-    fn applies(&mut self, position: u32, rule: &RuleEntry) -> Result<bool, EvalError> {
+    fn applies(&mut self, rule: &RuleRef) -> Result<bool, EvalError> {
         let matched = match rule.workload {
-            WorkloadRef::Any => Ok(true),
-            WorkloadRef::AnyOfKind(kind) => Ok(kind == self.request.kind),
-            WorkloadRef::Named(id) => self.workload(id),
+            RuleWorkload::Any => Ok(true),
+            RuleWorkload::AnyOfKind(kind) => Ok(kind == self.request.kind),
+            RuleWorkload::Record(record) => self.workload(record),
         };
         let when = match (matched, rule.when) {
-            (Ok(true), Some(block)) => Some(self.block(block)),
+            (Ok(true), when) if when != NO_WHEN => Some(self.run_block(when)),
             _ => None,
         };
-        self.trace.rule(position, matched, when);
+        self.trace.rule(rule.position(), matched, when);
         match when {
             Some(result) => result,
             None => matched,
@@ -751,23 +858,26 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
     /// The first declared workload the caller is; a workload that fails to evaluate is not.
     /// Only candidates can be: every other workload is false for this caller.
     fn first_matching_workload(&mut self) -> Option<&'p str> {
-        let workloads = self.program.bundle.workloads();
+        let program = self.program;
         let candidates = self.candidates;
-        let id = candidates
+        let record = candidates
             .workloads
             .iter()
-            .find(|id| self.workload(WorkloadId(**id)) == Ok(true))?;
-        workloads.get(*id as usize).map(|entry| entry.name.as_str())
+            .find(|record| self.workload(**record) == Ok(true))?;
+        index::workload_name(&program.code, *record)
     }
 
-    fn workload(&mut self, id: WorkloadId) -> Result<bool, EvalError> {
-        let result = match self.memos.workload(id.0 as usize) {
+    /// Whether the caller is the workload of the index's record at `record`.
+    fn workload(&mut self, record: u32) -> Result<bool, EvalError> {
+        let id = index::record_id(&self.program.code, record)
+            .ok_or(EvalError::InvalidProgram { pc: 0 })?;
+        let result = match self.memos.workload(id as usize) {
             Memo::Matched(matched) => return Ok(matched),
             Memo::Failed(error) => return Err(error),
-            Memo::Unknown => self.evaluate_workload(id),
+            Memo::Unknown => self.evaluate_workload(record),
         };
-        self.memos.set_workload(id.0 as usize, Memo::of(result));
-        self.trace.workload(id.0, result);
+        self.memos.set_workload(id as usize, Memo::of(result));
+        self.trace.workload(id, result);
         result
     }
 
@@ -790,13 +900,11 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
         result
     }
 
-    fn evaluate_workload(&mut self, id: WorkloadId) -> Result<bool, EvalError> {
+    fn evaluate_workload(&mut self, record: u32) -> Result<bool, EvalError> {
         let program = self.program;
-        let Some(workload) = program.bundle.workloads().get(id.0 as usize) else {
-            return Err(EvalError::InvalidProgram { pc: 0 });
-        };
-        for alternative in &workload.alternatives {
-            if alternative.kind == self.request.kind && self.block(alternative.block)? {
+        let kind = u32::from(kind_code(self.request.kind));
+        for [alternative_kind, start] in index::record_alternatives(&program.code, record) {
+            if *alternative_kind == kind && self.run_block(*start)? {
                 return Ok(true);
             }
         }
@@ -805,25 +913,33 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
 
     /// Runs one verified block to its boolean result.
     fn block(&mut self, block: BlockId) -> Result<bool, EvalError> {
-        let program = self.program;
-        let code = program
-            .bundle
-            .block(block)
+        let start = self
+            .program
+            .code
+            .start(block)
             .ok_or(EvalError::InvalidProgram { pc: 0 })?;
+        self.run_block(start)
+    }
+
+    /// Runs the block that starts at `start` in the program's code.
+    fn run_block(&mut self, start: u32) -> Result<bool, EvalError> {
+        let program = self.program;
+        let code = &program.code;
         let mut stack = Stack::new();
-        let mut pc = 0;
+        let mut pc = start as usize;
         loop {
             self.budget = self
                 .budget
                 .checked_sub(1)
                 .ok_or(EvalError::BudgetExceeded)?;
-            let instr = *code.get(pc).ok_or(EvalError::InvalidProgram { pc })?;
-            let at = pc;
-            pc += 1;
-            let value = match instr {
-                Instr::Return => return stack.pop_bool(at),
-                Instr::JumpIfFalseOrPop(to) | Instr::JumpIfTrueOrPop(to) => {
-                    let keep_on = matches!(instr, Instr::JumpIfTrueOrPop(_));
+            // Errors name the position within the block, as the bundle numbers it.
+            let at = pc.saturating_sub(start as usize) / OP_WORDS;
+            let op = code.op(pc).ok_or(EvalError::InvalidProgram { pc: at })?;
+            pc += OP_WORDS;
+            let value = match op {
+                Op::Return => return stack.pop_bool(at),
+                Op::JumpIfFalseOrPop(to) | Op::JumpIfTrueOrPop(to) => {
+                    let keep_on = matches!(op, Op::JumpIfTrueOrPop(_));
                     if stack.peek_bool(at)? == keep_on {
                         pc = to as usize;
                     } else {
@@ -831,14 +947,14 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                     }
                     continue;
                 }
-                Instr::Not => Val::Bool(!stack.pop_bool(at)?),
-                Instr::Eq | Instr::Ne => {
+                Op::Not => Val::Bool(!stack.pop_bool(at)?),
+                Op::Eq | Op::Ne => {
                     let right = stack.pop(at)?;
                     let left = stack.pop(at)?;
                     let equal = equal(left, right).ok_or(EvalError::InvalidProgram { pc: at })?;
-                    Val::Bool(equal == matches!(instr, Instr::Eq))
+                    Val::Bool(equal == matches!(op, Op::Eq))
                 }
-                Instr::InSet(set_idx) => {
+                Op::InSet(set_idx) => {
                     let set = program.bundle.sets().get(set_idx as usize);
                     let value = stack.pop(at)?;
                     let hashed = program.hashed_sets.get(set_idx as usize);
@@ -848,7 +964,7 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                     };
                     Val::Bool(found.ok_or(EvalError::InvalidProgram { pc: at })?)
                 }
-                Instr::Like(glob) => {
+                Op::Like(glob) => {
                     let glob = program.bundle.globs().get(glob as usize);
                     let matched = match (glob, stack.pop(at)?) {
                         (Some(glob), Val::Str(text)) => glob.is_match(text),
@@ -856,7 +972,7 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                     };
                     Val::Bool(matched)
                 }
-                Instr::Matches(regex) => {
+                Op::Matches(regex) => {
                     let regex = program.bundle.regexes().get(regex as usize);
                     let matched = match (regex, stack.pop(at)?) {
                         (Some(compiled), Val::Str(text)) => compiled.regex.is_match(text),
@@ -864,7 +980,7 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                     };
                     Val::Bool(matched)
                 }
-                Instr::Order(order) => {
+                Op::Order(order) => {
                     let right = stack.pop(at)?;
                     let left = stack.pop(at)?;
                     match (left, right) {
@@ -872,7 +988,7 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                         _ => return Err(EvalError::InvalidProgram { pc: at }),
                     }
                 }
-                Instr::InNetworks(set) => {
+                Op::InNetworks(set) => {
                     let set = program.bundle.network_sets().get(set as usize);
                     let found = match (set, stack.pop(at)?) {
                         (Some(set), Val::Ip(addr)) => set.iter().any(|net| net.contains(addr)),
@@ -880,11 +996,13 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                     };
                     Val::Bool(found)
                 }
-                Instr::InRange(low, high) => match stack.pop(at)? {
-                    Val::Int(value) => Val::Bool((low..=high).contains(&value)),
+                Op::InRange(range) => match (code.ranges.get(range as usize), stack.pop(at)?) {
+                    (Some((low, high)), Val::Int(value)) => {
+                        Val::Bool((*low..=*high).contains(&value))
+                    }
                     _ => return Err(EvalError::InvalidProgram { pc: at }),
                 },
-                Instr::Within(idx) => {
+                Op::Within(idx) => {
                     let bundle = &program.bundle;
                     let entry = bundle.windows().get(idx as usize);
                     let zone = entry.and_then(|entry| bundle.zones().get(entry.zone as usize));
@@ -895,7 +1013,7 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                     let inside = entry.window.contains(&zone.zone, time);
                     Val::Bool(inside.map_err(|_| EvalError::TimeOutOfRange { unix_seconds: time })?)
                 }
-                Instr::Condition(idx) => Val::Bool(self.condition(idx, at)?),
+                Op::Condition(idx) => Val::Bool(self.condition(idx, at)?),
                 other => self.push_value(other, at)?,
             };
             stack.push(value, at)?;
@@ -903,38 +1021,46 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
     }
 
     /// The value an instruction that reads something pushes.
-    fn push_value<'v>(&self, instr: Instr, pc: usize) -> Result<Val<'v>, EvalError>
+    fn push_value<'v>(&self, op: Op, pc: usize) -> Result<Val<'v>, EvalError>
     where
         'p: 'v,
         'r: 'v,
     {
         let request = self.request;
-        Ok(match instr {
-            Instr::PushBool(value) => Val::Bool(value),
-            Instr::PushInt(value) => Val::Int(value),
-            Instr::PushStr(idx) => match self.program.bundle.strings().get(idx as usize) {
+        let program = self.program;
+        Ok(match op {
+            Op::PushBool(value) => Val::Bool(value),
+            Op::PushInt(idx) => match program.code.ints.get(idx as usize) {
+                Some(value) => Val::Int(*value),
+                None => return Err(EvalError::InvalidProgram { pc }),
+            },
+            Op::PushStr { len, start } => match program.code.text(start, len) {
                 Some(text) => Val::Str(text),
                 None => return Err(EvalError::InvalidProgram { pc }),
             },
-            Instr::PushClaim(kind, claim) => {
+            Op::PushLongStr(idx) => match program.bundle.strings().get(idx as usize) {
+                Some(text) => Val::Str(text),
+                None => return Err(EvalError::InvalidProgram { pc }),
+            },
+            Op::PushClaim(kind, claim) => {
                 claim_value(request, self.program.custom_claims(), kind, claim)?
             }
-            Instr::HasClaim(kind, claim) => Val::Bool(
+            Op::HasClaim(kind, claim) => Val::Bool(
                 request.kind == kind
                     && request
                         .claims
                         .get(usize::from(claim.0))
                         .is_some_and(Option::is_some),
             ),
-            Instr::PushRequest(field) => match request_field(request, field) {
+            Op::PushRequest(field) => match request_field(request, field) {
                 Some(value) => value,
                 None => {
                     let field = field.keyword();
                     return Err(EvalError::AbsentRequestField { field });
                 }
             },
-            Instr::HasRequest(field) => Val::Bool(request_field(request, field).is_some()),
-            Instr::PushTarget(field) => {
+            Op::HasRequest(field) => Val::Bool(request_field(request, field).is_some()),
+            Op::PushTarget(field) => {
                 let target = self.target.ok_or(EvalError::NoTarget)?;
                 match field {
                     TargetField::Name => Val::Str(&target.name),
@@ -1034,7 +1160,10 @@ fn contains(set: &ConstSet, value: Val<'_>) -> Option<bool> {
 #[allow(clippy::unwrap_used, reason = "a test fails by panicking")]
 mod tests {
     use super::*;
-    use crate::ir::{self, Alternative, Expr, PolicySet, Rule, Target, TargetRef, Value, Workload};
+    use crate::ir::{
+        self, Alternative, Expr, PolicySet, Rule, Target, TargetRef, Value, Workload, WorkloadId,
+        WorkloadRef,
+    };
 
     fn github_claim(name: &str) -> ClaimId {
         ProviderKind::Github.claim(name).unwrap().0

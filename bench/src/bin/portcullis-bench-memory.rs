@@ -24,6 +24,13 @@ struct Args {
     /// Seed of the generated policies, as given to `portcullis-bench`.
     #[arg(long)]
     seed: u64,
+    /// The engines to measure, by key; the VM and the reference evaluator always.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "vm,reference,cedar,regorus,regorus-rvm"
+    )]
+    engines: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -45,35 +52,47 @@ fn heap_held(args: &Args) -> Result<()> {
     drop(set);
     let (program, vm) = held(|| portcullis::load(&bytes))?;
     drop((program, bytes, files));
+    let wants = |engine: Engine| args.engines.iter().any(|key| key == engine.key());
+    let mut held_by = vec![(Engine::Vm, vm), (Engine::Reference, reference)];
 
-    let text = cedar::policies(&policy);
-    let (policies, cedar) = held(|| cedar::parse(&text))?;
-    drop((policies, text));
-
-    let modules = rego::modules(&policy);
-    let (compiled, regorus) = held(|| rego::compile(&modules, rego::data(&policy)?))?;
-    drop(compiled);
-    // An RVM that cannot take the policy set is left out, as the timed binary leaves it out.
-    let rvm = held(|| {
-        let compiled = rego::compile(&modules, rego::data(&policy)?)?;
-        rego::rvm(&compiled, rego::data(&policy)?)
-    })
-    .ok()
-    .map(|(rvm_vm, live)| {
-        drop(rvm_vm);
-        (Engine::RegorusRvm, live)
-    });
-
-    let held_by = [
-        (Engine::Vm, vm),
-        (Engine::Reference, reference),
-        (Engine::Cedar, cedar),
-        (Engine::Regorus, regorus),
-    ];
-    for (engine, live) in held_by.into_iter().chain(rvm) {
+    if wants(Engine::Cedar) {
+        held_by.push((Engine::Cedar, cedar_heap(&policy)?));
+    }
+    if wants(Engine::Regorus) || wants(Engine::RegorusRvm) {
+        held_by.extend(rego_heap(&policy, wants(Engine::RegorusRvm))?);
+    }
+    for (engine, live) in held_by {
         println!("{} {live}", engine.key());
     }
     Ok(())
+}
+
+fn cedar_heap(policy: &Policy) -> Result<i64> {
+    let text = cedar::policies(policy);
+    let (policies, cedar) = held(|| cedar::parse(&text))?;
+    drop((policies, text));
+    Ok(cedar)
+}
+
+/// The interpreter's heap and, when asked for and able to take the policy set, the RVM's.
+fn rego_heap(policy: &Policy, wants_rvm: bool) -> Result<Vec<(Engine, i64)>> {
+    let modules = rego::modules(policy);
+    let (compiled, regorus) = held(|| rego::compile(&modules, rego::data(policy)?))?;
+    drop(compiled);
+    let mut figures = vec![(Engine::Regorus, regorus)];
+    if !wants_rvm {
+        return Ok(figures);
+    }
+    // An RVM that cannot take the policy set is left out, as the timed binary leaves it out.
+    let rvm = held(|| {
+        let compiled = rego::compile(&modules, rego::data(policy)?)?;
+        rego::rvm(&compiled, rego::data(policy)?)
+    });
+    if let Ok((rvm_vm, live)) = rvm {
+        drop(rvm_vm);
+        figures.push((Engine::RegorusRvm, live));
+    }
+    Ok(figures)
 }
 
 /// Builds a value, and the bytes allocated and not freed meanwhile: what the value holds,

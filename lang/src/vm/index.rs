@@ -25,13 +25,25 @@
 //! its jumps go forward. [`Index::bound`] sums those blocks for the worst request: per target
 //! and kind, the unkeyed workloads, the heaviest value of each keyed claim (an absent claim
 //! costs the one instruction that fails), the rules they bring, and every condition.
+//!
+//! **Layout.** At 100,000 rules the index is tens of megabytes, and each decision reads a few
+//! places in it that no recent decision read, each a trip to main memory or the last-level
+//! cache. The tables are shaped so that a decision reads as few cache lines as possible: a
+//! claim value is found in an open-addressed [`ValueTable`] whose slot holds the answer (the
+//! first workload keyed on the value), with the value's text in the code's text, where the
+//! workload's block compares it again; a candidate workload is one record, just before its
+//! code, that holds where its alternatives start, its rules (target, order, `when`,
+//! credential) and the names a decision reports; and the candidate rules carry what running
+//! them needs, so that no rule table is read until one decides. Target names have a table of
+//! their own (`vm/targets.rs`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use super::code::{Code, RECORD_ALTERNATIVE, RECORD_HEAD, RECORD_RULE};
 use crate::bundle::{Bundle, RuleEntry};
 use crate::bytecode::{ConstSet, Instr, kind_code};
-use crate::ir::{Effect, TargetRef, WorkloadRef};
+use crate::ir::{CredentialId, Effect, TargetRef, WorkloadRef};
 use crate::schema::{ClaimId, ClaimType, ClaimValue, ProviderKind};
 
 /// The number of trust provider kinds, which [`kind_code`] numbers from 0.
@@ -83,12 +95,18 @@ impl Hasher for FastHasher {
         self.add(value as u64);
     }
 
+    /// The state, mixed so that every input bit reaches the low bits, which pick a table's
+    /// slot: the multiply in [`FastHasher::add`] only carries bits upwards, and keys that
+    /// differ in their last bytes (`svc-000121`, `svc-000122`) would otherwise share slots.
     fn finish(&self) -> u64 {
-        self.0
+        let mut hash = self.0;
+        hash ^= hash >> 32;
+        hash = hash.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        hash ^ (hash >> 29)
     }
 }
 
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// While building: a claim, its values to the workloads keyed on each, all of those, and the
 /// claims they test before it.
@@ -121,17 +139,17 @@ struct Span {
     len: u32,
 }
 
-/// The workloads a claim of one kind keys.
+/// The workloads a claim of one kind keys. Workloads are named by their records' offsets.
 #[derive(Debug)]
 struct ClaimKey {
     claim: ClaimId,
-    /// A string value of the claim to the workloads keyed on it, in `workload_lists`.
-    by_value: FastMap<Box<str>, Span>,
+    /// A string value of the claim to the workloads keyed on it.
+    values: ValueTable,
     /// Per target slot, the first rule to consider among those naming a workload keyed on the
-    /// claim, as its [`order_key`]. For a caller without a string value for the claim, each of
-    /// these rules is an evaluation error, so the first is the only one that can decide;
-    /// unless the key has guards, which may be false first.
-    first_rule: FastMap<u32, u64>,
+    /// claim. For a caller without a string value for the claim, each of these rules is an
+    /// evaluation error, so the first is the only one that can decide; unless the key has
+    /// guards, which may be false first.
+    first_rule: FastMap<u32, RuleRef>,
     /// The claims tested before the key by any workload keyed on it. A caller without a string
     /// for one of them, or (with guards) for the key itself, meets every workload in `all`.
     guards: Vec<ClaimId>,
@@ -146,11 +164,56 @@ struct KindIndex {
     keys: Vec<ClaimKey>,
 }
 
-/// The rules of one target slot (a target, or `target any`) that name no workload.
-#[derive(Debug, Default)]
-struct SlotRules {
-    any_workload: Vec<u32>,
-    by_kind: [Vec<u32>; KINDS],
+/// A candidate rule, with what a decision needs to run it, so that it reads no rule table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RuleRef {
+    /// The order of consideration: forbids before permits ([`PERMIT_BIT`] set), each in
+    /// declaration order; without that bit, the rule's position in the bundle.
+    pub order: u32,
+    /// Where the rule's `when` starts in the program's code, or [`NO_WHEN`].
+    pub when: u32,
+    pub workload: RuleWorkload,
+    /// Where the rule's entry in its workload's record is, which holds what a decision by
+    /// the rule reports; [`NO_WHEN`] for a rule that names no workload.
+    pub entry: u32,
+}
+
+/// What a decision reports about the rule that decided it, from the rule's workload's record.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RuleReport<'i> {
+    pub name: &'i str,
+    pub credential: Option<CredentialId>,
+    pub workload: &'i str,
+}
+
+/// Set in [`RuleRef::order`] for a permit.
+pub(crate) const PERMIT_BIT: u32 = 1 << 31;
+
+/// [`RuleRef::when`] of a rule without a `when`.
+pub(crate) const NO_WHEN: u32 = u32::MAX;
+
+/// The workload of a candidate rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RuleWorkload {
+    Any,
+    AnyOfKind(ProviderKind),
+    /// A named workload, by the offset of its record.
+    Record(u32),
+}
+
+impl RuleRef {
+    /// The rule's position in the bundle's rules.
+    pub fn position(&self) -> u32 {
+        self.order & !PERMIT_BIT
+    }
+
+    pub fn effect(&self) -> Effect {
+        if self.order & PERMIT_BIT == 0 {
+            Effect::Forbid
+        } else {
+            Effect::Permit
+        }
+    }
 }
 
 /// How the index found one workload for one kind.
@@ -169,16 +232,24 @@ enum WorkloadKey {
 }
 
 /// The index of one program. See the module documentation.
+///
+/// Each workload has a *record* in `records`, which holds what a decision reads about it, so
+/// that a candidate workload costs one place in memory rather than one per table: its id, the
+/// number of its alternatives and of its rules, its name (start and length in the code's
+/// text, after the strings of its code), then
+/// per alternative its kind's code and the start of its block, then per rule naming it the
+/// rule's target slot, [`RuleRef::order`], [`RuleRef::when`], credential ([`NO_WHEN`] for
+/// none) and name. Records are in workload order, so that ordering offsets orders workloads.
+/// The index's workload lists hold record offsets.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
     kinds: [KindIndex; KINDS],
     /// Workload lists of every claim value, referred to by [`ClaimKey::by_value`].
     workload_lists: Vec<u32>,
-    /// `(target slot, workload)` to the rules naming both, in `rule_lists`. The slot of
-    /// `target any` is the number of targets.
-    by_workload: FastMap<u64, Span>,
-    rule_lists: Vec<u32>,
-    slots: Vec<SlotRules>,
+    /// Per target slot (the slot of `target any` is the number of targets), its rules that
+    /// name no workload, in `slot_lists`: `None` for `workload any`, else the kind.
+    slots: Vec<Span>,
+    slot_lists: Vec<(Option<ProviderKind>, RuleRef)>,
     /// The most instructions one decision can execute.
     bound: usize,
 }
@@ -187,39 +258,29 @@ pub(crate) struct Index {
 /// allocates nothing.
 #[derive(Debug, Default)]
 pub(crate) struct Candidates {
-    /// Candidate workloads, ascending.
+    /// Candidate workloads, ascending, by their records' offsets.
     pub workloads: Vec<u32>,
     /// Candidate rules, in the order a decision considers them: forbids, then permits, each in
-    /// declaration order; as `effect << 32 | rule`.
-    pub rules: Vec<u64>,
+    /// declaration order.
+    pub rules: Vec<RuleRef>,
     /// The claim keys (positions in the caller's kind's keys) the caller has no string for.
     keyless: Vec<usize>,
 }
 
-impl Candidates {
-    /// The candidate rules' positions, in the order to consider them.
-    pub fn rules(&self) -> impl Iterator<Item = u32> + '_ {
-        self.rules.iter().map(|entry| *entry as u32)
+fn order_key(rule: &RuleEntry, position: u32) -> u32 {
+    match rule.effect {
+        Effect::Forbid => position,
+        Effect::Permit => position | PERMIT_BIT,
     }
 }
 
-fn slot_key(slot: usize, workload: u32) -> u64 {
-    ((slot as u64) << 32) | u64::from(workload)
-}
-
-fn order_key(rule: &RuleEntry, position: u32) -> u64 {
-    let effect = match rule.effect {
-        Effect::Forbid => 0u64,
-        Effect::Permit => 1u64,
-    };
-    (effect << 32) | u64::from(position)
-}
-
 impl Index {
-    pub fn build(bundle: &Bundle) -> Index {
+    pub fn build(bundle: &Bundle, code: &mut Code) -> Index {
         let mut index = Index::default();
         let n_targets = bundle.targets().len();
         let keys = workload_keys(bundle);
+        // Per claim key, its values' workloads, until the records exist.
+        let mut values_of: Vec<(usize, usize, FastMap<String, Vec<u32>>)> = Vec::new();
         // Per workload, the claim keys it is looked up by: (kind, position in the kind's keys).
         let mut keyed_in: Vec<Vec<(usize, usize)>> = vec![Vec::new(); bundle.workloads().len()];
         for (kind, per_workload) in ProviderKind::ALL.into_iter().zip(&keys) {
@@ -265,55 +326,135 @@ impl Index {
                         keys.push((usize::from(kind_code(kind)), position));
                     }
                 }
-                let mut key = ClaimKey {
+                let key = ClaimKey {
                     claim,
-                    by_value: FastMap::default(),
+                    values: ValueTable::default(),
                     first_rule: FastMap::default(),
                     guards,
                     all,
                 };
-                for (value, list) in by_value {
-                    let span = push_span(&mut index.workload_lists, &list);
-                    key.by_value.insert(value.into_boxed_str(), span);
-                }
+                values_of.push((usize::from(kind_code(kind)), position, by_value));
                 kind_index.keys.push(key);
             }
         }
 
-        index.slots = (0..=n_targets).map(|_| SlotRules::default()).collect();
-        let mut by_workload: FastMap<u64, Vec<u32>> = FastMap::default();
+        let when_start =
+            |code: &Code, rule: &RuleEntry| rule.when.and_then(|block| code.start(block));
+        // Per workload, the rules naming it: (slot, order, when). Per slot, the rules naming
+        // no workload.
+        let mut rules_of: Vec<Vec<(u32, u32, u32, &RuleEntry)>> =
+            vec![Vec::new(); bundle.workloads().len()];
+        let mut slot_rules: Vec<Vec<(Option<ProviderKind>, RuleRef)>> =
+            vec![Vec::new(); n_targets + 1];
+        let mut first_rules: Vec<(usize, usize, u32, u32, u32)> = Vec::new();
         for (position, rule) in (0u32..).zip(bundle.rules()) {
             let slot = match rule.target {
                 TargetRef::Named(target) => target.0 as usize,
                 TargetRef::Any => n_targets,
             };
-            let Some(slot_rules) = index.slots.get_mut(slot) else {
-                continue;
-            };
-            match rule.workload {
-                WorkloadRef::Any => slot_rules.any_workload.push(position),
-                WorkloadRef::AnyOfKind(kind) => {
-                    slot_rules.by_kind[usize::from(kind_code(kind))].push(position);
-                }
+            let order = order_key(rule, position);
+            let when = when_start(code, rule).unwrap_or(NO_WHEN);
+            let (kind, workload) = match rule.workload {
+                WorkloadRef::Any => (None, RuleWorkload::Any),
+                WorkloadRef::AnyOfKind(kind) => (Some(kind), RuleWorkload::AnyOfKind(kind)),
                 WorkloadRef::Named(workload) => {
-                    let key = slot_key(slot, workload.0);
-                    by_workload.entry(key).or_default().push(position);
-                    let order = order_key(rule, position);
+                    let Some(rules) = rules_of.get_mut(workload.0 as usize) else {
+                        continue;
+                    };
+                    rules.push((slot as u32, order, when, rule));
                     for (kind, key) in keyed_in.get(workload.0 as usize).into_iter().flatten() {
-                        let Some(key) = index.kinds[*kind].keys.get_mut(*key) else {
-                            continue;
-                        };
-                        let first = key.first_rule.entry(slot as u32).or_insert(order);
-                        *first = (*first).min(order);
+                        first_rules.push((*kind, *key, slot as u32, workload.0, order));
                     }
+                    continue;
                 }
+            };
+            if let Some(list) = slot_rules.get_mut(slot) {
+                let entry = NO_WHEN;
+                list.push((
+                    kind,
+                    RuleRef {
+                        order,
+                        when,
+                        workload,
+                        entry,
+                    },
+                ));
             }
         }
-        for (key, list) in by_workload {
-            let span = push_span(&mut index.rule_lists, &list);
-            index.by_workload.insert(key, span);
+        for list in slot_rules {
+            let span = push_span(&mut index.slot_lists, &list);
+            index.slots.push(span);
+        }
+
+        // Fill in the records the code has room for, and turn every workload list from ids
+        // into record offsets.
+        let record_at = code.record_at.clone();
+        for ((id, workload), rules) in (0u32..).zip(bundle.workloads()).zip(&rules_of) {
+            let name = code
+                .workload_names
+                .get(id as usize)
+                .copied()
+                .unwrap_or_default();
+            let (n_alternatives, n_rules) = (workload.alternatives.len(), rules.len());
+            let mut record = vec![id, n_alternatives as u32, n_rules as u32, name.0, name.1];
+            for alt in &workload.alternatives {
+                let start = code.start(alt.block).unwrap_or(NO_WHEN);
+                record.extend([u32::from(kind_code(alt.kind)), start]);
+            }
+            for (slot, order, when, rule) in rules {
+                let credential = rule.credential.map_or(NO_WHEN, |id| id.0);
+                let position = (order & !PERMIT_BIT) as usize;
+                let name = code.rule_names.get(position).copied().unwrap_or_default();
+                record.extend([*slot, *order, *when, credential, name.0, name.1]);
+            }
+            let at = record_at.get(id as usize).copied().unwrap_or(u32::MAX) as usize;
+            if let Some(room) = code.words.get_mut(at..at + record.len()) {
+                room.copy_from_slice(&record);
+            }
+        }
+        let offset = |id: &mut u32| *id = record_at.get(*id as usize).copied().unwrap_or(u32::MAX);
+        for kind_index in &mut index.kinds {
+            kind_index.unkeyed.iter_mut().for_each(offset);
+            for key in &mut kind_index.keys {
+                key.all.iter_mut().for_each(offset);
+            }
+        }
+        for (kind, key, slot, workload, order) in first_rules {
+            let Some(rule) = bundle.rules().get((order & !PERMIT_BIT) as usize) else {
+                continue;
+            };
+            let record = record_at
+                .get(workload as usize)
+                .copied()
+                .unwrap_or(u32::MAX);
+            let candidate = RuleRef {
+                order,
+                when: when_start(code, rule).unwrap_or(NO_WHEN),
+                workload: RuleWorkload::Record(record),
+                entry: rule_entry(code, record, order),
+            };
+            let Some(key) = index.kinds[kind].keys.get_mut(key) else {
+                continue;
+            };
+            let first = key.first_rule.entry(slot).or_insert(candidate);
+            if candidate.order < first.order {
+                *first = candidate;
+            }
+        }
+        let texts = code.texts(bundle);
+        for (kind, key, by_value) in values_of {
+            let mut values = by_value.into_iter().collect::<Vec<_>>();
+            for (_, list) in &mut values {
+                list.iter_mut().for_each(offset);
+            }
+            let table = ValueTable::build(values, &texts, code, &mut index.workload_lists);
+            if let Some(key) = index.kinds[kind].keys.get_mut(key) {
+                key.values = table;
+            }
         }
         index.bound = bound(bundle, &keys, n_targets);
+        index.workload_lists.shrink_to_fit();
+        index.slot_lists.shrink_to_fit();
         index
     }
 
@@ -325,6 +466,7 @@ impl Index {
     /// Fills `out.workloads` with the workloads a caller of `kind` with `claims` could be.
     pub fn workloads(
         &self,
+        code: &Code,
         kind: ProviderKind,
         claims: &[Option<ClaimValue>],
         out: &mut Candidates,
@@ -342,25 +484,26 @@ impl Index {
         };
         for (position, key) in kind_index.keys.iter().enumerate() {
             let guarded = !key.guards.is_empty();
-            let found: &[u32] = match string(key.claim) {
+            let (first, rest): (Option<u32>, &[u32]) = match string(key.claim) {
                 // A guard the caller lacks fails or is false in each workload: none can be
                 // skipped.
-                _ if key.guards.iter().any(|guard| string(*guard).is_none()) => &key.all,
-                Some(text) => match key.by_value.get(text) {
-                    Some(span) => self.workload_span(*span),
-                    None => &[],
+                _ if key.guards.iter().any(|guard| string(*guard).is_none()) => (None, &key.all),
+                Some(text) => match key.values.get(text, &code.text) {
+                    Some((first, rest)) => (Some(first), self.workload_span(rest)),
+                    None => (None, &[]),
                 },
                 // Without the key, a guard may still be false first, so each must run.
-                None if guarded => &key.all,
+                None if guarded => (None, &key.all),
                 // Every workload keyed on the claim fails for this caller, so none is one the
                 // caller is; `rules` adds the first rule that names one.
                 None => {
                     out.keyless.push(position);
-                    &[]
+                    (None, &[])
                 }
             };
-            if !found.is_empty() {
-                out.workloads.extend_from_slice(found);
+            if first.is_some() || !rest.is_empty() {
+                out.workloads.extend(first);
+                out.workloads.extend_from_slice(rest);
                 sources += 1;
             }
         }
@@ -372,50 +515,56 @@ impl Index {
 
     /// Fills `out.rules` with the rules to consider for a caller of `kind` on the target at
     /// `slot`, given the candidate workloads and claim keys `workloads` left in `out`.
-    pub fn rules(&self, bundle: &Bundle, slot: usize, kind: ProviderKind, out: &mut Candidates) {
+    pub fn rules(&self, code: &Code, slot: usize, kind: ProviderKind, out: &mut Candidates) {
         out.rules.clear();
         let any_slot = self.slots.len().saturating_sub(1);
-        let rules = bundle.rules();
-        let kind = usize::from(kind_code(kind));
-        let keys = self.kinds.get(kind).map_or(&[][..], |k| k.keys.as_slice());
+        let keys = self
+            .kinds
+            .get(usize::from(kind_code(kind)))
+            .map_or(&[][..], |k| k.keys.as_slice());
         for slot in [slot, any_slot] {
-            let Some(slot_rules) = self.slots.get(slot) else {
-                continue;
-            };
             for key in out
                 .keyless
                 .iter()
                 .filter_map(|position| keys.get(*position))
             {
-                if let Some(order) = key.first_rule.get(&(slot as u32)) {
-                    out.rules.push(*order);
+                if let Some(rule) = key.first_rule.get(&(slot as u32)) {
+                    out.rules.push(*rule);
                 }
             }
-            let lists = [
-                slot_rules.any_workload.as_slice(),
-                &slot_rules.by_kind[kind],
-            ];
-            for position in lists.into_iter().flatten() {
-                if let Some(rule) = rules.get(*position as usize) {
-                    out.rules.push(order_key(rule, *position));
-                }
-            }
-            for workload in &out.workloads {
-                let Some(span) = self.by_workload.get(&slot_key(slot, *workload)) else {
-                    continue;
-                };
-                for position in self.rule_span(*span) {
-                    if let Some(rule) = rules.get(*position as usize) {
-                        out.rules.push(order_key(rule, *position));
-                    }
+            let list = self.slots.get(slot).map_or(&[][..], |span| {
+                let start = span.start as usize;
+                self.slot_lists
+                    .get(start..start + span.len as usize)
+                    .unwrap_or_default()
+            });
+            for (rule_kind, rule) in list {
+                if rule_kind.is_none_or(|rule_kind| rule_kind == kind) {
+                    out.rules.push(*rule);
                 }
             }
             if slot == any_slot {
                 break;
             }
         }
-        out.rules.sort_unstable();
-        out.rules.dedup();
+        let (slot, any_slot) = (slot as u32, any_slot as u32);
+        for &record in &out.workloads {
+            let (rules_at, rules) = record_rules(code, record);
+            for (entry, [rule_slot, order, when, ..]) in
+                (rules_at..).step_by(RECORD_RULE).zip(rules)
+            {
+                if *rule_slot == slot || *rule_slot == any_slot {
+                    out.rules.push(RuleRef {
+                        order: *order,
+                        when: *when,
+                        workload: RuleWorkload::Record(record),
+                        entry,
+                    });
+                }
+            }
+        }
+        out.rules.sort_unstable_by_key(|rule| rule.order);
+        out.rules.dedup_by_key(|rule| rule.order);
     }
 
     fn workload_span(&self, span: Span) -> &[u32] {
@@ -424,16 +573,203 @@ impl Index {
             .get(start..start + span.len as usize)
             .unwrap_or_default()
     }
+}
 
-    fn rule_span(&self, span: Span) -> &[u32] {
-        let start = span.start as usize;
-        self.rule_lists
-            .get(start..start + span.len as usize)
-            .unwrap_or_default()
+/// A claim key's values to their workloads: an open-addressed table, probed linearly, whose
+/// keys are texts in the program's code text. A value the code compares the claim with is the
+/// same text that the code pushes, so that the block that runs after the lookup finds it in the
+/// cache. A slot is 16 bytes, so that none straddles two cache lines.
+#[derive(Debug, Default)]
+struct ValueTable {
+    /// A power of two in length, at most half full.
+    slots: Vec<ValueSlot>,
+    /// By slot, the workloads keyed on its value after the first, in
+    /// [`Index::workload_lists`]; empty when no value has more than one.
+    rests: Vec<Span>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ValueSlot {
+    hash: u32,
+    /// Where the value is in the code text; [`EMPTY`] for a free slot.
+    text: u32,
+    /// The value's length; [`MORE`] set when more than one workload is keyed on it.
+    len: u32,
+    /// The first workload keyed on the value, by its record.
+    first: u32,
+}
+
+/// [`ValueSlot::text`] of a free slot.
+const EMPTY: u32 = u32::MAX;
+
+/// Set in [`ValueSlot::len`] when the value keys more workloads, in [`ValueTable::rests`].
+const MORE: u32 = 1 << 31;
+
+impl ValueTable {
+    /// `values` are each value's workloads, as record offsets; `texts` are the texts the code
+    /// already holds, and other values are added to it.
+    fn build(
+        values: Vec<(String, Vec<u32>)>,
+        texts: &FastMap<&str, (u32, u32)>,
+        code: &mut Code,
+        lists: &mut Vec<u32>,
+    ) -> ValueTable {
+        let capacity = (values.len() * 2).next_power_of_two().max(2);
+        let free = ValueSlot {
+            hash: 0,
+            text: EMPTY,
+            len: 0,
+            first: 0,
+        };
+        let mut table = ValueTable {
+            slots: vec![free; capacity],
+            rests: Vec::new(),
+        };
+        for (value, list) in values {
+            let Some((first, rest)) = list.split_first() else {
+                continue;
+            };
+            let at = texts.get(value.as_str()).copied();
+            let Some((text, len)) = at.or_else(|| code.push_text(&value)) else {
+                continue;
+            };
+            if len >= MORE {
+                continue;
+            }
+            let hash = text_hash(&value);
+            let mask = capacity - 1;
+            let mut at = hash as usize & mask;
+            while table.slots.get(at).is_some_and(|taken| taken.text != EMPTY) {
+                at = (at + 1) & mask;
+            }
+            let more = if rest.is_empty() { 0 } else { MORE };
+            if let Some(free) = table.slots.get_mut(at) {
+                *free = ValueSlot {
+                    hash,
+                    text,
+                    len: len | more,
+                    first: *first,
+                };
+            }
+            if !rest.is_empty() {
+                table.rests.resize(capacity, Span::default());
+                if let Some(slot) = table.rests.get_mut(at) {
+                    *slot = push_span(lists, rest);
+                }
+            }
+        }
+        table
+    }
+
+    /// The workloads keyed on `value`: the first, and where the others are; `text` is the
+    /// code text.
+    fn get(&self, value: &str, text: &str) -> Option<(u32, Span)> {
+        let mask = self.slots.len().checked_sub(1)?;
+        let hash = text_hash(value);
+        let mut at = hash as usize & mask;
+        // The table is never full, so a free slot ends every probe; the count is a backstop.
+        for _ in 0..self.slots.len() {
+            let slot = self.slots.get(at)?;
+            if slot.text == EMPTY {
+                return None;
+            }
+            if slot.hash == hash && (slot.len & !MORE) as usize == value.len() {
+                let start = slot.text as usize;
+                if text.get(start..start + value.len()) == Some(value) {
+                    let rest = if slot.len & MORE == 0 {
+                        Span::default()
+                    } else {
+                        self.rests.get(at).copied().unwrap_or_default()
+                    };
+                    return Some((slot.first, rest));
+                }
+            }
+            at = (at + 1) & mask;
+        }
+        None
     }
 }
 
-fn push_span(lists: &mut Vec<u32>, list: &[u32]) -> Span {
+fn text_hash(value: &str) -> u32 {
+    let mut hasher = FastHasher::default();
+    hasher.write(value.as_bytes());
+    (hasher.finish() >> 32) as u32
+}
+
+/// The workload id of a record.
+pub(crate) fn record_id(code: &Code, record: u32) -> Option<u32> {
+    code.words.get(record as usize).copied()
+}
+
+/// A record's alternatives: the code of each one's kind, and where its block starts.
+pub(crate) fn record_alternatives(code: &Code, record: u32) -> &[[u32; RECORD_ALTERNATIVE]] {
+    let (alternatives, ..) = record_parts(code, record);
+    alternatives
+}
+
+/// Where a record's rules start in the code's words, and the rules.
+fn record_rules(code: &Code, record: u32) -> (u32, &[[u32; RECORD_RULE]]) {
+    let (_, rules_at, rules) = record_parts(code, record);
+    (rules_at as u32, rules)
+}
+
+type RecordParts<'c> = (
+    &'c [[u32; RECORD_ALTERNATIVE]],
+    usize,
+    &'c [[u32; RECORD_RULE]],
+);
+
+fn record_parts(code: &Code, record: u32) -> RecordParts<'_> {
+    let words = &code.words;
+    let start = record as usize;
+    let Some([_, n_alternatives, n_rules, ..]) = words.get(start..start + RECORD_HEAD) else {
+        return (&[], 0, &[]);
+    };
+    let alternatives_at = start + RECORD_HEAD;
+    let rules_at = alternatives_at + RECORD_ALTERNATIVE * *n_alternatives as usize;
+    let alternatives = words.get(alternatives_at..rules_at).unwrap_or_default();
+    let rules = words
+        .get(rules_at..rules_at + RECORD_RULE * *n_rules as usize)
+        .unwrap_or_default();
+    (alternatives.as_chunks().0, rules_at, rules.as_chunks().0)
+}
+
+/// The entry of the rule with this order in a record; [`NO_WHEN`] if there is none.
+fn rule_entry(code: &Code, record: u32, order: u32) -> u32 {
+    let (rules_at, rules) = record_rules(code, record);
+    (rules_at..)
+        .step_by(RECORD_RULE)
+        .zip(rules)
+        .find(|(_, rule)| rule[1] == order)
+        .map_or(NO_WHEN, |(entry, _)| entry)
+}
+
+/// What a decision by `rule` reports, from its workload's record; none for a rule that names
+/// no workload.
+pub(crate) fn report<'c>(code: &'c Code, rule: &RuleRef) -> Option<RuleReport<'c>> {
+    let RuleWorkload::Record(record) = rule.workload else {
+        return None;
+    };
+    let at = rule.entry as usize;
+    let entry = code.words.get(at..at + RECORD_RULE)?;
+    let [_, _, _, credential, name_start, name_len] =
+        *entry.as_chunks::<RECORD_RULE>().0.first()?;
+    Some(RuleReport {
+        name: code.name((name_start, name_len))?,
+        credential: (credential != NO_WHEN).then_some(CredentialId(credential)),
+        workload: workload_name(code, record)?,
+    })
+}
+
+/// The name of the workload of a record.
+pub(crate) fn workload_name(code: &Code, record: u32) -> Option<&str> {
+    let at = record as usize;
+    let head = code.words.get(at..at + RECORD_HEAD)?;
+    let [_, _, _, start, len] = *head.as_chunks::<RECORD_HEAD>().0.first()?;
+    code.name((start, len))
+}
+
+fn push_span<T: Copy>(lists: &mut Vec<T>, list: &[T]) -> Span {
     let start = lists.len() as u32;
     lists.extend_from_slice(list);
     Span {
