@@ -3,6 +3,12 @@
 //! signature when one is configured. In: the `[policy]` configuration and the custom claims of
 //! the trust providers; out: a [`Program`], or why not. The same load runs at start and at
 //! every reload, so a reload checks exactly what the start checked.
+//!
+//! A signed bundle carries its signing time. With a public key and a data directory, the
+//! loader refuses a bundle signed before the newest one the server has admitted
+//! (`DATA/bundles/SIGNED`): without that, anyone who can replace the bundle file could put
+//! back any policy the key ever signed, such as one from before a grant was revoked. Going
+//! back to an older policy on purpose means signing it again.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -11,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, anyhow, bail};
+use portcullis_audit::bundles::{NewestSigned, newest_signed, record_newest_signed};
 use portcullis_engine::vm::Program;
 use portcullis_lang::Diagnostic;
 use portcullis_lang::bundle::{Bundle, BundleError, VerifyingKey, signing};
@@ -29,6 +36,9 @@ const MAX_PUBLIC_KEY_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub struct PolicyLoader {
     source: Source,
+    /// The data directory whose record of the newest admitted signed bundle guards against
+    /// rollbacks; see the module documentation.
+    rollback_guard: Option<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -77,7 +87,47 @@ impl PolicyLoader {
                 public_key: public_key.map(|key| read_public_key(&key)).transpose()?,
             },
         };
-        Ok(PolicyLoader { source })
+        Ok(PolicyLoader {
+            source,
+            rollback_guard: None,
+        })
+    }
+
+    /// Refuses signed bundles older than the newest that `data_dir` records as admitted; see
+    /// [`PolicyLoader::admitted`]. Only with a public key: unchecked signatures prove nothing.
+    pub fn with_rollback_guard(mut self, data_dir: &Path) -> PolicyLoader {
+        self.rollback_guard = Some(data_dir.to_owned());
+        self
+    }
+
+    /// Records that `program` is in effect, so that no bundle signed before it is admitted
+    /// later, by this server or the next one started on `data_dir`. Does nothing without a
+    /// public key, or for a policy compiled from sources.
+    pub fn admitted(&self, data_dir: &Path, program: &Program) -> Result<()> {
+        let Source::Bundle {
+            public_key: Some(_),
+            ..
+        } = &self.source
+        else {
+            return Ok(());
+        };
+        let Some(signature) = program.bundle().signature() else {
+            return Ok(());
+        };
+        let Some(signed_at) = signature.signed_at() else {
+            return Ok(());
+        };
+        let newest = NewestSigned {
+            signed_at,
+            key_id: signature.key_id(),
+            hash: program.hash_hex().to_owned(),
+        };
+        record_newest_signed(data_dir, &newest).with_context(|| {
+            format!(
+                "cannot record bundle sha256:{} as the newest signed bundle admitted",
+                program.hash_hex()
+            )
+        })
     }
 
     /// The policy directory or file, or the bundle file.
@@ -93,7 +143,9 @@ impl PolicyLoader {
         match &self.source {
             Source::Sources(path) => compile_policy_set(path, custom_claims),
             Source::Bundle { path, public_key } => {
-                load_bundle(path, public_key.as_ref(), custom_claims).map_err(LoadError::Refused)
+                let guard = public_key.as_ref().and(self.rollback_guard.as_deref());
+                load_bundle(path, public_key.as_ref(), guard, custom_claims)
+                    .map_err(LoadError::Refused)
             }
         }
     }
@@ -223,6 +275,7 @@ fn read_public_key(path: &Path) -> Result<PublicKey> {
 fn load_bundle(
     path: &Path,
     public_key: Option<&PublicKey>,
+    rollback_guard: Option<&Path>,
     custom_claims: &CustomClaims,
 ) -> Result<Program> {
     let cannot_read = || format!("cannot read the bundle `{}`", path.display());
@@ -235,6 +288,9 @@ fn load_bundle(
     }
     let bytes = fs::read(path).with_context(cannot_read)?;
     let bundle = read_bundle(path, &bytes, public_key)?;
+    if let Some(data_dir) = rollback_guard {
+        refuse_rollback(path, &bundle, data_dir)?;
+    }
     let program = Program::from_bundle(bundle)
         .with_context(|| format!("cannot load the bundle `{}`", path.display()))?;
     if let Some(mismatch) = program.custom_claims().mismatch(custom_claims) {
@@ -277,12 +333,63 @@ fn read_bundle(path: &Path, bytes: &[u8], public_key: Option<&PublicKey>) -> Res
         ),
         Err(error) => return Err(error).with_context(cannot_load),
     };
+    let signed_at = bundle
+        .signature()
+        .and_then(|signature| signature.signed_at())
+        .map(utc);
     tracing::info!(
         bundle_file = %path.display(),
         key = %signing::key_id(&public_key.key),
+        signed_at = signed_at.as_deref().unwrap_or("unknown"),
         "bundle_signature_verified"
     );
     Ok(bundle)
+}
+
+/// Refuses a verified bundle signed before the newest one `data_dir` records as admitted.
+fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> {
+    let newest = newest_signed(data_dir).with_context(|| {
+        format!(
+            "refusing the bundle `{}`: the record of the newest signed bundle admitted cannot \
+             be read, so a rollback could not be told; remove the file only if no bundle \
+             older than the one in effect can reach this server",
+            path.display()
+        )
+    })?;
+    let Some(newest) = newest else {
+        return Ok(());
+    };
+    // A verified bundle always has a time: `from_bytes_verified` refuses one without.
+    let signed_at = bundle
+        .signature()
+        .and_then(|signature| signature.signed_at())
+        .unwrap_or(0);
+    if signed_at < newest.signed_at {
+        bail!(
+            "refusing the bundle `{}` (sha256:{}): it was signed at {}, before bundle \
+             sha256:{}, signed at {} by key {}, which this server already admitted; putting an \
+             older signed policy back is refused as a rollback. To return to it on purpose, \
+             sign it again (`policyc build --sign`)",
+            path.display(),
+            bundle.hash_hex(),
+            utc(signed_at),
+            newest.hash,
+            utc(newest.signed_at),
+            newest.key_id
+        );
+    }
+    Ok(())
+}
+
+/// Seconds since the Unix epoch as an RFC 3339 UTC time.
+fn utc(seconds: u64) -> String {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+        .map_or_else(
+            || format!("{seconds} s after the Unix epoch"),
+            |time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        )
 }
 
 /// The files a load reads, each with its size and modification time, or `None` where it

@@ -51,6 +51,7 @@ impl Reloader {
         let data_dir = engine.audit.data_dir();
         archive_bundle(data_dir, hash, &program.bundle().to_bytes())
             .context("cannot keep the starting bundle in the audit store")?;
+        self.loader.admitted(data_dir, &program)?;
         let reason = format!("bundle sha256:{hash} took effect at startup");
         let event = self.event("startup", None, "policy_loaded", reason, hash);
         engine
@@ -90,6 +91,16 @@ impl Reloader {
                     "bundle sha256:{new_hash} was not put in effect: it could not be kept in \
                      the audit store: {error}"
                 ),
+            };
+        }
+        // So that no bundle signed before this one is admitted from now on.
+        if let Err(error) = self.loader.admitted(data_dir, &program) {
+            let refused = format!("sha256:{new_hash}");
+            let error = crate::error_chain(&error);
+            tracing::error!(%error, refused_bundle = %refused, "policy_change_unrecorded");
+            return ReloadOutcome::Unrecorded {
+                running_hash: old_hash,
+                error: format!("bundle sha256:{new_hash} was not put in effect: {error}"),
             };
         }
         let reason = format!("bundle sha256:{new_hash} replaced sha256:{old_hash}");

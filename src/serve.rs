@@ -27,7 +27,8 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let attestor = build_attestor(&config)?;
     let admin_token = warn_if_shared(config.admin_token()?);
     let audit_token = warn_if_shared(config.audit_token()?);
-    let loader = PolicyLoader::new(config.policy_source())?;
+    let loader =
+        PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
     let fingerprint = loader.fingerprint();
     let program = loader
         .load(attestor.custom_claims())

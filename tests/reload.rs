@@ -349,7 +349,7 @@ fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
     let first = example_bundle_with("");
     let frozen = example_bundle_with(FREEZE);
     let bundle_path = tmp.path().join("policy.bundle");
-    std::fs::write(&bundle_path, first.sign(&key).to_bytes()).unwrap();
+    std::fs::write(&bundle_path, first.sign_at(&key, 1_796_428_800).to_bytes()).unwrap();
     let policy = format!(
         "bundle = {:?}\npublic_key = {:?}\nwatch_interval_ms = 100",
         bundle_path.to_str().unwrap(),
@@ -369,7 +369,7 @@ fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
     assert_eq!(healthz_bundle(&server), first_bundle);
     assert_eq!(release.decide(&server)["decision"], "allow");
 
-    std::fs::write(&bundle_path, frozen.sign(&key).to_bytes()).unwrap();
+    std::fs::write(&bundle_path, frozen.sign_at(&key, 1_796_428_801).to_bytes()).unwrap();
     let denied = release.decide_until(&server, "deny");
     assert_eq!(denied["bundle"], format!("sha256:{}", frozen.hash_hex()));
     stop_server(server);
@@ -389,6 +389,119 @@ fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
     let reason = changes[1]["reason"].as_str().unwrap();
     assert!(reason.contains("the bundle is not signed"), "{reason}");
     assert_eq!(changes[2]["resource"], bundle_path.to_str().unwrap());
+}
+
+/// A bundle signed before the newest one the server admitted is a rollback: refused on reload
+/// and at the next start, until it is signed again.
+#[test]
+fn an_older_signed_bundle_is_refused_as_a_rollback() {
+    const T: u64 = 1_796_428_800;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let public_key = tmp.path().join("bundle-signing.key.pub");
+    let public_pem = signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
+    std::fs::write(&public_key, public_pem).unwrap();
+    let open = example_bundle_with("");
+    let frozen = example_bundle_with(FREEZE);
+    let bundle_path = tmp.path().join("policy.bundle");
+    std::fs::write(&bundle_path, open.sign_at(&key, T).to_bytes()).unwrap();
+    let policy = format!(
+        "bundle = {:?}\npublic_key = {:?}\nwatch_interval_ms = 100",
+        bundle_path.to_str().unwrap(),
+        public_key.to_str().unwrap()
+    );
+    let config = example_config(tmp.path(), "portcullis.toml", &policy, "");
+    let data_dir = tmp.path().join("data");
+    let release = Release::new(tmp.path());
+    let server = start_server_with(&config, &data_dir);
+    let signed_file = data_dir.join("bundles/SIGNED");
+    let (open_hash, frozen_hash) = (open.hash_hex(), frozen.hash_hex());
+    assert_eq!(
+        std::fs::read_to_string(&signed_file).unwrap(),
+        format!(
+            "signed_at={T} key={} bundle=sha256:{open_hash}\n",
+            signing::key_id(&key.verifying_key())
+        )
+    );
+
+    // The freeze, signed later, replaces it.
+    std::fs::write(&bundle_path, frozen.sign_at(&key, T + 10).to_bytes()).unwrap();
+    release.decide_until(&server, "deny");
+
+    // Putting the earlier file back is refused, and the freeze keeps deciding.
+    std::fs::write(&bundle_path, open.sign_at(&key, T).to_bytes()).unwrap();
+    let failure = server.wait_for_log("policy_reload_failed");
+    assert!(failure.contains("rollback"), "{failure}");
+    assert!(
+        failure.contains("signed at 2026-12-05T00:00:00Z, before bundle"),
+        "{failure}"
+    );
+    assert!(
+        failure.contains(&format!(
+            "sha256:{frozen_hash}, signed at 2026-12-05T00:00:10Z"
+        )),
+        "{failure}"
+    );
+    assert_eq!(healthz_bundle(&server), format!("sha256:{frozen_hash}"));
+    assert_eq!(release.decide(&server)["decision"], "deny");
+
+    // Signed again, the same policy is an update.
+    std::fs::write(&bundle_path, open.sign_at(&key, T + 20).to_bytes()).unwrap();
+    let allowed = release.decide_until(&server, "allow");
+    assert_eq!(allowed["bundle"], format!("sha256:{open_hash}"));
+    stop_server(server);
+    assert!(
+        std::fs::read_to_string(&signed_file)
+            .unwrap()
+            .starts_with(&format!("signed_at={} ", T + 20))
+    );
+
+    let changes = policy_changes(&data_dir);
+    assert_eq!(changes.len(), 4, "{changes:#?}");
+    check_change(
+        &changes[2],
+        "policy_reload_failed",
+        "watch",
+        &frozen_hash,
+        None,
+    );
+    let reason = changes[2]["reason"].as_str().unwrap();
+    assert!(reason.contains("rollback"), "{reason}");
+
+    // A new server on the same data directory refuses the freeze's file, older than the
+    // bundle last admitted, and starts with nothing.
+    std::fs::write(&bundle_path, frozen.sign_at(&key, T + 10).to_bytes()).unwrap();
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("refused as a rollback"), "{err}");
+    assert_eq!(policy_changes(&data_dir).len(), 4, "nothing recorded");
+
+    // A record that cannot be read stops the start too, rather than admitting anything.
+    std::fs::write(&signed_file, "garbage\n").unwrap();
+    std::fs::write(&bundle_path, open.sign_at(&key, T + 30).to_bytes()).unwrap();
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("bundles/SIGNED"), "{err}");
+    assert!(
+        err.contains("signed_at=SECONDS key=KEYID bundle=sha256:HASH"),
+        "{err}"
+    );
 }
 
 /// `"explain": true` on a decide call answers with the decision's trace, as `policyc explain

@@ -20,6 +20,21 @@ pub const BUNDLES_DIR: &str = "bundles";
 pub const CURRENT_FILE: &str = "CURRENT";
 /// The suffix of an archived bundle's file name.
 pub const BUNDLE_SUFFIX: &str = ".bundle";
+/// The file recording the newest signing time of a bundle the server admitted under its
+/// `[policy] public_key`; see [`newest_signed`].
+pub const SIGNED_FILE: &str = "SIGNED";
+
+/// The bundle file [`SIGNED_FILE`] names: a server that checks signatures refuses a bundle
+/// signed before it, which is how a rollback to an older signed policy is told from an update.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewestSigned {
+    /// Seconds since the Unix epoch, as the bundle's signature says.
+    pub signed_at: u64,
+    /// The key id of the key that signed it.
+    pub key_id: String,
+    /// Its content hash, in lowercase hex.
+    pub hash: String,
+}
 
 /// Whether `hash` is a bundle content hash: 64 lowercase hex digits. Nothing else becomes a
 /// file name.
@@ -58,6 +73,73 @@ pub fn current_bundle(data_dir: &Path) -> Option<String> {
     let text = fs::read_to_string(data_dir.join(BUNDLES_DIR).join(CURRENT_FILE)).ok()?;
     let hash = text.trim();
     is_bundle_hash(hash).then(|| hash.to_owned())
+}
+
+/// The newest signed bundle admitted from this data directory, as last recorded; none before
+/// the first. A file that does not read as one [`record_newest_signed`] wrote is an error,
+/// never "none": a server that cannot tell what it last admitted must not admit an older one.
+pub fn newest_signed(data_dir: &Path) -> Result<Option<NewestSigned>, AuditError> {
+    let path = data_dir.join(BUNDLES_DIR).join(SIGNED_FILE);
+    let text = match fs::read(&path) {
+        Ok(bytes) if bytes.len() <= MAX_SIGNED_FILE_BYTES => bytes,
+        Ok(_) => return Err(bad_signed_file(&path, "it is longer than a record")),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(AuditError::io("read", &path)(error)),
+    };
+    let text = String::from_utf8(text).map_err(|_| bad_signed_file(&path, "it is not UTF-8"))?;
+    let mut fields = text.trim_end_matches('\n').split(' ');
+    let mut field = |name: &str| {
+        fields
+            .next()
+            .and_then(|field| field.strip_prefix(name))
+            .and_then(|value| value.strip_prefix('='))
+    };
+    let signed_at = field("signed_at").and_then(|value| value.parse::<u64>().ok());
+    let key_id = field("key").filter(|key| {
+        !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    });
+    let hash = field("bundle")
+        .and_then(|value| value.strip_prefix("sha256:"))
+        .filter(|hash| is_bundle_hash(hash));
+    match (signed_at, key_id, hash, fields.next()) {
+        (Some(signed_at), Some(key_id), Some(hash), None) => Ok(Some(NewestSigned {
+            signed_at,
+            key_id: key_id.to_owned(),
+            hash: hash.to_owned(),
+        })),
+        _ => Err(bad_signed_file(
+            &path,
+            "it is not one line `signed_at=SECONDS key=KEYID bundle=sha256:HASH`",
+        )),
+    }
+}
+
+/// Records `newest` as the newest signed bundle admitted, unless one signed later is already
+/// recorded.
+pub fn record_newest_signed(data_dir: &Path, newest: &NewestSigned) -> Result<(), AuditError> {
+    if newest_signed(data_dir)?.is_some_and(|recorded| recorded.signed_at > newest.signed_at) {
+        return Ok(());
+    }
+    let dir = bundles_dir(data_dir)?;
+    let hash = checked_hash(&newest.hash)?;
+    let line = format!(
+        "signed_at={} key={} bundle=sha256:{hash}\n",
+        newest.signed_at, newest.key_id
+    );
+    write_atomically(&dir, &dir.join(SIGNED_FILE), line.as_bytes())
+}
+
+/// Longer than any line [`record_newest_signed`] writes.
+const MAX_SIGNED_FILE_BYTES: usize = 512;
+
+fn bad_signed_file(path: &Path, reason: &'static str) -> AuditError {
+    AuditError::BadStateFile {
+        path: path.to_owned(),
+        reason,
+    }
 }
 
 fn checked_hash(hash: &str) -> Result<&str, AuditError> {

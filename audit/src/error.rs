@@ -76,6 +76,9 @@ pub enum AuditError {
     #[error("`{hash}` is not a bundle content hash (64 lowercase hex digits)")]
     BadBundleHash { hash: String },
 
+    #[error("the state file `{path}` cannot be used: {reason}")]
+    BadStateFile { path: PathBuf, reason: &'static str },
+
     #[error("the key file `{path}` cannot be used: {reason}")]
     BadKey { path: PathBuf, reason: &'static str },
 }

@@ -222,7 +222,7 @@ pub enum BundleError {
     SignatureLength { actual: usize, expected: usize },
     #[error(
         "the bundle is signed with algorithm {algorithm}, which this build does not know; it \
-         knows 1 (ed25519)"
+         knows 1 (ed25519) and 2 (ed25519 with the signing time)"
     )]
     SignatureAlgorithm { algorithm: u16 },
     /// Only from [`Bundle::from_bytes_verified`].
@@ -330,18 +330,28 @@ impl Bundle {
         read::bundle(bytes, None)
     }
 
-    /// Loads a bundle only if `key` signed it: an unsigned bundle, one signed by another key
-    /// and one altered after signing are each refused with their [`SignatureError`], after
+    /// Loads a bundle only if `key` signed it, with a signing time: an unsigned bundle, one
+    /// signed by another key, one altered after signing and one whose signature has no time
+    /// are each refused with their [`SignatureError`], after
     /// the header, content hash and trailer are checked and before any section is read.
     pub fn from_bytes_verified(bytes: &[u8], key: &VerifyingKey) -> Result<Bundle, BundleError> {
         read::bundle(bytes, Some(key))
     }
 
-    /// The same bundle signed with `key`: the same unsigned bytes and content hash, followed
-    /// by a signature trailer, which replaces any the bundle carried.
+    /// The same bundle signed with `key` now: the same unsigned bytes and content hash,
+    /// followed by a signature trailer, which replaces any the bundle carried.
     pub fn sign(&self, key: &SigningKey) -> Bundle {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        self.sign_at(key, now)
+    }
+
+    /// The same bundle signed with `key`, saying it was signed at `signed_at` (seconds since
+    /// the Unix epoch, UTC).
+    pub fn sign_at(&self, key: &SigningKey, signed_at: u64) -> Bundle {
         Bundle {
-            signature: Some(signing::sign(&self.bytes, key)),
+            signature: Some(signing::sign(&self.bytes, key, signed_at)),
             ..self.clone()
         }
     }
@@ -979,6 +989,9 @@ mod read {
         if let Some(key) = key {
             let signature = signature.as_ref().ok_or(SignatureError::Unsigned)?;
             signing::verify(unsigned, signature, key)?;
+            if signature.signed_at().is_none() {
+                return Err(SignatureError::Untimed.into());
+            }
         }
         let (sections, optional) = section_table(body)?;
         let [

@@ -773,10 +773,13 @@ fn key(seed: u8) -> (SigningKey, VerifyingKey) {
     (signing, verifying)
 }
 
+/// 2026-12-05T00:00:00Z, when the tests' bundles say they were signed.
+const SIGNED_AT: u64 = 1_796_428_800;
+
 fn signed() -> Bundle {
     Bundle::from_policy_set(&policy_set())
         .unwrap()
-        .sign(&key(1).0)
+        .sign_at(&key(1).0, SIGNED_AT)
 }
 
 fn refused_for(bytes: &[u8], key: &VerifyingKey) -> SignatureError {
@@ -790,7 +793,7 @@ fn refused_for(bytes: &[u8], key: &VerifyingKey) -> SignatureError {
 fn a_signed_bundle_verifies_and_keeps_its_hash() {
     let unsigned = Bundle::from_policy_set(&policy_set()).unwrap();
     let (signing_key, verifying_key) = key(1);
-    let signed = unsigned.sign(&signing_key);
+    let signed = unsigned.sign_at(&signing_key, SIGNED_AT);
     assert_eq!(
         signed.hash(),
         unsigned.hash(),
@@ -805,15 +808,22 @@ fn a_signed_bundle_verifies_and_keeps_its_hash() {
     assert_eq!(loaded.to_bytes(), bytes);
     assert_eq!(loaded.verify_signature(&verifying_key), Ok(()));
     assert_eq!(
-        signed.sign(&signing_key),
+        signed.sign_at(&signing_key, SIGNED_AT),
         signed,
-        "signing again changes nothing"
+        "signing again at the same time changes nothing"
     );
     assert_eq!(
-        unsigned.sign(&signing_key).to_bytes(),
+        unsigned.sign_at(&signing_key, SIGNED_AT).to_bytes(),
         bytes,
         "deterministic"
     );
+    let later = signed.sign_at(&signing_key, SIGNED_AT + 1);
+    assert_eq!(later.hash(), signed.hash());
+    assert_eq!(later.signature().unwrap().signed_at(), Some(SIGNED_AT + 1));
+    assert_ne!(later.to_bytes(), bytes, "the time is part of the trailer");
+    let now = unsigned.sign(&signing_key);
+    let now_at = now.signature().unwrap().signed_at().unwrap();
+    assert!(now_at > SIGNED_AT, "`sign` says when: {now_at}");
 }
 
 #[test]
@@ -825,6 +835,7 @@ fn a_signed_bundle_reads_without_a_key() {
     assert_eq!(signature.public_key(), verifying_key.as_bytes());
     assert_eq!(signature.key_id(), signing::key_id(&verifying_key));
     assert_eq!(signature.key_id().len(), 16);
+    assert_eq!(signature.signed_at(), Some(SIGNED_AT));
     assert_eq!(loaded.rules()[0].name, "acme_ci_reads_api");
     assert!(
         Bundle::from_policy_set(&policy_set())
@@ -841,10 +852,14 @@ fn the_signature_covers_every_byte_before_it() {
     let (_, verifying_key) = key(1);
     let unsigned_len = u32_at(&bytes, 12) as usize;
     let trailer = &bytes[unsigned_len..];
-    assert_eq!(trailer.len(), 106);
+    assert_eq!(trailer.len(), 114);
     assert_eq!(&trailer[..8], b"GATESIGN");
-    assert_eq!(u16::from_le_bytes([trailer[8], trailer[9]]), 1);
-    assert_eq!(&trailer[10..42], verifying_key.as_bytes());
+    assert_eq!(u16::from_le_bytes([trailer[8], trailer[9]]), 2);
+    assert_eq!(
+        u64::from_le_bytes(trailer[10..18].try_into().unwrap()),
+        SIGNED_AT
+    );
+    assert_eq!(&trailer[18..50], verifying_key.as_bytes());
     let (message, signature) = bytes.split_at(bytes.len() - 64);
     let signature = Signature::from_slice(signature).unwrap();
     verifying_key.verify_strict(message, &signature).unwrap();
@@ -937,7 +952,7 @@ fn a_signature_cannot_move_to_another_bundle() {
     let first = signed().to_bytes();
     let second = Bundle::from_bytes(&full_bytes())
         .unwrap()
-        .sign(&signing_key)
+        .sign_at(&signing_key, SIGNED_AT)
         .to_bytes();
     let first_len = first.len() - TRAILER_LEN;
     let second_len = second.len() - TRAILER_LEN;
@@ -988,13 +1003,23 @@ fn malformed_signature_trailers_are_refused() {
         }
     );
     let mut other_algorithm = bytes.clone();
-    other_algorithm[unsigned_len + 8] = 2;
+    other_algorithm[unsigned_len + 8] = 3;
     let error = Bundle::from_bytes(&other_algorithm).unwrap_err();
-    assert_eq!(error, BundleError::SignatureAlgorithm { algorithm: 2 });
+    assert_eq!(error, BundleError::SignatureAlgorithm { algorithm: 3 });
     assert_eq!(
         error.to_string(),
-        "the bundle is signed with algorithm 2, which this build does not know; it knows 1 \
-         (ed25519)"
+        "the bundle is signed with algorithm 3, which this build does not know; it knows 1 \
+         (ed25519) and 2 (ed25519 with the signing time)"
+    );
+    // A trailer of algorithm 1 is eight bytes shorter: one of the timed length is refused.
+    let mut untimed_algorithm = bytes.clone();
+    untimed_algorithm[unsigned_len + 8] = 1;
+    assert_eq!(
+        Bundle::from_bytes(&untimed_algorithm).unwrap_err(),
+        BundleError::SignatureLength {
+            actual: TRAILER_LEN,
+            expected: TRAILER_LEN - 8
+        }
     );
     let mut garbage = bytes[..unsigned_len].to_vec();
     garbage.extend(b"not a signature");
@@ -1002,6 +1027,28 @@ fn malformed_signature_trailers_are_refused() {
         Bundle::from_bytes(&garbage).unwrap_err(),
         BundleError::TrailingBytes { extra: 15 }
     );
+}
+
+#[test]
+fn a_signature_without_a_signing_time_reads_but_is_refused_under_a_key() {
+    // Algorithm 1, as `policyc build --sign` wrote it before signatures carried a time: made
+    // here by hand, as docs/bundle-format.md describes it.
+    let (signing_key, verifying_key) = key(1);
+    let mut bytes = Bundle::from_policy_set(&policy_set()).unwrap().to_bytes();
+    bytes.extend(b"GATESIGN");
+    bytes.extend(1u16.to_le_bytes());
+    bytes.extend(verifying_key.as_bytes());
+    let signature = ed25519_dalek::Signer::sign(&signing_key, &bytes);
+    bytes.extend(signature.to_bytes());
+
+    let loaded = Bundle::from_bytes(&bytes).unwrap();
+    assert_eq!(loaded.signature().unwrap().signed_at(), None);
+    assert_eq!(loaded.verify_signature(&verifying_key), Ok(()));
+    assert_eq!(loaded.to_bytes(), bytes, "written back as read");
+    let error = refused_for(&bytes, &verifying_key);
+    assert_eq!(error, SignatureError::Untimed);
+    assert!(error.to_string().contains("no signing time"), "{error}");
+    assert!(error.to_string().contains("rollback"), "{error}");
 }
 
 /// Made by `openssl genpkey -algorithm ed25519` and `openssl pkey -pubout`; test use only.

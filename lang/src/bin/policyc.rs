@@ -92,9 +92,10 @@ Examples:
 const BUILD_HELP: &str = "\
 With --sign KEYFILE, the bundle ends with an ed25519 signature by that private key (PKCS#8
 PEM, as `policyc keygen` or `openssl genpkey -algorithm ed25519` writes it) over every byte
-before the signature. The bundle's content hash is the same signed or not. A server with
-`public_key` under `[policy]` serves only bundles that the matching private key signed
-(docs/bundle-format.md, \"Signature\").
+before the signature, which also covers the time of signing. The bundle's content hash is the
+same signed or not. A server with `public_key` under `[policy]` serves only bundles that the
+matching private key signed, and none signed before the newest it has run: to go back to an
+older policy, build and sign it again (docs/bundle-format.md, \"Signature\").
 
 Exit status: 0 written, 1 errors in the policy set or a bundle that cannot be built, 2 a path
 or signing key that cannot be read or written.

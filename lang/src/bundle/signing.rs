@@ -1,8 +1,9 @@
 //! The optional signature of a bundle, and the PEM forms of the keys that make and check it.
 //!
 //! A signed bundle is the unsigned bundle, byte for byte, followed by a trailer: magic,
-//! algorithm, the signer's public key and an ed25519 signature over every byte of the file
-//! before the signature. The content hash does not change, so a policy set has one identity
+//! algorithm, the time of signing, the signer's public key and an ed25519 signature over every
+//! byte of the file before the signature. The time lets a server refuse a bundle signed before
+//! the one it already runs: a rollback to an older policy that the key once signed. The content hash does not change, so a policy set has one identity
 //! signed or not. In, when loading: the bytes after the content hash, which are nothing or
 //! exactly one trailer. Out: the [`BundleSignature`], which nothing trusts until
 //! [`Bundle::verify_signature`](super::Bundle::verify_signature) or
@@ -24,15 +25,23 @@ use super::BundleError;
 /// The first eight bytes of a signature trailer.
 pub const SIGNATURE_MAGIC: [u8; 8] = *b"GATESIGN";
 
-/// The only signature algorithm of this version: Ed25519 as RFC 8032 defines it (pure, without
-/// prehash or context).
+/// Ed25519 as RFC 8032 defines it (pure, without prehash or context), without a signing time.
+/// Still read; no longer written, and refused by a server that checks signatures, since a
+/// rollback to such a bundle could not be told from an update.
 pub const ALGORITHM_ED25519: u16 = 1;
+
+/// Ed25519 as [`ALGORITHM_ED25519`], with the signing time in the trailer, under the signature.
+pub const ALGORITHM_ED25519_TIMED: u16 = 2;
 
 const PUBLIC_KEY_LEN: usize = 32;
 const SIGNATURE_LEN: usize = 64;
 
-/// Magic, algorithm, public key, signature.
-pub const TRAILER_LEN: usize = SIGNATURE_MAGIC.len() + 2 + PUBLIC_KEY_LEN + SIGNATURE_LEN;
+/// Magic, algorithm, public key, signature: a trailer of [`ALGORITHM_ED25519`].
+pub const UNTIMED_TRAILER_LEN: usize = SIGNATURE_MAGIC.len() + 2 + PUBLIC_KEY_LEN + SIGNATURE_LEN;
+
+/// Magic, algorithm, signing time, public key, signature: a trailer of
+/// [`ALGORITHM_ED25519_TIMED`], as `policyc build --sign` writes it.
+pub const TRAILER_LEN: usize = UNTIMED_TRAILER_LEN + 8;
 
 /// The bytes of SHA-256 over a public key that name it in messages.
 const KEY_ID_LEN: usize = 8;
@@ -41,6 +50,9 @@ const KEY_ID_LEN: usize = 8;
 /// [`crate::bundle::Bundle::verify_signature`] checks it against a configured key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BundleSignature {
+    /// Seconds since the Unix epoch, UTC, when the bundle was signed; `None` in a trailer of
+    /// [`ALGORITHM_ED25519`].
+    signed_at: Option<u64>,
     public_key: [u8; PUBLIC_KEY_LEN],
     signature: [u8; SIGNATURE_LEN],
 }
@@ -51,6 +63,12 @@ impl BundleSignature {
         &self.public_key
     }
 
+    /// When the signer says it signed, in seconds since the Unix epoch (UTC): covered by the
+    /// signature, so as trustworthy as the key. `None` for a signature without a time.
+    pub fn signed_at(&self) -> Option<u64> {
+        self.signed_at
+    }
+
     /// The [`key_id`] of the public key the trailer names.
     pub fn key_id(&self) -> String {
         key_id_of(&self.public_key)
@@ -58,7 +76,7 @@ impl BundleSignature {
 
     /// The trailer's bytes, as they follow the content hash in the file.
     pub(super) fn trailer(&self) -> Vec<u8> {
-        let mut trailer = signed_trailer_part(&self.public_key);
+        let mut trailer = signed_trailer_part(self.signed_at, &self.public_key);
         trailer.extend(self.signature);
         trailer
     }
@@ -76,6 +94,12 @@ pub enum SignatureError {
          altered after signing"
     )]
     Mismatch,
+    #[error(
+        "the bundle's signature carries no signing time (an older `policyc` signed it), so \
+         a rollback to it could not be told from an update; sign it again with this \
+         `policyc build --sign`"
+    )]
+    Untimed,
 }
 
 /// Why a key cannot be read or written.
@@ -161,11 +185,13 @@ pub fn verifying_key_to_pem(key: &VerifyingKey) -> Result<String, KeyError> {
         })
 }
 
-/// Signs a bundle's bytes (header through content hash, without a trailer).
-pub(super) fn sign(bundle: &[u8], key: &SigningKey) -> BundleSignature {
+/// Signs a bundle's bytes (header through content hash, without a trailer), saying it was
+/// signed at `signed_at` (seconds since the Unix epoch).
+pub(super) fn sign(bundle: &[u8], key: &SigningKey, signed_at: u64) -> BundleSignature {
     let public_key = key.verifying_key().to_bytes();
-    let signature = key.sign(&signed_message(bundle, &public_key));
+    let signature = key.sign(&signed_message(bundle, Some(signed_at), &public_key));
     BundleSignature {
+        signed_at: Some(signed_at),
         public_key,
         signature: signature.to_bytes(),
     }
@@ -184,7 +210,7 @@ pub(super) fn verify(
             expected: key_id(key),
         });
     }
-    let message = signed_message(bundle, &signature.public_key);
+    let message = signed_message(bundle, signature.signed_at, &signature.public_key);
     key.verify_strict(&message, &Signature::from_bytes(&signature.signature))
         .map_err(|_| SignatureError::Mismatch)
 }
@@ -195,49 +221,65 @@ pub(super) fn read_trailer(extra: &[u8]) -> Result<Option<BundleSignature>, Bund
     if extra.is_empty() {
         return Ok(None);
     }
-    let wrong_length = BundleError::SignatureLength {
+    let wrong_length = |expected| BundleError::SignatureLength {
         actual: extra.len(),
-        expected: TRAILER_LEN,
+        expected,
     };
     let Some(rest) = extra.strip_prefix(&SIGNATURE_MAGIC) else {
         if SIGNATURE_MAGIC.starts_with(extra) {
-            return Err(wrong_length);
+            return Err(wrong_length(TRAILER_LEN));
         }
         return Err(BundleError::TrailingBytes { extra: extra.len() });
     };
     let Some((algorithm, rest)) = rest.split_first_chunk::<2>() else {
-        return Err(wrong_length);
+        return Err(wrong_length(TRAILER_LEN));
     };
     let algorithm = u16::from_le_bytes(*algorithm);
-    if algorithm != ALGORITHM_ED25519 {
-        return Err(BundleError::SignatureAlgorithm { algorithm });
-    }
+    let (signed_at, rest, expected) = match algorithm {
+        ALGORITHM_ED25519 => (None, rest, UNTIMED_TRAILER_LEN),
+        ALGORITHM_ED25519_TIMED => match rest.split_first_chunk::<8>() {
+            Some((time, rest)) => (Some(u64::from_le_bytes(*time)), rest, TRAILER_LEN),
+            None => return Err(wrong_length(TRAILER_LEN)),
+        },
+        _ => return Err(BundleError::SignatureAlgorithm { algorithm }),
+    };
     let Some((public_key, rest)) = rest.split_first_chunk::<PUBLIC_KEY_LEN>() else {
-        return Err(wrong_length);
+        return Err(wrong_length(expected));
     };
     let Ok(signature) = <[u8; SIGNATURE_LEN]>::try_from(rest) else {
-        return Err(wrong_length);
+        return Err(wrong_length(expected));
     };
     Ok(Some(BundleSignature {
+        signed_at,
         public_key: *public_key,
         signature,
     }))
 }
 
 /// Every byte of a signed file before the signature: the bundle, then the trailer's magic,
-/// algorithm and public key.
-fn signed_message(bundle: &[u8], public_key: &[u8; PUBLIC_KEY_LEN]) -> Vec<u8> {
-    let trailer = signed_trailer_part(public_key);
+/// algorithm, signing time (when it has one) and public key.
+fn signed_message(
+    bundle: &[u8],
+    signed_at: Option<u64>,
+    public_key: &[u8; PUBLIC_KEY_LEN],
+) -> Vec<u8> {
+    let trailer = signed_trailer_part(signed_at, public_key);
     let mut message = Vec::with_capacity(bundle.len() + trailer.len());
     message.extend_from_slice(bundle);
     message.extend(trailer);
     message
 }
 
-fn signed_trailer_part(public_key: &[u8; PUBLIC_KEY_LEN]) -> Vec<u8> {
+fn signed_trailer_part(signed_at: Option<u64>, public_key: &[u8; PUBLIC_KEY_LEN]) -> Vec<u8> {
     let mut part = Vec::with_capacity(TRAILER_LEN);
     part.extend(SIGNATURE_MAGIC);
-    part.extend(ALGORITHM_ED25519.to_le_bytes());
+    match signed_at {
+        Some(time) => {
+            part.extend(ALGORITHM_ED25519_TIMED.to_le_bytes());
+            part.extend(time.to_le_bytes());
+        }
+        None => part.extend(ALGORITHM_ED25519.to_le_bytes()),
+    }
     part.extend(public_key);
     part
 }
