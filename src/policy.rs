@@ -364,6 +364,20 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
         .signature()
         .and_then(|signature| signature.signed_at())
         .unwrap_or(0);
+    // Within one second, only the recorded bundle itself: times have no finer grain, so
+    // another bundle signed in the same second could be the older of the two.
+    let same_second_other = signed_at == newest.signed_at && bundle.hash_hex() != newest.hash;
+    if same_second_other {
+        bail!(
+            "refusing the bundle `{}` (sha256:{}): it was signed at {}, the same second as \
+             bundle sha256:{}, which this server already admitted, so it cannot be told whether \
+             it is the newer of the two; sign it again (`policyc build --sign`)",
+            path.display(),
+            bundle.hash_hex(),
+            utc(signed_at),
+            newest.hash,
+        );
+    }
     if signed_at < newest.signed_at {
         bail!(
             "refusing the bundle `{}` (sha256:{}): it was signed at {}, before bundle \

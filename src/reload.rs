@@ -247,6 +247,16 @@ impl Reload for Reloader {
         let running = engine.program.current();
         match self.loader.load(engine.attestor.custom_claims()) {
             Ok(program) if program.hash_hex() == running.hash_hex() => {
+                // The same policy signed again supersedes every bundle signed before it, the
+                // one in effect included: record its time, or those stay admissible.
+                if let Err(error) = self.loader.admitted(engine.audit.data_dir(), &program) {
+                    let error = crate::error_chain(&error);
+                    tracing::error!(%error, "bundle_signing_time_unrecorded");
+                    return ReloadOutcome::Unrecorded {
+                        running_hash: running.hash_hex().to_owned(),
+                        error,
+                    };
+                }
                 tracing::info!(
                     trigger = trigger.as_str(),
                     bundle = %format!("sha256:{}", running.hash_hex()),

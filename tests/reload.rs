@@ -449,15 +449,35 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     std::fs::write(&bundle_path, open.sign_at(&key, T + 20).to_bytes()).unwrap();
     let allowed = release.decide_until(&server, "allow");
     assert_eq!(allowed["bundle"], format!("sha256:{open_hash}"));
+
+    // Another bundle signed in the same second cannot be ordered against it: refused.
+    std::fs::write(&bundle_path, frozen.sign_at(&key, T + 20).to_bytes()).unwrap();
+    let failure = server.wait_for_log("policy_reload_failed");
+    assert!(failure.contains("the same second as"), "{failure}");
+    assert_eq!(healthz_bundle(&server), format!("sha256:{open_hash}"));
+
+    // The running policy signed again is no change to decisions, but it supersedes every
+    // bundle signed before it: the freeze signed at T + 22 is now a rollback too.
+    std::fs::write(&bundle_path, open.sign_at(&key, T + 25).to_bytes()).unwrap();
+    eventually("the record to move to the new signature", || {
+        let record = std::fs::read_to_string(&signed_file).unwrap();
+        record
+            .starts_with(&format!("signed_at={} ", T + 25))
+            .then_some(())
+    });
+    std::fs::write(&bundle_path, frozen.sign_at(&key, T + 22).to_bytes()).unwrap();
+    let failure = server.wait_for_log("policy_reload_failed");
+    assert!(failure.contains("refused as a rollback"), "{failure}");
+    assert_eq!(release.decide(&server)["decision"], "allow");
     stop_server(server);
     assert!(
         std::fs::read_to_string(&signed_file)
             .unwrap()
-            .starts_with(&format!("signed_at={} ", T + 20))
+            .starts_with(&format!("signed_at={} ", T + 25))
     );
 
     let changes = policy_changes(&data_dir);
-    assert_eq!(changes.len(), 4, "{changes:#?}");
+    assert_eq!(changes.len(), 6, "{changes:#?}");
     check_change(
         &changes[2],
         "policy_reload_failed",
@@ -482,7 +502,7 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("refused as a rollback"), "{err}");
-    assert_eq!(policy_changes(&data_dir).len(), 4, "nothing recorded");
+    assert_eq!(policy_changes(&data_dir).len(), 6, "nothing recorded");
 
     // A record that cannot be read stops the start too, rather than admitting anything.
     std::fs::write(&signed_file, "garbage\n").unwrap();

@@ -28,7 +28,7 @@ use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParser, Statement as DfStatement};
-use datafusion::sql::sqlparser::ast::Statement;
+use datafusion::sql::sqlparser::ast::{Expr, Statement, Visit, Visitor};
 use futures::StreamExt;
 
 use crate::error::AuditError;
@@ -60,6 +60,18 @@ pub enum QueryError {
 
     #[error("only a single SELECT query is allowed; got no statement")]
     NoStatement,
+
+    /// An expression too deep or a statement too large to plan in reasonable time: planning
+    /// is not interrupted by the time limit, and its cost grows with the square of the depth.
+    #[error(
+        "the query is too complex: {what} is {found}, and the limit is {limit}; write a long \
+         chain of `OR`s or `+`s as `IN (…)` or in a subquery"
+    )]
+    TooComplex {
+        what: &'static str,
+        found: usize,
+        limit: usize,
+    },
 
     #[error("{0}")]
     DataFusion(DataFusionError),
@@ -164,16 +176,16 @@ pub async fn query_with_limits(
     sql: &str,
     limits: QueryLimits,
 ) -> Result<Vec<RecordBatch>, QueryError> {
-    check_single_query(sql)?;
     if limits.timeout.is_zero() || limits.memory_bytes == 0 {
         return Err(QueryError::Limit(
             "the time and memory limits must be above zero",
         ));
     }
-    // Planning and running a deeply nested expression (a `WHERE` of a thousand `OR`s) recurse
-    // deeply: on a runtime's ordinary worker stack that overflows and aborts the process, the
-    // server with it. The query runs on threads of its own with a stack that holds the deepest
-    // expression the SQL size limit allows.
+    // Parsing, checking, planning and running a deeply nested expression (a `WHERE` of a
+    // hundred `OR`s) recurse deeply: on a runtime's ordinary worker stack that overflows and
+    // aborts the process, the server with it. The query runs on threads of its own with a
+    // stack that holds the deepest expression the SQL size limit allows, and the statement
+    // is parsed there too, before its depth is known.
     let (answer, answered) = tokio::sync::oneshot::channel();
     let data_dir = data_dir.to_owned();
     let sql = sql.to_owned();
@@ -181,6 +193,11 @@ pub async fn query_with_limits(
         .name("audit-query".to_owned())
         .stack_size(QUERY_STACK_BYTES)
         .spawn(move || {
+            // Checked here too: a deep expression recurses through the parser's tree.
+            if let Err(error) = check_single_query(&sql) {
+                let _ = answer.send(Err(error));
+                return;
+            }
             let result = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(QUERY_THREADS)
                 .thread_stack_size(QUERY_STACK_BYTES)
@@ -191,10 +208,22 @@ pub async fn query_with_limits(
             let _ = answer.send(result);
         })
         .map_err(|error| QueryError::Runtime(error.to_string()))?;
-    answered
-        .await
-        .map_err(|_| QueryError::Runtime("the query's thread ended without an answer".into()))?
+    // The query's own limit cannot stop work between two of its awaits, such as planning;
+    // the caller stops waiting a little after it, and the query's thread ends on its own at
+    // its next await.
+    let deadline = limits.timeout.saturating_add(ANSWER_GRACE);
+    match tokio::time::timeout(deadline, answered).await {
+        Ok(answer) => answer.map_err(|_| {
+            QueryError::Runtime("the query's thread ended without an answer".into())
+        })?,
+        Err(_) => Err(QueryError::TimedOut {
+            limit: limits.timeout,
+        }),
+    }
 }
+
+/// How long past its time limit a query's caller waits for the query to stop itself.
+const ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// The stack of a query's threads: the SQL text is at most 64 KiB, and the deepest expression
 /// it can hold needs tens of MiB to plan. Only the pages used are ever touched.
@@ -332,11 +361,65 @@ fn check_single_query(sql: &str) -> Result<(), QueryError> {
         return Err(QueryError::NoStatement);
     };
     if is_query(&statement) {
-        return Ok(());
+        return check_complexity(&statement);
     }
     Err(QueryError::NotAQuery {
         statement: statement_keywords(&statement.to_string()),
     })
+}
+
+/// The deepest expression a query may hold: a chain of 256 `OR`s plans in milliseconds; one of
+/// 5,000 took more than a minute, beyond reach of the time limit, which planning does not meet.
+const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// The most expressions a query may hold, list items included.
+const MAX_EXPRESSIONS: usize = 20_000;
+
+/// Refuses a statement whose expressions are nested deeper or are more than planning can
+/// take in good time.
+fn check_complexity(statement: &DfStatement) -> Result<(), QueryError> {
+    #[derive(Default)]
+    struct Measure {
+        depth: usize,
+        deepest: usize,
+        count: usize,
+    }
+    impl Visitor for Measure {
+        type Break = ();
+        fn pre_visit_expr(&mut self, _expr: &Expr) -> std::ops::ControlFlow<()> {
+            self.depth += 1;
+            self.count += 1;
+            self.deepest = self.deepest.max(self.depth);
+            std::ops::ControlFlow::Continue(())
+        }
+        fn post_visit_expr(&mut self, _expr: &Expr) -> std::ops::ControlFlow<()> {
+            self.depth = self.depth.saturating_sub(1);
+            std::ops::ControlFlow::Continue(())
+        }
+    }
+    let mut measure = Measure::default();
+    let mut statement = statement;
+    while let DfStatement::Explain(explain) = statement {
+        statement = &explain.statement;
+    }
+    if let DfStatement::Statement(inner) = statement {
+        let _ = inner.visit(&mut measure);
+    }
+    if measure.deepest > MAX_EXPRESSION_DEPTH {
+        return Err(QueryError::TooComplex {
+            what: "the deepest expression's nesting",
+            found: measure.deepest,
+            limit: MAX_EXPRESSION_DEPTH,
+        });
+    }
+    if measure.count > MAX_EXPRESSIONS {
+        return Err(QueryError::TooComplex {
+            what: "the number of expressions",
+            found: measure.count,
+            limit: MAX_EXPRESSIONS,
+        });
+    }
+    Ok(())
 }
 
 /// A plain query, or `EXPLAIN [ANALYZE]` of one: how a slow question is looked into.
@@ -570,7 +653,13 @@ fn events_table(events_dir: &Path) -> Result<Arc<ListingTable>, QueryError> {
 pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
     let bytes = match format {
         OutputFormat::Table => {
-            return Ok(arrow::util::pretty::pretty_format_batches(batches)?.to_string());
+            // The table's layout takes time that grows faster than a cell's length: long
+            // texts are cut, and CSV and JSON carry them whole.
+            let cut = batches
+                .iter()
+                .map(cut_long_texts)
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(arrow::util::pretty::pretty_format_batches(&cut)?.to_string());
         }
         OutputFormat::Csv => {
             let mut writer = arrow::csv::WriterBuilder::new()
@@ -593,6 +682,41 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
     String::from_utf8(bytes).map_err(|error| {
         QueryError::Format(arrow::error::ArrowError::ExternalError(Box::new(error)))
     })
+}
+
+/// The most characters of a text a table cell shows.
+pub const MAX_TABLE_CELL_CHARS: usize = 1024;
+
+/// `batch` with every text longer than [`MAX_TABLE_CELL_CHARS`] cut there, saying how much
+/// was left out.
+fn cut_long_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    let mut columns = batch.columns().to_vec();
+    for column in &mut columns {
+        let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
+            continue;
+        };
+        let too_long = |text: &str| text.len() > MAX_TABLE_CELL_CHARS;
+        if !texts.iter().flatten().any(too_long) {
+            continue;
+        }
+        let cut: StringArray = texts
+            .iter()
+            .map(|text| {
+                text.map(|text| {
+                    let Some((end, _)) = text.char_indices().nth(MAX_TABLE_CELL_CHARS) else {
+                        return text.to_owned();
+                    };
+                    let left = text.len() - end;
+                    format!(
+                        "{}… ({left} more bytes; --format csv or json shows all)",
+                        &text[..end]
+                    )
+                })
+            })
+            .collect();
+        *column = Arc::new(cut);
+    }
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 #[cfg(test)]

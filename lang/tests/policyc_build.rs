@@ -214,6 +214,10 @@ fn build_signs_with_the_key_keygen_wrote() {
     let unsigned = Bundle::from_bytes(&std::fs::read(&unsigned_path).unwrap()).unwrap();
     assert_eq!(signed.hash(), unsigned.hash());
     assert!(stdout.contains(&signed.hash_hex()), "{stdout}");
+    let signed_at = signed.signature().unwrap().signed_at().unwrap();
+    let when = jiff::Timestamp::from_second(i64::try_from(signed_at).unwrap()).unwrap();
+    assert!(stdout.contains(&format!(" at {when}")), "{stdout}");
+    assert!(when.to_string().ends_with('Z'), "{when}");
 
     let not_written = tmp.path().join("not-written.bundle");
     let public_path = tmp.path().join("signing.key.pub");

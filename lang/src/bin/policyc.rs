@@ -579,7 +579,15 @@ fn build(
     let target = bundle_target(output, &files).map_err(write_error)?;
     write_atomically(&target, &bytes).map_err(write_error)?;
     let signed = match bundle.signature() {
-        Some(signature) => format!(", signed by key {}", signature.key_id()),
+        Some(signature) => {
+            let at = signature
+                .signed_at()
+                .and_then(|seconds| i64::try_from(seconds).ok())
+                .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
+                .map(|time| format!(" at {time}"))
+                .unwrap_or_default();
+            format!(", signed by key {}{at}", signature.key_id())
+        }
         None => String::new(),
     };
     let hash = bundle.hash_hex();
