@@ -14,7 +14,7 @@
 //! ```
 //!
 //! `target` is a target's name, or an endpoint `{ "protocol": "https", "host": "…", "port":
-//! 443 }`. `time` is an RFC 3339 timestamp with an offset, or Unix seconds. Claim values are
+//! 443 }`, whose `port` may be left out for the protocol's own, as in a Gate test. `time` is an RFC 3339 timestamp with an offset, or Unix seconds. Claim values are
 //! strings, integers, booleans, or arrays of strings, as the claim's type says. Every other
 //! member is refused, so a misspelt one is not silently ignored, and so is a member given twice.
 
@@ -22,6 +22,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
+use crate::ir::Protocol;
 use crate::reference::{Request, TargetQuery};
 use crate::schema::{ClaimType, ClaimValue, CustomClaims, ProviderKind};
 use crate::time::parse_timestamp;
@@ -279,16 +280,27 @@ fn endpoint_target(endpoint: &Map<String, Value>) -> Result<FileTarget, RequestF
             expected: "a string",
         }),
     };
-    let port = endpoint
-        .get("port")
-        .and_then(Value::as_u64)
-        .and_then(|port| u16::try_from(port).ok())
-        .ok_or_else(|| RequestFileError::Type {
-            member: field("port"),
-            expected: "a port number from 0 to 65535",
-        })?;
+    let protocol = text("protocol")?;
+    let port = match endpoint.get("port") {
+        // As in a Gate test's endpoint: the protocol's own port.
+        None => [Protocol::Http, Protocol::Https, Protocol::Postgres]
+            .into_iter()
+            .find(|known| known.keyword().eq_ignore_ascii_case(&protocol))
+            .map(Protocol::default_port)
+            .ok_or_else(|| RequestFileError::Type {
+                member: field("port"),
+                expected: "given: only `http`, `https` and `postgres` have a default port",
+            })?,
+        Some(port) => port
+            .as_u64()
+            .and_then(|port| u16::try_from(port).ok())
+            .ok_or_else(|| RequestFileError::Type {
+                member: field("port"),
+                expected: "a port number from 0 to 65535",
+            })?,
+    };
     Ok(FileTarget::Endpoint {
-        protocol: text("protocol")?,
+        protocol,
         host: text("host")?,
         port,
     })
@@ -373,6 +385,24 @@ mod tests {
     }
 
     #[test]
+    fn an_endpoint_without_a_port_has_its_protocol_s() {
+        for (protocol, port) in [("https", 443), ("HTTP", 80), ("postgres", 5432)] {
+            let file = parse(&format!(
+                r#"{{"kind": "github", "target": {{"protocol": "{protocol}", "host": "h"}}}}"#
+            ))
+            .unwrap();
+            match file.request().target {
+                TargetQuery::Endpoint { port: found, .. } => assert_eq!(found, port, "{protocol}"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let error = parse(r#"{"kind": "github", "target": {"protocol": "ftp", "host": "h"}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`target.port` must be given"), "{error}");
+    }
+
+    #[test]
     fn a_full_request_reads() {
         let file = parse(
             r#"{"kind": "github", "claims": {"repository": "acme/api", "run_number": "7"},
@@ -417,8 +447,12 @@ mod tests {
                 "`time`:",
             ),
             (
-                r#"{"kind": "github", "target": {"host": "h", "port": 70000}}"#,
-                "`target.port` must be",
+                r#"{"kind": "github", "target": {"protocol": "https", "host": "h", "port": 70000}}"#,
+                "`target.port` must be a port number",
+            ),
+            (
+                r#"{"kind": "github", "target": {"host": "h", "port": 443}}"#,
+                "`target.protocol` must be a string",
             ),
             (
                 r#"{"kind": "github", "target": "a", "target": "b"}"#,
