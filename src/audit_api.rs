@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use portcullis_audit::query::{QueryLimits, query_with_limits};
 use portcullis_audit::{OutputFormat, QueryError, format_batches};
@@ -17,10 +18,27 @@ pub const MAX_ROWS: usize = 10_000;
 /// query stops with an error rather than the server growing.
 pub const MAX_RESULT_BYTES: usize = 64 * 1024 * 1024;
 
+/// Queries the server runs at once; another is refused (503) until one finishes. Each takes
+/// up to two cores and the configured memory, so more would only slow every one of them and
+/// let one token holder crowd out the decisions.
+pub const MAX_CONCURRENT_QUERIES: usize = 2;
+
 #[derive(Debug)]
 pub struct SqlOverStore {
     pub data_dir: PathBuf,
     pub limits: QueryLimits,
+    /// One permit per query running; see [`MAX_CONCURRENT_QUERIES`].
+    pub running: Arc<tokio::sync::Semaphore>,
+}
+
+impl SqlOverStore {
+    pub fn new(data_dir: PathBuf, limits: QueryLimits) -> SqlOverStore {
+        SqlOverStore {
+            data_dir,
+            limits,
+            running: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_QUERIES)),
+        }
+    }
 }
 
 impl AuditQuery for SqlOverStore {
@@ -35,7 +53,22 @@ impl AuditQuery for SqlOverStore {
             max_result_bytes: Some(MAX_RESULT_BYTES),
             ..self.limits
         };
+        let permit = Arc::clone(&self.running).try_acquire_owned();
         Box::pin(async move {
+            let Ok(_permit) = permit else {
+                tracing::warn!(
+                    running = MAX_CONCURRENT_QUERIES,
+                    status = 503,
+                    "audit_query_refused_busy"
+                );
+                return Err(QueryRefusal {
+                    status: axum_status(503),
+                    message: format!(
+                        "{MAX_CONCURRENT_QUERIES} audit queries are running already, the most \
+                         the server runs at once; try again when one has finished"
+                    ),
+                });
+            };
             let batches = query_with_limits(&data_dir, &sql, limits)
                 .await
                 .map_err(refusal)?;

@@ -58,10 +58,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let (audit, _recovery) = AuditLog::open(&data_dir, options)
         .with_context(|| format!("cannot open the audit store in `{}`", data_dir.display()))?;
     let reloader = Arc::new(Reloader::new(loader, fingerprint));
-    let query = SqlOverStore {
-        data_dir: data_dir.clone(),
-        limits: config.audit.query_limits(),
-    };
+    let query = SqlOverStore::new(data_dir.clone(), config.audit.query_limits());
     let readers: Vec<AdminToken> = [admin_token.as_ref(), audit_token.as_ref()]
         .into_iter()
         .flatten()

@@ -606,6 +606,67 @@ fn explain_through_the_decision_api_takes_the_admin_token() {
     stop_server(server);
 }
 
+/// The server runs two audit queries at once; a third is refused at once with 503 rather than
+/// queued behind them, and is answered once one has finished.
+#[test]
+fn a_third_concurrent_audit_query_is_refused_until_one_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_example_policies(tmp.path());
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    restrict_to_owner(&token_file);
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let config = example_config(
+        tmp.path(),
+        "portcullis.toml",
+        policy,
+        "admin_token_file = \"admin.token\"",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("[audit]\n", "[audit]\nquery_timeout_s = 4\n"),
+    )
+    .unwrap();
+    let server = start_server_with(&config, &tmp.path().join("data"));
+    let url = server.url("/v1/audit/query");
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let endless = json!({ "sql": "SELECT count(*) AS n FROM generate_series(1, 100000000000)" });
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let (url, endless, bearer) = (url.clone(), endless.clone(), bearer.clone());
+            std::thread::spawn(move || audit_query_at(&url, &endless, Some(&bearer)))
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let quick = json!({ "sql": "SELECT 1 AS one" });
+    let started = std::time::Instant::now();
+    let (status, answer) = audit_query_http(&server, &quick, Some(&bearer));
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused at once"
+    );
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        message.contains("2 audit queries are running already"),
+        "{message}"
+    );
+    for query in slow {
+        let (status, answer) = query.join().unwrap();
+        assert_eq!(status, 503, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains("limit of 4 s"),
+            "{answer}"
+        );
+    }
+    let (status, answer) = audit_query_http(&server, &quick, Some(&bearer));
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["rows"][0]["one"], 1);
+    server.wait_for_log("audit_query_refused_busy");
+    stop_server(server);
+}
+
 /// `POST /v1/audit/query` answers read-only SQL over the events and the policy state, behind
 /// the admin token; the policy-state tables follow a reload.
 #[test]

@@ -209,9 +209,12 @@ pub fn audit_query_http(
     body: &Value,
     authorization: Option<&str>,
 ) -> (u16, Value) {
-    let mut request = agent()
-        .post(&server.url("/v1/audit/query"))
-        .header("content-type", "application/json");
+    audit_query_at(&server.url("/v1/audit/query"), body, authorization)
+}
+
+/// `POST` of `body` to `url`, an audit query endpoint, from any thread.
+pub fn audit_query_at(url: &str, body: &Value, authorization: Option<&str>) -> (u16, Value) {
+    let mut request = agent().post(url).header("content-type", "application/json");
     if let Some(value) = authorization {
         request = request.header("authorization", value);
     }
