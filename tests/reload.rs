@@ -210,13 +210,7 @@ fn sighup_reloads_when_watching_is_off() {
 #[test]
 fn admin_reload_takes_the_configured_token_and_answers_with_the_outcome() {
     let tmp = tempfile::tempdir().unwrap();
-    let policies = copy_example_policies(tmp.path());
-    let token_file = tmp.path().join("admin.token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    restrict_to_owner(&token_file);
-    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
-    let server_table = "admin_token_file = \"admin.token\"";
-    let config = example_config(tmp.path(), "portcullis.toml", policy, server_table);
+    let (config, policies) = admin_config(tmp.path());
     let data_dir = tmp.path().join("data");
     let release = Release::new(tmp.path());
     let server = start_server_with(&config, &data_dir);
@@ -316,18 +310,37 @@ fn the_admin_api_is_off_without_a_token_and_refuses_a_weak_one() {
     let server_table = "admin_token_file = \"admin.token\"";
     let config = example_config(tmp.path(), "weak.toml", "dir = \"policies\"", server_table);
     copy_example_policies(tmp.path());
+    let err = refused_start(&config, &tmp.path().join("refused"));
+    assert!(err.contains("is 11 characters long; at least 16"), "{err}");
+    assert!(!err.contains(short), "the token is never shown: {err}");
+}
+
+/// The example policy set copied into `dir`, served with the admin token from a file beside
+/// it and watching off: the configuration's path, and the policy directory's.
+fn admin_config(dir: &Path) -> (PathBuf, PathBuf) {
+    let policies = copy_example_policies(dir);
+    let token_file = dir.join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    restrict_to_owner(&token_file);
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
+    let server_table = "admin_token_file = \"admin.token\"";
+    let config = example_config(dir, "portcullis.toml", policy, server_table);
+    (config, policies)
+}
+
+/// What `portcullis serve` with `config` on `data_dir` printed when it refused to start.
+fn refused_start(config: &Path, data_dir: &Path) -> String {
     let out = portcullis()
         .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
+        .arg(config)
         .arg("--data-dir")
-        .arg(tmp.path().join("refused"))
+        .arg(data_dir)
         .env("NO_COLOR", "1")
         .output()
         .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{err}");
-    assert!(err.contains("is 11 characters long; at least 16"), "{err}");
-    assert!(!err.contains(short), "the token is never shown: {err}");
+    err
 }
 
 /// The example policy set, with `extra` beside it, compiled.
@@ -339,23 +352,32 @@ fn example_bundle_with(extra: &str) -> Bundle {
     Bundle::from_policy_set(&set).unwrap()
 }
 
-#[test]
-fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let key = SigningKey::from_bytes(&[7; 32]);
-    let public_key = tmp.path().join("bundle-signing.key.pub");
+/// A configuration in `dir` serving the bundle file `policy.bundle`, written with `bundle`,
+/// under `key`'s public key, and watching it every 100 ms: the configuration's path and the
+/// bundle file's.
+fn signed_bundle_config(dir: &Path, key: &SigningKey, bundle: &Bundle) -> (PathBuf, PathBuf) {
+    let public_key = dir.join("bundle-signing.key.pub");
     let public_pem = signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
     std::fs::write(&public_key, public_pem).unwrap();
-    let first = example_bundle_with("");
-    let frozen = example_bundle_with(FREEZE);
-    let bundle_path = tmp.path().join("policy.bundle");
-    std::fs::write(&bundle_path, first.sign_at(&key, 1_796_428_800).to_bytes()).unwrap();
+    let bundle_path = dir.join("policy.bundle");
+    std::fs::write(&bundle_path, bundle.to_bytes()).unwrap();
     let policy = format!(
         "bundle = {:?}\npublic_key = {:?}\nwatch_interval_ms = 100",
         bundle_path.to_str().unwrap(),
         public_key.to_str().unwrap()
     );
-    let config = example_config(tmp.path(), "portcullis.toml", &policy, "");
+    let config = example_config(dir, "portcullis.toml", &policy, "");
+    (config, bundle_path)
+}
+
+#[test]
+fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let first = example_bundle_with("");
+    let frozen = example_bundle_with(FREEZE);
+    let (config, bundle_path) =
+        signed_bundle_config(tmp.path(), &key, &first.sign_at(&key, 1_796_428_800));
     let data_dir = tmp.path().join("data");
     let release = Release::new(tmp.path());
     let server = start_server_with(&config, &data_dir);
@@ -398,19 +420,9 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     const T: u64 = 1_796_428_800;
     let tmp = tempfile::tempdir().unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
-    let public_key = tmp.path().join("bundle-signing.key.pub");
-    let public_pem = signing::verifying_key_to_pem(&key.verifying_key()).unwrap();
-    std::fs::write(&public_key, public_pem).unwrap();
     let open = example_bundle_with("");
     let frozen = example_bundle_with(FREEZE);
-    let bundle_path = tmp.path().join("policy.bundle");
-    std::fs::write(&bundle_path, open.sign_at(&key, T).to_bytes()).unwrap();
-    let policy = format!(
-        "bundle = {:?}\npublic_key = {:?}\nwatch_interval_ms = 100",
-        bundle_path.to_str().unwrap(),
-        public_key.to_str().unwrap()
-    );
-    let config = example_config(tmp.path(), "portcullis.toml", &policy, "");
+    let (config, bundle_path) = signed_bundle_config(tmp.path(), &key, &open.sign_at(&key, T));
     let data_dir = tmp.path().join("data");
     let release = Release::new(tmp.path());
     let server = start_server_with(&config, &data_dir);
@@ -491,32 +503,14 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     // A new server on the same data directory refuses the freeze's file, older than the
     // bundle last admitted, and starts with nothing.
     std::fs::write(&bundle_path, frozen.sign_at(&key, T + 10).to_bytes()).unwrap();
-    let out = portcullis()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = refused_start(&config, &data_dir);
     assert!(err.contains("refused as a rollback"), "{err}");
     assert_eq!(policy_changes(&data_dir).len(), 6, "nothing recorded");
 
     // A record that cannot be read stops the start too, rather than admitting anything.
     std::fs::write(&signed_file, "garbage\n").unwrap();
     std::fs::write(&bundle_path, open.sign_at(&key, T + 30).to_bytes()).unwrap();
-    let out = portcullis()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(&data_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = refused_start(&config, &data_dir);
     assert!(err.contains("bundles/SIGNED"), "{err}");
     assert!(
         err.contains("signed_at=SECONDS key=KEYID bundle=sha256:HASH"),
@@ -530,17 +524,7 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
 #[test]
 fn explain_through_the_decision_api_takes_the_admin_token() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_example_policies(tmp.path());
-    let token_file = tmp.path().join("admin.token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    restrict_to_owner(&token_file);
-    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
-    let config = example_config(
-        tmp.path(),
-        "portcullis.toml",
-        policy,
-        "admin_token_file = \"admin.token\"",
-    );
+    let (config, _) = admin_config(tmp.path());
     let release = Release::new(tmp.path());
     let body = json!({
         "evidence": { "token": release.token },
@@ -592,6 +576,7 @@ fn explain_through_the_decision_api_takes_the_admin_token() {
     assert!(!log.contains(ADMIN_TOKEN), "the token reached the log");
 
     // A server without an admin token refuses to explain.
+    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
     let plain = example_config(tmp.path(), "plain.toml", policy, "");
     let server = start_server_with(&plain, &tmp.path().join("data-plain"));
     let (status, answer) = post_with(&server, body.as_bytes(), Some(&right));
@@ -611,17 +596,7 @@ fn explain_through_the_decision_api_takes_the_admin_token() {
 #[test]
 fn a_third_concurrent_audit_query_is_refused_until_one_finishes() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_example_policies(tmp.path());
-    let token_file = tmp.path().join("admin.token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    restrict_to_owner(&token_file);
-    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
-    let config = example_config(
-        tmp.path(),
-        "portcullis.toml",
-        policy,
-        "admin_token_file = \"admin.token\"",
-    );
+    let (config, _) = admin_config(tmp.path());
     let text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &config,
@@ -672,17 +647,7 @@ fn a_third_concurrent_audit_query_is_refused_until_one_finishes() {
 #[test]
 fn sql_over_http_sees_the_policy_state_and_follows_a_reload() {
     let tmp = tempfile::tempdir().unwrap();
-    let policies = copy_example_policies(tmp.path());
-    let token_file = tmp.path().join("admin.token");
-    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
-    restrict_to_owner(&token_file);
-    let policy = "dir = \"policies\"\nwatch_interval_ms = 0";
-    let config = example_config(
-        tmp.path(),
-        "portcullis.toml",
-        policy,
-        "admin_token_file = \"admin.token\"",
-    );
+    let (config, policies) = admin_config(tmp.path());
     let data_dir = tmp.path().join("data");
     let server = start_server_with(&config, &data_dir);
     let bearer = format!("Bearer {ADMIN_TOKEN}");
@@ -813,16 +778,7 @@ fn the_audit_token_reads_the_store_and_nothing_else() {
     // Auditors must not hold the admin token.
     let same = "admin_token_file = \"admin.token\"\naudit_token_file = \"admin.token\"";
     let config = example_config(tmp.path(), "same.toml", policy, same);
-    let out = portcullis()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .arg("--data-dir")
-        .arg(tmp.path().join("refused"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{err}");
+    let err = refused_start(&config, &tmp.path().join("refused"));
     assert!(err.contains("is the admin token"), "{err}");
     assert!(
         !err.contains(ADMIN_TOKEN),
