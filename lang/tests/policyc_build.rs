@@ -247,3 +247,73 @@ fn build_refuses_a_signing_key_that_is_not_a_regular_file() {
     );
     assert!(!out.exists());
 }
+
+/// `out` failed with exit status 1, a bundle refused, saying `why`.
+fn rejected(out: &Output, why: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(why), "{stderr}");
+}
+
+fn inspect(bundle: &Path, key: Option<&Path>) -> Output {
+    let mut args = vec![OsStr::new("inspect"), bundle.as_os_str()];
+    if let Some(key) = key {
+        args.extend([OsStr::new("--public-key"), key.as_os_str()]);
+    }
+    policyc(&args)
+}
+
+#[test]
+fn inspect_shows_the_bundle_its_signer_and_time_and_checks_a_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (private, other) = (tmp.path().join("k.key"), tmp.path().join("other.key"));
+    succeeded(&keygen(&private));
+    succeeded(&keygen(&other));
+    let (public, other_public) = (
+        tmp.path().join("k.key.pub"),
+        tmp.path().join("other.key.pub"),
+    );
+    let unsigned_path = tmp.path().join("unsigned.bundle");
+    succeeded(&build(&examples_dir(), &unsigned_path));
+    let signed_path = tmp.path().join("signed.bundle");
+    succeeded(&build_signed(&examples_dir(), &signed_path, &private));
+    let signed = Bundle::from_bytes(&std::fs::read(&signed_path).unwrap()).unwrap();
+    let signature = signed.signature().unwrap();
+    let when = jiff::Timestamp::from_second(signature.signed_at().unwrap() as i64).unwrap();
+
+    let shown = succeeded(&inspect(&unsigned_path, None));
+    assert!(
+        shown.contains(&format!("bundle sha256:{}", signed.hash_hex())),
+        "{shown}"
+    );
+    assert!(shown.contains("8 rules, 6 workloads, 3 targets"), "{shown}");
+    assert!(shown.contains("not signed"), "{shown}");
+    let shown = succeeded(&inspect(&signed_path, Some(&public)));
+    let signer = format!("signed by key {} at {when}", signature.key_id());
+    assert!(shown.contains(&signer), "{shown}");
+    assert!(shown.contains("the signature verifies with"), "{shown}");
+
+    rejected(
+        &inspect(&signed_path, Some(&other_public)),
+        "is signed by key",
+    );
+    rejected(
+        &inspect(&unsigned_path, Some(&public)),
+        "the bundle is not signed",
+    );
+    let mut altered = std::fs::read(&signed_path).unwrap();
+    let last = altered.len() - 1;
+    altered[last] ^= 1;
+    let altered_path = tmp.path().join("altered.bundle");
+    std::fs::write(&altered_path, altered).unwrap();
+    rejected(
+        &inspect(&altered_path, Some(&public)),
+        "does not match its bytes",
+    );
+    let junk = tmp.path().join("junk.bundle");
+    std::fs::write(&junk, "junk").unwrap();
+    rejected(&inspect(&junk, None), "this is not a policy bundle");
+    let unreadable = inspect(tmp.path(), None);
+    assert_eq!(unreadable.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unreadable.stderr).contains("not a regular file"));
+}

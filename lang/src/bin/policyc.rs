@@ -20,9 +20,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis_lang::bundle::signing::{
     self, KeyError, SigningKey, Zeroizing, signing_key_from_pem, signing_key_to_pem,
-    verifying_key_to_pem,
+    verifying_key_from_pem, verifying_key_to_pem,
 };
-use portcullis_lang::bundle::{Bundle, BundleError};
+use portcullis_lang::bundle::{Bundle, BundleError, FORMAT_VERSION};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
 use portcullis_lang::diagnostic::{self, Code, Diagnostic, Severity, printable, render};
 use portcullis_lang::ir::PolicySet;
@@ -88,6 +88,20 @@ used.
 Examples:
   policyc explain examples/policies --request request.json
   policyc explain policies/ --request request.json --format json";
+
+const INSPECT_HELP: &str = "\
+Prints the bundle's content hash (the `bundle_hash` of its access events), size, what it
+declares, the most instructions one decision can run, and who signed it when. With
+--public-key, also checks the signature as `portcullis serve` with that `[policy] public_key`
+does (a server also refuses a bundle signed before the newest it has run: docs/bundle-format.md,
+\"Rollbacks\").
+
+Exit status: 0 shown (and verified, with --public-key), 1 a file that is not a bundle or whose
+signature is refused, 2 a file or key that cannot be read.
+
+Examples:
+  policyc inspect policies.bundle
+  policyc inspect policies.bundle --public-key bundle-signing.key.pub";
 
 const BUILD_HELP: &str = "\
 With --sign KEYFILE, the bundle ends with an ed25519 signature by that private key (PKCS#8
@@ -165,6 +179,16 @@ enum Command {
     /// Run the `test` declarations of policy sets
     #[command(after_help = TEST_HELP)]
     Test(TestArgs),
+    /// Show what a bundle file holds and who signed it when; check the signature with a key
+    #[command(after_help = INSPECT_HELP)]
+    Inspect {
+        /// The bundle file, as `policyc build` wrote it
+        bundle: PathBuf,
+        /// Check the signature against this ed25519 public key (SPKI PEM), as a server with
+        /// `[policy] public_key` does
+        #[arg(long, value_name = "KEYFILE")]
+        public_key: Option<PathBuf>,
+    },
     /// Decide one request and show which rules were considered and why
     #[command(after_help = EXPLAIN_HELP)]
     Explain {
@@ -259,6 +283,12 @@ enum Failure {
     },
     /// The operating system gave no randomness for a new key.
     Random(getrandom::Error),
+    /// A bundle file that cannot be read (2), or that does not load or verify (1).
+    Inspect {
+        path: PathBuf,
+        message: String,
+        unreadable: bool,
+    },
     /// A `--request` file that cannot be read or used.
     Request {
         path: PathBuf,
@@ -274,6 +304,13 @@ impl Failure {
     fn exit_code(&self) -> u8 {
         match self {
             Failure::Invalid(_) | Failure::Bundle(_) => 1,
+            Failure::Inspect { unreadable, .. } => {
+                if *unreadable {
+                    2
+                } else {
+                    1
+                }
+            }
             Failure::Read(_)
             | Failure::Claims { .. }
             | Failure::Key { .. }
@@ -307,6 +344,9 @@ impl fmt::Display for Failure {
                 f,
                 "cannot generate a key: the operating system gave no randomness: {error}"
             ),
+            Failure::Inspect { path, message, .. } => {
+                write!(f, "`{}`: {message}", path.display())
+            }
             Failure::Request { path, message } => {
                 write!(
                     f,
@@ -335,6 +375,7 @@ fn main() -> ExitCode {
             build(path, output, &claims, key.as_ref())
         }),
         Command::Keygen { out } => keygen(out),
+        Command::Inspect { bundle, public_key } => inspect(bundle, public_key.as_deref()),
         Command::Fmt(args) => return format_paths(args),
         Command::Test(args) => return run_tests(args),
         Command::Explain {
@@ -582,9 +623,7 @@ fn build(
         Some(signature) => {
             let at = signature
                 .signed_at()
-                .and_then(|seconds| i64::try_from(seconds).ok())
-                .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
-                .map(|time| format!(" at {time}"))
+                .map(|seconds| format!(" at {}", utc(seconds)))
                 .unwrap_or_default();
             format!(", signed by key {}{at}", signature.key_id())
         }
@@ -666,6 +705,106 @@ fn read_small_file(path: &Path, limit: u64) -> Result<String, String> {
         return Err(format!("the file is larger than {limit} bytes"));
     }
     String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())
+}
+
+/// Bundle files larger than this are refused unread, as `portcullis serve` refuses them.
+const MAX_BUNDLE_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// `policyc inspect`: the bundle's identity, size and signature; with a public key, whether a
+/// server holding that key would admit it.
+fn inspect(path: &Path, public_key: Option<&Path>) -> Result<String, Failure> {
+    use std::io::Read as _;
+
+    let failure = |message: String, unreadable: bool| Failure::Inspect {
+        path: path.to_owned(),
+        message,
+        unreadable,
+    };
+    let unreadable = |message: String| failure(message, true);
+    let file = fs::File::open(path).map_err(|error| unreadable(error.to_string()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|error| unreadable(error.to_string()))?;
+    if !metadata.is_file() {
+        return Err(unreadable("it is not a regular file".to_owned()));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_BUNDLE_FILE_BYTES.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|error| unreadable(error.to_string()))?;
+    if bytes.len() as u64 > MAX_BUNDLE_FILE_BYTES {
+        return Err(unreadable(format!(
+            "the file is larger than {MAX_BUNDLE_FILE_BYTES} bytes"
+        )));
+    }
+    let key = public_key
+        .map(|key_path| {
+            let text = read_small_file(key_path, MAX_KEY_FILE_BYTES)
+                .and_then(|text| verifying_key_from_pem(&text).map_err(|error| error.to_string()));
+            text.map_err(|message| Failure::Key {
+                path: key_path.to_owned(),
+                message,
+            })
+        })
+        .transpose()?;
+    let bundle = Bundle::from_bytes(&bytes).map_err(|error| failure(error.to_string(), false))?;
+    let program =
+        Program::from_bundle(bundle.clone()).map_err(|error| failure(error.to_string(), false))?;
+    let mut lines = vec![
+        format!(
+            "bundle sha256:{} ({} bytes, format version {FORMAT_VERSION})",
+            bundle.hash_hex(),
+            bytes.len()
+        ),
+        format!(
+            "{} rules, {} workloads, {} targets, {} credentials; at most {} instructions per \
+             decision",
+            bundle.rules().len(),
+            bundle.workloads().len(),
+            bundle.targets().len(),
+            bundle.credentials().len(),
+            program.instruction_bound()
+        ),
+    ];
+    lines.push(match bundle.signature() {
+        None => "not signed".to_owned(),
+        Some(signature) => match signature.signed_at() {
+            Some(seconds) => format!("signed by key {} at {}", signature.key_id(), utc(seconds)),
+            None => format!(
+                "signed by key {} without a signing time (algorithm 1): a server that checks \
+                 signatures refuses it; sign it again",
+                signature.key_id()
+            ),
+        },
+    });
+    if let (Some(key), Some(key_path)) = (&key, public_key) {
+        Bundle::from_bytes_verified(&bytes, key).map_err(|error| {
+            failure(
+                format!(
+                    "a server with the public key `{}` refuses it: {error}",
+                    key_path.display()
+                ),
+                false,
+            )
+        })?;
+        lines.push(format!(
+            "the signature verifies with `{}` (key {})",
+            key_path.display(),
+            signing::key_id(key)
+        ));
+    }
+    Ok(lines.join("\n"))
+}
+
+/// Seconds since the Unix epoch as an RFC 3339 UTC time.
+fn utc(seconds: u64) -> String {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
+        .map_or_else(
+            || format!("{seconds} s after the Unix epoch"),
+            |time| time.to_string(),
+        )
 }
 
 /// Reads the private key of `--sign`.
