@@ -55,7 +55,7 @@ impl AuditQuery for SqlOverStore {
         };
         let permit = Arc::clone(&self.running).try_acquire_owned();
         Box::pin(async move {
-            let Ok(_permit) = permit else {
+            let Ok(permit) = permit else {
                 tracing::warn!(
                     running = MAX_CONCURRENT_QUERIES,
                     status = 503,
@@ -69,9 +69,19 @@ impl AuditQuery for SqlOverStore {
                     ),
                 });
             };
-            let batches = query_with_limits(&data_dir, &sql, limits)
-                .await
-                .map_err(refusal)?;
+            // The query runs as a task of its own that holds the permit: a caller who goes
+            // away drops this future, not the query, which keeps its place until it ends and
+            // is logged if a limit stops it.
+            let running = tokio::spawn(async move {
+                let _permit = permit;
+                query_with_limits(&data_dir, &sql, limits)
+                    .await
+                    .map_err(refusal)
+            });
+            let batches = running.await.map_err(|error| QueryRefusal {
+                status: axum_status(500),
+                message: format!("the query's task failed: {error}"),
+            })??;
             let row_count: usize = batches.iter().map(|batch| batch.num_rows()).sum();
             let mut kept = Vec::new();
             let mut room = MAX_ROWS;

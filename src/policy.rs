@@ -346,8 +346,32 @@ fn read_bundle(path: &Path, bytes: &[u8], public_key: Option<&PublicKey>) -> Res
     Ok(bundle)
 }
 
-/// Refuses a verified bundle signed before the newest one `data_dir` records as admitted.
+/// How far past this server's clock a signing time may be: clocks differ a little.
+const MAX_SIGNING_CLOCK_SKEW_S: u64 = 300;
+
+/// Refuses a verified bundle signed before the newest one `data_dir` records as admitted, and
+/// one that says it was signed in the future: admitted, it would refuse every update signed
+/// before that time.
 fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let claimed = bundle
+        .signature()
+        .and_then(|signature| signature.signed_at())
+        .unwrap_or(0);
+    if claimed > now.saturating_add(MAX_SIGNING_CLOCK_SKEW_S) {
+        bail!(
+            "refusing the bundle `{}` (sha256:{}): it says it was signed at {}, later than this \
+             server's clock ({}) by more than {MAX_SIGNING_CLOCK_SKEW_S} s; the clock of the \
+             machine that signed it, or of this one, is wrong. Put the clock right and sign it \
+             again",
+            path.display(),
+            bundle.hash_hex(),
+            utc(claimed),
+            utc(now)
+        );
+    }
     let newest = newest_signed(data_dir).with_context(|| {
         format!(
             "refusing the bundle `{}`: the record of the newest signed bundle admitted cannot \

@@ -507,6 +507,15 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     assert!(err.contains("refused as a rollback"), "{err}");
     assert_eq!(policy_changes(&data_dir).len(), 6, "nothing recorded");
 
+    // A bundle from the future would refuse every update until then: refused itself.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    std::fs::write(&bundle_path, open.sign_at(&key, now + 3600).to_bytes()).unwrap();
+    let err = refused_start(&config, &data_dir);
+    assert!(err.contains("later than this server's clock"), "{err}");
+
     // A record that cannot be read stops the start too, rather than admitting anything.
     std::fs::write(&signed_file, "garbage\n").unwrap();
     std::fs::write(&bundle_path, open.sign_at(&key, T + 30).to_bytes()).unwrap();
@@ -639,6 +648,30 @@ fn a_third_concurrent_audit_query_is_refused_until_one_finishes() {
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["rows"][0]["one"], 1);
     server.wait_for_log("audit_query_refused_busy");
+
+    // Callers who hang up do not free their place: the queries run on until their limit, and
+    // are logged when it stops them.
+    let body = endless.to_string();
+    for _ in 0..2 {
+        let mut stream = std::net::TcpStream::connect(&server.addr).unwrap();
+        let request = format!(
+            "POST /v1/audit/query HTTP/1.1\r\nhost: {}\r\nauthorization: {bearer}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            server.addr,
+            body.len()
+        );
+        std::io::Write::write_all(&mut stream, request.as_bytes()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        drop(stream);
+    }
+    let (status, answer) = audit_query_http(&server, &quick, Some(&bearer));
+    assert_eq!(status, 503, "the hung-up queries still run: {answer}");
+    // Four stops in the log: the two queries above, then the two whose callers hung up.
+    for _ in 0..4 {
+        server.wait_for_log("audit_query_stopped");
+    }
+    let (status, answer) = audit_query_http(&server, &quick, Some(&bearer));
+    assert_eq!(status, 200, "{answer}");
     stop_server(server);
 }
 

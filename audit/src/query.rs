@@ -654,10 +654,12 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
     let bytes = match format {
         OutputFormat::Table => {
             // The table's layout takes time that grows faster than a cell's length: long
-            // texts are cut, and CSV and JSON carry them whole.
+            // texts are cut, and CSV and JSON carry them whole. Control characters are shown
+            // escaped: events carry text from unauthenticated callers, and a terminal would
+            // act on an escape sequence or a line break (forging rows, rewriting lines).
             let cut = batches
                 .iter()
-                .map(cut_long_texts)
+                .map(printable_texts)
                 .collect::<Result<Vec<_>, _>>()?;
             return Ok(arrow::util::pretty::pretty_format_batches(&cut)?.to_string());
         }
@@ -688,29 +690,44 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
 pub const MAX_TABLE_CELL_CHARS: usize = 1024;
 
 /// `batch` with every text longer than [`MAX_TABLE_CELL_CHARS`] cut there, saying how much
-/// was left out.
-fn cut_long_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+/// was left out, and every control character escaped as JSON escapes it (`\n`, `\u001b`).
+fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
     let mut columns = batch.columns().to_vec();
     for column in &mut columns {
         let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
             continue;
         };
-        let too_long = |text: &str| text.len() > MAX_TABLE_CELL_CHARS;
-        if !texts.iter().flatten().any(too_long) {
+        let unprintable =
+            |text: &str| text.len() > MAX_TABLE_CELL_CHARS || text.chars().any(char::is_control);
+        if !texts.iter().flatten().any(unprintable) {
             continue;
         }
         let cut: StringArray = texts
             .iter()
             .map(|text| {
                 text.map(|text| {
-                    let Some((end, _)) = text.char_indices().nth(MAX_TABLE_CELL_CHARS) else {
-                        return text.to_owned();
+                    let (shown, left) = match text.char_indices().nth(MAX_TABLE_CELL_CHARS) {
+                        Some((end, _)) => (&text[..end], text.len() - end),
+                        None => (text, 0),
                     };
-                    let left = text.len() - end;
-                    format!(
-                        "{}… ({left} more bytes; --format csv or json shows all)",
-                        &text[..end]
-                    )
+                    let mut cell = String::with_capacity(shown.len());
+                    for c in shown.chars() {
+                        match c {
+                            '\n' => cell.push_str("\\n"),
+                            '\r' => cell.push_str("\\r"),
+                            '\t' => cell.push_str("\\t"),
+                            c if c.is_control() => {
+                                cell.push_str(&format!("\\u{:04x}", u32::from(c)));
+                            }
+                            c => cell.push(c),
+                        }
+                    }
+                    if left > 0 {
+                        cell.push_str(&format!(
+                            "… ({left} more bytes; --format csv or json shows all)"
+                        ));
+                    }
+                    cell
                 })
             })
             .collect();

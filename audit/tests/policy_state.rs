@@ -373,6 +373,26 @@ async fn a_table_cuts_long_texts_and_csv_keeps_them() {
 }
 
 #[tokio::test]
+async fn a_table_shows_control_characters_escaped() {
+    // Text from any caller reaches the store (an action, a resource); a terminal must not act
+    // on it when an auditor prints a table.
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT concat('GET', chr(27), '[31m') AS action, \
+               concat('/y', chr(10), '| forged | row |', chr(13), chr(7)) AS resource";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let table = format_batches(&batches, OutputFormat::Table).unwrap();
+    assert!(
+        !table.chars().any(|c| c.is_control() && c != '\n'),
+        "{table:?}"
+    );
+    assert_eq!(table.lines().count(), 5, "one row, no forged line: {table}");
+    assert!(table.contains("GET\\u001b[31m"), "{table}");
+    assert!(table.contains("/y\\n| forged | row |\\r\\u0007"), "{table}");
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert!(csv.contains('\u{1b}'), "CSV keeps the value whole");
+}
+
+#[tokio::test]
 async fn results_are_cut_after_the_row_cap_and_refused_past_the_byte_cap() {
     let dir = tempfile::tempdir().unwrap();
     let limits = QueryLimits {
