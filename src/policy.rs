@@ -20,14 +20,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use portcullis_audit::bundles::{NewestSigned, newest_signed, record_newest_signed};
 use portcullis_engine::vm::Program;
 use portcullis_lang::Diagnostic;
-use portcullis_lang::bundle::{Bundle, BundleError, VerifyingKey, signing};
+use portcullis_lang::bundle::{Bundle, BundleError, MAX_BUNDLE_FILE_BYTES, VerifyingKey, signing};
 use portcullis_lang::diagnostic::Severity;
 use portcullis_lang::schema::CustomClaims;
 
 use crate::config::PolicySource;
-
-/// Bundles larger than this are refused before they are read.
-const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// Public key files larger than this are refused unread; a PEM ed25519 key takes 113 bytes.
 const MAX_PUBLIC_KEY_BYTES: u64 = 64 * 1024;
@@ -280,9 +277,9 @@ fn load_bundle(
 ) -> Result<Program> {
     let cannot_read = || format!("cannot read the bundle `{}`", path.display());
     let size = fs::metadata(path).with_context(cannot_read)?.len();
-    if size > MAX_BUNDLE_BYTES {
+    if size > MAX_BUNDLE_FILE_BYTES {
         bail!(
-            "the bundle `{}` is {size} bytes; the limit is {MAX_BUNDLE_BYTES}",
+            "the bundle `{}` is {size} bytes; the limit is {MAX_BUNDLE_FILE_BYTES}",
             path.display()
         );
     }
@@ -336,7 +333,7 @@ fn read_bundle(path: &Path, bytes: &[u8], public_key: Option<&PublicKey>) -> Res
     let signed_at = bundle
         .signature()
         .and_then(|signature| signature.signed_at())
-        .map(utc);
+        .map(signing::signing_time_text);
     tracing::info!(
         bundle_file = %path.display(),
         key = %signing::key_id(&public_key.key),
@@ -368,8 +365,8 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
              again",
             path.display(),
             bundle.hash_hex(),
-            utc(claimed),
-            utc(now)
+            signing::signing_time_text(claimed),
+            signing::signing_time_text(now)
         );
     }
     let newest = newest_signed(data_dir).with_context(|| {
@@ -398,7 +395,7 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
              it is the newer of the two; sign it again (`policyc build --sign`)",
             path.display(),
             bundle.hash_hex(),
-            utc(signed_at),
+            signing::signing_time_text(signed_at),
             newest.hash,
         );
     }
@@ -410,24 +407,13 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
              sign it again (`policyc build --sign`)",
             path.display(),
             bundle.hash_hex(),
-            utc(signed_at),
+            signing::signing_time_text(signed_at),
             newest.hash,
-            utc(newest.signed_at),
+            signing::signing_time_text(newest.signed_at),
             newest.key_id
         );
     }
     Ok(())
-}
-
-/// Seconds since the Unix epoch as an RFC 3339 UTC time.
-fn utc(seconds: u64) -> String {
-    i64::try_from(seconds)
-        .ok()
-        .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
-        .map_or_else(
-            || format!("{seconds} s after the Unix epoch"),
-            |time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        )
 }
 
 /// The files a load reads, each with its size and modification time, or `None` where it

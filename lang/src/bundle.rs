@@ -38,6 +38,9 @@ pub const MAGIC: [u8; 8] = *b"GATEBNDL";
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 
+/// The largest bundle file a reader takes; larger ones are refused before they are read.
+pub const MAX_BUNDLE_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Magic, version, section count, total length.
 const HEADER_LEN: usize = 16;
 /// Kind, offset, length.

@@ -22,7 +22,7 @@ use portcullis_lang::bundle::signing::{
     self, KeyError, SigningKey, Zeroizing, signing_key_from_pem, signing_key_to_pem,
     verifying_key_from_pem, verifying_key_to_pem,
 };
-use portcullis_lang::bundle::{Bundle, BundleError, FORMAT_VERSION};
+use portcullis_lang::bundle::{Bundle, BundleError, FORMAT_VERSION, MAX_BUNDLE_FILE_BYTES};
 use portcullis_lang::claims_file::{MAX_CLAIMS_FILE_BYTES, parse_claims_file};
 use portcullis_lang::diagnostic::{self, Code, Diagnostic, Severity, printable, render};
 use portcullis_lang::ir::PolicySet;
@@ -623,7 +623,7 @@ fn build(
         Some(signature) => {
             let at = signature
                 .signed_at()
-                .map(|seconds| format!(" at {}", utc(seconds)))
+                .map(|seconds| format!(" at {}", signing::signing_time_text(seconds)))
                 .unwrap_or_default();
             format!(", signed by key {}{at}", signature.key_id())
         }
@@ -690,6 +690,12 @@ const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
 /// meanwhile can make it read without end. The error is the problem alone, for the caller
 /// to name the file.
 fn read_small_file(path: &Path, limit: u64) -> Result<String, String> {
+    let bytes = read_small_bytes(path, limit)?;
+    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())
+}
+
+/// [`read_small_file`]'s bytes, whatever they are.
+fn read_small_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
 
     let file = fs::File::open(path).map_err(|error| error.to_string())?;
@@ -704,39 +710,19 @@ fn read_small_file(path: &Path, limit: u64) -> Result<String, String> {
     if bytes.len() as u64 > limit {
         return Err(format!("the file is larger than {limit} bytes"));
     }
-    String::from_utf8(bytes).map_err(|_| "it is not UTF-8 text".to_owned())
+    Ok(bytes)
 }
-
-/// Bundle files larger than this are refused unread, as `portcullis serve` refuses them.
-const MAX_BUNDLE_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// `policyc inspect`: the bundle's identity, size and signature; with a public key, whether a
 /// server holding that key would admit it.
 fn inspect(path: &Path, public_key: Option<&Path>) -> Result<String, Failure> {
-    use std::io::Read as _;
-
     let failure = |message: String, unreadable: bool| Failure::Inspect {
         path: path.to_owned(),
         message,
         unreadable,
     };
-    let unreadable = |message: String| failure(message, true);
-    let file = fs::File::open(path).map_err(|error| unreadable(error.to_string()))?;
-    let metadata = file
-        .metadata()
-        .map_err(|error| unreadable(error.to_string()))?;
-    if !metadata.is_file() {
-        return Err(unreadable("it is not a regular file".to_owned()));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_BUNDLE_FILE_BYTES.saturating_add(1))
-        .read_to_end(&mut bytes)
-        .map_err(|error| unreadable(error.to_string()))?;
-    if bytes.len() as u64 > MAX_BUNDLE_FILE_BYTES {
-        return Err(unreadable(format!(
-            "the file is larger than {MAX_BUNDLE_FILE_BYTES} bytes"
-        )));
-    }
+    let bytes =
+        read_small_bytes(path, MAX_BUNDLE_FILE_BYTES).map_err(|message| failure(message, true))?;
     let key = public_key
         .map(|key_path| {
             let text = read_small_file(key_path, MAX_KEY_FILE_BYTES)
@@ -769,7 +755,11 @@ fn inspect(path: &Path, public_key: Option<&Path>) -> Result<String, Failure> {
     lines.push(match bundle.signature() {
         None => "not signed".to_owned(),
         Some(signature) => match signature.signed_at() {
-            Some(seconds) => format!("signed by key {} at {}", signature.key_id(), utc(seconds)),
+            Some(seconds) => format!(
+                "signed by key {} at {}",
+                signature.key_id(),
+                signing::signing_time_text(seconds)
+            ),
             None => format!(
                 "signed by key {} without a signing time (algorithm 1): a server that checks \
                  signatures refuses it; sign it again",
@@ -794,17 +784,6 @@ fn inspect(path: &Path, public_key: Option<&Path>) -> Result<String, Failure> {
         ));
     }
     Ok(lines.join("\n"))
-}
-
-/// Seconds since the Unix epoch as an RFC 3339 UTC time.
-fn utc(seconds: u64) -> String {
-    i64::try_from(seconds)
-        .ok()
-        .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
-        .map_or_else(
-            || format!("{seconds} s after the Unix epoch"),
-            |time| time.to_string(),
-        )
 }
 
 /// Reads the private key of `--sign`.

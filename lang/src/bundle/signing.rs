@@ -120,6 +120,18 @@ pub enum KeyError {
     Encode { reason: String },
 }
 
+/// A signing time (seconds since the Unix epoch) as messages show it: RFC 3339 in UTC, such as
+/// `2026-12-05T00:00:00Z`; a time past what a calendar holds as a count of seconds.
+pub fn signing_time_text(seconds: u64) -> String {
+    i64::try_from(seconds)
+        .ok()
+        .and_then(|seconds| jiff::Timestamp::from_second(seconds).ok())
+        .map_or_else(
+            || format!("{seconds} s after the Unix epoch"),
+            |time| time.to_string(),
+        )
+}
+
 /// A short, stable name for a public key in messages and logs: the first 8 bytes of SHA-256
 /// over its 32 raw bytes, in hex.
 pub fn key_id(key: &VerifyingKey) -> String {
