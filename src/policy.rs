@@ -416,8 +416,9 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
     Ok(())
 }
 
-/// The files a load reads, each with its size and modification time, or `None` where it
-/// could not be read. Two fingerprints differ when a file was added, removed or written.
+/// The files a load reads, each with its size, modification time and identity, or `None`
+/// where it could not be read. Two fingerprints differ when a file was added, removed,
+/// written or replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fingerprint(Vec<(PathBuf, Option<FileStamp>)>);
 
@@ -425,13 +426,38 @@ pub struct Fingerprint(Vec<(PathBuf, Option<FileStamp>)>);
 pub struct FileStamp {
     len: u64,
     modified: Option<SystemTime>,
+    /// Device, inode and status-change time: a file renamed over another (how editors and
+    /// deploy tools replace files) is a new inode even when it has the old one's size and
+    /// modification time, which `cp -p`, `rsync -t` and archive extraction keep.
+    identity: (u64, u64, i64, i64),
+}
+
+impl FileStamp {
+    fn of(metadata: &fs::Metadata) -> FileStamp {
+        #[cfg(unix)]
+        let identity = {
+            use std::os::unix::fs::MetadataExt as _;
+            (
+                metadata.dev(),
+                metadata.ino(),
+                metadata.ctime(),
+                metadata.ctime_nsec(),
+            )
+        };
+        #[cfg(not(unix))]
+        let identity = (0, 0, 0, 0);
+        FileStamp {
+            len: metadata.len(),
+            modified: metadata.modified().ok(),
+            identity,
+        }
+    }
 }
 
 fn stamp(path: &Path) -> Option<FileStamp> {
-    fs::metadata(path).ok().map(|metadata| FileStamp {
-        len: metadata.len(),
-        modified: metadata.modified().ok(),
-    })
+    fs::metadata(path)
+        .ok()
+        .map(|metadata| FileStamp::of(&metadata))
 }
 
 /// The `*.gate` files below `dir` as `read_policy_path` finds them: hidden entries skipped,
@@ -468,13 +494,7 @@ fn stamp_gate_files(
         let is_gate = entry.extension().is_some_and(|ext| ext == "gate");
         match fs::metadata(&entry) {
             Ok(metadata) if metadata.is_dir() => stamp_gate_files(&entry, visited, out),
-            Ok(metadata) if is_gate => {
-                let stamp = FileStamp {
-                    len: metadata.len(),
-                    modified: metadata.modified().ok(),
-                };
-                out.push((entry, Some(stamp)));
-            }
+            Ok(metadata) if is_gate => out.push((entry, Some(FileStamp::of(&metadata)))),
             // A link to nowhere, or a file that went away between listing and looking.
             Err(_) if is_gate => out.push((entry, None)),
             Ok(_) | Err(_) => {}
@@ -515,6 +535,35 @@ mod tests {
         assert_ne!(written, added);
         std::fs::remove_file(dir.join("more/c.gate")).unwrap();
         assert_eq!(loader.fingerprint().0, first.0);
+
+        // A file renamed over another with the same size and modification time, as `cp -p`
+        // then `mv` would leave it, is a change too.
+        let before = loader.fingerprint();
+        let old_time = std::fs::metadata(dir.join("a.gate"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let old_len = std::fs::metadata(dir.join("a.gate")).unwrap().len();
+        let replacement = dir.join(".a.gate.new");
+        let text = "x".repeat(old_len as usize);
+        std::fs::write(&replacement, text).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&replacement)
+            .unwrap()
+            .set_modified(old_time)
+            .unwrap();
+        std::fs::rename(&replacement, dir.join("a.gate")).unwrap();
+        let metadata = std::fs::metadata(dir.join("a.gate")).unwrap();
+        assert_eq!(
+            (metadata.len(), metadata.modified().unwrap()),
+            (old_len, old_time)
+        );
+        assert_ne!(
+            loader.fingerprint(),
+            before,
+            "a replaced file counts as changed"
+        );
 
         std::fs::remove_dir_all(dir).unwrap();
         let gone = loader.fingerprint();

@@ -164,6 +164,8 @@ fn key_and_verify_explain_a_directory_without_a_store() {
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
     assert!(stderr.contains("has no integrity manifest"), "{stderr}");
+    // Worded as a missing directory is, so that both read as "there is no store here".
+    assert!(stderr.contains("no audit store at"), "{stderr}");
 
     let out = run(&["audit", "verify"], &tmp.path().join("nothing"));
     assert!(!out.status.success());

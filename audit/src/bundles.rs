@@ -36,6 +36,52 @@ pub struct NewestSigned {
     pub hash: String,
 }
 
+/// One archived bundle's file, as listed by [`archived_files`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    /// The content hash its name says.
+    pub hash: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub modified: Option<std::time::SystemTime>,
+}
+
+/// The files of `DATA/bundles/` named `HASH.bundle`, by hash; files of other names are not
+/// bundles and are left alone, and a store without the directory has none. On failure, the
+/// path that could not be listed or looked at, and why.
+pub fn archived_files(data_dir: &Path) -> Result<Vec<ArchivedFile>, (PathBuf, std::io::Error)> {
+    let dir = data_dir.join(BUNDLES_DIR);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err((dir, error)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|error| (dir.clone(), error))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(hash) = name.strip_suffix(BUNDLE_SUFFIX) else {
+            continue;
+        };
+        if !is_bundle_hash(hash) {
+            continue;
+        }
+        let path = entry.path();
+        let metadata = match entry.metadata() {
+            Ok(metadata) => metadata,
+            Err(error) => return Err((path, error)),
+        };
+        files.push(ArchivedFile {
+            hash: hash.to_owned(),
+            size: metadata.len(),
+            modified: metadata.modified().ok(),
+            path,
+        });
+    }
+    files.sort_by(|a, b| a.hash.cmp(&b.hash));
+    Ok(files)
+}
+
 /// Whether `hash` is a bundle content hash: 64 lowercase hex digits. Nothing else becomes a
 /// file name.
 pub fn is_bundle_hash(hash: &str) -> bool {

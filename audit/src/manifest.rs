@@ -183,6 +183,25 @@ pub(crate) enum ManifestError {
         found: u64,
         line_index: u64,
     },
+    /// An entry whose `prev` is not the hash of the line before it: a line was changed,
+    /// removed or inserted after it was written.
+    #[error(
+        "line {line} does not follow the line before it (its `prev` is not that line's hash): \
+         the manifest was changed after it was written; `portcullis audit verify` names what \
+         differs, and the store stays closed until the manifest is restored"
+    )]
+    Unlinked { path: PathBuf, line: usize },
+    /// The newest checkpoint does not sign the chain as it is now.
+    #[error(
+        "its newest checkpoint (line {line}) {problem}: the manifest was changed after it was \
+         signed; `portcullis audit verify` names what differs, and the store stays closed \
+         until the manifest is restored"
+    )]
+    Unsigned {
+        path: PathBuf,
+        line: usize,
+        problem: &'static str,
+    },
     #[error("{problem}")]
     Key { path: PathBuf, problem: KeyError },
     #[error("there is no signing key; the store creates it when it is first opened")]
@@ -227,7 +246,10 @@ impl ManifestError {
     fn action(&self) -> &'static str {
         match self {
             ManifestError::Io { action, .. } => action,
-            ManifestError::Damaged { .. } | ManifestError::WrongIndex { .. } => "read",
+            ManifestError::Damaged { .. }
+            | ManifestError::WrongIndex { .. }
+            | ManifestError::Unlinked { .. }
+            | ManifestError::Unsigned { .. } => "read",
             ManifestError::Key { .. }
             | ManifestError::NoKey { .. }
             | ManifestError::KeyLost { .. }
@@ -243,6 +265,8 @@ impl ManifestError {
             ManifestError::Io { path, .. }
             | ManifestError::Damaged { path, .. }
             | ManifestError::WrongIndex { path, .. }
+            | ManifestError::Unlinked { path, .. }
+            | ManifestError::Unsigned { path, .. }
             | ManifestError::Key { path, .. }
             | ManifestError::NoKey { path }
             | ManifestError::KeyLost { path, .. }
@@ -635,9 +659,14 @@ impl Manifest {
         };
         let key_id = signing::key_id(&key.verifying_key());
         check_genesis_key(data_dir, &entries, &key_id)?;
+        let signed_through = newest_checkpoint(
+            &checkpoints_path,
+            &checkpoint_lines,
+            &entries,
+            &key.verifying_key(),
+        )?;
 
         let head = entries.last();
-        let signed_through = last_valid_checkpoint(&checkpoint_lines, &entries);
         let mut manifest = Manifest {
             chain: AppendLog::open(&chain_path, chain_len)?,
             checkpoints: AppendLog::open(&checkpoints_path, checkpoints_len)?,
@@ -734,8 +763,11 @@ fn read_lines(path: &Path) -> Result<(Vec<String>, u64), ManifestError> {
     Ok((split.lines, valid_len))
 }
 
+/// The entries of the chain's lines, each checked to follow the one before it, so that a
+/// store whose manifest was changed is not opened (and its next entry, and the checkpoint
+/// that would sign it, never vouch for the change).
 fn parse_entries(path: &Path, lines: &[String]) -> Result<Vec<Chained>, ManifestError> {
-    let mut entries = Vec::with_capacity(lines.len());
+    let mut entries: Vec<Chained> = Vec::with_capacity(lines.len());
     for (position, line) in lines.iter().enumerate() {
         let entry = Entry::parse(line).map_err(|problem| ManifestError::Damaged {
             path: path.to_owned(),
@@ -748,6 +780,12 @@ fn parse_entries(path: &Path, lines: &[String]) -> Result<Vec<Chained>, Manifest
                 line: position + 1,
                 found: entry.index,
                 line_index: position as u64,
+            });
+        }
+        if entry.prev != entries.last().map_or(ZERO_HASH, |before| before.hash) {
+            return Err(ManifestError::Unlinked {
+                path: path.to_owned(),
+                line: position + 1,
             });
         }
         entries.push(Chained {
@@ -782,10 +820,41 @@ fn check_genesis_key(
 
 /// The entry index the last checkpoint signs, if that checkpoint parses and names an entry of
 /// the chain by its hash. The writer trusts its own files here; `verify` checks them.
-fn last_valid_checkpoint(lines: &[String], entries: &[Chained]) -> Option<u64> {
-    let checkpoint = Checkpoint::parse(lines.last()?).ok()?;
-    let entry = entries.get(usize::try_from(checkpoint.entry).ok()?)?;
-    (entry.hash == checkpoint.entry_hash).then_some(checkpoint.entry)
+/// The entry the newest checkpoint signs; none without a checkpoint. A checkpoint is written
+/// only after the entry it signs is synced, so a newest checkpoint that does not parse, names
+/// an entry the chain does not hold, holds another hash for it or is not signed by the
+/// store's key means the manifest was changed: the open fails.
+fn newest_checkpoint(
+    path: &Path,
+    lines: &[String],
+    entries: &[Chained],
+    key: &ed25519_dalek::VerifyingKey,
+) -> Result<Option<u64>, ManifestError> {
+    let Some(line) = lines.last() else {
+        return Ok(None);
+    };
+    let number = lines.len();
+    let checkpoint = Checkpoint::parse(line).map_err(|problem| ManifestError::Damaged {
+        path: path.to_owned(),
+        line: number,
+        problem,
+    })?;
+    let unsigned = |problem| ManifestError::Unsigned {
+        path: path.to_owned(),
+        line: number,
+        problem,
+    };
+    let entry = usize::try_from(checkpoint.entry)
+        .ok()
+        .and_then(|index| entries.get(index))
+        .ok_or_else(|| unsigned("signs an entry the chain does not hold"))?;
+    if entry.hash != checkpoint.entry_hash {
+        return Err(unsigned("signs another hash of its entry"));
+    }
+    if !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature) {
+        return Err(unsigned("is not signed by the store's key"));
+    }
+    Ok(Some(checkpoint.entry))
 }
 
 fn create_dir(dir: &Path) -> Result<(), ManifestError> {

@@ -18,16 +18,18 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::SystemTime;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, StringArray, UInt16Array, UInt64Array};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::{
+    ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray, UInt16Array,
+    UInt64Array,
+};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use datafusion::datasource::MemTable;
 use datafusion::prelude::SessionContext;
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::ir::{CredentialKind, Effect, StaticSource, TargetRef, WorkloadRef};
 
-use crate::bundles::{BUNDLE_SUFFIX, BUNDLES_DIR, current_bundle, is_bundle_hash};
+use crate::bundles::{ArchivedFile as ArchiveFile, archived_files, current_bundle};
 use crate::query::QueryError;
 
 /// Archived bundles larger than this are refused unread.
@@ -101,15 +103,6 @@ pub fn register(ctx: &SessionContext, data_dir: &Path) -> Result<(), QueryError>
     Ok(())
 }
 
-/// One file of the archive as listed: what [`ArchiveKey`] compares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ArchiveFile {
-    hash: String,
-    path: PathBuf,
-    size: u64,
-    modified: Option<SystemTime>,
-}
-
 /// What the cached tables were built from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct ArchiveKey {
@@ -135,40 +128,9 @@ fn remember_tables(key: ArchiveKey, tables: Tables) {
     *LAST_BUILT.lock().unwrap_or_else(PoisonError::into_inner) = Some((key, tables));
 }
 
-/// The archived bundles' files, by hash; files of other names are not bundles and are left
-/// alone.
+/// The archived bundles' files, by hash.
 fn list_archive(data_dir: &Path) -> Result<Vec<ArchiveFile>, PolicyStateError> {
-    let dir = data_dir.join(BUNDLES_DIR);
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| PolicyStateError::Io { path, source }
-    };
-    let entries = match fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(io(&dir)(error)),
-    };
-    let mut files = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(io(&dir))?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(hash) = name.strip_suffix(BUNDLE_SUFFIX) else {
-            continue;
-        };
-        if !is_bundle_hash(hash) {
-            continue;
-        }
-        let path = entry.path();
-        let metadata = entry.metadata().map_err(io(&path))?;
-        files.push(ArchiveFile {
-            hash: hash.to_owned(),
-            size: metadata.len(),
-            modified: metadata.modified().ok(),
-            path,
-        });
-    }
-    files.sort_by(|a, b| a.hash.cmp(&b.hash));
-    Ok(files)
+    archived_files(data_dir).map_err(|(path, source)| PolicyStateError::Io { path, source })
 }
 
 fn read_archive(files: &[ArchiveFile]) -> Result<Vec<Archived>, PolicyStateError> {
@@ -231,12 +193,30 @@ fn bundles_batch(archived: &[Archived], current: Option<&str>) -> Result<RecordB
         .iter()
         .map(|a| a.bundle.signature().map(|signature| signature.key_id()))
         .collect();
+    // The time the archived copy's signature gives (the first signature of the bundle the
+    // server admitted); null when unsigned or signed without a time.
+    let signed_at: TimestampMicrosecondArray = archived
+        .iter()
+        .map(|a| {
+            a.bundle
+                .signature()
+                .and_then(|signature| signature.signed_at())
+                .and_then(|seconds| i64::try_from(seconds).ok())
+                .and_then(|seconds| seconds.checked_mul(1_000_000))
+        })
+        .collect();
+    let signed_at = signed_at.with_timezone(crate::schema::TIME_ZONE);
     batch(
         vec![
             text("bundle_hash", false),
             Field::new("current", DataType::Boolean, false),
             Field::new("size_bytes", DataType::UInt64, false),
             text("signing_key_id", true),
+            Field::new(
+                "signed_at",
+                DataType::Timestamp(TimeUnit::Microsecond, Some(crate::schema::TIME_ZONE.into())),
+                true,
+            ),
             Field::new("workloads", DataType::UInt64, false),
             Field::new("targets", DataType::UInt64, false),
             Field::new("credentials", DataType::UInt64, false),
@@ -253,6 +233,7 @@ fn bundles_batch(archived: &[Archived], current: Option<&str>) -> Result<RecordB
                 archived.iter().map(|a| a.size),
             )),
             optional_strings(key_ids.iter().map(Option::as_deref)),
+            Arc::new(signed_at),
             count(|b| b.workloads().len()),
             count(|b| b.targets().len()),
             count(|b| b.credentials().len()),

@@ -27,8 +27,9 @@ use datafusion::execution::cache::cache_manager::{
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
-use datafusion::sql::parser::{DFParser, Statement as DfStatement};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Visit, Visitor};
+use datafusion::sql::sqlparser::parser::ParserError;
 use futures::StreamExt;
 
 use crate::error::AuditError;
@@ -41,8 +42,10 @@ use crate::store::EVENTS_DIR;
 use crate::store::WAL_DIR;
 use crate::wal::{TornTail, WalReader, list_logs};
 use count_distinct::CountsBesideDistinct;
+use null_tests_first::NullTestsFirst;
 
 mod count_distinct;
+mod null_tests_first;
 
 /// The table name queries use.
 pub const TABLE_NAME: &str = "access_events";
@@ -145,10 +148,23 @@ impl Default for QueryLimits {
 
 impl From<DataFusionError> for QueryError {
     fn from(error: DataFusionError) -> QueryError {
-        match error {
-            DataFusionError::SQL(parse, _) => QueryError::Syntax(parse.to_string()),
-            other => QueryError::DataFusion(other),
+        // The planner wraps the parser's error in context and diagnostics.
+        match error.find_root() {
+            DataFusionError::SQL(parse, _) => QueryError::Syntax(syntax_message(parse)),
+            _ => QueryError::DataFusion(error),
         }
+    }
+}
+
+/// The parser's complaint, said in terms a user can act on.
+fn syntax_message(error: &ParserError) -> String {
+    match error {
+        ParserError::RecursionLimitExceeded => format!(
+            "it nests parentheses, function calls, `NOT`s or subqueries more than \
+             {PARSER_RECURSION_LIMIT} levels deep; write a long chain of `OR`s as `IN (…)`, \
+             and nested conditions as one flat `AND`/`OR` list"
+        ),
+        ParserError::ParserError(message) | ParserError::TokenizerError(message) => message.clone(),
     }
 }
 
@@ -243,8 +259,13 @@ async fn run_query(
         .with_memory_limit(limits.memory_bytes, 1.0)
         .with_cache_manager(segment_caches())
         .build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
+    let config = SessionConfig::new().set_usize(
+        "datafusion.sql_parser.recursion_limit",
+        PARSER_RECURSION_LIMIT,
+    );
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.add_optimizer_rule(Arc::new(CountsBesideDistinct));
+    ctx.add_optimizer_rule(Arc::new(NullTestsFirst));
     register_events(&ctx, data_dir)?;
     policy_state::register(&ctx, data_dir)?;
     let options = SQLOptions::new()
@@ -351,7 +372,10 @@ const SEGMENT_STATISTICS_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Refuses everything but one plain query, naming what was found instead.
 fn check_single_query(sql: &str) -> Result<(), QueryError> {
-    let mut statements = DFParser::parse_sql(sql)?;
+    let mut statements = DFParserBuilder::new(sql)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
+        .build()?
+        .parse_statements()?;
     if statements.len() > 1 {
         return Err(QueryError::SeveralStatements {
             count: statements.len(),
@@ -371,6 +395,10 @@ fn check_single_query(sql: &str) -> Result<(), QueryError> {
 /// The deepest expression a query may hold: a chain of 256 `OR`s plans in milliseconds; one of
 /// 5,000 took more than a minute, beyond reach of the time limit, which planning does not meet.
 const MAX_EXPRESSION_DEPTH: usize = 256;
+
+/// How deep the SQL parser may recurse, here and in DataFusion's own parse: as deep as an
+/// expression may nest ([`MAX_EXPRESSION_DEPTH`]); the query's thread has the stack for it.
+const PARSER_RECURSION_LIMIT: usize = MAX_EXPRESSION_DEPTH;
 
 /// The most expressions a query may hold, list items included.
 const MAX_EXPRESSIONS: usize = 20_000;

@@ -28,7 +28,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use sha2::{Digest as _, Sha256};
 
-use crate::bundles::{BUNDLE_SUFFIX, BUNDLES_DIR, is_bundle_hash};
+use crate::bundles::{ArchivedFile, BUNDLE_SUFFIX, BUNDLES_DIR, archived_files, is_bundle_hash};
 use crate::event::EventKind;
 use crate::manifest::{
     CHAIN_FILE, CHECKPOINTS_FILE, Chained, Checkpoint, Entry, EntryBody, FORMAT_VERSION, Hash,
@@ -160,9 +160,13 @@ pub enum VerifyError {
     #[error("no audit store at `{path}`")]
     NoStore { path: PathBuf },
 
+    /// A directory that is not (yet) a store: a server creates the manifest when it first
+    /// opens the store. Worded as [`VerifyError::NoStore`] is, with what is missing.
     #[error(
-        "`{path}` does not exist: the store has no integrity manifest (it is created when a \
-         server first opens the store)"
+        "no audit store at `{}`: it has no integrity manifest (`{}` does not exist; a server \
+         creates it when it first opens the store)",
+        .path.parent().and_then(Path::parent).unwrap_or(.path).display(),
+        .path.display()
     )]
     NoManifest { path: PathBuf },
 
@@ -569,33 +573,13 @@ impl Run<'_> {
         chain: &[Chained],
         removed: &BTreeSet<u64>,
     ) -> Result<BundlesChecked, VerifyError> {
-        let dir = self.data_dir.join(BUNDLES_DIR);
         let mut kept = HashSet::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => Some(entries),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => None,
-            Err(source) => {
-                return Err(VerifyError::Io {
-                    action: "list",
-                    path: dir,
-                    source,
-                });
-            }
-        };
-        for entry in entries.into_iter().flatten() {
-            let entry = entry.map_err(|source| VerifyError::Io {
-                action: "list",
-                path: dir.clone(),
-                source,
-            })?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(hash) = name.strip_suffix(BUNDLE_SUFFIX) else {
-                continue;
-            };
-            if !is_bundle_hash(hash) {
-                continue;
-            }
-            let path = entry.path();
+        let files = archived_files(self.data_dir).map_err(|(path, source)| VerifyError::Io {
+            action: "list",
+            path,
+            source,
+        })?;
+        for ArchivedFile { hash, path, .. } in files {
             let failed = |problem| VerifyError::Bundle {
                 path: path.clone(),
                 problem,
@@ -622,7 +606,10 @@ impl Run<'_> {
             for (seq, hash) in changes {
                 if !kept.contains(&hash) {
                     return Err(VerifyError::Bundle {
-                        path: dir.join(format!("{hash}{BUNDLE_SUFFIX}")),
+                        path: self
+                            .data_dir
+                            .join(BUNDLES_DIR)
+                            .join(format!("{hash}{BUNDLE_SUFFIX}")),
                         problem: BundleFailure::Missing { seq },
                     });
                 }

@@ -744,3 +744,73 @@ fn a_verifier_written_from_the_docs_agrees() {
         "{failure}"
     );
 }
+
+/// `line` with the first hex digit of `field`'s value changed, still in canonical form.
+fn with_field_changed(line: &str, field: &str) -> String {
+    let marker = format!("\"{field}\":\"");
+    let at = line.find(&marker).unwrap() + marker.len();
+    let digit = &line[at..=at];
+    let other = if digit == "0" { "1" } else { "0" };
+    format!("{}{other}{}", &line[..at], &line[at + 1..])
+}
+
+/// The error of opening a store of three segments whose chain lines `edit` changed; the chain
+/// must be left as edited, with nothing appended.
+fn open_after_editing_the_chain(edit: impl FnOnce(&mut Vec<String>)) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    let mut chain = lines(&chain_file(dir.path()));
+    assert!(chain.len() >= 4, "{chain:?}");
+    edit(&mut chain);
+    write_lines(&chain_file(dir.path()), &chain);
+    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+    assert_eq!(lines(&chain_file(dir.path())), chain);
+    error
+}
+
+#[test]
+fn a_store_whose_manifest_was_changed_is_not_opened() {
+    // A changed line before the head: the next line's `prev` no longer matches its hash.
+    let error = open_after_editing_the_chain(|chain| {
+        chain[1] = with_field_changed(&chain[1], "sha256");
+    });
+    assert!(
+        error.contains("line 3 does not follow the line before it"),
+        "{error}"
+    );
+    assert!(error.contains("audit verify"), "{error}");
+
+    // The head changed: no line follows it, but the newest checkpoint signed its old hash.
+    let error = open_after_editing_the_chain(|chain| {
+        let head = chain.len() - 1;
+        chain[head] = with_field_changed(&chain[head], "sha256");
+    });
+    assert!(error.contains("signs another hash of its entry"), "{error}");
+
+    // The head cut off: the newest checkpoint signs an entry that is gone.
+    let error = open_after_editing_the_chain(|chain| {
+        chain.pop();
+    });
+    assert!(
+        error.contains("signs an entry the chain does not hold"),
+        "{error}"
+    );
+
+    // A checkpoint signed with another key.
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    let other = other_key();
+    let other_id = signing::key_id(&other.verifying_key());
+    resign_checkpoints(dir.path(), &other, &other_id);
+    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.contains("is not signed by the store's key"),
+        "{error}"
+    );
+
+    // Untouched, the same store opens and verifies.
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    drop(SealedIndex::open(dir.path(), None).unwrap());
+    verify_ok(dir.path());
+}

@@ -117,6 +117,33 @@ async fn the_tables_describe_every_archived_bundle_and_mark_the_current_one() {
 }
 
 #[tokio::test]
+async fn the_bundles_table_gives_each_signed_bundle_its_key_and_signing_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let unsigned = archive(dir.path(), SECOND);
+    let set = compile(&[SourceFile::new("policy.gate", FIRST)]).unwrap();
+    let key = portcullis_lang::bundle::SigningKey::from_bytes(&[9; 32]);
+    // 2026-12-05T06:00:00Z.
+    let signed = Bundle::from_policy_set(&set)
+        .unwrap()
+        .sign_at(&key, 1_796_450_400);
+    let signed_hash = signed.hash_hex();
+    archive_bundle(dir.path(), &signed_hash, &signed.to_bytes()).unwrap();
+    let key_id = signed.signature().unwrap().key_id();
+
+    let sql = format!(
+        "SELECT bundle_hash = '{signed_hash}' AS signed, signing_key_id, signed_at FROM bundles \
+         ORDER BY signed"
+    );
+    let batches = query(dir.path(), &sql).await.unwrap();
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(
+        csv,
+        format!("signed,signing_key_id,signed_at\nfalse,,\ntrue,{key_id},2026-12-05T06:00:00Z\n"),
+        "unsigned: {unsigned}"
+    );
+}
+
+#[tokio::test]
 async fn the_tables_follow_the_archive_from_one_query_to_the_next() {
     // Each query's tables are built from the archive as it is when the query starts, though
     // a process keeps the last tables it built for the next query.
@@ -306,6 +333,42 @@ async fn a_deeply_nested_expression_is_answered_not_a_crash() {
     );
     let batches = query(dir.path(), &sql).await.unwrap();
     assert_eq!(batches[0].num_rows(), 1);
+}
+
+#[tokio::test]
+async fn nesting_is_parsed_to_the_expression_limit_and_refused_past_it_with_the_way_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let nested = |open: &str, close: &str, depth: usize| {
+        format!("{}1{}", open.repeat(depth), close.repeat(depth))
+    };
+    // Sixty levels of parentheses, function calls and `NOT`s: beyond the parser's default of
+    // fifty, well within the expression limit, so answered.
+    for sql in [
+        format!("SELECT {} AS x", nested("(", ")", 60)),
+        format!("SELECT {} AS x", nested("abs(", ")", 60)),
+        format!("SELECT 1 AS x WHERE {} true", "NOT ".repeat(60)),
+    ] {
+        let batches = query(dir.path(), &sql)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(batches[0].num_rows(), 1, "{sql}");
+    }
+    // Past the parser's limit: refused as a syntax error that names the limit and the way
+    // out, not the parser's bare words.
+    let error = query(
+        dir.path(),
+        &format!("SELECT {} AS x", nested("(", ")", 300)),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(error, QueryError::Syntax(_)), "{error}");
+    let message = error.to_string();
+    assert!(message.contains("more than 256 levels deep"), "{message}");
+    assert!(message.contains("IN (…)"), "{message}");
+    // A parse error found by the planner's own parse reads like any other.
+    let error = query(dir.path(), "SELECT 1 WHERE").await.unwrap_err();
+    assert!(matches!(error, QueryError::Syntax(_)), "{error}");
+    assert!(!error.to_string().contains("ParserError("), "{error}");
 }
 
 #[tokio::test]

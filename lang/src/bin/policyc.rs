@@ -703,6 +703,10 @@ fn read_small_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     if !metadata.is_file() {
         return Err("it is not a regular file".to_owned());
     }
+    // Refused before reading; the bounded read below still stops a file that grows meanwhile.
+    if metadata.len() > limit {
+        return Err(format!("the file is larger than {limit} bytes"));
+    }
     let mut bytes = Vec::new();
     file.take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
