@@ -127,6 +127,27 @@ impl PolicyLoader {
         })
     }
 
+    /// The signing time `program` would move the record of admitted bundles to: some when it
+    /// is signed later than the bundle last admitted (the running policy signed again), none
+    /// when admitting it changes nothing or no key is configured.
+    pub fn supersedes(&self, data_dir: &Path, program: &Program) -> Result<Option<u64>> {
+        let Source::Bundle {
+            public_key: Some(_),
+            ..
+        } = &self.source
+        else {
+            return Ok(None);
+        };
+        let Some(signed_at) = program.bundle().signature().and_then(|s| s.signed_at()) else {
+            return Ok(None);
+        };
+        let recorded = newest_signed(data_dir)
+            .context("cannot read the record of the newest signed bundle admitted")?;
+        Ok(recorded
+            .is_none_or(|recorded| recorded.signed_at < signed_at)
+            .then_some(signed_at))
+    }
+
     /// The policy directory or file, or the bundle file.
     pub fn path(&self) -> &Path {
         match &self.source {

@@ -204,6 +204,63 @@ impl Reloader {
         }
     }
 
+    /// Records a `policy_resigned` event when `program`, the running bundle, is signed later
+    /// than the bundle last admitted; nothing when it is not. Refuses (and the signing time
+    /// stays unrecorded) when the event cannot be written.
+    fn record_resigning(
+        &self,
+        engine: &Engine,
+        trigger: ReloadTrigger,
+        program: &Program,
+    ) -> Result<(), Box<ReloadOutcome>> {
+        let hash = program.hash_hex().to_owned();
+        let unrecorded = |error: String| {
+            tracing::error!(%error, bundle = %format!("sha256:{hash}"), "policy_change_unrecorded");
+            Box::new(ReloadOutcome::Unrecorded {
+                running_hash: hash.clone(),
+                error,
+            })
+        };
+        let signed_at = match self.loader.supersedes(engine.audit.data_dir(), program) {
+            Ok(Some(signed_at)) => signed_at,
+            Ok(None) => return Ok(()),
+            Err(error) => return Err(unrecorded(crate::error_chain(&error))),
+        };
+        let key_id = program
+            .bundle()
+            .signature()
+            .map(|signature| signature.key_id())
+            .unwrap_or_default();
+        let reason = format!(
+            "bundle sha256:{hash} signed again at {} by key {key_id}: bundles signed before it \
+             are refused from now on",
+            portcullis_lang::bundle::signing::signing_time_text(signed_at)
+        );
+        let event = self.event(
+            trigger.as_str(),
+            trigger.source_ip(),
+            "policy_resigned",
+            reason,
+            &hash,
+        );
+        match engine.audit.record(event) {
+            Ok(recorded) => {
+                tracing::info!(
+                    trigger = trigger.as_str(),
+                    bundle = %format!("sha256:{hash}"),
+                    signed_at = %portcullis_lang::bundle::signing::signing_time_text(signed_at),
+                    event_id = %recorded.event_id,
+                    "policy_resigned"
+                );
+                Ok(())
+            }
+            Err(error) => Err(unrecorded(format!(
+                "bundle sha256:{hash} signed again was not admitted: its policy_change event \
+                 could not be recorded: {error}"
+            ))),
+        }
+    }
+
     /// A `policy_change` event: the bundle in effect after it in `bundle_hash`, what asked
     /// for it in `action`, the policy directory or bundle file in `resource`.
     fn event(
@@ -248,7 +305,12 @@ impl Reload for Reloader {
         match self.loader.load(engine.attestor.custom_claims()) {
             Ok(program) if program.hash_hex() == running.hash_hex() => {
                 // The same policy signed again supersedes every bundle signed before it, the
-                // one in effect included: record its time, or those stay admissible.
+                // one in effect included: record its time, or those stay admissible. That
+                // changes which bundles the server admits, so it is a policy change on the
+                // record, written before the time is.
+                if let Err(outcome) = self.record_resigning(engine, trigger, &program) {
+                    return *outcome;
+                }
                 if let Err(error) = self.loader.admitted(engine.audit.data_dir(), &program) {
                     let error = crate::error_chain(&error);
                     tracing::error!(%error, "bundle_signing_time_unrecorded");

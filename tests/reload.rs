@@ -489,7 +489,24 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     );
 
     let changes = policy_changes(&data_dir);
-    assert_eq!(changes.len(), 6, "{changes:#?}");
+    assert_eq!(changes.len(), 7, "{changes:#?}");
+    // Signing the running policy again changed which bundles are admitted: on the record,
+    // once (the reloads that found the same signature recorded nothing).
+    let resigned: Vec<&Value> = changes
+        .iter()
+        .filter(|change| change["reason_code"] == "policy_resigned")
+        .collect();
+    assert_eq!(resigned.len(), 1, "{changes:#?}");
+    assert_eq!(
+        resigned[0]["bundle_hash"],
+        open_hash.as_str(),
+        "{changes:#?}"
+    );
+    let reason = resigned[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("signed again at 2026-12-05T00:00:25Z"),
+        "{reason}"
+    );
     check_change(
         &changes[2],
         "policy_reload_failed",
@@ -505,7 +522,7 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
     std::fs::write(&bundle_path, frozen.sign_at(&key, T + 10).to_bytes()).unwrap();
     let err = refused_start(&config, &data_dir);
     assert!(err.contains("refused as a rollback"), "{err}");
-    assert_eq!(policy_changes(&data_dir).len(), 6, "nothing recorded");
+    assert_eq!(policy_changes(&data_dir).len(), 7, "nothing recorded");
 
     // A bundle from the future would refuse every update until then: refused itself.
     let now = std::time::SystemTime::now()
