@@ -137,6 +137,21 @@ pub fn first_matching_workload(set: &PolicySet, request: &Request<'_>) -> Option
         .find(|id| eval.workload(*id) == Ok(true))
 }
 
+/// Whether the caller of `request` is workload `id`; an error where its evaluation fails.
+pub fn workload_matches(
+    set: &PolicySet,
+    request: &Request<'_>,
+    id: WorkloadId,
+) -> Result<bool, EvalError> {
+    let mut eval = Eval {
+        set,
+        request,
+        target: None,
+        conditions: vec![None; set.conditions.len()],
+    };
+    eval.workload(id)
+}
+
 /// Decides `request` against `set`.
 pub fn decide(set: &PolicySet, request: &Request<'_>) -> Decision {
     let Some(target_idx) = resolve_target(set, &request.target) else {

@@ -99,8 +99,9 @@ pub struct Decision<'p> {
     pub allow: bool,
     /// The deciding rule.
     pub rule: Option<&'p str>,
-    /// The deciding rule's named workload, else the first declared workload the caller
-    /// matches, else none.
+    /// The deciding rule's named workload when the caller is that workload, else the first
+    /// declared workload the caller matches, else none. A rule that fails while evaluating
+    /// its workload reports the latter: the caller was not shown to be the rule's workload.
     pub workload: Option<&'p str>,
     /// The resolved target; none when the request names no declared target.
     pub target: Option<&'p TargetInfo>,
@@ -809,9 +810,16 @@ impl<'p, 'r, T: Trace> Run<'p, 'r, '_, T> {
                 (Ok(true), Effect::Permit) => Reason::Permitted { rule: name },
                 (Err(error), _) => Reason::EvaluationError { rule: name, error },
             };
-            let workload = match report {
-                Some(report) => Some(report.workload),
-                None => self.first_matching_workload(),
+            // The rule's workload when the caller is it; a rule that failed while telling
+            // whether the caller is its workload does not make the caller that workload.
+            let workload = match (report, candidate.workload) {
+                (Some(report), _) if outcome.is_ok() => Some(report.workload),
+                (Some(report), RuleWorkload::Record(record))
+                    if self.workload(record) == Ok(true) =>
+                {
+                    Some(report.workload)
+                }
+                _ => self.first_matching_workload(),
             };
             let allow = matches!(reason, Reason::Permitted { .. });
             let credential = match report {

@@ -124,14 +124,17 @@ fn agree(set: &PolicySet, program: &Program, owned: &Owned) -> &'static str {
         by_reference.reason.code(),
         "{explained}"
     );
-    // The workload a decision reports: the deciding rule's, else the first the caller is,
-    // which the VM only looks for among the candidates its index found.
+    // The workload a decision reports: the deciding rule's when the caller is it (a rule whose
+    // workload failed to evaluate decides, but does not make the caller that workload), else
+    // the first the caller is, which the VM only looks for among the candidates its index
+    // found.
     let rule_workload = by_reference
         .rule
         .and_then(|idx| match set.rules[idx].workload {
             WorkloadRef::Named(id) => Some(id),
             _ => None,
-        });
+        })
+        .filter(|id| reference::workload_matches(set, &request, *id) == Ok(true));
     let expected = rule_workload.or_else(|| reference::first_matching_workload(set, &request));
     let expected = expected.map(|id| set.workloads[id.0 as usize].name.as_str());
     assert_eq!(by_vm.workload, expected, "{explained}");

@@ -348,10 +348,12 @@ fn evaluation_error_denies() {
             },
         }
     );
+    // The error came from telling whether the caller is `staging_jobs`, so the decision does
+    // not say it is: it reports the first workload the caller is.
     check(
         &program,
         &request,
-        "deny rule=staging_jobs_read_docs workload=staging_jobs target=docs evaluation_error: \
+        "deny rule=staging_jobs_read_docs workload=billing_ci target=docs evaluation_error: \
          evaluation error in rule `staging_jobs_read_docs`: claim `environment` is absent",
     );
 }
