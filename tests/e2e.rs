@@ -107,6 +107,15 @@ fn cases(dir: &Path) -> Vec<Case> {
             Some("orders_api"),
         ),
         case(
+            "kubernetes by endpoint, the protocol's own port",
+            mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
+            &json!({ "protocol": "postgres", "host": "orders.db.internal.acme.example" }),
+            "allow",
+            "permitted",
+            Some("orders_api_uses_orders_db"),
+            Some("orders_api"),
+        ),
+        case(
             "signed by an unknown key",
             mint("tests/fixtures/untrusted-p256.key.pem", &release, dir),
             &billing_api,
@@ -386,6 +395,15 @@ fn bad_requests_get_clear_errors_and_no_decision() {
         answer["error"].as_str().unwrap().contains("`target` needs"),
         "{answer}"
     );
+
+    // An endpoint without a port takes its protocol's; a protocol without one needs it.
+    let (status, answer) = post(
+        &server,
+        br#"{"evidence": {"token": "x"}, "target": {"protocol": "ftp", "host": "h"}}"#,
+    );
+    assert_eq!(status, 400);
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("`target.port` is needed"), "{answer}");
 
     let (status, answer) = post(&server, br#"{"evidence": {"token": "x"}, "targte": {}}"#);
     assert_eq!(status, 400);

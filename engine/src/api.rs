@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 use crate::attest::{Attested, Attestor, Rejected};
 use crate::vm::{Decision, EvalError, Program, Request, TargetQuery, Trace};
 use admin::Admin;
+use portcullis_lang::ir::Protocol;
 
 /// Decide bodies larger than this get 413, unless configured otherwise.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 64 * 1024;
@@ -439,14 +440,29 @@ fn condition_outcome(
 fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {
     match (&spec.name, &spec.protocol, &spec.host, spec.port) {
         (Some(name), None, None, None) => Ok(TargetQuery::Named(name)),
-        (None, Some(protocol), Some(host), Some(port)) => Ok(TargetQuery::Endpoint {
+        (None, Some(protocol), Some(host), _) => Ok(TargetQuery::Endpoint {
             protocol,
             host,
-            port,
+            port: endpoint_port(spec).ok_or(
+                "invalid decide request: `target.port` is needed: only `http`, `https` and \
+                 `postgres` have a default port",
+            )?,
         }),
         _ => Err("invalid decide request: `target` needs either `name`, \
                   or `protocol`, `host` and `port`"),
     }
+}
+
+/// The port of an endpoint: the one given, else the protocol's own (80, 443, 5432), as in a
+/// Gate test and a `policyc explain` request file.
+fn endpoint_port(spec: &TargetSpec) -> Option<u16> {
+    spec.port.or_else(|| {
+        let protocol = spec.protocol.as_deref()?;
+        [Protocol::Http, Protocol::Https, Protocol::Postgres]
+            .into_iter()
+            .find(|known| known.keyword().eq_ignore_ascii_case(protocol))
+            .map(Protocol::default_port)
+    })
 }
 
 fn describe_caller(event: &mut NewEvent, attested: &Attested<'_>) {
@@ -471,7 +487,7 @@ fn describe_target_spec(event: &mut NewEvent, spec: &TargetSpec) {
     event.target = spec.name.clone();
     event.protocol = spec.protocol.clone();
     event.host = spec.host.clone();
-    event.port = spec.port;
+    event.port = endpoint_port(spec);
 }
 
 fn answer_decision(event: &mut NewEvent, decision: &Decision<'_>) -> DecideAnswer {
