@@ -8,8 +8,12 @@
     reason = "tests unwrap and panic on a wrong variant"
 )]
 
+mod common;
+
 use std::fs;
 use std::path::Path;
+
+use common::{lines, write_lines};
 
 use portcullis_audit::manifest::{CHAIN_FILE, CHECKPOINTS_FILE, Checkpoint, MANIFEST_DIR};
 use portcullis_audit::verify::{self, Anchor, VerifyError};
@@ -38,20 +42,6 @@ fn anchor_of(dir: &Path) -> Anchor {
         entry: report.last_checkpoint.entry,
         hash: report.last_checkpoint.entry_hash,
     }
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut text = lines.join("\n");
-    text.push('\n');
-    fs::write(path, text).unwrap();
 }
 
 /// Removes the newest segment with its entry and the checkpoints that sign it, leaving a

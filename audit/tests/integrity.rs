@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::{DateTime, Days, Utc};
-use common::{decision, open, stored_event};
+use common::{decision, lines, open, stored_event, write_lines};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::serialized_reader::ReadOptionsBuilder;
 use portcullis_audit::manifest::{CHAIN_FILE, CHECKPOINTS_FILE, Checkpoint, MANIFEST_DIR};
@@ -91,20 +91,6 @@ fn chain_file(dir: &Path) -> PathBuf {
 
 fn checkpoints_file(dir: &Path) -> PathBuf {
     dir.join(MANIFEST_DIR).join(CHECKPOINTS_FILE)
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-fn write_lines(path: &Path, lines: &[String]) {
-    let mut text = lines.join("\n");
-    text.push('\n');
-    fs::write(path, text).unwrap();
 }
 
 /// The segment a failure names, and why.

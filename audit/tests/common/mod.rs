@@ -78,3 +78,19 @@ pub fn stored_event(seq: u64, time: DateTime<Utc>, details: NewEvent) -> AccessE
         details,
     }
 }
+
+/// The lines of a text file, without their newlines.
+pub fn lines(path: &Path) -> Vec<String> {
+    fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes `lines` as a text file, each ended by a newline.
+pub fn write_lines(path: &Path, lines: &[String]) {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    fs::write(path, text).unwrap();
+}
