@@ -186,14 +186,16 @@ pub(crate) enum ManifestError {
     /// An entry whose `prev` is not the hash of the line before it: a line was changed,
     /// removed or inserted after it was written.
     #[error(
-        "line {line} does not follow the line before it (its `prev` is not that line's hash): \
-         the manifest was changed after it was written; `portcullis audit verify` names what \
-         differs, and the store stays closed until the manifest is restored"
+        "line {line} does not follow line {}: its `prev` is not that line's hash, so one of \
+         the two was changed, or lines were removed or inserted between them, after they were \
+         written; `portcullis audit verify` names what differs, and the store stays closed \
+         until the manifest is restored",
+        .line - 1
     )]
     Unlinked { path: PathBuf, line: usize },
-    /// The newest checkpoint does not sign the chain as it is now.
+    /// A checkpoint that does not sign the chain as it is now.
     #[error(
-        "its newest checkpoint (line {line}) {problem}: the manifest was changed after it was \
+        "its checkpoint on line {line} {problem}: the manifest was changed after it was \
          signed; `portcullis audit verify` names what differs, and the store stays closed \
          until the manifest is restored"
     )]
@@ -643,9 +645,12 @@ impl Manifest {
         let chain_path = dir.join(CHAIN_FILE);
         let checkpoints_path = dir.join(CHECKPOINTS_FILE);
 
-        let (chain_lines, chain_len) = read_lines(&chain_path)?;
-        let entries = parse_entries(&chain_path, &chain_lines)?;
-        let (checkpoint_lines, checkpoints_len) = read_lines(&checkpoints_path)?;
+        // Nothing is written until every check has passed: a start that refuses the store
+        // leaves its files as it found them, for `verify` and the people reading its report.
+        let chain = read_lines(&chain_path)?;
+        let entries = parse_entries(&chain_path, &chain.lines)?;
+        let checkpoints = read_lines(&checkpoints_path)?;
+        let checkpoint_lines = &checkpoints.lines;
 
         let may_create_key = entries.is_empty() && checkpoint_lines.is_empty();
         let key = match signing::load_or_create(data_dir, may_create_key) {
@@ -659,12 +664,14 @@ impl Manifest {
         };
         let key_id = signing::key_id(&key.verifying_key());
         check_genesis_key(data_dir, &entries, &key_id)?;
-        let signed_through = newest_checkpoint(
+        let signed_through = check_checkpoints(
             &checkpoints_path,
-            &checkpoint_lines,
+            checkpoint_lines,
             &entries,
             &key.verifying_key(),
         )?;
+        let chain_len = cut_torn_tail(&chain_path, &chain)?;
+        let checkpoints_len = cut_torn_tail(&checkpoints_path, &checkpoints)?;
 
         let head = entries.last();
         let mut manifest = Manifest {
@@ -733,8 +740,15 @@ impl Manifest {
     }
 }
 
-/// A manifest file's complete lines and their length; a torn last line is cut from the file.
-fn read_lines(path: &Path) -> Result<(Vec<String>, u64), ManifestError> {
+/// A manifest file as read: its complete lines, their length and the bytes after them.
+struct FileLines {
+    lines: Vec<String>,
+    valid_len: u64,
+    torn_bytes: u64,
+}
+
+/// A manifest file's complete lines; a torn last line is left for [`cut_torn_tail`].
+fn read_lines(path: &Path) -> Result<FileLines, ManifestError> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == io::ErrorKind::NotFound => Vec::new(),
@@ -745,22 +759,32 @@ fn read_lines(path: &Path) -> Result<(Vec<String>, u64), ManifestError> {
         line,
         problem,
     })?;
-    let valid_len = bytes.len() as u64 - split.torn_bytes;
-    if split.torn_bytes > 0 {
-        let file = OpenOptions::new()
+    Ok(FileLines {
+        valid_len: bytes.len() as u64 - split.torn_bytes,
+        torn_bytes: split.torn_bytes,
+        lines: split.lines,
+    })
+}
+
+/// Cuts the torn last line a crash during an append leaves, once the store is known to open;
+/// the length of what is left.
+fn cut_torn_tail(path: &Path, file: &FileLines) -> Result<u64, ManifestError> {
+    if file.torn_bytes > 0 {
+        let handle = OpenOptions::new()
             .write(true)
             .open(path)
             .map_err(ManifestError::io("open", path))?;
-        file.set_len(valid_len)
-            .and_then(|()| file.sync_all())
+        handle
+            .set_len(file.valid_len)
+            .and_then(|()| handle.sync_all())
             .map_err(ManifestError::io("truncate", path))?;
         tracing::warn!(
             path = %path.display(),
-            torn_bytes = split.torn_bytes,
+            torn_bytes = file.torn_bytes,
             "manifest_torn_tail_truncated"
         );
     }
-    Ok((split.lines, valid_len))
+    Ok(file.valid_len)
 }
 
 /// The entries of the chain's lines, each checked to follow the one before it, so that a
@@ -820,41 +844,43 @@ fn check_genesis_key(
 
 /// The entry index the last checkpoint signs, if that checkpoint parses and names an entry of
 /// the chain by its hash. The writer trusts its own files here; `verify` checks them.
-/// The entry the newest checkpoint signs; none without a checkpoint. A checkpoint is written
-/// only after the entry it signs is synced, so a newest checkpoint that does not parse, names
-/// an entry the chain does not hold, holds another hash for it or is not signed by the
-/// store's key means the manifest was changed: the open fails.
-fn newest_checkpoint(
+/// The entry the newest checkpoint signs; none without a checkpoint. Each checkpoint must
+/// sign an entry the chain holds, with that entry's hash, under the store's key: a checkpoint
+/// is written only after the entry it signs is synced, so one that does not parse, names an
+/// entry the chain does not hold, holds another hash for it or is not signed by the store's key
+/// means the manifest was changed, and the open fails.
+fn check_checkpoints(
     path: &Path,
     lines: &[String],
     entries: &[Chained],
     key: &ed25519_dalek::VerifyingKey,
 ) -> Result<Option<u64>, ManifestError> {
-    let Some(line) = lines.last() else {
-        return Ok(None);
-    };
-    let number = lines.len();
-    let checkpoint = Checkpoint::parse(line).map_err(|problem| ManifestError::Damaged {
-        path: path.to_owned(),
-        line: number,
-        problem,
-    })?;
-    let unsigned = |problem| ManifestError::Unsigned {
-        path: path.to_owned(),
-        line: number,
-        problem,
-    };
-    let entry = usize::try_from(checkpoint.entry)
-        .ok()
-        .and_then(|index| entries.get(index))
-        .ok_or_else(|| unsigned("signs an entry the chain does not hold"))?;
-    if entry.hash != checkpoint.entry_hash {
-        return Err(unsigned("signs another hash of its entry"));
+    let mut newest = None;
+    for (position, line) in lines.iter().enumerate() {
+        let number = position + 1;
+        let checkpoint = Checkpoint::parse(line).map_err(|problem| ManifestError::Damaged {
+            path: path.to_owned(),
+            line: number,
+            problem,
+        })?;
+        let unsigned = |problem| ManifestError::Unsigned {
+            path: path.to_owned(),
+            line: number,
+            problem,
+        };
+        let entry = usize::try_from(checkpoint.entry)
+            .ok()
+            .and_then(|index| entries.get(index))
+            .ok_or_else(|| unsigned("signs an entry the chain does not hold"))?;
+        if entry.hash != checkpoint.entry_hash {
+            return Err(unsigned("signs another hash of its entry"));
+        }
+        if !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature) {
+            return Err(unsigned("is not signed by the store's key"));
+        }
+        newest = Some(checkpoint.entry);
     }
-    if !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature) {
-        return Err(unsigned("is not signed by the store's key"));
-    }
-    Ok(Some(checkpoint.entry))
+    Ok(newest)
 }
 
 fn create_dir(dir: &Path) -> Result<(), ManifestError> {

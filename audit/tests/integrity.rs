@@ -760,10 +760,7 @@ fn a_store_whose_manifest_was_changed_is_not_opened() {
     let error = open_after_editing_the_chain(|chain| {
         chain[1] = with_field_changed(&chain[1], "sha256");
     });
-    assert!(
-        error.contains("line 3 does not follow the line before it"),
-        "{error}"
-    );
+    assert!(error.contains("line 3 does not follow line 2"), "{error}");
     assert!(error.contains("audit verify"), "{error}");
 
     // The head changed: no line follows it, but the newest checkpoint signed its old hash.
@@ -779,6 +776,40 @@ fn a_store_whose_manifest_was_changed_is_not_opened() {
     });
     assert!(
         error.contains("signs an entry the chain does not hold"),
+        "{error}"
+    );
+
+    // The chain's last newline removed: its last entry reads as torn, but the newest
+    // checkpoint signs it, so no crash left it so. Refused, and the file is left as it was:
+    // the start cuts nothing until the store is known to open.
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    let chain_bytes = fs::read(chain_file(dir.path())).unwrap();
+    fs::write(
+        chain_file(dir.path()),
+        &chain_bytes[..chain_bytes.len() - 1],
+    )
+    .unwrap();
+    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.contains("signs an entry the chain does not hold"),
+        "{error}"
+    );
+    assert_eq!(
+        fs::read(chain_file(dir.path())).unwrap(),
+        &chain_bytes[..chain_bytes.len() - 1]
+    );
+
+    // An older checkpoint altered: every checkpoint is checked, not the newest alone.
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    let mut checkpoints = lines(&checkpoints_file(dir.path()));
+    assert!(checkpoints.len() >= 2, "{checkpoints:?}");
+    checkpoints[0] = with_field_changed(&checkpoints[0], "signature");
+    write_lines(&checkpoints_file(dir.path()), &checkpoints);
+    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+    assert!(
+        error.contains("checkpoint on line 1 is not signed by the store's key"),
         "{error}"
     );
 
