@@ -448,8 +448,10 @@ fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {
                  `postgres` have a default port",
             )?,
         }),
-        _ => Err("invalid decide request: `target` needs either `name`, \
-                  or `protocol`, `host` and `port`"),
+        _ => Err(
+            "invalid decide request: `target` needs either `name` alone, or `protocol` \
+                  and `host` (with `port` where the protocol has no default)",
+        ),
     }
 }
 

@@ -316,4 +316,46 @@ fn inspect_shows_the_bundle_its_signer_and_time_and_checks_a_key() {
     let unreadable = inspect(tmp.path(), None);
     assert_eq!(unreadable.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&unreadable.stderr).contains("not a regular file"));
+
+    // A file over the bundle limit is refused from its size, unread.
+    let huge = tmp.path().join("huge.bundle");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(300 * 1024 * 1024)
+        .unwrap();
+    let refused = inspect(&huge, None);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("larger than"));
+
+    // A named pipe is refused before it is opened, which would wait for a writer.
+    let fifo = tmp.path().join("a-pipe.bundle");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_policyc"))
+        .arg("inspect")
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut finished = None;
+    for _ in 0..200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            finished = Some(status);
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if finished.is_none() {
+        child.kill().unwrap();
+        panic!("policyc inspect waited on a named pipe");
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a regular file"));
 }

@@ -698,6 +698,13 @@ fn read_small_file(path: &Path, limit: u64) -> Result<String, String> {
 fn read_small_bytes(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     use std::io::Read as _;
 
+    // Looked at before it is opened: opening a named pipe waits for a writer.
+    if !fs::metadata(path)
+        .map_err(|error| error.to_string())?
+        .is_file()
+    {
+        return Err("it is not a regular file".to_owned());
+    }
     let file = fs::File::open(path).map_err(|error| error.to_string())?;
     let metadata = file.metadata().map_err(|error| error.to_string())?;
     if !metadata.is_file() {
