@@ -205,14 +205,14 @@ impl Reloader {
     }
 
     /// Records a `policy_resigned` event when `program`, the running bundle, is signed later
-    /// than the bundle last admitted; nothing when it is not. Refuses (and the signing time
-    /// stays unrecorded) when the event cannot be written.
+    /// than the bundle last admitted, and gives its id; nothing when it is not. Refuses (and
+    /// the signing time stays unrecorded) when the event cannot be written.
     fn record_resigning(
         &self,
         engine: &Engine,
         trigger: ReloadTrigger,
         program: &Program,
-    ) -> Result<(), Box<ReloadOutcome>> {
+    ) -> Result<Option<String>, Box<ReloadOutcome>> {
         let hash = program.hash_hex().to_owned();
         let unrecorded = |error: String| {
             tracing::error!(%error, bundle = %format!("sha256:{hash}"), "policy_change_unrecorded");
@@ -223,7 +223,7 @@ impl Reloader {
         };
         let signed_at = match self.loader.supersedes(engine.audit.data_dir(), program) {
             Ok(Some(signed_at)) => signed_at,
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(None),
             Err(error) => return Err(unrecorded(crate::error_chain(&error))),
         };
         let key_id = program
@@ -252,7 +252,7 @@ impl Reloader {
                     event_id = %recorded.event_id,
                     "policy_resigned"
                 );
-                Ok(())
+                Ok(Some(recorded.event_id.to_string()))
             }
             Err(error) => Err(unrecorded(format!(
                 "bundle sha256:{hash} signed again was not admitted: its policy_change event \
@@ -308,9 +308,10 @@ impl Reload for Reloader {
                 // one in effect included: record its time, or those stay admissible. That
                 // changes which bundles the server admits, so it is a policy change on the
                 // record, written before the time is.
-                if let Err(outcome) = self.record_resigning(engine, trigger, &program) {
-                    return *outcome;
-                }
+                let resigned = match self.record_resigning(engine, trigger, &program) {
+                    Ok(event_id) => event_id,
+                    Err(outcome) => return *outcome,
+                };
                 if let Err(error) = self.loader.admitted(engine.audit.data_dir(), &program) {
                     let error = crate::error_chain(&error);
                     tracing::error!(%error, "bundle_signing_time_unrecorded");
@@ -324,8 +325,10 @@ impl Reload for Reloader {
                     bundle = %format!("sha256:{}", running.hash_hex()),
                     "policy_unchanged"
                 );
-                ReloadOutcome::Unchanged {
-                    hash: running.hash_hex().to_owned(),
+                let hash = running.hash_hex().to_owned();
+                match resigned {
+                    Some(event_id) => ReloadOutcome::Resigned { hash, event_id },
+                    None => ReloadOutcome::Unchanged { hash },
                 }
             }
             Ok(program) => self.replace(engine, trigger, &running, program),

@@ -75,7 +75,7 @@ impl Release {
 /// The `policy_change` events, in order, with the old bundle hash taken from `reason` by the
 /// query that docs/audit-schema.md gives.
 fn policy_changes(data_dir: &Path) -> Vec<Value> {
-    let sql = "SELECT reason_code, action, bundle_hash, resource, source_ip, reason, decision, \
+    let sql = "SELECT event_id, reason_code, action, bundle_hash, resource, source_ip, reason, decision, \
                CASE WHEN reason_code = 'policy_replaced' THEN right(reason, 64) END \
                AS old_bundle_hash \
                FROM access_events WHERE kind = 'policy_change' ORDER BY seq";
@@ -411,6 +411,67 @@ fn a_signed_bundle_is_replaced_only_by_one_its_key_signed() {
     let reason = changes[1]["reason"].as_str().unwrap();
     assert!(reason.contains("the bundle is not signed"), "{reason}");
     assert_eq!(changes[2]["resource"], bundle_path.to_str().unwrap());
+}
+
+/// The running bundle signed again, reloaded by the admin call: decisions are unchanged, but
+/// the answer says the signing time moved and names the event that records it.
+#[test]
+fn an_admin_reload_of_the_running_bundle_signed_again_answers_resigned() {
+    const T: u64 = 1_796_428_800;
+    let tmp = tempfile::tempdir().unwrap();
+    let key = SigningKey::from_bytes(&[7; 32]);
+    let open = example_bundle_with("");
+    let (_, bundle_path) = signed_bundle_config(tmp.path(), &key, &open.sign_at(&key, T));
+    let token_file = tmp.path().join("admin.token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).unwrap();
+    restrict_to_owner(&token_file);
+    let policy = format!(
+        "bundle = {:?}\npublic_key = {:?}\nwatch_interval_ms = 0",
+        bundle_path.to_str().unwrap(),
+        tmp.path().join("bundle-signing.key.pub").to_str().unwrap()
+    );
+    let config = example_config(
+        tmp.path(),
+        "admin.toml",
+        &policy,
+        "admin_token_file = \"admin.token\"",
+    );
+    let data_dir = tmp.path().join("data");
+    let server = start_server_with(&config, &data_dir);
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+
+    let (status, answer) = admin_reload(&server, Some(&bearer));
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("unchanged")),
+        "{answer}"
+    );
+    assert!(answer["event_id"].is_null(), "{answer}");
+
+    std::fs::write(&bundle_path, open.sign_at(&key, T + 5).to_bytes()).unwrap();
+    let (status, answer) = admin_reload(&server, Some(&bearer));
+    assert_eq!(
+        (status, answer["outcome"].as_str()),
+        (200, Some("resigned")),
+        "{answer}"
+    );
+    let hash = format!("sha256:{}", open.hash_hex());
+    assert_eq!(answer["new_bundle"], hash.as_str(), "{answer}");
+    let event_id = answer["event_id"].as_str().unwrap().to_owned();
+
+    // Reloading the same file again changes nothing more.
+    let (_, answer) = admin_reload(&server, Some(&bearer));
+    assert_eq!(answer["outcome"], "unchanged", "{answer}");
+    stop_server(server);
+
+    let changes = policy_changes(&data_dir);
+    let resigned: Vec<&Value> = changes
+        .iter()
+        .filter(|change| change["reason_code"] == "policy_resigned")
+        .collect();
+    assert_eq!(resigned.len(), 1, "{changes:#?}");
+    assert_eq!(resigned[0]["event_id"], event_id.as_str(), "{changes:#?}");
+    assert_eq!(resigned[0]["action"], "admin", "{changes:#?}");
 }
 
 /// A bundle signed before the newest one the server admitted is a rollback: refused on reload

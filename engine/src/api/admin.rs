@@ -107,6 +107,10 @@ pub enum ReloadOutcome {
     },
     /// The policy set compiled to the bundle already in effect; nothing changed.
     Unchanged { hash: String },
+    /// The bundle in effect, signed again later than the bundle last admitted: decisions are
+    /// unchanged, but every bundle signed before it is refused from now on, which is recorded
+    /// as `event_id`.
+    Resigned { hash: String, event_id: String },
     /// The policy set did not load: the running bundle stays. `diagnostics` holds the
     /// compiler's report, rendered without colour, when the sources did not compile.
     /// `event_id` is the recorded failure, unless it could not be recorded.
@@ -218,6 +222,15 @@ fn answer(outcome: &ReloadOutcome) -> Response {
                 "old_bundle": bundle(hash),
                 "new_bundle": bundle(hash),
                 "event_id": null,
+            });
+            (StatusCode::OK, body)
+        }
+        ReloadOutcome::Resigned { hash, event_id } => {
+            let body = json!({
+                "outcome": "resigned",
+                "old_bundle": bundle(hash),
+                "new_bundle": bundle(hash),
+                "event_id": event_id,
             });
             (StatusCode::OK, body)
         }
