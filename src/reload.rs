@@ -51,13 +51,25 @@ impl Reloader {
         let data_dir = engine.audit.data_dir();
         archive_bundle(data_dir, hash, &program.bundle().to_bytes())
             .context("cannot keep the starting bundle in the audit store")?;
-        self.loader.admitted(data_dir, &program)?;
-        let reason = format!("bundle sha256:{hash} took effect at startup");
+        // A signed bundle's time is on the record: starting on the running bundle signed
+        // again moves the rollback cut-off, which the event shows. Recorded before the time is.
+        let signed = program
+            .bundle()
+            .signature()
+            .and_then(|signature| Some((signature.signed_at()?, signature.key_id())));
+        let reason = match signed {
+            Some((signed_at, key_id)) => format!(
+                "bundle sha256:{hash} took effect at startup; signed at {} by key {key_id}",
+                portcullis_lang::bundle::signing::signing_time_text(signed_at)
+            ),
+            None => format!("bundle sha256:{hash} took effect at startup"),
+        };
         let event = self.event("startup", None, "policy_loaded", reason, hash);
         engine
             .audit
             .record(event)
             .context("cannot record the policy_change event of the starting bundle")?;
+        self.loader.admitted(data_dir, &program)?;
         set_current_bundle(data_dir, hash)
             .context("cannot record the starting bundle as the one in effect")?;
         Ok(())

@@ -551,6 +551,11 @@ fn an_older_signed_bundle_is_refused_as_a_rollback() {
 
     let changes = policy_changes(&data_dir);
     assert_eq!(changes.len(), 7, "{changes:#?}");
+    let started = changes[0]["reason"].as_str().unwrap();
+    assert!(
+        started.contains("took effect at startup; signed at 2026-12-05T00:00:00Z by key"),
+        "{started}"
+    );
     // Signing the running policy again changed which bundles are admitted: on the record,
     // once (the reloads that found the same signature recorded nothing).
     let resigned: Vec<&Value> = changes
