@@ -246,6 +246,26 @@ impl SealedIndex {
         Ok(())
     }
 
+    /// Refuses a store that still has a segment the manifest does not hold once the write-ahead
+    /// log has been replayed: a seal cut short by a crash leaves its events in the log, which
+    /// [`SealedIndex::chain_recovered`] then chains; a segment whose events no log file holds
+    /// was chained once, and its entry has since been cut from the manifest.
+    pub(crate) fn refuse_unchained(&self) -> Result<(), ManifestError> {
+        let Some(segment) = self.unchained.first() else {
+            return Ok(());
+        };
+        Err(ManifestError::Segment {
+            path: segment.path.clone(),
+            problem: format!(
+                "`{}` is not in the manifest, and no write-ahead log file holds its events, as a \
+                 seal cut short by a crash would leave them: entries were cut from the \
+                 manifest's end; `portcullis audit verify` names what differs, and the store \
+                 stays closed until the manifest is restored",
+                segment.path.display()
+            ),
+        })
+    }
+
     /// Chains the unchained segments whose events are in `events` (the write-ahead log): a
     /// seal died after renaming them and before chaining them. One that does not hold exactly
     /// those events is renamed aside, and the events are sealed again.

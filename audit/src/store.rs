@@ -181,6 +181,7 @@ impl AuditLog {
 
         let mut sealed = SealedIndex::open(data_dir, options.retention_days)?;
         let recovery = recover(&wal_dir, &events_dir, &mut sealed)?;
+        sealed.refuse_unchained()?;
 
         let thread_error = |source| AuditError::Io {
             action: "start a thread for",

@@ -831,3 +831,32 @@ fn a_store_whose_manifest_was_changed_is_not_opened() {
     drop(SealedIndex::open(dir.path(), None).unwrap());
     verify_ok(dir.path());
 }
+
+#[test]
+fn a_store_whose_newest_entry_and_checkpoint_were_cut_together_is_not_opened() {
+    // Sealed three events at a time, so that the log holds nothing once it is closed.
+    let dir = tempfile::tempdir().unwrap();
+    let log = common::open_with(dir.path(), 3);
+    for i in 0..9 {
+        log.record(decision(&format!("w{i}"), Decision::Allow))
+            .unwrap();
+    }
+    log.close().unwrap();
+    let mut chain = lines(&chain_file(dir.path()));
+    let mut checkpoints = lines(&checkpoints_file(dir.path()));
+    chain.pop();
+    checkpoints.pop();
+    write_lines(&chain_file(dir.path()), &chain);
+    write_lines(&checkpoints_file(dir.path()), &checkpoints);
+
+    // The shorter manifest is consistent in itself, but a sealed segment it does not hold,
+    // whose events no log file holds, is no crash's leftover.
+    let error =
+        portcullis_audit::AuditLog::open(dir.path(), portcullis_audit::AuditOptions::new("test"))
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+    assert!(error.contains("is not in the manifest"), "{error}");
+    assert!(error.contains("audit verify"), "{error}");
+    assert_eq!(lines(&chain_file(dir.path())), chain);
+}
