@@ -66,14 +66,12 @@ pub enum QueryError {
 
     /// An expression too deep or a statement too large to plan in reasonable time: planning
     /// is not interrupted by the time limit, and its cost grows with the square of the depth.
-    #[error(
-        "the query is too complex: {what} is {found}, and the limit is {limit}; write a long \
-         chain of `OR`s or `+`s as `IN (…)` or in a subquery"
-    )]
+    #[error("the query is too complex: {what} is {found}, and the limit is {limit}; {advice}")]
     TooComplex {
         what: &'static str,
         found: usize,
         limit: usize,
+        advice: &'static str,
     },
 
     #[error("{0}")]
@@ -161,8 +159,8 @@ fn syntax_message(error: &ParserError) -> String {
     match error {
         ParserError::RecursionLimitExceeded => format!(
             "it nests parentheses, function calls, `NOT`s or subqueries more than \
-             {PARSER_RECURSION_LIMIT} levels deep; write a long chain of `OR`s as `IN (…)`, \
-             and nested conditions as one flat `AND`/`OR` list"
+             {PARSER_RECURSION_LIMIT} levels deep; write fewer levels (`NOT NOT x` is `x`, and a \
+             long chain of `OR`s over one column is `IN (…)`)"
         ),
         ParserError::ParserError(message) | ParserError::TokenizerError(message) => message.clone(),
     }
@@ -438,6 +436,8 @@ fn check_complexity(statement: &DfStatement) -> Result<(), QueryError> {
             what: "the deepest expression's nesting",
             found: measure.deepest,
             limit: MAX_EXPRESSION_DEPTH,
+            advice: "write a long chain of `OR`s over one column as `IN (…)`, and split a long \
+                     chain of `AND`s or `+`s into subqueries",
         });
     }
     if measure.count > MAX_EXPRESSIONS {
@@ -445,6 +445,8 @@ fn check_complexity(statement: &DfStatement) -> Result<(), QueryError> {
             what: "the number of expressions",
             found: measure.count,
             limit: MAX_EXPRESSIONS,
+            advice: "list items count too: split the question into several queries, each with \
+                     a shorter list",
         });
     }
     Ok(())
