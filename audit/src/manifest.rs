@@ -716,6 +716,12 @@ impl Manifest {
         Ok(Chained { entry, hash })
     }
 
+    /// The newest entry, when no checkpoint signs it.
+    pub(crate) fn unsigned_head(&self) -> Option<u64> {
+        let head = self.next_index.checked_sub(1)?;
+        (self.signed_through != Some(head)).then_some(head)
+    }
+
     /// Signs the newest entry, unless a checkpoint already does.
     pub(crate) fn checkpoint(&mut self) -> Result<(), ManifestError> {
         let Some(head) = self.next_index.checked_sub(1) else {

@@ -183,6 +183,11 @@ impl SealedIndex {
                 index.unchained.push(segment);
             }
         }
+        // A crash between chaining and signing leaves the newest entry unsigned; so does a
+        // removed checkpoint line. Either way it is signed now, and said so.
+        if let Some(entry) = index.manifest.unsigned_head().filter(|_| !opened.created) {
+            tracing::warn!(entry, "manifest_head_signed_at_open");
+        }
         index.manifest.checkpoint()?;
         index.apply_retention();
         Ok(index)
