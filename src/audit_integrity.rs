@@ -35,14 +35,31 @@ impl StoreArgs {
             (None, Some(config)) => config::Config::load(config)?.data_dir(None),
             (None, None) => PathBuf::from(config::DEFAULT_DATA_DIR),
         };
-        if !data_dir.is_dir() {
-            anyhow::bail!(
-                "no audit store at `{}`; pass --data-dir or --config to name one",
-                data_dir.display()
-            );
-        }
+        check_store_dir(&data_dir)?;
         Ok(data_dir)
     }
+}
+
+/// Refuses a path that is not an audit store, so that a command pointed at the wrong
+/// directory says so rather than answering for an empty store: a store holds at least one of
+/// `manifest/`, `events/` and `wal/`, which a server creates when it first opens it.
+pub fn check_store_dir(data_dir: &Path) -> Result<()> {
+    if !data_dir.is_dir() {
+        anyhow::bail!(
+            "no audit store at `{}`; pass --data-dir or --config to name one",
+            data_dir.display()
+        );
+    }
+    let parts = ["manifest", "events", "wal"];
+    if !parts.iter().any(|part| data_dir.join(part).is_dir()) {
+        anyhow::bail!(
+            "no audit store at `{}`: it holds none of `manifest/`, `events/` and `wal/`, which \
+             a server creates when it first opens a store; pass --data-dir or --config to name \
+             one",
+            data_dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// `portcullis audit verify`: prints what was confirmed, or fails naming the first mismatch.

@@ -168,12 +168,7 @@ fn audit_query(
         (None, Some(config)) => config.data_dir(None),
         (None, None) => PathBuf::from(config::DEFAULT_DATA_DIR),
     };
-    if !data_dir.is_dir() {
-        anyhow::bail!(
-            "no audit store at `{}`; pass --data-dir or --config to name one",
-            data_dir.display()
-        );
-    }
+    audit_integrity::check_store_dir(&data_dir)?;
     let format = match format {
         Format::Table => portcullis_audit::OutputFormat::Table,
         Format::Csv => portcullis_audit::OutputFormat::Csv,

@@ -92,6 +92,15 @@ fn audit_query_is_read_only_and_names_a_missing_store() {
         stderr(&missing)
     );
 
+    // A directory that is no store says so, rather than answering for an empty one.
+    let not_a_store = query(tmp.path(), "SELECT count(*) AS n FROM access_events");
+    assert!(!not_a_store.status.success());
+    assert!(
+        stderr(&not_a_store).contains("it holds none of `manifest/`, `events/` and `wal/`"),
+        "{}",
+        stderr(&not_a_store)
+    );
+
     std::fs::create_dir_all(tmp.path().join("events")).unwrap();
     let empty = query(tmp.path(), "SELECT count(*) AS n FROM access_events");
     assert!(empty.status.success(), "{}", stderr(&empty));

@@ -155,6 +155,18 @@ fn verify_against_another_pinned_key_fails() {
 #[test]
 fn key_and_verify_explain_a_directory_without_a_store() {
     let tmp = tempfile::tempdir().unwrap();
+    // An empty directory is no store: both commands say so, as for a missing one.
+    for command in ["key", "verify"] {
+        let out = run(&["audit", command], tmp.path());
+        assert!(!out.status.success());
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("no audit store at"), "{command}: {stderr}");
+        assert!(stderr.contains("holds none of"), "{command}: {stderr}");
+    }
+
+    // A directory with segments but no manifest (never opened by a server since manifests
+    // exist) is a store without its key and manifest.
+    std::fs::create_dir(tmp.path().join("events")).unwrap();
     let out = run(&["audit", "key"], tmp.path());
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
