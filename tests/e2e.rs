@@ -404,6 +404,13 @@ fn bad_requests_get_clear_errors_and_no_decision() {
     assert_eq!(status, 400);
     let error = answer["error"].as_str().unwrap();
     assert!(error.contains("`target.port` is needed"), "{answer}");
+    let (status, answer) = post(
+        &server,
+        br#"{"evidence": {"token": "x"}, "target": {"protocol": "https", "host": " "}}"#,
+    );
+    assert_eq!(status, 400);
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("`target.host` is empty"), "{answer}");
 
     let (status, answer) = post(&server, br#"{"evidence": {"token": "x"}, "targte": {}}"#);
     assert_eq!(status, 400);

@@ -440,6 +440,9 @@ fn condition_outcome(
 fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {
     match (&spec.name, &spec.protocol, &spec.host, spec.port) {
         (Some(name), None, None, None) => Ok(TargetQuery::Named(name)),
+        (None, Some(_), Some(host), _) if host.trim().is_empty() => {
+            Err("invalid decide request: `target.host` is empty")
+        }
         (None, Some(protocol), Some(host), _) => Ok(TargetQuery::Endpoint {
             protocol,
             host,
