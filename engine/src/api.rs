@@ -461,13 +461,8 @@ fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {
 /// The port of an endpoint: the one given, else the protocol's own (80, 443, 5432), as in a
 /// Gate test and a `policyc explain` request file.
 fn endpoint_port(spec: &TargetSpec) -> Option<u16> {
-    spec.port.or_else(|| {
-        let protocol = spec.protocol.as_deref()?;
-        [Protocol::Http, Protocol::Https, Protocol::Postgres]
-            .into_iter()
-            .find(|known| known.keyword().eq_ignore_ascii_case(protocol))
-            .map(Protocol::default_port)
-    })
+    spec.port
+        .or_else(|| Protocol::from_keyword(spec.protocol.as_deref()?).map(Protocol::default_port))
 }
 
 fn describe_caller(event: &mut NewEvent, attested: &Attested<'_>) {

@@ -533,7 +533,7 @@ fn protocol_code(protocol: Protocol) -> u8 {
 }
 
 fn protocol_from_code(code: u8) -> Option<Protocol> {
-    [Protocol::Http, Protocol::Https, Protocol::Postgres]
+    Protocol::ALL
         .into_iter()
         .find(|protocol| protocol_code(*protocol) == code)
 }

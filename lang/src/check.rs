@@ -582,7 +582,7 @@ impl<'a> Checker<'a> {
     }
 
     fn protocol(&mut self, protocol: &Ident) -> Option<Protocol> {
-        let known = [Protocol::Http, Protocol::Https, Protocol::Postgres];
+        let known = Protocol::ALL;
         if let Some(found) = known.into_iter().find(|p| p.keyword() == protocol.name) {
             return Some(found);
         }

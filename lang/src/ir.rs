@@ -155,6 +155,15 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    pub const ALL: [Protocol; 3] = [Protocol::Http, Protocol::Https, Protocol::Postgres];
+
+    /// The protocol of a keyword as a request names it, in any case: `HTTPS` is `https`.
+    pub fn from_keyword(text: &str) -> Option<Protocol> {
+        Protocol::ALL
+            .into_iter()
+            .find(|known| known.keyword().eq_ignore_ascii_case(text))
+    }
+
     pub fn keyword(self) -> &'static str {
         match self {
             Protocol::Http => "http",

@@ -283,9 +283,7 @@ fn endpoint_target(endpoint: &Map<String, Value>) -> Result<FileTarget, RequestF
     let protocol = text("protocol")?;
     let port = match endpoint.get("port") {
         // As in a Gate test's endpoint: the protocol's own port.
-        None => [Protocol::Http, Protocol::Https, Protocol::Postgres]
-            .into_iter()
-            .find(|known| known.keyword().eq_ignore_ascii_case(&protocol))
+        None => Protocol::from_keyword(&protocol)
             .map(Protocol::default_port)
             .ok_or_else(|| RequestFileError::Type {
                 member: field("port"),

@@ -260,9 +260,7 @@ impl Program {
 
     /// The position of the declared target at an endpoint.
     fn endpoint_position(&self, protocol: &str, host: &str, port: u16) -> Option<usize> {
-        let protocol = [Protocol::Http, Protocol::Https, Protocol::Postgres]
-            .into_iter()
-            .find(|known| known.keyword().eq_ignore_ascii_case(protocol))?;
+        let protocol = Protocol::from_keyword(protocol)?;
         let host: Cow<'_, str> = if host.bytes().any(|byte| byte.is_ascii_uppercase()) {
             Cow::Owned(host.to_ascii_lowercase())
         } else {
