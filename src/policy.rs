@@ -101,23 +101,8 @@ impl PolicyLoader {
     /// later, by this server or the next one started on `data_dir`. Does nothing without a
     /// public key, or for a policy compiled from sources.
     pub fn admitted(&self, data_dir: &Path, program: &Program) -> Result<()> {
-        let Source::Bundle {
-            public_key: Some(_),
-            ..
-        } = &self.source
-        else {
+        let Some(newest) = self.signed_record(program) else {
             return Ok(());
-        };
-        let Some(signature) = program.bundle().signature() else {
-            return Ok(());
-        };
-        let Some(signed_at) = signature.signed_at() else {
-            return Ok(());
-        };
-        let newest = NewestSigned {
-            signed_at,
-            key_id: signature.key_id(),
-            hash: program.hash_hex().to_owned(),
         };
         record_newest_signed(data_dir, &newest).with_context(|| {
             format!(
@@ -127,25 +112,36 @@ impl PolicyLoader {
         })
     }
 
-    /// The signing time `program` would move the record of admitted bundles to: some when it
-    /// is signed later than the bundle last admitted (the running policy signed again), none
-    /// when admitting it changes nothing or no key is configured.
-    pub fn supersedes(&self, data_dir: &Path, program: &Program) -> Result<Option<u64>> {
-        let Source::Bundle {
-            public_key: Some(_),
-            ..
-        } = &self.source
-        else {
-            return Ok(None);
-        };
-        let Some(signed_at) = program.bundle().signature().and_then(|s| s.signed_at()) else {
+    /// The record [`PolicyLoader::admitted`] would write for `program`, when it moves the
+    /// record forward: the bundle is signed later than the bundle last admitted (the running
+    /// policy signed again). None when admitting it changes nothing or no key is configured.
+    pub fn supersedes(&self, data_dir: &Path, program: &Program) -> Result<Option<NewestSigned>> {
+        let Some(newest) = self.signed_record(program) else {
             return Ok(None);
         };
         let recorded = newest_signed(data_dir)
             .context("cannot read the record of the newest signed bundle admitted")?;
         Ok(recorded
-            .is_none_or(|recorded| recorded.signed_at < signed_at)
-            .then_some(signed_at))
+            .is_none_or(|recorded| recorded.signed_at < newest.signed_at)
+            .then_some(newest))
+    }
+
+    /// What admitting `program` records: its signing time, key and hash; none without a
+    /// public key, for a policy compiled from sources, or for a bundle signed without a time.
+    fn signed_record(&self, program: &Program) -> Option<NewestSigned> {
+        let Source::Bundle {
+            public_key: Some(_),
+            ..
+        } = &self.source
+        else {
+            return None;
+        };
+        let signature = program.bundle().signature()?;
+        Some(NewestSigned {
+            signed_at: signature.signed_at()?,
+            key_id: signature.key_id(),
+            hash: program.hash_hex().to_owned(),
+        })
     }
 
     /// The policy directory or file, or the bundle file.
@@ -374,11 +370,12 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |since| since.as_secs());
-    let claimed = bundle
+    // A verified bundle always has a time: `from_bytes_verified` refuses one without.
+    let signed_at = bundle
         .signature()
         .and_then(|signature| signature.signed_at())
         .unwrap_or(0);
-    if claimed > now.saturating_add(MAX_SIGNING_CLOCK_SKEW_S) {
+    if signed_at > now.saturating_add(MAX_SIGNING_CLOCK_SKEW_S) {
         bail!(
             "refusing the bundle `{}` (sha256:{}): it says it was signed at {}, later than this \
              server's clock ({}) by more than {MAX_SIGNING_CLOCK_SKEW_S} s; the clock of the \
@@ -386,7 +383,7 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
              again",
             path.display(),
             bundle.hash_hex(),
-            signing::signing_time_text(claimed),
+            signing::signing_time_text(signed_at),
             signing::signing_time_text(now)
         );
     }
@@ -401,11 +398,6 @@ fn refuse_rollback(path: &Path, bundle: &Bundle, data_dir: &Path) -> Result<()> 
     let Some(newest) = newest else {
         return Ok(());
     };
-    // A verified bundle always has a time: `from_bytes_verified` refuses one without.
-    let signed_at = bundle
-        .signature()
-        .and_then(|signature| signature.signed_at())
-        .unwrap_or(0);
     // Within one second, only the recorded bundle itself: times have no finer grain, so
     // another bundle signed in the same second could be the older of the two.
     let same_second_other = signed_at == newest.signed_at && bundle.hash_hex() != newest.hash;

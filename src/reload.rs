@@ -16,6 +16,7 @@ use portcullis_audit::{EventKind, NewEvent};
 use portcullis_engine::api::Engine;
 use portcullis_engine::api::admin::{Reload, ReloadOutcome, ReloadTrigger};
 use portcullis_engine::vm::Program;
+use portcullis_lang::bundle::signing::signing_time_text;
 
 use crate::policy::{Fingerprint, LoadError, PolicyLoader};
 
@@ -60,7 +61,7 @@ impl Reloader {
         let reason = match signed {
             Some((signed_at, key_id)) => format!(
                 "bundle sha256:{hash} took effect at startup; signed at {} by key {key_id}",
-                portcullis_lang::bundle::signing::signing_time_text(signed_at)
+                signing_time_text(signed_at)
             ),
             None => format!("bundle sha256:{hash} took effect at startup"),
         };
@@ -233,20 +234,16 @@ impl Reloader {
                 error,
             })
         };
-        let signed_at = match self.loader.supersedes(engine.audit.data_dir(), program) {
-            Ok(Some(signed_at)) => signed_at,
+        let newest = match self.loader.supersedes(engine.audit.data_dir(), program) {
+            Ok(Some(newest)) => newest,
             Ok(None) => return Ok(None),
             Err(error) => return Err(unrecorded(crate::error_chain(&error))),
         };
-        let key_id = program
-            .bundle()
-            .signature()
-            .map(|signature| signature.key_id())
-            .unwrap_or_default();
         let reason = format!(
-            "bundle sha256:{hash} signed again at {} by key {key_id}: bundles signed before it \
-             are refused from now on",
-            portcullis_lang::bundle::signing::signing_time_text(signed_at)
+            "bundle sha256:{hash} signed again at {} by key {}: bundles signed before it are \
+             refused from now on",
+            signing_time_text(newest.signed_at),
+            newest.key_id
         );
         let event = self.event(
             trigger.as_str(),
@@ -260,7 +257,7 @@ impl Reloader {
                 tracing::info!(
                     trigger = trigger.as_str(),
                     bundle = %format!("sha256:{hash}"),
-                    signed_at = %portcullis_lang::bundle::signing::signing_time_text(signed_at),
+                    signed_at = %signing_time_text(newest.signed_at),
                     event_id = %recorded.event_id,
                     "policy_resigned"
                 );
