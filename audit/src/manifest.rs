@@ -724,12 +724,9 @@ impl Manifest {
 
     /// Signs the newest entry, unless a checkpoint already does.
     pub(crate) fn checkpoint(&mut self) -> Result<(), ManifestError> {
-        let Some(head) = self.next_index.checked_sub(1) else {
+        let Some(head) = self.unsigned_head() else {
             return Ok(());
         };
-        if self.signed_through == Some(head) {
-            return Ok(());
-        }
         let time = Utc::now();
         let message = Checkpoint::signed_message(head, &self.head_hash, &time, &self.key_id);
         let checkpoint = Checkpoint {
@@ -848,8 +845,6 @@ fn check_genesis_key(
     })
 }
 
-/// The entry index the last checkpoint signs, if that checkpoint parses and names an entry of
-/// the chain by its hash. The writer trusts its own files here; `verify` checks them.
 /// The entry the newest checkpoint signs; none without a checkpoint. Each checkpoint must
 /// sign an entry the chain holds, with that entry's hash, under the store's key: a checkpoint
 /// is written only after the entry it signs is synced, so one that does not parse, names an

@@ -261,13 +261,11 @@ impl SealedIndex {
         };
         Err(ManifestError::Segment {
             path: segment.path.clone(),
-            problem: format!(
-                "`{}` is not in the manifest, and no write-ahead log file holds its events, as a \
-                 seal cut short by a crash would leave them: entries were cut from the \
-                 manifest's end; `portcullis audit verify` names what differs, and the store \
-                 stays closed until the manifest is restored",
-                segment.path.display()
-            ),
+            problem: "it is not in the manifest, and no write-ahead log file holds its events, \
+                      as a seal cut short by a crash would leave them: entries were cut from the \
+                      manifest's end; `portcullis audit verify` names what differs, and the \
+                      store stays closed until the manifest is restored"
+                .to_owned(),
         })
     }
 

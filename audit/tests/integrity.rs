@@ -857,6 +857,12 @@ fn a_store_whose_newest_entry_and_checkpoint_were_cut_together_is_not_opened() {
             .unwrap_err()
             .to_string();
     assert!(error.contains("is not in the manifest"), "{error}");
+    assert!(error.contains("cannot chain the segment"), "{error}");
+    assert_eq!(
+        error.matches(".parquet").count(),
+        1,
+        "the path once: {error}"
+    );
     assert!(error.contains("audit verify"), "{error}");
     assert_eq!(lines(&chain_file(dir.path())), chain);
 }
