@@ -98,13 +98,7 @@ fn build_refuses_to_replace_what_is_not_a_bundle_file() {
     refused(&build(&examples_dir(), &dir), "not a regular file");
 
     let fifo = tmp.path().join("a-pipe");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    make_fifo(&fifo);
     refused(&build(&examples_dir(), &fifo), "not a regular file");
     assert!(!std::fs::metadata(&fifo).unwrap().is_file());
 
@@ -329,13 +323,7 @@ fn inspect_shows_the_bundle_its_signer_and_time_and_checks_a_key() {
 
     // A named pipe is refused before it is opened, which would wait for a writer.
     let fifo = tmp.path().join("a-pipe.bundle");
-    assert!(
-        Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap()
-            .success()
-    );
+    make_fifo(&fifo);
     let mut child = Command::new(env!("CARGO_BIN_EXE_policyc"))
         .arg("inspect")
         .arg(&fifo)
@@ -358,4 +346,10 @@ fn inspect_shows_the_bundle_its_signer_and_time_and_checks_a_key() {
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a regular file"));
+}
+
+/// A named pipe at `path`.
+fn make_fifo(path: &Path) {
+    let made = Command::new("mkfifo").arg(path).status().unwrap();
+    assert!(made.success(), "mkfifo {}", path.display());
 }

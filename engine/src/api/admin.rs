@@ -216,18 +216,13 @@ fn answer(outcome: &ReloadOutcome) -> Response {
             });
             (StatusCode::OK, body)
         }
-        ReloadOutcome::Unchanged { hash } => {
+        ReloadOutcome::Unchanged { hash } | ReloadOutcome::Resigned { hash, .. } => {
+            let (outcome, event_id) = match outcome {
+                ReloadOutcome::Resigned { event_id, .. } => ("resigned", Some(event_id)),
+                _ => ("unchanged", None),
+            };
             let body = json!({
-                "outcome": "unchanged",
-                "old_bundle": bundle(hash),
-                "new_bundle": bundle(hash),
-                "event_id": null,
-            });
-            (StatusCode::OK, body)
-        }
-        ReloadOutcome::Resigned { hash, event_id } => {
-            let body = json!({
-                "outcome": "resigned",
+                "outcome": outcome,
                 "old_bundle": bundle(hash),
                 "new_bundle": bundle(hash),
                 "event_id": event_id,
