@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use portcullis_audit::AuditOptions;
 use portcullis_audit::query::QueryLimits;
+use portcullis_engine::jwks::JwksSource;
 use portcullis_lang::schema::{ClaimType, CustomClaim, ProviderKind, dotted_path};
 use serde::Deserialize;
 
@@ -24,6 +25,12 @@ const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
 /// Clock-skew allowance beyond this is a misconfiguration, not a tolerance.
 const MAX_LEEWAY_S: u64 = 3600;
+
+/// Bounds of `jwks_refresh_min_s` and `jwks_max_age_s`: an hour between fetches on unknown keys
+/// at most, and keys kept between a minute and a day.
+const MAX_JWKS_REFRESH_MIN_S: u64 = 3600;
+const MIN_JWKS_MAX_AGE_S: u64 = 60;
+const MAX_JWKS_MAX_AGE_S: u64 = 86_400;
 
 /// Bounds of a nonzero `policy.watch_interval_ms`: faster polling only burns the disk's
 /// metadata cache; slower is no longer watching.
@@ -319,7 +326,18 @@ pub struct TrustProviderConfig {
     pub kind: String,
     pub issuer: String,
     pub audiences: Vec<String>,
-    pub jwks_file: PathBuf,
+    /// Exactly one of `jwks_file`, `jwks_url` and `jwks_discovery = true`: where the keys come
+    /// from.
+    pub jwks_file: Option<PathBuf>,
+    pub jwks_url: Option<String>,
+    #[serde(default)]
+    pub jwks_discovery: bool,
+    /// Remote keys are fetched at most once per this many seconds on unknown `kid`s.
+    #[serde(default = "default_jwks_refresh_min_s")]
+    pub jwks_refresh_min_s: u64,
+    /// Remote keys are fetched again once they are this many seconds old.
+    #[serde(default = "default_jwks_max_age_s")]
+    pub jwks_max_age_s: u64,
     #[serde(default = "default_leeway_s")]
     pub leeway_s: u64,
     /// Set on providers whose signing key is published with the examples; the server warns.
@@ -362,6 +380,14 @@ impl CustomClaimConfig {
         let ty = ClaimType::from_config_name(&self.ty)?;
         Ok(CustomClaim::new(&self.name, path, ty, self.required)?)
     }
+}
+
+fn default_jwks_refresh_min_s() -> u64 {
+    portcullis_engine::attest::DEFAULT_JWKS_REFRESH_MIN.as_secs()
+}
+
+fn default_jwks_max_age_s() -> u64 {
+    portcullis_engine::attest::DEFAULT_JWKS_MAX_AGE.as_secs()
 }
 
 fn default_leeway_s() -> u64 {
@@ -560,14 +586,45 @@ impl Config {
         &self,
         provider: &TrustProviderConfig,
     ) -> Result<portcullis_engine::attest::TrustProviderSpec> {
-        let path = self.resolve(&provider.jwks_file);
-        let jwks_json = read_bounded(&path, MAX_JWKS_BYTES).with_context(|| {
-            format!(
-                "trust provider `{}`: cannot read JWKS `{}`",
+        let jwks = match (
+            &provider.jwks_file,
+            &provider.jwks_url,
+            provider.jwks_discovery,
+        ) {
+            (Some(file), None, false) => {
+                let path = self.resolve(file);
+                let text = read_bounded(&path, MAX_JWKS_BYTES).with_context(|| {
+                    format!(
+                        "trust provider `{}`: cannot read JWKS `{}`",
+                        provider.name,
+                        path.display()
+                    )
+                })?;
+                JwksSource::Document(text)
+            }
+            (None, Some(url), false) => JwksSource::Url(url.clone()),
+            (None, None, true) => JwksSource::Discovery,
+            _ => bail!(
+                "trust provider `{}`: give exactly one of `jwks_file`, `jwks_url` and \
+                 `jwks_discovery = true`",
+                provider.name
+            ),
+        };
+        if provider.jwks_refresh_min_s > MAX_JWKS_REFRESH_MIN_S {
+            bail!(
+                "trust provider `{}`: `jwks_refresh_min_s` is {} s, over {MAX_JWKS_REFRESH_MIN_S} s",
                 provider.name,
-                path.display()
-            )
-        })?;
+                provider.jwks_refresh_min_s
+            );
+        }
+        if !(MIN_JWKS_MAX_AGE_S..=MAX_JWKS_MAX_AGE_S).contains(&provider.jwks_max_age_s) {
+            bail!(
+                "trust provider `{}`: `jwks_max_age_s` is {} s; it must be {MIN_JWKS_MAX_AGE_S} \
+                 to {MAX_JWKS_MAX_AGE_S} s",
+                provider.name,
+                provider.jwks_max_age_s
+            );
+        }
         let kind = ProviderKind::from_keyword(&provider.kind)
             .with_context(|| format!("trust provider `{}`: unknown kind", provider.name))?;
         let custom_claims = provider
@@ -581,7 +638,9 @@ impl Config {
             kind,
             issuer: provider.issuer.clone(),
             audiences: provider.audiences.clone(),
-            jwks_json,
+            jwks,
+            jwks_refresh_min: Duration::from_secs(provider.jwks_refresh_min_s),
+            jwks_max_age: Duration::from_secs(provider.jwks_max_age_s),
             leeway_s: provider.leeway_s,
             custom_claims,
             trust_domain: provider.trust_domain.clone(),
@@ -656,6 +715,44 @@ mod tests {
              audiences = [\"portcullis\"]\n\
              jwks_file = \"examples/dev/example-github-issuer.jwks.json\"\n{extra}\n"
         )
+    }
+
+    #[test]
+    fn keys_come_from_exactly_one_source() {
+        let file = specs(&provider("github", "")).unwrap();
+        assert!(matches!(file[0].jwks, JwksSource::Document(_)));
+        let url = "[[trust_providers]]\nname = \"p\"\nkind = \"github\"\n\
+                   issuer = \"https://i\"\naudiences = [\"portcullis\"]\n";
+        let remote = specs(&format!("{url}jwks_url = \"https://i/keys\"\n")).unwrap();
+        assert_eq!(remote[0].jwks, JwksSource::Url("https://i/keys".to_owned()));
+        assert_eq!(remote[0].jwks_refresh_min, Duration::from_secs(30));
+        assert_eq!(remote[0].jwks_max_age, Duration::from_secs(3600));
+        let found = specs(&format!(
+            "{url}jwks_discovery = true\njwks_refresh_min_s = 5\njwks_max_age_s = 600\n"
+        ))
+        .unwrap();
+        assert_eq!(found[0].jwks, JwksSource::Discovery);
+        assert_eq!(found[0].jwks_refresh_min, Duration::from_secs(5));
+        assert_eq!(found[0].jwks_max_age, Duration::from_secs(600));
+        for wrong in [
+            url.to_owned(),
+            format!("{url}jwks_url = \"https://i/keys\"\njwks_discovery = true\n"),
+            provider("github", "jwks_discovery = true"),
+        ] {
+            let error = format!("{:#}", specs(&wrong).unwrap_err());
+            assert!(error.contains("exactly one of `jwks_file`"), "{error}");
+        }
+        for (setting, says) in [
+            ("jwks_refresh_min_s = 7200", "over 3600 s"),
+            ("jwks_max_age_s = 10", "60 to 86400 s"),
+            ("jwks_max_age_s = 100000", "60 to 86400 s"),
+        ] {
+            let error = format!(
+                "{:#}",
+                specs(&format!("{url}jwks_discovery = true\n{setting}\n")).unwrap_err()
+            );
+            assert!(error.contains(says), "{setting}: {error}");
+        }
     }
 
     /// The configuration `text`, read as if from a file in `dir`.

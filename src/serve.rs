@@ -133,7 +133,11 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
     if providers.is_empty() {
         tracing::warn!("no trust providers are configured; every decision will deny");
     }
-    Ok(Attestor::new(providers)?)
+    let attestor = Attestor::new(providers)?;
+    // Remote keys are fetched before the first request; a provider whose issuer cannot be
+    // reached now denies its callers (`keys_unavailable`) until a later fetch succeeds.
+    attestor.fetch_remote_keys();
+    Ok(attestor)
 }
 
 async fn serve(

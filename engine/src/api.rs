@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::attest::{Attested, Attestor, Rejected};
+use crate::attest::{Attested, Attestor, Refreshed, Rejected};
 use crate::vm::{Decision, EvalError, Program, Request, TargetQuery, Trace};
 use admin::Admin;
 use portcullis_lang::ir::Protocol;
@@ -302,6 +302,36 @@ fn check_lengths(body: &DecideBody) -> Result<(), String> {
     Ok(())
 }
 
+/// Attests `token`. A token that names a key its provider does not hold yet (the issuer
+/// rotated) has the provider's keys fetched first, on a blocking thread, and is tried again;
+/// keys due to be fetched again are fetched in the background while the token is verified with
+/// the keys in use.
+async fn attest<'e>(engine: &'e Arc<Engine>, token: &str) -> Result<Attested<'e>, Box<Rejected>> {
+    let attestor = &engine.attestor;
+    match attestor.attest(token) {
+        Ok(attested) => {
+            if let Some(idx) = attestor.stale_provider(&attested) {
+                let fetcher = Arc::clone(engine);
+                drop(tokio::task::spawn_blocking(move || {
+                    fetcher.attestor.refresh(idx)
+                }));
+            }
+            Ok(attested)
+        }
+        Err(rejected) => {
+            let Some(idx) = attestor.refresh_for(&rejected) else {
+                return Err(rejected);
+            };
+            let fetcher = Arc::clone(engine);
+            match tokio::task::spawn_blocking(move || fetcher.attestor.refresh(idx)).await {
+                // Another caller's fetch may just have brought the key: try again either way.
+                Ok(Refreshed::Keys(_) | Refreshed::TooSoon) => attestor.attest(token),
+                Ok(Refreshed::Failed(_) | Refreshed::NotRemote) | Err(_) => Err(rejected),
+            }
+        }
+    }
+}
+
 async fn decide(
     State(engine): State<Arc<Engine>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -354,7 +384,7 @@ async fn decide(
     // `request.time`: the clock is read once, before attestation, so that one decision sees
     // one time.
     let decided_at = chrono::Utc::now().timestamp();
-    let answer = match engine.attestor.attest(&body.evidence.token) {
+    let answer = match attest(&engine, &body.evidence.token).await {
         Ok(attested) => {
             let request = Request {
                 kind: attested.provider.kind(),

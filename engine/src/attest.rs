@@ -9,19 +9,35 @@
 //! refused before any key is touched), the issuer pinned to a trust provider, the key by `kid`
 //! from that provider's JWKS, the signature, then `exp` (required), `nbf`, `aud` (required and
 //! matched) with the provider's leeway, and finally the claim schema. `iat` alone never rejects.
+//!
+//! Keys come from a JWKS file, a JWKS URL or the issuer's discovery document ([`crate::jwks`]).
+//! Remote keys are fetched again when a token names a key the provider does not hold, at most
+//! once per `jwks_refresh_min` so that a flood of made-up `kid`s cannot make the issuer a
+//! target, and when they are older than `jwks_max_age`; the old keys stay in use until new
+//! ones arrive, so a rotation that publishes the new key beside the old never breaks callers.
+//! [`Attestor::attest`] never does I/O: it answers `unknown_key` or `keys_unavailable`, and
+//! [`Attestor::wants_refresh`] tells the caller to run [`Attestor::refresh`] on a thread that
+//! may block, then attest again.
+//!
+//! A verified token is remembered by its SHA-256 until it expires, so that a caller presenting
+//! the same token again costs a hash, not a signature check.
 
-use std::fmt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::jwk::{JwkSet, KeyAlgorithm};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use portcullis_lang::schema::{
     CUSTOM_CLAIMS_KIND, ClaimDef, ClaimType, ClaimValue, CustomClaim, CustomClaimError,
     CustomClaims, Derived, ProviderKind, SpiffeId, SpiffeIdError, check_trust_domain,
 };
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::jwks::{ALLOWED_ALGORITHMS, FetchError, JwksSource, VerificationKey, parse_jwks};
 
 /// The largest clock-skew allowance a trust provider may have.
 pub const MAX_LEEWAY_S: u64 = 3600;
@@ -29,9 +45,14 @@ pub const MAX_LEEWAY_S: u64 = 3600;
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
-/// The signature algorithms a token may use. Asymmetric only.
-// FIXME(#6): RS384/RS512, PS256, ES384 and EdDSA.
-const ALLOWED_ALGORITHMS: [Algorithm; 2] = [Algorithm::RS256, Algorithm::ES256];
+/// The default shortest time between two fetches of a provider's remote keys.
+pub const DEFAULT_JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
+
+/// How long fetched keys are used before they are fetched again.
+pub const DEFAULT_JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// Verified tokens remembered at most; past it, expired ones are dropped, then all.
+const MAX_CACHED_TOKENS: usize = 16 * 1024;
 
 /// What a trust provider is configured with.
 #[derive(Debug, Clone)]
@@ -43,8 +64,13 @@ pub struct TrustProviderSpec {
     pub issuer: String,
     /// At least one; a token must name one of them in `aud`.
     pub audiences: Vec<String>,
-    /// The JWKS document's text.
-    pub jwks_json: String,
+    /// Where the verification keys come from.
+    pub jwks: JwksSource,
+    /// Remote keys are fetched at most once per this span, however many unknown `kid`s
+    /// arrive.
+    pub jwks_refresh_min: Duration,
+    /// Remote keys older than this are fetched again before the next token is verified.
+    pub jwks_max_age: Duration,
     /// Clock-skew allowance for `exp` and `nbf`, in seconds.
     pub leeway_s: u64,
     /// Claims this provider's tokens carry beyond the built-in schema; `oidc` only.
@@ -57,22 +83,37 @@ pub struct TrustProviderSpec {
 #[derive(Debug)]
 pub struct TrustProvider {
     spec: TrustProviderSpec,
+    /// Swapped whole by a refresh; a verification holds the set it started with.
+    keys: RwLock<Arc<KeySet>>,
+    /// Held while fetching, so that concurrent callers wait for one fetch instead of each
+    /// making their own.
+    fetching: Mutex<Fetching>,
+}
+
+#[derive(Debug, Default)]
+struct KeySet {
     keys: Vec<VerificationKey>,
+    /// When the keys were fetched; `None` for keys from a file.
+    fetched_at: Option<Instant>,
 }
 
-struct VerificationKey {
-    kid: Option<String>,
-    algorithm: Algorithm,
-    key: DecodingKey,
+#[derive(Debug, Default)]
+struct Fetching {
+    last_attempt: Option<Instant>,
+    last_error: Option<FetchError>,
 }
 
-impl fmt::Debug for VerificationKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("VerificationKey")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
-    }
+/// What a refresh of a provider's keys did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+    /// New keys are in use: how many.
+    Keys(usize),
+    /// The last attempt was too recent; nothing was fetched.
+    TooSoon,
+    /// The keys are not remote.
+    NotRemote,
+    /// The fetch failed; the keys in use stay.
+    Failed(FetchError),
 }
 
 /// A trust provider's configuration cannot be used.
@@ -114,6 +155,8 @@ pub enum ProviderConfigError {
         trust_domain: String,
         error: SpiffeIdError,
     },
+    #[error("trust provider `{provider}`: {error}")]
+    KeySource { provider: String, error: FetchError },
     #[error("trust providers `{first}` and `{second}` both claim issuer `{issuer}`")]
     DuplicateIssuer {
         first: String,
@@ -134,13 +177,131 @@ impl TrustProvider {
             return Err(ProviderConfigError::Leeway { provider, leeway_s });
         }
         check_kind_settings(&spec)?;
-        let keys = parse_jwks(&spec)?;
-        if keys.is_empty() {
-            return Err(ProviderConfigError::NoKeys {
-                provider: spec.name,
-            });
+        let keys = match &spec.jwks {
+            JwksSource::Document(text) => {
+                let keys = parse_jwks(&spec.name, text)?;
+                if keys.is_empty() {
+                    return Err(ProviderConfigError::NoKeys {
+                        provider: spec.name,
+                    });
+                }
+                keys
+            }
+            JwksSource::Url(url) => {
+                crate::jwks::check_fetch_url(url).map_err(|error| {
+                    ProviderConfigError::KeySource {
+                        provider: spec.name.clone(),
+                        error,
+                    }
+                })?;
+                Vec::new()
+            }
+            JwksSource::Discovery => {
+                let url = crate::jwks::discovery_url(&spec.issuer);
+                crate::jwks::check_fetch_url(&url).map_err(|error| {
+                    ProviderConfigError::KeySource {
+                        provider: spec.name.clone(),
+                        error,
+                    }
+                })?;
+                Vec::new()
+            }
+        };
+        Ok(TrustProvider {
+            spec,
+            keys: RwLock::new(Arc::new(KeySet {
+                keys,
+                fetched_at: None,
+            })),
+            fetching: Mutex::new(Fetching::default()),
+        })
+    }
+
+    /// Fetches the provider's keys now, unless the last attempt was less than
+    /// `jwks_refresh_min` ago. Blocking I/O; a failure keeps the keys in use.
+    pub fn refresh(&self) -> Refreshed {
+        if !self.spec.jwks.is_remote() {
+            return Refreshed::NotRemote;
         }
-        Ok(TrustProvider { spec, keys })
+        let mut fetching = self.fetching.lock().unwrap_or_else(PoisonError::into_inner);
+        if fetching
+            .last_attempt
+            .is_some_and(|last| last.elapsed() < self.spec.jwks_refresh_min)
+        {
+            return Refreshed::TooSoon;
+        }
+        fetching.last_attempt = Some(Instant::now());
+        let fetched = crate::jwks::fetch_jwks(&self.spec.jwks, &self.spec.issuer)
+            .unwrap_or_else(|| Ok(String::new()))
+            .and_then(|text| {
+                let keys =
+                    parse_jwks(&self.spec.name, &text).map_err(|error| FetchError::Document {
+                        url: "the JWKS".to_owned(),
+                        what: "a usable JSON Web Key Set",
+                        detail: error.to_string(),
+                    })?;
+                if keys.is_empty() {
+                    return Err(FetchError::Document {
+                        url: "the JWKS".to_owned(),
+                        what: "a JSON Web Key Set with a key",
+                        detail: "it holds no key".to_owned(),
+                    });
+                }
+                Ok(keys)
+            });
+        match fetched {
+            Ok(keys) => {
+                let count = keys.len();
+                let set = Arc::new(KeySet {
+                    keys,
+                    fetched_at: Some(Instant::now()),
+                });
+                *self.keys.write().unwrap_or_else(PoisonError::into_inner) = set;
+                fetching.last_error = None;
+                tracing::info!(provider = %self.spec.name, keys = count, "trust_provider_keys_fetched");
+                Refreshed::Keys(count)
+            }
+            Err(error) => {
+                tracing::warn!(provider = %self.spec.name, %error, "trust_provider_keys_fetch_failed");
+                fetching.last_error = Some(error.clone());
+                Refreshed::Failed(error)
+            }
+        }
+    }
+
+    /// Why the provider has no keys, when its last fetch failed.
+    pub fn last_fetch_error(&self) -> Option<FetchError> {
+        self.fetching
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_error
+            .clone()
+    }
+
+    /// Whether the provider's remote keys are older than `jwks_max_age`, or were never
+    /// fetched.
+    fn keys_stale(&self) -> bool {
+        if !self.spec.jwks.is_remote() {
+            return false;
+        }
+        // A fetch under way, or one that just ran, is as fresh as it gets for now.
+        let Ok(fetching) = self.fetching.try_lock() else {
+            return false;
+        };
+        if fetching
+            .last_attempt
+            .is_some_and(|last| last.elapsed() < self.spec.jwks_refresh_min)
+        {
+            return false;
+        }
+        drop(fetching);
+        let set = self.key_set();
+        set.fetched_at
+            .is_none_or(|at| at.elapsed() >= self.spec.jwks_max_age)
+    }
+
+    fn key_set(&self) -> Arc<KeySet> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     pub fn name(&self) -> &str {
@@ -190,46 +351,6 @@ fn check_kind_settings(spec: &TrustProviderSpec) -> Result<(), ProviderConfigErr
     }
 }
 
-fn parse_jwks(spec: &TrustProviderSpec) -> Result<Vec<VerificationKey>, ProviderConfigError> {
-    let set: JwkSet =
-        serde_json::from_str(&spec.jwks_json).map_err(|err| ProviderConfigError::JwksSyntax {
-            provider: spec.name.clone(),
-            detail: err.to_string(),
-        })?;
-    let mut keys = Vec::new();
-    for jwk in &set.keys {
-        let kid = jwk.common.key_id.clone();
-        let bad_key = |detail: String| ProviderConfigError::BadKey {
-            provider: spec.name.clone(),
-            kid: kid.clone().unwrap_or_else(|| "(no kid)".to_owned()),
-            detail,
-        };
-        let algorithm = match jwk.common.key_algorithm {
-            Some(KeyAlgorithm::RS256) => Algorithm::RS256,
-            Some(KeyAlgorithm::ES256) => Algorithm::ES256,
-            Some(other) => return Err(bad_key(format!("algorithm `{other:?}` is not allowed"))),
-            None => match &jwk.algorithm {
-                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                _ => return Err(bad_key("only RSA and P-256 keys are supported".to_owned())),
-            },
-        };
-        if matches!(
-            jwk.algorithm,
-            jsonwebtoken::jwk::AlgorithmParameters::OctetKey(_)
-        ) {
-            return Err(bad_key("symmetric keys are never accepted".to_owned()));
-        }
-        let key = DecodingKey::from_jwk(jwk).map_err(|err| bad_key(err.to_string()))?;
-        keys.push(VerificationKey {
-            kid,
-            algorithm,
-            key,
-        });
-    }
-    Ok(keys)
-}
-
 /// Why a token was not accepted. Each has a stable code for events and API answers.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AttestError {
@@ -247,6 +368,8 @@ pub enum AttestError {
         kid: String,
         algorithm: String,
     },
+    #[error("trust provider `{provider}` has no keys yet: {why}")]
+    KeysUnavailable { provider: String, why: String },
     #[error("the token's signature does not verify")]
     BadSignature,
     #[error("the token has expired")]
@@ -273,6 +396,7 @@ impl AttestError {
             AttestError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AttestError::UntrustedIssuer(_) => "untrusted_issuer",
             AttestError::UnknownKey { .. } => "unknown_key",
+            AttestError::KeysUnavailable { .. } => "keys_unavailable",
             AttestError::BadSignature => "bad_signature",
             AttestError::Expired => "token_expired",
             AttestError::NotYetValid => "token_not_yet_valid",
@@ -319,6 +443,19 @@ pub struct Attestor {
     providers: Vec<TrustProvider>,
     /// The custom claims of every `oidc` provider, merged: one id per name.
     custom_claims: CustomClaims,
+    /// Verified tokens by their SHA-256, until they expire.
+    verified: Mutex<HashMap<[u8; 32], Verified>>,
+}
+
+/// A verified token, remembered.
+#[derive(Debug, Clone)]
+struct Verified {
+    provider: usize,
+    subject: String,
+    claims: Vec<Option<ClaimValue>>,
+    payload: Map<String, Value>,
+    /// Unix seconds after which the token is no longer accepted: `exp` plus the leeway.
+    until: u64,
 }
 
 impl Attestor {
@@ -342,6 +479,7 @@ impl Attestor {
         Ok(Attestor {
             providers,
             custom_claims,
+            verified: Mutex::new(HashMap::new()),
         })
     }
 
@@ -357,9 +495,126 @@ impl Attestor {
     /// Verifies `token`. On failure, also returns what could be read without trusting it
     /// (issuer and subject as the token states them, the provider the issuer names).
     pub fn attest(&self, token: &str) -> Result<Attested<'_>, Box<Rejected>> {
+        if token.len() > MAX_TOKEN_BYTES {
+            let error = AttestError::TooLarge;
+            let unverified = Unverified::default();
+            return Err(Box::new(Rejected { error, unverified }));
+        }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = unix_now();
+        if let Some(attested) = self.remembered(&digest, now) {
+            return Ok(attested);
+        }
         let mut unverified = Unverified::default();
-        self.attest_inner(token, &mut unverified)
-            .map_err(|error| Box::new(Rejected { error, unverified }))
+        let attested = self
+            .attest_inner(token, &mut unverified)
+            .map_err(|error| Box::new(Rejected { error, unverified }))?;
+        self.remember(digest, &attested, now);
+        Ok(attested)
+    }
+
+    fn remembered(&self, digest: &[u8; 32], now: u64) -> Option<Attested<'_>> {
+        let verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        let found = verified.get(digest).filter(|found| now <= found.until)?;
+        Some(Attested {
+            provider: self.providers.get(found.provider)?,
+            subject: found.subject.clone(),
+            claims: found.claims.clone(),
+            payload: found.payload.clone(),
+        })
+    }
+
+    fn remember(&self, digest: [u8; 32], attested: &Attested<'_>, now: u64) {
+        let Some(provider) = self
+            .providers
+            .iter()
+            .position(|known| std::ptr::eq(known, attested.provider))
+        else {
+            return;
+        };
+        // `exp` is required and checked, so it is there; a token without it is not kept.
+        let Some(exp) = attested.payload.get("exp").and_then(Value::as_u64) else {
+            return;
+        };
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= MAX_CACHED_TOKENS {
+            verified.retain(|_, found| now <= found.until);
+            if verified.len() >= MAX_CACHED_TOKENS {
+                verified.clear();
+            }
+        }
+        verified.insert(
+            digest,
+            Verified {
+                provider,
+                subject: attested.subject.clone(),
+                claims: attested.claims.clone(),
+                payload: attested.payload.clone(),
+                until: exp.saturating_add(attested.provider.spec.leeway_s),
+            },
+        );
+    }
+
+    /// The provider whose keys should be fetched before `rejected`'s token is tried again:
+    /// one with remote keys that lacked the token's key, or had none.
+    pub fn refresh_for(&self, rejected: &Rejected) -> Option<usize> {
+        if !matches!(
+            rejected.error,
+            AttestError::UnknownKey { .. } | AttestError::KeysUnavailable { .. }
+        ) {
+            return None;
+        }
+        let name = rejected.unverified.provider.as_deref()?;
+        self.providers
+            .iter()
+            .position(|provider| provider.name() == name && provider.spec.jwks.is_remote())
+    }
+
+    /// The provider of `attested` when its remote keys are due to be fetched again; the
+    /// token verified meanwhile with the keys in use.
+    pub fn stale_provider(&self, attested: &Attested<'_>) -> Option<usize> {
+        let idx = self
+            .providers
+            .iter()
+            .position(|provider| std::ptr::eq(provider, attested.provider))?;
+        attested.provider.keys_stale().then_some(idx)
+    }
+
+    /// Fetches the keys of provider `idx` ([`TrustProvider::refresh`]). Blocking I/O. New keys
+    /// forget every remembered token, so that a key the issuer withdrew stops vouching at once.
+    pub fn refresh(&self, idx: usize) -> Refreshed {
+        let Some(provider) = self.providers.get(idx) else {
+            return Refreshed::NotRemote;
+        };
+        let refreshed = provider.refresh();
+        if matches!(refreshed, Refreshed::Keys(_)) {
+            self.verified
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+        }
+        refreshed
+    }
+
+    /// Fetches the keys of every provider whose keys are remote, as the server does at start.
+    /// Blocking I/O; a provider whose fetch fails stays without keys and answers
+    /// `keys_unavailable` until a later fetch succeeds.
+    pub fn fetch_remote_keys(&self) -> Vec<(String, Refreshed)> {
+        (0..self.providers.len())
+            .filter(|idx| {
+                self.providers
+                    .get(*idx)
+                    .is_some_and(|provider| provider.spec.jwks.is_remote())
+            })
+            .map(|idx| {
+                let name = self
+                    .providers
+                    .get(idx)
+                    .map(|provider| provider.name().to_owned())
+                    .unwrap_or_default();
+                (name, self.refresh(idx))
+            })
+            .collect()
     }
 
     fn attest_inner(
@@ -367,9 +622,6 @@ impl Attestor {
         token: &str,
         unverified: &mut Unverified,
     ) -> Result<Attested<'_>, AttestError> {
-        if token.len() > MAX_TOKEN_BYTES {
-            return Err(AttestError::TooLarge);
-        }
         let (header, payload) = peek(token)?;
         check_time_claims(&payload)?;
         let algorithm = allowed_algorithm(&header)?;
@@ -388,8 +640,9 @@ impl Attestor {
         };
         unverified.provider = Some(provider.name().to_owned());
         let kid = header.get("kid").and_then(Value::as_str);
-        let key = find_key(provider, kid, algorithm)?;
-        let payload = verify(token, provider, key)?;
+        let set = provider.key_set();
+        let key = find_key(provider, &set, kid, algorithm)?;
+        let payload = verify(token, provider, key, algorithm)?;
         let claims = provider_claims(provider, &self.custom_claims, &payload)?;
         let subject = payload
             .get("sub")
@@ -403,6 +656,12 @@ impl Attestor {
             payload,
         })
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// Decodes header and payload without trusting them, to pick the provider and key.
@@ -460,15 +719,23 @@ fn allowed_algorithm(header: &Map<String, Value>) -> Result<Algorithm, AttestErr
         .ok_or_else(|| AttestError::AlgorithmNotAllowed(name.chars().take(32).collect()))
 }
 
-fn find_key<'p>(
-    provider: &'p TrustProvider,
+fn find_key<'k>(
+    provider: &TrustProvider,
+    set: &'k KeySet,
     kid: Option<&str>,
     algorithm: Algorithm,
-) -> Result<&'p VerificationKey, AttestError> {
-    let same_alg = provider
-        .keys
-        .iter()
-        .filter(|key| key.algorithm == algorithm);
+) -> Result<&'k VerificationKey, AttestError> {
+    if set.keys.is_empty() {
+        let why = match provider.last_fetch_error() {
+            Some(error) => error.to_string(),
+            None => "its keys have not been fetched yet".to_owned(),
+        };
+        return Err(AttestError::KeysUnavailable {
+            provider: provider.name().to_owned(),
+            why,
+        });
+    }
+    let same_alg = set.keys.iter().filter(|key| key.accepts(algorithm));
     let found = match kid {
         Some(kid) => same_alg
             .into_iter()
@@ -494,8 +761,9 @@ fn verify(
     token: &str,
     provider: &TrustProvider,
     key: &VerificationKey,
+    algorithm: Algorithm,
 ) -> Result<Map<String, Value>, AttestError> {
-    let mut validation = Validation::new(key.algorithm);
+    let mut validation = Validation::new(algorithm);
     validation.leeway = provider.spec.leeway_s;
     validation.validate_exp = true;
     validation.validate_nbf = true;

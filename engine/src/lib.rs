@@ -2,9 +2,11 @@
 //! decision API.
 //!
 //! The VM ([`vm`]) is pure: it takes a loaded bundle and a request and returns a decision.
-//! Attestation ([`attest`]) verifies evidence without I/O once its trust providers are built.
+//! Attestation ([`attest`]) verifies evidence without I/O; fetching a trust provider's keys
+//! ([`jwks`]) is blocking I/O, which the API runs on a blocking thread when a token needs it.
 //! The API ([`api`]) is where requests, the clock and the audit log meet.
 
 pub mod api;
 pub mod attest;
+pub mod jwks;
 pub mod vm;

@@ -15,8 +15,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_engine::attest::{
-    AttestError, Attestor, ProviderConfigError, TrustProvider, TrustProviderSpec,
+    AttestError, Attestor, DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_MIN, ProviderConfigError,
+    TrustProvider, TrustProviderSpec,
 };
+use portcullis_engine::jwks::JwksSource;
 use portcullis_lang::schema::{ClaimValue, ProviderKind};
 use serde_json::{Value, json};
 
@@ -34,7 +36,9 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: &str) -> TrustProvid
         kind,
         issuer: issuer.to_owned(),
         audiences: vec!["portcullis".to_owned()],
-        jwks_json: jwks.to_owned(),
+        jwks: JwksSource::Document(jwks.to_owned()),
+        jwks_refresh_min: DEFAULT_JWKS_REFRESH_MIN,
+        jwks_max_age: DEFAULT_JWKS_MAX_AGE,
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,

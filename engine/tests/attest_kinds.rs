@@ -14,8 +14,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::jwk::{Jwk, ThumbprintHash};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use portcullis_engine::attest::{
-    AttestError, Attested, Attestor, ProviderConfigError, TrustProvider, TrustProviderSpec,
+    AttestError, Attested, Attestor, DEFAULT_JWKS_MAX_AGE, DEFAULT_JWKS_REFRESH_MIN,
+    ProviderConfigError, TrustProvider, TrustProviderSpec,
 };
+use portcullis_engine::jwks::JwksSource;
 use portcullis_engine::vm::{Program, Reason, Request, TargetQuery};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::schema::{
@@ -54,7 +56,9 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: String) -> TrustProv
         kind,
         issuer: issuer.to_owned(),
         audiences: vec!["portcullis".to_owned()],
-        jwks_json: jwks,
+        jwks: JwksSource::Document(jwks),
+        jwks_refresh_min: DEFAULT_JWKS_REFRESH_MIN,
+        jwks_max_age: DEFAULT_JWKS_MAX_AGE,
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,

@@ -1,0 +1,355 @@
+//! A trust provider's verification keys: parsed from a JWKS document, bound to the algorithms
+//! each key may verify, and fetched from the issuer when configured so.
+//!
+//! In: a JWKS document's text, or where to fetch it (a JWKS URL, or the issuer's OpenID
+//! discovery document, which names the JWKS URL). Out: [`VerificationKey`]s, or an error
+//! that names the provider and what was wrong.
+//!
+//! Fetching is blocking I/O with a timeout and a size limit; callers on an async runtime run it
+//! on a blocking thread. Keys are fetched over `https`, checked against the web's public roots,
+//! or over plain `http` from a loopback address only (an issuer on the same host).
+
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, OctetKeyPairType,
+};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde_json::Value;
+
+use crate::attest::ProviderConfigError;
+
+/// The signature algorithms a token may use: asymmetric only. `none` and every HMAC
+/// algorithm are refused before any key is looked at, so a public key can never be used as
+/// an HMAC secret.
+pub const ALLOWED_ALGORITHMS: [Algorithm; 7] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// The largest JWKS or discovery document fetched.
+pub const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
+
+/// How long one fetch (connect, send, read) may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a trust provider's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS document's text, read from a file once.
+    Document(String),
+    /// A JWKS URL, fetched at start and again when needed.
+    Url(String),
+    /// The issuer's OpenID discovery document (`ISSUER/.well-known/openid-configuration`),
+    /// whose `jwks_uri` is fetched.
+    Discovery,
+}
+
+impl JwksSource {
+    /// Whether the keys can be fetched again.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, JwksSource::Document(_))
+    }
+}
+
+/// The key families: which algorithms a key of each may verify.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+impl Family {
+    fn accepts(self, algorithm: Algorithm) -> bool {
+        match self {
+            Family::Rsa => matches!(
+                algorithm,
+                Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256
+            ),
+            Family::P256 => algorithm == Algorithm::ES256,
+            Family::P384 => algorithm == Algorithm::ES384,
+            Family::Ed25519 => algorithm == Algorithm::EdDSA,
+        }
+    }
+}
+
+/// One key of a JWKS, with the algorithms it may verify: the one its `alg` names, or, without
+/// `alg`, every allowed algorithm of its key type and curve.
+pub struct VerificationKey {
+    pub kid: Option<String>,
+    family: Family,
+    /// The JWK's `alg`, when it names one.
+    only: Option<Algorithm>,
+    pub key: DecodingKey,
+}
+
+impl VerificationKey {
+    /// Whether this key may verify a token signed with `algorithm`.
+    pub fn accepts(&self, algorithm: Algorithm) -> bool {
+        self.family.accepts(algorithm) && self.only.is_none_or(|only| only == algorithm)
+    }
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("only", &self.only)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Parses a JWKS document. Every key must be usable: a symmetric key, an unknown curve or an
+/// algorithm outside [`ALLOWED_ALGORITHMS`] is an error, not a key skipped in silence.
+pub fn parse_jwks(provider: &str, text: &str) -> Result<Vec<VerificationKey>, ProviderConfigError> {
+    let set: JwkSet =
+        serde_json::from_str(text).map_err(|err| ProviderConfigError::JwksSyntax {
+            provider: provider.to_owned(),
+            detail: err.to_string(),
+        })?;
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for jwk in &set.keys {
+        let kid = jwk.common.key_id.clone();
+        let bad_key = |detail: String| ProviderConfigError::BadKey {
+            provider: provider.to_owned(),
+            kid: kid.clone().unwrap_or_else(|| "(no kid)".to_owned()),
+            detail,
+        };
+        let family = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Family::Rsa,
+            AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                EllipticCurve::P256 => Family::P256,
+                EllipticCurve::P384 => Family::P384,
+                ref other => return Err(bad_key(format!("curve `{other:?}` is not supported"))),
+            },
+            AlgorithmParameters::OctetKeyPair(okp) => match okp.curve {
+                EllipticCurve::Ed25519 if okp.key_type == OctetKeyPairType::OctetKeyPair => {
+                    Family::Ed25519
+                }
+                ref other => return Err(bad_key(format!("curve `{other:?}` is not supported"))),
+            },
+            AlgorithmParameters::OctetKey(_) => {
+                return Err(bad_key("symmetric keys are never accepted".to_owned()));
+            }
+            _ => return Err(bad_key("the key type is not supported".to_owned())),
+        };
+        let only = match jwk.common.key_algorithm {
+            None => None,
+            Some(named) => {
+                let algorithm = allowed_key_algorithm(named)
+                    .ok_or_else(|| bad_key(format!("algorithm `{named:?}` is not allowed")))?;
+                if !family.accepts(algorithm) {
+                    return Err(bad_key(format!(
+                        "algorithm `{named:?}` does not fit a key of this type"
+                    )));
+                }
+                Some(algorithm)
+            }
+        };
+        let key = DecodingKey::from_jwk(jwk).map_err(|err| bad_key(err.to_string()))?;
+        keys.push(VerificationKey {
+            kid,
+            family,
+            only,
+            key,
+        });
+    }
+    Ok(keys)
+}
+
+fn allowed_key_algorithm(named: KeyAlgorithm) -> Option<Algorithm> {
+    let algorithm = match named {
+        KeyAlgorithm::RS256 => Algorithm::RS256,
+        KeyAlgorithm::RS384 => Algorithm::RS384,
+        KeyAlgorithm::RS512 => Algorithm::RS512,
+        KeyAlgorithm::PS256 => Algorithm::PS256,
+        KeyAlgorithm::ES256 => Algorithm::ES256,
+        KeyAlgorithm::ES384 => Algorithm::ES384,
+        KeyAlgorithm::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    };
+    Some(algorithm)
+}
+
+/// Why a provider's keys could not be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FetchError {
+    #[error("`{url}` is not a URL keys may be fetched from: {why}")]
+    BadUrl { url: String, why: String },
+    #[error("fetching `{url}` failed: {detail}")]
+    Http { url: String, detail: String },
+    #[error("`{url}` answered something that is not {what}: {detail}")]
+    Document {
+        url: String,
+        what: &'static str,
+        detail: String,
+    },
+    #[error(
+        "the discovery document at `{url}` names issuer `{named}`, not the configured `{expected}`"
+    )]
+    IssuerMismatch {
+        url: String,
+        named: String,
+        expected: String,
+    },
+}
+
+/// Checks that keys may be fetched from `url`: `https`, or `http` to a loopback address.
+pub fn check_fetch_url(url: &str) -> Result<(), FetchError> {
+    let bad = |why: &str| FetchError::BadUrl {
+        url: url.to_owned(),
+        why: why.to_owned(),
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("it has no scheme"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("it has no host, or carries user information"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if is_loopback_authority(authority) => Ok(()),
+        "http" => Err(bad(
+            "plain `http` is accepted only from a loopback address; use `https`",
+        )),
+        _ => Err(bad("only `https` (or `http` on loopback) is accepted")),
+    }
+}
+
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Where the discovery document of `issuer` is, per OpenID Connect Discovery 1.0.
+pub fn discovery_url(issuer: &str) -> String {
+    format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    )
+}
+
+/// Fetches the JWKS document of a provider whose keys are remote; `None` for a document.
+pub fn fetch_jwks(source: &JwksSource, issuer: &str) -> Option<Result<String, FetchError>> {
+    let url = match source {
+        JwksSource::Document(_) => return None,
+        JwksSource::Url(url) => url.clone(),
+        JwksSource::Discovery => match jwks_uri_of(issuer) {
+            Ok(url) => url,
+            Err(error) => return Some(Err(error)),
+        },
+    };
+    Some(get(&url))
+}
+
+/// Reads the issuer's discovery document and returns its `jwks_uri`, after checking that the
+/// document is the issuer's own.
+fn jwks_uri_of(issuer: &str) -> Result<String, FetchError> {
+    let url = discovery_url(issuer);
+    let text = get(&url)?;
+    let document = |detail: String| FetchError::Document {
+        url: url.clone(),
+        what: "an OpenID discovery document",
+        detail,
+    };
+    let value: Value = serde_json::from_str(&text).map_err(|err| document(err.to_string()))?;
+    let named = value.get("issuer").and_then(Value::as_str);
+    if named != Some(issuer) {
+        return Err(FetchError::IssuerMismatch {
+            url,
+            named: named.unwrap_or("(none)").chars().take(256).collect(),
+            expected: issuer.to_owned(),
+        });
+    }
+    let jwks_uri = value
+        .get("jwks_uri")
+        .and_then(Value::as_str)
+        .ok_or_else(|| document("it has no `jwks_uri`".to_owned()))?;
+    check_fetch_url(jwks_uri)?;
+    Ok(jwks_uri.to_owned())
+}
+
+/// One bounded `GET` of a JSON document.
+fn get(url: &str) -> Result<String, FetchError> {
+    check_fetch_url(url)?;
+    let http = |detail: String| FetchError::Http {
+        url: url.to_owned(),
+        detail,
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(FETCH_TIMEOUT))
+        .max_redirects(0)
+        .https_only(url.starts_with("https://"))
+        .build()
+        .into();
+    let response = agent
+        .get(url)
+        .header("accept", "application/json")
+        .call()
+        .map_err(|err| http(err.to_string()))?;
+    let mut text = String::new();
+    response
+        .into_body()
+        .into_reader()
+        .take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| http(format!("reading the answer: {err}")))?;
+    if text.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(http(format!(
+            "the answer is larger than {MAX_DOCUMENT_BYTES} bytes"
+        )));
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_fetched_over_https_or_from_loopback_only() {
+        for ok in [
+            "https://token.actions.githubusercontent.com/.well-known/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://[::1]:9/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert_eq!(check_fetch_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://example.com/jwks",
+            "http://127.0.0.1.example.com/jwks",
+            "ftp://127.0.0.1/jwks",
+            "https://user@host/jwks",
+            "jwks.json",
+            "https:///jwks",
+        ] {
+            assert!(check_fetch_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn discovery_document_is_under_the_issuer() {
+        assert_eq!(
+            discovery_url("https://gitlab.example/"),
+            "https://gitlab.example/.well-known/openid-configuration"
+        );
+    }
+}
