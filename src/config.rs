@@ -74,6 +74,8 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub trust_providers: Vec<TrustProviderConfig>,
+    #[serde(default)]
+    pub credentials: CredentialsConfig,
     /// The directory of the file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -94,6 +96,98 @@ pub struct ServerConfig {
     /// A file holding a bearer token that reads the audit store (`POST /v1/audit/query`) and
     /// nothing else: for auditors and dashboards, who need no power over the policy.
     pub audit_token_file: Option<PathBuf>,
+}
+
+/// `[credentials]`: how the server mints and signs credentials (docs/credentials.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialsConfig {
+    /// The `iss` of minted tokens: the URL under which targets reach this server's
+    /// `/.well-known/jwks.json`. Default: `http://` and the listen address.
+    pub issuer: Option<String>,
+    /// The longest a minted token may live; a credential with a longer `ttl` is not issued,
+    /// and a signing key stays published this long after it stops signing.
+    #[serde(default = "default_max_ttl_s")]
+    pub max_ttl_s: u64,
+    /// A new signing key is made when the newest is this many days old.
+    #[serde(default = "default_rotate_after_days")]
+    pub rotate_after_days: u64,
+    /// A new key is published this long before it signs, so that verifiers that cache the
+    /// JWKS have it first.
+    #[serde(default = "default_publish_ahead_s")]
+    pub publish_ahead_s: u64,
+}
+
+impl Default for CredentialsConfig {
+    fn default() -> CredentialsConfig {
+        CredentialsConfig {
+            issuer: None,
+            max_ttl_s: default_max_ttl_s(),
+            rotate_after_days: default_rotate_after_days(),
+            publish_ahead_s: default_publish_ahead_s(),
+        }
+    }
+}
+
+fn default_max_ttl_s() -> u64 {
+    86_400
+}
+
+fn default_rotate_after_days() -> u64 {
+    30
+}
+
+fn default_publish_ahead_s() -> u64 {
+    3600
+}
+
+/// Bounds of `[credentials]`: tokens live a minute to a week, keys rotate after a day to a
+/// year, and are published up to a week ahead.
+const MAX_TTL_S: std::ops::RangeInclusive<u64> = 60..=604_800;
+const ROTATE_AFTER_DAYS: std::ops::RangeInclusive<u64> = 1..=365;
+const MAX_PUBLISH_AHEAD_S: u64 = 604_800;
+
+impl CredentialsConfig {
+    fn validate(&self) -> Result<()> {
+        if !MAX_TTL_S.contains(&self.max_ttl_s) {
+            bail!(
+                "`credentials.max_ttl_s = {}` is outside {}..={}",
+                self.max_ttl_s,
+                MAX_TTL_S.start(),
+                MAX_TTL_S.end()
+            );
+        }
+        if !ROTATE_AFTER_DAYS.contains(&self.rotate_after_days) {
+            bail!(
+                "`credentials.rotate_after_days = {}` is outside {}..={}",
+                self.rotate_after_days,
+                ROTATE_AFTER_DAYS.start(),
+                ROTATE_AFTER_DAYS.end()
+            );
+        }
+        if self.publish_ahead_s > MAX_PUBLISH_AHEAD_S {
+            bail!(
+                "`credentials.publish_ahead_s = {}` is over {MAX_PUBLISH_AHEAD_S}",
+                self.publish_ahead_s
+            );
+        }
+        if let Some(issuer) = &self.issuer
+            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
+        {
+            bail!("`credentials.issuer = {issuer:?}` is not an `https://` or `http://` URL");
+        }
+        Ok(())
+    }
+
+    /// The key ring's schedule.
+    pub fn rotation(&self) -> portcullis_engine::credentials::RotationPolicy {
+        let seconds = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
+        portcullis_engine::credentials::RotationPolicy {
+            rotate_after_s: seconds(self.rotate_after_days.saturating_mul(86_400)),
+            publish_ahead_s: seconds(self.publish_ahead_s),
+            max_ttl_s: seconds(self.max_ttl_s),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -426,6 +520,7 @@ impl Config {
             );
         }
         self.audit.validate()?;
+        self.credentials.validate()?;
         if self.policy.public_key.is_some() && self.policy.dir.is_some() {
             bail!(
                 "`[policy] public_key` checks the signature of a `bundle`, but `dir` compiles \

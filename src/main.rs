@@ -4,6 +4,7 @@
 mod audit_api;
 mod audit_integrity;
 mod config;
+mod credential;
 mod dev;
 mod policy;
 mod reload;
@@ -39,6 +40,9 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Get a credential for a target with the evidence this CI job or pod already has, and
+    /// print it for the next step. Exits 2, with the reason, when the server refuses.
+    Credential(credential::CredentialArgs),
     /// Work with the audit store.
     Audit {
         #[command(subcommand)]
@@ -124,6 +128,11 @@ fn main() -> ExitCode {
             command: AuditCommand::Key { store },
         } => audit_integrity::key(&store),
         Command::Dev { command } => dev::run(command),
+        Command::Credential(args) => match credential::run(&args) {
+            Ok(credential::Outcome::Issued) => Ok(()),
+            Ok(credential::Outcome::Refused) => return ExitCode::from(credential::REFUSED),
+            Err(err) => Err(err),
+        },
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use portcullis_engine::api::admin::{Admin, AdminToken};
 use portcullis_engine::api::audit_query::AuditQueryApi;
 use portcullis_engine::api::{self, Engine, ProgramSlot};
 use portcullis_engine::attest::{Attestor, TrustProvider};
+use portcullis_engine::credentials::{CredentialIssuer, KeyRing};
 
 use crate::audit_api::SqlOverStore;
 use crate::config::{AdminTokenFile, Config};
@@ -72,6 +73,20 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         token: AdminToken::new(&file.token),
         reload: Arc::clone(&reloader) as _,
     });
+    let now = unix_now();
+    let ring = KeyRing::open(&data_dir, config.credentials.rotation(), now).with_context(|| {
+        format!(
+            "cannot open the credential key ring in `{}`",
+            data_dir.display()
+        )
+    })?;
+    let local = listener.local_addr()?;
+    let issuer = config
+        .credentials
+        .issuer
+        .clone()
+        .unwrap_or_else(|| format!("http://{local}"));
+    let credentials = Arc::new(CredentialIssuer { ring, issuer });
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),
         attestor,
@@ -79,6 +94,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         max_body_bytes: config.server.max_body_bytes,
         admin,
         audit_query,
+        credentials: Some(Arc::clone(&credentials)),
     });
     reloader.record_startup(&engine)?;
     let reloads = Reloads {
@@ -158,6 +174,9 @@ async fn serve(
         let watch = crate::reload::watch(Arc::clone(&engine), Arc::clone(reloader), interval);
         reloading.spawn(watch);
     }
+    if let Some(credentials) = &engine.credentials {
+        reloading.spawn(maintain_key_ring(Arc::clone(credentials)));
+    }
     let watch_interval_ms = reloads
         .watch_interval
         .map_or(0, |interval| interval.as_millis());
@@ -185,6 +204,33 @@ async fn serve(
     reloading.shutdown().await;
     tracing::info!("stopped_taking_requests");
     Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}
+
+/// How often the credential key ring is checked for a key to make or retire.
+const KEY_RING_CHECK: Duration = Duration::from_secs(600);
+
+/// Rotates and retires credential signing keys on their schedule while the server runs.
+async fn maintain_key_ring(credentials: Arc<CredentialIssuer>) {
+    let mut ticks = tokio::time::interval(KEY_RING_CHECK);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let issuer = Arc::clone(&credentials);
+        let now = unix_now();
+        match tokio::task::spawn_blocking(move || issuer.ring.maintain(now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "credential_key_ring_maintenance_failed"),
+            Err(error) => tracing::error!(%error, "credential_key_ring_maintenance_failed"),
+        }
+    }
 }
 
 /// Completes `SHUTDOWN_GRACE` after the stop signal; never, if there is none.

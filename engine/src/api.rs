@@ -12,6 +12,7 @@
 
 pub mod admin;
 pub mod audit_query;
+pub mod issuing;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -31,6 +32,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::attest::{Attested, Attestor, Refreshed, Rejected};
+use crate::credentials::CredentialIssuer;
 use crate::vm::{Decision, EvalError, Program, Request, TargetQuery, Trace};
 use admin::Admin;
 use portcullis_lang::ir::Protocol;
@@ -54,6 +56,9 @@ pub struct Engine {
     pub admin: Option<Admin>,
     /// SQL over the audit store (`POST /v1/audit/query`); without it, 404.
     pub audit_query: Option<audit_query::AuditQueryApi>,
+    /// Issues credentials (`POST /v1/credentials`) and publishes the keys of the tokens it
+    /// mints (`GET /.well-known/jwks.json`); without it, both answer 404.
+    pub credentials: Option<Arc<CredentialIssuer>>,
 }
 
 /// The program in effect, replaced whole by a reload. Whoever took it goes on with it: a
@@ -86,6 +91,8 @@ impl ProgramSlot {
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
+        .route("/v1/credentials", post(issuing::credentials))
+        .route("/.well-known/jwks.json", get(issuing::jwks))
         .route("/healthz", get(healthz))
         .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/audit/query", post(audit_query::query))
@@ -201,8 +208,9 @@ async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
 async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
-        "no such endpoint; see `POST /v1/decide`, `GET /healthz`, and behind the admin \
-         token `POST /v1/admin/reload` and `POST /v1/audit/query`",
+        "no such endpoint; see `POST /v1/decide`, `POST /v1/credentials`, \
+         `GET /.well-known/jwks.json`, `GET /healthz`, and behind the admin token \
+         `POST /v1/admin/reload` and `POST /v1/audit/query`",
     )
 }
 
@@ -339,22 +347,10 @@ async fn decide(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    // Only JSON: a browser cannot send it cross-origin without a preflight.
-    if !is_json(&headers) {
-        let message = "the request body must be JSON, sent as `content-type: application/json`";
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message);
-    }
-    let body = match read_body(body, engine.max_body_bytes).await {
+    let body = match read_decide_body(&engine, &headers, body).await {
         Ok(body) => body,
         Err(response) => return response,
     };
-    let body: DecideBody = match serde_json::from_slice(&body) {
-        Ok(body) => body,
-        Err(err) => return error(StatusCode::BAD_REQUEST, &parse_error_message(&err)),
-    };
-    if let Err(message) = check_lengths(&body) {
-        return error(StatusCode::BAD_REQUEST, &message);
-    }
     let target = match target_query(&body.target) {
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
@@ -372,29 +368,13 @@ async fn decide(
     }
     // The one program this decision runs and records, whatever a reload does meanwhile.
     let program = engine.program.current();
-    let mut event = NewEvent {
-        source_ip: Some(peer.ip()),
-        action: body.request.action.clone(),
-        resource: body.request.resource.clone(),
-        bundle_hash: Some(program.hash_hex().to_owned()),
-        // The token is never kept; its hash tells its uses apart.
-        evidence_sha256: Some(hex::encode(Sha256::digest(body.evidence.token.as_bytes()))),
-        ..NewEvent::default()
-    };
+    let mut event = request_event(peer, &body, &program);
     // `request.time`: the clock is read once, before attestation, so that one decision sees
     // one time.
     let decided_at = chrono::Utc::now().timestamp();
     let answer = match attest(&engine, &body.evidence.token).await {
         Ok(attested) => {
-            let request = Request {
-                kind: attested.provider.kind(),
-                claims: &attested.claims,
-                target,
-                action: body.request.action.as_deref(),
-                resource: body.request.resource.as_deref(),
-                source_ip: Some(peer.ip()),
-                time: Some(decided_at),
-            };
+            let request = request_of(&attested, target, &body, peer, decided_at);
             describe_caller(&mut event, &attested);
             if body.explain {
                 let explained = program.explain(&request);
@@ -432,6 +412,58 @@ async fn decide(
     };
     event.latency_ns = Some(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
     record_and_answer(&engine, event, answer).await
+}
+
+/// The body of a decide (or credentials) request: JSON, within the size and time limits, of
+/// the documented shape, each field within its length.
+async fn read_decide_body(
+    engine: &Engine,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<DecideBody, Response> {
+    // Only JSON: a browser cannot send it cross-origin without a preflight.
+    if !is_json(headers) {
+        let message = "the request body must be JSON, sent as `content-type: application/json`";
+        return Err(error(StatusCode::UNSUPPORTED_MEDIA_TYPE, message));
+    }
+    let body = read_body(body, engine.max_body_bytes).await?;
+    let body: DecideBody = serde_json::from_slice(&body)
+        .map_err(|err| error(StatusCode::BAD_REQUEST, &parse_error_message(&err)))?;
+    check_lengths(&body).map_err(|message| error(StatusCode::BAD_REQUEST, &message))?;
+    Ok(body)
+}
+
+/// What the VM decides for an attested caller's request.
+fn request_of<'r>(
+    attested: &'r Attested<'_>,
+    target: TargetQuery<'r>,
+    body: &'r DecideBody,
+    peer: SocketAddr,
+    decided_at: i64,
+) -> Request<'r> {
+    Request {
+        kind: attested.provider.kind(),
+        claims: &attested.claims,
+        target,
+        action: body.request.action.as_deref(),
+        resource: body.request.resource.as_deref(),
+        source_ip: Some(peer.ip()),
+        time: Some(decided_at),
+    }
+}
+
+/// The access event of a request, before anything is decided: who connected, what it asked,
+/// the bundle, and the hash of its evidence.
+fn request_event(peer: SocketAddr, body: &DecideBody, program: &Program) -> NewEvent {
+    NewEvent {
+        source_ip: Some(peer.ip()),
+        action: body.request.action.clone(),
+        resource: body.request.resource.clone(),
+        bundle_hash: Some(program.hash_hex().to_owned()),
+        // The token is never kept; its hash tells its uses apart.
+        evidence_sha256: Some(hex::encode(Sha256::digest(body.evidence.token.as_bytes()))),
+        ..NewEvent::default()
+    }
 }
 
 /// The named conditions a decision evaluated, in order, for the event's `conditions`.

@@ -9,8 +9,6 @@
 //! on a blocking thread. Keys are fetched over `https`, checked against the web's public roots,
 //! or over plain `http` from a loopback address only (an issuer on the same host).
 
-use std::io::Read as _;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{
@@ -38,7 +36,7 @@ pub const ALLOWED_ALGORITHMS: [Algorithm; 7] = [
 pub const MAX_DOCUMENT_BYTES: u64 = 1024 * 1024;
 
 /// How long one fetch (connect, send, read) may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+const FETCH_TIMEOUT: Duration = crate::http::TIMEOUT;
 
 /// Where a trust provider's keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -204,38 +202,12 @@ pub enum FetchError {
     },
 }
 
-/// Checks that keys may be fetched from `url`: `https`, or `http` to a loopback address.
+/// Checks that keys may be fetched from `url` ([`crate::http::check_url`]).
 pub fn check_fetch_url(url: &str) -> Result<(), FetchError> {
-    let bad = |why: &str| FetchError::BadUrl {
-        url: url.to_owned(),
-        why: why.to_owned(),
-    };
-    let (scheme, rest) = url
-        .split_once("://")
-        .ok_or_else(|| bad("it has no scheme"))?;
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') {
-        return Err(bad("it has no host, or carries user information"));
-    }
-    match scheme {
-        "https" => Ok(()),
-        "http" if is_loopback_authority(authority) => Ok(()),
-        "http" => Err(bad(
-            "plain `http` is accepted only from a loopback address; use `https`",
-        )),
-        _ => Err(bad("only `https` (or `http` on loopback) is accepted")),
-    }
-}
-
-fn is_loopback_authority(authority: &str) -> bool {
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+    crate::http::check_url(url).map_err(|bad| FetchError::BadUrl {
+        url: bad.url,
+        why: bad.why,
+    })
 }
 
 /// Where the discovery document of `issuer` is, per OpenID Connect Discovery 1.0.
@@ -293,57 +265,21 @@ fn get(url: &str) -> Result<String, FetchError> {
         url: url.to_owned(),
         detail,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(FETCH_TIMEOUT))
-        .max_redirects(0)
-        .https_only(url.starts_with("https://"))
-        .build()
-        .into();
-    let response = agent
+    let mut response = crate::http::agent(FETCH_TIMEOUT)
         .get(url)
         .header("accept", "application/json")
         .call()
         .map_err(|err| http(err.to_string()))?;
-    let mut text = String::new();
-    response
-        .into_body()
-        .into_reader()
-        .take(MAX_DOCUMENT_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|err| http(format!("reading the answer: {err}")))?;
-    if text.len() as u64 > MAX_DOCUMENT_BYTES {
-        return Err(http(format!(
-            "the answer is larger than {MAX_DOCUMENT_BYTES} bytes"
-        )));
+    let status = response.status().as_u16();
+    if status != 200 {
+        return Err(http(format!("it answered {status}")));
     }
-    Ok(text)
+    crate::http::read_limited(response.body_mut(), MAX_DOCUMENT_BYTES).map_err(http)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keys_are_fetched_over_https_or_from_loopback_only() {
-        for ok in [
-            "https://token.actions.githubusercontent.com/.well-known/jwks",
-            "http://127.0.0.1:8080/jwks",
-            "http://[::1]:9/jwks",
-            "http://localhost/jwks",
-        ] {
-            assert_eq!(check_fetch_url(ok), Ok(()), "{ok}");
-        }
-        for bad in [
-            "http://example.com/jwks",
-            "http://127.0.0.1.example.com/jwks",
-            "ftp://127.0.0.1/jwks",
-            "https://user@host/jwks",
-            "jwks.json",
-            "https:///jwks",
-        ] {
-            assert!(check_fetch_url(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn discovery_document_is_under_the_issuer() {

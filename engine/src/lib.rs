@@ -8,5 +8,7 @@
 
 pub mod api;
 pub mod attest;
+pub mod credentials;
+pub mod http;
 pub mod jwks;
 pub mod vm;

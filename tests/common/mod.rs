@@ -4,6 +4,8 @@
 
 #![allow(dead_code, reason = "each test binary uses some of the helpers")]
 
+pub mod issuing;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -186,6 +188,19 @@ fn status_and_body(mut response: ureq::http::Response<ureq::Body>) -> (u16, Valu
         status,
         serde_json::from_str(&text).unwrap_or(Value::String(text)),
     )
+}
+
+/// `POST path` with the JSON `body`.
+pub fn post_json(server: &Server, path: &str, body: &Value) -> (u16, Value) {
+    let request = agent()
+        .post(&server.url(path))
+        .header("content-type", "application/json");
+    status_and_body(request.send(body.to_string().as_bytes()).unwrap())
+}
+
+/// `GET path`.
+pub fn get_json(server: &Server, path: &str) -> (u16, Value) {
+    status_and_body(agent().get(&server.url(path)).call().unwrap())
 }
 
 pub fn post(server: &Server, body: &[u8]) -> (u16, Value) {

@@ -1,0 +1,254 @@
+//! `POST /v1/credentials`: evidence and target in; attest, decide, issue; the credential out,
+//! or a 403 with the reason. And `GET /.well-known/jwks.json`, the keys that verify the tokens
+//! the server mints.
+//!
+//! Every request is recorded as its decision's access event (or its attestation failure);
+//! an issued credential also as a `credential_issued` event whose `credential_ref` is the HMAC
+//! of its identifier. Both events are durable before the credential leaves the server, and
+//! neither holds the credential.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use portcullis_audit::{EventKind, NewEvent};
+use portcullis_lang::ir::Credential;
+use serde_json::{Value, json};
+
+use super::{
+    ConditionsSeen, DecideAnswer, Engine, answer_attestation_failure, answer_decision, attest,
+    describe_caller, describe_target, describe_target_spec, error, read_decide_body,
+    record_and_answer, request_event, request_of, target_query,
+};
+use crate::credentials::{Issued, Recipient};
+
+/// The keys that verify minted tokens, for targets and anyone else to fetch.
+pub async fn jwks(State(engine): State<Arc<Engine>>) -> Response {
+    match &engine.credentials {
+        Some(issuer) => (StatusCode::OK, axum::Json(issuer.ring.jwks())).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "this server issues no credentials, so it publishes no keys",
+        ),
+    }
+}
+
+pub async fn credentials(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let Some(issuer) = engine.credentials.clone() else {
+        return error(StatusCode::NOT_FOUND, "this server issues no credentials");
+    };
+    let body = match read_decide_body(&engine, &headers, body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    if body.explain {
+        let message =
+            "`explain` belongs to `POST /v1/decide`; a credential request is not explained";
+        return error(StatusCode::BAD_REQUEST, message);
+    }
+    let target = match target_query(&body.target) {
+        Ok(target) => target,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
+    let program = engine.program.current();
+    let mut event = request_event(peer, &body, &program);
+    let decided_at = chrono::Utc::now().timestamp();
+    let attested = match attest(&engine, &body.evidence.token).await {
+        Ok(attested) => attested,
+        Err(rejected) => {
+            describe_target_spec(&mut event, &body.target);
+            let answer = answer_attestation_failure(&mut event, *rejected);
+            event.latency_ns = Some(elapsed_ns(started));
+            return refused(&engine, event, answer).await;
+        }
+    };
+    let request = request_of(&attested, target, &body, peer, decided_at);
+    describe_caller(&mut event, &attested);
+    let mut conditions = ConditionsSeen::default();
+    let decision = program.decide_with(&request, &mut conditions);
+    event.conditions = conditions.named(&program);
+    describe_target(&mut event, &decision, &body.target);
+    let mut answer = answer_decision(&mut event, &decision);
+    let credential = match (decision.allow, decision.credential) {
+        (true, Some(credential)) => credential.clone(),
+        (true, None) => {
+            answer.reason = format!(
+                "{}, but the rule names no credential to issue",
+                answer.reason
+            );
+            answer.reason_code = "no_credential";
+            event.latency_ns = Some(elapsed_ns(started));
+            return refused(&engine, event, answer).await;
+        }
+        (false, _) => {
+            event.latency_ns = Some(elapsed_ns(started));
+            return refused(&engine, event, answer).await;
+        }
+    };
+    let recipient = OwnedRecipient {
+        workload: decision.workload.map(str::to_owned),
+        subject: attested.subject.clone(),
+        trust_provider: attested.provider.name().to_owned(),
+        target: decision
+            .target
+            .map(|target| target.name.clone())
+            .unwrap_or_default(),
+        now: decided_at,
+    };
+    // A `static` credential reads a file: off the async threads.
+    let issuing = Arc::clone(&issuer);
+    let minted = {
+        let credential = credential.clone();
+        tokio::task::spawn_blocking(move || issuing.issue(&credential, &recipient.borrowed())).await
+    };
+    let issued = match minted {
+        Ok(Ok(issued)) => issued,
+        Ok(Err(problem)) => return unavailable(&engine, event, answer, &problem.to_string()).await,
+        Err(join) => return unavailable(&engine, event, answer, &join.to_string()).await,
+    };
+    event.latency_ns = Some(elapsed_ns(started));
+    let issued_event = issued_event(&engine, &event, &credential, &issued);
+    deliver(&engine, event, issued_event, answer, &credential, issued).await
+}
+
+/// [`Recipient`] with owned text, to cross onto a blocking thread.
+struct OwnedRecipient {
+    workload: Option<String>,
+    subject: String,
+    trust_provider: String,
+    target: String,
+    now: i64,
+}
+
+impl OwnedRecipient {
+    fn borrowed(&self) -> Recipient<'_> {
+        Recipient {
+            workload: self.workload.as_deref(),
+            subject: &self.subject,
+            trust_provider: &self.trust_provider,
+            target: &self.target,
+            now: self.now,
+        }
+    }
+}
+
+fn elapsed_ns(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The `credential_issued` event: the decision's caller and target, the provider, the TTL,
+/// and the HMAC of the credential's identifier.
+fn issued_event(
+    engine: &Engine,
+    decision: &NewEvent,
+    credential: &Credential,
+    issued: &Issued,
+) -> NewEvent {
+    NewEvent {
+        kind: EventKind::CredentialIssued,
+        reason: Some(format!(
+            "credential `{}` issued under rule `{}`",
+            credential.name,
+            decision.rule.as_deref().unwrap_or_default()
+        )),
+        reason_code: Some("credential_issued".to_owned()),
+        credential_provider: Some(credential.kind.keyword().to_owned()),
+        credential_ttl_s: credential.ttl_s,
+        credential_ref: Some(engine.audit.credential_ref(&issued.identifier)),
+        conditions: Vec::new(),
+        latency_ns: None,
+        ..decision.clone()
+    }
+}
+
+/// A deny, or an allow with nothing to issue: recorded, then answered 403 with the reason.
+async fn refused(engine: &Arc<Engine>, event: NewEvent, answer: DecideAnswer) -> Response {
+    let mut response = record_and_answer(engine, event, answer).await;
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::FORBIDDEN;
+    }
+    response
+}
+
+/// The decision was an allow, but the credential could not be issued: recorded as decided,
+/// answered 503 with the reason (which names the credential and the source, never a secret).
+async fn unavailable(
+    engine: &Arc<Engine>,
+    event: NewEvent,
+    mut answer: DecideAnswer,
+    problem: &str,
+) -> Response {
+    tracing::error!(problem, "credential_issue_failed");
+    answer.reason = format!("the credential could not be issued: {problem}");
+    answer.reason_code = "credential_unavailable";
+    answer.credential = None;
+    let mut response = record_and_answer(engine, event, answer).await;
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    response
+}
+
+/// Records the decision and the issuance in one commit, then hands the credential over; if
+/// they cannot be recorded, the credential is dropped and the answer is the fail-closed deny.
+async fn deliver(
+    engine: &Arc<Engine>,
+    decision: NewEvent,
+    issued_event: NewEvent,
+    answer: DecideAnswer,
+    credential: &Credential,
+    issued: Issued,
+) -> Response {
+    let audit = Arc::clone(&engine.audit);
+    let recorded =
+        tokio::task::spawn_blocking(move || audit.record_batch(vec![decision, issued_event])).await;
+    let (decided, issuance) = match recorded {
+        Ok(Ok(recorded)) => match recorded.as_slice() {
+            [decided, issuance] => (decided.event_id, issuance.event_id),
+            _ => return super::unrecorded("the store recorded an unexpected count", &answer),
+        },
+        Ok(Err(err)) => return super::unrecorded(&err.to_string(), &answer),
+        Err(join) => return super::unrecorded(&join.to_string(), &answer),
+    };
+    tracing::info!(
+        decision = answer.decision,
+        reason_code = answer.reason_code,
+        rule = answer.rule.as_deref().unwrap_or(""),
+        event_id = %decided,
+        credential = %credential.name,
+        "credential_issued"
+    );
+    let expires_at = issued.expires_at.and_then(|at| {
+        chrono::DateTime::from_timestamp(at, 0)
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+    });
+    let answer = DecideAnswer {
+        event_id: decided.to_string(),
+        credential: None,
+        ..answer
+    };
+    let mut body = match serde_json::to_value(&answer) {
+        Ok(body) => body,
+        Err(err) => return super::unrecorded(&err.to_string(), &answer),
+    };
+    body["credential"] = json!({
+        "name": credential.name,
+        "kind": credential.kind.keyword(),
+        "type": issued.token_type,
+        "value": issued.value.as_str(),
+        "ttl_s": credential.ttl_s,
+        "expires_at": expires_at.map_or(Value::Null, Value::String),
+        "event_id": issuance.to_string(),
+    });
+    (StatusCode::OK, axum::Json(body)).into_response()
+}

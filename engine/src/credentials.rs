@@ -1,0 +1,685 @@
+//! Credential providers: what a permitted caller receives for its target.
+//!
+//! In: the credential a decision names, and who asked for it. Out: the credential's value,
+//! its type and expiry, and the identifier whose HMAC its `credential_issued` event carries;
+//! never the value in a log or an event.
+//!
+//! - `jwt`: a JWT minted here and signed with an Ed25519 key of the server's own key ring
+//!   ([`KeyRing`]), published at `/.well-known/jwks.json` so that a target verifies it.
+//! - `static`: a stored secret read from an environment variable or a file where the server
+//!   runs, at every issuance, so that a rotated secret is picked up.
+//!
+//! The key ring rotates without breaking a verifier: a new key is published `publish_ahead`
+//! before it signs anything (verifiers that cache the JWKS see it first), and a key that
+//! stopped signing stays published until every token it signed has expired.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::{PoisonError, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::spki::der::zeroize::Zeroizing;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
+use ed25519_dalek::{Signer, SigningKey};
+use portcullis_lang::ir::{Credential, CredentialKind, StaticSource};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// The largest secret a `static` credential reads.
+pub const MAX_STATIC_SECRET_BYTES: u64 = 64 * 1024;
+
+/// The largest key file read from the key ring's directory.
+const MAX_KEY_FILE_BYTES: u64 = 4096;
+
+/// The key ring's directory under the data directory.
+pub const KEY_RING_DIR: &str = "credential-keys";
+
+/// When the key ring makes a new key, how long it is published before it signs, and the
+/// longest a minted token lives (which is how long a retired key stays published).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotationPolicy {
+    pub rotate_after_s: i64,
+    pub publish_ahead_s: i64,
+    pub max_ttl_s: i64,
+}
+
+impl Default for RotationPolicy {
+    fn default() -> RotationPolicy {
+        RotationPolicy {
+            rotate_after_s: 30 * 86_400,
+            publish_ahead_s: 3600,
+            max_ttl_s: 86_400,
+        }
+    }
+}
+
+/// One key of the ring, as its file name gives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyMeta {
+    /// Unix seconds.
+    pub created: i64,
+    pub kid: String,
+}
+
+/// What the ring should look like at a moment: positions in the keys, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// The key that signs now.
+    pub signing: usize,
+    /// The keys to publish, the signing key among them.
+    pub published: Vec<usize>,
+    /// Keys no token still alive was signed with, to delete.
+    pub retired: Vec<usize>,
+    /// Whether the newest key is old enough that a new one should be made.
+    pub rotate: bool,
+}
+
+/// Plans the ring for `now`. `keys` are oldest first and not empty. A key signs from
+/// `publish_ahead` after it was made (the first key at once, since no verifier can have cached
+/// an older set); a key is retired once its successor has signed for `max_ttl`.
+pub fn plan(keys: &[KeyMeta], now: i64, policy: RotationPolicy) -> Plan {
+    let starts_signing = |key: &KeyMeta| key.created.saturating_add(policy.publish_ahead_s);
+    let signing = keys
+        .iter()
+        .rposition(|key| starts_signing(key) <= now)
+        .unwrap_or(0);
+    let mut published = Vec::new();
+    let mut retired = Vec::new();
+    for (idx, _) in keys.iter().enumerate() {
+        // Every key older than one that has signed for `max_ttl` signed nothing still alive.
+        let superseded = keys
+            .iter()
+            .enumerate()
+            .skip(idx + 1)
+            .take_while(|(later, _)| *later <= signing)
+            .any(|(_, later)| starts_signing(later).saturating_add(policy.max_ttl_s) <= now);
+        if idx < signing && superseded {
+            retired.push(idx);
+        } else {
+            published.push(idx);
+        }
+    }
+    let rotate = keys
+        .last()
+        .is_none_or(|newest| newest.created.saturating_add(policy.rotate_after_s) <= now);
+    Plan {
+        signing,
+        published,
+        retired,
+        rotate,
+    }
+}
+
+/// Why the key ring or an issuance failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("the credential key ring at `{path}`: cannot {action}: {source}")]
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the credential key `{path}` is not an Ed25519 private key: {reason}")]
+    BadKey { path: PathBuf, reason: String },
+    #[error("no randomness for a new credential key: {0}")]
+    Random(String),
+    #[error("static credential `{name}`: {reason}")]
+    Static { name: String, reason: String },
+    #[error("credential `{name}`: a ttl of {ttl_s} s is over the server's maximum of {max_s} s")]
+    TtlTooLong {
+        name: String,
+        ttl_s: u64,
+        max_s: u64,
+    },
+    #[error("credential `{name}`: `{kind}` credentials are not issued yet")]
+    NotYetIssued { name: String, kind: &'static str },
+}
+
+struct RingKey {
+    meta: KeyMeta,
+    key: SigningKey,
+}
+
+struct RingState {
+    keys: Vec<RingKey>,
+    plan: Plan,
+}
+
+/// The server's credential signing keys, in `DATA/credential-keys/`, one owner-only PKCS#8
+/// file per key named `CREATED-KID.key`.
+pub struct KeyRing {
+    dir: PathBuf,
+    policy: RotationPolicy,
+    state: RwLock<RingState>,
+}
+
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("dir", &self.dir)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyRing {
+    /// Opens the ring in `data_dir`, making its directory and first key when there are none,
+    /// and brings it up to date for `now`.
+    pub fn open(
+        data_dir: &Path,
+        policy: RotationPolicy,
+        now: i64,
+    ) -> Result<KeyRing, CredentialError> {
+        let dir = data_dir.join(KEY_RING_DIR);
+        create_dir_owner_only(&dir)?;
+        let ring = KeyRing {
+            dir,
+            policy,
+            state: RwLock::new(RingState {
+                keys: Vec::new(),
+                plan: plan(&[], now, policy),
+            }),
+        };
+        ring.maintain(now)?;
+        Ok(ring)
+    }
+
+    /// Reads the keys again, makes a new one when the newest is `rotate_after` old, and
+    /// deletes retired ones. Run at start and then periodically.
+    pub fn maintain(&self, now: i64) -> Result<Plan, CredentialError> {
+        let mut keys = read_keys(&self.dir)?;
+        if plan_or_rotate(&keys, now, self.policy) {
+            keys.push(create_key(&self.dir, now)?);
+        }
+        let metas: Vec<KeyMeta> = keys.iter().map(|key| key.meta.clone()).collect();
+        let planned = plan(&metas, now, self.policy);
+        for idx in &planned.retired {
+            if let Some(key) = keys.get(*idx) {
+                let path = self.dir.join(file_name(&key.meta));
+                fs::remove_file(&path).map_err(io("delete", &path))?;
+                tracing::info!(kid = %key.meta.kid, "credential_key_retired");
+            }
+        }
+        let retired = planned.retired.clone();
+        let mut kept = Vec::with_capacity(keys.len());
+        for (idx, key) in keys.into_iter().enumerate() {
+            if !retired.contains(&idx) {
+                kept.push(key);
+            }
+        }
+        let metas: Vec<KeyMeta> = kept.iter().map(|key| key.meta.clone()).collect();
+        let planned = plan(&metas, now, self.policy);
+        *self.state.write().unwrap_or_else(PoisonError::into_inner) = RingState {
+            keys: kept,
+            plan: planned.clone(),
+        };
+        Ok(planned)
+    }
+
+    /// The published keys as a JWKS document.
+    pub fn jwks(&self) -> Value {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let keys: Vec<Value> = state
+            .plan
+            .published
+            .iter()
+            .filter_map(|idx| state.keys.get(*idx))
+            .map(|key| {
+                json!({
+                    "kty": "OKP",
+                    "crv": "Ed25519",
+                    "x": URL_SAFE_NO_PAD.encode(key.key.verifying_key().as_bytes()),
+                    "kid": key.meta.kid,
+                    "alg": "EdDSA",
+                    "use": "sig",
+                })
+            })
+            .collect();
+        json!({ "keys": keys })
+    }
+
+    /// `claims` as a compact JWS signed by the signing key, with its `kid` in the header.
+    pub fn sign(&self, claims: &Value) -> String {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(key) = state.keys.get(state.plan.signing) else {
+            // `open` leaves at least one key; without one nothing can be signed.
+            return String::new();
+        };
+        let header = json!({ "alg": "EdDSA", "typ": "JWT", "kid": key.meta.kid });
+        let signing_input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let signature = key.key.sign(signing_input.as_bytes());
+        format!(
+            "{signing_input}.{}",
+            URL_SAFE_NO_PAD.encode(signature.to_bytes())
+        )
+    }
+
+    /// The `kid` of the signing key.
+    pub fn signing_kid(&self) -> Option<String> {
+        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+        state
+            .keys
+            .get(state.plan.signing)
+            .map(|key| key.meta.kid.clone())
+    }
+}
+
+/// Whether a new key is due: none yet, or the newest is old enough.
+fn plan_or_rotate(keys: &[RingKey], now: i64, policy: RotationPolicy) -> bool {
+    let metas: Vec<KeyMeta> = keys.iter().map(|key| key.meta.clone()).collect();
+    metas.is_empty() || plan(&metas, now, policy).rotate
+}
+
+fn file_name(meta: &KeyMeta) -> String {
+    format!("{}-{}.key", meta.created, meta.kid)
+}
+
+/// The ring's keys, oldest first. A file that is not a key of the ring (by its name) is left
+/// alone; one named like a key that does not hold one stops the start.
+fn read_keys(dir: &Path) -> Result<Vec<RingKey>, CredentialError> {
+    let mut keys = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io("list", dir))? {
+        let entry = entry.map_err(io("list", dir))?;
+        let name = entry.file_name();
+        let Some(meta) = name.to_str().and_then(parse_file_name) else {
+            continue;
+        };
+        let path = entry.path();
+        let key = read_key(&path)?;
+        if kid_of(&key) != meta.kid {
+            return Err(CredentialError::BadKey {
+                path,
+                reason: "its file name names another key".to_owned(),
+            });
+        }
+        keys.push(RingKey { meta, key });
+    }
+    keys.sort_by(|a, b| (a.meta.created, &a.meta.kid).cmp(&(b.meta.created, &b.meta.kid)));
+    Ok(keys)
+}
+
+fn parse_file_name(name: &str) -> Option<KeyMeta> {
+    let stem = name.strip_suffix(".key")?;
+    let (created, kid) = stem.split_once('-')?;
+    let valid_kid = kid.len() == 16 && kid.bytes().all(|b| b.is_ascii_hexdigit());
+    Some(KeyMeta {
+        created: created.parse().ok()?,
+        kid: valid_kid.then(|| kid.to_owned())?,
+    })
+}
+
+/// A key's id: the first 8 bytes of the SHA-256 of its public key, in hex.
+fn kid_of(key: &SigningKey) -> String {
+    let digest = Sha256::digest(key.verifying_key().as_bytes());
+    hex::encode(digest.get(..8).unwrap_or_default())
+}
+
+fn read_key(path: &Path) -> Result<SigningKey, CredentialError> {
+    let mut file = File::open(path).map_err(io("open", path))?;
+    let size = file.metadata().map_err(io("read", path))?.len();
+    if size > MAX_KEY_FILE_BYTES {
+        return Err(CredentialError::BadKey {
+            path: path.to_owned(),
+            reason: format!("it is larger than {MAX_KEY_FILE_BYTES} bytes"),
+        });
+    }
+    let mut text = Zeroizing::new(String::new());
+    file.read_to_string(&mut text).map_err(io("read", path))?;
+    SigningKey::from_pkcs8_pem(&text).map_err(|error| CredentialError::BadKey {
+        path: path.to_owned(),
+        reason: error.to_string(),
+    })
+}
+
+/// A new key, written owner-only under a temporary name, synced and renamed into place.
+fn create_key(dir: &Path, now: i64) -> Result<RingKey, CredentialError> {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice())
+        .map_err(|error| CredentialError::Random(error.to_string()))?;
+    let key = SigningKey::from_bytes(&seed);
+    let meta = KeyMeta {
+        created: now,
+        kid: kid_of(&key),
+    };
+    let path = dir.join(file_name(&meta));
+    let pem = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_pem(LineEnding::LF)
+    .map_err(|error| CredentialError::BadKey {
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    let temp = path.with_extension("tmp");
+    let mut options = OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&temp).map_err(io("create", &temp))?;
+    file.write_all(pem.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io("write", &temp))?;
+    fs::rename(&temp, &path).map_err(io("rename", &temp))?;
+    File::open(dir)
+        .and_then(|handle| handle.sync_all())
+        .map_err(io("sync", dir))?;
+    tracing::info!(kid = %meta.kid, "credential_key_created");
+    Ok(RingKey { meta, key })
+}
+
+fn create_dir_owner_only(dir: &Path) -> Result<(), CredentialError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io("create", dir))
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CredentialError {
+    let path = path.to_owned();
+    move |source| CredentialError::Io {
+        path,
+        action,
+        source,
+    }
+}
+
+/// Who a credential is issued to, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipient<'a> {
+    /// The workload the caller is, when the deciding rule names one.
+    pub workload: Option<&'a str>,
+    /// The caller's verified subject and trust provider.
+    pub subject: &'a str,
+    pub trust_provider: &'a str,
+    pub target: &'a str,
+    /// Unix seconds.
+    pub now: i64,
+}
+
+/// An issued credential. `value` is the secret; it goes to the caller and nowhere else.
+pub struct Issued {
+    pub value: Zeroizing<String>,
+    /// How the target takes it: `bearer` for a token, `secret` for a stored secret.
+    pub token_type: &'static str,
+    /// Unix seconds; none for a `static` credential without `ttl`.
+    pub expires_at: Option<i64>,
+    /// What the event's `credential_ref` is the HMAC of: a JWT's `jti`, a static secret's
+    /// name and SHA-256.
+    pub identifier: String,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("token_type", &self.token_type)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Issues credentials: holds the key ring and the `iss` of minted tokens.
+#[derive(Debug)]
+pub struct CredentialIssuer {
+    pub ring: KeyRing,
+    /// The `iss` of every minted JWT: the URL at which this server publishes its JWKS.
+    pub issuer: String,
+}
+
+impl CredentialIssuer {
+    /// Issues `credential` to `to`. Blocking: a `static` credential reads a file.
+    pub fn issue(
+        &self,
+        credential: &Credential,
+        to: &Recipient<'_>,
+    ) -> Result<Issued, CredentialError> {
+        match &credential.kind {
+            CredentialKind::Jwt { audience } => self.mint(credential, audience, to),
+            CredentialKind::Static(source) => read_static(credential, source, to.now),
+            other => Err(CredentialError::NotYetIssued {
+                name: credential.name.clone(),
+                kind: other.keyword(),
+            }),
+        }
+    }
+
+    fn mint(
+        &self,
+        credential: &Credential,
+        audience: &str,
+        to: &Recipient<'_>,
+    ) -> Result<Issued, CredentialError> {
+        // The language requires a ttl on every `jwt` credential.
+        let ttl_s = credential.ttl_s.unwrap_or(0);
+        let max_s = self.ring.policy.max_ttl_s.unsigned_abs();
+        if ttl_s > max_s {
+            return Err(CredentialError::TtlTooLong {
+                name: credential.name.clone(),
+                ttl_s,
+                max_s,
+            });
+        }
+        let expires_at = to
+            .now
+            .saturating_add(i64::try_from(ttl_s).unwrap_or(i64::MAX));
+        let jti = uuid::Uuid::now_v7().to_string();
+        let claims = json!({
+            "iss": self.issuer,
+            "sub": to.workload.unwrap_or(to.subject),
+            "aud": audience,
+            "iat": to.now,
+            "nbf": to.now,
+            "exp": expires_at,
+            "jti": jti,
+            "portcullis": {
+                "credential": credential.name,
+                "target": to.target,
+                "trust_provider": to.trust_provider,
+                "caller": to.subject,
+            },
+        });
+        Ok(Issued {
+            value: Zeroizing::new(self.ring.sign(&claims)),
+            token_type: "bearer",
+            expires_at: Some(expires_at),
+            identifier: jti,
+        })
+    }
+}
+
+fn read_static(
+    credential: &Credential,
+    source: &StaticSource,
+    now: i64,
+) -> Result<Issued, CredentialError> {
+    let failed = |reason: String| CredentialError::Static {
+        name: credential.name.clone(),
+        reason,
+    };
+    let value = match source {
+        StaticSource::Env(variable) => match std::env::var(variable) {
+            Ok(value) if !value.is_empty() => Zeroizing::new(value),
+            Ok(_) => {
+                return Err(failed(format!(
+                    "environment variable `{variable}` is empty"
+                )));
+            }
+            Err(_) => {
+                return Err(failed(format!(
+                    "environment variable `{variable}` is not set"
+                )));
+            }
+        },
+        StaticSource::File(path) => {
+            let path = Path::new(path);
+            let mut file = File::open(path)
+                .map_err(|error| failed(format!("cannot open `{}`: {error}", path.display())))?;
+            let size = file.metadata().map(|m| m.len()).unwrap_or(u64::MAX);
+            if size > MAX_STATIC_SECRET_BYTES {
+                return Err(failed(format!(
+                    "`{}` is larger than {MAX_STATIC_SECRET_BYTES} bytes",
+                    path.display()
+                )));
+            }
+            let mut text = Zeroizing::new(String::new());
+            file.read_to_string(&mut text)
+                .map_err(|error| failed(format!("cannot read `{}`: {error}", path.display())))?;
+            // A file written by `echo` ends in a newline that is not part of the secret.
+            let trimmed = text.strip_suffix('\n').unwrap_or(&text);
+            if trimmed.is_empty() {
+                return Err(failed(format!("`{}` is empty", path.display())));
+            }
+            Zeroizing::new(trimmed.to_owned())
+        }
+    };
+    let digest = hex::encode(Sha256::digest(value.as_bytes()));
+    let expires_at = credential
+        .ttl_s
+        .map(|ttl| now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX)));
+    Ok(Issued {
+        identifier: format!("static:{}:{digest}", credential.name),
+        value,
+        token_type: "secret",
+        expires_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3600;
+    const DAY: i64 = 86_400;
+
+    fn keys(created: &[i64]) -> Vec<KeyMeta> {
+        created
+            .iter()
+            .enumerate()
+            .map(|(idx, created)| KeyMeta {
+                created: *created,
+                kid: format!("{idx:016x}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_first_key_signs_at_once() {
+        let planned = plan(&keys(&[0]), 0, RotationPolicy::default());
+        assert_eq!(planned.signing, 0);
+        assert_eq!(planned.published, vec![0]);
+        assert!(!planned.rotate);
+    }
+
+    #[test]
+    fn a_new_key_is_published_before_it_signs_and_the_old_one_after() {
+        let policy = RotationPolicy::default();
+        let ring = keys(&[0, 30 * DAY]);
+        // Just made: published, the old key still signs.
+        let fresh = plan(&ring, 30 * DAY, policy);
+        assert_eq!(fresh.signing, 0);
+        assert_eq!(fresh.published, vec![0, 1]);
+        // After `publish_ahead`, the new key signs; the old one stays published.
+        let switched = plan(&ring, 30 * DAY + HOUR, policy);
+        assert_eq!(switched.signing, 1);
+        assert_eq!(switched.published, vec![0, 1]);
+        assert!(switched.retired.is_empty());
+        // A second before its last token expires, still published; then retired.
+        let before = plan(&ring, 30 * DAY + HOUR + DAY - 1, policy);
+        assert_eq!(before.published, vec![0, 1]);
+        let after = plan(&ring, 30 * DAY + HOUR + DAY, policy);
+        assert_eq!(after.published, vec![1]);
+        assert_eq!(after.retired, vec![0]);
+    }
+
+    #[test]
+    fn rotation_is_due_once_the_newest_key_is_old_enough() {
+        let policy = RotationPolicy::default();
+        assert!(!plan(&keys(&[0]), 30 * DAY - 1, policy).rotate);
+        assert!(plan(&keys(&[0]), 30 * DAY, policy).rotate);
+    }
+
+    #[test]
+    fn key_file_names_are_parsed_strictly() {
+        assert_eq!(
+            parse_file_name("1764900000-0123456789abcdef.key"),
+            Some(KeyMeta {
+                created: 1_764_900_000,
+                kid: "0123456789abcdef".to_owned()
+            })
+        );
+        for other in [
+            "1764900000-0123456789abcdef.key.tmp",
+            "x-0123456789abcdef.key",
+            "1764900000-0123.key",
+            "README",
+        ] {
+            assert_eq!(parse_file_name(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_ring_signs_tokens_its_jwks_verifies_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RotationPolicy::default();
+        let ring = KeyRing::open(dir.path(), policy, 1_000).unwrap();
+        let kid = ring.signing_kid().unwrap();
+        let token = ring.sign(&json!({ "sub": "x" }));
+        let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(ring.jwks()).unwrap();
+        let jwk = jwks.find(&kid).unwrap();
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        let data = jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+        assert_eq!(data.claims["sub"], "x");
+        drop(ring);
+        let reopened = KeyRing::open(dir.path(), policy, 2_000).unwrap();
+        assert_eq!(reopened.signing_kid(), Some(kid));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let ring_dir = dir.path().join(KEY_RING_DIR);
+            let mode = fs::metadata(&ring_dir).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700);
+            for entry in fs::read_dir(&ring_dir).unwrap() {
+                let mode = entry.unwrap().metadata().unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o600);
+            }
+        }
+    }
+
+    #[test]
+    fn the_ring_rotates_and_retires_on_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = RotationPolicy::default();
+        let ring = KeyRing::open(dir.path(), policy, 0).unwrap();
+        let first = ring.signing_kid().unwrap();
+        ring.maintain(30 * DAY).unwrap();
+        assert_eq!(
+            ring.signing_kid().unwrap(),
+            first,
+            "published before it signs"
+        );
+        assert_eq!(ring.jwks()["keys"].as_array().unwrap().len(), 2);
+        ring.maintain(30 * DAY + HOUR).unwrap();
+        let second = ring.signing_kid().unwrap();
+        assert_ne!(second, first);
+        ring.maintain(30 * DAY + HOUR + DAY).unwrap();
+        let published = ring.jwks()["keys"].as_array().unwrap().clone();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0]["kid"], second.as_str());
+        let files = fs::read_dir(dir.path().join(KEY_RING_DIR)).unwrap().count();
+        assert_eq!(files, 1, "the retired key's file is deleted");
+    }
+}

@@ -1,0 +1,126 @@
+//! The HTTP client side, shared by everything the server and the CLI fetch: JWKS and discovery
+//! documents, OAuth tokens, and `portcullis credential`'s exchanges. One rule for where a
+//! request may go, one timeout, no redirects, and a size limit on every answer.
+
+use std::io::Read as _;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How long one exchange (connect, send, read) may take.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a URL is not one requests may go to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{url}` is not a URL requests may go to: {why}")]
+pub struct BadUrl {
+    pub url: String,
+    pub why: String,
+}
+
+/// Checks that `url` is `https`, or plain `http` to a loopback address (a service on the
+/// same host): secrets and evidence travel to it.
+pub fn check_url(url: &str) -> Result<(), BadUrl> {
+    let bad = |why: &str| BadUrl {
+        url: url.chars().take(256).collect(),
+        why: why.to_owned(),
+    };
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| bad("it has no scheme"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(bad("it has no host, or carries user information"));
+    }
+    match scheme {
+        "https" => Ok(()),
+        "http" if is_loopback_authority(authority) => Ok(()),
+        "http" => Err(bad(
+            "plain `http` is accepted only from a loopback address; use `https`",
+        )),
+        _ => Err(bad("only `https` (or `http` on loopback) is accepted")),
+    }
+}
+
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = match authority.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _)| host),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// An agent with [`TIMEOUT`], no redirects, and statuses handed back rather than turned into
+/// errors.
+pub fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .max_redirects(0)
+        .build()
+        .into()
+}
+
+/// Reads a whole answer as text, refusing one over `limit` bytes.
+pub fn read_limited(body: &mut ureq::Body, limit: u64) -> Result<String, String> {
+    let mut text = String::new();
+    body.as_reader()
+        .take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|err| format!("reading the answer: {err}"))?;
+    if text.len() as u64 > limit {
+        return Err(format!("the answer is larger than {limit} bytes"));
+    }
+    Ok(text)
+}
+
+/// Percent-encodes all but the unreserved characters (RFC 3986), for a query or a form.
+pub fn percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_go_over_https_or_to_loopback_only() {
+        for ok in [
+            "https://token.actions.githubusercontent.com/.well-known/jwks",
+            "http://127.0.0.1:8080/jwks",
+            "http://[::1]:9/jwks",
+            "http://localhost/jwks",
+        ] {
+            assert_eq!(check_url(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "http://example.com/jwks",
+            "http://127.0.0.1.example.com/jwks",
+            "ftp://127.0.0.1/jwks",
+            "https://user@host/jwks",
+            "jwks.json",
+            "https:///jwks",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn values_are_percent_encoded() {
+        assert_eq!(percent_encode("portcullis"), "portcullis");
+        assert_eq!(
+            percent_encode("https://p.acme/x y&z"),
+            "https%3A%2F%2Fp.acme%2Fx%20y%26z"
+        );
+    }
+}

@@ -1,0 +1,236 @@
+//! `portcullis credential` as a CI job runs it: against a running server, with its evidence
+//! from a fake GitHub Actions ID-token endpoint on loopback (shaped as the runner provides
+//! it), from a GitLab `id_tokens` variable, from HCP Terraform's variable, or from a file; and
+//! refused with the server's reason.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Output;
+use std::sync::{Arc, Mutex};
+
+use common::issuing::{SECRET, server, token};
+use common::{Server, portcullis, stop_server};
+use serde_json::{Value, json};
+
+/// The bearer token the runner gives the job to ask for ID tokens.
+const REQUEST_TOKEN: &str = "runner-request-token-77";
+
+/// A fake of GitHub Actions' ID-token endpoint: answers `GET /token?api-version=2.0&audience=…`
+/// with `{"value": TOKEN}` when the request carries the runner's bearer token, and records
+/// the request lines it saw.
+struct IdTokenEndpoint {
+    url: String,
+    seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl IdTokenEndpoint {
+    fn start(token: String) -> IdTokenEndpoint {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!(
+            "http://{}/token?api-version=2.0",
+            listener.local_addr().unwrap()
+        );
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let mut authorized = false;
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    let lower = header.to_ascii_lowercase();
+                    if lower.trim()
+                        == format!("authorization: bearer {REQUEST_TOKEN}").to_ascii_lowercase()
+                    {
+                        authorized = true;
+                    }
+                    header.clear();
+                }
+                record.lock().unwrap().push(line.trim().to_owned());
+                let (status, body) = if authorized {
+                    ("200 OK", json!({ "count": 1, "value": token }).to_string())
+                } else {
+                    ("401 Unauthorized", json!({ "message": "no" }).to_string())
+                };
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        IdTokenEndpoint { url, seen }
+    }
+}
+
+/// `portcullis credential ARGS` with only `env` set among the variables it reads.
+fn credential(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = portcullis();
+    command
+        .arg("credential")
+        .args(["--server", &server.url("")])
+        .args(args);
+    for variable in [
+        "ACTIONS_ID_TOKEN_REQUEST_URL",
+        "ACTIONS_ID_TOKEN_REQUEST_TOKEN",
+        "GITLAB_CI",
+        "PORTCULLIS_ID_TOKEN",
+        "TFC_WORKLOAD_IDENTITY_TOKEN",
+        "KUBERNETES_SERVICE_HOST",
+        "PORTCULLIS_URL",
+    ] {
+        command.env_remove(variable);
+    }
+    command.envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_ci_job_exchanges_its_platform_evidence_for_a_credential() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = server(tmp.path());
+    let endpoint = IdTokenEndpoint::start(token("ci-runner", 300));
+
+    // GitHub Actions: the job asks the runner's endpoint for a token for the audience.
+    let github = [
+        ("ACTIONS_ID_TOKEN_REQUEST_URL", endpoint.url.as_str()),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", REQUEST_TOKEN),
+    ];
+    let out = credential(&server, &["--target", "legacy"], &github);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("PORTCULLIS_CREDENTIAL={SECRET}\n"));
+    let seen = endpoint.seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec!["GET /token?api-version=2.0&audience=portcullis HTTP/1.1".to_owned()]
+    );
+
+    // JSON, a JWT with its expiry, and another variable name.
+    let out = credential(
+        &server,
+        &["--target", "billing", "--format", "json"],
+        &github,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let issued: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(issued["kind"], "jwt");
+    assert_eq!(issued["type"], "bearer");
+    assert!(issued["value"].as_str().unwrap().starts_with("ey"));
+    let out = credential(
+        &server,
+        &["--target", "billing", "--env-name", "BILLING_TOKEN"],
+        &github,
+    );
+    let text = stdout(&out);
+    assert!(text.starts_with("BILLING_TOKEN=ey"), "{text}");
+    assert!(text.contains("\nBILLING_TOKEN_EXPIRES_AT=20"), "{text}");
+
+    // A runner token the endpoint does not accept.
+    let wrong = [
+        ("ACTIONS_ID_TOKEN_REQUEST_URL", endpoint.url.as_str()),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "not-the-runner's"),
+    ];
+    let out = credential(&server, &["--target", "legacy"], &wrong);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("GitHub Actions' ID-token request failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("answered 401"), "{}", stderr(&out));
+
+    // GitLab CI, HCP Terraform, and a file.
+    let caller = token("ci-runner", 300);
+    let gitlab = [
+        ("GITLAB_CI", "true"),
+        ("PORTCULLIS_ID_TOKEN", caller.as_str()),
+    ];
+    let out = credential(&server, &["--target", "legacy"], &gitlab);
+    assert_eq!(
+        stdout(&out),
+        format!("PORTCULLIS_CREDENTIAL={SECRET}\n"),
+        "{}",
+        stderr(&out)
+    );
+    let out = credential(&server, &["--target", "legacy"], &[("GITLAB_CI", "true")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("id_tokens"), "{}", stderr(&out));
+    let terraform = [("TFC_WORKLOAD_IDENTITY_TOKEN", caller.as_str())];
+    let out = credential(&server, &["--target", "legacy"], &terraform);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = tmp.path().join("token");
+    std::fs::write(&file, format!("{caller}\n")).unwrap();
+    let out = credential(
+        &server,
+        &["--target", "legacy", "--token-file", file.to_str().unwrap()],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // Refusals: exit 2 with the server's reason, and nothing on standard output.
+    let intruder = tmp.path().join("intruder");
+    std::fs::write(&intruder, token("intruder", 300)).unwrap();
+    let out = credential(
+        &server,
+        &[
+            "--target",
+            "legacy",
+            "--token-file",
+            intruder.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty());
+    assert!(stderr(&out).contains("(no_permit;"), "{}", stderr(&out));
+
+    // Nowhere to find evidence; a server over plain http elsewhere.
+    let out = credential(&server, &["--target", "legacy"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no evidence found"),
+        "{}",
+        stderr(&out)
+    );
+    let out = portcullis()
+        .args([
+            "credential",
+            "--target",
+            "legacy",
+            "--server",
+            "http://ci.example.com",
+        ])
+        .args(["--token-file", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("only from a loopback address"),
+        "{}",
+        stderr(&out)
+    );
+    stop_server(server);
+}

@@ -1,0 +1,174 @@
+//! `POST /v1/credentials` on a running `portcullis serve`: a JWT minted for the target and
+//! verified with the server's published keys, a static secret read from its file, a 403 with
+//! the reason for everything that issues nothing, and the audit store holding a
+//! `credential_issued` event per credential without any credential in it.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+mod common;
+
+use common::issuing::{SECRET, server, token};
+use common::{Server, audit_query, get_json, post_json, stop_server};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Value, json};
+
+fn ask(server: &Server, token: &str, target: &str) -> (u16, Value) {
+    let body = json!({ "evidence": { "token": token }, "target": { "name": target } });
+    post_json(server, "/v1/credentials", &body)
+}
+
+#[test]
+fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = server(tmp.path());
+    let caller = token("ci-runner", 300);
+
+    // A JWT for the billing API, verified as the target would: with the published keys.
+    let (status, answer) = ask(&server, &caller, "billing");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["decision"], "allow");
+    assert_eq!(answer["rule"], "ci_billing");
+    let credential = &answer["credential"];
+    assert_eq!(credential["kind"], "jwt");
+    assert_eq!(credential["type"], "bearer");
+    assert_eq!(credential["ttl_s"], 900);
+    let minted = credential["value"].as_str().unwrap().to_owned();
+    let (status, jwks) = get_json(&server, "/.well-known/jwks.json");
+    assert_eq!(status, 200, "{jwks}");
+    let jwks: JwkSet = serde_json::from_value(jwks).unwrap();
+    let header = jsonwebtoken::decode_header(&minted).unwrap();
+    assert_eq!(header.alg, Algorithm::EdDSA);
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let mut validation = Validation::new(Algorithm::EdDSA);
+    validation.set_audience(&["billing"]);
+    validation.set_issuer(&[format!("http://{}", server.addr)]);
+    let verified =
+        jsonwebtoken::decode::<Value>(&minted, &DecodingKey::from_jwk(jwk).unwrap(), &validation)
+            .unwrap()
+            .claims;
+    assert_eq!(verified["sub"], "ci");
+    assert_eq!(verified["portcullis"]["caller"], "ci-runner");
+    assert_eq!(verified["portcullis"]["target"], "billing");
+    assert_eq!(
+        verified["exp"].as_i64().unwrap() - verified["iat"].as_i64().unwrap(),
+        900
+    );
+    let jti = verified["jti"].as_str().unwrap().to_owned();
+    // The same token under another audience does not verify.
+    let mut elsewhere = Validation::new(Algorithm::EdDSA);
+    elsewhere.set_audience(&["payments"]);
+    assert!(
+        jsonwebtoken::decode::<Value>(&minted, &DecodingKey::from_jwk(jwk).unwrap(), &elsewhere)
+            .is_err()
+    );
+
+    // A static secret, read from its file without the newline `echo` leaves.
+    let (status, answer) = ask(&server, &caller, "legacy");
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["credential"]["type"], "secret");
+    assert_eq!(answer["credential"]["value"], SECRET);
+    assert_eq!(answer["credential"]["expires_at"], Value::Null);
+
+    // Everything that issues nothing is a 403 with the reason, or a 503 when the allowed
+    // credential cannot be had.
+    let (status, answer) = ask(&server, &token("intruder", 300), "billing");
+    assert_eq!(
+        (status, answer["reason_code"].as_str()),
+        (403, Some("no_permit")),
+        "{answer}"
+    );
+    assert_eq!(answer["credential"], Value::Null);
+    let (status, answer) = ask(&server, &caller, "docs");
+    assert_eq!(
+        (status, answer["reason_code"].as_str()),
+        (403, Some("no_credential")),
+        "{answer}"
+    );
+    let (status, answer) = ask(&server, &token("ci-runner", -600), "billing");
+    assert_eq!(
+        (status, answer["reason_code"].as_str()),
+        (403, Some("token_expired")),
+        "{answer}"
+    );
+    let (status, answer) = ask(&server, &caller, "gone");
+    assert_eq!(
+        (status, answer["reason_code"].as_str()),
+        (503, Some("credential_unavailable")),
+        "{answer}"
+    );
+    assert!(
+        answer["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing.secret"),
+        "{answer}"
+    );
+    assert_eq!(answer["credential"], Value::Null);
+    let (status, answer) = ask(&server, &caller, "nowhere");
+    assert_eq!(
+        (status, answer["reason_code"].as_str()),
+        (403, Some("unknown_target")),
+        "{answer}"
+    );
+    let explained = json!({
+        "evidence": { "token": caller }, "target": { "name": "billing" }, "explain": true,
+    });
+    let (status, answer) = post_json(&server, "/v1/credentials", &explained);
+    assert_eq!(status, 400, "{answer}");
+
+    stop_server(server);
+    let data = tmp.path().join("data");
+    let issued = audit_query(
+        &data,
+        "SELECT target, credential_provider, credential_ttl_s, credential_ref, workload, \
+         subject FROM access_events WHERE kind = 'credential_issued' ORDER BY seq",
+    );
+    assert_eq!(issued.len(), 2, "{issued:?}");
+    assert_eq!(issued[0]["target"], "billing");
+    assert_eq!(issued[0]["credential_provider"], "jwt");
+    assert_eq!(issued[0]["credential_ttl_s"], 900);
+    assert_eq!(issued[0]["workload"], "ci");
+    assert_eq!(issued[0]["subject"], "ci-runner");
+    assert_eq!(issued[1]["credential_provider"], "static");
+    for row in &issued {
+        let reference = row["credential_ref"].as_str().unwrap();
+        assert!(!reference.is_empty());
+        assert!(!reference.contains(&jti) && !reference.contains(SECRET));
+    }
+    // No column of any event holds a credential.
+    let everything = audit_query(&data, "SELECT * FROM access_events");
+    let text = serde_json::to_string(&everything).unwrap();
+    assert!(!text.contains(&minted), "a minted token is in the store");
+    assert!(!text.contains(SECRET), "a static secret is in the store");
+    let decisions = audit_query(
+        &data,
+        "SELECT reason_code, count(*) AS n FROM access_events WHERE kind IN ('decision', 'attestation_failed') \
+         GROUP BY reason_code ORDER BY reason_code",
+    );
+    let codes: Vec<(String, i64)> = decisions
+        .iter()
+        .map(|row| {
+            (
+                row["reason_code"].as_str().unwrap().to_owned(),
+                row["n"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("no_permit", 1),
+        ("permitted", 4),
+        ("token_expired", 1),
+        ("unknown_target", 1),
+    ];
+    let expected: Vec<(String, i64)> = expected
+        .iter()
+        .map(|(code, n)| ((*code).to_owned(), *n))
+        .collect();
+    assert_eq!(codes, expected);
+}
