@@ -116,7 +116,23 @@ pub struct CredentialsConfig {
     /// JWKS have it first.
     #[serde(default = "default_publish_ahead_s")]
     pub publish_ahead_s: u64,
+    /// The OAuth clients `oauth_client_credentials` credentials act as, with their secrets.
+    #[serde(default)]
+    pub oauth_clients: Vec<OAuthClientConfig>,
 }
+
+/// `[[credentials.oauth_clients]]`: a client of a token endpoint, and the file holding its
+/// secret (owner-only; read at start).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuthClientConfig {
+    pub token_url: String,
+    pub client_id: String,
+    pub client_secret_file: PathBuf,
+}
+
+/// The longest client secret read.
+const MAX_CLIENT_SECRET_BYTES: u64 = 4096;
 
 impl Default for CredentialsConfig {
     fn default() -> CredentialsConfig {
@@ -125,6 +141,7 @@ impl Default for CredentialsConfig {
             max_ttl_s: default_max_ttl_s(),
             rotate_after_days: default_rotate_after_days(),
             publish_ahead_s: default_publish_ahead_s(),
+            oauth_clients: Vec::new(),
         }
     }
 }
@@ -176,6 +193,20 @@ impl CredentialsConfig {
         {
             bail!("`credentials.issuer = {issuer:?}` is not an `https://` or `http://` URL");
         }
+        for (idx, client) in self.oauth_clients.iter().enumerate() {
+            portcullis_engine::http::check_url(&client.token_url)
+                .with_context(|| format!("`[[credentials.oauth_clients]]` {}", idx + 1))?;
+            let twice = self.oauth_clients.iter().skip(idx + 1).any(|other| {
+                other.token_url == client.token_url && other.client_id == client.client_id
+            });
+            if twice {
+                bail!(
+                    "`[[credentials.oauth_clients]]`: client `{}` at `{}` is given twice",
+                    client.client_id,
+                    client.token_url
+                );
+            }
+        }
         Ok(())
     }
 
@@ -187,6 +218,45 @@ impl CredentialsConfig {
             publish_ahead_s: seconds(self.publish_ahead_s),
             max_ttl_s: seconds(self.max_ttl_s),
         }
+    }
+}
+
+impl Config {
+    /// The OAuth clients with their secrets, read from their files.
+    pub fn oauth_clients(&self) -> Result<Vec<portcullis_engine::credentials::OAuthClient>> {
+        self.credentials
+            .oauth_clients
+            .iter()
+            .map(|client| {
+                let path = self.resolve(&client.client_secret_file);
+                let text = read_bounded(&path, MAX_CLIENT_SECRET_BYTES).with_context(|| {
+                    format!(
+                        "OAuth client `{}`: cannot read its secret `{}`",
+                        client.client_id,
+                        path.display()
+                    )
+                })?;
+                if readable_by_others(&path) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "an OAuth client secret file is readable by other users; `chmod 600` it"
+                    );
+                }
+                let secret = text.trim_end_matches(['\n', '\r']);
+                if secret.is_empty() {
+                    bail!(
+                        "OAuth client `{}`: its secret file `{}` is empty",
+                        client.client_id,
+                        path.display()
+                    );
+                }
+                Ok(portcullis_engine::credentials::OAuthClient {
+                    token_url: client.token_url.clone(),
+                    client_id: client.client_id.clone(),
+                    secret: secret.to_owned().into(),
+                })
+            })
+            .collect()
     }
 }
 

@@ -27,6 +27,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     // The trust providers first: their custom claims are part of the policy language.
     let attestor = build_attestor(&config)?;
     let admin_token = warn_if_shared(config.admin_token()?);
+    let oauth_clients = config.oauth_clients()?;
     let audit_token = warn_if_shared(config.audit_token()?);
     let loader =
         PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
@@ -86,7 +87,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
-    let credentials = Arc::new(CredentialIssuer { ring, issuer });
+    let credentials = Arc::new(CredentialIssuer::new(ring, issuer, oauth_clients));
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),
         attestor,

@@ -12,13 +12,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use common::issuing::{SECRET, server, token};
-use common::{Server, portcullis, stop_server};
+use common::{Server, http_stub, portcullis, stop_server};
 use serde_json::{Value, json};
 
 /// The bearer token the runner gives the job to ask for ID tokens.
@@ -34,47 +32,24 @@ struct IdTokenEndpoint {
 
 impl IdTokenEndpoint {
     fn start(token: String) -> IdTokenEndpoint {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!(
-            "http://{}/token?api-version=2.0",
-            listener.local_addr().unwrap()
-        );
         let seen: Arc<Mutex<Vec<String>>> = Arc::default();
         let record = Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let mut authorized = false;
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    let lower = header.to_ascii_lowercase();
-                    if lower.trim()
-                        == format!("authorization: bearer {REQUEST_TOKEN}").to_ascii_lowercase()
-                    {
-                        authorized = true;
-                    }
-                    header.clear();
-                }
-                record.lock().unwrap().push(line.trim().to_owned());
-                let (status, body) = if authorized {
-                    ("200 OK", json!({ "count": 1, "value": token }).to_string())
-                } else {
-                    ("401 Unauthorized", json!({ "message": "no" }).to_string())
-                };
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                );
+        let base = http_stub::serve(move |request| {
+            record.lock().unwrap().push(request.line.clone());
+            let expected = format!("bearer {REQUEST_TOKEN}");
+            let authorized = request
+                .header("authorization")
+                .is_some_and(|value| value.eq_ignore_ascii_case(&expected));
+            if authorized {
+                (200, json!({ "count": 1, "value": token }))
+            } else {
+                (401, json!({ "message": "no" }))
             }
         });
-        IdTokenEndpoint { url, seen }
+        IdTokenEndpoint {
+            url: format!("{base}/token?api-version=2.0"),
+            seen,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! `portcullis serve` with a trust provider whose keys come from an issuer's discovery
 //! document: an issuer this test runs on loopback rotates its keys while the server decides,
-//! and the decision API follows without a restart. The issuer is a plain HTTP/1.1 server over
-//! a `TcpListener`, answering the two documents an OIDC issuer publishes.
+//! and the decision API follows without a restart. The issuer is the tests' HTTP stub,
+//! answering the two documents an OIDC issuer publishes.
 
 #![allow(
     clippy::unwrap_used,
@@ -12,12 +12,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{decide, start_server_with, stop_server};
+use common::{decide, http_stub, start_server_with, stop_server};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
@@ -30,46 +28,27 @@ struct Issuer {
 
 impl Issuer {
     fn start() -> Issuer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
         let keys: Arc<Mutex<Vec<Jwk>>> = Arc::default();
         let fetches: Arc<Mutex<usize>> = Arc::default();
-        let (served_keys, counted, own_url) =
-            (Arc::clone(&keys), Arc::clone(&fetches), url.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut line = String::new();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                // The rest of the request head.
-                let mut header = String::new();
-                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
-                    header.clear();
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or_default();
-                let body = match path {
-                    "/.well-known/openid-configuration" => {
-                        json!({ "issuer": own_url, "jwks_uri": format!("{own_url}/jwks") })
-                    }
-                    "/jwks" => {
-                        *counted.lock().unwrap() += 1;
-                        let keys = served_keys.lock().unwrap().clone();
-                        serde_json::to_value(JwkSet { keys }).unwrap()
-                    }
-                    _ => json!({}),
-                };
-                let body = body.to_string();
-                let _ = write!(
-                    stream,
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-                     connection: close\r\n\r\n{body}",
-                    body.len()
-                );
+        let (served_keys, counted) = (Arc::clone(&keys), Arc::clone(&fetches));
+        let own_url: Arc<Mutex<String>> = Arc::default();
+        let named = Arc::clone(&own_url);
+        let url = http_stub::serve(move |request| match request.path() {
+            "/.well-known/openid-configuration" => {
+                let url = named.lock().unwrap().clone();
+                (
+                    200,
+                    json!({ "issuer": url, "jwks_uri": format!("{url}/jwks") }),
+                )
             }
+            "/jwks" => {
+                *counted.lock().unwrap() += 1;
+                let keys = served_keys.lock().unwrap().clone();
+                (200, serde_json::to_value(JwkSet { keys }).unwrap())
+            }
+            _ => (404, json!({})),
         });
+        own_url.lock().unwrap().clone_from(&url);
         Issuer { url, keys, fetches }
     }
 

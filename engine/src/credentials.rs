@@ -8,15 +8,20 @@
 //!   ([`KeyRing`]), published at `/.well-known/jwks.json` so that a target verifies it.
 //! - `static`: a stored secret read from an environment variable or a file where the server
 //!   runs, at every issuance, so that a rotated secret is picked up.
+//! - `oauth_client_credentials`: an access token from the credential's token endpoint, with the
+//!   client secret the configuration holds for its client; kept until shortly before it
+//!   expires and handed to every caller the policy allows meanwhile, with one fetch at a time
+//!   per client and scope set.
 //!
 //! The key ring rotates without breaking a verifier: a new key is published `publish_ahead`
 //! before it signs anything (verifiers that cache the JWKS see it first), and a key that
 //! stopped signing stays published until every token it signed has expired.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -136,6 +141,21 @@ pub enum CredentialError {
     },
     #[error("credential `{name}`: `{kind}` credentials are not issued yet")]
     NotYetIssued { name: String, kind: &'static str },
+    #[error(
+        "credential `{name}`: no client secret is configured for client `{client_id}` at \
+         `{token_url}` (`[[credentials.oauth_clients]]`)"
+    )]
+    NoClientSecret {
+        name: String,
+        client_id: String,
+        token_url: String,
+    },
+    #[error("credential `{name}`: the token endpoint `{token_url}`: {reason}")]
+    TokenEndpoint {
+        name: String,
+        token_url: String,
+        reason: String,
+    },
 }
 
 struct RingKey {
@@ -429,15 +449,71 @@ impl std::fmt::Debug for Issued {
     }
 }
 
-/// Issues credentials: holds the key ring and the `iss` of minted tokens.
-#[derive(Debug)]
+/// An OAuth client the server may act as: its secret, from the configuration.
+pub struct OAuthClient {
+    pub token_url: String,
+    pub client_id: String,
+    pub secret: Zeroizing<String>,
+}
+
+impl std::fmt::Debug for OAuthClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthClient")
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The largest token endpoint answer read.
+const MAX_TOKEN_ANSWER_BYTES: u64 = 64 * 1024;
+
+/// A token from an endpoint, kept for the callers after the first.
+struct CachedToken {
+    value: Zeroizing<String>,
+    fetched_at: i64,
+    expires_at: i64,
+}
+
+impl CachedToken {
+    /// Still worth handing out: not within a tenth of its life (at most a minute) of its end.
+    fn fresh(&self, now: i64) -> bool {
+        let margin = ((self.expires_at - self.fetched_at) / 10).clamp(0, 60);
+        now < self.expires_at - margin
+    }
+}
+
+/// Tokens by token endpoint, client and scopes; each slot locked while it is fetched.
+type TokenSlots = HashMap<(String, String, Vec<String>), Arc<Mutex<Option<CachedToken>>>>;
+
+/// Issues credentials: holds the key ring, the `iss` of minted tokens, and the OAuth clients.
 pub struct CredentialIssuer {
     pub ring: KeyRing,
     /// The `iss` of every minted JWT: the URL at which this server publishes its JWKS.
     pub issuer: String,
+    oauth_clients: Vec<OAuthClient>,
+    tokens: Mutex<TokenSlots>,
+}
+
+impl std::fmt::Debug for CredentialIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialIssuer")
+            .field("issuer", &self.issuer)
+            .field("oauth_clients", &self.oauth_clients)
+            .finish_non_exhaustive()
+    }
 }
 
 impl CredentialIssuer {
+    pub fn new(ring: KeyRing, issuer: String, oauth_clients: Vec<OAuthClient>) -> Self {
+        CredentialIssuer {
+            ring,
+            issuer,
+            oauth_clients,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Issues `credential` to `to`. Blocking: a `static` credential reads a file.
     pub fn issue(
         &self,
@@ -447,6 +523,11 @@ impl CredentialIssuer {
         match &credential.kind {
             CredentialKind::Jwt { audience } => self.mint(credential, audience, to),
             CredentialKind::Static(source) => read_static(credential, source, to.now),
+            CredentialKind::OauthClientCredentials {
+                token_url,
+                client_id,
+                scopes,
+            } => self.oauth_token(credential, token_url, client_id, scopes, to.now),
             other => Err(CredentialError::NotYetIssued {
                 name: credential.name.clone(),
                 kind: other.keyword(),
@@ -496,6 +577,138 @@ impl CredentialIssuer {
             identifier: jti,
         })
     }
+}
+
+impl CredentialIssuer {
+    /// A token for the client, from the cache while it is fresh, else from the endpoint. One
+    /// fetch at a time per client and scope set: callers arriving meanwhile wait for it.
+    fn oauth_token(
+        &self,
+        credential: &Credential,
+        token_url: &str,
+        client_id: &str,
+        scopes: &[String],
+        now: i64,
+    ) -> Result<Issued, CredentialError> {
+        let client = self
+            .oauth_clients
+            .iter()
+            .find(|client| client.token_url == token_url && client.client_id == client_id)
+            .ok_or_else(|| CredentialError::NoClientSecret {
+                name: credential.name.clone(),
+                client_id: client_id.to_owned(),
+                token_url: token_url.to_owned(),
+            })?;
+        let mut scopes = scopes.to_vec();
+        scopes.sort();
+        let key = (token_url.to_owned(), client_id.to_owned(), scopes);
+        let slot = {
+            let mut slots = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(slots.entry(key.clone()).or_default())
+        };
+        let mut cached = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if cached.as_ref().is_none_or(|token| !token.fresh(now)) {
+            let ttl_cap = credential
+                .ttl_s
+                .map_or(i64::MAX, |ttl| i64::try_from(ttl).unwrap_or(i64::MAX));
+            *cached = Some(fetch_token(credential, client, &key.2, now, ttl_cap)?);
+        }
+        let token = cached
+            .as_ref()
+            .ok_or_else(|| CredentialError::TokenEndpoint {
+                name: credential.name.clone(),
+                token_url: token_url.to_owned(),
+                reason: "no token".to_owned(),
+            })?;
+        Ok(Issued {
+            value: token.value.clone(),
+            token_type: "bearer",
+            expires_at: Some(token.expires_at),
+            identifier: format!(
+                "oauth:{}",
+                hex::encode(Sha256::digest(token.value.as_bytes()))
+            ),
+        })
+    }
+}
+
+/// A client-credentials grant (RFC 6749, section 4.4) with the client authenticated by HTTP
+/// Basic (section 2.3.1). The endpoint's error code comes back in the reason, never its body
+/// whole, and never the secret.
+fn fetch_token(
+    credential: &Credential,
+    client: &OAuthClient,
+    scopes: &[String],
+    now: i64,
+    ttl_cap: i64,
+) -> Result<CachedToken, CredentialError> {
+    use crate::http::{agent, check_url, percent_encode, read_limited};
+    let failed = |reason: String| CredentialError::TokenEndpoint {
+        name: credential.name.clone(),
+        token_url: client.token_url.clone(),
+        reason,
+    };
+    check_url(&client.token_url).map_err(|bad| failed(bad.why))?;
+    let mut form = "grant_type=client_credentials".to_owned();
+    if !scopes.is_empty() {
+        form.push_str("&scope=");
+        form.push_str(&percent_encode(&scopes.join(" ")));
+    }
+    let basic = Zeroizing::new(format!(
+        "{}:{}",
+        percent_encode(&client.client_id),
+        percent_encode(&client.secret)
+    ));
+    let authorization = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
+    ));
+    let mut response = agent(crate::http::TIMEOUT)
+        .post(&client.token_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .header("authorization", authorization.as_str())
+        .send(form.as_bytes())
+        .map_err(|err| failed(err.to_string()))?;
+    let status = response.status().as_u16();
+    let text = read_limited(response.body_mut(), MAX_TOKEN_ANSWER_BYTES).map_err(failed)?;
+    let answer: Value = serde_json::from_str(&text).map_err(|_| {
+        failed(format!(
+            "it answered {status} with something that is not JSON"
+        ))
+    })?;
+    if status != 200 {
+        let code = answer["error"].as_str().unwrap_or("no error code");
+        let code: String = code.chars().take(64).collect();
+        return Err(failed(format!("it answered {status}: `{code}`")));
+    }
+    let value = answer["access_token"]
+        .as_str()
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| failed("its answer has no `access_token`".to_owned()))?;
+    let token_type = answer["token_type"].as_str().unwrap_or_default();
+    if !token_type.eq_ignore_ascii_case("bearer") {
+        let shown: String = token_type.chars().take(32).collect();
+        return Err(failed(format!(
+            "it issued a `{shown}` token, not a bearer token"
+        )));
+    }
+    // Without `expires_in`, the credential's own ttl bounds how long the token is reused.
+    let lifetime = answer["expires_in"]
+        .as_i64()
+        .filter(|seconds| *seconds > 0)
+        .unwrap_or(ttl_cap)
+        .min(ttl_cap);
+    if lifetime == i64::MAX {
+        return Err(failed(
+            "its answer has no `expires_in`, and the credential no `ttl`".to_owned(),
+        ));
+    }
+    Ok(CachedToken {
+        value: Zeroizing::new(value.to_owned()),
+        fetched_at: now,
+        expires_at: now.saturating_add(lifetime),
+    })
 }
 
 fn read_static(

@@ -3,8 +3,9 @@
 //! request may go, one timeout, no redirects, and a size limit on every answer.
 
 use std::io::Read as _;
-use std::net::IpAddr;
 use std::time::Duration;
+
+use portcullis_lang::net::is_loopback_authority;
 
 /// How long one exchange (connect, send, read) may take.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,17 +40,6 @@ pub fn check_url(url: &str) -> Result<(), BadUrl> {
         )),
         _ => Err(bad("only `https` (or `http` on loopback) is accepted")),
     }
-}
-
-fn is_loopback_authority(authority: &str) -> bool {
-    let host = match authority.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _)| host),
-    };
-    host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// An agent with [`TIMEOUT`], no redirects, and statuses handed back rather than turned into

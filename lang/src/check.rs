@@ -2220,10 +2220,15 @@ impl Checker<'_> {
             ("audience" | "client_id", FieldValue::String(text)) if text.is_empty() => {
                 Some((format!("`{key}` is empty"), "write a value".to_owned()))
             }
-            ("token_url", FieldValue::String(url)) if !url.starts_with("https://") => Some((
-                "`token_url` must be an `https://` URL".to_owned(),
-                "client secrets travel to this URL; write `https://…`".to_owned(),
-            )),
+            ("token_url", FieldValue::String(url))
+                if !url.starts_with("https://") && !is_loopback_http(url) =>
+            {
+                Some((
+                    "`token_url` must be an `https://` URL, or `http://` to a loopback address"
+                        .to_owned(),
+                    "client secrets travel to this URL; write `https://…`".to_owned(),
+                ))
+            }
             ("env", FieldValue::String(var)) if !is_env_name(var) => Some((
                 format!("`{var}` is not an environment variable name"),
                 "write letters, digits and `_`, not starting with a digit: `BILLING_TOKEN`"
@@ -2427,6 +2432,15 @@ fn caret_range(detail: &str, pattern: &str) -> Option<(usize, usize)> {
             .map_or(pattern.len(), |(byte, _)| byte)
     };
     Some((byte_at(first), byte_at(first + count)))
+}
+
+/// `http://` to `localhost`, `127.0.0.0/8` or `[::1]`: a token endpoint on the same host.
+fn is_loopback_http(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    !authority.contains('@') && crate::net::is_loopback_authority(authority)
 }
 
 fn is_env_name(name: &str) -> bool {
@@ -2725,6 +2739,32 @@ mod tests {
     fn claim(kind: ProviderKind, name: &str) -> ir::Expr {
         let (claim, _) = kind.claim(name).unwrap();
         ir::Expr::Claim { kind, claim }
+    }
+
+    #[test]
+    fn a_token_url_is_https_or_http_to_loopback() {
+        let credential = |url: &str| {
+            format!(
+                "credential c {{ oauth_client_credentials {{ token_url = \"{url}\" \
+                 client_id = \"p\" ttl = 1h }} }}"
+            )
+        };
+        for ok in [
+            "https://idp.example/token",
+            "http://127.0.0.1:8080/token",
+            "http://[::1]/token",
+            "http://localhost:9/token",
+        ] {
+            assert!(compile_one(&credential(ok)).is_ok(), "{ok}");
+        }
+        for refused in [
+            "http://idp.internal/token",
+            "http://127.0.0.1.example/token",
+            "http://user@127.0.0.1/token",
+            "ftp://127.0.0.1/token",
+        ] {
+            assert_eq!(codes(&credential(refused)), ["gate::E0407"], "{refused}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod glob;
 pub mod ir;
 pub mod lexer;
 pub mod lint;
+pub mod net;
 pub mod parser;
 pub mod policy_test;
 pub mod reference;

@@ -1,7 +1,7 @@
 //! A server that issues credentials, and tokens its trust provider accepts: shared by the
 //! tests of `POST /v1/credentials` and of `portcullis credential`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -34,9 +34,8 @@ pub fn token(sub: &str, exp_in: i64) -> String {
     jsonwebtoken::encode(&header, &claims, &key()).unwrap()
 }
 
-/// A server whose policy names a JWT, a static secret in a file, a static secret whose file is
-/// missing, and a target with no credential.
-pub fn server(dir: &Path) -> Server {
+/// Writes the JWKS that verifies [`token`]'s tokens into `dir`, and returns its path.
+pub fn write_jwks(dir: &Path) -> PathBuf {
     let mut jwk = Jwk::from_encoding_key(&key(), Algorithm::ES256).unwrap();
     jwk.common.key_id = Some("ci".to_owned());
     let jwks = dir.join("ci.jwks.json");
@@ -45,6 +44,13 @@ pub fn server(dir: &Path) -> Server {
         serde_json::to_string(&JwkSet { keys: vec![jwk] }).unwrap(),
     )
     .unwrap();
+    jwks
+}
+
+/// A server whose policy names a JWT, a static secret in a file, a static secret whose file is
+/// missing, and a target with no credential.
+pub fn server(dir: &Path) -> Server {
+    let jwks = write_jwks(dir);
     let secret = dir.join("legacy.secret");
     std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
     let policy = dir.join("policy");

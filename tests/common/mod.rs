@@ -4,6 +4,7 @@
 
 #![allow(dead_code, reason = "each test binary uses some of the helpers")]
 
+pub mod http_stub;
 pub mod issuing;
 
 use std::io::{BufRead, BufReader};
