@@ -362,6 +362,8 @@ pub enum AttestError {
     AlgorithmNotAllowed(String),
     #[error("no trust provider is configured for issuer `{0}`")]
     UntrustedIssuer(String),
+    #[error("no `spiffe` trust provider is configured for trust domain `{0}`")]
+    UntrustedTrustDomain(String),
     #[error("trust provider `{provider}` has no key `{kid}` for algorithm `{algorithm}`")]
     UnknownKey {
         provider: String,
@@ -395,6 +397,7 @@ impl AttestError {
             AttestError::Malformed(_) => "token_malformed",
             AttestError::AlgorithmNotAllowed(_) => "algorithm_not_allowed",
             AttestError::UntrustedIssuer(_) => "untrusted_issuer",
+            AttestError::UntrustedTrustDomain(_) => "untrusted_trust_domain",
             AttestError::UnknownKey { .. } => "unknown_key",
             AttestError::KeysUnavailable { .. } => "keys_unavailable",
             AttestError::BadSignature => "bad_signature",
@@ -644,18 +647,21 @@ impl Attestor {
             .get("sub")
             .and_then(Value::as_str)
             .map(str::to_owned);
-        // FIXME(#6): a JWT-SVID need not carry `iss`; pick its provider by the trust domain.
-        let Some(issuer) = issuer else {
-            return Err(AttestError::MissingClaim("iss".to_owned()));
-        };
-        let Some(provider) = self.providers.iter().find(|p| p.issuer() == issuer) else {
-            return Err(AttestError::UntrustedIssuer(issuer.to_owned()));
+        let provider = match issuer {
+            Some(issuer) => self
+                .providers
+                .iter()
+                .find(|p| p.issuer() == issuer)
+                .ok_or_else(|| AttestError::UntrustedIssuer(issuer.to_owned()))?,
+            // A JWT-SVID need not carry `iss`: the trust domain of its SPIFFE ID names the
+            // provider that holds the domain's trust bundle.
+            None => self.provider_of_trust_domain(&payload)?,
         };
         unverified.provider = Some(provider.name().to_owned());
         let kid = header.get("kid").and_then(Value::as_str);
         let set = provider.key_set();
         let key = find_key(provider, &set, kid, algorithm)?;
-        let payload = verify(token, provider, key, algorithm)?;
+        let payload = verify(token, provider, key, algorithm, issuer.is_some())?;
         let claims = provider_claims(provider, &self.custom_claims, &payload)?;
         let subject = payload
             .get("sub")
@@ -675,6 +681,28 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())
+}
+
+impl Attestor {
+    /// The `spiffe` provider of the trust domain of an unverified payload's `sub`, for a token
+    /// without `iss`. A token that is no JWT-SVID lacks `iss`.
+    fn provider_of_trust_domain(
+        &self,
+        payload: &JsonObject,
+    ) -> Result<&TrustProvider, AttestError> {
+        let missing_iss = || AttestError::MissingClaim("iss".to_owned());
+        let subject = payload.get("sub").and_then(Value::as_str);
+        let Some(id) = subject.and_then(|sub| SpiffeId::parse(sub).ok()) else {
+            return Err(missing_iss());
+        };
+        self.providers
+            .iter()
+            .find(|provider| {
+                provider.kind() == ProviderKind::Spiffe
+                    && provider.spec.trust_domain.as_deref() == Some(id.trust_domain())
+            })
+            .ok_or_else(|| AttestError::UntrustedTrustDomain(id.trust_domain().to_owned()))
+    }
 }
 
 /// Decodes header and payload without trusting them, to pick the provider and key.
@@ -775,14 +803,21 @@ fn verify(
     provider: &TrustProvider,
     key: &VerificationKey,
     algorithm: Algorithm,
+    with_issuer: bool,
 ) -> Result<Map<String, Value>, AttestError> {
     let mut validation = Validation::new(algorithm);
     validation.leeway = provider.spec.leeway_s;
     validation.validate_exp = true;
     validation.validate_nbf = true;
-    validation.set_issuer(&[provider.issuer()]);
     validation.set_audience(&provider.spec.audiences);
-    validation.required_spec_claims = ["exp", "iss", "aud", "sub"].map(str::to_owned).into();
+    if with_issuer {
+        validation.set_issuer(&[provider.issuer()]);
+        validation.required_spec_claims = ["exp", "iss", "aud", "sub"].map(str::to_owned).into();
+    } else {
+        // A JWT-SVID routed by its trust domain: its SPIFFE ID is checked against the
+        // provider's trust domain after the signature.
+        validation.required_spec_claims = ["exp", "aud", "sub"].map(str::to_owned).into();
+    }
     let data = jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
         .map_err(|err| verification_error(err.into_kind()))?;
     Ok(data.claims)

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, OctetKeyPairType,
+    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, OctetKeyPairType, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
@@ -117,6 +117,16 @@ pub fn parse_jwks(provider: &str, text: &str) -> Result<Vec<VerificationKey>, Pr
         })?;
     let mut keys = Vec::with_capacity(set.keys.len());
     for jwk in &set.keys {
+        // A SPIFFE trust bundle also holds the domain's X.509 authorities, and a JWKS may hold
+        // encryption keys: neither verifies a token, and neither is an error.
+        let verifies = match &jwk.common.public_key_use {
+            None | Some(PublicKeyUse::Signature) => true,
+            Some(PublicKeyUse::Other(other)) => other == "jwt-svid",
+            Some(PublicKeyUse::Encryption) => false,
+        };
+        if !verifies {
+            continue;
+        }
         let kid = jwk.common.key_id.clone();
         let bad_key = |detail: String| ProviderConfigError::BadKey {
             provider: provider.to_owned(),

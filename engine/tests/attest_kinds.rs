@@ -272,7 +272,8 @@ fn minimal(kind: ProviderKind, full: &Value) -> Value {
         .filter(|def| def.required)
         .map(|def| def.path[0])
         .collect();
-    // FIXME(#6): a JWT-SVID without `iss` cannot be routed to its trust provider yet.
+    // `iss` routes each token to its provider here; a JWT-SVID without it, routed by its
+    // trust domain, has a test of its own.
     keep.extend(["exp", "iss"]);
     let fields = full.as_object().unwrap().iter();
     let kept = fields.filter(|(key, _)| keep.contains(&key.as_str()));
@@ -305,6 +306,64 @@ fn a_token_with_only_the_required_claims_attests_and_each_one_is_needed() {
             );
         }
     }
+}
+
+#[test]
+fn a_jwt_svid_without_iss_is_routed_by_its_trust_domain() {
+    let attestor = attestor();
+    let no_iss = patched(
+        svid_claims("spiffe://prod.acme.example/ns/billing/sa/api"),
+        json!({ "iss": null }),
+    );
+    let attested = attestor.attest(&sign(&no_iss)).unwrap();
+    assert_eq!(attested.provider.name(), "spire");
+    assert_eq!(
+        claim(&attested, "trust_domain"),
+        string("prod.acme.example")
+    );
+    assert_eq!(claim(&attested, "iss"), None);
+
+    // A trust domain no provider holds, and a token that is no JWT-SVID, without `iss`.
+    let elsewhere = patched(
+        svid_claims("spiffe://staging.acme.example/api"),
+        json!({ "iss": null }),
+    );
+    let error = reject(&elsewhere);
+    assert_eq!(error.code(), "untrusted_trust_domain", "{error}");
+    let not_svid = patched(oidc_claims(), json!({ "iss": null }));
+    assert_eq!(
+        reject(&not_svid),
+        AttestError::MissingClaim("iss".to_owned())
+    );
+    // Routed by trust domain, the audience is still required and checked.
+    let wrong_audience = patched(no_iss.clone(), json!({ "aud": ["someone-else"] }));
+    assert_eq!(reject(&wrong_audience).code(), "wrong_audience");
+    let no_audience = patched(no_iss, json!({ "aud": null }));
+    assert_eq!(
+        reject(&no_audience),
+        AttestError::MissingClaim("aud".to_owned())
+    );
+}
+
+#[test]
+fn a_spiffe_bundles_x509_authorities_are_not_token_keys() {
+    // The JWT-SVID key, and an X.509 authority of the same bundle marked `x509-svid`, which
+    // must not verify tokens even though it is an EC key too.
+    let bundle: Value = serde_json::from_str(&jwt_svid_jwks()).unwrap();
+    let mut x509 = bundle["keys"][0].clone();
+    x509["use"] = json!("x509-svid");
+    x509["kid"] = json!("x509-authority");
+    let only_x509 = json!({ "keys": [x509.clone()], "spiffe_sequence": 7 }).to_string();
+    let mut spec = spec("spire", ProviderKind::Spiffe, SPIFFE_ISSUER, only_x509);
+    spec.trust_domain = Some(TRUST_DOMAIN.to_owned());
+    let error = TrustProvider::new(spec.clone()).unwrap_err().to_string();
+    assert!(error.contains("no usable signing key"), "{error}");
+    let mut keys = bundle["keys"].as_array().unwrap().clone();
+    keys.push(x509);
+    spec.jwks = JwksSource::Document(json!({ "keys": keys, "spiffe_sequence": 7 }).to_string());
+    let attestor = Attestor::new(vec![TrustProvider::new(spec).unwrap()]).unwrap();
+    let token = sign(&svid_claims("spiffe://prod.acme.example/api"));
+    assert!(attestor.attest(&token).is_ok());
 }
 
 #[test]
