@@ -96,6 +96,9 @@ pub struct ServerConfig {
     /// A file holding a bearer token that reads the audit store (`POST /v1/audit/query`) and
     /// nothing else: for auditors and dashboards, who need no power over the policy.
     pub audit_token_file: Option<PathBuf>,
+    /// A Unix socket on which local processes ask for decisions and credentials, attested by
+    /// the connection's peer credentials instead of a token (docs/attestation.md).
+    pub local_socket: Option<PathBuf>,
 }
 
 /// `[credentials]`: how the server mints and signs credentials (docs/credentials.md).
@@ -222,6 +225,14 @@ impl CredentialsConfig {
 }
 
 impl Config {
+    /// `server.local_socket`, resolved against the configuration's directory.
+    pub fn local_socket(&self) -> Option<PathBuf> {
+        self.server
+            .local_socket
+            .as_ref()
+            .map(|path| self.resolve(path))
+    }
+
     /// The OAuth clients with their secrets, read from their files.
     pub fn oauth_clients(&self) -> Result<Vec<portcullis_engine::credentials::OAuthClient>> {
         self.credentials
@@ -267,6 +278,7 @@ impl Default for ServerConfig {
             max_body_bytes: default_max_body_bytes(),
             admin_token_file: None,
             audit_token_file: None,
+            local_socket: None,
         }
     }
 }
@@ -623,10 +635,10 @@ impl Config {
                 );
             };
             if !kind.issues_tokens() {
-                // FIXME(#6): the local-process listener and its configuration.
                 bail!(
                     "trust provider `{}`: kind `{kind}` is not a token issuer; local processes \
-                     are attested by the local-process listener, not by a trust provider",
+                     are attested on the Unix socket (`server.local_socket`), not by a trust \
+                     provider",
                     provider.name
                 );
             }
@@ -1048,7 +1060,7 @@ mod tests {
     fn process_is_not_a_trust_provider() {
         let err = specs(&provider("process", "")).unwrap_err();
         assert!(
-            format!("{err:#}").contains("local-process listener"),
+            format!("{err:#}").contains("attested on the Unix socket (`server.local_socket`)"),
             "{err:#}"
         );
     }

@@ -52,6 +52,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
             );
         }
     }
+    let local_listener = match config.local_socket() {
+        Some(path) => Some((runtime.block_on(bind_local(&path))?, path)),
+        None => None,
+    };
     let data_dir = config.data_dir(data_dir);
     private_data_dir(&data_dir)?;
     let node = config.audit.node.clone().unwrap_or_else(host_name);
@@ -102,7 +106,17 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         reloader,
         watch_interval: config.watch_interval(),
     };
-    runtime.block_on(serve(Arc::clone(&engine), listener, reloads))?;
+    let served = runtime.block_on(serve(
+        Arc::clone(&engine),
+        listener,
+        local_listener.as_ref().map(|(_, path)| path.clone()),
+        local_listener.map(|(listener, _)| listener),
+        reloads,
+    ));
+    if let Some(path) = config.local_socket() {
+        let _ = std::fs::remove_file(path);
+    }
+    served?;
     // Dropping the runtime ends any connection still open after the grace period, and waits
     // for a reload in progress.
     drop(runtime);
@@ -157,9 +171,35 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
     Ok(attestor)
 }
 
+/// Binds the Unix socket of local processes at `path`, replacing a stale socket a stopped
+/// server left there (never another kind of file), and opens it to every local user: each
+/// caller is attested by its peer credentials, and the policy decides what it gets.
+async fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("cannot replace the stale socket `{}`", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "`server.local_socket` names `{}`, which exists and is not a socket",
+            path.display()
+        ),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot look at `{}`", path.display()));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .with_context(|| format!("cannot listen on the Unix socket `{}`", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .with_context(|| format!("cannot open `{}` to local users", path.display()))?;
+    Ok(listener)
+}
+
 async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
+    local_path: Option<std::path::PathBuf>,
+    local_listener: Option<tokio::net::UnixListener>,
     reloads: Reloads,
 ) -> Result<()> {
     let local = listener.local_addr()?;
@@ -186,6 +226,7 @@ async fn serve(
         bundle = %format!("sha256:{}", engine.program.current().hash_hex()),
         watch_interval_ms,
         admin_api = engine.admin.is_some(),
+        local_socket = %local_path.as_ref().map(|path| path.display().to_string()).unwrap_or_default(),
         "listening"
     );
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
@@ -194,9 +235,28 @@ async fn serve(
         tracing::info!("stopping");
         let _ = stop_tx.send(true);
     };
+    let local_stop = {
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let local_server = {
+        let engine = Arc::clone(&engine);
+        async move {
+            match local_listener {
+                Some(listener) => api::serve_local(listener, engine, local_stop).await,
+                None => Ok(()),
+            }
+        }
+    };
     let server = api::serve(listener, engine, stopping);
+    let both = async {
+        let (tcp, local) = tokio::join!(server, local_server);
+        tcp.and(local)
+    };
     tokio::select! {
-        served = server => served?,
+        served = both => served?,
         () = grace_expired(&mut stop_rx) => {
             tracing::warn!(grace_s = SHUTDOWN_GRACE.as_secs(), "requests_cut_off_at_shutdown");
         }

@@ -226,7 +226,7 @@ fn serve_refuses_bad_configuration_with_the_reason() {
     let out = serve(&kind, &data);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("local-process listener"),
+        stderr(&out).contains("attested on the Unix socket (`server.local_socket`)"),
         "{}",
         stderr(&out)
     );

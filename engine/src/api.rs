@@ -33,6 +33,7 @@ use sha2::{Digest, Sha256};
 
 use crate::attest::{Attested, Attestor, Refreshed, Rejected};
 use crate::credentials::CredentialIssuer;
+use crate::local::PeerProcess;
 use crate::vm::{Decision, EvalError, Program, Request, TargetQuery, Trace};
 use admin::Admin;
 use portcullis_lang::ir::Protocol;
@@ -101,6 +102,41 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .with_state(engine)
 }
 
+/// The API of the Unix socket: decisions and credentials for the connecting process, the
+/// health check and the published keys. The admin and audit endpoints stay on TCP.
+pub fn local_router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/decide", post(decide_local))
+        .route("/v1/credentials", post(issuing::credentials_local))
+        .route("/.well-known/jwks.json", get(issuing::jwks))
+        .route("/healthz", get(healthz))
+        .fallback(not_found_local)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(engine)
+}
+
+async fn not_found_local() -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "no such endpoint on the Unix socket; see `POST /v1/decide`, `POST /v1/credentials`, \
+         `GET /.well-known/jwks.json` and `GET /healthz`",
+    )
+}
+
+/// Serves [`local_router`] on a Unix socket until `shutdown` completes, then finishes the
+/// requests in flight.
+#[cfg(unix)]
+pub async fn serve_local(
+    listener: tokio::net::UnixListener,
+    engine: Arc<Engine>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = local_router(engine).into_make_service_with_connect_info::<LocalPeer>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
 /// flight.
 // FIXME(#7): per-connection header-read and idle timeouts (hyper's need a timer that
@@ -123,7 +159,8 @@ pub async fn serve(
     expecting = "an object with `evidence`, `target` and `request`"
 )]
 struct DecideBody {
-    evidence: Evidence,
+    /// Required over TCP; absent on the Unix socket, whose connection is the evidence.
+    evidence: Option<Evidence>,
     target: TargetSpec,
     #[serde(default)]
     request: RequestDetails,
@@ -346,8 +383,30 @@ async fn decide(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    decide_for(engine, Caller::Remote(peer), headers, body).await
+}
+
+/// `POST /v1/decide` on the Unix socket: the caller is the connecting process.
+async fn decide_local(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(local): ConnectInfo<LocalPeer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match local.0 {
+        Ok(peer) => decide_for(engine, Caller::Local(peer), headers, body).await,
+        Err(why) => no_peer_credentials(&why),
+    }
+}
+
+async fn decide_for(
+    engine: Arc<Engine>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
-    let body = match read_decide_body(&engine, &headers, body).await {
+    let body = match read_decide_body(&engine, &headers, body, caller).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -362,19 +421,19 @@ async fn decide(
             return error(StatusCode::FORBIDDEN, message);
         };
         if let Err(why) = admin::authorize(&admin.token, &headers) {
-            tracing::warn!(source_ip = %peer.ip(), why, "explain_unauthorized");
+            tracing::warn!(caller = %caller, why, "explain_unauthorized");
             return admin::unauthorized();
         }
     }
     // The one program this decision runs and records, whatever a reload does meanwhile.
     let program = engine.program.current();
-    let mut event = request_event(peer, &body, &program);
+    let mut event = request_event(caller, &body, &program);
     // `request.time`: the clock is read once, before attestation, so that one decision sees
     // one time.
     let decided_at = chrono::Utc::now().timestamp();
-    let answer = match attest(&engine, &body.evidence.token).await {
+    let answer = match attest_caller(&engine, caller, &body).await {
         Ok(attested) => {
-            let request = request_of(&attested, target, &body, peer, decided_at);
+            let request = request_of(&attested, target, &body, caller, decided_at);
             describe_caller(&mut event, &attested);
             if body.explain {
                 let explained = program.explain(&request);
@@ -420,6 +479,7 @@ async fn read_decide_body(
     engine: &Engine,
     headers: &HeaderMap,
     body: Body,
+    caller: Caller,
 ) -> Result<DecideBody, Response> {
     // Only JSON: a browser cannot send it cross-origin without a preflight.
     if !is_json(headers) {
@@ -430,7 +490,106 @@ async fn read_decide_body(
     let body: DecideBody = serde_json::from_slice(&body)
         .map_err(|err| error(StatusCode::BAD_REQUEST, &parse_error_message(&err)))?;
     check_lengths(&body).map_err(|message| error(StatusCode::BAD_REQUEST, &message))?;
-    Ok(body)
+    match (caller, &body.evidence) {
+        (Caller::Remote(_), None) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid decide request: `evidence` is required: `{\"token\": \"…\"}`",
+        )),
+        (Caller::Local(_), Some(_)) => Err(error(
+            StatusCode::BAD_REQUEST,
+            "invalid decide request: a caller of the Unix socket is attested by its connection; \
+             send no `evidence`",
+        )),
+        _ => Ok(body),
+    }
+}
+
+/// Who is asking: a client over TCP, whose evidence is the token it sends, or a local process
+/// on the Unix socket, whose evidence is the connection itself.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Caller {
+    Remote(SocketAddr),
+    Local(PeerProcess),
+}
+
+impl Caller {
+    fn source_ip(self) -> Option<std::net::IpAddr> {
+        match self {
+            Caller::Remote(addr) => Some(addr.ip()),
+            Caller::Local(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Caller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Caller::Remote(addr) => write!(f, "{}", addr.ip()),
+            Caller::Local(peer) => write!(f, "local uid {}", peer.uid),
+        }
+    }
+}
+
+/// The peer credentials of a Unix-socket connection, read when it was accepted.
+#[derive(Debug, Clone)]
+pub struct LocalPeer(pub Result<PeerProcess, String>);
+
+#[cfg(unix)]
+impl
+    axum::extract::connect_info::Connected<
+        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
+    > for LocalPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
+        LocalPeer(
+            stream
+                .io()
+                .peer_cred()
+                .map(|cred| PeerProcess {
+                    pid: cred.pid(),
+                    uid: cred.uid(),
+                    gid: cred.gid(),
+                })
+                .map_err(|error| error.to_string()),
+        )
+    }
+}
+
+fn no_peer_credentials(why: &str) -> Response {
+    tracing::warn!(why, "local_peer_credentials_unavailable");
+    error(
+        StatusCode::FORBIDDEN,
+        &format!("the connection's peer credentials are unavailable: {why}"),
+    )
+}
+
+/// Attests the caller: its token, or, on the Unix socket, the connecting process (read on a
+/// blocking thread).
+async fn attest_caller<'e>(
+    engine: &'e Arc<Engine>,
+    caller: Caller,
+    body: &DecideBody,
+) -> Result<Attested<'e>, Box<Rejected>> {
+    match (caller, &body.evidence) {
+        (Caller::Local(peer), _) => {
+            let reader = Arc::clone(engine);
+            let evidence =
+                tokio::task::spawn_blocking(move || reader.attestor.process_evidence(&peer)).await;
+            match evidence {
+                Ok(Ok(payload)) => engine.attestor.attested_process(&peer, payload),
+                Ok(Err(rejected)) => Err(rejected),
+                Err(join) => Err(Box::new(Rejected {
+                    error: crate::attest::AttestError::ProcessEvidence(join.to_string()),
+                    unverified: crate::attest::Unverified::default(),
+                })),
+            }
+        }
+        (Caller::Remote(_), Some(evidence)) => attest(engine, &evidence.token).await,
+        (Caller::Remote(_), None) => Err(Box::new(Rejected {
+            error: crate::attest::AttestError::Malformed("no evidence".to_owned()),
+            unverified: crate::attest::Unverified::default(),
+        })),
+    }
 }
 
 /// What the VM decides for an attested caller's request.
@@ -438,7 +597,7 @@ fn request_of<'r>(
     attested: &'r Attested<'_>,
     target: TargetQuery<'r>,
     body: &'r DecideBody,
-    peer: SocketAddr,
+    caller: Caller,
     decided_at: i64,
 ) -> Request<'r> {
     Request {
@@ -447,21 +606,24 @@ fn request_of<'r>(
         target,
         action: body.request.action.as_deref(),
         resource: body.request.resource.as_deref(),
-        source_ip: Some(peer.ip()),
+        source_ip: caller.source_ip(),
         time: Some(decided_at),
     }
 }
 
 /// The access event of a request, before anything is decided: who connected, what it asked,
 /// the bundle, and the hash of its evidence.
-fn request_event(peer: SocketAddr, body: &DecideBody, program: &Program) -> NewEvent {
+fn request_event(caller: Caller, body: &DecideBody, program: &Program) -> NewEvent {
     NewEvent {
-        source_ip: Some(peer.ip()),
+        source_ip: caller.source_ip(),
         action: body.request.action.clone(),
         resource: body.request.resource.clone(),
         bundle_hash: Some(program.hash_hex().to_owned()),
         // The token is never kept; its hash tells its uses apart.
-        evidence_sha256: Some(hex::encode(Sha256::digest(body.evidence.token.as_bytes()))),
+        evidence_sha256: body
+            .evidence
+            .as_ref()
+            .map(|evidence| hex::encode(Sha256::digest(evidence.token.as_bytes()))),
         ..NewEvent::default()
     }
 }

@@ -45,6 +45,9 @@ pub const MAX_LEEWAY_S: u64 = 3600;
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
+/// The `trust_provider` of a caller of the Unix socket.
+pub const LOCAL_PROCESS_PROVIDER: &str = "local-process";
+
 /// The default shortest time between two fetches of a provider's remote keys.
 pub const DEFAULT_JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
 
@@ -215,6 +218,26 @@ impl TrustProvider {
             })),
             fetching: Mutex::new(Fetching::default()),
         })
+    }
+
+    /// The provider of local processes, which the configuration cannot declare.
+    fn local_process() -> TrustProvider {
+        TrustProvider {
+            spec: TrustProviderSpec {
+                name: LOCAL_PROCESS_PROVIDER.to_owned(),
+                kind: ProviderKind::Process,
+                issuer: String::new(),
+                audiences: Vec::new(),
+                jwks: JwksSource::Document(String::new()),
+                jwks_refresh_min: DEFAULT_JWKS_REFRESH_MIN,
+                jwks_max_age: DEFAULT_JWKS_MAX_AGE,
+                leeway_s: 0,
+                custom_claims: Vec::new(),
+                trust_domain: None,
+            },
+            keys: RwLock::new(Arc::new(KeySet::default())),
+            fetching: Mutex::new(Fetching::default()),
+        }
     }
 
     /// Fetches the provider's keys now, unless the last attempt was less than
@@ -388,6 +411,8 @@ pub enum AttestError {
     InvalidSpiffeId(SpiffeIdError),
     #[error("the subject is in trust domain `{actual}`, not `{expected}`")]
     ForeignTrustDomain { actual: String, expected: String },
+    #[error("the connecting process cannot be attested: {0}")]
+    ProcessEvidence(String),
 }
 
 impl AttestError {
@@ -408,6 +433,7 @@ impl AttestError {
             AttestError::ClaimType { .. } => "claim_type",
             AttestError::InvalidSpiffeId(_) => "invalid_spiffe_id",
             AttestError::ForeignTrustDomain { .. } => "foreign_trust_domain",
+            AttestError::ProcessEvidence(_) => "process_evidence_unavailable",
         }
     }
 }
@@ -441,9 +467,13 @@ pub struct Rejected {
 type JsonObject = Map<String, Value>;
 
 /// Every configured trust provider, keyed by issuer.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Attestor {
     providers: Vec<TrustProvider>,
+    /// What the callers of the Unix socket are attested by: no keys, no issuer; its evidence
+    /// is the peer's credentials ([`crate::local`]).
+    local: TrustProvider,
+    processes: crate::local::ProcessReader,
     /// The custom claims of every `oidc` provider, merged: one id per name.
     custom_claims: CustomClaims,
     /// Verified tokens by their SHA-256, until they expire.
@@ -481,6 +511,8 @@ impl Attestor {
         )?;
         Ok(Attestor {
             providers,
+            local: TrustProvider::local_process(),
+            processes: crate::local::ProcessReader::default(),
             custom_claims,
             verified: Mutex::new(HashMap::new()),
         })
@@ -514,6 +546,48 @@ impl Attestor {
             .map_err(|error| Box::new(Rejected { error, unverified }))?;
         self.remember(digest, &attested, now);
         Ok(attested)
+    }
+
+    /// Attests the process at the other end of a Unix-socket connection from its peer
+    /// credentials and `/proc`. Blocking I/O (the executable is hashed the first time).
+    pub fn attest_process(
+        &self,
+        peer: &crate::local::PeerProcess,
+    ) -> Result<Attested<'_>, Box<Rejected>> {
+        let payload = self.process_evidence(peer)?;
+        self.attested_process(peer, payload)
+    }
+
+    /// The evidence half of [`Attestor::attest_process`]: what `/proc` says of the peer.
+    /// Blocking I/O; owned, so that it can be read on a blocking thread.
+    pub fn process_evidence(
+        &self,
+        peer: &crate::local::PeerProcess,
+    ) -> Result<Map<String, Value>, Box<Rejected>> {
+        self.processes
+            .evidence(peer)
+            .map_err(|why| local_rejection(AttestError::ProcessEvidence(why)))
+    }
+
+    /// The claims half of [`Attestor::attest_process`], from the evidence.
+    pub fn attested_process(
+        &self,
+        peer: &crate::local::PeerProcess,
+        payload: Map<String, Value>,
+    ) -> Result<Attested<'_>, Box<Rejected>> {
+        let claims = typed_claims(ProviderKind::Process, &payload).map_err(local_rejection)?;
+        let subject = format!(
+            "uid:{}/pid:{}",
+            peer.uid,
+            peer.pid
+                .map_or_else(|| "?".to_owned(), |pid| pid.to_string())
+        );
+        Ok(Attested {
+            provider: &self.local,
+            subject,
+            claims,
+            payload,
+        })
     }
 
     /// Verifies `token` as [`Attestor::attest`] does, without looking in or adding to the
@@ -675,6 +749,18 @@ impl Attestor {
             payload,
         })
     }
+}
+
+/// A local process that could not be attested.
+fn local_rejection(error: AttestError) -> Box<Rejected> {
+    Box::new(Rejected {
+        error,
+        unverified: Unverified {
+            provider: Some(LOCAL_PROCESS_PROVIDER.to_owned()),
+            issuer: None,
+            subject: None,
+        },
+    })
 }
 
 fn unix_now() -> u64 {

@@ -11,4 +11,5 @@ pub mod attest;
 pub mod credentials;
 pub mod http;
 pub mod jwks;
+pub mod local;
 pub mod vm;

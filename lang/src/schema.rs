@@ -348,8 +348,7 @@ const SPIFFE: &[ClaimDef] = &[
 ];
 
 /// A local process, from the peer credentials of its Unix-socket connection and `/proc`; the
-/// path names the field of that evidence, not of a token.
-// FIXME(#6): the local-process listener that produces these claims.
+/// path names the field of that evidence, not of a token (`engine/src/local.rs` reads it).
 const PROCESS: &[ClaimDef] = &[
     req("pid", &["pid"], Int),
     req("uid", &["uid"], Int),

@@ -20,9 +20,10 @@ use portcullis_lang::ir::Credential;
 use serde_json::{Value, json};
 
 use super::{
-    ConditionsSeen, DecideAnswer, Engine, answer_attestation_failure, answer_decision, attest,
-    describe_caller, describe_target, describe_target_spec, error, read_decide_body,
-    record_and_answer, request_event, request_of, target_query,
+    Caller, ConditionsSeen, DecideAnswer, Engine, LocalPeer, answer_attestation_failure,
+    answer_decision, attest_caller, describe_caller, describe_target, describe_target_spec, error,
+    no_peer_credentials, read_decide_body, record_and_answer, request_event, request_of,
+    target_query,
 };
 use crate::credentials::{Issued, Recipient};
 
@@ -43,11 +44,33 @@ pub async fn credentials(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    credentials_for(engine, Caller::Remote(peer), headers, body).await
+}
+
+/// `POST /v1/credentials` on the Unix socket: the caller is the connecting process.
+pub async fn credentials_local(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(local): ConnectInfo<LocalPeer>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match local.0 {
+        Ok(peer) => credentials_for(engine, Caller::Local(peer), headers, body).await,
+        Err(why) => no_peer_credentials(&why),
+    }
+}
+
+async fn credentials_for(
+    engine: Arc<Engine>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     let Some(issuer) = engine.credentials.clone() else {
         return error(StatusCode::NOT_FOUND, "this server issues no credentials");
     };
-    let body = match read_decide_body(&engine, &headers, body).await {
+    let body = match read_decide_body(&engine, &headers, body, caller).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -61,9 +84,9 @@ pub async fn credentials(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let program = engine.program.current();
-    let mut event = request_event(peer, &body, &program);
+    let mut event = request_event(caller, &body, &program);
     let decided_at = chrono::Utc::now().timestamp();
-    let attested = match attest(&engine, &body.evidence.token).await {
+    let attested = match attest_caller(&engine, caller, &body).await {
         Ok(attested) => attested,
         Err(rejected) => {
             describe_target_spec(&mut event, &body.target);
@@ -72,7 +95,7 @@ pub async fn credentials(
             return refused(&engine, event, answer).await;
         }
     };
-    let request = request_of(&attested, target, &body, peer, decided_at);
+    let request = request_of(&attested, target, &body, caller, decided_at);
     describe_caller(&mut event, &attested);
     let mut conditions = ConditionsSeen::default();
     let decision = program.decide_with(&request, &mut conditions);
