@@ -122,7 +122,44 @@ pub struct CredentialsConfig {
     /// The OAuth clients `oauth_client_credentials` credentials act as, with their secrets.
     #[serde(default)]
     pub oauth_clients: Vec<OAuthClientConfig>,
+    /// The PostgreSQL servers `postgres_role` credentials make roles on, by target.
+    #[serde(default)]
+    pub postgres: Vec<PostgresAdminConfig>,
+    /// How often expired `postgres_role` roles are looked for and dropped.
+    #[serde(default = "default_role_drop_interval_s")]
+    pub role_drop_interval_s: u64,
 }
+
+/// `[[credentials.postgres]]`: how to reach the server of a target as a role that may create
+/// roles and grant the policy's roles (`CREATEROLE`, with `ADMIN OPTION` on those roles).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresAdminConfig {
+    /// The Gate target whose `postgres_role` credentials this server makes.
+    pub target: String,
+    pub host: String,
+    #[serde(default = "default_postgres_port")]
+    pub port: u16,
+    /// The database named in the URIs handed out (and connected to as the administrator).
+    #[serde(default = "default_postgres_database")]
+    pub database: String,
+    pub admin_user: String,
+    pub admin_password_file: PathBuf,
+}
+
+fn default_postgres_port() -> u16 {
+    5432
+}
+
+fn default_postgres_database() -> String {
+    "postgres".to_owned()
+}
+
+fn default_role_drop_interval_s() -> u64 {
+    30
+}
+
+const ROLE_DROP_INTERVAL_S: std::ops::RangeInclusive<u64> = 1..=3600;
 
 /// `[[credentials.oauth_clients]]`: a client of a token endpoint, and the file holding its
 /// secret (owner-only; read at start).
@@ -145,6 +182,8 @@ impl Default for CredentialsConfig {
             rotate_after_days: default_rotate_after_days(),
             publish_ahead_s: default_publish_ahead_s(),
             oauth_clients: Vec::new(),
+            postgres: Vec::new(),
+            role_drop_interval_s: default_role_drop_interval_s(),
         }
     }
 }
@@ -196,6 +235,27 @@ impl CredentialsConfig {
         {
             bail!("`credentials.issuer = {issuer:?}` is not an `https://` or `http://` URL");
         }
+        if !ROLE_DROP_INTERVAL_S.contains(&self.role_drop_interval_s) {
+            bail!(
+                "`credentials.role_drop_interval_s = {}` is outside {}..={}",
+                self.role_drop_interval_s,
+                ROLE_DROP_INTERVAL_S.start(),
+                ROLE_DROP_INTERVAL_S.end()
+            );
+        }
+        for (idx, server) in self.postgres.iter().enumerate() {
+            if self
+                .postgres
+                .iter()
+                .skip(idx + 1)
+                .any(|other| other.target == server.target)
+            {
+                bail!(
+                    "`[[credentials.postgres]]`: target `{}` is given twice",
+                    server.target
+                );
+            }
+        }
         for (idx, client) in self.oauth_clients.iter().enumerate() {
             portcullis_engine::http::check_url(&client.token_url)
                 .with_context(|| format!("`[[credentials.oauth_clients]]` {}", idx + 1))?;
@@ -231,6 +291,41 @@ impl Config {
             .local_socket
             .as_ref()
             .map(|path| self.resolve(path))
+    }
+
+    /// The administrative connections of `postgres_role` credentials, with their passwords.
+    pub fn postgres_servers(
+        &self,
+    ) -> Result<Vec<portcullis_engine::postgres_roles::PostgresServer>> {
+        self.credentials
+            .postgres
+            .iter()
+            .map(|server| {
+                let path = self.resolve(&server.admin_password_file);
+                let text = read_bounded(&path, MAX_CLIENT_SECRET_BYTES).with_context(|| {
+                    format!(
+                        "`[[credentials.postgres]]` of target `{}`: cannot read the password `{}`",
+                        server.target,
+                        path.display()
+                    )
+                })?;
+                if readable_by_others(&path) {
+                    tracing::warn!(
+                        file = %path.display(),
+                        "a PostgreSQL administrator's password file is readable by other users; \
+                         `chmod 600` it"
+                    );
+                }
+                Ok(portcullis_engine::postgres_roles::PostgresServer {
+                    target: server.target.clone(),
+                    host: server.host.clone(),
+                    port: server.port,
+                    database: server.database.clone(),
+                    admin_user: server.admin_user.clone(),
+                    admin_password: text.trim_end_matches(['\n', '\r']).to_owned().into(),
+                })
+            })
+            .collect()
     }
 
     /// The OAuth clients with their secrets, read from their files.

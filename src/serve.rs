@@ -15,6 +15,7 @@ use portcullis_engine::api::audit_query::AuditQueryApi;
 use portcullis_engine::api::{self, Engine, ProgramSlot};
 use portcullis_engine::attest::{Attestor, TrustProvider};
 use portcullis_engine::credentials::{CredentialIssuer, KeyRing};
+use portcullis_engine::postgres_roles::PostgresRoles;
 
 use crate::audit_api::SqlOverStore;
 use crate::config::{AdminTokenFile, Config};
@@ -28,6 +29,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let attestor = build_attestor(&config)?;
     let admin_token = warn_if_shared(config.admin_token()?);
     let oauth_clients = config.oauth_clients()?;
+    let postgres_servers = config.postgres_servers()?;
     let audit_token = warn_if_shared(config.audit_token()?);
     let loader =
         PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
@@ -91,7 +93,13 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
-    let credentials = Arc::new(CredentialIssuer::new(ring, issuer, oauth_clients));
+    let roles = PostgresRoles::new(&data_dir, postgres_servers);
+    // Roles that expired while the server was down are dropped before it serves.
+    if let Err(error) = roles.drop_expired(unix_now()) {
+        tracing::error!(%error, "postgres_role_ledger_unreadable");
+    }
+    let credentials = Arc::new(CredentialIssuer::new(ring, issuer, oauth_clients, roles));
+    let role_drop_interval = Duration::from_secs(config.credentials.role_drop_interval_s);
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),
         attestor,
@@ -105,6 +113,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let reloads = Reloads {
         reloader,
         watch_interval: config.watch_interval(),
+        role_drop_interval,
     };
     let served = runtime.block_on(serve(
         Arc::clone(&engine),
@@ -144,6 +153,8 @@ struct Reloads {
     reloader: Arc<Reloader>,
     /// `None` when watching is off.
     watch_interval: Option<Duration>,
+    /// How often expired `postgres_role` roles are dropped.
+    role_drop_interval: Duration,
 }
 
 fn build_attestor(config: &Config) -> Result<Attestor> {
@@ -217,6 +228,10 @@ async fn serve(
     }
     if let Some(credentials) = &engine.credentials {
         reloading.spawn(maintain_key_ring(Arc::clone(credentials)));
+        reloading.spawn(drop_expired_roles(
+            Arc::clone(credentials),
+            reloads.role_drop_interval,
+        ));
     }
     let watch_interval_ms = reloads
         .watch_interval
@@ -290,6 +305,22 @@ async fn maintain_key_ring(credentials: Arc<CredentialIssuer>) {
             Ok(Ok(_)) => {}
             Ok(Err(error)) => tracing::error!(%error, "credential_key_ring_maintenance_failed"),
             Err(error) => tracing::error!(%error, "credential_key_ring_maintenance_failed"),
+        }
+    }
+}
+
+/// Drops the `postgres_role` roles whose time is up, every `interval`.
+async fn drop_expired_roles(credentials: Arc<CredentialIssuer>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let issuer = Arc::clone(&credentials);
+        let now = unix_now();
+        match tokio::task::spawn_blocking(move || issuer.postgres.drop_expired(now)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => tracing::error!(%error, "postgres_role_ledger_unreadable"),
+            Err(error) => tracing::error!(%error, "postgres_role_drop_failed"),
         }
     }
 }

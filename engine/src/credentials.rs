@@ -139,8 +139,6 @@ pub enum CredentialError {
         ttl_s: u64,
         max_s: u64,
     },
-    #[error("credential `{name}`: `{kind}` credentials are not issued yet")]
-    NotYetIssued { name: String, kind: &'static str },
     #[error(
         "credential `{name}`: no client secret is configured for client `{client_id}` at \
          `{token_url}` (`[[credentials.oauth_clients]]`)"
@@ -150,6 +148,8 @@ pub enum CredentialError {
         client_id: String,
         token_url: String,
     },
+    #[error("credential `{name}`: {reason}")]
+    Postgres { name: String, reason: String },
     #[error("credential `{name}`: the token endpoint `{token_url}`: {reason}")]
     TokenEndpoint {
         name: String,
@@ -493,6 +493,8 @@ pub struct CredentialIssuer {
     pub issuer: String,
     oauth_clients: Vec<OAuthClient>,
     tokens: Mutex<TokenSlots>,
+    /// The roles of `postgres_role` credentials.
+    pub postgres: crate::postgres_roles::PostgresRoles,
 }
 
 impl std::fmt::Debug for CredentialIssuer {
@@ -505,12 +507,18 @@ impl std::fmt::Debug for CredentialIssuer {
 }
 
 impl CredentialIssuer {
-    pub fn new(ring: KeyRing, issuer: String, oauth_clients: Vec<OAuthClient>) -> Self {
+    pub fn new(
+        ring: KeyRing,
+        issuer: String,
+        oauth_clients: Vec<OAuthClient>,
+        postgres: crate::postgres_roles::PostgresRoles,
+    ) -> Self {
         CredentialIssuer {
             ring,
             issuer,
             oauth_clients,
             tokens: Mutex::new(HashMap::new()),
+            postgres,
         }
     }
 
@@ -528,20 +536,17 @@ impl CredentialIssuer {
                 client_id,
                 scopes,
             } => self.oauth_token(credential, token_url, client_id, scopes, to.now),
-            other => Err(CredentialError::NotYetIssued {
-                name: credential.name.clone(),
-                kind: other.keyword(),
-            }),
+            CredentialKind::PostgresRole { grant } => {
+                let ttl_s = self.capped_ttl(credential)?;
+                self.postgres
+                    .issue(&credential.name, to.target, grant, ttl_s, to.now)
+            }
         }
     }
 
-    fn mint(
-        &self,
-        credential: &Credential,
-        audience: &str,
-        to: &Recipient<'_>,
-    ) -> Result<Issued, CredentialError> {
-        // The language requires a ttl on every `jwt` credential.
+    /// The credential's ttl, refused over the server's maximum. The language requires a ttl
+    /// on every credential but a `static` one.
+    fn capped_ttl(&self, credential: &Credential) -> Result<u64, CredentialError> {
         let ttl_s = credential.ttl_s.unwrap_or(0);
         let max_s = self.ring.policy.max_ttl_s.unsigned_abs();
         if ttl_s > max_s {
@@ -551,6 +556,16 @@ impl CredentialIssuer {
                 max_s,
             });
         }
+        Ok(ttl_s)
+    }
+
+    fn mint(
+        &self,
+        credential: &Credential,
+        audience: &str,
+        to: &Recipient<'_>,
+    ) -> Result<Issued, CredentialError> {
+        let ttl_s = self.capped_ttl(credential)?;
         let expires_at = to
             .now
             .saturating_add(i64::try_from(ttl_s).unwrap_or(i64::MAX));

@@ -12,4 +12,5 @@ pub mod credentials;
 pub mod http;
 pub mod jwks;
 pub mod local;
+pub mod postgres_roles;
 pub mod vm;

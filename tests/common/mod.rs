@@ -6,6 +6,7 @@
 
 pub mod http_stub;
 pub mod issuing;
+pub mod postgres;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

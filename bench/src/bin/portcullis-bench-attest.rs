@@ -24,6 +24,7 @@ use portcullis_engine::credentials::{
     CredentialIssuer, KeyRing, OAuthClient, Recipient, RotationPolicy,
 };
 use portcullis_engine::jwks::JwksSource;
+use portcullis_engine::postgres_roles::PostgresRoles;
 use portcullis_lang::ir::{Credential, CredentialKind, StaticSource};
 use portcullis_lang::schema::ProviderKind;
 use serde_json::json;
@@ -108,6 +109,7 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             client_id: "bench".to_owned(),
             secret: "bench-client-secret".to_owned().into(),
         }],
+        PostgresRoles::new(dir, Vec::new()),
     );
     let lines = [
         (

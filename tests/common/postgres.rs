@@ -1,0 +1,205 @@
+//! A real PostgreSQL server for a test: a new cluster in a temporary directory, on a free
+//! loopback port, stopped when the test ends. `scripts/test` installs PostgreSQL; a machine
+//! without it fails the test with the reason rather than skipping it.
+//!
+//! PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user
+//! (Debian's package makes it) and its commands run through `runuser`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The superuser of the cluster, trusted on its Unix socket only.
+pub const SUPERUSER: &str = "cluster_admin";
+
+pub struct Postgres {
+    pub port: u16,
+    /// Holds the cluster (`data/`), its socket and its log.
+    pub dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let bin = bin_dir();
+        let as_postgres = running_as_root();
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let owner = postgres_ids();
+            std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
+        }
+        let port = free_port();
+        let server = Postgres {
+            port,
+            dir,
+            bin,
+            as_postgres,
+        };
+        let data = server.dir.path().join("data");
+        server.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                SUPERUSER,
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            ],
+        );
+        let options = format!(
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            server.dir.path().display()
+        );
+        let log = server.dir.path().join("server.log");
+        server.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &options,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        server
+    }
+
+    /// Runs `sql` as the superuser on `database`; its output (unaligned, tuples only).
+    pub fn sql(&self, database: &str, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(self.connect_args(database))
+            .args(["-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `psql` with `uri` running `sql`, as a client would: its whole output.
+    pub fn psql_uri(&self, uri: &str, sql: &str) -> Output {
+        Command::new(self.bin.join("psql"))
+            .args([uri, "-v", "ON_ERROR_STOP=1", "-Atq", "-c", sql])
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap()
+    }
+
+    fn connect_args(&self, database: &str) -> Vec<String> {
+        vec![
+            "-h".to_owned(),
+            self.dir.path().display().to_string(),
+            "-p".to_owned(),
+            self.port.to_string(),
+            "-U".to_owned(),
+            SUPERUSER.to_owned(),
+            "-d".to_owned(),
+            database.to_owned(),
+        ]
+    }
+
+    fn command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = self
+            .command("pg_ctl")
+            .args([
+                "-D",
+                data.to_str().unwrap_or_default(),
+                "-m",
+                "immediate",
+                "stop",
+            ])
+            .output();
+    }
+}
+
+/// Where PostgreSQL's server programs are: `PORTCULLIS_TEST_PG_BIN`, else Debian's newest
+/// `/usr/lib/postgresql/N/bin`.
+fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PORTCULLIS_TEST_PG_BIN") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|entry| entry.path().join("bin"))
+                .filter(|bin| bin.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort();
+    versions.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL's server programs are not installed (no /usr/lib/postgresql/N/bin/initdb); \
+             `scripts/test` installs Debian's `postgresql`, or set PORTCULLIS_TEST_PG_BIN"
+        )
+    })
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|line| line.starts_with("Uid:"))?;
+            line.split_whitespace().nth(2).map(|uid| uid == "0")
+        })
+        .unwrap_or(false)
+}
+
+/// The uid and gid of the `postgres` user, from `/etc/passwd`.
+fn postgres_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    passwd
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.first() == Some(&"postgres"))
+                .then(|| Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?)))
+                .flatten()
+        })
+        .unwrap_or_else(|| {
+            panic!("running as root, and there is no `postgres` user to run PostgreSQL")
+        })
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
