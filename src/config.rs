@@ -301,28 +301,21 @@ impl Config {
             .postgres
             .iter()
             .map(|server| {
-                let path = self.resolve(&server.admin_password_file);
-                let text = read_bounded(&path, MAX_CLIENT_SECRET_BYTES).with_context(|| {
-                    format!(
-                        "`[[credentials.postgres]]` of target `{}`: cannot read the password `{}`",
-                        server.target,
-                        path.display()
-                    )
-                })?;
-                if readable_by_others(&path) {
-                    tracing::warn!(
-                        file = %path.display(),
-                        "a PostgreSQL administrator's password file is readable by other users; \
-                         `chmod 600` it"
-                    );
-                }
+                let password =
+                    self.read_secret(&server.admin_password_file)
+                        .with_context(|| {
+                            format!(
+                                "`[[credentials.postgres]]` of target `{}`: its password",
+                                server.target
+                            )
+                        })?;
                 Ok(portcullis_engine::postgres_roles::PostgresServer {
                     target: server.target.clone(),
                     host: server.host.clone(),
                     port: server.port,
                     database: server.database.clone(),
                     admin_user: server.admin_user.clone(),
-                    admin_password: text.trim_end_matches(['\n', '\r']).to_owned().into(),
+                    admin_password: password,
                 })
             })
             .collect()
@@ -334,35 +327,38 @@ impl Config {
             .oauth_clients
             .iter()
             .map(|client| {
-                let path = self.resolve(&client.client_secret_file);
-                let text = read_bounded(&path, MAX_CLIENT_SECRET_BYTES).with_context(|| {
-                    format!(
-                        "OAuth client `{}`: cannot read its secret `{}`",
-                        client.client_id,
-                        path.display()
-                    )
-                })?;
-                if readable_by_others(&path) {
-                    tracing::warn!(
-                        file = %path.display(),
-                        "an OAuth client secret file is readable by other users; `chmod 600` it"
-                    );
-                }
-                let secret = text.trim_end_matches(['\n', '\r']);
-                if secret.is_empty() {
-                    bail!(
-                        "OAuth client `{}`: its secret file `{}` is empty",
-                        client.client_id,
-                        path.display()
-                    );
-                }
+                let secret = self
+                    .read_secret(&client.client_secret_file)
+                    .with_context(|| format!("OAuth client `{}`: its secret", client.client_id))?;
                 Ok(portcullis_engine::credentials::OAuthClient {
                     token_url: client.token_url.clone(),
                     client_id: client.client_id.clone(),
-                    secret: secret.to_owned().into(),
+                    secret,
                 })
             })
             .collect()
+    }
+
+    /// A secret from a file (its trailing newline dropped), which must not be empty; warns
+    /// when other users can read the file.
+    fn read_secret(
+        &self,
+        file: &Path,
+    ) -> Result<portcullis_engine::credentials::Zeroizing<String>> {
+        let path = self.resolve(file);
+        let text = read_bounded(&path, MAX_CLIENT_SECRET_BYTES)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        if readable_by_others(&path) {
+            tracing::warn!(
+                file = %path.display(),
+                "a secret file is readable by other users; `chmod 600` it"
+            );
+        }
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.is_empty() {
+            bail!("`{}` is empty", path.display());
+        }
+        Ok(secret.to_owned().into())
     }
 }
 

@@ -295,32 +295,47 @@ const KEY_RING_CHECK: Duration = Duration::from_secs(600);
 
 /// Rotates and retires credential signing keys on their schedule while the server runs.
 async fn maintain_key_ring(credentials: Arc<CredentialIssuer>) {
-    let mut ticks = tokio::time::interval(KEY_RING_CHECK);
-    ticks.tick().await;
-    loop {
-        ticks.tick().await;
-        let issuer = Arc::clone(&credentials);
-        let now = unix_now();
-        match tokio::task::spawn_blocking(move || issuer.ring.maintain(now)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "credential_key_ring_maintenance_failed"),
-            Err(error) => tracing::error!(%error, "credential_key_ring_maintenance_failed"),
-        }
-    }
+    every(
+        KEY_RING_CHECK,
+        "credential_key_ring_maintenance_failed",
+        move |now| {
+            credentials
+                .ring
+                .maintain(now)
+                .map(drop)
+                .map_err(|error| error.to_string())
+        },
+    )
+    .await;
 }
 
 /// Drops the `postgres_role` roles whose time is up, every `interval`.
 async fn drop_expired_roles(credentials: Arc<CredentialIssuer>, interval: Duration) {
+    every(interval, "postgres_role_drop_failed", move |now| {
+        credentials.postgres.drop_expired(now).map(drop)
+    })
+    .await;
+}
+
+/// Runs `work` on a blocking thread every `interval` (the first time one interval from now),
+/// with the time, and logs its failures as `failed`.
+async fn every(
+    interval: Duration,
+    failed: &'static str,
+    work: impl Fn(i64) -> Result<(), String> + Send + Sync + 'static,
+) {
+    let work = Arc::new(work);
     let mut ticks = tokio::time::interval(interval);
     ticks.tick().await;
     loop {
         ticks.tick().await;
-        let issuer = Arc::clone(&credentials);
+        let work = Arc::clone(&work);
         let now = unix_now();
-        match tokio::task::spawn_blocking(move || issuer.postgres.drop_expired(now)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(error)) => tracing::error!(%error, "postgres_role_ledger_unreadable"),
-            Err(error) => tracing::error!(%error, "postgres_role_drop_failed"),
+        let outcome = tokio::task::spawn_blocking(move || work(now)).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "{failed}"),
+            Err(error) => tracing::error!(%error, "{failed}"),
         }
     }
 }
