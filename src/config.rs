@@ -230,10 +230,18 @@ impl CredentialsConfig {
                 self.publish_ahead_s
             );
         }
-        if let Some(issuer) = &self.issuer
-            && !(issuer.starts_with("https://") || issuer.starts_with("http://"))
-        {
-            bail!("`credentials.issuer = {issuer:?}` is not an `https://` or `http://` URL");
+        if let Some(issuer) = &self.issuer {
+            let host = issuer
+                .strip_prefix("https://")
+                .or_else(|| issuer.strip_prefix("http://"))
+                .and_then(|rest| rest.split(['/', '?', '#']).next())
+                .unwrap_or_default();
+            if host.is_empty() || host.contains('@') {
+                bail!(
+                    "`credentials.issuer = {issuer:?}` is not an `https://` or `http://` URL \
+                     with a host"
+                );
+            }
         }
         if !ROLE_DROP_INTERVAL_S.contains(&self.role_drop_interval_s) {
             bail!(
@@ -244,6 +252,12 @@ impl CredentialsConfig {
             );
         }
         for (idx, server) in self.postgres.iter().enumerate() {
+            if server.port == 0 {
+                bail!(
+                    "`[[credentials.postgres]]` of target `{}`: `port = 0` is not a port",
+                    server.target
+                );
+            }
             if self
                 .postgres
                 .iter()
@@ -301,6 +315,16 @@ impl Config {
             .postgres
             .iter()
             .map(|server| {
+                let local = server.host.starts_with('/')
+                    || portcullis_lang::net::is_loopback_authority(&server.host);
+                if !local {
+                    tracing::warn!(
+                        target = %server.target,
+                        host = %server.host,
+                        "the PostgreSQL administrative connection has no TLS yet; keep it on \
+                         loopback or a Unix socket"
+                    );
+                }
                 let password =
                     self.read_secret(&server.admin_password_file)
                         .with_context(|| {
@@ -878,9 +902,10 @@ impl Config {
                 provider.name
             ),
         };
-        if provider.jwks_refresh_min_s > MAX_JWKS_REFRESH_MIN_S {
+        if !(1..=MAX_JWKS_REFRESH_MIN_S).contains(&provider.jwks_refresh_min_s) {
             bail!(
-                "trust provider `{}`: `jwks_refresh_min_s` is {} s, over {MAX_JWKS_REFRESH_MIN_S} s",
+                "trust provider `{}`: `jwks_refresh_min_s` is {} s; it must be 1 to \
+                 {MAX_JWKS_REFRESH_MIN_S} s, so that unknown `kid`s cannot make it fetch at will",
                 provider.name,
                 provider.jwks_refresh_min_s
             );
@@ -1011,7 +1036,8 @@ mod tests {
             assert!(error.contains("exactly one of `jwks_file`"), "{error}");
         }
         for (setting, says) in [
-            ("jwks_refresh_min_s = 7200", "over 3600 s"),
+            ("jwks_refresh_min_s = 7200", "1 to 3600 s"),
+            ("jwks_refresh_min_s = 0", "1 to 3600 s"),
             ("jwks_max_age_s = 10", "60 to 86400 s"),
             ("jwks_max_age_s = 100000", "60 to 86400 s"),
         ] {

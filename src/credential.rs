@@ -110,7 +110,7 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
             print(args, &answer)?;
             Ok(Outcome::Issued)
         }
-        403 | 503 => {
+        403 => {
             let reason = answer["reason"].as_str().unwrap_or("no reason given");
             let code = answer["reason_code"].as_str().unwrap_or("unknown");
             eprintln!(
@@ -118,6 +118,12 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
                 answer["event_id"].as_str().unwrap_or("none")
             );
             Ok(Outcome::Refused)
+        }
+        503 => {
+            // Allowed, but the server could not issue or record: worth a retry, not a denial.
+            let reason = answer["reason"].as_str().unwrap_or("no reason given");
+            let code = answer["reason_code"].as_str().unwrap_or("unknown");
+            bail!("the server could not issue the credential: {reason} ({code})")
         }
         _ => {
             let message = answer["error"]
@@ -164,10 +170,13 @@ fn evidence(args: &CredentialArgs) -> Result<(String, String)> {
     if let Some(path) = &args.token_file {
         return Ok((read_token(path)?, format!("`{}`", path.display())));
     }
-    if let (Some(url), Some(bearer)) = (
-        var("ACTIONS_ID_TOKEN_REQUEST_URL"),
-        var("ACTIONS_ID_TOKEN_REQUEST_TOKEN"),
-    ) {
+    if let Some(url) = var("ACTIONS_ID_TOKEN_REQUEST_URL") {
+        let Some(bearer) = var("ACTIONS_ID_TOKEN_REQUEST_TOKEN") else {
+            bail!(
+                "GitHub Actions: ACTIONS_ID_TOKEN_REQUEST_URL is set but \
+                 ACTIONS_ID_TOKEN_REQUEST_TOKEN is not; give the job `permissions: id-token: write`"
+            );
+        };
         let token = github_token(&url, &bearer, &args.audience)
             .context("GitHub Actions' ID-token request failed")?;
         return Ok((token, "GitHub Actions' ID-token endpoint".to_owned()));

@@ -58,6 +58,12 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         Some(path) => Some((runtime.block_on(bind_local(&path))?, path)),
         None => None,
     };
+    let local_inode = local_listener.as_ref().and_then(|(_, path)| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(path)
+            .ok()
+            .map(|metadata| metadata.ino())
+    });
     let data_dir = config.data_dir(data_dir);
     private_data_dir(&data_dir)?;
     let node = config.audit.node.clone().unwrap_or_else(host_name);
@@ -99,6 +105,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         tracing::error!(%error, "postgres_role_ledger_unreadable");
     }
     let credentials = Arc::new(CredentialIssuer::new(ring, issuer, oauth_clients, roles));
+    // FIXME(#6): checked at start only, not again after a reload.
+    for problem in credentials.check(program.bundle()) {
+        tracing::warn!(problem, "credential_not_issuable");
+    }
     let role_drop_interval = Duration::from_secs(config.credentials.role_drop_interval_s);
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),
@@ -123,7 +133,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         reloads,
     ));
     if let Some(path) = config.local_socket() {
-        let _ = std::fs::remove_file(path);
+        remove_own_socket(&path, local_inode);
     }
     served?;
     // Dropping the runtime ends any connection still open after the grace period, and waits
@@ -188,8 +198,17 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
 async fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     match std::fs::symlink_metadata(path) {
-        Ok(metadata) if metadata.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("cannot replace the stale socket `{}`", path.display()))?,
+        Ok(metadata) if metadata.file_type().is_socket() => {
+            // A socket that still answers belongs to a running server: never take it over.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "`server.local_socket` `{}` is in use: another server listens on it",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot replace the stale socket `{}`", path.display()))?;
+        }
         Ok(_) => anyhow::bail!(
             "`server.local_socket` names `{}`, which exists and is not a socket",
             path.display()
@@ -204,6 +223,16 @@ async fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> 
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
         .with_context(|| format!("cannot open `{}` to local users", path.display()))?;
     Ok(listener)
+}
+
+/// Removes the socket at `path` at stop if it is still the one this server made (`inode`):
+/// a socket another server made there since is left alone.
+fn remove_own_socket(path: &std::path::Path, inode: Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::symlink_metadata(path).is_ok_and(|metadata| Some(metadata.ino()) == inode);
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 async fn serve(

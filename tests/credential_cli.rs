@@ -158,6 +158,41 @@ fn a_ci_job_exchanges_its_platform_evidence_for_a_credential() {
     assert!(out.status.success(), "{}", stderr(&out));
     let file = tmp.path().join("token");
     std::fs::write(&file, format!("{caller}\n")).unwrap();
+    // A Kubernetes pod: the projected token file, named where the pod mounts it.
+    let pod = [("KUBERNETES_SERVICE_HOST", "10.0.0.1")];
+    let out = credential(
+        &server,
+        &[
+            "--target",
+            "legacy",
+            "--kubernetes-token-file",
+            file.to_str().unwrap(),
+        ],
+        &pod,
+    );
+    assert_eq!(
+        stdout(&out),
+        format!("PORTCULLIS_CREDENTIAL={SECRET}\n"),
+        "{}",
+        stderr(&out)
+    );
+    let missing = tmp.path().join("not-mounted");
+    let out = credential(
+        &server,
+        &[
+            "--target",
+            "legacy",
+            "--kubernetes-token-file",
+            missing.to_str().unwrap(),
+        ],
+        &pod,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("projected service-account token"),
+        "{}",
+        stderr(&out)
+    );
     let out = credential(
         &server,
         &["--target", "legacy", "--token-file", file.to_str().unwrap()],
@@ -181,6 +216,28 @@ fn a_ci_job_exchanges_its_platform_evidence_for_a_credential() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stdout(&out).is_empty());
     assert!(stderr(&out).contains("(no_permit;"), "{}", stderr(&out));
+
+    // Allowed, but the server cannot issue: a failure to retry (exit 1), not a refusal.
+    let out = credential(
+        &server,
+        &["--target", "gone", "--token-file", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not issue the credential"),
+        "{}",
+        stderr(&out)
+    );
+    // GitHub Actions without the request token: said so.
+    let half = [("ACTIONS_ID_TOKEN_REQUEST_URL", endpoint.url.as_str())];
+    let out = credential(&server, &["--target", "legacy"], &half);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("ACTIONS_ID_TOKEN_REQUEST_TOKEN is not"),
+        "{}",
+        stderr(&out)
+    );
 
     // Nowhere to find evidence; a server over plain http elsewhere.
     let out = credential(&server, &["--target", "legacy"], &[]);

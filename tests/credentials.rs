@@ -41,6 +41,13 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
     let minted = credential["value"].as_str().unwrap().to_owned();
     let (status, jwks) = get_json(&server, "/.well-known/jwks.json");
     assert_eq!(status, 200, "{jwks}");
+    let (status, discovery) = get_json(&server, "/.well-known/openid-configuration");
+    assert_eq!(status, 200, "{discovery}");
+    assert_eq!(discovery["issuer"], format!("http://{}", server.addr));
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("http://{}/.well-known/jwks.json", server.addr)
+    );
     let jwks: JwkSet = serde_json::from_value(jwks).unwrap();
     let header = jsonwebtoken::decode_header(&minted).unwrap();
     assert_eq!(header.alg, Algorithm::EdDSA);
@@ -102,13 +109,13 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
         (503, Some("credential_unavailable")),
         "{answer}"
     );
+    let reason = answer["reason"].as_str().unwrap();
+    assert!(reason.contains("`gone_db` could not be issued"), "{answer}");
     assert!(
-        answer["reason"]
-            .as_str()
-            .unwrap()
-            .contains("missing.secret"),
-        "{answer}"
+        !reason.contains("missing.secret"),
+        "no server path reaches the caller: {answer}"
     );
+    server.wait_for_log("missing.secret");
     assert_eq!(answer["credential"], Value::Null);
     let (status, answer) = ask(&server, &caller, "nowhere");
     assert_eq!(

@@ -176,10 +176,16 @@ fn a_refused_client_is_a_503_naming_the_endpoints_error_and_no_secret() {
     assert_eq!(answer["reason_code"], "credential_unavailable");
     let reason = answer["reason"].as_str().unwrap();
     assert!(
-        reason.contains("answered 401: `invalid_client`"),
+        reason.contains("`partner_api` could not be issued"),
         "{reason}"
     );
     assert!(!reason.contains("not-the-secret"), "{reason}");
+    let logged = server.wait_for_log("credential_issue_failed");
+    assert!(
+        logged.contains("answered 401: `invalid_client`"),
+        "{logged}"
+    );
+    assert!(!logged.contains("not-the-secret"), "{logged}");
     assert_eq!(answer["credential"], Value::Null);
     stop_server(server);
 }

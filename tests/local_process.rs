@@ -126,6 +126,20 @@ fn a_local_process_is_attested_by_its_connection_and_decided_on_its_executable()
         "{answer}"
     );
 
+    // A second server with the same socket refuses to start rather than take it over.
+    let out = common::portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data-second"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("another server listens on it"), "{stderr}");
+    let (status, _) = post_local(&socket, "/v1/decide", &ask("cache"));
+    assert_eq!(status, 200, "the first server still answers on its socket");
+
     stop_server(server);
     assert!(!socket.exists(), "the socket is removed at stop");
     let rows = audit_query(
@@ -133,7 +147,7 @@ fn a_local_process_is_attested_by_its_connection_and_decided_on_its_executable()
         "SELECT workload, trust_provider, subject, claims, source_ip FROM access_events \
          WHERE kind = 'decision' ORDER BY seq",
     );
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
     assert_eq!(rows[0]["trust_provider"], "local-process");
     assert_eq!(rows[0]["source_ip"], Value::Null);
     let subject = rows[0]["subject"].as_str().unwrap();

@@ -110,7 +110,7 @@ fn the_server_follows_an_issuer_key_rotation() {
         format!(
             "[policy]\ndir = {policy:?}\n\n[[trust_providers]]\nname = \"local-idp\"\n\
              kind = \"oidc\"\nissuer = \"{issuer}\"\naudiences = [\"portcullis\"]\n\
-             jwks_discovery = true\njwks_refresh_min_s = 0\n",
+             jwks_discovery = true\njwks_refresh_min_s = 1\n",
             policy = policy_dir.to_str().unwrap(),
             issuer = issuer.url,
         ),
@@ -123,8 +123,10 @@ fn the_server_follows_an_issuer_key_rotation() {
     let answer = decide(&server, &token(&issuer.url, "p256"), target.clone(), "GET");
     assert_eq!(answer["decision"], "allow", "{answer}");
 
-    // The issuer publishes its next key beside the current one, and signs with it.
+    // The issuer publishes its next key beside the current one, and signs with it; a second
+    // after the fetch at start, the least `jwks_refresh_min_s` allows.
     issuer.publish(&["p256", "p256-second"]);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let answer = decide(
         &server,
         &token(&issuer.url, "p256-second"),
@@ -140,6 +142,7 @@ fn the_server_follows_an_issuer_key_rotation() {
     );
 
     // A key the issuer never published: denied with its own reason, after one more fetch.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let unknown = token_naming(&issuer.url, "p256", "never-published");
     let answer = decide(&server, &unknown, target, "GET");
     assert_eq!(answer["decision"], "deny", "{answer}");

@@ -171,10 +171,15 @@ fn a_server_that_cannot_make_the_role_answers_503_with_the_reason() {
     assert_eq!(answer["reason_code"], "credential_unavailable");
     let reason = answer["reason"].as_str().unwrap();
     assert!(
-        reason.contains("permission denied to create role"),
+        reason.contains("`billing_reader` could not be issued"),
         "{reason}"
     );
-    assert!(!reason.contains(ADMIN_PASSWORD), "{reason}");
+    let logged = server.wait_for_log("credential_issue_failed");
+    assert!(
+        logged.contains("permission denied to create role"),
+        "{logged}"
+    );
+    assert!(!logged.contains(ADMIN_PASSWORD), "{logged}");
     assert_eq!(answer["credential"], Value::Null);
     stop_server(server);
 }

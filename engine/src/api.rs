@@ -94,6 +94,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/v1/decide", post(decide))
         .route("/v1/credentials", post(issuing::credentials))
         .route("/.well-known/jwks.json", get(issuing::jwks))
+        .route("/.well-known/openid-configuration", get(issuing::discovery))
         .route("/healthz", get(healthz))
         .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/audit/query", post(audit_query::query))

@@ -544,6 +544,74 @@ impl CredentialIssuer {
         }
     }
 
+    /// What in `bundle` this issuer cannot issue, one sentence each: a credential whose ttl is
+    /// over the maximum, an OAuth client without a secret, a `postgres_role` on a target
+    /// without an administrative connection, a connection for a target that is not a
+    /// PostgreSQL target of the bundle. The server logs them at start, so that a mismatch shows
+    /// before the first caller meets it.
+    pub fn check(&self, bundle: &portcullis_lang::bundle::Bundle) -> Vec<String> {
+        let mut problems = Vec::new();
+        let max_s = self.ring.policy.max_ttl_s.unsigned_abs();
+        for credential in bundle.credentials() {
+            if credential.ttl_s.is_some_and(|ttl| ttl > max_s)
+                && !matches!(credential.kind, CredentialKind::Static(_))
+            {
+                problems.push(format!(
+                    "credential `{}`: its ttl is over `credentials.max_ttl_s` ({max_s} s); it \
+                     will not be issued",
+                    credential.name
+                ));
+            }
+            if let CredentialKind::OauthClientCredentials {
+                token_url,
+                client_id,
+                ..
+            } = &credential.kind
+                && !self
+                    .oauth_clients
+                    .iter()
+                    .any(|client| &client.token_url == token_url && &client.client_id == client_id)
+            {
+                problems.push(format!(
+                    "credential `{}`: no `[[credentials.oauth_clients]]` holds the secret of \
+                     client `{client_id}` at `{token_url}`",
+                    credential.name
+                ));
+            }
+        }
+        for rule in bundle.rules() {
+            let (Some(credential), portcullis_lang::ir::TargetRef::Named(target)) = (
+                rule.credential.and_then(|id| bundle.credential(id)),
+                rule.target,
+            ) else {
+                continue;
+            };
+            let Some(target) = bundle.targets().get(target.0 as usize) else {
+                continue;
+            };
+            if matches!(credential.kind, CredentialKind::PostgresRole { .. })
+                && !self.postgres.serves(&target.name)
+            {
+                problems.push(format!(
+                    "rule `{}`: credential `{}` makes roles on target `{}`, which has no \
+                     `[[credentials.postgres]]` connection",
+                    rule.name, credential.name, target.name
+                ));
+            }
+        }
+        for target in self.postgres.targets() {
+            let known = bundle.targets().iter().find(|known| known.name == target);
+            if !known.is_some_and(|known| known.protocol == portcullis_lang::ir::Protocol::Postgres)
+            {
+                problems.push(format!(
+                    "`[[credentials.postgres]]`: target `{target}` is not a `postgres` target of \
+                     the policy"
+                ));
+            }
+        }
+        problems
+    }
+
     /// The credential's ttl, refused over the server's maximum. The language requires a ttl
     /// on every credential but a `static` one.
     fn capped_ttl(&self, credential: &Credential) -> Result<u64, CredentialError> {

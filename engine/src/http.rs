@@ -22,15 +22,20 @@ pub struct BadUrl {
 /// same host): secrets and evidence travel to it.
 pub fn check_url(url: &str) -> Result<(), BadUrl> {
     let bad = |why: &str| BadUrl {
-        url: url.chars().take(256).collect(),
+        url: without_user_information(url).chars().take(256).collect(),
         why: why.to_owned(),
     };
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| bad("it has no scheme"))?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.is_empty() || authority.contains('@') {
-        return Err(bad("it has no host, or carries user information"));
+    if authority.contains('@') {
+        return Err(bad(
+            "it carries user information; credentials never travel in a URL",
+        ));
+    }
+    if authority.is_empty() {
+        return Err(bad("it has no host"));
     }
     match scheme {
         "https" => Ok(()),
@@ -39,6 +44,19 @@ pub fn check_url(url: &str) -> Result<(), BadUrl> {
             "plain `http` is accepted only from a loopback address; use `https`",
         )),
         _ => Err(bad("only `https` (or `http` on loopback) is accepted")),
+    }
+}
+
+/// `url` with any user information before its host replaced by `…`, so that a password
+/// written into a URL is not repeated in an error.
+fn without_user_information(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest.get(..end).and_then(|authority| authority.rfind('@')) {
+        Some(at) => format!("{scheme}://…@{}", rest.get(at + 1..).unwrap_or_default()),
+        None => url.to_owned(),
     }
 }
 
@@ -103,6 +121,9 @@ mod tests {
         ] {
             assert!(check_url(bad).is_err(), "{bad}");
         }
+        let error = check_url("http://user:pw@127.0.0.1:9/jwks").unwrap_err();
+        assert!(!error.to_string().contains("pw"), "{error}");
+        assert!(error.to_string().contains("user information"), "{error}");
     }
 
     #[test]

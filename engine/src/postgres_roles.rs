@@ -81,6 +81,16 @@ impl PostgresRoles {
         }
     }
 
+    /// Whether an administrative connection is configured for `target`.
+    pub fn serves(&self, target: &str) -> bool {
+        self.servers.iter().any(|server| server.target == target)
+    }
+
+    /// The targets with an administrative connection.
+    pub fn targets(&self) -> impl Iterator<Item = &str> {
+        self.servers.iter().map(|server| server.target.as_str())
+    }
+
     /// Makes a role for `target` that is a member of `grant` until `now + ttl_s`, and returns
     /// the URI to connect with it. Blocking I/O.
     pub fn issue(

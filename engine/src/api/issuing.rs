@@ -27,14 +27,45 @@ use super::{
 };
 use crate::credentials::{Issued, Recipient};
 
+/// How long a verifier may cache the published keys: well under the hour a new key is
+/// published before it signs.
+const JWKS_CACHE_CONTROL: &str = "public, max-age=900";
+
 /// The keys that verify minted tokens, for targets and anyone else to fetch.
 pub async fn jwks(State(engine): State<Arc<Engine>>) -> Response {
     match &engine.credentials {
-        Some(issuer) => (StatusCode::OK, axum::Json(issuer.ring.jwks())).into_response(),
+        Some(issuer) => (
+            StatusCode::OK,
+            [(axum::http::header::CACHE_CONTROL, JWKS_CACHE_CONTROL)],
+            axum::Json(issuer.ring.jwks()),
+        )
+            .into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             "this server issues no credentials, so it publishes no keys",
         ),
+    }
+}
+
+/// The discovery document of the tokens the server mints, so that a verifier configured with
+/// the issuer alone finds the keys.
+pub async fn discovery(State(engine): State<Arc<Engine>>) -> Response {
+    match &engine.credentials {
+        Some(issuer) => {
+            let base = issuer.issuer.trim_end_matches('/');
+            let document = serde_json::json!({
+                "issuer": issuer.issuer,
+                "jwks_uri": format!("{base}/.well-known/jwks.json"),
+                "id_token_signing_alg_values_supported": ["EdDSA"],
+            });
+            (
+                StatusCode::OK,
+                [(axum::http::header::CACHE_CONTROL, JWKS_CACHE_CONTROL)],
+                axum::Json(document),
+            )
+                .into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "this server issues no credentials"),
     }
 }
 
@@ -204,15 +235,26 @@ async fn refused(engine: &Arc<Engine>, event: NewEvent, answer: DecideAnswer) ->
 }
 
 /// The decision was an allow, but the credential could not be issued: recorded as decided,
-/// answered 503 with the reason (which names the credential and the source, never a secret).
+/// with the problem in the event's reason and the server's log, and answered 503. The caller
+/// learns which credential failed, not the server's paths, endpoints or database errors.
 async fn unavailable(
     engine: &Arc<Engine>,
-    event: NewEvent,
+    mut event: NewEvent,
     mut answer: DecideAnswer,
     problem: &str,
 ) -> Response {
     tracing::error!(problem, "credential_issue_failed");
-    answer.reason = format!("the credential could not be issued: {problem}");
+    event.reason = Some(format!(
+        "{}; the credential was not issued: {problem}",
+        event.reason.as_deref().unwrap_or_default()
+    ));
+    let name = answer
+        .credential
+        .as_ref()
+        .map_or_else(String::new, |credential| format!(" `{}`", credential.name));
+    answer.reason = format!(
+        "the credential{name} could not be issued; the server's log and the access event say why"
+    );
     answer.reason_code = "credential_unavailable";
     answer.credential = None;
     let mut response = record_and_answer(engine, event, answer).await;
