@@ -145,6 +145,9 @@ impl Reloader {
                 };
             }
         };
+        if let Some(credentials) = &engine.credentials {
+            warn_not_issuable(credentials, program.bundle());
+        }
         engine.program.replace(Arc::new(program));
         if let Err(error) = set_current_bundle(data_dir, &new_hash) {
             // The event already says which bundle is in effect; only the `bundles.current`
@@ -433,6 +436,19 @@ impl HangUps {
         {
             let _ = (&mut self, engine, reloader);
         }
+    }
+}
+
+/// Logs each credential of `bundle` that `credentials` cannot issue
+/// ([`portcullis_engine::credentials::CredentialIssuer::check`]), so that a mismatch between
+/// the policy and the configuration shows when the policy takes effect, not when the first
+/// caller meets it.
+pub fn warn_not_issuable(
+    credentials: &portcullis_engine::credentials::CredentialIssuer,
+    bundle: &portcullis_lang::bundle::Bundle,
+) {
+    for problem in credentials.check(bundle) {
+        tracing::warn!(problem, "credential_not_issuable");
     }
 }
 

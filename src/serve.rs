@@ -105,10 +105,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         tracing::error!(%error, "postgres_role_ledger_unreadable");
     }
     let credentials = Arc::new(CredentialIssuer::new(ring, issuer, oauth_clients, roles));
-    // FIXME(#6): checked at start only, not again after a reload.
-    for problem in credentials.check(program.bundle()) {
-        tracing::warn!(problem, "credential_not_issuable");
-    }
+    crate::reload::warn_not_issuable(&credentials, program.bundle());
     let role_drop_interval = Duration::from_secs(config.credentials.role_drop_interval_s);
     let engine = Arc::new(Engine {
         program: ProgramSlot::new(program),

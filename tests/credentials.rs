@@ -179,3 +179,54 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
         .collect();
     assert_eq!(codes, expected);
 }
+
+#[test]
+fn credentials_the_server_cannot_issue_are_warned_about_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let jwks = common::issuing::write_jwks(tmp.path());
+    let policy = tmp.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("mismatch.gate"),
+        "workload ci { oidc { sub == \"ci-runner\" } }\n\
+         target orders_db { postgres { host = \"orders.db.internal\" } }\n\
+         target api { https { host = \"api.internal\" } }\n\
+         credential orders_role { postgres_role { grant = [\"orders_rw\"] ttl = 5m } }\n\
+         credential month_token { jwt { audience = \"api\" ttl = 30d } }\n\
+         permit ci_orders { workload ci target orders_db credential orders_role }\n\
+         permit ci_api { workload ci target api credential month_token }\n",
+    )
+    .unwrap();
+    let config = tmp.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ndir = {policy:?}\n\n[[trust_providers]]\nname = \"ci-idp\"\n\
+             kind = \"oidc\"\nissuer = \"{issuer}\"\naudiences = [\"portcullis\"]\n\
+             jwks_file = {jwks:?}\n",
+            policy = policy.to_str().unwrap(),
+            issuer = common::issuing::ISSUER,
+            jwks = jwks.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let server = common::start_server_with(&config, &tmp.path().join("data"));
+    let warnings: Vec<&String> = server
+        .startup
+        .iter()
+        .filter(|line| line.contains("credential_not_issuable"))
+        .collect();
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line.contains("orders_db") && line.contains("[[credentials.postgres]]")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|line| line.contains("month_token") && line.contains("max_ttl_s")),
+        "{warnings:?}"
+    );
+    stop_server(server);
+}

@@ -345,7 +345,8 @@ impl TrustProvider {
 fn check_kind_settings(spec: &TrustProviderSpec) -> Result<(), ProviderConfigError> {
     let provider = || spec.name.clone();
     if !spec.kind.issues_tokens() {
-        // FIXME(#6): local processes are attested by the local-process listener.
+        // Local processes are attested on the Unix socket (`crate::local`), never by a
+        // configured trust provider.
         return Err(ProviderConfigError::NotAnIssuer {
             provider: provider(),
             kind: spec.kind,
