@@ -90,7 +90,8 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
     check_url(&server).context("the server's URL")?;
     if !valid_env_name(&args.env_name) {
         bail!(
-            "`--env-name {}` is not a variable name: letters, digits and `_`, not starting with a digit",
+            "`--env-name {}` is not a variable name: letters, digits and `_`, not starting \
+             with a digit",
             args.env_name
         );
     }

@@ -262,12 +262,16 @@ async fn serve(
     let watch_interval_ms = reloads
         .watch_interval
         .map_or(0, |interval| interval.as_millis());
+    let local_socket = local_path
+        .as_ref()
+        .map(|path| path.display().to_string())
+        .unwrap_or_default();
     tracing::info!(
         listen = %local,
         bundle = %format!("sha256:{}", engine.program.current().hash_hex()),
         watch_interval_ms,
         admin_api = engine.admin.is_some(),
-        local_socket = %local_path.as_ref().map(|path| path.display().to_string()).unwrap_or_default(),
+        local_socket,
         "listening"
     );
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);

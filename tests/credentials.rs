@@ -155,7 +155,8 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
     assert!(!text.contains(SECRET), "a static secret is in the store");
     let decisions = audit_query(
         &data,
-        "SELECT reason_code, count(*) AS n FROM access_events WHERE kind IN ('decision', 'attestation_failed') \
+        "SELECT reason_code, count(*) AS n FROM access_events \
+         WHERE kind IN ('decision', 'attestation_failed') \
          GROUP BY reason_code ORDER BY reason_code",
     );
     let codes: Vec<(String, i64)> = decisions

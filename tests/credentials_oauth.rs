@@ -87,7 +87,8 @@ fn server(dir: &Path, endpoint: &TokenEndpoint, secret: &str) -> Server {
             "workload ci {{ oidc {{ sub == \"ci-runner\" || sub == \"release-bot\" }} }}\n\
              target partner {{ https {{ host = \"api.partner.example\" }} }}\n\
              credential partner_api {{ oauth_client_credentials {{ token_url = \"{url}\" \
-             client_id = \"portcullis\" scopes = [\"invoices.write\", \"invoices.read\"] ttl = 1h }} }}\n\
+             client_id = \"portcullis\" scopes = [\"invoices.write\", \"invoices.read\"] \
+             ttl = 1h }} }}\n\
              permit ci_partner {{ workload ci target partner credential partner_api }}\n",
             url = endpoint.url
         ),

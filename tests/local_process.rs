@@ -58,7 +58,8 @@ fn a_local_process_is_attested_by_its_connection_and_decided_on_its_executable()
     std::fs::write(
         policy.join("local.gate"),
         format!(
-            "workload this_test {{ process {{ uid == {uid} && exe_sha256 == \"{exe_sha256}\" }} }}\n\
+            "workload this_test {{ process {{ uid == {uid} \
+             && exe_sha256 == \"{exe_sha256}\" }} }}\n\
              workload some_tool {{ process {{ exe == \"/usr/local/bin/some-tool\" }} }}\n\
              target cache {{ https {{ host = \"cache.internal\" }} }}\n\
              target vault {{ https {{ host = \"vault.internal\" }} }}\n\

@@ -38,7 +38,8 @@ fn postgres() -> Postgres {
     pg.sql("postgres", "CREATE DATABASE billing");
     pg.sql(
         "billing",
-        "CREATE TABLE invoices (id int, amount int); INSERT INTO invoices VALUES (1, 100), (2, 250); \
+        "CREATE TABLE invoices (id int, amount int); \
+         INSERT INTO invoices VALUES (1, 100), (2, 250); \
          GRANT SELECT ON invoices TO invoices_reader; GRANT INSERT ON invoices TO invoices_writer;",
     );
     pg
@@ -55,8 +56,10 @@ fn start(dir: &Path, pg: &Postgres, ttl: &str) -> Server {
         format!(
             "workload reporting {{ oidc {{ sub == \"ci-runner\" }} }}\n\
              target billing_db {{ postgres {{ host = \"127.0.0.1\" port = {port} }} }}\n\
-             credential billing_reader {{ postgres_role {{ grant = [\"invoices_reader\"] ttl = {ttl} }} }}\n\
-             permit reporting_reads {{ workload reporting target billing_db credential billing_reader }}\n",
+             credential billing_reader {{ postgres_role {{ grant = [\"invoices_reader\"] \
+             ttl = {ttl} }} }}\n\
+             permit reporting_reads {{ workload reporting target billing_db \
+             credential billing_reader }}\n",
             port = pg.port,
         ),
     )
@@ -81,9 +84,17 @@ fn start(dir: &Path, pg: &Postgres, ttl: &str) -> Server {
     start_server_with(&config, &dir.join("data"))
 }
 
+/// `POST /v1/credentials` for `billing_db`, as the workload the policy allows.
+fn ask(server: &Server) -> (u16, Value) {
+    let body = json!({
+        "evidence": { "token": token("ci-runner", 300) },
+        "target": { "name": "billing_db" },
+    });
+    post_json(server, "/v1/credentials", &body)
+}
+
 fn issue(server: &Server) -> Value {
-    let body = json!({ "evidence": { "token": token("ci-runner", 300) }, "target": { "name": "billing_db" } });
-    let (status, answer) = post_json(server, "/v1/credentials", &body);
+    let (status, answer) = ask(server);
     assert_eq!(status, 200, "{answer}");
     answer["credential"].clone()
 }
@@ -91,7 +102,8 @@ fn issue(server: &Server) -> Value {
 fn issued_roles(pg: &Postgres) -> String {
     pg.sql(
         "postgres",
-        "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles WHERE rolname LIKE 'portcullis\\_%' AND rolname <> 'portcullis_admin'",
+        "SELECT string_agg(rolname, ',' ORDER BY rolname) FROM pg_roles \
+         WHERE rolname LIKE 'portcullis\\_%' AND rolname <> 'portcullis_admin'",
     )
 }
 
@@ -165,8 +177,7 @@ fn a_server_that_cannot_make_the_role_answers_503_with_the_reason() {
     pg.sql("postgres", "ALTER ROLE portcullis_admin NOCREATEROLE");
     let tmp = tempfile::tempdir().unwrap();
     let server = start(tmp.path(), &pg, "1m");
-    let body = json!({ "evidence": { "token": token("ci-runner", 300) }, "target": { "name": "billing_db" } });
-    let (status, answer) = post_json(&server, "/v1/credentials", &body);
+    let (status, answer) = ask(&server);
     assert_eq!(status, 503, "{answer}");
     assert_eq!(answer["reason_code"], "credential_unavailable");
     let reason = answer["reason"].as_str().unwrap();

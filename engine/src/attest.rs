@@ -281,11 +281,13 @@ impl TrustProvider {
                 });
                 *self.keys.write().unwrap_or_else(PoisonError::into_inner) = set;
                 fetching.last_error = None;
-                tracing::info!(provider = %self.spec.name, keys = count, "trust_provider_keys_fetched");
+                let provider = &self.spec.name;
+                tracing::info!(provider, keys = count, "trust_provider_keys_fetched");
                 Refreshed::Keys(count)
             }
             Err(error) => {
-                tracing::warn!(provider = %self.spec.name, %error, "trust_provider_keys_fetch_failed");
+                let provider = &self.spec.name;
+                tracing::warn!(provider, %error, "trust_provider_keys_fetch_failed");
                 fetching.last_error = Some(error.clone());
                 Refreshed::Failed(error)
             }

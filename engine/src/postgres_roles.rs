@@ -180,10 +180,12 @@ impl PostgresRoles {
             match self.drop_role(&entry) {
                 Ok(()) => {
                     dropped += 1;
-                    tracing::info!(role = %entry.role, target = %entry.target, "postgres_role_dropped");
+                    let (role, target) = (&entry.role, &entry.target);
+                    tracing::info!(role, target, "postgres_role_dropped");
                 }
                 Err(error) => {
-                    tracing::warn!(role = %entry.role, target = %entry.target, %error, "postgres_role_drop_failed");
+                    let (role, target) = (&entry.role, &entry.target);
+                    tracing::warn!(role, target, %error, "postgres_role_drop_failed");
                     kept.push(entry);
                 }
             }

@@ -31,7 +31,8 @@ use serde_json::json;
 
 #[derive(Debug, Parser)]
 #[command(
-    about = "Attestation per signature algorithm, cold and cached, and credentials issued per second per provider"
+    about = "Attestation per signature algorithm, cold and cached, and credentials issued per \
+             second per provider"
 )]
 struct Args {
     /// Time budget of each line, in seconds.
@@ -63,7 +64,8 @@ fn main() -> Result<()> {
         args.seconds
     );
     println!(
-        "| algorithm | cold median | cold per second | cached median | cached per second | cold ÷ cached |"
+        "| algorithm | cold median | cold per second | cached median | cached per second \
+         | cold ÷ cached |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     let attestor = attestor()?;
