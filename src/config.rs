@@ -169,6 +169,9 @@ pub struct OAuthClientConfig {
     pub token_url: String,
     pub client_id: String,
     pub client_secret_file: PathBuf,
+    /// A PEM bundle of the CAs the endpoint's certificate must chain to, in place of the
+    /// Mozilla roots.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The longest client secret read.
@@ -354,10 +357,14 @@ impl Config {
                 let secret = self
                     .read_secret(&client.client_secret_file)
                     .with_context(|| format!("OAuth client `{}`: its secret", client.client_id))?;
+                let ca = self
+                    .trust_roots(client.ca_file.as_deref())
+                    .with_context(|| format!("OAuth client `{}`", client.client_id))?;
                 Ok(portcullis_engine::credentials::OAuthClient {
                     token_url: client.token_url.clone(),
                     client_id: client.client_id.clone(),
                     secret,
+                    ca,
                 })
             })
             .collect()
@@ -639,6 +646,9 @@ pub struct TrustProviderConfig {
     pub custom_claims: Vec<CustomClaimConfig>,
     /// For `spiffe`: the trust domain whose SPIFFE IDs this provider vouches for.
     pub trust_domain: Option<String>,
+    /// A PEM bundle of the CAs an `https` issuer's certificate must chain to when its keys are
+    /// fetched, in place of the Mozilla roots: a cluster's CA, a company's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `custom_claims = [{ name = "team", path = "org.team", type = "string" }]`.
@@ -768,6 +778,15 @@ impl Config {
     }
 
     /// `path` resolved against the configuration file's directory.
+    /// The CAs of a `ca_file` (relative to the configuration file), or the Mozilla roots.
+    fn trust_roots(&self, ca_file: Option<&Path>) -> Result<portcullis_engine::http::TrustRoots> {
+        match ca_file {
+            None => Ok(portcullis_engine::http::TrustRoots::default()),
+            Some(file) => portcullis_engine::http::TrustRoots::from_pem_file(&self.resolve(file))
+                .map_err(anyhow::Error::msg),
+        }
+    }
+
     pub fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_absolute() {
             path.to_path_buf()
@@ -918,6 +937,16 @@ impl Config {
                 provider.jwks_max_age_s
             );
         }
+        if provider.ca_file.is_some() && provider.jwks_file.is_some() {
+            bail!(
+                "trust provider `{}`: `ca_file` is for keys fetched over `https`; this one's \
+                 are read from `jwks_file`",
+                provider.name
+            );
+        }
+        let ca = self
+            .trust_roots(provider.ca_file.as_deref())
+            .with_context(|| format!("trust provider `{}`", provider.name))?;
         let kind = ProviderKind::from_keyword(&provider.kind)
             .with_context(|| format!("trust provider `{}`: unknown kind", provider.name))?;
         let custom_claims = provider
@@ -937,6 +966,7 @@ impl Config {
             leeway_s: provider.leeway_s,
             custom_claims,
             trust_domain: provider.trust_domain.clone(),
+            ca,
         })
     }
 }
@@ -1008,6 +1038,48 @@ mod tests {
              audiences = [\"portcullis\"]\n\
              jwks_file = \"examples/dev/example-github-issuer.jwks.json\"\n{extra}\n"
         )
+    }
+
+    #[test]
+    fn a_ca_bundle_holds_certificates_and_goes_with_fetched_keys() {
+        let url = "[[trust_providers]]\nname = \"p\"\nkind = \"kubernetes\"\n\
+                   issuer = \"https://i\"\naudiences = [\"portcullis\"]\njwks_discovery = true\n";
+        let good = specs(&format!("{url}ca_file = \"tests/fixtures/tls/ca.pem\"\n")).unwrap();
+        assert_eq!(format!("{:?}", good[0].ca), "TrustRoots(1 certificates)");
+        assert_eq!(
+            format!("{:?}", specs(url).unwrap()[0].ca),
+            "TrustRoots(mozilla)"
+        );
+        for (file, says) in [
+            (
+                "tests/fixtures/tls/localhost.key.pem",
+                "something other than certificates",
+            ),
+            ("tests/fixtures/tls/README.md", "holds no certificate"),
+            (
+                "tests/fixtures/tls/missing.pem",
+                "cannot read the CA bundle",
+            ),
+        ] {
+            let error = format!(
+                "{:#}",
+                specs(&format!("{url}ca_file = \"{file}\"\n")).unwrap_err()
+            );
+            assert!(
+                error.contains("trust provider `p`") && error.contains(says),
+                "{error}"
+            );
+            assert!(error.contains(file), "{error}");
+        }
+        let error = format!(
+            "{:#}",
+            specs(&provider(
+                "github",
+                "ca_file = \"tests/fixtures/tls/ca.pem\""
+            ))
+            .unwrap_err()
+        );
+        assert!(error.contains("`ca_file` is for keys fetched"), "{error}");
     }
 
     #[test]

@@ -145,6 +145,9 @@ fn valid_env_name(name: &str) -> bool {
 
 fn print(args: &CredentialArgs, answer: &Value) -> Result<()> {
     let credential = &answer["credential"];
+    if std::env::var("GITHUB_ACTIONS").is_ok_and(|value| value == "true") {
+        mask_in_github_log(credential);
+    }
     match args.format {
         Output::Json => println!("{credential}"),
         Output::Env => {
@@ -163,6 +166,36 @@ fn print(args: &CredentialArgs, answer: &Value) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Asks the GitHub Actions runner to mask the credential in the job's log from here on, so
+/// that a later step which prints it shows `***`. The runner reads workflow commands from
+/// standard error as well as standard output; standard error keeps them out of `$GITHUB_ENV`
+/// when standard output is appended to it.
+fn mask_in_github_log(credential: &Value) {
+    let Some(value) = credential["value"].as_str() else {
+        return;
+    };
+    let mut secrets: Vec<&str> = value.lines().collect();
+    // A step may print the password of a connection URI on its own.
+    if let Some(password) = uri_password(value) {
+        secrets.push(password);
+    }
+    for secret in secrets
+        .into_iter()
+        .filter(|secret| !secret.trim().is_empty())
+    {
+        eprintln!("::add-mask::{secret}");
+    }
+}
+
+/// The password of `scheme://user:password@host…`, if the value is such a URI.
+fn uri_password(value: &str) -> Option<&str> {
+    let (_, rest) = value.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let (userinfo, _) = authority.rsplit_once('@')?;
+    let (_, password) = userinfo.split_once(':')?;
+    Some(password)
 }
 
 /// The evidence token and where it came from.
@@ -259,6 +292,16 @@ fn post(url: &str, body: &Value) -> Result<(u16, Value)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_uri_password_is_found_for_masking() {
+        assert_eq!(
+            uri_password("postgresql://portcullis_1a:s3cr%2Ft@db.internal:5432/orders"),
+            Some("s3cr%2Ft")
+        );
+        assert_eq!(uri_password("postgresql://db.internal/orders"), None);
+        assert_eq!(uri_password("eyJhbGciOiJFZERTQSJ9.e30.sig"), None);
+    }
 
     #[test]
     fn env_names_are_checked() {

@@ -68,6 +68,7 @@ fn credential(server: &Server, args: &[&str], env: &[(&str, &str)]) -> Output {
         "TFC_WORKLOAD_IDENTITY_TOKEN",
         "KUBERNETES_SERVICE_HOST",
         "PORTCULLIS_URL",
+        "GITHUB_ACTIONS",
     ] {
         command.env_remove(variable);
     }
@@ -122,6 +123,15 @@ fn a_ci_job_exchanges_its_platform_evidence_for_a_credential() {
     let text = stdout(&out);
     assert!(text.starts_with("BILLING_TOKEN=ey"), "{text}");
     assert!(text.contains("\nBILLING_TOKEN_EXPIRES_AT=20"), "{text}");
+    assert!(!stderr(&out).contains("::add-mask::"), "{}", stderr(&out));
+
+    // On a GitHub runner the value is masked in the job's log, by a command on standard error
+    // so that standard output can still be appended to `$GITHUB_ENV` as it is.
+    let on_runner = [github[0], github[1], ("GITHUB_ACTIONS", "true")];
+    let out = credential(&server, &["--target", "legacy"], &on_runner);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), format!("PORTCULLIS_CREDENTIAL={SECRET}\n"));
+    assert_eq!(stderr(&out), format!("::add-mask::{SECRET}\n"));
 
     // A runner token the endpoint does not accept.
     let wrong = [

@@ -62,6 +62,11 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
     assert_eq!(verified["sub"], "ci");
     assert_eq!(verified["portcullis"]["caller"], "ci-runner");
     assert_eq!(verified["portcullis"]["target"], "billing");
+    // `copy_claims` names `environment`, which the caller carries, and `deploy_id`, which it
+    // does not; its `team` is not named.
+    assert_eq!(verified["environment"], "production");
+    assert!(verified.get("deploy_id").is_none(), "{verified}");
+    assert!(verified.get("team").is_none(), "{verified}");
     assert_eq!(
         verified["exp"].as_i64().unwrap() - verified["iat"].as_i64().unwrap(),
         900

@@ -12,6 +12,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,6 +20,8 @@ use common::{decide, http_stub, start_server_with, stop_server};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
+
+type Handler = Box<dyn Fn(&http_stub::StubRequest) -> (u16, serde_json::Value) + Send>;
 
 struct Issuer {
     url: String,
@@ -28,12 +31,21 @@ struct Issuer {
 
 impl Issuer {
     fn start() -> Issuer {
+        Issuer::start_on(http_stub::serve)
+    }
+
+    /// The issuer over `https`, its certificate signed by the tests' CA.
+    fn start_tls() -> Issuer {
+        Issuer::start_on(http_stub::serve_tls)
+    }
+
+    fn start_on(serve: fn(Handler) -> String) -> Issuer {
         let keys: Arc<Mutex<Vec<Jwk>>> = Arc::default();
         let fetches: Arc<Mutex<usize>> = Arc::default();
         let (served_keys, counted) = (Arc::clone(&keys), Arc::clone(&fetches));
         let own_url: Arc<Mutex<String>> = Arc::default();
         let named = Arc::clone(&own_url);
-        let url = http_stub::serve(move |request| match request.path() {
+        let url = serve(Box::new(move |request| match request.path() {
             "/.well-known/openid-configuration" => {
                 let url = named.lock().unwrap().clone();
                 (
@@ -47,7 +59,7 @@ impl Issuer {
                 (200, serde_json::to_value(JwkSet { keys }).unwrap())
             }
             _ => (404, json!({})),
-        });
+        }));
         own_url.lock().unwrap().clone_from(&url);
         Issuer { url, keys, fetches }
     }
@@ -90,32 +102,40 @@ fn token_naming(issuer: &str, key: &str, kid: &str) -> String {
     jsonwebtoken::encode(&header, &claims, &encoding_key(key)).unwrap()
 }
 
-#[test]
-fn the_server_follows_an_issuer_key_rotation() {
-    let tmp = tempfile::tempdir().unwrap();
-    let issuer = Issuer::start();
-    issuer.publish(&["p256"]);
-    let policy_dir = tmp.path().join("policy");
-    std::fs::create_dir(&policy_dir).unwrap();
-    std::fs::write(
-        policy_dir.join("ci.gate"),
-        "workload ci { oidc { sub == \"ci-runner\" } }\n\
-         target api { https { host = \"api.internal\" } }\n\
-         permit ci_api { workload ci target api }\n",
-    )
-    .unwrap();
-    let config = tmp.path().join("portcullis.toml");
+/// A configuration in `dir` whose one trust provider finds `issuer`'s keys by discovery, with
+/// `extra` lines for that provider, and a policy that permits its `ci-runner`.
+fn write_config(dir: &Path, issuer: &str, extra: &str) -> PathBuf {
+    let policy_dir = dir.join("policy");
+    if !policy_dir.exists() {
+        std::fs::create_dir(&policy_dir).unwrap();
+        std::fs::write(
+            policy_dir.join("ci.gate"),
+            "workload ci { oidc { sub == \"ci-runner\" } }\n\
+             target api { https { host = \"api.internal\" } }\n\
+             permit ci_api { workload ci target api }\n",
+        )
+        .unwrap();
+    }
+    let config = dir.join(format!("portcullis-{}.toml", common::rand_suffix()));
     std::fs::write(
         &config,
         format!(
             "[policy]\ndir = {policy:?}\n\n[[trust_providers]]\nname = \"local-idp\"\n\
              kind = \"oidc\"\nissuer = \"{issuer}\"\naudiences = [\"portcullis\"]\n\
-             jwks_discovery = true\njwks_refresh_min_s = 1\n",
+             jwks_discovery = true\njwks_refresh_min_s = 1\n{extra}",
             policy = policy_dir.to_str().unwrap(),
-            issuer = issuer.url,
         ),
     )
     .unwrap();
+    config
+}
+
+#[test]
+fn the_server_follows_an_issuer_key_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start();
+    issuer.publish(&["p256"]);
+    let config = write_config(tmp.path(), &issuer.url, "");
     let server = start_server_with(&config, &tmp.path().join("data"));
     assert_eq!(issuer.fetches(), 1, "the keys are fetched at start");
     let target = json!({ "name": "api" });
@@ -155,4 +175,59 @@ fn the_server_follows_an_issuer_key_rotation() {
         .any(|line| line.contains("trust_provider_keys_fetched") && line.contains("local-idp"));
     assert!(fetched_at_start, "{:?}", server.startup);
     stop_server(server);
+}
+
+/// An issuer under a private CA (a cluster's, a company's): its keys are fetched over `https`
+/// when `ca_file` names that CA, and not with the Mozilla roots or another CA, where every
+/// caller is denied with `keys_unavailable` and the log says why.
+#[test]
+fn keys_are_fetched_over_https_only_from_an_issuer_whose_ca_is_trusted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let issuer = Issuer::start_tls();
+    assert!(
+        issuer.url.starts_with("https://127.0.0.1:"),
+        "{}",
+        issuer.url
+    );
+    issuer.publish(&["p256"]);
+    let tls = common::repo().join("tests/fixtures/tls");
+    let target = json!({ "name": "api" });
+
+    let trusted = format!("ca_file = {:?}\n", tls.join("ca.pem").to_str().unwrap());
+    let config = write_config(tmp.path(), &issuer.url, &trusted);
+    let server = start_server_with(&config, &tmp.path().join("trusted"));
+    assert_eq!(issuer.fetches(), 1, "the keys are fetched at start");
+    let answer = decide(&server, &token(&issuer.url, "p256"), target.clone(), "GET");
+    assert_eq!(answer["decision"], "allow", "{answer}");
+    stop_server(server);
+
+    for (name, extra) in [
+        ("mozilla", String::new()),
+        (
+            "other",
+            format!(
+                "ca_file = {:?}\n",
+                tls.join("other-ca.pem").to_str().unwrap()
+            ),
+        ),
+    ] {
+        let config = write_config(tmp.path(), &issuer.url, &extra);
+        let server = start_server_with(&config, &tmp.path().join(name));
+        let refused = server.startup.iter().any(|line| {
+            line.contains("trust_provider_keys_fetch_failed") && line.contains("certificate")
+        });
+        assert!(refused, "{name}: {:?}", server.startup);
+        let answer = decide(&server, &token(&issuer.url, "p256"), target.clone(), "GET");
+        assert_eq!(answer["decision"], "deny", "{name}: {answer}");
+        assert_eq!(
+            answer["reason_code"], "keys_unavailable",
+            "{name}: {answer}"
+        );
+        stop_server(server);
+    }
+    assert_eq!(
+        issuer.fetches(),
+        1,
+        "no JWKS left the issuer without a trusted handshake"
+    );
 }

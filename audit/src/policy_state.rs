@@ -312,7 +312,14 @@ fn credentials_batch(archived: &[Archived]) -> Result<RecordBatch, QueryError> {
     let sources: Vec<String> = credentials
         .iter()
         .map(|(_, credential)| match &credential.kind {
-            CredentialKind::Jwt { audience } => format!("audience {audience}"),
+            CredentialKind::Jwt {
+                audience,
+                copy_claims,
+            } if copy_claims.is_empty() => format!("audience {audience}"),
+            CredentialKind::Jwt {
+                audience,
+                copy_claims,
+            } => format!("audience {audience}; copy_claims {}", copy_claims.join(",")),
             CredentialKind::Static(StaticSource::Env(name)) => format!("env {name}"),
             CredentialKind::Static(StaticSource::File(path)) => format!("file {path}"),
             CredentialKind::OauthClientCredentials { token_url, .. } => {

@@ -407,7 +407,7 @@ async fn decide_for(
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let body = match read_decide_body(&engine, &headers, body, caller).await {
+    let body = match read_decide_body(&engine, &headers, body, &caller).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -428,13 +428,13 @@ async fn decide_for(
     }
     // The one program this decision runs and records, whatever a reload does meanwhile.
     let program = engine.program.current();
-    let mut event = request_event(caller, &body, &program);
+    let mut event = request_event(&caller, &body, &program);
     // `request.time`: the clock is read once, before attestation, so that one decision sees
     // one time.
     let decided_at = chrono::Utc::now().timestamp();
-    let answer = match attest_caller(&engine, caller, &body).await {
+    let answer = match attest_caller(&engine, &caller, &body).await {
         Ok(attested) => {
-            let request = request_of(&attested, target, &body, caller, decided_at);
+            let request = request_of(&attested, target, &body, &caller, decided_at);
             describe_caller(&mut event, &attested);
             if body.explain {
                 let explained = program.explain(&request);
@@ -480,7 +480,7 @@ async fn read_decide_body(
     engine: &Engine,
     headers: &HeaderMap,
     body: Body,
-    caller: Caller,
+    caller: &Caller,
 ) -> Result<DecideBody, Response> {
     // Only JSON: a browser cannot send it cross-origin without a preflight.
     if !is_json(headers) {
@@ -507,14 +507,14 @@ async fn read_decide_body(
 
 /// Who is asking: a client over TCP, whose evidence is the token it sends, or a local process
 /// on the Unix socket, whose evidence is the connection itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Caller {
     Remote(SocketAddr),
     Local(PeerProcess),
 }
 
 impl Caller {
-    fn source_ip(self) -> Option<std::net::IpAddr> {
+    fn source_ip(&self) -> Option<std::net::IpAddr> {
         match self {
             Caller::Remote(addr) => Some(addr.ip()),
             Caller::Local(_) => None,
@@ -546,11 +546,7 @@ impl
             stream
                 .io()
                 .peer_cred()
-                .map(|cred| PeerProcess {
-                    pid: cred.pid(),
-                    uid: cred.uid(),
-                    gid: cred.gid(),
-                })
+                .map(|cred| PeerProcess::pinned(cred.pid(), cred.uid(), cred.gid()))
                 .map_err(|error| error.to_string()),
         )
     }
@@ -568,16 +564,18 @@ fn no_peer_credentials(why: &str) -> Response {
 /// blocking thread).
 async fn attest_caller<'e>(
     engine: &'e Arc<Engine>,
-    caller: Caller,
+    caller: &Caller,
     body: &DecideBody,
 ) -> Result<Attested<'e>, Box<Rejected>> {
     match (caller, &body.evidence) {
         (Caller::Local(peer), _) => {
             let reader = Arc::clone(engine);
+            let reading = peer.clone();
             let evidence =
-                tokio::task::spawn_blocking(move || reader.attestor.process_evidence(&peer)).await;
+                tokio::task::spawn_blocking(move || reader.attestor.process_evidence(&reading))
+                    .await;
             match evidence {
-                Ok(Ok(payload)) => engine.attestor.attested_process(&peer, payload),
+                Ok(Ok(payload)) => engine.attestor.attested_process(peer, payload),
                 Ok(Err(rejected)) => Err(rejected),
                 Err(join) => Err(Box::new(Rejected {
                     error: crate::attest::AttestError::ProcessEvidence(join.to_string()),
@@ -598,7 +596,7 @@ fn request_of<'r>(
     attested: &'r Attested<'_>,
     target: TargetQuery<'r>,
     body: &'r DecideBody,
-    caller: Caller,
+    caller: &Caller,
     decided_at: i64,
 ) -> Request<'r> {
     Request {
@@ -614,7 +612,7 @@ fn request_of<'r>(
 
 /// The access event of a request, before anything is decided: who connected, what it asked,
 /// the bundle, and the hash of its evidence.
-fn request_event(caller: Caller, body: &DecideBody, program: &Program) -> NewEvent {
+fn request_event(caller: &Caller, body: &DecideBody, program: &Program) -> NewEvent {
     NewEvent {
         source_ip: caller.source_ip(),
         action: body.request.action.clone(),

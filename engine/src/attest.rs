@@ -80,6 +80,8 @@ pub struct TrustProviderSpec {
     pub custom_claims: Vec<CustomClaim>,
     /// The trust domain whose SPIFFE IDs the provider vouches for; `spiffe` only, and required.
     pub trust_domain: Option<String>,
+    /// What an `https` issuer's certificate must chain to when its keys are fetched.
+    pub ca: crate::http::TrustRoots,
 }
 
 /// A trust provider ready to verify tokens.
@@ -234,6 +236,7 @@ impl TrustProvider {
                 leeway_s: 0,
                 custom_claims: Vec::new(),
                 trust_domain: None,
+                ca: crate::http::TrustRoots::default(),
             },
             keys: RwLock::new(Arc::new(KeySet::default())),
             fetching: Mutex::new(Fetching::default()),
@@ -254,7 +257,7 @@ impl TrustProvider {
             return Refreshed::TooSoon;
         }
         fetching.last_attempt = Some(Instant::now());
-        let fetched = crate::jwks::fetch_jwks(&self.spec.jwks, &self.spec.issuer)
+        let fetched = crate::jwks::fetch_jwks(&self.spec.jwks, &self.spec.issuer, &self.spec.ca)
             .unwrap_or_else(|| Ok(String::new()))
             .and_then(|text| {
                 let keys =

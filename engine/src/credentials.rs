@@ -29,8 +29,8 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 pub use ed25519_dalek::pkcs8::spki::der::zeroize::Zeroizing;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey, KeypairBytes};
 use ed25519_dalek::{Signer, SigningKey};
-use portcullis_lang::ir::{Credential, CredentialKind, StaticSource};
-use serde_json::{Value, json};
+use portcullis_lang::ir::{Credential, CredentialKind, MINTED_CLAIMS, StaticSource};
+use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 /// The largest secret a `static` credential reads.
@@ -426,6 +426,8 @@ pub struct Recipient<'a> {
     pub target: &'a str,
     /// Unix seconds.
     pub now: i64,
+    /// The caller's verified claims that the credential copies, by name.
+    pub claims: &'a Map<String, Value>,
 }
 
 /// An issued credential. `value` is the secret; it goes to the caller and nowhere else.
@@ -454,6 +456,8 @@ pub struct OAuthClient {
     pub token_url: String,
     pub client_id: String,
     pub secret: Zeroizing<String>,
+    /// What the endpoint's certificate must chain to.
+    pub ca: crate::http::TrustRoots,
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -529,7 +533,7 @@ impl CredentialIssuer {
         to: &Recipient<'_>,
     ) -> Result<Issued, CredentialError> {
         match &credential.kind {
-            CredentialKind::Jwt { audience } => self.mint(credential, audience, to),
+            CredentialKind::Jwt { audience, .. } => self.mint(credential, audience, to),
             CredentialKind::Static(source) => read_static(credential, source, to.now),
             CredentialKind::OauthClientCredentials {
                 token_url,
@@ -638,7 +642,7 @@ impl CredentialIssuer {
             .now
             .saturating_add(i64::try_from(ttl_s).unwrap_or(i64::MAX));
         let jti = uuid::Uuid::now_v7().to_string();
-        let claims = json!({
+        let mut claims = json!({
             "iss": self.issuer,
             "sub": to.workload.unwrap_or(to.subject),
             "aud": audience,
@@ -653,6 +657,15 @@ impl CredentialIssuer {
                 "caller": to.subject,
             },
         });
+        if let Value::Object(minted) = &mut claims {
+            for (name, value) in to.claims {
+                // The compiler refuses these names; a claim of the token's own is never
+                // overwritten, whatever a bundle says.
+                if !MINTED_CLAIMS.contains(&name.as_str()) {
+                    minted.insert(name.clone(), value.clone());
+                }
+            }
+        }
         Ok(Issued {
             value: Zeroizing::new(self.ring.sign(&claims)),
             token_type: "bearer",
@@ -725,7 +738,7 @@ fn fetch_token(
     now: i64,
     ttl_cap: i64,
 ) -> Result<CachedToken, CredentialError> {
-    use crate::http::{agent, check_url, percent_encode, read_limited};
+    use crate::http::{agent_trusting, check_url, percent_encode, read_limited};
     let failed = |reason: String| CredentialError::TokenEndpoint {
         name: credential.name.clone(),
         token_url: client.token_url.clone(),
@@ -746,7 +759,7 @@ fn fetch_token(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
     ));
-    let mut response = agent(crate::http::TIMEOUT)
+    let mut response = agent_trusting(crate::http::TIMEOUT, &client.ca)
         .post(&client.token_url)
         .header("content-type", "application/x-www-form-urlencoded")
         .header("accept", "application/json")
@@ -977,5 +990,46 @@ mod tests {
         assert_eq!(published[0]["kid"], second.as_str());
         let files = fs::read_dir(dir.path().join(KEY_RING_DIR)).unwrap().count();
         assert_eq!(files, 1, "the retired key's file is deleted");
+    }
+
+    #[test]
+    fn copied_claims_join_a_minted_token_but_never_replace_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let ring = KeyRing::open(dir.path(), RotationPolicy::default(), 1_000).unwrap();
+        let issuer = CredentialIssuer::new(
+            ring,
+            "https://portcullis.test".to_owned(),
+            Vec::new(),
+            crate::postgres_roles::PostgresRoles::new(dir.path(), Vec::new()),
+        );
+        // A bundle the compiler did not make could name the token's own claims.
+        let credential = Credential {
+            name: "api".to_owned(),
+            kind: CredentialKind::Jwt {
+                audience: "api".to_owned(),
+                copy_claims: vec!["repository".to_owned(), "sub".to_owned(), "aud".to_owned()],
+            },
+            ttl_s: Some(600),
+        };
+        let caller: Map<String, Value> = serde_json::from_value(json!({
+            "repository": "acme/billing", "sub": "forged", "aud": "elsewhere",
+        }))
+        .unwrap();
+        let to = Recipient {
+            workload: Some("ci"),
+            subject: "repo:acme/billing:ref:refs/heads/main",
+            trust_provider: "github",
+            target: "api",
+            now: 1_000,
+            claims: &caller,
+        };
+        let issued = issuer.issue(&credential, &to).unwrap();
+        let payload = issued.value.split('.').nth(1).unwrap();
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+        assert_eq!(claims["repository"], "acme/billing");
+        assert_eq!(claims["sub"], "ci");
+        assert_eq!(claims["aud"], "api");
+        assert_eq!(claims["iss"], "https://portcullis.test");
     }
 }

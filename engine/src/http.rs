@@ -3,6 +3,8 @@
 //! request may go, one timeout, no redirects, and a size limit on every answer.
 
 use std::io::Read as _;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_lang::net::is_loopback_authority;
@@ -61,14 +63,75 @@ fn without_user_information(url: &str) -> String {
 }
 
 /// An agent with [`TIMEOUT`], no redirects, and statuses handed back rather than turned into
-/// errors.
+/// errors; `https` verified against the Mozilla roots.
 pub fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    agent_trusting(timeout, &TrustRoots::default())
+}
+
+/// [`agent`], with `https` verified against `roots`.
+pub fn agent_trusting(timeout: Duration, roots: &TrustRoots) -> ureq::Agent {
+    let mut config = ureq::Agent::config_builder()
         .timeout_global(Some(timeout))
         .http_status_as_error(false)
-        .max_redirects(0)
-        .build()
-        .into()
+        .max_redirects(0);
+    if let Some(certificates) = &roots.0 {
+        let tls = ureq::tls::TlsConfig::builder()
+            .root_certs(ureq::tls::RootCerts::Specific(Arc::clone(certificates)))
+            .build();
+        config = config.tls_config(tls);
+    }
+    config.build().into()
+}
+
+/// The largest CA bundle read.
+const MAX_CA_BUNDLE_BYTES: u64 = 1024 * 1024;
+
+/// The certificate authorities an `https` peer's certificate must chain to: the Mozilla roots
+/// (the default), or the certificates of a PEM bundle in their place, for an issuer or a token
+/// endpoint under a private CA (a cluster's, a company's).
+#[derive(Clone, Default)]
+pub struct TrustRoots(Option<Arc<Vec<ureq::tls::Certificate<'static>>>>);
+
+impl std::fmt::Debug for TrustRoots {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            None => f.write_str("TrustRoots(mozilla)"),
+            Some(certificates) => write!(f, "TrustRoots({} certificates)", certificates.len()),
+        }
+    }
+}
+
+impl TrustRoots {
+    /// The certificates of the PEM file at `path`; anything else in it (a key) is refused.
+    pub fn from_pem_file(path: &Path) -> Result<TrustRoots, String> {
+        let mut text = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_CA_BUNDLE_BYTES + 1).read_to_end(&mut text))
+            .map_err(|error| format!("cannot read the CA bundle `{}`: {error}", path.display()))?;
+        if text.len() as u64 > MAX_CA_BUNDLE_BYTES {
+            return Err(format!(
+                "the CA bundle `{}` is larger than {MAX_CA_BUNDLE_BYTES} bytes",
+                path.display()
+            ));
+        }
+        TrustRoots::from_pem(&text)
+            .map_err(|why| format!("the CA bundle `{}`: {why}", path.display()))
+    }
+
+    /// The certificates of a PEM text.
+    pub fn from_pem(pem: &[u8]) -> Result<TrustRoots, String> {
+        let mut certificates = Vec::new();
+        for item in ureq::tls::parse_pem(pem) {
+            match item.map_err(|error| format!("it is not valid PEM: {error}"))? {
+                ureq::tls::PemItem::Certificate(certificate) => certificates.push(certificate),
+                _ => return Err("it holds something other than certificates (a key?)".to_owned()),
+            }
+        }
+        if certificates.is_empty() {
+            return Err("it holds no certificate".to_owned());
+        }
+        Ok(TrustRoots(Some(Arc::new(certificates))))
+    }
 }
 
 /// Reads a whole answer as text, refusing one over `limit` bytes.

@@ -18,6 +18,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
 
 use crate::attest::ProviderConfigError;
+use crate::http::TrustRoots;
 
 /// The signature algorithms a token may use: asymmetric only. `none` and every HMAC
 /// algorithm are refused before any key is looked at, so a public key can never be used as
@@ -229,23 +230,28 @@ pub fn discovery_url(issuer: &str) -> String {
 }
 
 /// Fetches the JWKS document of a provider whose keys are remote; `None` for a document.
-pub fn fetch_jwks(source: &JwksSource, issuer: &str) -> Option<Result<String, FetchError>> {
+/// `https` is verified against `roots`.
+pub fn fetch_jwks(
+    source: &JwksSource,
+    issuer: &str,
+    roots: &TrustRoots,
+) -> Option<Result<String, FetchError>> {
     let url = match source {
         JwksSource::Document(_) => return None,
         JwksSource::Url(url) => url.clone(),
-        JwksSource::Discovery => match jwks_uri_of(issuer) {
+        JwksSource::Discovery => match jwks_uri_of(issuer, roots) {
             Ok(url) => url,
             Err(error) => return Some(Err(error)),
         },
     };
-    Some(get(&url))
+    Some(get(&url, roots))
 }
 
 /// Reads the issuer's discovery document and returns its `jwks_uri`, after checking that the
 /// document is the issuer's own.
-fn jwks_uri_of(issuer: &str) -> Result<String, FetchError> {
+fn jwks_uri_of(issuer: &str, roots: &TrustRoots) -> Result<String, FetchError> {
     let url = discovery_url(issuer);
-    let text = get(&url)?;
+    let text = get(&url, roots)?;
     let document = |detail: String| FetchError::Document {
         url: url.clone(),
         what: "an OpenID discovery document",
@@ -269,13 +275,13 @@ fn jwks_uri_of(issuer: &str) -> Result<String, FetchError> {
 }
 
 /// One bounded `GET` of a JSON document.
-fn get(url: &str) -> Result<String, FetchError> {
+fn get(url: &str, roots: &TrustRoots) -> Result<String, FetchError> {
     check_fetch_url(url)?;
     let http = |detail: String| FetchError::Http {
         url: url.to_owned(),
         detail,
     };
-    let mut response = crate::http::agent(FETCH_TIMEOUT)
+    let mut response = crate::http::agent_trusting(FETCH_TIMEOUT, roots)
         .get(url)
         .header("accept", "application/json")
         .call()

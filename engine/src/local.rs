@@ -9,25 +9,99 @@
 //! The executable is hashed through `/proc/PID/exe`, the file the process runs even if its
 //! path was replaced or deleted since; hashes are remembered by the file's device, inode,
 //! size and modification time, so that a large binary is read once, not per request.
-//! FIXME(#6): a process that exits between `connect` and these reads could have its pid
-//! reused; the uid of `/proc/PID/status` is checked against the peer credentials, which
-//! catches a reuse by another user, not by the same one (a pidfd would close the gap).
+//!
+//! A pid names a process only while it lives: once it exits, the kernel may hand the number to
+//! another. So the connection's process is pinned with a pidfd when the connection is
+//! accepted, and the evidence read from `/proc/PID` counts only if that process is still alive
+//! after the reads: a live process keeps its pid, so what `/proc/PID` showed was its own. The
+//! uid of `/proc/PID/status` is also checked against the peer credentials.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+
+#[cfg(target_os = "linux")]
+use std::os::fd::OwnedFd;
 
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 /// The other end of a Unix-socket connection, as the kernel reported it at `connect`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct PeerProcess {
     pub pid: Option<i32>,
     pub uid: u32,
     pub gid: u32,
+    /// The process itself, held from the connection's acceptance, or why it could not be.
+    pub handle: Result<ProcessHandle, String>,
+}
+
+impl PeerProcess {
+    /// The peer with its process pinned: call it as the connection is accepted.
+    pub fn pinned(pid: Option<i32>, uid: u32, gid: u32) -> PeerProcess {
+        let handle = match pid.filter(|pid| *pid > 0) {
+            Some(pid) => ProcessHandle::open(pid),
+            None => Err("the kernel reported no process id for the connection".to_owned()),
+        };
+        PeerProcess {
+            pid,
+            uid,
+            gid,
+            handle,
+        }
+    }
+}
+
+/// A pidfd: refers to one process, never to a later one that reuses its pid.
+#[derive(Debug, Clone)]
+pub struct ProcessHandle {
+    #[cfg(target_os = "linux")]
+    fd: Arc<OwnedFd>,
+}
+
+impl ProcessHandle {
+    #[cfg(target_os = "linux")]
+    pub fn open(pid: i32) -> Result<ProcessHandle, String> {
+        let raw = rustix::process::Pid::from_raw(pid).ok_or("process id 0")?;
+        match rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()) {
+            Ok(fd) => Ok(ProcessHandle { fd: Arc::new(fd) }),
+            Err(rustix::io::Errno::SRCH) => Err(format!(
+                "process {pid} exited before its connection was accepted"
+            )),
+            Err(rustix::io::Errno::NOSYS) => Err(
+                "this kernel has no pidfd_open (Linux 5.3 or later is needed to attest local \
+                 processes)"
+                    .to_owned(),
+            ),
+            Err(error) => Err(format!("cannot open a pidfd for process {pid}: {error}")),
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn open(_pid: i32) -> Result<ProcessHandle, String> {
+        Err("local processes are attested on Linux only".to_owned())
+    }
+
+    /// Whether the process has exited (a zombie included): its pid may then be another's.
+    #[cfg(target_os = "linux")]
+    pub fn exited(&self) -> Result<bool, String> {
+        use rustix::event::{PollFd, PollFlags, Timespec};
+        let mut fds = [PollFd::new(&*self.fd, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        rustix::event::poll(&mut fds, Some(&now))
+            .map_err(|error| format!("cannot poll the process's pidfd: {error}"))?;
+        Ok(fds.first().is_some_and(|fd| !fd.revents().is_empty()))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn exited(&self) -> Result<bool, String> {
+        Err("local processes are attested on Linux only".to_owned())
+    }
 }
 
 /// The largest `/proc` or database file read.
@@ -61,6 +135,7 @@ impl ProcessReader {
             .pid
             .filter(|pid| *pid > 0)
             .ok_or("the kernel reported no process id for the connection")?;
+        let handle = peer.handle.as_ref().map_err(Clone::clone)?;
         let proc_dir = self.path(&format!("proc/{pid}"));
         let status = read_small(&proc_dir.join("status"))
             .map_err(|error| format!("cannot read the status of process {pid}: {error}"))?;
@@ -100,6 +175,14 @@ impl ProcessReader {
         }
         if let Some(group) = name_of(&group_db, peer.gid) {
             payload["group"] = json!(group);
+        }
+        // Checked after every read of `/proc/PID`: alive now, so alive throughout, so the
+        // reads were of this process and not of one that took its pid after it exited.
+        if handle.exited()? {
+            return Err(format!(
+                "process {pid} exited while it was attested; what /proc/{pid} showed may be \
+                 another process's"
+            ));
         }
         match payload {
             Value::Object(map) => Ok(map),
@@ -222,11 +305,11 @@ mod tests {
         let status = read_small(Path::new("/proc/self/status")).unwrap();
         let ids = status_ids(&status, "Uid:").unwrap();
         let gids = status_ids(&status, "Gid:").unwrap();
-        let peer = PeerProcess {
-            pid: Some(i32::try_from(std::process::id()).unwrap()),
-            uid: ids[1],
-            gid: gids[1],
-        };
+        let peer = PeerProcess::pinned(
+            Some(i32::try_from(std::process::id()).unwrap()),
+            ids[1],
+            gids[1],
+        );
         let reader = ProcessReader::default();
         let evidence = reader.evidence(&peer).unwrap();
         let exe = std::env::current_exe().unwrap();
@@ -244,5 +327,42 @@ mod tests {
         };
         let error = reader.evidence(&other_user).unwrap_err();
         assert!(error.contains("may have exited"), "{error}");
+    }
+
+    /// The process that connected exits, and its pid is another's by the time `/proc` is
+    /// read: here, a `/proc` that shows this process under the pid of an exited child.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn evidence_of_a_process_that_exited_is_refused_even_when_its_pid_looks_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(child.id()).unwrap();
+        let status = read_small(Path::new("/proc/self/status")).unwrap();
+        let uid = status_ids(&status, "Uid:").unwrap()[1];
+        let gid = status_ids(&status, "Gid:").unwrap()[1];
+        let peer = PeerProcess::pinned(Some(pid), uid, gid);
+        assert!(!peer.handle.as_ref().unwrap().exited().unwrap());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(peer.handle.as_ref().unwrap().exited().unwrap());
+
+        let root = tempfile::tempdir().unwrap();
+        let proc_dir = root.path().join(format!("proc/{pid}"));
+        fs::create_dir_all(&proc_dir).unwrap();
+        fs::write(proc_dir.join("status"), &status).unwrap();
+        std::os::unix::fs::symlink(std::env::current_exe().unwrap(), proc_dir.join("exe")).unwrap();
+        let reader = ProcessReader {
+            root: Some(root.path().to_owned()),
+            ..ProcessReader::default()
+        };
+        let error = reader.evidence(&peer).unwrap_err();
+        assert!(error.contains("exited while it was attested"), "{error}");
+
+        // A process that was gone before the connection was accepted is not pinned at all.
+        let gone = PeerProcess::pinned(Some(pid), uid, gid);
+        let error = reader.evidence(&gone).unwrap_err();
+        assert!(error.contains("exited before"), "{error}");
     }
 }

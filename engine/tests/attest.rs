@@ -42,6 +42,7 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: &str) -> TrustProvid
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,
+        ca: portcullis_engine::http::TrustRoots::default(),
     }
 }
 

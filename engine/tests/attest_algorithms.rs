@@ -68,6 +68,7 @@ fn provider_with_leeway(
         leeway_s,
         custom_claims: Vec::new(),
         trust_domain: None,
+        ca: portcullis_engine::http::TrustRoots::default(),
     })
 }
 

@@ -62,6 +62,7 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: String) -> TrustProv
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,
+        ca: portcullis_engine::http::TrustRoots::default(),
     }
 }
 

@@ -125,6 +125,7 @@ fn attestor(issuer: &str, jwks: JwksSource, refresh_min: Duration) -> Attestor {
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,
+        ca: portcullis_engine::http::TrustRoots::default(),
     })
     .unwrap();
     Attestor::new(vec![provider]).unwrap()
@@ -299,6 +300,7 @@ fn keys_are_not_fetched_over_plain_http_from_elsewhere() {
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,
+        ca: portcullis_engine::http::TrustRoots::default(),
     })
     .unwrap_err()
     .to_string();

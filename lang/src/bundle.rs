@@ -469,7 +469,8 @@ impl Bundle {
 
 fn credential_code(kind: &CredentialKind) -> u8 {
     match kind {
-        CredentialKind::Jwt { .. } => 0,
+        CredentialKind::Jwt { copy_claims, .. } if copy_claims.is_empty() => 0,
+        CredentialKind::Jwt { .. } => 4,
         CredentialKind::Static(_) => 1,
         CredentialKind::OauthClientCredentials { .. } => 2,
         CredentialKind::PostgresRole { .. } => 3,
@@ -811,7 +812,15 @@ mod write {
             out.u8(credential_code(&credential.kind));
             out.u64(credential.ttl_s.unwrap_or(0));
             match &credential.kind {
-                CredentialKind::Jwt { audience } => out.u32(emitter.intern(audience)?),
+                CredentialKind::Jwt {
+                    audience,
+                    copy_claims,
+                } => {
+                    out.u32(emitter.intern(audience)?);
+                    if !copy_claims.is_empty() {
+                        out.strings(emitter, copy_claims)?;
+                    }
+                }
                 CredentialKind::Static(source) => {
                     let (tag, text) = match source {
                         StaticSource::Env(var) => (0, var),
@@ -1391,7 +1400,20 @@ mod read {
             let kind = match code {
                 0 => CredentialKind::Jwt {
                     audience: string(&mut reader)?,
+                    copy_claims: Vec::new(),
                 },
+                4 => {
+                    let audience = string(&mut reader)?;
+                    let copy_claims = read_string_list(&mut reader, strings)?;
+                    if copy_claims.is_empty() {
+                        // Written as kind 0; refused so that one policy set has one encoding.
+                        return Err(reader.invalid("copied claim count", 0));
+                    }
+                    CredentialKind::Jwt {
+                        audience,
+                        copy_claims,
+                    }
+                }
                 1 => CredentialKind::Static(match reader.u8()? {
                     0 => StaticSource::Env(string(&mut reader)?),
                     1 => StaticSource::File(string(&mut reader)?),

@@ -1899,6 +1899,7 @@ fn credential_fields(kind: &str) -> &'static [(&'static str, FieldTy, bool)] {
     match kind {
         "jwt" => &[
             ("audience", FieldTy::String, true),
+            ("copy_claims", FieldTy::StringSet, false),
             ("ttl", FieldTy::Duration, true),
         ],
         "static" => &[
@@ -2242,7 +2243,24 @@ impl Checker<'_> {
                 "`grant` is empty".to_owned(),
                 "name the roles to grant: `grant = [\"orders_rw\"]`".to_owned(),
             )),
-            ("grant" | "scopes", FieldValue::StringSet(items))
+            ("copy_claims", FieldValue::StringSet(names))
+                if names
+                    .iter()
+                    .any(|name| ir::MINTED_CLAIMS.contains(&name.as_str())) =>
+            {
+                let name = names
+                    .iter()
+                    .find(|name| ir::MINTED_CLAIMS.contains(&name.as_str()))
+                    .map_or("", String::as_str);
+                Some((
+                    format!("`copy_claims` names `{name}`, which Portcullis sets itself"),
+                    format!(
+                        "a minted token's {} are its own; remove `{name}`",
+                        ir::MINTED_CLAIMS.join(", ")
+                    ),
+                ))
+            }
+            ("grant" | "scopes" | "copy_claims", FieldValue::StringSet(items))
                 if items.iter().any(String::is_empty) =>
             {
                 Some((
@@ -2297,6 +2315,7 @@ impl Checker<'_> {
         let kind = match kind {
             "jwt" => ir::CredentialKind::Jwt {
                 audience: fields.string("audience").unwrap_or_default(),
+                copy_claims: fields.strings("copy_claims").unwrap_or_default(),
             },
             "static" => ir::CredentialKind::Static(self.static_source(name, block, fields)?),
             "oauth_client_credentials" => ir::CredentialKind::OauthClientCredentials {

@@ -47,11 +47,28 @@ pub struct Credential {
     pub ttl_s: Option<u64>,
 }
 
+/// The claims every token a `jwt` credential mints carries with values of its own, which
+/// `copy_claims` may not name.
+pub const MINTED_CLAIMS: [&str; 8] = [
+    "iss",
+    "sub",
+    "aud",
+    "iat",
+    "nbf",
+    "exp",
+    "jti",
+    "portcullis",
+];
+
 /// A credential provider and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CredentialKind {
-    /// A JWT minted by Portcullis for `audience`.
-    Jwt { audience: String },
+    /// A JWT minted by Portcullis for `audience`, carrying the caller's verified claims that
+    /// `copy_claims` names, under the same names.
+    Jwt {
+        audience: String,
+        copy_claims: Vec<String>,
+    },
     /// A stored secret, read from an environment variable or a file where Portcullis runs.
     Static(StaticSource),
     /// An OAuth 2.0 client-credentials grant at `token_url`.

@@ -103,6 +103,7 @@ fn full_policy_set() -> PolicySet {
             name: "api_token".to_owned(),
             kind: CredentialKind::Jwt {
                 audience: "api".to_owned(),
+                copy_claims: Vec::new(),
             },
             ttl_s: Some(900),
         },
@@ -126,6 +127,14 @@ fn full_policy_set() -> PolicySet {
                 grant: vec!["orders_rw".to_owned()],
             },
             ttl_s: Some(5400),
+        },
+        Credential {
+            name: "api_token_with_claims".to_owned(),
+            kind: CredentialKind::Jwt {
+                audience: "api".to_owned(),
+                copy_claims: vec!["repository".to_owned(), "ref".to_owned()],
+            },
+            ttl_s: Some(600),
         },
     ];
     set.conditions = vec![
@@ -630,14 +639,14 @@ fn forged_optional_sections_are_refused() {
 
     let error = forged_full(|bytes| {
         let at = section(bytes, SectionKind::RuleDetails).start + 4 + 4;
-        bytes[at..at + 4].copy_from_slice(&4u32.to_le_bytes());
+        bytes[at..at + 4].copy_from_slice(&5u32.to_le_bytes());
     });
     assert!(
         matches!(
             error,
             Err(BundleError::IndexOutOfRange {
                 what: "credential",
-                index: 4,
+                index: 5,
                 ..
             })
         ),

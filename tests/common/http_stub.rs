@@ -1,10 +1,12 @@
-//! A plain HTTP/1.1 server on loopback for tests that need the other side of a request: an
-//! OIDC issuer, GitHub Actions' ID-token endpoint, an OAuth token endpoint. Each request is
-//! read whole (request line, headers, a `content-length` body), handed to the test's handler,
-//! and answered with the JSON it returns; then the connection closes.
+//! A plain HTTP/1.1 server on loopback, or HTTPS with the test CA's certificate, for tests that
+//! need the other side of a request: an OIDC issuer, GitHub Actions' ID-token endpoint, an
+//! OAuth token endpoint. Each request is read whole (request line, headers, a `content-length`
+//! body), handed to the test's handler, and answered with the JSON it returns; then the
+//! connection closes.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -33,30 +35,74 @@ impl StubRequest {
 /// Starts the stub; returns its base URL (`http://127.0.0.1:PORT`). `handler` answers each
 /// request with a status and a JSON body.
 pub fn serve(handler: impl Fn(&StubRequest) -> (u16, Value) + Send + 'static) -> String {
+    serve_on(None, handler)
+}
+
+/// [`serve`] over TLS: `https://127.0.0.1:PORT`, with the certificate for `127.0.0.1` that
+/// `tests/fixtures/tls/ca.pem` signed.
+pub fn serve_tls(handler: impl Fn(&StubRequest) -> (u16, Value) + Send + 'static) -> String {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let dir = super::repo().join("tests/fixtures/tls");
+    let chain = CertificateDer::pem_file_iter(dir.join("localhost.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("localhost.key.pem")).unwrap();
+    let config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    serve_on(Some(Arc::new(config)), handler)
+}
+
+fn serve_on(
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: impl Fn(&StubRequest) -> (u16, Value) + Send + 'static,
+) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let Some(request) = read_request(&stream) else {
-                continue;
-            };
-            let (status, body) = handler(&request);
-            let body = body.to_string();
-            let _ = write!(
-                stream,
-                "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\n\
-                 content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                if status == 200 { "OK" } else { "Not OK" },
-                body.len()
-            );
+            let Ok(stream) = stream else { continue };
+            match &tls {
+                None => answer(stream, &handler),
+                Some(config) => {
+                    let Ok(session) = rustls::ServerConnection::new(Arc::clone(config)) else {
+                        continue;
+                    };
+                    let mut stream = rustls::StreamOwned::new(session, stream);
+                    answer(&mut stream, &handler);
+                    stream.conn.send_close_notify();
+                    let _ = stream.flush();
+                }
+            }
         }
     });
     url
 }
 
-fn read_request(stream: &std::net::TcpStream) -> Option<StubRequest> {
-    let mut reader = BufReader::new(stream.try_clone().ok()?);
+/// Reads one request and writes the handler's answer; a client that gives up (a TLS handshake
+/// it refused, say) is let go.
+fn answer(mut stream: impl Read + Write, handler: &impl Fn(&StubRequest) -> (u16, Value)) {
+    let Some(request) = read_request(&mut stream) else {
+        return;
+    };
+    let (status, body) = handler(&request);
+    let body = body.to_string();
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        if status == 200 { "OK" } else { "Not OK" },
+        body.len()
+    );
+    let _ = stream.flush();
+}
+
+fn read_request(stream: &mut impl Read) -> Option<StubRequest> {
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).ok()?;
     let mut headers = Vec::new();

@@ -28,6 +28,7 @@ pub fn token(sub: &str, exp_in: i64) -> String {
     .unwrap();
     let claims = json!({
         "iss": ISSUER, "aud": "portcullis", "sub": sub, "iat": now, "exp": now + exp_in,
+        "environment": "production", "team": "payments",
     });
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("ci".to_owned());
@@ -63,7 +64,8 @@ pub fn server(dir: &Path) -> Server {
              target legacy {{ postgres {{ host = \"legacy.db.internal\" }} }}\n\
              target gone {{ postgres {{ host = \"gone.db.internal\" }} }}\n\
              target docs {{ https {{ host = \"docs.internal\" }} }}\n\
-             credential billing_token {{ jwt {{ audience = \"billing\" ttl = 15m }} }}\n\
+             credential billing_token {{ jwt {{ audience = \"billing\" \
+             copy_claims = [\"environment\", \"deploy_id\"] ttl = 15m }} }}\n\
              credential legacy_db {{ static {{ file = {secret:?} }} }}\n\
              credential gone_db {{ static {{ file = {gone:?} }} }}\n\
              permit ci_billing {{ workload ci target billing credential billing_token }}\n\

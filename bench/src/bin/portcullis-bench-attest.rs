@@ -110,6 +110,7 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             token_url: token_url.clone(),
             client_id: "bench".to_owned(),
             secret: "bench-client-secret".to_owned().into(),
+            ca: portcullis_engine::http::TrustRoots::default(),
         }],
         PostgresRoles::new(dir, Vec::new()),
     );
@@ -118,6 +119,7 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             "jwt (minted, EdDSA)",
             CredentialKind::Jwt {
                 audience: "billing".to_owned(),
+                copy_claims: Vec::new(),
             },
         ),
         (
@@ -147,6 +149,7 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             trust_provider: "github",
             target: "billing",
             now: unix_now(),
+            claims: &serde_json::Map::new(),
         };
         issuer
             .issue(&credential, &to)
@@ -213,6 +216,7 @@ fn attestor() -> Result<Attestor> {
         leeway_s: 60,
         custom_claims: Vec::new(),
         trust_domain: None,
+        ca: portcullis_engine::http::TrustRoots::default(),
     })?;
     Ok(Attestor::new(vec![provider])?)
 }

@@ -101,7 +101,7 @@ async fn credentials_for(
     let Some(issuer) = engine.credentials.clone() else {
         return error(StatusCode::NOT_FOUND, "this server issues no credentials");
     };
-    let body = match read_decide_body(&engine, &headers, body, caller).await {
+    let body = match read_decide_body(&engine, &headers, body, &caller).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -115,9 +115,9 @@ async fn credentials_for(
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let program = engine.program.current();
-    let mut event = request_event(caller, &body, &program);
+    let mut event = request_event(&caller, &body, &program);
     let decided_at = chrono::Utc::now().timestamp();
-    let attested = match attest_caller(&engine, caller, &body).await {
+    let attested = match attest_caller(&engine, &caller, &body).await {
         Ok(attested) => attested,
         Err(rejected) => {
             describe_target_spec(&mut event, &body.target);
@@ -126,7 +126,7 @@ async fn credentials_for(
             return refused(&engine, event, answer).await;
         }
     };
-    let request = request_of(&attested, target, &body, caller, decided_at);
+    let request = request_of(&attested, target, &body, &caller, decided_at);
     describe_caller(&mut event, &attested);
     let mut conditions = ConditionsSeen::default();
     let decision = program.decide_with(&request, &mut conditions);
@@ -158,6 +158,7 @@ async fn credentials_for(
             .map(|target| target.name.clone())
             .unwrap_or_default(),
         now: decided_at,
+        claims: copied_claims(&credential, &attested.payload),
     };
     // A `static` credential reads a file: off the async threads.
     let issuing = Arc::clone(&issuer);
@@ -182,6 +183,7 @@ struct OwnedRecipient {
     trust_provider: String,
     target: String,
     now: i64,
+    claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl OwnedRecipient {
@@ -192,8 +194,24 @@ impl OwnedRecipient {
             trust_provider: &self.trust_provider,
             target: &self.target,
             now: self.now,
+            claims: &self.claims,
         }
     }
+}
+
+/// The caller's verified claims that a `jwt` credential copies into the token it mints; the
+/// ones the caller does not carry are left out.
+fn copied_claims(
+    credential: &portcullis_lang::ir::Credential,
+    payload: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let portcullis_lang::ir::CredentialKind::Jwt { copy_claims, .. } = &credential.kind else {
+        return serde_json::Map::new();
+    };
+    copy_claims
+        .iter()
+        .filter_map(|name| Some((name.clone(), payload.get(name)?.clone())))
+        .collect()
 }
 
 fn elapsed_ns(started: Instant) -> u64 {
