@@ -145,6 +145,32 @@ pub struct PostgresAdminConfig {
     pub database: String,
     pub admin_user: String,
     pub admin_password_file: PathBuf,
+    /// `verify-full`: TLS, the server's certificate chaining to `ca_file` (or the Mozilla
+    /// roots) and naming `host`; `disable`: none, for a loopback host or a Unix socket only.
+    /// Default: `disable` there, `verify-full` anywhere else.
+    pub tls: Option<PostgresTlsMode>,
+    /// A PEM bundle of the CAs the server's certificate must chain to, with `verify-full`.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PostgresTlsMode {
+    Disable,
+    VerifyFull,
+}
+
+impl PostgresAdminConfig {
+    /// `tls`, or its default for the host.
+    pub fn tls_mode(&self) -> PostgresTlsMode {
+        let local =
+            self.host.starts_with('/') || portcullis_lang::net::is_loopback_authority(&self.host);
+        match self.tls {
+            Some(mode) => mode,
+            None if local => PostgresTlsMode::Disable,
+            None => PostgresTlsMode::VerifyFull,
+        }
+    }
 }
 
 fn default_postgres_port() -> u16 {
@@ -255,6 +281,31 @@ impl CredentialsConfig {
             );
         }
         for (idx, server) in self.postgres.iter().enumerate() {
+            let socket = server.host.starts_with('/');
+            let loopback = portcullis_lang::net::is_loopback_authority(&server.host);
+            match (server.tls, socket || loopback) {
+                (Some(PostgresTlsMode::Disable), false) => bail!(
+                    "`[[credentials.postgres]]` of target `{}`: `tls = \"disable\"` is for a \
+                     loopback host or a Unix socket; the administrator's password would cross \
+                     the network to `{}` in the clear",
+                    server.target,
+                    server.host
+                ),
+                (Some(PostgresTlsMode::VerifyFull), _) if socket => bail!(
+                    "`[[credentials.postgres]]` of target `{}`: `{}` is a Unix socket, which \
+                     takes no TLS; leave `tls` out",
+                    server.target,
+                    server.host
+                ),
+                _ => {}
+            }
+            if server.ca_file.is_some() && server.tls_mode() == PostgresTlsMode::Disable {
+                bail!(
+                    "`[[credentials.postgres]]` of target `{}`: `ca_file` goes with \
+                     `tls = \"verify-full\"`",
+                    server.target
+                );
+            }
             if server.port == 0 {
                 bail!(
                     "`[[credentials.postgres]]` of target `{}`: `port = 0` is not a port",
@@ -318,16 +369,23 @@ impl Config {
             .postgres
             .iter()
             .map(|server| {
-                let local = server.host.starts_with('/')
-                    || portcullis_lang::net::is_loopback_authority(&server.host);
-                if !local {
-                    tracing::warn!(
-                        target = %server.target,
-                        host = %server.host,
-                        "the PostgreSQL administrative connection has no TLS yet; keep it on \
-                         loopback or a Unix socket"
-                    );
-                }
+                let tls = match server.tls_mode() {
+                    PostgresTlsMode::Disable => None,
+                    PostgresTlsMode::VerifyFull => {
+                        let roots =
+                            self.trust_roots(server.ca_file.as_deref())
+                                .with_context(|| {
+                                    format!(
+                                        "`[[credentials.postgres]]` of target `{}`",
+                                        server.target
+                                    )
+                                })?;
+                        Some(
+                            portcullis_engine::postgres_tls::MakeRustls::new(&roots)
+                                .map_err(anyhow::Error::msg)?,
+                        )
+                    }
+                };
                 let password =
                     self.read_secret(&server.admin_password_file)
                         .with_context(|| {
@@ -343,6 +401,7 @@ impl Config {
                     database: server.database.clone(),
                     admin_user: server.admin_user.clone(),
                     admin_password: password,
+                    tls,
                 })
             })
             .collect()
@@ -1038,6 +1097,48 @@ mod tests {
              audiences = [\"portcullis\"]\n\
              jwks_file = \"examples/dev/example-github-issuer.jwks.json\"\n{extra}\n"
         )
+    }
+
+    #[test]
+    fn the_postgres_administrator_crosses_a_network_only_over_tls() {
+        let check = |host: &str, extra: &str| -> Result<PostgresTlsMode> {
+            let text = format!(
+                "[policy]\ndir = \"examples/policies\"\n[[credentials.postgres]]\n\
+                 target = \"orders_db\"\nhost = \"{host}\"\nadmin_user = \"a\"\n\
+                 admin_password_file = \"p\"\n{extra}"
+            );
+            let mut config: Config = toml::from_str(&text)?;
+            config.base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            config.validate()?;
+            Ok(config.credentials.postgres[0].tls_mode())
+        };
+        assert_eq!(check("127.0.0.1", "").unwrap(), PostgresTlsMode::Disable);
+        assert_eq!(
+            check("/run/postgresql", "").unwrap(),
+            PostgresTlsMode::Disable
+        );
+        assert_eq!(
+            check("db.internal", "").unwrap(),
+            PostgresTlsMode::VerifyFull
+        );
+        let verified = "tls = \"verify-full\"\nca_file = \"tests/fixtures/tls/ca.pem\"";
+        assert_eq!(
+            check("localhost", verified).unwrap(),
+            PostgresTlsMode::VerifyFull
+        );
+        for (host, extra, says) in [
+            ("db.internal", "tls = \"disable\"", "in the clear"),
+            ("/run/postgresql", "tls = \"verify-full\"", "takes no TLS"),
+            ("127.0.0.1", "ca_file = \"ca.pem\"", "`ca_file` goes with"),
+            (
+                "db.internal",
+                "tls = \"require\"",
+                "unknown variant `require`",
+            ),
+        ] {
+            let error = format!("{:#}", check(host, extra).unwrap_err());
+            assert!(error.contains(says), "{host} {extra}: {error}");
+        }
     }
 
     #[test]

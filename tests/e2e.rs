@@ -385,7 +385,7 @@ fn bad_requests_get_clear_errors_and_no_decision() {
         answer["error"]
             .as_str()
             .unwrap()
-            .contains("invalid decide request"),
+            .contains("invalid request"),
         "{answer}"
     );
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::issuing::{ISSUER, token, write_jwks};
-use common::postgres::Postgres;
+use common::postgres::{Postgres, ServerTls};
 use common::{Server, eventually, post_json, start_server_with, stop_server};
 use serde_json::{Value, json};
 
@@ -26,7 +26,10 @@ const ADMIN_PASSWORD: &str = "admin-password-for-the-test";
 /// A cluster with a database of invoices, a role that may read them and one that may add them,
 /// and an administrator that may make roles in those two.
 fn postgres() -> Postgres {
-    let pg = Postgres::start();
+    prepared(Postgres::start())
+}
+
+fn prepared(pg: Postgres) -> Postgres {
     pg.sql(
         "postgres",
         &format!(
@@ -46,6 +49,11 @@ fn postgres() -> Postgres {
 }
 
 fn start(dir: &Path, pg: &Postgres, ttl: &str) -> Server {
+    start_with(dir, pg, ttl, "")
+}
+
+/// [`start`], with `admin` lines added to the administrative connection's settings.
+fn start_with(dir: &Path, pg: &Postgres, ttl: &str, admin: &str) -> Server {
     let jwks = write_jwks(dir);
     let password = dir.join("pg-admin.password");
     std::fs::write(&password, format!("{ADMIN_PASSWORD}\n")).unwrap();
@@ -71,7 +79,7 @@ fn start(dir: &Path, pg: &Postgres, ttl: &str) -> Server {
             "[policy]\ndir = {policy:?}\n\n[credentials]\nrole_drop_interval_s = 1\n\n\
              [[credentials.postgres]]\ntarget = \"billing_db\"\nhost = \"127.0.0.1\"\n\
              port = {port}\ndatabase = \"billing\"\nadmin_user = \"portcullis_admin\"\n\
-             admin_password_file = {password:?}\n\n\
+             admin_password_file = {password:?}\n{admin}\n\
              [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
              audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n",
             policy = policy.to_str().unwrap(),
@@ -193,4 +201,54 @@ fn a_server_that_cannot_make_the_role_answers_503_with_the_reason() {
     assert!(!logged.contains(ADMIN_PASSWORD), "{logged}");
     assert_eq!(answer["credential"], Value::Null);
     stop_server(server);
+}
+
+/// A server that takes its administrator over TLS only: the administrative connection verifies
+/// its certificate against the configured CA and gets the role made; a CA that did not sign
+/// it, or no TLS at all, gets no role, and the log says why.
+#[test]
+fn the_administrative_connection_is_verified_tls_when_configured() {
+    let pg = prepared(Postgres::start_with(&ServerTls::On {
+        reject_plain: &["portcullis_admin"],
+    }));
+    let tls = common::repo().join("tests/fixtures/tls");
+    let ca = |file: &str| {
+        format!(
+            "tls = \"verify-full\"\nca_file = {:?}\n",
+            tls.join(file).to_str().unwrap()
+        )
+    };
+
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start_with(tmp.path(), &pg, "1m", &ca("ca.pem"));
+    let credential = issue(&server);
+    let uri = credential["value"].as_str().unwrap();
+    assert!(uri.ends_with("/billing?sslmode=require"), "{uri}");
+    // The role logs in over TLS with the URI as it is, and reads what its grant allows.
+    let out = pg.psql_uri(
+        uri,
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid(); \
+         SELECT sum(amount) FROM invoices",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "t\n350\n");
+    stop_server(server);
+
+    for (name, admin, says) in [
+        ("other-ca", ca("other-ca.pem"), "certificate"),
+        ("plain", "tls = \"disable\"\n".to_owned(), "no encryption"),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let server = start_with(tmp.path(), &pg, "1m", &admin);
+        let (status, answer) = ask(&server);
+        assert_eq!(status, 503, "{name}: {answer}");
+        let logged = server.wait_for_log("credential_issue_failed");
+        assert!(logged.contains(says), "{name}: {logged}");
+        assert!(!logged.contains(ADMIN_PASSWORD), "{logged}");
+        stop_server(server);
+    }
 }

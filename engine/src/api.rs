@@ -29,7 +29,6 @@ use axum::routing::{get, post};
 use portcullis_audit::{AuditLog, ConditionOutcome, Decision as Verdict, EventKind, NewEvent};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 use crate::attest::{Attested, Attestor, Refreshed, Rejected};
 use crate::credentials::CredentialIssuer;
@@ -176,6 +175,17 @@ struct DecideBody {
 struct Evidence {
     /// A compact JWS from an OIDC trust provider.
     token: String,
+    /// The token's SHA-256, taken once for the event and the verified-token cache both.
+    #[serde(skip)]
+    digest: std::sync::OnceLock<[u8; 32]>,
+}
+
+impl Evidence {
+    fn digest(&self) -> [u8; 32] {
+        *self
+            .digest
+            .get_or_init(|| crate::attest::token_digest(&self.token))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -293,7 +303,7 @@ fn is_json(headers: &HeaderMap) -> bool {
 /// not come back in an error body.
 fn parse_error_message(err: &serde_json::Error) -> String {
     let text = shorten_quoted(&shorten_quoted(&err.to_string(), '"'), '`');
-    format!("invalid decide request: {text}")
+    format!("invalid request: {text}")
 }
 
 /// `text` with every segment between a pair of `quote`s longer than 32 characters cut to `…`.
@@ -341,7 +351,7 @@ fn check_lengths(body: &DecideBody) -> Result<(), String> {
     for (field, value, limit) in fields {
         if value.is_some_and(|value| value.len() > limit) {
             return Err(format!(
-                "invalid decide request: `{field}` is longer than {limit} bytes"
+                "invalid request: `{field}` is longer than {limit} bytes"
             ));
         }
     }
@@ -352,9 +362,13 @@ fn check_lengths(body: &DecideBody) -> Result<(), String> {
 /// rotated) has the provider's keys fetched first, on a blocking thread, and is tried again;
 /// keys due to be fetched again are fetched in the background while the token is verified with
 /// the keys in use.
-async fn attest<'e>(engine: &'e Arc<Engine>, token: &str) -> Result<Attested<'e>, Box<Rejected>> {
+async fn attest<'e>(
+    engine: &'e Arc<Engine>,
+    token: &str,
+    digest: &[u8; 32],
+) -> Result<Attested<'e>, Box<Rejected>> {
     let attestor = &engine.attestor;
-    match attestor.attest(token) {
+    match attestor.attest_digested(token, digest) {
         Ok(attested) => {
             if let Some(idx) = attestor.stale_provider(&attested) {
                 let fetcher = Arc::clone(engine);
@@ -371,7 +385,9 @@ async fn attest<'e>(engine: &'e Arc<Engine>, token: &str) -> Result<Attested<'e>
             let fetcher = Arc::clone(engine);
             match tokio::task::spawn_blocking(move || fetcher.attestor.refresh(idx)).await {
                 // Another caller's fetch may just have brought the key: try again either way.
-                Ok(Refreshed::Keys(_) | Refreshed::TooSoon) => attestor.attest(token),
+                Ok(Refreshed::Keys(_) | Refreshed::TooSoon) => {
+                    attestor.attest_digested(token, digest)
+                }
                 Ok(Refreshed::Failed(_) | Refreshed::NotRemote) | Err(_) => Err(rejected),
             }
         }
@@ -494,11 +510,11 @@ async fn read_decide_body(
     match (caller, &body.evidence) {
         (Caller::Remote(_), None) => Err(error(
             StatusCode::BAD_REQUEST,
-            "invalid decide request: `evidence` is required: `{\"token\": \"…\"}`",
+            "invalid request: `evidence` is required: `{\"token\": \"…\"}`",
         )),
         (Caller::Local(_), Some(_)) => Err(error(
             StatusCode::BAD_REQUEST,
-            "invalid decide request: a caller of the Unix socket is attested by its connection; \
+            "invalid request: a caller of the Unix socket is attested by its connection; \
              send no `evidence`",
         )),
         _ => Ok(body),
@@ -583,7 +599,9 @@ async fn attest_caller<'e>(
                 })),
             }
         }
-        (Caller::Remote(_), Some(evidence)) => attest(engine, &evidence.token).await,
+        (Caller::Remote(_), Some(evidence)) => {
+            attest(engine, &evidence.token, &evidence.digest()).await
+        }
         (Caller::Remote(_), None) => Err(Box::new(Rejected {
             error: crate::attest::AttestError::Malformed("no evidence".to_owned()),
             unverified: crate::attest::Unverified::default(),
@@ -622,7 +640,7 @@ fn request_event(caller: &Caller, body: &DecideBody, program: &Program) -> NewEv
         evidence_sha256: body
             .evidence
             .as_ref()
-            .map(|evidence| hex::encode(Sha256::digest(evidence.token.as_bytes()))),
+            .map(|evidence| hex::encode(evidence.digest())),
         ..NewEvent::default()
     }
 }
@@ -664,18 +682,18 @@ fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {
     match (&spec.name, &spec.protocol, &spec.host, spec.port) {
         (Some(name), None, None, None) => Ok(TargetQuery::Named(name)),
         (None, Some(_), Some(host), _) if host.trim().is_empty() => {
-            Err("invalid decide request: `target.host` is empty")
+            Err("invalid request: `target.host` is empty")
         }
         (None, Some(protocol), Some(host), _) => Ok(TargetQuery::Endpoint {
             protocol,
             host,
             port: endpoint_port(spec).ok_or(
-                "invalid decide request: `target.port` is needed: only `http`, `https` and \
+                "invalid request: `target.port` is needed: only `http`, `https` and \
                  `postgres` have a default port",
             )?,
         }),
         _ => Err(
-            "invalid decide request: `target` needs either `name` alone, or `protocol` \
+            "invalid request: `target` needs either `name` alone, or `protocol` \
                   and `host` (with `port` where the protocol has no default)",
         ),
     }

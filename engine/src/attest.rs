@@ -121,6 +121,12 @@ pub enum Refreshed {
     Failed(FetchError),
 }
 
+/// The SHA-256 of a token: what verified tokens are remembered by, and what an access event
+/// records in place of the token.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// A trust provider's configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ProviderConfigError {
@@ -536,12 +542,22 @@ impl Attestor {
     /// Verifies `token`. On failure, also returns what could be read without trusting it
     /// (issuer and subject as the token states them, the provider the issuer names).
     pub fn attest(&self, token: &str) -> Result<Attested<'_>, Box<Rejected>> {
+        self.attest_digested(token, &token_digest(token))
+    }
+
+    /// [`Attestor::attest`], for a caller that already has the token's [`token_digest`]
+    /// (the decision API, which records it in the event).
+    pub fn attest_digested(
+        &self,
+        token: &str,
+        digest: &[u8; 32],
+    ) -> Result<Attested<'_>, Box<Rejected>> {
         if token.len() > MAX_TOKEN_BYTES {
             let error = AttestError::TooLarge;
             let unverified = Unverified::default();
             return Err(Box::new(Rejected { error, unverified }));
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = *digest;
         let now = unix_now();
         if let Some(attested) = self.remembered(&digest, now) {
             return Ok(attested);
@@ -692,25 +708,36 @@ impl Attestor {
         refreshed
     }
 
-    /// Fetches the keys of every provider whose keys are remote, as the server does at start.
-    /// Blocking I/O; a provider whose fetch fails stays without keys and answers
-    /// `keys_unavailable` until a later fetch succeeds.
+    /// Fetches the keys of every provider whose keys are remote, as the server does at start:
+    /// all at once, so that one issuer that does not answer costs its timeout once, not once
+    /// per provider after it. Blocking I/O; a provider whose fetch fails stays without keys
+    /// and answers `keys_unavailable` until a later fetch succeeds.
     pub fn fetch_remote_keys(&self) -> Vec<(String, Refreshed)> {
-        (0..self.providers.len())
-            .filter(|idx| {
-                self.providers
-                    .get(*idx)
-                    .is_some_and(|provider| provider.spec.jwks.is_remote())
-            })
-            .map(|idx| {
-                let name = self
-                    .providers
-                    .get(idx)
-                    .map(|provider| provider.name().to_owned())
-                    .unwrap_or_default();
-                (name, self.refresh(idx))
-            })
-            .collect()
+        let remote: Vec<(usize, &TrustProvider)> = self
+            .providers
+            .iter()
+            .enumerate()
+            .filter(|(_, provider)| provider.spec.jwks.is_remote())
+            .collect();
+        std::thread::scope(|scope| {
+            let fetches: Vec<_> = remote
+                .iter()
+                .map(|(idx, _)| scope.spawn(move || self.refresh(*idx)))
+                .collect();
+            remote
+                .iter()
+                .zip(fetches)
+                .map(|((_, provider), fetch)| {
+                    let refreshed = fetch.join().unwrap_or_else(|_| {
+                        Refreshed::Failed(FetchError::Http {
+                            url: provider.spec.issuer.clone(),
+                            detail: "the fetch stopped unexpectedly".to_owned(),
+                        })
+                    });
+                    (provider.name().to_owned(), refreshed)
+                })
+                .collect()
+        })
     }
 
     fn attest_inner(

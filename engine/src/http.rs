@@ -118,6 +118,11 @@ impl TrustRoots {
             .map_err(|why| format!("the CA bundle `{}`: {why}", path.display()))
     }
 
+    /// The configured certificates; `None` for the Mozilla roots.
+    pub fn certificates(&self) -> Option<&[ureq::tls::Certificate<'static>]> {
+        self.0.as_deref().map(Vec::as_slice)
+    }
+
     /// The certificates of a PEM text.
     pub fn from_pem(pem: &[u8]) -> Result<TrustRoots, String> {
         let mut certificates = Vec::new();

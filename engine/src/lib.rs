@@ -13,4 +13,5 @@ pub mod http;
 pub mod jwks;
 pub mod local;
 pub mod postgres_roles;
+pub mod postgres_tls;
 pub mod vm;

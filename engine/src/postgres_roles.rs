@@ -40,6 +40,9 @@ pub struct PostgresServer {
     pub database: String,
     pub admin_user: String,
     pub admin_password: Zeroizing<String>,
+    /// TLS to the server, its certificate verified; `None` only for a loopback host or a Unix
+    /// socket, which the configuration checks.
+    pub tls: Option<crate::postgres_tls::MakeRustls>,
 }
 
 impl std::fmt::Debug for PostgresServer {
@@ -50,6 +53,7 @@ impl std::fmt::Debug for PostgresServer {
             .field("port", &self.port)
             .field("database", &self.database)
             .field("admin_user", &self.admin_user)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -151,9 +155,16 @@ impl PostgresRoles {
         } else {
             server.host.clone()
         };
+        // Over TLS for the administrator, so over TLS for the role too; a client that holds
+        // the server's CA may ask for `verify-full` instead.
+        let options = if server.tls.is_some() {
+            "?sslmode=require"
+        } else {
+            ""
+        };
         Ok(Issued {
             value: Zeroizing::new(format!(
-                "postgresql://{role}:{}@{host}:{}/{}",
+                "postgresql://{role}:{}@{host}:{}/{}{options}",
                 password.as_str(),
                 server.port,
                 server.database
@@ -243,14 +254,24 @@ fn connect(server: &PostgresServer) -> Result<postgres::Client, String> {
         .dbname(&server.database)
         .connect_timeout(CONNECT_TIMEOUT)
         .application_name("portcullis");
-    // FIXME(#6): TLS to the administrative connection; until then it should be on loopback or
-    // a Unix socket.
-    config.connect(postgres::NoTls).map_err(|error| {
+    let connected = match &server.tls {
+        Some(tls) => {
+            config.ssl_mode(postgres::config::SslMode::Require);
+            config.connect(tls.clone())
+        }
+        None => config.connect(postgres::NoTls),
+    };
+    connected.map_err(|error| {
         format!(
-            "cannot connect to {}:{} as `{}`: {}",
+            "cannot connect to {}:{} as `{}`{}: {}",
             server.host,
             server.port,
             server.admin_user,
+            if server.tls.is_some() {
+                " over TLS"
+            } else {
+                ""
+            },
             db_message(&error)
         )
     })
@@ -261,7 +282,18 @@ fn connect(server: &PostgresServer) -> Result<postgres::Client, String> {
 fn db_message(error: &postgres::Error) -> String {
     match error.as_db_error() {
         Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => error.to_string(),
+        None => {
+            // The client's own display stops at "error performing TLS handshake"; the why (an
+            // unknown issuer, a name mismatch) is in its sources.
+            let mut message = error.to_string();
+            let mut source = std::error::Error::source(error);
+            while let Some(cause) = source {
+                message.push_str(": ");
+                message.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            message
+        }
     }
 }
 

@@ -36,6 +36,39 @@ struct Published {
     jwks_fetches: usize,
     /// Bytes of padding in the JWKS, to make it too large.
     padding: usize,
+    /// When set, the JWKS is answered only once every issuer sharing it has been asked.
+    rendezvous: Option<Arc<Rendezvous>>,
+}
+
+/// A meeting of `expected` requests to different issuers: each waits for the others, at most
+/// a few seconds, and says whether all came.
+struct Rendezvous {
+    expected: usize,
+    arrived: Mutex<usize>,
+    all_here: std::sync::Condvar,
+}
+
+impl Rendezvous {
+    fn new(expected: usize) -> Rendezvous {
+        Rendezvous {
+            expected,
+            arrived: Mutex::new(0),
+            all_here: std::sync::Condvar::new(),
+        }
+    }
+
+    fn meet(&self) -> bool {
+        let mut arrived = self.arrived.lock().unwrap();
+        *arrived += 1;
+        self.all_here.notify_all();
+        let (arrived, _) = self
+            .all_here
+            .wait_timeout_while(arrived, Duration::from_secs(5), |arrived| {
+                *arrived < self.expected
+            })
+            .unwrap();
+        *arrived >= self.expected
+    }
 }
 
 struct Issuer {
@@ -89,7 +122,12 @@ async fn discovery(State((published, url)): State<IssuerState>) -> impl IntoResp
     }))
 }
 
-async fn jwks(State((published, _)): State<IssuerState>) -> impl IntoResponse {
+async fn jwks(State((published, _)): State<IssuerState>) -> axum::response::Response {
+    let rendezvous = published.lock().unwrap().rendezvous.clone();
+    // Each issuer runs on its own thread, so waiting here holds up no other issuer.
+    if rendezvous.is_some_and(|meeting| !meeting.meet()) {
+        return axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     let mut published = published.lock().unwrap();
     published.jwks_fetches += 1;
     let mut body = serde_json::to_value(JwkSet {
@@ -99,7 +137,7 @@ async fn jwks(State((published, _)): State<IssuerState>) -> impl IntoResponse {
     if published.padding > 0 {
         body["padding"] = json!("x".repeat(published.padding));
     }
-    axum::Json(body)
+    axum::Json(body).into_response()
 }
 
 fn encoding_key(name: &str) -> EncodingKey {
@@ -114,8 +152,12 @@ fn public_jwk(name: &str) -> Jwk {
 }
 
 fn attestor(issuer: &str, jwks: JwksSource, refresh_min: Duration) -> Attestor {
-    let provider = TrustProvider::new(TrustProviderSpec {
-        name: "local".to_owned(),
+    Attestor::new(vec![provider("local", issuer, jwks, refresh_min)]).unwrap()
+}
+
+fn provider(name: &str, issuer: &str, jwks: JwksSource, refresh_min: Duration) -> TrustProvider {
+    TrustProvider::new(TrustProviderSpec {
+        name: name.to_owned(),
         kind: ProviderKind::Oidc,
         issuer: issuer.to_owned(),
         audiences: vec!["portcullis".to_owned()],
@@ -127,8 +169,7 @@ fn attestor(issuer: &str, jwks: JwksSource, refresh_min: Duration) -> Attestor {
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
     })
-    .unwrap();
-    Attestor::new(vec![provider]).unwrap()
+    .unwrap()
 }
 
 fn token(issuer: &str, key: &str) -> String {
@@ -197,6 +238,38 @@ fn keys_found_by_discovery_follow_a_rotation() {
     let error = attest_as_the_api_does(&attestor, &old).unwrap_err();
     assert_eq!(error.code(), "unknown_key", "{error}");
     assert!(attest_as_the_api_does(&attestor, &new).is_ok());
+}
+
+/// At start, the keys of every issuer are fetched at once: here each issuer answers only when
+/// the other has been asked too, which fetches one after the other would never see.
+#[test]
+fn the_keys_of_several_issuers_are_fetched_at_once() {
+    let meeting = Arc::new(Rendezvous::new(2));
+    let issuers = [Issuer::start(), Issuer::start()];
+    let mut providers = Vec::new();
+    for (n, issuer) in issuers.iter().enumerate() {
+        issuer.publish(&["p256"]);
+        issuer.published.lock().unwrap().rendezvous = Some(Arc::clone(&meeting));
+        let name = format!("issuer-{n}");
+        providers.push(provider(
+            &name,
+            &issuer.url,
+            JwksSource::Discovery,
+            Duration::from_secs(30),
+        ));
+    }
+    let attestor = Attestor::new(providers).unwrap();
+    let fetched = attestor.fetch_remote_keys();
+    assert_eq!(fetched.len(), 2);
+    for (name, refreshed) in fetched {
+        assert!(
+            matches!(refreshed, Refreshed::Keys(1)),
+            "{name}: {refreshed:?}"
+        );
+    }
+    for issuer in &issuers {
+        assert_eq!(issuer.fetches(), 1);
+    }
 }
 
 #[test]

@@ -20,8 +20,19 @@ pub struct Postgres {
     as_postgres: bool,
 }
 
+/// What the cluster's TLS is: none, or on with the tests' certificate for `127.0.0.1`, and
+/// `reject_plain` roles refused on any connection from the network that is not TLS.
+pub enum ServerTls<'a> {
+    Off,
+    On { reject_plain: &'a [&'a str] },
+}
+
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with(&ServerTls::Off)
+    }
+
+    pub fn start_with(tls: &ServerTls<'_>) -> Postgres {
         let bin = bin_dir();
         let as_postgres = running_as_root();
         let dir = tempfile::tempdir().unwrap();
@@ -49,10 +60,13 @@ impl Postgres {
                 "--no-sync",
             ],
         );
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
             server.dir.path().display()
         );
+        if let ServerTls::On { reject_plain } = tls {
+            options.push_str(&server.enable_tls(&data, reject_plain));
+        }
         let log = server.dir.path().join("server.log");
         server.run(
             "pg_ctl",
@@ -68,6 +82,37 @@ impl Postgres {
             ],
         );
         server
+    }
+
+    /// Puts the tests' certificate and key beside the cluster (the key readable by its owner
+    /// only, as PostgreSQL demands), puts a `hostnossl … reject` line for each of
+    /// `reject_plain` first in `pg_hba.conf`, and returns the server options that turn TLS on.
+    fn enable_tls(&self, data: &std::path::Path, reject_plain: &[&str]) -> String {
+        use std::os::unix::fs::PermissionsExt as _;
+        let fixtures = super::repo().join("tests/fixtures/tls");
+        let cert = self.dir.path().join("server.crt");
+        let key = self.dir.path().join("server.key");
+        std::fs::copy(fixtures.join("localhost.pem"), &cert).unwrap();
+        std::fs::copy(fixtures.join("localhost.key.pem"), &key).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            let owner = postgres_ids();
+            for file in [&cert, &key] {
+                std::os::unix::fs::chown(file, Some(owner.0), Some(owner.1)).unwrap();
+            }
+        }
+        let hba = data.join("pg_hba.conf");
+        let mut rules: String = reject_plain
+            .iter()
+            .map(|role| format!("hostnossl all {role} 127.0.0.1/32 reject\n"))
+            .collect();
+        rules.push_str(&std::fs::read_to_string(&hba).unwrap());
+        std::fs::write(&hba, rules).unwrap();
+        format!(
+            " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+            cert.display(),
+            key.display()
+        )
     }
 
     /// Runs `sql` as the superuser on `database`; its output (unaligned, tuples only).
