@@ -1003,6 +1003,20 @@ impl Config {
                 provider.name
             );
         }
+        let fetched_from = match &jwks {
+            JwksSource::Url(url) => Some(url.as_str()),
+            JwksSource::Discovery => Some(provider.issuer.as_str()),
+            JwksSource::Document(_) => None,
+        };
+        if let Some(url) = fetched_from.filter(|url| url.starts_with("http://"))
+            && provider.ca_file.is_some()
+        {
+            bail!(
+                "trust provider `{}`: `ca_file` is for keys fetched over `https`; `{url}` is \
+                 plain `http`",
+                provider.name
+            );
+        }
         let ca = self
             .trust_roots(provider.ca_file.as_deref())
             .with_context(|| format!("trust provider `{}`", provider.name))?;
@@ -1181,6 +1195,11 @@ mod tests {
             .unwrap_err()
         );
         assert!(error.contains("`ca_file` is for keys fetched"), "{error}");
+        let plain = "[[trust_providers]]\nname = \"p\"\nkind = \"oidc\"\n\
+                     issuer = \"http://127.0.0.1:9\"\naudiences = [\"portcullis\"]\n\
+                     jwks_discovery = true\nca_file = \"tests/fixtures/tls/ca.pem\"\n";
+        let error = format!("{:#}", specs(plain).unwrap_err());
+        assert!(error.contains("is plain `http`"), "{error}");
     }
 
     #[test]

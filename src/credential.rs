@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use portcullis_engine::http::{agent, check_url, percent_encode, read_limited};
+use portcullis_engine::http::{
+    TrustRoots, agent, agent_trusting, check_url, percent_encode, read_limited,
+};
 use serde_json::{Value, json};
 
 use crate::config::read_bounded;
@@ -64,6 +66,10 @@ pub struct CredentialArgs {
     /// The request's resource, for policies that read `request.resource`.
     #[arg(long)]
     resource: Option<String>,
+    /// A PEM file of the CAs the server's certificate must chain to, in place of the Mozilla
+    /// roots: for a server under a company's own CA.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -95,6 +101,12 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
             args.env_name
         );
     }
+    let roots = match &args.ca_file {
+        Some(path) => TrustRoots::from_pem_file(path)
+            .map_err(anyhow::Error::msg)
+            .context("--ca-file")?,
+        None => TrustRoots::default(),
+    };
     let (token, found_in) = evidence(args)?;
     let mut request = json!({
         "evidence": { "token": token },
@@ -104,7 +116,7 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
         request["request"] = json!({ "action": args.action, "resource": args.resource });
     }
     let url = format!("{server}/v1/credentials");
-    let (status, answer) = post(&url, &request)
+    let (status, answer) = post(&url, &request, &roots)
         .with_context(|| format!("asking {url} (with the evidence from {found_in})"))?;
     match status {
         200 => {
@@ -185,8 +197,17 @@ fn mask_in_github_log(credential: &Value) {
         .into_iter()
         .filter(|secret| !secret.trim().is_empty())
     {
-        eprintln!("::add-mask::{secret}");
+        eprintln!("::add-mask::{}", workflow_command_data(secret));
     }
+}
+
+/// `text` as the data of a workflow command: the runner turns `%25`, `%0D` and `%0A` back
+/// into `%`, CR and LF, so a `%` of the value itself must be written `%25`, or the runner
+/// would mask another string.
+fn workflow_command_data(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// The password of `scheme://user:password@host…`, if the value is such a URI.
@@ -277,8 +298,8 @@ fn github_token(url: &str, bearer: &str, audience: &str) -> Result<String> {
         .context("its answer has no `value`")
 }
 
-fn post(url: &str, body: &Value) -> Result<(u16, Value)> {
-    let mut response = agent(TIMEOUT)
+fn post(url: &str, body: &Value, roots: &TrustRoots) -> Result<(u16, Value)> {
+    let mut response = agent_trusting(TIMEOUT, roots)
         .post(url)
         .header("content-type", "application/json")
         .send(body.to_string().as_bytes())?;
@@ -301,6 +322,16 @@ mod tests {
         );
         assert_eq!(uri_password("postgresql://db.internal/orders"), None);
         assert_eq!(uri_password("eyJhbGciOiJFZERTQSJ9.e30.sig"), None);
+    }
+
+    #[test]
+    fn mask_values_are_escaped_as_the_runner_unescapes_them() {
+        assert_eq!(
+            workflow_command_data("pa%25ss%0Aword"),
+            "pa%2525ss%250Aword"
+        );
+        assert_eq!(workflow_command_data("a\rb"), "a%0Db");
+        assert_eq!(workflow_command_data("plain-value"), "plain-value");
     }
 
     #[test]

@@ -26,11 +26,12 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     init_logging();
     let config = Config::load(config_path)?;
     // The trust providers first: their custom claims are part of the policy language.
-    let attestor = build_attestor(&config)?;
-    let admin_token = warn_if_shared(config.admin_token()?);
-    let oauth_clients = config.oauth_clients()?;
-    let postgres_servers = config.postgres_servers()?;
-    let audit_token = warn_if_shared(config.audit_token()?);
+    let in_config = || format!("configuration `{}`", config_path.display());
+    let attestor = build_attestor(&config).with_context(in_config)?;
+    let admin_token = warn_if_shared(config.admin_token().with_context(in_config)?);
+    let oauth_clients = config.oauth_clients().with_context(in_config)?;
+    let postgres_servers = config.postgres_servers().with_context(in_config)?;
+    let audit_token = warn_if_shared(config.audit_token().with_context(in_config)?);
     let loader =
         PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
     let fingerprint = loader.fingerprint();
@@ -99,6 +100,14 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         .issuer
         .clone()
         .unwrap_or_else(|| format!("http://{local}"));
+    if portcullis_engine::http::check_url(&issuer).is_err() {
+        tracing::warn!(
+            %issuer,
+            "minted tokens name an issuer over plain http beyond loopback: targets would fetch \
+             the keys that verify them where anyone on the path can replace them; set \
+             `credentials.issuer` to the https URL targets reach this server at"
+        );
+    }
     let roles = PostgresRoles::new(&data_dir, postgres_servers);
     // Roles that expired while the server was down are dropped before it serves.
     if let Err(error) = roles.drop_expired(unix_now()) {

@@ -276,3 +276,47 @@ fn a_ci_job_exchanges_its_platform_evidence_for_a_credential() {
     );
     stop_server(server);
 }
+
+/// A server under a company's own CA: `--ca-file` names that CA, and without it the handshake
+/// fails with the reason. The server here is a stand-in answering `POST /v1/credentials` over
+/// `https` with the tests' certificate; what is under test is the client's TLS.
+#[test]
+fn a_server_under_a_private_ca_is_reached_with_its_ca_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "header.payload.signature").unwrap();
+    let url = http_stub::serve_tls(|request| match request.path() {
+        "/v1/credentials" => (
+            200,
+            json!({ "decision": "allow", "credential": {
+                "name": "legacy_db", "kind": "static", "type": "secret", "value": "s3cret",
+                "ttl_s": null, "expires_at": null } }),
+        ),
+        _ => (404, json!({})),
+    });
+    let ask = |extra: &[&str]| {
+        portcullis()
+            .args(["credential", "--target", "legacy", "--server", &url])
+            .args(["--token-file", token_file.to_str().unwrap()])
+            .args(extra)
+            .env_remove("GITHUB_ACTIONS")
+            .output()
+            .unwrap()
+    };
+    let tls = common::repo().join("tests/fixtures/tls");
+    let out = ask(&["--ca-file", tls.join("ca.pem").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "PORTCULLIS_CREDENTIAL=s3cret\n");
+
+    let out = ask(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("UnknownIssuer"), "{}", stderr(&out));
+    let out = ask(&["--ca-file", tls.join("localhost.key.pem").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--ca-file"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("other than certificates"),
+        "{}",
+        stderr(&out)
+    );
+}

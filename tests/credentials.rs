@@ -62,11 +62,13 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
     assert_eq!(verified["sub"], "ci");
     assert_eq!(verified["portcullis"]["caller"], "ci-runner");
     assert_eq!(verified["portcullis"]["target"], "billing");
-    // `copy_claims` names `environment`, which the caller carries, and `deploy_id`, which it
-    // does not; its `team` is not named.
-    assert_eq!(verified["environment"], "production");
-    assert!(verified.get("deploy_id").is_none(), "{verified}");
-    assert!(verified.get("team").is_none(), "{verified}");
+    // `copy_claims` names `team`, the provider's custom claim from `org.team` (not the
+    // token's top-level `team`, which no policy reads), `email`, and `groups`, which the
+    // caller does not carry; its `org` is not named.
+    assert_eq!(verified["team"], "payments", "{verified}");
+    assert_eq!(verified["email"], "ci@acme.example", "{verified}");
+    assert!(verified.get("groups").is_none(), "{verified}");
+    assert!(verified.get("org").is_none(), "{verified}");
     assert_eq!(
         verified["exp"].as_i64().unwrap() - verified["iat"].as_i64().unwrap(),
         900
@@ -173,9 +175,13 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
             )
         })
         .collect();
+    // An allow that issued nothing carries the code the caller got, so that an auditor finds
+    // the failed and the empty issuances by it.
     let expected = [
+        ("credential_unavailable", 1),
+        ("no_credential", 1),
         ("no_permit", 1),
-        ("permitted", 4),
+        ("permitted", 2),
         ("token_expired", 1),
         ("unknown_target", 1),
     ];

@@ -216,6 +216,12 @@ fn keys_are_fetched_over_https_only_from_an_issuer_whose_ca_is_trusted() {
         let refused = server.startup.iter().any(|line| {
             line.contains("trust_provider_keys_fetch_failed") && line.contains("certificate")
         });
+        let hinted = server.startup.iter().any(|line| line.contains("`ca_file`"));
+        assert!(
+            hinted,
+            "{name}: the log points at `ca_file`: {:?}",
+            server.startup
+        );
         assert!(refused, "{name}: {:?}", server.startup);
         let answer = decide(&server, &token(&issuer.url, "p256"), target.clone(), "GET");
         assert_eq!(answer["decision"], "deny", "{name}: {answer}");

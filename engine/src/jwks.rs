@@ -285,7 +285,15 @@ fn get(url: &str, roots: &TrustRoots) -> Result<String, FetchError> {
         .get(url)
         .header("accept", "application/json")
         .call()
-        .map_err(|err| http(err.to_string()))?;
+        .map_err(|err| {
+            let mut detail = err.to_string();
+            if detail.contains("UnknownIssuer") {
+                detail.push_str(
+                    " (a certificate from a private CA needs that CA in the provider's `ca_file`)",
+                );
+            }
+            http(detail)
+        })?;
     let status = response.status().as_u16();
     if status != 200 {
         return Err(http(format!("it answered {status}")));

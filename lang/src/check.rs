@@ -2210,6 +2210,14 @@ impl Checker<'_> {
         None
     }
 
+    /// Whether some trust provider kind has a claim `name` that policies can read: built in,
+    /// or declared as a custom claim.
+    fn is_claim_of_some_kind(&self, name: &str) -> bool {
+        ProviderKind::ALL
+            .iter()
+            .any(|kind| self.custom_claims.resolve(*kind, name).is_some())
+    }
+
     /// Refuses values of the right type that cannot work.
     fn credential_value_ok(
         &mut self,
@@ -2258,6 +2266,31 @@ impl Checker<'_> {
                         "a minted token's {} are its own; remove `{name}`",
                         ir::MINTED_CLAIMS.join(", ")
                     ),
+                ))
+            }
+            ("copy_claims", FieldValue::StringSet(names))
+                if names
+                    .iter()
+                    .any(|name| !name.is_empty() && !self.is_claim_of_some_kind(name)) =>
+            {
+                let name = names
+                    .iter()
+                    .find(|name| !name.is_empty() && !self.is_claim_of_some_kind(name))
+                    .map_or("", String::as_str);
+                let known: Vec<&str> = ProviderKind::ALL
+                    .iter()
+                    .flat_map(|kind| self.custom_claims.names(*kind))
+                    .collect();
+                let help = did_you_mean(name, known).unwrap_or_else(|| {
+                    "name claims as policies read them (`repository`, `namespace`, …); declare \
+                     others in the `custom_claims` of an `oidc` trust provider"
+                        .to_owned()
+                });
+                Some((
+                    format!(
+                        "`copy_claims` names `{name}`, which is no claim of any trust provider"
+                    ),
+                    help,
                 ))
             }
             ("grant" | "scopes" | "copy_claims", FieldValue::StringSet(items))

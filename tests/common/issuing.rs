@@ -28,7 +28,9 @@ pub fn token(sub: &str, exp_in: i64) -> String {
     .unwrap();
     let claims = json!({
         "iss": ISSUER, "aud": "portcullis", "sub": sub, "iat": now, "exp": now + exp_in,
-        "environment": "production", "team": "payments",
+        "email": "ci@acme.example", "org": { "team": "payments" },
+        // A top-level key named like the custom claim, which policies never read.
+        "team": "root-admins",
     });
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some("ci".to_owned());
@@ -65,7 +67,7 @@ pub fn server(dir: &Path) -> Server {
              target gone {{ postgres {{ host = \"gone.db.internal\" }} }}\n\
              target docs {{ https {{ host = \"docs.internal\" }} }}\n\
              credential billing_token {{ jwt {{ audience = \"billing\" \
-             copy_claims = [\"environment\", \"deploy_id\"] ttl = 15m }} }}\n\
+             copy_claims = [\"team\", \"email\", \"groups\"] ttl = 15m }} }}\n\
              credential legacy_db {{ static {{ file = {secret:?} }} }}\n\
              credential gone_db {{ static {{ file = {gone:?} }} }}\n\
              permit ci_billing {{ workload ci target billing credential billing_token }}\n\
@@ -83,7 +85,8 @@ pub fn server(dir: &Path) -> Server {
         format!(
             "[policy]\ndir = {policy:?}\n\n[[trust_providers]]\nname = \"ci-idp\"\n\
              kind = \"oidc\"\nissuer = \"{ISSUER}\"\naudiences = [\"portcullis\"]\n\
-             jwks_file = {jwks:?}\n",
+             jwks_file = {jwks:?}\n\
+             custom_claims = [{{ name = \"team\", path = \"org.team\", type = \"string\" }}]\n",
             policy = policy.to_str().unwrap(),
             jwks = jwks.to_str().unwrap(),
         ),

@@ -141,6 +141,7 @@ async fn credentials_for(
                 answer.reason
             );
             answer.reason_code = "no_credential";
+            event.reason_code = Some(answer.reason_code.to_owned());
             event.latency_ns = Some(elapsed_ns(started));
             return refused(&engine, event, answer).await;
         }
@@ -158,7 +159,7 @@ async fn credentials_for(
             .map(|target| target.name.clone())
             .unwrap_or_default(),
         now: decided_at,
-        claims: copied_claims(&credential, &attested.payload),
+        claims: copied_claims(&credential, &attested, engine.attestor.custom_claims()),
     };
     // A `static` credential reads a file: off the async threads.
     let issuing = Arc::clone(&issuer);
@@ -199,18 +200,33 @@ impl OwnedRecipient {
     }
 }
 
-/// The caller's verified claims that a `jwt` credential copies into the token it mints; the
-/// ones the caller does not carry are left out.
+/// The caller's claims that a `jwt` credential copies into the token it mints, by their Gate
+/// names and with their Gate types: the values a policy reads, from wherever the caller's kind
+/// keeps them (`namespace` from a Kubernetes token's `kubernetes.io` object, a custom claim
+/// from its path), never a top-level key of the same name. A claim the caller's kind does not
+/// have, or the caller does not carry, is left out.
 fn copied_claims(
     credential: &portcullis_lang::ir::Credential,
-    payload: &serde_json::Map<String, serde_json::Value>,
+    attested: &crate::attest::Attested<'_>,
+    custom: &portcullis_lang::schema::CustomClaims,
 ) -> serde_json::Map<String, serde_json::Value> {
+    use portcullis_lang::schema::ClaimValue;
     let portcullis_lang::ir::CredentialKind::Jwt { copy_claims, .. } = &credential.kind else {
         return serde_json::Map::new();
     };
+    let kind = attested.provider.kind();
     copy_claims
         .iter()
-        .filter_map(|name| Some((name.clone(), payload.get(name)?.clone())))
+        .filter_map(|name| {
+            let (id, _, _) = custom.resolve(kind, name)?;
+            let value = match attested.claims.get(usize::from(id.0))?.as_ref()? {
+                ClaimValue::String(text) => serde_json::json!(text),
+                ClaimValue::Int(number) => serde_json::json!(number),
+                ClaimValue::Bool(flag) => serde_json::json!(flag),
+                ClaimValue::StringSet(items) => serde_json::json!(items),
+            };
+            Some((name.clone(), value))
+        })
         .collect()
 }
 
@@ -274,6 +290,7 @@ async fn unavailable(
         "the credential{name} could not be issued; the server's log and the access event say why"
     );
     answer.reason_code = "credential_unavailable";
+    event.reason_code = Some(answer.reason_code.to_owned());
     answer.credential = None;
     let mut response = record_and_answer(engine, event, answer).await;
     if response.status() == StatusCode::OK {
