@@ -76,9 +76,163 @@ pub struct Config {
     pub trust_providers: Vec<TrustProviderConfig>,
     #[serde(default)]
     pub credentials: CredentialsConfig,
+    #[serde(default)]
+    pub proxy: ProxyConfig,
     /// The directory of the file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[proxy]`: the proxy's listeners.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// `[[proxy.http]]`: one reverse-mode listener per target.
+    #[serde(default)]
+    pub http: Vec<HttpProxyConfig>,
+}
+
+/// A reverse-mode HTTP listener: every request on `listen` is decided for `target` and, when
+/// allowed, forwarded to `upstream` with the credential injected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProxyConfig {
+    pub target: String,
+    pub listen: SocketAddr,
+    /// `https://host[:port][/base]`, or `http://` to a loopback address.
+    pub upstream: String,
+    /// The header whose `Bearer TOKEN` (or token alone) is the caller's evidence.
+    #[serde(default = "default_evidence_header")]
+    pub evidence_header: String,
+    /// `bearer` (the default), `header`, `query` or `basic`.
+    #[serde(default)]
+    pub inject: InjectMode,
+    /// The header (`inject = "header"`) or query parameter (`inject = "query"`).
+    pub inject_name: Option<String>,
+    /// The user of `inject = "basic"`; the credential is the password.
+    pub basic_user: Option<String>,
+    /// A PEM bundle of the CAs the upstream's certificate must chain to, in place of the
+    /// Mozilla roots.
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectMode {
+    #[default]
+    Bearer,
+    Header,
+    Query,
+    Basic,
+}
+
+fn default_evidence_header() -> String {
+    "x-portcullis-evidence".to_owned()
+}
+
+/// The most `[[proxy.http]]` listeners one server runs.
+const MAX_HTTP_PROXIES: usize = 256;
+
+impl HttpProxyConfig {
+    /// Checks the listener and turns it into what the engine serves.
+    fn spec(
+        &self,
+        roots: portcullis_engine::http::TrustRoots,
+    ) -> Result<portcullis_engine::api::proxy::HttpProxySpec> {
+        use portcullis_engine::api::proxy::{
+            HttpProxySpec, Injection, ProxyHeaderName as HeaderName,
+        };
+        portcullis_engine::http::check_url(&self.upstream)?;
+        let (scheme, rest) = self
+            .upstream
+            .split_once("://")
+            .context("the upstream has no scheme")?;
+        if rest.contains(['?', '#']) {
+            bail!(
+                "the upstream `{}` has a query or fragment; give its base URL",
+                self.upstream
+            );
+        }
+        let (authority, base_path) = match rest.find('/') {
+            Some(at) => rest.split_at(at),
+            None => (rest, ""),
+        };
+        let has_port = authority
+            .rsplit_once(':')
+            .is_some_and(|(_, port)| port.parse::<u16>().is_ok() && !authority.ends_with(']'));
+        let authority = if has_port {
+            authority.to_owned()
+        } else {
+            let port = if scheme == "https" { 443 } else { 80 };
+            format!("{authority}:{port}")
+        };
+        if scheme == "http" && self.ca_file.is_some() {
+            bail!(
+                "`ca_file` is for an `https` upstream; `{}` is plain `http`",
+                self.upstream
+            );
+        }
+        let evidence_header = HeaderName::from_bytes(self.evidence_header.as_bytes())
+            .with_context(|| {
+                format!(
+                    "`evidence_header = {:?}` is not a header name",
+                    self.evidence_header
+                )
+            })?;
+        if matches!(
+            evidence_header.as_str(),
+            "authorization" | "host" | "cookie" | "content-length"
+        ) {
+            bail!(
+                "`evidence_header = {:?}` is a header the request needs for itself; name one \
+                 of its own, such as `x-portcullis-evidence`",
+                self.evidence_header
+            );
+        }
+        let named = |what: &str| {
+            self.inject_name
+                .clone()
+                .filter(|name| !name.is_empty())
+                .with_context(|| format!("`inject = \"{what}\"` needs `inject_name`"))
+        };
+        let inject = match self.inject {
+            InjectMode::Bearer => Injection::Bearer,
+            InjectMode::Header => {
+                let name = named("header")?;
+                let header = HeaderName::from_bytes(name.as_bytes())
+                    .with_context(|| format!("`inject_name = {name:?}` is not a header name"))?;
+                if header == evidence_header {
+                    bail!("`inject_name` is the evidence header; they must differ");
+                }
+                Injection::Header(header)
+            }
+            InjectMode::Query => Injection::Query(named("query")?),
+            InjectMode::Basic => Injection::Basic {
+                user: self
+                    .basic_user
+                    .clone()
+                    .filter(|user| !user.is_empty() && !user.contains(':'))
+                    .context("`inject = \"basic\"` needs `basic_user`, without `:`")?,
+            },
+        };
+        if self.inject != InjectMode::Basic && self.basic_user.is_some() {
+            bail!("`basic_user` goes with `inject = \"basic\"`");
+        }
+        if matches!(self.inject, InjectMode::Bearer | InjectMode::Basic)
+            && self.inject_name.is_some()
+        {
+            bail!("`inject_name` goes with `inject = \"header\"` or `\"query\"`");
+        }
+        Ok(HttpProxySpec {
+            target: self.target.clone(),
+            upstream_scheme: scheme.to_owned(),
+            upstream_authority: authority,
+            upstream_base_path: base_path.trim_end_matches('/').to_owned(),
+            evidence_header,
+            inject,
+            ca: roots,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -837,6 +991,31 @@ impl Config {
     }
 
     /// `path` resolved against the configuration file's directory.
+    /// The proxy's HTTP listeners, checked.
+    pub fn http_proxies(&self) -> Result<Vec<portcullis_engine::api::proxy::HttpProxySpec>> {
+        if self.proxy.http.len() > MAX_HTTP_PROXIES {
+            bail!("more than {MAX_HTTP_PROXIES} `[[proxy.http]]` listeners");
+        }
+        self.proxy
+            .http
+            .iter()
+            .enumerate()
+            .map(|(idx, listener)| {
+                {
+                    let roots = self.trust_roots(listener.ca_file.as_deref())?;
+                    listener.spec(roots)
+                }
+                .with_context(|| {
+                    format!(
+                        "`[[proxy.http]]` {} (target `{}`)",
+                        idx + 1,
+                        listener.target
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// The CAs of a `ca_file` (relative to the configuration file), or the Mozilla roots.
     fn trust_roots(&self, ca_file: Option<&Path>) -> Result<portcullis_engine::http::TrustRoots> {
         match ca_file {
@@ -1111,6 +1290,72 @@ mod tests {
              audiences = [\"portcullis\"]\n\
              jwks_file = \"examples/dev/example-github-issuer.jwks.json\"\n{extra}\n"
         )
+    }
+
+    #[test]
+    fn proxy_listeners_are_checked_before_they_listen() {
+        let check = |extra: &str| {
+            let text = format!(
+                "[policy]\ndir = \"examples/policies\"\n[[proxy.http]]\ntarget = \"billing\"\n\
+                 listen = \"127.0.0.1:9101\"\n{extra}"
+            );
+            let mut config: Config = toml::from_str(&text)?;
+            config.base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            config.validate()?;
+            config.http_proxies()
+        };
+        let spec = check("upstream = \"https://billing.internal/api/\"").unwrap();
+        assert_eq!(spec[0].upstream_authority, "billing.internal:443");
+        assert_eq!(spec[0].upstream_base_path, "/api");
+        assert_eq!(spec[0].evidence_header.as_str(), "x-portcullis-evidence");
+        let spec = check(
+            "upstream = \"http://127.0.0.1:8080\"\ninject = \"query\"\ninject_name = \"key\"",
+        )
+        .unwrap();
+        assert_eq!(spec[0].upstream_authority, "127.0.0.1:8080");
+        for (extra, says) in [
+            (
+                "upstream = \"http://billing.internal\"",
+                "only from a loopback address",
+            ),
+            (
+                "upstream = \"https://b/api?x=1\"",
+                "has a query or fragment",
+            ),
+            (
+                "upstream = \"https://b\"\ninject = \"header\"",
+                "needs `inject_name`",
+            ),
+            (
+                "upstream = \"https://b\"\ninject = \"basic\"",
+                "needs `basic_user`",
+            ),
+            (
+                "upstream = \"https://b\"\ninject_name = \"x-key\"",
+                "`inject_name` goes with",
+            ),
+            (
+                "upstream = \"https://b\"\nevidence_header = \"authorization\"",
+                "needs for itself",
+            ),
+            (
+                "upstream = \"http://127.0.0.1:1\"\nca_file = \"tests/fixtures/tls/ca.pem\"",
+                "is plain `http`",
+            ),
+            (
+                "upstream = \"https://b\"\ninject = \"cookie\"",
+                "unknown variant `cookie`",
+            ),
+        ] {
+            let error = format!("{:#}", check(extra).unwrap_err());
+            assert!(error.contains(says), "{extra}: {error}");
+            if !says.starts_with("unknown variant") {
+                assert!(
+                    error.contains("`[[proxy.http]]` 1 (target `billing`)"),
+                    "{error}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use portcullis_audit::AuditLog;
 use portcullis_engine::api::admin::{Admin, AdminToken};
 use portcullis_engine::api::audit_query::AuditQueryApi;
+use portcullis_engine::api::proxy::HttpProxySpec;
 use portcullis_engine::api::{self, Engine, ProgramSlot};
 use portcullis_engine::attest::{Attestor, TrustProvider};
 use portcullis_engine::credentials::{CredentialIssuer, KeyRing};
@@ -32,6 +33,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let oauth_clients = config.oauth_clients().with_context(in_config)?;
     let postgres_servers = config.postgres_servers().with_context(in_config)?;
     let audit_token = warn_if_shared(config.audit_token().with_context(in_config)?);
+    let http_proxies = config.http_proxies().with_context(in_config)?;
     let loader =
         PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
     let fingerprint = loader.fingerprint();
@@ -54,6 +56,26 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
                 "bearer tokens travel in clear text beyond loopback; put TLS in front"
             );
         }
+    }
+    let mut proxy_listeners = Vec::new();
+    for (spec, raw) in http_proxies.into_iter().zip(&config.proxy.http) {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(raw.listen))
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the proxy of target `{}`",
+                    raw.listen, spec.target
+                )
+            })?;
+        if !raw.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %raw.listen,
+                target = %spec.target,
+                "the proxy listens beyond loopback, as configured; callers' tokens travel in \
+                 clear text: put TLS in front"
+            );
+        }
+        proxy_listeners.push((spec, listener));
     }
     let local_listener = match config.local_socket() {
         Some(path) => Some((runtime.block_on(bind_local(&path))?, path)),
@@ -136,6 +158,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         listener,
         local_listener.as_ref().map(|(_, path)| path.clone()),
         local_listener.map(|(listener, _)| listener),
+        proxy_listeners,
         reloads,
     ));
     if let Some(path) = config.local_socket() {
@@ -246,6 +269,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     local_path: Option<std::path::PathBuf>,
     local_listener: Option<tokio::net::UnixListener>,
+    proxy_listeners: Vec<(HttpProxySpec, tokio::net::TcpListener)>,
     reloads: Reloads,
 ) -> Result<()> {
     let local = listener.local_addr()?;
@@ -304,10 +328,40 @@ async fn serve(
             }
         }
     };
+    let mut proxies = tokio::task::JoinSet::new();
+    for (spec, listener) in proxy_listeners {
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        let address = listener.local_addr()?;
+        tracing::info!(
+            listen = %address,
+            target = %spec.target,
+            upstream = %format!("{}://{}", spec.upstream_scheme, spec.upstream_authority),
+            "proxy_listening"
+        );
+        proxies.spawn(api::proxy::serve_http_proxy(
+            Arc::clone(&engine),
+            spec,
+            listener,
+            stopped,
+        ));
+    }
+    let proxies_done = async move {
+        let mut result = Ok(());
+        while let Some(done) = proxies.join_next().await {
+            let done = done
+                .map_err(std::io::Error::other)
+                .and_then(|served| served);
+            result = result.and(done);
+        }
+        result
+    };
     let server = api::serve(listener, engine, stopping);
     let both = async {
-        let (tcp, local) = tokio::join!(server, local_server);
-        tcp.and(local)
+        let (tcp, local, proxied) = tokio::join!(server, local_server, proxies_done);
+        tcp.and(local).and(proxied)
     };
     tokio::select! {
         served = both => served?,

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod audit_query;
 pub mod issuing;
+pub mod proxy;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};

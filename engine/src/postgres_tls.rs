@@ -33,32 +33,37 @@ impl std::fmt::Debug for MakeRustls {
 impl MakeRustls {
     /// Certificates must chain to `roots`: the Mozilla roots, or a configured CA bundle.
     pub fn new(roots: &TrustRoots) -> Result<MakeRustls, String> {
-        let mut store = rustls::RootCertStore::empty();
-        match roots.certificates() {
-            None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            Some(certificates) => {
-                for certificate in certificates {
-                    store
-                        .add(CertificateDer::from(certificate.der().to_vec()))
-                        .map_err(|error| format!("a CA certificate is not usable: {error}"))?;
-                }
-            }
-        }
-        #[expect(
-            deprecated,
-            reason = "ring is the one provider the workspace builds (ureq's too); it has no \
-                      post-quantum key exchange"
-        )]
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|error| format!("no TLS version to offer: {error}"))?
-            .with_root_certificates(store)
-            .with_no_client_auth();
         Ok(MakeRustls {
-            config: Arc::new(config),
+            config: Arc::new(client_config(roots)?),
         })
     }
+}
+
+/// A rustls client configuration that trusts `roots`: the Mozilla roots, or a configured CA
+/// bundle alone.
+pub fn client_config(roots: &TrustRoots) -> Result<rustls::ClientConfig, String> {
+    let mut store = rustls::RootCertStore::empty();
+    match roots.certificates() {
+        None => store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(certificates) => {
+            for certificate in certificates {
+                store
+                    .add(CertificateDer::from(certificate.der().to_vec()))
+                    .map_err(|error| format!("a CA certificate is not usable: {error}"))?;
+            }
+        }
+    }
+    #[expect(
+        deprecated,
+        reason = "ring is the one provider the workspace builds (ureq's too); it has no \
+                  post-quantum key exchange"
+    )]
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("no TLS version to offer: {error}"))?
+        .with_root_certificates(store)
+        .with_no_client_auth())
 }
 
 impl<S> MakeTlsConnect<S> for MakeRustls

@@ -163,6 +163,15 @@ pub fn mint(key: &str, claims: &Value, dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// A port nothing listens on just now, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn rand_suffix() -> u128 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -5,7 +5,6 @@
 //! PostgreSQL refuses to run as root, so as root the cluster belongs to the `postgres` user
 //! (Debian's package makes it) and its commands run through `runuser`.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
@@ -40,7 +39,7 @@ impl Postgres {
             let owner = postgres_ids();
             std::os::unix::fs::chown(dir.path(), Some(owner.0), Some(owner.1)).unwrap();
         }
-        let port = free_port();
+        let port = super::free_port();
         let server = Postgres {
             port,
             dir,
@@ -239,12 +238,4 @@ fn postgres_ids() -> (u32, u32) {
         .unwrap_or_else(|| {
             panic!("running as root, and there is no `postgres` user to run PostgreSQL")
         })
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }

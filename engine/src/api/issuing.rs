@@ -20,12 +20,13 @@ use portcullis_lang::ir::Credential;
 use serde_json::{Value, json};
 
 use super::{
-    Caller, ConditionsSeen, DecideAnswer, Engine, LocalPeer, answer_attestation_failure,
-    answer_decision, attest_caller, describe_caller, describe_target, describe_target_spec, error,
-    no_peer_credentials, read_decide_body, record_and_answer, request_event, request_of,
-    target_query,
+    Caller, ConditionsSeen, DecideAnswer, DecideBody, Engine, LocalPeer,
+    answer_attestation_failure, answer_decision, attest_caller, describe_caller, describe_target,
+    describe_target_spec, error, no_peer_credentials, read_decide_body, record_and_answer,
+    request_event, request_of, target_query,
 };
 use crate::credentials::{Issued, Recipient};
+use crate::vm::TargetQuery;
 
 /// How long a verifier may cache the published keys: well under the hour a new key is
 /// published before it signs.
@@ -114,40 +115,109 @@ async fn credentials_for(
         Ok(target) => target,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let program = engine.program.current();
-    let mut event = request_event(&caller, &body, &program);
-    let decided_at = chrono::Utc::now().timestamp();
-    let attested = match attest_caller(&engine, &caller, &body).await {
-        Ok(attested) => attested,
-        Err(rejected) => {
-            describe_target_spec(&mut event, &body.target);
-            let answer = answer_attestation_failure(&mut event, *rejected);
-            event.latency_ns = Some(elapsed_ns(started));
-            return refused(&engine, event, answer).await;
-        }
-    };
-    let request = request_of(&attested, target, &body, &caller, decided_at);
-    describe_caller(&mut event, &attested);
-    let mut conditions = ConditionsSeen::default();
-    let decision = program.decide_with(&request, &mut conditions);
-    event.conditions = conditions.named(&program);
-    describe_target(&mut event, &decision, &body.target);
-    let mut answer = answer_decision(&mut event, &decision);
-    let credential = match (decision.allow, decision.credential) {
-        (true, Some(credential)) => credential.clone(),
-        (true, None) => {
+    match authorize(&engine, &issuer, &caller, &body, target, started).await {
+        Authorized::Refused { event, answer } => refused(&engine, event, answer).await,
+        Authorized::AllowedWithout {
+            mut event,
+            mut answer,
+        } => {
             answer.reason = format!(
                 "{}, but the rule names no credential to issue",
                 answer.reason
             );
             answer.reason_code = "no_credential";
             event.reason_code = Some(answer.reason_code.to_owned());
+            refused(&engine, event, answer).await
+        }
+        Authorized::Unavailable {
+            event,
+            answer,
+            problem,
+        } => unavailable(&engine, event, answer, &problem).await,
+        Authorized::Issued(granted) => {
+            let Granted {
+                event,
+                issuance,
+                answer,
+                credential,
+                issued,
+            } = *granted;
+            deliver(&engine, event, issuance, answer, &credential, issued).await
+        }
+    }
+}
+
+/// What attesting, deciding and issuing came to; nothing is recorded yet. Each event has
+/// its latency.
+pub(super) enum Authorized {
+    /// A deny, a failed attestation, an unknown target.
+    Refused {
+        event: NewEvent,
+        answer: DecideAnswer,
+    },
+    /// An allow whose permit names no credential.
+    AllowedWithout {
+        event: NewEvent,
+        answer: DecideAnswer,
+    },
+    /// An allow whose credential could not be issued, and why (for the log and the event,
+    /// not the caller).
+    Unavailable {
+        event: NewEvent,
+        answer: DecideAnswer,
+        problem: String,
+    },
+    /// An allow and its credential.
+    Issued(Box<Granted>),
+}
+
+/// An allow, its credential, and the two events to record before the credential is used.
+pub(super) struct Granted {
+    pub(super) event: NewEvent,
+    pub(super) issuance: NewEvent,
+    pub(super) answer: DecideAnswer,
+    pub(super) credential: Credential,
+    pub(super) issued: Issued,
+}
+
+/// Attests the caller, decides its request, and issues the credential the deciding permit
+/// names: what `POST /v1/credentials` and the proxy both do before they record and answer.
+pub(super) async fn authorize(
+    engine: &Arc<Engine>,
+    issuer: &Arc<crate::credentials::CredentialIssuer>,
+    caller: &Caller,
+    body: &DecideBody,
+    target: TargetQuery<'_>,
+    started: Instant,
+) -> Authorized {
+    let program = engine.program.current();
+    let mut event = request_event(caller, body, &program);
+    let decided_at = chrono::Utc::now().timestamp();
+    let attested = match attest_caller(engine, caller, body).await {
+        Ok(attested) => attested,
+        Err(rejected) => {
+            describe_target_spec(&mut event, &body.target);
+            let answer = answer_attestation_failure(&mut event, *rejected);
             event.latency_ns = Some(elapsed_ns(started));
-            return refused(&engine, event, answer).await;
+            return Authorized::Refused { event, answer };
+        }
+    };
+    let request = request_of(&attested, target, body, caller, decided_at);
+    describe_caller(&mut event, &attested);
+    let mut conditions = ConditionsSeen::default();
+    let decision = program.decide_with(&request, &mut conditions);
+    event.conditions = conditions.named(&program);
+    describe_target(&mut event, &decision, &body.target);
+    let answer = answer_decision(&mut event, &decision);
+    let credential = match (decision.allow, decision.credential) {
+        (true, Some(credential)) => credential.clone(),
+        (true, None) => {
+            event.latency_ns = Some(elapsed_ns(started));
+            return Authorized::AllowedWithout { event, answer };
         }
         (false, _) => {
             event.latency_ns = Some(elapsed_ns(started));
-            return refused(&engine, event, answer).await;
+            return Authorized::Refused { event, answer };
         }
     };
     let recipient = OwnedRecipient {
@@ -162,19 +232,39 @@ async fn credentials_for(
         claims: copied_claims(&credential, &attested, engine.attestor.custom_claims()),
     };
     // A `static` credential reads a file: off the async threads.
-    let issuing = Arc::clone(&issuer);
+    let issuing = Arc::clone(issuer);
     let minted = {
         let credential = credential.clone();
         tokio::task::spawn_blocking(move || issuing.issue(&credential, &recipient.borrowed())).await
     };
+    event.latency_ns = Some(elapsed_ns(started));
     let issued = match minted {
         Ok(Ok(issued)) => issued,
-        Ok(Err(problem)) => return unavailable(&engine, event, answer, &problem.to_string()).await,
-        Err(join) => return unavailable(&engine, event, answer, &join.to_string()).await,
+        Ok(Err(problem)) => {
+            let problem = problem.to_string();
+            return Authorized::Unavailable {
+                event,
+                answer,
+                problem,
+            };
+        }
+        Err(join) => {
+            let problem = join.to_string();
+            return Authorized::Unavailable {
+                event,
+                answer,
+                problem,
+            };
+        }
     };
-    event.latency_ns = Some(elapsed_ns(started));
-    let issued_event = issued_event(&engine, &event, &credential, &issued);
-    deliver(&engine, event, issued_event, answer, &credential, issued).await
+    let issuance = issued_event(engine, &event, &credential, &issued);
+    Authorized::Issued(Box::new(Granted {
+        event,
+        issuance,
+        answer,
+        credential,
+        issued,
+    }))
 }
 
 /// [`Recipient`] with owned text, to cross onto a blocking thread.

@@ -1,0 +1,497 @@
+//! The HTTP proxy in reverse mode: a listener for one target that forwards every request to
+//! the target's upstream, after attesting the caller, deciding the request (its method and
+//! path are `request.action` and `request.resource`) and obtaining the credential the
+//! deciding permit names, which it injects in place of anything the client sent itself.
+//!
+//! In: a request carrying the caller's evidence in the listener's evidence header. Out: the
+//! upstream's answer, or a 403 with the reason (the upstream is never asked), a 502 when the
+//! upstream cannot be reached, a 503 when the credential cannot be issued or the request
+//! cannot be recorded. Every request is recorded as its decision's access event (and a
+//! `credential_issued` event when a credential was issued for it) before it is forwarded.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::credentials::Zeroizing;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{Request, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_audit::NewEvent;
+use serde_json::json;
+
+use super::issuing::{Authorized, Granted, authorize};
+use super::{Caller, DecideAnswer, DecideBody, Engine, Evidence, RequestDetails, TargetSpec};
+use crate::http::TrustRoots;
+
+pub use axum::http::HeaderName as ProxyHeaderName;
+
+/// How the credential reaches the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// `Authorization: Bearer CREDENTIAL`.
+    Bearer,
+    /// `NAME: CREDENTIAL`, an API-key header.
+    Header(HeaderName),
+    /// `?NAME=CREDENTIAL` added to the query.
+    Query(String),
+    /// `Authorization: Basic` of `USER:CREDENTIAL`.
+    Basic { user: String },
+}
+
+/// One reverse-mode listener: which target it serves, where that target is, how callers
+/// present their evidence and how the credential is injected.
+#[derive(Debug, Clone)]
+pub struct HttpProxySpec {
+    /// The Gate target every request on this listener is decided for.
+    pub target: String,
+    /// `https` or `http`; `http` only to a loopback upstream, which the configuration checks.
+    pub upstream_scheme: String,
+    /// `host:port` of the upstream.
+    pub upstream_authority: String,
+    /// A path prefix put before every request's path; empty for none.
+    pub upstream_base_path: String,
+    /// The header that carries the caller's token (`Bearer TOKEN`, or the token alone).
+    pub evidence_header: HeaderName,
+    pub inject: Injection,
+    /// What the upstream's certificate must chain to.
+    pub ca: TrustRoots,
+}
+
+type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+struct Proxy {
+    engine: Arc<Engine>,
+    spec: HttpProxySpec,
+    client: UpstreamClient,
+}
+
+/// Serves `spec` on `listener` until `shutdown` completes; requests in flight finish.
+pub async fn serve_http_proxy(
+    engine: Arc<Engine>,
+    spec: HttpProxySpec,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let client = upstream_client(&spec.ca).map_err(std::io::Error::other)?;
+    let proxy = Arc::new(Proxy {
+        engine,
+        spec,
+        client,
+    });
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(proxy)
+        .into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn upstream_client(roots: &TrustRoots) -> Result<UpstreamClient, String> {
+    let tls = crate::postgres_tls::client_config(roots)?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(connector))
+}
+
+async fn handle(
+    State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request<Body>,
+) -> Response {
+    let started = Instant::now();
+    let engine = &proxy.engine;
+    let Some(issuer) = engine.credentials.clone() else {
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this server issues no credentials",
+        );
+    };
+    let body = DecideBody {
+        evidence: evidence_token(request.headers(), &proxy.spec.evidence_header).map(|token| {
+            Evidence {
+                token,
+                digest: std::sync::OnceLock::new(),
+            }
+        }),
+        target: TargetSpec {
+            name: Some(proxy.spec.target.clone()),
+            protocol: None,
+            host: None,
+            port: None,
+        },
+        request: RequestDetails {
+            action: Some(request.method().as_str().to_owned()),
+            resource: Some(request.uri().path().to_owned()),
+        },
+        explain: false,
+    };
+    let target = crate::vm::TargetQuery::Named(&proxy.spec.target);
+    let caller = Caller::Remote(peer);
+    let credential = match authorize(engine, &issuer, &caller, &body, target, started).await {
+        Authorized::Refused { event, answer } => {
+            return match record(engine, vec![event]).await {
+                Ok(ids) => refusal(StatusCode::FORBIDDEN, &answer, ids.first()),
+                Err(response) => response,
+            };
+        }
+        Authorized::Unavailable {
+            mut event,
+            answer,
+            problem,
+        } => {
+            tracing::error!(problem, target = %proxy.spec.target, "credential_issue_failed");
+            event.reason = Some(format!(
+                "{}; the credential was not issued: {problem}",
+                event.reason.as_deref().unwrap_or_default()
+            ));
+            event.reason_code = Some("credential_unavailable".to_owned());
+            let answer = DecideAnswer {
+                reason: "the credential could not be issued; the server's log and the access \
+                         event say why"
+                    .to_owned(),
+                reason_code: "credential_unavailable",
+                ..answer
+            };
+            return match record(engine, vec![event]).await {
+                Ok(ids) => refusal(StatusCode::SERVICE_UNAVAILABLE, &answer, ids.first()),
+                Err(response) => response,
+            };
+        }
+        Authorized::AllowedWithout { event, .. } => {
+            if let Err(response) = record(engine, vec![event]).await {
+                return response;
+            }
+            None
+        }
+        Authorized::Issued(granted) => {
+            let Granted {
+                event,
+                issuance,
+                issued,
+                ..
+            } = *granted;
+            if let Err(response) = record(engine, vec![event, issuance]).await {
+                return response;
+            }
+            Some(issued.value)
+        }
+    };
+    forward(&proxy, request, credential).await
+}
+
+/// The caller's token from the evidence header: `Bearer TOKEN`, or the token alone.
+fn evidence_token(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let value = headers.get(name)?.to_str().ok()?.trim();
+    let token = match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+        _ if value.eq_ignore_ascii_case("bearer") => "",
+        _ => value,
+    };
+    (!token.is_empty()).then(|| token.to_owned())
+}
+
+/// Records `events` in one commit; on failure, the fail-closed answer.
+async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<Vec<String>, Response> {
+    let audit = Arc::clone(&engine.audit);
+    match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
+        Ok(Ok(recorded)) => Ok(recorded
+            .iter()
+            .map(|event| event.event_id.to_string())
+            .collect()),
+        Ok(Err(error)) => Err(unrecorded(&error.to_string())),
+        Err(join) => Err(unrecorded(&join.to_string())),
+    }
+}
+
+fn unrecorded(detail: &str) -> Response {
+    tracing::error!(error = detail, "audit_record_failed");
+    let body = json!({
+        "decision": "deny",
+        "reason": "the request could not be recorded, so it is denied",
+        "reason_code": "audit_unavailable",
+    });
+    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+}
+
+/// A refusal in the proxy's own words, never the upstream's.
+fn refusal(status: StatusCode, answer: &DecideAnswer, event_id: Option<&String>) -> Response {
+    tracing::info!(
+        decision = answer.decision,
+        reason_code = answer.reason_code,
+        rule = answer.rule.as_deref().unwrap_or(""),
+        event_id = event_id.map_or("", String::as_str),
+        "proxy_refused"
+    );
+    let body = json!({
+        "decision": "deny",
+        "reason": answer.reason,
+        "reason_code": answer.reason_code,
+        "rule": answer.rule,
+        "event_id": event_id,
+    });
+    (status, axum::Json(body)).into_response()
+}
+
+fn answer(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Headers that belong to one connection, not to the request (RFC 9110, section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Sends the request upstream with the credential in place of the client's own, and relays
+/// the answer.
+async fn forward(
+    proxy: &Proxy,
+    request: Request<Body>,
+    credential: Option<Zeroizing<String>>,
+) -> Response {
+    let spec = &proxy.spec;
+    let (mut parts, body) = request.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    // Whatever the client presented is not forwarded: its evidence, and any credential of
+    // its own where the injected one goes.
+    parts.headers.remove(&spec.evidence_header);
+    parts.headers.remove(header::AUTHORIZATION);
+    parts.headers.remove(header::PROXY_AUTHORIZATION);
+    if let Injection::Header(name) = &spec.inject {
+        parts.headers.remove(name);
+    }
+    let query = upstream_query(
+        parts.uri.query(),
+        &spec.inject,
+        credential.as_deref().map(String::as_str),
+    );
+    let path_and_query = match query {
+        Some(query) => format!("{}{}?{query}", spec.upstream_base_path, parts.uri.path()),
+        None => format!("{}{}", spec.upstream_base_path, parts.uri.path()),
+    };
+    let uri = format!(
+        "{}://{}{path_and_query}",
+        spec.upstream_scheme, spec.upstream_authority
+    );
+    parts.uri = match uri.parse::<Uri>() {
+        Ok(uri) => uri,
+        Err(_) => return answer(StatusCode::BAD_REQUEST, "the request's path is not usable"),
+    };
+    if let Ok(host) = HeaderValue::from_str(&spec.upstream_authority) {
+        parts.headers.insert(header::HOST, host);
+    }
+    if let Some(credential) = credential.as_deref().map(String::as_str) {
+        match injected_header(&spec.inject, credential) {
+            Ok(Some((name, value))) => {
+                parts.headers.insert(name, value);
+            }
+            Ok(None) => {}
+            Err(why) => {
+                tracing::error!(why, target = %spec.target, "credential_not_injectable");
+                return answer(
+                    StatusCode::BAD_GATEWAY,
+                    "the credential cannot be put in an HTTP header",
+                );
+            }
+        }
+    }
+    let upstream = Request::from_parts(parts, body);
+    match proxy.client.request(upstream).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            if let Some(credential) = credential.as_deref().map(String::as_str) {
+                scrub(&mut parts.headers, credential);
+            }
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => {
+            tracing::warn!(
+                target = %spec.target,
+                upstream = %spec.upstream_authority,
+                error = %error,
+                "upstream_unreachable"
+            );
+            answer(
+                StatusCode::BAD_GATEWAY,
+                &format!(
+                    "the upstream of target `{}` could not be reached",
+                    spec.target
+                ),
+            )
+        }
+    }
+}
+
+/// The query to send upstream: the client's, without its own value of the injected
+/// parameter, and with the credential's when it goes in the query.
+fn upstream_query(
+    query: Option<&str>,
+    inject: &Injection,
+    credential: Option<&str>,
+) -> Option<String> {
+    let Injection::Query(name) = inject else {
+        return query.map(str::to_owned);
+    };
+    let mut pairs: Vec<String> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| pair.split('=').next() != Some(name.as_str()))
+        .map(str::to_owned)
+        .collect();
+    if let Some(credential) = credential {
+        pairs.push(format!(
+            "{name}={}",
+            crate::http::percent_encode(credential)
+        ));
+    }
+    (!pairs.is_empty()).then(|| pairs.join("&"))
+}
+
+/// The header that carries the credential, if it goes in one.
+fn injected_header(
+    inject: &Injection,
+    credential: &str,
+) -> Result<Option<(HeaderName, HeaderValue)>, &'static str> {
+    let (name, text) = match inject {
+        Injection::Bearer => (
+            header::AUTHORIZATION,
+            Zeroizing::new(format!("Bearer {credential}")),
+        ),
+        Injection::Header(name) => (name.clone(), Zeroizing::new(credential.to_owned())),
+        Injection::Basic { user } => {
+            let pair = Zeroizing::new(format!("{user}:{credential}"));
+            let encoded = base64::engine::general_purpose::STANDARD.encode(pair.as_bytes());
+            (
+                header::AUTHORIZATION,
+                Zeroizing::new(format!("Basic {encoded}")),
+            )
+        }
+        Injection::Query(_) => return Ok(None),
+    };
+    let mut value = HeaderValue::from_str(&text)
+        .map_err(|_| "the credential holds characters a header cannot")?;
+    value.set_sensitive(true);
+    Ok(Some((name, value)))
+}
+
+/// Removes every response header that repeats the credential, so that an upstream that echoes
+/// what it received cannot hand it to the client.
+fn scrub(headers: &mut HeaderMap, credential: &str) {
+    let leaking: Vec<HeaderName> = headers
+        .iter()
+        .filter(|(_, value)| value.to_str().is_ok_and(|text| text.contains(credential)))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in leaking {
+        tracing::warn!(header = %name, "upstream_echoed_the_credential");
+        headers.remove(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evidence_is_a_bearer_token_or_the_token_alone() {
+        let name = HeaderName::from_static("x-portcullis-evidence");
+        let mut headers = HeaderMap::new();
+        assert_eq!(evidence_token(&headers, &name), None);
+        headers.insert(&name, HeaderValue::from_static("Bearer abc.def.ghi"));
+        assert_eq!(
+            evidence_token(&headers, &name).as_deref(),
+            Some("abc.def.ghi")
+        );
+        headers.insert(&name, HeaderValue::from_static("abc.def.ghi"));
+        assert_eq!(
+            evidence_token(&headers, &name).as_deref(),
+            Some("abc.def.ghi")
+        );
+        headers.insert(&name, HeaderValue::from_static("bearer  "));
+        assert_eq!(evidence_token(&headers, &name), None);
+    }
+
+    #[test]
+    fn a_query_credential_replaces_the_clients_own() {
+        let inject = Injection::Query("api_key".to_owned());
+        assert_eq!(
+            upstream_query(Some("a=1&api_key=mine&b=2"), &inject, Some("s3/c+t")).as_deref(),
+            Some("a=1&b=2&api_key=s3%2Fc%2Bt")
+        );
+        assert_eq!(upstream_query(None, &inject, None), None);
+        assert_eq!(
+            upstream_query(Some("a=1"), &Injection::Bearer, Some("x")).as_deref(),
+            Some("a=1")
+        );
+    }
+
+    #[test]
+    fn credentials_go_in_the_header_their_injection_names() {
+        let (name, value) = injected_header(&Injection::Bearer, "tok").unwrap().unwrap();
+        assert_eq!(
+            (name.as_str(), value.to_str().unwrap()),
+            ("authorization", "Bearer tok")
+        );
+        assert!(value.is_sensitive());
+        let basic = Injection::Basic {
+            user: "svc".to_owned(),
+        };
+        let (_, value) = injected_header(&basic, "pw").unwrap().unwrap();
+        assert_eq!(value.to_str().unwrap(), "Basic c3ZjOnB3");
+        let api_key = Injection::Header(HeaderName::from_static("x-api-key"));
+        let (name, _) = injected_header(&api_key, "k").unwrap().unwrap();
+        assert_eq!(name.as_str(), "x-api-key");
+        assert!(injected_header(&Injection::Bearer, "line\nbreak").is_err());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("1"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        let left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["x-kept"]);
+    }
+}

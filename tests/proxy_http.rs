@@ -1,0 +1,277 @@
+//! The HTTP proxy in reverse mode, with a real upstream: `portcullis serve` with a listener
+//! per target in front of HTTP servers this test runs on loopback (one over TLS under the
+//! tests' CA) that record what they receive. The injected credential arrives, the client's
+//! own credential and evidence do not, the client never sees the credential, a denied request
+//! never reaches the upstream, and every request is an access event.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "a test fails by panicking"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use common::http_stub::{self, StubRequest};
+use common::issuing::{ISSUER, SECRET, token, write_jwks};
+use common::{Server, audit_query, free_port, start_server_with, stop_server};
+use serde_json::{Value, json};
+
+/// What an upstream received: request line and headers of each request.
+type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
+fn recording(seen: &Seen) -> impl Fn(&StubRequest) -> (u16, Value) + Send + 'static {
+    let seen = Arc::clone(seen);
+    move |request| {
+        seen.lock()
+            .unwrap()
+            .push((request.line.clone(), request.headers.clone()));
+        (200, json!({ "invoices": [1, 2] }))
+    }
+}
+
+struct Setup {
+    server: Server,
+    billing: u16,
+    legacy: u16,
+    gone: u16,
+}
+
+/// A server with three listeners: `billing` (a minted JWT as a bearer token, to a plain-http
+/// upstream on loopback), `legacy` (a static secret in an API-key header, to an `https`
+/// upstream under the tests' CA), `gone` (an upstream nobody listens on).
+fn start(dir: &Path, billing_upstream: &str, legacy_upstream: &str) -> Setup {
+    let jwks = write_jwks(dir);
+    let secret = dir.join("legacy.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+    let policy = dir.join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("proxy.gate"),
+        format!(
+            "workload ci {{ oidc {{ sub == \"ci-runner\" }} }}\n\
+             target billing {{ https {{ host = \"billing.internal\" }} }}\n\
+             target legacy {{ https {{ host = \"legacy.internal\" }} }}\n\
+             target gone {{ https {{ host = \"gone.internal\" }} }}\n\
+             credential billing_token {{ jwt {{ audience = \"billing\" ttl = 15m }} }}\n\
+             credential legacy_key {{ static {{ file = {secret:?} }} }}\n\
+             permit ci_reads_billing {{ workload ci target billing credential billing_token \
+             when request.action == \"GET\" && request.resource like \"/v1/*\" }}\n\
+             permit ci_legacy {{ workload ci target legacy credential legacy_key }}\n\
+             permit ci_gone {{ workload ci target gone }}\n",
+            secret = secret.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let (billing, legacy, gone) = (free_port(), free_port(), free_port());
+    let ca = common::repo().join("tests/fixtures/tls/ca.pem");
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ndir = {policy:?}\n\n\
+             [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
+             audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n\n\
+             [[proxy.http]]\ntarget = \"billing\"\nlisten = \"127.0.0.1:{billing}\"\n\
+             upstream = \"{billing_upstream}/api\"\n\n\
+             [[proxy.http]]\ntarget = \"legacy\"\nlisten = \"127.0.0.1:{legacy}\"\n\
+             upstream = \"{legacy_upstream}\"\ninject = \"header\"\n\
+             inject_name = \"x-api-key\"\nca_file = {ca:?}\n\n\
+             [[proxy.http]]\ntarget = \"gone\"\nlisten = \"127.0.0.1:{gone}\"\n\
+             upstream = \"http://127.0.0.1:{closed}\"\n",
+            policy = policy.to_str().unwrap(),
+            jwks = jwks.to_str().unwrap(),
+            ca = ca.to_str().unwrap(),
+            closed = free_port(),
+        ),
+    )
+    .unwrap();
+    let server = start_server_with(&config, &dir.join("data"));
+    Setup {
+        server,
+        billing,
+        legacy,
+        gone,
+    }
+}
+
+/// A request through the proxy on `port`: status, headers and body as the client sees them.
+fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let request = ureq::http::Request::builder().method(method).uri(&url);
+    let request = headers.iter().fold(request, |request, (name, value)| {
+        request.header(*name, *value)
+    });
+    let mut response = agent.run(request.body(()).unwrap()).unwrap();
+    let status = response.status().as_u16();
+    let seen_headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                value.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let body = response.body_mut().read_to_string().unwrap();
+    (status, seen_headers, body)
+}
+
+fn header<'h>(headers: &'h [(String, String)], name: &str) -> Option<&'h str> {
+    headers
+        .iter()
+        .find(|(known, _)| known == name)
+        .map(|(_, value)| value.as_str())
+}
+
+#[test]
+fn requests_are_decided_injected_relayed_and_recorded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let billing_seen: Seen = Arc::default();
+    let legacy_seen: Seen = Arc::default();
+    let billing_upstream = http_stub::serve(recording(&billing_seen));
+    let legacy_upstream = http_stub::serve_tls(recording(&legacy_seen));
+    let setup = start(tmp.path(), &billing_upstream, &legacy_upstream);
+    let caller = token("ci-runner", 300);
+    let evidence = format!("Bearer {caller}");
+
+    // Allowed: the upstream gets the minted token, not the client's own credential or its
+    // evidence, under the upstream's base path.
+    let (status, headers, body) = call(
+        setup.billing,
+        "GET",
+        "/v1/invoices?month=2026-11",
+        &[
+            ("x-portcullis-evidence", &evidence),
+            ("authorization", "Bearer the-clients-own"),
+        ],
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, r#"{"invoices":[1,2]}"#);
+    let seen = billing_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, "GET /api/v1/invoices?month=2026-11 HTTP/1.1");
+    let upstream_headers = &seen[0].1;
+    let authorization = header(upstream_headers, "authorization").unwrap();
+    let minted = authorization.strip_prefix("Bearer ").unwrap();
+    assert_ne!(minted, "the-clients-own");
+    let payload = minted.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], "billing");
+    assert_eq!(claims["sub"], "ci");
+    assert!(header(upstream_headers, "x-portcullis-evidence").is_none());
+    assert!(!format!("{upstream_headers:?}").contains(&caller));
+    // The client sees nothing of the credential.
+    assert!(!body.contains(minted) && !format!("{headers:?}").contains(minted));
+
+    // Denied: a 403 in the proxy's words, and the upstream is never asked.
+    let (status, _, body) = call(
+        setup.billing,
+        "POST",
+        "/v1/invoices",
+        &[("x-portcullis-evidence", &evidence)],
+    );
+    assert_eq!(status, 403, "{body}");
+    let refusal: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(refusal["reason_code"], "no_permit", "{refusal}");
+    assert!(
+        refusal["event_id"]
+            .as_str()
+            .is_some_and(|id| !id.is_empty())
+    );
+    let (status, _, body) = call(setup.billing, "GET", "/v1/invoices", &[]);
+    assert_eq!(status, 403, "{body}");
+    let (status, _, body) = call(
+        setup.billing,
+        "GET",
+        "/v1/invoices",
+        &[("x-portcullis-evidence", "Bearer not-a-token")],
+    );
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        billing_seen.lock().unwrap().len(),
+        1,
+        "no refused request went upstream"
+    );
+
+    // A static secret in an API-key header, over TLS verified against the configured CA; the
+    // client's own value of that header is replaced.
+    let (status, headers, body) = call(
+        setup.legacy,
+        "GET",
+        "/reports",
+        &[("x-portcullis-evidence", &caller), ("x-api-key", "mine")],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen = legacy_seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(header(&seen[0].1, "x-api-key"), Some(SECRET));
+    assert!(!body.contains(SECRET) && !format!("{headers:?}").contains(SECRET));
+
+    // An upstream nobody listens on: a 502.
+    let (status, _, body) = call(
+        setup.gone,
+        "GET",
+        "/",
+        &[("x-portcullis-evidence", &caller)],
+    );
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("could not be reached"), "{body}");
+
+    let log = stop_server(setup.server);
+    assert!(
+        !log.iter()
+            .any(|line| line.contains(SECRET) || line.contains(minted)),
+        "a credential is in the log"
+    );
+    let events = audit_query(
+        &tmp.path().join("data"),
+        "SELECT kind, target, action, resource, reason_code FROM access_events \
+         WHERE kind IN ('decision', 'attestation_failed', 'credential_issued') ORDER BY seq",
+    );
+    let rows: Vec<String> = events
+        .iter()
+        .map(|row| {
+            format!(
+                "{} {} {} {} {}",
+                row["kind"].as_str().unwrap_or("-"),
+                row["target"].as_str().unwrap_or("-"),
+                row["action"].as_str().unwrap_or("-"),
+                row["resource"].as_str().unwrap_or("-"),
+                row["reason_code"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "decision billing GET /v1/invoices permitted",
+            "credential_issued billing GET /v1/invoices credential_issued",
+            "decision billing POST /v1/invoices no_permit",
+            "attestation_failed billing GET /v1/invoices token_malformed",
+            "attestation_failed billing GET /v1/invoices token_malformed",
+            "decision legacy GET /reports permitted",
+            "credential_issued legacy GET /reports credential_issued",
+            "decision gone GET / permitted",
+        ],
+        "{rows:#?}"
+    );
+}
