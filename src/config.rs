@@ -90,6 +90,31 @@ pub struct ProxyConfig {
     /// `[[proxy.http]]`: one reverse-mode listener per target.
     #[serde(default)]
     pub http: Vec<HttpProxyConfig>,
+    /// `[[proxy.postgres]]`: one wire-protocol listener per target.
+    #[serde(default)]
+    pub postgres: Vec<PostgresProxyConfig>,
+}
+
+/// A PostgreSQL listener: every connection on `listen` is decided for `target` and, when
+/// allowed, relayed to `upstream` as the credential the policy names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresProxyConfig {
+    pub target: String,
+    pub listen: SocketAddr,
+    /// The server's host.
+    pub upstream_host: String,
+    #[serde(default = "default_postgres_port")]
+    pub upstream_port: u16,
+    /// TLS to the upstream as for `[[credentials.postgres]]`: `verify-full` (the default off
+    /// loopback) or `disable` (loopback only).
+    pub upstream_tls: Option<PostgresTlsMode>,
+    /// The CAs the upstream's certificate must chain to, with `verify-full`.
+    pub ca_file: Option<PathBuf>,
+    /// A certificate chain and its key (PEM) to offer clients TLS with; without them a
+    /// client's SSLRequest is answered `N`.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 /// A reverse-mode HTTP listener: every request on `listen` is decided for `target` and, when
@@ -1014,6 +1039,75 @@ impl Config {
                 })
             })
             .collect()
+    }
+
+    /// The proxy's PostgreSQL listeners, checked, their TLS read.
+    pub fn postgres_proxies(
+        &self,
+    ) -> Result<Vec<portcullis_engine::api::proxy_pg::PostgresProxySpec>> {
+        self.proxy
+            .postgres
+            .iter()
+            .enumerate()
+            .map(|(idx, listener)| {
+                self.postgres_proxy(listener).with_context(|| {
+                    format!(
+                        "`[[proxy.postgres]]` {} (target `{}`)",
+                        idx + 1,
+                        listener.target
+                    )
+                })
+            })
+            .collect()
+    }
+
+    fn postgres_proxy(
+        &self,
+        listener: &PostgresProxyConfig,
+    ) -> Result<portcullis_engine::api::proxy_pg::PostgresProxySpec> {
+        use portcullis_engine::postgres_tls::{client_config, server_config};
+        use std::sync::Arc;
+        let loopback = portcullis_lang::net::is_loopback_authority(&listener.upstream_host);
+        let mode = match listener.upstream_tls {
+            Some(mode) => mode,
+            None if loopback => PostgresTlsMode::Disable,
+            None => PostgresTlsMode::VerifyFull,
+        };
+        if listener.upstream_port == 0 {
+            bail!("`upstream_port = 0` is not a port");
+        }
+        let upstream_tls = match mode {
+            PostgresTlsMode::Disable if !loopback => bail!(
+                "`upstream_tls = \"disable\"` is for a loopback upstream; the issued credential \
+                 would cross the network to `{}` in the clear",
+                listener.upstream_host
+            ),
+            PostgresTlsMode::Disable => {
+                if listener.ca_file.is_some() {
+                    bail!("`ca_file` goes with `upstream_tls = \"verify-full\"`");
+                }
+                None
+            }
+            PostgresTlsMode::VerifyFull => {
+                let roots = self.trust_roots(listener.ca_file.as_deref())?;
+                Some(Arc::new(client_config(&roots).map_err(anyhow::Error::msg)?))
+            }
+        };
+        let client_tls = match (&listener.tls_cert_file, &listener.tls_key_file) {
+            (Some(cert), Some(key)) => Some(Arc::new(
+                server_config(&self.resolve(cert), &self.resolve(key))
+                    .map_err(anyhow::Error::msg)?,
+            )),
+            (None, None) => None,
+            _ => bail!("give both `tls_cert_file` and `tls_key_file`, or neither"),
+        };
+        Ok(portcullis_engine::api::proxy_pg::PostgresProxySpec {
+            target: listener.target.clone(),
+            upstream_host: listener.upstream_host.clone(),
+            upstream_port: listener.upstream_port,
+            upstream_tls,
+            client_tls,
+        })
     }
 
     /// The CAs of a `ca_file` (relative to the configuration file), or the Mozilla roots.

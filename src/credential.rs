@@ -101,6 +101,9 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
             args.env_name
         );
     }
+    if args.ca_file.is_some() && server.starts_with("http://") {
+        bail!("`--ca-file` is for a server reached over `https`; `{server}` is plain `http`");
+    }
     let roots = match &args.ca_file {
         Some(path) => TrustRoots::from_pem_file(path)
             .map_err(anyhow::Error::msg)
@@ -116,8 +119,16 @@ pub fn run(args: &CredentialArgs) -> Result<Outcome> {
         request["request"] = json!({ "action": args.action, "resource": args.resource });
     }
     let url = format!("{server}/v1/credentials");
-    let (status, answer) = post(&url, &request, &roots)
-        .with_context(|| format!("asking {url} (with the evidence from {found_in})"))?;
+    let (status, answer) = post(&url, &request, &roots).map_err(|error| {
+        let hint = if format!("{error:#}").contains("UnknownIssuer") {
+            " (a server under a private CA needs that CA in `--ca-file`)"
+        } else {
+            ""
+        };
+        error.context(format!(
+            "asking {url} (with the evidence from {found_in}){hint}"
+        ))
+    })?;
     match status {
         200 => {
             print(args, &answer)?;

@@ -34,6 +34,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let postgres_servers = config.postgres_servers().with_context(in_config)?;
     let audit_token = warn_if_shared(config.audit_token().with_context(in_config)?);
     let http_proxies = config.http_proxies().with_context(in_config)?;
+    let postgres_proxies = config.postgres_proxies().with_context(in_config)?;
     let loader =
         PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
     let fingerprint = loader.fingerprint();
@@ -75,7 +76,26 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
                  clear text: put TLS in front"
             );
         }
-        proxy_listeners.push((spec, listener));
+        proxy_listeners.push((ProxySpec::Http(spec), listener));
+    }
+    for (spec, raw) in postgres_proxies.into_iter().zip(&config.proxy.postgres) {
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(raw.listen))
+            .with_context(|| {
+                format!(
+                    "cannot listen on {} for the PostgreSQL proxy of target `{}`",
+                    raw.listen, spec.target
+                )
+            })?;
+        if !raw.listen.ip().is_loopback() && spec.client_tls.is_none() {
+            tracing::warn!(
+                listen = %raw.listen,
+                target = %spec.target,
+                "the PostgreSQL proxy listens beyond loopback without TLS: callers' tokens \
+                 travel in clear text; give it `tls_cert_file` and `tls_key_file`"
+            );
+        }
+        proxy_listeners.push((ProxySpec::Postgres(spec), listener));
     }
     let local_listener = match config.local_socket() {
         Some(path) => Some((runtime.block_on(bind_local(&path))?, path)),
@@ -187,6 +207,12 @@ fn warn_if_shared(file: Option<AdminTokenFile>) -> Option<AdminTokenFile> {
     file
 }
 
+/// A proxy listener of either protocol.
+enum ProxySpec {
+    Http(HttpProxySpec),
+    Postgres(portcullis_engine::api::proxy_pg::PostgresProxySpec),
+}
+
 /// What reloads the policy while the server runs, besides the admin API.
 struct Reloads {
     reloader: Arc<Reloader>,
@@ -269,7 +295,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     local_path: Option<std::path::PathBuf>,
     local_listener: Option<tokio::net::UnixListener>,
-    proxy_listeners: Vec<(HttpProxySpec, tokio::net::TcpListener)>,
+    proxy_listeners: Vec<(ProxySpec, tokio::net::TcpListener)>,
     reloads: Reloads,
 ) -> Result<()> {
     let local = listener.local_addr()?;
@@ -335,18 +361,31 @@ async fn serve(
             let _ = stop.wait_for(|stopping| *stopping).await;
         };
         let address = listener.local_addr()?;
-        tracing::info!(
-            listen = %address,
-            target = %spec.target,
-            upstream = %format!("{}://{}", spec.upstream_scheme, spec.upstream_authority),
-            "proxy_listening"
-        );
-        proxies.spawn(api::proxy::serve_http_proxy(
-            Arc::clone(&engine),
-            spec,
-            listener,
-            stopped,
-        ));
+        let engine = Arc::clone(&engine);
+        match spec {
+            ProxySpec::Http(spec) => {
+                tracing::info!(
+                    listen = %address,
+                    target = %spec.target,
+                    upstream = %format!("{}://{}", spec.upstream_scheme, spec.upstream_authority),
+                    "proxy_listening"
+                );
+                proxies.spawn(api::proxy::serve_http_proxy(
+                    engine, spec, listener, stopped,
+                ));
+            }
+            ProxySpec::Postgres(spec) => {
+                tracing::info!(
+                    listen = %address,
+                    target = %spec.target,
+                    upstream = %format!("{}:{}", spec.upstream_host, spec.upstream_port),
+                    "postgres_proxy_listening"
+                );
+                proxies.spawn(api::proxy_pg::serve_postgres_proxy(
+                    engine, spec, listener, stopped,
+                ));
+            }
+        }
     }
     let proxies_done = async move {
         let mut result = Ok(());

@@ -311,6 +311,7 @@ fn a_server_under_a_private_ca_is_reached_with_its_ca_file() {
     let out = ask(&[]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("UnknownIssuer"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("in `--ca-file`"), "{}", stderr(&out));
     let out = ask(&["--ca-file", tls.join("localhost.key.pem").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--ca-file"), "{}", stderr(&out));

@@ -17,35 +17,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::issuing::{ISSUER, token, write_jwks};
-use common::postgres::{Postgres, ServerTls};
+use common::postgres::{ADMIN_PASSWORD, Postgres, ServerTls, prepared};
 use common::{Server, eventually, post_json, start_server_with, stop_server};
 use serde_json::{Value, json};
 
-const ADMIN_PASSWORD: &str = "admin-password-for-the-test";
-
-/// A cluster with a database of invoices, a role that may read them and one that may add them,
-/// and an administrator that may make roles in those two.
 fn postgres() -> Postgres {
     prepared(Postgres::start())
-}
-
-fn prepared(pg: Postgres) -> Postgres {
-    pg.sql(
-        "postgres",
-        &format!(
-            "CREATE ROLE portcullis_admin LOGIN CREATEROLE PASSWORD '{ADMIN_PASSWORD}'; \
-             CREATE ROLE invoices_reader NOLOGIN; CREATE ROLE invoices_writer NOLOGIN; \
-             GRANT invoices_reader, invoices_writer TO portcullis_admin WITH ADMIN OPTION;"
-        ),
-    );
-    pg.sql("postgres", "CREATE DATABASE billing");
-    pg.sql(
-        "billing",
-        "CREATE TABLE invoices (id int, amount int); \
-         INSERT INTO invoices VALUES (1, 100), (2, 250); \
-         GRANT SELECT ON invoices TO invoices_reader; GRANT INSERT ON invoices TO invoices_writer;",
-    );
-    pg
 }
 
 fn start(dir: &Path, pg: &Postgres, ttl: &str) -> Server {

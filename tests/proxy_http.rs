@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use common::http_stub::{self, StubRequest};
 use common::issuing::{ISSUER, SECRET, token, write_jwks};
-use common::{Server, audit_query, free_port, start_server_with, stop_server};
+use common::{Server, event_rows, free_port, start_server_with, stop_server};
 use serde_json::{Value, json};
 
 /// What an upstream received: request line and headers of each request.
@@ -242,24 +242,11 @@ fn requests_are_decided_injected_relayed_and_recorded() {
             .any(|line| line.contains(SECRET) || line.contains(minted)),
         "a credential is in the log"
     );
-    let events = audit_query(
+    let rows = event_rows(
         &tmp.path().join("data"),
-        "SELECT kind, target, action, resource, reason_code FROM access_events \
-         WHERE kind IN ('decision', 'attestation_failed', 'credential_issued') ORDER BY seq",
+        &["kind", "target", "action", "resource", "reason_code"],
+        "kind IN ('decision', 'attestation_failed', 'credential_issued')",
     );
-    let rows: Vec<String> = events
-        .iter()
-        .map(|row| {
-            format!(
-                "{} {} {} {} {}",
-                row["kind"].as_str().unwrap_or("-"),
-                row["target"].as_str().unwrap_or("-"),
-                row["action"].as_str().unwrap_or("-"),
-                row["resource"].as_str().unwrap_or("-"),
-                row["reason_code"].as_str().unwrap_or("-"),
-            )
-        })
-        .collect();
     assert_eq!(
         rows,
         [

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod audit_query;
 pub mod issuing;
 pub mod proxy;
+pub mod proxy_pg;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -150,25 +150,8 @@ impl PostgresRoles {
             .batch_execute(&statement)
             .map_err(|error| failed(format!("creating the role: {}", db_message(&error))))?;
         tracing::info!(role, target, expires_at, "postgres_role_created");
-        let host = if server.host.contains(':') {
-            format!("[{}]", server.host)
-        } else {
-            server.host.clone()
-        };
-        // Over TLS for the administrator, so over TLS for the role too; a client that holds
-        // the server's CA may ask for `verify-full` instead.
-        let options = if server.tls.is_some() {
-            "?sslmode=require"
-        } else {
-            ""
-        };
         Ok(Issued {
-            value: Zeroizing::new(format!(
-                "postgresql://{role}:{}@{host}:{}/{}{options}",
-                password.as_str(),
-                server.port,
-                server.database
-            )),
+            value: connection_uri(server, &role, &password),
             token_type: "postgres_uri",
             expires_at: Some(expires_at),
             identifier: role,
@@ -242,6 +225,30 @@ impl PostgresRoles {
         file.write_all(line.as_bytes())?;
         file.sync_data()
     }
+}
+
+/// `postgresql://ROLE:PASSWORD@HOST:PORT/DATABASE`, which `psql` and the drivers take as it
+/// is. The password is URL-safe already.
+fn connection_uri(server: &PostgresServer, role: &str, password: &str) -> Zeroizing<String> {
+    // A Unix socket's directory is percent-encoded, as libpq reads a path in a URI's host.
+    let host = if server.host.starts_with('/') {
+        crate::http::percent_encode(&server.host)
+    } else if server.host.contains(':') {
+        format!("[{}]", server.host)
+    } else {
+        server.host.clone()
+    };
+    // Over TLS for the administrator, so over TLS for the role too; a client that holds the
+    // server's CA may ask for `verify-full` instead.
+    let options = if server.tls.is_some() {
+        "?sslmode=require"
+    } else {
+        ""
+    };
+    Zeroizing::new(format!(
+        "postgresql://{role}:{password}@{host}:{}/{}{options}",
+        server.port, server.database
+    ))
 }
 
 fn connect(server: &PostgresServer) -> Result<postgres::Client, String> {
@@ -366,6 +373,29 @@ fn write_ledger(path: &Path, entries: &[LedgerEntry]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_uris_name_sockets_and_ipv6_hosts_as_libpq_reads_them() {
+        let server = |host: &str| PostgresServer {
+            target: "orders_db".to_owned(),
+            host: host.to_owned(),
+            port: 5433,
+            database: "orders".to_owned(),
+            admin_user: "admin".to_owned(),
+            admin_password: Zeroizing::new(String::new()),
+            tls: None,
+        };
+        let uri = |host: &str| connection_uri(&server(host), "r", "p").to_string();
+        assert_eq!(
+            uri("db.internal"),
+            "postgresql://r:p@db.internal:5433/orders"
+        );
+        assert_eq!(uri("::1"), "postgresql://r:p@[::1]:5433/orders");
+        assert_eq!(
+            uri("/run/postgresql"),
+            "postgresql://r:p@%2Frun%2Fpostgresql:5433/orders"
+        );
+    }
 
     #[test]
     fn identifiers_and_literals_are_quoted() {

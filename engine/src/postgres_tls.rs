@@ -53,12 +53,7 @@ pub fn client_config(roots: &TrustRoots) -> Result<rustls::ClientConfig, String>
             }
         }
     }
-    #[expect(
-        deprecated,
-        reason = "ring is the one provider the workspace builds (ureq's too); it has no \
-                  post-quantum key exchange"
-    )]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = crypto_provider();
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| format!("no TLS version to offer: {error}"))?
@@ -140,4 +135,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
+}
+
+/// A rustls server configuration from a PEM certificate chain and its PEM private key: for
+/// listeners that offer TLS to their clients.
+pub fn server_config(
+    chain: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let certificates = CertificateDer::pem_file_iter(chain)
+        .and_then(|items| items.collect::<Result<Vec<_>, _>>())
+        .map_err(|error| format!("the certificate file `{}`: {error}", chain.display()))?;
+    if certificates.is_empty() {
+        return Err(format!(
+            "the certificate file `{}` holds no certificate",
+            chain.display()
+        ));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|error| format!("the key file `{}`: {error}", key.display()))?;
+    let provider = crypto_provider();
+    rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| format!("no TLS version to offer: {error}"))?
+        .with_no_client_auth()
+        .with_single_cert(certificates, private)
+        .map_err(|error| format!("the certificate and key do not go together: {error}"))
+}
+
+/// The cryptography of every TLS session here: ring's.
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    #[expect(
+        deprecated,
+        reason = "ring is the one provider the workspace builds (ureq's too); it has no \
+                  post-quantum key exchange"
+    )]
+    Arc::new(rustls::crypto::ring::default_provider())
 }

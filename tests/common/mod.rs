@@ -163,6 +163,25 @@ pub fn mint(key: &str, claims: &Value, dir: &Path) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
+/// The events of the store in `data_dir` that `filter` (an SQL condition) selects, in order,
+/// each as its `columns` joined by spaces, `-` for an empty one.
+pub fn event_rows(data_dir: &Path, columns: &[&str], filter: &str) -> Vec<String> {
+    let sql = format!(
+        "SELECT {} FROM access_events WHERE {filter} ORDER BY seq",
+        columns.join(", ")
+    );
+    audit_query(data_dir, &sql)
+        .iter()
+        .map(|row| {
+            columns
+                .iter()
+                .map(|column| row[*column].as_str().unwrap_or("-"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
 /// A port nothing listens on just now, on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -239,3 +239,27 @@ fn postgres_ids() -> (u32, u32) {
             panic!("running as root, and there is no `postgres` user to run PostgreSQL")
         })
 }
+
+/// The administrator's password of [`prepared`] clusters.
+pub const ADMIN_PASSWORD: &str = "admin-password-for-the-test";
+
+/// A cluster with a database of invoices, a role that may read them and one that may add them,
+/// and an administrator that may make roles in those two.
+pub fn prepared(pg: Postgres) -> Postgres {
+    pg.sql(
+        "postgres",
+        &format!(
+            "CREATE ROLE portcullis_admin LOGIN CREATEROLE PASSWORD '{ADMIN_PASSWORD}'; \
+             CREATE ROLE invoices_reader NOLOGIN; CREATE ROLE invoices_writer NOLOGIN; \
+             GRANT invoices_reader, invoices_writer TO portcullis_admin WITH ADMIN OPTION;"
+        ),
+    );
+    pg.sql("postgres", "CREATE DATABASE billing");
+    pg.sql(
+        "billing",
+        "CREATE TABLE invoices (id int, amount int); \
+         INSERT INTO invoices VALUES (1, 100), (2, 250); \
+         GRANT SELECT ON invoices TO invoices_reader; GRANT INSERT ON invoices TO invoices_writer;",
+    );
+    pg
+}

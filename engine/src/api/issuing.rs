@@ -127,6 +127,7 @@ async fn credentials_for(
             );
             answer.reason_code = "no_credential";
             event.reason_code = Some(answer.reason_code.to_owned());
+            event.reason = Some(answer.reason.clone());
             refused(&engine, event, answer).await
         }
         Authorized::Unavailable {

@@ -1,0 +1,676 @@
+//! The PostgreSQL proxy: a listener for one target that speaks the wire protocol, so that a
+//! stock `psql`, driver or pool connects through it unchanged, with its platform's token as
+//! the password.
+//!
+//! In: a client connection — an optional SSLRequest (TLS when the listener has a
+//! certificate), the startup message with `user` and `database`, and the password message,
+//! whose text is the caller's evidence. The proxy attests the caller, decides the connection
+//! (`request.action` is `connect`, `request.resource` is `DATABASE/USER`), issues the
+//! credential the deciding permit names, records the decision, connects to the upstream server
+//! with that credential (TLS verified unless the upstream is on loopback; SCRAM-SHA-256, md5
+//! or a clear-text password, as the server asks), and relays the session.
+//! Out: a relayed session, or an `ErrorResponse` with SQLSTATE 28000 and the reason.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use portcullis_audit::NewEvent;
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::issuing::{Authorized, Granted, authorize};
+use super::{Caller, DecideBody, Engine, Evidence, RequestDetails, TargetSpec};
+
+/// One PostgreSQL listener.
+#[derive(Clone)]
+pub struct PostgresProxySpec {
+    /// The Gate target every connection on this listener is decided for.
+    pub target: String,
+    pub upstream_host: String,
+    pub upstream_port: u16,
+    /// TLS to the upstream, verified; `None` only for a loopback upstream.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS offered to clients; `None` answers their SSLRequest with `N`.
+    pub client_tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl std::fmt::Debug for PostgresProxySpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresProxySpec")
+            .field("target", &self.target)
+            .field("upstream_host", &self.upstream_host)
+            .field("upstream_port", &self.upstream_port)
+            .field("upstream_tls", &self.upstream_tls.is_some())
+            .field("client_tls", &self.client_tls.is_some())
+            .finish()
+    }
+}
+
+/// The protocol version 3.0 startup code, and the special request codes.
+const PROTOCOL_3: u32 = 196_608;
+const SSL_REQUEST: u32 = 80_877_103;
+const GSSENC_REQUEST: u32 = 80_877_104;
+const CANCEL_REQUEST: u32 = 80_877_102;
+
+/// The largest startup or password message read from a client, and the largest message read
+/// from the upstream during authentication.
+const MAX_STARTUP_BYTES: usize = 10_000;
+const MAX_PASSWORD_BYTES: usize = 64 * 1024;
+const MAX_AUTH_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// How long a client may take to say who it is, and the upstream to accept the session.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A byte stream either side may be: TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Serves `spec` on `listener` until `shutdown` completes. Sessions under way go on until
+/// their clients close them or the server's grace period ends.
+pub async fn serve_postgres_proxy(
+    engine: Arc<Engine>,
+    spec: PostgresProxySpec,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let spec = Arc::new(spec);
+    let mut sessions = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "proxy_accept_failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                sessions.spawn(session(Arc::clone(&engine), Arc::clone(&spec), stream, peer));
+            }
+            Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
+        }
+    }
+    drop(listener);
+    while sessions.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Why a session ended before it was relayed; the client has been told, when it could be.
+#[derive(Debug)]
+struct Ended(String);
+
+async fn session(
+    engine: Arc<Engine>,
+    spec: Arc<PostgresProxySpec>,
+    stream: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    let client: Box<dyn Stream> = Box::new(stream);
+    let startup = match tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(client, &spec, peer, &engine, started),
+    )
+    .await
+    {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return,
+        Ok(Err(Ended(why))) => {
+            tracing::info!(target = %spec.target, %peer, why, "postgres_proxy_session_refused");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(target = %spec.target, %peer, "postgres_proxy_handshake_timed_out");
+            return;
+        }
+    };
+    let Ready {
+        mut client,
+        mut upstream,
+        user,
+        database,
+    } = startup;
+    let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    let (to_upstream, to_client) = relayed.unwrap_or((0, 0));
+    // FIXME(#7): a connection-closed access event with the duration and the bytes each way;
+    // until the event schema has those columns, they go to the log.
+    tracing::info!(
+        target = %spec.target,
+        %peer,
+        user,
+        database,
+        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        bytes_to_upstream = to_upstream,
+        bytes_to_client = to_client,
+        "postgres_proxy_session_closed"
+    );
+}
+
+/// A session whose client and upstream are both authenticated.
+struct Ready {
+    client: Box<dyn Stream>,
+    upstream: Box<dyn Stream>,
+    user: String,
+    database: String,
+}
+
+/// Everything before the relay: TLS, startup, the password, the decision, the upstream
+/// connection. `None` when the client only asked to cancel, or left.
+async fn handshake(
+    mut client: Box<dyn Stream>,
+    spec: &PostgresProxySpec,
+    peer: SocketAddr,
+    engine: &Arc<Engine>,
+    started: Instant,
+) -> Result<Option<Ready>, Ended> {
+    let params = loop {
+        let (code, body) = read_startup(&mut client).await?;
+        match code {
+            SSL_REQUEST => match &spec.client_tls {
+                Some(config) => {
+                    write(&mut client, b"S").await?;
+                    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(config));
+                    let tls = acceptor
+                        .accept(client)
+                        .await
+                        .map_err(|error| Ended(format!("client TLS handshake: {error}")))?;
+                    client = Box::new(tls);
+                }
+                None => write(&mut client, b"N").await?,
+            },
+            GSSENC_REQUEST => write(&mut client, b"N").await?,
+            // FIXME(#7): cancel requests are not forwarded; the server never handed out the
+            // upstream's key, so there is nothing to match them to yet.
+            CANCEL_REQUEST => return Ok(None),
+            PROTOCOL_3 => break startup_params(&body)?,
+            other => {
+                let message = format!(
+                    "unsupported frontend protocol {}.{}",
+                    other >> 16,
+                    other & 0xffff
+                );
+                refuse(&mut client, "0A000", &message).await;
+                return Err(Ended(message));
+            }
+        }
+    };
+    let user = param(&params, "user")
+        .ok_or_else(|| Ended("the startup message names no user".to_owned()))?
+        .to_owned();
+    let database = param(&params, "database").unwrap_or(&user).to_owned();
+    // The caller's evidence is its password.
+    write(&mut client, &authentication(3, &[])).await?;
+    let token = read_password(&mut client).await?;
+    let Some(issuer) = engine.credentials.clone() else {
+        refuse(&mut client, "08004", "this server issues no credentials").await;
+        return Err(Ended("no credential issuer".to_owned()));
+    };
+    let body = DecideBody {
+        evidence: (!token.is_empty()).then(|| Evidence {
+            token: token.to_string(),
+            digest: std::sync::OnceLock::new(),
+        }),
+        target: TargetSpec {
+            name: Some(spec.target.clone()),
+            protocol: None,
+            host: None,
+            port: None,
+        },
+        request: RequestDetails {
+            action: Some("connect".to_owned()),
+            resource: Some(format!("{database}/{user}")),
+        },
+        explain: false,
+    };
+    let target = crate::vm::TargetQuery::Named(&spec.target);
+    let caller = Caller::Remote(peer);
+    let granted = match authorize(engine, &issuer, &caller, &body, target, started).await {
+        Authorized::Refused { event, answer } => {
+            let recorded = record(engine, vec![event]).await;
+            let message = match recorded {
+                Ok(()) => format!("access denied by Portcullis: {}", answer.reason),
+                Err(()) => "access denied: the connection could not be recorded".to_owned(),
+            };
+            refuse(&mut client, "28000", &message).await;
+            return Err(Ended(answer.reason_code.to_owned()));
+        }
+        Authorized::AllowedWithout { mut event, .. } => {
+            event.reason_code = Some("no_credential".to_owned());
+            let _ = record(engine, vec![event]).await;
+            let message = "access denied by Portcullis: the rule names no credential to connect \
+                           with";
+            refuse(&mut client, "28000", message).await;
+            return Err(Ended("no_credential".to_owned()));
+        }
+        Authorized::Unavailable {
+            mut event, problem, ..
+        } => {
+            tracing::error!(problem, target = %spec.target, "credential_issue_failed");
+            event.reason = Some(format!(
+                "{}; the credential was not issued: {problem}",
+                event.reason.as_deref().unwrap_or_default()
+            ));
+            event.reason_code = Some("credential_unavailable".to_owned());
+            let _ = record(engine, vec![event]).await;
+            let message = "the credential could not be issued; the server's log says why";
+            refuse(&mut client, "08004", message).await;
+            return Err(Ended("credential_unavailable".to_owned()));
+        }
+        Authorized::Issued(granted) => *granted,
+    };
+    let Granted {
+        event,
+        issuance,
+        issued,
+        ..
+    } = granted;
+    if record(engine, vec![event, issuance]).await.is_err() {
+        refuse(
+            &mut client,
+            "28000",
+            "access denied: the connection could not be recorded",
+        )
+        .await;
+        return Err(Ended("audit_unavailable".to_owned()));
+    }
+    let (login, password) = match issued.token_type {
+        "postgres_uri" => role_of(&issued.value)
+            .ok_or_else(|| Ended("the issued role's URI is not readable".to_owned()))?,
+        _ => (user.clone(), issued.value.to_string()),
+    };
+    let password = crate::credentials::Zeroizing::new(password);
+    let upstream = match connect_upstream(spec, &login, &password, &database, &params).await {
+        Ok(upstream) => upstream,
+        Err(why) => {
+            tracing::warn!(target = %spec.target, why, "postgres_upstream_failed");
+            refuse(
+                &mut client,
+                "08001",
+                "the upstream server could not be reached or refused the credential",
+            )
+            .await;
+            return Err(Ended(why));
+        }
+    };
+    write(&mut client, &authentication(0, &[])).await?;
+    Ok(Some(Ready {
+        client,
+        upstream,
+        user,
+        database,
+    }))
+}
+
+async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<(), ()> {
+    let audit = Arc::clone(&engine.audit);
+    match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => {
+            tracing::error!(error = %error, "audit_record_failed");
+            Err(())
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "audit_record_failed");
+            Err(())
+        }
+    }
+}
+
+/// The role and password of a `postgres_role` credential's URI.
+fn role_of(uri: &str) -> Option<(String, String)> {
+    let rest = uri.strip_prefix("postgresql://")?;
+    let (userinfo, _) = rest.split_once('@')?;
+    let (role, password) = userinfo.split_once(':')?;
+    Some((role.to_owned(), password.to_owned()))
+}
+
+/// Reads a startup-phase packet: its code and the bytes after it.
+async fn read_startup(client: &mut Box<dyn Stream>) -> Result<(u32, Vec<u8>), Ended> {
+    let length = client
+        .read_u32()
+        .await
+        .map_err(|error| Ended(format!("reading the startup packet: {error}")))?;
+    let length = usize::try_from(length).unwrap_or(usize::MAX);
+    if !(8..=MAX_STARTUP_BYTES).contains(&length) {
+        return Err(Ended(format!("a startup packet of {length} bytes")));
+    }
+    let code = client
+        .read_u32()
+        .await
+        .map_err(|error| Ended(format!("reading the startup packet: {error}")))?;
+    let mut body = vec![0; length - 8];
+    client
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| Ended(format!("reading the startup packet: {error}")))?;
+    Ok((code, body))
+}
+
+/// The `name\0value\0…\0` pairs of a startup message, each string ended by its NUL.
+fn startup_params(body: &[u8]) -> Result<Vec<(String, String)>, Ended> {
+    let malformed = || Ended("a malformed startup message".to_owned());
+    let mut rest = body;
+    let mut next = || -> Result<String, Ended> {
+        let end = rest
+            .iter()
+            .position(|byte| *byte == 0)
+            .ok_or_else(malformed)?;
+        let (text, after) = rest.split_at(end);
+        rest = after.get(1..).unwrap_or_default();
+        String::from_utf8(text.to_vec())
+            .map_err(|_| Ended("a startup parameter that is not UTF-8".to_owned()))
+    };
+    let mut params = Vec::new();
+    loop {
+        let name = next()?;
+        if name.is_empty() {
+            return Ok(params);
+        }
+        params.push((name, next()?));
+    }
+}
+
+fn param<'p>(params: &'p [(String, String)], name: &str) -> Option<&'p str> {
+    params
+        .iter()
+        .find(|(known, _)| known == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Reads the client's password message: the caller's token.
+async fn read_password(
+    client: &mut Box<dyn Stream>,
+) -> Result<crate::credentials::Zeroizing<String>, Ended> {
+    let (kind, body) = read_message(client, MAX_PASSWORD_BYTES)
+        .await
+        .map_err(|why| Ended(format!("reading the password: {why}")))?;
+    if kind != b'p' {
+        return Err(Ended(format!(
+            "expected a password message, got `{}`",
+            char::from(kind)
+        )));
+    }
+    let text = body.strip_suffix(&[0]).unwrap_or(&body);
+    let token = String::from_utf8(text.to_vec())
+        .map_err(|_| Ended("a password that is not UTF-8".to_owned()))?;
+    Ok(crate::credentials::Zeroizing::new(token))
+}
+
+/// Reads one typed message (`kind`, length, body), refusing one over `limit` bytes.
+async fn read_message(stream: &mut Box<dyn Stream>, limit: usize) -> Result<(u8, Vec<u8>), String> {
+    let kind = stream.read_u8().await.map_err(|error| error.to_string())?;
+    let length = stream.read_u32().await.map_err(|error| error.to_string())?;
+    let length = usize::try_from(length).unwrap_or(usize::MAX);
+    if !(4..=limit).contains(&length) {
+        return Err(format!("a message of {length} bytes"));
+    }
+    let mut body = vec![0; length - 4];
+    stream
+        .read_exact(&mut body)
+        .await
+        .map_err(|error| error.to_string())?;
+    Ok((kind, body))
+}
+
+async fn write(stream: &mut Box<dyn Stream>, bytes: &[u8]) -> Result<(), Ended> {
+    stream
+        .write_all(bytes)
+        .await
+        .map_err(|error| Ended(format!("writing to the client: {error}")))?;
+    stream
+        .flush()
+        .await
+        .map_err(|error| Ended(format!("writing to the client: {error}")))
+}
+
+/// A typed message: `kind`, its length, `body`.
+fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 5);
+    out.push(kind);
+    let length = u32::try_from(body.len() + 4).unwrap_or(u32::MAX);
+    out.extend_from_slice(&length.to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// `AuthenticationXxx`: `code` and its data.
+fn authentication(code: u32, data: &[u8]) -> Vec<u8> {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(data);
+    message(b'R', &body)
+}
+
+/// A FATAL `ErrorResponse` with `sqlstate` and `text`, sent before the connection closes.
+async fn refuse(client: &mut Box<dyn Stream>, sqlstate: &str, text: &str) {
+    let mut body = Vec::new();
+    for (field, value) in [
+        (b'S', "FATAL"),
+        (b'V', "FATAL"),
+        (b'C', sqlstate),
+        (b'M', text),
+    ] {
+        body.push(field);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let _ = client.write_all(&message(b'E', &body)).await;
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+}
+
+/// Connects to the upstream as `login`, authenticating as the server asks; returns the
+/// stream once the server has said AuthenticationOk, its later messages unread.
+async fn connect_upstream(
+    spec: &PostgresProxySpec,
+    login: &str,
+    password: &str,
+    database: &str,
+    params: &[(String, String)],
+) -> Result<Box<dyn Stream>, String> {
+    let address = (spec.upstream_host.as_str(), spec.upstream_port);
+    let tcp = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|error| format!("connecting: {error}"))?;
+    let _ = tcp.set_nodelay(true);
+    let mut upstream: Box<dyn Stream> = match &spec.upstream_tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let mut tcp = tcp;
+            let mut request = 8u32.to_be_bytes().to_vec();
+            request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+            tcp.write_all(&request)
+                .await
+                .map_err(|error| error.to_string())?;
+            let answer = tcp.read_u8().await.map_err(|error| error.to_string())?;
+            if answer != b'S' {
+                return Err("the upstream does not offer TLS".to_owned());
+            }
+            let name = ServerName::try_from(spec.upstream_host.clone())
+                .map_err(|error| format!("the upstream's host name: {error}"))?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name, tcp)
+                .await
+                .map_err(|error| format!("TLS to the upstream: {error}"))?;
+            Box::new(tls)
+        }
+    };
+    let mut body = PROTOCOL_3.to_be_bytes().to_vec();
+    let forwarded = params
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "user" | "database"))
+        .map(|(name, value)| (name.as_str(), value.as_str()));
+    for (name, value) in [("user", login), ("database", database)]
+        .into_iter()
+        .chain(forwarded)
+    {
+        body.extend_from_slice(name.as_bytes());
+        body.push(0);
+        body.extend_from_slice(value.as_bytes());
+        body.push(0);
+    }
+    body.push(0);
+    let mut startup = u32::try_from(body.len() + 4)
+        .unwrap_or(u32::MAX)
+        .to_be_bytes()
+        .to_vec();
+    startup.extend_from_slice(&body);
+    upstream
+        .write_all(&startup)
+        .await
+        .map_err(|error| error.to_string())?;
+    let mut scram: Option<ScramSha256> = None;
+    loop {
+        let (kind, body) = tokio::time::timeout(
+            UPSTREAM_TIMEOUT,
+            read_message(&mut upstream, MAX_AUTH_MESSAGE_BYTES),
+        )
+        .await
+        .map_err(|_| "the upstream did not answer".to_owned())??;
+        match kind {
+            b'R' => {
+                let (code, data) = body
+                    .split_at_checked(4)
+                    .ok_or("a short authentication message")?;
+                let code = u32::from_be_bytes(code.try_into().map_err(|_| "a bad code")?);
+                let reply = match code {
+                    0 => return Ok(upstream),
+                    3 => Some(password_message(password.as_bytes())),
+                    5 => {
+                        let salt: [u8; 4] = data
+                            .try_into()
+                            .map_err(|_| "an md5 salt of the wrong size")?;
+                        let hashed = postgres_protocol::authentication::md5_hash(
+                            login.as_bytes(),
+                            password.as_bytes(),
+                            salt,
+                        );
+                        Some(password_message(hashed.as_bytes()))
+                    }
+                    10 => {
+                        let offers_scram = data
+                            .split(|byte| *byte == 0)
+                            .any(|mechanism| mechanism == sasl::SCRAM_SHA_256.as_bytes());
+                        if !offers_scram {
+                            return Err(
+                                "the upstream offers no SASL mechanism the proxy speaks".to_owned()
+                            );
+                        }
+                        let state = ScramSha256::new(
+                            password.as_bytes(),
+                            sasl::ChannelBinding::unsupported(),
+                        );
+                        let mut body = sasl::SCRAM_SHA_256.as_bytes().to_vec();
+                        body.push(0);
+                        let first = state.message();
+                        body.extend_from_slice(
+                            &i32::try_from(first.len()).unwrap_or(i32::MAX).to_be_bytes(),
+                        );
+                        body.extend_from_slice(first);
+                        scram = Some(state);
+                        Some(message(b'p', &body))
+                    }
+                    11 => {
+                        let state = scram.as_mut().ok_or("a SASL continuation out of turn")?;
+                        state
+                            .update(data)
+                            .map_err(|error| format!("SCRAM: {error}"))?;
+                        Some(message(b'p', state.message()))
+                    }
+                    12 => {
+                        let state = scram.as_mut().ok_or("a SASL final message out of turn")?;
+                        state
+                            .finish(data)
+                            .map_err(|error| format!("SCRAM: {error}"))?;
+                        None
+                    }
+                    other => {
+                        return Err(format!(
+                            "the upstream asks for authentication method {other}"
+                        ));
+                    }
+                };
+                if let Some(reply) = reply {
+                    upstream
+                        .write_all(&reply)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    upstream.flush().await.map_err(|error| error.to_string())?;
+                }
+            }
+            b'E' => return Err(format!("the upstream refused: {}", error_text(&body))),
+            b'N' => {}
+            other => {
+                return Err(format!(
+                    "the upstream sent `{}` before authenticating",
+                    char::from(other)
+                ));
+            }
+        }
+    }
+}
+
+fn password_message(password: &[u8]) -> Vec<u8> {
+    let mut body = password.to_vec();
+    body.push(0);
+    message(b'p', &body)
+}
+
+/// The SQLSTATE and message of an `ErrorResponse` body.
+fn error_text(body: &[u8]) -> String {
+    let mut code = "";
+    let mut text = "";
+    for field in body.split(|byte| *byte == 0) {
+        match field.split_first() {
+            Some((b'C', value)) => code = std::str::from_utf8(value).unwrap_or_default(),
+            Some((b'M', value)) => text = std::str::from_utf8(value).unwrap_or_default(),
+            _ => {}
+        }
+    }
+    format!("{text} ({code})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn startup_parameters_are_read_in_pairs() {
+        let params = startup_params(b"user\0alice\0database\0orders\0\0").unwrap();
+        assert_eq!(param(&params, "user"), Some("alice"));
+        assert_eq!(param(&params, "database"), Some("orders"));
+        assert!(startup_params(b"user\0").is_err());
+        assert!(startup_params(b"user\0alice\0").is_err(), "no terminator");
+        assert!(startup_params(b"\0").unwrap().is_empty());
+        assert!(startup_params(b"").is_err());
+    }
+
+    #[test]
+    fn an_issued_role_is_read_from_its_uri() {
+        assert_eq!(
+            role_of("postgresql://portcullis_ab12:pw-x_Y@127.0.0.1:5432/billing?sslmode=require"),
+            Some(("portcullis_ab12".to_owned(), "pw-x_Y".to_owned()))
+        );
+        assert_eq!(role_of("postgresql://db.internal/billing"), None);
+    }
+
+    #[test]
+    fn an_error_response_carries_its_sqlstate_and_message() {
+        let body = b"SFATAL\0C28000\0Mno\0\0";
+        assert_eq!(error_text(body), "no (28000)");
+        let mut framed = message(b'E', body);
+        assert_eq!(framed.remove(0), b'E');
+        assert_eq!(
+            &framed[..4],
+            &u32::try_from(body.len() + 4).unwrap().to_be_bytes()
+        );
+    }
+}
