@@ -16,7 +16,7 @@ use std::path::Path;
 
 use common::issuing::{ISSUER, token, write_jwks};
 use common::postgres::{ADMIN_PASSWORD, Postgres, prepared};
-use common::{Server, event_rows, free_port, start_server_with, stop_server};
+use common::{Server, audit_query, event_rows, free_port, start_server_with, stop_server};
 
 struct Setup {
     server: Server,
@@ -176,6 +176,21 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
     assert_eq!(stdout.trim(), "2");
 
     stop_server(setup.server);
+    // Each session that got through is a `connection_closed` event when it ends, with its
+    // duration and the bytes each way.
+    let closed = audit_query(
+        &tmp.path().join("data"),
+        "SELECT resource, duration_ms, bytes_from_client, bytes_to_client, workload \
+         FROM access_events WHERE kind = 'connection_closed' ORDER BY seq",
+    );
+    assert_eq!(closed.len(), 4, "{closed:#?}");
+    for row in &closed {
+        assert_eq!(row["resource"], "billing/alice", "{row}");
+        assert_eq!(row["workload"], "reporting", "{row}");
+        assert!(row["duration_ms"].as_i64().is_some(), "{row}");
+        assert!(row["bytes_from_client"].as_i64().unwrap() > 0, "{row}");
+        assert!(row["bytes_to_client"].as_i64().unwrap() > 0, "{row}");
+    }
     let rows = event_rows(
         &tmp.path().join("data"),
         &["action", "resource", "reason_code"],

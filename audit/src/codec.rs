@@ -4,7 +4,8 @@
 //! presence byte (0 or 1) and the value. The field order is fixed by [`encode`]; changing it
 //! means a new write-ahead log format version, and [`decode_version`] keeps reading the older
 //! ones. Version 2 added `rule_description` and `rule_severity` after `latency_ns`; version 3
-//! added `evidence_sha256` after them.
+//! added `evidence_sha256` after them; version 4 added `duration_ms`, `bytes_from_client` and
+//! `bytes_to_client` after that (and the `connection_closed` kind).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -61,6 +62,9 @@ pub(crate) fn encode(event: &AccessEvent, out: &mut Vec<u8>) {
     put_opt_str(out, d.rule_description.as_deref());
     put_opt_str(out, d.rule_severity.as_deref());
     put_opt_str(out, d.evidence_sha256.as_deref());
+    put_opt(out, d.duration_ms, put_u64);
+    put_opt(out, d.bytes_from_client, put_u64);
+    put_opt(out, d.bytes_to_client, put_u64);
 }
 
 /// Decodes one event of the current format; the whole of `bytes` must be the event.
@@ -117,6 +121,9 @@ pub(crate) fn decode_version(bytes: &[u8], version: u32) -> Result<AccessEvent, 
         rule_description: None,
         rule_severity: None,
         evidence_sha256: None,
+        duration_ms: None,
+        bytes_from_client: None,
+        bytes_to_client: None,
     };
     let details = if version >= 2 {
         NewEvent {
@@ -130,6 +137,16 @@ pub(crate) fn decode_version(bytes: &[u8], version: u32) -> Result<AccessEvent, 
     let details = if version >= 3 {
         NewEvent {
             evidence_sha256: r.opt_string()?,
+            ..details
+        }
+    } else {
+        details
+    };
+    let details = if version >= 4 {
+        NewEvent {
+            duration_ms: r.opt(Reader::u64)?,
+            bytes_from_client: r.opt(Reader::u64)?,
+            bytes_to_client: r.opt(Reader::u64)?,
             ..details
         }
     } else {
@@ -153,6 +170,7 @@ fn kind_code(kind: EventKind) -> u8 {
         EventKind::CredentialIssued => 2,
         EventKind::AttestationFailed => 3,
         EventKind::PolicyChange => 4,
+        EventKind::ConnectionClosed => 5,
     }
 }
 
@@ -357,6 +375,9 @@ mod tests {
                 rule_description: Some("release tags deploy".into()),
                 rule_severity: Some("high".into()),
                 evidence_sha256: Some("9f".repeat(32)),
+                duration_ms: Some(1_500),
+                bytes_from_client: Some(2_048),
+                bytes_to_client: Some(u64::MAX),
             },
         }
     }
@@ -393,13 +414,38 @@ mod tests {
         }
     }
 
+    /// The connection fields, absent, take one presence byte each at the end of a record.
+    fn without_connection_fields(mut event: AccessEvent) -> AccessEvent {
+        event.details.duration_ms = None;
+        event.details.bytes_from_client = None;
+        event.details.bytes_to_client = None;
+        event
+    }
+
     #[test]
-    fn version_2_records_still_decode() {
-        // Version 2 ended with the rule fields: the same bytes without `evidence_sha256`.
+    fn version_3_records_still_decode() {
+        // Version 3 ended with `evidence_sha256`: the same bytes without the three connection
+        // fields (each a presence byte and a `u64`).
         let event = full_event();
         let mut bytes = Vec::new();
         encode(&event, &mut bytes);
-        let v3_tail = 1 + 4 + 64;
+        let v4_tail = 3 * (1 + 8);
+        let v3 = &bytes[..bytes.len() - v4_tail];
+        assert_eq!(
+            decode_version(v3, 3).unwrap(),
+            without_connection_fields(event)
+        );
+        assert_eq!(decode(v3), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn version_2_records_still_decode() {
+        // Version 2 ended with the rule fields: the same bytes without `evidence_sha256` and
+        // the connection fields (absent here).
+        let event = without_connection_fields(full_event());
+        let mut bytes = Vec::new();
+        encode(&event, &mut bytes);
+        let v3_tail = 1 + 4 + 64 + 3;
         let v2 = &bytes[..bytes.len() - v3_tail];
         let decoded = decode_version(v2, 2).unwrap();
         let mut expected = event;
@@ -410,13 +456,13 @@ mod tests {
 
     #[test]
     fn version_1_records_still_decode() {
-        // Version 1 ended with `latency_ns`: the same bytes without the rule fields and the
-        // evidence hash (absent here).
-        let mut event = full_event();
+        // Version 1 ended with `latency_ns`: the same bytes without the rule fields, the
+        // evidence hash and the connection fields (the last four absent here).
+        let mut event = without_connection_fields(full_event());
         event.details.evidence_sha256 = None;
         let mut bytes = Vec::new();
         encode(&event, &mut bytes);
-        let v2_tail = 2 * (1 + 4) + "release tags deploy".len() + "high".len() + 1;
+        let v2_tail = 2 * (1 + 4) + "release tags deploy".len() + "high".len() + 1 + 3;
         let v1 = &bytes[..bytes.len() - v2_tail];
         let decoded = decode_version(v1, 1).unwrap();
         let mut expected = event;

@@ -22,15 +22,18 @@ pub enum EventKind {
     AttestationFailed,
     /// A new bundle or configuration taking effect.
     PolicyChange,
+    /// A proxied connection that ended: how long it lasted and what crossed it.
+    ConnectionClosed,
 }
 
 impl EventKind {
     /// Every kind, in code order.
-    pub const ALL: [EventKind; 4] = [
+    pub const ALL: [EventKind; 5] = [
         EventKind::Decision,
         EventKind::CredentialIssued,
         EventKind::AttestationFailed,
         EventKind::PolicyChange,
+        EventKind::ConnectionClosed,
     ];
 
     /// The name stored in the `kind` column.
@@ -40,6 +43,7 @@ impl EventKind {
             EventKind::CredentialIssued => "credential_issued",
             EventKind::AttestationFailed => "attestation_failed",
             EventKind::PolicyChange => "policy_change",
+            EventKind::ConnectionClosed => "connection_closed",
         }
     }
 }
@@ -126,6 +130,12 @@ pub struct NewEvent {
     /// The SHA-256 of the evidence the caller presented (the token as sent), in hex: it
     /// tells one token's uses apart without keeping the token.
     pub evidence_sha256: Option<String>,
+    /// For `connection_closed`: how long the connection lasted, in milliseconds.
+    pub duration_ms: Option<u64>,
+    /// For `connection_closed`: the bytes the client sent through the connection.
+    pub bytes_from_client: Option<u64>,
+    /// For `connection_closed`: the bytes the client received through it.
+    pub bytes_to_client: Option<u64>,
 }
 
 /// An event as the store keeps it.

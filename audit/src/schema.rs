@@ -86,7 +86,7 @@ const fn optional(name: &'static str, values: Values) -> Column {
 }
 
 /// The columns, in file order.
-static COLUMNS: [Column; 30] = [
+static COLUMNS: [Column; 33] = [
     required("event_id", Values::Written(write_event_id)),
     required("seq", Values::Int64(|e| Some(e.seq))),
     required("time", Values::Time),
@@ -146,6 +146,15 @@ static COLUMNS: [Column; 30] = [
     optional(
         "evidence_sha256",
         Values::Text(|e| e.details.evidence_sha256.as_deref()),
+    ),
+    optional("duration_ms", Values::Int64(|e| e.details.duration_ms)),
+    optional(
+        "bytes_from_client",
+        Values::Int64(|e| e.details.bytes_from_client),
+    ),
+    optional(
+        "bytes_to_client",
+        Values::Int64(|e| e.details.bytes_to_client),
     ),
 ];
 
@@ -301,8 +310,15 @@ pub(crate) fn check_ranges(details: &NewEvent) -> Result<(), AuditError> {
     if let Some(ttl) = details.credential_ttl_s {
         to_i64("credential_ttl_s", ttl)?;
     }
-    if let Some(latency) = details.latency_ns {
-        to_i64("latency_ns", latency)?;
+    for (column, value) in [
+        ("latency_ns", details.latency_ns),
+        ("duration_ms", details.duration_ms),
+        ("bytes_from_client", details.bytes_from_client),
+        ("bytes_to_client", details.bytes_to_client),
+    ] {
+        if let Some(value) = value {
+            to_i64(column, value)?;
+        }
     }
     Ok(())
 }

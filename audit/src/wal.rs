@@ -32,7 +32,7 @@ use crate::event::AccessEvent;
 /// The first bytes of every write-ahead log file.
 pub const WAL_MAGIC: [u8; 8] = *b"PCLSWAL\0";
 /// The format version this build writes.
-pub const WAL_VERSION: u32 = 3;
+pub const WAL_VERSION: u32 = 4;
 /// The oldest format version this build still reads.
 pub const OLDEST_WAL_VERSION: u32 = 1;
 /// The size of the file header.

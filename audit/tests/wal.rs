@@ -479,9 +479,9 @@ fn log_files_list_oldest_first_with_the_legacy_file_before_all() {
     );
 }
 
-/// Rewrites a log of the current version whose events have no rule annotations and no
-/// evidence hash as the version 1 log of the same events: version 1 records end before those
-/// three empty fields (one presence byte each).
+/// Rewrites a log of the current version whose events have no rule annotations, no evidence
+/// hash and no connection fields as the version 1 log of the same events: version 1 records
+/// end before those six empty fields (one presence byte each).
 fn downgrade_to_version_1(path: &Path) {
     let bytes = fs::read(path).unwrap();
     let mut out = bytes[..HEADER_LEN as usize].to_vec();
@@ -491,11 +491,11 @@ fn downgrade_to_version_1(path: &Path) {
         let length = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
         let payload = &bytes[offset + 8..offset + 8 + length];
         assert_eq!(
-            &payload[length - 3..],
-            [0, 0, 0],
-            "no rule annotations or evidence"
+            &payload[length - 6..],
+            [0; 6],
+            "no rule annotations, evidence or connection fields"
         );
-        let payload = &payload[..length - 3];
+        let payload = &payload[..length - 6];
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
         out.extend_from_slice(payload);
@@ -529,7 +529,7 @@ fn an_unknown_version_is_refused_with_the_versions_this_build_reads() {
     assert!(
         error
             .to_string()
-            .ends_with("has write-ahead log format version 9; this build reads versions 1 to 3"),
+            .ends_with("has write-ahead log format version 9; this build reads versions 1 to 4"),
         "{error}"
     );
 }

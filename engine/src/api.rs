@@ -564,7 +564,9 @@ impl
             stream
                 .io()
                 .peer_cred()
-                .map(|cred| PeerProcess::pinned(cred.pid(), cred.uid(), cred.gid()))
+                .map(|cred| {
+                    PeerProcess::of_connection(stream.io(), cred.pid(), cred.uid(), cred.gid())
+                })
                 .map_err(|error| error.to_string()),
         )
     }

@@ -11,10 +11,11 @@
 //! size and modification time, so that a large binary is read once, not per request.
 //!
 //! A pid names a process only while it lives: once it exits, the kernel may hand the number to
-//! another. So the connection's process is pinned with a pidfd when the connection is
-//! accepted, and the evidence read from `/proc/PID` counts only if that process is still alive
-//! after the reads: a live process keeps its pid, so what `/proc/PID` showed was its own. The
-//! uid of `/proc/PID/status` is also checked against the peer credentials.
+//! another. So the connection's process is pinned with a pidfd — the one the kernel took when
+//! the process connected (`SO_PEERPIDFD`), or on older kernels one opened by pid at accept —
+//! and the evidence read from `/proc/PID` counts only if that process is still alive after the
+//! reads: a live process keeps its pid, so what `/proc/PID` showed was its own. The uid of
+//! `/proc/PID/status` is also checked against the peer credentials.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -39,7 +40,30 @@ pub struct PeerProcess {
 }
 
 impl PeerProcess {
-    /// The peer with its process pinned: call it as the connection is accepted.
+    /// The peer of `socket` with its process pinned: the pidfd the kernel took of the process
+    /// that connected (`SO_PEERPIDFD`, Linux 6.5 and later), or, on an older kernel, a pidfd
+    /// opened by its pid now. Call it as the connection is accepted.
+    #[cfg(target_os = "linux")]
+    pub fn of_connection(
+        socket: &impl std::os::fd::AsFd,
+        pid: Option<i32>,
+        uid: u32,
+        gid: u32,
+    ) -> PeerProcess {
+        match ProcessHandle::of_peer(socket) {
+            Some(handle) => PeerProcess {
+                pid,
+                uid,
+                gid,
+                handle,
+            },
+            None => PeerProcess::pinned(pid, uid, gid),
+        }
+    }
+
+    /// The peer with its process pinned by its pid, which names the process that connected
+    /// only if it has not exited since: [`PeerProcess::of_connection`] where the kernel can
+    /// tell.
     pub fn pinned(pid: Option<i32>, uid: u32, gid: u32) -> PeerProcess {
         let handle = match pid.filter(|pid| *pid > 0) {
             Some(pid) => ProcessHandle::open(pid),
@@ -76,6 +100,23 @@ impl ProcessHandle {
                     .to_owned(),
             ),
             Err(error) => Err(format!("cannot open a pidfd for process {pid}: {error}")),
+        }
+    }
+
+    /// The kernel's pidfd of the process at the other end of `socket`, taken when it
+    /// connected; `None` where the kernel has no `SO_PEERPIDFD`.
+    #[cfg(target_os = "linux")]
+    fn of_peer(socket: &impl std::os::fd::AsFd) -> Option<Result<ProcessHandle, String>> {
+        use nix::errno::Errno;
+        match nix::sys::socket::getsockopt(socket, nix::sys::socket::sockopt::PeerPidfd) {
+            Ok(fd) => Some(Ok(ProcessHandle { fd: Arc::new(fd) })),
+            Err(Errno::ENOPROTOOPT | Errno::EINVAL) => None,
+            Err(Errno::ESRCH) => Some(Err(
+                "the process that connected exited before its connection was accepted".to_owned(),
+            )),
+            Err(error) => Some(Err(format!(
+                "cannot read the connection's peer pidfd: {error}"
+            ))),
         }
     }
 
@@ -327,6 +368,23 @@ mod tests {
         };
         let error = reader.evidence(&other_user).unwrap_err();
         assert!(error.contains("may have exited"), "{error}");
+    }
+
+    /// The kernel's own pidfd of a socket's peer pins this process, and its evidence reads.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_socket_peer_is_pinned_by_the_kernels_pidfd() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let status = read_small(Path::new("/proc/self/status")).unwrap();
+        let uid = status_ids(&status, "Uid:").unwrap()[1];
+        let gid = status_ids(&status, "Gid:").unwrap()[1];
+        let pid = i32::try_from(std::process::id()).unwrap();
+        let peer = PeerProcess::of_connection(&ours, Some(pid), uid, gid);
+        let handle = peer.handle.as_ref().unwrap();
+        assert!(!handle.exited().unwrap());
+        let evidence = ProcessReader::default().evidence(&peer).unwrap();
+        assert_eq!(evidence["pid"], pid);
+        drop(theirs);
     }
 
     /// The process that connected exits, and its pid is another's by the time `/proc` is

@@ -134,31 +134,52 @@ async fn session(
     let Ready {
         mut client,
         mut upstream,
-        user,
-        database,
+        decided,
     } = startup;
     let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    let (to_upstream, to_client) = relayed.unwrap_or((0, 0));
-    // FIXME(#7): a connection-closed access event with the duration and the bytes each way;
-    // until the event schema has those columns, they go to the log.
+    let (from_client, to_client) = relayed.unwrap_or((0, 0));
+    let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         target = %spec.target,
         %peer,
-        user,
-        database,
-        duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        bytes_to_upstream = to_upstream,
+        resource = decided.resource.as_deref().unwrap_or_default(),
+        duration_ms,
+        bytes_from_client = from_client,
         bytes_to_client = to_client,
         "postgres_proxy_session_closed"
     );
+    let closed = closed_event(decided, duration_ms, from_client, to_client);
+    if record(&engine, vec![closed]).await.is_err() {
+        tracing::error!(target = %spec.target, %peer, "connection_closed_event_lost");
+    }
 }
 
-/// A session whose client and upstream are both authenticated.
+/// The `connection_closed` event of a session: who it was and what it reached, from its
+/// decision event, with how long it lasted and the bytes each way.
+fn closed_event(decided: NewEvent, duration_ms: u64, from_client: u64, to_client: u64) -> NewEvent {
+    NewEvent {
+        kind: portcullis_audit::EventKind::ConnectionClosed,
+        decision: None,
+        reason: Some("the session ended".to_owned()),
+        reason_code: Some("closed".to_owned()),
+        claims: None,
+        conditions: Vec::new(),
+        latency_ns: None,
+        credential_provider: None,
+        credential_ttl_s: None,
+        credential_ref: None,
+        duration_ms: Some(duration_ms),
+        bytes_from_client: Some(from_client),
+        bytes_to_client: Some(to_client),
+        ..decided
+    }
+}
+
+/// A session whose client and upstream are both authenticated, and its decision's event.
 struct Ready {
     client: Box<dyn Stream>,
     upstream: Box<dyn Stream>,
-    user: String,
-    database: String,
+    decided: NewEvent,
 }
 
 /// Everything before the relay: TLS, startup, the password, the decision, the upstream
@@ -271,6 +292,7 @@ async fn handshake(
         issued,
         ..
     } = granted;
+    let decided = event.clone();
     if record(engine, vec![event, issuance]).await.is_err() {
         refuse(
             &mut client,
@@ -303,8 +325,7 @@ async fn handshake(
     Ok(Some(Ready {
         client,
         upstream,
-        user,
-        database,
+        decided,
     }))
 }
 
