@@ -122,13 +122,18 @@ pub struct PostgresProxyConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProxyConfig {
-    pub target: String,
+    /// `reverse` (the default): one target behind the listener; `forward`: an explicit
+    /// forward proxy (`HTTP_PROXY`) for the `http://` targets of the policy.
+    #[serde(default)]
+    pub mode: ProxyMode,
+    /// Reverse mode: the target every request is decided for.
+    pub target: Option<String>,
     pub listen: SocketAddr,
-    /// `https://host[:port][/base]`, or `http://` to a loopback address.
-    pub upstream: String,
-    /// The header whose `Bearer TOKEN` (or token alone) is the caller's evidence.
-    #[serde(default = "default_evidence_header")]
-    pub evidence_header: String,
+    /// Reverse mode: `https://host[:port][/base]`, or `http://` to a loopback address.
+    pub upstream: Option<String>,
+    /// Reverse mode: the header whose `Bearer TOKEN` (or token alone) is the caller's
+    /// evidence (default `x-portcullis-evidence`); in forward mode it is `Proxy-Authorization`.
+    pub evidence_header: Option<String>,
     /// `bearer` (the default), `header`, `query` or `basic`.
     #[serde(default)]
     pub inject: InjectMode,
@@ -139,7 +144,19 @@ pub struct HttpProxyConfig {
     /// A PEM bundle of the CAs the upstream's certificate must chain to, in place of the
     /// Mozilla roots.
     pub ca_file: Option<PathBuf>,
+    /// How long a credential issued to a caller is used again for its next requests, at most
+    /// until 30 s before it expires and never past the caller's evidence; 0 issues one per
+    /// request.
+    #[serde(default = "default_credential_reuse_s")]
+    pub credential_reuse_s: u64,
 }
+
+fn default_credential_reuse_s() -> u64 {
+    60
+}
+
+/// The longest `credential_reuse_s`.
+const MAX_CREDENTIAL_REUSE_S: u64 = 3600;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -151,9 +168,15 @@ pub enum InjectMode {
     Basic,
 }
 
-fn default_evidence_header() -> String {
-    "x-portcullis-evidence".to_owned()
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyMode {
+    #[default]
+    Reverse,
+    Forward,
 }
+
+const DEFAULT_EVIDENCE_HEADER: &str = "x-portcullis-evidence";
 
 /// The most `[[proxy.http]]` listeners one server runs.
 const MAX_HTTP_PROXIES: usize = 256;
@@ -167,53 +190,50 @@ impl HttpProxyConfig {
         use portcullis_engine::api::proxy::{
             HttpProxySpec, Injection, ProxyHeaderName as HeaderName,
         };
-        portcullis_engine::http::check_url(&self.upstream)?;
-        let (scheme, rest) = self
-            .upstream
-            .split_once("://")
-            .context("the upstream has no scheme")?;
-        if rest.contains(['?', '#']) {
-            bail!(
-                "the upstream `{}` has a query or fragment; give its base URL",
-                self.upstream
-            );
-        }
-        let (authority, base_path) = match rest.find('/') {
-            Some(at) => rest.split_at(at),
-            None => (rest, ""),
+        let forward = self.mode == ProxyMode::Forward;
+        let (target, upstream) = match (forward, &self.target, &self.upstream) {
+            (false, Some(target), Some(upstream)) => (target.clone(), upstream.as_str()),
+            (false, _, _) => bail!("a reverse-mode listener needs `target` and `upstream`"),
+            (true, None, None) => (String::new(), ""),
+            (true, _, _) => bail!(
+                "a forward-mode listener takes no `target` or `upstream`: each request names \
+                 its own"
+            ),
         };
-        let has_port = authority
-            .rsplit_once(':')
-            .is_some_and(|(_, port)| port.parse::<u16>().is_ok() && !authority.ends_with(']'));
-        let authority = if has_port {
-            authority.to_owned()
+        let (scheme, authority, base_path) = if forward {
+            if self.ca_file.is_some() {
+                bail!(
+                    "a forward-mode listener reaches `http://` targets only; it takes no \
+                     `ca_file`"
+                );
+            }
+            (String::new(), String::new(), String::new())
         } else {
-            let port = if scheme == "https" { 443 } else { 80 };
-            format!("{authority}:{port}")
+            upstream_parts(upstream, self.ca_file.is_some())?
         };
-        if scheme == "http" && self.ca_file.is_some() {
-            bail!(
-                "`ca_file` is for an `https` upstream; `{}` is plain `http`",
-                self.upstream
-            );
-        }
-        let evidence_header = HeaderName::from_bytes(self.evidence_header.as_bytes())
-            .with_context(|| {
-                format!(
-                    "`evidence_header = {:?}` is not a header name",
-                    self.evidence_header
-                )
-            })?;
-        if matches!(
-            evidence_header.as_str(),
-            "authorization" | "host" | "cookie" | "content-length"
-        ) {
-            bail!(
-                "`evidence_header = {:?}` is a header the request needs for itself; name one \
-                 of its own, such as `x-portcullis-evidence`",
-                self.evidence_header
-            );
-        }
+        let evidence_header = match (forward, &self.evidence_header) {
+            (true, None) => HeaderName::from_static("proxy-authorization"),
+            (true, Some(_)) => bail!(
+                "a forward-mode listener reads the caller's evidence from \
+                 `Proxy-Authorization`; leave `evidence_header` out"
+            ),
+            (false, configured) => {
+                let name = configured.as_deref().unwrap_or(DEFAULT_EVIDENCE_HEADER);
+                let header = HeaderName::from_bytes(name.as_bytes()).with_context(|| {
+                    format!("`evidence_header = {name:?}` is not a header name")
+                })?;
+                if matches!(
+                    header.as_str(),
+                    "authorization" | "host" | "cookie" | "content-length"
+                ) {
+                    bail!(
+                        "`evidence_header = {name:?}` is a header the request needs for itself; \
+                         name one of its own, such as `{DEFAULT_EVIDENCE_HEADER}`"
+                    );
+                }
+                header
+            }
+        };
         let named = |what: &str| {
             self.inject_name
                 .clone()
@@ -240,6 +260,12 @@ impl HttpProxyConfig {
                     .context("`inject = \"basic\"` needs `basic_user`, without `:`")?,
             },
         };
+        if self.credential_reuse_s > MAX_CREDENTIAL_REUSE_S {
+            bail!(
+                "`credential_reuse_s = {}` is over {MAX_CREDENTIAL_REUSE_S}",
+                self.credential_reuse_s
+            );
+        }
         if self.inject != InjectMode::Basic && self.basic_user.is_some() {
             bail!("`basic_user` goes with `inject = \"basic\"`");
         }
@@ -249,15 +275,49 @@ impl HttpProxyConfig {
             bail!("`inject_name` goes with `inject = \"header\"` or `\"query\"`");
         }
         Ok(HttpProxySpec {
-            target: self.target.clone(),
-            upstream_scheme: scheme.to_owned(),
+            forward,
+            target,
+            upstream_scheme: scheme,
             upstream_authority: authority,
-            upstream_base_path: base_path.trim_end_matches('/').to_owned(),
+            upstream_base_path: base_path,
             evidence_header,
             inject,
             ca: roots,
+            credential_reuse_s: self.credential_reuse_s,
         })
     }
+}
+
+/// The scheme, `host:port` and base path of a reverse-mode upstream URL, checked.
+fn upstream_parts(upstream: &str, has_ca_file: bool) -> Result<(String, String, String)> {
+    portcullis_engine::http::check_url(upstream)?;
+    let (scheme, rest) = upstream
+        .split_once("://")
+        .context("the upstream has no scheme")?;
+    if rest.contains(['?', '#']) {
+        bail!("the upstream `{upstream}` has a query or fragment; give its base URL");
+    }
+    let (authority, base_path) = match rest.find('/') {
+        Some(at) => rest.split_at(at),
+        None => (rest, ""),
+    };
+    let has_port = authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok() && !authority.ends_with(']'));
+    let authority = if has_port {
+        authority.to_owned()
+    } else {
+        let port = if scheme == "https" { 443 } else { 80 };
+        format!("{authority}:{port}")
+    };
+    if scheme == "http" && has_ca_file {
+        bail!("`ca_file` is for an `https` upstream; `{upstream}` is plain `http`");
+    }
+    Ok((
+        scheme.to_owned(),
+        authority,
+        base_path.trim_end_matches('/').to_owned(),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -1034,7 +1094,7 @@ impl Config {
                     format!(
                         "`[[proxy.http]]` {} (target `{}`)",
                         idx + 1,
-                        listener.target
+                        listener.target.as_deref().unwrap_or("any, forward mode")
                     )
                 })
             })
@@ -1440,6 +1500,12 @@ mod tests {
                 "upstream = \"https://b\"\ninject = \"cookie\"",
                 "unknown variant `cookie`",
             ),
+            (
+                "upstream = \"https://b\"\ncredential_reuse_s = 7200",
+                "is over 3600",
+            ),
+            ("", "needs `target` and `upstream`"),
+            ("mode = \"forward\"", "takes no `target` or `upstream`"),
         ] {
             let error = format!("{:#}", check(extra).unwrap_err());
             assert!(error.contains(says), "{extra}: {error}");
@@ -1449,6 +1515,40 @@ mod tests {
                     "{error}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn a_forward_proxy_names_no_target_and_reads_proxy_authorization() {
+        let check = |extra: &str| {
+            let text = format!(
+                "[policy]\ndir = \"examples/policies\"\n[[proxy.http]]\nmode = \"forward\"\n\
+                 listen = \"127.0.0.1:3128\"\n{extra}"
+            );
+            let mut config: Config = toml::from_str(&text)?;
+            config.base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            config.validate()?;
+            config.http_proxies()
+        };
+        let spec = check("").unwrap();
+        assert!(spec[0].forward);
+        assert_eq!(spec[0].evidence_header.as_str(), "proxy-authorization");
+        for (extra, says) in [
+            (
+                "evidence_header = \"x-token\"",
+                "leave `evidence_header` out",
+            ),
+            (
+                "ca_file = \"tests/fixtures/tls/ca.pem\"",
+                "takes no `ca_file`",
+            ),
+            (
+                "upstream = \"http://127.0.0.1:1\"",
+                "takes no `target` or `upstream`",
+            ),
+        ] {
+            let error = format!("{:#}", check(extra).unwrap_err());
+            assert!(error.contains(says), "{extra}: {error}");
         }
     }
 

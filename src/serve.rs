@@ -166,6 +166,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         admin,
         audit_query,
         credentials: Some(Arc::clone(&credentials)),
+        metrics: portcullis_engine::metrics::Metrics::default(),
     });
     reloader.record_startup(&engine)?;
     let reloads = Reloads {
@@ -363,6 +364,12 @@ async fn serve(
         let address = listener.local_addr()?;
         let engine = Arc::clone(&engine);
         match spec {
+            ProxySpec::Http(spec) if spec.forward => {
+                tracing::info!(listen = %address, mode = "forward", "proxy_listening");
+                proxies.spawn(api::proxy::serve_http_proxy(
+                    engine, spec, listener, stopped,
+                ));
+            }
             ProxySpec::Http(spec) => {
                 tracing::info!(
                     listen = %address,

@@ -79,7 +79,7 @@ fn start(dir: &Path, billing_upstream: &str, legacy_upstream: &str) -> Setup {
              [[proxy.http]]\ntarget = \"billing\"\nlisten = \"127.0.0.1:{billing}\"\n\
              upstream = \"{billing_upstream}/api\"\n\n\
              [[proxy.http]]\ntarget = \"legacy\"\nlisten = \"127.0.0.1:{legacy}\"\n\
-             upstream = \"{legacy_upstream}\"\ninject = \"header\"\n\
+             upstream = \"{legacy_upstream}\"\ninject = \"header\"\ncredential_reuse_s = 0\n\
              inject_name = \"x-api-key\"\nca_file = {ca:?}\n\n\
              [[proxy.http]]\ntarget = \"gone\"\nlisten = \"127.0.0.1:{gone}\"\n\
              upstream = \"http://127.0.0.1:{closed}\"\n",
@@ -181,6 +181,16 @@ fn requests_are_decided_injected_relayed_and_recorded() {
     assert!(!format!("{upstream_headers:?}").contains(&caller));
     // The client sees nothing of the credential.
     assert!(!body.contains(minted) && !format!("{headers:?}").contains(minted));
+    // The same caller's next request is decided again, with the credential it was issued.
+    let (status, _, body) = call(
+        setup.billing,
+        "GET",
+        "/v1/invoices/2",
+        &[("x-portcullis-evidence", &evidence)],
+    );
+    assert_eq!(status, 200, "{body}");
+    let seen = billing_seen.lock().unwrap().clone();
+    assert_eq!(header(&seen[1].1, "authorization"), Some(authorization));
 
     // Denied: a 403 in the proxy's words, and the upstream is never asked.
     let (status, _, body) = call(
@@ -208,23 +218,26 @@ fn requests_are_decided_injected_relayed_and_recorded() {
     assert_eq!(status, 403, "{body}");
     assert_eq!(
         billing_seen.lock().unwrap().len(),
-        1,
+        2,
         "no refused request went upstream"
     );
 
     // A static secret in an API-key header, over TLS verified against the configured CA; the
     // client's own value of that header is replaced.
-    let (status, headers, body) = call(
-        setup.legacy,
-        "GET",
-        "/reports",
-        &[("x-portcullis-evidence", &caller), ("x-api-key", "mine")],
-    );
-    assert_eq!(status, 200, "{body}");
+    // This listener reuses nothing: each request is an issuance.
+    for _ in 0..2 {
+        let (status, headers, body) = call(
+            setup.legacy,
+            "GET",
+            "/reports",
+            &[("x-portcullis-evidence", &caller), ("x-api-key", "mine")],
+        );
+        assert_eq!(status, 200, "{body}");
+        assert!(!body.contains(SECRET) && !format!("{headers:?}").contains(SECRET));
+    }
     let seen = legacy_seen.lock().unwrap().clone();
-    assert_eq!(seen.len(), 1);
+    assert_eq!(seen.len(), 2);
     assert_eq!(header(&seen[0].1, "x-api-key"), Some(SECRET));
-    assert!(!body.contains(SECRET) && !format!("{headers:?}").contains(SECRET));
 
     // An upstream nobody listens on: a 502.
     let (status, _, body) = call(
@@ -235,6 +248,21 @@ fn requests_are_decided_injected_relayed_and_recorded() {
     );
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("could not be reached"), "{body}");
+
+    // The counters of `GET /metrics` saw the same.
+    let mut metrics = ureq::get(&setup.server.url("/metrics")).call().unwrap();
+    let text = metrics.body_mut().read_to_string().unwrap();
+    for line in [
+        "portcullis_decisions_total{decision=\"allow\"} 5",
+        "portcullis_decisions_total{decision=\"deny\"} 3",
+        "portcullis_denials_total{reason=\"no_permit\"} 1",
+        "portcullis_denials_total{reason=\"token_malformed\"} 2",
+        "portcullis_proxy_upstream_errors_total{target=\"gone\"} 1",
+        "portcullis_proxy_active_connections{protocol=\"http\"} 0",
+        "portcullis_decision_seconds_count 8",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+    }
 
     let log = stop_server(setup.server);
     assert!(
@@ -252,13 +280,116 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         [
             "decision billing GET /v1/invoices permitted",
             "credential_issued billing GET /v1/invoices credential_issued",
+            "decision billing GET /v1/invoices/2 permitted",
             "decision billing POST /v1/invoices no_permit",
             "attestation_failed billing GET /v1/invoices token_malformed",
             "attestation_failed billing GET /v1/invoices token_malformed",
+            "decision legacy GET /reports permitted",
+            "credential_issued legacy GET /reports credential_issued",
             "decision legacy GET /reports permitted",
             "credential_issued legacy GET /reports credential_issued",
             "decision gone GET / permitted",
         ],
         "{rows:#?}"
     );
+}
+
+/// One raw HTTP/1.1 exchange with the proxy on `port`, as a client configured with
+/// `HTTP_PROXY` sends it: the request line in absolute form. The status and the whole answer.
+fn through_forward_proxy(port: u16, request_line: &str, headers: &[&str]) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut request = format!("{request_line}\r\n");
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    (status, answer)
+}
+
+/// The explicit forward-proxy mode: a client names an `http://` target in its request, its
+/// token in `Proxy-Authorization`; the proxy decides for whichever target the policy declares
+/// at that endpoint, and forwards nowhere else.
+#[test]
+fn the_forward_proxy_reaches_declared_http_targets_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seen: Seen = Arc::default();
+    let upstream = http_stub::serve(recording(&seen));
+    let upstream_port: u16 = upstream.rsplit(':').next().unwrap().parse().unwrap();
+    let jwks = write_jwks(tmp.path());
+    let policy = tmp.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("forward.gate"),
+        format!(
+            "workload ci {{ oidc {{ sub == \"ci-runner\" }} }}\n\
+             target reports {{ http {{ host = \"127.0.0.1\" port = {upstream_port} }} }}\n\
+             credential reports_token {{ jwt {{ audience = \"reports\" ttl = 15m }} }}\n\
+             permit ci_reports {{ workload ci target reports credential reports_token }}\n"
+        ),
+    )
+    .unwrap();
+    let proxy_port = free_port();
+    let config = tmp.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ndir = {policy:?}\n\n\
+             [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
+             audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n\n\
+             [[proxy.http]]\nmode = \"forward\"\nlisten = \"127.0.0.1:{proxy_port}\"\n",
+            policy = policy.to_str().unwrap(),
+            jwks = jwks.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let server = start_server_with(&config, &tmp.path().join("data"));
+    let caller = token("ci-runner", 300);
+    let evidence = format!("proxy-authorization: Bearer {caller}");
+    let host = format!("host: 127.0.0.1:{upstream_port}");
+
+    let line = format!("GET http://127.0.0.1:{upstream_port}/daily?day=3 HTTP/1.1");
+    let (status, answer) = through_forward_proxy(proxy_port, &line, &[&host, &evidence]);
+    assert_eq!(status, 200, "{answer}");
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(requests[0].0, "GET /daily?day=3 HTTP/1.1");
+    let authorization = header(&requests[0].1, "authorization").unwrap();
+    assert!(authorization.starts_with("Bearer ey"), "{authorization}");
+    assert!(header(&requests[0].1, "proxy-authorization").is_none());
+    assert!(!answer.contains(&authorization["Bearer ".len()..]));
+
+    // Without evidence: 407, asking for it.
+    let (status, answer) = through_forward_proxy(proxy_port, &line, &[&host]);
+    assert_eq!(status, 407, "{answer}");
+    assert!(
+        answer.to_lowercase().contains("proxy-authenticate: bearer"),
+        "{answer}"
+    );
+    // An endpoint no target declares: refused, never forwarded; nor a tunnel.
+    let elsewhere = format!("GET http://127.0.0.1:{}/ HTTP/1.1", free_port());
+    let (status, answer) = through_forward_proxy(proxy_port, &elsewhere, &[&evidence]);
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("unknown_target"), "{answer}");
+    let connect = format!("CONNECT 127.0.0.1:{upstream_port} HTTP/1.1");
+    let (status, _) = through_forward_proxy(proxy_port, &connect, &[&evidence]);
+    assert_eq!(status, 405);
+    let (status, answer) =
+        through_forward_proxy(proxy_port, "GET /daily HTTP/1.1", &[&host, &evidence]);
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        1,
+        "only the allowed request went upstream"
+    );
+    stop_server(server);
 }

@@ -61,6 +61,8 @@ pub struct Engine {
     /// Issues credentials (`POST /v1/credentials`) and publishes the keys of the tokens it
     /// mints (`GET /.well-known/jwks.json`); without it, both answer 404.
     pub credentials: Option<Arc<CredentialIssuer>>,
+    /// What `GET /metrics` reports.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// The program in effect, replaced whole by a reload. Whoever took it goes on with it: a
@@ -97,6 +99,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/.well-known/jwks.json", get(issuing::jwks))
         .route("/.well-known/openid-configuration", get(issuing::discovery))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .route("/v1/admin/reload", post(admin::reload))
         .route("/v1/audit/query", post(audit_query::query))
         .fallback(not_found)
@@ -115,6 +118,19 @@ pub fn local_router(engine: Arc<Engine>) -> Router {
         .fallback(not_found_local)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(engine)
+}
+
+/// `GET /metrics`: the counters in the Prometheus text format.
+async fn metrics(State(engine): State<Arc<Engine>>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        engine.metrics.render(),
+    )
+        .into_response()
 }
 
 async fn not_found_local() -> Response {
@@ -190,7 +206,7 @@ impl Evidence {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(
     deny_unknown_fields,
     expecting = "an object with `name`, or `protocol`, `host` and `port`"
@@ -271,12 +287,38 @@ async fn method_not_allowed() -> Response {
     )
 }
 
-/// Reads the whole body within [`BODY_READ_TIMEOUT`] and `limit` bytes.
+/// How much of a body over the limit is still read (and dropped) before the 413 goes out, so
+/// that a client still sending gets the answer rather than a reset connection.
+const MAX_DRAINED_BYTES: usize = 1024 * 1024;
+
+/// Reads the whole body within [`BODY_READ_TIMEOUT`] and `limit` bytes. A body over the limit
+/// is read on, and dropped, up to [`MAX_DRAINED_BYTES`] more before it is refused.
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, Response> {
-    let read = axum::body::to_bytes(body, limit);
+    use http_body_util::BodyExt as _;
+    let read = async move {
+        let mut body = body;
+        let mut kept = Vec::new();
+        let mut seen = 0usize;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(drop)?.into_data() else {
+                continue;
+            };
+            seen = seen.saturating_add(data.len());
+            if seen <= limit {
+                kept.extend_from_slice(&data);
+            } else if seen > limit.saturating_add(MAX_DRAINED_BYTES) {
+                break;
+            }
+        }
+        if seen > limit {
+            Err(())
+        } else {
+            Ok(Bytes::from(kept))
+        }
+    };
     match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
         Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(_)) => Err(error(
+        Ok(Err(())) => Err(error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the request body is larger than {limit} bytes, or was cut short"),
         )),
@@ -848,6 +890,7 @@ async fn record_and_answer(
     answer: DecideAnswer,
 ) -> Response {
     let audit = Arc::clone(&engine.audit);
+    engine.metrics.observe(std::slice::from_ref(&event));
     let recorded = tokio::task::spawn_blocking(move || audit.record(event)).await;
     match recorded {
         Ok(Ok(recorded)) => {

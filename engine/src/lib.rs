@@ -12,6 +12,7 @@ pub mod credentials;
 pub mod http;
 pub mod jwks;
 pub mod local;
+pub mod metrics;
 pub mod postgres_roles;
 pub mod postgres_tls;
 pub mod vm;

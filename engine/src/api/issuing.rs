@@ -191,6 +191,44 @@ pub(super) async fn authorize(
     target: TargetQuery<'_>,
     started: Instant,
 ) -> Authorized {
+    match decide(engine, caller, body, target, started).await {
+        Decided::Refused { event, answer } => Authorized::Refused { event, answer },
+        Decided::AllowedWithout { event, answer } => Authorized::AllowedWithout { event, answer },
+        Decided::Allowed(allowed) => issue(engine, issuer, *allowed, started).await,
+    }
+}
+
+/// What attesting and deciding came to, before any credential is issued.
+pub(super) enum Decided {
+    Refused {
+        event: NewEvent,
+        answer: DecideAnswer,
+    },
+    AllowedWithout {
+        event: NewEvent,
+        answer: DecideAnswer,
+    },
+    Allowed(Box<Allowed>),
+}
+
+/// An allow whose permit names a credential, not issued yet.
+pub(super) struct Allowed {
+    pub(super) event: NewEvent,
+    pub(super) answer: DecideAnswer,
+    pub(super) credential: Credential,
+    recipient: OwnedRecipient,
+    /// When the caller's evidence expires (its `exp`), Unix seconds.
+    pub(super) evidence_expires_at: Option<i64>,
+}
+
+/// Attests the caller and decides its request.
+pub(super) async fn decide(
+    engine: &Arc<Engine>,
+    caller: &Caller,
+    body: &DecideBody,
+    target: TargetQuery<'_>,
+    started: Instant,
+) -> Decided {
     let program = engine.program.current();
     let mut event = request_event(caller, body, &program);
     let decided_at = chrono::Utc::now().timestamp();
@@ -200,7 +238,7 @@ pub(super) async fn authorize(
             describe_target_spec(&mut event, &body.target);
             let answer = answer_attestation_failure(&mut event, *rejected);
             event.latency_ns = Some(elapsed_ns(started));
-            return Authorized::Refused { event, answer };
+            return Decided::Refused { event, answer };
         }
     };
     let request = request_of(&attested, target, body, caller, decided_at);
@@ -214,11 +252,11 @@ pub(super) async fn authorize(
         (true, Some(credential)) => credential.clone(),
         (true, None) => {
             event.latency_ns = Some(elapsed_ns(started));
-            return Authorized::AllowedWithout { event, answer };
+            return Decided::AllowedWithout { event, answer };
         }
         (false, _) => {
             event.latency_ns = Some(elapsed_ns(started));
-            return Authorized::Refused { event, answer };
+            return Decided::Refused { event, answer };
         }
     };
     let recipient = OwnedRecipient {
@@ -232,6 +270,34 @@ pub(super) async fn authorize(
         now: decided_at,
         claims: copied_claims(&credential, &attested, engine.attestor.custom_claims()),
     };
+    let evidence_expires_at = attested
+        .payload
+        .get("exp")
+        .and_then(serde_json::Value::as_i64);
+    event.latency_ns = Some(elapsed_ns(started));
+    Decided::Allowed(Box::new(Allowed {
+        event,
+        answer,
+        credential,
+        recipient,
+        evidence_expires_at,
+    }))
+}
+
+/// Issues the credential of an allow.
+pub(super) async fn issue(
+    engine: &Arc<Engine>,
+    issuer: &Arc<crate::credentials::CredentialIssuer>,
+    allowed: Allowed,
+    started: Instant,
+) -> Authorized {
+    let Allowed {
+        mut event,
+        answer,
+        credential,
+        recipient,
+        ..
+    } = allowed;
     // A `static` credential reads a file: off the async threads.
     let issuing = Arc::clone(issuer);
     let minted = {
@@ -401,8 +467,9 @@ async fn deliver(
     issued: Issued,
 ) -> Response {
     let audit = Arc::clone(&engine.audit);
-    let recorded =
-        tokio::task::spawn_blocking(move || audit.record_batch(vec![decision, issued_event])).await;
+    let events = vec![decision, issued_event];
+    engine.metrics.observe(&events);
+    let recorded = tokio::task::spawn_blocking(move || audit.record_batch(events)).await;
     let (decided, issuance) = match recorded {
         Ok(Ok(recorded)) => match recorded.as_slice() {
             [decided, issuance] => (decided.event_id, issuance.event_id),

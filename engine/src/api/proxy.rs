@@ -9,6 +9,7 @@
 //! cannot be recorded. Every request is recorded as its decision's access event (and a
 //! `credential_issued` event when a credential was issued for it) before it is forwarded.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +28,7 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_audit::NewEvent;
 use serde_json::json;
 
-use super::issuing::{Authorized, Granted, authorize};
+use super::issuing::{Allowed, Authorized, Decided, Granted, decide, issue};
 use super::{Caller, DecideAnswer, DecideBody, Engine, Evidence, RequestDetails, TargetSpec};
 use crate::http::TrustRoots;
 
@@ -50,6 +51,10 @@ pub enum Injection {
 /// present their evidence and how the credential is injected.
 #[derive(Debug, Clone)]
 pub struct HttpProxySpec {
+    /// Explicit forward-proxy mode (`HTTP_PROXY`): each request names its `http://` target in
+    /// its absolute-form URI, and the caller's evidence is in `Proxy-Authorization`; `target`
+    /// and the upstream fields are then unused.
+    pub forward: bool,
     /// The Gate target every request on this listener is decided for.
     pub target: String,
     /// `https` or `http`; `http` only to a loopback upstream, which the configuration checks.
@@ -63,6 +68,9 @@ pub struct HttpProxySpec {
     pub inject: Injection,
     /// What the upstream's certificate must chain to.
     pub ca: TrustRoots,
+    /// How long a credential issued to a caller is used again for its next requests (never
+    /// past the credential's expiry or the caller's evidence's); 0 issues one per request.
+    pub credential_reuse_s: u64,
 }
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -71,6 +79,70 @@ struct Proxy {
     engine: Arc<Engine>,
     spec: HttpProxySpec,
     client: UpstreamClient,
+    reuse: CredentialReuse,
+}
+
+/// The most credentials one listener keeps for reuse; past it, expired ones are dropped, then
+/// all.
+const MAX_REUSED: usize = 10_000;
+
+/// A credential is not reused within this many seconds of its expiry.
+const REUSE_MARGIN_S: i64 = 30;
+
+/// Credentials issued to callers, kept for their next requests: by the caller's evidence, the
+/// credential and the bundle that decided (a reload starts afresh).
+#[derive(Default)]
+struct CredentialReuse {
+    entries: std::sync::Mutex<HashMap<ReuseKey, Reusable>>,
+}
+
+#[derive(PartialEq, Eq, Hash)]
+struct ReuseKey {
+    evidence: [u8; 32],
+    credential: String,
+    bundle: String,
+}
+
+struct Reusable {
+    value: Zeroizing<String>,
+    /// Unix seconds.
+    until: i64,
+}
+
+impl CredentialReuse {
+    fn get(&self, key: &ReuseKey, now: i64) -> Option<Zeroizing<String>> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(key)
+            .filter(|kept| now < kept.until)
+            .map(|kept| kept.value.clone())
+    }
+
+    fn keep(&self, key: ReuseKey, value: &Zeroizing<String>, until: i64, now: i64) {
+        if until <= now {
+            return;
+        }
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if entries.len() >= MAX_REUSED {
+            entries.retain(|_, kept| now < kept.until);
+            if entries.len() >= MAX_REUSED {
+                entries.clear();
+            }
+        }
+        entries.insert(
+            key,
+            Reusable {
+                value: value.clone(),
+                until,
+            },
+        );
+    }
 }
 
 /// Serves `spec` on `listener` until `shutdown` completes; requests in flight finish.
@@ -85,6 +157,7 @@ pub async fn serve_http_proxy(
         engine,
         spec,
         client,
+        reuse: CredentialReuse::default(),
     });
     let app = Router::new()
         .fallback(handle)
@@ -112,11 +185,16 @@ async fn handle(
 ) -> Response {
     let started = Instant::now();
     let engine = &proxy.engine;
+    let _open = engine.metrics.connection_opened("http");
     let Some(issuer) = engine.credentials.clone() else {
         return answer(
             StatusCode::SERVICE_UNAVAILABLE,
             "this server issues no credentials",
         );
+    };
+    let route = match route_of(&proxy.spec, &request) {
+        Ok(route) => route,
+        Err((status, message)) => return answer(status, message),
     };
     let body = DecideBody {
         evidence: evidence_token(request.headers(), &proxy.spec.evidence_header).map(|token| {
@@ -125,26 +203,170 @@ async fn handle(
                 digest: std::sync::OnceLock::new(),
             }
         }),
-        target: TargetSpec {
-            name: Some(proxy.spec.target.clone()),
-            protocol: None,
-            host: None,
-            port: None,
-        },
+        target: route.target.clone(),
         request: RequestDetails {
             action: Some(request.method().as_str().to_owned()),
             resource: Some(request.uri().path().to_owned()),
         },
         explain: false,
     };
-    let target = crate::vm::TargetQuery::Named(&proxy.spec.target);
+    let target = match super::target_query(&body.target) {
+        Ok(target) => target,
+        Err(message) => return answer(StatusCode::BAD_REQUEST, message),
+    };
+    // A forward proxy asks a client without evidence for it, as HTTP has it.
+    let refused = if proxy.spec.forward && body.evidence.is_none() {
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED
+    } else {
+        StatusCode::FORBIDDEN
+    };
     let caller = Caller::Remote(peer);
-    let credential = match authorize(engine, &issuer, &caller, &body, target, started).await {
-        Authorized::Refused { event, answer } => {
+    let allowed = match decide(engine, &caller, &body, target, started).await {
+        Decided::Refused { event, answer } => {
             return match record(engine, vec![event]).await {
-                Ok(ids) => refusal(StatusCode::FORBIDDEN, &answer, ids.first()),
+                Ok(ids) if refused == StatusCode::PROXY_AUTHENTICATION_REQUIRED => {
+                    let mut response = refusal(refused, &answer, ids.first());
+                    response.headers_mut().insert(
+                        header::PROXY_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer realm=\"portcullis\""),
+                    );
+                    response
+                }
+                Ok(ids) => refusal(refused, &answer, ids.first()),
                 Err(response) => response,
             };
+        }
+        Decided::AllowedWithout { event, .. } => {
+            if let Err(response) = record(engine, vec![event]).await {
+                return response;
+            }
+            return forward(&proxy, &route, request, None).await;
+        }
+        Decided::Allowed(allowed) => allowed,
+    };
+    let now = chrono::Utc::now().timestamp();
+    let key = body.evidence.as_ref().map(|evidence| ReuseKey {
+        evidence: evidence.digest(),
+        credential: allowed.credential.name.clone(),
+        bundle: allowed.event.bundle_hash.clone().unwrap_or_default(),
+    });
+    // A credential issued to this caller moments ago is used again: one decision event, and
+    // no new issuance.
+    if let Some(value) = key.as_ref().and_then(|key| proxy.reuse.get(key, now)) {
+        if let Err(response) = record(engine, vec![allowed.event]).await {
+            return response;
+        }
+        return forward(&proxy, &route, request, Some(value)).await;
+    }
+    let evidence_expires_at = allowed.evidence_expires_at;
+    let credential = match issue_for(&proxy, &issuer, *allowed, started).await {
+        Ok((value, expires_at)) => {
+            if let Some(key) = key
+                && proxy.spec.credential_reuse_s > 0
+            {
+                let reuse_s = i64::try_from(proxy.spec.credential_reuse_s).unwrap_or(i64::MAX);
+                let until = [
+                    Some(now.saturating_add(reuse_s)),
+                    expires_at.map(|at| at - REUSE_MARGIN_S),
+                    evidence_expires_at,
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(now);
+                proxy.reuse.keep(key, &value, until, now);
+            }
+            value
+        }
+        Err(response) => return response,
+    };
+    forward(&proxy, &route, request, Some(credential)).await
+}
+
+/// Where a request goes: the target it is decided for and the upstream it is sent to.
+struct Route {
+    target: TargetSpec,
+    upstream_scheme: String,
+    upstream_authority: String,
+    upstream_base_path: String,
+}
+
+/// The listener's target and upstream in reverse mode; in forward mode, the `http://` target
+/// the request's absolute-form URI names, or the answer that refuses the request.
+fn route_of(
+    spec: &HttpProxySpec,
+    request: &Request<Body>,
+) -> Result<Route, (StatusCode, &'static str)> {
+    if !spec.forward {
+        return Ok(Route {
+            target: TargetSpec {
+                name: Some(spec.target.clone()),
+                protocol: None,
+                host: None,
+                port: None,
+            },
+            upstream_scheme: spec.upstream_scheme.clone(),
+            upstream_authority: spec.upstream_authority.clone(),
+            upstream_base_path: spec.upstream_base_path.clone(),
+        });
+    }
+    if request.method() == axum::http::Method::CONNECT {
+        return Err((
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT is not proxied: a credential cannot be put into a TLS tunnel; reach \
+             `https` targets through a reverse-mode listener",
+        ));
+    }
+    let uri = request.uri();
+    let (Some("http"), Some(host)) = (uri.scheme_str(), uri.host()) else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "this is a forward proxy: send `http://` requests in absolute form, as clients \
+             do through `HTTP_PROXY`",
+        ));
+    };
+    let port = uri.port_u16().unwrap_or(80);
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Ok(Route {
+        target: TargetSpec {
+            name: None,
+            protocol: Some("http".to_owned()),
+            host: Some(host),
+            port: Some(port),
+        },
+        upstream_scheme: "http".to_owned(),
+        upstream_authority: authority,
+        upstream_base_path: String::new(),
+    })
+}
+
+/// Issues an allow's credential and records the decision and the issuance; the credential and
+/// its expiry, or the answer that refuses the request.
+async fn issue_for(
+    proxy: &Proxy,
+    issuer: &Arc<crate::credentials::CredentialIssuer>,
+    allowed: Allowed,
+    started: Instant,
+) -> Result<(Zeroizing<String>, Option<i64>), Response> {
+    let engine = &proxy.engine;
+    match issue(engine, issuer, allowed, started).await {
+        Authorized::Issued(granted) => {
+            let Granted {
+                event,
+                issuance,
+                issued,
+                ..
+            } = *granted;
+            record(engine, vec![event, issuance]).await?;
+            Ok((issued.value, issued.expires_at))
         }
         Authorized::Unavailable {
             mut event,
@@ -164,47 +386,43 @@ async fn handle(
                 reason_code: "credential_unavailable",
                 ..answer
             };
-            return match record(engine, vec![event]).await {
-                Ok(ids) => refusal(StatusCode::SERVICE_UNAVAILABLE, &answer, ids.first()),
-                Err(response) => response,
-            };
+            let ids = record(engine, vec![event]).await?;
+            Err(refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &answer,
+                ids.first(),
+            ))
         }
-        Authorized::AllowedWithout { event, .. } => {
-            if let Err(response) = record(engine, vec![event]).await {
-                return response;
-            }
-            None
+        Authorized::Refused { event, answer } | Authorized::AllowedWithout { event, answer } => {
+            let ids = record(engine, vec![event]).await?;
+            Err(refusal(StatusCode::FORBIDDEN, &answer, ids.first()))
         }
-        Authorized::Issued(granted) => {
-            let Granted {
-                event,
-                issuance,
-                issued,
-                ..
-            } = *granted;
-            if let Err(response) = record(engine, vec![event, issuance]).await {
-                return response;
-            }
-            Some(issued.value)
-        }
-    };
-    forward(&proxy, request, credential).await
+    }
 }
 
 /// The caller's token from the evidence header: `Bearer TOKEN`, or the token alone.
 fn evidence_token(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let value = headers.get(name)?.to_str().ok()?.trim();
     let token = match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-        _ if value.eq_ignore_ascii_case("bearer") => "",
-        _ => value,
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim().to_owned(),
+        // `http://user:TOKEN@proxy` in `HTTP_PROXY` arrives as Basic: the password is the token.
+        Some((scheme, pair)) if scheme.eq_ignore_ascii_case("basic") => {
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(pair.trim())
+                .ok()?;
+            let pair = String::from_utf8(decoded).ok()?;
+            pair.split_once(':')?.1.to_owned()
+        }
+        _ if value.eq_ignore_ascii_case("bearer") => String::new(),
+        _ => value.to_owned(),
     };
-    (!token.is_empty()).then(|| token.to_owned())
+    (!token.is_empty()).then_some(token)
 }
 
 /// Records `events` in one commit; on failure, the fail-closed answer.
 async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<Vec<String>, Response> {
     let audit = Arc::clone(&engine.audit);
+    engine.metrics.observe(&events);
     match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
         Ok(Ok(recorded)) => Ok(recorded
             .iter()
@@ -280,6 +498,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// the answer.
 async fn forward(
     proxy: &Proxy,
+    route: &Route,
     request: Request<Body>,
     credential: Option<Zeroizing<String>>,
 ) -> Response {
@@ -300,18 +519,18 @@ async fn forward(
         credential.as_deref().map(String::as_str),
     );
     let path_and_query = match query {
-        Some(query) => format!("{}{}?{query}", spec.upstream_base_path, parts.uri.path()),
-        None => format!("{}{}", spec.upstream_base_path, parts.uri.path()),
+        Some(query) => format!("{}{}?{query}", route.upstream_base_path, parts.uri.path()),
+        None => format!("{}{}", route.upstream_base_path, parts.uri.path()),
     };
     let uri = format!(
         "{}://{}{path_and_query}",
-        spec.upstream_scheme, spec.upstream_authority
+        route.upstream_scheme, route.upstream_authority
     );
     parts.uri = match uri.parse::<Uri>() {
         Ok(uri) => uri,
         Err(_) => return answer(StatusCode::BAD_REQUEST, "the request's path is not usable"),
     };
-    if let Ok(host) = HeaderValue::from_str(&spec.upstream_authority) {
+    if let Ok(host) = HeaderValue::from_str(&route.upstream_authority) {
         parts.headers.insert(header::HOST, host);
     }
     if let Some(credential) = credential.as_deref().map(String::as_str) {
@@ -340,17 +559,18 @@ async fn forward(
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => {
+            proxy.engine.metrics.upstream_error(&spec.target);
             tracing::warn!(
                 target = %spec.target,
-                upstream = %spec.upstream_authority,
+                upstream = %route.upstream_authority,
                 error = %error,
                 "upstream_unreachable"
             );
             answer(
                 StatusCode::BAD_GATEWAY,
                 &format!(
-                    "the upstream of target `{}` could not be reached",
-                    spec.target
+                    "the upstream `{}` could not be reached",
+                    route.upstream_authority
                 ),
             )
         }
@@ -445,6 +665,15 @@ mod tests {
         );
         headers.insert(&name, HeaderValue::from_static("bearer  "));
         assert_eq!(evidence_token(&headers, &name), None);
+        // `svc:abc.def.ghi`, as a client sends a proxy URL's user information.
+        headers.insert(
+            &name,
+            HeaderValue::from_static("Basic c3ZjOmFiYy5kZWYuZ2hp"),
+        );
+        assert_eq!(
+            evidence_token(&headers, &name).as_deref(),
+            Some("abc.def.ghi")
+        );
     }
 
     #[test]

@@ -113,6 +113,7 @@ async fn session(
     peer: SocketAddr,
 ) {
     let started = Instant::now();
+    let _open = engine.metrics.connection_opened("postgres");
     let client: Box<dyn Stream> = Box::new(stream);
     let startup = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
@@ -311,6 +312,7 @@ async fn handshake(
     let upstream = match connect_upstream(spec, &login, &password, &database, &params).await {
         Ok(upstream) => upstream,
         Err(why) => {
+            engine.metrics.upstream_error(&spec.target);
             tracing::warn!(target = %spec.target, why, "postgres_upstream_failed");
             refuse(
                 &mut client,
@@ -331,6 +333,7 @@ async fn handshake(
 
 async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<(), ()> {
     let audit = Arc::clone(&engine.audit);
+    engine.metrics.observe(&events);
     match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(error)) => {
