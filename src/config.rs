@@ -128,7 +128,10 @@ pub struct HttpProxyConfig {
     pub mode: ProxyMode,
     /// Reverse mode: the target every request is decided for.
     pub target: Option<String>,
-    pub listen: SocketAddr,
+    /// Exactly one of `listen`, an address, and `listen_socket`, a Unix socket whose callers
+    /// are attested by their connection (reverse mode only).
+    pub listen: Option<SocketAddr>,
+    pub listen_socket: Option<PathBuf>,
     /// Reverse mode: `https://host[:port][/base]`, or `http://` to a loopback address.
     pub upstream: Option<String>,
     /// Reverse mode: the header whose `Bearer TOKEN` (or token alone) is the caller's
@@ -191,6 +194,18 @@ impl HttpProxyConfig {
             HttpProxySpec, Injection, ProxyHeaderName as HeaderName,
         };
         let forward = self.mode == ProxyMode::Forward;
+        match (&self.listen, &self.listen_socket) {
+            (Some(_), None) => {}
+            (None, Some(_)) if forward => bail!(
+                "a forward-mode listener takes `listen`, an address; its callers are attested by \
+                 their tokens"
+            ),
+            (None, Some(path)) if !path.is_absolute() && path.as_os_str().is_empty() => {
+                bail!("`listen_socket` is empty")
+            }
+            (None, Some(_)) => {}
+            _ => bail!("give exactly one of `listen` and `listen_socket`"),
+        }
         let (target, upstream) = match (forward, &self.target, &self.upstream) {
             (false, Some(target), Some(upstream)) => (target.clone(), upstream.as_str()),
             (false, _, _) => bail!("a reverse-mode listener needs `target` and `upstream`"),
@@ -1506,6 +1521,10 @@ mod tests {
             ),
             ("", "needs `target` and `upstream`"),
             ("mode = \"forward\"", "takes no `target` or `upstream`"),
+            (
+                "upstream = \"https://b\"\nlisten_socket = \"/run/p.sock\"",
+                "exactly one of `listen` and `listen_socket`",
+            ),
         ] {
             let error = format!("{:#}", check(extra).unwrap_err());
             assert!(error.contains(says), "{extra}: {error}");

@@ -59,18 +59,30 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         }
     }
     let mut proxy_listeners = Vec::new();
+    let mut proxy_unix = Vec::new();
+    let mut proxy_sockets = Vec::new();
     for (spec, raw) in http_proxies.into_iter().zip(&config.proxy.http) {
+        if let Some(path) = &raw.listen_socket {
+            let path = config.resolve(path);
+            let listener = runtime
+                .block_on(bind_local(&path))
+                .with_context(|| format!("the proxy socket of target `{}`", spec.target))?;
+            proxy_sockets.push(socket_inode(&path));
+            proxy_unix.push((spec, listener, path));
+            continue;
+        }
+        let Some(listen) = raw.listen else { continue };
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind(raw.listen))
+            .block_on(tokio::net::TcpListener::bind(listen))
             .with_context(|| {
                 format!(
-                    "cannot listen on {} for the proxy of target `{}`",
-                    raw.listen, spec.target
+                    "cannot listen on {listen} for the proxy of target `{}`",
+                    spec.target
                 )
             })?;
-        if !raw.listen.ip().is_loopback() {
+        if !listen.ip().is_loopback() {
             tracing::warn!(
-                listen = %raw.listen,
+                %listen,
                 target = %spec.target,
                 "the proxy listens beyond loopback, as configured; callers' tokens travel in \
                  clear text: put TLS in front"
@@ -180,8 +192,12 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         local_listener.as_ref().map(|(_, path)| path.clone()),
         local_listener.map(|(listener, _)| listener),
         proxy_listeners,
+        proxy_unix,
         reloads,
     ));
+    for (path, inode) in proxy_sockets {
+        remove_own_socket(&path, inode);
+    }
     if let Some(path) = config.local_socket() {
         remove_own_socket(&path, local_inode);
     }
@@ -258,7 +274,7 @@ async fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> 
             // A socket that still answers belongs to a running server: never take it over.
             if std::os::unix::net::UnixStream::connect(path).is_ok() {
                 anyhow::bail!(
-                    "`server.local_socket` `{}` is in use: another server listens on it",
+                    "the Unix socket `{}` is in use: another server listens on it",
                     path.display()
                 );
             }
@@ -266,7 +282,7 @@ async fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> 
                 .with_context(|| format!("cannot replace the stale socket `{}`", path.display()))?;
         }
         Ok(_) => anyhow::bail!(
-            "`server.local_socket` names `{}`, which exists and is not a socket",
+            "the Unix socket `{}` would replace a file that exists and is not a socket",
             path.display()
         ),
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -283,6 +299,15 @@ async fn bind_local(path: &std::path::Path) -> Result<tokio::net::UnixListener> 
 
 /// Removes the socket at `path` at stop if it is still the one this server made (`inode`):
 /// a socket another server made there since is left alone.
+/// A socket's path and inode, to remove it at exit only if it is still the one bound.
+fn socket_inode(path: &std::path::Path) -> (std::path::PathBuf, Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::symlink_metadata(path)
+        .ok()
+        .map(|metadata| metadata.ino());
+    (path.to_path_buf(), inode)
+}
+
 fn remove_own_socket(path: &std::path::Path, inode: Option<u64>) {
     use std::os::unix::fs::MetadataExt;
     let ours = std::fs::symlink_metadata(path).is_ok_and(|metadata| Some(metadata.ino()) == inode);
@@ -297,6 +322,7 @@ async fn serve(
     local_path: Option<std::path::PathBuf>,
     local_listener: Option<tokio::net::UnixListener>,
     proxy_listeners: Vec<(ProxySpec, tokio::net::TcpListener)>,
+    proxy_unix: Vec<(HttpProxySpec, tokio::net::UnixListener, std::path::PathBuf)>,
     reloads: Reloads,
 ) -> Result<()> {
     let local = listener.local_addr()?;
@@ -356,6 +382,24 @@ async fn serve(
         }
     };
     let mut proxies = tokio::task::JoinSet::new();
+    for (spec, listener, path) in proxy_unix {
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        tracing::info!(
+            listen_socket = %path.display(),
+            target = %spec.target,
+            upstream = %format!("{}://{}", spec.upstream_scheme, spec.upstream_authority),
+            "proxy_listening"
+        );
+        proxies.spawn(api::proxy::serve_http_proxy_local(
+            Arc::clone(&engine),
+            spec,
+            listener,
+            stopped,
+        ));
+    }
     for (spec, listener) in proxy_listeners {
         let mut stop = stop_rx.clone();
         let stopped = async move {

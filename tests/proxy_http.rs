@@ -393,3 +393,69 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
     );
     stop_server(server);
 }
+
+/// A reverse-mode listener on a Unix socket: the caller is the process at the other end,
+/// attested by its connection, and needs no token.
+#[test]
+fn a_local_process_reaches_its_target_through_a_socket_listener() {
+    use std::io::{Read as _, Write as _};
+    let tmp = tempfile::tempdir().unwrap();
+    let seen: Seen = Arc::default();
+    let upstream = http_stub::serve(recording(&seen));
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let uid: u32 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))
+        .and_then(|ids| ids.split_whitespace().nth(1))
+        .and_then(|uid| uid.parse().ok())
+        .unwrap();
+    let policy = tmp.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("local.gate"),
+        format!(
+            "workload this_test {{ process {{ uid == {uid} }} }}\n\
+             target reports {{ https {{ host = \"reports.internal\" }} }}\n\
+             credential reports_token {{ jwt {{ audience = \"reports\" ttl = 15m }} }}\n\
+             permit this_test_reads {{ workload this_test target reports \
+             credential reports_token when request.action == \"GET\" }}\n"
+        ),
+    )
+    .unwrap();
+    let socket = tmp.path().join("reports.sock");
+    let config = tmp.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ndir = {policy:?}\n\n\
+             [[proxy.http]]\ntarget = \"reports\"\nlisten_socket = {socket:?}\n\
+             upstream = \"{upstream}\"\n",
+            policy = policy.to_str().unwrap(),
+            socket = socket.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let server = start_server_with(&config, &tmp.path().join("data"));
+    let ask = |method: &str| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        let request = format!(
+            "{method} /daily HTTP/1.1\r\nhost: reports\r\nx-portcullis-evidence: forged\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = ask("GET");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1);
+    assert!(header(&requests[0].1, "authorization").is_some_and(|v| v.starts_with("Bearer ey")));
+    assert!(header(&requests[0].1, "x-portcullis-evidence").is_none());
+    let answer = ask("POST");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    stop_server(server);
+    assert!(!socket.exists(), "the socket is removed at stop");
+}

@@ -145,6 +145,30 @@ impl CredentialReuse {
     }
 }
 
+/// Serves `spec` on a Unix-socket `listener` until `shutdown` completes: each caller is the
+/// process at the other end, attested by its connection as on the server's local socket.
+pub async fn serve_http_proxy_local(
+    engine: Arc<Engine>,
+    spec: HttpProxySpec,
+    listener: tokio::net::UnixListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let client = upstream_client(&spec.ca).map_err(std::io::Error::other)?;
+    let proxy = Arc::new(Proxy {
+        engine,
+        spec,
+        client,
+        reuse: CredentialReuse::default(),
+    });
+    let app = Router::new()
+        .fallback(handle_local)
+        .with_state(proxy)
+        .into_make_service_with_connect_info::<super::LocalPeer>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 /// Serves `spec` on `listener` until `shutdown` completes; requests in flight finish.
 pub async fn serve_http_proxy(
     engine: Arc<Engine>,
@@ -183,6 +207,22 @@ async fn handle(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request<Body>,
 ) -> Response {
+    handle_for(proxy, Caller::Remote(peer), request).await
+}
+
+/// A request on a Unix-socket listener: the caller is the connecting process.
+async fn handle_local(
+    State(proxy): State<Arc<Proxy>>,
+    ConnectInfo(local): ConnectInfo<super::LocalPeer>,
+    request: Request<Body>,
+) -> Response {
+    match local.0 {
+        Ok(peer) => handle_for(proxy, Caller::Local(peer), request).await,
+        Err(why) => super::no_peer_credentials(&why),
+    }
+}
+
+async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -> Response {
     let started = Instant::now();
     let engine = &proxy.engine;
     let _open = engine.metrics.connection_opened("http");
@@ -196,12 +236,15 @@ async fn handle(
         Ok(route) => route,
         Err((status, message)) => return answer(status, message),
     };
+    // A local process is attested by its connection; a header it sends is not evidence.
+    let token = match caller {
+        Caller::Remote(_) => evidence_token(request.headers(), &proxy.spec.evidence_header),
+        Caller::Local(_) => None,
+    };
     let body = DecideBody {
-        evidence: evidence_token(request.headers(), &proxy.spec.evidence_header).map(|token| {
-            Evidence {
-                token,
-                digest: std::sync::OnceLock::new(),
-            }
+        evidence: token.map(|token| Evidence {
+            token,
+            digest: std::sync::OnceLock::new(),
         }),
         target: route.target.clone(),
         request: RequestDetails {
@@ -220,7 +263,6 @@ async fn handle(
     } else {
         StatusCode::FORBIDDEN
     };
-    let caller = Caller::Remote(peer);
     let allowed = match decide(engine, &caller, &body, target, started).await {
         Decided::Refused { event, answer } => {
             return match record(engine, vec![event]).await {
