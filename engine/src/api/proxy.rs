@@ -153,13 +153,7 @@ pub async fn serve_http_proxy_local(
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let client = upstream_client(&spec.ca).map_err(std::io::Error::other)?;
-    let proxy = Arc::new(Proxy {
-        engine,
-        spec,
-        client,
-        reuse: CredentialReuse::default(),
-    });
+    let proxy = Proxy::new(engine, spec)?;
     let app = Router::new()
         .fallback(handle_local)
         .with_state(proxy)
@@ -176,13 +170,7 @@ pub async fn serve_http_proxy(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let client = upstream_client(&spec.ca).map_err(std::io::Error::other)?;
-    let proxy = Arc::new(Proxy {
-        engine,
-        spec,
-        client,
-        reuse: CredentialReuse::default(),
-    });
+    let proxy = Proxy::new(engine, spec)?;
     let app = Router::new()
         .fallback(handle)
         .with_state(proxy)
@@ -190,6 +178,18 @@ pub async fn serve_http_proxy(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+impl Proxy {
+    fn new(engine: Arc<Engine>, spec: HttpProxySpec) -> std::io::Result<Arc<Proxy>> {
+        let client = upstream_client(&spec.ca).map_err(std::io::Error::other)?;
+        Ok(Arc::new(Proxy {
+            engine,
+            spec,
+            client,
+            reuse: CredentialReuse::default(),
+        }))
+    }
 }
 
 fn upstream_client(roots: &TrustRoots) -> Result<UpstreamClient, String> {
