@@ -912,6 +912,20 @@ async fn record_and_answer(
     }
 }
 
+/// Counts `events` for `/metrics` and records them in one commit: their event ids, or why
+/// they could not be recorded (logged here), which the caller answers as a deny.
+async fn record_events(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<Vec<String>, String> {
+    let audit = Arc::clone(&engine.audit);
+    engine.metrics.observe(&events);
+    let recorded = match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
+        Ok(Ok(recorded)) => return Ok(recorded.iter().map(|e| e.event_id.to_string()).collect()),
+        Ok(Err(error)) => error.to_string(),
+        Err(join) => join.to_string(),
+    };
+    tracing::error!(error = recorded, "audit_record_failed");
+    Err(recorded)
+}
+
 /// Fail closed: a decision that cannot be recorded is a deny. The answer has every field an
 /// ordinary answer has, so a client reads it the same way: who asked for what is kept, the
 /// rule and any credential are not, and there is no event to name.

@@ -434,11 +434,7 @@ async fn unavailable(
     mut answer: DecideAnswer,
     problem: &str,
 ) -> Response {
-    tracing::error!(problem, "credential_issue_failed");
-    event.reason = Some(format!(
-        "{}; the credential was not issued: {problem}",
-        event.reason.as_deref().unwrap_or_default()
-    ));
+    mark_unavailable(&mut event, problem);
     let name = answer
         .credential
         .as_ref()
@@ -447,13 +443,28 @@ async fn unavailable(
         "the credential{name} could not be issued; the server's log and the access event say why"
     );
     answer.reason_code = "credential_unavailable";
-    event.reason_code = Some(answer.reason_code.to_owned());
     answer.credential = None;
     let mut response = record_and_answer(engine, event, answer).await;
     if response.status() == StatusCode::OK {
         *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
     }
     response
+}
+
+/// Logs why an allowed request's credential could not be issued and puts the why in its
+/// decision event, with `reason_code` `credential_unavailable`: what the API and both proxies
+/// record for it. The caller is told less.
+pub(super) fn mark_unavailable(event: &mut NewEvent, problem: &str) {
+    tracing::error!(
+        problem,
+        target = event.target.as_deref().unwrap_or_default(),
+        "credential_issue_failed"
+    );
+    event.reason = Some(format!(
+        "{}; the credential was not issued: {problem}",
+        event.reason.as_deref().unwrap_or_default()
+    ));
+    event.reason_code = Some("credential_unavailable".to_owned());
 }
 
 /// Records the decision and the issuance in one commit, then hands the credential over; if

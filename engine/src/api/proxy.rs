@@ -415,12 +415,7 @@ async fn issue_for(
             answer,
             problem,
         } => {
-            tracing::error!(problem, target = %proxy.spec.target, "credential_issue_failed");
-            event.reason = Some(format!(
-                "{}; the credential was not issued: {problem}",
-                event.reason.as_deref().unwrap_or_default()
-            ));
-            event.reason_code = Some("credential_unavailable".to_owned());
+            super::issuing::mark_unavailable(&mut event, &problem);
             let answer = DecideAnswer {
                 reason: "the credential could not be issued; the server's log and the access \
                          event say why"
@@ -463,20 +458,12 @@ fn evidence_token(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// Records `events` in one commit; on failure, the fail-closed answer.
 async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<Vec<String>, Response> {
-    let audit = Arc::clone(&engine.audit);
-    engine.metrics.observe(&events);
-    match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
-        Ok(Ok(recorded)) => Ok(recorded
-            .iter()
-            .map(|event| event.event_id.to_string())
-            .collect()),
-        Ok(Err(error)) => Err(unrecorded(&error.to_string())),
-        Err(join) => Err(unrecorded(&join.to_string())),
-    }
+    super::record_events(engine, events)
+        .await
+        .map_err(|_| unrecorded())
 }
 
-fn unrecorded(detail: &str) -> Response {
-    tracing::error!(error = detail, "audit_record_failed");
+fn unrecorded() -> Response {
     let body = json!({
         "decision": "deny",
         "reason": "the request could not be recorded, so it is denied",

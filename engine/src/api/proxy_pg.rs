@@ -274,12 +274,7 @@ async fn handshake(
         Authorized::Unavailable {
             mut event, problem, ..
         } => {
-            tracing::error!(problem, target = %spec.target, "credential_issue_failed");
-            event.reason = Some(format!(
-                "{}; the credential was not issued: {problem}",
-                event.reason.as_deref().unwrap_or_default()
-            ));
-            event.reason_code = Some("credential_unavailable".to_owned());
+            super::issuing::mark_unavailable(&mut event, &problem);
             let _ = record(engine, vec![event]).await;
             let message = "the credential could not be issued; the server's log says why";
             refuse(&mut client, "08004", message).await;
@@ -332,19 +327,10 @@ async fn handshake(
 }
 
 async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<(), ()> {
-    let audit = Arc::clone(&engine.audit);
-    engine.metrics.observe(&events);
-    match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(error)) => {
-            tracing::error!(error = %error, "audit_record_failed");
-            Err(())
-        }
-        Err(error) => {
-            tracing::error!(error = %error, "audit_record_failed");
-            Err(())
-        }
-    }
+    super::record_events(engine, events)
+        .await
+        .map(drop)
+        .map_err(drop)
 }
 
 /// The role and password of a `postgres_role` credential's URI.
