@@ -15,6 +15,7 @@ pub mod audit_query;
 pub mod issuing;
 pub mod proxy;
 pub mod proxy_pg;
+mod reuse;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError, RwLock};

@@ -9,7 +9,6 @@
 //! cannot be recorded. Every request is recorded as its decision's access event (and a
 //! `credential_issued` event when a credential was issued for it) before it is forwarded.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,6 +28,7 @@ use portcullis_audit::NewEvent;
 use serde_json::json;
 
 use super::issuing::{Allowed, Authorized, Decided, Granted, decide, issue};
+use super::reuse::{CredentialReuse, ReuseKey, reuse_until};
 use super::{Caller, DecideAnswer, DecideBody, Engine, Evidence, RequestDetails, TargetSpec};
 use crate::http::TrustRoots;
 
@@ -80,69 +80,6 @@ struct Proxy {
     spec: HttpProxySpec,
     client: UpstreamClient,
     reuse: CredentialReuse,
-}
-
-/// The most credentials one listener keeps for reuse; past it, expired ones are dropped, then
-/// all.
-const MAX_REUSED: usize = 10_000;
-
-/// A credential is not reused within this many seconds of its expiry.
-const REUSE_MARGIN_S: i64 = 30;
-
-/// Credentials issued to callers, kept for their next requests: by the caller's evidence, the
-/// credential and the bundle that decided (a reload starts afresh).
-#[derive(Default)]
-struct CredentialReuse {
-    entries: std::sync::Mutex<HashMap<ReuseKey, Reusable>>,
-}
-
-#[derive(PartialEq, Eq, Hash)]
-struct ReuseKey {
-    evidence: [u8; 32],
-    credential: String,
-    bundle: String,
-}
-
-struct Reusable {
-    value: Zeroizing<String>,
-    /// Unix seconds.
-    until: i64,
-}
-
-impl CredentialReuse {
-    fn get(&self, key: &ReuseKey, now: i64) -> Option<Zeroizing<String>> {
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        entries
-            .get(key)
-            .filter(|kept| now < kept.until)
-            .map(|kept| kept.value.clone())
-    }
-
-    fn keep(&self, key: ReuseKey, value: &Zeroizing<String>, until: i64, now: i64) {
-        if until <= now {
-            return;
-        }
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if entries.len() >= MAX_REUSED {
-            entries.retain(|_, kept| now < kept.until);
-            if entries.len() >= MAX_REUSED {
-                entries.clear();
-            }
-        }
-        entries.insert(
-            key,
-            Reusable {
-                value: value.clone(),
-                until,
-            },
-        );
-    }
 }
 
 /// Serves `spec` on a Unix-socket `listener` until `shutdown` completes: each caller is the
@@ -306,16 +243,8 @@ async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -
             if let Some(key) = key
                 && proxy.spec.credential_reuse_s > 0
             {
-                let reuse_s = i64::try_from(proxy.spec.credential_reuse_s).unwrap_or(i64::MAX);
-                let until = [
-                    Some(now.saturating_add(reuse_s)),
-                    expires_at.map(|at| at - REUSE_MARGIN_S),
-                    evidence_expires_at,
-                ]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(now);
+                let reuse_s = proxy.spec.credential_reuse_s;
+                let until = reuse_until(now, reuse_s, expires_at, evidence_expires_at);
                 proxy.reuse.keep(key, &value, until, now);
             }
             value
