@@ -115,6 +115,11 @@ pub struct PostgresProxyConfig {
     /// client's SSLRequest is answered `N`.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// How long a credential issued to a caller is used again for its next connections, at
+    /// most until 30 s before it expires and never past the caller's evidence; 0 issues one
+    /// per connection.
+    #[serde(default = "default_credential_reuse_s")]
+    pub credential_reuse_s: u64,
 }
 
 /// A reverse-mode HTTP listener: every request on `listen` is decided for `target` and, when
@@ -1151,6 +1156,12 @@ impl Config {
         if listener.upstream_port == 0 {
             bail!("`upstream_port = 0` is not a port");
         }
+        if listener.credential_reuse_s > MAX_CREDENTIAL_REUSE_S {
+            bail!(
+                "`credential_reuse_s = {}` is over {MAX_CREDENTIAL_REUSE_S}",
+                listener.credential_reuse_s
+            );
+        }
         let upstream_tls = match mode {
             PostgresTlsMode::Disable if !loopback => bail!(
                 "`upstream_tls = \"disable\"` is for a loopback upstream; the issued credential \
@@ -1182,6 +1193,7 @@ impl Config {
             upstream_port: listener.upstream_port,
             upstream_tls,
             client_tls,
+            credential_reuse_s: listener.credential_reuse_s,
         })
     }
 
@@ -1569,6 +1581,32 @@ mod tests {
             let error = format!("{:#}", check(extra).unwrap_err());
             assert!(error.contains(says), "{extra}: {error}");
         }
+    }
+
+    #[test]
+    fn a_postgres_listener_reuses_credentials_for_a_minute_unless_told_otherwise() {
+        let check = |extra: &str| {
+            let text = format!(
+                "[policy]\ndir = \"examples/policies\"\n[[proxy.postgres]]\n\
+                 target = \"orders_db\"\nlisten = \"127.0.0.1:6432\"\n\
+                 upstream_host = \"127.0.0.1\"\n{extra}"
+            );
+            let mut config: Config = toml::from_str(&text)?;
+            config.base_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+            config.validate()?;
+            config.postgres_proxies()
+        };
+        assert_eq!(check("").unwrap()[0].credential_reuse_s, 60);
+        assert_eq!(
+            check("credential_reuse_s = 0").unwrap()[0].credential_reuse_s,
+            0
+        );
+        let error = format!("{:#}", check("credential_reuse_s = 7200").unwrap_err());
+        assert!(error.contains("is over 3600"), "{error}");
+        assert!(
+            error.contains("`[[proxy.postgres]]` 1 (target `orders_db`)"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The PostgreSQL proxy with a real server: `psql` and the Rust `postgres` driver connect
 //! through `portcullis serve` with their platform's token as the password, run queries as the
 //! role the policy's credential makes (the server sees only that role), and are refused with
-//! SQLSTATE 28000 when the policy denies. One listener offers clients TLS.
+//! SQLSTATE 28000 when the policy denies. One listener offers clients TLS, one issues a
+//! credential per connection.
 
 #![allow(
     clippy::unwrap_used,
@@ -20,8 +21,12 @@ use common::{Server, audit_query, event_rows, free_port, start_server_with, stop
 
 struct Setup {
     server: Server,
+    /// Plain both ways, credentials reused for the default 60 s.
     plain: u16,
+    /// TLS offered to clients.
     tls: u16,
+    /// `credential_reuse_s = 0`: a credential per connection.
+    no_reuse: u16,
 }
 
 fn start(dir: &Path, pg: &Postgres) -> Setup {
@@ -44,7 +49,7 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
         ),
     )
     .unwrap();
-    let (plain, tls) = (free_port(), free_port());
+    let (plain, tls, no_reuse) = (free_port(), free_port(), free_port());
     let fixtures = common::repo().join("tests/fixtures/tls");
     let config = dir.join("portcullis.toml");
     std::fs::write(
@@ -59,6 +64,8 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
              [[proxy.postgres]]\ntarget = \"billing_db\"\nlisten = \"127.0.0.1:{tls}\"\n\
              upstream_host = \"127.0.0.1\"\nupstream_port = {port}\n\
              tls_cert_file = {cert:?}\ntls_key_file = {key:?}\n\n\
+             [[proxy.postgres]]\ntarget = \"billing_db\"\nlisten = \"127.0.0.1:{no_reuse}\"\n\
+             upstream_host = \"127.0.0.1\"\nupstream_port = {port}\ncredential_reuse_s = 0\n\n\
              [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
              audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n",
             policy = policy.to_str().unwrap(),
@@ -74,7 +81,16 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
         server: start_server_with(&config, &dir.join("data")),
         plain,
         tls,
+        no_reuse,
     }
+}
+
+/// The Rust driver's connection string for the listener on `port`.
+fn conninfo(port: u16, database: &str, password: &str) -> String {
+    format!(
+        "host=127.0.0.1 port={port} user=alice dbname={database} password={password} \
+         sslmode=disable connect_timeout=10"
+    )
 }
 
 fn output(out: &std::process::Output) -> (String, String) {
@@ -112,13 +128,7 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
     assert!(stderr.contains("permission denied"), "{stderr}");
 
     // The Rust driver, the same way.
-    let conninfo = |database: &str, password: &str| {
-        format!(
-            "host=127.0.0.1 port={} user=alice dbname={database} password={password} \
-             sslmode=disable connect_timeout=10",
-            setup.plain
-        )
-    };
+    let conninfo = |database: &str, password: &str| conninfo(setup.plain, database, password);
     let mut client =
         postgres::Client::connect(&conninfo("billing", &caller), postgres::NoTls).unwrap();
     let total: i64 = client
@@ -208,5 +218,75 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
             "connect billing/alice permitted",
         ],
         "{rows:#?}"
+    );
+}
+
+/// The roles `postgres_role` credentials made on `pg`.
+fn issued_roles(pg: &Postgres) -> usize {
+    pg.sql(
+        "postgres",
+        "SELECT count(*) FROM pg_roles WHERE rolname ~ '^portcullis_[0-9a-f]{16}$'",
+    )
+    .parse()
+    .unwrap()
+}
+
+/// `SELECT current_user` through the listener on `port`, as the caller of `token`.
+fn connected_as(port: u16, token: &str) -> String {
+    let mut client =
+        postgres::Client::connect(&conninfo(port, "billing", token), postgres::NoTls).unwrap();
+    client
+        .query_one("SELECT current_user::text", &[])
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn connections_with_one_token_share_a_role_unless_reuse_is_off() {
+    let pg = prepared(Postgres::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = start(tmp.path(), &pg);
+    let caller = token("ci-runner", 300);
+
+    // A pool reconnecting with the same token: one role.
+    let first = connected_as(setup.plain, &caller);
+    let second = connected_as(setup.plain, &caller);
+    assert_eq!(first, second);
+    assert!(first.starts_with("portcullis_"), "{first}");
+    assert_eq!(issued_roles(&pg), 1);
+
+    // Another token is another caller's evidence: a role of its own.
+    let other = token("ci-runner", 301);
+    assert_ne!(connected_as(setup.plain, &other), first);
+    assert_eq!(issued_roles(&pg), 2);
+
+    // `credential_reuse_s = 0`: a role per connection.
+    let third = connected_as(setup.no_reuse, &caller);
+    let fourth = connected_as(setup.no_reuse, &caller);
+    assert_ne!(third, fourth);
+    assert_ne!(third, first);
+    assert_eq!(issued_roles(&pg), 4);
+
+    stop_server(setup.server);
+    // Every connection is decided and recorded; only the issuance is spared.
+    let kinds = event_rows(
+        &tmp.path().join("data"),
+        &["kind", "reason_code"],
+        "kind IN ('decision', 'credential_issued')",
+    );
+    assert_eq!(
+        kinds,
+        [
+            "decision permitted",
+            "credential_issued credential_issued",
+            "decision permitted",
+            "decision permitted",
+            "credential_issued credential_issued",
+            "decision permitted",
+            "credential_issued credential_issued",
+            "decision permitted",
+            "credential_issued credential_issued",
+        ],
+        "{kinds:#?}"
     );
 }

@@ -8,7 +8,9 @@
 //! (`request.action` is `connect`, `request.resource` is `DATABASE/USER`), issues the
 //! credential the deciding permit names, records the decision, connects to the upstream server
 //! with that credential (TLS verified unless the upstream is on loopback; SCRAM-SHA-256, md5
-//! or a clear-text password, as the server asks), and relays the session.
+//! or a clear-text password, as the server asks), and relays the session. A credential issued
+//! to a caller is used again for the same caller's next connections for a while
+//! ([`super::reuse`]), so that a pool reconnecting does not make a role each time.
 //! Out: a relayed session, or an `ErrorResponse` with SQLSTATE 28000 and the reason.
 
 use std::net::SocketAddr;
@@ -21,8 +23,10 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::issuing::{Authorized, Granted, authorize};
+use super::issuing::{Allowed, Authorized, Decided, Granted, decide, issue};
+use super::reuse::{CredentialReuse, ReuseKey, reuse_until};
 use super::{Caller, DecideBody, Engine, Evidence, RequestDetails, TargetSpec};
+use crate::credentials::Zeroizing;
 
 /// One PostgreSQL listener.
 #[derive(Clone)]
@@ -35,6 +39,9 @@ pub struct PostgresProxySpec {
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     /// TLS offered to clients; `None` answers their SSLRequest with `N`.
     pub client_tls: Option<Arc<rustls::ServerConfig>>,
+    /// How long a credential issued to a caller is used again for its next connections (never
+    /// past the credential's expiry or the caller's evidence's); 0 issues one per connection.
+    pub credential_reuse_s: u64,
 }
 
 impl std::fmt::Debug for PostgresProxySpec {
@@ -45,6 +52,7 @@ impl std::fmt::Debug for PostgresProxySpec {
             .field("upstream_port", &self.upstream_port)
             .field("upstream_tls", &self.upstream_tls.is_some())
             .field("client_tls", &self.client_tls.is_some())
+            .field("credential_reuse_s", &self.credential_reuse_s)
             .finish()
     }
 }
@@ -69,6 +77,21 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(10);
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// What the sessions of one listener share.
+struct Listener {
+    spec: Arc<PostgresProxySpec>,
+    /// The credentials issued to its callers, for their next connections.
+    reuse: CredentialReuse<Kept>,
+}
+
+/// An issued credential as a listener keeps it for reuse: its value, and how the upstream
+/// takes it (`postgres_uri`: a role and its password; anything else: a password).
+#[derive(Clone)]
+struct Kept {
+    value: Zeroizing<String>,
+    token_type: &'static str,
+}
+
 /// Serves `spec` on `listener` until `shutdown` completes. Sessions under way go on until
 /// their clients close them or the server's grace period ends.
 pub async fn serve_postgres_proxy(
@@ -77,7 +100,10 @@ pub async fn serve_postgres_proxy(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let spec = Arc::new(spec);
+    let listening = Arc::new(Listener {
+        spec: Arc::new(spec),
+        reuse: CredentialReuse::default(),
+    });
     let mut sessions = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -92,7 +118,8 @@ pub async fn serve_postgres_proxy(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                sessions.spawn(session(Arc::clone(&engine), Arc::clone(&spec), stream, peer));
+                let listening = Arc::clone(&listening);
+                sessions.spawn(session(Arc::clone(&engine), listening, stream, peer));
             }
             Some(_) = sessions.join_next(), if !sessions.is_empty() => {}
         }
@@ -108,16 +135,17 @@ struct Ended(String);
 
 async fn session(
     engine: Arc<Engine>,
-    spec: Arc<PostgresProxySpec>,
+    listening: Arc<Listener>,
     stream: TcpStream,
     peer: SocketAddr,
 ) {
     let started = Instant::now();
+    let spec = &listening.spec;
     let _open = engine.metrics.connection_opened("postgres");
     let client: Box<dyn Stream> = Box::new(stream);
     let startup = match tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(client, &spec, peer, &engine, started),
+        handshake(client, &listening, peer, &engine, started),
     )
     .await
     {
@@ -187,11 +215,12 @@ struct Ready {
 /// connection. `None` when the client only asked to cancel, or left.
 async fn handshake(
     mut client: Box<dyn Stream>,
-    spec: &PostgresProxySpec,
+    listening: &Listener,
     peer: SocketAddr,
     engine: &Arc<Engine>,
     started: Instant,
 ) -> Result<Option<Ready>, Ended> {
+    let spec = &listening.spec;
     let params = loop {
         let (code, body) = read_startup(&mut client).await?;
         match code {
@@ -230,10 +259,6 @@ async fn handshake(
     // The caller's evidence is its password.
     write(&mut client, &authentication(3, &[])).await?;
     let token = read_password(&mut client).await?;
-    let Some(issuer) = engine.credentials.clone() else {
-        refuse(&mut client, "08004", "this server issues no credentials").await;
-        return Err(Ended("no credential issuer".to_owned()));
-    };
     let body = DecideBody {
         evidence: (!token.is_empty()).then(|| Evidence {
             token: token.to_string(),
@@ -251,62 +276,19 @@ async fn handshake(
         },
         explain: false,
     };
-    let target = crate::vm::TargetQuery::Named(&spec.target);
-    let caller = Caller::Remote(peer);
-    let granted = match authorize(engine, &issuer, &caller, &body, target, started).await {
-        Authorized::Refused { event, answer } => {
-            let recorded = record(engine, vec![event]).await;
-            let message = match recorded {
-                Ok(()) => format!("access denied by Portcullis: {}", answer.reason),
-                Err(()) => "access denied: the connection could not be recorded".to_owned(),
-            };
-            refuse(&mut client, "28000", &message).await;
-            return Err(Ended(answer.reason_code.to_owned()));
-        }
-        Authorized::AllowedWithout { mut event, .. } => {
-            event.reason_code = Some("no_credential".to_owned());
-            let _ = record(engine, vec![event]).await;
-            let message = "access denied by Portcullis: the rule names no credential to connect \
-                           with";
-            refuse(&mut client, "28000", message).await;
-            return Err(Ended("no_credential".to_owned()));
-        }
-        Authorized::Unavailable {
-            mut event, problem, ..
-        } => {
-            super::issuing::mark_unavailable(&mut event, &problem);
-            let _ = record(engine, vec![event]).await;
-            let message = "the credential could not be issued; the server's log says why";
-            refuse(&mut client, "08004", message).await;
-            return Err(Ended("credential_unavailable".to_owned()));
-        }
-        Authorized::Issued(granted) => *granted,
-    };
-    let Granted {
-        event,
-        issuance,
-        issued,
-        ..
-    } = granted;
-    let decided = event.clone();
-    if record(engine, vec![event, issuance]).await.is_err() {
-        refuse(
-            &mut client,
-            "28000",
-            "access denied: the connection could not be recorded",
-        )
-        .await;
-        return Err(Ended("audit_unavailable".to_owned()));
-    }
-    let (login, password) = match issued.token_type {
-        "postgres_uri" => role_of(&issued.value)
-            .ok_or_else(|| Ended("the issued role's URI is not readable".to_owned()))?,
-        _ => (user.clone(), issued.value.to_string()),
-    };
-    let password = crate::credentials::Zeroizing::new(password);
+    let Permitted {
+        kept,
+        decided,
+        reuse_key,
+    } = authorize_connection(engine, listening, &mut client, &body, peer, started).await?;
+    let (login, password) = login_of(&kept, &user)?;
     let upstream = match connect_upstream(spec, &login, &password, &database, &params).await {
         Ok(upstream) => upstream,
         Err(why) => {
+            // A credential the upstream does not take is not offered to it again.
+            if let Some(key) = &reuse_key {
+                listening.reuse.forget(key);
+            }
             engine.metrics.upstream_error(&spec.target);
             tracing::warn!(target = %spec.target, why, "postgres_upstream_failed");
             refuse(
@@ -324,6 +306,175 @@ async fn handshake(
         upstream,
         decided,
     }))
+}
+
+/// A connection the policy allowed, with the credential to connect upstream with.
+struct Permitted {
+    kept: Kept,
+    /// Its decision event, recorded.
+    decided: NewEvent,
+    /// Where the credential is kept for reuse, if it is.
+    reuse_key: Option<ReuseKey>,
+}
+
+/// Decides the connection and obtains its credential: the one issued to the same caller for
+/// the same credential under the same bundle moments ago, or a new one. The decision (and a
+/// new credential's issuance) is recorded before the credential is used; on a refusal the
+/// client has been told why.
+async fn authorize_connection(
+    engine: &Arc<Engine>,
+    listening: &Listener,
+    client: &mut Box<dyn Stream>,
+    body: &DecideBody,
+    peer: SocketAddr,
+    started: Instant,
+) -> Result<Permitted, Ended> {
+    let spec = &listening.spec;
+    let Some(issuer) = engine.credentials.clone() else {
+        refuse(client, "08004", "this server issues no credentials").await;
+        return Err(Ended("no credential issuer".to_owned()));
+    };
+    let target = crate::vm::TargetQuery::Named(&spec.target);
+    let caller = Caller::Remote(peer);
+    let allowed = match decide(engine, &caller, body, target, started).await {
+        Decided::Refused { event, answer } => {
+            let message = match record(engine, vec![event]).await {
+                Ok(()) => format!("access denied by Portcullis: {}", answer.reason),
+                Err(()) => "access denied: the connection could not be recorded".to_owned(),
+            };
+            refuse(client, "28000", &message).await;
+            return Err(Ended(answer.reason_code.to_owned()));
+        }
+        Decided::AllowedWithout { event, .. } => {
+            return Err(no_credential(engine, client, event).await);
+        }
+        Decided::Allowed(allowed) => allowed,
+    };
+    let now = chrono::Utc::now().timestamp();
+    let reuse_key = body
+        .evidence
+        .as_ref()
+        .filter(|_| spec.credential_reuse_s > 0)
+        .map(|evidence| ReuseKey {
+            evidence: evidence.digest(),
+            credential: allowed.credential.name.clone(),
+            bundle: allowed.event.bundle_hash.clone().unwrap_or_default(),
+        });
+    // A credential issued to this caller moments ago is used again: one decision event, and
+    // no new issuance (for `postgres_role`, no new role).
+    if let Some(kept) = reuse_key
+        .as_ref()
+        .and_then(|key| listening.reuse.get(key, now))
+    {
+        let decided = allowed.event.clone();
+        recorded(engine, client, vec![allowed.event]).await?;
+        return Ok(Permitted {
+            kept,
+            decided,
+            reuse_key,
+        });
+    }
+    let evidence_expires_at = allowed.evidence_expires_at;
+    let granted = issued(engine, client, &issuer, *allowed, started).await?;
+    let Granted {
+        event,
+        issuance,
+        issued,
+        ..
+    } = granted;
+    let decided = event.clone();
+    recorded(engine, client, vec![event, issuance]).await?;
+    let kept = Kept {
+        value: issued.value,
+        token_type: issued.token_type,
+    };
+    if let Some(key) = &reuse_key {
+        let until = reuse_until(
+            now,
+            spec.credential_reuse_s,
+            issued.expires_at,
+            evidence_expires_at,
+        );
+        listening.reuse.keep(key.clone(), &kept, until, now);
+    }
+    Ok(Permitted {
+        kept,
+        decided,
+        reuse_key,
+    })
+}
+
+/// Issues an allow's credential; on failure, records the decision with the why and tells the
+/// client.
+async fn issued(
+    engine: &Arc<Engine>,
+    client: &mut Box<dyn Stream>,
+    issuer: &Arc<crate::credentials::CredentialIssuer>,
+    allowed: Allowed,
+    started: Instant,
+) -> Result<Granted, Ended> {
+    match issue(engine, issuer, allowed, started).await {
+        Authorized::Issued(granted) => Ok(*granted),
+        Authorized::Unavailable {
+            mut event, problem, ..
+        } => {
+            super::issuing::mark_unavailable(&mut event, &problem);
+            let _ = record(engine, vec![event]).await;
+            let message = "the credential could not be issued; the server's log says why";
+            refuse(client, "08004", message).await;
+            Err(Ended("credential_unavailable".to_owned()))
+        }
+        Authorized::AllowedWithout { event, .. } => Err(no_credential(engine, client, event).await),
+        Authorized::Refused { event, answer } => {
+            let _ = record(engine, vec![event]).await;
+            let message = format!("access denied by Portcullis: {}", answer.reason);
+            refuse(client, "28000", &message).await;
+            Err(Ended(answer.reason_code.to_owned()))
+        }
+    }
+}
+
+/// An allow whose rule names no credential: the proxy has nothing to connect with.
+async fn no_credential(
+    engine: &Arc<Engine>,
+    client: &mut Box<dyn Stream>,
+    mut event: NewEvent,
+) -> Ended {
+    event.reason_code = Some("no_credential".to_owned());
+    let _ = record(engine, vec![event]).await;
+    let message = "access denied by Portcullis: the rule names no credential to connect with";
+    refuse(client, "28000", message).await;
+    Ended("no_credential".to_owned())
+}
+
+/// Records `events`; if they cannot be, the connection is refused, as nothing goes
+/// unrecorded.
+async fn recorded(
+    engine: &Arc<Engine>,
+    client: &mut Box<dyn Stream>,
+    events: Vec<NewEvent>,
+) -> Result<(), Ended> {
+    if record(engine, events).await.is_ok() {
+        return Ok(());
+    }
+    refuse(
+        client,
+        "28000",
+        "access denied: the connection could not be recorded",
+    )
+    .await;
+    Err(Ended("audit_unavailable".to_owned()))
+}
+
+/// The role and password to connect upstream with: a `postgres_role` credential's own, or
+/// the client's `user` with the credential as its password.
+fn login_of(kept: &Kept, user: &str) -> Result<(String, Zeroizing<String>), Ended> {
+    match kept.token_type {
+        "postgres_uri" => role_of(&kept.value)
+            .map(|(role, password)| (role, Zeroizing::new(password)))
+            .ok_or_else(|| Ended("the issued role's URI is not readable".to_owned())),
+        _ => Ok((user.to_owned(), kept.value.clone())),
+    }
 }
 
 async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<(), ()> {

@@ -80,6 +80,12 @@ impl<V: Clone> CredentialReuse<V> {
             },
         );
     }
+
+    /// Drops the credential kept under `key`: the target no longer takes it.
+    pub(super) fn forget(&self, key: &ReuseKey) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.remove(key);
+    }
 }
 
 /// Until when (Unix seconds) a credential issued at `now` may be used again: the listener's
@@ -133,6 +139,8 @@ mod tests {
         assert_eq!(kept.as_deref().map(String::as_str), Some("secret"));
         assert_eq!(reuse.get(&key("reader"), 1_060), None);
         assert_eq!(reuse.get(&key("writer"), 1_000), None);
+        reuse.forget(&key("reader"));
+        assert_eq!(reuse.get(&key("reader"), 1_000), None);
         // A time already past keeps nothing.
         reuse.keep(key("writer"), &value, 1_000, 1_000);
         assert_eq!(reuse.get(&key("writer"), 999), None);
