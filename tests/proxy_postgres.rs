@@ -1,8 +1,10 @@
 //! The PostgreSQL proxy with a real server: `psql` and the Rust `postgres` driver connect
 //! through `portcullis serve` with their platform's token as the password, run queries as the
 //! role the policy's credential makes (the server sees only that role), and are refused with
-//! SQLSTATE 28000 when the policy denies. One listener offers clients TLS, one issues a
-//! credential per connection.
+//! SQLSTATE 28000 when the policy denies. One listener offers clients TLS, one reaches its
+//! upstream over TLS, one issues a credential per connection. A running query is cancelled
+//! through the proxy with the key the proxy gave; the upstream's own key never reaches the
+//! client.
 
 #![allow(
     clippy::unwrap_used,
@@ -13,10 +15,15 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use common::issuing::{ISSUER, token, write_jwks};
-use common::postgres::{ADMIN_PASSWORD, Postgres, prepared};
+use common::postgres::{ADMIN_PASSWORD, Postgres, ServerTls, prepared};
 use common::{Server, audit_query, event_rows, free_port, start_server_with, stop_server};
 
 struct Setup {
@@ -27,6 +34,8 @@ struct Setup {
     tls: u16,
     /// `credential_reuse_s = 0`: a credential per connection.
     no_reuse: u16,
+    /// TLS to the upstream, verified against the tests' CA; for a cluster with TLS on.
+    tls_upstream: u16,
 }
 
 fn start(dir: &Path, pg: &Postgres) -> Setup {
@@ -49,7 +58,7 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
         ),
     )
     .unwrap();
-    let (plain, tls, no_reuse) = (free_port(), free_port(), free_port());
+    let (plain, tls, no_reuse, tls_upstream) = (free_port(), free_port(), free_port(), free_port());
     let fixtures = common::repo().join("tests/fixtures/tls");
     let config = dir.join("portcullis.toml");
     std::fs::write(
@@ -66,6 +75,9 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
              tls_cert_file = {cert:?}\ntls_key_file = {key:?}\n\n\
              [[proxy.postgres]]\ntarget = \"billing_db\"\nlisten = \"127.0.0.1:{no_reuse}\"\n\
              upstream_host = \"127.0.0.1\"\nupstream_port = {port}\ncredential_reuse_s = 0\n\n\
+             [[proxy.postgres]]\ntarget = \"billing_db\"\nlisten = \"127.0.0.1:{tls_upstream}\"\n\
+             upstream_host = \"127.0.0.1\"\nupstream_port = {port}\n\
+             upstream_tls = \"verify-full\"\nca_file = {ca:?}\n\n\
              [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
              audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n",
             policy = policy.to_str().unwrap(),
@@ -73,6 +85,7 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
             password = password.to_str().unwrap(),
             cert = fixtures.join("localhost.pem").to_str().unwrap(),
             key = fixtures.join("localhost.key.pem").to_str().unwrap(),
+            ca = fixtures.join("ca.pem").to_str().unwrap(),
             jwks = jwks.to_str().unwrap(),
         ),
     )
@@ -82,6 +95,7 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
         plain,
         tls,
         no_reuse,
+        tls_upstream,
     }
 }
 
@@ -219,6 +233,241 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
         ],
         "{rows:#?}"
     );
+}
+
+/// Sends `cancel` every 200 ms, from a thread of its own, until `query` returns: a cancel that
+/// arrives before the query runs does nothing, so one is sent until one lands. The last one has
+/// been handled when this returns; one that reaches an idle session does nothing.
+fn cancelling<T>(cancel: impl Fn() + Send + 'static, query: impl FnOnce() -> T) -> T {
+    let done = Arc::new(AtomicBool::new(false));
+    let canceller = {
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(200));
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                cancel();
+            }
+        })
+    };
+    let result = query();
+    done.store(true, Ordering::SeqCst);
+    canceller.join().unwrap();
+    result
+}
+
+#[test]
+fn a_running_query_is_cancelled_through_the_proxy() {
+    let pg = prepared(Postgres::start_with(&ServerTls::On { reject_plain: &[] }));
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = start(tmp.path(), &pg);
+    let caller = token("ci-runner", 300);
+
+    // Through a listener whose upstream is plain, and one whose upstream is TLS: the cancel
+    // request goes to the upstream the way the session did.
+    for port in [setup.plain, setup.tls_upstream] {
+        let mut client =
+            postgres::Client::connect(&conninfo(port, "billing", &caller), postgres::NoTls)
+                .unwrap();
+        let token = client.cancel_token();
+        let started = Instant::now();
+        let error = cancelling(
+            move || token.cancel_query(postgres::NoTls).unwrap(),
+            || client.batch_execute("SELECT pg_sleep(30)").unwrap_err(),
+        );
+        assert_eq!(
+            error.code(),
+            Some(&postgres::error::SqlState::QUERY_CANCELED),
+            "{error}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(15), "{port}");
+        // Only the query was cancelled; the session goes on.
+        let one: i32 = client.query_one("SELECT 1", &[]).unwrap().get(0);
+        assert_eq!(one, 1);
+    }
+    setup.server.wait_for_log("postgres_proxy_cancel_forwarded");
+    stop_server(setup.server);
+}
+
+/// A session spoken by hand, to see the key the proxy hands the client and to present keys
+/// of one's own.
+struct RawSession {
+    stream: TcpStream,
+    pid: i32,
+    secret: [u8; 4],
+}
+
+impl RawSession {
+    fn connect(port: u16, token: &str) -> RawSession {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let mut body = 196_608_u32.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0alice\0database\0billing\0\0");
+        let mut startup = u32::try_from(body.len() + 4)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        startup.extend(body);
+        stream.write_all(&startup).unwrap();
+        let (kind, body) = read_message(&mut stream);
+        assert_eq!((kind, body.as_slice()), (b'R', &3_u32.to_be_bytes()[..]));
+        stream
+            .write_all(&typed(b'p', format!("{token}\0").as_bytes()))
+            .unwrap();
+        let (kind, body) = read_message(&mut stream);
+        assert_eq!((kind, body.as_slice()), (b'R', &0_u32.to_be_bytes()[..]));
+        let mut session = RawSession {
+            stream,
+            pid: 0,
+            secret: [0; 4],
+        };
+        let keys: Vec<Vec<u8>> = session
+            .until_ready()
+            .into_iter()
+            .filter(|(kind, _)| *kind == b'K')
+            .map(|(_, body)| body)
+            .collect();
+        let [key] = keys.as_slice() else {
+            panic!("{} BackendKeyData messages", keys.len())
+        };
+        session.pid = i32::from_be_bytes(key[..4].try_into().unwrap());
+        session.secret = key[4..].try_into().unwrap();
+        session
+    }
+
+    fn query(&mut self, sql: &str) {
+        let text = format!("{sql}\0");
+        self.stream
+            .write_all(&typed(b'Q', text.as_bytes()))
+            .unwrap();
+    }
+
+    /// The messages up to and including ReadyForQuery.
+    fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut messages = Vec::new();
+        loop {
+            let (kind, body) = read_message(&mut self.stream);
+            messages.push((kind, body));
+            if kind == b'Z' {
+                return messages;
+            }
+        }
+    }
+}
+
+fn typed(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![kind];
+    message.extend(u32::try_from(body.len() + 4).unwrap().to_be_bytes());
+    message.extend_from_slice(body);
+    message
+}
+
+fn read_message(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0_u8; 5];
+    stream.read_exact(&mut head).unwrap();
+    let length = u32::from_be_bytes(head[1..].try_into().unwrap());
+    let mut body = vec![0; usize::try_from(length).unwrap() - 4];
+    stream.read_exact(&mut body).unwrap();
+    (head[0], body)
+}
+
+/// The first column of the first DataRow, as text.
+fn first_value(messages: &[(u8, Vec<u8>)]) -> String {
+    let (_, row) = messages.iter().find(|(kind, _)| *kind == b'D').unwrap();
+    let length = i32::from_be_bytes(row[2..6].try_into().unwrap());
+    String::from_utf8(row[6..6 + usize::try_from(length).unwrap()].to_vec()).unwrap()
+}
+
+/// The SQLSTATE of the ErrorResponse among `messages`, if there is one.
+fn sqlstate(messages: &[(u8, Vec<u8>)]) -> Option<String> {
+    let (_, error) = messages.iter().find(|(kind, _)| *kind == b'E')?;
+    error
+        .split(|byte| *byte == 0)
+        .find_map(|field| field.strip_prefix(b"C"))
+        .map(|code| String::from_utf8(code.to_vec()).unwrap())
+}
+
+/// A CancelRequest for `pid` and `secret` to the listener on `port`; returns when the proxy
+/// closes the connection, as it does once it has handled the request.
+fn cancel_request(port: u16, pid: i32, secret: [u8; 4]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut packet = 16_u32.to_be_bytes().to_vec();
+    packet.extend(80_877_102_u32.to_be_bytes());
+    packet.extend(pid.to_be_bytes());
+    packet.extend(secret);
+    stream.write_all(&packet).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+}
+
+#[test]
+fn the_client_gets_a_key_of_the_proxys_and_only_that_key_cancels() {
+    let pg = prepared(Postgres::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = start(tmp.path(), &pg);
+    let caller = token("ci-runner", 300);
+    let mut session = RawSession::connect(setup.plain, &caller);
+
+    // The key the client holds is not the upstream backend's.
+    session.query("SELECT pg_backend_pid()");
+    let backend: i32 = first_value(&session.until_ready()).parse().unwrap();
+    assert!(session.pid > 0);
+    assert_ne!(session.pid, backend);
+
+    // A wrong secret, and the backend's real pid, cancel nothing: the query runs its course.
+    session.query("SELECT pg_sleep(2)");
+    let mut wrong = session.secret;
+    wrong[3] ^= 1;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(200));
+        cancel_request(setup.plain, session.pid, wrong);
+        cancel_request(setup.plain, backend, session.secret);
+    }
+    let finished = session.until_ready();
+    assert_eq!(sqlstate(&finished), None, "{finished:?}");
+    // Dropped, and logged with the pid it named but not the secret.
+    let unmatched = setup.server.wait_for_log("postgres_proxy_cancel_unmatched");
+    assert!(
+        unmatched.contains(&format!("pid={}", session.pid)),
+        "{unmatched}"
+    );
+    assert!(!unmatched.contains("secret"), "{unmatched}");
+
+    // The key the proxy gave cancels.
+    let (pid, secret) = (session.pid, session.secret);
+    let plain = setup.plain;
+    session.query("SELECT pg_sleep(30)");
+    let started = Instant::now();
+    let cancelled = cancelling(
+        move || cancel_request(plain, pid, secret),
+        || session.until_ready(),
+    );
+    assert_eq!(
+        sqlstate(&cancelled).as_deref(),
+        Some("57014"),
+        "{cancelled:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+
+    // Once the session has ended its key matches nothing.
+    drop(session);
+    std::thread::sleep(Duration::from_millis(500));
+    cancel_request(setup.plain, pid, secret);
+    let log = stop_server(setup.server);
+    let unmatched = log
+        .iter()
+        .filter(|line| line.contains("postgres_proxy_cancel_unmatched"))
+        .count();
+    // The seven wrong ones not read above, and the one after the session ended.
+    assert_eq!(unmatched, 8, "{log:#?}");
 }
 
 /// The roles `postgres_role` credentials made on `pg`.

@@ -12,6 +12,12 @@
 //! to a caller is used again for the same caller's next connections for a while
 //! ([`super::reuse`]), so that a pool reconnecting does not make a role each time.
 //! Out: a relayed session, or an `ErrorResponse` with SQLSTATE 28000 and the reason.
+//!
+//! The client is given a cancel key of the proxy's instead of the upstream's, and a
+//! CancelRequest bearing it is passed on to the upstream with the upstream's key
+//! ([`cancel`]).
+
+mod cancel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +29,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use self::cancel::{CancelKeys, Registered, Replies};
 use super::issuing::{Allowed, Authorized, Decided, Granted, decide, issue};
 use super::reuse::{CredentialReuse, ReuseKey, reuse_until};
 use super::{Caller, DecideBody, Engine, Evidence, RequestDetails, TargetSpec};
@@ -80,6 +87,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// What the sessions of one listener share.
 struct Listener {
     spec: Arc<PostgresProxySpec>,
+    /// The cancel keys its clients were given, while their sessions live.
+    cancel_keys: Arc<CancelKeys>,
     /// The credentials issued to its callers, for their next connections.
     reuse: CredentialReuse<Kept>,
 }
@@ -102,6 +111,7 @@ pub async fn serve_postgres_proxy(
 ) -> std::io::Result<()> {
     let listening = Arc::new(Listener {
         spec: Arc::new(spec),
+        cancel_keys: Arc::new(CancelKeys::default()),
         reuse: CredentialReuse::default(),
     });
     let mut sessions = tokio::task::JoinSet::new();
@@ -164,9 +174,14 @@ async fn session(
         mut client,
         mut upstream,
         decided,
+        cancel_key,
+        passed_on,
     } = startup;
     let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    // The session is over: its cancel key matches nothing from now on.
+    drop(cancel_key);
     let (from_client, to_client) = relayed.unwrap_or((0, 0));
+    let to_client = to_client.saturating_add(passed_on);
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         target = %spec.target,
@@ -204,11 +219,15 @@ fn closed_event(decided: NewEvent, duration_ms: u64, from_client: u64, to_client
     }
 }
 
-/// A session whose client and upstream are both authenticated, and its decision's event.
+/// A session whose client and upstream are both authenticated and ready for queries, its
+/// decision's event, and the cancel key its client was given, if any.
 struct Ready {
     client: Box<dyn Stream>,
     upstream: Box<dyn Stream>,
     decided: NewEvent,
+    cancel_key: Option<Registered>,
+    /// The bytes of the upstream's messages passed on to the client before the relay.
+    passed_on: u64,
 }
 
 /// Everything before the relay: TLS, startup, the password, the decision, the upstream
@@ -237,9 +256,10 @@ async fn handshake(
                 None => write(&mut client, b"N").await?,
             },
             GSSENC_REQUEST => write(&mut client, b"N").await?,
-            // FIXME(#7): cancel requests are not forwarded; the server never handed out the
-            // upstream's key, so there is nothing to match them to yet.
-            CANCEL_REQUEST => return Ok(None),
+            CANCEL_REQUEST => {
+                cancel::forward(&listening.cancel_keys, &body, &spec.target, peer).await;
+                return Ok(None);
+            }
             PROTOCOL_3 => break startup_params(&body)?,
             other => {
                 let message = format!(
@@ -300,11 +320,14 @@ async fn handshake(
             return Err(Ended(why));
         }
     };
-    write(&mut client, &authentication(0, &[])).await?;
+    let (upstream, cancel_key, passed_on) =
+        until_ready(engine, listening, &mut client, upstream).await?;
     Ok(Some(Ready {
         client,
         upstream,
         decided,
+        cancel_key,
+        passed_on,
     }))
 }
 
@@ -477,6 +500,74 @@ fn login_of(kept: &Kept, user: &str) -> Result<(String, Zeroizing<String>), Ende
     }
 }
 
+/// Tells the client `AuthenticationOk` and passes on what the upstream says until it is ready
+/// for queries, its BackendKeyData replaced by a key of the proxy's, which the listener keeps
+/// for cancel requests while the session lives. The upstream stream, ready; that key; and the
+/// bytes of the upstream's messages passed on.
+async fn until_ready(
+    engine: &Arc<Engine>,
+    listening: &Listener,
+    client: &mut Box<dyn Stream>,
+    mut upstream: Box<dyn Stream>,
+) -> Result<(Box<dyn Stream>, Option<Registered>, u64), Ended> {
+    let spec = &listening.spec;
+    let replies = match tokio::time::timeout(UPSTREAM_TIMEOUT, Replies::read(&mut upstream)).await {
+        Ok(Ok(replies)) => replies,
+        Ok(Err(why)) => return Err(upstream_failed(engine, spec, client, why).await),
+        Err(_) => {
+            let why = "the upstream did not become ready".to_owned();
+            return Err(upstream_failed(engine, spec, client, why).await);
+        }
+    };
+    let upstream_key = match replies.backend_key() {
+        Ok(key) => key,
+        Err(why) => return Err(upstream_failed(engine, spec, client, why).await),
+    };
+    let registered = upstream_key.map(|key| listening.cancel_keys.register(key, Arc::clone(spec)));
+    let cancel_key = match registered {
+        Some(Ok(registered)) => Some(registered),
+        // The session goes on; only its client cannot cancel through the proxy.
+        Some(Err(why)) => {
+            let why = why.to_string();
+            tracing::warn!(target = %spec.target, why, "postgres_proxy_no_cancel_key");
+            None
+        }
+        None => None,
+    };
+    let passed_on = replies.for_client(cancel_key.as_ref().map(|key| &key.given));
+    let mut to_client = authentication(0, &[]);
+    to_client.extend_from_slice(&passed_on);
+    write(client, &to_client).await?;
+    // The upstream's own refusal (a database that does not exist, too many connections) has
+    // reached the client as the upstream worded it.
+    if let Some(refusal) = replies.refusal() {
+        let why = format!("the upstream refused: {}", error_text(refusal));
+        engine.metrics.upstream_error(&spec.target);
+        tracing::warn!(target = %spec.target, why, "postgres_upstream_failed");
+        return Err(Ended(why));
+    }
+    let passed_on = u64::try_from(passed_on.len()).unwrap_or(u64::MAX);
+    Ok((upstream, cancel_key, passed_on))
+}
+
+/// The upstream failed after it took the credential: counted, logged, and the client told.
+async fn upstream_failed(
+    engine: &Arc<Engine>,
+    spec: &PostgresProxySpec,
+    client: &mut Box<dyn Stream>,
+    why: String,
+) -> Ended {
+    engine.metrics.upstream_error(&spec.target);
+    tracing::warn!(target = %spec.target, why, "postgres_upstream_failed");
+    refuse(
+        client,
+        "08001",
+        "the upstream server did not start the session",
+    )
+    .await;
+    Ended(why)
+}
+
 async fn record(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<(), ()> {
     super::record_events(engine, events)
         .await
@@ -565,7 +656,10 @@ async fn read_password(
 }
 
 /// Reads one typed message (`kind`, length, body), refusing one over `limit` bytes.
-async fn read_message(stream: &mut Box<dyn Stream>, limit: usize) -> Result<(u8, Vec<u8>), String> {
+async fn read_message<S: AsyncRead + Unpin + ?Sized>(
+    stream: &mut S,
+    limit: usize,
+) -> Result<(u8, Vec<u8>), String> {
     let kind = stream.read_u8().await.map_err(|error| error.to_string())?;
     let length = stream.read_u32().await.map_err(|error| error.to_string())?;
     let length = usize::try_from(length).unwrap_or(usize::MAX);
@@ -627,6 +721,36 @@ async fn refuse(client: &mut Box<dyn Stream>, sqlstate: &str, text: &str) {
     let _ = client.shutdown().await;
 }
 
+/// A connection to the upstream, over TLS (SSLRequest, then the handshake, the server's
+/// certificate verified) when the listener has it so; nothing sent on it yet.
+async fn open_upstream(spec: &PostgresProxySpec) -> Result<Box<dyn Stream>, String> {
+    let address = (spec.upstream_host.as_str(), spec.upstream_port);
+    let mut tcp = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(address))
+        .await
+        .map_err(|_| "connecting timed out".to_owned())?
+        .map_err(|error| format!("connecting: {error}"))?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = &spec.upstream_tls else {
+        return Ok(Box::new(tcp));
+    };
+    let mut request = 8u32.to_be_bytes().to_vec();
+    request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
+    tcp.write_all(&request)
+        .await
+        .map_err(|error| error.to_string())?;
+    let answer = tcp.read_u8().await.map_err(|error| error.to_string())?;
+    if answer != b'S' {
+        return Err("the upstream does not offer TLS".to_owned());
+    }
+    let name = ServerName::try_from(spec.upstream_host.clone())
+        .map_err(|error| format!("the upstream's host name: {error}"))?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|error| format!("TLS to the upstream: {error}"))?;
+    Ok(Box::new(tls))
+}
+
 /// Connects to the upstream as `login`, authenticating as the server asks; returns the
 /// stream once the server has said AuthenticationOk, its later messages unread.
 async fn connect_upstream(
@@ -636,34 +760,7 @@ async fn connect_upstream(
     database: &str,
     params: &[(String, String)],
 ) -> Result<Box<dyn Stream>, String> {
-    let address = (spec.upstream_host.as_str(), spec.upstream_port);
-    let tcp = tokio::time::timeout(UPSTREAM_TIMEOUT, TcpStream::connect(address))
-        .await
-        .map_err(|_| "connecting timed out".to_owned())?
-        .map_err(|error| format!("connecting: {error}"))?;
-    let _ = tcp.set_nodelay(true);
-    let mut upstream: Box<dyn Stream> = match &spec.upstream_tls {
-        None => Box::new(tcp),
-        Some(config) => {
-            let mut tcp = tcp;
-            let mut request = 8u32.to_be_bytes().to_vec();
-            request.extend_from_slice(&SSL_REQUEST.to_be_bytes());
-            tcp.write_all(&request)
-                .await
-                .map_err(|error| error.to_string())?;
-            let answer = tcp.read_u8().await.map_err(|error| error.to_string())?;
-            if answer != b'S' {
-                return Err("the upstream does not offer TLS".to_owned());
-            }
-            let name = ServerName::try_from(spec.upstream_host.clone())
-                .map_err(|error| format!("the upstream's host name: {error}"))?;
-            let tls = tokio_rustls::TlsConnector::from(Arc::clone(config))
-                .connect(name, tcp)
-                .await
-                .map_err(|error| format!("TLS to the upstream: {error}"))?;
-            Box::new(tls)
-        }
-    };
+    let mut upstream = open_upstream(spec).await?;
     let mut body = PROTOCOL_3.to_be_bytes().to_vec();
     let forwarded = params
         .iter()
