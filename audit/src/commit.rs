@@ -14,11 +14,23 @@
 //! wait; their records go into the next write, which one of them leads. The longer a write
 //! takes, the more records the next one carries, so under load a sync costs little per event.
 //!
+//! Callers on an async runtime ([`Committer::record_async`]) must not hold a worker thread
+//! for a sync. With a flush interval there is none to wait for: one that finds no leader
+//! leads itself, its write a copy into the page cache, and leaves a full file's roll (which
+//! syncs) to the writer thread. Otherwise, or while another leads, it leaves a [`Ticket`] in
+//! the intake and waits on it, and the store's writer thread ([`Committer::run_writer`])
+//! leads for it. Whoever leads hands out the tickets its write made durable; tickets left over
+//! wake the writer for the next write. An async leader can still wait on the `active` lock
+//! while a roll syncs the file it closes: once per file, not per event.
+//!
 //! Lock order: `active`, then `intake`. Nothing takes `active` while it holds `intake`.
 
+use std::future::Future;
 use std::mem;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -66,6 +78,15 @@ pub(crate) enum Then {
     Retire,
 }
 
+/// Who rolls a file over that a write filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Roll {
+    /// The writer of the batch, at once.
+    Here,
+    /// The writer thread, moments later.
+    Later,
+}
+
 /// A log file that takes no more records, for the sealer.
 #[derive(Debug)]
 pub(crate) struct ClosedLog {
@@ -83,6 +104,8 @@ pub(crate) struct Committer {
     intake: Mutex<Intake>,
     /// Signalled when a write ends (the written and synced marks moved) or the log stops.
     landed: Condvar,
+    /// Signalled for the writer thread: tickets wait for a write, or the store closes.
+    work: Condvar,
     /// `None` once retired.
     active: Mutex<Option<ActiveLog>>,
     sealer: SealerHandle,
@@ -107,6 +130,14 @@ struct Intake {
     /// Why the log stopped taking events, once it did.
     failure: Option<String>,
     ids: EventIds,
+    /// Async callers waiting for their last `seq` to be durable, in `seq` order.
+    tickets: Vec<(u64, Arc<Ticket>)>,
+    /// The writer thread is to end.
+    closing: bool,
+    /// An async caller filled the active file; the writer thread rolls it over.
+    roll_wanted: bool,
+    /// Blocking callers waiting on `landed`.
+    sleepers: usize,
 }
 
 /// The log file being written.
@@ -148,8 +179,13 @@ impl Committer {
                 synced_seq: last_seq,
                 failure: None,
                 ids: EventIds::new(wal_dir)?,
+                tickets: Vec::new(),
+                closing: false,
+                roll_wanted: false,
+                sleepers: 0,
             }),
             landed: Condvar::new(),
+            work: Condvar::new(),
             active: Mutex::new(Some(ActiveLog {
                 wal,
                 events: Vec::new(),
@@ -174,6 +210,104 @@ impl Committer {
         };
         self.wait_until_durable(intake, last.seq)?;
         Ok(recorded)
+    }
+
+    /// [`Committer::record`] for a caller on an async runtime: the events are taken in at
+    /// once, and the future resolves when the writer thread (or a blocking caller leading
+    /// meanwhile) has made them durable. Nothing blocks but the short intake lock.
+    pub(crate) fn record_async(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<(Vec<Recorded>, Durable), AuditError> {
+        let mut intake = self.lock_intake()?;
+        if let Some(cause) = &intake.failure {
+            return Err(stopped(cause));
+        }
+        if intake.closing {
+            return Err(AuditError::Closed);
+        }
+        let recorded = intake.take_in(events, &self.node)?;
+        let ticket = Arc::new(Ticket::default());
+        let Some(last) = recorded.last() else {
+            ticket.complete(Ok(()));
+            return Ok((recorded, Durable(ticket)));
+        };
+        // Without a sync to wait for, the write is a copy into the page cache: this caller
+        // makes it at once rather than wake a thread to make it and be woken in turn.
+        if matches!(self.durability, Durability::Interval(_)) && !intake.writing {
+            let intake = self.lead_and(intake, Roll::Later)?;
+            if intake.written_seq >= last.seq {
+                ticket.complete(Ok(()));
+                return Ok((recorded, Durable(ticket)));
+            }
+            return Err(intake
+                .failure
+                .as_deref()
+                .map_or(AuditError::Stopped, stopped));
+        }
+        intake.tickets.push((last.seq, Arc::clone(&ticket)));
+        if !intake.writing {
+            self.work.notify_one();
+        }
+        Ok((recorded, Durable(ticket)))
+    }
+
+    /// The writer thread's loop: leads a write whenever tickets wait for one, until the store
+    /// closes. A failure has stopped the log and answered the tickets by then.
+    pub(crate) fn run_writer(&self) {
+        let Ok(mut intake) = self.lock_intake() else {
+            return;
+        };
+        loop {
+            if intake.closing {
+                return;
+            }
+            if intake.roll_wanted {
+                intake.roll_wanted = false;
+                drop(intake);
+                self.roll_if_full();
+                intake = match self.lock_intake() {
+                    Ok(intake) => intake,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            if !intake.writing && !intake.tickets.is_empty() && intake.failure.is_none() {
+                intake = match self.lead(intake) {
+                    Ok(intake) => intake,
+                    Err(_) => return,
+                };
+                continue;
+            }
+            intake = match self.work.wait(intake) {
+                Ok(intake) => intake,
+                Err(_) => return,
+            };
+        }
+    }
+
+    /// Rolls the active file over if it is full; what an async caller that filled it left to
+    /// the writer thread. A failure stops the log, which says why.
+    fn roll_if_full(&self) {
+        let Ok(mut active) = self.lock_active() else {
+            return;
+        };
+        let full = active.as_ref().is_some_and(|log| {
+            log.events.len() >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes
+        });
+        if full && let Ok(Some(closed)) = self.roll(&mut active, Then::Continue) {
+            self.sealer.hand_over(closed);
+        }
+    }
+
+    /// Ends the writer thread's loop; tickets still waiting are answered with an error.
+    pub(crate) fn close_writer(&self) {
+        let mut intake = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
+        intake.closing = true;
+        for (_, ticket) in intake.tickets.drain(..) {
+            ticket.complete(Err(None));
+        }
+        self.work.notify_all();
     }
 
     /// Ok while the log takes events; else why it stopped.
@@ -268,7 +402,10 @@ impl Committer {
                 return Err(stopped(cause));
             }
             intake = if intake.writing {
-                self.landed.wait(intake).map_err(|_| AuditError::Stopped)?
+                intake.sleepers += 1;
+                let mut woken = self.landed.wait(intake).map_err(|_| AuditError::Stopped)?;
+                woken.sleepers -= 1;
+                woken
             } else {
                 self.lead(intake)?
             };
@@ -279,7 +416,18 @@ impl Committer {
     /// wakes the waiting callers.
     fn lead<'a>(
         &'a self,
+        intake: MutexGuard<'a, Intake>,
+    ) -> Result<MutexGuard<'a, Intake>, AuditError> {
+        self.lead_and(intake, Roll::Here)
+    }
+
+    /// [`Committer::lead`], with a full file rolled over by this caller, or left to the writer
+    /// thread ([`Roll::Later`]: a roll syncs the whole file, which an async caller must not
+    /// wait for on its thread).
+    fn lead_and<'a>(
+        &'a self,
         mut intake: MutexGuard<'a, Intake>,
+        roll: Roll,
     ) -> Result<MutexGuard<'a, Intake>, AuditError> {
         intake.writing = true;
         let records = mem::take(&mut intake.records);
@@ -289,7 +437,7 @@ impl Committer {
 
         let written = {
             let _leader = LeaderGuard(self);
-            self.write_batch(&records, events, last_seq)
+            self.write_batch(&records, events, last_seq, roll)
         };
 
         let mut intake = self.lock_intake()?;
@@ -306,8 +454,41 @@ impl Committer {
             records.clear();
             intake.records = records;
         }
-        self.landed.notify_all();
+        self.hand_out_tickets(&mut intake);
+        // A wake costs a system call; async callers alone leave no one to wake.
+        if intake.sleepers > 0 {
+            self.landed.notify_all();
+        }
         Ok(intake)
+    }
+
+    /// Answers the tickets whose events are durable now; once the log stopped, those that never
+    /// will be too, with the cause (but while a leader writes, its batch's tickets wait for it
+    /// to land: a batch written before a roll failed is still recorded). Wakes the writer
+    /// thread for the tickets left.
+    fn hand_out_tickets(&self, intake: &mut Intake) {
+        if intake.tickets.is_empty() {
+            return;
+        }
+        let durable = match self.durability {
+            Durability::Strict => intake.synced_seq,
+            Durability::Interval(_) => intake.written_seq,
+        };
+        let done = intake.tickets.partition_point(|(seq, _)| *seq <= durable);
+        for (_, ticket) in intake.tickets.drain(..done) {
+            ticket.complete(Ok(()));
+        }
+        if let Some(cause) = &intake.failure {
+            if !intake.writing {
+                for (_, ticket) in intake.tickets.drain(..) {
+                    ticket.complete(Err(Some(cause.clone())));
+                }
+            }
+            return;
+        }
+        if !intake.tickets.is_empty() {
+            self.work.notify_one();
+        }
     }
 
     /// Writes one batch to the active file (and syncs it, in strict mode), and rolls the file
@@ -317,9 +498,10 @@ impl Committer {
         records: &[u8],
         events: Vec<AccessEvent>,
         last_seq: u64,
+        roll: Roll,
     ) -> Result<bool, AuditError> {
         let mut active = self.lock_active()?;
-        let written = self.write_to(&mut active, records, events, last_seq);
+        let written = self.write_to(&mut active, records, events, last_seq, roll);
         if let Err(error) = &written {
             self.stop(error);
         }
@@ -332,6 +514,7 @@ impl Committer {
         records: &[u8],
         mut events: Vec<AccessEvent>,
         last_seq: u64,
+        roll: Roll,
     ) -> Result<bool, AuditError> {
         // A failure the flusher or a roll found stops the writes that follow it.
         self.health()?;
@@ -349,8 +532,19 @@ impl Committer {
         let full =
             log.events.len() >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes;
         // The batch is written either way; a failed roll stops the log for the next ones.
-        if full && let Ok(Some(closed)) = self.roll(active, Then::Continue) {
-            self.sealer.hand_over(closed);
+        if full {
+            match roll {
+                Roll::Here => {
+                    if let Ok(Some(closed)) = self.roll(active, Then::Continue) {
+                        self.sealer.hand_over(closed);
+                    }
+                }
+                Roll::Later => {
+                    let mut intake = self.intake.lock().unwrap_or_else(PoisonError::into_inner);
+                    intake.roll_wanted = true;
+                    self.work.notify_one();
+                }
+            }
         }
         Ok(strict)
     }
@@ -417,6 +611,7 @@ impl Committer {
             tracing::error!(error = %cause, "audit_log_stopped");
             intake.failure = Some(cause);
         }
+        self.hand_out_tickets(&mut intake);
         self.landed.notify_all();
     }
 
@@ -427,6 +622,59 @@ impl Committer {
 
     fn lock_active(&self) -> Result<MutexGuard<'_, Option<ActiveLog>>, AuditError> {
         self.active.lock().map_err(|_| AuditError::Stopped)
+    }
+}
+
+/// Where an async caller learns that its events are durable, or why they are not.
+#[derive(Debug, Default)]
+pub(crate) struct Ticket {
+    state: Mutex<TicketState>,
+}
+
+#[derive(Debug, Default)]
+struct TicketState {
+    /// An error carries why the log stopped, or nothing when it closed.
+    outcome: Option<Result<(), Option<String>>>,
+    waker: Option<Waker>,
+}
+
+impl Ticket {
+    fn complete(&self, outcome: Result<(), Option<String>>) {
+        let waker = {
+            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+            if state.outcome.is_some() {
+                return;
+            }
+            state.outcome = Some(outcome);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// Resolves when a [`Committer::record_async`] call's events are durable.
+#[derive(Debug)]
+pub(crate) struct Durable(Arc<Ticket>);
+
+impl Future for Durable {
+    type Output = Result<(), AuditError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut state = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        match &state.outcome {
+            Some(Ok(())) => Poll::Ready(Ok(())),
+            Some(Err(Some(cause))) => Poll::Ready(Err(stopped(cause))),
+            Some(Err(None)) => Poll::Ready(Err(AuditError::Closed)),
+            None => {
+                match &mut state.waker {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    slot => *slot = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
@@ -554,6 +802,7 @@ impl Drop for LeaderGuard<'_> {
             intake
                 .failure
                 .get_or_insert_with(|| "a write to the log panicked".to_owned());
+            self.0.hand_out_tickets(&mut intake);
             self.0.landed.notify_all();
         }
     }

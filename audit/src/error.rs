@@ -69,6 +69,9 @@ pub enum AuditError {
     #[error("the audit log stopped after a write failure; restart the server to recover it")]
     Stopped,
 
+    #[error("the audit log is closed; the server is stopping")]
+    Closed,
+
     /// The write-ahead log could not be written or synced; `cause` says where and why.
     #[error("the audit log stopped after a failed write: {cause}; fix it and restart the server")]
     StoppedAfterFailure { cause: String },

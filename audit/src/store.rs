@@ -207,6 +207,11 @@ impl AuditLog {
         let committer = Arc::new(committer);
         let (timer_stop, timer_thread) =
             spawn_timer(Arc::clone(&committer), durability, limits).map_err(thread_error)?;
+        let writer = Arc::clone(&committer);
+        let writer_thread = thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || writer.run_writer())
+            .map_err(thread_error)?;
 
         tracing::info!(
             data_dir = %data_dir.display(),
@@ -224,7 +229,7 @@ impl AuditLog {
             committer,
             sealer,
             timer_stop: Some(timer_stop),
-            threads: vec![sealer_thread, timer_thread],
+            threads: vec![sealer_thread, timer_thread, writer_thread],
             credential_refs,
             _lock: lock,
         };
@@ -257,6 +262,25 @@ impl AuditLog {
             check_ranges(event)?;
         }
         self.committer.record(events)
+    }
+
+    /// [`AuditLog::record_batch`] for a caller on an async runtime: it waits without holding
+    /// a thread, while the store's writer thread writes (and syncs) for it and for every other
+    /// caller waiting with it. The events have their `seq`s when this is called; the future
+    /// resolves once they are durable as [`AuditOptions::flush_interval`] says, or with why not.
+    pub fn record_batch_async(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> impl std::future::Future<Output = Result<Vec<Recorded>, AuditError>> + Send + 'static {
+        let taken = events
+            .iter()
+            .try_for_each(check_ranges)
+            .and_then(|()| self.committer.record_async(events));
+        async move {
+            let (recorded, durable) = taken?;
+            durable.await?;
+            Ok(recorded)
+        }
     }
 
     /// Seals every event recorded so far into Parquet now, and reports what this call wrote
@@ -296,6 +320,7 @@ impl AuditLog {
 impl Drop for AuditLog {
     fn drop(&mut self) {
         drop(self.timer_stop.take());
+        self.committer.close_writer();
         self.sealer.stop();
         for thread in self.threads.drain(..) {
             if thread.join().is_err() {

@@ -811,3 +811,183 @@ fn audit_log_is_shareable_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<AuditLog>();
 }
+
+/// `tasks` tasks on a two-thread runtime record `per_task` events each through the async path,
+/// in batches of `batch`, while `threads` threads record through the blocking one; returns
+/// every caller's `seq`s.
+fn record_async_and_blocking(
+    log: &Arc<AuditLog>,
+    tasks: usize,
+    threads: usize,
+    per_task: usize,
+    batch: usize,
+) -> Vec<Vec<u64>> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
+    let blocking = {
+        let log = Arc::clone(log);
+        std::thread::spawn(move || record_from_threads(&log, threads, per_task, batch))
+    };
+    let mut per_caller = runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for task in 0..tasks {
+            let log = Arc::clone(log);
+            set.spawn(async move {
+                let mut seqs = Vec::new();
+                while seqs.len() < per_task {
+                    let events = (0..batch)
+                        .map(|i| decision(&format!("a{task}-{i}"), Decision::Deny))
+                        .collect();
+                    let recorded = log.record_batch_async(events).await.unwrap();
+                    seqs.extend(recorded.iter().map(|r| r.seq));
+                }
+                seqs
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(seqs) = set.join_next().await {
+            all.push(seqs.unwrap());
+        }
+        all
+    });
+    per_caller.extend(blocking.join().unwrap());
+    per_caller
+}
+
+#[test]
+fn async_callers_wait_for_the_writer_thread_and_stay_gap_free_beside_blocking_ones() {
+    for flush_interval in [Duration::ZERO, Duration::from_millis(5)] {
+        let dir = tempfile::tempdir().unwrap();
+        let options = AuditOptions {
+            flush_interval,
+            seal_after_events: 700,
+            ..AuditOptions::new("test")
+        };
+        let log = Arc::new(AuditLog::open(dir.path(), options).unwrap().0);
+        let per_caller = record_async_and_blocking(&log, 16, 2, 100, 2);
+        // Written when the future resolved: all there without a seal, as after `kill -9`.
+        drop(Arc::into_inner(log).unwrap());
+        let (log, recovery) = AuditLog::open(dir.path(), AuditOptions::new("test")).unwrap();
+        assert_eq!(recovery.torn_bytes_dropped, 0);
+        log.close().unwrap();
+        assert_eq!(total_rows(dir.path()), 1800, "{flush_interval:?}");
+        for seqs in &per_caller {
+            assert!(seqs.windows(2).all(|pair| pair[0] < pair[1]), "{seqs:?}");
+        }
+        let mut all: Vec<u64> = per_caller.into_iter().flatten().collect();
+        all.sort_unstable();
+        assert_eq!(all, (1..=1800).collect::<Vec<_>>(), "{flush_interval:?}");
+    }
+}
+
+#[test]
+fn an_async_caller_learns_that_the_log_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with(dir.path(), 3);
+    let in_the_way = dir.path().join("wal").join(log_file_name(4));
+    fs::create_dir(&in_the_way).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let seqs: Vec<u64> = runtime
+        .block_on(log.record_batch_async(vec![NewEvent::default(); 3]))
+        .unwrap()
+        .iter()
+        .map(|recorded| recorded.seq)
+        .collect();
+    assert_eq!(seqs, [1, 2, 3], "the full file's events are written");
+    let err = runtime
+        .block_on(log.record_batch_async(vec![NewEvent::default()]))
+        .unwrap_err();
+    assert!(
+        matches!(err, AuditError::StoppedAfterFailure { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("cannot create"), "{err}");
+}
+
+#[test]
+fn an_async_batch_is_recorded_whole_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let huge = NewEvent {
+        claims: Some("x".repeat(portcullis_audit::wal::MAX_RECORD_BYTES)),
+        ..NewEvent::default()
+    };
+    let err = runtime
+        .block_on(log.record_batch_async(vec![NewEvent::default(), huge]))
+        .unwrap_err();
+    assert!(matches!(err, AuditError::EventTooLarge { .. }), "{err}");
+    let recorded = runtime
+        .block_on(log.record_batch_async(vec![NewEvent::default(); 2]))
+        .unwrap();
+    let seqs: Vec<u64> = recorded.iter().map(|recorded| recorded.seq).collect();
+    assert_eq!(seqs, [1, 2], "the refused batch used up no seq");
+    assert!(
+        runtime
+            .block_on(log.record_batch_async(Vec::new()))
+            .unwrap()
+            .is_empty()
+    );
+    log.close().unwrap();
+    assert_eq!(total_rows(dir.path()), 2);
+}
+
+/// With a flush interval an async caller writes the log itself and leaves a full file's roll to
+/// the writer thread: a roll that fails stops the log moments later, and every event answered
+/// before that is in the store.
+#[test]
+fn a_roll_left_to_the_writer_thread_that_fails_stops_the_log_and_loses_nothing_answered() {
+    const MAX_EVENTS: u64 = 500;
+    let dir = tempfile::tempdir().unwrap();
+    let options = AuditOptions {
+        flush_interval: Duration::from_millis(5),
+        seal_after_events: 3,
+        ..AuditOptions::new("test")
+    };
+    let (log, _) = AuditLog::open(dir.path(), options.clone()).unwrap();
+    // The roll comes moments after the file fills, so the next file's name (after the next
+    // `seq`) is not known: directories in the way of every name it may have.
+    let in_the_way: Vec<PathBuf> = (4..=MAX_EVENTS + 1)
+        .map(|seq| dir.path().join("wal").join(log_file_name(seq)))
+        .collect();
+    for path in &in_the_way {
+        fs::create_dir(path).unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut answered = 0u64;
+    let failure = loop {
+        match runtime.block_on(log.record_batch_async(vec![NewEvent::default()])) {
+            Ok(recorded) => {
+                answered += 1;
+                assert_eq!(recorded[0].seq, answered);
+                assert!(
+                    answered < MAX_EVENTS,
+                    "the failed roll never stopped the log"
+                );
+            }
+            Err(error) => break error,
+        }
+    };
+    assert!(answered >= 3, "{answered}");
+    assert!(failure.to_string().contains("cannot create"), "{failure}");
+    drop(log);
+    for path in &in_the_way {
+        fs::remove_dir(path).unwrap();
+    }
+    let (log, recovery) = AuditLog::open(dir.path(), options).unwrap();
+    assert_eq!(
+        recovery.next_seq,
+        answered + 1,
+        "every answered event is kept"
+    );
+    log.close().unwrap();
+    assert_eq!(total_rows(dir.path()), i64::try_from(answered).unwrap());
+}

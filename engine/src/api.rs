@@ -890,13 +890,10 @@ async fn record_and_answer(
     event: NewEvent,
     answer: DecideAnswer,
 ) -> Response {
-    let audit = Arc::clone(&engine.audit);
-    engine.metrics.observe(std::slice::from_ref(&event));
-    let recorded = tokio::task::spawn_blocking(move || audit.record(event)).await;
-    match recorded {
-        Ok(Ok(recorded)) => {
+    match record_events(engine, vec![event]).await {
+        Ok(ids) => {
             let answer = DecideAnswer {
-                event_id: recorded.event_id.to_string(),
+                event_id: ids.into_iter().next().unwrap_or_default(),
                 ..answer
             };
             tracing::info!(
@@ -908,30 +905,29 @@ async fn record_and_answer(
             );
             (StatusCode::OK, axum::Json(answer)).into_response()
         }
-        Ok(Err(err)) => unrecorded(&err.to_string(), &answer),
-        Err(join) => unrecorded(&join.to_string(), &answer),
+        Err(_) => unrecorded(&answer),
     }
 }
 
 /// Counts `events` for `/metrics` and records them in one commit: their event ids, or why
-/// they could not be recorded (logged here), which the caller answers as a deny.
+/// they could not be recorded (logged here), which the caller answers as a deny. The task
+/// waits for the store's writer without holding a thread.
 async fn record_events(engine: &Arc<Engine>, events: Vec<NewEvent>) -> Result<Vec<String>, String> {
-    let audit = Arc::clone(&engine.audit);
     engine.metrics.observe(&events);
-    let recorded = match tokio::task::spawn_blocking(move || audit.record_batch(events)).await {
-        Ok(Ok(recorded)) => return Ok(recorded.iter().map(|e| e.event_id.to_string()).collect()),
-        Ok(Err(error)) => error.to_string(),
-        Err(join) => join.to_string(),
-    };
-    tracing::error!(error = recorded, "audit_record_failed");
-    Err(recorded)
+    match engine.audit.record_batch_async(events).await {
+        Ok(recorded) => Ok(recorded.iter().map(|e| e.event_id.to_string()).collect()),
+        Err(error) => {
+            let error = error.to_string();
+            tracing::error!(error, "audit_record_failed");
+            Err(error)
+        }
+    }
 }
 
 /// Fail closed: a decision that cannot be recorded is a deny. The answer has every field an
 /// ordinary answer has, so a client reads it the same way: who asked for what is kept, the
-/// rule and any credential are not, and there is no event to name.
-fn unrecorded(detail: &str, decided: &DecideAnswer) -> Response {
-    tracing::error!(error = detail, "audit_record_failed");
+/// rule and any credential are not, and there is no event to name. Why is in the server's log.
+fn unrecorded(decided: &DecideAnswer) -> Response {
     let body = DecideAnswer {
         decision: "deny",
         rule: None,

@@ -477,17 +477,17 @@ async fn deliver(
     credential: &Credential,
     issued: Issued,
 ) -> Response {
-    let audit = Arc::clone(&engine.audit);
-    let events = vec![decision, issued_event];
-    engine.metrics.observe(&events);
-    let recorded = tokio::task::spawn_blocking(move || audit.record_batch(events)).await;
-    let (decided, issuance) = match recorded {
-        Ok(Ok(recorded)) => match recorded.as_slice() {
-            [decided, issuance] => (decided.event_id, issuance.event_id),
-            _ => return super::unrecorded("the store recorded an unexpected count", &answer),
-        },
-        Ok(Err(err)) => return super::unrecorded(&err.to_string(), &answer),
-        Err(join) => return super::unrecorded(&join.to_string(), &answer),
+    let recorded = super::record_events(engine, vec![decision, issued_event]).await;
+    let (decided, issuance) = match recorded.as_deref() {
+        Ok([decided, issuance]) => (decided.clone(), issuance.clone()),
+        Ok(_) => {
+            tracing::error!(
+                error = "the store recorded an unexpected count",
+                "audit_record_failed"
+            );
+            return super::unrecorded(&answer);
+        }
+        Err(_) => return super::unrecorded(&answer),
     };
     tracing::info!(
         decision = answer.decision,
@@ -502,13 +502,16 @@ async fn deliver(
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
     });
     let answer = DecideAnswer {
-        event_id: decided.to_string(),
+        event_id: decided,
         credential: None,
         ..answer
     };
     let mut body = match serde_json::to_value(&answer) {
         Ok(body) => body,
-        Err(err) => return super::unrecorded(&err.to_string(), &answer),
+        Err(error) => {
+            tracing::error!(%error, "credential_answer_unserializable");
+            return super::unrecorded(&answer);
+        }
     };
     body["credential"] = json!({
         "name": credential.name,
@@ -517,7 +520,7 @@ async fn deliver(
         "value": issued.value.as_str(),
         "ttl_s": credential.ttl_s,
         "expires_at": expires_at.map_or(Value::Null, Value::String),
-        "event_id": issuance.to_string(),
+        "event_id": issuance,
     });
     (StatusCode::OK, axum::Json(body)).into_response()
 }
