@@ -456,6 +456,22 @@ fn a_local_process_reaches_its_target_through_a_socket_listener() {
     let answer = ask("POST");
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     assert_eq!(seen.lock().unwrap().len(), 1);
+    // The same process again, on a new connection: decided again, its credential (a JWT with
+    // its own `jti`) reused rather than minted anew.
+    let answer = ask("GET");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let requests = seen.lock().unwrap().clone();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(
+        header(&requests[1].1, "authorization"),
+        header(&requests[0].1, "authorization"),
+        "the credential is reused for the same process"
+    );
     stop_server(server);
     assert!(!socket.exists(), "the socket is removed at stop");
+    let data = tmp.path().join("data");
+    let decisions = event_rows(&data, &["decision"], "kind = 'decision'");
+    assert_eq!(decisions, ["allow", "deny", "allow"]);
+    let issued = event_rows(&data, &["kind"], "kind = 'credential_issued'");
+    assert_eq!(issued.len(), 1, "{issued:?}");
 }

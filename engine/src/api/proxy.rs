@@ -224,8 +224,13 @@ async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -
         Decided::Allowed(allowed) => allowed,
     };
     let now = chrono::Utc::now().timestamp();
-    let key = body.evidence.as_ref().map(|evidence| ReuseKey {
-        evidence: evidence.digest(),
+    let evidence = match (&caller, &body.evidence) {
+        (Caller::Local(_), _) => Some(local_evidence(&allowed.event)),
+        (Caller::Remote(_), Some(evidence)) => Some(evidence.digest()),
+        (Caller::Remote(_), None) => None,
+    };
+    let key = evidence.map(|evidence| ReuseKey {
+        evidence,
         credential: allowed.credential.name.clone(),
         bundle: allowed.event.bundle_hash.clone().unwrap_or_default(),
     });
@@ -364,6 +369,20 @@ async fn issue_for(
             Err(refusal(StatusCode::FORBIDDEN, &answer, ids.first()))
         }
     }
+}
+
+/// What a local process is to credential reuse: everything its credential can be made from,
+/// its subject (`uid:U/pid:P`) and its attested claims. A process that reuses a pid gets
+/// another credential unless it is the same executable as the same user with the same claims,
+/// which the credential could not tell apart anyway.
+fn local_evidence(event: &NewEvent) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    hash.update(b"local\0");
+    hash.update(event.subject.as_deref().unwrap_or_default().as_bytes());
+    hash.update(b"\0");
+    hash.update(event.claims.as_deref().unwrap_or_default().as_bytes());
+    hash.finalize().into()
 }
 
 /// The caller's token from the evidence header: `Bearer TOKEN`, or the token alone.
