@@ -23,6 +23,10 @@ const MAX_JWKS_BYTES: u64 = 1024 * 1024;
 const MIN_BODY_BYTES: usize = 1024;
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 
+/// Bounds of `server.header_read_timeout_s`.
+const MIN_HEADER_READ_TIMEOUT_S: u64 = 1;
+const MAX_HEADER_READ_TIMEOUT_S: u64 = 3600;
+
 /// Clock-skew allowance beyond this is a misconfiguration, not a tolerance.
 const MAX_LEEWAY_S: u64 = 3600;
 
@@ -348,6 +352,11 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// Seconds an HTTP client (of the API, and of the HTTP proxies) has to send a request's
+    /// head, counted from when its connection is ready for one — accepted, or idle after an
+    /// answer — after which the connection is closed.
+    #[serde(default = "default_header_read_timeout_s")]
+    pub header_read_timeout_s: u64,
     /// A file holding the bearer token of the admin API (`POST /v1/admin/reload`, explained
     /// decisions, and SQL over the audit store), read at start; without it the admin API is
     /// disabled.
@@ -716,6 +725,7 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body_bytes(),
+            header_read_timeout_s: default_header_read_timeout_s(),
             admin_token_file: None,
             audit_token_file: None,
             local_socket: None,
@@ -729,6 +739,10 @@ fn default_listen() -> SocketAddr {
 
 fn default_max_body_bytes() -> usize {
     portcullis_engine::api::DEFAULT_MAX_BODY_BYTES
+}
+
+fn default_header_read_timeout_s() -> u64 {
+    portcullis_engine::api::listen::DEFAULT_HEADER_READ_TIMEOUT.as_secs()
 }
 
 #[derive(Debug, Deserialize)]
@@ -1032,6 +1046,13 @@ impl Config {
             bail!(
                 "`server.max_body_bytes = {body_limit}` is outside \
                  {MIN_BODY_BYTES}..={MAX_BODY_BYTES}"
+            );
+        }
+        let header_s = self.server.header_read_timeout_s;
+        if !(MIN_HEADER_READ_TIMEOUT_S..=MAX_HEADER_READ_TIMEOUT_S).contains(&header_s) {
+            bail!(
+                "`server.header_read_timeout_s = {header_s}` is outside \
+                 {MIN_HEADER_READ_TIMEOUT_S}..={MAX_HEADER_READ_TIMEOUT_S}"
             );
         }
         if self.policy.dir.is_some() == self.policy.bundle.is_some() {

@@ -175,6 +175,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         attestor,
         audit: Arc::new(audit),
         max_body_bytes: config.server.max_body_bytes,
+        header_read_timeout: std::time::Duration::from_secs(config.server.header_read_timeout_s),
         admin,
         audit_query,
         credentials: Some(Arc::clone(&credentials)),

@@ -260,6 +260,7 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         "portcullis_proxy_upstream_errors_total{target=\"gone\"} 1",
         "portcullis_proxy_active_connections{protocol=\"http\"} 0",
         "portcullis_decision_seconds_count 8",
+        "portcullis_proxy_seconds_count{protocol=\"http\"} 8",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }

@@ -199,6 +199,19 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout.trim(), "2");
 
+    // Each session set up is timed for `GET /metrics`; refused ones are not.
+    let mut metrics = ureq::get(&setup.server.url("/metrics")).call().unwrap();
+    let text = metrics.body_mut().read_to_string().unwrap();
+    let sessions: u64 = text
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("portcullis_proxy_seconds_count{protocol=\"postgres\"} ")
+        })
+        .unwrap_or_else(|| panic!("no postgres session time in:\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(sessions >= 2, "{sessions}: {text}");
+
     stop_server(setup.server);
     // Each session that got through is a `connection_closed` event when it ends, with its
     // duration and the bytes each way.

@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod audit_query;
 pub mod issuing;
+pub mod listen;
 pub mod proxy;
 pub mod proxy_pg;
 mod reuse;
@@ -55,6 +56,9 @@ pub struct Engine {
     pub audit: Arc<AuditLog>,
     /// Decide bodies larger than this get 413.
     pub max_body_bytes: usize,
+    /// How long an HTTP client (of the API and of the HTTP proxies) may take to send a
+    /// request's head, counted from when its connection is ready for one.
+    pub header_read_timeout: std::time::Duration,
     /// The admin API; without it, its endpoints answer 404.
     pub admin: Option<Admin>,
     /// SQL over the audit store (`POST /v1/audit/query`); without it, 404.
@@ -91,8 +95,8 @@ impl ProgramSlot {
     }
 }
 
-/// Builds the API's router. Serve it with `into_make_service_with_connect_info::<SocketAddr>()`
-/// so that access events carry the caller's address.
+/// Builds the API's router; [`serve`] serves it with each request's peer address, which access
+/// events carry.
 pub fn router(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/v1/decide", post(decide))
@@ -150,26 +154,19 @@ pub async fn serve_local(
     engine: Arc<Engine>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = local_router(engine).into_make_service_with_connect_info::<LocalPeer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let timeout = engine.header_read_timeout;
+    listen::serve(listener, local_router(engine), timeout, shutdown).await
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes the requests in
 /// flight.
-// FIXME(#7): per-connection header-read and idle timeouts (hyper's need a timer that
-// `axum::serve` does not set); until then a slow client holds its connection, and only the
-// server's shutdown grace period bounds it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<Engine>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(engine).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let timeout = engine.header_read_timeout;
+    listen::serve(listener, router(engine), timeout, shutdown).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -595,25 +592,6 @@ impl std::fmt::Display for Caller {
 /// The peer credentials of a Unix-socket connection, read when it was accepted.
 #[derive(Debug, Clone)]
 pub struct LocalPeer(pub Result<PeerProcess, String>);
-
-#[cfg(unix)]
-impl
-    axum::extract::connect_info::Connected<
-        axum::serve::IncomingStream<'_, tokio::net::UnixListener>,
-    > for LocalPeer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::UnixListener>) -> Self {
-        LocalPeer(
-            stream
-                .io()
-                .peer_cred()
-                .map(|cred| {
-                    PeerProcess::of_connection(stream.io(), cred.pid(), cred.uid(), cred.gid())
-                })
-                .map_err(|error| error.to_string()),
-        )
-    }
-}
 
 fn no_peer_credentials(why: &str) -> Response {
     tracing::warn!(why, "local_peer_credentials_unavailable");

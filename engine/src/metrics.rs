@@ -1,6 +1,7 @@
 //! Counters for `GET /metrics`, in the Prometheus text exposition format (version 0.0.4):
-//! decisions by outcome, denials by reason, the time to decide, upstream errors of the proxy
-//! by target, and the connections the proxy has open by protocol.
+//! decisions by outcome, denials by reason, the time to decide, the time the proxy takes per
+//! request (HTTP, to the upstream's answer) and per session set-up (PostgreSQL, to the relay),
+//! upstream errors of the proxy by target, and the connections the proxy has open by protocol.
 //!
 //! Counting is a few atomic additions per event; the maps of labelled counters are bounded,
 //! so that no caller can grow them without limit.
@@ -12,10 +13,11 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use portcullis_audit::{Decision, EventKind, NewEvent};
 
-/// Upper bounds of the decision-time buckets, in seconds.
-const LATENCY_BUCKETS_S: [f64; 14] = [
+/// Upper bounds of the time buckets, in seconds: a decision takes microseconds, a proxied
+/// request or a PostgreSQL login up to seconds.
+const LATENCY_BUCKETS_S: [f64; 17] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
-    0.05, 0.1, 1.0,
+    0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
 ];
 
 /// The most distinct labels one labelled counter keeps; later ones count under `other`.
@@ -26,9 +28,9 @@ pub struct Metrics {
     allowed: AtomicU64,
     denied: AtomicU64,
     denials: LabelledCounter,
-    latency_buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
-    latency_count: AtomicU64,
-    latency_sum_ns: AtomicU64,
+    decision_time: Histogram,
+    http_proxy_time: Histogram,
+    postgres_proxy_time: Histogram,
     upstream_errors: LabelledCounter,
     active: Mutex<BTreeMap<&'static str, Arc<AtomicI64>>>,
 }
@@ -53,6 +55,59 @@ impl LabelledCounter {
             .iter()
             .map(|(label, n)| (label.clone(), *n))
             .collect()
+    }
+}
+
+/// Durations, counted into [`LATENCY_BUCKETS_S`].
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, ns: u64) {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a duration in seconds as a float; nanoseconds past 2^53 are not a concern"
+        )]
+        let seconds = ns as f64 / 1e9;
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_S) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The series of `name` with `labels` (`key="value"`, or empty) before `le`.
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bucket, bound) in self.buckets.iter().zip(LATENCY_BUCKETS_S) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {}",
+                bucket.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a sum of seconds as a float, as the format has it"
+        )]
+        let sum_s = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let braced = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}\n\
+             {name}_sum{braced} {sum_s}\n{name}_count{braced} {count}"
+        );
     }
 }
 
@@ -90,18 +145,21 @@ impl Metrics {
     }
 
     fn observe_latency(&self, latency_ns: u64) {
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "a latency in seconds as a float; nanoseconds past 2^53 are not a concern"
-        )]
-        let seconds = latency_ns as f64 / 1e9;
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_S) {
-            if seconds <= bound {
-                bucket.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_ns.fetch_add(latency_ns, Ordering::Relaxed);
+        self.decision_time.observe(latency_ns);
+    }
+
+    /// Counts how long the HTTP proxy took for a request, from its head to the upstream's
+    /// answer (or the proxy's own refusal).
+    pub fn http_proxied(&self, took: std::time::Duration) {
+        self.http_proxy_time
+            .observe(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
+    }
+
+    /// Counts how long the PostgreSQL proxy took to set a session up, from the connection to
+    /// the relay (TLS, startup, decision, issuance, the upstream's login).
+    pub fn postgres_session_ready(&self, took: std::time::Duration) {
+        self.postgres_proxy_time
+            .observe(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX));
     }
 
     /// Counts a request or connection the proxy could not take to its target's upstream.
@@ -151,23 +209,20 @@ impl Metrics {
             "# HELP portcullis_decision_seconds Time from request to decision.\n\
              # TYPE portcullis_decision_seconds histogram"
         );
-        for (bucket, bound) in self.latency_buckets.iter().zip(LATENCY_BUCKETS_S) {
-            let _ = writeln!(
-                out,
-                "portcullis_decision_seconds_bucket{{le=\"{bound}\"}} {}",
-                bucket.load(Ordering::Relaxed)
-            );
-        }
-        let count = self.latency_count.load(Ordering::Relaxed);
-        #[expect(
-            clippy::cast_precision_loss,
-            reason = "a sum of seconds as a float, as the format has it"
-        )]
-        let sum_s = self.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        self.decision_time
+            .render(&mut out, "portcullis_decision_seconds", "");
         let _ = writeln!(
             out,
-            "portcullis_decision_seconds_bucket{{le=\"+Inf\"}} {count}\n\
-             portcullis_decision_seconds_sum {sum_s}\nportcullis_decision_seconds_count {count}"
+            "# HELP portcullis_proxy_seconds Time the proxy takes: per HTTP request, to the \
+             upstream's answer; per PostgreSQL session, to the relay.\n\
+             # TYPE portcullis_proxy_seconds histogram"
+        );
+        self.http_proxy_time
+            .render(&mut out, "portcullis_proxy_seconds", "protocol=\"http\"");
+        self.postgres_proxy_time.render(
+            &mut out,
+            "portcullis_proxy_seconds",
+            "protocol=\"postgres\"",
         );
         let _ = writeln!(
             out,
@@ -246,6 +301,8 @@ mod tests {
             event(EventKind::CredentialIssued, None, "credential_issued", 0),
         ]);
         metrics.upstream_error("billing \"api\"");
+        metrics.http_proxied(std::time::Duration::from_micros(300));
+        metrics.postgres_session_ready(std::time::Duration::from_secs(2));
         let open = metrics.connection_opened("postgres");
         let text = metrics.render();
         for line in [
@@ -257,6 +314,13 @@ mod tests {
             "portcullis_decision_seconds_bucket{le=\"0.0025\"} 3",
             "portcullis_decision_seconds_bucket{le=\"+Inf\"} 3",
             "portcullis_decision_seconds_count 3",
+            "portcullis_proxy_seconds_bucket{protocol=\"http\",le=\"0.00025\"} 0",
+            "portcullis_proxy_seconds_bucket{protocol=\"http\",le=\"0.0005\"} 1",
+            "portcullis_proxy_seconds_sum{protocol=\"http\"} 0.0003",
+            "portcullis_proxy_seconds_count{protocol=\"http\"} 1",
+            "portcullis_proxy_seconds_bucket{protocol=\"postgres\",le=\"1\"} 0",
+            "portcullis_proxy_seconds_bucket{protocol=\"postgres\",le=\"2.5\"} 1",
+            "portcullis_proxy_seconds_bucket{protocol=\"postgres\",le=\"+Inf\"} 1",
             "portcullis_proxy_upstream_errors_total{target=\"billing \\\"api\\\"\"} 1",
             "portcullis_proxy_active_connections{protocol=\"postgres\"} 1",
         ] {

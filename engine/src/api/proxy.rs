@@ -90,14 +90,10 @@ pub async fn serve_http_proxy_local(
     listener: tokio::net::UnixListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let timeout = engine.header_read_timeout;
     let proxy = Proxy::new(engine, spec)?;
-    let app = Router::new()
-        .fallback(handle_local)
-        .with_state(proxy)
-        .into_make_service_with_connect_info::<super::LocalPeer>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = Router::new().fallback(handle_local).with_state(proxy);
+    super::listen::serve(listener, app, timeout, shutdown).await
 }
 
 /// Serves `spec` on `listener` until `shutdown` completes; requests in flight finish.
@@ -107,14 +103,10 @@ pub async fn serve_http_proxy(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let timeout = engine.header_read_timeout;
     let proxy = Proxy::new(engine, spec)?;
-    let app = Router::new()
-        .fallback(handle)
-        .with_state(proxy)
-        .into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let app = Router::new().fallback(handle).with_state(proxy);
+    super::listen::serve(listener, app, timeout, shutdown).await
 }
 
 impl Proxy {
@@ -161,6 +153,17 @@ async fn handle_local(
 
 async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -> Response {
     let started = Instant::now();
+    let response = decide_and_forward(&proxy, caller, request, started).await;
+    proxy.engine.metrics.http_proxied(started.elapsed());
+    response
+}
+
+async fn decide_and_forward(
+    proxy: &Arc<Proxy>,
+    caller: Caller,
+    request: Request<Body>,
+    started: Instant,
+) -> Response {
     let engine = &proxy.engine;
     let _open = engine.metrics.connection_opened("http");
     let Some(issuer) = engine.credentials.clone() else {
@@ -219,7 +222,7 @@ async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -
             if let Err(response) = record(engine, vec![event]).await {
                 return response;
             }
-            return forward(&proxy, &route, request, None).await;
+            return forward(proxy, &route, request, None).await;
         }
         Decided::Allowed(allowed) => allowed,
     };
@@ -240,10 +243,10 @@ async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -
         if let Err(response) = record(engine, vec![allowed.event]).await {
             return response;
         }
-        return forward(&proxy, &route, request, Some(value)).await;
+        return forward(proxy, &route, request, Some(value)).await;
     }
     let evidence_expires_at = allowed.evidence_expires_at;
-    let credential = match issue_for(&proxy, &issuer, *allowed, started).await {
+    let credential = match issue_for(proxy, &issuer, *allowed, started).await {
         Ok((value, expires_at)) => {
             if let Some(key) = key
                 && proxy.spec.credential_reuse_s > 0
@@ -256,7 +259,7 @@ async fn handle_for(proxy: Arc<Proxy>, caller: Caller, request: Request<Body>) -
         }
         Err(response) => return response,
     };
-    forward(&proxy, &route, request, Some(credential)).await
+    forward(proxy, &route, request, Some(credential)).await
 }
 
 /// Where a request goes: the target it is decided for and the upstream it is sent to.

@@ -177,6 +177,7 @@ async fn session(
         cancel_key,
         passed_on,
     } = startup;
+    engine.metrics.postgres_session_ready(started.elapsed());
     let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     // The session is over: its cancel key matches nothing from now on.
     drop(cancel_key);
