@@ -161,11 +161,25 @@ pub struct HttpProxyConfig {
     /// request.
     #[serde(default = "default_credential_reuse_s")]
     pub credential_reuse_s: u64,
+    /// Seconds the upstream has to connect and send its response head; 504 after.
+    #[serde(default = "default_upstream_timeout_s")]
+    pub upstream_timeout_s: u64,
+    /// Forward mode: send credentials to `http://` targets that are not on loopback, in the
+    /// clear. Off, such requests are refused.
+    #[serde(default)]
+    pub allow_plaintext: bool,
 }
 
 fn default_credential_reuse_s() -> u64 {
     60
 }
+
+fn default_upstream_timeout_s() -> u64 {
+    30
+}
+
+/// The longest `upstream_timeout_s`.
+const MAX_UPSTREAM_TIMEOUT_S: u64 = 3600;
 
 /// The longest `credential_reuse_s`.
 const MAX_CREDENTIAL_REUSE_S: u64 = 3600;
@@ -290,6 +304,18 @@ impl HttpProxyConfig {
                 self.credential_reuse_s
             );
         }
+        if !(1..=MAX_UPSTREAM_TIMEOUT_S).contains(&self.upstream_timeout_s) {
+            bail!(
+                "`upstream_timeout_s = {}` is outside 1..={MAX_UPSTREAM_TIMEOUT_S}",
+                self.upstream_timeout_s
+            );
+        }
+        if self.allow_plaintext && !forward {
+            bail!(
+                "`allow_plaintext` is for `mode = \"forward\"`; a reverse-mode upstream is \
+                 `https`, or `http` on loopback"
+            );
+        }
         if self.inject != InjectMode::Basic && self.basic_user.is_some() {
             bail!("`basic_user` goes with `inject = \"basic\"`");
         }
@@ -308,6 +334,8 @@ impl HttpProxyConfig {
             inject,
             ca: roots,
             credential_reuse_s: self.credential_reuse_s,
+            upstream_timeout: std::time::Duration::from_secs(self.upstream_timeout_s),
+            allow_plaintext: self.allow_plaintext,
         })
     }
 }

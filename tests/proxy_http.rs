@@ -326,6 +326,12 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
     let seen: Seen = Arc::default();
     let upstream = http_stub::serve(recording(&seen));
     let upstream_port: u16 = upstream.rsplit(':').next().unwrap().parse().unwrap();
+    let audits_seen: Seen = Arc::default();
+    let audits = http_stub::serve(recording(&audits_seen));
+    let audits_port: u16 = audits.rsplit(':').next().unwrap().parse().unwrap();
+    // An upstream that takes connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
     let jwks = write_jwks(tmp.path());
     let policy = tmp.path().join("policy");
     std::fs::create_dir(&policy).unwrap();
@@ -334,8 +340,14 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
         format!(
             "workload ci {{ oidc {{ sub == \"ci-runner\" }} }}\n\
              target reports {{ http {{ host = \"127.0.0.1\" port = {upstream_port} }} }}\n\
+             target audits {{ http {{ host = \"127.0.0.1\" port = {audits_port} }} }}\n\
+             target silent {{ http {{ host = \"127.0.0.1\" port = {silent_port} }} }}\n\
+             target faraway {{ http {{ host = \"reports.example.invalid\" }} }}\n\
              credential reports_token {{ jwt {{ audience = \"reports\" ttl = 15m }} }}\n\
-             permit ci_reports {{ workload ci target reports credential reports_token }}\n"
+             permit ci_reports {{ workload ci target reports credential reports_token }}\n\
+             permit ci_audits {{ workload ci target audits credential reports_token }}\n\
+             permit ci_silent {{ workload ci target silent credential reports_token }}\n\
+             permit ci_faraway {{ workload ci target faraway credential reports_token }}\n"
         ),
     )
     .unwrap();
@@ -347,7 +359,8 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
             "[policy]\ndir = {policy:?}\n\n\
              [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
              audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n\n\
-             [[proxy.http]]\nmode = \"forward\"\nlisten = \"127.0.0.1:{proxy_port}\"\n",
+             [[proxy.http]]\nmode = \"forward\"\nlisten = \"127.0.0.1:{proxy_port}\"\n\
+             upstream_timeout_s = 1\n",
             policy = policy.to_str().unwrap(),
             jwks = jwks.to_str().unwrap(),
         ),
@@ -391,6 +404,43 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
         seen.lock().unwrap().len(),
         1,
         "only the allowed request went upstream"
+    );
+
+    // Another target with the same credential: a credential of its own, not the first one's.
+    let line = format!("GET http://127.0.0.1:{audits_port}/all HTTP/1.1");
+    let audits_host = format!("host: 127.0.0.1:{audits_port}");
+    let (status, answer) = through_forward_proxy(proxy_port, &line, &[&audits_host, &evidence]);
+    assert_eq!(status, 200, "{answer}");
+    let other = audits_seen.lock().unwrap()[0].1.clone();
+    let other = header(&other, "authorization").unwrap().to_owned();
+    assert_ne!(
+        other, authorization,
+        "a credential is reused for one target only"
+    );
+
+    // An upstream that never answers: 504 after `upstream_timeout_s`.
+    let line = format!("GET http://127.0.0.1:{silent_port}/ HTTP/1.1");
+    let (status, answer) = through_forward_proxy(proxy_port, &line, &[&evidence]);
+    assert_eq!(status, 504, "{answer}");
+    assert!(answer.contains("did not answer in time"), "{answer}");
+    drop(silent);
+
+    // Plain `http` off loopback: the credential is not sent in the clear, nor anything asked.
+    let line = "GET http://reports.example.invalid/daily HTTP/1.1";
+    let (status, answer) = through_forward_proxy(
+        proxy_port,
+        line,
+        &["host: reports.example.invalid", &evidence],
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("allow_plaintext"), "{answer}");
+
+    let mut metrics = ureq::get(&server.url("/metrics")).call().unwrap();
+    let text = metrics.body_mut().read_to_string().unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l == "portcullis_proxy_upstream_errors_total{target=\"silent\"} 1"),
+        "{text}"
     );
     stop_server(server);
 }

@@ -71,6 +71,11 @@ pub struct HttpProxySpec {
     /// How long a credential issued to a caller is used again for its next requests (never
     /// past the credential's expiry or the caller's evidence's); 0 issues one per request.
     pub credential_reuse_s: u64,
+    /// How long the upstream has to connect and answer with its response head; 504 after.
+    pub upstream_timeout: std::time::Duration,
+    /// Forward mode: send credentials to `http://` targets off loopback, in the clear. Off,
+    /// such requests are refused before anything is decided or issued.
+    pub allow_plaintext: bool,
 }
 
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
@@ -172,9 +177,18 @@ async fn decide_and_forward(
             "this server issues no credentials",
         );
     };
-    let route = match route_of(&proxy.spec, &request) {
+    let mut route = match route_of(&proxy.spec, &request) {
         Ok(route) => route,
-        Err((status, message)) => return answer(status, message),
+        Err((status, message)) => {
+            tracing::info!(
+                caller = %caller,
+                method = %request.method(),
+                status = status.as_u16(),
+                why = message,
+                "proxy_request_refused"
+            );
+            return answer(status, message);
+        }
     };
     // A local process is attested by its connection; a header it sends is not evidence.
     let token = match caller {
@@ -219,6 +233,8 @@ async fn decide_and_forward(
             };
         }
         Decided::AllowedWithout { event, .. } => {
+            // In forward mode the request named an endpoint; the decision named its target.
+            route.target.name = route.target.name.or_else(|| event.target.clone());
             if let Err(response) = record(engine, vec![event]).await {
                 return response;
             }
@@ -226,6 +242,7 @@ async fn decide_and_forward(
         }
         Decided::Allowed(allowed) => allowed,
     };
+    route.target.name = route.target.name.or_else(|| allowed.event.target.clone());
     let now = chrono::Utc::now().timestamp();
     let evidence = match (&caller, &body.evidence) {
         (Caller::Local(_), _) => Some(local_evidence(&allowed.event)),
@@ -234,6 +251,7 @@ async fn decide_and_forward(
     };
     let key = evidence.map(|evidence| ReuseKey {
         evidence,
+        target: allowed.event.target.clone().unwrap_or_default(),
         credential: allowed.credential.name.clone(),
         bundle: allowed.event.bundle_hash.clone().unwrap_or_default(),
     });
@@ -305,6 +323,13 @@ fn route_of(
         ));
     };
     let port = uri.port_u16().unwrap_or(80);
+    if !spec.allow_plaintext && !portcullis_lang::net::is_loopback_authority(host) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            "the target is plain `http` off loopback, and this listener does not send \
+             credentials in the clear (`allow_plaintext` in its configuration)",
+        ));
+    }
     let host = host
         .trim_start_matches('[')
         .trim_end_matches(']')
@@ -529,29 +554,41 @@ async fn forward(
         }
     }
     let upstream = Request::from_parts(parts, body);
-    match proxy.client.request(upstream).await {
-        Ok(response) => {
+    let target = route.target.name.as_deref().unwrap_or(&spec.target);
+    let sent = tokio::time::timeout(spec.upstream_timeout, proxy.client.request(upstream)).await;
+    match sent {
+        Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             if let Some(credential) = credential.as_deref().map(String::as_str) {
-                scrub(&mut parts.headers, credential);
+                scrub(&mut parts.headers, &spec.inject, credential);
             }
             Response::from_parts(parts, Body::new(body))
         }
-        Err(error) => {
-            proxy.engine.metrics.upstream_error(&spec.target);
+        Ok(Err(error)) => {
+            proxy.engine.metrics.upstream_error(target);
             tracing::warn!(
-                target = %spec.target,
+                target,
                 upstream = %route.upstream_authority,
                 error = %error,
                 "upstream_unreachable"
             );
             answer(
                 StatusCode::BAD_GATEWAY,
-                &format!(
-                    "the upstream `{}` could not be reached",
-                    route.upstream_authority
-                ),
+                &format!("the upstream of target `{target}` could not be reached"),
+            )
+        }
+        Err(_) => {
+            proxy.engine.metrics.upstream_error(target);
+            tracing::warn!(
+                target,
+                upstream = %route.upstream_authority,
+                timeout_s = spec.upstream_timeout.as_secs(),
+                "upstream_timed_out"
+            );
+            answer(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("the upstream of target `{target}` did not answer in time"),
             )
         }
     }
@@ -610,12 +647,28 @@ fn injected_header(
     Ok(Some((name, value)))
 }
 
-/// Removes every response header that repeats the credential, so that an upstream that echoes
-/// what it received cannot hand it to the client.
-fn scrub(headers: &mut HeaderMap, credential: &str) {
+/// Removes every response header that repeats the credential, as it is or in the form it was
+/// sent in (base64 for `basic`, percent-encoded for `query`), so that an upstream that echoes
+/// what it received in its headers cannot hand it to the client. A body is relayed as it is.
+fn scrub(headers: &mut HeaderMap, inject: &Injection, credential: &str) {
+    let sent = match inject {
+        Injection::Basic { user } => Some(Zeroizing::new(
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{credential}")),
+        )),
+        Injection::Query(_) => Some(Zeroizing::new(crate::http::percent_encode(credential))),
+        Injection::Bearer | Injection::Header(_) => None,
+    };
+    let forms: Vec<&str> = std::iter::once(credential)
+        .chain(sent.as_deref().map(String::as_str))
+        .filter(|form| !form.is_empty())
+        .collect();
     let leaking: Vec<HeaderName> = headers
         .iter()
-        .filter(|(_, value)| value.to_str().is_ok_and(|text| text.contains(credential)))
+        .filter(|(_, value)| {
+            value
+                .to_str()
+                .is_ok_and(|text| forms.iter().any(|form| text.contains(form)))
+        })
         .map(|(name, _)| name.clone())
         .collect();
     for name in leaking {
@@ -687,6 +740,31 @@ mod tests {
         let (name, _) = injected_header(&api_key, "k").unwrap().unwrap();
         assert_eq!(name.as_str(), "x-api-key");
         assert!(injected_header(&Injection::Bearer, "line\nbreak").is_err());
+    }
+
+    #[test]
+    fn an_echoed_credential_is_scrubbed_in_the_form_it_was_sent() {
+        let basic = Injection::Basic {
+            user: "svc".to_owned(),
+        };
+        let (_, sent) = injected_header(&basic, "s3cret").unwrap().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-echo",
+            HeaderValue::from_str(sent.to_str().unwrap()).unwrap(),
+        );
+        headers.insert("x-raw", HeaderValue::from_static("got s3cret"));
+        headers.insert("x-fine", HeaderValue::from_static("nothing here"));
+        scrub(&mut headers, &basic, "s3cret");
+        assert!(headers.get("x-echo").is_none());
+        assert!(headers.get("x-raw").is_none());
+        assert!(headers.get("x-fine").is_some());
+
+        let query = Injection::Query("key".to_owned());
+        let mut headers = HeaderMap::new();
+        headers.insert("location", HeaderValue::from_static("/next?key=a%2Bb"));
+        scrub(&mut headers, &query, "a+b");
+        assert!(headers.get("location").is_none());
     }
 
     #[test]

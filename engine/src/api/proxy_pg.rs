@@ -381,6 +381,7 @@ async fn authorize_connection(
         .filter(|_| spec.credential_reuse_s > 0)
         .map(|evidence| ReuseKey {
             evidence: evidence.digest(),
+            target: allowed.event.target.clone().unwrap_or_default(),
             credential: allowed.credential.name.clone(),
             bundle: allowed.event.bundle_hash.clone().unwrap_or_default(),
         });

@@ -4,8 +4,8 @@
 //! an OAuth token fetched, a PostgreSQL role made) each time.
 //!
 //! Only the issuance is spared: every request or connection is still attested, decided and
-//! recorded. Entries are keyed by the caller's evidence, the credential's name and the bundle
-//! that decided, so a new token or a reload starts afresh. In: what an issuance gave, with
+//! recorded. Entries are keyed by the caller's evidence, the target, the credential's name and
+//! the bundle that decided, so a new token or a reload starts afresh. In: what an issuance gave, with
 //! when it expires. Out: the same value again, until the earliest of the listener's reuse
 //! window, 30 s before the credential's expiry, and the expiry of the caller's evidence.
 
@@ -40,6 +40,9 @@ impl<V> Default for CredentialReuse<V> {
 pub(super) struct ReuseKey {
     /// The SHA-256 of the caller's token.
     pub(super) evidence: [u8; 32],
+    /// The target decided: a forward-mode listener serves many, and a credential (a minted
+    /// token names its target) is issued for one.
+    pub(super) target: String,
     pub(super) credential: String,
     pub(super) bundle: String,
 }
@@ -116,6 +119,7 @@ mod tests {
     fn key(credential: &str) -> ReuseKey {
         ReuseKey {
             evidence: [7; 32],
+            target: "t1".to_owned(),
             credential: credential.to_owned(),
             bundle: "b1".to_owned(),
         }
