@@ -1155,17 +1155,15 @@ impl Config {
             .iter()
             .enumerate()
             .map(|(idx, listener)| {
-                {
-                    let roots = self.trust_roots(listener.ca_file.as_deref())?;
-                    listener.spec(roots)
-                }
-                .with_context(|| {
-                    format!(
-                        "`[[proxy.http]]` {} (target `{}`)",
-                        idx + 1,
-                        listener.target.as_deref().unwrap_or("any, forward mode")
-                    )
-                })
+                self.trust_roots(listener.ca_file.as_deref())
+                    .and_then(|roots| listener.spec(roots))
+                    .with_context(|| {
+                        format!(
+                            "`[[proxy.http]]` {} (target `{}`)",
+                            idx + 1,
+                            listener.target.as_deref().unwrap_or("any, forward mode")
+                        )
+                    })
             })
             .collect()
     }
@@ -1582,6 +1580,18 @@ mod tests {
             ),
             ("", "needs `target` and `upstream`"),
             ("mode = \"forward\"", "takes no `target` or `upstream`"),
+            (
+                "upstream = \"https://b\"\nca_file = \"no-such-ca.pem\"",
+                "no-such-ca.pem",
+            ),
+            (
+                "upstream = \"https://b\"\nupstream_timeout_s = 0",
+                "is outside 1..=3600",
+            ),
+            (
+                "upstream = \"https://b\"\nallow_plaintext = true",
+                "is for `mode = \"forward\"`",
+            ),
             (
                 "upstream = \"https://b\"\nlisten_socket = \"/run/p.sock\"",
                 "exactly one of `listen` and `listen_socket`",

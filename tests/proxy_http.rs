@@ -372,7 +372,9 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
     let host = format!("host: 127.0.0.1:{upstream_port}");
 
     let line = format!("GET http://127.0.0.1:{upstream_port}/daily?day=3 HTTP/1.1");
-    let (status, answer) = through_forward_proxy(proxy_port, &line, &[&host, &evidence]);
+    // The token in the usual evidence header too: it goes no further than the proxy either.
+    let also = format!("x-portcullis-evidence: Bearer {caller}");
+    let (status, answer) = through_forward_proxy(proxy_port, &line, &[&host, &evidence, &also]);
     assert_eq!(status, 200, "{answer}");
     let requests = seen.lock().unwrap().clone();
     assert_eq!(requests.len(), 1);
@@ -380,6 +382,7 @@ fn the_forward_proxy_reaches_declared_http_targets_only() {
     let authorization = header(&requests[0].1, "authorization").unwrap();
     assert!(authorization.starts_with("Bearer ey"), "{authorization}");
     assert!(header(&requests[0].1, "proxy-authorization").is_none());
+    assert!(header(&requests[0].1, "x-portcullis-evidence").is_none());
     assert!(!answer.contains(&authorization["Bearer ".len()..]));
 
     // Without evidence: 407, asking for it.

@@ -426,6 +426,34 @@ fn the_client_gets_a_key_of_the_proxys_and_only_that_key_cancels() {
     let pg = prepared(Postgres::start());
     let tmp = tempfile::tempdir().unwrap();
     let setup = start(tmp.path(), &pg);
+
+    // A startup message without a user, and a malformed one, are answered in the protocol.
+    for (body, code, text) in [
+        (&b"database\0billing\0\0"[..], "28000", "names no user"),
+        (&b"user\0alice"[..], "08P01", "malformed startup message"),
+    ] {
+        let mut stream = TcpStream::connect(("127.0.0.1", setup.plain)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut startup = u32::try_from(body.len() + 8)
+            .unwrap()
+            .to_be_bytes()
+            .to_vec();
+        startup.extend(196_608_u32.to_be_bytes());
+        startup.extend_from_slice(body);
+        stream.write_all(&startup).unwrap();
+        let error = read_message(&mut stream);
+        assert_eq!(error.0, b'E');
+        assert_eq!(
+            sqlstate(std::slice::from_ref(&error)).as_deref(),
+            Some(code)
+        );
+        assert!(
+            String::from_utf8_lossy(&error.1).contains(text),
+            "{error:?}"
+        );
+    }
     let caller = token("ci-runner", 300);
     let mut session = RawSession::connect(setup.plain, &caller);
 

@@ -78,6 +78,9 @@ pub struct HttpProxySpec {
     pub allow_plaintext: bool,
 }
 
+/// The evidence header unless a listener names its own.
+const DEFAULT_EVIDENCE_HEADER: &str = "x-portcullis-evidence";
+
 type UpstreamClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
 
 struct Proxy {
@@ -513,6 +516,9 @@ async fn forward(
     // Whatever the client presented is not forwarded: its evidence, and any credential of
     // its own where the injected one goes.
     parts.headers.remove(&spec.evidence_header);
+    // A token sent in the usual evidence header too (in forward mode the evidence is in
+    // `Proxy-Authorization`, and a client may send both).
+    parts.headers.remove(DEFAULT_EVIDENCE_HEADER);
     parts.headers.remove(header::AUTHORIZATION);
     parts.headers.remove(header::PROXY_AUTHORIZATION);
     if let Injection::Header(name) = &spec.inject {
@@ -608,7 +614,7 @@ fn upstream_query(
         .unwrap_or_default()
         .split('&')
         .filter(|pair| !pair.is_empty())
-        .filter(|pair| pair.split('=').next() != Some(name.as_str()))
+        .filter(|pair| !same_name(pair.split('=').next().unwrap_or_default(), name))
         .map(str::to_owned)
         .collect();
     if let Some(credential) = credential {
@@ -618,6 +624,38 @@ fn upstream_query(
         ));
     }
     (!pairs.is_empty()).then(|| pairs.join("&"))
+}
+
+/// Whether a query parameter's name, as the client wrote it, is `name`: `api%5Fkey` and
+/// `api_key` are one parameter to the upstream, so the client's must go either way.
+fn same_name(written: &str, name: &str) -> bool {
+    if !written.contains('%') && !written.contains('+') {
+        return written == name;
+    }
+    let bytes = written.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while let Some(&byte) = bytes.get(idx) {
+        let hex = bytes
+            .get(idx + 1..idx + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(value)) => {
+                decoded.push(value);
+                idx += 3;
+            }
+            (b'+', _) => {
+                decoded.push(b' ');
+                idx += 1;
+            }
+            _ => {
+                decoded.push(byte);
+                idx += 1;
+            }
+        }
+    }
+    decoded == name.as_bytes()
 }
 
 /// The header that carries the credential, if it goes in one.
@@ -707,6 +745,22 @@ mod tests {
             evidence_token(&headers, &name).as_deref(),
             Some("abc.def.ghi")
         );
+    }
+
+    #[test]
+    fn a_query_parameter_is_one_name_however_it_is_encoded() {
+        assert!(same_name("api_key", "api_key"));
+        assert!(same_name("api%5Fkey", "api_key"));
+        assert!(same_name("api%5fkey", "api_key"));
+        assert!(same_name("a+b", "a b"));
+        assert!(!same_name("api_keys", "api_key"));
+        assert!(!same_name("api%5", "api_key"));
+        let query = upstream_query(
+            Some("api%5Fkey=mine&day=3"),
+            &Injection::Query("api_key".to_owned()),
+            Some("s3cret"),
+        );
+        assert_eq!(query.as_deref(), Some("day=3&api_key=s3cret"));
     }
 
     #[test]

@@ -261,7 +261,13 @@ async fn handshake(
                 cancel::forward(&listening.cancel_keys, &body, &spec.target, peer).await;
                 return Ok(None);
             }
-            PROTOCOL_3 => break startup_params(&body)?,
+            PROTOCOL_3 => match startup_params(&body) {
+                Ok(params) => break params,
+                Err(Ended(why)) => {
+                    refuse(&mut client, "08P01", &why).await;
+                    return Err(Ended(why));
+                }
+            },
             other => {
                 let message = format!(
                     "unsupported frontend protocol {}.{}",
@@ -273,9 +279,11 @@ async fn handshake(
             }
         }
     };
-    let user = param(&params, "user")
-        .ok_or_else(|| Ended("the startup message names no user".to_owned()))?
-        .to_owned();
+    let Some(user) = param(&params, "user").map(str::to_owned) else {
+        let message = "the startup message names no user";
+        refuse(&mut client, "28000", message).await;
+        return Err(Ended(message.to_owned()));
+    };
     let database = param(&params, "database").unwrap_or(&user).to_owned();
     // The caller's evidence is its password.
     write(&mut client, &authentication(3, &[])).await?;
