@@ -41,6 +41,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let program = loader
         .load(attestor.custom_claims())
         .map_err(|error| error.into_startup_error())?;
+    check_proxy_targets(&program, &http_proxies, &postgres_proxies);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -213,6 +214,50 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// A bearer token's file, when the configuration names one; warns when others can read it.
+/// A listener whose target the policy lacks, or declares for another protocol, refuses every
+/// request or connection; said at start (a warning, since a reload may bring the target).
+fn check_proxy_targets(
+    program: &portcullis_lang::vm::Program,
+    http: &[HttpProxySpec],
+    postgres: &[api::proxy_pg::PostgresProxySpec],
+) {
+    use portcullis_lang::ir::Protocol;
+    let listeners = http
+        .iter()
+        .filter(|spec| !spec.forward)
+        .map(|spec| {
+            (
+                spec.target.as_str(),
+                "http",
+                [Protocol::Http, Protocol::Https],
+            )
+        })
+        .chain(
+            postgres
+                .iter()
+                .map(|spec| (spec.target.as_str(), "postgres", [Protocol::Postgres; 2])),
+        );
+    for (target, listener, protocols) in listeners {
+        match program.target(target) {
+            None => tracing::warn!(
+                target,
+                listener,
+                why = "the policy declares no such target: every request on this listener is \
+                       refused as `unknown_target`",
+                "proxy_target_not_in_policy"
+            ),
+            Some(declared) if !protocols.contains(&declared.protocol) => tracing::warn!(
+                target,
+                listener,
+                protocol = ?declared.protocol,
+                why = "the target is declared for another protocol than the listener speaks",
+                "proxy_target_protocol_mismatch"
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
 fn warn_if_shared(file: Option<AdminTokenFile>) -> Option<AdminTokenFile> {
     if let Some(file) = &file
         && file.readable_by_others

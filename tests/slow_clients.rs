@@ -1,7 +1,8 @@
 //! Slow and silent HTTP clients: `server.header_read_timeout_s` bounds how long a connection
 //! of the API, of its Unix socket and of an HTTP proxy listener may go without a whole request
 //! head — sending nothing, sending a head a byte at a time, or idling after an answer — and
-//! a prompt client on a kept-alive connection is unaffected.
+//! a prompt client on a kept-alive connection is unaffected. (Also: a proxy listener whose
+//! target the policy lacks is warned about at start.)
 
 #![allow(
     clippy::unwrap_used,
@@ -71,7 +72,10 @@ fn connections_without_a_whole_request_head_are_closed_after_the_timeout() {
             "[server]\nheader_read_timeout_s = {TIMEOUT_S}\nlocal_socket = {socket:?}\n\n\
              [policy]\ndir = {policy:?}\n\n\
              [[proxy.http]]\ntarget = \"api\"\nlisten = \"127.0.0.1:{proxy_port}\"\n\
+             upstream = \"http://127.0.0.1:{closed}\"\n\n\
+             [[proxy.http]]\ntarget = \"missing\"\nlisten = \"127.0.0.1:{other_port}\"\n\
              upstream = \"http://127.0.0.1:{closed}\"\n",
+            other_port = free_port(),
             socket = socket.to_str().unwrap(),
             policy = policy.to_str().unwrap(),
             closed = free_port(),
@@ -80,6 +84,14 @@ fn connections_without_a_whole_request_head_are_closed_after_the_timeout() {
     .unwrap();
     let server = start_server_with(&config, &tmp.path().join("data"));
     let proxy = format!("127.0.0.1:{proxy_port}");
+    // A listener for a target the policy lacks is said at start (not the declared one).
+    let warned: Vec<&String> = server
+        .startup
+        .iter()
+        .filter(|line| line.contains("proxy_target_not_in_policy"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{:?}", server.startup);
+    assert!(warned[0].contains("missing"), "{warned:?}");
 
     for addr in [server.addr.as_str(), proxy.as_str()] {
         // Silent from the start.
