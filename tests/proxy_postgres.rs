@@ -580,3 +580,45 @@ fn connections_with_one_token_share_a_role_unless_reuse_is_off() {
         "{kinds:#?}"
     );
 }
+
+/// A session still running when the server stops past its grace period is cut off, and still
+/// ends in a `connection_closed` event that says so.
+#[test]
+fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
+    let pg = prepared(Postgres::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = start(tmp.path(), &pg);
+    let caller = token("ci-runner", 300);
+    let mut client =
+        postgres::Client::connect(&conninfo(setup.plain, "billing", &caller), postgres::NoTls)
+            .unwrap();
+    let running = std::thread::spawn(move || client.simple_query("SELECT pg_sleep(60)").is_err());
+    // The query is under way before the stop.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = std::time::Instant::now();
+    let log = stop_server(setup.server);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        running.join().unwrap(),
+        "the cut-off session's query failed"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.contains("postgres_proxy_session_cut_off")),
+        "{log:#?}"
+    );
+    let closed = audit_query(
+        &tmp.path().join("data"),
+        "SELECT resource, reason_code, duration_ms, bytes_from_client FROM access_events \
+         WHERE kind = 'connection_closed'",
+    );
+    assert_eq!(closed.len(), 1, "{closed:#?}");
+    assert_eq!(closed[0]["resource"], "billing/alice");
+    assert_eq!(closed[0]["reason_code"], "cut_off");
+    assert!(closed[0]["duration_ms"].as_i64().unwrap() >= 500);
+    assert!(closed[0]["bytes_from_client"].is_null(), "{closed:#?}");
+}

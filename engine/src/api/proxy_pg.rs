@@ -178,7 +178,13 @@ async fn session(
         passed_on,
     } = startup;
     engine.metrics.postgres_session_ready(started.elapsed());
+    let mut unfinished = CutOff {
+        engine: Arc::clone(&engine),
+        decided: Some(decided.clone()),
+        started,
+    };
     let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    unfinished.decided = None;
     // The session is over: its cancel key matches nothing from now on.
     drop(cancel_key);
     let (from_client, to_client) = relayed.unwrap_or((0, 0));
@@ -196,6 +202,40 @@ async fn session(
     let closed = closed_event(decided, duration_ms, from_client, to_client);
     if record(&engine, vec![closed]).await.is_err() {
         tracing::error!(target = %spec.target, %peer, "connection_closed_event_lost");
+    }
+}
+
+/// A relayed session that is dropped before it ends — the server stopping past its grace
+/// period — still gets its `connection_closed` event, recorded as it is dropped (the
+/// runtime is going away, so the record is a blocking one), with how long it lasted; the
+/// bytes relayed are not known then.
+struct CutOff {
+    engine: Arc<Engine>,
+    /// The session's decision event while the session runs.
+    decided: Option<NewEvent>,
+    started: Instant,
+}
+
+impl Drop for CutOff {
+    fn drop(&mut self) {
+        let Some(decided) = self.decided.take() else {
+            return;
+        };
+        let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let resource = decided.resource.clone().unwrap_or_default();
+        let closed = NewEvent {
+            reason: Some("the session was cut off when the server stopped".to_owned()),
+            reason_code: Some("cut_off".to_owned()),
+            bytes_from_client: None,
+            bytes_to_client: None,
+            ..closed_event(decided, duration_ms, 0, 0)
+        };
+        match self.engine.audit.record_batch(vec![closed]) {
+            Ok(_) => tracing::warn!(resource, duration_ms, "postgres_proxy_session_cut_off"),
+            Err(error) => {
+                tracing::error!(resource, %error, "connection_closed_event_lost");
+            }
+        }
     }
 }
 
