@@ -61,14 +61,15 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     }
     let mut proxy_listeners = Vec::new();
     let mut proxy_unix = Vec::new();
-    let mut proxy_sockets = Vec::new();
+    // Removed when the server stops, or when it fails to start after making them.
+    let mut own_sockets = OwnSockets(Vec::new());
     for (spec, raw) in http_proxies.into_iter().zip(&config.proxy.http) {
         if let Some(path) = &raw.listen_socket {
             let path = config.resolve(path);
             let listener = runtime
                 .block_on(bind_local(&path))
                 .with_context(|| format!("the proxy socket of target `{}`", spec.target))?;
-            proxy_sockets.push(socket_inode(&path));
+            own_sockets.0.push(socket_inode(&path));
             proxy_unix.push((spec, listener, path));
             continue;
         }
@@ -114,12 +115,9 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         Some(path) => Some((runtime.block_on(bind_local(&path))?, path)),
         None => None,
     };
-    let local_inode = local_listener.as_ref().and_then(|(_, path)| {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::symlink_metadata(path)
-            .ok()
-            .map(|metadata| metadata.ino())
-    });
+    if let Some((_, path)) = &local_listener {
+        own_sockets.0.push(socket_inode(path));
+    }
     let data_dir = config.data_dir(data_dir);
     private_data_dir(&data_dir)?;
     let node = config.audit.node.clone().unwrap_or_else(host_name);
@@ -197,12 +195,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         proxy_unix,
         reloads,
     ));
-    for (path, inode) in proxy_sockets {
-        remove_own_socket(&path, inode);
-    }
-    if let Some(path) = config.local_socket() {
-        remove_own_socket(&path, local_inode);
-    }
+    drop(own_sockets);
     served?;
     // Dropping the runtime ends any connection still open after the grace period, and waits
     // for a reload in progress.
@@ -308,6 +301,18 @@ fn build_attestor(config: &Config) -> Result<Attestor> {
     // reached now denies its callers (`keys_unavailable`) until a later fetch succeeds.
     attestor.fetch_remote_keys();
     Ok(attestor)
+}
+
+/// The Unix sockets this server made, each with its inode: removed when dropped, if still
+/// the ones it made.
+struct OwnSockets(Vec<(std::path::PathBuf, Option<u64>)>);
+
+impl Drop for OwnSockets {
+    fn drop(&mut self) {
+        for (path, inode) in self.0.drain(..) {
+            remove_own_socket(&path, inode);
+        }
+    }
 }
 
 /// Binds the Unix socket of local processes at `path`, replacing a stale socket a stopped

@@ -529,3 +529,51 @@ fn a_local_process_reaches_its_target_through_a_socket_listener() {
     let issued = event_rows(&data, &["kind"], "kind = 'credential_issued'");
     assert_eq!(issued.len(), 1, "{issued:?}");
 }
+
+/// A server that cannot start after it made a listener's Unix socket removes the socket: the
+/// next start does not find a stale file in its way.
+#[test]
+fn a_failed_start_leaves_no_socket_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    std::fs::write(
+        policy.join("p.gate"),
+        "target reports { https { host = \"reports.internal\" } }\n",
+    )
+    .unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    let socket = tmp.path().join("reports.sock");
+    let config = tmp.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[policy]\ndir = {policy:?}\n\n\
+             [[proxy.http]]\ntarget = \"reports\"\nlisten_socket = {socket:?}\n\
+             upstream = \"https://reports.internal\"\n\n\
+             [[proxy.http]]\ntarget = \"reports\"\nlisten = \"127.0.0.1:{taken_port}\"\n\
+             upstream = \"https://reports.internal\"\n",
+            policy = policy.to_str().unwrap(),
+            socket = socket.to_str().unwrap(),
+        ),
+    )
+    .unwrap();
+    let out = common::portcullis()
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("data"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{taken_port}")),
+        "{stderr}"
+    );
+    assert!(!socket.exists(), "the socket is left behind: {stderr}");
+    drop(taken);
+}
