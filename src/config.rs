@@ -1145,6 +1145,50 @@ impl Config {
     }
 
     /// `path` resolved against the configuration file's directory.
+    /// Refuses two listeners on one address or Unix socket, naming both, rather than leave it
+    /// to the second bind (which would blame "another server").
+    pub fn check_listeners(&self) -> Result<()> {
+        let http = self
+            .proxy
+            .http
+            .iter()
+            .enumerate()
+            .flat_map(|(idx, listener)| {
+                let name = format!("`[[proxy.http]]` {}", idx + 1);
+                let tcp = listener.listen.map(|addr| (addr.to_string(), name.clone()));
+                let unix = listener
+                    .listen_socket
+                    .as_ref()
+                    .map(|path| (self.resolve(path).display().to_string(), name));
+                tcp.into_iter().chain(unix)
+            });
+        let postgres = self
+            .proxy
+            .postgres
+            .iter()
+            .enumerate()
+            .map(|(idx, listener)| {
+                (
+                    listener.listen.to_string(),
+                    format!("`[[proxy.postgres]]` {}", idx + 1),
+                )
+            });
+        let local = self.local_socket().map(|path| {
+            (
+                path.display().to_string(),
+                "`server.local_socket`".to_owned(),
+            )
+        });
+        let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+        for (place, name) in http.chain(postgres).chain(local) {
+            if let Some(first) = seen.get(&place) {
+                bail!("{first} and {name} both listen on `{place}`");
+            }
+            seen.insert(place, name);
+        }
+        Ok(())
+    }
+
     /// The proxy's HTTP listeners, checked.
     pub fn http_proxies(&self) -> Result<Vec<portcullis_engine::api::proxy::HttpProxySpec>> {
         if self.proxy.http.len() > MAX_HTTP_PROXIES {
@@ -1954,5 +1998,36 @@ mod tests {
         let builtin = "custom_claims = [{ name = \"email\", path = \"mail\", type = \"string\" }]";
         let err = specs(&provider("oidc", builtin)).unwrap_err();
         assert!(format!("{err:#}").contains("built-in claim"), "{err:#}");
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_or_socket_are_refused_naming_both() {
+        let check = |proxies: &str| -> Result<()> {
+            let text = format!("[policy]\ndir = \"p\"\n\n{proxies}");
+            let mut config: Config = toml::from_str(&text)?;
+            config.base_dir = PathBuf::from("/etc/portcullis");
+            config.check_listeners()
+        };
+        let http = |listen: &str| {
+            format!("[[proxy.http]]\ntarget = \"a\"\n{listen}\nupstream = \"https://a\"\n\n")
+        };
+        let postgres = "[[proxy.postgres]]\ntarget = \"db\"\nlisten = \"127.0.0.1:6432\"\n\
+                        upstream_host = \"db.internal\"\n\n";
+        check(&(http("listen = \"127.0.0.1:9101\"") + postgres)).unwrap();
+        let error = check(
+            &(http("listen_socket = \"a.sock\"")
+                + &http("listen_socket = \"/etc/portcullis/a.sock\"")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            error,
+            "`[[proxy.http]]` 1 and `[[proxy.http]]` 2 both listen on `/etc/portcullis/a.sock`"
+        );
+        let error = check(&(http("listen = \"127.0.0.1:6432\"") + postgres))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`[[proxy.postgres]]` 1"), "{error}");
+        assert!(error.contains("127.0.0.1:6432"), "{error}");
     }
 }

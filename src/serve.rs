@@ -33,6 +33,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     let oauth_clients = config.oauth_clients().with_context(in_config)?;
     let postgres_servers = config.postgres_servers().with_context(in_config)?;
     let audit_token = warn_if_shared(config.audit_token().with_context(in_config)?);
+    config.check_listeners().with_context(in_config)?;
     let http_proxies = config.http_proxies().with_context(in_config)?;
     let postgres_proxies = config.postgres_proxies().with_context(in_config)?;
     let loader =
