@@ -49,12 +49,13 @@ impl LabelledCounter {
         *counts.entry(label.to_owned()).or_default() += 1;
     }
 
-    fn snapshot(&self) -> Vec<(String, u64)> {
+    /// The counter family `name`, with its help text, one series per value of `label`.
+    fn render(&self, out: &mut String, name: &str, help: &str, label: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
         let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        counts
-            .iter()
-            .map(|(label, n)| (label.clone(), *n))
-            .collect()
+        for (value, n) in counts.iter() {
+            let _ = writeln!(out, "{name}{{{label}=\"{}\"}} {n}", escape(value));
+        }
     }
 }
 
@@ -192,18 +193,12 @@ impl Metrics {
                 counter.load(Ordering::Relaxed)
             );
         }
-        let _ = writeln!(
-            out,
-            "# HELP portcullis_denials_total Denials, by reason code.\n\
-             # TYPE portcullis_denials_total counter"
+        self.denials.render(
+            &mut out,
+            "portcullis_denials_total",
+            "Denials, by reason code.",
+            "reason",
         );
-        for (reason, n) in self.denials.snapshot() {
-            let _ = writeln!(
-                out,
-                "portcullis_denials_total{{reason=\"{}\"}} {n}",
-                escape(&reason)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP portcullis_decision_seconds Time from request to decision.\n\
@@ -224,19 +219,12 @@ impl Metrics {
             "portcullis_proxy_seconds",
             "protocol=\"postgres\"",
         );
-        let _ = writeln!(
-            out,
-            "# HELP portcullis_proxy_upstream_errors_total Proxied requests and connections \
-             whose upstream could not be reached, by target.\n\
-             # TYPE portcullis_proxy_upstream_errors_total counter"
+        self.upstream_errors.render(
+            &mut out,
+            "portcullis_proxy_upstream_errors_total",
+            "Proxied requests and connections whose upstream could not be reached, by target.",
+            "target",
         );
-        for (target, n) in self.upstream_errors.snapshot() {
-            let _ = writeln!(
-                out,
-                "portcullis_proxy_upstream_errors_total{{target=\"{}\"}} {n}",
-                escape(&target)
-            );
-        }
         let _ = writeln!(
             out,
             "# HELP portcullis_proxy_active_connections Requests and sessions the proxy has \
