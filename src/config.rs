@@ -1182,7 +1182,10 @@ impl Config {
         let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
         for (place, name) in http.chain(postgres).chain(local) {
             if let Some(first) = seen.get(&place) {
-                bail!("{first} and {name} both listen on `{place}`");
+                bail!(
+                    "{first} and {name} both listen on `{place}`; give each listener a place \
+                     of its own"
+                );
             }
             seen.insert(place, name);
         }
@@ -2022,7 +2025,8 @@ mod tests {
         .to_string();
         assert_eq!(
             error,
-            "`[[proxy.http]]` 1 and `[[proxy.http]]` 2 both listen on `/etc/portcullis/a.sock`"
+            "`[[proxy.http]]` 1 and `[[proxy.http]]` 2 both listen on `/etc/portcullis/a.sock`; \
+             give each listener a place of its own"
         );
         let error = check(&(http("listen = \"127.0.0.1:6432\"") + postgres))
             .unwrap_err()

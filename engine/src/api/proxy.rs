@@ -594,7 +594,10 @@ async fn forward(
             );
             answer(
                 StatusCode::GATEWAY_TIMEOUT,
-                &format!("the upstream of target `{target}` did not answer in time"),
+                &format!(
+                    "the upstream of target `{target}` did not answer in time ({} s)",
+                    spec.upstream_timeout.as_secs()
+                ),
             )
         }
     }
