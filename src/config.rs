@@ -82,9 +82,61 @@ pub struct Config {
     pub credentials: CredentialsConfig,
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub dashboard: DashboardConfig,
     /// The directory of the file, against which relative paths resolve.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[dashboard]`: the web dashboard (docs/dashboard.md), served on a listener of its own.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    #[serde(default = "default_dashboard_enabled")]
+    pub enabled: bool,
+    /// Loopback unless configured otherwise; beyond loopback every page needs a token.
+    pub listen: Option<SocketAddr>,
+    /// How often the server evaluates the compliance controls for the dashboard (and once at
+    /// start); 0 turns the evaluation off.
+    #[serde(default = "default_evaluate_every_s")]
+    pub evaluate_every_s: u64,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> DashboardConfig {
+        DashboardConfig {
+            enabled: default_dashboard_enabled(),
+            listen: None,
+            evaluate_every_s: default_evaluate_every_s(),
+        }
+    }
+}
+
+fn default_dashboard_enabled() -> bool {
+    true
+}
+
+fn default_evaluate_every_s() -> u64 {
+    3600
+}
+
+/// Where the dashboard listens unless configured otherwise: beside the API's default port.
+pub const DEFAULT_DASHBOARD_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8182);
+
+/// Bounds of a nonzero `dashboard.evaluate_every_s`: an evaluation runs every control's query,
+/// so more often than a minute only loads the store; less often than a week leaves the
+/// dashboard's posture stale.
+const EVALUATE_EVERY_S: std::ops::RangeInclusive<u64> = 60..=604_800;
+
+/// Where the dashboard listens, when it is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DashboardListen {
+    pub addr: SocketAddr,
+    /// Whether the configuration names the address (else it is the default, and another
+    /// server on it only turns this dashboard off).
+    pub configured: bool,
 }
 
 /// `[proxy]`: the proxy's listeners.
@@ -1095,6 +1147,7 @@ impl Config {
         }
         self.audit.validate()?;
         self.credentials.validate()?;
+        self.validate_dashboard()?;
         if self.policy.public_key.is_some() && self.policy.dir.is_some() {
             bail!(
                 "`[policy] public_key` checks the signature of a `bundle`, but `dir` compiles \
@@ -1144,6 +1197,53 @@ impl Config {
         Ok(())
     }
 
+    fn validate_dashboard(&self) -> Result<()> {
+        let every = self.dashboard.evaluate_every_s;
+        if every != 0 && !EVALUATE_EVERY_S.contains(&every) {
+            bail!(
+                "`dashboard.evaluate_every_s = {every}` is outside {}..={}; 0 turns the \
+                 evaluation off",
+                EVALUATE_EVERY_S.start(),
+                EVALUATE_EVERY_S.end()
+            );
+        }
+        if let Some(listen) = self.dashboard_listen()
+            && !listen.addr.ip().is_loopback()
+            && self.server.admin_token_file.is_none()
+        {
+            bail!(
+                "the dashboard listens on {}, beyond loopback, which needs \
+                 `[server] admin_token_file`: every page then asks for the admin or audit token; \
+                 or keep the dashboard on loopback, or set `[dashboard] enabled = false`",
+                listen.addr
+            );
+        }
+        Ok(())
+    }
+
+    /// Where the dashboard listens; `None` when it is off.
+    pub fn dashboard_listen(&self) -> Option<DashboardListen> {
+        if !self.dashboard.enabled {
+            return None;
+        }
+        Some(match self.dashboard.listen {
+            Some(addr) => DashboardListen {
+                addr,
+                configured: true,
+            },
+            None => DashboardListen {
+                addr: DEFAULT_DASHBOARD_LISTEN,
+                configured: false,
+            },
+        })
+    }
+
+    /// How often the server evaluates the compliance controls; `None` when it does not.
+    pub fn evaluate_every(&self) -> Option<Duration> {
+        let every = self.dashboard.evaluate_every_s;
+        (self.dashboard.enabled && every > 0).then(|| Duration::from_secs(every))
+    }
+
     /// `path` resolved against the configuration file's directory.
     /// Refuses two listeners on one address or Unix socket, naming both, rather than leave it
     /// to the second bind (which would blame "another server").
@@ -1179,8 +1279,13 @@ impl Config {
                 "`server.local_socket`".to_owned(),
             )
         });
+        // Port 0 is a fresh port for each listener, never a clash.
+        let dashboard = self
+            .dashboard_listen()
+            .filter(|listen| listen.configured && listen.addr.port() != 0)
+            .map(|listen| (listen.addr.to_string(), "`[dashboard] listen`".to_owned()));
         let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
-        for (place, name) in http.chain(postgres).chain(local) {
+        for (place, name) in http.chain(postgres).chain(local).chain(dashboard) {
             if let Some(first) = seen.get(&place) {
                 bail!(
                     "{first} and {name} both listen on `{place}`; give each listener a place \

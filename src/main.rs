@@ -5,6 +5,7 @@ mod audit_api;
 mod audit_integrity;
 mod config;
 mod credential;
+mod dashboard;
 mod dev;
 mod policy;
 mod reload;

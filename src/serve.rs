@@ -19,7 +19,7 @@ use portcullis_engine::credentials::{CredentialIssuer, KeyRing};
 use portcullis_engine::postgres_roles::PostgresRoles;
 
 use crate::audit_api::SqlOverStore;
-use crate::config::{AdminTokenFile, Config};
+use crate::config::{AdminTokenFile, Config, DashboardListen};
 use crate::policy::PolicyLoader;
 use crate::reload::{HangUps, Reloader};
 
@@ -60,6 +60,10 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
             );
         }
     }
+    let dashboard_listener = match config.dashboard_listen() {
+        Some(listen) => runtime.block_on(bind_dashboard(listen))?,
+        None => None,
+    };
     let mut proxy_listeners = Vec::new();
     let mut proxy_unix = Vec::new();
     // Removed when the server stops, or when it fails to start after making them.
@@ -137,6 +141,14 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         readers,
         query: Arc::new(query),
     });
+    let dashboard = match dashboard_listener {
+        Some(listener) => {
+            let tokens = [admin_token.as_ref(), audit_token.as_ref()];
+            let dashboard = build_dashboard(&data_dir, &config, &listener, tokens)?;
+            Some((listener, dashboard))
+        }
+        None => None,
+    };
     let admin = admin_token.map(|file| Admin {
         token: AdminToken::new(&file.token),
         reload: Arc::clone(&reloader) as _,
@@ -187,6 +199,12 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         watch_interval: config.watch_interval(),
         role_drop_interval,
     };
+    let dashboard = dashboard.map(|(listener, dashboard)| DashboardServing {
+        listener,
+        dashboard,
+        data_dir: data_dir.clone(),
+        evaluate_every: config.evaluate_every(),
+    });
     let served = runtime.block_on(serve(
         Arc::clone(&engine),
         listener,
@@ -195,6 +213,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         proxy_listeners,
         proxy_unix,
         reloads,
+        dashboard,
     ));
     drop(own_sockets);
     served?;
@@ -268,6 +287,70 @@ fn warn_if_shared(file: Option<AdminTokenFile>) -> Option<AdminTokenFile> {
 enum ProxySpec {
     Http(HttpProxySpec),
     Postgres(portcullis_engine::api::proxy_pg::PostgresProxySpec),
+}
+
+/// The dashboard's listener and what it serves.
+struct DashboardServing {
+    listener: tokio::net::TcpListener,
+    dashboard: portcullis_dashboard::Dashboard,
+    data_dir: std::path::PathBuf,
+    /// How often compliance is evaluated for it; `None`: never.
+    evaluate_every: Option<Duration>,
+}
+
+/// Binds the dashboard's listener. The default address taken by another server (a second
+/// server on one machine) only leaves this one without a dashboard, said in the log; an
+/// address the configuration names must be had.
+async fn bind_dashboard(listen: DashboardListen) -> Result<Option<tokio::net::TcpListener>> {
+    match tokio::net::TcpListener::bind(listen.addr).await {
+        Ok(listener) => Ok(Some(listener)),
+        Err(error) if !listen.configured && error.kind() == std::io::ErrorKind::AddrInUse => {
+            tracing::warn!(
+                listen = %listen.addr,
+                %error,
+                why = "the dashboard's default address is in use; set `[dashboard] listen` to \
+                       serve it elsewhere",
+                "dashboard_not_started"
+            );
+            Ok(None)
+        }
+        Err(error) => Err(error)
+            .with_context(|| format!("cannot listen on {} for the dashboard", listen.addr)),
+    }
+}
+
+/// The dashboard over `data_dir`. Beyond loopback every page needs the admin or the audit
+/// token (the configuration refuses to start without the admin token there).
+fn build_dashboard(
+    data_dir: &Path,
+    config: &Config,
+    listener: &tokio::net::TcpListener,
+    tokens: [Option<&AdminTokenFile>; 2],
+) -> Result<portcullis_dashboard::Dashboard> {
+    let dashboard =
+        portcullis_dashboard::Dashboard::new(data_dir.to_path_buf(), config.audit.query_limits());
+    let loopback = listener
+        .local_addr()
+        .is_ok_and(|address| address.ip().is_loopback());
+    if loopback {
+        return Ok(dashboard);
+    }
+    tracing::warn!(
+        "the dashboard listens beyond loopback, as configured; its token travels in clear \
+         text: put TLS in front"
+    );
+    let tokens: Vec<_> = tokens
+        .into_iter()
+        .flatten()
+        .map(|file| portcullis_dashboard::AccessToken::new(&file.token))
+        .collect();
+    // The configuration's check makes this unreachable; should it ever be reached, the
+    // dashboard stays shut rather than open to the network.
+    anyhow::ensure!(
+        !tokens.is_empty(),
+        "the dashboard listens beyond loopback, which needs `[server] admin_token_file`"
+    );
+    Ok(dashboard.with_tokens(tokens))
 }
 
 /// What reloads the policy while the server runs, besides the admin API.
@@ -376,6 +459,7 @@ async fn serve(
     proxy_listeners: Vec<(ProxySpec, tokio::net::TcpListener)>,
     proxy_unix: Vec<(HttpProxySpec, tokio::net::UnixListener, std::path::PathBuf)>,
     reloads: Reloads,
+    dashboard: Option<DashboardServing>,
 ) -> Result<()> {
     let local = listener.local_addr()?;
     // Registered before the server says it listens: a stop signal sent as soon as it does
@@ -489,6 +573,30 @@ async fn serve(
                 ));
             }
         }
+    }
+    if let Some(serving) = dashboard {
+        let mut stop = stop_rx.clone();
+        let stopped = async move {
+            let _ = stop.wait_for(|stopping| *stopping).await;
+        };
+        let address = serving.listener.local_addr()?;
+        tracing::info!(
+            listen = %address,
+            token_required = serving.dashboard.requires_token(),
+            "dashboard_listening"
+        );
+        if let Some(every) = serving.evaluate_every {
+            reloading.spawn(crate::dashboard::evaluate_compliance(
+                serving.data_dir.clone(),
+                every,
+            ));
+        }
+        proxies.spawn(api::listen::serve(
+            serving.listener,
+            portcullis_dashboard::router(serving.dashboard),
+            engine.header_read_timeout,
+            stopped,
+        ));
     }
     let proxies_done = async move {
         let mut result = Ok(());

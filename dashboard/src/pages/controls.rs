@@ -1,0 +1,207 @@
+//! `/controls`: every control of the latest compliance report with its status, per framework;
+//! `/controls/{framework}/{id}`: one control — what it requires, why it has its status, the
+//! SQL that gathered its evidence, the rows behind a failure, the remediation, and its status
+//! in the reports before.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, RawQuery, State};
+use maud::{Markup, html};
+
+use crate::compliance::{ControlResult, Framework, Report, Status};
+use crate::layout::{self, Page, Section};
+use crate::pages::badge;
+use crate::params::Params;
+use crate::{Dashboard, PageError, format};
+
+/// Reports whose statuses a control's history shows.
+const HISTORY_REPORTS: usize = 60;
+
+pub(crate) async fn list(
+    State(dashboard): State<Arc<Dashboard>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Page, PageError> {
+    let params = Params::parse(raw.as_deref(), &["framework", "status"])?;
+    let frameworks: Vec<&'static str> = Framework::ALL.iter().map(|f| f.as_str()).collect();
+    let only = params
+        .choice("framework", &frameworks)?
+        .and_then(|name| name.parse::<Framework>().ok());
+    let status = params.choice("status", &["pass", "fail", "not_applicable", "error"])?;
+    let report = dashboard.latest_report().await?;
+    let body = html! {
+        h1 { "Controls" }
+        @match &report {
+            None => (no_report()),
+            Some(report) => {
+                p.muted {
+                    "From the report of " (format::time(report.evaluated_at)) ", over events from "
+                    (format::time(report.window_start)) " to " (format::time(report.window_end)) "."
+                }
+                @for framework in Framework::ALL.into_iter().filter(|f| only.is_none_or(|o| o == *f)) {
+                    (framework_table(report, framework, status))
+                }
+            }
+        }
+    };
+    Ok(layout::page("Controls", Some(Section::Controls), body))
+}
+
+fn no_report() -> Markup {
+    html! {
+        p.problem {
+            "No compliance report yet. The server evaluates every control at start and then every \
+             hour (`[dashboard] evaluate_every_s`); `portcullis compliance report` evaluates them \
+             at once."
+        }
+    }
+}
+
+fn framework_table(report: &Report, framework: Framework, status: Option<&str>) -> Markup {
+    let results = report
+        .results
+        .iter()
+        .filter(|result| result.framework == framework)
+        .filter(|result| status.is_none_or(|status| result.status.as_str() == status));
+    html! {
+        h2 { (framework.title()) }
+        div.scroll { table {
+            thead { tr { th { "Control" } th { "Title" } th { "Status" } th { "Severity" } th.num { "Failing rows" } th { "Why" } } }
+            tbody {
+                @for result in results {
+                    tr {
+                        td { a href=(control_link(result)) { (result.id) } }
+                        td.wrap { (result.title) }
+                        td { (status_badge(result.status)) }
+                        td { (result.severity.as_str()) }
+                        td.num { (format::count(result.failing_rows)) }
+                        td.wrap { (result.reason) }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn control_link(result: &ControlResult) -> String {
+    format!(
+        "/controls/{}/{}",
+        result.framework.as_str(),
+        format::segment(&result.id)
+    )
+}
+
+fn status_badge(status: Status) -> Markup {
+    let text = match status {
+        Status::NotApplicable => "not applicable",
+        other => other.as_str(),
+    };
+    badge(status.as_str(), text)
+}
+
+pub(crate) async fn control(
+    State(dashboard): State<Arc<Dashboard>>,
+    Path((framework, id)): Path<(String, String)>,
+    RawQuery(raw): RawQuery,
+) -> Result<Page, PageError> {
+    Params::parse(raw.as_deref(), &[])?;
+    let Ok(framework) = framework.parse::<Framework>() else {
+        return Err(PageError::NotFound(format!(
+            "there is no framework `{}`; the frameworks are {}",
+            framework.chars().take(40).collect::<String>(),
+            Framework::ALL.map(|f| f.as_str()).join(", ")
+        )));
+    };
+    let reports = dashboard.reports(HISTORY_REPORTS).await?;
+    let find = |report: &Report| {
+        report
+            .results
+            .iter()
+            .find(|result| result.framework == framework && result.id == id)
+            .cloned()
+    };
+    let Some(result) = reports.first().and_then(find) else {
+        return Err(PageError::NotFound(format!(
+            "the latest compliance report has no control `{}` in {}",
+            id.chars().take(40).collect::<String>(),
+            framework.title()
+        )));
+    };
+    let history: Vec<(String, &'static str)> = reports
+        .iter()
+        .rev()
+        .map(|report| {
+            let status = find(report).map_or("none", |r| r.status.as_str());
+            (format::time(report.evaluated_at), status)
+        })
+        .collect();
+    let title = format!("{} {}", framework.title(), result.id);
+    let body = html! {
+        h1 { (title) ": " (result.title) }
+        (summary(&result))
+        h2 { "Evidence query" }
+        pre { code { (result.evidence_sql) } }
+        (failing(&result))
+        h2 { "Remediation" }
+        p { (result.remediation) }
+        h2 { "History" }
+        (chart_history(&history, &result))
+    };
+    Ok(layout::page(&title, Some(Section::Controls), body))
+}
+
+fn summary(result: &ControlResult) -> Markup {
+    html! {
+        dl.fields {
+            dt { "Status" } dd { (status_badge(result.status)) " " (result.reason) }
+            dt { "Requires" } dd { (result.requirement) }
+            dt { "Passes when" } dd { (result.passes_when) }
+            dt { "Severity" } dd { (result.severity.as_str()) }
+            dt { "Evidence rows" } dd { (format::count(result.evidence_rows)) }
+            dt { "Failing rows" } dd { (format::count(result.failing_rows)) }
+        }
+    }
+}
+
+fn failing(result: &ControlResult) -> Markup {
+    html! {
+        @if !result.failing.is_empty() {
+            h2 { "Rows behind the failure" }
+            @if result.failing_rows > result.failing.len() as u64 {
+                p.muted {
+                    "The first " (result.failing.len()) " of " (format::count(result.failing_rows))
+                    "; the evidence query above finds them all (`portcullis audit query`)."
+                }
+            }
+            div.scroll { table {
+                thead { tr { @for column in &result.columns { th { (column) } } } }
+                tbody {
+                    @for row in &result.failing {
+                        tr { @for value in row { td.wrap { (value) } } }
+                    }
+                }
+            } }
+        }
+    }
+}
+
+fn chart_history(history: &[(String, &'static str)], result: &ControlResult) -> Markup {
+    let what = format!(
+        "status of {} in the last {} reports, oldest first",
+        result.id,
+        history.len()
+    );
+    html! {
+        (crate::chart::status_strip(history, &what))
+        details {
+            summary { "Each report" }
+            div.scroll { table {
+                thead { tr { th { "Evaluated (UTC)" } th { "Status" } } }
+                tbody {
+                    @for (when, status) in history.iter().rev() {
+                        tr { td { (when) } td { (badge(status, status)) } }
+                    }
+                }
+            } }
+        }
+    }
+}

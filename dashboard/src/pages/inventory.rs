@@ -1,0 +1,351 @@
+//! `/inventory`: the bundle in effect (`bundles.current`), its workloads, targets, credentials
+//! and rules with their use in a window (`?window=30d`), and the grants — `permit` rules —
+//! that allowed nothing in it.
+//!
+//! Two queries: the policy state of the current bundle as one union of text rows, and the
+//! events of the window grouped by kind, decision, workload, target and rule, which the page
+//! adds up per workload, target, rule and credential (a credential's use is the
+//! `credential_issued` events of the rules that name it).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use chrono::{DateTime, Utc};
+use maud::{Markup, html};
+
+use crate::layout::{self, Page, Section};
+use crate::pages::{badge, or_dash};
+use crate::params::{Params, Window};
+use crate::store::{Cell, Table, at};
+use crate::{Dashboard, PageError, format, sql};
+
+const DEFAULT_WINDOW: Window = Window::days(30);
+
+/// The policy state of the bundle in effect as rows of text: section, name, and up to five
+/// details, whose meaning depends on the section.
+const POLICY_STATE: &str = "\
+SELECT 'bundle' AS section, b.bundle_hash AS name, CAST(b.signing_key_id AS VARCHAR) AS d1, \
+       CAST(b.signed_at AS VARCHAR) AS d2, CAST(b.size_bytes AS VARCHAR) AS d3, \
+       CAST(NULL AS VARCHAR) AS d4, CAST(NULL AS VARCHAR) AS d5 \
+  FROM bundles b WHERE b.current \
+UNION ALL SELECT 'workload', w.workload, w.trust_provider_kinds, CAST(NULL AS VARCHAR), \
+       CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR), CAST(NULL AS VARCHAR) \
+  FROM workloads w JOIN bundles b ON b.bundle_hash = w.bundle_hash WHERE b.current \
+UNION ALL SELECT 'target', t.target, t.protocol, t.host, CAST(t.port AS VARCHAR), t.database, \
+       t.path_prefix \
+  FROM targets t JOIN bundles b ON b.bundle_hash = t.bundle_hash WHERE b.current \
+UNION ALL SELECT 'credential', c.credential, c.kind, CAST(c.ttl_s AS VARCHAR), \
+       CAST(c.static_secret AS VARCHAR), c.source, CAST(NULL AS VARCHAR) \
+  FROM credentials c JOIN bundles b ON b.bundle_hash = c.bundle_hash WHERE b.current \
+UNION ALL SELECT 'rule', r.rule, r.effect, r.workload, r.target, r.credential, \
+       CAST(r.has_when AS VARCHAR) \
+  FROM rules r JOIN bundles b ON b.bundle_hash = r.bundle_hash WHERE b.current";
+
+/// How often something was used in the window.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    hits: u64,
+    allowed: u64,
+    denied: u64,
+    last: Option<DateTime<Utc>>,
+}
+
+impl Usage {
+    fn add(&mut self, decision: Option<&str>, count: u64, last: Option<DateTime<Utc>>) {
+        self.hits += count;
+        match decision {
+            Some("allow") => self.allowed += count,
+            Some("deny") => self.denied += count,
+            _ => {}
+        }
+        self.last = self.last.max(last);
+    }
+}
+
+/// Use per name, for each kind of thing.
+#[derive(Debug, Default)]
+struct Uses {
+    workloads: HashMap<String, Usage>,
+    targets: HashMap<String, Usage>,
+    rules: HashMap<String, Usage>,
+    /// `credential_issued` events per rule.
+    issued_by_rule: HashMap<String, Usage>,
+}
+
+pub(crate) async fn page(
+    State(dashboard): State<Arc<Dashboard>>,
+    RawQuery(raw): RawQuery,
+) -> Result<Page, PageError> {
+    let params = Params::parse(raw.as_deref(), &["window"])?;
+    let window = params.window("window")?.unwrap_or(DEFAULT_WINDOW);
+    let _turn = dashboard.turn().await?;
+    let state = dashboard.query(POLICY_STATE).await?;
+    let uses = read_uses(&dashboard, Utc::now() - window.duration()).await?;
+    let rows = |section: &str| -> Vec<&Vec<Cell>> {
+        state
+            .rows
+            .iter()
+            .filter(|row| at(row, 0).text() == Some(section))
+            .collect()
+    };
+    let body = html! {
+        h1 { "Policy inventory" }
+        (window_form(window))
+        @match rows("bundle").first() {
+            None => p.problem { "No bundle is in effect: the store has not archived one yet." },
+            Some(bundle) => (bundle_card(bundle)),
+        }
+        h2 #unused { "Grants no one used in the last " (window.describe()) }
+        (unused_grants(&rows("rule"), &uses))
+        h2 { "Workloads" }
+        (workloads(&rows("workload"), &uses, window))
+        h2 { "Targets" }
+        (targets(&rows("target"), &uses, window))
+        h2 { "Credentials" }
+        (credentials(&rows("credential"), &rows("rule"), &uses))
+        h2 { "Rules" }
+        (rules(&rows("rule"), &uses))
+    };
+    Ok(layout::page(
+        "Policy inventory",
+        Some(Section::Inventory),
+        body,
+    ))
+}
+
+async fn read_uses(dashboard: &Dashboard, from: DateTime<Utc>) -> Result<Uses, PageError> {
+    let mut conditions = vec!["kind IN ('decision', 'credential_issued')".to_owned()];
+    conditions.extend(sql::time_range(Some(from), None));
+    let query = format!(
+        "SELECT kind, decision, workload, target, rule, count(*) AS n, max(time) AS last \
+         FROM access_events {} GROUP BY kind, decision, workload, target, rule",
+        sql::where_all(&conditions)
+    );
+    let table = dashboard.query(&query).await?;
+    Ok(add_up(&table))
+}
+
+fn add_up(table: &Table) -> Uses {
+    let mut uses = Uses::default();
+    for row in &table.rows {
+        let decision = at(row, 1).text();
+        let count = at(row, 5).count();
+        let last = at(row, 6).time();
+        let add = |into: &mut HashMap<String, Usage>, name: Option<&str>| {
+            if let Some(name) = name {
+                into.entry(name.to_owned())
+                    .or_default()
+                    .add(decision, count, last);
+            }
+        };
+        if at(row, 0).text() == Some("credential_issued") {
+            add(&mut uses.issued_by_rule, at(row, 4).text());
+            continue;
+        }
+        add(&mut uses.workloads, at(row, 2).text());
+        add(&mut uses.targets, at(row, 3).text());
+        add(&mut uses.rules, at(row, 4).text());
+    }
+    uses
+}
+
+fn window_form(window: Window) -> Markup {
+    html! {
+        form.filters method="get" action="/inventory" {
+            label {
+                "Window (hours or days: 24h, 30d, 90d)"
+                input type="text" name="window" value=(window.as_param()) maxlength="8"
+                    pattern="[0-9]{1,3}[hd]" required;
+            }
+            button type="submit" { "Show" }
+        }
+    }
+}
+
+fn bundle_card(bundle: &[Cell]) -> Markup {
+    html! {
+        dl.fields {
+            dt { "Bundle in effect" }
+            dd { code { "sha256:" (at(bundle, 1).text().unwrap_or_default()) } }
+            dt { "Signed" }
+            dd {
+                @match at(bundle, 2).text() {
+                    Some(key) => { "by key " code { (key) } @if let Some(at) = at(bundle, 3).text() { " at " (at) } },
+                    None => span.muted { "unsigned" },
+                }
+            }
+            dt { "Size" }
+            dd { (or_dash(at(bundle, 4).text())) " bytes" }
+        }
+    }
+}
+
+fn usage_cells(usage: Option<&Usage>) -> Markup {
+    let usage = usage.copied().unwrap_or_default();
+    html! {
+        td.num { (format::count(usage.hits)) }
+        td.num { (format::count(usage.allowed)) }
+        td.num { (format::count(usage.denied)) }
+        td { (or_dash(usage.last.map(format::time).as_deref())) }
+    }
+}
+
+fn usage_heads() -> Markup {
+    html! {
+        th.num { "Decisions" } th.num { "Allowed" } th.num { "Denied" } th { "Last use" }
+    }
+}
+
+fn events_link(name: &str, filter: &str, window: Window) -> Markup {
+    let from = format::field_time(Utc::now() - window.duration());
+    let href = format::link(
+        "/events",
+        &[(filter, Some(name.to_owned())), ("from", Some(from))],
+    );
+    html! { a href=(href) { (name) } }
+}
+
+fn workloads(rows: &[&Vec<Cell>], uses: &Uses, window: Window) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Workload" } th { "Trust providers" } (usage_heads()) } }
+            tbody {
+                @for row in rows {
+                    @let name = at(row, 1).text().unwrap_or_default();
+                    tr {
+                        td.wrap { (events_link(name, "workload", window)) }
+                        td { (or_dash(at(row, 2).text())) }
+                        (usage_cells(uses.workloads.get(name)))
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn targets(rows: &[&Vec<Cell>], uses: &Uses, window: Window) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Target" } th { "Protocol" } th { "Address" } th { "Database or path" } (usage_heads()) } }
+            tbody {
+                @for row in rows {
+                    @let name = at(row, 1).text().unwrap_or_default();
+                    tr {
+                        td.wrap { (events_link(name, "target", window)) }
+                        td { (or_dash(at(row, 2).text())) }
+                        td.wrap {
+                            (at(row, 3).text().unwrap_or_default())
+                            @if let Some(port) = at(row, 4).text() { ":" (port) }
+                        }
+                        td.wrap { (or_dash(at(row, 5).text().or(at(row, 6).text()))) }
+                        (usage_cells(uses.targets.get(name)))
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn credentials(rows: &[&Vec<Cell>], rules: &[&Vec<Cell>], uses: &Uses) -> Markup {
+    let issued = |credential: &str| {
+        let mut total = Usage::default();
+        for rule in rules
+            .iter()
+            .filter(|rule| at(rule, 5).text() == Some(credential))
+        {
+            let name = at(rule, 1).text().unwrap_or_default();
+            if let Some(usage) = uses.issued_by_rule.get(name) {
+                total.add(None, usage.hits, usage.last);
+            }
+        }
+        total
+    };
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Credential" } th { "Kind" } th { "TTL" } th { "Source" } th.num { "Issued" } th { "Last issued" } } }
+            tbody {
+                @for row in rows {
+                    @let name = at(row, 1).text().unwrap_or_default();
+                    @let usage = issued(name);
+                    tr {
+                        td.wrap { (name) }
+                        td {
+                            (or_dash(at(row, 2).text()))
+                            @if at(row, 4).text() == Some("true") { " " (badge("fail", "static secret")) }
+                        }
+                        td { (ttl(at(row, 3).text())) }
+                        td.wrap { (or_dash(at(row, 5).text())) }
+                        td.num { (format::count(usage.hits)) }
+                        td { (or_dash(usage.last.map(format::time).as_deref())) }
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn ttl(seconds: Option<&str>) -> Markup {
+    match seconds.and_then(|s| s.parse::<u64>().ok()) {
+        None => html! { span.muted { "never expires" } },
+        Some(seconds) if seconds % 3600 == 0 && seconds > 0 => html! { (seconds / 3600) " h" },
+        Some(seconds) if seconds % 60 == 0 && seconds > 0 => html! { (seconds / 60) " min" },
+        Some(seconds) => html! { (seconds) " s" },
+    }
+}
+
+fn rules(rows: &[&Vec<Cell>], uses: &Uses) -> Markup {
+    html! {
+        div.scroll { table {
+            thead { tr { th { "Rule" } th { "Effect" } th { "Workload" } th { "Target" } th { "Credential" } th { "Condition" } (usage_heads()) } }
+            tbody {
+                @for row in rows {
+                    @let name = at(row, 1).text().unwrap_or_default();
+                    tr {
+                        td.wrap { code { (name) } }
+                        td { (or_dash(at(row, 2).text())) }
+                        td.wrap { (or_dash(at(row, 3).text())) }
+                        td.wrap { (or_dash(at(row, 4).text())) }
+                        td.wrap { (or_dash(at(row, 5).text())) }
+                        td { @if at(row, 6).text() == Some("true") { "when …" } @else { span.muted { "none" } } }
+                        (usage_cells(uses.rules.get(name)))
+                    }
+                }
+            }
+        } }
+    }
+}
+
+fn unused_grants(rules: &[&Vec<Cell>], uses: &Uses) -> Markup {
+    let unused: Vec<&&Vec<Cell>> = rules
+        .iter()
+        .filter(|row| at(row, 2).text() == Some("permit"))
+        .filter(|row| {
+            let name = at(row, 1).text().unwrap_or_default();
+            uses.rules.get(name).is_none_or(|usage| usage.allowed == 0)
+        })
+        .collect();
+    html! {
+        @if unused.is_empty() {
+            p { (badge("pass", "none")) " Every permit rule allowed something in this window." }
+        } @else {
+            p.muted {
+                (unused.len()) " permit rules allowed nothing: each is access no one needed; \
+                 remove it or narrow it (least privilege)."
+            }
+            div.scroll { table {
+                thead { tr { th { "Rule" } th { "Workload" } th { "Target" } th { "Credential" } } }
+                tbody {
+                    @for row in unused {
+                        tr {
+                            td.wrap { code { (at(row, 1).text().unwrap_or_default()) } }
+                            td.wrap { (or_dash(at(row, 3).text())) }
+                            td.wrap { (or_dash(at(row, 4).text())) }
+                            td.wrap { (or_dash(at(row, 5).text())) }
+                        }
+                    }
+                }
+            } }
+        }
+    }
+}
