@@ -97,6 +97,9 @@ pub struct DashboardConfig {
     pub enabled: bool,
     /// Loopback unless configured otherwise; beyond loopback every page needs a token.
     pub listen: Option<SocketAddr>,
+    /// Whether every page needs the admin or audit token: always beyond loopback (where
+    /// `false` is refused), and on loopback when set (a host shared with other users).
+    pub require_token: Option<bool>,
     /// How often the server evaluates the compliance controls for the dashboard (and once at
     /// start); 0 turns the evaluation off.
     #[serde(default = "default_evaluate_every_s")]
@@ -108,6 +111,7 @@ impl Default for DashboardConfig {
         DashboardConfig {
             enabled: default_dashboard_enabled(),
             listen: None,
+            require_token: None,
             evaluate_every_s: default_evaluate_every_s(),
         }
     }
@@ -1207,15 +1211,28 @@ impl Config {
                 EVALUATE_EVERY_S.end()
             );
         }
-        if let Some(listen) = self.dashboard_listen()
-            && !listen.addr.ip().is_loopback()
-            && self.server.admin_token_file.is_none()
-        {
+        let Some(listen) = self.dashboard_listen() else {
+            return Ok(());
+        };
+        let beyond_loopback = !listen.addr.ip().is_loopback();
+        if beyond_loopback && self.dashboard.require_token == Some(false) {
             bail!(
-                "the dashboard listens on {}, beyond loopback, which needs \
-                 `[server] admin_token_file`: every page then asks for the admin or audit token; \
-                 or keep the dashboard on loopback, or set `[dashboard] enabled = false`",
+                "`dashboard.require_token = false` cannot hold for {}, beyond loopback: there \
+                 every page needs the admin or audit token",
                 listen.addr
+            );
+        }
+        if self.dashboard_requires_token() && self.server.admin_token_file.is_none() {
+            bail!(
+                "the dashboard on {} requires a token{}, which needs `[server] \
+                 admin_token_file`: every page then asks for the admin or audit token; or keep \
+                 the dashboard on loopback, or set `[dashboard] enabled = false`",
+                listen.addr,
+                if beyond_loopback {
+                    " beyond loopback"
+                } else {
+                    ""
+                }
             );
         }
         Ok(())
@@ -1236,6 +1253,15 @@ impl Config {
                 configured: false,
             },
         })
+    }
+
+    /// Whether every page of the dashboard needs a token: beyond loopback, or when the
+    /// configuration says so.
+    pub fn dashboard_requires_token(&self) -> bool {
+        let beyond_loopback = self
+            .dashboard_listen()
+            .is_some_and(|listen| !listen.addr.ip().is_loopback());
+        beyond_loopback || self.dashboard.require_token == Some(true)
     }
 
     /// How often the server evaluates the compliance controls; `None` when it does not.

@@ -332,13 +332,15 @@ fn build_dashboard(
     let loopback = listener
         .local_addr()
         .is_ok_and(|address| address.ip().is_loopback());
-    if loopback {
+    if loopback && !config.dashboard_requires_token() {
         return Ok(dashboard);
     }
-    tracing::warn!(
-        "the dashboard listens beyond loopback, as configured; its token travels in clear \
-         text: put TLS in front"
-    );
+    if !loopback {
+        tracing::warn!(
+            "the dashboard listens beyond loopback, as configured; its token travels in clear \
+             text: put TLS in front"
+        );
+    }
     let tokens: Vec<_> = tokens
         .into_iter()
         .flatten()
@@ -348,7 +350,7 @@ fn build_dashboard(
     // dashboard stays shut rather than open to the network.
     anyhow::ensure!(
         !tokens.is_empty(),
-        "the dashboard listens beyond loopback, which needs `[server] admin_token_file`"
+        "the dashboard requires a token, which needs `[server] admin_token_file`"
     );
     Ok(dashboard.with_tokens(tokens))
 }

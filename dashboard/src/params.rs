@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone as _, Utc};
+use chrono::{DateTime, Datelike as _, Duration, NaiveDate, NaiveDateTime, TimeZone as _, Utc};
 
 use crate::PageError;
 
@@ -17,6 +17,10 @@ pub(crate) const MAX_TEXT_CHARS: usize = 200;
 
 /// The longest window a page looks back over: a little over a year.
 pub(crate) const MAX_WINDOW_DAYS: i64 = 400;
+
+/// The years a time may fall in: the store's SQL times are nanoseconds from 1970, which end
+/// in 2262.
+const YEARS: std::ops::RangeInclusive<i32> = 1970..=2200;
 
 /// The parameters of one request, by name.
 #[derive(Debug)]
@@ -120,13 +124,18 @@ impl Params {
         let Some(value) = self.values.get(name) else {
             return Ok(None);
         };
-        parse_time(value).map(Some).ok_or_else(|| {
-            bad(format!(
-                "`{name}` is `{}`; expected a UTC time such as `2026-03-01`, \
-                 `2026-03-01T14:30` or `2026-03-01T14:30:00Z`",
-                shorten(value)
-            ))
-        })
+        parse_time(value)
+            .filter(|time| YEARS.contains(&time.year()))
+            .map(Some)
+            .ok_or_else(|| {
+                bad(format!(
+                    "`{name}` is `{}`; expected a UTC time from the year {} to {}, such as \
+                     `2026-03-01`, `2026-03-01T14:30` or `2026-03-01T14:30:00Z`",
+                    shorten(value),
+                    YEARS.start(),
+                    YEARS.end()
+                ))
+            })
     }
 
     /// A window to look back over: a number and `h` or `d` (`24h`, `30d`), at most
@@ -265,6 +274,8 @@ mod tests {
     #[test]
     fn values_are_checked_by_parsing() {
         let params = parse("limit=201&decision=maybe&from=yesterday&window=0d").unwrap();
+        let far = parse("from=2999-01-01").unwrap();
+        assert!(message(far.time("from")).contains("from the year 1970 to 2200"));
         assert_eq!(
             message(params.number("limit", 1..=200)),
             "`limit` is `201`; expected a whole number from 1 to 200"

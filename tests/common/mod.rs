@@ -4,6 +4,7 @@
 
 #![allow(dead_code, reason = "each test binary uses some of the helpers")]
 
+pub mod dashboard;
 pub mod http_stub;
 pub mod issuing;
 pub mod postgres;

@@ -296,7 +296,7 @@ fn pager(filters: &Filters, listing: &Listing) -> Markup {
             span {
                 @if listing.newer {
                     @if let Some(first) = first {
-                        a href=(filters.link(Cursor::After(first))) rel="prev" { "← Newer" }
+                        a href=(filters.link(Cursor::After(first))) { "← Newer" }
                     } @else {
                         a href=(filters.link(Cursor::Newest)) { "← Newest" }
                     }
@@ -305,7 +305,7 @@ fn pager(filters: &Filters, listing: &Listing) -> Markup {
             span {
                 @if listing.older {
                     @if let Some(last) = last {
-                        a href=(filters.link(Cursor::Before(last))) rel="next" { "Older →" }
+                        a href=(filters.link(Cursor::Before(last))) { "Older →" }
                     }
                 }
             }
