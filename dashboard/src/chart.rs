@@ -14,8 +14,8 @@ pub(crate) struct Bucket {
     pub(crate) denials: u64,
 }
 
-const WIDTH: f64 = 640.0;
-const HEIGHT: f64 = 220.0;
+const WIDTH: f64 = 960.0;
+const HEIGHT: f64 = 240.0;
 const LEFT: f64 = 48.0;
 const RIGHT: f64 = 8.0;
 const TOP: f64 = 10.0;
@@ -91,7 +91,7 @@ fn anchor(idx: usize, count: usize) -> &'static str {
     }
 }
 
-/// A coordinate with two decimals: enough for a 640-wide picture, and short.
+/// A coordinate with two decimals: enough for a 960-wide picture, and short.
 fn num(value: f64) -> String {
     format!("{value:.2}")
 }
@@ -137,8 +137,8 @@ mod tests {
         assert!(svg.contains("&lt;b&gt;"), "{svg}");
         assert!(!svg.contains("<b>"), "{svg}");
         // The peak bar fills the plot's height; the half bar half of it.
-        assert!(svg.contains("height=\"182.00\""), "{svg}");
-        assert!(svg.contains("height=\"91.00\""), "{svg}");
+        assert!(svg.contains("height=\"202.00\""), "{svg}");
+        assert!(svg.contains("height=\"101.00\""), "{svg}");
     }
 
     #[test]
