@@ -453,6 +453,10 @@ fn remove_own_socket(path: &std::path::Path, inode: Option<u64>) {
     }
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one argument per kind of listener; a struct of them would only rename the list"
+)]
 async fn serve(
     engine: Arc<Engine>,
     listener: tokio::net::TcpListener,
