@@ -7,7 +7,8 @@
 //! access events for it. [`ingest`] records events through `AuditLog` and times them to
 //! sealed Parquet; [`integrity`] times `verify`; [`history`] writes a month of events with the
 //! store's segment writer for [`query`], which asks six questions of Portcullis and of DuckDB
-//! (through the project's python venv) and compares the answers. [`report`] prints markdown;
+//! (through the project's python venv) and compares the answers; [`pages`] times the
+//! dashboard's pages over that month. [`report`] prints markdown;
 //! [`system`] measures the machine, the disk and the files.
 
 pub mod events;
@@ -16,6 +17,7 @@ pub mod history;
 pub mod ingest;
 pub mod integrity;
 pub mod model;
+pub mod pages;
 pub mod query;
 pub mod report;
 pub mod rng;

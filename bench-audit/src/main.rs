@@ -18,6 +18,7 @@ use portcullis_bench_audit::history::{self, HistoryReport, HistorySpec};
 use portcullis_bench_audit::ingest::{self, BatchPlan, IngestLine, Timeline};
 use portcullis_bench_audit::integrity::{VerifyLine, timed_verify};
 use portcullis_bench_audit::model::{Org, Platform, Sizes};
+use portcullis_bench_audit::pages;
 use portcullis_bench_audit::query::{self, QuestionParams};
 use portcullis_bench_audit::report::{self, Goals, QueryLine, bytes, thousands};
 use portcullis_bench_audit::rng::Rng;
@@ -77,6 +78,10 @@ struct Args {
     /// Leave out the ingest lines (and the verification of the ingest store).
     #[arg(long)]
     skip_ingest: bool,
+    /// Time the dashboard's pages over the month of history, in place of the six questions
+    /// asked of Portcullis and DuckDB.
+    #[arg(long)]
+    pages: bool,
 }
 
 /// The first day of the generated history. Fixed, so that runs on different days ask the same
@@ -207,6 +212,12 @@ fn history_and_queries(
     let written = history::write(&history_dir, org, [&bundles[0], &bundles[1]], spec)?;
     verified.push(timed_verify(&history_dir, "query store (history)")?);
     report::verify(verified);
+    if args.pages {
+        let paths = pages::pages(&history_dir, args.days)?;
+        let lines = pages::time_pages(&history_dir, &paths, WARMUP_RUNS, args.runs)?;
+        pages::report(&lines, args.runs);
+        return Ok(());
+    }
     queries(args, scratch, &history_dir, org, spec, &written, goals)
 }
 

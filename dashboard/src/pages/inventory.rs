@@ -288,8 +288,12 @@ fn credentials(rows: &[&Vec<Cell>], rules: &[&Vec<Cell>], uses: &Uses) -> Markup
 fn ttl(seconds: Option<&str>) -> Markup {
     match seconds.and_then(|s| s.parse::<u64>().ok()) {
         None => html! { span.muted { "never expires" } },
-        Some(seconds) if seconds.is_multiple_of(3600) && seconds > 0 => html! { (seconds / 3600) " h" },
-        Some(seconds) if seconds.is_multiple_of(60) && seconds > 0 => html! { (seconds / 60) " min" },
+        Some(seconds) if seconds.is_multiple_of(3600) && seconds > 0 => {
+            html! { (seconds / 3600) " h" }
+        }
+        Some(seconds) if seconds.is_multiple_of(60) && seconds > 0 => {
+            html! { (seconds / 60) " min" }
+        }
         Some(seconds) => html! { (seconds) " s" },
     }
 }
