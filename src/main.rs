@@ -3,6 +3,7 @@
 
 mod audit_api;
 mod audit_integrity;
+mod compliance;
 mod config;
 mod credential;
 mod dashboard;
@@ -52,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Judge the built-in SOC 2 and NIST SP 800-53 controls against the audit store.
+    Compliance {
+        #[command(subcommand)]
+        command: ComplianceCommand,
+    },
     /// Helpers for trying Portcullis out locally; never for production.
     Dev {
         #[command(subcommand)]
@@ -96,6 +102,13 @@ enum AuditCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum ComplianceCommand {
+    /// Evaluate every control: pass, fail or not applicable, with the evidence counted and the
+    /// failing rows. Exits 3 when a control fails or could not be judged.
+    Report(compliance::ReportArgs),
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Table,
@@ -131,6 +144,13 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Key { store },
         } => audit_integrity::key(&store),
+        Command::Compliance {
+            command: ComplianceCommand::Report(args),
+        } => match compliance::report(&args) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(compliance::FINDINGS),
+            Err(err) => Err(err),
+        },
         Command::Dev { command } => dev::run(command),
         Command::Credential(args) => match credential::run(&args) {
             Ok(credential::Outcome::Issued) => Ok(()),

@@ -204,6 +204,7 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
         dashboard,
         data_dir: data_dir.clone(),
         evaluate_every: config.evaluate_every(),
+        query_memory_bytes: config.audit.query_limits().memory_bytes,
     });
     let served = runtime.block_on(serve(
         Arc::clone(&engine),
@@ -296,6 +297,8 @@ struct DashboardServing {
     data_dir: std::path::PathBuf,
     /// How often compliance is evaluated for it; `None`: never.
     evaluate_every: Option<Duration>,
+    /// The memory limit of each evidence query.
+    query_memory_bytes: usize,
 }
 
 /// Binds the dashboard's listener. The default address taken by another server (a second
@@ -595,6 +598,7 @@ async fn serve(
             reloading.spawn(crate::dashboard::evaluate_compliance(
                 serving.data_dir.clone(),
                 every,
+                serving.query_memory_bytes,
             ));
         }
         proxies.spawn(api::listen::serve(

@@ -69,6 +69,28 @@ fn every_page_shows_the_store_escaped_under_strict_headers() {
         );
     }
 
+    // The evaluation at start feeds the posture and the controls.
+    server.wait_for_log("compliance_evaluated");
+    let overview = fetch(&format!("{base}/"), None);
+    assert!(overview.body.contains("passing"), "{}", overview.body);
+    assert!(overview.body.contains("verified"), "{}", overview.body);
+    let controls = fetch(&format!("{base}/controls"), None);
+    for id in ["CC6.1", "CC8.1", "AC-6", "AU-9", "IA-5"] {
+        assert!(controls.body.contains(id), "the controls lack `{id}`");
+    }
+    let soc2 = fetch(&format!("{base}/controls?framework=soc2"), None);
+    assert!(!soc2.body.contains("AC-6"));
+    for path in ["/controls/soc2/CC6.1", "/controls/nist-800-53/AC-6"] {
+        let control = fetch(&format!("{base}{path}"), None);
+        assert_eq!(control.status, 200, "{path}: {}", control.body);
+        for section in ["Evidence query", "Remediation", "History", "SELECT"] {
+            assert!(control.body.contains(section), "{path} lacks `{section}`");
+        }
+        assert_security_headers(&control, path);
+    }
+    let unknown = fetch(&format!("{base}/controls/soc2/CC99.9"), None);
+    assert_eq!(unknown.status, 404);
+
     let style = fetch(&format!("{base}/assets/style-1.css"), None);
     assert_eq!(style.status, 200);
     assert!(

@@ -38,6 +38,7 @@ fn chromium_renders_every_page_without_a_console_error() {
     let (server, base) = start_with_dashboard(&config, &tmp.path().join("data"));
     generate_decisions(&server, tmp.path());
     let event = first_event(&base);
+    server.wait_for_log("compliance_evaluated");
 
     let driver = Driver::start(&chromedriver);
     let profile = tempfile::tempdir().unwrap();
@@ -48,6 +49,11 @@ fn chromium_renders_every_page_without_a_console_error() {
         .map(|(path, phrase)| (name_of(path), path.to_owned(), phrase))
         .collect();
     pages.push(("event".to_owned(), format!("/events/{event}"), "claims"));
+    pages.push((
+        "control".to_owned(),
+        "/controls/soc2/CC6.1".to_owned(),
+        "Evidence query",
+    ));
     for (size, width, height) in SIZES {
         session.resize(width, height);
         for (name, path, phrase) in &pages {

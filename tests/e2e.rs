@@ -225,15 +225,6 @@ fn audit_rows(data_dir: &Path) -> Vec<Value> {
     audit_query(data_dir, sql)
 }
 
-fn python() -> String {
-    std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "PORTCULLIS_TEST_PYTHON is not set: run the tests with `scripts/test`, which \
-             installs DuckDB and pyarrow for the Parquet interoperability check"
-        )
-    })
-}
-
 fn independent_readers(data_dir: &Path) -> Vec<(String, Vec<Value>)> {
     let out = Command::new(python())
         .arg(repo().join("tests/fixtures/read_parquet.py"))

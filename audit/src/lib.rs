@@ -13,6 +13,8 @@
 pub mod bundles;
 mod codec;
 mod commit;
+#[cfg(feature = "query")]
+pub mod compliance;
 pub mod credential_ref;
 pub mod error;
 pub mod event;

@@ -190,6 +190,21 @@ pub async fn query_with_limits(
     sql: &str,
     limits: QueryLimits,
 ) -> Result<Vec<RecordBatch>, QueryError> {
+    query_with_tables(data_dir, sql, limits, Vec::new()).await
+}
+
+/// A table given to one query beside the store's own: its name and its rows.
+pub type ExtraTable = (String, RecordBatch);
+
+/// [`query_with_limits`], with `extra` tables registered beside `access_events` and the
+/// policy-state tables, for facts that are not in the store's files (the compliance
+/// evaluation's integrity check). A name the store already uses is refused.
+pub async fn query_with_tables(
+    data_dir: &Path,
+    sql: &str,
+    limits: QueryLimits,
+    extra: Vec<ExtraTable>,
+) -> Result<Vec<RecordBatch>, QueryError> {
     if limits.timeout.is_zero() || limits.memory_bytes == 0 {
         return Err(QueryError::Limit(
             "the time and memory limits must be above zero",
@@ -218,7 +233,7 @@ pub async fn query_with_limits(
                 .enable_all()
                 .build()
                 .map_err(|error| QueryError::Runtime(error.to_string()))
-                .and_then(|runtime| runtime.block_on(run_query(&data_dir, &sql, limits)));
+                .and_then(|runtime| runtime.block_on(run_query(&data_dir, &sql, limits, extra)));
             let _ = answer.send(result);
         })
         .map_err(|error| QueryError::Runtime(error.to_string()))?;
@@ -250,6 +265,7 @@ async fn run_query(
     data_dir: &Path,
     sql: &str,
     limits: QueryLimits,
+    extra: Vec<ExtraTable>,
 ) -> Result<Vec<RecordBatch>, QueryError> {
     // Operators that can spill or must fail when the pool is exhausted (sorts, joins,
     // aggregations) take their memory from this pool.
@@ -266,6 +282,15 @@ async fn run_query(
     ctx.add_optimizer_rule(Arc::new(NullTestsFirst));
     register_events(&ctx, data_dir)?;
     policy_state::register(&ctx, data_dir)?;
+    for (name, batch) in extra {
+        if ctx.table_exist(name.as_str())? {
+            return Err(QueryError::Runtime(format!(
+                "the table `{name}` exists already"
+            )));
+        }
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+        ctx.register_table(name.as_str(), Arc::new(table))?;
+    }
     let options = SQLOptions::new()
         .with_allow_ddl(false)
         .with_allow_dml(false)
@@ -369,7 +394,7 @@ const SEGMENT_FOOTER_CACHE_BYTES: usize = 64 * 1024 * 1024;
 const SEGMENT_STATISTICS_CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Refuses everything but one plain query, naming what was found instead.
-fn check_single_query(sql: &str) -> Result<(), QueryError> {
+pub(crate) fn check_single_query(sql: &str) -> Result<(), QueryError> {
     let mut statements = DFParserBuilder::new(sql)
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .build()?

@@ -20,7 +20,6 @@
 
 pub mod auth;
 mod chart;
-mod compliance;
 mod error;
 mod format;
 mod layout;
@@ -39,6 +38,7 @@ use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::get;
+use portcullis_audit::compliance;
 use portcullis_audit::query::QueryLimits;
 
 pub use auth::AccessToken;

@@ -9,6 +9,7 @@ use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, Utc};
 use portcullis_audit::query::query_with_limits;
 
+use crate::compliance::history::Summary;
 use crate::compliance::{self, Report};
 use crate::{Dashboard, PageError};
 
@@ -229,8 +230,8 @@ impl Dashboard {
         blocking(move || compliance::history::latest(&data_dir)).await
     }
 
-    /// The newest `limit` reports, newest first.
-    pub(crate) async fn reports(&self, limit: usize) -> Result<Vec<Report>, PageError> {
+    /// The newest `limit` evaluations of the history (each control's status), newest first.
+    pub(crate) async fn history(&self, limit: usize) -> Result<Vec<Summary>, PageError> {
         let data_dir = self.data_dir.clone();
         blocking(move || compliance::history::list(&data_dir, limit)).await
     }

@@ -348,3 +348,13 @@ pub fn example_config(dir: &Path, name: &str, policy: &str, server: &str) -> Pat
     std::fs::write(&path, config).unwrap();
     path
 }
+
+/// The project's Python, with the independent readers and validators `scripts/test` installs.
+pub fn python() -> String {
+    std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "PORTCULLIS_TEST_PYTHON is not set: run the tests with `scripts/test`, which \
+             installs DuckDB, pyarrow and compliance-trestle for the interoperability checks"
+        )
+    })
+}

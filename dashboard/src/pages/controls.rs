@@ -111,40 +111,43 @@ pub(crate) async fn control(
             Framework::ALL.map(|f| f.as_str()).join(", ")
         )));
     };
-    let reports = dashboard.reports(HISTORY_REPORTS).await?;
-    let find = |report: &Report| {
+    let report = dashboard.latest_report().await?;
+    let result = report.as_ref().and_then(|report| {
         report
             .results
             .iter()
             .find(|result| result.framework == framework && result.id == id)
-            .cloned()
-    };
-    let Some(result) = reports.first().and_then(find) else {
+    });
+    let Some(result) = result else {
         return Err(PageError::NotFound(format!(
             "the latest compliance report has no control `{}` in {}",
             id.chars().take(40).collect::<String>(),
             framework.title()
         )));
     };
-    let history: Vec<(String, &'static str)> = reports
+    let history: Vec<(String, &'static str)> = dashboard
+        .history(HISTORY_REPORTS)
+        .await?
         .iter()
         .rev()
-        .map(|report| {
-            let status = find(report).map_or("none", |r| r.status.as_str());
-            (format::time(report.evaluated_at), status)
+        .map(|summary| {
+            let status = summary
+                .status_of(framework, &id)
+                .map_or("none", Status::as_str);
+            (format::time(summary.evaluated_at), status)
         })
         .collect();
     let title = format!("{} {}", framework.title(), result.id);
     let body = html! {
         h1 { (title) ": " (result.title) }
-        (summary(&result))
+        (summary(result))
         h2 { "Evidence query" }
         pre { code { (result.evidence_sql) } }
-        (failing(&result))
+        (failing(result))
         h2 { "Remediation" }
         p { (result.remediation) }
         h2 { "History" }
-        (chart_history(&history, &result))
+        (chart_history(&history, result))
     };
     Ok(layout::page(&title, Some(Section::Controls), body))
 }

@@ -101,7 +101,8 @@ fn integrity(report: Option<&Report>) -> Markup {
                     p { (report.integrity.summary) }
                     p.muted {
                         (format::count(report.integrity.segments)) " segments, "
-                        (format::count(report.integrity.events)) " events; checked "
+                        (format::count(report.integrity.events)) " events, "
+                        (format::count(report.integrity.checkpoints)) " signed checkpoints; checked "
                         (format::time(report.evaluated_at))
                     }
                 }
