@@ -8,6 +8,7 @@ use arrow::datatypes::{DataType, Float64Type, Int64Type, TimeUnit};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, Utc};
 use portcullis_audit::query::query_with_limits;
+use portcullis_audit::segment::parse_segment_file_name;
 
 use crate::compliance::history::Summary;
 use crate::compliance::{self, Report};
@@ -224,6 +225,14 @@ impl Dashboard {
         Ok(Table::from_batches(&batches))
     }
 
+    /// The highest `seq` in the sealed segments, from their names; 0 when there is none (or
+    /// the directory cannot be listed, which the query that follows will report).
+    pub(crate) async fn highest_sealed_seq(&self) -> i64 {
+        let events = self.data_dir.join(portcullis_audit::store::EVENTS_DIR);
+        let highest = tokio::task::spawn_blocking(move || highest_in(&events)).await;
+        highest.map_or(0, |seq| i64::try_from(seq).unwrap_or(i64::MAX))
+    }
+
     /// The newest compliance report, if one was made.
     pub(crate) async fn latest_report(&self) -> Result<Option<Report>, PageError> {
         let data_dir = self.data_dir.clone();
@@ -235,6 +244,26 @@ impl Dashboard {
         let data_dir = self.data_dir.clone();
         blocking(move || compliance::history::list(&data_dir, limit)).await
     }
+}
+
+/// The highest `seq` the segment files under `events` (`date=…/seg-FIRST-LAST.parquet`) name.
+fn highest_in(events: &std::path::Path) -> u64 {
+    let Ok(dates) = std::fs::read_dir(events) else {
+        return 0;
+    };
+    let mut highest = 0;
+    for date in dates.flatten() {
+        let Ok(segments) = std::fs::read_dir(date.path()) else {
+            continue;
+        };
+        for segment in segments.flatten() {
+            let name = segment.file_name();
+            if let Some((_, last)) = name.to_str().and_then(parse_segment_file_name) {
+                highest = highest.max(last);
+            }
+        }
+    }
+    highest
 }
 
 /// Runs a read of the history on a blocking thread.

@@ -184,33 +184,10 @@ async fn read_page(
     filters: &Filters,
     cursor: Cursor,
 ) -> Result<Listing, PageError> {
-    let mut conditions = filters.conditions();
-    let order = match cursor {
-        Cursor::Newest => "DESC",
-        Cursor::Before(seq) => {
-            conditions.push(format!("seq < {seq}"));
-            "DESC"
-        }
-        Cursor::After(seq) => {
-            conditions.push(format!("seq > {seq}"));
-            "ASC"
-        }
-    };
-    let wanted = filters.limit;
-    let seqs = dashboard
-        .query(&format!(
-            "SELECT seq FROM access_events {} ORDER BY seq {order} LIMIT {}",
-            sql::where_all(&conditions),
-            wanted + 1
-        ))
-        .await?;
-    let more = seqs.rows.len() > usize::try_from(wanted).unwrap_or(usize::MAX);
-    let shown: Vec<i64> = seqs
-        .rows
-        .iter()
-        .take(usize::try_from(wanted).unwrap_or(usize::MAX))
-        .filter_map(|row| at(row, 0).int())
-        .collect();
+    let wanted = usize::try_from(filters.limit).unwrap_or(usize::MAX);
+    let found = matching_seqs(dashboard, filters, cursor, wanted).await?;
+    let more = found.len() > wanted;
+    let shown = found.get(..wanted).unwrap_or(&found);
     let (newer, older) = match cursor {
         Cursor::Newest => (false, more),
         Cursor::Before(_) => (true, more),
@@ -238,6 +215,67 @@ async fn read_page(
         newer,
         older,
     })
+}
+
+/// The first window of `seq`s a page looks in, and how much each next one grows: a page of the
+/// unfiltered log is found in the first; a rare filter's after a few, having read each event
+/// at most once.
+const FIRST_WINDOW: i64 = 8_192;
+const WINDOW_GROWTH: i64 = 16;
+
+/// The `seq`s of up to `wanted + 1` matching events from `cursor` on, in the page's order.
+///
+/// Asked of the whole store, "the 51 highest `seq`s below B" reads every row group below B:
+/// no statistic says where the highest ones are. So the search looks in a window of `seq`s
+/// next to the cursor, which statistics prune to the few row groups that hold it, and widens
+/// the window only while it finds too few. The newest events start below the highest sealed
+/// `seq` (read from the segments' names) and include everything above it, which is the
+/// write-ahead log.
+async fn matching_seqs(
+    dashboard: &Dashboard,
+    filters: &Filters,
+    cursor: Cursor,
+    wanted: usize,
+) -> Result<Vec<i64>, PageError> {
+    let sealed = dashboard.highest_sealed_seq().await;
+    let below = |seq: i64, width: i64| Some(seq.saturating_sub(width)).filter(|low| *low > 1);
+    let above = |seq: i64, width: i64| Some(seq.saturating_add(width)).filter(|h| *h <= sealed);
+    // The window is `low..high`; `None` leaves that side open.
+    let (descending, mut low, mut high) = match cursor {
+        Cursor::Newest => (true, below(sealed, FIRST_WINDOW), None),
+        Cursor::Before(seq) => (true, below(seq, FIRST_WINDOW), Some(seq)),
+        Cursor::After(seq) => (false, Some(seq + 1), above(seq + 1, FIRST_WINDOW)),
+    };
+    let order = if descending { "DESC" } else { "ASC" };
+    let mut width = FIRST_WINDOW;
+    let mut found = Vec::new();
+    loop {
+        let mut conditions = filters.conditions();
+        conditions.extend(low.map(|low| format!("seq >= {low}")));
+        conditions.extend(high.map(|high| format!("seq < {high}")));
+        let seqs = dashboard
+            .query(&format!(
+                "SELECT seq FROM access_events {} ORDER BY seq {order} LIMIT {}",
+                sql::where_all(&conditions),
+                wanted + 1 - found.len()
+            ))
+            .await?;
+        found.extend(seqs.rows.iter().filter_map(|row| at(row, 0).int()));
+        let last_window = if descending {
+            low.is_none()
+        } else {
+            high.is_none()
+        };
+        if found.len() > wanted || last_window {
+            return Ok(found);
+        }
+        width = width.saturating_mul(WINDOW_GROWTH);
+        if descending {
+            (high, low) = (low, low.and_then(|low| below(low, width)));
+        } else {
+            (low, high) = (high, high.and_then(|high| above(high, width)));
+        }
+    }
 }
 
 fn filter_form(filters: &Filters) -> Markup {

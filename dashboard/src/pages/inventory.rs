@@ -22,6 +22,10 @@ use crate::{Dashboard, PageError, format, sql};
 
 const DEFAULT_WINDOW: Window = Window::days(30);
 
+/// Rows a table shows at most: a policy set of ten thousand rules would make a page of
+/// megabytes. The rest are a query away.
+const MAX_TABLE_ROWS: usize = 500;
+
 /// The policy state of the bundle in effect as rows of text: section, name, and up to five
 /// details, whose meaning depends on the section.
 const POLICY_STATE: &str = "\
@@ -99,13 +103,17 @@ pub(crate) async fn page(
         h2 #unused { "Grants no one used in the last " (window.describe()) }
         (unused_grants(&rows("rule"), &uses))
         h2 { "Workloads" }
-        (workloads(&rows("workload"), &uses, window))
+        (workloads(capped(&rows("workload")), &uses, window))
+        (cut_note(rows("workload").len(), "workloads"))
         h2 { "Targets" }
-        (targets(&rows("target"), &uses, window))
+        (targets(capped(&rows("target")), &uses, window))
+        (cut_note(rows("target").len(), "targets"))
         h2 { "Credentials" }
-        (credentials(&rows("credential"), &rows("rule"), &uses))
+        (credentials(capped(&rows("credential")), &rows("rule"), &uses))
+        (cut_note(rows("credential").len(), "credentials"))
         h2 { "Rules" }
-        (rules(&rows("rule"), &uses))
+        (rules(capped(&rows("rule")), &uses))
+        (cut_note(rows("rule").len(), "rules"))
     };
     Ok(layout::page(
         "Policy inventory",
@@ -148,6 +156,22 @@ fn add_up(table: &Table) -> Uses {
         add(&mut uses.rules, at(row, 4).text());
     }
     uses
+}
+
+fn capped<'a, 'b>(rows: &'a [&'b Vec<Cell>]) -> &'a [&'b Vec<Cell>] {
+    rows.get(..MAX_TABLE_ROWS).unwrap_or(rows)
+}
+
+/// Says that a table shows only its first [`MAX_TABLE_ROWS`] of `total`, when it does.
+fn cut_note(total: usize, what: &str) -> Markup {
+    html! {
+        @if total > MAX_TABLE_ROWS {
+            p.muted {
+                "The first " (MAX_TABLE_ROWS) " of " (format::count(total as u64)) " " (what)
+                "; `portcullis audit query` over the `" (what) "` table lists them all."
+            }
+        }
+    }
 }
 
 fn window_form(window: Window) -> Markup {
@@ -321,8 +345,9 @@ fn rules(rows: &[&Vec<Cell>], uses: &Uses) -> Markup {
 }
 
 fn unused_grants(rules: &[&Vec<Cell>], uses: &Uses) -> Markup {
-    let unused: Vec<&&Vec<Cell>> = rules
+    let unused: Vec<&Vec<Cell>> = rules
         .iter()
+        .copied()
         .filter(|row| at(row, 2).text() == Some("permit"))
         .filter(|row| {
             let name = at(row, 1).text().unwrap_or_default();
@@ -340,7 +365,7 @@ fn unused_grants(rules: &[&Vec<Cell>], uses: &Uses) -> Markup {
             div.scroll { table {
                 thead { tr { th { "Rule" } th { "Workload" } th { "Target" } th { "Credential" } } }
                 tbody {
-                    @for row in unused {
+                    @for row in capped(&unused) {
                         tr {
                             td.wrap { code { (at(row, 1).text().unwrap_or_default()) } }
                             td.wrap { (or_dash(at(row, 3).text())) }
@@ -350,6 +375,7 @@ fn unused_grants(rules: &[&Vec<Cell>], uses: &Uses) -> Markup {
                     }
                 }
             } }
+            (cut_note(unused.len(), "rules"))
         }
     }
 }
