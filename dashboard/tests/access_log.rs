@@ -25,7 +25,7 @@ const EVENTS: u64 = 40_000;
 const RARE_EVERY: u64 = 6_007;
 
 fn event(seq: u64) -> NewEvent {
-    let rare = seq % RARE_EVERY == 0;
+    let rare = seq.is_multiple_of(RARE_EVERY);
     NewEvent {
         decision: Some(if rare {
             Decision::Deny
@@ -111,7 +111,7 @@ async fn pages_hold_every_matching_event_once_in_order() {
         dir.path().to_owned(),
         QueryLimits::default(),
     ));
-    let rare: Vec<u64> = (1..=EVENTS).filter(|seq| seq % RARE_EVERY == 0).collect();
+    let rare: Vec<u64> = (1..=EVENTS).filter(|seq| seq.is_multiple_of(RARE_EVERY)).collect();
     let mut newest_first = rare.clone();
     newest_first.reverse();
 
