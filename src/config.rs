@@ -2051,6 +2051,56 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_is_on_loopback_by_default_and_needs_the_admin_token_beyond() {
+        let dir = Path::new(".");
+        let with = |dashboard: &str, server: &str| {
+            let text =
+                format!("[server]\n{server}\n[policy]\ndir = \"p\"\n[dashboard]\n{dashboard}\n");
+            config_in(dir, &text).map_err(|error| format!("{error:#}"))
+        };
+        let config = config_in(dir, "[policy]\ndir = \"p\"\n").unwrap();
+        let listen = config.dashboard_listen().unwrap();
+        assert_eq!(listen.addr, DEFAULT_DASHBOARD_LISTEN);
+        assert!(!listen.configured);
+        assert!(!config.dashboard_requires_token());
+        assert_eq!(config.evaluate_every(), Some(Duration::from_secs(3600)));
+
+        let off = with("enabled = false", "").unwrap();
+        assert_eq!(off.dashboard_listen(), None);
+        assert_eq!(off.evaluate_every(), None);
+        assert_eq!(
+            with("evaluate_every_s = 0", "").unwrap().evaluate_every(),
+            None
+        );
+        let err = with("evaluate_every_s = 5", "").unwrap_err();
+        assert!(
+            err.contains("`dashboard.evaluate_every_s = 5` is outside 60..=604800"),
+            "{err}"
+        );
+
+        let err = with("listen = \"0.0.0.0:8182\"", "").unwrap_err();
+        assert!(
+            err.contains("beyond loopback, which needs `[server] admin_token_file`"),
+            "{err}"
+        );
+        let guarded = with("listen = \"0.0.0.0:8182\"", "admin_token_file = \"a\"").unwrap();
+        assert!(guarded.dashboard_requires_token());
+        let err = with(
+            "listen = \"0.0.0.0:8182\"\nrequire_token = false",
+            "admin_token_file = \"a\"",
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("`dashboard.require_token = false` cannot hold"),
+            "{err}"
+        );
+        let err = with("require_token = true", "").unwrap_err();
+        assert!(err.contains("requires a token, which needs"), "{err}");
+        let err = with("listen = \"127.0.0.1:8182\"\nbogus = 1", "").unwrap_err();
+        assert!(err.contains("unknown field `bogus`"), "{err}");
+    }
+
+    #[test]
     fn the_admin_token_is_read_trimmed_and_checked_without_being_shown() {
         let tmp = tempfile::tempdir().unwrap();
         let text = "[server]\nadmin_token_file = \"admin.token\"\n[policy]\ndir = \"p\"\n";

@@ -111,7 +111,9 @@ async fn pages_hold_every_matching_event_once_in_order() {
         dir.path().to_owned(),
         QueryLimits::default(),
     ));
-    let rare: Vec<u64> = (1..=EVENTS).filter(|seq| seq.is_multiple_of(RARE_EVERY)).collect();
+    let rare: Vec<u64> = (1..=EVENTS)
+        .filter(|seq| seq.is_multiple_of(RARE_EVERY))
+        .collect();
     let mut newest_first = rare.clone();
     newest_first.reverse();
 
