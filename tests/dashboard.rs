@@ -91,7 +91,7 @@ fn every_page_shows_the_store_escaped_under_strict_headers() {
     let unknown = fetch(&format!("{base}/controls/soc2/CC99.9"), None);
     assert_eq!(unknown.status, 404);
 
-    let style = fetch(&format!("{base}/assets/style-1.css"), None);
+    let style = fetch(&format!("{base}{}", stylesheet_of(&overview.body)), None);
     assert_eq!(style.status, 200);
     assert!(
         style
@@ -230,12 +230,14 @@ fn a_required_token_guards_every_page() {
             base64::engine::general_purpose::STANDARD.encode(pair)
         )
     };
+    let overview = fetch(&format!("{base}/"), Some(&format!("Bearer {audit}")));
+    let style = stylesheet_of(&overview.body);
     for path in [
         "/",
         "/events",
         "/inventory",
         "/controls",
-        "/assets/style-1.css",
+        style.as_str(),
         "/x",
     ] {
         let url = format!("{base}{path}");

@@ -5,14 +5,29 @@
 //! default matters here more than anywhere: the access log shows claims, subjects, reasons and
 //! paths that any caller, attested or not, chose.
 
+use std::sync::LazyLock;
+
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
-
-/// Where the stylesheet is served; versioned, so that it may be cached for long.
-pub(crate) const STYLESHEET_PATH: &str = "/assets/style-1.css";
+use sha2::{Digest as _, Sha256};
 
 const STYLESHEET: &str = include_str!("../assets/style.css");
+
+/// Where the stylesheet is served: named by its content's hash, so that a browser may keep it
+/// for long and still gets the new one the moment a build changes it.
+pub(crate) fn stylesheet_path() -> &'static str {
+    static PATH: LazyLock<String> = LazyLock::new(|| {
+        let digest = Sha256::digest(STYLESHEET.as_bytes());
+        let short: String = digest
+            .iter()
+            .take(6)
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        format!("/assets/style-{short}.css")
+    });
+    &PATH
+}
 
 /// The sections of the navigation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,7 +69,7 @@ pub(crate) fn page(title: &str, active: Option<Section>, body: Markup) -> Page {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 meta name="referrer" content="no-referrer";
                 title { (title) " · Portcullis" }
-                link rel="stylesheet" href=(STYLESHEET_PATH);
+                link rel="stylesheet" href=(stylesheet_path());
                 // No favicon request (and no 404 for it in the browser's console).
                 link rel="icon" href="data:,";
             }
@@ -89,7 +104,7 @@ pub(crate) async fn stylesheet() -> Response {
     );
     headers.insert(
         header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=86400"),
+        HeaderValue::from_static("private, max-age=31536000, immutable"),
     );
     response
 }

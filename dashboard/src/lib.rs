@@ -115,7 +115,7 @@ pub fn router(dashboard: Dashboard) -> Router {
         .route("/events", get(pages::events::list))
         .route("/events/{seq}", get(pages::events::event))
         .route("/inventory", get(pages::inventory::page))
-        .route(layout::STYLESHEET_PATH, get(layout::stylesheet))
+        .route(layout::stylesheet_path(), get(layout::stylesheet))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&dashboard),

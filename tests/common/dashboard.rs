@@ -118,3 +118,10 @@ pub fn pages() -> Vec<(&'static str, &'static str)> {
         ("/inventory", "Grants no one used"),
     ]
 }
+
+/// The path of the stylesheet that `page` links to.
+pub fn stylesheet_of(page: &str) -> String {
+    let start =
+        page.find("rel=\"stylesheet\" href=\"").unwrap() + "rel=\"stylesheet\" href=\"".len();
+    page[start..].split('"').next().unwrap().to_owned()
+}

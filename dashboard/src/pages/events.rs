@@ -367,7 +367,7 @@ fn event_table(events: &Table) -> Markup {
                         @let seq = at(row, 0).int().unwrap_or_default();
                         tr {
                             td.num { a href=(format!("/events/{seq}")) { (seq) } }
-                            td { (or_dash(at(row, 1).show().as_deref())) }
+                            td.nowrap { (or_dash(at(row, 1).show().as_deref())) }
                             td { (or_dash(at(row, 2).text())) }
                             td { (decision(at(row, 3))) }
                             td.wrap { (or_dash(at(row, 4).text())) }
