@@ -91,6 +91,16 @@ fn every_page_shows_the_store_escaped_under_strict_headers() {
     let unknown = fetch(&format!("{base}/controls/soc2/CC99.9"), None);
     assert_eq!(unknown.status, 404);
 
+    // An open dashboard answers only to loopback names (no DNS rebinding).
+    let rebound = fetch_with_host(&format!("{base}/events"), "attacker.example");
+    assert_eq!(rebound.status, 421, "{}", rebound.body);
+    assert!(!rebound.body.contains("docs_publisher"));
+    let localhost = base.replace("127.0.0.1", "localhost");
+    assert_eq!(
+        fetch_with_host(&format!("{base}/"), &localhost[7..]).status,
+        200
+    );
+
     let style = fetch(&format!("{base}{}", stylesheet_of(&overview.body)), None);
     assert_eq!(style.status, 200);
     assert!(
@@ -293,6 +303,20 @@ fn a_dashboard_beyond_loopback_does_not_start_without_the_admin_token() {
         !tmp.path().join("data").exists(),
         "a refused start made a store"
     );
+}
+
+/// `GET url` naming `host` in the `Host` header.
+fn fetch_with_host(url: &str, host: &str) -> Fetched {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut response = agent.get(url).header("host", host).call().unwrap();
+    Fetched {
+        status: response.status().as_u16(),
+        headers: Vec::new(),
+        body: response.body_mut().read_to_string().unwrap(),
+    }
 }
 
 fn assert_security_headers(page: &Fetched, path: &str) {

@@ -61,6 +61,10 @@ pub(crate) async fn require_token(
     next: Next,
 ) -> Response {
     if dashboard.tokens.is_empty() {
+        if !loopback_host(request.headers()) {
+            tracing::info!(path = %request.uri().path(), "dashboard_refused_foreign_host");
+            return PageError::ForeignHost.into_response();
+        }
         return next.run(request).await;
     }
     let admitted = presented_token(request.headers()).is_some_and(|presented| {
@@ -75,6 +79,27 @@ pub(crate) async fn require_token(
     }
     tracing::info!(path = %request.uri().path(), "dashboard_refused_without_token");
     PageError::Unauthorized.into_response()
+}
+
+/// Whether the request names a loopback host (`localhost`, `127.0.0.1`, `[::1]`, with any
+/// port), or none. An open dashboard answers only those: a web page elsewhere that points its
+/// own name at 127.0.0.1 (DNS rebinding) would otherwise read the access log through the
+/// browser of anyone who runs a server on their machine.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST) else {
+        return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// The token a request presents: the password of Basic authentication, or a bearer token.
@@ -124,6 +149,33 @@ mod tests {
         assert!(presented_token(&with("Digest x")).is_none());
         assert!(presented_token(&with("Basic not-base64!")).is_none());
         assert!(presented_token(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn only_loopback_names_reach_an_open_dashboard() {
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(value).unwrap());
+            loopback_host(&headers)
+        };
+        for ok in [
+            "127.0.0.1:8182",
+            "localhost",
+            "LOCALHOST:1",
+            "[::1]:8182",
+            "127.9.9.9",
+        ] {
+            assert!(host(ok), "{ok}");
+        }
+        for refused in [
+            "attacker.example:8182",
+            "10.0.0.1",
+            "[2001:db8::1]:80",
+            "localhost.evil",
+        ] {
+            assert!(!host(refused), "{refused}");
+        }
+        assert!(loopback_host(&HeaderMap::new()));
     }
 
     #[test]

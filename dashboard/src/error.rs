@@ -23,6 +23,10 @@ pub enum PageError {
     #[error("the dashboard is busy with other pages; try again in a moment")]
     Busy,
 
+    /// An open (loopback) dashboard asked for under another host name: DNS rebinding.
+    #[error("this dashboard answers only to a loopback address such as 127.0.0.1 or localhost")]
+    ForeignHost,
+
     #[error("the audit store cannot answer: {0}")]
     Query(#[from] QueryError),
 
@@ -36,6 +40,7 @@ impl PageError {
             PageError::BadRequest(_) => StatusCode::BAD_REQUEST,
             PageError::NotFound(_) => StatusCode::NOT_FOUND,
             PageError::Unauthorized => StatusCode::UNAUTHORIZED,
+            PageError::ForeignHost => StatusCode::MISDIRECTED_REQUEST,
             PageError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             PageError::Query(QueryError::TimedOut { .. } | QueryError::MemoryLimit { .. }) => {
                 StatusCode::SERVICE_UNAVAILABLE
