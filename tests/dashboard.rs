@@ -37,7 +37,14 @@ fn every_page_shows_the_store_escaped_under_strict_headers() {
 
     let overview = fetch(&format!("{base}/"), None);
     assert!(overview.body.contains("<svg"), "no chart");
-    for shown in ["docs_publisher", "no_permit", "token_malformed"] {
+    for shown in [
+        "docs_publisher",
+        "no_permit",
+        "token_malformed",
+        "(none: not attested)",
+        // Three allowed, three denied, two that failed attestation.
+        "<span class=\"big\">8</span> decisions, <span class=\"big\">5</span> denied",
+    ] {
         assert!(
             overview.body.contains(shown),
             "the overview lacks `{shown}`"
