@@ -44,6 +44,13 @@ impl StoreArgs {
 /// directory says so rather than answering for an empty store: a store holds at least one of
 /// `manifest/`, `events/` and `wal/`, which a server creates when it first opens it.
 pub fn check_store_dir(data_dir: &Path) -> Result<()> {
+    if data_dir.exists() && !data_dir.is_dir() {
+        anyhow::bail!(
+            "`{}` is a file, not an audit store (a directory); pass --data-dir or --config to \
+             name one",
+            data_dir.display()
+        );
+    }
     if !data_dir.is_dir() {
         anyhow::bail!(
             "no audit store at `{}`; pass --data-dir or --config to name one",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use portcullis_audit::compliance::{
-    Catalog, ControlResult, EvaluateOptions, Framework, Report, Status, evaluate, oscal,
+    Catalog, ControlResult, EvaluateOptions, Framework, Report, Status, evaluate, history, oscal,
 };
 
 use crate::audit_integrity::check_store_dir;
@@ -18,18 +18,23 @@ pub const FINDINGS: u8 = 3;
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Judge only this framework's controls (default: every framework).
+    /// Judge only this framework's controls, `soc2` or `nist-800-53` (default: both).
     #[arg(long, value_parser = parse_framework)]
     framework: Option<Framework>,
     #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
     format: ReportFormat,
     /// The window of events judged, up to now: `30d`, `12h`.
-    #[arg(long, default_value = "30d", value_parser = parse_window)]
+    #[arg(long, default_value = "30d", value_parser = parse_window, allow_hyphen_values = true)]
     window: chrono::Duration,
+    /// Also keep the report in the data directory (`compliance/`), as the server's own
+    /// evaluations are: the dashboard shows it at once.
+    #[arg(long)]
+    keep: bool,
     /// The audit data directory (default: the configuration's, else `portcullis-data`).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Read the data directory and the query limits from this configuration file.
+    /// Read the data directory and the query limits (time and memory) from this
+    /// configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -52,13 +57,18 @@ fn parse_framework(text: &str) -> Result<Framework, String> {
 pub fn parse_window(text: &str) -> Result<chrono::Duration, String> {
     let bad =
         || format!("`{text}` is not a window; write a number and a unit: `30d`, `12h`, `45m`");
-    let split = text.len().checked_sub(1).ok_or_else(bad)?;
-    let (number, unit) = text.split_at(split);
+    let mut chars = text.chars();
+    let unit = chars.next_back().ok_or_else(bad)?;
+    let number = chars.as_str();
+    // `+5d` and `-1d` parse as numbers, but are no window.
+    if number.is_empty() || !number.bytes().all(|byte| byte.is_ascii_digit()) {
+        return Err(bad());
+    }
     let number: i64 = number.parse().map_err(|_| bad())?;
     let window = match unit {
-        "d" => chrono::Duration::try_days(number),
-        "h" => chrono::Duration::try_hours(number),
-        "m" => chrono::Duration::try_minutes(number),
+        'd' => chrono::Duration::try_days(number),
+        'h' => chrono::Duration::try_hours(number),
+        'm' => chrono::Duration::try_minutes(number),
         _ => None,
     }
     .ok_or_else(bad)?;
@@ -91,6 +101,7 @@ pub fn report(args: &ReportArgs) -> Result<bool> {
     if let Some(config) = &config {
         let limits = config.audit.query_limits();
         options.limits.memory_bytes = limits.memory_bytes;
+        options.limits.timeout = limits.timeout;
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -98,6 +109,10 @@ pub fn report(args: &ReportArgs) -> Result<bool> {
     let report = runtime
         .block_on(evaluate(&data_dir, Catalog::builtin(), &options))
         .with_context(|| format!("cannot evaluate the controls on `{}`", data_dir.display()))?;
+    if args.keep {
+        history::append(&data_dir, &report)
+            .with_context(|| format!("cannot keep the report in `{}`", data_dir.display()))?;
+    }
     let text = match args.format {
         ReportFormat::Table => table(&report),
         ReportFormat::Json => serde_json::to_string_pretty(&report)? + "\n",
@@ -186,11 +201,16 @@ fn table(report: &Report) -> String {
     text
 }
 
-/// Events carry text from any caller: a terminal must not act on its control characters.
+/// Events carry text from any caller: a terminal must not act on its control characters, nor
+/// show text reordered by bidirectional overrides (`gnp\u{202e}.exe` as `exe.png`).
 fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            if c.is_control() {
+            let bidi = matches!(
+                c,
+                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+            );
+            if c.is_control() || bidi {
                 c.escape_default().to_string()
             } else {
                 c.to_string()
@@ -208,7 +228,7 @@ mod tests {
         assert_eq!(parse_window("30d"), Ok(chrono::Duration::days(30)));
         assert_eq!(parse_window("12h"), Ok(chrono::Duration::hours(12)));
         assert_eq!(parse_window("45m"), Ok(chrono::Duration::minutes(45)));
-        for bad in ["", "d", "30", "30w", "-1d", "1.5d"] {
+        for bad in ["", "d", "30", "30w", "-1d", "+5d", "1.5d", "30é", "é"] {
             assert!(parse_window(bad).is_err(), "{bad}");
         }
         assert_eq!(
@@ -221,5 +241,6 @@ mod tests {
     #[test]
     fn control_characters_are_shown_escaped() {
         assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
+        assert_eq!(printable("gnp\u{202e}.exe"), "gnp\\u{202e}.exe");
     }
 }

@@ -1223,15 +1223,19 @@ impl Config {
             );
         }
         if self.dashboard_requires_token() && self.server.admin_token_file.is_none() {
+            let way_out = if beyond_loopback {
+                "or keep the dashboard on loopback, or set `[dashboard] enabled = false`"
+            } else {
+                "or remove `[dashboard] require_token`"
+            };
             bail!(
                 "the dashboard on {} requires a token{}, which needs `[server] \
-                 admin_token_file`: every page then asks for the admin or audit token; or keep \
-                 the dashboard on loopback, or set `[dashboard] enabled = false`",
+                 admin_token_file`: every page then asks for the admin or audit token; {way_out}",
                 listen.addr,
                 if beyond_loopback {
                     " beyond loopback"
                 } else {
-                    ""
+                    " (`require_token = true`)"
                 }
             );
         }
@@ -2095,7 +2099,11 @@ mod tests {
             "{err}"
         );
         let err = with("require_token = true", "").unwrap_err();
-        assert!(err.contains("requires a token, which needs"), "{err}");
+        assert!(
+            err.contains("requires a token (`require_token = true`), which needs")
+                && err.ends_with("or remove `[dashboard] require_token`"),
+            "{err}"
+        );
         let err = with("listen = \"127.0.0.1:8182\"\nbogus = 1", "").unwrap_err();
         assert!(err.contains("unknown field `bogus`"), "{err}");
     }

@@ -331,7 +331,8 @@ fn build_dashboard(
     tokens: [Option<&AdminTokenFile>; 2],
 ) -> Result<portcullis_dashboard::Dashboard> {
     let dashboard =
-        portcullis_dashboard::Dashboard::new(data_dir.to_path_buf(), config.audit.query_limits());
+        portcullis_dashboard::Dashboard::new(data_dir.to_path_buf(), config.audit.query_limits())
+            .with_evaluation(config.evaluate_every());
     let loopback = listener
         .local_addr()
         .is_ok_and(|address| address.ip().is_loopback());

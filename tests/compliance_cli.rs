@@ -116,6 +116,18 @@ fn the_report_judges_a_real_servers_store_in_every_format() {
         "{table}"
     );
     assert!(table.contains("docs_publishing | docs_publisher | docs_bucket | false | 0"));
+
+    // Only `--keep` leaves the report where the dashboard reads it.
+    assert!(!data.join("compliance").exists());
+    let out = report(&data, &["--keep", "--format", "json"]);
+    assert_eq!(out.status.code(), Some(3));
+    let kept: Value =
+        serde_json::from_slice(&std::fs::read(data.join("compliance/latest.json")).unwrap())
+            .unwrap();
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(kept, printed);
+    let history = std::fs::read_to_string(data.join("compliance/history.jsonl")).unwrap();
+    assert_eq!(history.lines().count(), 1);
 }
 
 #[test]

@@ -223,6 +223,16 @@ fn bad_input_is_refused_with_what_is_wrong() {
     let page = fetch(&format!("{base}/events?reason={}", "y".repeat(5000)), None);
     assert_eq!(page.status, 400);
     assert!(page.body.contains("at most 4096 are read"), "{}", page.body);
+    // The last possible cursor is an empty page, not an overflow.
+    let page = fetch(&format!("{base}/events?after={}", i64::MAX), None);
+    assert_eq!(page.status, 200, "{}", page.body);
+    let page = fetch(&format!("{base}/events/1?x=1"), None);
+    assert_eq!(page.status, 400);
+    assert!(
+        page.body.contains("this page takes no parameters"),
+        "{}",
+        page.body
+    );
     // Markup in a refused value is quoted back escaped.
     let page = fetch(&format!("{base}/events?kind=%3Cscript%3E"), None);
     assert_eq!(page.status, 400);

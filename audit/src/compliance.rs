@@ -586,9 +586,12 @@ async fn check_integrity(data_dir: &Path) -> Result<Integrity, ComplianceError> 
         Ok(report) => Integrity {
             ok: true,
             summary: format!(
-                "verified: {} segments with {} events, chained in {} manifest entries and signed \
-                 by {} checkpoints (key {})",
-                report.segments, report.events, report.entries, report.checkpoints, report.key_id
+                "verified: {} with {}, chained in {} and signed by {} (key {})",
+                counted(report.segments, "segment"),
+                counted(report.events, "event"),
+                counted(report.entries, "manifest entry"),
+                counted(report.checkpoints, "checkpoint"),
+                report.key_id
             ),
             segments: report.segments,
             events: report.events,
@@ -602,6 +605,15 @@ async fn check_integrity(data_dir: &Path) -> Result<Integrity, ComplianceError> 
             checkpoints: 0,
         },
     })
+}
+
+/// `1 segment`, `2 segments`, `1 manifest entry`, `3 manifest entries`.
+fn counted(count: u64, noun: &str) -> String {
+    match (count, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{count} {stem}ies"),
+        (_, None) => format!("{count} {noun}s"),
+    }
 }
 
 fn integrity_batch(integrity: &Integrity) -> Result<RecordBatch, ComplianceError> {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, Uri, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -61,7 +61,7 @@ pub(crate) async fn require_token(
     next: Next,
 ) -> Response {
     if dashboard.tokens.is_empty() {
-        if !loopback_host(request.headers()) {
+        if !loopback_host(request.headers(), request.uri()) {
             tracing::info!(path = %request.uri().path(), "dashboard_refused_foreign_host");
             return PageError::ForeignHost.into_response();
         }
@@ -85,17 +85,43 @@ pub(crate) async fn require_token(
 /// port), or none. An open dashboard answers only those: a web page elsewhere that points its
 /// own name at 127.0.0.1 (DNS rebinding) would otherwise read the access log through the
 /// browser of anyone who runs a server on their machine.
-fn loopback_host(headers: &HeaderMap) -> bool {
+fn loopback_host(headers: &HeaderMap, uri: &Uri) -> bool {
+    // A request line with an absolute URI names its host there, and that one counts too.
+    if let Some(authority) = uri.authority()
+        && !loopback_name(authority.as_str())
+    {
+        return false;
+    }
     let Some(host) = headers.get(header::HOST) else {
         return true;
     };
-    let Ok(host) = host.to_str() else {
+    host.to_str().is_ok_and(loopback_name)
+}
+
+/// Whether `host` (`name` or `name:port`, an IPv6 address in brackets) is a loopback name.
+/// Nothing but a port may follow the name: `localhost:1@elsewhere` is no loopback name.
+fn loopback_name(host: &str) -> bool {
+    let (name, port) = if let Some(bracketed) = host.strip_prefix('[') {
+        let Some((name, rest)) = bracketed.split_once(']') else {
+            return false;
+        };
+        if rest.is_empty() {
+            (name, None)
+        } else {
+            let Some(port) = rest.strip_prefix(':') else {
+                return false;
+            };
+            (name, Some(port))
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    if port.is_some_and(|port| port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit())) {
         return false;
-    };
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
+    }
     name.eq_ignore_ascii_case("localhost")
         || name
             .parse::<std::net::IpAddr>()
@@ -156,7 +182,7 @@ mod tests {
         let host = |value: &str| {
             let mut headers = HeaderMap::new();
             headers.insert(header::HOST, HeaderValue::from_str(value).unwrap());
-            loopback_host(&headers)
+            loopback_host(&headers, &Uri::from_static("/"))
         };
         for ok in [
             "127.0.0.1:8182",
@@ -172,10 +198,25 @@ mod tests {
             "10.0.0.1",
             "[2001:db8::1]:80",
             "localhost.evil",
+            "localhost:8182@attacker.example",
+            "127.0.0.1:",
+            "[::1]x",
+            "[::1",
         ] {
             assert!(!host(refused), "{refused}");
         }
-        assert!(loopback_host(&HeaderMap::new()));
+        let root = Uri::from_static("/");
+        assert!(loopback_host(&HeaderMap::new(), &root));
+        // A request line's absolute URI names the host too.
+        let absolute = Uri::from_static("http://attacker.example/");
+        assert!(!loopback_host(&HeaderMap::new(), &absolute));
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static("127.0.0.1"));
+        assert!(!loopback_host(&headers, &absolute));
+        assert!(loopback_host(
+            &headers,
+            &Uri::from_static("http://127.0.0.1:8182/")
+        ));
     }
 
     #[test]

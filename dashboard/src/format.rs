@@ -1,6 +1,6 @@
 //! Numbers, times and links as the pages show them.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Timelike, Utc};
 
 /// `2026-03-01 14:30:05 UTC` would repeat the zone on every row: the footer says times are UTC.
 pub(crate) fn time(time: DateTime<Utc>) -> String {
@@ -12,9 +12,22 @@ pub(crate) fn precise_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S%.6f").to_string()
 }
 
-/// A time as a `datetime-local` field holds it.
+/// A time as a `datetime-local` field holds it: to the minute, or to the second or the
+/// millisecond when it has them (the field's `step` lets the browser keep them).
 pub(crate) fn field_time(time: DateTime<Utc>) -> String {
-    time.format("%Y-%m-%dT%H:%M").to_string()
+    let format = if time.nanosecond() != 0 {
+        "%Y-%m-%dT%H:%M:%S%.3f"
+    } else if time.second() != 0 {
+        "%Y-%m-%dT%H:%M:%S"
+    } else {
+        "%Y-%m-%dT%H:%M"
+    };
+    time.format(format).to_string()
+}
+
+/// A time in a link, whole: RFC 3339 with as many fractional digits as it has.
+pub(crate) fn link_time(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// `1234567` as `1,234,567`.

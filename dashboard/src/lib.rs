@@ -66,6 +66,8 @@ pub struct Dashboard {
     /// Empty: every page is open (the dashboard listens on loopback); else a page needs one.
     tokens: Vec<AccessToken>,
     pages: tokio::sync::Semaphore,
+    /// How often the server evaluates compliance for the dashboard; `None`: it does not.
+    evaluate_every: Option<std::time::Duration>,
 }
 
 impl Dashboard {
@@ -82,6 +84,7 @@ impl Dashboard {
             limits,
             tokens: Vec::new(),
             pages: tokio::sync::Semaphore::new(CONCURRENT_PAGES),
+            evaluate_every: None,
         }
     }
 
@@ -89,6 +92,31 @@ impl Dashboard {
     pub fn with_tokens(mut self, tokens: Vec<AccessToken>) -> Dashboard {
         self.tokens = tokens;
         self
+    }
+
+    /// The server evaluates compliance at start and then every `every` (`None`: never), as
+    /// the pages say while there is no report.
+    pub fn with_evaluation(mut self, every: Option<std::time::Duration>) -> Dashboard {
+        self.evaluate_every = every;
+        self
+    }
+
+    /// What a page says while no compliance report exists.
+    pub(crate) fn no_report(&self) -> String {
+        let schedule = match self.evaluate_every {
+            Some(every) => format!(
+                "The server evaluates the controls, and verifies the audit chain, at start and \
+                 then every {} (`[dashboard] evaluate_every_s`).",
+                describe(every)
+            ),
+            None => "The server does not evaluate the controls on its own \
+                     (`[dashboard] evaluate_every_s = 0`)."
+                .to_owned(),
+        };
+        format!(
+            "No compliance report yet. {schedule} `portcullis compliance report --keep` makes one \
+             at once."
+        )
     }
 
     /// Whether pages need a token.
@@ -167,4 +195,20 @@ async fn security_headers(request: Request, next: Next) -> Response {
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     response
+}
+
+/// `1 hour`, `90 minutes`, `2 days`, `45 seconds`: a schedule as people say it.
+fn describe(every: std::time::Duration) -> String {
+    let seconds = every.as_secs();
+    let (count, unit) = match seconds {
+        s if s % 86_400 == 0 => (s / 86_400, "day"),
+        s if s % 3_600 == 0 => (s / 3_600, "hour"),
+        s if s % 60 == 0 => (s / 60, "minute"),
+        s => (s, "second"),
+    };
+    if count == 1 {
+        format!("1 {unit}")
+    } else {
+        format!("{count} {unit}s")
+    }
 }

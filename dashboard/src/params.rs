@@ -41,6 +41,12 @@ impl Params {
         let mut values = HashMap::new();
         for (name, value) in form_urlencoded::parse(raw.as_bytes()) {
             let Some(known) = allowed.iter().find(|known| **known == name) else {
+                if allowed.is_empty() {
+                    return Err(bad(format!(
+                        "unknown parameter `{}`; this page takes no parameters",
+                        shorten(&name)
+                    )));
+                }
                 return Err(bad(format!(
                     "unknown parameter `{}`; this page takes {}",
                     shorten(&name),
@@ -214,7 +220,11 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Some(time.with_timezone(&Utc));
     }
-    for format in ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"] {
+    for format in [
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ] {
         if let Ok(time) = NaiveDateTime::parse_from_str(text, format) {
             return Some(Utc.from_utc_datetime(&time));
         }
@@ -302,6 +312,16 @@ mod tests {
         );
         assert_eq!(at("2026-02-30"), None);
         assert_eq!(at("2026-03-01'; DROP"), None);
+        // What the pages write back, in links and in the form's fields, reads as the same time.
+        for text in [
+            "2026-12-05T16:48:08.3Z",
+            "2026-12-05T16:48:08Z",
+            "2026-12-05T16:48:00Z",
+        ] {
+            let time = parse_time(text).unwrap();
+            assert_eq!(parse_time(&crate::format::link_time(time)), Some(time));
+            assert_eq!(parse_time(&crate::format::field_time(time)), Some(time));
+        }
     }
 
     #[test]

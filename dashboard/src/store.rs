@@ -115,6 +115,29 @@ pub(crate) fn at(row: &[Cell], column: usize) -> &Cell {
     row.get(column).unwrap_or(&NULL)
 }
 
+/// `text` with the characters that would make a page show something other than the text
+/// written in their place as `[U+202E]`: controls other than line breaks and tabs, and the
+/// bidirectional overrides and isolates, with which a caller's claim could show `gnp.exe` as
+/// `exe.png`. Events carry text from any caller.
+pub(crate) fn visible(text: &str) -> String {
+    let hidden = |c: char| {
+        (c.is_control() && c != '\n' && c != '\t')
+            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(hidden) {
+        return text.to_owned();
+    }
+    text.chars()
+        .map(|c| {
+            if hidden(c) {
+                format!("[U+{:04X}]", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 fn column_cells(array: &ArrayRef) -> Vec<Cell> {
     let cells = |value: &dyn Fn(usize) -> Cell| {
         (0..array.len())
@@ -130,15 +153,15 @@ fn column_cells(array: &ArrayRef) -> Vec<Cell> {
     match array.data_type() {
         DataType::Utf8 => {
             let strings = array.as_string::<i32>();
-            cells(&|row| Cell::Text(strings.value(row).to_owned()))
+            cells(&|row| Cell::Text(visible(strings.value(row))))
         }
         DataType::LargeUtf8 => {
             let strings = array.as_string::<i64>();
-            cells(&|row| Cell::Text(strings.value(row).to_owned()))
+            cells(&|row| Cell::Text(visible(strings.value(row))))
         }
         DataType::Utf8View => {
             let strings = array.as_string_view();
-            cells(&|row| Cell::Text(strings.value(row).to_owned()))
+            cells(&|row| Cell::Text(visible(strings.value(row))))
         }
         DataType::Boolean => {
             let Some(values) = array.as_any().downcast_ref::<BooleanArray>() else {
@@ -273,5 +296,15 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     match tokio::task::spawn_blocking(read).await {
         Ok(result) => result.map_err(|error| PageError::History(error.to_string())),
         Err(error) => Err(PageError::History(error.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn bidirectional_overrides_and_controls_are_shown_not_obeyed() {
+        assert_eq!(super::visible("gnp\u{202e}.exe"), "gnp[U+202E].exe");
+        assert_eq!(super::visible("a\u{1b}[31m\tb\n"), "a[U+001B][31m\tb\n");
+        assert_eq!(super::visible("plain ünïcode"), "plain ünïcode");
     }
 }

@@ -173,6 +173,18 @@ fn replace_file(path: &Path, bytes: &[u8]) -> Result<(), ComplianceError> {
     Ok(())
 }
 
+/// serde's message without its own "at line 1 column 8", which counts within one line of the
+/// history rather than in the file; the column is kept.
+fn without_position(error: &serde_json::Error) -> String {
+    let message = error.to_string();
+    let message = message
+        .split(" at line ")
+        .next()
+        .unwrap_or(&message)
+        .to_owned();
+    format!("{message} (at column {})", error.column())
+}
+
 /// The newest report, if any evaluation was kept.
 pub fn latest(data_dir: &Path) -> Result<Option<Report>, ComplianceError> {
     let path = dir(data_dir).join(LATEST_FILE);
@@ -228,7 +240,7 @@ pub fn list(data_dir: &Path, limit: usize) -> Result<Vec<Summary>, ComplianceErr
                 return Err(ComplianceError::Damaged {
                     path,
                     line: index + 1,
-                    message: error.to_string(),
+                    message: without_position(&error),
                 });
             }
         }

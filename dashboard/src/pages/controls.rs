@@ -31,7 +31,7 @@ pub(crate) async fn list(
     let body = html! {
         h1 { "Controls" }
         @match &report {
-            None => (no_report()),
+            None => p.problem { (dashboard.no_report()) },
             Some(report) => {
                 p.muted {
                     "From the report of " (format::time(report.evaluated_at)) ", over events from "
@@ -46,16 +46,6 @@ pub(crate) async fn list(
     Ok(layout::page("Controls", Some(Section::Controls), body))
 }
 
-fn no_report() -> Markup {
-    html! {
-        p.problem {
-            "No compliance report yet. The server evaluates every control at start and then every \
-             hour (`[dashboard] evaluate_every_s`); `portcullis compliance report` evaluates them \
-             at once."
-        }
-    }
-}
-
 fn framework_table(report: &Report, framework: Framework, status: Option<&str>) -> Markup {
     let results = report
         .results
@@ -65,7 +55,7 @@ fn framework_table(report: &Report, framework: Framework, status: Option<&str>) 
     html! {
         h2 { (framework.title()) }
         div.scroll { table {
-            thead { tr { th { "Control" } th { "Title" } th { "Status" } th { "Severity" } th.num { "Failing rows" } th { "Why" } } }
+            thead { tr { th { "Control" } th { "Title" } th { "Status" } th { "Severity" } th.num { "Failing rows" } th.wide-only { "Why" } } }
             tbody {
                 @for result in results {
                     tr {
@@ -74,7 +64,7 @@ fn framework_table(report: &Report, framework: Framework, status: Option<&str>) 
                         td { (status_badge(result.status)) }
                         td { (result.severity.as_str()) }
                         td.num { (format::count(result.failing_rows)) }
-                        td.wrap { (result.reason) }
+                        td.wrap.wide-only { (result.reason) }
                     }
                 }
             }
@@ -119,24 +109,32 @@ pub(crate) async fn control(
             .find(|result| result.framework == framework && result.id == id)
     });
     let Some(result) = result else {
+        if report.is_none() {
+            return Err(PageError::NotFound(dashboard.no_report()));
+        }
         return Err(PageError::NotFound(format!(
             "the latest compliance report has no control `{}` in {}",
             id.chars().take(40).collect::<String>(),
             framework.title()
         )));
     };
-    let history: Vec<(String, &'static str)> = dashboard
-        .history(HISTORY_REPORTS)
-        .await?
-        .iter()
-        .rev()
-        .map(|summary| {
-            let status = summary
-                .status_of(framework, &id)
-                .map_or("none", Status::as_str);
-            (format::time(summary.evaluated_at), status)
-        })
-        .collect();
+    // A damaged history costs the page its history, not the control's result.
+    let history: Result<Vec<(String, &'static str)>, PageError> =
+        dashboard.history(HISTORY_REPORTS).await.map(|history| {
+            history
+                .iter()
+                .rev()
+                .map(|summary| {
+                    let status = summary
+                        .status_of(framework, &id)
+                        .map_or("none", Status::as_str);
+                    (format::time(summary.evaluated_at), status)
+                })
+                .collect()
+        });
+    if let Err(error) = &history {
+        tracing::warn!(%error, "dashboard_compliance_history_unreadable");
+    }
     let title = format!("{} {}", framework.title(), result.id);
     let body = html! {
         h1 { (title) ": " (result.title) }
@@ -147,7 +145,14 @@ pub(crate) async fn control(
         h2 { "Remediation" }
         p { (result.remediation) }
         h2 { "History" }
-        (chart_history(&history, result))
+        @match &history {
+            Ok(history) => (chart_history(history, result)),
+            Err(error) => p.problem {
+                "The history of evaluations cannot be read: " (error.to_string()) ". Move the \
+                 file aside to start a new history; the newest report is kept apart and is \
+                 shown above."
+            },
+        }
     };
     Ok(layout::page(&title, Some(Section::Controls), body))
 }

@@ -132,8 +132,8 @@ impl Filters {
         format::link(
             "/events",
             &[
-                ("from", self.from.map(format::field_time)),
-                ("to", self.to.map(format::field_time)),
+                ("from", self.from.map(format::link_time)),
+                ("to", self.to.map(format::link_time)),
                 ("workload", self.workload.clone()),
                 ("target", self.target.clone()),
                 ("decision", self.decision.map(str::to_owned)),
@@ -244,7 +244,10 @@ async fn matching_seqs(
     let (descending, mut low, mut high) = match cursor {
         Cursor::Newest => (true, below(sealed, FIRST_WINDOW), None),
         Cursor::Before(seq) => (true, below(seq, FIRST_WINDOW), Some(seq)),
-        Cursor::After(seq) => (false, Some(seq + 1), above(seq + 1, FIRST_WINDOW)),
+        Cursor::After(seq) => {
+            let next = seq.saturating_add(1);
+            (false, Some(next), above(next, FIRST_WINDOW))
+        }
     };
     let order = if descending { "DESC" } else { "ASC" };
     let mut width = FIRST_WINDOW;
@@ -283,11 +286,11 @@ fn filter_form(filters: &Filters) -> Markup {
     html! {
         form.filters method="get" action="/events" {
             label { "From (UTC)"
-                input type="datetime-local" name="from"
+                input type="datetime-local" name="from" step="0.001"
                     value=(filters.from.map(format::field_time).unwrap_or_default());
             }
             label { "To (UTC)"
-                input type="datetime-local" name="to"
+                input type="datetime-local" name="to" step="0.001"
                     value=(filters.to.map(format::field_time).unwrap_or_default());
             }
             label { "Workload"

@@ -180,7 +180,7 @@ fn window_form(window: Window) -> Markup {
             label {
                 "Window (hours or days: 24h, 30d, 90d)"
                 input type="text" name="window" value=(window.as_param()) maxlength="8"
-                    pattern="[0-9]{1,3}[hd]" required;
+                    pattern="[0-9]{1,5}[hd]" required;
             }
             button type="submit" { "Show" }
         }
@@ -222,7 +222,7 @@ fn usage_heads() -> Markup {
 }
 
 fn events_link(name: &str, filter: &str, window: Window) -> Markup {
-    let from = format::field_time(Utc::now() - window.duration());
+    let from = format::link_time(Utc::now() - window.duration());
     let href = format::link(
         "/events",
         &[(filter, Some(name.to_owned())), ("from", Some(from))],
