@@ -166,6 +166,33 @@ fn the_oscal_export_round_trips_through_the_published_oscal_model() {
             json!({"results": results.len(), "findings": findings})
         );
     }
+    // A store with no decision: findings that are not applicable carry no OSCAL status, and
+    // the document still reads back.
+    let empty = dir.path().join("empty");
+    stop_server(start_server(&empty));
+    let out = report(&empty, &["--format", "oscal"]);
+    let file = dir.path().join("empty.json");
+    std::fs::write(&file, &out.stdout).unwrap();
+    let document: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let findings = document["assessment-results"]["results"][0]["findings"]
+        .as_array()
+        .unwrap();
+    let cc61 = findings
+        .iter()
+        .find(|f| f["target"]["target-id"] == "cc6.1_obj")
+        .unwrap();
+    assert!(cc61["target"].get("status").is_none(), "{cc61}");
+    assert_eq!(cc61["props"][0]["value"], "not-applicable");
+    let read_back = Command::new(common::python())
+        .arg(repo().join("tests/fixtures/oscal_roundtrip.py"))
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        read_back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read_back.stdout)
+    );
 }
 
 #[test]
