@@ -52,8 +52,17 @@ pub fn check_store_dir(data_dir: &Path) -> Result<()> {
         );
     }
     if !data_dir.is_dir() {
+        // A relative default (`portcullis-data`) is looked for where the command runs.
+        let here = if data_dir.is_relative() {
+            std::env::current_dir()
+                .map(|dir| format!(" (in `{}`)", dir.display()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
         anyhow::bail!(
-            "no audit store at `{}`; pass --data-dir or --config to name one",
+            "no audit store at `{}`{here}; pass --data-dir, or --config naming a configuration \
+             whose `[audit] data_dir` is the store",
             data_dir.display()
         );
     }

@@ -64,11 +64,21 @@ fn framework_table(report: &Report, framework: Framework, status: Option<&str>) 
                         td { (status_badge(result.status)) }
                         td { (result.severity.as_str()) }
                         td.num { (format::count(result.failing_rows)) }
-                        td.wrap.wide-only { (result.reason) }
+                        td.wrap.wide-only { (prose(&result.reason)) }
                     }
                 }
             }
         } }
+    }
+}
+
+/// A catalog's sentence, with its `backquoted` names as code, as the catalog files write them.
+/// Every part is escaped like any other text.
+fn prose(text: &str) -> Markup {
+    html! {
+        @for (index, part) in text.split('`').enumerate() {
+            @if index % 2 == 1 { code { (part) } } @else { (part) }
+        }
     }
 }
 
@@ -143,7 +153,7 @@ pub(crate) async fn control(
         pre { code { (result.evidence_sql) } }
         (failing(result))
         h2 { "Remediation" }
-        p { (result.remediation) }
+        p { (prose(&result.remediation)) }
         h2 { "History" }
         @match &history {
             Ok(history) => (chart_history(history, result)),
@@ -160,9 +170,9 @@ pub(crate) async fn control(
 fn summary(result: &ControlResult) -> Markup {
     html! {
         dl.fields {
-            dt { "Status" } dd { (status_badge(result.status)) " " (result.reason) }
-            dt { "Requires" } dd { (result.requirement) }
-            dt { "Passes when" } dd { (result.passes_when) }
+            dt { "Status" } dd { (status_badge(result.status)) " " (prose(&result.reason)) }
+            dt { "Requires" } dd { (prose(&result.requirement)) }
+            dt { "Passes when" } dd { (prose(&result.passes_when)) }
             dt { "Severity" } dd { (result.severity.as_str()) }
             dt { "Evidence rows" } dd { (format::count(result.evidence_rows)) }
             dt { "Failing rows" } dd { (format::count(result.failing_rows)) }
@@ -211,5 +221,20 @@ fn chart_history(history: &[(String, &'static str)], result: &ControlResult) -> 
                 }
             } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn backquoted_names_are_code_and_everything_is_escaped() {
+        assert_eq!(
+            super::prose("a `permit` rule <b>, `x<y>`").into_string(),
+            "a <code>permit</code> rule &lt;b&gt;, <code>x&lt;y&gt;</code>"
+        );
+        assert_eq!(
+            super::prose("no `close").into_string(),
+            "no <code>close</code>"
+        );
     }
 }
