@@ -125,11 +125,16 @@ pub(crate) async fn page(
 async fn read_uses(dashboard: &Dashboard, from: DateTime<Utc>) -> Result<Uses, PageError> {
     let mut conditions = vec!["kind IN ('decision', 'credential_issued')".to_owned()];
     conditions.extend(sql::time_range(Some(from), None));
-    let query = format!(
-        "SELECT kind, decision, workload, target, rule, count(*) AS n, max(time) AS last \
-         FROM access_events {} GROUP BY kind, decision, workload, target, rule",
-        sql::where_all(&conditions)
-    );
+    let filter = sql::where_all(&conditions);
+    // One grouping per kind of name: grouped by all three at once, a store of ten million
+    // events has as many groups as workload-target-rule triples, far more than names.
+    let by = |column: &str| {
+        format!(
+            "SELECT '{column}' AS dimension, kind, decision, {column} AS name, count(*) AS n, \
+             max(time) AS last FROM access_events {filter} GROUP BY kind, decision, {column}"
+        )
+    };
+    let query = [by("workload"), by("target"), by("rule")].join(" UNION ALL ");
     let table = dashboard.query(&query).await?;
     Ok(add_up(&table))
 }
@@ -137,23 +142,24 @@ async fn read_uses(dashboard: &Dashboard, from: DateTime<Utc>) -> Result<Uses, P
 fn add_up(table: &Table) -> Uses {
     let mut uses = Uses::default();
     for row in &table.rows {
-        let decision = at(row, 1).text();
-        let count = at(row, 5).count();
-        let last = at(row, 6).time();
-        let add = |into: &mut HashMap<String, Usage>, name: Option<&str>| {
-            if let Some(name) = name {
-                into.entry(name.to_owned())
-                    .or_default()
-                    .add(decision, count, last);
-            }
-        };
-        if at(row, 0).text() == Some("credential_issued") {
-            add(&mut uses.issued_by_rule, at(row, 4).text());
+        let decision = at(row, 2).text();
+        let Some(name) = at(row, 3).text() else {
             continue;
-        }
-        add(&mut uses.workloads, at(row, 2).text());
-        add(&mut uses.targets, at(row, 3).text());
-        add(&mut uses.rules, at(row, 4).text());
+        };
+        let count = at(row, 4).count();
+        let last = at(row, 5).time();
+        let issued = at(row, 1).text() == Some("credential_issued");
+        let into = match at(row, 0).text() {
+            Some("rule") if issued => &mut uses.issued_by_rule,
+            _ if issued => continue,
+            Some("workload") => &mut uses.workloads,
+            Some("target") => &mut uses.targets,
+            Some("rule") => &mut uses.rules,
+            _ => continue,
+        };
+        into.entry(name.to_owned())
+            .or_default()
+            .add(decision, count, last);
     }
     uses
 }
@@ -377,5 +383,76 @@ fn unused_grants(rules: &[&Vec<Cell>], uses: &Uses) -> Markup {
             } }
             (cut_note(unused.len(), "rules"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "a test fails by panicking")]
+
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+
+    use super::*;
+
+    #[test]
+    fn uses_add_up_per_name_with_issuances_apart() {
+        let rows = [
+            ("workload", "decision", "allow", "ci", 3, 10),
+            ("workload", "decision", "deny", "ci", 2, 20),
+            ("workload", "credential_issued", "allow", "ci", 1, 30),
+            ("target", "decision", "allow", "api", 3, 10),
+            ("rule", "decision", "allow", "r1", 3, 10),
+            ("rule", "credential_issued", "allow", "r1", 1, 30),
+        ];
+        type Row = (
+            &'static str,
+            &'static str,
+            &'static str,
+            &'static str,
+            i64,
+            i64,
+        );
+        let text = |pick: fn(&Row) -> &'static str| {
+            Arc::new(StringArray::from(rows.iter().map(pick).collect::<Vec<_>>())) as _
+        };
+        let time = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = Schema::new(vec![
+            Field::new("dimension", DataType::Utf8, false),
+            Field::new("kind", DataType::Utf8, false),
+            Field::new("decision", DataType::Utf8, true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, false),
+            Field::new("last", time, true),
+        ]);
+        let batch = RecordBatch::try_new(
+            Arc::new(schema),
+            vec![
+                text(|row| row.0),
+                text(|row| row.1),
+                text(|row| row.2),
+                text(|row| row.3),
+                Arc::new(Int64Array::from(
+                    rows.iter().map(|r| r.4).collect::<Vec<_>>(),
+                )),
+                Arc::new(
+                    TimestampMicrosecondArray::from(
+                        rows.iter().map(|r| r.5 * 1_000_000).collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+            ],
+        )
+        .unwrap();
+        let uses = add_up(&Table::from_batches(&[batch]));
+        let ci = uses.workloads["ci"];
+        assert_eq!((ci.hits, ci.allowed, ci.denied), (5, 3, 2));
+        assert_eq!(ci.last.unwrap().timestamp(), 20);
+        assert_eq!(uses.targets["api"].hits, 3);
+        assert_eq!(uses.rules["r1"].allowed, 3);
+        assert_eq!(uses.issued_by_rule["r1"].hits, 1);
+        assert_eq!(uses.issued_by_rule.len(), 1);
     }
 }
