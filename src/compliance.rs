@@ -10,6 +10,8 @@ use portcullis_audit::compliance::{
     Catalog, ControlResult, EvaluateOptions, Framework, Report, Status, evaluate, history, oscal,
 };
 
+use portcullis_audit::query::reorders_text;
+
 use crate::audit_integrity::check_store_dir;
 use crate::config;
 
@@ -206,11 +208,7 @@ fn table(report: &Report) -> String {
 fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            let bidi = matches!(
-                c,
-                '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-            );
-            if c.is_control() || bidi {
+            if c.is_control() || reorders_text(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()

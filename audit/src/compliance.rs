@@ -820,7 +820,9 @@ evidence = "SELECT true AS ok"
             "`c.toml`, control `X.1`: `X.1` is defined twice in SOC 2"
         );
         let error = refused(&ONE.replace("SELECT true AS ok", "DELETE FROM access_events"));
-        assert!(error.starts_with("`c.toml`, control `X.1`: the evidence query is refused: only a single SELECT query is allowed"), "{error}");
+        let refused_query = "`c.toml`, control `X.1`: the evidence query is refused: only a \
+                             single SELECT query is allowed";
+        assert!(error.starts_with(refused_query), "{error}");
         let error = refused(&ONE.replace("SELECT true AS ok", "SELECT ${from} AS ok"));
         assert!(
             error.contains("uses `${from}`; the placeholders are"),

@@ -166,6 +166,16 @@ fn syntax_message(error: &ParserError) -> String {
     }
 }
 
+/// Whether `c` is a bidirectional control (the marks, embeddings, overrides and isolates):
+/// text from events that holds one can show as other text (`gnp\u{202e}.exe` as `exe.png`),
+/// so whatever shows such text to people shows these as escapes instead.
+pub fn reorders_text(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 /// How [`format_batches`] renders a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {

@@ -121,8 +121,7 @@ pub(crate) fn at(row: &[Cell], column: usize) -> &Cell {
 /// `exe.png`. Events carry text from any caller.
 pub(crate) fn visible(text: &str) -> String {
     let hidden = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t')
-            || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        (c.is_control() && c != '\n' && c != '\t') || portcullis_audit::query::reorders_text(c)
     };
     if !text.contains(hidden) {
         return text.to_owned();

@@ -23,14 +23,14 @@ pub const NAMESPACE: &str = "https://portcullis.dev/ns/oscal";
 /// The OSCAL version the document is written to.
 pub const OSCAL_VERSION: &str = "1.1.2";
 
-/// The assessment-results document of `report`, for `frameworks` (those with results when
-/// empty).
+/// The assessment-results document of `report`, for those of `frameworks` it has results of
+/// (all it has when empty).
 pub fn assessment_results(report: &Report, frameworks: &[Framework]) -> Value {
-    let frameworks = if frameworks.is_empty() {
-        report.frameworks()
-    } else {
-        frameworks.to_vec()
-    };
+    let frameworks: Vec<Framework> = report
+        .frameworks()
+        .into_iter()
+        .filter(|framework| frameworks.is_empty() || frameworks.contains(framework))
+        .collect();
     let plan = Uuid::new_v4().to_string();
     let results: Vec<Value> = frameworks
         .iter()
@@ -123,7 +123,7 @@ fn framework_result(report: &Report, framework: Framework) -> Value {
         .iter()
         .map(|result| json!({"control-id": control_id(result)}))
         .collect();
-    let mut value = json!({
+    json!({
         "uuid": Uuid::new_v4().to_string(),
         "title": format!("{} controls evaluated by Portcullis", framework.title()),
         "description": format!(
@@ -137,15 +137,9 @@ fn framework_result(report: &Report, framework: Framework) -> Value {
         "reviewed-controls": {
             "control-selections": [{"include-controls": selected}],
         },
-    });
-    // OSCAL wants these lists absent rather than empty.
-    if !observations.is_empty() {
-        value["observations"] = Value::Array(observations);
-        value["findings"] = Value::Array(findings);
-    } else {
-        value["reviewed-controls"]["control-selections"] = json!([{"description": "no control of this framework was evaluated", "include-all": {}}]);
-    }
-    value
+        "observations": observations,
+        "findings": findings,
+    })
 }
 
 /// The control's id as OSCAL catalogs write it.
