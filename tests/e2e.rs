@@ -29,6 +29,7 @@ struct Case {
     token: String,
     target: Value,
     action: &'static str,
+    resource: &'static str,
     decision: &'static str,
     reason_code: &'static str,
     rule: Option<&'static str>,
@@ -43,6 +44,9 @@ fn unsigned_token(claims: &Value) -> String {
 
 fn cases(dir: &Path) -> Vec<Case> {
     let billing_api = json!({ "name": "billing_api" });
+    let orders_db = json!({ "protocol": "postgres", "host": "orders.db.internal.acme.example" });
+    let mut orders_db_5432 = orders_db.clone();
+    orders_db_5432["port"] = json!(5432);
     let release = example_claims("billing-release.json");
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -60,6 +64,7 @@ fn cases(dir: &Path) -> Vec<Case> {
         token,
         target: target.clone(),
         action: "POST",
+        resource: "/v1/deploy",
         decision,
         reason_code,
         rule,
@@ -97,24 +102,42 @@ fn cases(dir: &Path) -> Vec<Case> {
             Some("no_pull_request_target"),
             Some("billing_release"),
         ),
-        case(
-            "kubernetes by endpoint, RS256",
-            mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
-            &json!({ "protocol": "postgres", "host": "orders.db.internal.acme.example", "port": 5432 }),
-            "allow",
-            "permitted",
-            Some("orders_api_uses_orders_db"),
-            Some("orders_api"),
-        ),
-        case(
-            "kubernetes by endpoint, the protocol's own port",
-            mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
-            &json!({ "protocol": "postgres", "host": "orders.db.internal.acme.example" }),
-            "allow",
-            "permitted",
-            Some("orders_api_uses_orders_db"),
-            Some("orders_api"),
-        ),
+        Case {
+            resource: "orders/api",
+            ..case(
+                "kubernetes by endpoint, RS256",
+                mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
+                &orders_db_5432,
+                "allow",
+                "permitted",
+                Some("orders_api_uses_orders_db"),
+                Some("orders_api"),
+            )
+        },
+        Case {
+            resource: "billing/api",
+            ..case(
+                "kubernetes by endpoint, another database",
+                mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
+                &orders_db,
+                "deny",
+                "database_mismatch",
+                None,
+                Some("orders_api"),
+            )
+        },
+        Case {
+            resource: "orders/api",
+            ..case(
+                "kubernetes by endpoint, the protocol's own port",
+                mint(KUBERNETES_KEY, &example_claims("orders-api-pod.json"), dir),
+                &orders_db,
+                "allow",
+                "permitted",
+                Some("orders_api_uses_orders_db"),
+                Some("orders_api"),
+            )
+        },
         case(
             "signed by an unknown key",
             mint("tests/fixtures/untrusted-p256.key.pem", &release, dir),
@@ -256,7 +279,13 @@ fn decisions_are_answered_recorded_and_queryable() {
 
     let mut answers = Vec::new();
     for case in &cases {
-        let answer = decide(&server, &case.token, case.target.clone(), case.action);
+        let answer = decide_on(
+            &server,
+            &case.token,
+            case.target.clone(),
+            case.action,
+            case.resource,
+        );
         check_answer(case, &answer, &bundle);
         answers.push(answer);
     }

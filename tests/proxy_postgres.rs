@@ -48,12 +48,12 @@ fn start(dir: &Path, pg: &Postgres) -> Setup {
         policy.join("billing.gate"),
         format!(
             "workload reporting {{ oidc {{ sub == \"ci-runner\" }} }}\n\
-             target billing_db {{ postgres {{ host = \"127.0.0.1\" port = {port} }} }}\n\
+             target billing_db {{ postgres {{ host = \"127.0.0.1\" port = {port} \
+             database = \"billing\" }} }}\n\
              credential billing_reader {{ postgres_role {{ grant = [\"invoices_reader\"] \
              ttl = 5m }} }}\n\
              permit reporting_reads_billing {{ workload reporting target billing_db \
-             credential billing_reader when request.action == \"connect\" \
-             && request.resource like \"billing/*\" }}\n",
+             credential billing_reader when request.action == \"connect\" }}\n",
             port = pg.port,
         ),
     )
@@ -152,10 +152,14 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
     assert_eq!(total, 350);
     drop(client);
 
-    // Refused: a database the policy does not allow, and a token that does not verify. The
+    // Refused: a database other than the target's, and a token that does not verify. The
     // client gets SQLSTATE 28000 with the reason, not a dropped socket.
     for (database, password, says) in [
-        ("postgres", caller.as_str(), "no permit"),
+        (
+            "postgres",
+            caller.as_str(),
+            "a database other than `billing`",
+        ),
         ("billing", "not-a-token", "token"),
     ] {
         let error = postgres::Client::connect(&conninfo(database, password), postgres::NoTls)
@@ -239,9 +243,9 @@ fn psql_and_a_driver_connect_with_a_token_and_are_refused_with_28000() {
             "connect billing/alice permitted",
             "connect billing/alice permitted",
             "connect billing/alice permitted",
-            "connect postgres/alice no_permit",
+            "connect postgres/alice database_mismatch",
             "connect billing/alice token_malformed",
-            "connect postgres/alice no_permit",
+            "connect postgres/alice database_mismatch",
             "connect billing/alice permitted",
         ],
         "{rows:#?}"
@@ -430,6 +434,11 @@ fn the_client_gets_a_key_of_the_proxys_and_only_that_key_cancels() {
     // A startup message without a user, and a malformed one, are answered in the protocol.
     for (body, code, text) in [
         (&b"database\0billing\0\0"[..], "28000", "names no user"),
+        (
+            &b"user\0alice\0database\0billing/alice\0\0"[..],
+            "3D000",
+            "name contains `/`",
+        ),
         (&b"user\0alice"[..], "08P01", "malformed startup message"),
     ] {
         let mut stream = TcpStream::connect(("127.0.0.1", setup.plain)).unwrap();

@@ -82,6 +82,8 @@ pub enum Reason {
     UnknownTarget,
     /// An `http`/`https` target with a path prefix, and a resource outside it.
     PathOutsidePrefix,
+    /// A `postgres` target with a database, and a resource that names another one.
+    DatabaseMismatch,
     /// The deciding rule could not be evaluated.
     EvaluationError(EvalError),
 }
@@ -95,6 +97,7 @@ impl Reason {
             Reason::NoPermit => "no_permit",
             Reason::UnknownTarget => "unknown_target",
             Reason::PathOutsidePrefix => "path_outside_prefix",
+            Reason::DatabaseMismatch => "database_mismatch",
             Reason::EvaluationError(_) => "evaluation_error",
         }
     }
@@ -163,6 +166,9 @@ pub fn decide(set: &PolicySet, request: &Request<'_>) -> Decision {
     if !within_prefix(target, request.resource) {
         return deny(Reason::PathOutsidePrefix, None, Some(target_idx));
     }
+    if !names_database(target, request.resource) {
+        return deny(Reason::DatabaseMismatch, None, Some(target_idx));
+    }
     let mut eval = Eval {
         set,
         request,
@@ -220,6 +226,14 @@ impl Decision {
                      `{target}`"
                 )
             }
+            Reason::DatabaseMismatch => {
+                let database = declared
+                    .and_then(|target| target.database.as_deref())
+                    .unwrap_or("");
+                format!(
+                    "the request names no resource in database `{database}` of target `{target}`"
+                )
+            }
             Reason::EvaluationError(error) => format!("evaluation error in rule `{rule}`: {error}"),
         }
     }
@@ -274,6 +288,24 @@ fn within_prefix(target: &ir::Target, resource: Option<&str>) -> bool {
         .split(['/', '\\'])
         .any(|segment| matches!(segment, "." | ".."));
     path.starts_with(prefix) && !encoded && !dot_segment
+}
+
+/// Whether the resource names a `postgres` target's database: `DATABASE/USER` or `DATABASE`,
+/// the database exactly. A target without a database, or of another protocol, takes any.
+fn names_database(target: &ir::Target, resource: Option<&str>) -> bool {
+    let Some(database) = target.database.as_deref() else {
+        return true;
+    };
+    if target.protocol != Protocol::Postgres {
+        return true;
+    }
+    let named = match resource {
+        Some(resource) => resource
+            .split_once('/')
+            .map_or(resource, |(first, _)| first),
+        None => return false,
+    };
+    named == database
 }
 
 /// A value during evaluation; strings borrow from the policy set or the request.

@@ -114,7 +114,7 @@ pub struct Decision<'p> {
     unknown_target: Option<String>,
     /// The program's custom claims, to name one in the reason for an evaluation error.
     custom_claims: Option<&'p CustomClaims>,
-    /// The request named no resource; said in the reason for a target with a path prefix.
+    /// The request named no resource; said in the reason for a target that restricts it.
     no_resource: bool,
 }
 
@@ -133,6 +133,8 @@ pub enum Reason<'p> {
     UnknownTarget,
     /// An `http`/`https` target with a path prefix, and a resource outside it.
     PathOutsidePrefix,
+    /// A `postgres` target with a database, and a resource that names another one.
+    DatabaseMismatch,
     EvaluationError {
         rule: &'p str,
         error: EvalError,
@@ -148,6 +150,7 @@ impl Reason<'_> {
             Reason::NoPermit => "no_permit",
             Reason::UnknownTarget => "unknown_target",
             Reason::PathOutsidePrefix => "path_outside_prefix",
+            Reason::DatabaseMismatch => "database_mismatch",
             Reason::EvaluationError { .. } => "evaluation_error",
         }
     }
@@ -207,7 +210,7 @@ impl Program {
         let mut code = Code::build(&bundle);
         let index = Index::build(&bundle, &mut code);
         code.finish();
-        let by_name = TargetTable::build(&targets, has_prefix);
+        let by_name = TargetTable::build(&targets, restricts_resource);
         let hashed_sets = bundle
             .sets()
             .iter()
@@ -314,7 +317,7 @@ impl Program {
                     let target = self.targets.get(position)?;
                     Some(TargetSlot {
                         position: u32::try_from(position).ok()?,
-                        has_prefix: has_prefix(target),
+                        restricts_resource: restricts_resource(target),
                     })
                 }),
         };
@@ -327,17 +330,16 @@ impl Program {
         );
         self.index
             .workloads(&self.code, request.kind, request.claims, candidates);
-        // Only a target with a path prefix is read here: most decisions need no more of it
-        // than its position.
-        let inside = match (slot, target) {
-            (Some(slot), Some(target)) if slot.has_prefix => {
-                within_prefix(target, request.resource)
+        // Only a target that restricts the resource is read here: most decisions need no more
+        // of it than its position.
+        let refused = match (slot, target) {
+            (Some(slot), Some(target)) if slot.restricts_resource => {
+                resource_refused(target, request.resource)
             }
-            (Some(_), Some(_)) => true,
-            _ => false,
+            _ => None,
         };
         match position {
-            Some(position) if inside => {
+            Some(position) if refused.is_none() => {
                 self.index
                     .rules(&self.code, position, request.kind, candidates);
             }
@@ -358,9 +360,9 @@ impl Program {
             decision.unknown_target = Some(describe_query(&request.target));
             return decision;
         };
-        if !inside {
+        if let Some(reason) = refused {
             let workload = run.first_matching_workload();
-            let mut decision = deny(Reason::PathOutsidePrefix, None, workload, Some(target));
+            let mut decision = deny(reason, None, workload, Some(target));
             decision.no_resource = request.resource.is_none();
             return decision;
         }
@@ -404,6 +406,23 @@ impl Decision<'_> {
                 } else {
                     format!(
                         "the resource is outside the path prefix `{prefix}` of target `{target}`"
+                    )
+                }
+            }
+            Reason::DatabaseMismatch => {
+                let database = self
+                    .target
+                    .and_then(|t| t.database.as_deref())
+                    .unwrap_or("");
+                if self.no_resource {
+                    format!(
+                        "the request names no resource, and target `{target}` only allows \
+                         database `{database}`"
+                    )
+                } else {
+                    format!(
+                        "the resource names a database other than `{database}` of target \
+                         `{target}`"
                     )
                 }
             }
@@ -487,9 +506,35 @@ fn quote(text: &str) -> String {
     out
 }
 
-/// Whether [`within_prefix`] can refuse a resource for this target.
-fn has_prefix(target: &TargetInfo) -> bool {
-    matches!(target.protocol, Protocol::Http | Protocol::Https) && target.path_prefix.is_some()
+/// Whether [`resource_refused`] can refuse a resource for this target: an `http`/`https`
+/// target with a path prefix, or a `postgres` target with a database.
+fn restricts_resource(target: &TargetInfo) -> bool {
+    match target.protocol {
+        Protocol::Http | Protocol::Https => target.path_prefix.is_some(),
+        Protocol::Postgres => target.database.is_some(),
+    }
+}
+
+/// Why the target refuses the request's resource before any rule, if it does.
+fn resource_refused(target: &TargetInfo, resource: Option<&str>) -> Option<Reason<'static>> {
+    match target.protocol {
+        Protocol::Http | Protocol::Https => {
+            (!within_prefix(target, resource)).then_some(Reason::PathOutsidePrefix)
+        }
+        Protocol::Postgres => {
+            (!within_database(target, resource)).then_some(Reason::DatabaseMismatch)
+        }
+    }
+}
+
+/// Whether the resource names a `postgres` target's database: the resource up to its first
+/// `/` (the proxy sends `DATABASE/USER`), or all of it, is the database, compared exactly as
+/// PostgreSQL compares names in a startup message. A target without a database takes any.
+fn within_database(target: &TargetInfo, resource: Option<&str>) -> bool {
+    let Some(database) = target.database.as_deref() else {
+        return true;
+    };
+    resource.is_some_and(|resource| resource.split('/').next() == Some(database))
 }
 
 /// Whether the resource stays inside an `http`/`https` target's path prefix. The path (the

@@ -245,7 +245,7 @@ fn policyc_test_passes_on_the_examples() {
         stdout.contains("test release_tag_deploys_billing ... ok\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("11 passed; 0 failed\n"), "{stdout}");
+    assert!(stdout.contains("12 passed; 0 failed\n"), "{stdout}");
     assert!(
         stdout.contains("every rule decides at least one test\n"),
         "{stdout}"
@@ -395,8 +395,8 @@ fn policyc_test_json_passes_on_the_examples() {
     let (status, stdout, stderr) = policyc_test_document("json", &["../examples/policies"]);
     assert_eq!(status, Some(0), "{stderr}");
     let document: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    assert_eq!(document["summary"]["tests"], 11);
-    assert_eq!(document["summary"]["passed"], 11);
+    assert_eq!(document["summary"]["tests"], 12);
+    assert_eq!(document["summary"]["passed"], 12);
     assert_eq!(document["summary"]["failed"], 0);
     let set = &document["policy_sets"][0];
     assert_eq!(set["outcome"], "passed");
@@ -460,7 +460,7 @@ fn policyc_test_junit_has_a_suite_per_policy_set_and_a_case_per_test() {
     let xml = roxmltree::Document::parse(&stdout).unwrap();
     let root = xml.root_element();
     assert_eq!(root.tag_name().name(), "testsuites");
-    assert_eq!(attribute(root, "tests"), "15");
+    assert_eq!(attribute(root, "tests"), "16");
     assert_eq!(attribute(root, "failures"), "3");
     assert_eq!(attribute(root, "errors"), "0");
 
@@ -506,10 +506,10 @@ fn policyc_test_junit_has_a_suite_per_policy_set_and_a_case_per_test() {
 
     let examples = suites[1];
     assert_eq!(attribute(examples, "name"), "../examples/policies");
-    assert_eq!(attribute(examples, "tests"), "11");
+    assert_eq!(attribute(examples, "tests"), "12");
     assert_eq!(attribute(examples, "failures"), "0");
     let cases = children(examples, "testcase");
-    assert_eq!(cases.len(), 11);
+    assert_eq!(cases.len(), 12);
     assert!(
         cases
             .iter()

@@ -90,9 +90,20 @@ fn random_request(rng: &mut Rng, set: &PolicySet) -> Owned {
         action: rng
             .chance(85)
             .then(|| rng.pick_str(&["GET", "POST", "DELETE", "connect", ""])),
-        resource: rng
-            .chance(85)
-            .then(|| rng.pick_str(&["/v1/deploy", "/v1/", "/v2/x", "/v1/../x", ""])),
+        resource: rng.chance(85).then(|| {
+            rng.pick_str(&[
+                "/v1/deploy",
+                "/v1/",
+                "/v2/x",
+                "/v1/../x",
+                "",
+                "main",
+                "main/app",
+                "mainx/app",
+                "other/main",
+                "/main",
+            ])
+        }),
         source_ip: rng.chance(80).then(|| {
             let ip = rng.pick_str(&["192.0.2.7", "10.1.2.3", "2001:db8::1", "::ffff:10.0.0.1"]);
             ip.parse().unwrap()
@@ -199,6 +210,7 @@ fn agreement_covers_every_outcome() {
         seen.extend(agree_on_generated(seed, PolicyShape::every_outcome()));
     }
     let expected = [
+        "database_mismatch",
         "evaluation_error",
         "forbidden",
         "no_permit",

@@ -301,7 +301,7 @@ fn no_permit_denies() {
     let stranger = github(&[("repository", "acme/other"), ("event_name", "schedule")]);
     check(
         &program,
-        &request(Github, &stranger, "orders_db", None, None),
+        &request(Github, &stranger, "orders_db", None, Some("orders/api")),
         "deny rule=- workload=- target=orders_db no_permit: \
          no permit rule covers this caller on target `orders_db`",
     );
@@ -430,7 +430,13 @@ fn claim_of_another_kind_is_an_error() {
     );
     let program = load(&set);
     let claims = orders_api();
-    let decision = program.decide(&request(Kubernetes, &claims, "orders_db", None, None));
+    let decision = program.decide(&request(
+        Kubernetes,
+        &claims,
+        "orders_db",
+        None,
+        Some("orders/api"),
+    ));
     assert!(!decision.allow);
     assert_eq!(
         decision.reason,
@@ -447,7 +453,13 @@ fn claim_of_another_kind_is_an_error() {
     let program = load(&policy_set());
     assert!(
         program
-            .decide(&request(Kubernetes, &claims, "orders_db", None, None))
+            .decide(&request(
+                Kubernetes,
+                &claims,
+                "orders_db",
+                None,
+                Some("orders/api")
+            ))
             .allow
     );
 }
@@ -471,7 +483,13 @@ fn has_of_another_kind_is_false() {
     let claims = orders_api();
     assert!(
         program
-            .decide(&request(Kubernetes, &claims, "orders_db", None, None))
+            .decide(&request(
+                Kubernetes,
+                &claims,
+                "orders_db",
+                None,
+                Some("orders/api")
+            ))
             .allow
     );
 }
@@ -559,6 +577,37 @@ fn resource_outside_path_prefix_denies() {
 }
 
 #[test]
+fn resource_naming_another_database_denies() {
+    let program = load(&policy_set());
+    let claims = orders_api();
+    let connect = |resource| request(Kubernetes, &claims, "orders_db", Some("connect"), resource);
+    for resource in ["orders/api", "orders", "orders/"] {
+        assert!(program.decide(&connect(Some(resource))).allow, "{resource}");
+    }
+    for resource in [
+        Some("billing/api"),
+        Some("orders_archive/api"),
+        Some("Orders/api"),
+        Some("/orders/api"),
+        Some(""),
+        None,
+    ] {
+        let decision = program.decide(&connect(resource));
+        assert_eq!(decision.reason, Reason::DatabaseMismatch, "{resource:?}");
+        assert_eq!(decision.workload, Some("orders_api"));
+        assert!(decision.credential.is_none());
+    }
+    assert_eq!(
+        program.decide(&connect(Some("billing/api"))).reason_text(),
+        "the resource names a database other than `orders` of target `orders_db`"
+    );
+    assert_eq!(
+        program.decide(&connect(None)).reason_text(),
+        "the request names no resource, and target `orders_db` only allows database `orders`"
+    );
+}
+
+#[test]
 fn a_workload_is_evaluated_once_per_decision() {
     // The budget is the number of instructions in the bundle, so evaluating the workload
     // once per rule would run past it.
@@ -595,6 +644,7 @@ fn reason_codes() {
         (Reason::Forbidden { rule: "r" }, "forbidden"),
         (Reason::NoPermit, "no_permit"),
         (Reason::PathOutsidePrefix, "path_outside_prefix"),
+        (Reason::DatabaseMismatch, "database_mismatch"),
         (
             Reason::EvaluationError {
                 rule: "r",
@@ -634,7 +684,7 @@ fn round_trip_keeps_hash_and_decisions() {
             Some("/v1/x"),
         ),
         request(Github, &fork, "docs", None, None),
-        request(Kubernetes, &kube, "orders_db", None, None),
+        request(Kubernetes, &kube, "orders_db", None, Some("orders/api")),
         request(Kubernetes, &kube, "docs", None, None),
         request(Kubernetes, &kube, "missing", None, None),
     ];

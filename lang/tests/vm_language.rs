@@ -99,29 +99,30 @@ fn the_first_applying_permit_issues_its_credential() {
     let program = program_from_source(CREDENTIALS);
     let main = github("refs/heads/main", None);
     let branch = github("refs/heads/feature", None);
-    let decide =
-        |claims, target, action| summary(&program.decide(&request(claims, target, action, None)));
+    let decide = |claims, target, action, resource| {
+        summary(&program.decide(&request(claims, target, action, resource)))
+    };
     assert_eq!(
-        decide(&main, "orders_db", None),
+        decide(&main, "orders_db", None, Some("orders/ci")),
         "allow rule=main_writes_orders credential=orders_rw:postgres_role:5400 \
          permitted by rule `main_writes_orders`"
     );
     assert_eq!(
-        decide(&branch, "orders_db", None),
+        decide(&branch, "orders_db", None, Some("orders")),
         "allow rule=ci_reads_orders credential=orders_ro:postgres_role:900 \
          permitted by rule `ci_reads_orders`"
     );
     assert_eq!(
-        decide(&branch, "api", Some("GET")),
+        decide(&branch, "api", Some("GET"), None),
         "allow rule=ci_calls_api credential=api_token:jwt:300 permitted by rule `ci_calls_api`"
     );
     assert_eq!(
-        decide(&branch, "api", Some("POST")),
+        decide(&branch, "api", Some("POST"), None),
         "allow rule=ci_calls_api_legacy credential=legacy:static:none \
          permitted by rule `ci_calls_api_legacy`"
     );
     assert_eq!(
-        decide(&branch, "api", Some("DELETE")),
+        decide(&branch, "api", Some("DELETE"), None),
         "deny rule=no_deletes credential=- forbidden by rule `no_deletes`"
     );
 }
@@ -129,7 +130,7 @@ fn the_first_applying_permit_issues_its_credential() {
 #[test]
 fn a_credential_carries_its_settings() {
     let program = program_from_source(CREDENTIALS);
-    let decision = decide_for_main(&program, "orders_db", None, None);
+    let decision = decide_for_main(&program, "orders_db", None, Some("orders"));
     let credential = decision.credential.unwrap();
     assert_eq!(
         credential.kind,

@@ -120,7 +120,9 @@ fn check_consistent(decision: &Decision<'_>) {
             assert!(!decision.allow, "{text}");
             assert_eq!(decision.rule, Some(rule));
         }
-        Reason::NoPermit | Reason::PathOutsidePrefix => assert!(!decision.allow, "{text}"),
+        Reason::NoPermit | Reason::PathOutsidePrefix | Reason::DatabaseMismatch => {
+            assert!(!decision.allow, "{text}")
+        }
         Reason::UnknownTarget => {
             assert!(!decision.allow, "{text}");
             assert_eq!(decision.target, None);
@@ -178,7 +180,7 @@ proptest! {
             check_consistent(&after);
             prop_assert!(!after.allow, "allowed: {}", after.reason_text());
             match before.reason {
-                Reason::UnknownTarget | Reason::PathOutsidePrefix => {
+                Reason::UnknownTarget | Reason::PathOutsidePrefix | Reason::DatabaseMismatch => {
                     prop_assert_eq!(after.reason, before.reason);
                 }
                 _ => prop_assert!(
@@ -208,6 +210,7 @@ fn generated_requests_reach_every_outcome() {
         }
     }
     let expected = [
+        "database_mismatch",
         "evaluation_error",
         "forbidden",
         "no_permit",

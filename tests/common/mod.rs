@@ -277,10 +277,21 @@ pub fn admin_reload(server: &Server, authorization: Option<&str>) -> (u16, Value
 }
 
 pub fn decide(server: &Server, token: &str, target: Value, action: &str) -> Value {
+    decide_on(server, token, target, action, "/v1/deploy")
+}
+
+/// `decide` with `resource` as the request's resource.
+pub fn decide_on(
+    server: &Server,
+    token: &str,
+    target: Value,
+    action: &str,
+    resource: &str,
+) -> Value {
     let body = json!({
         "evidence": { "token": token },
         "target": target,
-        "request": { "action": action, "resource": "/v1/deploy" },
+        "request": { "action": action, "resource": resource },
     });
     let (status, answer) = post(server, body.to_string().as_bytes());
     assert_eq!(status, 200, "{answer}");

@@ -325,6 +325,13 @@ async fn handshake(
         return Err(Ended(message.to_owned()));
     };
     let database = param(&params, "database").unwrap_or(&user).to_owned();
+    // `request.resource` is `DATABASE/USER`, and a target's `database` is its part before the
+    // first `/`: a database whose own name holds a `/` could pass for another one.
+    if database.contains('/') {
+        let message = "the proxy does not connect to a database whose name contains `/`";
+        refuse(&mut client, "3D000", message).await;
+        return Err(Ended(message.to_owned()));
+    }
     // The caller's evidence is its password.
     write(&mut client, &authentication(3, &[])).await?;
     let token = read_password(&mut client).await?;

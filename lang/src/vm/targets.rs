@@ -19,15 +19,15 @@ const INLINE: usize = 22;
 #[derive(Debug, Clone, Copy)]
 pub(super) struct TargetSlot {
     pub position: u32,
-    /// Whether a request must stay under a path prefix: see [`super::within_prefix`].
-    pub has_prefix: bool,
+    /// Whether the target restricts the request's resource: see [`super::resource_refused`].
+    pub restricts_resource: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     hash: u32,
     position: u32,
-    has_prefix: bool,
+    restricts_resource: bool,
     /// The name's length; [`FREE`] for a free slot.
     len: u8,
     /// The name, when it has at most [`INLINE`] bytes; then compared with `len` of them.
@@ -54,12 +54,15 @@ pub(super) struct TargetTable {
 impl TargetTable {
     /// The table of `targets`; of two targets with one name (which the loader refuses), the
     /// first.
-    pub fn build(targets: &[TargetInfo], has_prefix: impl Fn(&TargetInfo) -> bool) -> TargetTable {
+    pub fn build(
+        targets: &[TargetInfo],
+        restricts_resource: impl Fn(&TargetInfo) -> bool,
+    ) -> TargetTable {
         let capacity = (targets.len() + targets.len() / 3 + 1).next_power_of_two();
         let free = Slot {
             hash: 0,
             position: 0,
-            has_prefix: false,
+            restricts_resource: false,
             len: FREE,
             inline: [0; INLINE],
         };
@@ -74,7 +77,7 @@ impl TargetTable {
             let mut slot = Slot {
                 hash: name_hash(name),
                 position,
-                has_prefix: has_prefix(target),
+                restricts_resource: restricts_resource(target),
                 len: LONG,
                 inline: [0; INLINE],
             };
@@ -108,7 +111,7 @@ impl TargetTable {
             if slot.hash == hash && slot_holds(slot, name, targets) {
                 return Some(TargetSlot {
                     position: slot.position,
-                    has_prefix: slot.has_prefix,
+                    restricts_resource: slot.restricts_resource,
                 });
             }
             at = (at + 1) & mask;

@@ -549,7 +549,9 @@ impl<'r> PolicyGen<'r> {
             request.push_str(&format!("    action = {}\n", quote(action)));
         }
         if self.rng.chance(60) {
-            let resource = self.rng.pick_str(&["/v1/deploy", "/v2/x", "/"]);
+            let resource = self
+                .rng
+                .pick_str(&["/v1/deploy", "/v2/x", "/", "main/app", "other"]);
             request.push_str(&format!("    resource = {}\n", quote(resource)));
         }
         if self.rng.chance(40) {
