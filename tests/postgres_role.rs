@@ -40,7 +40,8 @@ fn start_with(dir: &Path, pg: &Postgres, ttl: &str, admin: &str) -> Server {
         policy.join("billing.gate"),
         format!(
             "workload reporting {{ oidc {{ sub == \"ci-runner\" }} }}\n\
-             target billing_db {{ postgres {{ host = \"127.0.0.1\" port = {port} }} }}\n\
+             target billing_db {{ postgres {{ host = \"127.0.0.1\" port = {port} \
+             database = \"billing\" }} }}\n\
              credential billing_reader {{ postgres_role {{ grant = [\"invoices_reader\"] \
              ttl = {ttl} }} }}\n\
              permit reporting_reads {{ workload reporting target billing_db \
@@ -55,7 +56,7 @@ fn start_with(dir: &Path, pg: &Postgres, ttl: &str, admin: &str) -> Server {
         format!(
             "[policy]\ndir = {policy:?}\n\n[credentials]\nrole_drop_interval_s = 1\n\n\
              [[credentials.postgres]]\ntarget = \"billing_db\"\nhost = \"127.0.0.1\"\n\
-             port = {port}\ndatabase = \"billing\"\nadmin_user = \"portcullis_admin\"\n\
+             port = {port}\nadmin_user = \"portcullis_admin\"\n\
              admin_password_file = {password:?}\n{admin}\n\
              [[trust_providers]]\nname = \"ci-idp\"\nkind = \"oidc\"\nissuer = \"{ISSUER}\"\n\
              audiences = [\"portcullis\"]\njwks_file = {jwks:?}\n",
@@ -74,6 +75,7 @@ fn ask(server: &Server) -> (u16, Value) {
     let body = json!({
         "evidence": { "token": token("ci-runner", 300) },
         "target": { "name": "billing_db" },
+        "request": { "action": "connect", "resource": "billing" },
     });
     post_json(server, "/v1/credentials", &body)
 }

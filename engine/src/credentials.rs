@@ -424,6 +424,8 @@ pub struct Recipient<'a> {
     pub subject: &'a str,
     pub trust_provider: &'a str,
     pub target: &'a str,
+    /// The target's declared `database`, which a `postgres_role` credential's URI names.
+    pub database: Option<&'a str>,
     /// Unix seconds.
     pub now: i64,
     /// The caller's verified claims that the credential copies, by name.
@@ -542,8 +544,7 @@ impl CredentialIssuer {
             } => self.oauth_token(credential, token_url, client_id, scopes, to.now),
             CredentialKind::PostgresRole { grant } => {
                 let ttl_s = self.capped_ttl(credential)?;
-                self.postgres
-                    .issue(&credential.name, to.target, grant, ttl_s, to.now)
+                self.postgres.issue(&credential.name, to, grant, ttl_s)
             }
         }
     }
@@ -1020,6 +1021,7 @@ mod tests {
             subject: "repo:acme/billing:ref:refs/heads/main",
             trust_provider: "github",
             target: "api",
+            database: None,
             now: 1_000,
             claims: &caller,
         };

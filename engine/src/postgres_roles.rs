@@ -95,16 +95,17 @@ impl PostgresRoles {
         self.servers.iter().map(|server| server.target.as_str())
     }
 
-    /// Makes a role for `target` that is a member of `grant` until `now + ttl_s`, and returns
-    /// the URI to connect with it. Blocking I/O.
+    /// Makes a role for `to.target` that is a member of `grant` until `to.now + ttl_s`, and
+    /// returns the URI to connect with it: to the target's declared database, else to the
+    /// connection's `database`. Blocking I/O.
     pub fn issue(
         &self,
         credential: &str,
-        target: &str,
+        to: &crate::credentials::Recipient<'_>,
         grant: &[String],
         ttl_s: u64,
-        now: i64,
     ) -> Result<Issued, CredentialError> {
+        let (target, now) = (to.target, to.now);
         let failed = |reason: String| CredentialError::Postgres {
             name: credential.to_owned(),
             reason,
@@ -151,7 +152,12 @@ impl PostgresRoles {
             .map_err(|error| failed(format!("creating the role: {}", db_message(&error))))?;
         tracing::info!(role, target, expires_at, "postgres_role_created");
         Ok(Issued {
-            value: connection_uri(server, &role, &password),
+            value: connection_uri(
+                server,
+                to.database.unwrap_or(&server.database),
+                &role,
+                &password,
+            ),
             token_type: "postgres_uri",
             expires_at: Some(expires_at),
             identifier: role,
@@ -229,7 +235,12 @@ impl PostgresRoles {
 
 /// `postgresql://ROLE:PASSWORD@HOST:PORT/DATABASE`, which `psql` and the drivers take as it
 /// is. The password is URL-safe already.
-fn connection_uri(server: &PostgresServer, role: &str, password: &str) -> Zeroizing<String> {
+fn connection_uri(
+    server: &PostgresServer,
+    database: &str,
+    role: &str,
+    password: &str,
+) -> Zeroizing<String> {
     // A Unix socket's directory is percent-encoded, as libpq reads a path in a URI's host.
     let host = if server.host.starts_with('/') {
         crate::http::percent_encode(&server.host)
@@ -247,7 +258,8 @@ fn connection_uri(server: &PostgresServer, role: &str, password: &str) -> Zeroiz
     };
     Zeroizing::new(format!(
         "postgresql://{role}:{password}@{host}:{}/{}{options}",
-        server.port, server.database
+        server.port,
+        crate::http::percent_encode(database)
     ))
 }
 
@@ -385,7 +397,7 @@ mod tests {
             admin_password: Zeroizing::new(String::new()),
             tls: None,
         };
-        let uri = |host: &str| connection_uri(&server(host), "r", "p").to_string();
+        let uri = |host: &str| connection_uri(&server(host), "orders", "r", "p").to_string();
         assert_eq!(
             uri("db.internal"),
             "postgresql://r:p@db.internal:5433/orders"

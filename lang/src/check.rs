@@ -652,6 +652,23 @@ impl<'a> Checker<'a> {
                 }
                 out.host = host.clone();
             }
+            ("database", ExprKind::Str(database))
+                if database.is_empty() || database.contains('/') =>
+            {
+                // A request names `DATABASE/USER`: an empty name or one with a `/` could never
+                // be told apart from another database's.
+                let (message, label) = if database.is_empty() {
+                    ("`database` must not be empty", "empty")
+                } else {
+                    ("`database` must not contain `/`", "contains `/`")
+                };
+                let report = Report::new(Code::InvalidFieldValue, message, span, label).help(
+                    "name the database as PostgreSQL knows it; `request.resource` is \
+                     `DATABASE/USER`",
+                );
+                self.report(report);
+                return false;
+            }
             ("database", ExprKind::Str(database)) => out.database = Some(database.clone()),
             ("path_prefix", ExprKind::Str(prefix)) if !prefix.starts_with('/') => {
                 let message = "`path_prefix` must start with `/`";

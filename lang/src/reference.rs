@@ -230,9 +230,7 @@ impl Decision {
                 let database = declared
                     .and_then(|target| target.database.as_deref())
                     .unwrap_or("");
-                format!(
-                    "the request names no resource in database `{database}` of target `{target}`"
-                )
+                format!("the request does not name database `{database}` of target `{target}`")
             }
             Reason::EvaluationError(error) => format!("evaluation error in rule `{rule}`: {error}"),
         }

@@ -148,6 +148,7 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             subject: "repo:acme/app:ref:refs/heads/main",
             trust_provider: "github",
             target: "billing",
+            database: None,
             now: unix_now(),
             claims: &serde_json::Map::new(),
         };

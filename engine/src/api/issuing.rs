@@ -267,6 +267,7 @@ pub(super) async fn decide(
             .target
             .map(|target| target.name.clone())
             .unwrap_or_default(),
+        database: decision.target.and_then(|target| target.database.clone()),
         now: decided_at,
         claims: copied_claims(&credential, &attested, engine.attestor.custom_claims()),
     };
@@ -340,6 +341,7 @@ struct OwnedRecipient {
     subject: String,
     trust_provider: String,
     target: String,
+    database: Option<String>,
     now: i64,
     claims: serde_json::Map<String, serde_json::Value>,
 }
@@ -351,6 +353,7 @@ impl OwnedRecipient {
             subject: &self.subject,
             trust_provider: &self.trust_provider,
             target: &self.target,
+            database: self.database.as_deref(),
             now: self.now,
             claims: &self.claims,
         }
