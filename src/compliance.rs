@@ -10,7 +10,7 @@ use portcullis_audit::compliance::{
     Catalog, ControlResult, EvaluateOptions, Framework, Report, Status, evaluate, history, oscal,
 };
 
-use portcullis_audit::query::reorders_text;
+use portcullis_audit::query::hides_in_text;
 
 use crate::audit_integrity::check_store_dir;
 use crate::config;
@@ -204,11 +204,12 @@ fn table(report: &Report) -> String {
 }
 
 /// Events carry text from any caller: a terminal must not act on its control characters, nor
-/// show text reordered by bidirectional overrides (`gnp\u{202e}.exe` as `exe.png`).
+/// show text reordered by bidirectional overrides (`gnp\u{202e}.exe` as `exe.png`) or made to
+/// look like other text by invisible characters.
 fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
-            if c.is_control() || reorders_text(c) {
+            if hides_in_text(c) {
                 c.escape_default().to_string()
             } else {
                 c.to_string()

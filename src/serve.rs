@@ -578,8 +578,14 @@ async fn serve(
                     upstream = %format!("{}:{}", spec.upstream_host, spec.upstream_port),
                     "postgres_proxy_listening"
                 );
+                // The proxy cuts its sessions off itself, within the grace period, so that it
+                // can first cancel what they run upstream.
                 proxies.spawn(api::proxy_pg::serve_postgres_proxy(
-                    engine, spec, listener, stopped,
+                    engine,
+                    spec,
+                    listener,
+                    stopped,
+                    SHUTDOWN_GRACE.saturating_sub(Duration::from_secs(1)),
                 ));
             }
         }

@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use common::issuing::{ISSUER, token, write_jwks};
 use common::postgres::{ADMIN_PASSWORD, Postgres, ServerTls, prepared};
-use common::{Server, audit_query, event_rows, free_port, start_server_with, stop_server};
+use common::{
+    Server, audit_query, event_rows, eventually, free_port, start_server_with, stop_server,
+};
 
 struct Setup {
     server: Server,
@@ -590,8 +592,8 @@ fn connections_with_one_token_share_a_role_unless_reuse_is_off() {
     );
 }
 
-/// A session still running when the server stops past its grace period is cut off, and still
-/// ends in a `connection_closed` event that says so.
+/// A session still running when the server stops past its grace period is cut off, its query
+/// cancelled in the upstream first, and still ends in a `connection_closed` event that says so.
 #[test]
 fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
     let pg = prepared(Postgres::start());
@@ -603,9 +605,20 @@ fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
             .unwrap();
     let running = std::thread::spawn(move || client.simple_query("SELECT pg_sleep(60)").is_err());
     // The query is under way before the stop.
-    std::thread::sleep(Duration::from_millis(500));
+    let sleeping = || {
+        pg.sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \
+             AND state = 'active'",
+        )
+    };
+    eventually("the query runs upstream", || {
+        (sleeping() == "1").then_some(())
+    });
     let started = std::time::Instant::now();
     let log = stop_server(setup.server);
+    // Not left to run its minute out in the server after its client is gone.
+    assert_eq!(sleeping(), "0", "{log:#?}");
     assert!(
         started.elapsed() < Duration::from_secs(40),
         "{:?}",
@@ -618,6 +631,12 @@ fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
     assert!(
         log.iter()
             .any(|line| line.contains("postgres_proxy_session_cut_off")),
+        "{log:#?}"
+    );
+    assert!(
+        log.iter()
+            .any(|line| line.contains("postgres_proxy_sessions_cut_off")
+                && line.contains("cancelled=1")),
         "{log:#?}"
     );
     let closed = audit_query(

@@ -176,6 +176,17 @@ pub fn reorders_text(c: char) -> bool {
     )
 }
 
+/// Whether `c` shows as nothing, or as nothing but a reordering: the controls, the
+/// [`reorders_text`] characters and the invisible format characters (zero-width spaces and
+/// joiners, the word joiner and invisible operators, the byte order mark, the soft hyphen).
+/// Two texts that differ only in these look alike (`\u{feff}orders` and `orders`), so a table
+/// meant for people shows them as escapes.
+pub fn hides_in_text(c: char) -> bool {
+    c.is_control()
+        || reorders_text(c)
+        || matches!(c, '\u{00ad}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+}
+
 /// How [`format_batches`] renders a result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OutputFormat {
@@ -719,9 +730,11 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
     let bytes = match format {
         OutputFormat::Table => {
             // The table's layout takes time that grows faster than a cell's length: long
-            // texts are cut, and CSV and JSON carry them whole. Control characters are shown
-            // escaped: events carry text from unauthenticated callers, and a terminal would
-            // act on an escape sequence or a line break (forging rows, rewriting lines).
+            // texts are cut, and CSV and JSON carry them whole. Control and invisible
+            // characters are shown escaped: events carry text from unauthenticated callers, and
+            // a terminal would act on an escape sequence or a line break (forging rows,
+            // rewriting lines), and an invisible or reordering character makes one text look
+            // like another.
             let cut = batches
                 .iter()
                 .map(printable_texts)
@@ -755,15 +768,18 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
 pub const MAX_TABLE_CELL_CHARS: usize = 1024;
 
 /// `batch` with every text longer than [`MAX_TABLE_CELL_CHARS`] cut there, saying how much
-/// was left out, and every control character escaped as JSON escapes it (`\n`, `\u001b`).
+/// was left out, and every character that [`hides_in_text`] escaped as JSON escapes it (`\n`,
+/// `\u001b`, `\u202e`); a backslash is then `\\`, so that the text `\n` is not shown as a
+/// line break was.
 fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
     let mut columns = batch.columns().to_vec();
     for column in &mut columns {
         let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
             continue;
         };
-        let unprintable =
-            |text: &str| text.len() > MAX_TABLE_CELL_CHARS || text.chars().any(char::is_control);
+        let unprintable = |text: &str| {
+            text.len() > MAX_TABLE_CELL_CHARS || text.chars().any(|c| c == '\\' || hides_in_text(c))
+        };
         if !texts.iter().flatten().any(unprintable) {
             continue;
         }
@@ -781,7 +797,8 @@ fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
                             '\n' => cell.push_str("\\n"),
                             '\r' => cell.push_str("\\r"),
                             '\t' => cell.push_str("\\t"),
-                            c if c.is_control() => {
+                            '\\' => cell.push_str("\\\\"),
+                            c if hides_in_text(c) => {
                                 cell.push_str(&format!("\\u{:04x}", u32::from(c)));
                             }
                             c => cell.push(c),

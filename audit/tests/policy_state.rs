@@ -458,6 +458,38 @@ async fn a_table_shows_control_characters_escaped() {
 }
 
 #[tokio::test]
+async fn a_table_tells_apart_texts_that_would_look_alike() {
+    // A NUL and the text `\u0000`; a byte order mark, a zero-width space or a soft hyphen in
+    // front of a name; a right-to-left override that shows `ipa/sredro` as `orders/api`.
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT concat('orders', chr(0)) AS a, 'orders\\u0000' AS b, \
+               concat(chr(65279), 'orders') AS c, concat(chr(8203), 'orders', chr(173)) AS d, \
+               concat(chr(8238), 'ipa/sredro') AS e";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let table = format_batches(&batches, OutputFormat::Table).unwrap();
+    let row = table.lines().nth(3).unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(
+        cells,
+        [
+            "",
+            "orders\\u0000",
+            "orders\\\\u0000",
+            "\\ufefforders",
+            "\\u200borders\\u00ad",
+            "\\u202eipa/sredro",
+            ""
+        ],
+        "{table}"
+    );
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert!(
+        csv.contains("\u{202e}ipa/sredro"),
+        "CSV keeps the value whole"
+    );
+}
+
+#[tokio::test]
 async fn results_are_cut_after_the_row_cap_and_refused_past_the_byte_cap() {
     let dir = tempfile::tempdir().unwrap();
     let limits = QueryLimits {

@@ -116,13 +116,12 @@ pub(crate) fn at(row: &[Cell], column: usize) -> &Cell {
 }
 
 /// `text` with the characters that would make a page show something other than the text
-/// written in their place as `[U+202E]`: controls other than line breaks and tabs, and the
+/// written in their place as `[U+202E]`: controls other than line breaks and tabs, the
 /// bidirectional overrides and isolates, with which a caller's claim could show `gnp.exe` as
-/// `exe.png`. Events carry text from any caller.
+/// `exe.png`, and the invisible characters that make one text look like another. Events carry
+/// text from any caller.
 pub(crate) fn visible(text: &str) -> String {
-    let hidden = |c: char| {
-        (c.is_control() && c != '\n' && c != '\t') || portcullis_audit::query::reorders_text(c)
-    };
+    let hidden = |c: char| c != '\n' && c != '\t' && portcullis_audit::query::hides_in_text(c);
     if !text.contains(hidden) {
         return text.to_owned();
     }

@@ -101,13 +101,21 @@ struct Kept {
     token_type: &'static str,
 }
 
+/// How long before a session is cut off the proxy asks its upstream to cancel the query it
+/// runs, and waits for the upstream to take the request.
+const CANCEL_BEFORE_CUT_OFF: Duration = Duration::from_secs(2);
+
 /// Serves `spec` on `listener` until `shutdown` completes. Sessions under way go on until
-/// their clients close them or the server's grace period ends.
+/// their clients close them or `drain` has passed since `shutdown`; then the query each runs
+/// is cancelled in its upstream (a query left running would hold the server's resources, and
+/// its locks, long after its client is gone), and the sessions are cut off, each with its
+/// `connection_closed` event.
 pub async fn serve_postgres_proxy(
     engine: Arc<Engine>,
     spec: PostgresProxySpec,
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    drain: Duration,
 ) -> std::io::Result<()> {
     let listening = Arc::new(Listener {
         spec: Arc::new(spec),
@@ -135,7 +143,23 @@ pub async fn serve_postgres_proxy(
         }
     }
     drop(listener);
-    while sessions.join_next().await.is_some() {}
+    let drained = tokio::time::timeout(drain.saturating_sub(CANCEL_BEFORE_CUT_OFF), async {
+        while sessions.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        let target = &listening.spec.target;
+        let cancelled =
+            cancel::cancel_all(&listening.cancel_keys, target, CANCEL_BEFORE_CUT_OFF).await;
+        tracing::warn!(
+            target = %target,
+            sessions = sessions.len(),
+            cancelled,
+            "postgres_proxy_sessions_cut_off"
+        );
+        sessions.abort_all();
+        while sessions.join_next().await.is_some() {}
+    }
     Ok(())
 }
 

@@ -16,6 +16,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
@@ -214,6 +215,15 @@ impl CancelKeys {
             .then(|| (session.upstream_key.clone(), Arc::clone(&session.upstream)))
     }
 
+    /// The upstream key and upstream of every live session.
+    fn live(&self) -> Vec<(BackendKey, Arc<PostgresProxySpec>)> {
+        let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
+        sessions
+            .values()
+            .map(|session| (session.upstream_key.clone(), Arc::clone(&session.upstream)))
+            .collect()
+    }
+
     #[cfg(test)]
     fn len(&self) -> usize {
         self.sessions
@@ -252,6 +262,36 @@ pub(super) async fn forward(keys: &CancelKeys, body: &[u8], target: &str, peer: 
             "postgres_proxy_cancel_failed"
         ),
     }
+}
+
+/// Cancels whatever each live session's upstream is running, all at once, waiting at most
+/// `within` for the upstreams to take the requests: for sessions about to be cut off, whose
+/// queries would otherwise run on in the server after their clients are gone. Gives how many
+/// upstreams took the request.
+pub(super) async fn cancel_all(keys: &CancelKeys, target: &str, within: Duration) -> usize {
+    let mut sending = tokio::task::JoinSet::new();
+    for (key, upstream) in keys.live() {
+        sending.spawn(async move { send(&upstream, &key).await });
+    }
+    let mut cancelled = 0;
+    let waited = tokio::time::timeout(within, async {
+        while let Some(sent) = sending.join_next().await {
+            match sent {
+                Ok(Ok(())) => cancelled += 1,
+                Ok(Err(why)) => tracing::warn!(target, why, "postgres_proxy_cancel_failed"),
+                Err(error) => tracing::warn!(target, %error, "postgres_proxy_cancel_failed"),
+            }
+        }
+    })
+    .await;
+    if waited.is_err() {
+        tracing::warn!(
+            target,
+            why = "the upstream did not take the cancel request in time",
+            "postgres_proxy_cancel_failed"
+        );
+    }
+    cancelled
 }
 
 /// Sends `key` to `upstream` as a CancelRequest on a connection of its own (over TLS when the
