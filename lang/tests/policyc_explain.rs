@@ -59,6 +59,10 @@ fn an_allow_names_the_rules_considered_and_the_deciding_one() {
     let text = stdout(&output);
     assert!(text.starts_with("decision: allow (permitted)\n"), "{text}");
     assert!(text.contains("credential: billing_deploy_token"), "{text}");
+    assert!(
+        text.contains("target:   billing_api (https://billing.internal.acme.example:443/v1/)\n"),
+        "{text}"
+    );
     // Forbids first, each with its workload and `when`, then the permit that decides.
     let forbid = text.find("forbid no_pull_request_target: workload any github matches");
     let permit = text.find(
@@ -81,6 +85,36 @@ fn a_deny_exits_3_and_says_why() {
     let text = stdout(&output);
     assert!(text.starts_with("decision: deny (no_permit)\n"), "{text}");
     assert!(text.contains("when is false -> does not apply"), "{text}");
+}
+
+#[test]
+fn another_database_is_refused_before_any_rule() {
+    let request = r#"{
+  "kind": "kubernetes",
+  "claims": {
+    "iss": "https://kubernetes.default.svc", "aud": "portcullis",
+    "sub": "system:serviceaccount:orders:api", "namespace": "orders",
+    "service_account": "api", "service_account_uid": "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
+  },
+  "target": "orders_db",
+  "action": "connect",
+  "resource": "billing/api"
+}"#;
+    let output = explain(request, &[]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.starts_with("decision: deny (database_mismatch)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "target:   orders_db (postgres://orders.db.internal.acme.example:5432/orders)\n"
+        ),
+        "{text}"
+    );
+    let allowed = explain(&request.replace("billing/api", "orders/api"), &[]);
+    assert_eq!(allowed.status.code(), Some(0), "{}", stdout(&allowed));
 }
 
 #[test]

@@ -181,9 +181,15 @@ impl Explanation<'_> {
         let _ = writeln!(out, "decision: {verdict} ({})", decision.reason.code());
         let _ = writeln!(out, "reason:   {}", decision.reason_text());
         if let Some(target) = decision.target {
+            // What the target admits of a resource: an `http` path prefix, a database.
+            let within = match (&target.path_prefix, &target.database) {
+                (Some(prefix), _) => prefix.clone(),
+                (None, Some(database)) => format!("/{database}"),
+                (None, None) => String::new(),
+            };
             let _ = writeln!(
                 out,
-                "target:   {} ({}://{}:{})",
+                "target:   {} ({}://{}:{}{within})",
                 target.name,
                 target.protocol.keyword(),
                 target.host,
