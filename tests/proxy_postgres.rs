@@ -320,19 +320,40 @@ struct RawSession {
 
 impl RawSession {
     fn connect(port: u16, token: &str) -> RawSession {
+        let (session, negotiated) = RawSession::connect_as(port, token, 196_608, b"");
+        assert_eq!(negotiated, None);
+        session
+    }
+
+    /// Connects asking for protocol `version` (major << 16 | minor) with the startup
+    /// parameters `extra` besides user and database; gives the NegotiateProtocolVersion body,
+    /// if the proxy sent one.
+    fn connect_as(
+        port: u16,
+        token: &str,
+        version: u32,
+        extra: &[u8],
+    ) -> (RawSession, Option<Vec<u8>>) {
         let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(60)))
             .unwrap();
-        let mut body = 196_608_u32.to_be_bytes().to_vec();
-        body.extend_from_slice(b"user\0alice\0database\0billing\0\0");
+        let mut body = version.to_be_bytes().to_vec();
+        body.extend_from_slice(b"user\0alice\0database\0billing\0");
+        body.extend_from_slice(extra);
+        body.push(0);
         let mut startup = u32::try_from(body.len() + 4)
             .unwrap()
             .to_be_bytes()
             .to_vec();
         startup.extend(body);
         stream.write_all(&startup).unwrap();
-        let (kind, body) = read_message(&mut stream);
+        let (mut kind, mut body) = read_message(&mut stream);
+        let mut negotiated = None;
+        if kind == b'v' {
+            negotiated = Some(body);
+            (kind, body) = read_message(&mut stream);
+        }
         assert_eq!((kind, body.as_slice()), (b'R', &3_u32.to_be_bytes()[..]));
         stream
             .write_all(&typed(b'p', format!("{token}\0").as_bytes()))
@@ -355,7 +376,7 @@ impl RawSession {
         };
         session.pid = i32::from_be_bytes(key[..4].try_into().unwrap());
         session.secret = key[4..].try_into().unwrap();
-        session
+        (session, negotiated)
     }
 
     fn query(&mut self, sql: &str) {
@@ -425,6 +446,45 @@ fn cancel_request(port: u16, pid: i32, secret: [u8; 4]) {
     let mut rest = Vec::new();
     stream.read_to_end(&mut rest).unwrap();
     assert!(rest.is_empty(), "{rest:?}");
+}
+
+/// A client that asks for a later minor version of protocol 3, or for protocol options, is
+/// told with NegotiateProtocolVersion that the proxy speaks 3.0 without them, as PostgreSQL
+/// tells it, and goes on in 3.0; the options do not reach the upstream.
+#[test]
+fn a_later_protocol_version_is_negotiated_down_to_3_0() {
+    let pg = prepared(Postgres::start());
+    let tmp = tempfile::tempdir().unwrap();
+    let setup = start(tmp.path(), &pg);
+    let caller = token("ci-runner", 300);
+    let three_two = (3 << 16) | 2;
+    for (version, extra, options) in [
+        (three_two, &b""[..], &[][..]),
+        (
+            three_two,
+            &b"_pq_.compression\0on\0"[..],
+            &["_pq_.compression"][..],
+        ),
+        (
+            196_608,
+            &b"_pq_.x\0y\0application_name\0trial\0"[..],
+            &["_pq_.x"][..],
+        ),
+    ] {
+        let (mut session, negotiated) =
+            RawSession::connect_as(setup.plain, &caller, version, extra);
+        let negotiated = negotiated.expect("a NegotiateProtocolVersion message");
+        let mut expected = 0_u32.to_be_bytes().to_vec();
+        expected.extend(u32::try_from(options.len()).unwrap().to_be_bytes());
+        for option in options {
+            expected.extend_from_slice(option.as_bytes());
+            expected.push(0);
+        }
+        assert_eq!(negotiated, expected, "{version:#x}");
+        session.query("SELECT current_database()");
+        assert_eq!(first_value(&session.until_ready()), "billing");
+    }
+    stop_server(setup.server);
 }
 
 #[test]

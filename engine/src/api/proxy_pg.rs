@@ -325,8 +325,10 @@ async fn handshake(
                 cancel::forward(&listening.cancel_keys, &body, &spec.target, peer).await;
                 return Ok(None);
             }
-            PROTOCOL_3 => match startup_params(&body) {
-                Ok(params) => break params,
+            code if code >> 16 == PROTOCOL_3 >> 16 => match startup_params(&body) {
+                Ok(params) => {
+                    break negotiate(&mut client, code, params).await?;
+                }
                 Err(Ended(why)) => {
                     refuse(&mut client, "08P01", &why).await;
                     return Err(Ended(why));
@@ -684,6 +686,37 @@ async fn read_startup(client: &mut Box<dyn Stream>) -> Result<(u32, Vec<u8>), En
         .await
         .map_err(|error| Ended(format!("reading the startup packet: {error}")))?;
     Ok((code, body))
+}
+
+/// The prefix of the startup parameters that are protocol options rather than settings.
+const PROTOCOL_OPTION: &str = "_pq_.";
+
+/// Settles the protocol with a client that asked for 3.`minor` with `params`: the proxy speaks
+/// 3.0 and knows no protocol options, so a client that asked for a later minor version or for
+/// options is told so with NegotiateProtocolVersion, as PostgreSQL does, and goes on in 3.0
+/// without them; the options are not passed upstream. Gives the remaining parameters.
+async fn negotiate(
+    client: &mut Box<dyn Stream>,
+    code: u32,
+    params: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, Ended> {
+    let (options, params): (Vec<_>, Vec<_>) = params
+        .into_iter()
+        .partition(|(name, _)| name.starts_with(PROTOCOL_OPTION));
+    if code != PROTOCOL_3 || !options.is_empty() {
+        let mut body = 0_u32.to_be_bytes().to_vec();
+        body.extend_from_slice(
+            &u32::try_from(options.len())
+                .unwrap_or(u32::MAX)
+                .to_be_bytes(),
+        );
+        for (name, _) in &options {
+            body.extend_from_slice(name.as_bytes());
+            body.push(0);
+        }
+        write(client, &message(b'v', &body)).await?;
+    }
+    Ok(params)
 }
 
 /// The `name\0value\0…\0` pairs of a startup message, each string ended by its NUL.
