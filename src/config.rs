@@ -1350,6 +1350,50 @@ impl Config {
             .collect()
     }
 
+    /// One sentence for each `[[proxy.postgres]]` whose upstream is not where
+    /// `[[credentials.postgres]]` makes its target's roles: a role made on one server does not
+    /// log in to another. Hosts are compared by name (loopback names alike), so two names of
+    /// one cluster, or a proxy in front of it, are named too; a Unix socket is not compared.
+    pub fn postgres_upstream_mismatches(&self) -> Vec<String> {
+        let loopback = |host: &str| {
+            host.parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+                || portcullis_lang::net::is_loopback_authority(host)
+        };
+        let same_host =
+            |a: &str, b: &str| a.eq_ignore_ascii_case(b) || (loopback(a) && loopback(b));
+        let mut mismatches = Vec::new();
+        for (idx, listener) in self.proxy.postgres.iter().enumerate() {
+            let Some(server) = self
+                .credentials
+                .postgres
+                .iter()
+                .find(|server| server.target == listener.target)
+            else {
+                continue;
+            };
+            if server.host.starts_with('/') {
+                continue;
+            }
+            if !same_host(&listener.upstream_host, &server.host)
+                || listener.upstream_port != server.port
+            {
+                mismatches.push(format!(
+                    "`[[proxy.postgres]]` {} (target `{}`) connects to `{}:{}`, but \
+                     `[[credentials.postgres]]` makes the target's roles on `{}:{}`: unless both \
+                     reach one PostgreSQL cluster, the roles it issues will not log in",
+                    idx + 1,
+                    listener.target,
+                    listener.upstream_host,
+                    listener.upstream_port,
+                    server.host,
+                    server.port
+                ));
+            }
+        }
+        mismatches
+    }
+
     /// The proxy's PostgreSQL listeners, checked, their TLS read.
     pub fn postgres_proxies(
         &self,
@@ -1848,6 +1892,54 @@ mod tests {
             error.contains("`[[proxy.postgres]]` 1 (target `orders_db`)"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_proxy_upstream_other_than_the_role_server_is_named() {
+        let mismatches = |upstream: &str, server: &str| {
+            let text = format!(
+                "[policy]\ndir = \"examples/policies\"\n[[credentials.postgres]]\n\
+                 target = \"orders_db\"\n{server}\nadmin_user = \"a\"\n\
+                 admin_password_file = \"p\"\n\n[[proxy.postgres]]\ntarget = \"orders_db\"\n\
+                 listen = \"127.0.0.1:6432\"\n{upstream}\n"
+            );
+            let config: Config = toml::from_str(&text).unwrap();
+            config.postgres_upstream_mismatches()
+        };
+        let same = [
+            ("upstream_host = \"127.0.0.1\"", "host = \"localhost\""),
+            ("upstream_host = \"DB.internal\"", "host = \"db.internal\""),
+            (
+                "upstream_host = \"::1\"\nupstream_port = 5432",
+                "host = \"127.0.0.1\"",
+            ),
+            (
+                "upstream_host = \"127.0.0.1\"",
+                "host = \"/run/postgresql\"",
+            ),
+        ];
+        for (upstream, server) in same {
+            assert_eq!(
+                mismatches(upstream, server),
+                Vec::<String>::new(),
+                "{upstream}"
+            );
+        }
+        let other = mismatches(
+            "upstream_host = \"db-replica.internal\"",
+            "host = \"db.internal\"",
+        );
+        assert_eq!(other.len(), 1);
+        assert!(
+            other[0].contains("connects to `db-replica.internal:5432`")
+                && other[0].contains("roles on `db.internal:5432`"),
+            "{other:?}"
+        );
+        let port = mismatches(
+            "upstream_host = \"127.0.0.1\"\nupstream_port = 6543",
+            "host = \"127.0.0.1\"",
+        );
+        assert_eq!(port.len(), 1, "{port:?}");
     }
 
     #[test]

@@ -36,6 +36,9 @@ pub fn run(config_path: &Path, listen: Option<SocketAddr>, data_dir: Option<&Pat
     config.check_listeners().with_context(in_config)?;
     let http_proxies = config.http_proxies().with_context(in_config)?;
     let postgres_proxies = config.postgres_proxies().with_context(in_config)?;
+    for mismatch in config.postgres_upstream_mismatches() {
+        tracing::warn!(mismatch, "postgres_proxy_upstream_mismatch");
+    }
     let loader =
         PolicyLoader::new(config.policy_source())?.with_rollback_guard(&config.data_dir(data_dir));
     let fingerprint = loader.fingerprint();
