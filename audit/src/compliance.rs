@@ -23,7 +23,9 @@ use std::str::FromStr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Array, AsArray, BooleanArray, Date32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -436,6 +438,9 @@ pub struct Integrity {
     pub segments: u64,
     pub events: u64,
     pub checkpoints: u64,
+    /// The cutoff of the newest retention removal: the segments dated before it are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_before: Option<chrono::NaiveDate>,
 }
 
 /// One control's result.
@@ -596,6 +601,7 @@ async fn check_integrity(data_dir: &Path) -> Result<Integrity, ComplianceError> 
             segments: report.segments,
             events: report.events,
             checkpoints: report.checkpoints,
+            removed_before: report.removed.map(|removed| removed.last_before),
         },
         Err(error) => Integrity {
             ok: false,
@@ -603,6 +609,7 @@ async fn check_integrity(data_dir: &Path) -> Result<Integrity, ComplianceError> 
             segments: 0,
             events: 0,
             checkpoints: 0,
+            removed_before: None,
         },
     })
 }
@@ -623,9 +630,15 @@ fn integrity_batch(integrity: &Integrity) -> Result<RecordBatch, ComplianceError
         Field::new("events", DataType::Int64, false),
         Field::new("checkpoints", DataType::Int64, false),
         Field::new("failure", DataType::Utf8, true),
+        Field::new("removed_before", DataType::Date32, true),
     ]);
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let failure = (!integrity.ok).then(|| integrity.summary.clone());
+    // `NaiveDate`'s default is 1970-01-01, the day Date32 counts from.
+    let epoch = chrono::NaiveDate::default();
+    let removed_before = integrity
+        .removed_before
+        .and_then(|date| i32::try_from(date.signed_duration_since(epoch).num_days()).ok());
     RecordBatch::try_new(
         Arc::new(schema),
         vec![
@@ -634,6 +647,7 @@ fn integrity_batch(integrity: &Integrity) -> Result<RecordBatch, ComplianceError
             Arc::new(Int64Array::from(vec![count(integrity.events)])),
             Arc::new(Int64Array::from(vec![count(integrity.checkpoints)])),
             Arc::new(StringArray::from(vec![failure])),
+            Arc::new(Date32Array::from(vec![removed_before])),
         ],
     )
     .map_err(|error| ComplianceError::Integrity(error.to_string()))

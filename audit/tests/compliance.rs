@@ -17,6 +17,7 @@ use portcullis_audit::bundles::{archive_bundle, set_current_bundle};
 use portcullis_audit::compliance::{
     Catalog, EvaluateOptions, Framework, Report, Status, evaluate, history, oscal,
 };
+use portcullis_audit::segment::{SealedIndex, write_segments};
 use portcullis_audit::{Decision, EventKind, NewEvent};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::{SourceFile, compile};
@@ -325,6 +326,53 @@ fn decisions_by_a_bundle_no_change_put_in_effect_fail_change_management_and_logg
     })
     .report();
     assert_fails(&report, &[(SOC2, "CC8.1")], &[&"0".repeat(64)]);
+}
+
+/// A bundle that has decided for longer than the store keeps events: the policy change that
+/// put it in effect went with retention, and the archive, which only a change fills, answers
+/// for it. Without a retention removal the same store fails.
+#[test]
+fn a_change_removed_by_retention_is_answered_by_the_archive() {
+    let build = |retention_days: Option<u32>| {
+        let dir = tempfile::tempdir().unwrap();
+        let (hash, bytes) = compile_bundle(POLICY);
+        archive_bundle(dir.path(), &hash, &bytes).unwrap();
+        set_current_bundle(dir.path(), &hash).unwrap();
+        // The change, sixty days ago, sealed into a segment of its own date.
+        let long_ago = chrono::Utc::now() - chrono::Days::new(60);
+        let change = common::stored_event(1, long_ago, policy_change(&hash));
+        let mut index = SealedIndex::open(dir.path(), None).unwrap();
+        write_segments(&dir.path().join("events"), &[change], &mut index).unwrap();
+        drop(index);
+        // Decisions by it today; the store goes on after the sealed `seq`.
+        let log = common::open_with(dir.path(), 1);
+        for event in good_events(&hash).into_iter().skip(1) {
+            log.record(event).unwrap();
+            log.seal().unwrap();
+        }
+        log.close().unwrap();
+        // Retention applies at the next open.
+        drop(SealedIndex::open(dir.path(), retention_days).unwrap());
+        Store { dir }
+    };
+    let kept = build(None).report();
+    assert_eq!(status(&kept, SOC2, "CC8.1"), Status::Pass);
+    let removed = build(Some(30)).report();
+    for (framework, id) in [(SOC2, "CC8.1"), (NIST, "CM-3"), (NIST, "AU-2")] {
+        assert_eq!(
+            status(&removed, framework, id),
+            Status::Pass,
+            "{:#?}",
+            result(&removed, framework, id)
+        );
+    }
+    assert!(removed.integrity.removed_before.is_some());
+    // Not so for a bundle the archive does not hold.
+    let lost = build(Some(30));
+    fs::remove_dir_all(lost.path().join("bundles")).unwrap();
+    let report = lost.report();
+    assert_fails(&report, &[(SOC2, "CC8.1")], &["bundle that decided"]);
+    assert_fails(&report, &[(NIST, "AU-2")], &["policy_change"]);
 }
 
 #[test]
