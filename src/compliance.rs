@@ -10,7 +10,7 @@ use portcullis_audit::compliance::{
     Catalog, ControlResult, EvaluateOptions, Framework, Report, Status, evaluate, history, oscal,
 };
 
-use portcullis_audit::query::hides_in_text;
+use portcullis_audit::query::escape_hidden;
 
 use crate::audit_integrity::check_store_dir;
 use crate::config;
@@ -205,17 +205,9 @@ fn table(report: &Report) -> String {
 
 /// Events carry text from any caller: a terminal must not act on its control characters, nor
 /// show text reordered by bidirectional overrides (`gnp\u{202e}.exe` as `exe.png`) or made to
-/// look like other text by invisible characters.
+/// look like other text by invisible characters. Escaped as `audit query`'s table escapes them.
 fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if hides_in_text(c) {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    escape_hidden(text).into_owned()
 }
 
 #[cfg(test)]
@@ -239,7 +231,9 @@ mod tests {
 
     #[test]
     fn control_characters_are_shown_escaped() {
-        assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u{1b}[31mb\\n");
-        assert_eq!(printable("gnp\u{202e}.exe"), "gnp\\u{202e}.exe");
+        assert_eq!(printable("a\u{1b}[31mb\n"), "a\\u001b[31mb\\n");
+        assert_eq!(printable("gnp\u{202e}.exe"), "gnp\\u202e.exe");
+        // The text `\u202e` is not the character.
+        assert_eq!(printable("gnp\\u202e.exe"), "gnp\\\\u202e.exe");
     }
 }

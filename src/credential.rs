@@ -63,7 +63,8 @@ pub struct CredentialArgs {
     /// The request's action, for policies that read `request.action`.
     #[arg(long)]
     action: Option<String>,
-    /// The request's resource, for policies that read `request.resource`.
+    /// The request's resource: for policies that read `request.resource`, and for a `postgres`
+    /// target that declares a `database`, which it must name (`DATABASE`).
     #[arg(long)]
     resource: Option<String>,
     /// A PEM file of the CAs the server's certificate must chain to, in place of the Mozilla

@@ -663,7 +663,12 @@ fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
     let mut client =
         postgres::Client::connect(&conninfo(setup.plain, "billing", &caller), postgres::NoTls)
             .unwrap();
-    let running = std::thread::spawn(move || client.simple_query("SELECT pg_sleep(60)").is_err());
+    // The client keeps its connection after the query fails, so that the session is still
+    // there to be cut off, however soon the cancelled query's error reaches it.
+    let running = std::thread::spawn(move || {
+        let failed = client.simple_query("SELECT pg_sleep(60)").is_err();
+        (failed, client)
+    });
     // The query is under way before the stop.
     let sleeping = || {
         pg.sql(
@@ -684,10 +689,9 @@ fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
         "{:?}",
         started.elapsed()
     );
-    assert!(
-        running.join().unwrap(),
-        "the cut-off session's query failed"
-    );
+    let (failed, client) = running.join().unwrap();
+    assert!(failed, "the cut-off session's query failed");
+    drop(client);
     assert!(
         log.iter()
             .any(|line| line.contains("postgres_proxy_session_cut_off")),

@@ -7,6 +7,7 @@
 //! read-only query runs: anything else is refused before planning. A query runs under
 //! [`QueryLimits`]: a time limit and a memory limit, past which it stops with an error.
 
+use std::borrow::Cow;
 use std::fs;
 use std::io::ErrorKind;
 use std::path::Path;
@@ -166,25 +167,33 @@ fn syntax_message(error: &ParserError) -> String {
     }
 }
 
-/// Whether `c` is a bidirectional control (the marks, embeddings, overrides and isolates):
-/// text from events that holds one can show as other text (`gnp\u{202e}.exe` as `exe.png`),
-/// so whatever shows such text to people shows these as escapes instead.
-pub fn reorders_text(c: char) -> bool {
-    matches!(
-        c,
-        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
-    )
-}
+pub use portcullis_lang::lexer::hides_in_text;
 
-/// Whether `c` shows as nothing, or as nothing but a reordering: the controls, the
-/// [`reorders_text`] characters and the invisible format characters (zero-width spaces and
-/// joiners, the word joiner and invisible operators, the byte order mark, the soft hyphen).
-/// Two texts that differ only in these look alike (`\u{feff}orders` and `orders`), so a table
-/// meant for people shows them as escapes.
-pub fn hides_in_text(c: char) -> bool {
-    c.is_control()
-        || reorders_text(c)
-        || matches!(c, '\u{00ad}' | '\u{200b}'..='\u{200d}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+/// `text` as a terminal or a page shows it faithfully: each [`hides_in_text`] character as
+/// JSON escapes it (`\n`, `\t`, `\u001b`, `\u202e`; beyond the first plane as its UTF-16
+/// pair, `\udb40\udc41`), and a backslash as `\\`, so that the text `\n` does not look
+/// like an escaped line break. Text without either comes back as it is.
+pub fn escape_hidden(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c == '\\' || hides_in_text(c)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\\' => out.push_str("\\\\"),
+            c if hides_in_text(c) => {
+                let mut units = [0_u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// How [`format_batches`] renders a result.
@@ -778,7 +787,7 @@ fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
             continue;
         };
         let unprintable = |text: &str| {
-            text.len() > MAX_TABLE_CELL_CHARS || text.chars().any(|c| c == '\\' || hides_in_text(c))
+            text.len() > MAX_TABLE_CELL_CHARS || matches!(escape_hidden(text), Cow::Owned(_))
         };
         if !texts.iter().flatten().any(unprintable) {
             continue;
@@ -791,19 +800,7 @@ fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
                         Some((end, _)) => (&text[..end], text.len() - end),
                         None => (text, 0),
                     };
-                    let mut cell = String::with_capacity(shown.len());
-                    for c in shown.chars() {
-                        match c {
-                            '\n' => cell.push_str("\\n"),
-                            '\r' => cell.push_str("\\r"),
-                            '\t' => cell.push_str("\\t"),
-                            '\\' => cell.push_str("\\\\"),
-                            c if hides_in_text(c) => {
-                                cell.push_str(&format!("\\u{:04x}", u32::from(c)));
-                            }
-                            c => cell.push(c),
-                        }
-                    }
+                    let mut cell = escape_hidden(shown).into_owned();
                     if left > 0 {
                         cell.push_str(&format!(
                             "… ({left} more bytes; --format csv or json shows all)"

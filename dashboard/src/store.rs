@@ -116,24 +116,30 @@ pub(crate) fn at(row: &[Cell], column: usize) -> &Cell {
 }
 
 /// `text` with the characters that would make a page show something other than the text
-/// written in their place as `[U+202E]`: controls other than line breaks and tabs, the
-/// bidirectional overrides and isolates, with which a caller's claim could show `gnp.exe` as
-/// `exe.png`, and the invisible characters that make one text look like another. Events carry
-/// text from any caller.
+/// written in their place as `[U+202E]`: every [`hides_in_text`] character — controls, line
+/// breaks and tabs (which a table cell shows as a space), the bidirectional overrides and
+/// isolates, with which a caller's claim could show `gnp.exe` as `exe.png`, and the invisible
+/// characters that make one text look like another. A `[` that begins `[U+` in the text itself
+/// is written `[U+005B]`, so that the text `[U+202E]` and the character never look alike.
+/// Events carry text from any caller.
+///
+/// [`hides_in_text`]: portcullis_audit::query::hides_in_text
 pub(crate) fn visible(text: &str) -> String {
-    let hidden = |c: char| c != '\n' && c != '\t' && portcullis_audit::query::hides_in_text(c);
-    if !text.contains(hidden) {
+    use portcullis_audit::query::hides_in_text;
+    const MARK: &str = "[U+";
+    if !text.contains(hides_in_text) && !text.contains(MARK) {
         return text.to_owned();
     }
-    text.chars()
-        .map(|c| {
-            if hidden(c) {
-                format!("[U+{:04X}]", u32::from(c))
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    let mut out = String::with_capacity(text.len() + 16);
+    for (at, c) in text.char_indices() {
+        let looks_like_a_mark = c == '[' && text[at + 1..].starts_with(&MARK[1..]);
+        if hides_in_text(c) || looks_like_a_mark {
+            out.push_str(&format!("{MARK}{:04X}]", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 fn column_cells(array: &ArrayRef) -> Vec<Cell> {
@@ -302,7 +308,13 @@ mod tests {
     #[test]
     fn bidirectional_overrides_and_controls_are_shown_not_obeyed() {
         assert_eq!(super::visible("gnp\u{202e}.exe"), "gnp[U+202E].exe");
-        assert_eq!(super::visible("a\u{1b}[31m\tb\n"), "a[U+001B][31m\tb\n");
+        assert_eq!(
+            super::visible("a\u{1b}[31m\tb\n"),
+            "a[U+001B][31m[U+0009]b[U+000A]"
+        );
+        // The text of a mark is not the character it stands for.
+        assert_eq!(super::visible("gnp[U+202E].exe"), "gnp[U+005B]U+202E].exe");
+        assert_eq!(super::visible("a\u{a0}b [x]"), "a[U+00A0]b [x]");
         assert_eq!(super::visible("plain ünïcode"), "plain ünïcode");
     }
 }

@@ -484,9 +484,13 @@ fn displayable(text: &str) -> String {
             '\r' if chars.peek() == Some(&'\n') => ch,
             '\t' | '\n' => ch,
             _ if ch.is_ascii_control() => ' ',
-            _ if crate::lexer::is_hidden_control(ch) && ch.len_utf8() == 3 => '\u{FFFD}',
-            // C1 controls are two bytes in UTF-8, as is `¿`.
-            _ if crate::lexer::is_hidden_control(ch) => '\u{BF}',
+            // A mark of the same length in UTF-8: C1 controls and the no-break space are two
+            // bytes, as is `¿`; tag characters four, as is `🚫`.
+            _ if crate::lexer::is_hidden_control(ch) => match ch.len_utf8() {
+                2 => '\u{BF}',
+                4 => '\u{1F6AB}',
+                _ => '\u{FFFD}',
+            },
             _ => ch,
         });
     }

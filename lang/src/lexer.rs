@@ -368,11 +368,51 @@ fn lex_string<'input>(lex: &mut logos::Lexer<'input, Token<'input>>) -> Result<S
     Err(LexError::UnterminatedString)
 }
 
-/// Whether `ch` is a control character other than tab, or a Unicode bidirectional control:
-/// characters a reader does not see as written, which Gate refuses in strings.
+/// Whether `ch` shows as something other than itself, or as nothing, so that two texts that
+/// differ in it look alike: the controls; the bidirectional marks, embeddings, overrides and
+/// isolates, with which `gnp\u{202e}.exe` shows as `exe.png`; whitespace other than the space
+/// (a no-break space, the line separator); and the invisible format and default-ignorable
+/// characters (zero-width spaces and joiners, the byte order mark, the soft hyphen, variation
+/// selectors, tag characters, fillers, the blank braille pattern). Whatever shows text from
+/// outside to people shows these escaped, and Gate refuses them in strings.
+pub fn hides_in_text(ch: char) -> bool {
+    ch.is_control()
+        || (ch.is_whitespace() && ch != ' ')
+        || matches!(
+            ch,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{0890}'..='\u{0891}'
+                | '\u{08E2}'
+                | '\u{115F}'..='\u{1160}'
+                | '\u{17B4}'..='\u{17B5}'
+                | '\u{180B}'..='\u{180F}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{2800}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+                | '\u{110BD}'
+                | '\u{110CD}'
+                | '\u{13430}'..='\u{1343F}'
+                | '\u{1BCA0}'..='\u{1BCA3}'
+                | '\u{1D173}'..='\u{1D17A}'
+                | '\u{E0000}'..='\u{E0FFF}'
+        )
+}
+
+/// Whether Gate refuses `ch` in a string: a [`hides_in_text`] character other than the tab,
+/// which a reader does not see as written.
 pub fn is_hidden_control(ch: char) -> bool {
-    (ch.is_control() && ch != '\t')
-        || matches!(ch, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    ch != '\t' && hides_in_text(ch)
 }
 
 /// A token and its byte range in the file.
@@ -629,9 +669,21 @@ mod tests {
             )]
         );
         assert_eq!(lexed.tokens.len(), 3, "the string still ends at its quote");
-        let lexed = lex("\"\u{202E}\"");
-        assert_eq!(lexed.errors.len(), 1);
+        // Bidirectional controls, invisible characters, whitespace other than the space: a
+        // string that holds one looks like another string.
+        for hidden in [
+            '\u{202E}',
+            '\u{200B}',
+            '\u{FEFF}',
+            '\u{A0}',
+            '\u{180E}',
+            '\u{E0041}',
+        ] {
+            let text = format!("\"orders{hidden}\"");
+            assert_eq!(lex(&text).errors.len(), 1, "{hidden:?}");
+        }
         assert!(lex("\"a\tb\"").errors.is_empty(), "a raw tab is allowed");
+        assert!(lex("\"ünïcode ok\"").errors.is_empty());
     }
 
     #[test]

@@ -206,6 +206,7 @@ async fn session(
         engine: Arc::clone(&engine),
         decided: Some(decided.clone()),
         started,
+        peer,
     };
     let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     unfinished.decided = None;
@@ -238,6 +239,7 @@ struct CutOff {
     /// The session's decision event while the session runs.
     decided: Option<NewEvent>,
     started: Instant,
+    peer: SocketAddr,
 }
 
 impl Drop for CutOff {
@@ -247,6 +249,8 @@ impl Drop for CutOff {
         };
         let duration_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let resource = decided.resource.clone().unwrap_or_default();
+        let target = decided.target.clone().unwrap_or_default();
+        let peer = self.peer;
         let closed = NewEvent {
             reason: Some("the session was cut off when the server stopped".to_owned()),
             reason_code: Some("cut_off".to_owned()),
@@ -255,9 +259,15 @@ impl Drop for CutOff {
             ..closed_event(decided, duration_ms, 0, 0)
         };
         match self.engine.audit.record_batch(vec![closed]) {
-            Ok(_) => tracing::warn!(resource, duration_ms, "postgres_proxy_session_cut_off"),
+            Ok(_) => tracing::warn!(
+                target,
+                %peer,
+                resource,
+                duration_ms,
+                "postgres_proxy_session_cut_off"
+            ),
             Err(error) => {
-                tracing::error!(resource, %error, "connection_closed_event_lost");
+                tracing::error!(target, %peer, resource, %error, "connection_closed_event_lost");
             }
         }
     }
