@@ -689,6 +689,23 @@ mod tests {
     }
 
     #[test]
+    fn hidden_characters_of_every_length_are_shown_as_marks_of_that_length() {
+        // Two bytes (a no-break space), three (a zero-width space, a right-to-left override),
+        // four (a tag character): each string is refused, and its line is shown with a mark in
+        // the character's place, the label still under the string.
+        for hidden in ['\u{A0}', '\u{200B}', '\u{202E}', '\u{E0041}'] {
+            let text = format!("target t {{ https {{ host = \"a{hidden}b\" }} }}\n");
+            let diags = compile(&[SourceFile::new("t.gate", &text)]).unwrap_err();
+            let rendered = render(&diags, false);
+            assert!(!rendered.contains(hidden), "{hidden:?}: {rendered}");
+            assert!(rendered.contains("gate::E0004"), "{hidden:?}: {rendered}");
+            let shown = displayable(&text);
+            assert_eq!(shown.len(), text.len(), "{hidden:?}");
+            assert!(!shown.contains(hidden), "{hidden:?}");
+        }
+    }
+
+    #[test]
     fn a_label_on_a_very_long_line_shows_the_part_around_it_at_its_true_position() {
         let filler = "request.resource like \"/v1/orders/*\" || ".repeat(200);
         let text = format!("// first line\ncondition c {{ {filler}request.actoin == \"x\" }}\n");
