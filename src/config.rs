@@ -1355,11 +1355,7 @@ impl Config {
     /// log in to another. Hosts are compared by name (loopback names alike), so two names of
     /// one cluster, or a proxy in front of it, are named too; a Unix socket is not compared.
     pub fn postgres_upstream_mismatches(&self) -> Vec<String> {
-        let loopback = |host: &str| {
-            host.parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-                || portcullis_lang::net::is_loopback_authority(host)
-        };
+        let loopback = portcullis_lang::net::is_loopback_authority;
         let same_host =
             |a: &str, b: &str| a.eq_ignore_ascii_case(b) || (loopback(a) && loopback(b));
         let mut mismatches = Vec::new();

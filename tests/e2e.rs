@@ -672,7 +672,8 @@ permit payments_deploy { workload payments_jobs target ledger }
              kind = \"oidc\"\nissuer = \"https://idp.example-issuer.invalid\"\n\
              audiences = [\"portcullis\"]\njwks_file = {jwks:?}\nexample_only = true\n\
              custom_claims = [\n  {{ name = \"team\", path = \"org.team\", type = \"string\", \
-             required = true }},\n  {{ name = \"tier\", path = \"tier\", type = \"{tier_type}\" }},\n]\n",
+             required = true }},\n  {{ name = \"tier\", path = \"tier\", \
+             type = \"{tier_type}\" }},\n]\n",
             bundle = bundle_path.to_str().unwrap(),
             jwks = repo()
                 .join("examples/dev/example-github-issuer.jwks.json")

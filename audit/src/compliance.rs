@@ -634,11 +634,9 @@ fn integrity_batch(integrity: &Integrity) -> Result<RecordBatch, ComplianceError
     ]);
     let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let failure = (!integrity.ok).then(|| integrity.summary.clone());
-    // `NaiveDate`'s default is 1970-01-01, the day Date32 counts from.
-    let epoch = chrono::NaiveDate::default();
     let removed_before = integrity
         .removed_before
-        .and_then(|date| i32::try_from(date.signed_duration_since(epoch).num_days()).ok());
+        .map(arrow::datatypes::Date32Type::from_naive_date);
     RecordBatch::try_new(
         Arc::new(schema),
         vec![

@@ -169,12 +169,17 @@ fn syntax_message(error: &ParserError) -> String {
 
 pub use portcullis_lang::lexer::hides_in_text;
 
+/// Whether [`escape_hidden`] changes `text`.
+fn needs_escape(text: &str) -> bool {
+    text.chars().any(|c| c == '\\' || hides_in_text(c))
+}
+
 /// `text` as a terminal or a page shows it faithfully: each [`hides_in_text`] character as
 /// JSON escapes it (`\n`, `\t`, `\u001b`, `\u202e`; beyond the first plane as its UTF-16
 /// pair, `\udb40\udc41`), and a backslash as `\\`, so that the text `\n` does not look
 /// like an escaped line break. Text without either comes back as it is.
 pub fn escape_hidden(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c == '\\' || hides_in_text(c)) {
+    if !needs_escape(text) {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
@@ -786,9 +791,7 @@ fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
         let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
             continue;
         };
-        let unprintable = |text: &str| {
-            text.len() > MAX_TABLE_CELL_CHARS || matches!(escape_hidden(text), Cow::Owned(_))
-        };
+        let unprintable = |text: &str| text.len() > MAX_TABLE_CELL_CHARS || needs_escape(text);
         if !texts.iter().flatten().any(unprintable) {
             continue;
         }
