@@ -386,6 +386,25 @@ impl RawSession {
             .unwrap();
     }
 
+    /// The messages until the proxy closes the connection.
+    fn until_closed(&mut self) -> Vec<(u8, Vec<u8>)> {
+        let mut messages = Vec::new();
+        loop {
+            let mut head = [0_u8; 5];
+            match self.stream.read_exact(&mut head) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return messages;
+                }
+                Err(error) => panic!("{error} after {messages:?}"),
+            }
+            let length = u32::from_be_bytes(head[1..].try_into().unwrap());
+            let mut body = vec![0; usize::try_from(length).unwrap() - 4];
+            self.stream.read_exact(&mut body).unwrap();
+            messages.push((head[0], body));
+        }
+    }
+
     /// The messages up to and including ReadyForQuery.
     fn until_ready(&mut self) -> Vec<(u8, Vec<u8>)> {
         let mut messages = Vec::new();
@@ -652,35 +671,37 @@ fn connections_with_one_token_share_a_role_unless_reuse_is_off() {
     );
 }
 
-/// A session still running when the server stops past its grace period is cut off, its query
-/// cancelled in the upstream first, and still ends in a `connection_closed` event that says so.
+/// Sessions still running when the server stops past its grace period are cut off, their
+/// queries cancelled in the upstream first. A client between messages is told so as
+/// PostgreSQL tells it at shutdown (FATAL, SQLSTATE 57P01) and its upstream session is
+/// terminated; a client that stops reading a large result is dropped. Both end in a
+/// `connection_closed` event that says so.
 #[test]
-fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
+fn sessions_cut_off_at_shutdown_are_told_and_still_end_in_events() {
     let pg = prepared(Postgres::start());
     let tmp = tempfile::tempdir().unwrap();
     let setup = start(tmp.path(), &pg);
     let caller = token("ci-runner", 300);
-    let mut client =
-        postgres::Client::connect(&conninfo(setup.plain, "billing", &caller), postgres::NoTls)
-            .unwrap();
-    // The client keeps its connection after the query fails, so that the session is still
-    // there to be cut off, however soon the cancelled query's error reaches it.
-    let running = std::thread::spawn(move || {
-        let failed = client.simple_query("SELECT pg_sleep(60)").is_err();
-        (failed, client)
-    });
-    // The query is under way before the stop.
-    let sleeping = || {
+    let mut sleeper = RawSession::connect(setup.plain, &caller);
+    let mut hoarder = RawSession::connect(setup.plain, &caller);
+    sleeper.query("SELECT pg_sleep(60)");
+    // Far more rows than the sockets between hold; none of them is read.
+    hoarder.query("SELECT repeat('x', 10000) FROM generate_series(1, 1000000) AS hoarded");
+    let running = |sql: &str| {
         pg.sql(
             "postgres",
-            "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(60)' \
-             AND state = 'active'",
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE query = '{sql}' \
+                 AND pid <> pg_backend_pid()"
+            ),
         )
     };
+    let sleeping = || running("SELECT pg_sleep(60)");
     eventually("the query runs upstream", || {
         (sleeping() == "1").then_some(())
     });
     let started = std::time::Instant::now();
+    let listening = std::thread::spawn(move || (sleeper.until_closed(), sleeper));
     let log = stop_server(setup.server);
     // Not left to run its minute out in the server after its client is gone.
     assert_eq!(sleeping(), "0", "{log:#?}");
@@ -689,28 +710,49 @@ fn a_session_cut_off_at_shutdown_still_ends_in_an_event() {
         "{:?}",
         started.elapsed()
     );
-    let (failed, client) = running.join().unwrap();
-    assert!(failed, "the cut-off session's query failed");
-    drop(client);
+    let (messages, _) = listening.join().unwrap();
+    let (last, body) = messages.last().unwrap();
+    assert_eq!(*last, b'E', "{messages:?}");
+    let fields: Vec<&[u8]> = body.split(|byte| *byte == 0).collect();
+    assert!(fields.contains(&&b"SFATAL"[..]), "{messages:?}");
+    assert!(fields.contains(&&b"C57P01"[..]), "{messages:?}");
+    // The hoarder's backend does not stay behind either.
+    let hoarded = "SELECT repeat(''x'', 10000) FROM generate_series(1, 1000000) AS hoarded";
+    eventually("the unread query's backend ends", || {
+        (running(hoarded) == "0").then_some(())
+    });
+    drop(hoarder);
     assert!(
         log.iter()
-            .any(|line| line.contains("postgres_proxy_session_cut_off")),
+            .filter(|line| line.contains("postgres_proxy_session_cut_off"))
+            .count()
+            == 2,
         "{log:#?}"
     );
     assert!(
         log.iter()
             .any(|line| line.contains("postgres_proxy_sessions_cut_off")
-                && line.contains("cancelled=1")),
+                && line.contains("cancelled=2")),
         "{log:#?}"
     );
     let closed = audit_query(
         &tmp.path().join("data"),
-        "SELECT resource, reason_code, duration_ms, bytes_from_client FROM access_events \
-         WHERE kind = 'connection_closed'",
+        "SELECT resource, reason_code, duration_ms, bytes_from_client, bytes_to_client \
+         FROM access_events WHERE kind = 'connection_closed' ORDER BY bytes_to_client NULLS FIRST",
     );
-    assert_eq!(closed.len(), 1, "{closed:#?}");
-    assert_eq!(closed[0]["resource"], "billing/alice");
-    assert_eq!(closed[0]["reason_code"], "cut_off");
-    assert!(closed[0]["duration_ms"].as_i64().unwrap() >= 500);
+    assert_eq!(closed.len(), 2, "{closed:#?}");
+    for row in &closed {
+        assert_eq!(row["resource"], "billing/alice");
+        assert_eq!(row["reason_code"], "cut_off");
+        assert!(row["duration_ms"].as_i64().unwrap() >= 500);
+    }
+    // Dropped unfinished: the bytes are not known ...
     assert!(closed[0]["bytes_from_client"].is_null(), "{closed:#?}");
+    // ... told and ended by the relay: the query went up, the farewell came down.
+    let query_bytes = 5 + "SELECT pg_sleep(60)".len() as i64 + 1;
+    assert_eq!(closed[1]["bytes_from_client"], query_bytes, "{closed:#?}");
+    assert!(
+        closed[1]["bytes_to_client"].as_i64().unwrap() > 0,
+        "{closed:#?}"
+    );
 }

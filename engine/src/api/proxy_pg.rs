@@ -18,6 +18,7 @@
 //! ([`cancel`]).
 
 mod cancel;
+mod relay;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +92,8 @@ struct Listener {
     cancel_keys: Arc<CancelKeys>,
     /// The credentials issued to its callers, for their next connections.
     reuse: CredentialReuse<Kept>,
+    /// Turns true when the listener cuts its sessions off.
+    cut_off: tokio::sync::watch::Receiver<bool>,
 }
 
 /// An issued credential as a listener keeps it for reuse: its value, and how the upstream
@@ -105,11 +108,16 @@ struct Kept {
 /// runs, and waits for the upstream to take the request.
 const CANCEL_BEFORE_CUT_OFF: Duration = Duration::from_secs(2);
 
+/// How long, of [`CANCEL_BEFORE_CUT_OFF`], the sessions are given to end at a message
+/// boundary once told to; those that have not are dropped.
+const CUT_OFF_WAIT: Duration = Duration::from_millis(500);
+
 /// Serves `spec` on `listener` until `shutdown` completes. Sessions under way go on until
 /// their clients close them or `drain` has passed since `shutdown`; then the query each runs
 /// is cancelled in its upstream (a query left running would hold the server's resources, and
-/// its locks, long after its client is gone), and the sessions are cut off, each with its
-/// `connection_closed` event.
+/// its locks, long after its client is gone), and the sessions are cut off: each client gets
+/// FATAL 57P01 after the message under way ([`relay`]), a session that cannot get there is
+/// dropped, and each ends in its `connection_closed` event.
 pub async fn serve_postgres_proxy(
     engine: Arc<Engine>,
     spec: PostgresProxySpec,
@@ -117,10 +125,12 @@ pub async fn serve_postgres_proxy(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
+    let (cut_off, cut_off_signal) = tokio::sync::watch::channel(false);
     let listening = Arc::new(Listener {
         spec: Arc::new(spec),
         cancel_keys: Arc::new(CancelKeys::default()),
         reuse: CredentialReuse::default(),
+        cut_off: cut_off_signal,
     });
     let mut sessions = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -149,16 +159,23 @@ pub async fn serve_postgres_proxy(
     .await;
     if drained.is_err() {
         let target = &listening.spec.target;
-        let cancelled =
-            cancel::cancel_all(&listening.cancel_keys, target, CANCEL_BEFORE_CUT_OFF).await;
+        let within = CANCEL_BEFORE_CUT_OFF.saturating_sub(CUT_OFF_WAIT);
+        let cancelled = cancel::cancel_all(&listening.cancel_keys, target, within).await;
         tracing::warn!(
             target = %target,
             sessions = sessions.len(),
             cancelled,
             "postgres_proxy_sessions_cut_off"
         );
-        sessions.abort_all();
-        while sessions.join_next().await.is_some() {}
+        let _ = cut_off.send(true);
+        let ended = tokio::time::timeout(CUT_OFF_WAIT, async {
+            while sessions.join_next().await.is_some() {}
+        })
+        .await;
+        if ended.is_err() {
+            sessions.abort_all();
+            while sessions.join_next().await.is_some() {}
+        }
     }
     Ok(())
 }
@@ -195,8 +212,8 @@ async fn session(
         }
     };
     let Ready {
-        mut client,
-        mut upstream,
+        client,
+        upstream,
         decided,
         cancel_key,
         passed_on,
@@ -207,13 +224,19 @@ async fn session(
         decided: Some(decided.clone()),
         started,
         peer,
+        bytes: None,
     };
-    let relayed = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-    unfinished.decided = None;
+    let relayed = relay::relay(client, upstream, listening.cut_off.clone()).await;
     // The session is over: its cancel key matches nothing from now on.
     drop(cancel_key);
-    let (from_client, to_client) = relayed.unwrap_or((0, 0));
-    let to_client = to_client.saturating_add(passed_on);
+    let from_client = relayed.from_client;
+    let to_client = relayed.to_client.saturating_add(passed_on);
+    if relayed.cut_off {
+        // Recorded as a session dropped unfinished is, now with the bytes relayed.
+        unfinished.bytes = Some((from_client, to_client));
+        return;
+    }
+    unfinished.decided = None;
     let duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     tracing::info!(
         target = %spec.target,
@@ -230,16 +253,18 @@ async fn session(
     }
 }
 
-/// A relayed session that is dropped before it ends — the server stopping past its grace
-/// period — still gets its `connection_closed` event, recorded as it is dropped (the
-/// runtime is going away, so the record is a blocking one), with how long it lasted; the
-/// bytes relayed are not known then.
+/// A relayed session that the server cut off, or that was dropped before it ended (the server
+/// stopping past its grace period), still gets its `connection_closed` event, recorded as the
+/// session is dropped (the runtime is going away, so the record is a blocking one), with how
+/// long it lasted and, for a session the relay ended itself, the bytes relayed each way.
 struct CutOff {
     engine: Arc<Engine>,
     /// The session's decision event while the session runs.
     decided: Option<NewEvent>,
     started: Instant,
     peer: SocketAddr,
+    /// The bytes from and to the client, when the relay ended the session itself.
+    bytes: Option<(u64, u64)>,
 }
 
 impl Drop for CutOff {
@@ -251,11 +276,12 @@ impl Drop for CutOff {
         let resource = decided.resource.clone().unwrap_or_default();
         let target = decided.target.clone().unwrap_or_default();
         let peer = self.peer;
+        let (from_client, to_client) = self.bytes.unzip();
         let closed = NewEvent {
             reason: Some("the session was cut off when the server stopped".to_owned()),
             reason_code: Some("cut_off".to_owned()),
-            bytes_from_client: None,
-            bytes_to_client: None,
+            bytes_from_client: from_client,
+            bytes_to_client: to_client,
             ..closed_event(decided, duration_ms, 0, 0)
         };
         match self.engine.audit.record_batch(vec![closed]) {
@@ -264,6 +290,8 @@ impl Drop for CutOff {
                 %peer,
                 resource,
                 duration_ms,
+                bytes_from_client = from_client,
+                bytes_to_client = to_client,
                 "postgres_proxy_session_cut_off"
             ),
             Err(error) => {
@@ -828,6 +856,13 @@ fn authentication(code: u32, data: &[u8]) -> Vec<u8> {
 
 /// A FATAL `ErrorResponse` with `sqlstate` and `text`, sent before the connection closes.
 async fn refuse(client: &mut Box<dyn Stream>, sqlstate: &str, text: &str) {
+    let _ = client.write_all(&error_response(sqlstate, text)).await;
+    let _ = client.flush().await;
+    let _ = client.shutdown().await;
+}
+
+/// An `ErrorResponse` of severity FATAL with `sqlstate` and `text`.
+fn error_response(sqlstate: &str, text: &str) -> Vec<u8> {
     let mut body = Vec::new();
     for (field, value) in [
         (b'S', "FATAL"),
@@ -840,9 +875,7 @@ async fn refuse(client: &mut Box<dyn Stream>, sqlstate: &str, text: &str) {
         body.push(0);
     }
     body.push(0);
-    let _ = client.write_all(&message(b'E', &body)).await;
-    let _ = client.flush().await;
-    let _ = client.shutdown().await;
+    message(b'E', &body)
 }
 
 /// A connection to the upstream, over TLS (SSLRequest, then the handshake, the server's
