@@ -748,12 +748,15 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
             // characters are shown escaped: events carry text from unauthenticated callers, and
             // a terminal would act on an escape sequence or a line break (forging rows,
             // rewriting lines), and an invisible or reordering character makes one text look
-            // like another.
+            // like another. A null is shown as `NULL`, so that it is not taken for an empty
+            // text.
             let cut = batches
                 .iter()
                 .map(printable_texts)
                 .collect::<Result<Vec<_>, _>>()?;
-            return Ok(arrow::util::pretty::pretty_format_batches(&cut)?.to_string());
+            let options = arrow::util::display::FormatOptions::default().with_null("NULL");
+            let table = arrow::util::pretty::pretty_format_batches_with_options(&cut, &options)?;
+            return Ok(table.to_string());
         }
         OutputFormat::Csv => {
             let mut writer = arrow::csv::WriterBuilder::new()

@@ -256,6 +256,22 @@ async fn table_output_has_headers_and_values() {
 }
 
 #[tokio::test]
+async fn a_table_shows_a_null_apart_from_an_empty_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT CAST(NULL AS VARCHAR) AS missing, '' AS empty, CAST(NULL AS BIGINT) AS n";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let text = format_batches(&batches, OutputFormat::Table).unwrap();
+    let row = text.lines().nth(3).unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells, ["", "NULL", "", "NULL", ""], "{text}");
+    // CSV cannot tell them apart; JSON does.
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(csv, "missing,empty,n\n,,\n");
+    let json = format_batches(&batches, OutputFormat::Json).unwrap();
+    assert_eq!(json, "{\"missing\":null,\"empty\":\"\",\"n\":null}\n");
+}
+
+#[tokio::test]
 async fn order_by_seq_spans_several_segments() {
     let dir = tempfile::tempdir().unwrap();
     let log = common::open_with(dir.path(), 2);
