@@ -27,6 +27,7 @@ use datafusion::execution::cache::cache_manager::{
 };
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Visit, Visitor};
@@ -334,7 +335,12 @@ async fn run_query(
         let mut frame = ctx.sql_with_options(sql, options).await?;
         let schema =
             plain_text(RecordBatch::new_empty(Arc::clone(frame.schema().inner())))?.schema();
-        if let Some(rows) = limits.max_rows {
+        // An explanation is a few rows, and DataFusion runs one only at the root of a plan.
+        let explains = matches!(
+            frame.logical_plan(),
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_)
+        );
+        if let Some(rows) = limits.max_rows.filter(|_| !explains) {
             // One more than kept, so that the caller can tell a cut result.
             frame = frame.limit(0, Some(rows.saturating_add(1)))?;
         }

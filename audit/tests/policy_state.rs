@@ -500,6 +500,13 @@ async fn results_are_cut_after_the_row_cap_and_refused_past_the_byte_cap() {
     let batches = query_with_limits(dir.path(), sql, limits).await.unwrap();
     let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
     assert_eq!(rows, 101, "one more than the cap, so the caller can tell");
+    // An explanation under the same cap: the plan, not an error about where a limit went.
+    for explain in ["EXPLAIN", "EXPLAIN ANALYZE"] {
+        let sql = format!("{explain} SELECT count(*) FROM generate_series(1, 1000)");
+        let batches = query_with_limits(dir.path(), &sql, limits).await.unwrap();
+        let text = format_batches(&batches, OutputFormat::Table).unwrap();
+        assert!(text.contains("plan"), "{text}");
+    }
 
     let limits = QueryLimits {
         max_result_bytes: Some(1024 * 1024),
