@@ -1669,6 +1669,7 @@ impl Config {
             custom_claims,
             trust_domain: provider.trust_domain.clone(),
             ca,
+            example_only: provider.example_only,
         })
     }
 }

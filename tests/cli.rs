@@ -137,7 +137,8 @@ fn write_config(dir: &Path, policy_dir: &str, extra: &str) -> PathBuf {
     let jwks = repo().join("examples/dev/example-github-issuer.jwks.json");
     let text = format!(
         "[policy]\ndir = \"{policy_dir}\"\n\n[[trust_providers]]\nname = \"gh\"\nkind = \"github\"\n\
-         issuer = \"https://gh.invalid\"\naudiences = [\"portcullis\"]\njwks_file = \"{}\"\n{extra}",
+         issuer = \"https://gh.invalid\"\naudiences = [\"portcullis\"]\njwks_file = \"{}\"\n\
+         example_only = true\n{extra}",
         jwks.display()
     );
     let path = dir.join("portcullis.toml");
@@ -251,7 +252,7 @@ fn serve_refuses_unsafe_or_ambiguous_trust_providers() {
     let jwks = repo().join("examples/dev/example-github-issuer.jwks.json");
     let twin = format!(
         "\n[[trust_providers]]\nname = \"gh\"\nkind = \"github\"\nissuer = \"https://other.invalid\"\n\
-         audiences = [\"portcullis\"]\njwks_file = \"{}\"\n",
+         audiences = [\"portcullis\"]\njwks_file = \"{}\"\nexample_only = true\n",
         jwks.display()
     );
     let config = write_config(tmp.path(), policies, &twin);

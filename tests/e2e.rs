@@ -726,6 +726,42 @@ permit payments_deploy { workload payments_jobs target ledger }
     stop_server(server);
 }
 
+/// A trust provider whose keys are the example keys published in `examples/dev/` stops the
+/// server before it listens, unless it is marked `example_only`: anyone can mint the tokens
+/// those keys accept.
+#[test]
+fn serve_refuses_the_published_example_keys_unless_marked_example_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let copied = std::process::Command::new("cp")
+        .arg("-r")
+        .arg(repo().join("examples"))
+        .arg(tmp.path())
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    let config = tmp.path().join("examples/portcullis.toml");
+    let shipped = std::fs::read_to_string(&config).unwrap();
+    let unmarked = shipped.replace("example_only = true\n", "");
+    assert!(!unmarked.contains("example_only"), "{unmarked}");
+    std::fs::write(&config, unmarked).unwrap();
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trust provider `github-actions-example`: key ")
+            && err.contains("is the example key published in")
+            && err.contains("examples/dev/example-github-issuer.jwks.json"),
+        "{err}"
+    );
+}
+
 /// With `[policy] public_key`, the server starts only on a bundle that key signed: an unsigned
 /// one, one signed by another key, one whose signature was altered and another policy set
 /// carrying the real bundle's signature each stop it before it listens or writes anything,

@@ -82,6 +82,9 @@ pub struct TrustProviderSpec {
     pub trust_domain: Option<String>,
     /// What an `https` issuer's certificate must chain to when its keys are fetched.
     pub ca: crate::http::TrustRoots,
+    /// The provider only runs the examples: its keys may be the published example keys,
+    /// which are refused otherwise.
+    pub example_only: bool,
 }
 
 /// A trust provider ready to verify tokens.
@@ -140,6 +143,16 @@ pub enum ProviderConfigError {
     },
     #[error("trust provider `{provider}`: the JWKS holds no usable signing key")]
     NoKeys { provider: String },
+    #[error(
+        "trust provider `{provider}`: key `{kid}` is the example key published in `{file}`, so \
+         anyone can mint tokens it accepts; configure the issuer's own keys (`example_only = \
+         true` lets a provider that only runs the examples use it)"
+    )]
+    PublishedExampleKey {
+        provider: String,
+        kid: String,
+        file: &'static str,
+    },
     #[error("trust provider `{provider}`: a leeway of {leeway_s} s is over {MAX_LEEWAY_S} s")]
     Leeway { provider: String, leeway_s: u64 },
     #[error("trust provider `{provider}`: at least one audience is required")]
@@ -190,7 +203,7 @@ impl TrustProvider {
         check_kind_settings(&spec)?;
         let keys = match &spec.jwks {
             JwksSource::Document(text) => {
-                let keys = parse_jwks(&spec.name, text)?;
+                let keys = parse_jwks(&spec.name, text, spec.example_only)?;
                 if keys.is_empty() {
                     return Err(ProviderConfigError::NoKeys {
                         provider: spec.name,
@@ -243,6 +256,7 @@ impl TrustProvider {
                 custom_claims: Vec::new(),
                 trust_domain: None,
                 ca: crate::http::TrustRoots::default(),
+                example_only: false,
             },
             keys: RwLock::new(Arc::new(KeySet::default())),
             fetching: Mutex::new(Fetching::default()),
@@ -266,12 +280,13 @@ impl TrustProvider {
         let fetched = crate::jwks::fetch_jwks(&self.spec.jwks, &self.spec.issuer, &self.spec.ca)
             .unwrap_or_else(|| Ok(String::new()))
             .and_then(|text| {
-                let keys =
-                    parse_jwks(&self.spec.name, &text).map_err(|error| FetchError::Document {
+                let keys = parse_jwks(&self.spec.name, &text, self.spec.example_only).map_err(
+                    |error| FetchError::Document {
                         url: "the JWKS".to_owned(),
                         what: "a usable JSON Web Key Set",
                         detail: error.to_string(),
-                    })?;
+                    },
+                )?;
                 if keys.is_empty() {
                     return Err(FetchError::Document {
                         url: "the JWKS".to_owned(),

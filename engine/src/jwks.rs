@@ -9,10 +9,12 @@
 //! on a blocking thread. Keys are fetched over `https`, checked against the web's public roots,
 //! or over plain `http` from a loopback address only (an issuer on the same host).
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
+use base64::Engine as _;
 use jsonwebtoken::jwk::{
-    AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, OctetKeyPairType, PublicKeyUse,
+    AlgorithmParameters, EllipticCurve, Jwk, JwkSet, KeyAlgorithm, OctetKeyPairType, PublicKeyUse,
 };
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::Value;
@@ -108,9 +110,90 @@ impl std::fmt::Debug for VerificationKey {
     }
 }
 
+/// The public keys of the example issuers, whose private keys are published with the source
+/// in `examples/dev/`: anyone can mint tokens these keys verify.
+const PUBLISHED_EXAMPLE_JWKS: [(&str, &str); 2] = [
+    (
+        "examples/dev/example-github-issuer.jwks.json",
+        include_str!("../../examples/dev/example-github-issuer.jwks.json"),
+    ),
+    (
+        "examples/dev/example-kubernetes-issuer.jwks.json",
+        include_str!("../../examples/dev/example-kubernetes-issuer.jwks.json"),
+    ),
+];
+
+/// The published example keys by their public material ([`key_material`]), each with the
+/// file it is published in.
+static PUBLISHED_EXAMPLE_KEYS: LazyLock<Vec<(Vec<u8>, &'static str)>> = LazyLock::new(|| {
+    PUBLISHED_EXAMPLE_JWKS
+        .iter()
+        .flat_map(|(file, text)| {
+            let set: JwkSet = serde_json::from_str(text).unwrap_or(JwkSet { keys: Vec::new() });
+            set.keys
+                .iter()
+                .filter_map(key_material)
+                .map(|material| (material, *file))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+});
+
+/// A key's public material, decoded, whatever its `kid`, `alg` or base64 padding: the key
+/// type, then the curve's point or the RSA modulus and exponent without leading zeros.
+fn key_material(jwk: &Jwk) -> Option<Vec<u8>> {
+    let decode = |text: &str| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim_end_matches('='))
+            .ok()
+    };
+    let unpadded = |bytes: Vec<u8>| {
+        let start = bytes
+            .iter()
+            .position(|byte| *byte != 0)
+            .unwrap_or(bytes.len());
+        bytes[start..].to_vec()
+    };
+    let mut material = Vec::new();
+    match &jwk.algorithm {
+        AlgorithmParameters::EllipticCurve(ec) => {
+            material.extend_from_slice(format!("EC {:?} ", ec.curve).as_bytes());
+            material.extend(decode(&ec.x)?);
+            material.extend(decode(&ec.y)?);
+        }
+        AlgorithmParameters::RSA(rsa) => {
+            material.extend_from_slice(b"RSA ");
+            material.extend(unpadded(decode(&rsa.n)?));
+            material.push(b' ');
+            material.extend(unpadded(decode(&rsa.e)?));
+        }
+        AlgorithmParameters::OctetKeyPair(okp) => {
+            material.extend_from_slice(format!("OKP {:?} ", okp.curve).as_bytes());
+            material.extend(decode(&okp.x)?);
+        }
+        _ => return None,
+    }
+    Some(material)
+}
+
+/// The file of `examples/dev/` that publishes `jwk`, if it is one of the example keys.
+fn published_example_key(jwk: &Jwk) -> Option<&'static str> {
+    let material = key_material(jwk)?;
+    PUBLISHED_EXAMPLE_KEYS
+        .iter()
+        .find(|(published, _)| *published == material)
+        .map(|(_, file)| *file)
+}
+
 /// Parses a JWKS document. Every key must be usable: a symmetric key, an unknown curve or an
-/// algorithm outside [`ALLOWED_ALGORITHMS`] is an error, not a key skipped in silence.
-pub fn parse_jwks(provider: &str, text: &str) -> Result<Vec<VerificationKey>, ProviderConfigError> {
+/// algorithm outside [`ALLOWED_ALGORITHMS`] is an error, not a key skipped in silence. So is
+/// one of the published example keys, unless `example_only` says the provider is there to run
+/// the examples.
+pub fn parse_jwks(
+    provider: &str,
+    text: &str,
+    example_only: bool,
+) -> Result<Vec<VerificationKey>, ProviderConfigError> {
     let set: JwkSet =
         serde_json::from_str(text).map_err(|err| ProviderConfigError::JwksSyntax {
             provider: provider.to_owned(),
@@ -134,6 +217,13 @@ pub fn parse_jwks(provider: &str, text: &str) -> Result<Vec<VerificationKey>, Pr
             kid: kid.clone().unwrap_or_else(|| "(no kid)".to_owned()),
             detail,
         };
+        if !example_only && let Some(file) = published_example_key(jwk) {
+            return Err(ProviderConfigError::PublishedExampleKey {
+                provider: provider.to_owned(),
+                kid: kid.clone().unwrap_or_else(|| "(no kid)".to_owned()),
+                file,
+            });
+        }
         let family = match &jwk.algorithm {
             AlgorithmParameters::RSA(_) => Family::Rsa,
             AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
@@ -304,6 +394,47 @@ fn get(url: &str, roots: &TrustRoots) -> Result<String, FetchError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_published_example_keys_are_refused_unless_the_provider_runs_the_examples() {
+        for (file, text) in PUBLISHED_EXAMPLE_JWKS {
+            let error = parse_jwks("prod", text, false).unwrap_err().to_string();
+            assert!(
+                error.contains("trust provider `prod`") && error.contains(file),
+                "{error}"
+            );
+            assert_eq!(parse_jwks("examples", text, true).unwrap().len(), 1);
+            // The same key under another `kid`, without `alg` or `use`, with base64 padding.
+            let mut set: Value = serde_json::from_str(text).unwrap();
+            let key = &mut set["keys"][0];
+            key["kid"] = "renamed".into();
+            key.as_object_mut().unwrap().remove("alg");
+            key.as_object_mut().unwrap().remove("use");
+            for param in ["x", "n"] {
+                if let Some(value) = key.get(param).and_then(Value::as_str) {
+                    let padded = format!("{value}{}", "=".repeat((4 - value.len() % 4) % 4));
+                    key[param] = padded.into();
+                }
+            }
+            let error = parse_jwks("prod", &set.to_string(), false)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("key `renamed`"), "{error}");
+        }
+    }
+
+    #[test]
+    fn another_key_of_the_same_curve_is_not_taken_for_an_example_key() {
+        let text = PUBLISHED_EXAMPLE_JWKS[0].1;
+        let mut set: Value = serde_json::from_str(text).unwrap();
+        // A different point: P-256's generator.
+        set["keys"][0]["x"] = "axfR8uEsQkf4vOblY6RA8ncDfYEt6zOg9KE5RdiYwpY".into();
+        set["keys"][0]["y"] = "T-NC4v4af5uO5-tKfA-eFivOM1drMV7Oy7ZAaDe_UfU".into();
+        assert_eq!(
+            parse_jwks("prod", &set.to_string(), false).unwrap().len(),
+            1
+        );
+    }
 
     #[test]
     fn discovery_document_is_under_the_issuer() {

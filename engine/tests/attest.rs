@@ -43,6 +43,7 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: &str) -> TrustProvid
         custom_claims: Vec::new(),
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
+        example_only: true,
     }
 }
 

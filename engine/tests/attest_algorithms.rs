@@ -69,6 +69,7 @@ fn provider_with_leeway(
         custom_claims: Vec::new(),
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
+        example_only: false,
     })
 }
 

@@ -63,6 +63,7 @@ fn spec(name: &str, kind: ProviderKind, issuer: &str, jwks: String) -> TrustProv
         custom_claims: Vec::new(),
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
+        example_only: true,
     }
 }
 

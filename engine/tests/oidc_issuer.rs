@@ -168,6 +168,7 @@ fn provider(name: &str, issuer: &str, jwks: JwksSource, refresh_min: Duration) -
         custom_claims: Vec::new(),
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
+        example_only: false,
     })
     .unwrap()
 }
@@ -374,6 +375,7 @@ fn keys_are_not_fetched_over_plain_http_from_elsewhere() {
         custom_claims: Vec::new(),
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
+        example_only: false,
     })
     .unwrap_err()
     .to_string();

@@ -111,6 +111,7 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             client_id: "bench".to_owned(),
             secret: "bench-client-secret".to_owned().into(),
             ca: portcullis_engine::http::TrustRoots::default(),
+            example_only: false,
         }],
         PostgresRoles::new(dir, Vec::new()),
     );
@@ -218,6 +219,7 @@ fn attestor() -> Result<Attestor> {
         custom_claims: Vec::new(),
         trust_domain: None,
         ca: portcullis_engine::http::TrustRoots::default(),
+        example_only: false,
     })?;
     Ok(Attestor::new(vec![provider])?)
 }
