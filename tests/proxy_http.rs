@@ -216,6 +216,23 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         &[("x-portcullis-evidence", "Bearer not-a-token")],
     );
     assert_eq!(status, 403, "{body}");
+    // Two tokens, in either order, are no evidence: a 400 before any decision.
+    for (first, second) in [
+        (evidence.as_str(), "Bearer x"),
+        ("Bearer x", evidence.as_str()),
+    ] {
+        let (status, _, body) = call(
+            setup.billing,
+            "GET",
+            "/v1/invoices",
+            &[
+                ("x-portcullis-evidence", first),
+                ("x-portcullis-evidence", second),
+            ],
+        );
+        assert_eq!(status, 400, "{body}");
+        assert!(body.contains("was sent more than once"), "{body}");
+    }
     assert_eq!(
         billing_seen.lock().unwrap().len(),
         2,
@@ -260,7 +277,8 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         "portcullis_proxy_upstream_errors_total{target=\"gone\"} 1",
         "portcullis_proxy_active_connections{protocol=\"http\"} 0",
         "portcullis_decision_seconds_count 8",
-        "portcullis_proxy_seconds_count{protocol=\"http\"} 8",
+        // Every request, the two refused before a decision too.
+        "portcullis_proxy_seconds_count{protocol=\"http\"} 10",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }

@@ -193,6 +193,27 @@ async fn decide_and_forward(
             return answer(status, message);
         }
     };
+    // Two tokens are no evidence: which one counts would depend on who reads the header
+    // (a front proxy may append one to the client's).
+    let evidence_header = &proxy.spec.evidence_header;
+    if matches!(caller, Caller::Remote(_))
+        && request
+            .headers()
+            .get_all(evidence_header)
+            .iter()
+            .nth(1)
+            .is_some()
+    {
+        let message = format!("the evidence header `{evidence_header}` was sent more than once");
+        tracing::info!(
+            caller = %caller,
+            method = %request.method(),
+            status = 400,
+            why = message,
+            "proxy_request_refused"
+        );
+        return answer(StatusCode::BAD_REQUEST, &message);
+    }
     // A local process is attested by its connection; a header it sends is not evidence.
     let token = match caller {
         Caller::Remote(_) => evidence_token(request.headers(), &proxy.spec.evidence_header),
