@@ -111,7 +111,6 @@ fn credentials(dir: &std::path::Path, budget: Duration, overhead: f64) -> Result
             client_id: "bench".to_owned(),
             secret: "bench-client-secret".to_owned().into(),
             ca: portcullis_engine::http::TrustRoots::default(),
-            example_only: false,
         }],
         PostgresRoles::new(dir, Vec::new()),
     );
