@@ -711,6 +711,9 @@ fn sessions_cut_off_at_shutdown_are_told_and_still_end_in_events() {
         started.elapsed()
     );
     let (messages, _) = listening.join().unwrap();
+    // Told of the shutdown, and of nothing else: not of the cancel the proxy sent after.
+    let errors: Vec<_> = messages.iter().filter(|(kind, _)| *kind == b'E').collect();
+    assert_eq!(errors.len(), 1, "{messages:?}");
     let (last, body) = messages.last().unwrap();
     assert_eq!(*last, b'E', "{messages:?}");
     let fields: Vec<&[u8]> = body.split(|byte| *byte == 0).collect();

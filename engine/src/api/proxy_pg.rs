@@ -104,8 +104,8 @@ struct Kept {
     token_type: &'static str,
 }
 
-/// How long before a session is cut off the proxy asks its upstream to cancel the query it
-/// runs, and waits for the upstream to take the request.
+/// How long before the end of the drain the sessions are cut off and their upstreams asked to
+/// cancel the queries they run (the proxy waits for the upstreams to take the requests).
 const CANCEL_BEFORE_CUT_OFF: Duration = Duration::from_secs(2);
 
 /// How long, of [`CANCEL_BEFORE_CUT_OFF`], the sessions are given to end at a message
@@ -159,15 +159,19 @@ pub async fn serve_postgres_proxy(
     .await;
     if drained.is_err() {
         let target = &listening.spec.target;
+        // The sessions are told first, so that a client whose query runs hears of the
+        // shutdown (57P01) rather than of a cancel it never asked for (57014); their keys are
+        // taken before, since a session that ends gives its key up.
+        let live = listening.cancel_keys.live();
+        let _ = cut_off.send(true);
         let within = CANCEL_BEFORE_CUT_OFF.saturating_sub(CUT_OFF_WAIT);
-        let cancelled = cancel::cancel_all(&listening.cancel_keys, target, within).await;
+        let cancelled = cancel::cancel_all(live, target, within).await;
         tracing::warn!(
             target = %target,
             sessions = sessions.len(),
             cancelled,
             "postgres_proxy_sessions_cut_off"
         );
-        let _ = cut_off.send(true);
         let ended = tokio::time::timeout(CUT_OFF_WAIT, async {
             while sessions.join_next().await.is_some() {}
         })

@@ -216,7 +216,8 @@ impl CancelKeys {
     }
 
     /// The upstream key and upstream of every live session.
-    fn live(&self) -> Vec<(BackendKey, Arc<PostgresProxySpec>)> {
+    /// The upstream key and upstream of every live session.
+    pub(super) fn live(&self) -> Vec<(BackendKey, Arc<PostgresProxySpec>)> {
         let sessions = self.sessions.lock().unwrap_or_else(PoisonError::into_inner);
         sessions
             .values()
@@ -264,13 +265,17 @@ pub(super) async fn forward(keys: &CancelKeys, body: &[u8], target: &str, peer: 
     }
 }
 
-/// Cancels whatever each live session's upstream is running, all at once, waiting at most
-/// `within` for the upstreams to take the requests: for sessions about to be cut off, whose
-/// queries would otherwise run on in the server after their clients are gone. Gives how many
-/// upstreams took the request.
-pub(super) async fn cancel_all(keys: &CancelKeys, target: &str, within: Duration) -> usize {
+/// Cancels whatever the upstreams of `live` sessions ([`CancelKeys::live`]) are running, all
+/// at once, waiting at most `within` for the upstreams to take the requests: for sessions cut
+/// off, whose queries would otherwise run on in the server after their clients are gone.
+/// Gives how many upstreams took the request.
+pub(super) async fn cancel_all(
+    live: Vec<(BackendKey, Arc<PostgresProxySpec>)>,
+    target: &str,
+    within: Duration,
+) -> usize {
     let mut sending = tokio::task::JoinSet::new();
-    for (key, upstream) in keys.live() {
+    for (key, upstream) in live {
         sending.spawn(async move { send(&upstream, &key).await });
     }
     let mut cancelled = 0;
