@@ -475,6 +475,26 @@ fn bad_requests_get_clear_errors_and_no_decision() {
             .unwrap()
             .contains("`target.name` is longer than 256")
     );
+    // Control characters would forge lines in a log or act on a terminal showing the event.
+    for (field, body) in [
+        (
+            "request.resource",
+            json!({ "evidence": { "token": "x" }, "target": { "name": "billing_api" },
+                    "request": { "action": "GET", "resource": "/v1/x\u{0}\n" } }),
+        ),
+        (
+            "target.name",
+            json!({ "evidence": { "token": "x" }, "target": { "name": "evil\u{1b}[2J" } }),
+        ),
+    ] {
+        let (status, answer) = post(&server, body.to_string().as_bytes());
+        assert_eq!(status, 400, "{answer}");
+        let message = answer["error"].as_str().unwrap();
+        assert!(
+            message.contains(&format!("`{field}` holds a control character")),
+            "{message}"
+        );
+    }
 
     // Only JSON is decided: a cross-origin form post cannot create events.
     let url = format!("http://{}/v1/decide", server.addr);

@@ -520,6 +520,11 @@ fn the_client_gets_a_key_of_the_proxys_and_only_that_key_cancels() {
             "3D000",
             "name contains `/`",
         ),
+        (
+            &b"user\0alice\nforged\0database\0billing\0\0"[..],
+            "08P01",
+            "`user` holds a control character",
+        ),
         (&b"user\0alice"[..], "08P01", "malformed startup message"),
     ] {
         let mut stream = TcpStream::connect(("127.0.0.1", setup.plain)).unwrap();

@@ -272,7 +272,7 @@ impl<'a> EventGen<'a> {
         }
         event.decision = Some(Decision::Deny);
         event.reason = Some(format!(
-            "no permit rule covers workload `{}` on target `{}`",
+            "no permit rule allows workload `{}` on target `{}`",
             workload.name, target.name
         ));
         event.reason_code = Some("no_permit".to_owned());
@@ -314,7 +314,7 @@ impl<'a> EventGen<'a> {
         event.workload = None;
         event.decision = Some(Decision::Deny);
         event.reason = Some(format!(
-            "no permit rule covers this caller on target `{}`",
+            "no permit rule allows this caller on target `{}`",
             target.name
         ));
         event.reason_code = Some("no_permit".to_owned());

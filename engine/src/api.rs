@@ -391,9 +391,20 @@ fn check_lengths(body: &DecideBody) -> Result<(), String> {
         ),
     ];
     for (field, value, limit) in fields {
-        if value.is_some_and(|value| value.len() > limit) {
+        let Some(value) = value else { continue };
+        if value.len() > limit {
             return Err(format!(
                 "invalid request: `{field}` is longer than {limit} bytes"
+            ));
+        }
+        // Names and paths hold none; in an event or a log line, a line break or an escape
+        // sequence would forge lines or act on the terminal that shows them.
+        if let Some((at, control)) = value.chars().enumerate().find(|(_, c)| c.is_control()) {
+            return Err(format!(
+                "invalid request: `{field}` holds a control character (U+{:04X}) at character \
+                 {}; percent-encode it in a path",
+                u32::from(control),
+                at + 1
             ));
         }
     }

@@ -385,9 +385,9 @@ impl Decision<'_> {
             Reason::Forbidden { rule } => format!("forbidden by rule `{rule}`"),
             Reason::NoPermit => match self.workload {
                 Some(workload) => {
-                    format!("no permit rule covers workload `{workload}` on target `{target}`")
+                    format!("no permit rule allows workload `{workload}` on target `{target}`")
                 }
-                None => format!("no permit rule covers this caller on target `{target}`"),
+                None => format!("no permit rule allows this caller on target `{target}`"),
             },
             Reason::UnknownTarget => match &self.unknown_target {
                 Some(described) => described.clone(),

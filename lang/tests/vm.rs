@@ -296,14 +296,14 @@ fn no_permit_denies() {
         &program,
         &post_invoices(&claims),
         "deny rule=- workload=billing_ci target=billing_api no_permit: \
-         no permit rule covers workload `billing_ci` on target `billing_api`",
+         no permit rule allows workload `billing_ci` on target `billing_api`",
     );
     let stranger = github(&[("repository", "acme/other"), ("event_name", "schedule")]);
     check(
         &program,
         &request(Github, &stranger, "orders_db", None, Some("orders/api")),
         "deny rule=- workload=- target=orders_db no_permit: \
-         no permit rule covers this caller on target `orders_db`",
+         no permit rule allows this caller on target `orders_db`",
     );
 }
 

@@ -165,7 +165,7 @@ fn conditions_are_read_by_name() {
     );
     assert_eq!(
         decide(&plain, Some("POST")),
-        "deny rule=- credential=- no permit rule covers workload `billing_ci` on target `api`"
+        "deny rule=- credential=- no permit rule allows workload `billing_ci` on target `api`"
     );
     assert_eq!(
         decide(&production, Some("POST")),
@@ -173,7 +173,7 @@ fn conditions_are_read_by_name() {
     );
     assert_eq!(
         decide(&production, Some("DELETE")),
-        "deny rule=- credential=- no permit rule covers workload `billing_ci` on target `api`"
+        "deny rule=- credential=- no permit rule allows workload `billing_ci` on target `api`"
     );
 }
 

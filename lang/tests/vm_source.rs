@@ -99,7 +99,7 @@ fn source_to_decision() {
     assert_eq!(decision.reason, Reason::NoPermit);
     assert_eq!(
         decision.reason_text(),
-        "no permit rule covers this caller on target `api`"
+        "no permit rule allows this caller on target `api`"
     );
 
     let forked = github(&[

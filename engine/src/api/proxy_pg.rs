@@ -393,6 +393,16 @@ async fn handshake(
         return Err(Ended(message.to_owned()));
     };
     let database = param(&params, "database").unwrap_or(&user).to_owned();
+    // They go into events and log lines, where a line break or an escape sequence would forge
+    // lines or act on a terminal.
+    if let Some(name) = [("user", &user), ("database", &database)]
+        .into_iter()
+        .find_map(|(name, value)| value.chars().any(char::is_control).then_some(name))
+    {
+        let message = format!("the startup message's `{name}` holds a control character");
+        refuse(&mut client, "08P01", &message).await;
+        return Err(Ended(message));
+    }
     // `request.resource` is `DATABASE/USER`, and a target's `database` is its part before the
     // first `/`: a database whose own name holds a `/` could pass for another one.
     if database.contains('/') {
