@@ -137,9 +137,13 @@ fn summary(data_dir: &Path, report: &Report) -> String {
         ));
     }
     lines.push(format!(
-        "bundles: {} kept, each with the content its name says; the {} that policy_change \
-         events put in effect all among them",
-        report.bundles.kept, report.bundles.named
+        "bundles: {} kept, each with the content its name says; {}",
+        report.bundles.kept,
+        match report.bundles.named {
+            0 => "no policy_change event in the store names one".to_owned(),
+            1 => "the one that policy_change events put in effect is among them".to_owned(),
+            named => format!("all {named} that policy_change events put in effect are among them"),
+        }
     ));
     if let Some(removed) = &report.removed {
         lines.push(format!(

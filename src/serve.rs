@@ -266,7 +266,7 @@ fn check_proxy_targets(
             Some(declared) if !protocols.contains(&declared.protocol) => tracing::warn!(
                 target,
                 listener,
-                protocol = ?declared.protocol,
+                protocol = declared.protocol.keyword(),
                 why = "the target is declared for another protocol than the listener speaks",
                 "proxy_target_protocol_mismatch"
             ),
@@ -539,7 +539,10 @@ async fn serve(
         tracing::info!(
             listen_socket = %path.display(),
             target = %spec.target,
-            upstream = %format!("{}://{}", spec.upstream_scheme, spec.upstream_authority),
+            upstream = %format!(
+                "{}://{}{}",
+                spec.upstream_scheme, spec.upstream_authority, spec.upstream_base_path
+            ),
             "proxy_listening"
         );
         proxies.spawn(api::proxy::serve_http_proxy_local(
@@ -565,11 +568,14 @@ async fn serve(
             }
             ProxySpec::Http(spec) => {
                 tracing::info!(
-                    listen = %address,
-                    target = %spec.target,
-                    upstream = %format!("{}://{}", spec.upstream_scheme, spec.upstream_authority),
-                    "proxy_listening"
-                );
+                        listen = %address,
+                        target = %spec.target,
+                        upstream = %format!(
+                    "{}://{}{}",
+                    spec.upstream_scheme, spec.upstream_authority, spec.upstream_base_path
+                ),
+                        "proxy_listening"
+                    );
                 proxies.spawn(api::proxy::serve_http_proxy(
                     engine, spec, listener, stopped,
                 ));

@@ -416,14 +416,21 @@ fn bad_requests_get_clear_errors_and_no_decision() {
         "{answer}"
     );
 
-    // An endpoint without a port takes its protocol's; a protocol without one needs it.
-    let (status, answer) = post(
-        &server,
-        br#"{"evidence": {"token": "x"}, "target": {"protocol": "ftp", "host": "h"}}"#,
-    );
-    assert_eq!(status, 400);
-    let error = answer["error"].as_str().unwrap();
-    assert!(error.contains("`target.port` is needed"), "{answer}");
+    // An endpoint without a port takes its protocol's; a protocol no target can have is
+    // named as the mistake, with or without a port.
+    for target in [
+        r#"{"protocol": "ftp", "host": "h"}"#,
+        r#"{"protocol": "postgresql", "host": "h", "port": 5432}"#,
+    ] {
+        let body = format!(r#"{{"evidence": {{"token": "x"}}, "target": {target}}}"#);
+        let (status, answer) = post(&server, body.as_bytes());
+        assert_eq!(status, 400);
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.contains("which no target can have: one of `http`, `https`, `postgres`"),
+            "{answer}"
+        );
+    }
     let (status, answer) = post(
         &server,
         br#"{"evidence": {"token": "x"}, "target": {"protocol": "https", "host": " "}}"#,

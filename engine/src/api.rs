@@ -273,8 +273,8 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "no such endpoint; see `POST /v1/decide`, `POST /v1/credentials`, \
-         `GET /.well-known/jwks.json`, `GET /healthz`, and behind the admin token \
-         `POST /v1/admin/reload` and `POST /v1/audit/query`",
+         `GET /.well-known/jwks.json`, `GET /healthz`, `GET /metrics`, and behind the admin \
+         token `POST /v1/admin/reload` and `POST /v1/audit/query`",
     )
 }
 
@@ -482,7 +482,7 @@ async fn decide_for(
     };
     let target = match target_query(&body.target) {
         Ok(target) => target,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     if body.explain {
         let Some(admin) = &engine.admin else {
@@ -714,23 +714,37 @@ fn condition_outcome(
     })
 }
 
-fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, &'static str> {
+fn target_query(spec: &TargetSpec) -> Result<TargetQuery<'_>, String> {
+    if let Some(protocol) = spec.protocol.as_deref()
+        && Protocol::from_keyword(protocol).is_none()
+    {
+        let known: Vec<String> = Protocol::ALL
+            .iter()
+            .map(|known| format!("`{}`", known.keyword()))
+            .collect();
+        return Err(format!(
+            "invalid request: `target.protocol` is `{protocol}`, which no target can have: one \
+             of {}",
+            known.join(", ")
+        ));
+    }
+    let fixed = |message: &str| Err(message.to_owned());
     match (&spec.name, &spec.protocol, &spec.host, spec.port) {
         (Some(name), None, None, None) => Ok(TargetQuery::Named(name)),
         (None, Some(_), Some(host), _) if host.trim().is_empty() => {
-            Err("invalid request: `target.host` is empty")
+            fixed("invalid request: `target.host` is empty")
         }
-        (None, Some(protocol), Some(host), _) => Ok(TargetQuery::Endpoint {
-            protocol,
-            host,
-            port: endpoint_port(spec).ok_or(
-                "invalid request: `target.port` is needed: only `http`, `https` and \
-                 `postgres` have a default port",
-            )?,
-        }),
-        _ => Err(
-            "invalid request: `target` needs either `name` alone, or `protocol` \
-                  and `host` (with `port` where the protocol has no default)",
+        (None, Some(protocol), Some(host), _) => match endpoint_port(spec) {
+            Some(port) => Ok(TargetQuery::Endpoint {
+                protocol,
+                host,
+                port,
+            }),
+            None => fixed("invalid request: `target.port` is needed"),
+        },
+        _ => fixed(
+            "invalid request: `target` needs either `name` alone, or `protocol` and `host` \
+             (with `port` where the protocol has no default)",
         ),
     }
 }

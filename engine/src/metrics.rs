@@ -112,6 +112,9 @@ impl Histogram {
     }
 }
 
+/// The protocols whose proxied connections are counted.
+const PROXY_PROTOCOLS: [&str; 2] = ["http", "postgres"];
+
 /// Counts one open connection until dropped.
 #[derive(Debug)]
 pub struct OpenConnection(Arc<AtomicI64>);
@@ -170,6 +173,7 @@ impl Metrics {
 
     /// Counts a connection of `protocol` open until the guard is dropped.
     pub fn connection_opened(&self, protocol: &'static str) -> OpenConnection {
+        debug_assert!(PROXY_PROTOCOLS.contains(&protocol), "{protocol}");
         let gauge = {
             let mut active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
             Arc::clone(active.entry(protocol).or_default())
@@ -231,11 +235,14 @@ impl Metrics {
              open, by protocol.\n# TYPE portcullis_proxy_active_connections gauge"
         );
         let active = self.active.lock().unwrap_or_else(PoisonError::into_inner);
-        for (protocol, gauge) in active.iter() {
+        // Both protocols from the start, so that a dashboard sees 0 rather than no series.
+        for protocol in PROXY_PROTOCOLS {
+            let open = active
+                .get(protocol)
+                .map_or(0, |gauge| gauge.load(Ordering::Relaxed));
             let _ = writeln!(
                 out,
-                "portcullis_proxy_active_connections{{protocol=\"{protocol}\"}} {}",
-                gauge.load(Ordering::Relaxed)
+                "portcullis_proxy_active_connections{{protocol=\"{protocol}\"}} {open}"
             );
         }
         out
@@ -311,6 +318,8 @@ mod tests {
             "portcullis_proxy_seconds_bucket{protocol=\"postgres\",le=\"+Inf\"} 1",
             "portcullis_proxy_upstream_errors_total{target=\"billing \\\"api\\\"\"} 1",
             "portcullis_proxy_active_connections{protocol=\"postgres\"} 1",
+            // Never opened, and there all the same.
+            "portcullis_proxy_active_connections{protocol=\"http\"} 0",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

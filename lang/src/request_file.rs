@@ -355,7 +355,8 @@ fn claims(
                     .iter()
                     .map(|item| item.as_str().map(str::to_owned))
                     .collect();
-                let mut strings = strings.ok_or_else(|| wrong("an array of strings"))?;
+                let mut strings =
+                    strings.ok_or_else(|| wrong("a string or an array of strings"))?;
                 strings.sort();
                 strings.dedup();
                 Some(ClaimValue::StringSet(strings))
@@ -364,7 +365,7 @@ fn claims(
             (ClaimType::StringSet, Value::String(text)) => {
                 Some(ClaimValue::StringSet(vec![text.clone()]))
             }
-            (ClaimType::StringSet, _) => return Err(wrong("an array of strings")),
+            (ClaimType::StringSet, _) => return Err(wrong("a string or an array of strings")),
         };
         if let Some(slot) = claims.get_mut(usize::from(id.0)) {
             *slot = typed;

@@ -113,7 +113,7 @@ async fn credentials_for(
     }
     let target = match target_query(&body.target) {
         Ok(target) => target,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     match authorize(&engine, &issuer, &caller, &body, target, started).await {
         Authorized::Refused { event, answer } => refused(&engine, event, answer).await,

@@ -233,7 +233,7 @@ async fn decide_and_forward(
     };
     let target = match super::target_query(&body.target) {
         Ok(target) => target,
-        Err(message) => return answer(StatusCode::BAD_REQUEST, message),
+        Err(message) => return answer(StatusCode::BAD_REQUEST, &message),
     };
     // A forward proxy asks a client without evidence for it, as HTTP has it.
     let refused = if proxy.spec.forward && body.evidence.is_none() {
