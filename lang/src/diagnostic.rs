@@ -37,6 +37,8 @@ pub enum Code {
     LongCredentialTtl,
     /// Two permits without `when` for the same workload and target with different credentials.
     OverlappingCredentials,
+    /// A `jwt` credential that permits issue for more than one target.
+    SharedTokenCredential,
     // Errors.
     /// A token the grammar does not allow here.
     UnexpectedToken,
@@ -138,6 +140,7 @@ impl Code {
             Code::StaticSecret => "gate::W0401",
             Code::LongCredentialTtl => "gate::W0402",
             Code::OverlappingCredentials => "gate::W0403",
+            Code::SharedTokenCredential => "gate::W0404",
             Code::UnexpectedToken => "gate::E0001",
             Code::UnexpectedEof => "gate::E0002",
             Code::UnterminatedString => "gate::E0003",
@@ -191,7 +194,7 @@ impl Code {
 
 impl Code {
     /// Every warning, the codes of [`crate::lint`]; every other code is an error.
-    pub const WARNINGS: [Code; 10] = [
+    pub const WARNINGS: [Code; 11] = [
         Code::BroadPermit,
         Code::UnusedDeclaration,
         Code::ImpossibleClaimValue,
@@ -202,6 +205,7 @@ impl Code {
         Code::StaticSecret,
         Code::LongCredentialTtl,
         Code::OverlappingCredentials,
+        Code::SharedTokenCredential,
     ];
 
     /// Whether the code is an error, which fails the policy set, or a warning from a lint.

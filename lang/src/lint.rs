@@ -106,6 +106,7 @@ pub(crate) fn lint(trees: &[ast::File], options: &LintOptions) -> Vec<Report> {
     other_kind_claims(&decls, &mut reports);
     credentials(&decls, options, &mut reports);
     overlapping_permits(&decls, &mut reports);
+    shared_tokens(&decls, &mut reports);
     reports
 }
 
@@ -1570,6 +1571,70 @@ fn overlapping_permits(decls: &Decls<'_>, reports: &mut Vec<Report>) {
             "decides first, in declaration order",
         )
         .help("give one of them a `when` that tells them apart, or merge them");
+        reports.push(report);
+    }
+}
+
+// W0404: a `jwt` credential issued for more than one target.
+
+fn shared_tokens(decls: &Decls<'_>, reports: &mut Vec<Report>) {
+    for credential in &decls.credentials {
+        let Some(block) = credential.blocks.first() else {
+            continue;
+        };
+        if block.protocol.name != "jwt" {
+            continue;
+        }
+        let name = credential.name.name.as_str();
+        // The first permit that issues it for each target clause, in declaration order.
+        let mut issuing: Vec<(String, &Rule<'_>)> = Vec::new();
+        for rule in decls
+            .permits()
+            .filter(|rule| credential_name(rule) == Some(name))
+        {
+            let key = target_key(rule.target_selector());
+            if !issuing.iter().any(|(known, _)| *known == key) {
+                issuing.push((key, rule));
+            }
+        }
+        let any = issuing.iter().any(|(key, _)| key == "any");
+        if issuing.len() < 2 && !any {
+            continue;
+        }
+        let audience = block
+            .fields
+            .iter()
+            .find_map(|field| match &field.value.kind {
+                ExprKind::Str(text) if field.key.name == "audience" => Some(text.as_str()),
+                _ => None,
+            });
+        let message = if any {
+            format!("credential `{name}` is issued for any target")
+        } else {
+            format!("credential `{name}` is issued for more than one target")
+        };
+        let minted = match audience {
+            Some(audience) => format!("every token it mints has the audience `{audience}`"),
+            None => "every token it mints has the same audience".to_owned(),
+        };
+        let mut report = Report::new(
+            Code::SharedTokenCredential,
+            message,
+            credential.name.span,
+            minted,
+        );
+        for (key, rule) in &issuing {
+            let label = if key == "any" {
+                "issues it for any target".to_owned()
+            } else {
+                format!("issues it for target `{key}`")
+            };
+            report = report.label(rule.decl.name.span, label);
+        }
+        let report = report.help(
+            "a token minted for one target is then taken by the others; declare a `jwt` \
+             credential per target, each with that target's own `audience`",
+        );
         reports.push(report);
     }
 }
