@@ -123,6 +123,9 @@ pub enum QueryError {
     Log(AuditError),
 }
 
+/// How many times its memory limit a query may spill to temporary files.
+const SPILL_PER_MEMORY: u64 = 4;
+
 /// How long a query may run and how much memory its operators may hold. Past either, it
 /// stops with an error rather than slowing the server that runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +310,13 @@ async fn run_query(
     // aggregations) take their memory from this pool.
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(limits.memory_bytes, 1.0)
+        // Sorts and aggregations past the memory limit spill to the system's temporary
+        // directory; bounded too, so that one query cannot fill the disk the log is on.
+        .with_max_temp_directory_size(
+            u64::try_from(limits.memory_bytes)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(SPILL_PER_MEMORY),
+        )
         .with_cache_manager(segment_caches())
         .build_arc()?;
     let config = SessionConfig::new().set_usize(
@@ -379,6 +389,20 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
     let QueryError::DataFusion(inner) = &error else {
         return error;
     };
+    // DataFusion says this one only in words, inside an I/O error.
+    if inner
+        .to_string()
+        .contains("spilling process has exceeded the allowable limit")
+    {
+        let spill = (limits.memory_bytes as u64).saturating_mul(SPILL_PER_MEMORY);
+        return QueryError::MemoryLimit {
+            limit_bytes: limits.memory_bytes,
+            detail: format!(
+                "what did not fit was spilled to temporary files, up to their limit of {} MiB",
+                spill / (1024 * 1024)
+            ),
+        };
+    }
     match inner.find_root() {
         DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit {
             limit_bytes: limits.memory_bytes,

@@ -490,6 +490,27 @@ async fn a_table_tells_apart_texts_that_would_look_alike() {
 }
 
 #[tokio::test]
+async fn an_aggregation_past_its_memory_spills_and_past_its_spill_limit_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueryLimits {
+        memory_bytes: 2 << 20,
+        ..QueryLimits::default()
+    };
+    let sql = "SELECT count(DISTINCT x) FROM \
+               (SELECT value % 100000000 AS x FROM generate_series(1, 2000000))";
+    let error = query_with_limits(dir.path(), sql, limits)
+        .await
+        .unwrap_err();
+    let message = error.to_string();
+    assert!(
+        matches!(error, QueryError::MemoryLimit { .. })
+            && message.contains("spilled to temporary files, up to their limit of 8 MiB")
+            && !message.contains("datafusion."),
+        "{message}"
+    );
+}
+
+#[tokio::test]
 async fn results_are_cut_after_the_row_cap_and_refused_past_the_byte_cap() {
     let dir = tempfile::tempdir().unwrap();
     let limits = QueryLimits {
