@@ -213,8 +213,12 @@ fn audit_query(
     let batches = runtime.block_on(portcullis_audit::query::query_with_limits(
         &data_dir, sql, limits,
     ))?;
-    let text = portcullis_audit::format_batches(&batches, format)?;
     let mut out = std::io::stdout().lock();
+    let text = if std::io::IsTerminal::is_terminal(&out) {
+        portcullis_audit::format_batches_for_terminal(&batches, format)?
+    } else {
+        portcullis_audit::format_batches(&batches, format)?
+    };
     let newline = if text.ends_with('\n') || text.is_empty() {
         ""
     } else {

@@ -190,6 +190,13 @@ fn credentials_are_issued_verified_refused_and_recorded_without_their_values() {
         .map(|(code, n)| ((*code).to_owned(), *n))
         .collect();
     assert_eq!(codes, expected);
+    // A target name that no target has is recorded as the request gave it.
+    let unknown = audit_query(
+        &data,
+        "SELECT target FROM access_events WHERE reason_code = 'unknown_target'",
+    );
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0]["target"], "nowhere");
 }
 
 #[test]

@@ -34,6 +34,6 @@ pub mod wal;
 pub use error::{AuditError, DecodeError, RecordProblem};
 pub use event::{AccessEvent, ConditionOutcome, Decision, EventKind, NewEvent};
 #[cfg(feature = "query")]
-pub use query::{OutputFormat, QueryError, format_batches, query};
+pub use query::{OutputFormat, QueryError, format_batches, format_batches_for_terminal, query};
 pub use schema::{access_events_schema, events_to_batch};
 pub use store::{AuditLog, AuditOptions, Recorded, Recovery, SealReport};

@@ -769,6 +769,37 @@ fn events_table(events_dir: &Path) -> Result<Arc<ListingTable>, QueryError> {
     Ok(Arc::new(ListingTable::try_new(config)?))
 }
 
+/// Renders query results as [`format_batches`] does, for a terminal: CSV with every
+/// [`hides_in_text`] character and backslash escaped as the table shows them, since a
+/// terminal would act on an escape sequence or a carriage return in a value (the exact CSV is
+/// for a file or a pipe); the table and JSON as they are.
+pub fn format_batches_for_terminal(
+    batches: &[RecordBatch],
+    format: OutputFormat,
+) -> Result<String, QueryError> {
+    if format != OutputFormat::Csv {
+        return format_batches(batches, format);
+    }
+    let escaped = batches
+        .iter()
+        .map(|batch| {
+            let mut columns = batch.columns().to_vec();
+            for column in &mut columns {
+                let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
+                    continue;
+                };
+                if texts.iter().flatten().any(needs_escape) {
+                    let shown: StringArray =
+                        texts.iter().map(|text| text.map(escape_hidden)).collect();
+                    *column = Arc::new(shown);
+                }
+            }
+            Ok(RecordBatch::try_new(batch.schema(), columns)?)
+        })
+        .collect::<Result<Vec<_>, QueryError>>()?;
+    format_batches(&escaped, format)
+}
+
 /// Renders query results as text in `format`.
 pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<String, QueryError> {
     let bytes = match format {

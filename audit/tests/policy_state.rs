@@ -15,7 +15,9 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt64Type;
 use portcullis_audit::bundles::{archive_bundle, current_bundle, set_current_bundle};
 use portcullis_audit::query::{QueryLimits, query_with_limits};
-use portcullis_audit::{OutputFormat, QueryError, format_batches, query};
+use portcullis_audit::{
+    OutputFormat, QueryError, format_batches, format_batches_for_terminal, query,
+};
 use portcullis_lang::bundle::Bundle;
 use portcullis_lang::{SourceFile, compile};
 
@@ -455,6 +457,16 @@ async fn a_table_shows_control_characters_escaped() {
     assert!(table.contains("/y\\n| forged | row |\\r\\u0007"), "{table}");
     let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
     assert!(csv.contains('\u{1b}'), "CSV keeps the value whole");
+    // Unless it goes to a terminal, which would act on it.
+    let shown = format_batches_for_terminal(&batches, OutputFormat::Csv).unwrap();
+    assert!(
+        !shown.chars().any(|c| c.is_control() && c != '\n'),
+        "{shown:?}"
+    );
+    assert_eq!(
+        shown,
+        "action,resource\nGET\\u001b[31m,/y\\n| forged | row |\\r\\u0007\n"
+    );
 }
 
 #[tokio::test]
