@@ -233,6 +233,18 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         assert_eq!(status, 400, "{body}");
         assert!(body.contains("was sent more than once"), "{body}");
     }
+    // A dot segment, as written or encoded, would take a resolving upstream out of the
+    // listener's base path.
+    for path in ["/v1/a/../../../admin", "/v1/%2e%2e/%2E%2e/admin"] {
+        let (status, _, body) = call(
+            setup.billing,
+            "GET",
+            path,
+            &[("x-portcullis-evidence", &evidence)],
+        );
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body.contains("`..` segment"), "{body}");
+    }
     assert_eq!(
         billing_seen.lock().unwrap().len(),
         2,
@@ -277,8 +289,8 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         "portcullis_proxy_upstream_errors_total{target=\"gone\"} 1",
         "portcullis_proxy_active_connections{protocol=\"http\"} 0",
         "portcullis_decision_seconds_count 8",
-        // Every request, the two refused before a decision too.
-        "portcullis_proxy_seconds_count{protocol=\"http\"} 10",
+        // Every request, the four refused before a decision too.
+        "portcullis_proxy_seconds_count{protocol=\"http\"} 12",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }

@@ -318,6 +318,15 @@ fn route_of(
     spec: &HttpProxySpec,
     request: &Request<Body>,
 ) -> Result<Route, (StatusCode, &'static str)> {
+    // An upstream that resolves `..` would serve a path outside its listener's base path,
+    // and one that decodes `%2e` or `%2f` first would do the same.
+    if has_dot_segment(request.uri().path()) {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the path holds a `.` or `..` segment (perhaps percent-encoded); send it with dot \
+             segments removed, as RFC 3986 has clients do",
+        ));
+    }
     if !spec.forward {
         return Ok(Route {
             target: TargetSpec {
@@ -652,6 +661,41 @@ fn upstream_query(
 
 /// Whether a query parameter's name, as the client wrote it, is `name`: `api%5Fkey` and
 /// `api_key` are one parameter to the upstream, so the client's must go either way.
+/// Whether `path`, each of its `/`-separated segments percent-decoded once and split again at
+/// `/` and `\\`, holds a `.` or `..` segment.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let decoded = percent_decoded(segment);
+        decoded
+            .split(|byte| *byte == b'/' || *byte == b'\\')
+            .any(|piece| piece == b"." || piece == b"..")
+    })
+}
+
+/// `text` with each `%XX` escape decoded once; anything else as it is.
+fn percent_decoded(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while let Some(&byte) = bytes.get(idx) {
+        let hex = bytes
+            .get(idx + 1..idx + 3)
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match (byte, hex) {
+            (b'%', Some(value)) => {
+                decoded.push(value);
+                idx += 3;
+            }
+            _ => {
+                decoded.push(byte);
+                idx += 1;
+            }
+        }
+    }
+    decoded
+}
+
 fn same_name(written: &str, name: &str) -> bool {
     if !written.contains('%') && !written.contains('+') {
         return written == name;
@@ -769,6 +813,33 @@ mod tests {
             evidence_token(&headers, &name).as_deref(),
             Some("abc.def.ghi")
         );
+    }
+
+    #[test]
+    fn dot_segments_are_found_however_they_are_written() {
+        for path in [
+            "/a/../../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a/..%2fb",
+            "/a/%2e%2e%5cb",
+            "/a/x%2f..%2fy",
+        ] {
+            assert!(has_dot_segment(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/a/b",
+            "/a/...b/c",
+            "/a/.well-known/x",
+            "/a/b..c",
+            "/v1/%252e%252e/admin",
+            "/a/%2e%2e%2e",
+        ] {
+            assert!(!has_dot_segment(path), "{path}");
+        }
     }
 
     #[test]
