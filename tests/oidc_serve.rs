@@ -229,6 +229,12 @@ fn keys_are_fetched_over_https_only_from_an_issuer_whose_ca_is_trusted() {
             answer["reason_code"], "keys_unavailable",
             "{name}: {answer}"
         );
+        // Why is the server's business: its log and its event, not the caller's answer.
+        let reason = answer["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("the server's log") && !reason.contains("certificate"),
+            "{name}: {answer}"
+        );
         stop_server(server);
     }
     assert_eq!(

@@ -825,7 +825,16 @@ fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> Decid
     // `issuer` and `subject` columns, which hold verified facts only.
     event.trust_provider = unverified.provider;
     event.claims = Some(unverified_claims(&unverified.issuer, &unverified.subject));
-    answer(event, err.code())
+    let mut answer = answer(event, err.code());
+    // Why the keys could not be fetched names the server's own configuration (URLs, CA
+    // files): for its log and its events, not for a caller.
+    if let crate::attest::AttestError::KeysUnavailable { provider, .. } = &err {
+        answer.reason = format!(
+            "attestation failed: trust provider `{provider}` has no keys yet; the server's log \
+             and the access event say why"
+        );
+    }
+    answer
 }
 
 /// The explanation of a decision that never reached the policy: the evidence did not attest

@@ -278,18 +278,24 @@ impl TrustProvider {
         }
         fetching.last_attempt = Some(Instant::now());
         let fetched = crate::jwks::fetch_jwks(&self.spec.jwks, &self.spec.issuer, &self.spec.ca)
-            .unwrap_or_else(|| Ok(String::new()))
-            .and_then(|text| {
+            .unwrap_or_else(|| Ok((String::new(), String::new())))
+            .and_then(|(url, text)| {
                 let keys = parse_jwks(&self.spec.name, &text, self.spec.example_only).map_err(
-                    |error| FetchError::Document {
-                        url: "the JWKS".to_owned(),
-                        what: "a usable JSON Web Key Set",
-                        detail: error.to_string(),
+                    |error| match error {
+                        ProviderConfigError::JwksSyntax { detail, .. } => FetchError::Document {
+                            url: url.clone(),
+                            what: "a JSON Web Key Set",
+                            detail,
+                        },
+                        refused => FetchError::Refused {
+                            url: url.clone(),
+                            detail: refused.to_string(),
+                        },
                     },
                 )?;
                 if keys.is_empty() {
                     return Err(FetchError::Document {
-                        url: "the JWKS".to_owned(),
+                        url,
                         what: "a JSON Web Key Set with a key",
                         detail: "it holds no key".to_owned(),
                     });

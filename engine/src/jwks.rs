@@ -293,6 +293,8 @@ pub enum FetchError {
         what: &'static str,
         detail: String,
     },
+    #[error("the keys `{url}` answered with are refused: {detail}")]
+    Refused { url: String, detail: String },
     #[error(
         "the discovery document at `{url}` names issuer `{named}`, not the configured `{expected}`"
     )]
@@ -325,7 +327,7 @@ pub fn fetch_jwks(
     source: &JwksSource,
     issuer: &str,
     roots: &TrustRoots,
-) -> Option<Result<String, FetchError>> {
+) -> Option<Result<(String, String), FetchError>> {
     let url = match source {
         JwksSource::Document(_) => return None,
         JwksSource::Url(url) => url.clone(),
@@ -334,7 +336,7 @@ pub fn fetch_jwks(
             Err(error) => return Some(Err(error)),
         },
     };
-    Some(get(&url, roots))
+    Some(get(&url, roots).map(|text| (url, text)))
 }
 
 /// Reads the issuer's discovery document and returns its `jwks_uri`, after checking that the

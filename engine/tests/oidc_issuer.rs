@@ -319,6 +319,31 @@ fn an_unreachable_issuer_leaves_its_callers_denied_with_the_reason() {
 }
 
 #[test]
+fn a_fetched_jwks_holding_a_published_example_key_is_refused_by_its_url() {
+    let issuer = Issuer::start();
+    let example: JwkSet = serde_json::from_str(include_str!(
+        "../../examples/dev/example-github-issuer.jwks.json"
+    ))
+    .unwrap();
+    issuer.published.lock().unwrap().keys = example.keys;
+    let url = format!("{}/keys", issuer.url);
+    let attestor = attestor(&issuer.url, JwksSource::Url(url.clone()), Duration::ZERO);
+    let fetched = attestor.fetch_remote_keys();
+    let Refreshed::Failed(error) = &fetched[0].1 else {
+        panic!("{fetched:?}")
+    };
+    let message = error.to_string();
+    assert!(matches!(error, FetchError::Refused { .. }), "{message}");
+    assert!(
+        message.contains(&format!("the keys `{url}` answered with are refused"))
+            && message.contains("example key published in"),
+        "{message}"
+    );
+    let error = attest_as_the_api_does(&attestor, &token(&issuer.url, "p256")).unwrap_err();
+    assert_eq!(error.code(), "keys_unavailable");
+}
+
+#[test]
 fn a_discovery_document_for_another_issuer_is_refused() {
     let issuer = Issuer::start();
     issuer.publish(&["p256"]);
