@@ -1656,7 +1656,7 @@ impl<'a> Checker<'a> {
         let shown = self.text(span);
         let message = format!("optional claim `{shown}` is read without a `has` guard");
         let help = format!("guard it: `has {shown} && {}`", self.text(atom));
-        let label = "not every token carries this claim";
+        let label = "not every caller carries this claim";
         Report::new(Code::UnguardedOptionalClaim, message, span, label).help(help)
     }
 
