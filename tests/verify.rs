@@ -203,6 +203,55 @@ fn verify_runs_beside_a_server_that_holds_the_store() {
     );
 }
 
+/// Events not yet sealed are checked record by record, as the server checks them when it opens
+/// the store: a damaged record fails the verification with its file and offset.
+#[test]
+fn verify_checks_the_write_ahead_log_and_names_a_damaged_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let options = AuditOptions {
+        seal_interval: std::time::Duration::from_secs(3600),
+        ..AuditOptions::new("cli-test")
+    };
+    // Held open, as a running server holds it: nothing is sealed.
+    let (log, _) = AuditLog::open(&data_dir, options).unwrap();
+    for n in 0..10 {
+        let event = NewEvent {
+            decision: Some(Decision::Allow),
+            workload: Some(format!("workload-{n}")),
+            ..NewEvent::default()
+        };
+        log.record(event).unwrap();
+    }
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("write-ahead log: 10 events not yet sealed, each record's checksum"),
+        "{stdout}"
+    );
+
+    let wal = std::fs::read_dir(data_dir.join("wal"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "wal"))
+        .unwrap();
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let at = bytes.len() / 3;
+    bytes[at] ^= 0x40;
+    std::fs::write(&wal, bytes).unwrap();
+    let out = run(&["audit", "verify"], &data_dir);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the write-ahead log is damaged")
+            && stderr.contains("damaged record in")
+            && stderr.contains(&wal.file_name().unwrap().to_string_lossy().into_owned()),
+        "{stderr}"
+    );
+    std::mem::forget(log);
+}
+
 /// The `anchor:` line of one verification, given back with `--extends`, shows later that the
 /// store still extends it; a store that lost its newest segment with its entry and checkpoint
 /// does not.
