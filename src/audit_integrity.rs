@@ -115,9 +115,8 @@ fn check_write_ahead_log(data_dir: &Path) -> Result<u64> {
         };
         let damaged = |error| {
             anyhow::Error::new(error).context(
-                "verification failed: the write-ahead log is damaged; the server will not \
-                 open the store until the file is restored from a copy or moved aside (its \
-                 events are then missing from the store: keep the file for the investigation)",
+                "verification failed: the write-ahead log is damaged, and the server will not \
+                 open the store",
             )
         };
         let mut reader = WalReader::open(path, torn_tail).map_err(damaged)?;

@@ -40,7 +40,11 @@ pub enum AuditError {
     )]
     WalNotSealed { path: PathBuf, version: u32 },
 
-    #[error("damaged record in `{path}` at offset {offset}: {problem}")]
+    #[error(
+        "damaged record in `{path}` at offset {offset}: {problem}; the store is not opened until \
+         the file is restored from a copy or moved aside (its events are then missing from the \
+         store: keep the file for the investigation)"
+    )]
     DamagedRecord {
         path: PathBuf,
         offset: u64,
