@@ -407,11 +407,16 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
         DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit {
             limit_bytes: limits.memory_bytes,
             // DataFusion's advice names its own settings, which a user cannot set here.
+            // Its first line: the rest lists DataFusion's operators by their internal names.
             detail: detail
+                .lines()
+                .next()
+                .unwrap_or(detail)
                 .split(". Consider")
                 .next()
                 .unwrap_or(detail)
                 .trim()
+                .trim_end_matches(':')
                 .to_owned(),
         },
         DataFusionError::ParquetError(parquet) => QueryError::Segment {

@@ -254,6 +254,8 @@ async fn a_query_past_its_memory_limit_fails() {
     let message = error.to_string();
     assert!(message.contains("audit.query_memory_mb"), "{message}");
     assert!(!message.contains("datafusion."), "{message}");
+    // One line: not DataFusion's list of its operators.
+    assert_eq!(message.lines().count(), 1, "{message}");
 }
 
 #[tokio::test]

@@ -77,7 +77,11 @@ pub(crate) async fn require_token(
     if admitted {
         return next.run(request).await;
     }
-    tracing::info!(path = %request.uri().path(), "dashboard_refused_without_token");
+    if presented_token(request.headers()).is_some() {
+        tracing::info!(path = %request.uri().path(), "dashboard_refused_wrong_token");
+    } else {
+        tracing::info!(path = %request.uri().path(), "dashboard_refused_without_token");
+    }
     PageError::Unauthorized.into_response()
 }
 

@@ -273,8 +273,8 @@ async fn not_found() -> Response {
     error(
         StatusCode::NOT_FOUND,
         "no such endpoint; see `POST /v1/decide`, `POST /v1/credentials`, \
-         `GET /.well-known/jwks.json`, `GET /healthz`, `GET /metrics`, and behind the admin \
-         token `POST /v1/admin/reload` and `POST /v1/audit/query`",
+         `GET /.well-known/jwks.json`, `GET /healthz`, `GET /metrics`, behind the admin token \
+         `POST /v1/admin/reload`, and behind the admin or audit token `POST /v1/audit/query`",
     )
 }
 
@@ -400,9 +400,14 @@ fn check_lengths(body: &DecideBody) -> Result<(), String> {
         // Names and paths hold none; in an event or a log line, a line break or an escape
         // sequence would forge lines or act on the terminal that shows them.
         if let Some((at, control)) = value.chars().enumerate().find(|(_, c)| c.is_control()) {
+            let hint = if field == "request.resource" {
+                "; percent-encode it in a path"
+            } else {
+                ""
+            };
             return Err(format!(
                 "invalid request: `{field}` holds a control character (U+{:04X}) at character \
-                 {}; percent-encode it in a path",
+                 {}{hint}",
                 u32::from(control),
                 at + 1
             ));

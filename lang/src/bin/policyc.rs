@@ -754,13 +754,12 @@ fn inspect(path: &Path, public_key: Option<&Path>) -> Result<String, Failure> {
             bytes.len()
         ),
         format!(
-            "{} rules, {} workloads, {} targets, {} credentials; at most {} instructions per \
-             decision",
-            bundle.rules().len(),
-            bundle.workloads().len(),
-            bundle.targets().len(),
-            bundle.credentials().len(),
-            program.instruction_bound()
+            "{}, {}, {}, {}; at most {} per decision",
+            count(bundle.rules().len(), "rule"),
+            count(bundle.workloads().len(), "workload"),
+            count(bundle.targets().len(), "target"),
+            count(bundle.credentials().len(), "credential"),
+            count(program.instruction_bound(), "instruction")
         ),
     ];
     lines.push(match bundle.signature() {
@@ -804,7 +803,19 @@ fn read_signing_key(path: &Path) -> Result<SigningKey, Failure> {
         message,
     };
     let text = Zeroizing::new(read_small_file(path, MAX_KEY_FILE_BYTES).map_err(failure)?);
-    signing_key_from_pem(&text).map_err(|error| failure(error.to_string()))
+    let key = signing_key_from_pem(&text).map_err(|error| failure(error.to_string()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if fs::metadata(path).is_ok_and(|metadata| metadata.permissions().mode() & 0o077 != 0) {
+            eprintln!(
+                "warning: the signing key `{}` can be read by other users; `chmod 600` it \
+                 (`policyc keygen` makes keys readable by their owner only)",
+                path.display()
+            );
+        }
+    }
+    Ok(key)
 }
 
 /// `policyc keygen`: a new key pair, the private key at `out` (owner only) and the public key
