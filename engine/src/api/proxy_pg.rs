@@ -92,8 +92,8 @@ struct Listener {
     cancel_keys: Arc<CancelKeys>,
     /// The credentials issued to its callers, for their next connections.
     reuse: CredentialReuse<Kept>,
-    /// Turns true when the listener cuts its sessions off.
-    cut_off: tokio::sync::watch::Receiver<bool>,
+    /// The relays of its sessions, to cut them off.
+    cut_offs: relay::CutOffs,
 }
 
 /// An issued credential as a listener keeps it for reuse: its value, and how the upstream
@@ -125,12 +125,11 @@ pub async fn serve_postgres_proxy(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     drain: Duration,
 ) -> std::io::Result<()> {
-    let (cut_off, cut_off_signal) = tokio::sync::watch::channel(false);
     let listening = Arc::new(Listener {
         spec: Arc::new(spec),
         cancel_keys: Arc::new(CancelKeys::default()),
         reuse: CredentialReuse::default(),
-        cut_off: cut_off_signal,
+        cut_offs: relay::CutOffs::default(),
     });
     let mut sessions = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
@@ -163,7 +162,7 @@ pub async fn serve_postgres_proxy(
         // shutdown (57P01) rather than of a cancel it never asked for (57014); their keys are
         // taken before, since a session that ends gives its key up.
         let live = listening.cancel_keys.live();
-        let _ = cut_off.send(true);
+        listening.cut_offs.cut_off_all();
         let within = CANCEL_BEFORE_CUT_OFF.saturating_sub(CUT_OFF_WAIT);
         let cancelled = cancel::cancel_all(live, target, within).await;
         tracing::warn!(
@@ -230,7 +229,7 @@ async fn session(
         peer,
         bytes: None,
     };
-    let relayed = relay::relay(client, upstream, listening.cut_off.clone()).await;
+    let relayed = relay::relay(client, upstream, &listening.cut_offs).await;
     // The session is over: its cancel key matches nothing from now on.
     drop(cancel_key);
     let from_client = relayed.from_client;

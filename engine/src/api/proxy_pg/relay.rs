@@ -3,8 +3,8 @@
 //! ends the way PostgreSQL itself ends one at shutdown.
 //!
 //! In: the client and upstream streams of a session that is ready for queries (both at a
-//! message boundary, since the handshake read whole messages), and a signal that turns true
-//! when the listener cuts its sessions off. Out: the bytes relayed each way, and whether the
+//! message boundary, since the handshake read whole messages), and the listener's
+//! [`CutOffs`], through which it cuts its sessions off. Out: the bytes relayed each way, and whether the
 //! session was cut off. When cut off, the client gets what the upstream sent up to the end of
 //! the message under way, then an `ErrorResponse` of severity FATAL with SQLSTATE 57P01
 //! (`admin_shutdown`, which drivers and pools read as "connect again"), and the upstream gets
@@ -12,12 +12,75 @@
 //! direction that never reaches a message boundary (a client that stops reading a large
 //! result) is left for the listener to drop.
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::{Mutex, PoisonError};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 use super::Stream;
+
+/// A listener's hold on the relays of its sessions: each relay is registered while it runs,
+/// with a signal of its own for each direction, so that a relay waiting to read costs no
+/// shared lock (a signal all sessions shared would be polled under one lock on every read).
+#[derive(Debug, Default)]
+pub(super) struct CutOffs {
+    state: Mutex<CutOffState>,
+}
+
+#[derive(Debug, Default)]
+struct CutOffState {
+    next_id: u64,
+    relays: HashMap<u64, [oneshot::Sender<()>; 2]>,
+    /// Set once the listener cuts its sessions off: a relay registered later is cut off at once.
+    cutting: bool,
+}
+
+impl CutOffs {
+    /// Tells every relay, and every relay registered from now on, to end.
+    pub(super) fn cut_off_all(&self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.cutting = true;
+        for (_, senders) in state.relays.drain() {
+            for sender in senders {
+                let _ = sender.send(());
+            }
+        }
+    }
+
+    fn register(&self) -> (Registered<'_>, [oneshot::Receiver<()>; 2]) {
+        let (up_tx, up_rx) = oneshot::channel();
+        let (down_tx, down_rx) = oneshot::channel();
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = state.next_id;
+        state.next_id += 1;
+        if state.cutting {
+            let _ = up_tx.send(());
+            let _ = down_tx.send(());
+        } else {
+            state.relays.insert(id, [up_tx, down_tx]);
+        }
+        (Registered { cut_offs: self, id }, [up_rx, down_rx])
+    }
+}
+
+/// A relay's registration, removed when the relay ends.
+struct Registered<'a> {
+    cut_offs: &'a CutOffs,
+    id: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .cut_offs
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        state.relays.remove(&self.id);
+    }
+}
 
 /// Bytes read from one side before they are written to the other.
 const CHUNK_BYTES: usize = 16 * 1024;
@@ -33,12 +96,13 @@ pub(super) struct Relayed {
 }
 
 /// Relays `client` and `upstream` until both sides have closed, either side fails, or
-/// `cut_off` turns true and the session has been ended as the module says.
+/// `cut_offs` cuts the session off and it has been ended as the module says.
 pub(super) async fn relay(
     client: Box<dyn Stream>,
     upstream: Box<dyn Stream>,
-    cut_off: watch::Receiver<bool>,
+    cut_offs: &CutOffs,
 ) -> Relayed {
+    let (_registered, [up_signal, down_signal]) = cut_offs.register();
     let (client_read, client_write) = tokio::io::split(client);
     let (upstream_read, upstream_write) = tokio::io::split(upstream);
     let mut from_client = 0_u64;
@@ -50,14 +114,14 @@ pub(super) async fn relay(
             client_read,
             upstream_write,
             Farewell::Terminate,
-            cut_off.clone(),
+            up_signal,
             &mut from_client,
         );
         let down = pump(
             upstream_read,
             client_write,
             Farewell::AdminShutdown,
-            cut_off,
+            down_signal,
             &mut to_client,
         );
         tokio::pin!(up, down);
@@ -133,7 +197,7 @@ async fn pump<R, W>(
     mut from: R,
     mut to: W,
     farewell: Farewell,
-    mut cut_off: watch::Receiver<bool>,
+    mut cut_off: oneshot::Receiver<()>,
     count: &mut u64,
 ) -> io::Result<Ended>
 where
@@ -142,9 +206,9 @@ where
 {
     let mut buffer = vec![0_u8; CHUNK_BYTES];
     let mut framing = Framing::default();
-    // A signal whose sender is gone can no longer turn true.
+    // Until the signal has fired or its sender is gone, which it is polled for no longer.
     let mut watching = true;
-    let mut cutting = *cut_off.borrow_and_update();
+    let mut cutting = false;
     loop {
         if cutting && (framing.at_boundary() || !farewell.waits_for_boundary()) {
             if framing.at_boundary() {
@@ -160,11 +224,9 @@ where
         }
         let read = tokio::select! {
             biased;
-            changed = cut_off.changed(), if watching && !cutting => {
-                match changed {
-                    Ok(()) => cutting = *cut_off.borrow_and_update(),
-                    Err(_) => watching = false,
-                }
+            signalled = &mut cut_off, if watching => {
+                watching = false;
+                cutting = signalled.is_ok();
                 continue;
             }
             // Reading is cancel-safe: a read dropped for the signal has taken no bytes.
@@ -299,8 +361,13 @@ mod tests {
     async fn a_cut_off_session_ends_at_a_boundary_with_admin_shutdown() {
         let (client, mut client_far) = tokio::io::duplex(1 << 16);
         let (upstream, mut upstream_far) = tokio::io::duplex(1 << 16);
-        let (signal, cut_off) = watch::channel(false);
-        let relaying = tokio::spawn(relay(Box::new(client), Box::new(upstream), cut_off));
+        let cut_offs = std::sync::Arc::new(CutOffs::default());
+        let relaying = {
+            let cut_offs = std::sync::Arc::clone(&cut_offs);
+            tokio::spawn(
+                async move { relay(Box::new(client), Box::new(upstream), &cut_offs).await },
+            )
+        };
         // A query goes up; half a row comes down.
         let query = message(b'Q', b"SELECT 1\0");
         client_far.write_all(&query).await.unwrap();
@@ -312,7 +379,7 @@ mod tests {
         let mut half = vec![0; 50];
         client_far.read_exact(&mut half).await.unwrap();
         // Cut off mid-row: the row is finished, the next message is not passed on.
-        signal.send(true).unwrap();
+        cut_offs.cut_off_all();
         tokio::task::yield_now().await;
         upstream_far
             .write_all(&[&row[50..], &message(b'D', &[6; 10])].concat())
@@ -342,8 +409,13 @@ mod tests {
     async fn a_session_without_a_cut_off_relays_both_ways_until_both_close() {
         let (client, mut client_far) = tokio::io::duplex(1 << 16);
         let (upstream, mut upstream_far) = tokio::io::duplex(1 << 16);
-        let (_signal, cut_off) = watch::channel(false);
-        let relaying = tokio::spawn(relay(Box::new(client), Box::new(upstream), cut_off));
+        let cut_offs = std::sync::Arc::new(CutOffs::default());
+        let relaying = {
+            let cut_offs = std::sync::Arc::clone(&cut_offs);
+            tokio::spawn(
+                async move { relay(Box::new(client), Box::new(upstream), &cut_offs).await },
+            )
+        };
         let terminate = message(b'X', &[]);
         client_far.write_all(&terminate).await.unwrap();
         client_far.shutdown().await.unwrap();
