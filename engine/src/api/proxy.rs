@@ -659,21 +659,29 @@ fn upstream_query(
     (!pairs.is_empty()).then(|| pairs.join("&"))
 }
 
-/// Whether a query parameter's name, as the client wrote it, is `name`: `api%5Fkey` and
-/// `api_key` are one parameter to the upstream, so the client's must go either way.
 /// Whether `path`, each of its `/`-separated segments percent-decoded once and split again at
 /// `/` and `\\`, holds a `.` or `..` segment.
 fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|segment| {
-        let decoded = percent_decoded(segment);
+        let decoded = percent_decoded(segment, false);
         decoded
             .split(|byte| *byte == b'/' || *byte == b'\\')
             .any(|piece| piece == b"." || piece == b"..")
     })
 }
 
-/// `text` with each `%XX` escape decoded once; anything else as it is.
-fn percent_decoded(text: &str) -> Vec<u8> {
+/// Whether a query parameter's name, as the client wrote it, is `name`: `api%5Fkey` and
+/// `api_key` are one parameter to the upstream, so the client's must go either way.
+fn same_name(written: &str, name: &str) -> bool {
+    if !written.contains('%') && !written.contains('+') {
+        return written == name;
+    }
+    percent_decoded(written, true) == name.as_bytes()
+}
+
+/// `text` with each `%XX` escape decoded once, and with `plus_is_space` (a query string) each
+/// `+` as a space; anything else as it is.
+fn percent_decoded(text: &str, plus_is_space: bool) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut idx = 0;
@@ -687,33 +695,7 @@ fn percent_decoded(text: &str) -> Vec<u8> {
                 decoded.push(value);
                 idx += 3;
             }
-            _ => {
-                decoded.push(byte);
-                idx += 1;
-            }
-        }
-    }
-    decoded
-}
-
-fn same_name(written: &str, name: &str) -> bool {
-    if !written.contains('%') && !written.contains('+') {
-        return written == name;
-    }
-    let bytes = written.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut idx = 0;
-    while let Some(&byte) = bytes.get(idx) {
-        let hex = bytes
-            .get(idx + 1..idx + 3)
-            .and_then(|hex| std::str::from_utf8(hex).ok())
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
-        match (byte, hex) {
-            (b'%', Some(value)) => {
-                decoded.push(value);
-                idx += 3;
-            }
-            (b'+', _) => {
+            (b'+', _) if plus_is_space => {
                 decoded.push(b' ');
                 idx += 1;
             }
@@ -723,7 +705,7 @@ fn same_name(written: &str, name: &str) -> bool {
             }
         }
     }
-    decoded == name.as_bytes()
+    decoded
 }
 
 /// The header that carries the credential, if it goes in one.

@@ -357,17 +357,26 @@ mod tests {
         assert!(!framing.at_boundary());
     }
 
+    /// A relay between two in-memory pipes, running: its cut-offs, its task, and the far ends
+    /// of the client's pipe and the upstream's.
+    fn start_relay() -> (
+        std::sync::Arc<CutOffs>,
+        tokio::task::JoinHandle<Relayed>,
+        tokio::io::DuplexStream,
+        tokio::io::DuplexStream,
+    ) {
+        let (client, client_far) = tokio::io::duplex(1 << 16);
+        let (upstream, upstream_far) = tokio::io::duplex(1 << 16);
+        let cut_offs = std::sync::Arc::new(CutOffs::default());
+        let held = std::sync::Arc::clone(&cut_offs);
+        let task =
+            tokio::spawn(async move { relay(Box::new(client), Box::new(upstream), &held).await });
+        (cut_offs, task, client_far, upstream_far)
+    }
+
     #[tokio::test]
     async fn a_cut_off_session_ends_at_a_boundary_with_admin_shutdown() {
-        let (client, mut client_far) = tokio::io::duplex(1 << 16);
-        let (upstream, mut upstream_far) = tokio::io::duplex(1 << 16);
-        let cut_offs = std::sync::Arc::new(CutOffs::default());
-        let relaying = {
-            let cut_offs = std::sync::Arc::clone(&cut_offs);
-            tokio::spawn(
-                async move { relay(Box::new(client), Box::new(upstream), &cut_offs).await },
-            )
-        };
+        let (cut_offs, relaying, mut client_far, mut upstream_far) = start_relay();
         // A query goes up; half a row comes down.
         let query = message(b'Q', b"SELECT 1\0");
         client_far.write_all(&query).await.unwrap();
@@ -407,15 +416,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_without_a_cut_off_relays_both_ways_until_both_close() {
-        let (client, mut client_far) = tokio::io::duplex(1 << 16);
-        let (upstream, mut upstream_far) = tokio::io::duplex(1 << 16);
-        let cut_offs = std::sync::Arc::new(CutOffs::default());
-        let relaying = {
-            let cut_offs = std::sync::Arc::clone(&cut_offs);
-            tokio::spawn(
-                async move { relay(Box::new(client), Box::new(upstream), &cut_offs).await },
-            )
-        };
+        let (_cut_offs, relaying, mut client_far, mut upstream_far) = start_relay();
         let terminate = message(b'X', &[]);
         client_far.write_all(&terminate).await.unwrap();
         client_far.shutdown().await.unwrap();
