@@ -713,7 +713,7 @@ permit payments_deploy { workload payments_jobs target ledger }
     };
 
     let mismatched = write_config("mismatched.toml", "string");
-    let err = serve_refused(&mismatched, &tmp.path().join("refused"));
+    let err = refused_start(&mismatched, &tmp.path().join("refused"));
     assert!(
         err.contains(
             "custom claim `tier` is integer in the bundle but string in the configuration"
@@ -744,21 +744,6 @@ permit payments_deploy { workload payments_jobs target ledger }
     stop_server(server);
 }
 
-/// `portcullis serve` with `config` and `data_dir`, which must refuse to start: what it said.
-fn serve_refused(config: &Path, data_dir: &Path) -> String {
-    let out = portcullis()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{err}");
-    err
-}
-
 /// A trust provider whose keys are the example keys published in `examples/dev/` stops the
 /// server before it listens, unless it is marked `example_only`: anyone can mint the tokens
 /// those keys accept.
@@ -777,7 +762,7 @@ fn serve_refuses_the_published_example_keys_unless_marked_example_only() {
     let unmarked = shipped.replace("example_only = true\n", "");
     assert!(!unmarked.contains("example_only"), "{unmarked}");
     std::fs::write(&config, unmarked).unwrap();
-    let err = serve_refused(&config, &tmp.path().join("data"));
+    let err = refused_start(&config, &tmp.path().join("data"));
     assert!(
         err.contains("trust provider `github-actions-example`: key ")
             && err.contains("is the example key published in")
@@ -830,7 +815,7 @@ fn serve_refuses_a_bundle_its_public_key_did_not_sign() {
         std::fs::write(&bundle_path, bytes).unwrap();
         let config_name = format!("{name}.toml");
         let config = bundle_config(tmp.path(), &config_name, &bundle_path, Some(&public_key));
-        let err = serve_refused(&config, &data_dir);
+        let err = refused_start(&config, &data_dir);
         let refusal = format!("refusing the bundle `{}`: {reason}", bundle_path.display());
         assert!(err.contains(&refusal), "{name}: {err}");
         assert!(err.contains("bundle-signing.key.pub"), "{name}: {err}");

@@ -369,3 +369,18 @@ pub fn python() -> String {
         )
     })
 }
+
+/// What `portcullis serve` with `config` on `data_dir` printed when it refused to start.
+pub fn refused_start(config: &Path, data_dir: &Path) -> String {
+    let out = portcullis()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{err}");
+    err
+}
