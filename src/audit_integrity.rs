@@ -87,26 +87,43 @@ pub fn verify(store: &StoreArgs, public_key: Option<&Path>, extends: Option<Anch
     });
     progress.clear();
     let report = outcome.context("verification failed")?;
-    let unsealed = check_write_ahead_log(&data_dir)?;
+    let log = check_write_ahead_log(&data_dir)?;
     print!("{}", summary(&data_dir, &report));
-    if unsealed > 0 {
+    if log.events > 0 {
         println!(
-            "write-ahead log: {unsealed} events not yet sealed, each record's checksum checked; \
-             they are chained and signed when they are sealed"
+            "write-ahead log: {} events not yet sealed, each record's checksum checked; they \
+             are chained and signed when they are sealed",
+            log.events
+        );
+    }
+    if let Some((path, bytes)) = &log.torn {
+        println!(
+            "write-ahead log: `{}` ends in {bytes} bytes that do not pass their checks — a \
+             record a crash cut short, or damage to the last one; the server drops them when it \
+             opens the store",
+            path.display()
         );
     }
     Ok(())
 }
 
+/// What the write-ahead log holds.
+struct LogChecked {
+    events: u64,
+    /// The newest file and the bytes at its end that form no whole, valid record.
+    torn: Option<(PathBuf, u64)>,
+}
+
 /// Reads every record of the write-ahead log, as the server does when it opens the store
 /// (a torn tail of the newest file allowed, damage anywhere else not), and gives how many
-/// events it holds. A damaged record fails the verification, naming the file and offset,
-/// since the server will not open the store either.
-fn check_write_ahead_log(data_dir: &Path) -> Result<u64> {
+/// events it holds and the torn tail. A damaged record fails the verification, naming the
+/// file and offset, since the server will not open the store either.
+fn check_write_ahead_log(data_dir: &Path) -> Result<LogChecked> {
     use portcullis_audit::wal::{TornTail, WalReader, list_logs};
     let logs = list_logs(&data_dir.join(portcullis_audit::store::WAL_DIR))
         .context("verification failed")?;
     let mut events = 0_u64;
+    let mut torn = None;
     for (idx, path) in logs.iter().enumerate() {
         let torn_tail = if idx + 1 == logs.len() {
             TornTail::Allowed
@@ -123,8 +140,11 @@ fn check_write_ahead_log(data_dir: &Path) -> Result<u64> {
         while reader.next_event().map_err(damaged)?.is_some() {
             events += 1;
         }
+        if reader.torn_bytes() > 0 {
+            torn = Some((path.clone(), reader.torn_bytes()));
+        }
     }
-    Ok(events)
+    Ok(LogChecked { events, torn })
 }
 
 /// `portcullis audit key`: the public key that signs the checkpoints, as SPKI PEM on stdout.

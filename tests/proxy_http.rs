@@ -235,7 +235,11 @@ fn requests_are_decided_injected_relayed_and_recorded() {
     }
     // A dot segment, as written or encoded, would take a resolving upstream out of the
     // listener's base path.
-    for path in ["/v1/a/../../../admin", "/v1/%2e%2e/%2E%2e/admin"] {
+    for path in [
+        "/v1/a/../../../admin",
+        "/v1/%2e%2e/%2E%2e/admin",
+        "/v1/..;/..;/admin",
+    ] {
         let (status, _, body) = call(
             setup.billing,
             "GET",
@@ -244,6 +248,14 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         );
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains("`..` segment"), "{body}");
+    }
+    // A request target that is no path: nothing to put after the base path.
+    let host = format!("host: 127.0.0.1:{}", setup.billing);
+    let evidence_header = format!("x-portcullis-evidence: {evidence}");
+    for line in ["OPTIONS * HTTP/1.1", "GET 127.0.0.1:80 HTTP/1.1"] {
+        let (status, answer) =
+            through_forward_proxy(setup.billing, line, &[&host, &evidence_header]);
+        assert_eq!(status, 400, "{line}: {answer}");
     }
     assert_eq!(
         billing_seen.lock().unwrap().len(),
@@ -289,8 +301,8 @@ fn requests_are_decided_injected_relayed_and_recorded() {
         "portcullis_proxy_upstream_errors_total{target=\"gone\"} 1",
         "portcullis_proxy_active_connections{protocol=\"http\"} 0",
         "portcullis_decision_seconds_count 8",
-        // Every request, the four refused before a decision too.
-        "portcullis_proxy_seconds_count{protocol=\"http\"} 12",
+        // Every request, the seven refused before a decision too.
+        "portcullis_proxy_seconds_count{protocol=\"http\"} 15",
     ] {
         assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
     }

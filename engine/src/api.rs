@@ -835,8 +835,8 @@ fn answer_attestation_failure(event: &mut NewEvent, rejected: Rejected) -> Decid
     // files): for its log and its events, not for a caller.
     if let crate::attest::AttestError::KeysUnavailable { provider, .. } = &err {
         answer.reason = format!(
-            "attestation failed: trust provider `{provider}` has no keys yet; the server's log \
-             and the access event say why"
+            "attestation failed: trust provider `{provider}` has no usable keys; the server's \
+             log and the access event say why"
         );
     }
     answer

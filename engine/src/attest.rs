@@ -426,7 +426,7 @@ pub enum AttestError {
         kid: String,
         algorithm: String,
     },
-    #[error("trust provider `{provider}` has no keys yet: {why}")]
+    #[error("trust provider `{provider}` has no usable keys: {why}")]
     KeysUnavailable { provider: String, why: String },
     #[error("the token's signature does not verify")]
     BadSignature,

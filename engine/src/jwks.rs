@@ -293,7 +293,7 @@ pub enum FetchError {
         what: &'static str,
         detail: String,
     },
-    #[error("the keys `{url}` answered with are refused: {detail}")]
+    #[error("`{url}` answered with keys that are refused: {detail}")]
     Refused { url: String, detail: String },
     #[error(
         "the discovery document at `{url}` names issuer `{named}`, not the configured `{expected}`"

@@ -335,7 +335,7 @@ fn a_fetched_jwks_holding_a_published_example_key_is_refused_by_its_url() {
     let message = error.to_string();
     assert!(matches!(error, FetchError::Refused { .. }), "{message}");
     assert!(
-        message.contains(&format!("the keys `{url}` answered with are refused"))
+        message.contains(&format!("`{url}` answered with keys that are refused"))
             && message.contains("example key published in"),
         "{message}"
     );

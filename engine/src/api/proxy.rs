@@ -318,6 +318,14 @@ fn route_of(
     spec: &HttpProxySpec,
     request: &Request<Body>,
 ) -> Result<Route, (StatusCode, &'static str)> {
+    // Only a path: `*` and a bare authority name none, and a reverse listener would put them
+    // after its base path as they are.
+    if !spec.forward && !request.uri().path().starts_with('/') {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the request names no path: send one that starts with `/`",
+        ));
+    }
     // An upstream that resolves `..` would serve a path outside its listener's base path,
     // and one that decodes `%2e` or `%2f` first would do the same.
     if has_dot_segment(request.uri().path()) {
@@ -660,13 +668,21 @@ fn upstream_query(
 }
 
 /// Whether `path`, each of its `/`-separated segments percent-decoded once and split again at
-/// `/` and `\\`, holds a `.` or `..` segment.
+/// `/` and `\\`, holds a `.` or `..` segment — also one that servers read as such: with path
+/// parameters after a `;` (`..;x`, as Java servers take it) or with trailing spaces or NULs.
 fn has_dot_segment(path: &str) -> bool {
     path.split('/').any(|segment| {
         let decoded = percent_decoded(segment, false);
         decoded
             .split(|byte| *byte == b'/' || *byte == b'\\')
-            .any(|piece| piece == b"." || piece == b"..")
+            .any(|piece| {
+                let name = piece.split(|byte| *byte == b';').next().unwrap_or(piece);
+                let name = name
+                    .iter()
+                    .rposition(|byte| !matches!(byte, b' ' | b'\t' | 0))
+                    .map_or(&name[..0], |last| &name[..=last]);
+                name == b"." || name == b".."
+            })
     })
 }
 
@@ -808,6 +824,12 @@ mod tests {
             "/a/..%2fb",
             "/a/%2e%2e%5cb",
             "/a/x%2f..%2fy",
+            "/a/..;/b",
+            "/..;/admin",
+            "/a/%2e%2e;jsessionid=1/b",
+            "/a/.;/b",
+            "/a/..%00/b",
+            "/a/..%20/b",
         ] {
             assert!(has_dot_segment(path), "{path}");
         }
@@ -819,6 +841,8 @@ mod tests {
             "/a/b..c",
             "/v1/%252e%252e/admin",
             "/a/%2e%2e%2e",
+            "/a/;x/b",
+            "/a/b;..",
         ] {
             assert!(!has_dot_segment(path), "{path}");
         }
