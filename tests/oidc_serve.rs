@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use common::{decide, http_stub, start_server_with, stop_server};
 use jsonwebtoken::jwk::{Jwk, JwkSet};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use serde_json::json;
+use serde_json::{Value, json};
 
 type Handler = Box<dyn Fn(&http_stub::StubRequest) -> (u16, serde_json::Value) + Send>;
 
@@ -199,6 +199,13 @@ fn keys_are_fetched_over_https_only_from_an_issuer_whose_ca_is_trusted() {
     assert_eq!(issuer.fetches(), 1, "the keys are fetched at start");
     let answer = decide(&server, &token(&issuer.url, "p256"), target.clone(), "GET");
     assert_eq!(answer["decision"], "allow", "{answer}");
+    let mut health = ureq::get(&server.url("/healthz")).call().unwrap();
+    let health: Value = serde_json::from_str(&health.body_mut().read_to_string().unwrap()).unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(
+        health.get("trust_providers_without_keys").is_none(),
+        "{health}"
+    );
     stop_server(server);
 
     for (name, extra) in [
@@ -229,6 +236,12 @@ fn keys_are_fetched_over_https_only_from_an_issuer_whose_ca_is_trusted() {
             answer["reason_code"], "keys_unavailable",
             "{name}: {answer}"
         );
+        // The health check names the provider, and stays 200: other callers are served.
+        let mut health = ureq::get(&server.url("/healthz")).call().unwrap();
+        let health: Value =
+            serde_json::from_str(&health.body_mut().read_to_string().unwrap()).unwrap();
+        assert_eq!(health["status"], "degraded", "{name}: {health}");
+        assert_eq!(health["trust_providers_without_keys"], json!(["local-idp"]));
         // Why is the server's business: its log and its event, not the caller's answer.
         let reason = answer["reason"].as_str().unwrap();
         assert!(

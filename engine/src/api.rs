@@ -34,7 +34,7 @@ use portcullis_audit::{AuditLog, ConditionOutcome, Decision as Verdict, EventKin
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::attest::{Attested, Attestor, Refreshed, Rejected};
+use crate::attest::{Attested, Attestor, Refreshed, Rejected, TrustProvider};
 use crate::credentials::CredentialIssuer;
 use crate::local::PeerProcess;
 use crate::vm::{Decision, EvalError, Program, Request, TargetQuery, Trace};
@@ -252,18 +252,28 @@ struct CredentialAnswer {
 }
 
 /// 200 while decisions can be made and recorded; 503 with the reason when the audit log has
-/// stopped taking events, because then every decision is a deny.
+/// stopped taking events, because then every decision is a deny. A trust provider without
+/// keys (its issuer could not be reached, or its keys were refused) denies only its own
+/// callers: still 200, with `status` `degraded` and the providers named.
 async fn healthz(State(engine): State<Arc<Engine>>) -> Response {
     let bundle = format!("sha256:{}", engine.program.current().hash_hex());
+    let without_keys: Vec<&str> = engine
+        .attestor
+        .providers()
+        .iter()
+        .filter(|provider| !provider.has_keys())
+        .map(TrustProvider::name)
+        .collect();
+    let mut body = json!({ "status": "ok", "bundle": bundle });
+    if !without_keys.is_empty() {
+        body["status"] = json!("degraded");
+        body["trust_providers_without_keys"] = json!(without_keys);
+    }
     match engine.audit.health() {
-        Ok(()) => (
-            StatusCode::OK,
-            axum::Json(json!({ "status": "ok", "bundle": bundle })),
-        )
-            .into_response(),
+        Ok(()) => (StatusCode::OK, axum::Json(body)).into_response(),
         Err(err) => {
-            let body =
-                json!({ "status": "unavailable", "bundle": bundle, "audit": err.to_string() });
+            body["status"] = json!("unavailable");
+            body["audit"] = json!(err.to_string());
             (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
         }
     }

@@ -363,6 +363,12 @@ impl TrustProvider {
         &self.spec.name
     }
 
+    /// Whether the provider holds keys to verify tokens with; the local-process provider needs
+    /// none and counts as holding them.
+    pub fn has_keys(&self) -> bool {
+        self.spec.kind == ProviderKind::Process || !self.key_set().keys.is_empty()
+    }
+
     pub fn kind(&self) -> ProviderKind {
         self.spec.kind
     }
