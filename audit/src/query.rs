@@ -138,6 +138,15 @@ pub struct QueryLimits {
     pub max_result_bytes: Option<usize>,
 }
 
+impl QueryLimits {
+    /// The most bytes a query may spill to temporary files.
+    fn spill_bytes(&self) -> u64 {
+        u64::try_from(self.memory_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(SPILL_PER_MEMORY)
+    }
+}
+
 impl Default for QueryLimits {
     fn default() -> QueryLimits {
         QueryLimits {
@@ -312,11 +321,7 @@ async fn run_query(
         .with_memory_limit(limits.memory_bytes, 1.0)
         // Sorts and aggregations past the memory limit spill to the system's temporary
         // directory; bounded too, so that one query cannot fill the disk the log is on.
-        .with_max_temp_directory_size(
-            u64::try_from(limits.memory_bytes)
-                .unwrap_or(u64::MAX)
-                .saturating_mul(SPILL_PER_MEMORY),
-        )
+        .with_max_temp_directory_size(limits.spill_bytes())
         .with_cache_manager(segment_caches())
         .build_arc()?;
     let config = SessionConfig::new().set_usize(
@@ -394,7 +399,7 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
         .to_string()
         .contains("spilling process has exceeded the allowable limit")
     {
-        let spill = (limits.memory_bytes as u64).saturating_mul(SPILL_PER_MEMORY);
+        let spill = limits.spill_bytes();
         return QueryError::MemoryLimit {
             limit_bytes: limits.memory_bytes,
             detail: format!(
@@ -787,21 +792,8 @@ pub fn format_batches_for_terminal(
     }
     let escaped = batches
         .iter()
-        .map(|batch| {
-            let mut columns = batch.columns().to_vec();
-            for column in &mut columns {
-                let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
-                    continue;
-                };
-                if texts.iter().flatten().any(needs_escape) {
-                    let shown: StringArray =
-                        texts.iter().map(|text| text.map(escape_hidden)).collect();
-                    *column = Arc::new(shown);
-                }
-            }
-            Ok(RecordBatch::try_new(batch.schema(), columns)?)
-        })
-        .collect::<Result<Vec<_>, QueryError>>()?;
+        .map(|batch| map_texts(batch, needs_escape, |text| escape_hidden(text).into_owned()))
+        .collect::<Result<Vec<_>, _>>()?;
     format_batches(&escaped, format)
 }
 
@@ -855,34 +847,39 @@ pub const MAX_TABLE_CELL_CHARS: usize = 1024;
 /// `\u001b`, `\u202e`); a backslash is then `\\`, so that the text `\n` is not shown as a
 /// line break was.
 fn printable_texts(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    let unprintable = |text: &str| text.len() > MAX_TABLE_CELL_CHARS || needs_escape(text);
+    map_texts(batch, unprintable, |text| {
+        let (shown, left) = match text.char_indices().nth(MAX_TABLE_CELL_CHARS) {
+            Some((end, _)) => (&text[..end], text.len() - end),
+            None => (text, 0),
+        };
+        let mut cell = escape_hidden(shown).into_owned();
+        if left > 0 {
+            cell.push_str(&format!(
+                "… ({left} more bytes; --format csv or json shows all)"
+            ));
+        }
+        cell
+    })
+}
+
+/// `batch` with each text column that holds a text `needs` picks given through `shown`, nulls
+/// kept; other columns, and text columns with no such text, as they are.
+fn map_texts(
+    batch: &RecordBatch,
+    needs: impl Fn(&str) -> bool,
+    shown: impl Fn(&str) -> String,
+) -> Result<RecordBatch, QueryError> {
     let mut columns = batch.columns().to_vec();
     for column in &mut columns {
         let Some(texts) = column.as_any().downcast_ref::<StringArray>() else {
             continue;
         };
-        let unprintable = |text: &str| text.len() > MAX_TABLE_CELL_CHARS || needs_escape(text);
-        if !texts.iter().flatten().any(unprintable) {
+        if !texts.iter().flatten().any(&needs) {
             continue;
         }
-        let cut: StringArray = texts
-            .iter()
-            .map(|text| {
-                text.map(|text| {
-                    let (shown, left) = match text.char_indices().nth(MAX_TABLE_CELL_CHARS) {
-                        Some((end, _)) => (&text[..end], text.len() - end),
-                        None => (text, 0),
-                    };
-                    let mut cell = escape_hidden(shown).into_owned();
-                    if left > 0 {
-                        cell.push_str(&format!(
-                            "… ({left} more bytes; --format csv or json shows all)"
-                        ));
-                    }
-                    cell
-                })
-            })
-            .collect();
-        *column = Arc::new(cut);
+        let mapped: StringArray = texts.iter().map(|text| text.map(&shown)).collect();
+        *column = Arc::new(mapped);
     }
     Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }

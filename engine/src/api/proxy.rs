@@ -677,11 +677,11 @@ fn has_dot_segment(path: &str) -> bool {
             .split(|byte| *byte == b'/' || *byte == b'\\')
             .any(|piece| {
                 let name = piece.split(|byte| *byte == b';').next().unwrap_or(piece);
-                let name = name
+                let end = name
                     .iter()
                     .rposition(|byte| !matches!(byte, b' ' | b'\t' | 0))
-                    .map_or(&name[..0], |last| &name[..=last]);
-                name == b"." || name == b".."
+                    .map_or(0, |last| last + 1);
+                matches!(&name[..end], b"." | b"..")
             })
     })
 }

@@ -4,12 +4,12 @@
 //!
 //! In: the client and upstream streams of a session that is ready for queries (both at a
 //! message boundary, since the handshake read whole messages), and the listener's
-//! [`CutOffs`], through which it cuts its sessions off. Out: the bytes relayed each way, and whether the
-//! session was cut off. When cut off, the client gets what the upstream sent up to the end of
-//! the message under way, then an `ErrorResponse` of severity FATAL with SQLSTATE 57P01
-//! (`admin_shutdown`, which drivers and pools read as "connect again"), and the upstream gets
-//! a `Terminate` when the client was between messages, so that its backend ends cleanly. A
-//! direction that never reaches a message boundary (a client that stops reading a large
+//! [`CutOffs`], through which it cuts its sessions off. Out: the bytes relayed each way, and
+//! whether the session was cut off. When cut off, the client gets what the upstream sent up to
+//! the end of the message under way, then an `ErrorResponse` of severity FATAL with SQLSTATE
+//! 57P01 (`admin_shutdown`, which drivers and pools read as "connect again"), and the upstream
+//! gets a `Terminate` when the client was between messages, so that its backend ends cleanly.
+//! A direction that never reaches a message boundary (a client that stops reading a large
 //! result) is left for the listener to drop.
 
 use std::collections::HashMap;
@@ -86,7 +86,7 @@ impl Drop for Registered<'_> {
 const CHUNK_BYTES: usize = 16 * 1024;
 
 /// What a relayed session came to.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Relayed {
     /// Bytes passed from the client to the upstream.
     pub from_client: u64,
