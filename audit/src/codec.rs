@@ -17,11 +17,30 @@ use crate::event::{AccessEvent, ConditionOutcome, Decision, EventKind, NewEvent}
 
 /// Appends the encoding of `event` to `out`.
 pub(crate) fn encode(event: &AccessEvent, out: &mut Vec<u8>) {
-    let d = &event.details;
-    out.extend_from_slice(event.event_id.as_bytes());
-    put_u64(out, event.seq);
-    put_u64(out, event.time.timestamp_micros().cast_unsigned());
-    put_str(out, &event.node);
+    let stamp = Stamp {
+        event_id: event.event_id,
+        seq: event.seq,
+        time_micros: event.time.timestamp_micros(),
+        node: &event.node,
+    };
+    encode_parts(&stamp, &event.details, out);
+}
+
+/// What the store adds to a caller's event: an [`AccessEvent`] but for the details, which the
+/// intake encodes straight from the caller's [`NewEvent`].
+pub(crate) struct Stamp<'a> {
+    pub event_id: Uuid,
+    pub seq: u64,
+    pub time_micros: i64,
+    pub node: &'a str,
+}
+
+/// Appends the encoding of the event `stamp` and `d` make to `out`.
+pub(crate) fn encode_parts(stamp: &Stamp<'_>, d: &NewEvent, out: &mut Vec<u8>) {
+    out.extend_from_slice(stamp.event_id.as_bytes());
+    put_u64(out, stamp.seq);
+    put_u64(out, stamp.time_micros.cast_unsigned());
+    put_str(out, stamp.node);
     out.push(kind_code(d.kind));
     out.push(match d.decision {
         None => 0,
@@ -83,17 +102,7 @@ pub(crate) fn decode_version(bytes: &[u8], version: u32) -> Result<AccessEvent, 
     let time = DateTime::from_timestamp_micros(micros).ok_or(DecodeError::TimeOutOfRange)?;
     let node = r.string()?;
     let kind = decode_kind(r.u8()?)?;
-    let decision = match r.u8()? {
-        0 => None,
-        1 => Some(Decision::Allow),
-        2 => Some(Decision::Deny),
-        code => {
-            return Err(DecodeError::UnknownCode {
-                field: "decision",
-                code,
-            });
-        }
-    };
+    let decision = decode_decision(r.u8()?)?;
     let details = NewEvent {
         kind,
         decision,
@@ -174,7 +183,19 @@ fn kind_code(kind: EventKind) -> u8 {
     }
 }
 
-fn decode_kind(code: u8) -> Result<EventKind, DecodeError> {
+pub(crate) fn decode_decision(code: u8) -> Result<Option<Decision>, DecodeError> {
+    match code {
+        0 => Ok(None),
+        1 => Ok(Some(Decision::Allow)),
+        2 => Ok(Some(Decision::Deny)),
+        code => Err(DecodeError::UnknownCode {
+            field: "decision",
+            code,
+        }),
+    }
+}
+
+pub(crate) fn decode_kind(code: u8) -> Result<EventKind, DecodeError> {
     EventKind::ALL
         .into_iter()
         .find(|kind| kind_code(*kind) == code)
@@ -228,12 +249,22 @@ fn put_ip(out: &mut Vec<u8>, ip: Option<IpAddr>) {
     }
 }
 
-struct Reader<'a> {
+/// Reads the fields of one encoded event in order.
+pub(crate) struct Reader<'a> {
     bytes: &'a [u8],
 }
 
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+impl<'a> Reader<'a> {
+    pub(crate) fn new(bytes: &'a [u8]) -> Reader<'a> {
+        Reader { bytes }
+    }
+
+    /// The bytes not read yet.
+    pub(crate) fn rest_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let (head, rest) = self
             .bytes
             .split_at_checked(n)
@@ -242,7 +273,7 @@ impl Reader<'_> {
         Ok(head)
     }
 
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+    pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         let (head, rest) = self
             .bytes
             .split_first_chunk::<N>()
@@ -251,27 +282,35 @@ impl Reader<'_> {
         Ok(*head)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(u8::from_le_bytes(self.array()?))
     }
 
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub(crate) fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
 
-    fn len(&mut self) -> Result<usize, DecodeError> {
+    pub(crate) fn len(&mut self) -> Result<usize, DecodeError> {
         let len = u32::from_le_bytes(self.array()?);
         usize::try_from(len).map_err(|_| DecodeError::Truncated)
     }
 
     fn string(&mut self) -> Result<String, DecodeError> {
-        let len = self.len()?;
-        let bytes = self.take(len)?;
-        let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)?;
-        Ok(text.to_owned())
+        self.str().map(str::to_owned)
     }
 
-    fn opt<T>(
+    /// A text field, borrowed from the record.
+    pub(crate) fn str(&mut self) -> Result<&'a str, DecodeError> {
+        let len = self.len()?;
+        let bytes = self.take(len)?;
+        std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)
+    }
+
+    pub(crate) fn opt_str(&mut self) -> Result<Option<&'a str>, DecodeError> {
+        self.opt(Self::str)
+    }
+
+    pub(crate) fn opt<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, DecodeError>,
     ) -> Result<Option<T>, DecodeError> {
@@ -289,7 +328,7 @@ impl Reader<'_> {
         self.opt(Self::string)
     }
 
-    fn ip(&mut self) -> Result<Option<IpAddr>, DecodeError> {
+    pub(crate) fn ip(&mut self) -> Result<Option<IpAddr>, DecodeError> {
         match self.u8()? {
             0 => Ok(None),
             4 => Ok(Some(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?)))),
@@ -302,15 +341,29 @@ impl Reader<'_> {
     }
 
     fn conditions(&mut self) -> Result<Vec<ConditionOutcome>, DecodeError> {
+        let mut conditions = Vec::new();
+        self.each_condition(|name, result| {
+            conditions.push(ConditionOutcome {
+                name: name.to_owned(),
+                result,
+            });
+        })?;
+        Ok(conditions)
+    }
+
+    /// Reads the conditions, handing `each` one of them in turn.
+    pub(crate) fn each_condition(
+        &mut self,
+        mut each: impl FnMut(&'a str, bool),
+    ) -> Result<(), DecodeError> {
         let count = self.len()?;
         // Each condition takes at least five bytes, so a count past that is a lie; checking it
         // keeps a damaged count from reserving memory.
         if count > self.bytes.len() / 5 {
             return Err(DecodeError::Truncated);
         }
-        let mut conditions = Vec::with_capacity(count);
         for _ in 0..count {
-            let name = self.string()?;
+            let name = self.str()?;
             let result = match self.u8()? {
                 0 => false,
                 1 => true,
@@ -321,9 +374,9 @@ impl Reader<'_> {
                     });
                 }
             };
-            conditions.push(ConditionOutcome { name, result });
+            each(name, result);
         }
-        Ok(conditions)
+        Ok(())
     }
 }
 

@@ -36,10 +36,11 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::codec::Stamp;
 use crate::error::AuditError;
-use crate::event::{AccessEvent, NewEvent};
+use crate::event::NewEvent;
 use crate::store::{Recorded, SealerHandle};
-use crate::wal::{Wal, encode_record, log_file_name};
+use crate::wal::{Wal, encode_record_parts, log_file_name};
 
 /// When a recorded event is on the disk itself, not only in the operating system's cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,8 +92,10 @@ enum Roll {
 #[derive(Debug)]
 pub(crate) struct ClosedLog {
     pub path: PathBuf,
-    /// The file's events, in `seq` order.
-    pub events: Vec<AccessEvent>,
+    /// The file's records as written, in `seq` order, for the sealer.
+    pub records: Vec<u8>,
+    /// How many events they hold.
+    pub events: usize,
 }
 
 #[derive(Debug)]
@@ -119,8 +122,6 @@ struct Intake {
     last_time_micros: i64,
     /// Encoded records waiting for the next write, in `seq` order.
     records: Vec<u8>,
-    /// The same events, for the sealer.
-    events: Vec<AccessEvent>,
     /// A leader is writing; the others wait for it.
     writing: bool,
     /// The highest `seq` written to the log file: it survives the process being killed.
@@ -144,8 +145,10 @@ struct Intake {
 #[derive(Debug)]
 struct ActiveLog {
     wal: Wal,
-    /// The file's events, kept for the sealer so that it need not read them back.
-    events: Vec<AccessEvent>,
+    /// The file's records, kept for the sealer so that it need not read them back.
+    records: Vec<u8>,
+    /// How many events the file holds.
+    events: usize,
     /// The highest `seq` in the file; one less than its first while it is empty.
     last_seq: u64,
     /// When the file's first event was written; its age counts from then.
@@ -173,7 +176,6 @@ impl Committer {
                 next_seq,
                 last_time_micros: i64::MIN,
                 records: Vec::new(),
-                events: Vec::new(),
                 writing: false,
                 written_seq: last_seq,
                 synced_seq: last_seq,
@@ -188,7 +190,8 @@ impl Committer {
             work: Condvar::new(),
             active: Mutex::new(Some(ActiveLog {
                 wal,
-                events: Vec::new(),
+                records: Vec::new(),
+                events: 0,
                 last_seq,
                 first_write: None,
             })),
@@ -293,7 +296,7 @@ impl Committer {
             return;
         };
         let full = active.as_ref().is_some_and(|log| {
-            log.events.len() >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes
+            log.events >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes
         });
         if full && let Ok(Some(closed)) = self.roll(&mut active, Then::Continue) {
             self.sealer.hand_over(closed);
@@ -431,13 +434,12 @@ impl Committer {
     ) -> Result<MutexGuard<'a, Intake>, AuditError> {
         intake.writing = true;
         let records = mem::take(&mut intake.records);
-        let events = mem::take(&mut intake.events);
         let last_seq = intake.next_seq.saturating_sub(1);
         drop(intake);
 
         let written = {
             let _leader = LeaderGuard(self);
-            self.write_batch(&records, events, last_seq, roll)
+            self.write_batch(&records, last_seq, roll)
         };
 
         let mut intake = self.lock_intake()?;
@@ -493,15 +495,9 @@ impl Committer {
 
     /// Writes one batch to the active file (and syncs it, in strict mode), and rolls the file
     /// over when it is full. Returns whether the batch is synced. Any failure stops the log.
-    fn write_batch(
-        &self,
-        records: &[u8],
-        events: Vec<AccessEvent>,
-        last_seq: u64,
-        roll: Roll,
-    ) -> Result<bool, AuditError> {
+    fn write_batch(&self, records: &[u8], last_seq: u64, roll: Roll) -> Result<bool, AuditError> {
         let mut active = self.lock_active()?;
-        let written = self.write_to(&mut active, records, events, last_seq, roll);
+        let written = self.write_to(&mut active, records, last_seq, roll);
         if let Err(error) = &written {
             self.stop(error);
         }
@@ -512,7 +508,6 @@ impl Committer {
         &self,
         active: &mut Option<ActiveLog>,
         records: &[u8],
-        mut events: Vec<AccessEvent>,
         last_seq: u64,
         roll: Roll,
     ) -> Result<bool, AuditError> {
@@ -526,11 +521,12 @@ impl Committer {
         if strict {
             log.wal.sync()?;
         }
+        // The batch holds every `seq` after the file's last one up to `last_seq`.
+        log.events += usize::try_from(last_seq.saturating_sub(log.last_seq)).unwrap_or(usize::MAX);
         log.last_seq = last_seq;
-        log.events.append(&mut events);
+        log.records.extend_from_slice(records);
         log.first_write.get_or_insert_with(Instant::now);
-        let full =
-            log.events.len() >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes;
+        let full = log.events >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes;
         // The batch is written either way; a failed roll stops the log for the next ones.
         if full {
             match roll {
@@ -561,7 +557,7 @@ impl Committer {
         let Some(log) = active.take() else {
             return Ok(None);
         };
-        if then == Then::Continue && log.events.is_empty() {
+        if then == Then::Continue && log.events == 0 {
             *active = Some(log);
             return Ok(None);
         }
@@ -577,7 +573,8 @@ impl Committer {
                 Ok(wal) => {
                     *active = Some(ActiveLog {
                         wal,
-                        events: Vec::new(),
+                        records: Vec::new(),
+                        events: 0,
                         last_seq: log.last_seq,
                         first_write: None,
                     });
@@ -588,12 +585,13 @@ impl Committer {
         }
         tracing::debug!(
             path = %log.wal.path().display(),
-            events = log.events.len(),
+            events = log.events,
             bytes = log.wal.len_bytes(),
             "wal_file_closed"
         );
         Ok(Some(ClosedLog {
             path: log.wal.path().to_owned(),
+            records: log.records,
             events: log.events,
         }))
     }
@@ -682,20 +680,14 @@ impl Intake {
     /// Gives each event its `seq`, time and id and encodes it for the next write. On an error
     /// nothing of the batch stays, and its `seq`s go to the next events.
     fn take_in(&mut self, events: Vec<NewEvent>, node: &str) -> Result<Vec<Recorded>, AuditError> {
-        let mark = (
-            self.records.len(),
-            self.events.len(),
-            self.next_seq,
-            self.last_time_micros,
-        );
+        let mark = (self.records.len(), self.next_seq, self.last_time_micros);
         let mut recorded = Vec::with_capacity(events.len());
         for details in events {
             match self.encode_next(details, node) {
                 Ok(one) => recorded.push(one),
                 Err(error) => {
-                    let (records, events, next_seq, last_time_micros) = mark;
+                    let (records, next_seq, last_time_micros) = mark;
                     self.records.truncate(records);
-                    self.events.truncate(events);
                     self.next_seq = next_seq;
                     self.last_time_micros = last_time_micros;
                     return Err(error);
@@ -708,23 +700,20 @@ impl Intake {
     fn encode_next(&mut self, details: NewEvent, node: &str) -> Result<Recorded, AuditError> {
         let micros = Utc::now().timestamp_micros().max(self.last_time_micros);
         let time = DateTime::from_timestamp_micros(micros).ok_or(AuditError::ClockOutOfRange)?;
-        let event = AccessEvent {
+        let stamp = Stamp {
             event_id: self.ids.next(micros),
             seq: self.next_seq,
-            time,
-            node: node.to_owned(),
-            details,
+            time_micros: micros,
+            node,
         };
-        encode_record(&event, &mut self.records)?;
-        let recorded = Recorded {
-            event_id: event.event_id,
-            seq: event.seq,
-            time,
-        };
+        encode_record_parts(&stamp, &details, &mut self.records)?;
         self.next_seq += 1;
         self.last_time_micros = micros;
-        self.events.push(event);
-        Ok(recorded)
+        Ok(Recorded {
+            event_id: stamp.event_id,
+            seq: stamp.seq,
+            time,
+        })
     }
 }
 

@@ -67,6 +67,9 @@ pub enum AuditError {
     #[error("column `{column}` cannot hold the value {value}")]
     OutOfRange { column: &'static str, value: u64 },
 
+    #[error("cannot put event {seq} into columns: {problem}")]
+    EventColumn { seq: u64, problem: DecodeError },
+
     #[error("the system clock is outside the range of event times")]
     ClockOutOfRange,
 
@@ -132,6 +135,13 @@ pub enum DecodeError {
 
     #[error("time is out of range")]
     TimeOutOfRange,
+
+    #[error("column `{column}` cannot hold the value {value}")]
+    OutOfRange { column: &'static str, value: u64 },
+
+    /// The record's fields and the table's columns disagree: a fault of this build.
+    #[error("the columns do not match the record at {0}")]
+    Layout(&'static str),
 }
 
 impl AuditError {

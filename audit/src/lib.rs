@@ -12,6 +12,7 @@
 
 pub mod bundles;
 mod codec;
+pub mod columns;
 mod commit;
 #[cfg(feature = "query")]
 pub mod compliance;

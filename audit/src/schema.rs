@@ -274,7 +274,7 @@ fn write_conditions(event: &AccessEvent, out: &mut String) -> bool {
 
 /// `text` as a JSON string, escaped as `serde_json` escapes it (which wrote this column before),
 /// so the stored text is the same.
-fn write_json_string(text: &str, out: &mut String) {
+pub(crate) fn write_json_string(text: &str, out: &mut String) {
     out.push('"');
     let plain = |b: u8| b >= 0x20 && b != b'"' && b != b'\\';
     if text.bytes().all(plain) {

@@ -21,22 +21,24 @@ use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, PoisonError};
 use std::thread;
 
-use arrow::array::{Array, Int64Array, StringArray, TimestampMicrosecondArray};
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMicrosecondArray};
 use chrono::{DateTime, NaiveDate, Utc};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::arrow_writer::{ArrowColumnChunk, ArrowColumnWriter, compute_leaves};
 use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::errors::ParquetError;
 use parquet::file::metadata::SortingColumn;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 use sha2::{Digest, Sha256};
 
+use crate::columns::{Columns, EventColumns};
 use crate::error::AuditError;
 use crate::event::AccessEvent;
 use crate::manifest::{EntryBody, Hash, Manifest, ManifestError, SegmentRecord, Via};
 use crate::retention::Retention;
-use crate::schema::{access_events_schema, event_column};
+use crate::schema::access_events_schema;
 use crate::store::EVENTS_DIR;
 use crate::wal::sync_dir;
 
@@ -212,12 +214,17 @@ impl SealedIndex {
 
     /// Whether `event` is already in a segment.
     pub fn contains(&self, event: &AccessEvent) -> bool {
-        let Some(ranges) = self.ranges.get(&event.time.date_naive()) else {
+        self.holds(event.time.date_naive(), event.seq)
+    }
+
+    /// Whether the event `seq` of `date` is already in a segment.
+    pub fn holds(&self, date: NaiveDate, seq: u64) -> bool {
+        let Some(ranges) = self.ranges.get(&date) else {
             return false;
         };
         ranges
             .iter()
-            .any(|(first, last)| (*first..=*last).contains(&event.seq))
+            .any(|(first, last)| (*first..=*last).contains(&seq))
     }
 
     /// The highest `seq` in any segment, 0 when there is none.
@@ -272,17 +279,19 @@ impl SealedIndex {
     /// Chains the unchained segments whose events are in `events` (the write-ahead log): a
     /// seal died after renaming them and before chaining them. One that does not hold exactly
     /// those events is renamed aside, and the events are sealed again.
-    fn chain_recovered(&mut self, events: &[AccessEvent]) -> Result<(), AuditError> {
+    fn chain_recovered(&mut self, events: &Columns) -> Result<(), AuditError> {
         for segment in std::mem::take(&mut self.unchained) {
-            let range = segment.first..=segment.last;
-            let logged: Vec<&AccessEvent> = events
-                .iter()
-                .filter(|event| range.contains(&event.seq))
-                .collect();
-            if logged.is_empty() {
+            let seqs = events.seqs();
+            let rows = seqs.partition_point(|seq| *seq < segment.first)
+                ..seqs.partition_point(|seq| *seq <= segment.last);
+            if rows.is_empty() {
                 self.unchained.push(segment);
                 continue;
             }
+            let logged = Logged {
+                events: rows.len() as u64,
+                ids_digest: ids_digest(events, rows),
+            };
             match inspect_segment(&segment, Some(&logged)) {
                 Ok(sealed) => {
                     let chained = self
@@ -344,17 +353,26 @@ impl SealedIndex {
 
 /// Seals the events that are not yet sealed, one segment per date, each chained in the
 /// manifest as soon as it is written, and signs a checkpoint of the chain; `events` is in
-/// `seq` order. Returns the new segment files.
+/// `seq` order. Returns the new segment files. [`write_columns`] for events in columns.
 pub fn write_segments(
     events_dir: &Path,
     events: &[AccessEvent],
+    index: &mut SealedIndex,
+) -> Result<Vec<PathBuf>, AuditError> {
+    write_columns(events_dir, &EventColumns::from_events(events)?, index)
+}
+
+/// [`write_segments`] for events in columns, as a seal reads them from the write-ahead log.
+pub fn write_columns(
+    events_dir: &Path,
+    events: &Columns,
     index: &mut SealedIndex,
 ) -> Result<Vec<PathBuf>, AuditError> {
     index.chain_recovered(events)?;
     let mut written = Vec::new();
     for run in unsealed_runs(events, index) {
         let date = run.date;
-        let Some(segment) = write_segment(events_dir, date, &events[run.range])? else {
+        let Some(segment) = write_segment(events_dir, date, events, run.range)? else {
             continue;
         };
         index.chain(&segment)?;
@@ -366,23 +384,23 @@ pub fn write_segments(
 }
 
 /// A run of consecutive events of one date that no segment holds yet.
-struct Run {
+pub(crate) struct Run {
     date: NaiveDate,
-    range: std::ops::Range<usize>,
+    pub(crate) range: std::ops::Range<usize>,
 }
 
 /// The runs of `events` (in `seq` order) to seal: each maximal stretch of events of one date
 /// that the index does not hold. Time never goes backwards within a log file, so a seal of
 /// one file finds one run per date, and nothing is copied to group them.
-fn unsealed_runs(events: &[AccessEvent], index: &SealedIndex) -> Vec<Run> {
+pub(crate) fn unsealed_runs(events: &Columns, index: &SealedIndex) -> Vec<Run> {
     let mut runs: Vec<Run> = Vec::new();
     let mut open = false;
-    for (idx, event) in events.iter().enumerate() {
-        if index.contains(event) {
+    for (idx, seq) in events.seqs().iter().enumerate() {
+        let date = events.date(idx);
+        if index.holds(date, *seq) {
             open = false;
             continue;
         }
-        let date = event.time.date_naive();
         match runs.last_mut() {
             Some(run) if open && run.date == date => run.range.end = idx + 1,
             _ => {
@@ -397,17 +415,18 @@ fn unsealed_runs(events: &[AccessEvent], index: &SealedIndex) -> Vec<Run> {
     runs
 }
 
-/// Writes one date's events (consecutive, in `seq` order) as a segment; `None` when there are
-/// none.
+/// Writes one date's events, the consecutive `rows` of `events`, as a segment; `None` when
+/// there are none.
 fn write_segment(
     events_dir: &Path,
     date: NaiveDate,
-    events: &[AccessEvent],
+    events: &Columns,
+    rows: std::ops::Range<usize>,
 ) -> Result<Option<SealedSegment>, AuditError> {
-    let (Some(first), Some(last)) = (events.first(), events.last()) else {
+    let seqs = events.seqs().get(rows.clone()).unwrap_or_default();
+    let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) else {
         return Ok(None);
     };
-    let (first, last) = (first.seq, last.seq);
     let dir = date_dir(events_dir, date);
     if !dir.is_dir() {
         fs::create_dir_all(&dir).map_err(AuditError::io("create", &dir))?;
@@ -432,10 +451,8 @@ fn write_segment(
     .map_err(parquet_error)?;
     let (mut writer, columns) = writer.into_serialized_writer().map_err(parquet_error)?;
     let column_writers = columns.create_column_writers(0).map_err(parquet_error)?;
-    let chunks = encode_columns(events, column_writers).map_err(|error| match error {
-        EncodeError::Audit(error) => error,
-        EncodeError::Parquet(source) => parquet_error(source),
-    })?;
+    let chunks =
+        encode_columns(&events.slice(rows.clone()), column_writers).map_err(parquet_error)?;
     let mut row_group = writer.next_row_group().map_err(parquet_error)?;
     for chunk in chunks {
         chunk
@@ -449,14 +466,14 @@ fn write_segment(
 
     fs::rename(&temp_path, &path).map_err(AuditError::io("rename", &temp_path))?;
     sync_dir(&dir)?;
-    tracing::debug!(path = %path.display(), events = events.len(), "segment_sealed");
-    let (min_time, max_time) = time_range(events.iter().map(|event| event.time));
+    tracing::debug!(path = %path.display(), events = seqs.len(), "segment_sealed");
+    let (min_time, max_time) = events.time_range(rows);
     Ok(Some(SealedSegment {
         path,
         relative_path: relative_segment_path(date, first, last),
         sha256,
         bytes,
-        events: events.len() as u64,
+        events: seqs.len() as u64,
         first_seq: first,
         last_seq: last,
         min_time,
@@ -467,23 +484,17 @@ fn write_segment(
 /// The most threads one seal encodes columns on, the sealer's own included.
 const MAX_ENCODE_THREADS: usize = 4;
 
-/// Why encoding a column failed.
-enum EncodeError {
-    Audit(AuditError),
-    Parquet(parquet::errors::ParquetError),
-}
-
-/// Builds and encodes every column of `events` with its writer, on as many threads as there
-/// are cores (up to [`MAX_ENCODE_THREADS`]), and returns the chunks in column order.
+/// Encodes every column of `columns` with its writer, on as many threads as there are cores
+/// (up to [`MAX_ENCODE_THREADS`]), and returns the chunks in column order.
 ///
 /// Encoding — dictionaries, statistics, bloom filters, zstd — is most of a seal's work, and
 /// columns are independent: the sealer takes one, each helper another, until none is left.
 /// `claims` goes first because it alone is about three quarters of the bytes, so the other
 /// threads share the rest meanwhile.
 fn encode_columns(
-    events: &[AccessEvent],
+    columns: &[ArrayRef],
     writers: Vec<ArrowColumnWriter>,
-) -> Result<Vec<ArrowColumnChunk>, EncodeError> {
+) -> Result<Vec<ArrowColumnChunk>, ParquetError> {
     let n_columns = writers.len();
     let schema = access_events_schema();
     let mut jobs: Vec<(usize, ArrowColumnWriter)> = writers.into_iter().enumerate().collect();
@@ -492,7 +503,7 @@ fn encode_columns(
     let jobs = Mutex::new(jobs);
     let done: Mutex<Vec<Option<ArrowColumnChunk>>> =
         Mutex::new((0..n_columns).map(|_| None).collect());
-    let failed: Mutex<Option<EncodeError>> = Mutex::new(None);
+    let failed: Mutex<Option<ParquetError>> = Mutex::new(None);
 
     let work = || {
         loop {
@@ -500,7 +511,10 @@ fn encode_columns(
             let Some((idx, writer)) = job else {
                 return;
             };
-            match encode_column(events, idx, writer) {
+            let Some(array) = columns.get(idx) else {
+                return;
+            };
+            match encode_column(idx, array, writer) {
                 Ok(chunk) => {
                     let mut done = done.lock().unwrap_or_else(PoisonError::into_inner);
                     if let Some(slot) = done.get_mut(idx) {
@@ -539,38 +553,23 @@ fn encode_columns(
     // reaches this thread through the scope, as one in the sealer's own share would.
     done.into_iter()
         .collect::<Option<Vec<_>>>()
-        .ok_or(EncodeError::Parquet(
-            parquet::errors::ParquetError::General(
-                "a column of the segment was not encoded".to_owned(),
-            ),
+        .ok_or(ParquetError::General(
+            "a column of the segment was not encoded".to_owned(),
         ))
 }
 
-/// Builds column `idx` of `events` and encodes it.
+/// Encodes `array`, column `idx`.
 fn encode_column(
-    events: &[AccessEvent],
     idx: usize,
+    array: &ArrayRef,
     mut writer: ArrowColumnWriter,
-) -> Result<ArrowColumnChunk, EncodeError> {
+) -> Result<ArrowColumnChunk, ParquetError> {
     let schema = access_events_schema();
-    let array = event_column(events, idx).map_err(EncodeError::Audit)?;
-    let leaves = compute_leaves(schema.field(idx), &array).map_err(EncodeError::Parquet)?;
+    let leaves = compute_leaves(schema.field(idx), array)?;
     for leaf in &leaves {
-        writer.write(leaf).map_err(EncodeError::Parquet)?;
+        writer.write(leaf)?;
     }
-    writer.close().map_err(EncodeError::Parquet)
-}
-
-/// The earliest and latest of `times`; the epoch for none.
-fn time_range(times: impl Iterator<Item = DateTime<Utc>>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let mut range: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
-    for time in times {
-        range = Some(match range {
-            None => (time, time),
-            Some((min, max)) => (min.min(time), max.max(time)),
-        });
-    }
-    range.unwrap_or_default()
+    writer.close()
 }
 
 /// Passes bytes through to a file, computing their SHA-256 and counting them.
@@ -772,14 +771,22 @@ impl Reading {
     }
 }
 
-/// The digest [`read_segment`] computes over `event_id`s, for events in memory.
-fn ids_digest<'a>(events: impl Iterator<Item = &'a AccessEvent>) -> Hash {
+/// The digest [`read_segment`] computes over `event_id`s, for `rows` of events in memory.
+fn ids_digest(events: &Columns, rows: std::ops::Range<usize>) -> Hash {
     let mut hasher = Sha256::new();
-    for event in events {
-        hasher.update(event.event_id.hyphenated().to_string().as_bytes());
-        hasher.update(b"\n");
+    if let Some(ids) = events.event_ids() {
+        for row in rows {
+            hasher.update(ids.value(row).as_bytes());
+            hasher.update(b"\n");
+        }
     }
     hasher.finalize().into()
+}
+
+/// The events of the write-ahead log that a segment found after a crash must hold.
+struct Logged {
+    events: u64,
+    ids_digest: Hash,
 }
 
 /// Reads a segment file that is not in the manifest and describes it for its entry, after
@@ -787,7 +794,7 @@ fn ids_digest<'a>(events: impl Iterator<Item = &'a AccessEvent>) -> Hash {
 /// partition's date, and, when `logged` is given, exactly those events of the write-ahead log.
 fn inspect_segment(
     segment: &FoundSegment,
-    logged: Option<&[&AccessEvent]>,
+    logged: Option<&Logged>,
 ) -> Result<SealedSegment, ManifestError> {
     let problem = |problem: String| ManifestError::Segment {
         path: segment.path.clone(),
@@ -813,8 +820,7 @@ fn inspect_segment(
         ));
     }
     if let Some(logged) = logged {
-        let same = logged.len() as u64 == contents.rows
-            && contents.ids_digest == Some(ids_digest(logged.iter().copied()));
+        let same = logged.events == contents.rows && contents.ids_digest == Some(logged.ids_digest);
         if !same {
             return Err(problem(
                 "it does not hold the write-ahead log's events of its range".to_owned(),

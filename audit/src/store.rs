@@ -37,13 +37,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::columns::{Columns, EventColumns};
 use crate::commit::{ClosedLog, Committer, Durability, RollLimits, Then};
 use crate::credential_ref::CredentialRefKey;
 use crate::error::{AuditError, RecordProblem};
-use crate::event::{AccessEvent, NewEvent};
+use crate::event::NewEvent;
 use crate::schema::check_ranges;
-use crate::segment::{SealedIndex, write_segments};
-use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, sync_dir};
+use crate::segment::{SealedIndex, unsealed_runs, write_columns};
+use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, records_to_columns, sync_dir};
 
 /// The lock file's name in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -417,13 +418,16 @@ fn torn_tail_rule(idx: usize, n_logs: usize) -> TornTail {
 fn seal_into_segments(
     events_dir: &Path,
     index: &mut SealedIndex,
-    events: &[AccessEvent],
+    events: &Columns,
 ) -> Result<SealReport, AuditError> {
     if events.is_empty() {
         return Ok(SealReport::default());
     }
-    let to_seal = events.iter().filter(|event| !index.contains(event)).count();
-    let segments = write_segments(events_dir, events, index)?;
+    let to_seal = unsealed_runs(events, index)
+        .iter()
+        .map(|run| run.range.len())
+        .sum();
+    let segments = write_columns(events_dir, events, index)?;
     tracing::info!(events = to_seal, segments = segments.len(), "audit_sealed");
     Ok(SealReport {
         events_sealed: to_seal,
@@ -440,8 +444,9 @@ fn seal_log_file(
     index: &mut SealedIndex,
     reader: &mut WalReader,
 ) -> Result<SealReport, AuditError> {
-    let events = reader.by_ref().collect::<Result<Vec<_>, _>>()?;
-    seal_into_segments(events_dir, index, &events)
+    let mut columns = EventColumns::with_capacity(0);
+    while reader.next_into(&mut columns)?.is_some() {}
+    seal_into_segments(events_dir, index, &columns.finish()?)
 }
 
 /// Seals one closed log file, from memory or read back from the file, then deletes the file.
@@ -450,8 +455,11 @@ fn seal_closed_log(
     index: &mut SealedIndex,
     job: &SealJob,
 ) -> Result<SealReport, AuditError> {
-    let report = match &job.events {
-        Some(held) => seal_into_segments(events_dir, index, &held.events)?,
+    let report = match &job.held {
+        Some(held) => {
+            let columns = records_to_columns(&held.records, held.events)?;
+            seal_into_segments(events_dir, index, &columns)?
+        }
         None => {
             let mut reader = WalReader::open(&job.path, TornTail::Refused)?;
             seal_log_file(events_dir, index, &mut reader)?
@@ -478,18 +486,19 @@ fn remove_log(path: &Path) -> Result<(), AuditError> {
 #[derive(Debug)]
 struct SealJob {
     path: PathBuf,
-    /// Its events, when still in memory.
-    events: Option<HeldEvents>,
+    /// Its records, when still in memory.
+    held: Option<HeldRecords>,
 }
 
-/// Events kept in memory for the sealer, counted so that only a few files' worth are.
+/// A file's records kept in memory for the sealer, counted so that only a few files' worth are.
 #[derive(Debug)]
-struct HeldEvents {
-    events: Vec<AccessEvent>,
+struct HeldRecords {
+    records: Vec<u8>,
+    events: usize,
     held: Arc<AtomicUsize>,
 }
 
-impl Drop for HeldEvents {
+impl Drop for HeldRecords {
     fn drop(&mut self) {
         self.held.fetch_sub(1, Ordering::Relaxed);
     }
@@ -544,8 +553,9 @@ impl SealerHandle {
 
     fn job(&self, closed: ClosedLog) -> SealJob {
         let held_before = self.held.fetch_add(1, Ordering::Relaxed);
-        let events = if held_before < MAX_FILES_HELD_IN_MEMORY {
-            Some(HeldEvents {
+        let held = if held_before < MAX_FILES_HELD_IN_MEMORY {
+            Some(HeldRecords {
+                records: closed.records,
                 events: closed.events,
                 held: Arc::clone(&self.held),
             })
@@ -555,7 +565,7 @@ impl SealerHandle {
         };
         SealJob {
             path: closed.path,
-            events,
+            held,
         }
     }
 }
@@ -646,7 +656,7 @@ impl Sealer {
                 }
                 Err(error) => {
                     // Retried from the file, which frees the memory meanwhile.
-                    job.events = None;
+                    job.held = None;
                     return Err(error);
                 }
             }

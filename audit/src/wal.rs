@@ -25,9 +25,10 @@ use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::codec;
+use crate::codec::{self, Stamp};
+use crate::columns::{Columns, EventColumns};
 use crate::error::{AuditError, DecodeError, RecordProblem};
-use crate::event::AccessEvent;
+use crate::event::{AccessEvent, NewEvent};
 
 /// The first bytes of every write-ahead log file.
 pub const WAL_MAGIC: [u8; 8] = *b"PCLSWAL\0";
@@ -190,9 +191,23 @@ impl Wal {
 /// Appends the whole record of `event` (length, checksum, payload) to `out`; on an error `out`
 /// is left as it was.
 pub fn encode_record(event: &AccessEvent, out: &mut Vec<u8>) -> Result<(), AuditError> {
+    framed(out, |out| codec::encode(event, out))
+}
+
+/// [`encode_record`] of the event that `stamp` and `details` make.
+pub(crate) fn encode_record_parts(
+    stamp: &Stamp<'_>,
+    details: &NewEvent,
+    out: &mut Vec<u8>,
+) -> Result<(), AuditError> {
+    framed(out, |out| codec::encode_parts(stamp, details, out))
+}
+
+/// Appends a record whose payload `encode` writes.
+fn framed(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), AuditError> {
     let start = out.len();
     out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
-    codec::encode(event, out);
+    encode(out);
     let payload_start = start + RECORD_HEADER_LEN;
     let size = out.len() - payload_start;
     let length = u32::try_from(size)
@@ -209,6 +224,35 @@ pub fn encode_record(event: &AccessEvent, out: &mut Vec<u8>) -> Result<(), Audit
     out[start..start + 4].copy_from_slice(&length.to_le_bytes());
     out[start + 4..payload_start].copy_from_slice(&checksum.to_le_bytes());
     Ok(())
+}
+
+/// The events of `records` — whole records of the current format as [`encode_record`] makes
+/// them, `events` of them, held in memory since this process wrote them — in columns.
+pub(crate) fn records_to_columns(records: &[u8], events: usize) -> Result<Columns, AuditError> {
+    let mut columns = EventColumns::with_capacity(events);
+    let mut rest = records;
+    while let Some((header, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() {
+        let (length, _) = split_record_header(*header);
+        let (payload, next) = body
+            .split_at_checked(length as usize)
+            .ok_or(DecodeError::Truncated)
+            .map_err(|problem| column_error(&columns, problem))?;
+        columns
+            .push_record(payload, WAL_VERSION)
+            .map_err(|problem| column_error(&columns, problem))?;
+        rest = next;
+    }
+    if !rest.is_empty() {
+        return Err(column_error(&columns, DecodeError::Truncated));
+    }
+    columns.finish()
+}
+
+fn column_error(columns: &EventColumns, problem: DecodeError) -> AuditError {
+    AuditError::EventColumn {
+        seq: columns.last_seq().map_or(0, |seq| seq + 1),
+        problem,
+    }
 }
 
 /// Syncs a directory, so that the files created or renamed in it survive a power cut.
@@ -338,6 +382,22 @@ impl WalReader {
 
     /// The next event, `None` at the end of the valid records (see [`WalReader::torn_bytes`]).
     pub fn next_event(&mut self) -> Result<Option<AccessEvent>, AuditError> {
+        self.next_with(&mut |payload, version| {
+            codec::decode_version(payload, version).map(|event| (event.seq, event))
+        })
+    }
+
+    /// Appends the next event to `columns` and gives its `seq`; `None` at the end of the valid
+    /// records. After an error `columns` is unusable.
+    pub fn next_into(&mut self, columns: &mut EventColumns) -> Result<Option<u64>, AuditError> {
+        self.next_with(&mut |payload, version| {
+            columns.push_record(payload, version).map(|seq| (seq, seq))
+        })
+    }
+
+    /// The next record, checked and handed to `decode`, which gives its `seq` and what the
+    /// caller wants of it.
+    fn next_with<T>(&mut self, decode: &mut Decode<'_, T>) -> Result<Option<T>, AuditError> {
         if self.done {
             return Ok(None);
         }
@@ -347,19 +407,19 @@ impl WalReader {
             return Ok(None);
         }
         let read = if self.tail.is_none() && rest > TAIL_WINDOW {
-            self.read_streamed()
+            self.read_streamed(decode)
         } else {
-            self.read_from_tail()
+            self.read_from_tail(decode)
         };
         let read = read.and_then(|found| match found {
             Ok(found) => Ok(found),
             Err(problem) => Err(self.damaged(problem)),
         });
         match read {
-            Ok(Some((event, record_len))) => {
-                self.check_seq(event.seq)?;
+            Ok(Some(((seq, value), record_len))) => {
+                self.check_seq(seq)?;
                 self.offset += record_len as u64;
-                Ok(Some(event))
+                Ok(Some(value))
             }
             Ok(None) => {
                 self.done = true;
@@ -398,7 +458,10 @@ impl WalReader {
 
     /// A record more than one record's size before the end of the file: it cannot be torn,
     /// unless everything from it to the end is zeros (an append that was never written).
-    fn read_streamed(&mut self) -> Result<Result<Found, RecordProblem>, AuditError> {
+    fn read_streamed<T>(
+        &mut self,
+        decode: &mut Decode<'_, T>,
+    ) -> Result<Result<Found<T>, RecordProblem>, AuditError> {
         let mut header = [0; RECORD_HEADER_LEN];
         self.read_exact(&mut header)?;
         let (length, checksum) = split_record_header(header);
@@ -419,13 +482,16 @@ impl WalReader {
         let mut payload = std::mem::take(&mut self.payload);
         payload.resize(size, 0);
         let read = self.read_exact(&mut payload);
-        let found = read.map(|()| decode_payload(&payload, checksum, self.version));
+        let found = read.map(|()| decode_payload(&payload, checksum, self.version, decode));
         self.payload = payload;
-        Ok(found?.map(|event| Some((event, RECORD_HEADER_LEN + size))))
+        Ok(found?.map(|value| Some((value, RECORD_HEADER_LEN + size))))
     }
 
     /// A record within one record's size of the end of the file, read from memory.
-    fn read_from_tail(&mut self) -> Result<Result<Found, RecordProblem>, AuditError> {
+    fn read_from_tail<T>(
+        &mut self,
+        decode: &mut Decode<'_, T>,
+    ) -> Result<Result<Found<T>, RecordProblem>, AuditError> {
         if self.tail.is_none() {
             let mut bytes = Vec::new();
             self.file
@@ -439,7 +505,7 @@ impl WalReader {
         let start = usize::try_from(self.offset - tail_start).unwrap_or(usize::MAX);
         let rest = bytes.get(start..).unwrap_or_default();
         let torn_allowed = self.torn_tail == TornTail::Allowed;
-        Ok(read_record(rest, self.version, torn_allowed))
+        Ok(read_record(rest, self.version, torn_allowed, decode))
     }
 
     fn rest_is_zero(&mut self) -> Result<bool, AuditError> {
@@ -473,8 +539,12 @@ impl Iterator for WalReader {
     }
 }
 
-/// A record's event and length, or `None` for a torn tail.
-type Found = Option<(AccessEvent, usize)>;
+/// Decodes a record's payload of a given format version: its `seq`, and what the reader's
+/// caller wants of it.
+type Decode<'a, T> = dyn FnMut(&[u8], u32) -> Result<(u64, T), DecodeError> + 'a;
+
+/// A record's `seq` and decoded value, and its length, or `None` for a torn tail.
+type Found<T> = Option<((u64, T), usize)>;
 
 fn header_bytes() -> [u8; HEADER_LEN as usize] {
     let mut header = [0; HEADER_LEN as usize];
@@ -518,20 +588,26 @@ fn split_record_header(header: [u8; RECORD_HEADER_LEN]) -> (u32, u32) {
     )
 }
 
-fn decode_payload(
+fn decode_payload<T>(
     payload: &[u8],
     checksum: u32,
     version: u32,
-) -> Result<AccessEvent, RecordProblem> {
+    decode: &mut Decode<'_, T>,
+) -> Result<(u64, T), RecordProblem> {
     if crc32fast::hash(payload) != checksum {
         return Err(RecordProblem::Checksum);
     }
-    Ok(codec::decode_version(payload, version)?)
+    Ok(decode(payload, version)?)
 }
 
 /// Reads the record at the start of `rest`, the bytes from its offset to the end of the file:
-/// its event and length, or `None` for a torn tail (only when `torn_allowed`).
-fn read_record(rest: &[u8], version: u32, torn_allowed: bool) -> Result<Found, RecordProblem> {
+/// its decoded value and length, or `None` for a torn tail (only when `torn_allowed`).
+fn read_record<T>(
+    rest: &[u8],
+    version: u32,
+    torn_allowed: bool,
+    decode: &mut Decode<'_, T>,
+) -> Result<Found<T>, RecordProblem> {
     // A crash can cut short only the last write; whatever it left past the last whole record is
     // within one record's size of the end, or zeros.
     let all_zero = rest.iter().all(|byte| *byte == 0);
@@ -577,10 +653,10 @@ fn read_record(rest: &[u8], version: u32, torn_allowed: bool) -> Result<Found, R
         });
     }
     let is_last = body.len() == size;
-    match decode_payload(payload, checksum, version) {
+    match decode_payload(payload, checksum, version, decode) {
         Err(RecordProblem::Checksum) if is_last => torn_or(RecordProblem::Checksum),
         Err(problem) => Err(problem),
-        Ok(event) => Ok(Some((event, RECORD_HEADER_LEN + size))),
+        Ok(value) => Ok(Some((value, RECORD_HEADER_LEN + size))),
     }
 }
 
