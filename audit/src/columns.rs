@@ -104,18 +104,48 @@ impl Cursor<'_> {
     }
 }
 
+/// How many bytes of text each column held per event in columns built before: what the next
+/// columns reserve, so that their buffers are not grown (and copied) value by value.
+#[derive(Debug, Clone, Default)]
+pub struct TextSizes {
+    /// Per column, its text bytes and the events they came from; empty before any columns.
+    columns: Vec<(usize, usize)>,
+}
+
+impl TextSizes {
+    /// Room for `events` events of column `idx`, with a margin.
+    fn bytes_for(&self, idx: usize, events: usize) -> usize {
+        match self.columns.get(idx) {
+            Some(&(bytes, seen)) if seen > 0 => {
+                let per_event = bytes.div_ceil(seen);
+                events.saturating_mul(per_event + per_event / 8)
+            }
+            _ => events.saturating_mul(16),
+        }
+    }
+}
+
 impl EventColumns {
     /// Empty columns with room for `events` events.
     pub fn with_capacity(events: usize) -> EventColumns {
+        EventColumns::with_sizes(events, &TextSizes::default())
+    }
+
+    /// Empty columns with room for `events` events whose text is sized as `sizes` says.
+    pub fn with_sizes(events: usize, sizes: &TextSizes) -> EventColumns {
         let schema = access_events_schema();
         let builders = schema
             .fields()
             .iter()
-            .map(|field| match field.data_type() {
+            .enumerate()
+            .map(|(idx, field)| match field.data_type() {
                 DataType::Int64 => Builder::Int64(Int64Builder::with_capacity(events)),
                 DataType::Int32 => Builder::Int32(Int32Builder::with_capacity(events)),
                 DataType::Timestamp(..) => Builder::Time,
-                _ => Builder::Text(StringBuilder::with_capacity(events, events * 16)),
+                _ => Builder::Text(StringBuilder::with_capacity(
+                    events,
+                    sizes.bytes_for(idx, events),
+                )),
             })
             .collect();
         EventColumns {
@@ -151,6 +181,20 @@ impl EventColumns {
 
     pub fn is_empty(&self) -> bool {
         self.seqs.is_empty()
+    }
+
+    /// The text bytes of each column so far, for [`EventColumns::with_sizes`].
+    pub fn text_sizes(&self) -> TextSizes {
+        let events = self.len();
+        let columns = self
+            .builders
+            .iter()
+            .map(|builder| match builder {
+                Builder::Text(builder) => (builder.values_slice().len(), events),
+                _ => (0, events),
+            })
+            .collect();
+        TextSizes { columns }
     }
 
     /// The `seq` of the last event appended.

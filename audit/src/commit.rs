@@ -98,6 +98,10 @@ pub(crate) struct ClosedLog {
     pub events: usize,
 }
 
+/// The most memory reserved at once for a log file's records kept for the sealer; a file with
+/// a larger roll size grows past it as it fills.
+const MAX_RECORDS_RESERVED: usize = 256 << 20;
+
 #[derive(Debug)]
 pub(crate) struct Committer {
     node: String,
@@ -524,6 +528,12 @@ impl Committer {
         // The batch holds every `seq` after the file's last one up to `last_seq`.
         log.events += usize::try_from(last_seq.saturating_sub(log.last_seq)).unwrap_or(usize::MAX);
         log.last_seq = last_seq;
+        if log.records.is_empty() {
+            // Room for the whole file at once: growing by doubling would copy it each time.
+            let room = usize::try_from(self.limits.bytes).unwrap_or(usize::MAX);
+            log.records
+                .reserve(room.min(MAX_RECORDS_RESERVED).max(records.len()));
+        }
         log.records.extend_from_slice(records);
         log.first_write.get_or_insert_with(Instant::now);
         let full = log.events >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes;
@@ -573,7 +583,7 @@ impl Committer {
                 Ok(wal) => {
                     *active = Some(ActiveLog {
                         wal,
-                        records: Vec::new(),
+                        records: self.sealer.records_buffer(),
                         events: 0,
                         last_seq: log.last_seq,
                         first_write: None,

@@ -28,16 +28,17 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
+use std::mem;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::columns::{Columns, EventColumns};
+use crate::columns::{Columns, EventColumns, TextSizes};
 use crate::commit::{ClosedLog, Committer, Durability, RollLimits, Then};
 use crate::credential_ref::CredentialRefKey;
 use crate::error::{AuditError, RecordProblem};
@@ -454,10 +455,11 @@ fn seal_closed_log(
     events_dir: &Path,
     index: &mut SealedIndex,
     job: &SealJob,
+    sizes: &mut TextSizes,
 ) -> Result<SealReport, AuditError> {
     let report = match &job.held {
         Some(held) => {
-            let columns = records_to_columns(&held.records, held.events)?;
+            let columns = records_to_columns(&held.records, held.events, sizes)?;
             seal_into_segments(events_dir, index, &columns)?
         }
         None => {
@@ -521,9 +523,21 @@ pub(crate) struct SealerHandle {
     messages: mpsc::Sender<SealerMessage>,
     /// How many sealer jobs hold their events in memory.
     held: Arc<AtomicUsize>,
+    spare: SpareBuffer,
 }
 
+/// The record buffer of a file sealed from memory, emptied, for the committer's next file: a
+/// file's records grow to the roll size, and memory used before is not faulted in and zeroed
+/// again by the kernel, as fresh memory is.
+type SpareBuffer = Arc<Mutex<Option<Vec<u8>>>>;
+
 impl SealerHandle {
+    /// An empty buffer for the records of the next log file, reused when one is spare.
+    pub(crate) fn records_buffer(&self) -> Vec<u8> {
+        let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
+        spare.unwrap_or_default()
+    }
+
     /// Queues a closed log file for the background seal.
     pub(crate) fn hand_over(&self, closed: ClosedLog) {
         let path = closed.path.clone();
@@ -576,6 +590,9 @@ struct Sealer {
     events_dir: PathBuf,
     index: SealedIndex,
     backlog: VecDeque<SealJob>,
+    spare: SpareBuffer,
+    /// The text of the last file sealed from memory, to size the next one's columns.
+    sizes: TextSizes,
     /// After a failed seal: when to try again.
     retry_at: Option<Instant>,
     retry_after: Duration,
@@ -587,6 +604,8 @@ impl Sealer {
             events_dir,
             index,
             backlog: VecDeque::new(),
+            spare: SpareBuffer::default(),
+            sizes: TextSizes::default(),
             retry_at: None,
             retry_after: FIRST_SEAL_RETRY,
         }
@@ -594,12 +613,14 @@ impl Sealer {
 
     fn spawn(self) -> io::Result<(SealerHandle, JoinHandle<()>)> {
         let (messages, inbox) = mpsc::channel();
+        let spare = Arc::clone(&self.spare);
         let thread = thread::Builder::new()
             .name("audit-seal".to_owned())
             .spawn(move || self.run(&inbox))?;
         let handle = SealerHandle {
             messages,
             held: Arc::new(AtomicUsize::new(0)),
+            spare,
         };
         Ok((handle, thread))
     }
@@ -649,10 +670,16 @@ impl Sealer {
     fn seal_backlog(&mut self) -> Result<SealReport, AuditError> {
         let mut report = SealReport::default();
         while let Some(job) = self.backlog.front_mut() {
-            match seal_closed_log(&self.events_dir, &mut self.index, job) {
+            match seal_closed_log(&self.events_dir, &mut self.index, job, &mut self.sizes) {
                 Ok(sealed) => {
                     report.add(sealed);
-                    self.backlog.pop_front();
+                    if let Some(mut held) = self.backlog.pop_front().and_then(|job| job.held) {
+                        let mut records = mem::take(&mut held.records);
+                        records.clear();
+                        if let Ok(mut spare) = self.spare.lock() {
+                            spare.get_or_insert(records);
+                        }
+                    }
                 }
                 Err(error) => {
                     // Retried from the file, which frees the memory meanwhile.

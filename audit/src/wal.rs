@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::codec::{self, Stamp};
-use crate::columns::{Columns, EventColumns};
+use crate::columns::{Columns, EventColumns, TextSizes};
 use crate::error::{AuditError, DecodeError, RecordProblem};
 use crate::event::{AccessEvent, NewEvent};
 
@@ -227,9 +227,14 @@ fn framed(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Au
 }
 
 /// The events of `records` — whole records of the current format as [`encode_record`] makes
-/// them, `events` of them, held in memory since this process wrote them — in columns.
-pub(crate) fn records_to_columns(records: &[u8], events: usize) -> Result<Columns, AuditError> {
-    let mut columns = EventColumns::with_capacity(events);
+/// them, `events` of them, held in memory since this process wrote them — in columns, whose
+/// text is reserved as `sizes` says and then updated to what these events held.
+pub(crate) fn records_to_columns(
+    records: &[u8],
+    events: usize,
+    sizes: &mut TextSizes,
+) -> Result<Columns, AuditError> {
+    let mut columns = EventColumns::with_sizes(events, sizes);
     let mut rest = records;
     while let Some((header, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() {
         let (length, _) = split_record_header(*header);
@@ -245,6 +250,7 @@ pub(crate) fn records_to_columns(records: &[u8], events: usize) -> Result<Column
     if !rest.is_empty() {
         return Err(column_error(&columns, DecodeError::Truncated));
     }
+    *sizes = columns.text_sizes();
     columns.finish()
 }
 

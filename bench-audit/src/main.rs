@@ -24,6 +24,11 @@ use portcullis_bench_audit::report::{self, Goals, QueryLine, bytes, thousands};
 use portcullis_bench_audit::rng::Rng;
 use portcullis_bench_audit::system::{self, CpuClock};
 
+/// The allocator of the `portcullis` binary, so that the store and the queries are measured
+/// as the server and `portcullis audit query` run them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portcullis-bench-audit",
