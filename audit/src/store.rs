@@ -16,7 +16,10 @@
 //! Sealing. The active log file is closed when it holds `seal_after_events` events or
 //! `seal_after_bytes` bytes, or when its first event is `seal_interval` old. A background
 //! thread seals each closed file into Parquet and then deletes it, so `record` never waits for
-//! Parquet; `seal_into_segments` is the one place where segments are written.
+//! Parquet; `seal_into_segments` is the one place where segments are written. The committer
+//! hands the sealer the file's records as it wrote them, and the sealer reads them straight
+//! into columns (`columns.rs`); a file whose records are no longer in memory is read back from
+//! the disk the same way.
 //! [`AuditLog::seal`] and [`AuditLog::close`] seal everything at once.
 //!
 //! Recovery. Opening checks every log file an earlier run left (streaming their records), and
@@ -56,8 +59,8 @@ pub const WAL_DIR: &str = "wal";
 
 /// How often the timer thread looks at the active log's age when it has no syncs to make.
 const AGE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// How many closed log files may wait for the sealer with their events in memory; beyond them
-/// the sealer reads the events back from the file, so a slow seal does not grow memory.
+/// How many closed log files may wait for the sealer with their records in memory; beyond them
+/// the sealer reads the records back from the file, so a slow seal does not grow memory.
 const MAX_FILES_HELD_IN_MEMORY: usize = 2;
 /// The wait before a failed seal is tried again, doubling up to the maximum.
 const FIRST_SEAL_RETRY: Duration = Duration::from_secs(1);

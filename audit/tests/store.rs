@@ -15,8 +15,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use arrow::array::AsArray;
+use arrow::datatypes::Int64Type;
 use chrono::{DateTime, Utc};
 use common::{decision, open, open_with, segment_files, stored_event, wal_file, wal_files};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use portcullis_audit::segment::{SealedIndex, write_segments};
@@ -476,6 +479,58 @@ fn a_full_log_file_is_rolled_and_sealed_in_the_background() {
     assert_eq!(report.events_sealed, 1);
     assert_eq!(total_rows(dir.path()), 7);
     assert!(wal_files(dir.path()).is_empty());
+}
+
+/// Every event of the segments under `dir`, as `(seq, workload)`, in `seq` order.
+fn sealed_workloads(dir: &Path) -> Vec<(i64, String)> {
+    let mut rows = Vec::new();
+    for path in sealed_segments(dir) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let seqs = batch
+                .column_by_name("seq")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let workloads = batch.column_by_name("workload").unwrap().as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                rows.push((seqs.value(row), workloads.value(row).to_owned()));
+            }
+        }
+    }
+    rows.sort();
+    rows
+}
+
+#[test]
+fn events_sealed_from_memory_file_after_file_keep_their_own_contents() {
+    // Each sealed file's record buffer goes to the next file, and each seal sizes its columns
+    // from the one before: a file of long names between files of short ones must come out
+    // whole, with nothing of an earlier file in it.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open_with(dir.path(), 3);
+    let mut expected = Vec::new();
+    for seq in 1..=30_i64 {
+        let name = if (10..20).contains(&seq) {
+            format!("w{seq}-{}", "x".repeat(300))
+        } else {
+            format!("w{seq}")
+        };
+        let recorded = log.record(decision(&name, Decision::Allow)).unwrap();
+        assert_eq!(recorded.seq, seq.cast_unsigned());
+        expected.push((seq, name));
+        if seq % 7 == 0 {
+            // Let the sealer catch up, so that later files reuse the buffers of sealed ones.
+            eventually("the closed files are sealed", || {
+                total_rows(dir.path()) >= seq / 3 * 3
+            });
+        }
+    }
+    log.close().unwrap();
+    assert_eq!(sealed_workloads(dir.path()), expected);
 }
 
 #[test]
