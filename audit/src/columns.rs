@@ -28,7 +28,7 @@ pub struct EventColumns {
     builders: Vec<Builder>,
     seqs: Vec<u64>,
     times: Vec<i64>,
-    /// Text made from a record (the id, the address, the conditions' JSON).
+    /// Text made from a record: the source address, the conditions' JSON.
     scratch: String,
     /// A record failed part-way: some columns have its fields and others not.
     damaged: bool,
