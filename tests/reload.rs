@@ -75,8 +75,8 @@ impl Release {
 /// The `policy_change` events, in order, with the old bundle hash taken from `reason` by the
 /// query that docs/audit-schema.md gives.
 fn policy_changes(data_dir: &Path) -> Vec<Value> {
-    let sql = "SELECT event_id, reason_code, action, bundle_hash, resource, source_ip, reason, decision, \
-               CASE WHEN reason_code = 'policy_replaced' THEN right(reason, 64) END \
+    let sql = "SELECT event_id, reason_code, action, bundle_hash, resource, source_ip, reason, \
+               decision, CASE WHEN reason_code = 'policy_replaced' THEN right(reason, 64) END \
                AS old_bundle_hash \
                FROM access_events WHERE kind = 'policy_change' ORDER BY seq";
     audit_query(data_dir, sql)

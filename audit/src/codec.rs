@@ -382,11 +382,12 @@ impl<'a> Reader<'a> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests unwrap")]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use chrono::Utc;
 
-    fn full_event() -> AccessEvent {
+    /// An event with every field set; `latency_ns` and `bytes_to_client` at `u64::MAX`.
+    pub(crate) fn full_event() -> AccessEvent {
         AccessEvent {
             event_id: Uuid::now_v7(),
             seq: 42,

@@ -108,16 +108,18 @@ impl Cursor<'_> {
 /// columns reserve, so that their buffers are not grown (and copied) value by value.
 #[derive(Debug, Clone, Default)]
 pub struct TextSizes {
-    /// Per column, its text bytes and the events they came from; empty before any columns.
-    columns: Vec<(usize, usize)>,
+    /// The events measured; none before any columns were built.
+    events: usize,
+    /// Per column, its text bytes over those events.
+    bytes: Vec<usize>,
 }
 
 impl TextSizes {
     /// Room for `events` events of column `idx`, with a margin.
     fn bytes_for(&self, idx: usize, events: usize) -> usize {
-        match self.columns.get(idx) {
-            Some(&(bytes, seen)) if seen > 0 => {
-                let per_event = bytes.div_ceil(seen);
+        match self.bytes.get(idx) {
+            Some(&bytes) if self.events > 0 => {
+                let per_event = bytes.div_ceil(self.events);
                 events.saturating_mul(per_event + per_event / 8)
             }
             _ => events.saturating_mul(16),
@@ -185,16 +187,18 @@ impl EventColumns {
 
     /// The text bytes of each column so far, for [`EventColumns::with_sizes`].
     pub fn text_sizes(&self) -> TextSizes {
-        let events = self.len();
-        let columns = self
+        let bytes = self
             .builders
             .iter()
             .map(|builder| match builder {
-                Builder::Text(builder) => (builder.values_slice().len(), events),
-                _ => (0, events),
+                Builder::Text(builder) => builder.values_slice().len(),
+                _ => 0,
             })
             .collect();
-        TextSizes { columns }
+        TextSizes {
+            events: self.len(),
+            bytes,
+        }
     }
 
     /// The `seq` of the last event appended.
@@ -391,7 +395,7 @@ impl Columns {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests unwrap")]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::net::{IpAddr, Ipv4Addr};
 
     use arrow::array::RecordBatch;
 
@@ -399,48 +403,17 @@ mod tests {
     use crate::event::{ConditionOutcome, EventKind, NewEvent};
     use crate::schema::events_to_batch;
 
+    /// A full event (the codec's, with its integers brought within the columns' range and a
+    /// condition name JSON must escape), an empty one, and a failed attestation, a day apart.
     fn events() -> Vec<AccessEvent> {
         let start = 1_764_000_000_000_000_i64;
-        let full = NewEvent {
-            kind: EventKind::Decision,
-            decision: Some(Decision::Allow),
-            reason: Some("permitted by \"rule\"".into()),
-            reason_code: Some("permitted".into()),
-            rule: Some("orders_reads".into()),
-            bundle_hash: Some("ab".repeat(32)),
-            workload: Some("orders_api".into()),
-            trust_provider: Some("github".into()),
-            issuer: Some("https://token.actions.githubusercontent.com".into()),
-            subject: Some("repo:acme/orders:ref:refs/heads/main".into()),
-            claims: Some(r#"{"repository":"acme/orders","ünï":"✓"}"#.into()),
-            target: Some("orders_db".into()),
-            protocol: Some("postgres".into()),
-            host: Some("db.internal".into()),
-            port: Some(5432),
-            action: Some("connect".into()),
-            resource: Some("orders".into()),
-            credential_provider: Some("postgres".into()),
-            credential_ttl_s: Some(900),
-            credential_ref: Some("hmac-sha256:00ff".into()),
-            source_ip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-            conditions: vec![
-                ConditionOutcome {
-                    name: "hours".into(),
-                    result: true,
-                },
-                ConditionOutcome {
-                    name: "a \"quoted\"\tname\u{1}".into(),
-                    result: false,
-                },
-            ],
-            latency_ns: Some(1234),
-            rule_description: Some("reads".into()),
-            rule_severity: Some("high".into()),
-            evidence_sha256: Some("cd".repeat(32)),
-            duration_ms: Some(5),
-            bytes_from_client: Some(0),
-            bytes_to_client: Some(i64::MAX.cast_unsigned()),
-        };
+        let mut full = codec::tests::full_event().details;
+        full.latency_ns = Some(1234);
+        full.bytes_to_client = Some(i64::MAX.cast_unsigned());
+        full.conditions.push(ConditionOutcome {
+            name: "a \"quoted\"\tname\u{1}".into(),
+            result: false,
+        });
         let denied = NewEvent {
             kind: EventKind::AttestationFailed,
             decision: Some(Decision::Deny),

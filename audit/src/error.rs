@@ -140,7 +140,7 @@ pub enum DecodeError {
     OutOfRange { column: &'static str, value: u64 },
 
     /// The record's fields and the table's columns disagree: a fault of this build.
-    #[error("the columns do not match the record at {0}")]
+    #[error("the columns do not match the record at {0}: a fault of this build, to be reported")]
     Layout(&'static str),
 }
 
