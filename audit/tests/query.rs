@@ -27,6 +27,21 @@ async fn count(dir: &std::path::Path, sql: &str) -> i64 {
     batches[0].column(0).as_primitive::<Int64Type>().value(0)
 }
 
+/// The first column of what `sql` returns, a column of integers (`seq`).
+async fn seqs_of(dir: &std::path::Path, sql: &str) -> Vec<i64> {
+    let batches = query(dir, sql).await.unwrap();
+    batches
+        .iter()
+        .flat_map(|batch| {
+            batch
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect()
+}
+
 /// Records an allow, a deny with conditions and a policy change, and seals them.
 fn store_with_three_events(dir: &std::path::Path) -> Vec<Recorded> {
     let log = open(dir);
@@ -73,6 +88,8 @@ async fn query_returns_recorded_events_with_their_values() {
         assert_eq!(event_id.value(row), event.event_id.to_string());
         assert_eq!(time.value(row), event.time.timestamp_micros());
     }
+    // The partition column is a DATE, read from the directory's `YYYY-MM-DD`.
+    assert_eq!(batch.schema().field(3).data_type(), &DataType::Date32);
     let date = arrow::compute::cast(batch.column(3), &DataType::Utf8).unwrap();
     assert_eq!(
         date.as_string::<i32>().value(0),
@@ -116,6 +133,11 @@ async fn filters_and_aggregates_work() {
     let sql = "SELECT count(*) FROM access_events WHERE date";
     assert_eq!(count(dir.path(), &format!("{sql} >= '{date}'")).await, 3);
     assert_eq!(count(dir.path(), &format!("{sql} < '2000-01-01'")).await, 0);
+    // A date compares and subtracts as a date.
+    let day_before = format!("{sql} = DATE '{date}' - INTERVAL '1' DAY");
+    assert_eq!(count(dir.path(), &day_before).await, 0);
+    let same_day = format!("{sql} - INTERVAL '1' DAY < DATE '{date}'");
+    assert_eq!(count(dir.path(), &same_day).await, 3);
 }
 
 #[tokio::test]
@@ -282,19 +304,78 @@ async fn order_by_seq_spans_several_segments() {
 
     for (order, expected) in [("ASC", vec![1, 2, 3, 4, 5]), ("DESC", vec![5, 4, 3, 2, 1])] {
         let sql = format!("SELECT seq FROM access_events ORDER BY seq {order}");
-        let batches = query(dir.path(), &sql).await.unwrap();
-        let seqs: Vec<i64> = batches
-            .iter()
-            .flat_map(|batch| {
-                batch
-                    .column(0)
-                    .as_primitive::<Int64Type>()
-                    .values()
-                    .to_vec()
-            })
-            .collect();
-        assert_eq!(seqs, expected);
+        assert_eq!(seqs_of(dir.path(), &sql).await, expected);
     }
+}
+
+/// The physical plan of `sql`, as `EXPLAIN` prints it.
+async fn physical_plan(dir: &std::path::Path, sql: &str) -> String {
+    let batches = query(dir, &format!("EXPLAIN {sql}")).await.unwrap();
+    let batch = arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap();
+    let (kinds, plans) = (
+        batch.column(0).as_string::<i32>(),
+        batch.column(1).as_string::<i32>(),
+    );
+    (0..batch.num_rows())
+        .find(|&row| kinds.value(row) == "physical_plan")
+        .map(|row| plans.value(row).to_owned())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn segments_are_dealt_to_the_partitions_in_turn_and_still_merge_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ten segments of three events; every fifth event is of a rare workload.
+    let log = common::open_with(dir.path(), 3);
+    for seq in 1..=30 {
+        let workload = if seq % 5 == 0 { "rare" } else { "common" };
+        log.record(decision(workload, Decision::Allow)).unwrap();
+    }
+    log.close().unwrap();
+    assert_eq!(common::segment_files(dir.path()).len(), 10);
+
+    let plan = physical_plan(dir.path(), "SELECT seq FROM access_events ORDER BY seq").await;
+    // The first `seq` of each segment each partition reads, from `file_groups={N groups:
+    // [[…/seg-FIRST-LAST.parquet, …], […]]}`.
+    let groups = plan
+        .split("file_groups={")
+        .nth(1)
+        .unwrap()
+        .split("]]}")
+        .next()
+        .unwrap();
+    let firsts: Vec<Vec<u64>> = groups
+        .split("], [")
+        .map(|group| {
+            group
+                .split("/seg-")
+                .skip(1)
+                .map(|name| name.split('-').next().unwrap().parse().unwrap())
+                .collect()
+        })
+        .collect();
+    // Consecutive segments go to different partitions, in turn, each partition in seq order.
+    // DataFusion makes a partition per core.
+    let partitions = firsts.len();
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert_eq!(partitions, cores.min(4), "{plan}");
+    for (index, first) in (1..=28).step_by(3).enumerate() {
+        assert!(firsts[index % partitions].contains(&first), "{plan}");
+    }
+    for group in &firsts {
+        assert!(group.is_sorted(), "{plan}");
+    }
+    // And DataFusion, having checked the files' statistics, merges them without a sort.
+    assert!(plan.contains("SortPreservingMergeExec"), "{plan}");
+    assert!(
+        !plan.contains("SortExec:"),
+        "the segments' order was lost: {plan}"
+    );
+
+    // Each partition's rows come in `seq` order, also when a filter leaves few and a limit
+    // stops early.
+    let sql = "SELECT seq FROM access_events WHERE workload = 'rare' ORDER BY seq LIMIT 3";
+    assert_eq!(seqs_of(dir.path(), sql).await, [5, 10, 15]);
 }
 
 #[tokio::test]
@@ -365,10 +446,19 @@ async fn queries_include_the_events_still_in_the_log_once_each() {
             .collect()
     };
     assert_eq!(counts(query(dir.path(), sql).await.unwrap()), [3, 3, 1, 3]);
-    let by_date = "SELECT date, workload FROM access_events WHERE workload = 'b'";
+    let by_date = "SELECT date, workload, time FROM access_events WHERE workload = 'b'";
     let batches = query(dir.path(), by_date).await.unwrap();
     assert_eq!(rows(&batches), 1);
-    assert_eq!(batches[0].column(0).as_string::<i32>().value(0).len(), 10);
+    // The log's events get the date their segment's directory will name, as a DATE too.
+    let dates = arrow::compute::cast(batches[0].column(0), &DataType::Utf8).unwrap();
+    let micros = batches[0]
+        .column(2)
+        .as_primitive::<TimestampMicrosecondType>();
+    let time = chrono::DateTime::from_timestamp_micros(micros.value(0)).unwrap();
+    assert_eq!(
+        dates.as_string::<i32>().value(0),
+        time.format("%Y-%m-%d").to_string()
+    );
 
     // Sealed, and more recorded: the segments answer for the first three, the log for the rest.
     log.seal().unwrap();

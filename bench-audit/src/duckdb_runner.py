@@ -59,7 +59,7 @@ def main():
     con.execute(
         "CREATE VIEW access_events AS SELECT * FROM read_parquet("
         + quoted(spec["events_glob"])
-        + ", hive_partitioning = true, hive_types = {'date': VARCHAR})"
+        + ", hive_partitioning = true, hive_types = {'date': DATE})"
     )
     con.execute("CREATE VIEW rules AS SELECT * FROM read_parquet(" + quoted(spec["rules"]) + ")")
     threads = con.execute("SELECT current_setting('threads')").fetchone()[0]

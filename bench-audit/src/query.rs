@@ -9,7 +9,7 @@
 //! the machine's cores as they come: DataFusion's default partitions (one per core) on the two
 //! worker threads `query_with_limits` gives each query, DuckDB's default threads (one per
 //! core). The SQL text is identical: DuckDB gets `access_events` as a view over
-//! `read_parquet('DATA/events/*/*.parquet', hive_partitioning = true)` with `date` as text,
+//! `read_parquet('DATA/events/*/*.parquet', hive_partitioning = true)` with `date` as a `DATE`,
 //! as Portcullis declares it, and `rules` as a view over a Parquet file written from
 //! Portcullis' own `SELECT * FROM rules`. Portcullis' time includes what every one of its
 //! queries does before planning: listing the segments and decoding the archived bundles into

@@ -26,7 +26,7 @@ pub(crate) fn time(time: DateTime<Utc>) -> String {
 
 /// The `date` partition of `time`, as a literal to prune partitions with.
 pub(crate) fn date(time: DateTime<Utc>) -> String {
-    format!("'{}'", time.format("%Y-%m-%d"))
+    format!("DATE '{}'", time.format("%Y-%m-%d"))
 }
 
 /// The condition that keeps events from `from` (inclusive) to `to` (exclusive), on `time` and
