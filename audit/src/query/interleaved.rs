@@ -10,7 +10,10 @@
 //!
 //! Each partition still reads its files in the order of their names, which is `seq` order, and
 //! their `seq` ranges do not overlap: DataFusion checks that from the files' statistics before
-//! it keeps the table's declared `seq` ordering, as it does for the runs.
+//! it keeps the table's declared `seq` ordering, as it does for the runs. A partition must read
+//! its own files, and only them: DataFusion's file stealing, which `run_query` turns off, hands
+//! an idle partition the next file of one queue that holds partition 1's files, then partition
+//! 2's, which with dealt files is not `seq` order.
 
 use std::borrow::Cow;
 use std::sync::Arc;
