@@ -26,7 +26,8 @@ pub enum AuditError {
     WalMagic { path: PathBuf },
 
     #[error(
-        "`{path}` has write-ahead log format version {found}; this build reads versions {oldest} to {newest}"
+        "`{path}` has write-ahead log format version {found}; this build reads versions \
+         {oldest} to {newest}"
     )]
     WalVersion {
         path: PathBuf,
@@ -36,7 +37,8 @@ pub enum AuditError {
     },
 
     #[error(
-        "`{path}` still holds events of write-ahead log format version {version}; they must be sealed before new events are appended"
+        "`{path}` still holds events of write-ahead log format version {version}; they must \
+         be sealed before new events are appended"
     )]
     WalNotSealed { path: PathBuf, version: u32 },
 

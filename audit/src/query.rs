@@ -329,11 +329,10 @@ async fn run_query(
         .with_max_temp_directory_size(limits.spill_bytes())
         .with_cache_manager(segment_caches())
         .build_arc()?;
-    let config = SessionConfig::new().set_usize(
+    let mut config = SessionConfig::new().set_usize(
         "datafusion.sql_parser.recursion_limit",
         PARSER_RECURSION_LIMIT,
     );
-    let mut config = config;
     // Each partition reads the segments dealt to it, in `seq` order (`query/interleaved.rs`).
     // With stealing, an idle partition would take the next file from one queue of every
     // partition's files, one partition's after the other's, and a merge by `seq` would then

@@ -122,11 +122,8 @@ fn interleaved(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
     for (index, file) in files.into_iter().enumerate() {
         dealt[index % partitions].push(file);
     }
-    let groups = dealt
-        .into_iter()
-        .filter(|files| !files.is_empty())
-        .map(FileGroup::new)
-        .collect();
+    // No group is empty: DataFusion never makes more partitions than there are files.
+    let groups = dealt.into_iter().map(FileGroup::new).collect();
     let config = FileScanConfigBuilder::from(config.clone())
         .with_file_groups(groups)
         .build();
