@@ -1,9 +1,8 @@
 //! Events in columns, as a seal encodes them, built straight from write-ahead log records.
 //!
-//! The committer keeps the records it wrote for the sealer, and the sealer reads them here in
-//! one pass, appending each field to its column's Arrow buffers: no `String` is made or freed
-//! per field, the records are read in order from one buffer, and a log file read back from the
-//! disk is read the same way as one held in memory.
+//! The sealer reads a closed log file's records here in one pass, appending each field to its
+//! column's Arrow buffers: no `String` is made or freed per field, and each text column is
+//! reserved from what the previous file held per event, so that no buffer grows by copying.
 
 use std::fmt::Write as _;
 use std::ops::Range;

@@ -92,15 +92,9 @@ enum Roll {
 #[derive(Debug)]
 pub(crate) struct ClosedLog {
     pub path: PathBuf,
-    /// The file's records as written, in `seq` order, for the sealer.
-    pub records: Vec<u8>,
-    /// How many events they hold.
+    /// How many events it holds.
     pub events: usize,
 }
-
-/// The most memory reserved at once for a log file's records kept for the sealer; a file with
-/// a larger roll size grows past it as it fills.
-const MAX_RECORDS_RESERVED: usize = 256 << 20;
 
 #[derive(Debug)]
 pub(crate) struct Committer {
@@ -149,8 +143,6 @@ struct Intake {
 #[derive(Debug)]
 struct ActiveLog {
     wal: Wal,
-    /// The file's records, kept for the sealer so that it need not read them back.
-    records: Vec<u8>,
     /// How many events the file holds.
     events: usize,
     /// The highest `seq` in the file; one less than its first while it is empty.
@@ -194,7 +186,6 @@ impl Committer {
             work: Condvar::new(),
             active: Mutex::new(Some(ActiveLog {
                 wal,
-                records: Vec::new(),
                 events: 0,
                 last_seq,
                 first_write: None,
@@ -528,13 +519,6 @@ impl Committer {
         // The batch holds every `seq` after the file's last one up to `last_seq`.
         log.events += usize::try_from(last_seq.saturating_sub(log.last_seq)).unwrap_or(usize::MAX);
         log.last_seq = last_seq;
-        if log.records.is_empty() {
-            // Room for the whole file at once: growing by doubling would copy it each time.
-            let room = usize::try_from(self.limits.bytes).unwrap_or(usize::MAX);
-            log.records
-                .reserve(room.min(MAX_RECORDS_RESERVED).max(records.len()));
-        }
-        log.records.extend_from_slice(records);
         log.first_write.get_or_insert_with(Instant::now);
         let full = log.events >= self.limits.events || log.wal.len_bytes() >= self.limits.bytes;
         // The batch is written either way; a failed roll stops the log for the next ones.
@@ -583,7 +567,6 @@ impl Committer {
                 Ok(wal) => {
                     *active = Some(ActiveLog {
                         wal,
-                        records: self.sealer.records_buffer(),
                         events: 0,
                         last_seq: log.last_seq,
                         first_write: None,
@@ -601,7 +584,6 @@ impl Committer {
         );
         Ok(Some(ClosedLog {
             path: log.wal.path().to_owned(),
-            records: log.records,
             events: log.events,
         }))
     }

@@ -16,10 +16,9 @@
 //! Sealing. The active log file is closed when it holds `seal_after_events` events or
 //! `seal_after_bytes` bytes, or when its first event is `seal_interval` old. A background
 //! thread seals each closed file into Parquet and then deletes it, so `record` never waits for
-//! Parquet; `seal_into_segments` is the one place where segments are written. The committer
-//! hands the sealer the file's records as it wrote them, and the sealer reads them straight
-//! into columns (`columns.rs`); a file whose records are no longer in memory is read back from
-//! the disk the same way.
+//! Parquet; `seal_into_segments` is the one place where segments are written. The sealer reads
+//! each closed file back (from the page cache, as it was just written) straight into columns
+//! (`columns.rs`).
 //! [`AuditLog::seal`] and [`AuditLog::close`] seal everything at once.
 //!
 //! Recovery. Opening checks every log file an earlier run left (streaming their records), and
@@ -31,10 +30,8 @@
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
-use std::mem;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -48,7 +45,7 @@ use crate::error::{AuditError, RecordProblem};
 use crate::event::NewEvent;
 use crate::schema::check_ranges;
 use crate::segment::{SealedIndex, unsealed_runs, write_columns};
-use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, records_to_columns, sync_dir};
+use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, sync_dir};
 
 /// The lock file's name in the data directory.
 pub const LOCK_FILE: &str = "LOCK";
@@ -59,9 +56,6 @@ pub const WAL_DIR: &str = "wal";
 
 /// How often the timer thread looks at the active log's age when it has no syncs to make.
 const AGE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
-/// How many closed log files may wait for the sealer with their records in memory; beyond them
-/// the sealer reads the records back from the file, so a slow seal does not grow memory.
-const MAX_FILES_HELD_IN_MEMORY: usize = 2;
 /// The wait before a failed seal is tried again, doubling up to the maximum.
 const FIRST_SEAL_RETRY: Duration = Duration::from_secs(1);
 const MAX_SEAL_RETRY: Duration = Duration::from_secs(60);
@@ -352,7 +346,8 @@ fn recover(
     let mut recovery = check_logs(&logs, sealed)?;
     for (idx, path) in logs.iter().enumerate() {
         let mut reader = WalReader::open(path, torn_tail_rule(idx, logs.len()))?;
-        let report = seal_log_file(events_dir, sealed, &mut reader)?;
+        let columns = EventColumns::with_capacity(0);
+        let (report, _) = seal_log_file(events_dir, sealed, &mut reader, columns)?;
         recovery.events_sealed += report.events_sealed;
         let torn_bytes = reader.torn_bytes();
         if torn_bytes > 0 {
@@ -443,33 +438,39 @@ fn seal_into_segments(
 /// a segment then never straddles two log files, nor part of one, so a seal that died after
 /// writing a segment finds the same events for it next time. One file's events are in memory
 /// at a time, at most what the roll limits let a file hold.
+///
+/// `columns` come empty, with room reserved for the file's events when their number and size
+/// are known, and are handed back to tell the sizes of what the file held.
 fn seal_log_file(
     events_dir: &Path,
     index: &mut SealedIndex,
     reader: &mut WalReader,
-) -> Result<SealReport, AuditError> {
-    let mut columns = EventColumns::with_capacity(0);
+    mut columns: EventColumns,
+) -> Result<(SealReport, TextSizes), AuditError> {
     while reader.next_into(&mut columns)?.is_some() {}
-    seal_into_segments(events_dir, index, &columns.finish()?)
+    let sizes = columns.text_sizes();
+    let report = seal_into_segments(events_dir, index, &columns.finish()?)?;
+    Ok((report, sizes))
 }
 
-/// Seals one closed log file, from memory or read back from the file, then deletes the file.
+/// Seals one closed log file, read back from the file (which the committer has just written,
+/// so it comes from the page cache), then deletes the file.
+///
+/// The committer keeps no copy of a file's records for the sealer: copying them cost the
+/// recording thread more, in copies and in fresh memory the kernel faults in and zeroes, than
+/// reading the file back costs the sealer.
 fn seal_closed_log(
     events_dir: &Path,
     index: &mut SealedIndex,
     job: &SealJob,
     sizes: &mut TextSizes,
 ) -> Result<SealReport, AuditError> {
-    let report = match &job.held {
-        Some(held) => {
-            let columns = records_to_columns(&held.records, held.events, sizes)?;
-            seal_into_segments(events_dir, index, &columns)?
-        }
-        None => {
-            let mut reader = WalReader::open(&job.path, TornTail::Refused)?;
-            seal_log_file(events_dir, index, &mut reader)?
-        }
-    };
+    // Sized as the last file was: builders grown by doubling copy the file's text over and
+    // over, each time into fresh memory.
+    let columns = EventColumns::with_sizes(job.events, sizes);
+    let mut reader = WalReader::open(&job.path, TornTail::Refused)?;
+    let (report, read) = seal_log_file(events_dir, index, &mut reader, columns)?;
+    *sizes = read;
     remove_log(&job.path)?;
     Ok(report)
 }
@@ -491,22 +492,8 @@ fn remove_log(path: &Path) -> Result<(), AuditError> {
 #[derive(Debug)]
 struct SealJob {
     path: PathBuf,
-    /// Its records, when still in memory.
-    held: Option<HeldRecords>,
-}
-
-/// A file's records kept in memory for the sealer, counted so that only a few files' worth are.
-#[derive(Debug)]
-struct HeldRecords {
-    records: Vec<u8>,
+    /// How many events the file holds.
     events: usize,
-    held: Arc<AtomicUsize>,
-}
-
-impl Drop for HeldRecords {
-    fn drop(&mut self) {
-        self.held.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 #[derive(Debug)]
@@ -524,23 +511,9 @@ enum SealerMessage {
 #[derive(Debug, Clone)]
 pub(crate) struct SealerHandle {
     messages: mpsc::Sender<SealerMessage>,
-    /// How many sealer jobs hold their events in memory.
-    held: Arc<AtomicUsize>,
-    spare: SpareBuffer,
 }
 
-/// The record buffer of a file sealed from memory, emptied, for the committer's next file: a
-/// file's records grow to the roll size, and memory used before is not faulted in and zeroed
-/// again by the kernel, as fresh memory is.
-type SpareBuffer = Arc<Mutex<Option<Vec<u8>>>>;
-
 impl SealerHandle {
-    /// An empty buffer for the records of the next log file, reused when one is spare.
-    pub(crate) fn records_buffer(&self) -> Vec<u8> {
-        let spare = self.spare.lock().ok().and_then(|mut spare| spare.take());
-        spare.unwrap_or_default()
-    }
-
     /// Queues a closed log file for the background seal.
     pub(crate) fn hand_over(&self, closed: ClosedLog) {
         let path = closed.path.clone();
@@ -569,20 +542,9 @@ impl SealerHandle {
     }
 
     fn job(&self, closed: ClosedLog) -> SealJob {
-        let held_before = self.held.fetch_add(1, Ordering::Relaxed);
-        let held = if held_before < MAX_FILES_HELD_IN_MEMORY {
-            Some(HeldRecords {
-                records: closed.records,
-                events: closed.events,
-                held: Arc::clone(&self.held),
-            })
-        } else {
-            self.held.fetch_sub(1, Ordering::Relaxed);
-            None
-        };
         SealJob {
             path: closed.path,
-            held,
+            events: closed.events,
         }
     }
 }
@@ -593,8 +555,7 @@ struct Sealer {
     events_dir: PathBuf,
     index: SealedIndex,
     backlog: VecDeque<SealJob>,
-    spare: SpareBuffer,
-    /// The text of the last file sealed from memory, to size the next one's columns.
+    /// The text of the last file sealed, to size the next one's columns.
     sizes: TextSizes,
     /// After a failed seal: when to try again.
     retry_at: Option<Instant>,
@@ -607,7 +568,6 @@ impl Sealer {
             events_dir,
             index,
             backlog: VecDeque::new(),
-            spare: SpareBuffer::default(),
             sizes: TextSizes::default(),
             retry_at: None,
             retry_after: FIRST_SEAL_RETRY,
@@ -616,15 +576,10 @@ impl Sealer {
 
     fn spawn(self) -> io::Result<(SealerHandle, JoinHandle<()>)> {
         let (messages, inbox) = mpsc::channel();
-        let spare = Arc::clone(&self.spare);
         let thread = thread::Builder::new()
             .name("audit-seal".to_owned())
             .spawn(move || self.run(&inbox))?;
-        let handle = SealerHandle {
-            messages,
-            held: Arc::new(AtomicUsize::new(0)),
-            spare,
-        };
+        let handle = SealerHandle { messages };
         Ok((handle, thread))
     }
 
@@ -672,24 +627,10 @@ impl Sealer {
     /// Seals the waiting files in order; on an error the failing one stays first in line.
     fn seal_backlog(&mut self) -> Result<SealReport, AuditError> {
         let mut report = SealReport::default();
-        while let Some(job) = self.backlog.front_mut() {
-            match seal_closed_log(&self.events_dir, &mut self.index, job, &mut self.sizes) {
-                Ok(sealed) => {
-                    report.add(sealed);
-                    if let Some(mut held) = self.backlog.pop_front().and_then(|job| job.held) {
-                        let mut records = mem::take(&mut held.records);
-                        records.clear();
-                        if let Ok(mut spare) = self.spare.lock() {
-                            spare.get_or_insert(records);
-                        }
-                    }
-                }
-                Err(error) => {
-                    // Retried from the file, which frees the memory meanwhile.
-                    job.held = None;
-                    return Err(error);
-                }
-            }
+        while let Some(job) = self.backlog.front() {
+            let sealed = seal_closed_log(&self.events_dir, &mut self.index, job, &mut self.sizes)?;
+            report.add(sealed);
+            self.backlog.pop_front();
         }
         Ok(report)
     }

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::codec::{self, Stamp};
-use crate::columns::{Columns, EventColumns, TextSizes};
+use crate::columns::EventColumns;
 use crate::error::{AuditError, DecodeError, RecordProblem};
 use crate::event::{AccessEvent, NewEvent};
 
@@ -224,41 +224,6 @@ fn framed(out: &mut Vec<u8>, encode: impl FnOnce(&mut Vec<u8>)) -> Result<(), Au
     out[start..start + 4].copy_from_slice(&length.to_le_bytes());
     out[start + 4..payload_start].copy_from_slice(&checksum.to_le_bytes());
     Ok(())
-}
-
-/// The events of `records` — whole records of the current format as [`encode_record`] makes
-/// them, `events` of them, held in memory since this process wrote them — in columns, whose
-/// text is reserved as `sizes` says and then updated to what these events held.
-pub(crate) fn records_to_columns(
-    records: &[u8],
-    events: usize,
-    sizes: &mut TextSizes,
-) -> Result<Columns, AuditError> {
-    let mut columns = EventColumns::with_sizes(events, sizes);
-    let mut rest = records;
-    while let Some((header, body)) = rest.split_first_chunk::<RECORD_HEADER_LEN>() {
-        let (length, _) = split_record_header(*header);
-        let (payload, next) = body
-            .split_at_checked(length as usize)
-            .ok_or(DecodeError::Truncated)
-            .map_err(|problem| column_error(&columns, problem))?;
-        columns
-            .push_record(payload, WAL_VERSION)
-            .map_err(|problem| column_error(&columns, problem))?;
-        rest = next;
-    }
-    if !rest.is_empty() {
-        return Err(column_error(&columns, DecodeError::Truncated));
-    }
-    *sizes = columns.text_sizes();
-    columns.finish()
-}
-
-fn column_error(columns: &EventColumns, problem: DecodeError) -> AuditError {
-    AuditError::EventColumn {
-        seq: columns.last_seq().map_or(0, |seq| seq + 1),
-        problem,
-    }
 }
 
 /// Syncs a directory, so that the files created or renamed in it survive a power cut.
