@@ -21,7 +21,7 @@
 //! offset.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -449,6 +449,13 @@ impl WalReader {
             return Ok(Err(RecordProblem::TooLong {
                 length: u64::from(length),
             }));
+        }
+        // A record that lies whole in the read buffer, as nearly all do, is checked and decoded
+        // where it lies; only one that straddles the buffer's end is copied out first.
+        if let Some(payload) = self.file.buffer().get(..size) {
+            let found = decode_payload(payload, checksum, self.version, decode);
+            self.file.consume(size);
+            return Ok(found.map(|value| Some((value, RECORD_HEADER_LEN + size))));
         }
         let mut payload = std::mem::take(&mut self.payload);
         payload.resize(size, 0);

@@ -340,6 +340,8 @@ fn big_events(n: u64) -> Vec<AccessEvent> {
 fn a_log_larger_than_the_tail_window_is_streamed_and_checked() {
     let dir = tempfile::tempdir().unwrap();
     let path = log_path(&dir);
+    // Records of about 20 KB against the reader's 256 KiB buffer: most are checked where they
+    // lie in it, and about one in thirteen straddles its end and is copied out first.
     let written = big_events(300);
     let ends = write_log(&path, &written);
     assert!(ends[299] > 5 * MAX_RECORD_BYTES as u64);
