@@ -200,11 +200,6 @@ impl EventColumns {
         }
     }
 
-    /// The `seq` of the last event appended.
-    pub fn last_seq(&self) -> Option<u64> {
-        self.seqs.last().copied()
-    }
-
     /// Appends the event one record's payload holds (write-ahead log format `version`) and
     /// returns its `seq`. After an error the columns are unusable: [`EventColumns::finish`]
     /// refuses them.

@@ -88,7 +88,7 @@ enum Roll {
     Later,
 }
 
-/// A log file that takes no more records, for the sealer.
+/// A log file that takes no more records, on its way to the sealer, which reads it back.
 #[derive(Debug)]
 pub(crate) struct ClosedLog {
     pub path: PathBuf,

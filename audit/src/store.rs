@@ -462,7 +462,7 @@ fn seal_log_file(
 fn seal_closed_log(
     events_dir: &Path,
     index: &mut SealedIndex,
-    job: &SealJob,
+    job: &ClosedLog,
     sizes: &mut TextSizes,
 ) -> Result<SealReport, AuditError> {
     // Sized as the last file was: builders grown by doubling copy the file's text over and
@@ -488,20 +488,12 @@ fn remove_log(path: &Path) -> Result<(), AuditError> {
     }
 }
 
-/// A closed log file on its way to the sealer.
-#[derive(Debug)]
-struct SealJob {
-    path: PathBuf,
-    /// How many events the file holds.
-    events: usize,
-}
-
 #[derive(Debug)]
 enum SealerMessage {
-    Closed(SealJob),
+    Closed(ClosedLog),
     /// Seal everything waiting, and `closing` after it, now, and answer with what was written.
     SealAll {
-        closing: Option<SealJob>,
+        closing: Option<ClosedLog>,
         answer: mpsc::Sender<Result<SealReport, AuditError>>,
     },
     Stop,
@@ -517,11 +509,7 @@ impl SealerHandle {
     /// Queues a closed log file for the background seal.
     pub(crate) fn hand_over(&self, closed: ClosedLog) {
         let path = closed.path.clone();
-        if self
-            .messages
-            .send(SealerMessage::Closed(self.job(closed)))
-            .is_err()
-        {
+        if self.messages.send(SealerMessage::Closed(closed)).is_err() {
             // Only after a panic of the sealer; the file stays, and the next open seals it.
             tracing::error!(path = %path.display(), "audit_sealer_gone");
         }
@@ -529,7 +517,6 @@ impl SealerHandle {
 
     fn seal_all(&self, closing: Option<ClosedLog>) -> Result<SealReport, AuditError> {
         let (answer, answered) = mpsc::channel();
-        let closing = closing.map(|closed| self.job(closed));
         self.messages
             .send(SealerMessage::SealAll { closing, answer })
             .map_err(|_| AuditError::Stopped)?;
@@ -540,13 +527,6 @@ impl SealerHandle {
         // An error means the thread is gone already.
         let _ = self.messages.send(SealerMessage::Stop);
     }
-
-    fn job(&self, closed: ClosedLog) -> SealJob {
-        SealJob {
-            path: closed.path,
-            events: closed.events,
-        }
-    }
 }
 
 /// The sealer thread's state: what is sealed, and the closed files waiting.
@@ -554,7 +534,7 @@ impl SealerHandle {
 struct Sealer {
     events_dir: PathBuf,
     index: SealedIndex,
-    backlog: VecDeque<SealJob>,
+    backlog: VecDeque<ClosedLog>,
     /// The text of the last file sealed, to size the next one's columns.
     sizes: TextSizes,
     /// After a failed seal: when to try again.
