@@ -9,6 +9,9 @@
 //!
 //! Both phases cycle through the sample's requests in order, after a short warm-up. An engine
 //! slower than the budget still decides at least one request in each phase.
+//!
+//! [`throughput_slice`] times one short turn of the throughput phase, for measurements that
+//! take turns (`run::alternate`), so that a change in the machine's speed meets both sides.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -73,6 +76,23 @@ pub fn measure(
     timing.throughput_decisions = decided;
     timing.per_second = decided as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE);
     timing
+}
+
+/// Decisions per second over one slice of `phase` (after a warm-up of a tenth of it), going on
+/// from request `next`: one turn of a measurement that takes turns between engines or sizes.
+pub fn throughput_slice(
+    phase: Duration,
+    next: &mut usize,
+    mut decide: impl FnMut(usize) -> bool,
+) -> f64 {
+    let warm_up = phase / 10;
+    let started = Instant::now();
+    while started.elapsed() < warm_up {
+        black_box(decide(*next));
+        *next += 1;
+    }
+    let (decided, elapsed) = throughput(phase, next, &mut decide);
+    decided as f64 / elapsed.as_secs_f64().max(f64::MIN_POSITIVE)
 }
 
 fn latency(

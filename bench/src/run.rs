@@ -143,6 +143,99 @@ pub fn run_size(n_rules: usize, options: &Options) -> Result<SizeResult> {
     Ok(result)
 }
 
+/// Turns of [`alternate`]: each size's budget is cut into this many slices.
+pub const TURNS: usize = 10;
+
+/// The VM's throughput at two sizes measured in turns, so that their ratio is not the
+/// machine's speed changing between two sizes timed a minute apart.
+#[derive(Debug, Clone, Default)]
+pub struct Alternation {
+    pub sizes: [usize; 2],
+    /// Per turn, decisions per second at each size.
+    pub turns: Vec<[f64; 2]>,
+}
+
+impl Alternation {
+    /// The median over the turns of the first size's throughput ÷ the second's.
+    pub fn median_ratio(&self) -> Option<f64> {
+        let mut ratios: Vec<f64> = self
+            .turns
+            .iter()
+            .filter(|[_, large]| *large > 0.0)
+            .map(|[small, large]| small / large)
+            .collect();
+        ratios.sort_unstable_by(f64::total_cmp);
+        median(&ratios)
+    }
+
+    /// The median throughput of one of the two sizes.
+    pub fn median_rate(&self, which: usize) -> Option<f64> {
+        let mut rates: Vec<f64> = self
+            .turns
+            .iter()
+            .filter_map(|t| t.get(which))
+            .copied()
+            .collect();
+        rates.sort_unstable_by(f64::total_cmp);
+        median(&rates)
+    }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => sorted.get(mid).copied(),
+        _ => Some((sorted.get(mid - 1)? + sorted.get(mid)?) / 2.0),
+    }
+}
+
+/// Loads the VM at both sizes and times their throughput in [`TURNS`] turns, each size a
+/// slice of a tenth of the budget per turn, the two taking turns; each goes on through its own
+/// sample where its last slice stopped.
+pub fn alternate(sizes: [usize; 2], options: &Options) -> Result<Alternation> {
+    let mut loaded = Vec::new();
+    for n_rules in sizes {
+        progress(
+            n_rules,
+            "loading the VM again, to time it in turns with the other size",
+        );
+        let policy = Policy::generate(n_rules, options.seed);
+        let sample = sample::requests(&policy, SAMPLE_SIZE, options.seed ^ 0x5eed);
+        let set = portcullis::check(&gate::files(&policy))?;
+        let program = portcullis::load(&portcullis::bundle_bytes(&set)?)?;
+        let owned = sample
+            .iter()
+            .map(OwnedRequest::new)
+            .collect::<Result<Vec<_>>>()?;
+        loaded.push((program, owned));
+    }
+    let slice = options.budget / TURNS as u32;
+    let mut next = [0usize; 2];
+    let mut alternation = Alternation {
+        sizes,
+        turns: Vec::with_capacity(TURNS),
+    };
+    let requests: Vec<Vec<Request<'_>>> = loaded
+        .iter()
+        .map(|(_, owned)| owned.iter().map(OwnedRequest::request).collect())
+        .collect();
+    let [small, large] = sizes;
+    eprintln!("[{small} and {large} rules] timing the VM in turns");
+    for _ in 0..TURNS {
+        let mut turn = [0.0; 2];
+        let sides = loaded.iter().zip(&requests);
+        for ((rate, next), ((program, _), requests)) in turn.iter_mut().zip(&mut next).zip(sides) {
+            let request = |idx: usize| requests.get(idx % requests.len());
+            *rate = measure::throughput_slice(slice, next, |idx| {
+                request(idx).is_some_and(|request| program.decide(request).allow)
+            });
+        }
+        alternation.turns.push(turn);
+    }
+    Ok(alternation)
+}
+
 /// Every engine asked for, ready to decide the sample; the VM and the reference evaluator
 /// always.
 struct Engines {
@@ -373,6 +466,20 @@ fn disagreement(idx: usize, req: &Req, by_vm: &Outcome, other: &Result<Outcome>)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ratio of the turns is the median of each turn's ratio, not the ratio of the
+    /// medians: a turn in which the machine was slow counts as one turn.
+    #[test]
+    fn median_ratio_is_taken_turn_by_turn() {
+        let alternation = Alternation {
+            sizes: [10, 100_000],
+            turns: vec![[4.0, 2.0], [1.0, 1.0], [9.0, 3.0], [8.0, 0.0]],
+        };
+        assert_eq!(alternation.median_ratio(), Some(2.0));
+        assert_eq!(alternation.median_rate(0), Some(6.0));
+        assert_eq!(alternation.median_rate(1), Some(1.5));
+        assert_eq!(Alternation::default().median_ratio(), None);
+    }
 
     /// The three renderings of one model decide alike, and every engine gets timed.
     #[test]
