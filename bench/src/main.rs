@@ -91,9 +91,21 @@ fn bench(args: &Args) -> Result<()> {
         options.timer_overhead_ns,
         args.seconds,
     );
+    // The scaling target compares the smallest and the largest size: their VMs are kept, to be
+    // timed again in turns once every size has run.
+    let smallest = args.sizes.iter().min().copied();
+    let largest = args.sizes.iter().max().copied();
+    let (mut small_vm, mut large_vm) = (None, None);
     let mut reports = Vec::new();
     for &n_rules in &args.sizes {
-        let result = run::run_size(n_rules, &options)?;
+        let (result, vm) = run::run_size(n_rules, &options)?;
+        if smallest < largest {
+            if Some(n_rules) == largest {
+                large_vm = Some(vm);
+            } else if Some(n_rules) == smallest {
+                small_vm = Some(vm);
+            }
+        }
         eprintln!("[{n_rules} rules] measuring the heap in a child process");
         let memory = memory::measure_in_child(n_rules, args.seed, &options.engines)
             .map_err(|e| format!("{e:#}"));
@@ -101,13 +113,8 @@ fn bench(args: &Args) -> Result<()> {
         report::size(&size_report);
         reports.push(size_report);
     }
-    // The target compares the smallest and the largest size: time those two again in turns.
-    let smallest = args.sizes.iter().min().copied();
-    let largest = args.sizes.iter().max().copied();
-    let alternation = match (smallest, largest) {
-        (Some(small), Some(large)) if small < large => {
-            Some(run::alternate([small, large], &options)?)
-        }
+    let alternation = match (&small_vm, &large_vm) {
+        (Some(small), Some(large)) => Some(run::alternate([small, large], &options)),
         _ => None,
     };
     report::summary(&reports, alternation.as_ref());

@@ -120,7 +120,17 @@ fn timed<T>(run: impl FnOnce() -> Result<T>) -> Result<(T, Duration)> {
     Ok((value, started.elapsed()))
 }
 
-pub fn run_size(n_rules: usize, options: &Options) -> Result<SizeResult> {
+/// The VM as one size loaded it, with its sample's requests: what [`alternate`] times, the
+/// same program that was checked against the reference evaluator.
+#[derive(Debug)]
+pub struct LoadedVm {
+    pub rules: usize,
+    program: Program,
+    owned: Vec<OwnedRequest>,
+}
+
+/// Runs one size; gives what it measured and the VM it loaded.
+pub fn run_size(n_rules: usize, options: &Options) -> Result<(SizeResult, LoadedVm)> {
     progress(n_rules, "generating");
     let policy = Policy::generate(n_rules, options.seed);
     let sample = sample::requests(&policy, SAMPLE_SIZE, options.seed ^ 0x5eed);
@@ -140,7 +150,13 @@ pub fn run_size(n_rules: usize, options: &Options) -> Result<SizeResult> {
     progress(n_rules, "checking that every engine decides alike");
     engines.check_agreement(&sample, &requests, options, &mut result)?;
     result.timings = engines.time_each(&requests, n_rules, options);
-    Ok(result)
+    drop(requests);
+    let vm = LoadedVm {
+        rules: n_rules,
+        program: engines.program,
+        owned,
+    };
+    Ok((result, vm))
 }
 
 /// Turns of [`alternate`]: each size's budget is cut into this many slices.
@@ -190,50 +206,37 @@ fn median(sorted: &[f64]) -> Option<f64> {
     }
 }
 
-/// Loads the VM at both sizes and times their throughput in [`TURNS`] turns, each size a
-/// slice of a tenth of the budget per turn, the two taking turns; each goes on through its own
-/// sample where its last slice stopped.
-pub fn alternate(sizes: [usize; 2], options: &Options) -> Result<Alternation> {
-    let mut loaded = Vec::new();
-    for n_rules in sizes {
-        progress(
-            n_rules,
-            "loading the VM again, to time it in turns with the other size",
-        );
-        let policy = Policy::generate(n_rules, options.seed);
-        let sample = sample::requests(&policy, SAMPLE_SIZE, options.seed ^ 0x5eed);
-        let set = portcullis::check(&gate::files(&policy))?;
-        let program = portcullis::load(&portcullis::bundle_bytes(&set)?)?;
-        let owned = sample
-            .iter()
-            .map(OwnedRequest::new)
-            .collect::<Result<Vec<_>>>()?;
-        loaded.push((program, owned));
-    }
+/// Times the VM's throughput at two sizes in [`TURNS`] turns, each size a slice of a tenth of
+/// the budget per turn, the two taking turns; each goes on through its own sample where its
+/// last slice stopped.
+pub fn alternate(loaded: [&LoadedVm; 2], options: &Options) -> Alternation {
+    let sizes = loaded.map(|vm| vm.rules);
     let slice = options.budget / TURNS as u32;
     let mut next = [0usize; 2];
     let mut alternation = Alternation {
         sizes,
         turns: Vec::with_capacity(TURNS),
     };
-    let requests: Vec<Vec<Request<'_>>> = loaded
-        .iter()
-        .map(|(_, owned)| owned.iter().map(OwnedRequest::request).collect())
-        .collect();
+    let requests = loaded.map(|vm| {
+        vm.owned
+            .iter()
+            .map(OwnedRequest::request)
+            .collect::<Vec<_>>()
+    });
     let [small, large] = sizes;
     eprintln!("[{small} and {large} rules] timing the VM in turns");
     for _ in 0..TURNS {
         let mut turn = [0.0; 2];
         let sides = loaded.iter().zip(&requests);
-        for ((rate, next), ((program, _), requests)) in turn.iter_mut().zip(&mut next).zip(sides) {
+        for ((rate, next), (vm, requests)) in turn.iter_mut().zip(&mut next).zip(sides) {
             let request = |idx: usize| requests.get(idx % requests.len());
             *rate = measure::throughput_slice(slice, next, |idx| {
-                request(idx).is_some_and(|request| program.decide(request).allow)
+                request(idx).is_some_and(|request| vm.program.decide(request).allow)
             });
         }
         alternation.turns.push(turn);
     }
-    Ok(alternation)
+    alternation
 }
 
 /// Every engine asked for, ready to decide the sample; the VM and the reference evaluator
@@ -492,7 +495,7 @@ mod tests {
             seed: 11,
             timer_overhead_ns: 0.0,
         };
-        let result = run_size(300, &options)?;
+        let (result, _) = run_size(300, &options)?;
         assert_eq!(result.shape.rules, 300);
         assert_eq!(result.agreed.len(), Engine::ALL.len());
         assert!(result.agreed.iter().all(|(_, checked)| *checked == 400));
