@@ -27,6 +27,7 @@ use datafusion::execution::cache::cache_manager::{
 };
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
@@ -44,10 +45,12 @@ use crate::store::EVENTS_DIR;
 use crate::store::WAL_DIR;
 use crate::wal::{TornTail, WalReader, list_logs};
 use count_distinct::CountsBesideDistinct;
+use filter_in_aggregate::{FilterInAggregate, ThinBeforeAggregate};
 use interleaved::InterleavedSegments;
 use null_tests_first::NullTestsFirst;
 
 mod count_distinct;
+mod filter_in_aggregate;
 mod interleaved;
 mod null_tests_first;
 
@@ -341,9 +344,16 @@ async fn run_query(
         .options_mut()
         .execution
         .enable_file_stream_work_stealing = false;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_physical_optimizer_rule(Arc::new(ThinBeforeAggregate))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     ctx.add_optimizer_rule(Arc::new(CountsBesideDistinct));
     ctx.add_optimizer_rule(Arc::new(NullTestsFirst));
+    ctx.add_optimizer_rule(Arc::new(FilterInAggregate));
     register_events(&ctx, data_dir)?;
     policy_state::register(&ctx, data_dir)?;
     for (name, batch) in extra {
