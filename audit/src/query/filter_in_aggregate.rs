@@ -766,6 +766,109 @@ mod tests {
         assert!(answer.contains("| audit    | 0 |"), "{answer}");
     }
 
+    /// A small generator, so that the cases below are the same on every run.
+    struct Xorshift(u64);
+
+    impl Xorshift {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// Generated tables (batches of varied size and make-up, `NULL`s in every column) and
+    /// generated aggregations over filters: with the rules, every answer is the one without.
+    #[tokio::test]
+    async fn generated_aggregations_answer_as_without_the_rules() {
+        let mut rng = Xorshift(0x2026_1206);
+        let kinds = [
+            Some("decision"),
+            Some("credential_issued"),
+            Some("policy_change"),
+            None,
+        ];
+        let decisions = [Some("allow"), Some("deny"), None];
+        let conditions = [
+            "kind = 'decision'",
+            "kind <> 'policy_change'",
+            "n > 2",
+            "n IS NOT NULL",
+            "decision = 'deny' AND n < 7",
+            "kind IN ('decision', 'credential_issued') OR n = 0",
+            "coalesce(n, 0) % 3 = 1",
+            "kind IS NULL",
+        ];
+        let groupings = ["kind", "decision", "kind, decision", "decision, n"];
+        let aggregates = [
+            "count(*)",
+            "count(n)",
+            "sum(n)",
+            "min(n), max(decision)",
+            "count(*) AS c, sum(n) AS s",
+            "max(kind), count(decision)",
+        ];
+        let mut thinned = 0;
+        let cases = 60;
+        for case in 0..cases {
+            let partitions = (0..1 + rng.below(3))
+                .map(|_| {
+                    (0..1 + rng.below(4))
+                        .map(|_| {
+                            // Mostly decisions in some batches, few in others.
+                            let share = rng.below(11);
+                            let rows = (0..1 + rng.below(24))
+                                .map(|_| {
+                                    let kind = if rng.below(10) < share {
+                                        Some("decision")
+                                    } else {
+                                        kinds[rng.below(kinds.len())]
+                                    };
+                                    let decision = decisions[rng.below(decisions.len())];
+                                    let n = (rng.below(5) > 0).then(|| rng.below(10) as i64);
+                                    (kind, decision, n)
+                                })
+                                .collect::<Vec<_>>();
+                            batch(&rows)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>();
+            let grouping = rng.pick(&groupings);
+            let sql = format!(
+                "SELECT {grouping}, {} FROM t WHERE {} GROUP BY {grouping} \
+                 ORDER BY {grouping}",
+                rng.pick(&aggregates),
+                rng.pick(&conditions),
+            );
+            let mut answers = Vec::new();
+            for with_rules in [false, true] {
+                let ctx = context(with_rules);
+                ctx.deregister_table("t").unwrap();
+                let table = MemTable::try_new(schema(), partitions.clone()).unwrap();
+                ctx.register_table("t", Arc::new(table)).unwrap();
+                let frame = ctx.sql(&sql).await.unwrap();
+                let plan = frame.create_physical_plan().await.unwrap();
+                let shown = displayable(plan.as_ref()).indent(true).to_string();
+                let batches = collect(plan, ctx.task_ctx()).await.unwrap();
+                answers.push(pretty_format_batches(&batches).unwrap().to_string());
+                if with_rules && shown.contains("ThinningExec") {
+                    thinned += 1;
+                }
+            }
+            assert_eq!(answers[1], answers[0], "case {case}: {sql}");
+        }
+        assert_eq!(
+            thinned, cases,
+            "every generated aggregation takes its filter inside"
+        );
+    }
+
     /// The thinning keeps every row where the condition holds, in order, marks each, and
     /// drops only rows where it does not hold; whole batches and thinned ones alike.
     #[tokio::test]
