@@ -322,17 +322,21 @@ async fn physical_plan(dir: &std::path::Path, sql: &str) -> String {
         .unwrap()
 }
 
-#[tokio::test]
-async fn segments_are_dealt_to_the_partitions_in_turn_and_still_merge_in_seq_order() {
-    let dir = tempfile::tempdir().unwrap();
-    // Ten segments of three events; every fifth event is of a rare workload.
-    let log = common::open_with(dir.path(), 3);
+/// Ten segments of three events; every fifth event is of a rare workload.
+fn ten_segments_of_three(dir: &std::path::Path) {
+    let log = common::open_with(dir, 3);
     for seq in 1..=30 {
         let workload = if seq % 5 == 0 { "rare" } else { "common" };
         log.record(decision(workload, Decision::Allow)).unwrap();
     }
     log.close().unwrap();
-    assert_eq!(common::segment_files(dir.path()).len(), 10);
+    assert_eq!(common::segment_files(dir).len(), 10);
+}
+
+#[tokio::test]
+async fn segments_are_dealt_to_the_partitions_in_turn_and_still_merge_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_segments_of_three(dir.path());
 
     let plan = physical_plan(dir.path(), "SELECT seq FROM access_events ORDER BY seq").await;
     // The first `seq` of each segment each partition reads, from `file_groups={N groups:
@@ -470,4 +474,40 @@ async fn queries_include_the_events_still_in_the_log_once_each() {
     assert_eq!(count(dir.path(), denied).await, 2);
     log.close().unwrap();
     assert_eq!(counts(query(dir.path(), sql).await.unwrap()), [5, 5, 1, 5]);
+}
+
+/// An aggregation whose filter goes inside it (`query/filter_in_aggregate.rs`) still hands
+/// the filter's condition to the Parquet scan, which skips the segments it rules out.
+#[tokio::test]
+async fn an_aggregation_over_a_filter_still_prunes_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    ten_segments_of_three(dir.path());
+    let sql = "SELECT workload, count(*) AS n FROM access_events WHERE seq > 24 \
+               GROUP BY workload ORDER BY workload";
+    let plan = physical_plan(dir.path(), sql).await;
+    assert!(plan.contains("ThinningExec"), "{plan}");
+    let scan = plan
+        .lines()
+        .find(|line| line.contains("DataSourceExec"))
+        .unwrap();
+    assert!(scan.contains("predicate=seq@"), "{plan}");
+
+    let analyzed = query(dir.path(), &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap();
+    let analyzed = arrow::util::pretty::pretty_format_batches(&analyzed)
+        .unwrap()
+        .to_string();
+    // Of the ten segments (three events each), the statistics leave the last two.
+    assert!(
+        analyzed.contains("files_ranges_pruned_statistics=10 total → 2 matched"),
+        "{analyzed}"
+    );
+
+    let batches = query(dir.path(), sql).await.unwrap();
+    let text = arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string();
+    assert!(text.contains("| common   | 4 |"), "{text}");
+    assert!(text.contains("| rare     | 2 |"), "{text}");
 }
