@@ -398,12 +398,7 @@ impl ThinningExec {
 
     /// The index of the appended column.
     fn kept_index(&self) -> usize {
-        self.properties
-            .equivalence_properties()
-            .schema()
-            .fields()
-            .len()
-            - 1
+        self.schema().fields().len() - 1
     }
 }
 
