@@ -44,11 +44,13 @@ use crate::segment::parse_segment_file_name;
 use crate::store::EVENTS_DIR;
 use crate::store::WAL_DIR;
 use crate::wal::{TornTail, WalReader, list_logs};
+use coded_groups::CodedGroups;
 use count_distinct::CountsBesideDistinct;
 use filter_in_aggregate::{FilterInAggregate, ThinBeforeAggregate};
 use interleaved::InterleavedSegments;
 use null_tests_first::NullTestsFirst;
 
+mod coded_groups;
 mod count_distinct;
 mod filter_in_aggregate;
 mod interleaved;
@@ -349,6 +351,8 @@ async fn run_query(
         .with_runtime_env(runtime)
         .with_default_features()
         .with_physical_optimizer_rule(Arc::new(ThinBeforeAggregate))
+        // After the thinning, whose aggregations it may then run.
+        .with_physical_optimizer_rule(Arc::new(CodedGroups))
         .build();
     let ctx = SessionContext::new_with_state(state);
     ctx.add_optimizer_rule(Arc::new(CountsBesideDistinct));

@@ -261,17 +261,7 @@ impl PhysicalOptimizerRule for ThinBeforeAggregate {
         plan: Arc<dyn ExecutionPlan>,
         _config: &ConfigOptions,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|plan| {
-            let thinned = match plan.downcast_ref::<AggregateExec>() {
-                Some(aggregate) => thin_input(aggregate)?,
-                None => None,
-            };
-            Ok(match thinned {
-                Some(thinned) => Transformed::yes(thinned),
-                None => Transformed::no(plan),
-            })
-        })
-        .data()
+        replace_aggregates(plan, thin_input)
     }
 
     fn name(&self) -> &str {
@@ -281,6 +271,24 @@ impl PhysicalOptimizerRule for ThinBeforeAggregate {
     fn schema_check(&self) -> bool {
         true
     }
+}
+
+/// `plan` with every aggregation `replace` gives a replacement for replaced, bottom up.
+pub(super) fn replace_aggregates(
+    plan: Arc<dyn ExecutionPlan>,
+    replace: impl Fn(&AggregateExec) -> Result<Option<Arc<dyn ExecutionPlan>>>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    plan.transform_up(|plan| {
+        let replaced = match plan.downcast_ref::<AggregateExec>() {
+            Some(aggregate) => replace(aggregate)?,
+            None => None,
+        };
+        Ok(match replaced {
+            Some(replaced) => Transformed::yes(replaced),
+            None => Transformed::no(plan),
+        })
+    })
+    .data()
 }
 
 /// `aggregate` reading a [`ThinningExec`] in place of the filter below it, when it is the
