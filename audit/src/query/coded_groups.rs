@@ -12,12 +12,14 @@
 //!   same view hold the same text (a dictionary-encoded Parquet column decodes every repeat of a
 //!   value to the same view), so the text is hashed once per distinct view and batch;
 //! - integers, dates, times and timestamps are keyed by their bits;
-//! - a row repeating the previous row's key (a constant partition column, a run of one value)
-//!   takes its code without a lookup.
+//! - a column of one value in the whole batch (a partition column, always) is coded once;
+//! - a key met lately is found in a small table indexed by a hash of the key ([`Recent`]),
+//!   without a lookup in the column's map.
 //!
-//! Several columns' codes are then combined pairwise into dense group numbers, and the
-//! aggregates are DataFusion's own accumulators, fed those numbers: they hold the same partial
-//! states DataFusion's first stage would, and its final stage merges them unchanged.
+//! Several columns' codes are then combined pairwise into dense group numbers (by a table
+//! while both codes are small, by a map beyond), and the aggregates are DataFusion's own
+//! accumulators, fed those numbers: they hold the same partial states DataFusion's first stage
+//! would, and its final stage merges them unchanged.
 //!
 //! [`CodedGroups`] replaces only a first stage (`AggregateMode::Partial`) whose keys are of
 //! those types and whose aggregates need no order, no `DISTINCT` and no limit. Like
@@ -53,9 +55,9 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
 };
 use foldhash::fast::FixedState;
+use futures::{Stream, StreamExt as _};
 
 use super::filter_in_aggregate::replace_aggregates;
-use futures::{Stream, StreamExt as _};
 
 /// Replaces the first stage of an aggregation with a [`CodedGroupsExec`] where it can.
 #[derive(Debug, Default)]
@@ -687,6 +689,9 @@ struct KeyColumn {
     short: Map<u128>,
     /// Text values longer than 12 bytes.
     long: Map<Box<[u8]>>,
+    /// The bytes of the keys in [`KeyColumn::long`], kept as they are added: the memory pool
+    /// is told the table's size after every batch, which must not cost a walk of the keys.
+    long_bytes: usize,
     null: Option<u32>,
     len: u32,
     /// The distinct values, in code order, as slices of the batches that brought them.
@@ -701,6 +706,7 @@ impl KeyColumn {
             recent: Recent::new(),
             short: map(),
             long: map(),
+            long_bytes: 0,
             null: None,
             len: 0,
             values: Vec::new(),
@@ -713,8 +719,7 @@ impl KeyColumn {
     }
 
     fn size(&self) -> usize {
-        let long: usize = self.long.keys().map(|key| key.len()).sum();
-        self.short.capacity() * 20 + self.long.capacity() * 20 + long + self.values_size
+        self.short.capacity() * 20 + self.long.capacity() * 20 + self.long_bytes + self.values_size
     }
 
     /// The distinct values in code order.
@@ -935,6 +940,7 @@ impl KeyColumn {
         }
         let code = self.fresh(row, new_rows)?;
         self.long.insert(bytes.into(), code);
+        self.long_bytes += bytes.len();
         Ok(code)
     }
 }
