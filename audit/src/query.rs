@@ -29,6 +29,7 @@ use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::execute_stream;
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext, col, lit};
 use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
 use datafusion::sql::sqlparser::ast::{Expr, Statement, Visit, Visitor};
@@ -55,6 +56,7 @@ mod count_distinct;
 mod filter_in_aggregate;
 mod interleaved;
 mod null_tests_first;
+mod whole_states;
 
 /// The table name queries use.
 pub const TABLE_NAME: &str = "access_events";
@@ -387,7 +389,10 @@ async fn run_query(
             frame = frame.limit(0, Some(rows.saturating_add(1)))?;
         }
         // The result is held whole; past `max_result_bytes` the query stops.
-        let mut stream = frame.execute_stream().await?;
+        let task = frame.task_ctx();
+        let plan = frame.create_physical_plan().await?;
+        let task = whole_states::context_for(&plan, task);
+        let mut stream = execute_stream(plan, Arc::new(task))?;
         let mut batches = Vec::new();
         let mut bytes = 0usize;
         while let Some(batch) = stream.next().await {
@@ -438,18 +443,7 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
     match inner.find_root() {
         DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit {
             limit_bytes: limits.memory_bytes,
-            // DataFusion's advice names its own settings, which a user cannot set here.
-            // Its first line: the rest lists DataFusion's operators by their internal names.
-            detail: detail
-                .lines()
-                .next()
-                .unwrap_or(detail)
-                .split(". Consider")
-                .next()
-                .unwrap_or(detail)
-                .trim()
-                .trim_end_matches(':')
-                .to_owned(),
+            detail: refusal(detail),
         },
         DataFusionError::ParquetError(parquet) => QueryError::Segment {
             detail: parquet.to_string(),
@@ -463,6 +457,25 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
         }
         _ => error,
     }
+}
+
+/// What DataFusion's memory pool refused, in one line: the allocation and what was left.
+/// DataFusion may put a list of its operators by their internal names ahead of it (then the
+/// refusal follows `Error: `), and advice that names its own settings, which a user cannot set
+/// here, after it.
+fn refusal(detail: &str) -> String {
+    let line = detail
+        .lines()
+        .rev()
+        .find_map(|line| line.trim().strip_prefix("Error: "))
+        .unwrap_or_else(|| detail.lines().next().unwrap_or(detail));
+    let line = line.split(". Consider").next().unwrap_or(line);
+    // "… remain available for the total memory pool: greedy(used: …, pool_size: …)"
+    let line = match line.find(" memory pool:") {
+        Some(at) => &line[..at + " memory pool".len()],
+        None => line,
+    };
+    line.trim().trim_end_matches(':').to_owned()
 }
 
 /// The caches every query shares: each segment's Parquet footer (with its page index) and
@@ -914,6 +927,24 @@ fn map_texts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_of_memory_is_told_in_one_whole_line() {
+        let alone = "Failed to allocate additional 1.0 MB for ExternalSorter[0] with 2.0 KB \
+            already allocated for this reservation - 12.0 KB remain available for the total \
+            memory pool: greedy(used: 52.0 KB, pool_size: 64.0 KB)";
+        let expected = "Failed to allocate additional 1.0 MB for ExternalSorter[0] with 2.0 KB \
+            already allocated for this reservation - 12.0 KB remain available for the total \
+            memory pool";
+        assert_eq!(refusal(alone), expected);
+        let listed = format!(
+            "Additional allocation failed for ExternalSorter[0] with top memory consumers \
+             (across reservations) as:\n  ExternalSorter[0]#3(can spill: true) consumed \
+             50.0 KB\n  ExternalSorterMerge[0]#4(can spill: false) consumed 0.0 B\n\
+             Error: {alone}. Consider increasing datafusion.execution.memory_pool"
+        );
+        assert_eq!(refusal(&listed), expected);
+    }
 
     #[test]
     fn keywords_name_the_statement() {

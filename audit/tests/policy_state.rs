@@ -254,8 +254,10 @@ async fn a_query_past_its_memory_limit_fails() {
     let message = error.to_string();
     assert!(message.contains("audit.query_memory_mb"), "{message}");
     assert!(!message.contains("datafusion."), "{message}");
-    // One line: not DataFusion's list of its operators.
+    // One line: not DataFusion's list of its operators, nor the line that heads it.
     assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(!message.contains("top memory consumers"), "{message}");
+    assert!(message.contains("Failed to allocate"), "{message}");
 }
 
 #[tokio::test]

@@ -158,6 +158,11 @@ impl CodedGroupsExec {
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
+
+    /// The stage this one replaced.
+    pub(crate) fn aggregate(&self) -> &AggregateExec {
+        &self.aggregate
+    }
 }
 
 impl DisplayAs for CodedGroupsExec {
