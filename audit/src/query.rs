@@ -95,6 +95,13 @@ pub enum QueryError {
     #[error("the query does not parse: {0}")]
     Syntax(String),
 
+    /// A JSON row is an object, which cannot hold two values under one name.
+    #[error(
+        "two columns of the result are named `{name}`, and a JSON row holds one value per name; \
+         name them apart with AS (`... AS {name}_2`)"
+    )]
+    SameColumnName { name: String },
+
     #[error("cannot format the result: {0}")]
     Format(#[from] arrow::error::ArrowError),
 
@@ -119,6 +126,10 @@ pub enum QueryError {
         .limit_bytes / (1024 * 1024)
     )]
     MemoryLimit { limit_bytes: usize, detail: String },
+
+    /// The query asks what cannot be answered, said where DataFusion's own words mislead.
+    #[error("{0}")]
+    Plan(String),
 
     /// A segment could not be read: damaged, truncated or not Parquet.
     #[error(
@@ -440,6 +451,9 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
             ),
         };
     }
+    if let Some(message) = plain_planning_message(&inner.to_string()) {
+        return QueryError::Plan(message);
+    }
     match inner.find_root() {
         DataFusionError::ResourcesExhausted(detail) => QueryError::MemoryLimit {
             limit_bytes: limits.memory_bytes,
@@ -457,6 +471,45 @@ fn in_our_terms(error: QueryError, limits: QueryLimits) -> QueryError {
         }
         _ => error,
     }
+}
+
+/// Two of DataFusion's planning errors in words that fit the mistake, or none for any other:
+/// an aggregate or function given an argument of a type it does not take, which DataFusion
+/// reports as an internal error and a bug of its own; and a selected column that is neither
+/// grouped nor aggregated, which it reports as met "while expanding wildcard" when the query
+/// has no wildcard.
+fn plain_planning_message(text: &str) -> Option<String> {
+    const NO_MATCH: &str = "No function matches the given name and argument types '";
+    if let Some((_, rest)) = text.split_once(NO_MATCH) {
+        let (call, rest) = rest.split_once('\'')?;
+        let name = call.split('(').next().unwrap_or(call);
+        let candidates = rest
+            .split_once("Candidate functions:")
+            .map(|(_, list)| {
+                list.split(['\n', '\t'])
+                    .map(str::trim)
+                    .filter(|line| !line.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        return Some(format!(
+            "`{name}` does not take these argument types: {call}; it takes {candidates}. \
+             Cast the argument (`CAST(x AS BIGINT)`, `CAST(x AS DOUBLE)`) or pick another function"
+        ));
+    }
+    const NOT_GROUPED: &str = "column \"";
+    if text.contains("must appear in the GROUP BY clause")
+        && let Some((_, rest)) = text.split_once(NOT_GROUPED)
+    {
+        let (column, _) = rest.split_once('"')?;
+        return Some(format!(
+            "the column `{column}` is selected but neither grouped nor aggregated: add it to \
+             GROUP BY, or select an aggregate of it (`max({column})`, `count(DISTINCT \
+             {column})`)"
+        ));
+    }
+    None
 }
 
 /// What DataFusion's memory pool refused, in one line: the allocation and what was left.
@@ -866,6 +919,16 @@ pub fn format_batches(batches: &[RecordBatch], format: OutputFormat) -> Result<S
             writer.into_inner()
         }
         OutputFormat::Json => {
+            if let Some(batch) = batches.first() {
+                let mut names = std::collections::HashSet::new();
+                for field in batch.schema().fields() {
+                    if !names.insert(field.name().as_str()) {
+                        return Err(QueryError::SameColumnName {
+                            name: field.name().clone(),
+                        });
+                    }
+                }
+            }
             let mut writer = arrow::json::WriterBuilder::new()
                 .with_explicit_nulls(true)
                 .build::<_, arrow::json::writer::LineDelimited>(Vec::new());
@@ -927,6 +990,39 @@ fn map_texts(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn planning_mistakes_are_told_as_the_mistakes_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join(EVENTS_DIR)).unwrap();
+        let error = query(dir.path(), "SELECT sum(target) FROM access_events")
+            .await
+            .unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, QueryError::Plan(_)), "{error:?}");
+        assert!(message.starts_with("`sum` does not take"), "{message}");
+        assert!(message.contains("sum(Utf8View)"), "{message}");
+        assert!(message.contains("sum(Int64), "), "{message}");
+        assert!(!message.contains("bug"), "{message}");
+        assert_eq!(message.lines().count(), 1, "{message}");
+
+        let sql = "SELECT workload, count(*) FROM access_events GROUP BY target";
+        let error = query(dir.path(), sql).await.unwrap_err();
+        let message = error.to_string();
+        assert!(matches!(error, QueryError::Plan(_)), "{error:?}");
+        assert!(
+            message.starts_with("the column `access_events.workload` is selected"),
+            "{message}"
+        );
+        assert!(!message.contains("wildcard"), "{message}");
+
+        // Other errors keep DataFusion's words.
+        let error = query(dir.path(), "SELECT nosuch FROM access_events")
+            .await
+            .unwrap_err();
+        assert!(matches!(error, QueryError::DataFusion(_)), "{error:?}");
+        assert!(error.to_string().contains("nosuch"), "{error}");
+    }
 
     #[test]
     fn a_refusal_of_memory_is_told_in_one_whole_line() {

@@ -558,3 +558,23 @@ async fn results_are_cut_after_the_row_cap_and_refused_past_the_byte_cap() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn json_refuses_a_result_with_two_columns_of_one_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "SELECT a.n, b.n FROM (VALUES (1)) a(n), (VALUES (2)) b(n)";
+    let batches = query(dir.path(), sql).await.unwrap();
+    // CSV and the table have a header line, where a repeated name is still readable.
+    let csv = format_batches(&batches, OutputFormat::Csv).unwrap();
+    assert_eq!(csv, "n,n\n1,2\n");
+    let error = format_batches(&batches, OutputFormat::Json).unwrap_err();
+    assert!(
+        matches!(&error, QueryError::SameColumnName { name } if name == "n"),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains("AS"), "{error}");
+    let sql = "SELECT a.n, b.n AS m FROM (VALUES (1)) a(n), (VALUES (2)) b(n)";
+    let batches = query(dir.path(), sql).await.unwrap();
+    let json = format_batches(&batches, OutputFormat::Json).unwrap();
+    assert_eq!(json, "{\"n\":1,\"m\":2}\n");
+}
