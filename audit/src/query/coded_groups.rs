@@ -558,9 +558,10 @@ impl GroupTable {
         for (column, key) in self.columns.iter_mut().zip(keys) {
             codes.push(column.encode(key)?);
         }
-        let mut combined = codes.first().cloned().unwrap_or_default();
-        for (level, column_codes) in self.levels.iter_mut().zip(codes.iter().skip(1)) {
-            for (earlier, &code) in combined.iter_mut().zip(column_codes) {
+        let mut codes = codes.into_iter();
+        let mut combined = codes.next().unwrap_or_default();
+        for (level, column_codes) in self.levels.iter_mut().zip(codes) {
+            for (earlier, &code) in combined.iter_mut().zip(&column_codes) {
                 let dense = (*earlier < DENSE_SIDE && code < DENSE_SIDE)
                     .then(|| (*earlier * DENSE_SIDE + code) as usize);
                 if let Some(next) = dense.map(|at| level.dense[at]).filter(|&c| c != NO_CODE) {
