@@ -157,6 +157,26 @@ pub fn key(store: &StoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// `portcullis audit rotate-key`: a new signing key, vouched for by the old one in the chain.
+pub fn rotate_key(store: &StoreArgs) -> Result<()> {
+    let data_dir = store.data_dir()?;
+    let rotated = portcullis_audit::store::rotate_signing_key(&data_dir)
+        .with_context(|| format!("cannot rotate the signing key of `{}`", data_dir.display()))?;
+    println!(
+        "rotated the signing key of `{}`: key {} signs from entry {} on, where the old key {} \
+         signed the rotation; the old private key file is replaced",
+        data_dir.display(),
+        rotated.new_key_id,
+        rotated.entry,
+        rotated.old_key_id
+    );
+    println!(
+        "a verifier pinned to an earlier key still verifies the store; keep a copy of the new \
+         public key too (`portcullis audit key`)"
+    );
+    Ok(())
+}
+
 /// The report as lines for people.
 fn summary(data_dir: &Path, report: &Report) -> String {
     let mut lines = vec![
@@ -254,6 +274,22 @@ fn summary(data_dir: &Path, report: &Report) -> String {
             path.display()
         ),
     });
+    if report.rotations > 0 {
+        lines.push(if report.trusted_from == 0 {
+            format!(
+                "key rotations: {}, each signed by the key before it, back to the trusted key",
+                report.rotations
+            )
+        } else {
+            format!(
+                "key rotations: {}; the trusted key signs from entry {} on, where a rotation \
+                 named it: the checkpoints before were checked with the keys the manifest names, \
+                 which the trusted key does not vouch for; pin the store's first key to cover \
+                 them",
+                report.rotations, report.trusted_from
+            )
+        });
+    }
     let mut text = lines.join("\n");
     text.push('\n');
     text

@@ -102,6 +102,12 @@ enum AuditCommand {
         #[command(flatten)]
         store: audit_integrity::StoreArgs,
     },
+    /// Replace the key that signs the store's checkpoints with a new one, which the old key
+    /// vouches for in the chain. The server must be stopped.
+    RotateKey {
+        #[command(flatten)]
+        store: audit_integrity::StoreArgs,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +152,9 @@ fn main() -> ExitCode {
         Command::Audit {
             command: AuditCommand::Key { store },
         } => audit_integrity::key(&store),
+        Command::Audit {
+            command: AuditCommand::RotateKey { store },
+        } => audit_integrity::rotate_key(&store),
         Command::Compliance {
             command: ComplianceCommand::Report(args),
         } => match compliance::report(&args) {

@@ -326,3 +326,60 @@ fn verify_extends_a_recorded_anchor_and_notices_a_cut_end() {
         text(&out.stderr)
     );
 }
+
+/// `portcullis audit rotate-key`: refused while a server holds the store; afterwards a verifier
+/// pinned to the old key follows the rotation, and one pinned to the new key says from where it
+/// vouches.
+#[test]
+fn rotate_key_replaces_the_signing_key_and_both_keys_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let server = start_server(&data_dir);
+    let out = run(&["audit", "rotate-key"], &data_dir);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("cannot rotate the signing key"), "{stderr}");
+    assert!(stderr.contains("LOCK"), "{stderr}");
+    stop_server(server);
+
+    let old_pem = text(&run(&["audit", "key"], &data_dir).stdout);
+    let old = signing::public_key_from_pem(&old_pem).unwrap();
+    let old_pin = tmp.path().join("old.pub");
+    std::fs::write(&old_pin, &old_pem).unwrap();
+
+    let out = run(&["audit", "rotate-key"], &data_dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains(&signing::key_id(&old)), "{stdout}");
+    let new_pem = text(&run(&["audit", "key"], &data_dir).stdout);
+    assert_ne!(new_pem, old_pem);
+    let new = signing::public_key_from_pem(&new_pem).unwrap();
+    assert!(stdout.contains(&signing::key_id(&new)), "{stdout}");
+
+    // The server signs with the new key from now on.
+    let server = start_server(&data_dir);
+    stop_server(server);
+    let out = run(
+        &["audit", "verify", "--public-key", old_pin.to_str().unwrap()],
+        &data_dir,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("key rotations: 1, each signed by the key before it"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("events: 2"), "{stdout}");
+    let new_pin = tmp.path().join("new.pub");
+    std::fs::write(&new_pin, &new_pem).unwrap();
+    let out = run(
+        &["audit", "verify", "--public-key", new_pin.to_str().unwrap()],
+        &data_dir,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("the trusted key signs from entry"),
+        "{stdout}"
+    );
+}

@@ -17,7 +17,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use ed25519_dalek::SigningKey;
+use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
@@ -61,6 +61,108 @@ pub enum EntryBody {
     Segment(SegmentRecord),
     /// Segments removed under `retention_days`.
     Retention(RetentionRecord),
+    /// The signing key replaced: checkpoints of later entries are signed with the new key.
+    Key(KeyRotation),
+}
+
+/// A rotation of the signing key as the manifest records it. The checkpoint that signs this
+/// entry is made with the previous key, which so vouches for its successor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotation {
+    /// The public key that signed the checkpoints before (raw ed25519, 32 bytes).
+    pub previous: [u8; 32],
+    /// The [`signing::key_id`] of `public_key`.
+    pub key_id: String,
+    /// The public key that signs the checkpoints after.
+    pub public_key: [u8; 32],
+}
+
+/// The key that signs the checkpoints of a run of entries: the genesis entry's, then one per
+/// rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEra {
+    /// The entry that named the key: 0 for the genesis entry, else its rotation entry. The key
+    /// signs the checkpoints of the entries after it; the rotation entry's own checkpoint is
+    /// the previous key's.
+    pub from_entry: u64,
+    pub key_id: String,
+    /// The public key, when the chain holds it: a rotated key always; the genesis key, which
+    /// the genesis entry names only by id, once a rotation names it as `previous`.
+    pub key: Option<VerifyingKey>,
+}
+
+/// Why the chain's rotations do not follow each other.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RotationProblem {
+    #[error("its `previous` key is {found}, but the key in use before it is {expected}")]
+    Previous { found: String, expected: String },
+    #[error("its `key_id` is not the id of its `public_key` ({actual})")]
+    KeyId { actual: String },
+    #[error("its `{field}` is not an ed25519 public key")]
+    NotAKey { field: &'static str },
+    #[error("it rotates to the key already in use")]
+    SameKey,
+}
+
+/// The keys of a chain, in order, each rotation checked against the key before it; on failure,
+/// the index of the rotation entry that does not follow.
+pub fn key_eras(entries: &[Chained]) -> Result<Vec<KeyEra>, (u64, RotationProblem)> {
+    let mut eras: Vec<KeyEra> = Vec::new();
+    for chained in entries {
+        let index = chained.entry.index;
+        match &chained.entry.body {
+            EntryBody::Genesis { key_id, .. } => eras.push(KeyEra {
+                from_entry: index,
+                key_id: key_id.clone(),
+                key: None,
+            }),
+            EntryBody::Key(rotation) => {
+                let fail = |problem| (index, problem);
+                let previous = VerifyingKey::from_bytes(&rotation.previous)
+                    .map_err(|_| fail(RotationProblem::NotAKey { field: "previous" }))?;
+                let next = VerifyingKey::from_bytes(&rotation.public_key).map_err(|_| {
+                    fail(RotationProblem::NotAKey {
+                        field: "public_key",
+                    })
+                })?;
+                let actual = signing::key_id(&next);
+                if actual != rotation.key_id {
+                    return Err(fail(RotationProblem::KeyId { actual }));
+                }
+                let Some(current) = eras.last_mut() else {
+                    // Without a genesis entry there is no chain; its own check says so.
+                    continue;
+                };
+                let found = signing::key_id(&previous);
+                if found != current.key_id {
+                    return Err(fail(RotationProblem::Previous {
+                        found,
+                        expected: current.key_id.clone(),
+                    }));
+                }
+                if rotation.public_key == rotation.previous {
+                    return Err(fail(RotationProblem::SameKey));
+                }
+                current.key.get_or_insert(previous);
+                eras.push(KeyEra {
+                    from_entry: index,
+                    key_id: actual,
+                    key: Some(next),
+                });
+            }
+            EntryBody::Segment(_) | EntryBody::Retention(_) => {}
+        }
+    }
+    Ok(eras)
+}
+
+/// The era whose key signs the checkpoint of `entry`: the last that began before it (the
+/// genesis entry's own checkpoint is the genesis key's).
+pub fn era_of(eras: &[KeyEra], entry: u64) -> Option<&KeyEra> {
+    eras.iter()
+        .rev()
+        .find(|era| era.from_entry < entry)
+        .or_else(|| eras.first())
 }
 
 /// A sealed segment as the manifest records it.
@@ -214,14 +316,29 @@ pub(crate) enum ManifestError {
     )]
     KeyLost { path: PathBuf, checkpoints: PathBuf },
     #[error(
-        "it holds key {found}, but the manifest was started with key {expected}; restore the \
-         original key file"
+        "it holds key {found}, but the manifest's checkpoints are signed with key {expected}; \
+         restore that key file"
     )]
     KeyMismatch {
         path: PathBuf,
         found: String,
         expected: String,
     },
+    /// A rotation entry that does not follow the key before it.
+    #[error(
+        "the key rotation on line {line} does not follow: {problem}; the manifest was changed \
+         after it was written, and the store stays closed until it is restored"
+    )]
+    Rotation {
+        path: PathBuf,
+        line: usize,
+        problem: RotationProblem,
+    },
+    #[error(
+        "no checkpoint signs the key rotation of entry {entry} with the key before it, which \
+         is how the old key vouches for the new; the manifest was changed after it was written"
+    )]
+    RotationUnsigned { path: PathBuf, entry: u64 },
     #[error("the operating system's randomness failed: {reason}")]
     Random { path: PathBuf, reason: String },
     #[error("{problem}")]
@@ -251,7 +368,9 @@ impl ManifestError {
             ManifestError::Damaged { .. }
             | ManifestError::WrongIndex { .. }
             | ManifestError::Unlinked { .. }
-            | ManifestError::Unsigned { .. } => "read",
+            | ManifestError::Unsigned { .. }
+            | ManifestError::Rotation { .. }
+            | ManifestError::RotationUnsigned { .. } => "read",
             ManifestError::Key { .. }
             | ManifestError::NoKey { .. }
             | ManifestError::KeyLost { .. }
@@ -269,6 +388,8 @@ impl ManifestError {
             | ManifestError::WrongIndex { path, .. }
             | ManifestError::Unlinked { path, .. }
             | ManifestError::Unsigned { path, .. }
+            | ManifestError::Rotation { path, .. }
+            | ManifestError::RotationUnsigned { path, .. }
             | ManifestError::Key { path, .. }
             | ManifestError::NoKey { path }
             | ManifestError::KeyLost { path, .. }
@@ -343,6 +464,13 @@ impl Entry {
                 format_time(&segment.max_time),
                 segment.via.as_str()
             ),
+            EntryBody::Key(rotation) => write!(
+                line,
+                r#""key","previous":"{}","key_id":"{}","public_key":"{}"}}"#,
+                hex32(&rotation.previous),
+                rotation.key_id,
+                hex32(&rotation.public_key)
+            ),
             EntryBody::Retention(retention) => {
                 let removed: Vec<String> = retention
                     .removed
@@ -398,6 +526,11 @@ impl Entry {
                 segments: object.number("segments")?,
                 events: object.number("events")?,
                 last_removed_hash: object.hash("last_removed_hash")?,
+            }),
+            "key" => EntryBody::Key(KeyRotation {
+                previous: object.public_key("previous")?,
+                key_id: object.key_id("key_id")?,
+                public_key: object.public_key("public_key")?,
             }),
             other => {
                 return Err(LineProblem::UnknownKind {
@@ -514,6 +647,13 @@ impl Fields {
 
     fn hash(&self, field: &'static str) -> Result<Hash, LineProblem> {
         let expected = "a SHA-256 in 64 lowercase hex digits";
+        self.hex(field, expected)?
+            .try_into()
+            .map_err(|_| LineProblem::Invalid { field, expected })
+    }
+
+    fn public_key(&self, field: &'static str) -> Result<[u8; 32], LineProblem> {
+        let expected = "an ed25519 public key in 64 lowercase hex digits";
         self.hex(field, expected)?
             .try_into()
             .map_err(|_| LineProblem::Invalid { field, expected })
@@ -652,6 +792,11 @@ impl Manifest {
         let checkpoints = read_lines(&checkpoints_path)?;
         let checkpoint_lines = &checkpoints.lines;
 
+        let eras = key_eras(&entries).map_err(|(index, problem)| ManifestError::Rotation {
+            path: chain_path.clone(),
+            line: index as usize + 1,
+            problem,
+        })?;
         let may_create_key = entries.is_empty() && checkpoint_lines.is_empty();
         let key = match signing::load_or_create(data_dir, may_create_key) {
             Err(ManifestError::NoKey { path }) => {
@@ -663,13 +808,48 @@ impl Manifest {
             other => other?,
         };
         let key_id = signing::key_id(&key.verifying_key());
-        check_genesis_key(data_dir, &entries, &key_id)?;
-        let signed_through = check_checkpoints(
+        // A rotation the process died in: its entry is written, and the new key waits beside
+        // the old one. The old key still signs that entry (if it has not yet), then gives way.
+        let pending = match eras.as_slice() {
+            [.., before, newest] if newest.key_id != key_id && before.key_id == key_id => {
+                signing::read_next_key(data_dir)?
+                    .filter(|next| signing::key_id(&next.verifying_key()) == newest.key_id)
+                    .map(|next| (newest.from_entry, next))
+            }
+            _ => None,
+        };
+        let signed = check_checkpoints(
             &checkpoints_path,
             checkpoint_lines,
             &entries,
+            &eras,
             &key.verifying_key(),
         )?;
+        if let Some(era) = eras.iter().skip(1).find(|era| {
+            !signed.entries.contains(&era.from_entry)
+                && pending
+                    .as_ref()
+                    .is_none_or(|(entry, _)| *entry != era.from_entry)
+        }) {
+            return Err(ManifestError::RotationUnsigned {
+                path: checkpoints_path,
+                entry: era.from_entry,
+            });
+        }
+        // The checkpoints first: a key file that is not the newest era's is a lost or swapped
+        // key only when the chain itself holds.
+        match eras.last() {
+            Some(current) if current.key_id != key_id && pending.is_none() => {
+                return Err(ManifestError::KeyMismatch {
+                    path: signing::signing_key_path(data_dir),
+                    found: key_id,
+                    expected: current.key_id.clone(),
+                });
+            }
+            // A rotation that died before its entry was written leaves only the new key.
+            _ if pending.is_none() => signing::remove_next_key(data_dir)?,
+            _ => {}
+        }
         let chain_len = cut_torn_tail(&chain_path, &chain)?;
         let checkpoints_len = cut_torn_tail(&checkpoints_path, &checkpoints)?;
 
@@ -681,8 +861,17 @@ impl Manifest {
             head_hash: head.map_or(ZERO_HASH, |head| head.hash),
             key,
             key_id,
-            signed_through,
+            signed_through: signed.newest,
         };
+        if let Some((entry, next)) = pending {
+            if !signed.entries.contains(&entry) {
+                let hash = entries
+                    .get(entry as usize)
+                    .map_or(ZERO_HASH, |chained| chained.hash);
+                manifest.sign(entry, hash)?;
+            }
+            manifest.take_key(data_dir, next)?;
+        }
         let created = entries.is_empty();
         let entries = if created {
             let genesis = EntryBody::Genesis {
@@ -727,18 +916,54 @@ impl Manifest {
         let Some(head) = self.unsigned_head() else {
             return Ok(());
         };
+        self.sign(head, self.head_hash)
+    }
+
+    /// Appends a checkpoint of `entry`, whose hash is `hash`, signed with the key in use.
+    fn sign(&mut self, entry: u64, hash: Hash) -> Result<(), ManifestError> {
         let time = Utc::now();
-        let message = Checkpoint::signed_message(head, &self.head_hash, &time, &self.key_id);
+        let message = Checkpoint::signed_message(entry, &hash, &time, &self.key_id);
         let checkpoint = Checkpoint {
-            entry: head,
-            entry_hash: self.head_hash,
+            entry,
+            entry_hash: hash,
             time,
             key_id: self.key_id.clone(),
             signature: signing::sign(&self.key, &message),
         };
         self.checkpoints.append_line(&checkpoint.encode())?;
-        self.signed_through = Some(head);
-        tracing::debug!(entry = head, "audit_checkpoint_signed");
+        self.signed_through = Some(entry);
+        tracing::debug!(entry, "audit_checkpoint_signed");
+        Ok(())
+    }
+
+    /// Replaces the signing key with a new one: the old key signs the chain as it is, then a
+    /// rotation entry naming the new key, which then signs every later checkpoint. Each step is
+    /// synced before the next, and [`Manifest::open`] finishes a rotation a crash cut short.
+    /// Returns the old and the new key's ids, and the rotation's entry.
+    pub(crate) fn rotate_key(
+        &mut self,
+        data_dir: &Path,
+    ) -> Result<(String, String, u64), ManifestError> {
+        self.checkpoint()?;
+        let next = signing::create_next_key(data_dir)?;
+        let rotation = KeyRotation {
+            previous: self.key.verifying_key().to_bytes(),
+            key_id: signing::key_id(&next.verifying_key()),
+            public_key: next.verifying_key().to_bytes(),
+        };
+        let entry = self.append(EntryBody::Key(rotation))?.entry.index;
+        self.checkpoint()?;
+        let old = self.key_id.clone();
+        self.take_key(data_dir, next)?;
+        Ok((old, self.key_id.clone(), entry))
+    }
+
+    /// Puts the waiting next key in the old one's place, and signs with it from now on.
+    fn take_key(&mut self, data_dir: &Path, next: SigningKey) -> Result<(), ManifestError> {
+        signing::promote_next_key(data_dir, &next)?;
+        let old = std::mem::replace(&mut self.key_id, signing::key_id(&next.verifying_key()));
+        self.key = next;
+        tracing::info!(old_key = %old, new_key = %self.key_id, "audit_signing_key_rotated");
         Ok(())
     }
 }
@@ -823,40 +1048,30 @@ fn parse_entries(path: &Path, lines: &[String]) -> Result<Vec<Chained>, Manifest
     Ok(entries)
 }
 
-/// Refuses a key other than the one the genesis entry names.
-fn check_genesis_key(
-    data_dir: &Path,
-    entries: &[Chained],
-    key_id: &str,
-) -> Result<(), ManifestError> {
-    let Some(EntryBody::Genesis {
-        key_id: expected, ..
-    }) = entries.first().map(|first| &first.entry.body)
-    else {
-        return Ok(());
-    };
-    if expected == key_id {
-        return Ok(());
-    }
-    Err(ManifestError::KeyMismatch {
-        path: signing::signing_key_path(data_dir),
-        found: key_id.to_owned(),
-        expected: expected.clone(),
-    })
+/// The checkpoints as read at open: the entries they sign, and the newest of those.
+struct Signed {
+    entries: std::collections::HashSet<u64>,
+    newest: Option<u64>,
 }
 
-/// The entry the newest checkpoint signs; none without a checkpoint. Each checkpoint must
-/// sign an entry the chain holds, with that entry's hash, under the store's key: a checkpoint
-/// is written only after the entry it signs is synced, so one that does not parse, names an
-/// entry the chain does not hold, holds another hash for it or is not signed by the store's key
-/// means the manifest was changed, and the open fails.
+/// Each checkpoint must sign an entry the chain holds, with that entry's hash, under the key of
+/// that entry's era (see [`era_of`]): a checkpoint is written only after the entry it signs is
+/// synced, so one that does not parse, names an entry the chain does not hold, holds another
+/// hash for it or is not signed by that key means the manifest was changed, and the open fails.
+/// `current` is the key file's key, which the genesis era's checks use until a rotation names
+/// the genesis key in full.
 fn check_checkpoints(
     path: &Path,
     lines: &[String],
     entries: &[Chained],
-    key: &ed25519_dalek::VerifyingKey,
-) -> Result<Option<u64>, ManifestError> {
-    let mut newest = None;
+    eras: &[KeyEra],
+    current: &VerifyingKey,
+) -> Result<Signed, ManifestError> {
+    let mut signed = Signed {
+        entries: std::collections::HashSet::new(),
+        newest: None,
+    };
+    let current_id = signing::key_id(current);
     for (position, line) in lines.iter().enumerate() {
         let number = position + 1;
         let checkpoint = Checkpoint::parse(line).map_err(|problem| ManifestError::Damaged {
@@ -876,12 +1091,26 @@ fn check_checkpoints(
         if entry.hash != checkpoint.entry_hash {
             return Err(unsigned("signs another hash of its entry"));
         }
-        if !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature) {
-            return Err(unsigned("is not signed by the store's key"));
+        let Some(era) =
+            era_of(eras, checkpoint.entry).filter(|era| era.key_id == checkpoint.key_id)
+        else {
+            return Err(unsigned("is not signed by the store's key for its entry"));
+        };
+        // Unless the genesis key is neither in the chain nor the key file's, which the key
+        // check after this names.
+        let key = era
+            .key
+            .as_ref()
+            .or((era.key_id == current_id).then_some(current));
+        if let Some(key) = key
+            && !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature)
+        {
+            return Err(unsigned("is not signed by the store's key for its entry"));
         }
-        newest = Some(checkpoint.entry);
+        signed.entries.insert(checkpoint.entry);
+        signed.newest = Some(checkpoint.entry);
     }
-    Ok(newest)
+    Ok(signed)
 }
 
 fn create_dir(dir: &Path) -> Result<(), ManifestError> {

@@ -29,6 +29,9 @@ pub const SIGNING_KEY_FILE: &str = "audit-signing.key";
 /// The public key's file name in [`KEYS_DIR`].
 pub const PUBLIC_KEY_FILE: &str = "audit-signing.key.pub";
 
+/// A rotation's new private key, in [`KEYS_DIR`] until it takes the old one's place.
+pub const NEXT_KEY_FILE: &str = "audit-signing.key.next";
+
 /// Key files larger than this are refused before they are read.
 const MAX_KEY_FILE_BYTES: u64 = 16 * 1024;
 /// The bytes of SHA-256 over a public key that name it.
@@ -130,6 +133,45 @@ pub(crate) fn load_or_create(
     };
     write_public_key(&keys_dir.join(PUBLIC_KEY_FILE), &key.verifying_key())?;
     Ok(key)
+}
+
+/// Creates a rotation's new key beside the one in use, owner-only and synced, in place of any
+/// left by a rotation that did not get as far as its entry.
+pub(crate) fn create_next_key(data_dir: &Path) -> Result<SigningKey, ManifestError> {
+    let keys_dir = data_dir.join(KEYS_DIR);
+    create_dir_owner_only(&keys_dir)?;
+    remove_next_key(data_dir)?;
+    create_signing_key(&keys_dir.join(NEXT_KEY_FILE))
+}
+
+/// The waiting new key of a rotation, if there is one.
+pub(crate) fn read_next_key(data_dir: &Path) -> Result<Option<SigningKey>, ManifestError> {
+    let path = data_dir.join(KEYS_DIR).join(NEXT_KEY_FILE);
+    if !path.exists() {
+        return Ok(None);
+    }
+    read_signing_key(&path).map(Some)
+}
+
+/// Removes a waiting new key that no rotation entry names.
+pub(crate) fn remove_next_key(data_dir: &Path) -> Result<(), ManifestError> {
+    let path = data_dir.join(KEYS_DIR).join(NEXT_KEY_FILE);
+    match fs::remove_file(&path) {
+        Ok(()) => sync_parent(&path),
+        Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
+        Err(error) => Err(ManifestError::io("remove", &path)(error)),
+    }
+}
+
+/// Renames the waiting new key over the old one (whose file is so replaced, not kept), and
+/// writes its public key file.
+pub(crate) fn promote_next_key(data_dir: &Path, next: &SigningKey) -> Result<(), ManifestError> {
+    let keys_dir = data_dir.join(KEYS_DIR);
+    let from = keys_dir.join(NEXT_KEY_FILE);
+    let to = keys_dir.join(SIGNING_KEY_FILE);
+    fs::rename(&from, &to).map_err(ManifestError::io("rename", &from))?;
+    sync_parent(&to)?;
+    write_public_key(&keys_dir.join(PUBLIC_KEY_FILE), &next.verifying_key())
 }
 
 fn read_signing_key(path: &Path) -> Result<SigningKey, ManifestError> {

@@ -43,6 +43,7 @@ use crate::commit::{ClosedLog, Committer, Durability, RollLimits, Then};
 use crate::credential_ref::CredentialRefKey;
 use crate::error::{AuditError, RecordProblem};
 use crate::event::NewEvent;
+use crate::manifest::Manifest;
 use crate::schema::check_ranges;
 use crate::segment::{SealedIndex, unsealed_runs, write_columns};
 use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, sync_dir};
@@ -670,6 +671,30 @@ fn create_dir(dir: &Path) -> Result<(), AuditError> {
         Some(parent) if !parent.as_os_str().is_empty() => sync_dir(parent),
         _ => Ok(()),
     }
+}
+
+/// What [`rotate_signing_key`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRotated {
+    pub old_key_id: String,
+    pub new_key_id: String,
+    /// The rotation's entry in the chain.
+    pub entry: u64,
+}
+
+/// Replaces the signing key of the store in `data_dir` with a new one: the old key signs the
+/// chain as it stands and a rotation entry naming the new key, which signs every checkpoint
+/// after it (`docs/audit-schema.md`, "Key rotation"). The old private key file is replaced.
+/// The store must not be open elsewhere: this takes its lock, as a server does.
+pub fn rotate_signing_key(data_dir: &Path) -> Result<KeyRotated, AuditError> {
+    let _lock = lock_data_dir(data_dir)?;
+    let mut manifest = Manifest::open(data_dir)?.manifest;
+    let (old_key_id, new_key_id, entry) = manifest.rotate_key(data_dir)?;
+    Ok(KeyRotated {
+        old_key_id,
+        new_key_id,
+        entry,
+    })
 }
 
 /// Takes the exclusive advisory lock on `DATA/LOCK` and writes this process's id into it, for

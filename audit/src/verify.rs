@@ -32,8 +32,8 @@ use crate::bundles::{ArchivedFile, BUNDLE_SUFFIX, BUNDLES_DIR, archived_files, i
 use crate::event::EventKind;
 use crate::manifest::{
     CHAIN_FILE, CHECKPOINTS_FILE, Chained, Checkpoint, Entry, EntryBody, FORMAT_VERSION, Hash,
-    LineProblem, MANIFEST_DIR, RetentionRecord, SegmentRecord, Via, ZERO_HASH, line_hash,
-    split_lines,
+    KeyEra, LineProblem, MANIFEST_DIR, RetentionRecord, RotationProblem, SegmentRecord, Via,
+    ZERO_HASH, era_of, key_eras, line_hash, split_lines,
 };
 use crate::retention::removed_indices;
 use crate::segment::{
@@ -85,6 +85,12 @@ pub struct Report {
     pub last_checkpoint: Checkpoint,
     pub key_id: String,
     pub key_source: KeySource,
+    /// Rotations of the signing key the chain records.
+    pub rotations: u64,
+    /// The entry from which the trusted key signs: 0 when it is the key the manifest was
+    /// started with; else the entry of the rotation that named it, and the checkpoints before
+    /// it are checked with the keys the chain names, which the trusted key does not vouch for.
+    pub trusted_from: u64,
     /// Segments removed under retention, per the manifest; `None` when none were.
     pub removed: Option<RemovedSummary>,
     /// Segments chained by recovery after a crash, and when the store was upgraded.
@@ -301,6 +307,18 @@ pub enum EntryFailure {
     Format { found: u64 },
     #[error("the manifest was started with key {started}, not with the trusted key {trusted}")]
     GenesisKey { started: String, trusted: String },
+    #[error(
+        "the trusted key {trusted} is none of the manifest's signing keys ({keys}): the \
+         manifest was started, or its key rotated, with other keys"
+    )]
+    UnknownKey { trusted: String, keys: String },
+    #[error("its key rotation does not follow: {0}")]
+    Rotation(RotationProblem),
+    #[error(
+        "no checkpoint signs this key rotation with the key before it, which is how the old \
+         key vouches for the new: the rotation was not made by the store"
+    )]
+    RotationUnsigned,
     #[error("its path is not `{expected}`, which its `seq` range and date call for")]
     Path { expected: String },
     #[error("its counts or ranges do not agree: {reason}")]
@@ -530,12 +548,19 @@ impl Run<'_> {
         self.read_lengths = (chain_bytes.len() as u64, checkpoint_bytes.len() as u64);
 
         let key_id = signing::key_id(self.key);
-        let chain = check_chain(&chain_path, &chain_bytes, &key_id)?;
+        let chain = check_chain(&chain_path, &chain_bytes)?;
+        let (eras, trusted_from) = check_keys(&chain_path, &chain, self.key)?;
         if let Some(anchor) = self.anchor {
             check_anchor(&chain, anchor)?;
         }
-        let (last_checkpoint, checkpoints) =
-            check_checkpoints(&checkpoints_path, &checkpoint_bytes, &chain, self.key)?;
+        let (last_checkpoint, checkpoints) = check_checkpoints(
+            &checkpoints_path,
+            &checkpoint_bytes,
+            &chain,
+            &eras,
+            self.key,
+        )?;
+        check_rotations_signed(&chain_path, &checkpoint_bytes, &eras)?;
         let removed = removed_indices(&chain);
         let on_disk = list_segment_files(&self.data_dir.join(EVENTS_DIR))?;
         let totals = self.check_segments(&chain, &removed, &on_disk, progress)?;
@@ -554,6 +579,8 @@ impl Run<'_> {
             last_checkpoint,
             key_id,
             key_source: self.key_source.clone(),
+            rotations: eras.len().saturating_sub(1) as u64,
+            trusted_from,
             removed: removed_summary(&chain, &removed),
             recovered_segments: count_via(&chain, Via::Recovery),
             upgraded_segments: count_via(&chain, Via::Upgrade),
@@ -877,8 +904,81 @@ fn count_via(chain: &[Chained], via: Via) -> u64 {
 // ---------------------------------------------------------------------------------------------
 // The chain.
 
+/// The chain's signing keys, each rotation checked against the key before it, and the entry
+/// from which the trusted key signs, which must be one of them.
+fn check_keys(
+    path: &Path,
+    chain: &[Chained],
+    trusted: &VerifyingKey,
+) -> Result<(Vec<KeyEra>, u64), VerifyError> {
+    let fail = |entry: u64, problem| VerifyError::Entry {
+        path: path.to_owned(),
+        line: entry + 1,
+        entry,
+        problem,
+    };
+    let key_id = signing::key_id(trusted);
+    let eras =
+        key_eras(chain).map_err(|(entry, problem)| fail(entry, EntryFailure::Rotation(problem)))?;
+    // By its bytes where the chain holds them, not only by its id.
+    if let Some(era) = eras
+        .iter()
+        .find(|era| era.key_id == key_id && era.key.is_none_or(|key| key == *trusted))
+    {
+        return Ok((eras.clone(), era.from_entry));
+    }
+    let problem = match eras.as_slice() {
+        [genesis] => EntryFailure::GenesisKey {
+            started: genesis.key_id.clone(),
+            trusted: key_id.clone(),
+        },
+        _ => EntryFailure::UnknownKey {
+            trusted: key_id.clone(),
+            keys: eras
+                .iter()
+                .map(|era| era.key_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        },
+    };
+    Err(fail(0, problem))
+}
+
+/// Every rotation must be signed by a checkpoint of its own entry, made with the key before it.
+/// (That checkpoint's key is checked with the others: [`era_of`] gives a rotation entry the
+/// key before it.)
+fn check_rotations_signed(
+    path: &Path,
+    checkpoint_bytes: &[u8],
+    eras: &[KeyEra],
+) -> Result<(), VerifyError> {
+    let signed: HashSet<u64> = split_lines(checkpoint_bytes)
+        .map(|split| {
+            split
+                .lines
+                .iter()
+                .filter_map(|line| Checkpoint::parse(line).ok())
+                .map(|checkpoint| checkpoint.entry)
+                .collect()
+        })
+        .unwrap_or_default();
+    match eras
+        .iter()
+        .skip(1)
+        .find(|era| !signed.contains(&era.from_entry))
+    {
+        Some(era) => Err(VerifyError::Entry {
+            path: path.to_owned(),
+            line: era.from_entry + 1,
+            entry: era.from_entry,
+            problem: EntryFailure::RotationUnsigned,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Parses and checks every line of `chain.log`.
-fn check_chain(path: &Path, bytes: &[u8], key_id: &str) -> Result<Vec<Chained>, VerifyError> {
+fn check_chain(path: &Path, bytes: &[u8]) -> Result<Vec<Chained>, VerifyError> {
     let fail = |line: usize, problem| VerifyError::Entry {
         path: path.to_owned(),
         line: line as u64,
@@ -897,7 +997,7 @@ fn check_chain(path: &Path, bytes: &[u8], key_id: &str) -> Result<Vec<Chained>, 
         let entry = Entry::parse(line)
             .map_err(|problem| fail(position + 1, EntryFailure::Line(problem)))?;
         let prev = chain.last().map_or(ZERO_HASH, |before| before.hash);
-        check_entry(&entry, position as u64, &prev, key_id, &chain, &mut removed)
+        check_entry(&entry, position as u64, &prev, &chain, &mut removed)
             .map_err(|problem| fail(position + 1, problem))?;
         chain.push(Chained {
             hash: line_hash(line),
@@ -933,7 +1033,6 @@ fn check_entry(
     entry: &Entry,
     position: u64,
     prev: &Hash,
-    key_id: &str,
     before: &[Chained],
     removed: &mut BTreeSet<u64>,
 ) -> Result<(), EntryFailure> {
@@ -951,21 +1050,10 @@ fn check_entry(
         });
     }
     match (&entry.body, position) {
-        (
-            EntryBody::Genesis {
-                format,
-                key_id: started,
-            },
-            0,
-        ) => {
+        // The genesis key is checked against the trusted key in `check_keys`.
+        (EntryBody::Genesis { format, .. }, 0) => {
             if *format != FORMAT_VERSION {
                 return Err(EntryFailure::Format { found: *format });
-            }
-            if started != key_id {
-                return Err(EntryFailure::GenesisKey {
-                    started: started.clone(),
-                    trusted: key_id.to_owned(),
-                });
             }
             Ok(())
         }
@@ -973,6 +1061,8 @@ fn check_entry(
         (_, 0) => Err(EntryFailure::NoGenesis),
         (EntryBody::Segment(segment), _) => check_segment_entry(segment),
         (EntryBody::Retention(record), _) => check_retention_entry(record, before, removed),
+        // Checked against the key before it in `check_keys`.
+        (EntryBody::Key(_), _) => Ok(()),
     }
 }
 
@@ -1088,7 +1178,8 @@ fn check_checkpoints(
     path: &Path,
     bytes: &[u8],
     chain: &[Chained],
-    key: &VerifyingKey,
+    eras: &[KeyEra],
+    trusted: &VerifyingKey,
 ) -> Result<(Checkpoint, u64), VerifyError> {
     let fail = |line: usize, problem| VerifyError::Checkpoint {
         path: path.to_owned(),
@@ -1100,13 +1191,20 @@ fn check_checkpoints(
     if split.torn_bytes > 0 {
         return Err(fail(split.lines.len() + 1, CheckpointFailure::CutShort));
     }
-    let key_id = signing::key_id(key);
+    let trusted_id = signing::key_id(trusted);
     let head = chain.len().saturating_sub(1) as u64;
     let mut last: Option<Checkpoint> = None;
     for (position, line) in split.lines.iter().enumerate() {
         let checkpoint = Checkpoint::parse(line)
             .map_err(|problem| fail(position + 1, CheckpointFailure::Line(problem)))?;
-        check_checkpoint(&checkpoint, last.as_ref(), chain, key, &key_id)
+        // The key of the checkpoint's entry: the trusted key itself, or one the chain names.
+        let era = era_of(eras, checkpoint.entry);
+        let key_id = era.map_or(trusted_id.as_str(), |era| era.key_id.as_str());
+        let key = match era {
+            Some(era) if era.key_id != trusted_id => era.key.as_ref(),
+            _ => Some(trusted),
+        };
+        check_checkpoint(&checkpoint, last.as_ref(), chain, key, key_id)
             .map_err(|problem| fail(position + 1, problem))?;
         last = Some(checkpoint);
     }
@@ -1130,7 +1228,7 @@ fn check_checkpoint(
     checkpoint: &Checkpoint,
     previous: Option<&Checkpoint>,
     chain: &[Chained],
-    key: &VerifyingKey,
+    key: Option<&VerifyingKey>,
     key_id: &str,
 ) -> Result<(), CheckpointFailure> {
     if checkpoint.key_id != key_id {
@@ -1139,7 +1237,10 @@ fn check_checkpoint(
             trusted: key_id.to_owned(),
         });
     }
-    if !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature) {
+    let signed = key.is_some_and(|key| {
+        signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature)
+    });
+    if !signed {
         return Err(CheckpointFailure::Signature);
     }
     let position = usize::try_from(checkpoint.entry).unwrap_or(usize::MAX);

@@ -12,10 +12,9 @@ mod common;
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use chrono::{DateTime, Days, Utc};
-use common::{decision, lines, open, stored_event, write_lines};
+use chrono::{Days, Utc};
+use common::{at, decision, events_at, independent_verifier, lines, open, write_lines};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::serialized_reader::ReadOptionsBuilder;
 use portcullis_audit::manifest::{CHAIN_FILE, CHECKPOINTS_FILE, Checkpoint, MANIFEST_DIR};
@@ -25,22 +24,6 @@ use portcullis_audit::verify::{
     self, CheckpointFailure, EntryFailure, KeySource, Report, SegmentFailure, VerifyError,
 };
 use portcullis_audit::{AccessEvent, Decision};
-
-fn at(text: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(text)
-        .unwrap()
-        .with_timezone(&Utc)
-}
-
-/// Events `first..first + count` at `time`, microseconds apart.
-fn events_at(first: u64, count: u64, time: DateTime<Utc>) -> Vec<AccessEvent> {
-    (0..count)
-        .map(|i| {
-            let time = time + chrono::Duration::microseconds(i as i64);
-            stored_event(first + i, time, decision("orders_api", Decision::Allow))
-        })
-        .collect()
-}
 
 /// Seals each batch with its own call of the seal step, as a store would; returns the
 /// segments' paths relative to `dir`.
@@ -650,31 +633,6 @@ fn segments_carry_page_indexes_and_bloom_filters() {
         let identity = ["workload", "subject", "target"].contains(&name.as_str());
         assert_eq!(bloom, identity, "{name}");
     }
-}
-
-fn python() -> String {
-    std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| {
-        panic!(
-            "PORTCULLIS_TEST_PYTHON is not set: run the tests with `scripts/test`, which \
-             installs pyarrow for the independent verifier"
-        )
-    })
-}
-
-/// Runs the verifier written in Python from `docs/audit-schema.md` alone; its JSON answer.
-fn independent_verifier(dir: &Path, public_key: &Path) -> serde_json::Value {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verify_manifest.py");
-    let out = Command::new(python())
-        .arg(script)
-        .arg(dir)
-        .arg(public_key)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let answer: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|_| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.success(), answer.get("ok").is_some(), "{answer}");
-    answer
 }
 
 #[test]

@@ -79,6 +79,23 @@ pub fn stored_event(seq: u64, time: DateTime<Utc>, details: NewEvent) -> AccessE
     }
 }
 
+/// A time given in RFC 3339.
+pub fn at(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// Events `first..first + count` at `time`, microseconds apart.
+pub fn events_at(first: u64, count: u64, time: DateTime<Utc>) -> Vec<AccessEvent> {
+    (0..count)
+        .map(|i| {
+            let time = time + chrono::Duration::microseconds(i as i64);
+            stored_event(first + i, time, decision("orders_api", Decision::Allow))
+        })
+        .collect()
+}
+
 /// The lines of a text file, without their newlines.
 pub fn lines(path: &Path) -> Vec<String> {
     fs::read_to_string(path)
@@ -93,4 +110,29 @@ pub fn write_lines(path: &Path, lines: &[String]) {
     let mut text = lines.join("\n");
     text.push('\n');
     fs::write(path, text).unwrap();
+}
+
+pub fn python() -> String {
+    std::env::var("PORTCULLIS_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!(
+            "PORTCULLIS_TEST_PYTHON is not set: run the tests with `scripts/test`, which \
+             installs pyarrow for the independent verifier"
+        )
+    })
+}
+
+/// Runs the verifier written in Python from `docs/audit-schema.md` alone; its JSON answer.
+pub fn independent_verifier(dir: &Path, public_key: &Path) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/verify_manifest.py");
+    let out = std::process::Command::new(python())
+        .arg(script)
+        .arg(dir)
+        .arg(public_key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answer: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|_| panic!("{stdout}{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.success(), answer.get("ok").is_some(), "{answer}");
+    answer
 }
