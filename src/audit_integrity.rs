@@ -160,15 +160,28 @@ pub fn key(store: &StoreArgs) -> Result<()> {
 /// `portcullis audit rotate-key`: a new signing key, vouched for by the old one in the chain.
 pub fn rotate_key(store: &StoreArgs) -> Result<()> {
     let data_dir = store.data_dir()?;
-    let rotated = portcullis_audit::store::rotate_signing_key(&data_dir)
-        .with_context(|| format!("cannot rotate the signing key of `{}`", data_dir.display()))?;
+    let rotated = portcullis_audit::store::rotate_signing_key(&data_dir).with_context(|| {
+        format!(
+            "cannot rotate the signing key of `{}` (a server using the store must be \
+                 stopped first)",
+            data_dir.display()
+        )
+    })?;
+    if rotated.recovery.events_sealed > 0 {
+        println!(
+            "sealed {} events the write-ahead log still held, under the old key",
+            rotated.recovery.events_sealed
+        );
+    }
     println!(
-        "rotated the signing key of `{}`: key {} signs from entry {} on, where the old key {} \
-         signed the rotation; the old private key file is replaced",
+        "rotated the signing key of `{}`: entry {} names key {} as the successor of key {}, \
+         and both keys signed it; key {} signs every checkpoint after it, and the old private \
+         key file is replaced",
         data_dir.display(),
-        rotated.new_key_id,
         rotated.entry,
-        rotated.old_key_id
+        rotated.new_key_id,
+        rotated.old_key_id,
+        rotated.new_key_id
     );
     println!(
         "a verifier pinned to an earlier key still verifies the store; keep a copy of the new \
@@ -249,7 +262,7 @@ fn summary(data_dir: &Path, report: &Report) -> String {
         checkpoint.entry,
         hex_prefix(&checkpoint.entry_hash),
         format_time(&checkpoint.time),
-        report.key_id
+        checkpoint.key_id
     ));
     if let Some(anchor) = &report.extends {
         lines.push(format!(
@@ -282,10 +295,9 @@ fn summary(data_dir: &Path, report: &Report) -> String {
             )
         } else {
             format!(
-                "key rotations: {}; the trusted key signs from entry {} on, where a rotation \
-                 named it: the checkpoints before were checked with the keys the manifest names, \
-                 which the trusted key does not vouch for; pin the store's first key to cover \
-                 them",
+                "key rotations: {}; the trusted key was named by the rotation of entry {}, \
+                 which it signed, so vouching through the hash chain for every entry up to \
+                 there; the keys before it were checked as the manifest names them",
                 report.rotations, report.trusted_from
             )
         });

@@ -379,7 +379,7 @@ fn rotate_key_replaces_the_signing_key_and_both_keys_verify() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("the trusted key signs from entry"),
+        stdout.contains("the trusted key was named by the rotation"),
         "{stdout}"
     );
 }

@@ -65,8 +65,9 @@ pub enum EntryBody {
     Key(KeyRotation),
 }
 
-/// A rotation of the signing key as the manifest records it. The checkpoint that signs this
-/// entry is made with the previous key, which so vouches for its successor.
+/// A rotation of the signing key as the manifest records it. Two checkpoints sign this entry:
+/// one made with the previous key, which so vouches for its successor, and one with the new
+/// key, which so takes on the chain as it stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRotation {
     /// The public key that signed the checkpoints before (raw ed25519, 32 bytes).
@@ -82,8 +83,8 @@ pub struct KeyRotation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyEra {
     /// The entry that named the key: 0 for the genesis entry, else its rotation entry. The key
-    /// signs the checkpoints of the entries after it; the rotation entry's own checkpoint is
-    /// the previous key's.
+    /// signs the checkpoints of that entry and of the entries after it, up to and including the
+    /// next rotation entry.
     pub from_entry: u64,
     pub key_id: String,
     /// The public key, when the chain holds it: a rotated key always; the genesis key, which
@@ -98,7 +99,10 @@ pub enum RotationProblem {
     Previous { found: String, expected: String },
     #[error("its `key_id` is not the id of its `public_key` ({actual})")]
     KeyId { actual: String },
-    #[error("its `{field}` is not an ed25519 public key")]
+    #[error(
+        "its `{field}` is not an ed25519 public key in canonical form, or is a weak \
+         (small-order) key, under which anyone can forge a signature"
+    )]
     NotAKey { field: &'static str },
     #[error("it rotates to the key already in use")]
     SameKey,
@@ -118,9 +122,9 @@ pub fn key_eras(entries: &[Chained]) -> Result<Vec<KeyEra>, (u64, RotationProble
             }),
             EntryBody::Key(rotation) => {
                 let fail = |problem| (index, problem);
-                let previous = VerifyingKey::from_bytes(&rotation.previous)
-                    .map_err(|_| fail(RotationProblem::NotAKey { field: "previous" }))?;
-                let next = VerifyingKey::from_bytes(&rotation.public_key).map_err(|_| {
+                let previous = strong_key(&rotation.previous)
+                    .ok_or_else(|| fail(RotationProblem::NotAKey { field: "previous" }))?;
+                let next = strong_key(&rotation.public_key).ok_or_else(|| {
                     fail(RotationProblem::NotAKey {
                         field: "public_key",
                     })
@@ -156,13 +160,49 @@ pub fn key_eras(entries: &[Chained]) -> Result<Vec<KeyEra>, (u64, RotationProble
     Ok(eras)
 }
 
-/// The era whose key signs the checkpoint of `entry`: the last that began before it (the
+/// An ed25519 public key from its 32 bytes: only a point in canonical encoding, and not one of
+/// small order.
+fn strong_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
+    VerifyingKey::from_bytes(bytes)
+        .ok()
+        .filter(|key| key.to_bytes() == *bytes && !key.is_weak())
+}
+
+/// The era whose key signs the checkpoints of `entry`: the last that began before it (the
 /// genesis entry's own checkpoint is the genesis key's).
 pub fn era_of(eras: &[KeyEra], entry: u64) -> Option<&KeyEra> {
     eras.iter()
         .rev()
         .find(|era| era.from_entry < entry)
         .or_else(|| eras.first())
+}
+
+/// The era of the key named `key_id` that may sign a checkpoint of `entry`: [`era_of`]'s, or,
+/// for a rotation entry, the era it begins.
+pub fn signing_era<'e>(eras: &'e [KeyEra], entry: u64, key_id: &str) -> Option<&'e KeyEra> {
+    let begun = eras.iter().skip(1).find(|era| era.from_entry == entry);
+    [era_of(eras, entry), begun]
+        .into_iter()
+        .flatten()
+        .find(|era| era.key_id == key_id)
+}
+
+/// The checkpoints every rotation needs and `signed` lacks, as (entry, key id), in chain order:
+/// for each rotation entry, one by the key before it and one by its own key.
+pub fn missing_rotation_checkpoints<'e>(
+    eras: &'e [KeyEra],
+    signed: &std::collections::HashSet<(u64, String)>,
+) -> Vec<(u64, &'e str)> {
+    let mut missing = Vec::new();
+    for pair in eras.windows(2) {
+        let [before, era] = pair else { continue };
+        for key_id in [before.key_id.as_str(), era.key_id.as_str()] {
+            if !signed.contains(&(era.from_entry, key_id.to_owned())) {
+                missing.push((era.from_entry, key_id));
+            }
+        }
+    }
+    missing
 }
 
 /// A sealed segment as the manifest records it.
@@ -316,8 +356,9 @@ pub(crate) enum ManifestError {
     )]
     KeyLost { path: PathBuf, checkpoints: PathBuf },
     #[error(
-        "it holds key {found}, but the manifest's checkpoints are signed with key {expected}; \
-         restore that key file"
+        "it holds key {found}, but the manifest's newest key is {expected} (named by its genesis \
+         entry or by its newest `key` entry), and no `audit-signing.key.next` beside it holds \
+         that key, as a rotation cut short would leave; restore the key file of {expected}"
     )]
     KeyMismatch {
         path: PathBuf,
@@ -335,10 +376,14 @@ pub(crate) enum ManifestError {
         problem: RotationProblem,
     },
     #[error(
-        "no checkpoint signs the key rotation of entry {entry} with the key before it, which \
-         is how the old key vouches for the new; the manifest was changed after it was written"
+        "no checkpoint by key {key_id} signs the key rotation of entry {entry}, which both the \
+         key before it and the key it names sign; the manifest was changed after it was written"
     )]
-    RotationUnsigned { path: PathBuf, entry: u64 },
+    RotationUnsigned {
+        path: PathBuf,
+        entry: u64,
+        key_id: String,
+    },
     #[error("the operating system's randomness failed: {reason}")]
     Random { path: PathBuf, reason: String },
     #[error("{problem}")]
@@ -825,15 +870,29 @@ impl Manifest {
             &eras,
             &key.verifying_key(),
         )?;
-        if let Some(era) = eras.iter().skip(1).find(|era| {
-            !signed.entries.contains(&era.from_entry)
-                && pending
-                    .as_ref()
-                    .is_none_or(|(entry, _)| *entry != era.from_entry)
+        // What a rotation that is the newest entry may still lack after a crash: while the new
+        // key waits, either signature; once the new key is in place, the new key's. Any other
+        // missing signature is a change.
+        let head = entries.last().map_or(0, |head| head.entry.index);
+        let newest_rotation = eras
+            .last()
+            .filter(|era| era.from_entry > 0 && era.from_entry == head);
+        let missing = missing_rotation_checkpoints(&eras, &signed.pairs);
+        if let Some((entry, signer)) = missing.into_iter().find(|(entry, signer)| {
+            let healable = newest_rotation.is_some_and(|era| {
+                era.from_entry == *entry
+                    && if pending.is_some() {
+                        *signer == key_id || *signer == era.key_id
+                    } else {
+                        *signer == era.key_id && era.key_id == key_id
+                    }
+            });
+            !healable
         }) {
             return Err(ManifestError::RotationUnsigned {
                 path: checkpoints_path,
-                entry: era.from_entry,
+                entry,
+                key_id: signer.to_owned(),
             });
         }
         // The checkpoints first: a key file that is not the newest era's is a lost or swapped
@@ -863,14 +922,22 @@ impl Manifest {
             key_id,
             signed_through: signed.newest,
         };
-        if let Some((entry, next)) = pending {
-            if !signed.entries.contains(&entry) {
-                let hash = entries
-                    .get(entry as usize)
-                    .map_or(ZERO_HASH, |chained| chained.hash);
-                manifest.sign(entry, hash)?;
+        if let Some(era) = newest_rotation {
+            let hash = entries
+                .get(era.from_entry as usize)
+                .map_or(ZERO_HASH, |chained| chained.hash);
+            let signed_by =
+                |key_id: &str| signed.pairs.contains(&(era.from_entry, key_id.to_owned()));
+            if let Some((entry, next)) = pending {
+                if !signed_by(&manifest.key_id) {
+                    manifest.sign(entry, hash)?;
+                }
+                manifest.take_key(data_dir, next)?;
             }
-            manifest.take_key(data_dir, next)?;
+            if manifest.key_id == era.key_id && !signed_by(&era.key_id) {
+                tracing::warn!(entry = era.from_entry, "manifest_rotation_finished_at_open");
+                manifest.sign(era.from_entry, hash)?;
+            }
         }
         let created = entries.is_empty();
         let entries = if created {
@@ -937,8 +1004,9 @@ impl Manifest {
     }
 
     /// Replaces the signing key with a new one: the old key signs the chain as it is, then a
-    /// rotation entry naming the new key, which then signs every later checkpoint. Each step is
-    /// synced before the next, and [`Manifest::open`] finishes a rotation a crash cut short.
+    /// rotation entry naming the new key; the new key, in its place, signs that entry too, and
+    /// every later checkpoint. Each step is synced before the next, and [`Manifest::open`]
+    /// finishes a rotation a crash cut short.
     /// Returns the old and the new key's ids, and the rotation's entry.
     pub(crate) fn rotate_key(
         &mut self,
@@ -951,11 +1019,12 @@ impl Manifest {
             key_id: signing::key_id(&next.verifying_key()),
             public_key: next.verifying_key().to_bytes(),
         };
-        let entry = self.append(EntryBody::Key(rotation))?.entry.index;
+        let appended = self.append(EntryBody::Key(rotation))?;
         self.checkpoint()?;
         let old = self.key_id.clone();
         self.take_key(data_dir, next)?;
-        Ok((old, self.key_id.clone(), entry))
+        self.sign(appended.entry.index, appended.hash)?;
+        Ok((old, self.key_id.clone(), appended.entry.index))
     }
 
     /// Puts the waiting next key in the old one's place, and signs with it from now on.
@@ -1048,14 +1117,15 @@ fn parse_entries(path: &Path, lines: &[String]) -> Result<Vec<Chained>, Manifest
     Ok(entries)
 }
 
-/// The checkpoints as read at open: the entries they sign, and the newest of those.
+/// The checkpoints as read at open: the entries they sign with the id of the key that signed,
+/// and the newest of those entries.
 struct Signed {
-    entries: std::collections::HashSet<u64>,
+    pairs: std::collections::HashSet<(u64, String)>,
     newest: Option<u64>,
 }
 
-/// Each checkpoint must sign an entry the chain holds, with that entry's hash, under the key of
-/// that entry's era (see [`era_of`]): a checkpoint is written only after the entry it signs is
+/// Each checkpoint must sign an entry the chain holds, with that entry's hash, under a key that
+/// signs that entry (see [`signing_era`]): a checkpoint is written only after the entry it signs is
 /// synced, so one that does not parse, names an entry the chain does not hold, holds another
 /// hash for it or is not signed by that key means the manifest was changed, and the open fails.
 /// `current` is the key file's key, which the genesis era's checks use until a rotation names
@@ -1068,7 +1138,7 @@ fn check_checkpoints(
     current: &VerifyingKey,
 ) -> Result<Signed, ManifestError> {
     let mut signed = Signed {
-        entries: std::collections::HashSet::new(),
+        pairs: std::collections::HashSet::new(),
         newest: None,
     };
     let current_id = signing::key_id(current);
@@ -1091,9 +1161,7 @@ fn check_checkpoints(
         if entry.hash != checkpoint.entry_hash {
             return Err(unsigned("signs another hash of its entry"));
         }
-        let Some(era) =
-            era_of(eras, checkpoint.entry).filter(|era| era.key_id == checkpoint.key_id)
-        else {
+        let Some(era) = signing_era(eras, checkpoint.entry, &checkpoint.key_id) else {
             return Err(unsigned("is not signed by the store's key for its entry"));
         };
         // Unless the genesis key is neither in the chain nor the key file's, which the key
@@ -1107,7 +1175,9 @@ fn check_checkpoints(
         {
             return Err(unsigned("is not signed by the store's key for its entry"));
         }
-        signed.entries.insert(checkpoint.entry);
+        signed
+            .pairs
+            .insert((checkpoint.entry, checkpoint.key_id.clone()));
         signed.newest = Some(checkpoint.entry);
     }
     Ok(signed)

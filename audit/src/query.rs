@@ -494,8 +494,9 @@ fn plain_planning_message(text: &str) -> Option<String> {
             })
             .unwrap_or_default();
         return Some(format!(
-            "`{name}` does not take these argument types: {call}; it takes {candidates}. \
-             Cast the argument (`CAST(x AS BIGINT)`, `CAST(x AS DOUBLE)`) or pick another function"
+            "`{name}` does not take these arguments: {call}; it takes {candidates}. Give it \
+             arguments of those types and number, casting where needed (`CAST(x AS BIGINT)`, \
+             `CAST(x AS VARCHAR)`)"
         ));
     }
     const NOT_GROUPED: &str = "column \"";
@@ -504,9 +505,8 @@ fn plain_planning_message(text: &str) -> Option<String> {
     {
         let (column, _) = rest.split_once('"')?;
         return Some(format!(
-            "the column `{column}` is selected but neither grouped nor aggregated: add it to \
-             GROUP BY, or select an aggregate of it (`max({column})`, `count(DISTINCT \
-             {column})`)"
+            "the column `{column}` is used outside an aggregate but not grouped: add it to GROUP \
+             BY, or use an aggregate of it (`max({column})`, `count(DISTINCT {column})`)"
         ));
     }
     None
@@ -1011,7 +1011,7 @@ mod tests {
         let message = error.to_string();
         assert!(matches!(error, QueryError::Plan(_)), "{error:?}");
         assert!(
-            message.starts_with("the column `access_events.workload` is selected"),
+            message.starts_with("the column `access_events.workload` is used outside"),
             "{message}"
         );
         assert!(!message.contains("wildcard"), "{message}");

@@ -195,6 +195,12 @@ impl SealedIndex {
         Ok(index)
     }
 
+    /// Rotates the manifest's signing key: see [`Manifest::rotate_key`]. Returns the old and the
+    /// new key's ids, and the rotation's entry.
+    pub(crate) fn rotate_key(&mut self) -> Result<(String, String, u64), AuditError> {
+        Ok(self.manifest.rotate_key(&self.data_dir)?)
+    }
+
     /// The index of the store whose segments are in `events_dir` (`DATA/events`), without
     /// retention.
     pub fn scan(events_dir: &Path) -> Result<SealedIndex, AuditError> {

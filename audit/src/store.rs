@@ -43,7 +43,6 @@ use crate::commit::{ClosedLog, Committer, Durability, RollLimits, Then};
 use crate::credential_ref::CredentialRefKey;
 use crate::error::{AuditError, RecordProblem};
 use crate::event::NewEvent;
-use crate::manifest::Manifest;
 use crate::schema::check_ranges;
 use crate::segment::{SealedIndex, unsealed_runs, write_columns};
 use crate::wal::{HEADER_LEN, TornTail, WalReader, list_logs, sync_dir};
@@ -680,20 +679,31 @@ pub struct KeyRotated {
     pub new_key_id: String,
     /// The rotation's entry in the chain.
     pub entry: u64,
+    /// What opening the store found and sealed first, as a server's open would.
+    pub recovery: Recovery,
 }
 
-/// Replaces the signing key of the store in `data_dir` with a new one: the old key signs the
-/// chain as it stands and a rotation entry naming the new key, which signs every checkpoint
-/// after it (`docs/audit-schema.md`, "Key rotation"). The old private key file is replaced.
-/// The store must not be open elsewhere: this takes its lock, as a server does.
+/// Replaces the signing key of the store in `data_dir` with a new one (`docs/audit-schema.md`,
+/// "Key rotation"). The store is first opened as a server opens it, so the events the
+/// write-ahead log still holds are sealed and signed by the old key; then the old key signs a
+/// rotation entry naming the new key, the new key takes the old key file's place and signs that
+/// entry too, and every later checkpoint. The store must not be open elsewhere: this takes its
+/// lock, as a server does.
 pub fn rotate_signing_key(data_dir: &Path) -> Result<KeyRotated, AuditError> {
     let _lock = lock_data_dir(data_dir)?;
-    let mut manifest = Manifest::open(data_dir)?.manifest;
-    let (old_key_id, new_key_id, entry) = manifest.rotate_key(data_dir)?;
+    let events_dir = data_dir.join(EVENTS_DIR);
+    let wal_dir = data_dir.join(WAL_DIR);
+    create_dir(&events_dir)?;
+    create_dir(&wal_dir)?;
+    let mut sealed = SealedIndex::open(data_dir, None)?;
+    let recovery = recover(&wal_dir, &events_dir, &mut sealed)?;
+    sealed.refuse_unchained()?;
+    let (old_key_id, new_key_id, entry) = sealed.rotate_key()?;
     Ok(KeyRotated {
         old_key_id,
         new_key_id,
         entry,
+        recovery,
     })
 }
 

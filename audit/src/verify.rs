@@ -33,7 +33,7 @@ use crate::event::EventKind;
 use crate::manifest::{
     CHAIN_FILE, CHECKPOINTS_FILE, Chained, Checkpoint, Entry, EntryBody, FORMAT_VERSION, Hash,
     KeyEra, LineProblem, MANIFEST_DIR, RetentionRecord, RotationProblem, SegmentRecord, Via,
-    ZERO_HASH, era_of, key_eras, line_hash, split_lines,
+    ZERO_HASH, era_of, key_eras, line_hash, missing_rotation_checkpoints, signing_era, split_lines,
 };
 use crate::retention::removed_indices;
 use crate::segment::{
@@ -88,8 +88,8 @@ pub struct Report {
     /// Rotations of the signing key the chain records.
     pub rotations: u64,
     /// The entry from which the trusted key signs: 0 when it is the key the manifest was
-    /// started with; else the entry of the rotation that named it, and the checkpoints before
-    /// it are checked with the keys the chain names, which the trusted key does not vouch for.
+    /// started with; else the entry of the rotation that named it, whose checkpoint by the
+    /// trusted key vouches, through the hash chain, for every entry before it.
     pub trusted_from: u64,
     /// Segments removed under retention, per the manifest; `None` when none were.
     pub removed: Option<RemovedSummary>,
@@ -315,10 +315,11 @@ pub enum EntryFailure {
     #[error("its key rotation does not follow: {0}")]
     Rotation(RotationProblem),
     #[error(
-        "no checkpoint signs this key rotation with the key before it, which is how the old \
-         key vouches for the new: the rotation was not made by the store"
+        "no checkpoint by key {key_id} signs this key rotation, which both the key before it \
+         (vouching for the new key) and the key it names (taking on the chain) sign: the \
+         rotation was not made by the store"
     )]
-    RotationUnsigned,
+    RotationUnsigned { key_id: String },
     #[error("its path is not `{expected}`, which its `seq` range and date call for")]
     Path { expected: String },
     #[error("its counts or ranges do not agree: {reason}")]
@@ -341,7 +342,7 @@ pub enum CheckpointFailure {
     CutShort,
     #[error("{0}")]
     Line(LineProblem),
-    #[error("it is signed by key {found}, not by the trusted key {trusted}")]
+    #[error("it is signed by key {found}, not by key {trusted}, which signs that entry")]
     OtherKey { found: String, trusted: String },
     #[error("its signature does not match its contents: it was altered or forged")]
     Signature,
@@ -553,14 +554,19 @@ impl Run<'_> {
         if let Some(anchor) = self.anchor {
             check_anchor(&chain, anchor)?;
         }
-        let (last_checkpoint, checkpoints) = check_checkpoints(
+        let Checkpoints {
+            last: last_checkpoint,
+            count: checkpoints,
+            signed,
+        } = check_checkpoints(
             &checkpoints_path,
             &checkpoint_bytes,
             &chain,
             &eras,
             self.key,
         )?;
-        check_rotations_signed(&chain_path, &checkpoint_bytes, &eras)?;
+        check_rotations_signed(&chain_path, &signed, &eras)?;
+        check_head_signed(&checkpoints_path, &chain, &last_checkpoint)?;
         let removed = removed_indices(&chain);
         let on_disk = list_segment_files(&self.data_dir.join(EVENTS_DIR))?;
         let totals = self.check_segments(&chain, &removed, &on_disk, progress)?;
@@ -944,34 +950,23 @@ fn check_keys(
     Err(fail(0, problem))
 }
 
-/// Every rotation must be signed by a checkpoint of its own entry, made with the key before it.
-/// (That checkpoint's key is checked with the others: [`era_of`] gives a rotation entry the
-/// key before it.)
+/// Every rotation must be signed by two checkpoints of its own entry: one made with the key
+/// before it, which so vouches for the new key, and one with the new key, which so takes on the
+/// chain. Without the second, anyone could name a key of the store as the successor of a key of
+/// their own, and a verifier pinned to the store's key would vouch for their history.
 fn check_rotations_signed(
     path: &Path,
-    checkpoint_bytes: &[u8],
+    signed: &HashSet<(u64, String)>,
     eras: &[KeyEra],
 ) -> Result<(), VerifyError> {
-    let signed: HashSet<u64> = split_lines(checkpoint_bytes)
-        .map(|split| {
-            split
-                .lines
-                .iter()
-                .filter_map(|line| Checkpoint::parse(line).ok())
-                .map(|checkpoint| checkpoint.entry)
-                .collect()
-        })
-        .unwrap_or_default();
-    match eras
-        .iter()
-        .skip(1)
-        .find(|era| !signed.contains(&era.from_entry))
-    {
-        Some(era) => Err(VerifyError::Entry {
+    match missing_rotation_checkpoints(eras, signed).first() {
+        Some((entry, key_id)) => Err(VerifyError::Entry {
             path: path.to_owned(),
-            line: era.from_entry + 1,
-            entry: era.from_entry,
-            problem: EntryFailure::RotationUnsigned,
+            line: entry + 1,
+            entry: *entry,
+            problem: EntryFailure::RotationUnsigned {
+                key_id: (*key_id).to_owned(),
+            },
         }),
         None => Ok(()),
     }
@@ -1172,15 +1167,22 @@ fn removed_summary(chain: &[Chained], removed: &BTreeSet<u64>) -> Option<Removed
 // ---------------------------------------------------------------------------------------------
 // The checkpoints.
 
-/// Checks every checkpoint, and that the last one signs the newest entry. Returns the last one
-/// and how many there are.
+/// The checkpoints, checked.
+struct Checkpoints {
+    last: Checkpoint,
+    count: u64,
+    /// The entries signed, each with the id of the key that signed it.
+    signed: HashSet<(u64, String)>,
+}
+
+/// Checks every checkpoint against the entry it signs and a key that signs that entry.
 fn check_checkpoints(
     path: &Path,
     bytes: &[u8],
     chain: &[Chained],
     eras: &[KeyEra],
     trusted: &VerifyingKey,
-) -> Result<(Checkpoint, u64), VerifyError> {
+) -> Result<Checkpoints, VerifyError> {
     let fail = |line: usize, problem| VerifyError::Checkpoint {
         path: path.to_owned(),
         line: line as u64,
@@ -1192,13 +1194,15 @@ fn check_checkpoints(
         return Err(fail(split.lines.len() + 1, CheckpointFailure::CutShort));
     }
     let trusted_id = signing::key_id(trusted);
-    let head = chain.len().saturating_sub(1) as u64;
+    let mut signed = HashSet::new();
     let mut last: Option<Checkpoint> = None;
     for (position, line) in split.lines.iter().enumerate() {
         let checkpoint = Checkpoint::parse(line)
             .map_err(|problem| fail(position + 1, CheckpointFailure::Line(problem)))?;
-        // The key of the checkpoint's entry: the trusted key itself, or one the chain names.
-        let era = era_of(eras, checkpoint.entry);
+        // A key that signs the checkpoint's entry: the trusted key itself, or one the chain
+        // names. A rotation entry is signed by the key before it and by the key it names.
+        let era = signing_era(eras, checkpoint.entry, &checkpoint.key_id)
+            .or_else(|| era_of(eras, checkpoint.entry));
         let key_id = era.map_or(trusted_id.as_str(), |era| era.key_id.as_str());
         let key = match era {
             Some(era) if era.key_id != trusted_id => era.key.as_ref(),
@@ -1206,6 +1210,7 @@ fn check_checkpoints(
         };
         check_checkpoint(&checkpoint, last.as_ref(), chain, key, key_id)
             .map_err(|problem| fail(position + 1, problem))?;
+        signed.insert((checkpoint.entry, checkpoint.key_id.clone()));
         last = Some(checkpoint);
     }
     let Some(last) = last else {
@@ -1214,6 +1219,16 @@ fn check_checkpoints(
             entries: chain.len() as u64,
         });
     };
+    Ok(Checkpoints {
+        last,
+        count: split.lines.len() as u64,
+        signed,
+    })
+}
+
+/// The newest entry must be signed.
+fn check_head_signed(path: &Path, chain: &[Chained], last: &Checkpoint) -> Result<(), VerifyError> {
+    let head = chain.len().saturating_sub(1) as u64;
     if last.entry < head {
         return Err(VerifyError::Unsigned {
             path: path.to_owned(),
@@ -1221,7 +1236,7 @@ fn check_checkpoints(
             last: head,
         });
     }
-    Ok((last, split.lines.len() as u64))
+    Ok(())
 }
 
 fn check_checkpoint(

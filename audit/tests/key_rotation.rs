@@ -85,24 +85,27 @@ fn the_new_key_signs_what_follows_and_a_verifier_pinned_to_either_key_verifies()
     assert_eq!(public_key, second.to_bytes());
     assert_eq!(key_id, signing::key_id(&second));
 
-    // The rotation's own checkpoint is the old key's; the checkpoints after are the new key's.
+    // Both keys sign the rotation; the checkpoints before are the old key's, those after the
+    // new key's.
     let checkpoints: Vec<Checkpoint> = lines(&checkpoints_file(dir.path()))
         .iter()
         .map(|line| Checkpoint::parse(line).unwrap())
         .collect();
+    let ids = [signing::key_id(&first), signing::key_id(&second)];
     for checkpoint in &checkpoints {
-        let expected = if checkpoint.entry <= rotation {
-            &first
-        } else {
-            &second
+        let expected = match checkpoint.entry.cmp(&rotation) {
+            std::cmp::Ordering::Less => &ids[..1],
+            std::cmp::Ordering::Equal => &ids[..],
+            std::cmp::Ordering::Greater => &ids[1..],
         };
-        assert_eq!(
-            checkpoint.key_id,
-            signing::key_id(expected),
-            "{checkpoint:?}"
-        );
+        assert!(expected.contains(&checkpoint.key_id), "{checkpoint:?}");
     }
-    assert!(checkpoints.iter().any(|c| c.entry == rotation));
+    let at_rotation: Vec<&str> = checkpoints
+        .iter()
+        .filter(|c| c.entry == rotation)
+        .map(|c| c.key_id.as_str())
+        .collect();
+    assert_eq!(at_rotation, [ids[0].as_str(), ids[1].as_str()]);
     assert!(checkpoints.iter().any(|c| c.entry > rotation));
 
     let pinned_first = verify_with(dir.path(), Some(&first_pin)).unwrap();
@@ -196,23 +199,25 @@ fn a_rotation_to_a_key_of_someone_without_the_old_key_is_refused() {
         }
         other => panic!("{other}"),
     }
-    // Signed by the intruder's key under its own id: not the key that signs that entry.
+    // Signed by the intruder's key under its own id: the old key never vouched for it.
     let mut checkpoints = lines(&checkpoints_file(dir.path()));
     checkpoints.pop();
     write_lines(&checkpoints_file(dir.path()), &checkpoints);
     append_checkpoint(dir.path(), entry, hash, &intruder, &intruder_id);
     match verify_with(dir.path(), Some(&first_pin)).unwrap_err() {
-        VerifyError::Checkpoint { problem, .. } => {
-            assert!(
-                matches!(&problem, CheckpointFailure::OtherKey { found, .. } if *found == intruder_id),
-                "{problem}"
-            );
+        VerifyError::Entry {
+            entry: named,
+            problem: EntryFailure::RotationUnsigned { key_id },
+            ..
+        } => {
+            assert_eq!(named, entry);
+            assert_eq!(key_id, signing::key_id(&first));
         }
         other => panic!("{other}"),
     }
     // The store does not open on it either.
     let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
-    assert!(error.contains("not signed by the store's key"), "{error}");
+    assert!(error.contains("signs the key rotation"), "{error}");
     let mut checkpoints = lines(&checkpoints_file(dir.path()));
     checkpoints.pop();
     write_lines(&checkpoints_file(dir.path()), &checkpoints);
@@ -226,23 +231,35 @@ fn a_rotation_whose_checkpoint_is_gone_or_whose_previous_key_is_wrong_is_named()
     let dir = tempfile::tempdir().unwrap();
     let (first_pin, first, rotation) = rotated_store(dir.path());
     let original = lines(&checkpoints_file(dir.path()));
-    let without: Vec<String> = original
-        .iter()
-        .filter(|line| Checkpoint::parse(line).unwrap().entry != rotation)
-        .cloned()
-        .collect();
-    assert_eq!(without.len() + 1, original.len());
-    write_lines(&checkpoints_file(dir.path()), &without);
-    match verify_with(dir.path(), Some(&first_pin)).unwrap_err() {
-        VerifyError::Entry { entry, problem, .. } => {
-            assert_eq!(entry, rotation);
-            assert_eq!(problem, EntryFailure::RotationUnsigned);
+    let second_id = signing::key_id(&signing::store_public_key(dir.path()).unwrap());
+    for signer in [signing::key_id(&first), second_id.clone()] {
+        let without: Vec<String> = original
+            .iter()
+            .filter(|line| {
+                let checkpoint = Checkpoint::parse(line).unwrap();
+                checkpoint.entry != rotation || checkpoint.key_id != signer
+            })
+            .cloned()
+            .collect();
+        assert_eq!(without.len() + 1, original.len());
+        write_lines(&checkpoints_file(dir.path()), &without);
+        match verify_with(dir.path(), Some(&first_pin)).unwrap_err() {
+            VerifyError::Entry { entry, problem, .. } => {
+                assert_eq!(entry, rotation);
+                assert_eq!(
+                    problem,
+                    EntryFailure::RotationUnsigned {
+                        key_id: signer.clone()
+                    }
+                );
+            }
+            other => panic!("{other}"),
         }
-        other => panic!("{other}"),
+        // With entries after the rotation, no crash left it so.
+        let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+        assert!(error.contains("signs the key rotation of entry"), "{error}");
+        write_lines(&checkpoints_file(dir.path()), &original);
     }
-    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
-    assert!(error.contains("key rotation of entry"), "{error}");
-    write_lines(&checkpoints_file(dir.path()), &original);
     verify_with(dir.path(), Some(&first_pin)).unwrap();
 
     // A rotation whose `previous` is not the key in use does not follow.
@@ -305,6 +322,20 @@ fn a_rotation_cut_short_is_finished_or_undone_at_the_next_open() {
     assert_eq!(report.rotations, 1);
     assert_eq!(report.events, 7);
     assert_eq!(report.last_checkpoint.key_id, rotated.new_key_id);
+
+    // Died after the new key took its place, before it signed the rotation: it signs it now.
+    let rotated = rotate_signing_key(dir.path()).unwrap();
+    let mut checkpoints = lines(&checkpoints_file(dir.path()));
+    let acceptance = Checkpoint::parse(&checkpoints.pop().unwrap()).unwrap();
+    assert_eq!(
+        (acceptance.entry, acceptance.key_id.as_str()),
+        (rotated.entry, rotated.new_key_id.as_str())
+    );
+    write_lines(&checkpoints_file(dir.path()), &checkpoints);
+    assert!(verify_with(dir.path(), Some(&first_pin)).is_err());
+    drop(SealedIndex::open(dir.path(), None).unwrap());
+    let report = verify_with(dir.path(), Some(&first_pin)).unwrap();
+    assert_eq!(report.rotations, 2);
 }
 
 #[test]
@@ -348,4 +379,112 @@ fn a_verifier_written_from_the_docs_follows_the_rotations() {
     let failure = answer["failure"].as_str().unwrap_or_default();
     assert!(failure.contains("rotation"), "{answer}");
     assert!(verify_with(dir.path(), Some(&first_pin)).is_err());
+}
+
+#[test]
+fn a_history_of_another_key_naming_the_stores_key_as_its_successor_is_refused() {
+    // The store's key, which has signed only the store's own history.
+    let dir = tempfile::tempdir().unwrap();
+    seal(dir.path(), &events_at(1, 4, at("2026-03-01T10:00:00Z")));
+    let (store_pin, store_key) = pin(dir.path(), "store.pub");
+    // Another history, written from nothing with a key of its own, which names the store's
+    // key as its successor: no private key of the store is needed for it.
+    let forger = SigningKey::from_bytes(&[11; 32]);
+    let forger_id = signing::key_id(&forger.verifying_key());
+    fs::write(checkpoints_file(dir.path()), "").unwrap();
+    let genesis = Entry {
+        index: 0,
+        prev: [0; 32],
+        time: Utc::now(),
+        body: EntryBody::Genesis {
+            format: 1,
+            key_id: forger_id.clone(),
+        },
+    };
+    let line = genesis.encode();
+    write_lines(&chain_file(dir.path()), std::slice::from_ref(&line));
+    append_checkpoint(dir.path(), 0, line_hash(&line), &forger, &forger_id);
+    let (entry, hash) = append_entry(
+        dir.path(),
+        EntryBody::Key(KeyRotation {
+            previous: forger.verifying_key().to_bytes(),
+            key_id: signing::key_id(&store_key),
+            public_key: store_key.to_bytes(),
+        }),
+    );
+    append_checkpoint(dir.path(), entry, hash, &forger, &forger_id);
+    // Its segments set aside, the forged chain holds together; but the store's key never took
+    // it on.
+    for segment in common::segment_files(dir.path()) {
+        fs::remove_file(segment).unwrap();
+    }
+    match verify_with(dir.path(), Some(&store_pin)).unwrap_err() {
+        VerifyError::Entry {
+            entry: named,
+            problem: EntryFailure::RotationUnsigned { key_id },
+            ..
+        } => {
+            assert_eq!(named, entry);
+            assert_eq!(key_id, signing::key_id(&store_key));
+        }
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_rotation_to_a_weak_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    seal(dir.path(), &events_at(1, 4, at("2026-03-01T10:00:00Z")));
+    let (first_pin, first) = pin(dir.path(), "first.pub");
+    // All zeros, a point of small order; and the identity point.
+    let mut identity = [0; 32];
+    identity[0] = 1;
+    for weak in [[0; 32], identity] {
+        let chain = lines(&chain_file(dir.path()));
+        append_entry(
+            dir.path(),
+            EntryBody::Key(KeyRotation {
+                previous: first.to_bytes(),
+                key_id: "0000000000000000".to_owned(),
+                public_key: weak,
+            }),
+        );
+        match verify_with(dir.path(), Some(&first_pin)).unwrap_err() {
+            VerifyError::Entry {
+                problem: EntryFailure::Rotation(problem),
+                ..
+            } => {
+                assert!(problem.to_string().contains("weak"), "{problem}");
+            }
+            other => panic!("{other}"),
+        }
+        let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+        assert!(error.contains("weak"), "{error}");
+        write_lines(&chain_file(dir.path()), &chain);
+    }
+    verify_with(dir.path(), Some(&first_pin)).unwrap();
+}
+
+#[test]
+fn events_still_in_the_log_are_sealed_under_the_old_key_before_it_rotates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, _) =
+        portcullis_audit::AuditLog::open(dir.path(), portcullis_audit::AuditOptions::new("test"))
+            .unwrap();
+    for _ in 0..3 {
+        log.record(decision("orders_api", Decision::Allow)).unwrap();
+    }
+    // As a process killed after answering leaves it: the events only in the write-ahead log,
+    // and (here, where the process lives on) the lock taken over once the store is dropped.
+    drop(log);
+    let rotated = rotate_signing_key(dir.path()).unwrap();
+    let report = verify_with(dir.path(), None).unwrap();
+    assert_eq!(report.events, 3);
+    // The segment's entry comes before the rotation, so the old key signed it.
+    let chain = lines(&chain_file(dir.path()));
+    let segment_entry = chain
+        .iter()
+        .position(|line| line.contains("\"kind\":\"segment\""))
+        .unwrap() as u64;
+    assert!(segment_entry < rotated.entry, "{chain:?}");
 }
