@@ -160,6 +160,16 @@ pub fn key_eras(entries: &[Chained]) -> Result<Vec<KeyEra>, (u64, RotationProble
     Ok(eras)
 }
 
+/// Whether a retention entry written at `time` removes only what its `retention_days` allows:
+/// at least one day, and a cutoff no later than that many days before the entry's own date.
+pub fn retention_cutoff_holds(record: &RetentionRecord, time: &DateTime<Utc>) -> bool {
+    record.retention_days >= 1
+        && record
+            .before
+            .checked_add_days(chrono::Days::new(record.retention_days))
+            .is_some_and(|day| day <= time.date_naive())
+}
+
 /// An ed25519 public key from its 32 bytes: only a point in canonical encoding, and not one of
 /// small order.
 fn strong_key(bytes: &[u8; 32]) -> Option<VerifyingKey> {
@@ -384,6 +394,18 @@ pub(crate) enum ManifestError {
         entry: u64,
         key_id: String,
     },
+    /// An unsigned newest entry that removes segments the store's retention would not.
+    #[error(
+        "the newest entry, {entry}, removes segments under `retention_days = {days}`, but it is \
+         not signed and the store's `retention_days` is {configured}: the store did not write \
+         it, and stays closed until the manifest is restored"
+    )]
+    UnsignedRemoval {
+        path: PathBuf,
+        entry: u64,
+        days: u64,
+        configured: String,
+    },
     #[error("the operating system's randomness failed: {reason}")]
     Random { path: PathBuf, reason: String },
     #[error("{problem}")]
@@ -415,7 +437,8 @@ impl ManifestError {
             | ManifestError::Unlinked { .. }
             | ManifestError::Unsigned { .. }
             | ManifestError::Rotation { .. }
-            | ManifestError::RotationUnsigned { .. } => "read",
+            | ManifestError::RotationUnsigned { .. }
+            | ManifestError::UnsignedRemoval { .. } => "read",
             ManifestError::Key { .. }
             | ManifestError::NoKey { .. }
             | ManifestError::KeyLost { .. }
@@ -435,6 +458,7 @@ impl ManifestError {
             | ManifestError::Unsigned { path, .. }
             | ManifestError::Rotation { path, .. }
             | ManifestError::RotationUnsigned { path, .. }
+            | ManifestError::UnsignedRemoval { path, .. }
             | ManifestError::Key { path, .. }
             | ManifestError::NoKey { path }
             | ManifestError::KeyLost { path, .. }
@@ -853,16 +877,6 @@ impl Manifest {
             other => other?,
         };
         let key_id = signing::key_id(&key.verifying_key());
-        // A rotation the process died in: its entry is written, and the new key waits beside
-        // the old one. The old key still signs that entry (if it has not yet), then gives way.
-        let pending = match eras.as_slice() {
-            [.., before, newest] if newest.key_id != key_id && before.key_id == key_id => {
-                signing::read_next_key(data_dir)?
-                    .filter(|next| signing::key_id(&next.verifying_key()) == newest.key_id)
-                    .map(|next| (newest.from_entry, next))
-            }
-            _ => None,
-        };
         let signed = check_checkpoints(
             &checkpoints_path,
             checkpoint_lines,
@@ -870,35 +884,53 @@ impl Manifest {
             &eras,
             &key.verifying_key(),
         )?;
-        // What a rotation that is the newest entry may still lack after a crash: while the new
-        // key waits, either signature; once the new key is in place, the new key's. Any other
-        // missing signature is a change.
-        let head = entries.last().map_or(0, |head| head.entry.index);
-        let newest_rotation = eras
-            .last()
-            .filter(|era| era.from_entry > 0 && era.from_entry == head);
+        // A rotation the process died in leaves its new key in `.next` (see
+        // [`Manifest::rotate_key`]). When its entry is the newest, the key file still holds the
+        // key before it, and the entry lacks a signature, the rotation never completed: its
+        // entry and the checkpoints of it are cut, and the new key deleted. When both keys
+        // signed it, only the rename is left to do. Nothing is signed here that the keys did
+        // not sign before: a key entry or key someone else put there is undone, or refused.
+        let next = signing::read_next_key(data_dir)?;
+        let head_index = entries.last().map_or(0, |head| head.entry.index);
+        let waiting = match eras.as_slice() {
+            [.., before, newest]
+                if newest.from_entry == head_index
+                    && before.key_id == key_id
+                    && next.as_ref().is_some_and(|next| {
+                        signing::key_id(&next.verifying_key()) == newest.key_id
+                    }) =>
+            {
+                Some(newest)
+            }
+            _ => None,
+        };
         let missing = missing_rotation_checkpoints(&eras, &signed.pairs);
-        if let Some((entry, signer)) = missing.into_iter().find(|(entry, signer)| {
-            let healable = newest_rotation.is_some_and(|era| {
-                era.from_entry == *entry
-                    && if pending.is_some() {
-                        *signer == key_id || *signer == era.key_id
-                    } else {
-                        *signer == era.key_id && era.key_id == key_id
-                    }
-            });
-            !healable
-        }) {
+        if let Some(era) = waiting
+            && missing.iter().any(|(entry, _)| *entry == era.from_entry)
+        {
+            undo_rotation(
+                &chain_path,
+                &chain,
+                &checkpoints_path,
+                &checkpoints,
+                head_index,
+            )?;
+            signing::remove_next_key(data_dir)?;
+            tracing::warn!(entry = head_index, "audit_rotation_undone_at_open");
+            return Manifest::open(data_dir);
+        }
+        if let Some((entry, signer)) = missing.first() {
             return Err(ManifestError::RotationUnsigned {
                 path: checkpoints_path,
-                entry,
-                key_id: signer.to_owned(),
+                entry: *entry,
+                key_id: (*signer).to_owned(),
             });
         }
         // The checkpoints first: a key file that is not the newest era's is a lost or swapped
         // key only when the chain itself holds.
+        let finish = waiting.is_some();
         match eras.last() {
-            Some(current) if current.key_id != key_id && pending.is_none() => {
+            Some(current) if current.key_id != key_id && !finish => {
                 return Err(ManifestError::KeyMismatch {
                     path: signing::signing_key_path(data_dir),
                     found: key_id,
@@ -906,7 +938,10 @@ impl Manifest {
                 });
             }
             // A rotation that died before its entry was written leaves only the new key.
-            _ if pending.is_none() => signing::remove_next_key(data_dir)?,
+            _ if !finish && next.is_some() => {
+                signing::remove_next_key(data_dir)?;
+                tracing::warn!("audit_rotation_undone_at_open");
+            }
             _ => {}
         }
         let chain_len = cut_torn_tail(&chain_path, &chain)?;
@@ -922,22 +957,9 @@ impl Manifest {
             key_id,
             signed_through: signed.newest,
         };
-        if let Some(era) = newest_rotation {
-            let hash = entries
-                .get(era.from_entry as usize)
-                .map_or(ZERO_HASH, |chained| chained.hash);
-            let signed_by =
-                |key_id: &str| signed.pairs.contains(&(era.from_entry, key_id.to_owned()));
-            if let Some((entry, next)) = pending {
-                if !signed_by(&manifest.key_id) {
-                    manifest.sign(entry, hash)?;
-                }
-                manifest.take_key(data_dir, next)?;
-            }
-            if manifest.key_id == era.key_id && !signed_by(&era.key_id) {
-                tracing::warn!(entry = era.from_entry, "manifest_rotation_finished_at_open");
-                manifest.sign(era.from_entry, hash)?;
-            }
+        if let Some(next) = next.filter(|_| finish) {
+            tracing::warn!(entry = head_index, "audit_rotation_finished_at_open");
+            manifest.take_key(data_dir, next)?;
         }
         let created = entries.is_empty();
         let entries = if created {
@@ -988,14 +1010,27 @@ impl Manifest {
 
     /// Appends a checkpoint of `entry`, whose hash is `hash`, signed with the key in use.
     fn sign(&mut self, entry: u64, hash: Hash) -> Result<(), ManifestError> {
+        let key = self.key.clone();
+        let key_id = self.key_id.clone();
+        self.sign_with(&key, &key_id, entry, hash)
+    }
+
+    /// Appends a checkpoint of `entry`, whose hash is `hash`, signed with `key`.
+    fn sign_with(
+        &mut self,
+        key: &SigningKey,
+        key_id: &str,
+        entry: u64,
+        hash: Hash,
+    ) -> Result<(), ManifestError> {
         let time = Utc::now();
-        let message = Checkpoint::signed_message(entry, &hash, &time, &self.key_id);
+        let message = Checkpoint::signed_message(entry, &hash, &time, key_id);
         let checkpoint = Checkpoint {
             entry,
             entry_hash: hash,
             time,
-            key_id: self.key_id.clone(),
-            signature: signing::sign(&self.key, &message),
+            key_id: key_id.to_owned(),
+            signature: signing::sign(key, &message),
         };
         self.checkpoints.append_line(&checkpoint.encode())?;
         self.signed_through = Some(entry);
@@ -1004,9 +1039,10 @@ impl Manifest {
     }
 
     /// Replaces the signing key with a new one: the old key signs the chain as it is, then a
-    /// rotation entry naming the new key; the new key, in its place, signs that entry too, and
-    /// every later checkpoint. Each step is synced before the next, and [`Manifest::open`]
-    /// finishes a rotation a crash cut short.
+    /// rotation entry naming the new key, which the new key (still waiting in `.next`) signs
+    /// too; then the new key takes the old one's place and signs every later checkpoint. Each
+    /// step is synced before the next; [`Manifest::open`] undoes a rotation a crash cut short
+    /// before both keys signed, and finishes one cut short after.
     /// Returns the old and the new key's ids, and the rotation's entry.
     pub(crate) fn rotate_key(
         &mut self,
@@ -1021,9 +1057,10 @@ impl Manifest {
         };
         let appended = self.append(EntryBody::Key(rotation))?;
         self.checkpoint()?;
+        let next_id = signing::key_id(&next.verifying_key());
+        self.sign_with(&next, &next_id, appended.entry.index, appended.hash)?;
         let old = self.key_id.clone();
         self.take_key(data_dir, next)?;
-        self.sign(appended.entry.index, appended.hash)?;
         Ok((old, self.key_id.clone(), appended.entry.index))
     }
 
@@ -1117,6 +1154,39 @@ fn parse_entries(path: &Path, lines: &[String]) -> Result<Vec<Chained>, Manifest
     Ok(entries)
 }
 
+/// Cuts the newest entry, a rotation that was never completed, from `chain.log`, and its
+/// checkpoints, the last lines, from `checkpoints.log`: nothing else signs them, since a
+/// checkpoint signs only an entry already written.
+fn undo_rotation(
+    chain_path: &Path,
+    chain: &FileLines,
+    checkpoints_path: &Path,
+    checkpoints: &FileLines,
+    entry: u64,
+) -> Result<(), ManifestError> {
+    let line_len = |line: &String| line.len() as u64 + 1;
+    let cut = |path: &Path, len: u64| -> Result<(), ManifestError> {
+        let handle = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(ManifestError::io("open", path))?;
+        handle
+            .set_len(len)
+            .and_then(|()| handle.sync_all())
+            .map_err(ManifestError::io("truncate", path))
+    };
+    let of_entry = checkpoints
+        .lines
+        .iter()
+        .rev()
+        .take_while(|line| Checkpoint::parse(line).is_ok_and(|c| c.entry == entry))
+        .map(line_len)
+        .sum::<u64>();
+    cut(checkpoints_path, checkpoints.valid_len - of_entry)?;
+    let last = chain.lines.last().map_or(0, line_len);
+    cut(chain_path, chain.valid_len - last)
+}
+
 /// The checkpoints as read at open: the entries they sign with the id of the key that signed,
 /// and the newest of those entries.
 struct Signed {
@@ -1174,6 +1244,14 @@ fn check_checkpoints(
             && !signing::verify_signature(key, &checkpoint.message(), &checkpoint.signature)
         {
             return Err(unsigned("is not signed by the store's key for its entry"));
+        }
+        if signed
+            .newest
+            .is_some_and(|newest| checkpoint.entry < newest)
+        {
+            return Err(unsigned(
+                "signs an earlier entry than the checkpoint before it",
+            ));
         }
         signed
             .pairs

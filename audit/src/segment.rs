@@ -170,6 +170,22 @@ impl SealedIndex {
                 chained_paths.insert(segment.path.clone());
             }
         }
+        // A crash between writing a retention entry and signing it leaves it unsigned, and the
+        // open signs it and deletes its files; so it must be what this store's retention writes.
+        if let Some(head) = opened.entries.last()
+            && let EntryBody::Retention(record) = &head.entry.body
+            && index.manifest.unsigned_head() == Some(head.entry.index)
+            && (retention_days.map(u64::from) != Some(record.retention_days)
+                || !crate::manifest::retention_cutoff_holds(record, &head.entry.time))
+        {
+            return Err(ManifestError::UnsignedRemoval {
+                path: data_dir.join(crate::manifest::MANIFEST_DIR),
+                entry: head.entry.index,
+                days: record.retention_days,
+                configured: retention_days.map_or("not set".to_owned(), |days| days.to_string()),
+            }
+            .into());
+        }
         crate::retention::finish_interrupted(data_dir, &opened.entries);
 
         let found = list_segments(&data_dir.join(EVENTS_DIR))?;

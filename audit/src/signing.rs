@@ -157,10 +157,7 @@ pub(crate) fn read_next_key(data_dir: &Path) -> Result<Option<SigningKey>, Manif
 pub(crate) fn remove_next_key(data_dir: &Path) -> Result<(), ManifestError> {
     let path = data_dir.join(KEYS_DIR).join(NEXT_KEY_FILE);
     match fs::remove_file(&path) {
-        Ok(()) => {
-            tracing::warn!(path = %path.display(), "audit_rotation_undone_at_open");
-            sync_parent(&path)
-        }
+        Ok(()) => sync_parent(&path),
         Err(error) if error.kind() == ErrorKind::NotFound => Ok(()),
         Err(error) => Err(ManifestError::io("remove", &path)(error)),
     }

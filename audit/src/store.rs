@@ -686,8 +686,8 @@ pub struct KeyRotated {
 /// Replaces the signing key of the store in `data_dir` with a new one (`docs/audit-schema.md`,
 /// "Key rotation"). The store is first opened as a server opens it, so the events the
 /// write-ahead log still holds are sealed and signed by the old key; then the old key signs a
-/// rotation entry naming the new key, the new key takes the old key file's place and signs that
-/// entry too, and every later checkpoint. The store must not be open elsewhere: this takes its
+/// rotation entry naming the new key, the new key signs it too and takes the old key file's
+/// place, and signs every later checkpoint. The store must not be open elsewhere: this takes its
 /// lock, as a server does.
 pub fn rotate_signing_key(data_dir: &Path) -> Result<KeyRotated, AuditError> {
     let _lock = lock_data_dir(data_dir)?;

@@ -33,7 +33,8 @@ use crate::event::EventKind;
 use crate::manifest::{
     CHAIN_FILE, CHECKPOINTS_FILE, Chained, Checkpoint, Entry, EntryBody, FORMAT_VERSION, Hash,
     KeyEra, LineProblem, MANIFEST_DIR, RetentionRecord, RotationProblem, SegmentRecord, Via,
-    ZERO_HASH, era_of, key_eras, line_hash, missing_rotation_checkpoints, signing_era, split_lines,
+    ZERO_HASH, era_of, key_eras, line_hash, missing_rotation_checkpoints, retention_cutoff_holds,
+    signing_era, split_lines,
 };
 use crate::retention::removed_indices;
 use crate::segment::{
@@ -331,6 +332,11 @@ pub enum EntryFailure {
     SeqGap { found: u64, previous_last: u64 },
     #[error("its removal of entry {removed} is invalid: {reason}")]
     Retention { removed: u64, reason: &'static str },
+    #[error(
+        "its cutoff {before} is not at least its `retention_days` ({days}) before its own time: \
+         it removes segments that retention keeps"
+    )]
+    RetentionCutoff { before: NaiveDate, days: u64 },
     #[error("its totals do not match the entries it removes: {reason}")]
     RetentionTotals { reason: &'static str },
 }
@@ -1055,7 +1061,15 @@ fn check_entry(
         (EntryBody::Genesis { .. }, _) => Err(EntryFailure::LateGenesis),
         (_, 0) => Err(EntryFailure::NoGenesis),
         (EntryBody::Segment(segment), _) => check_segment_entry(segment),
-        (EntryBody::Retention(record), _) => check_retention_entry(record, before, removed),
+        (EntryBody::Retention(record), _) => {
+            if !retention_cutoff_holds(record, &entry.time) {
+                return Err(EntryFailure::RetentionCutoff {
+                    before: record.before,
+                    days: record.retention_days,
+                });
+            }
+            check_retention_entry(record, before, removed)
+        }
         // Checked against the key before it in `check_keys`.
         (EntryBody::Key(_), _) => Ok(()),
     }

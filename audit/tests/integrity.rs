@@ -824,3 +824,84 @@ fn a_store_whose_newest_entry_and_checkpoint_were_cut_together_is_not_opened() {
     assert!(error.contains("audit verify"), "{error}");
     assert_eq!(lines(&chain_file(dir.path())), chain);
 }
+
+/// A retention entry someone appended, removing the newest segment under a cutoff its own
+/// `retention_days` does not allow; unsigned, as whoever wrote it lacks the key.
+fn append_unsigned_removal(dir: &Path, retention_days: u64, before: chrono::NaiveDate) {
+    use portcullis_audit::manifest::{Entry, EntryBody, RetentionRecord, line_hash};
+
+    let mut chain = lines(&chain_file(dir));
+    let entries: Vec<Entry> = chain
+        .iter()
+        .map(|line| Entry::parse(line).unwrap())
+        .collect();
+    let (index, removed) = entries
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(index, entry)| match &entry.body {
+            EntryBody::Segment(segment) => Some((index, segment.clone())),
+            _ => None,
+        })
+        .unwrap();
+    let entry = Entry {
+        index: chain.len() as u64,
+        prev: line_hash(chain.last().unwrap()),
+        time: Utc::now(),
+        body: EntryBody::Retention(RetentionRecord {
+            retention_days,
+            before,
+            removed: vec![(index as u64, index as u64)],
+            segments: 1,
+            events: removed.events,
+            last_removed_hash: line_hash(&chain[index]),
+        }),
+    };
+    chain.push(entry.encode());
+    write_lines(&chain_file(dir), &chain);
+}
+
+#[test]
+fn a_removal_the_stores_retention_would_not_make_is_refused_not_carried_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let today = Utc::now();
+    let segments = seal_batches(dir.path(), &[events_at(1, 2, today)]);
+    let tomorrow = today.date_naive().checked_add_days(Days::new(1)).unwrap();
+    append_unsigned_removal(dir.path(), 1, tomorrow);
+    match verify_err(dir.path()) {
+        VerifyError::Entry {
+            problem: EntryFailure::RetentionCutoff { days, .. },
+            ..
+        } => assert_eq!(days, 1),
+        other => panic!("{other}"),
+    }
+    // The open would sign it and delete the segment, as after a crash between the two; it
+    // refuses instead, with or without a retention configured, and deletes nothing.
+    for configured in [None, Some(1), Some(30)] {
+        let error = SealedIndex::open(dir.path(), configured)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("is not signed"), "{error}");
+        assert!(dir.path().join(&segments[0]).exists());
+    }
+}
+
+#[test]
+fn checkpoints_out_of_order_stop_the_open() {
+    let dir = tempfile::tempdir().unwrap();
+    three_segments(dir.path());
+    let mut checkpoints = lines(&checkpoints_file(dir.path()));
+    let n = checkpoints.len();
+    assert!(n >= 2);
+    checkpoints.swap(n - 2, n - 1);
+    write_lines(&checkpoints_file(dir.path()), &checkpoints);
+    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+    assert!(error.contains("earlier entry"), "{error}");
+    assert!(matches!(
+        verify_err(dir.path()),
+        VerifyError::Checkpoint {
+            problem: CheckpointFailure::Backwards { .. },
+            ..
+        }
+    ));
+}

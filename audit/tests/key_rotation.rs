@@ -291,9 +291,11 @@ fn a_rotation_cut_short_is_finished_or_undone_at_the_next_open() {
     let dir = tempfile::tempdir().unwrap();
     seal(dir.path(), &events_at(1, 4, at("2026-03-01T10:00:00Z")));
     let (first_pin, first) = pin(dir.path(), "first.pub");
-    let keys = dir.path().join(KEYS_DIR);
     let key_file = signing::signing_key_path(dir.path());
-    let next_file = keys.join(NEXT_KEY_FILE);
+    let next_file = dir.path().join(KEYS_DIR).join(NEXT_KEY_FILE);
+    let old_key_text = fs::read(&key_file).unwrap();
+    let chain_before = lines(&chain_file(dir.path()));
+    let checkpoints_before = lines(&checkpoints_file(dir.path()));
 
     // Died after creating the new key, before writing the entry: the new key is dropped.
     fs::copy(&key_file, &next_file).unwrap();
@@ -301,19 +303,41 @@ fn a_rotation_cut_short_is_finished_or_undone_at_the_next_open() {
     assert!(!next_file.exists());
     assert_eq!(signing::store_public_key(dir.path()).unwrap(), first);
 
-    // Died after writing the entry, before the old key signed it: the old key signs it, and
-    // the new key takes its place.
-    let old_key_text = fs::read(&key_file).unwrap();
+    // A rotation as it lies on disk at each step: the entry written, then signed by the old
+    // key, then by the new key (still waiting), then the new key in place.
     let rotated = rotate_signing_key(dir.path()).unwrap();
     let new_key_text = fs::read(&key_file).unwrap();
-    fs::write(&next_file, &new_key_text).unwrap();
-    fs::write(&key_file, &old_key_text).unwrap();
-    let checkpoints: Vec<String> = lines(&checkpoints_file(dir.path()))
-        .into_iter()
-        .filter(|line| Checkpoint::parse(line).unwrap().entry != rotated.entry)
-        .collect();
-    write_lines(&checkpoints_file(dir.path()), &checkpoints);
+    let chain_after = lines(&chain_file(dir.path()));
+    let checkpoints_after = lines(&checkpoints_file(dir.path()));
+    assert_eq!(chain_after.len(), chain_before.len() + 1);
+    assert_eq!(checkpoints_after.len(), checkpoints_before.len() + 2);
+    let waiting = |checkpoints: usize| {
+        write_lines(&chain_file(dir.path()), &chain_after);
+        write_lines(
+            &checkpoints_file(dir.path()),
+            &checkpoints_after[..checkpoints_before.len() + checkpoints],
+        );
+        fs::write(&key_file, &old_key_text).unwrap();
+        fs::write(&next_file, &new_key_text).unwrap();
+    };
 
+    // Before both keys signed it, the rotation is undone: its entry and checkpoints cut, the
+    // new key deleted, the old key kept.
+    for signed in [0, 1] {
+        waiting(signed);
+        drop(SealedIndex::open(dir.path(), None).unwrap());
+        assert!(!next_file.exists());
+        assert_eq!(lines(&chain_file(dir.path())), chain_before);
+        assert_eq!(lines(&checkpoints_file(dir.path())), checkpoints_before);
+        assert_eq!(signing::store_public_key(dir.path()).unwrap(), first);
+        assert_eq!(
+            verify_with(dir.path(), Some(&first_pin)).unwrap().rotations,
+            0
+        );
+    }
+
+    // Once both signed it, the new key takes its place.
+    waiting(2);
     seal(dir.path(), &events_at(5, 3, at("2026-03-01T11:00:00Z")));
     assert!(!next_file.exists());
     let now = signing::store_public_key(dir.path()).unwrap();
@@ -323,7 +347,8 @@ fn a_rotation_cut_short_is_finished_or_undone_at_the_next_open() {
     assert_eq!(report.events, 7);
     assert_eq!(report.last_checkpoint.key_id, rotated.new_key_id);
 
-    // Died after the new key took its place, before it signed the rotation: it signs it now.
+    // The new key in place without its own signature of the rotation is no crash's leftover:
+    // the open refuses, and signs nothing.
     let rotated = rotate_signing_key(dir.path()).unwrap();
     let mut checkpoints = lines(&checkpoints_file(dir.path()));
     let acceptance = Checkpoint::parse(&checkpoints.pop().unwrap()).unwrap();
@@ -332,10 +357,9 @@ fn a_rotation_cut_short_is_finished_or_undone_at_the_next_open() {
         (rotated.entry, rotated.new_key_id.as_str())
     );
     write_lines(&checkpoints_file(dir.path()), &checkpoints);
-    assert!(verify_with(dir.path(), Some(&first_pin)).is_err());
-    drop(SealedIndex::open(dir.path(), None).unwrap());
-    let report = verify_with(dir.path(), Some(&first_pin)).unwrap();
-    assert_eq!(report.rotations, 2);
+    let error = SealedIndex::open(dir.path(), None).unwrap_err().to_string();
+    assert!(error.contains("signs the key rotation"), "{error}");
+    assert_eq!(lines(&checkpoints_file(dir.path())), checkpoints);
 }
 
 #[test]
