@@ -367,8 +367,9 @@ pub(crate) enum ManifestError {
     KeyLost { path: PathBuf, checkpoints: PathBuf },
     #[error(
         "it holds key {found}, but the manifest's newest key is {expected} (named by its genesis \
-         entry or by its newest `key` entry), and no `audit-signing.key.next` beside it holds \
-         that key, as a rotation cut short would leave; restore the key file of {expected}"
+         entry or by its newest `key` entry), and this is not a rotation cut short (which leaves \
+         that `key` entry the newest entry, signed by both keys, and the new key in \
+         `audit-signing.key.next`); restore the key file of {expected}"
     )]
     KeyMismatch {
         path: PathBuf,
@@ -394,17 +395,16 @@ pub(crate) enum ManifestError {
         entry: u64,
         key_id: String,
     },
-    /// An unsigned newest entry that removes segments the store's retention would not.
+    /// An unsigned retention entry that is not what the store's retention wrote before a crash.
     #[error(
-        "the newest entry, {entry}, removes segments under `retention_days = {days}`, but it is \
-         not signed and the store's `retention_days` is {configured}: the store did not write \
-         it, and stays closed until the manifest is restored"
+        "the retention entry {entry} is not signed, and {problem}: the store did not write it as \
+         it stands; nothing was deleted, and the store stays closed until the manifest is \
+         restored"
     )]
     UnsignedRemoval {
         path: PathBuf,
         entry: u64,
-        days: u64,
-        configured: String,
+        problem: &'static str,
     },
     #[error("the operating system's randomness failed: {reason}")]
     Random { path: PathBuf, reason: String },
@@ -992,6 +992,11 @@ impl Manifest {
         self.next_index += 1;
         self.head_hash = hash;
         Ok(Chained { entry, hash })
+    }
+
+    /// The newest entry a checkpoint signs.
+    pub(crate) fn signed_through(&self) -> Option<u64> {
+        self.signed_through
     }
 
     /// The newest entry, when no checkpoint signs it.

@@ -133,6 +133,44 @@ pub struct SealedIndex {
     retention: Retention,
 }
 
+/// Why an unsigned retention entry is not one this store's retention wrote before a crash; none
+/// when it is.
+fn unsigned_removal_problem(
+    record: &crate::manifest::RetentionRecord,
+    chained: &crate::manifest::Chained,
+    entries: &[crate::manifest::Chained],
+    retention_days: Option<u32>,
+) -> Option<&'static str> {
+    let now = chrono::Utc::now();
+    if entries.last().map(|last| last.entry.index) != Some(chained.entry.index) {
+        return Some("entries follow it, which a crash before its signature cannot leave");
+    }
+    if retention_days.map(u64::from) != Some(record.retention_days) {
+        return Some("the store's `retention_days` is not the entry's");
+    }
+    if chained.entry.time > now + chrono::Duration::minutes(5) {
+        return Some("its time is in the future");
+    }
+    if !crate::manifest::retention_cutoff_holds(record, &chained.entry.time)
+        || !crate::manifest::retention_cutoff_holds(record, &now)
+    {
+        return Some("its cutoff is later than its `retention_days` allow");
+    }
+    let removes_only_old_segments = record.removed.iter().all(|&(first, last)| {
+        (first..=last).all(|index| {
+            let segment = entries
+                .get(usize::try_from(index).unwrap_or(usize::MAX))
+                .map(|removed| &removed.entry.body);
+            matches!(segment, Some(EntryBody::Segment(segment))
+                if segment.min_time.date_naive() < record.before)
+        })
+    });
+    if !removes_only_old_segments {
+        return Some("it removes what is not a segment dated before its cutoff");
+    }
+    None
+}
+
 /// A segment file found by listing the partitions.
 #[derive(Debug, Clone)]
 struct FoundSegment {
@@ -171,20 +209,21 @@ impl SealedIndex {
             }
         }
         // A crash between writing a retention entry and signing it leaves it unsigned, and the
-        // open signs it and deletes its files; so it must be what this store's retention writes.
-        if let Some(head) = opened.entries.last()
-            && let EntryBody::Retention(record) = &head.entry.body
-            && index.manifest.unsigned_head() == Some(head.entry.index)
-            && (retention_days.map(u64::from) != Some(record.retention_days)
-                || !crate::manifest::retention_cutoff_holds(record, &head.entry.time))
-        {
-            return Err(ManifestError::UnsignedRemoval {
-                path: data_dir.join(crate::manifest::MANIFEST_DIR),
-                entry: head.entry.index,
-                days: record.retention_days,
-                configured: retention_days.map_or("not set".to_owned(), |days| days.to_string()),
+        // open signs it and deletes its files; so it must be what this store's retention wrote.
+        let signed_through = index.manifest.signed_through();
+        for chained in &opened.entries {
+            if let EntryBody::Retention(record) = &chained.entry.body
+                && signed_through.is_none_or(|signed| chained.entry.index > signed)
+                && let Some(problem) =
+                    unsigned_removal_problem(record, chained, &opened.entries, retention_days)
+            {
+                return Err(ManifestError::UnsignedRemoval {
+                    path: data_dir.join(crate::manifest::MANIFEST_DIR),
+                    entry: chained.entry.index,
+                    problem,
+                }
+                .into());
             }
-            .into());
         }
         crate::retention::finish_interrupted(data_dir, &opened.entries);
 
@@ -202,7 +241,10 @@ impl SealedIndex {
             }
         }
         // A crash between chaining and signing leaves the newest entry unsigned; so does a
-        // removed checkpoint line. Either way it is signed now, and said so.
+        // removed checkpoint line. Either way it is signed now, and said so. FIXME(#5): unsigned
+        // segment entries are signed without checking that the write-ahead log still holds
+        // their events, as it does after such a crash; so an entry and segment file someone
+        // without the key appended get signed too.
         if let Some(entry) = index.manifest.unsigned_head().filter(|_| !opened.created) {
             tracing::warn!(entry, "manifest_head_signed_at_open");
         }

@@ -13,7 +13,7 @@ mod common;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use chrono::{Days, Utc};
+use chrono::{DateTime, Days, Utc};
 use common::{at, decision, events_at, independent_verifier, lines, open, write_lines};
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::file::serialized_reader::ReadOptionsBuilder;
@@ -825,36 +825,33 @@ fn a_store_whose_newest_entry_and_checkpoint_were_cut_together_is_not_opened() {
     assert_eq!(lines(&chain_file(dir.path())), chain);
 }
 
-/// A retention entry someone appended, removing the newest segment under a cutoff its own
-/// `retention_days` does not allow; unsigned, as whoever wrote it lacks the key.
-fn append_unsigned_removal(dir: &Path, retention_days: u64, before: chrono::NaiveDate) {
+/// A retention entry appended after the last entry, at `time`, removing the segment entry at
+/// `removed`; unsigned, as a crash before its checkpoint leaves it, or as someone without the
+/// key writes it.
+fn append_unsigned_removal(
+    dir: &Path,
+    retention_days: u64,
+    before: chrono::NaiveDate,
+    time: DateTime<Utc>,
+    removed: usize,
+) {
     use portcullis_audit::manifest::{Entry, EntryBody, RetentionRecord, line_hash};
 
     let mut chain = lines(&chain_file(dir));
-    let entries: Vec<Entry> = chain
-        .iter()
-        .map(|line| Entry::parse(line).unwrap())
-        .collect();
-    let (index, removed) = entries
-        .iter()
-        .enumerate()
-        .rev()
-        .find_map(|(index, entry)| match &entry.body {
-            EntryBody::Segment(segment) => Some((index, segment.clone())),
-            _ => None,
-        })
-        .unwrap();
+    let EntryBody::Segment(segment) = Entry::parse(&chain[removed]).unwrap().body else {
+        panic!("entry {removed} is not a segment");
+    };
     let entry = Entry {
         index: chain.len() as u64,
         prev: line_hash(chain.last().unwrap()),
-        time: Utc::now(),
+        time,
         body: EntryBody::Retention(RetentionRecord {
             retention_days,
             before,
-            removed: vec![(index as u64, index as u64)],
+            removed: vec![(removed as u64, removed as u64)],
             segments: 1,
-            events: removed.events,
-            last_removed_hash: line_hash(&chain[index]),
+            events: segment.events,
+            last_removed_hash: line_hash(&chain[removed]),
         }),
     };
     chain.push(entry.encode());
@@ -863,27 +860,91 @@ fn append_unsigned_removal(dir: &Path, retention_days: u64, before: chrono::Naiv
 
 #[test]
 fn a_removal_the_stores_retention_would_not_make_is_refused_not_carried_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let today = Utc::now();
-    let segments = seal_batches(dir.path(), &[events_at(1, 2, today)]);
-    let tomorrow = today.date_naive().checked_add_days(Days::new(1)).unwrap();
-    append_unsigned_removal(dir.path(), 1, tomorrow);
-    match verify_err(dir.path()) {
-        VerifyError::Entry {
-            problem: EntryFailure::RetentionCutoff { days, .. },
-            ..
-        } => assert_eq!(days, 1),
-        other => panic!("{other}"),
+    let now = Utc::now();
+    let today = now.date_naive();
+    let days = |n: u64| Days::new(n);
+    // Entry 1 is 40 days old, entry 2 today's.
+    let store = || {
+        let dir = tempfile::tempdir().unwrap();
+        let segments = seal_batches(
+            dir.path(),
+            &[
+                events_at(1, 2, now.checked_sub_days(days(40)).unwrap()),
+                events_at(3, 2, now),
+            ],
+        );
+        (dir, segments)
+    };
+    let cases = [
+        // A cutoff after today.
+        (
+            30,
+            today.checked_add_days(days(1)).unwrap(),
+            now,
+            2,
+            "cutoff",
+        ),
+        // Dated in the future, so that a cutoff after today seems to hold.
+        (
+            30,
+            today.checked_add_days(days(31)).unwrap(),
+            now.checked_add_days(days(61)).unwrap(),
+            2,
+            "future",
+        ),
+        // A segment of today's removed under a cutoff of 30 days ago.
+        (
+            30,
+            today.checked_sub_days(days(30)).unwrap(),
+            now,
+            2,
+            "dated before",
+        ),
+    ];
+    for (retention_days, before, time, removed, problem) in cases {
+        let (dir, segments) = store();
+        append_unsigned_removal(dir.path(), retention_days, before, time, removed);
+        assert!(
+            verify::verify(dir.path(), None, &mut |_| {}).is_err(),
+            "{problem}"
+        );
+        // The open would sign it and delete the segment, as after a crash between the two; it
+        // refuses instead, whatever retention is configured, and deletes nothing.
+        for configured in [None, Some(1), Some(30)] {
+            let error = SealedIndex::open(dir.path(), configured)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("is not signed"), "{error}");
+            assert!(error.contains("nothing was deleted"), "{error}");
+            if configured == Some(30) {
+                assert!(error.contains(problem), "{error}");
+            }
+            assert!(dir.path().join(&segments[0]).exists());
+            assert!(dir.path().join(&segments[1]).exists());
+        }
     }
-    // The open would sign it and delete the segment, as after a crash between the two; it
-    // refuses instead, with or without a retention configured, and deletes nothing.
-    for configured in [None, Some(1), Some(30)] {
-        let error = SealedIndex::open(dir.path(), configured)
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("is not signed"), "{error}");
-        assert!(dir.path().join(&segments[0]).exists());
-    }
+
+    // Followed by another entry, which a crash before its signature cannot leave.
+    let (dir, segments) = store();
+    append_unsigned_removal(
+        dir.path(),
+        30,
+        today.checked_sub_days(days(30)).unwrap(),
+        now,
+        1,
+    );
+    let chain = lines(&chain_file(dir.path()));
+    let mut forged = chain.clone();
+    forged.push(chain[2].clone());
+    write_lines(&chain_file(dir.path()), &forged);
+    assert!(SealedIndex::open(dir.path(), Some(30)).is_err());
+    write_lines(&chain_file(dir.path()), &chain);
+    // As a crash leaves it, the removal is carried out and signed.
+    drop(SealedIndex::open(dir.path(), Some(30)).unwrap());
+    assert!(!dir.path().join(&segments[0]).exists());
+    assert!(dir.path().join(&segments[1]).exists());
+    let report = verify_ok(dir.path());
+    assert_eq!(report.removed.unwrap().segments, 1);
 }
 
 #[test]
