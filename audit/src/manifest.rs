@@ -395,6 +395,19 @@ pub(crate) enum ManifestError {
         entry: u64,
         key_id: String,
     },
+    /// An unsigned segment entry whose events the write-ahead log does not hold.
+    #[error(
+        "the segment entry {entry} (`seq` {first} to {last}) is not signed, and the write-ahead \
+         log does not hold its events, as it would after a crash between chaining and signing: \
+         a seal of this store did not write it as it stands; the store stays closed until the \
+         manifest is restored"
+    )]
+    UnvouchedSegment {
+        path: PathBuf,
+        entry: u64,
+        first: u64,
+        last: u64,
+    },
     /// An unsigned retention entry that is not what the store's retention wrote before a crash.
     #[error(
         "the retention entry {entry} is not signed, and {problem}: the store did not write it as \
@@ -438,7 +451,8 @@ impl ManifestError {
             | ManifestError::Unsigned { .. }
             | ManifestError::Rotation { .. }
             | ManifestError::RotationUnsigned { .. }
-            | ManifestError::UnsignedRemoval { .. } => "read",
+            | ManifestError::UnsignedRemoval { .. }
+            | ManifestError::UnvouchedSegment { .. } => "read",
             ManifestError::Key { .. }
             | ManifestError::NoKey { .. }
             | ManifestError::KeyLost { .. }
@@ -459,6 +473,7 @@ impl ManifestError {
             | ManifestError::Rotation { path, .. }
             | ManifestError::RotationUnsigned { path, .. }
             | ManifestError::UnsignedRemoval { path, .. }
+            | ManifestError::UnvouchedSegment { path, .. }
             | ManifestError::Key { path, .. }
             | ManifestError::NoKey { path }
             | ManifestError::KeyLost { path, .. }

@@ -128,6 +128,10 @@ pub struct SealedIndex {
     ranges: BTreeMap<NaiveDate, Vec<(u64, u64)>>,
     max_seq: u64,
     manifest: Manifest,
+    /// Segment entries no checkpoint signed when the store was opened, as (entry, first `seq`,
+    /// last `seq`): signed only once [`SealedIndex::vouch`] finds their events in the
+    /// write-ahead log, as a crash between chaining and signing leaves them.
+    unvouched: Vec<(u64, u64, u64)>,
     /// Segment files on disk that the manifest does not hold.
     unchained: Vec<FoundSegment>,
     retention: Retention,
@@ -197,6 +201,7 @@ impl SealedIndex {
             ranges: BTreeMap::new(),
             max_seq: 0,
             manifest: opened.manifest,
+            unvouched: Vec::new(),
             unchained: Vec::new(),
             retention: Retention::new(retention_days, &opened.entries),
         };
@@ -240,17 +245,60 @@ impl SealedIndex {
                 index.unchained.push(segment);
             }
         }
-        // A crash between chaining and signing leaves the newest entry unsigned; so does a
-        // removed checkpoint line. Either way it is signed now, and said so. FIXME(#5): unsigned
-        // segment entries are signed without checking that the write-ahead log still holds
-        // their events, as it does after such a crash; so an entry and segment file someone
-        // without the key appended get signed too.
-        if let Some(entry) = index.manifest.unsigned_head().filter(|_| !opened.created) {
-            tracing::warn!(entry, "manifest_head_signed_at_open");
+        // A crash between chaining and signing leaves segment entries unsigned, and their events
+        // still in the write-ahead log, whose file is deleted only after the signature. They
+        // are signed once the log shows that ([`SealedIndex::vouch`]); until then nothing is
+        // signed, since a checkpoint would vouch for them through the chain.
+        index.unvouched = opened
+            .entries
+            .iter()
+            .filter(|chained| signed_through.is_none_or(|signed| chained.entry.index > signed))
+            .filter_map(|chained| match &chained.entry.body {
+                EntryBody::Segment(segment) => {
+                    Some((chained.entry.index, segment.first_seq, segment.last_seq))
+                }
+                _ => None,
+            })
+            .collect();
+        if index.unvouched.is_empty() {
+            if let Some(entry) = index.manifest.unsigned_head().filter(|_| !opened.created) {
+                tracing::warn!(entry, "manifest_head_signed_at_open");
+            }
+            index.manifest.checkpoint()?;
+            index.apply_retention();
         }
-        index.manifest.checkpoint()?;
-        index.apply_retention();
         Ok(index)
+    }
+
+    /// Signs the segment entries found unsigned at open, once the write-ahead log, whose events
+    /// run from `seq` `first` to `last` (`None` for an empty log), holds every one of theirs:
+    /// the crash between chaining and signing that leaves them unsigned deletes no log file.
+    /// Any other unsigned segment entry was not written by a seal of this store, and is
+    /// refused.
+    pub(crate) fn vouch(&mut self, wal_seqs: Option<(u64, u64)>) -> Result<(), AuditError> {
+        let held = |first: u64, last: u64| {
+            wal_seqs.is_some_and(|(low, high)| low <= first && last <= high)
+        };
+        if let Some(&(entry, first, last)) = self
+            .unvouched
+            .iter()
+            .find(|(_, first, last)| !held(*first, *last))
+        {
+            return Err(ManifestError::UnvouchedSegment {
+                path: self.data_dir.join(crate::manifest::MANIFEST_DIR),
+                entry,
+                first,
+                last,
+            }
+            .into());
+        }
+        if let Some(&(entry, ..)) = self.unvouched.last() {
+            tracing::warn!(entry, "manifest_head_signed_at_open");
+            self.unvouched.clear();
+            self.manifest.checkpoint()?;
+            self.apply_retention();
+        }
+        Ok(())
     }
 
     /// Rotates the manifest's signing key: see [`Manifest::rotate_key`]. Returns the old and the
@@ -432,6 +480,15 @@ pub fn write_columns(
     events: &Columns,
     index: &mut SealedIndex,
 ) -> Result<Vec<PathBuf>, AuditError> {
+    if let Some(&(entry, first, last)) = index.unvouched.first() {
+        return Err(ManifestError::UnvouchedSegment {
+            path: index.data_dir.join(crate::manifest::MANIFEST_DIR),
+            entry,
+            first,
+            last,
+        }
+        .into());
+    }
     index.chain_recovered(events)?;
     let mut written = Vec::new();
     for run in unsealed_runs(events, index) {

@@ -127,6 +127,8 @@ pub struct Recovery {
     pub torn_bytes_dropped: u64,
     /// The `seq` the next recorded event gets.
     pub next_seq: u64,
+    /// The first and last `seq` the write-ahead log held; none when it held no event.
+    pub wal_seqs: Option<(u64, u64)>,
 }
 
 /// What a seal wrote.
@@ -344,6 +346,7 @@ fn recover(
 ) -> Result<Recovery, AuditError> {
     let logs = list_logs(wal_dir)?;
     let mut recovery = check_logs(&logs, sealed)?;
+    sealed.vouch(recovery.wal_seqs)?;
     for (idx, path) in logs.iter().enumerate() {
         let mut reader = WalReader::open(path, torn_tail_rule(idx, logs.len()))?;
         let columns = EventColumns::with_capacity(0);
@@ -390,6 +393,8 @@ fn check_logs(logs: &[PathBuf], sealed: &SealedIndex) -> Result<Recovery, AuditE
             }
             first_in_file = false;
             last_seq = Some(event.seq);
+            let first = recovery.wal_seqs.map_or(event.seq, |(first, _)| first);
+            recovery.wal_seqs = Some((first, event.seq));
             recovery.events_in_wal += 1;
             if sealed.contains(&event) {
                 recovery.events_already_sealed += 1;

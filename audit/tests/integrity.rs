@@ -966,3 +966,56 @@ fn checkpoints_out_of_order_stop_the_open() {
         }
     ));
 }
+
+#[test]
+fn unsigned_segment_entries_are_signed_at_open_only_when_the_log_still_holds_their_events() {
+    // A crash between chaining a segment and signing it: the segment's entry unsigned, and
+    // the write-ahead log file, deleted only after the signature, still there.
+    let dir = tempfile::tempdir().unwrap();
+    let log = open(dir.path());
+    for i in 0..3 {
+        log.record(decision(&format!("w{i}"), Decision::Allow))
+            .unwrap();
+    }
+    let wal = dir.path().join("wal");
+    let kept = dir.path().join("wal-copy");
+    fs::create_dir(&kept).unwrap();
+    for file in fs::read_dir(&wal).unwrap() {
+        let file = file.unwrap();
+        fs::copy(file.path(), kept.join(file.file_name())).unwrap();
+    }
+    log.close().unwrap();
+    let mut checkpoints = lines(&checkpoints_file(dir.path()));
+    checkpoints.pop();
+    write_lines(&checkpoints_file(dir.path()), &checkpoints);
+    let crashed = (
+        lines(&chain_file(dir.path())),
+        lines(&checkpoints_file(dir.path())),
+    );
+
+    // Without the log, nothing shows a seal of this store wrote the entry: refused.
+    let error =
+        portcullis_audit::AuditLog::open(dir.path(), portcullis_audit::AuditOptions::new("test"))
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        error.contains("write-ahead log does not hold its events"),
+        "{error}"
+    );
+    assert_eq!(lines(&checkpoints_file(dir.path())), crashed.1);
+
+    // With it, the entry is signed, and its events are not sealed twice.
+    for file in fs::read_dir(&kept).unwrap() {
+        let file = file.unwrap();
+        fs::copy(file.path(), wal.join(file.file_name())).unwrap();
+    }
+    let (log, recovery) =
+        portcullis_audit::AuditLog::open(dir.path(), portcullis_audit::AuditOptions::new("test"))
+            .unwrap();
+    assert_eq!(recovery.events_already_sealed, 3);
+    log.close().unwrap();
+    assert_eq!(lines(&chain_file(dir.path())), crashed.0);
+    let report = verify_ok(dir.path());
+    assert_eq!(report.events, 3);
+}
