@@ -388,7 +388,9 @@ pub(crate) enum ManifestError {
     },
     #[error(
         "no checkpoint by key {key_id} signs the key rotation of entry {entry}, which both the \
-         key before it and the key it names sign; the manifest was changed after it was written"
+         key before it and the key it names sign; the manifest was changed after it was written: \
+         `portcullis audit verify` names what differs, and the store stays closed until the \
+         manifest is restored"
     )]
     RotationUnsigned {
         path: PathBuf,
@@ -1215,8 +1217,8 @@ struct Signed {
 }
 
 /// Each checkpoint must sign an entry the chain holds, with that entry's hash, under a key that
-/// signs that entry (see [`signing_era`]): a checkpoint is written only after the entry it signs is
-/// synced, so one that does not parse, names an entry the chain does not hold, holds another
+/// signs that entry (see [`signing_era`]): a checkpoint is written only after the entry it signs
+/// is synced, so one that does not parse, names an entry the chain does not hold, holds another
 /// hash for it or is not signed by that key means the manifest was changed, and the open fails.
 /// `current` is the key file's key, which the genesis era's checks use until a rotation names
 /// the genesis key in full.

@@ -572,7 +572,7 @@ impl Run<'_> {
             self.key,
         )?;
         check_rotations_signed(&chain_path, &signed, &eras)?;
-        check_head_signed(&checkpoints_path, &chain, &last_checkpoint)?;
+        head_signed(&checkpoints_path, &chain, &last_checkpoint)?;
         let removed = removed_indices(&chain);
         let on_disk = list_segment_files(&self.data_dir.join(EVENTS_DIR))?;
         let totals = self.check_segments(&chain, &removed, &on_disk, progress)?;
@@ -933,11 +933,12 @@ fn check_keys(
     let eras =
         key_eras(chain).map_err(|(entry, problem)| fail(entry, EntryFailure::Rotation(problem)))?;
     // By its bytes where the chain holds them, not only by its id.
-    if let Some(era) = eras
+    let trusted_from = eras
         .iter()
         .find(|era| era.key_id == key_id && era.key.is_none_or(|key| key == *trusted))
-    {
-        return Ok((eras.clone(), era.from_entry));
+        .map(|era| era.from_entry);
+    if let Some(from) = trusted_from {
+        return Ok((eras, from));
     }
     let problem = match eras.as_slice() {
         [genesis] => EntryFailure::GenesisKey {
@@ -1241,7 +1242,7 @@ fn check_checkpoints(
 }
 
 /// The newest entry must be signed.
-fn check_head_signed(path: &Path, chain: &[Chained], last: &Checkpoint) -> Result<(), VerifyError> {
+fn head_signed(path: &Path, chain: &[Chained], last: &Checkpoint) -> Result<(), VerifyError> {
     let head = chain.len().saturating_sub(1) as u64;
     if last.entry < head {
         return Err(VerifyError::Unsigned {
